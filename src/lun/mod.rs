@@ -1,0 +1,41 @@
+//! Logical-unit storage backends.
+//!
+//! A backend is the byte store behind one LUN: a raw image file or a block device today, an iSCSI
+//! target later. It is opened by the parent process and handed to the worker as an open file, so
+//! nothing here ever takes a path. The SCSI emulation in [`crate::scsi`] talks only to this trait.
+
+pub mod file;
+
+use std::io;
+
+use crate::scsi::data::SgList;
+
+pub use file::FileBackend;
+
+/// The storage behind one LUN. All offsets and lengths are in bytes; callers (the SCSI layer)
+/// have already checked them against [`BlockBackend::size`].
+pub trait BlockBackend: Send + Sync {
+    /// Current size in bytes.
+    fn size(&self) -> u64;
+
+    /// Fills every byte of `bufs` from `offset`. A read past the end is an error
+    /// (`UnexpectedEof`), never a short success.
+    fn read_at(&self, bufs: &SgList<'_>, offset: u64) -> io::Result<()>;
+
+    /// Writes every byte of `bufs` at `offset`. With `fua` the data is on stable storage when
+    /// this returns.
+    fn write_at(&self, bufs: &SgList<'_>, offset: u64, fua: bool) -> io::Result<()>;
+
+    /// Makes every completed write durable (SYNCHRONIZE CACHE).
+    fn flush(&self) -> io::Result<()>;
+
+    /// Deallocates `[offset, offset + len)`; later reads of it return zeroes.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Writes zeroes over `[offset, offset + len)`, deallocating where the backend can.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Whether [`BlockBackend::discard`] can work at all (holes on this file system, BLKDISCARD
+    /// on this device).
+    fn can_discard(&self) -> bool;
+}

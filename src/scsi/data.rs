@@ -1,0 +1,133 @@
+//! Guest data buffers for one SCSI command, seen as scatter-gather lists of guest memory.
+//!
+//! The virtio layer splits a descriptor chain into the request/response headers and the data
+//! buffers; what remains is handed to the SCSI layer as a [`DataOut`] (guest-to-device, readable
+//! by us) and a [`DataIn`] (device-to-guest, writable by us). Both are lists of `VolatileSlice`s
+//! that point straight into guest memory, so bulk READ/WRITE data moves between the LUN and the
+//! guest with `preadv`/`pwritev` and no bounce buffer. Small responses (INQUIRY, MODE SENSE …) are
+//! built in a local buffer and copied with [`DataIn::write_prefix`].
+//!
+//! In unit tests the slices come from ordinary `Vec<u8>`s (`VolatileSlice: From<&mut [u8]>`).
+
+use vm_memory::VolatileSlice;
+
+/// A scatter-gather list over guest memory (or test memory), at most `u32::MAX` bytes in total.
+#[derive(Default)]
+pub struct SgList<'a> {
+    slices: Vec<VolatileSlice<'a>>,
+    len: usize,
+}
+
+impl<'a> SgList<'a> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends a segment; empty segments are dropped so that iovec lists never contain them.
+    pub fn push(&mut self, slice: VolatileSlice<'a>) {
+        if slice.is_empty() {
+            return;
+        }
+        self.len += slice.len();
+        self.slices.push(slice);
+    }
+
+    /// Total number of bytes in the list.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn segments(&self) -> &[VolatileSlice<'a>] {
+        &self.slices
+    }
+
+    /// The sub-list covering bytes `[offset, offset + len)`, clamped to the list's end.
+    pub fn range(&self, offset: usize, len: usize) -> SgList<'a> {
+        let mut out = SgList::new();
+        let mut skip = offset;
+        let mut want = len;
+        for s in &self.slices {
+            if want == 0 {
+                break;
+            }
+            if skip >= s.len() {
+                skip -= s.len();
+                continue;
+            }
+            let take = (s.len() - skip).min(want);
+            // Cannot fail: skip < s.len() and skip + take <= s.len().
+            if let Ok(sub) = s.subslice(skip, take) {
+                out.push(sub);
+            }
+            want -= take;
+            skip = 0;
+        }
+        out
+    }
+
+    /// Copies `src` into the start of the list; returns the number of bytes copied
+    /// (`min(src.len(), self.len())`).
+    pub fn copy_from(&self, src: &[u8]) -> usize {
+        let mut done = 0;
+        for s in &self.slices {
+            if done == src.len() {
+                break;
+            }
+            let n = s.len().min(src.len() - done);
+            s.copy_from(&src[done..done + n]);
+            done += n;
+        }
+        done
+    }
+
+    /// Copies the start of the list into `dst`; returns the number of bytes copied.
+    pub fn copy_to(&self, dst: &mut [u8]) -> usize {
+        let mut done = 0;
+        for s in &self.slices {
+            if done == dst.len() {
+                break;
+            }
+            let n = s.len().min(dst.len() - done);
+            done += s.copy_to(&mut dst[done..done + n]);
+        }
+        done
+    }
+}
+
+/// Device-to-guest data buffer (the writable part of the chain after the response header).
+pub type DataIn<'a> = SgList<'a>;
+/// Guest-to-device data buffer (the readable part of the chain after the request header).
+pub type DataOut<'a> = SgList<'a>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_and_copy_span_segments() {
+        let mut a = vec![0u8; 3];
+        let mut b = vec![0u8; 5];
+        let mut sg = SgList::new();
+        sg.push(VolatileSlice::from(a.as_mut_slice()));
+        sg.push(VolatileSlice::from(&mut [][..]));
+        sg.push(VolatileSlice::from(b.as_mut_slice()));
+        assert_eq!(sg.len(), 8);
+        assert_eq!(sg.segments().len(), 2);
+        assert_eq!(sg.copy_from(&[1, 2, 3, 4, 5, 6, 7, 8, 9]), 8);
+        let r = sg.range(2, 4);
+        assert_eq!(r.len(), 4);
+        let mut out = [0u8; 6];
+        assert_eq!(r.copy_to(&mut out), 4);
+        assert_eq!(&out[..4], &[3, 4, 5, 6]);
+        assert_eq!(sg.range(7, 10).len(), 1);
+        assert_eq!(sg.range(9, 1).len(), 0);
+        drop(sg);
+        drop(r);
+        assert_eq!(a, [1, 2, 3]);
+        assert_eq!(b, [4, 5, 6, 7, 8]);
+    }
+}
