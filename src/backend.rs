@@ -1,0 +1,259 @@
+//! The vhost-user backend: feature negotiation, the config space and the virtqueue loops.
+//!
+//! Queue layout (virtio-scsi): 0 = control, 1 = event, 2.. = request queues. Thread 0 serves the
+//! control and event queues; every request queue gets a thread of its own, so the guest's
+//! multiqueue spreads commands across host cores without any lock on the data path except
+//! the vring's own.
+
+use std::{
+    io,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, RwLock,
+    },
+};
+
+use log::{debug, warn};
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::{
+    virtio_config::VIRTIO_F_VERSION_1,
+    virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
+    virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG},
+};
+use virtio_queue::{DescriptorChain, QueueOwnedT};
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vmm_sys_util::{
+    epoll::EventSet,
+    event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier},
+};
+
+use crate::{
+    scsi::ScsiBus,
+    virtio::{
+        command::handle_command,
+        config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
+        control::handle_control,
+        request::{split_chain, SplitChain},
+    },
+};
+
+/// Guest memory as the vhost-user-backend crate maps it (no dirty-page bitmap).
+pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
+type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+
+const CONTROL_QUEUE: usize = 0;
+const EVENT_QUEUE: usize = 1;
+/// Number of fixed (non-request) queues before the first request queue.
+const FIXED_QUEUES: usize = 2;
+
+/// Errors that stop a queue thread's current batch (the guest's own bad requests never do).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("event {0:?} on a queue is not an input event")]
+    UnexpectedEvent(EventSet),
+    #[error("event for unknown queue {0} on thread {1}")]
+    UnknownQueue(u16, usize),
+    #[error("queue used before the front-end sent a memory table")]
+    NoMemory,
+    #[error("virtqueue error: {0}")]
+    Queue(virtio_queue::Error),
+    #[error("cannot notify the guest: {0}")]
+    Notify(io::Error),
+}
+
+impl From<BackendError> for io::Error {
+    fn from(e: BackendError) -> Self {
+        io::Error::other(e)
+    }
+}
+
+/// The virtio-scsi device served over one vhost-user connection at a time.
+pub struct ScsiBackend {
+    bus: Arc<ScsiBus>,
+    num_request_queues: u16,
+    queue_size: u16,
+    config: [u8; CONFIG_SPACE_SIZE],
+    mem: RwLock<Option<GuestMemory>>,
+    event_idx: AtomicBool,
+}
+
+impl ScsiBackend {
+    pub fn new(bus: Arc<ScsiBus>, num_request_queues: u16, queue_size: u16) -> Self {
+        Self {
+            bus,
+            num_request_queues,
+            queue_size,
+            config: config_space(num_request_queues, queue_size),
+            mem: RwLock::new(None),
+            event_idx: AtomicBool::new(false),
+        }
+    }
+
+    pub fn bus(&self) -> &Arc<ScsiBus> {
+        &self.bus
+    }
+
+    /// Forgets the previous front-end's memory (called between connections).
+    pub fn disconnect(&self) {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    fn memory(&self) -> Result<MemGuard, BackendError> {
+        self.mem
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|m| m.memory())
+            .ok_or(BackendError::NoMemory)
+    }
+
+    /// Pops every available chain, handles it and returns it to the guest, re-checking after
+    /// re-enabling notifications so that no kick is lost (EVENT_IDX).
+    fn process_queue(
+        &self,
+        vring: &VringRwLock,
+        mut handle: impl FnMut(SplitChain<'_>) -> u32,
+    ) -> Result<(), BackendError> {
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        loop {
+            if event_idx {
+                vring.disable_notification().map_err(BackendError::Queue)?;
+            }
+            let mem = self.memory()?;
+            let chains: Vec<DescriptorChain<MemGuard>> = vring
+                .get_mut()
+                .get_queue_mut()
+                .iter(mem.clone())
+                .map_err(BackendError::Queue)?
+                .collect();
+            let any = !chains.is_empty();
+            for chain in chains {
+                let head = chain.head_index();
+                let used_len = match split_chain(&*mem, chain) {
+                    Ok(split) => handle(split),
+                    Err(e) => {
+                        warn!("descriptor chain {head}: {e}; returned unanswered");
+                        0
+                    }
+                };
+                vring
+                    .add_used(head, used_len)
+                    .map_err(BackendError::Queue)?;
+            }
+            if any && (!event_idx || vring.needs_notification().map_err(BackendError::Queue)?) {
+                vring.signal_used_queue().map_err(BackendError::Notify)?;
+            }
+            if !event_idx || !vring.enable_notification().map_err(BackendError::Queue)? {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl VhostUserBackend for ScsiBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        FIXED_QUEUES + usize::from(self.num_request_queues)
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        1 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_RING_F_EVENT_IDX
+            | 1 << VIRTIO_SCSI_F_HOTPLUG
+            // QEMU offers CHANGE (`param_change`) by default; a backend that refuses it makes
+            // the guest fail at boot.
+            | 1 << VIRTIO_SCSI_F_CHANGE
+            | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
+    }
+
+    fn acked_features(&self, features: u64) {
+        debug!("guest acked virtio features {features:#x}");
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // STATUS is not offered: the vhost crate does not implement SET/GET_STATUS, and QEMU
+        // resets through RESET_DEVICE when STATUS is absent.
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::RESET_DEVICE
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn reset_device(&self) {
+        // A virtio reset is a guest reboot or driver reload: every LUN sees a power-on reset.
+        debug!("device reset");
+        self.bus.reset_all();
+    }
+
+    fn set_event_idx(&self, enabled: bool) {
+        self.event_idx.store(enabled, Ordering::Release);
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        read_config(&self.config, offset, size).unwrap_or_else(|| {
+            warn!("GET_CONFIG outside the config space: offset {offset}, size {size}");
+            Vec::new()
+        })
+    }
+
+    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        // sense_size and cdb_size are the only writable fields, and QEMU's vhost-user-scsi does
+        // not let a guest change them either.
+        warn!("SET_CONFIG (offset {offset}, {} bytes) refused: config space is read-only", buf.len());
+        Err(io::Error::from_raw_os_error(libc::EPERM))
+    }
+
+    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        let fixed = (1u64 << CONTROL_QUEUE) | (1u64 << EVENT_QUEUE);
+        std::iter::once(fixed)
+            .chain((0..self.num_request_queues).map(|q| 1u64 << (FIXED_QUEUES + usize::from(q))))
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        // Without an exit event, dropping the daemon would wait forever for the queue threads.
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
+            .map_err(|e| warn!("cannot create a queue thread exit event: {e}"))
+            .ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if evset != EventSet::IN {
+            return Err(BackendError::UnexpectedEvent(evset).into());
+        }
+        let vring = vrings
+            .get(usize::from(device_event))
+            .ok_or(BackendError::UnknownQueue(device_event, thread_id))?;
+        match (thread_id, usize::from(device_event)) {
+            (0, CONTROL_QUEUE) => {
+                self.process_queue(vring, |chain| handle_control(&self.bus, &chain))?
+            }
+            // Event-queue buffers stay with us until there is an event to report (hotplug,
+            // capacity change): the guest expects them to be held, not returned empty.
+            (0, EVENT_QUEUE) => {}
+            (_, 0) => self.process_queue(vring, |chain| handle_command(&self.bus, chain))?,
+            _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1653 @@
+//! Command line (and `--config` file) parsing and validation into a [`Config`].
+//!
+//! Follows QEMU's vhost-user back-end program conventions: `--socket-path` or `--fd`,
+//! `--print-capabilities`, and a non-zero exit before anything is created when the
+//! configuration is unusable. Every problem is a [`CliError`] whose `Display` is one line naming
+//! the offending option and value; `main` prints it as `vhost-user-scsi: error: {e}` and exits
+//! with status 2.
+//!
+//! # `--lun [TARGET:LUN=]SOURCE[,OPTION]...`
+//!
+//! `SOURCE` is a raw image file or a block device. The first comma-separated field is the
+//! address and source: when it starts with `DIGITS:DIGITS=`, that prefix is the target and LUN
+//! and the source is everything after the first `=`; otherwise the whole field is the source
+//! (so a file really named `1:2=x` is given as `./1:2=x`). A literal comma in the source or in
+//! a value is written `,,` (as in QEMU). Options:
+//!
+//! | option | values | default |
+//! |---|---|---|
+//! | `readonly`, `ro`, `read-only` | bare, or `=on\|off` | off |
+//! | `serial=S` | 1–36 printable ASCII characters (VPD 80h) | derived from target and LUN |
+//! | `wwn=W` | 16 hex digits, optional `0x`, NAA type 2, 3 or 5 first | derived from the source |
+//! | `block-size=N` | `512` or `4096` | 512 |
+//! | `discard` | bare, or `=on\|off` | on |
+//! | `cache=M` | `none` (`O_DIRECT`) or `writeback` | writeback |
+//!
+//! Booleans also accept `yes|no` and `true|false`. An option may be given once per `--lun`.
+//!
+//! LUNs given without an address are numbered on target 0: in order of appearance (config
+//! file LUNs first, then `--lun`s), each takes the lowest LUN number not used by any explicitly
+//! addressed LUN nor by an earlier auto-numbered one.
+//!
+//! # Merging `--config FILE` with the command line
+//!
+//! - The file's LUNs come first, the command line's `--lun`s are appended.
+//! - Scalar options given on the command line override the file: `--num-queues`,
+//!   `--queue-size`, `--log-level`, and the listening socket as a whole (`--socket-path` or
+//!   `--fd` replaces the file's `socket-path` or `fd`).
+//! - Flags (`--syslog`, `--exit-on-disconnect`) are on when set in either place.
+//!
+//! # Listening socket
+//!
+//! Exactly one of `--socket-path` and `--fd` (from the command line, else the file). With
+//! neither, systemd socket activation is used when `LISTEN_PID` is our pid and `LISTEN_FDS`
+//! is 1 (fd 3). `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` are removed from the
+//! environment whenever `LISTEN_PID` names us, so they do not leak to child processes.
+//!
+//! # Defaults
+//!
+//! `--num-queues` [`DEFAULT_NUM_QUEUES`], `--queue-size` [`DEFAULT_QUEUE_SIZE`], `--log-level`
+//! `info`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsString,
+    io,
+    os::{fd::RawFd, unix::fs::FileTypeExt},
+    path::{Path, PathBuf},
+};
+
+use clap::Parser;
+use log::LevelFilter;
+
+use crate::{
+    config::{
+        BlockSize, CacheMode, Config, ListenSpec, LogConfig, LunConfig, MAX_LUN, MAX_QUEUE_SIZE,
+        MAX_REQUEST_QUEUES, MAX_TARGET,
+    },
+    config_file::{self, ConfigFileError, FileConfig, FileLun},
+    listener::{self, SocketCheckError, SocketPathError},
+};
+
+/// Default number of request queues offered.
+pub const DEFAULT_NUM_QUEUES: u16 = 16;
+/// Default largest virtqueue size accepted.
+pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
+/// Longest unit serial number accepted (as QEMU's scsi-disk).
+pub const MAX_SERIAL_LEN: usize = 36;
+/// The fd systemd passes the first socket as (`SD_LISTEN_FDS_START`).
+pub const SYSTEMD_FIRST_FD: RawFd = 3;
+
+const LUN_HELP: &str = "\
+LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
+  SOURCE             raw image file or block device (write ',,' for a literal comma)
+  readonly|ro[=on|off]   serve write-protected (default off)
+  serial=S           unit serial number, 1-36 printable ASCII characters
+  wwn=W              NAA identifier: 16 hex digits (optional 0x), NAA type 2, 3 or 5
+  block-size=512|4096    logical block size (default 512)
+  discard[=on|off]   pass UNMAP through to the backing file (default on)
+  cache=none|writeback   none = O_DIRECT (default writeback)
+LUNs without TARGET:LUN= take the lowest free LUN number on target 0, in order.
+--config FILE (TOML): its LUNs come first, --lun options are appended; scalar command-line
+options override the file. With neither --socket-path nor --fd, systemd socket activation
+(LISTEN_FDS=1) is used.";
+
+/// Command-line arguments as clap sees them; turned into a [`Command`] by [`parse_config`].
+#[derive(Parser, Debug, Clone, Default, PartialEq, Eq)]
+#[command(
+    name = "vhost-user-scsi",
+    version,
+    about = "vhost-user-scsi device server for QEMU's vhost-user-scsi-pci",
+    after_help = LUN_HELP
+)]
+pub struct Args {
+    /// Create a vhost-user socket at PATH and listen on it.
+    #[arg(long, value_name = "PATH")]
+    pub socket_path: Option<PathBuf>,
+
+    /// Use the already listening unix socket inherited as file descriptor FD.
+    #[arg(long, value_name = "FD")]
+    pub fd: Option<RawFd>,
+
+    /// Print the capabilities as JSON and exit (all other options are ignored).
+    #[arg(long)]
+    pub print_capabilities: bool,
+
+    /// Serve a logical unit (repeatable); see LUN syntax below.
+    #[arg(long = "lun", value_name = "[TARGET:LUN=]SOURCE[,OPTION]...")]
+    pub luns: Vec<String>,
+
+    /// Read settings and LUNs from a TOML file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Number of request queues to offer, 1-62 [default: 16].
+    #[arg(long, value_name = "N")]
+    pub num_queues: Option<u64>,
+
+    /// Largest virtqueue size to accept, a power of two up to 32768 [default: 1024].
+    #[arg(long, value_name = "N")]
+    pub queue_size: Option<u64>,
+
+    /// Log level: off, error, warn, info, debug or trace [default: info].
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Log to the system log (facility daemon) instead of stderr.
+    #[arg(long)]
+    pub syslog: bool,
+
+    /// Exit when the front-end disconnects instead of waiting for the next connection.
+    #[arg(long)]
+    pub exit_on_disconnect: bool,
+}
+
+/// What the program should do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Print [`crate::capabilities`] to stdout and exit 0.
+    PrintCapabilities,
+    /// Serve this configuration.
+    Serve(Config),
+}
+
+/// A problem with one LUN's configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum LunError {
+    #[error("no source given")]
+    EmptySource,
+    #[error("target {0} is out of range (0-{MAX_TARGET})")]
+    TargetOutOfRange(u64),
+    #[error("LUN {0} is out of range (0-{MAX_LUN})")]
+    LunOutOfRange(u64),
+    #[error("target {0} given without a LUN number")]
+    TargetWithoutLun(u64),
+    #[error("empty option (stray comma?)")]
+    EmptyOption,
+    #[error("unknown option '{0}'")]
+    UnknownOption(String),
+    #[error("option '{0}' given more than once")]
+    RepeatedOption(String),
+    #[error("option '{0}' needs a value")]
+    MissingValue(&'static str),
+    #[error("invalid {option} '{value}': expected {expected}")]
+    InvalidValue {
+        option: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("cannot open {}: {}", .path.display(), io_msg(.error))]
+    Open {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error(
+        "cannot open {} with O_DIRECT (cache=none): the file system does not support direct \
+         I/O; use cache=writeback",
+        .path.display()
+    )]
+    DirectUnsupported { path: PathBuf },
+    #[error("{} is {kind}, not a regular file or block device", .path.display())]
+    NotFileOrBlockDevice { path: PathBuf, kind: &'static str },
+    #[error("{} is too small: {size} bytes, less than one {block_size}-byte block", .path.display())]
+    TooSmall {
+        path: PathBuf,
+        size: u64,
+        block_size: u32,
+    },
+    #[error("target {target} LUN {lun} is already used by {other}")]
+    DuplicateAddress { target: u8, lun: u16, other: String },
+    #[error("no free LUN number left on target 0 for auto-numbering")]
+    NoFreeLun,
+}
+
+/// Why the command line or configuration file is unusable. `Display` is one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Rejected by the argument parser (unknown option, missing value, not a number...).
+    #[error("{0} (see --help)")]
+    Usage(String),
+    #[error(
+        "no listening socket: give --socket-path PATH or --fd FD (or use systemd socket \
+         activation)"
+    )]
+    MissingListen,
+    #[error("{first} and {second} cannot be used together")]
+    Conflict { first: String, second: String },
+    #[error("{origin} {}: {error}", .path.display())]
+    SocketPath {
+        origin: String,
+        path: PathBuf,
+        #[source]
+        error: SocketPathError,
+    },
+    #[error("{origin} {fd}: {error}")]
+    Fd {
+        origin: String,
+        fd: RawFd,
+        #[source]
+        error: SocketCheckError,
+    },
+    #[error("systemd socket activation: LISTEN_FDS={0}, expected exactly one socket")]
+    SystemdFdCount(String),
+    #[error("systemd socket activation: fd {SYSTEMD_FIRST_FD}: {0}")]
+    SystemdFd(#[source] SocketCheckError),
+    #[error("invalid {option} '{value}': expected {expected}")]
+    InvalidValue {
+        option: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("{origin}: {error}")]
+    Lun {
+        origin: String,
+        #[source]
+        error: LunError,
+    },
+    #[error("no LUNs configured: give at least one --lun (or [[lun]] in --config)")]
+    NoLuns,
+    #[error(transparent)]
+    ConfigFile(#[from] ConfigFileError),
+}
+
+/// An I/O error's message without the ` (os error N)` suffix.
+pub(crate) fn io_msg(e: &io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) if s.ends_with(')') => s[..i].to_owned(),
+        _ => s,
+    }
+}
+
+/// Parses the process's own command line; see [`parse_from`].
+pub fn parse() -> Result<Command, CliError> {
+    parse_from(std::env::args_os())
+}
+
+/// Parses `argv` (including the program name) into a [`Command`].
+///
+/// `--print-capabilities` anywhere (before a `--`) wins over everything else, valid or not,
+/// and nothing is checked. `--help` and `--version` print to stdout and exit the process with
+/// status 0, as usual for clap.
+pub fn parse_from<I, T>(argv: I) -> Result<Command, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let argv: Vec<OsString> = argv.into_iter().map(Into::into).collect();
+    if wants_print_capabilities(&argv) {
+        return Ok(Command::PrintCapabilities);
+    }
+    let args = match Args::try_parse_from(&argv) {
+        Ok(args) => args,
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                e.exit()
+            }
+            _ => return Err(CliError::Usage(clap_one_line(&e))),
+        },
+    };
+    parse_config(args)
+}
+
+fn wants_print_capabilities(argv: &[OsString]) -> bool {
+    argv.iter()
+        .skip(1)
+        .take_while(|a| *a != "--")
+        .any(|a| a == "--print-capabilities")
+}
+
+fn clap_one_line(e: &clap::Error) -> String {
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or_default().trim();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
+/// Validates parsed arguments (and the `--config` file they name) into a [`Command`].
+///
+/// Checks everything that can be checked without creating anything: option values, LUN
+/// addresses, that every source can be opened as configured (then closes it again) and holds
+/// at least one block, and that the listening socket can be created (`--socket-path`) or is a
+/// listening unix socket (`--fd`, systemd).
+pub fn parse_config(args: Args) -> Result<Command, CliError> {
+    if args.print_capabilities {
+        return Ok(Command::PrintCapabilities);
+    }
+    let file_path = args.config.as_deref();
+    let file_cfg = match file_path {
+        Some(path) => config_file::load(path)?,
+        None => FileConfig::default(),
+    };
+    let file_key = |key: &str| match file_path {
+        Some(p) => format!("{} {key}", p.display()),
+        None => key.to_owned(),
+    };
+
+    let listen = listen_spec(&args, &file_cfg, &file_key)?;
+
+    let num_queues = match (args.num_queues, file_cfg.num_queues) {
+        (Some(n), _) => check_num_queues(n, "--num-queues".into())?,
+        (None, Some(n)) => check_num_queues(n, file_key("num-queues"))?,
+        (None, None) => DEFAULT_NUM_QUEUES,
+    };
+    let queue_size = match (args.queue_size, file_cfg.queue_size) {
+        (Some(n), _) => check_queue_size(n, "--queue-size".into())?,
+        (None, Some(n)) => check_queue_size(n, file_key("queue-size"))?,
+        (None, None) => DEFAULT_QUEUE_SIZE,
+    };
+    let level = match (&args.log_level, &file_cfg.log_level) {
+        (Some(l), _) => check_log_level(l, "--log-level".into())?,
+        (None, Some(l)) => check_log_level(l, file_key("log-level"))?,
+        (None, None) => LevelFilter::Info,
+    };
+
+    let mut specs = Vec::new();
+    for (i, lun) in file_cfg.luns.iter().enumerate() {
+        let origin = format!(
+            "{} [[lun]] #{} ({})",
+            file_path.unwrap_or(Path::new("")).display(),
+            i + 1,
+            lun.source.display()
+        );
+        let config = file_lun(lun).map_err(|error| CliError::Lun {
+            origin: origin.clone(),
+            error,
+        })?;
+        specs.push((origin, config));
+    }
+    for arg in &args.luns {
+        let origin = format!("--lun {arg}");
+        let config = parse_lun(arg).map_err(|error| CliError::Lun {
+            origin: origin.clone(),
+            error,
+        })?;
+        specs.push((origin, config));
+    }
+    let luns = finish_luns(specs)?;
+
+    Ok(Command::Serve(Config {
+        listen,
+        luns,
+        num_queues,
+        queue_size,
+        exit_on_disconnect: args.exit_on_disconnect || file_cfg.exit_on_disconnect == Some(true),
+        log: LogConfig {
+            level,
+            syslog: args.syslog || file_cfg.syslog == Some(true),
+        },
+    }))
+}
+
+fn listen_spec(
+    args: &Args,
+    file: &FileConfig,
+    file_key: &dyn Fn(&str) -> String,
+) -> Result<ListenSpec, CliError> {
+    let systemd = take_systemd_env();
+    let (spec, origin) = match (&args.socket_path, args.fd, &file.socket_path, file.fd) {
+        (Some(_), Some(_), _, _) => {
+            return Err(CliError::Conflict {
+                first: "--socket-path".into(),
+                second: "--fd".into(),
+            })
+        }
+        (Some(p), None, _, _) => (ListenSpec::SocketPath(p.clone()), "--socket-path".into()),
+        (None, Some(fd), _, _) => (ListenSpec::Fd(fd), "--fd".into()),
+        (None, None, Some(_), Some(_)) => {
+            return Err(CliError::Conflict {
+                first: file_key("socket-path"),
+                second: file_key("fd"),
+            })
+        }
+        (None, None, Some(p), None) => (ListenSpec::SocketPath(p.clone()), file_key("socket-path")),
+        (None, None, None, Some(fd)) => (ListenSpec::Fd(fd), file_key("fd")),
+        (None, None, None, None) => match systemd? {
+            Some(fd) => (ListenSpec::Systemd(fd), String::new()),
+            None => return Err(CliError::MissingListen),
+        },
+    };
+    match &spec {
+        ListenSpec::SocketPath(path) => {
+            listener::check_socket_path(path).map_err(|error| CliError::SocketPath {
+                origin,
+                path: path.clone(),
+                error,
+            })?;
+        }
+        &ListenSpec::Fd(fd) => {
+            listener::check_listening_socket(fd).map_err(|error| CliError::Fd {
+                origin,
+                fd,
+                error,
+            })?;
+        }
+        &ListenSpec::Systemd(fd) => {
+            listener::check_listening_socket(fd).map_err(CliError::SystemdFd)?;
+        }
+    }
+    Ok(spec)
+}
+
+/// Looks for systemd socket activation meant for this process. When `LISTEN_PID` names us,
+/// removes the `LISTEN_*` variables from the environment (whether or not the socket is used).
+fn take_systemd_env() -> Result<Option<RawFd>, CliError> {
+    let pid = std::env::var_os("LISTEN_PID");
+    let fds = std::env::var_os("LISTEN_FDS");
+    let found = systemd_fd(pid.as_deref(), fds.as_deref(), std::process::id());
+    if !matches!(found, Ok(None)) {
+        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+            std::env::remove_var(var);
+        }
+    }
+    found
+}
+
+/// The systemd-passed listening fd, if `listen_pid` is `our_pid` and `listen_fds` is 1.
+fn systemd_fd(
+    listen_pid: Option<&std::ffi::OsStr>,
+    listen_fds: Option<&std::ffi::OsStr>,
+    our_pid: u32,
+) -> Result<Option<RawFd>, CliError> {
+    let for_us = listen_pid
+        .and_then(|p| p.to_str())
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(our_pid);
+    if !for_us {
+        return Ok(None);
+    }
+    let fds = listen_fds.map(|f| f.to_string_lossy().into_owned());
+    match fds.as_deref() {
+        None | Some("0") => Ok(None),
+        Some("1") => Ok(Some(SYSTEMD_FIRST_FD)),
+        Some(other) => Err(CliError::SystemdFdCount(other.to_owned())),
+    }
+}
+
+fn check_num_queues(n: u64, option: String) -> Result<u16, CliError> {
+    match u16::try_from(n) {
+        Ok(n) if (1..=MAX_REQUEST_QUEUES).contains(&n) => Ok(n),
+        _ => Err(CliError::InvalidValue {
+            option,
+            value: n.to_string(),
+            expected: "a number of request queues from 1 to 62",
+        }),
+    }
+}
+
+fn check_queue_size(n: u64, option: String) -> Result<u16, CliError> {
+    match u16::try_from(n) {
+        Ok(n) if n.is_power_of_two() && n <= MAX_QUEUE_SIZE => Ok(n),
+        _ => Err(CliError::InvalidValue {
+            option,
+            value: n.to_string(),
+            expected: "a power of two from 1 to 32768",
+        }),
+    }
+}
+
+fn check_log_level(s: &str, option: String) -> Result<LevelFilter, CliError> {
+    crate::logging::parse_level(s).ok_or_else(|| CliError::InvalidValue {
+        option,
+        value: s.to_owned(),
+        expected: "off, error, warn, info, debug or trace",
+    })
+}
+
+/// A LUN whose address may still have to be assigned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LunSpec {
+    /// Explicit (target, LUN), or `None` for auto-numbering.
+    pub address: Option<(u8, u16)>,
+    /// Everything else; `target` and `lun` are meaningless while `address` is `None`.
+    pub config: LunConfig,
+}
+
+fn new_spec(address: Option<(u8, u16)>, source: PathBuf) -> LunSpec {
+    let (target, lun) = address.unwrap_or((0, 0));
+    LunSpec {
+        address,
+        config: LunConfig {
+            target,
+            lun,
+            source,
+            read_only: false,
+            serial: None,
+            wwn: None,
+            block_size: BlockSize::default(),
+            discard: true,
+            cache: CacheMode::default(),
+        },
+    }
+}
+
+/// Splits at single commas; `,,` is a literal comma.
+fn split_commas(s: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                fields.last_mut().unwrap().push(',');
+            } else {
+                fields.push(String::new());
+            }
+        } else {
+            fields.last_mut().unwrap().push(c);
+        }
+    }
+    fields
+}
+
+/// `DIGITS:DIGITS=` at the start of `field`: returns (target, lun, rest).
+fn split_address(field: &str) -> Option<(&str, &str, &str)> {
+    let (addr, rest) = field.split_once('=')?;
+    let (t, l) = addr.split_once(':')?;
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    (digits(t) && digits(l)).then_some((t, l, rest))
+}
+
+/// Parses a decimal number, saturating (so out-of-range values are reported as such).
+fn parse_decimal(s: &str) -> u64 {
+    s.bytes().fold(0u64, |n, b| {
+        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
+    })
+}
+
+pub(crate) fn check_address(target: u64, lun: u64) -> Result<(u8, u16), LunError> {
+    let t = u8::try_from(target).map_err(|_| LunError::TargetOutOfRange(target))?;
+    let l = u16::try_from(lun)
+        .ok()
+        .filter(|l| *l <= MAX_LUN)
+        .ok_or(LunError::LunOutOfRange(lun))?;
+    Ok((t, l))
+}
+
+fn parse_bool(option: &'static str, value: &str) -> Result<bool, LunError> {
+    match value {
+        "on" | "yes" | "true" => Ok(true),
+        "off" | "no" | "false" => Ok(false),
+        _ => Err(LunError::InvalidValue {
+            option,
+            value: value.to_owned(),
+            expected: "on or off",
+        }),
+    }
+}
+
+/// Parses a `wwn=` value: 16 hex digits, optional `0x`, an 8-byte NAA format (type 2 IEEE
+/// extended, 3 locally assigned, 5 IEEE registered) in the first nibble.
+pub(crate) fn parse_wwn(value: &str) -> Result<u64, LunError> {
+    let invalid = || LunError::InvalidValue {
+        option: "wwn",
+        value: value.to_owned(),
+        expected: "16 hex digits (optional 0x) starting with NAA type 2, 3 or 5",
+    };
+    let hex = value
+        .strip_prefix("0x")
+        .or_else(|| value.strip_prefix("0X"))
+        .unwrap_or(value);
+    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(invalid());
+    }
+    let wwn = u64::from_str_radix(hex, 16).map_err(|_| invalid())?;
+    match wwn >> 60 {
+        2 | 3 | 5 => Ok(wwn),
+        _ => Err(invalid()),
+    }
+}
+
+pub(crate) fn check_serial(value: &str) -> Result<String, LunError> {
+    if value.is_empty()
+        || value.len() > MAX_SERIAL_LEN
+        || !value.bytes().all(|b| (0x20..=0x7e).contains(&b))
+    {
+        return Err(LunError::InvalidValue {
+            option: "serial",
+            value: value.to_owned(),
+            expected: "1 to 36 printable ASCII characters",
+        });
+    }
+    Ok(value.to_owned())
+}
+
+pub(crate) fn block_size_from(n: u64, value: &str) -> Result<BlockSize, LunError> {
+    match n {
+        512 => Ok(BlockSize::B512),
+        4096 => Ok(BlockSize::B4096),
+        _ => Err(LunError::InvalidValue {
+            option: "block-size",
+            value: value.to_owned(),
+            expected: "512 or 4096",
+        }),
+    }
+}
+
+pub(crate) fn parse_cache(value: &str) -> Result<CacheMode, LunError> {
+    match value {
+        "none" => Ok(CacheMode::None),
+        "writeback" => Ok(CacheMode::Writeback),
+        _ => Err(LunError::InvalidValue {
+            option: "cache",
+            value: value.to_owned(),
+            expected: "none or writeback",
+        }),
+    }
+}
+
+/// Parses one `--lun` argument (syntax only; the source is not looked at).
+pub(crate) fn parse_lun(arg: &str) -> Result<LunSpec, LunError> {
+    let mut fields = split_commas(arg).into_iter();
+    let first = fields.next().unwrap_or_default();
+    let (address, source) = match split_address(&first) {
+        Some((t, l, rest)) => (
+            Some(check_address(parse_decimal(t), parse_decimal(l))?),
+            rest.to_owned(),
+        ),
+        None => (None, first.clone()),
+    };
+    if source.is_empty() {
+        return Err(LunError::EmptySource);
+    }
+    let mut spec = new_spec(address, PathBuf::from(source));
+    let c = &mut spec.config;
+    let mut seen: HashSet<&'static str> = HashSet::new();
+    for field in fields {
+        if field.is_empty() {
+            return Err(LunError::EmptyOption);
+        }
+        let (key, value) = match field.split_once('=') {
+            Some((k, v)) => (k, Some(v)),
+            None => (field.as_str(), None),
+        };
+        let canonical: &'static str = match key {
+            "readonly" | "ro" | "read-only" => "readonly",
+            "discard" => "discard",
+            "serial" => "serial",
+            "wwn" => "wwn",
+            "block-size" => "block-size",
+            "cache" => "cache",
+            _ => return Err(LunError::UnknownOption(key.to_owned())),
+        };
+        if !seen.insert(canonical) {
+            return Err(LunError::RepeatedOption(canonical.to_owned()));
+        }
+        let need = || value.ok_or(LunError::MissingValue(canonical));
+        match canonical {
+            "readonly" => c.read_only = value.map_or(Ok(true), |v| parse_bool("readonly", v))?,
+            "discard" => c.discard = value.map_or(Ok(true), |v| parse_bool("discard", v))?,
+            "serial" => c.serial = Some(check_serial(need()?)?),
+            "wwn" => c.wwn = Some(parse_wwn(need()?)?),
+            "block-size" => {
+                let v = need()?;
+                let n = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+                    parse_decimal(v)
+                } else {
+                    0
+                };
+                c.block_size = block_size_from(n, v)?;
+            }
+            "cache" => c.cache = parse_cache(need()?)?,
+            _ => unreachable!(),
+        }
+    }
+    Ok(spec)
+}
+
+/// Converts one `[[lun]]` table (syntax and ranges only; the source is not looked at).
+pub(crate) fn file_lun(lun: &FileLun) -> Result<LunSpec, LunError> {
+    let address = match (lun.target, lun.lun) {
+        (t, Some(l)) => Some(check_address(t.unwrap_or(0), l)?),
+        (Some(t), None) => return Err(LunError::TargetWithoutLun(t)),
+        (None, None) => None,
+    };
+    if lun.source.as_os_str().is_empty() {
+        return Err(LunError::EmptySource);
+    }
+    let mut spec = new_spec(address, lun.source.clone());
+    let c = &mut spec.config;
+    c.read_only = lun.read_only.unwrap_or(false);
+    c.discard = lun.discard.unwrap_or(true);
+    if let Some(v) = &lun.cache {
+        c.cache = parse_cache(v)?;
+    }
+    if let Some(n) = lun.block_size {
+        c.block_size = block_size_from(n, &n.to_string())?;
+    }
+    if let Some(v) = &lun.serial {
+        c.serial = Some(check_serial(v)?);
+    }
+    if let Some(v) = &lun.wwn {
+        c.wwn = Some(parse_wwn(v)?);
+    }
+    Ok(spec)
+}
+
+/// Assigns addresses, rejects duplicates, checks every source, and sorts by (target, LUN).
+fn finish_luns(specs: Vec<(String, LunSpec)>) -> Result<Vec<LunConfig>, CliError> {
+    if specs.is_empty() {
+        return Err(CliError::NoLuns);
+    }
+    let mut used: HashMap<(u8, u16), String> = HashMap::new();
+    for (origin, spec) in &specs {
+        if let Some((target, lun)) = spec.address {
+            if let Some(other) = used.get(&(target, lun)) {
+                return Err(CliError::Lun {
+                    origin: origin.clone(),
+                    error: LunError::DuplicateAddress {
+                        target,
+                        lun,
+                        other: other.clone(),
+                    },
+                });
+            }
+            used.insert((target, lun), origin.clone());
+        }
+    }
+    let mut next: u16 = 0;
+    let mut luns = Vec::with_capacity(specs.len());
+    for (origin, spec) in specs {
+        let mut config = spec.config;
+        if spec.address.is_none() {
+            while used.contains_key(&(0, next)) {
+                next += 1;
+            }
+            if next > MAX_LUN {
+                return Err(CliError::Lun {
+                    origin,
+                    error: LunError::NoFreeLun,
+                });
+            }
+            (config.target, config.lun) = (0, next);
+            used.insert((0, next), origin.clone());
+        }
+        check_source(&config).map_err(|error| CliError::Lun {
+            origin: origin.clone(),
+            error,
+        })?;
+        luns.push(config);
+    }
+    luns.sort_by_key(|l| (l.target, l.lun));
+    Ok(luns)
+}
+
+fn file_kind(ft: std::fs::FileType) -> &'static str {
+    if ft.is_dir() {
+        "a directory"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    }
+}
+
+/// Checks that the source exists, is a regular file or block device that can be opened as
+/// configured, and (for files) holds at least one block. Opens and closes it; creates nothing.
+pub(crate) fn check_source(lun: &LunConfig) -> Result<(), LunError> {
+    let path = &lun.source;
+    let meta = std::fs::metadata(path).map_err(|error| LunError::Open {
+        path: path.clone(),
+        error,
+    })?;
+    let ft = meta.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return Err(LunError::NotFileOrBlockDevice {
+            path: path.clone(),
+            kind: file_kind(ft),
+        });
+    }
+    let block_size = lun.block_size.bytes();
+    if ft.is_file() && meta.len() < u64::from(block_size) {
+        return Err(LunError::TooSmall {
+            path: path.clone(),
+            size: meta.len(),
+            block_size,
+        });
+    }
+    crate::open::open_file(lun).map_err(|error| {
+        if crate::open::is_direct_unsupported(lun, &error) {
+            LunError::DirectUnsupported { path: path.clone() }
+        } else {
+            LunError::Open {
+                path: path.clone(),
+                error,
+            }
+        }
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::{
+        ffi::OsStr,
+        fs::File,
+        os::{fd::AsRawFd, unix::net::UnixListener},
+    };
+
+    // ---- --lun grammar ----
+
+    fn lun(arg: &str) -> LunSpec {
+        parse_lun(arg).unwrap_or_else(|e| panic!("{arg}: {e}"))
+    }
+
+    fn lun_err(arg: &str) -> String {
+        match parse_lun(arg) {
+            Ok(s) => panic!("{arg}: unexpectedly accepted: {s:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bare_source_gets_defaults() {
+        let s = lun("/img/a.img");
+        assert_eq!(s.address, None);
+        assert_eq!(s.config, new_spec(None, "/img/a.img".into()).config);
+        let c = &s.config;
+        assert!(!c.read_only && c.discard);
+        assert_eq!(c.block_size, BlockSize::B512);
+        assert_eq!(c.cache, CacheMode::Writeback);
+        assert_eq!((c.serial.as_deref(), c.wwn), (None, None));
+    }
+
+    #[test]
+    fn explicit_address() {
+        let s = lun("3:7=/img/a.img");
+        assert_eq!(s.address, Some((3, 7)));
+        assert_eq!((s.config.target, s.config.lun), (3, 7));
+        assert_eq!(s.config.source, PathBuf::from("/img/a.img"));
+        assert_eq!(lun("255:16383=a").address, Some((255, 16383)));
+        assert_eq!(lun("007:010=a").address, Some((7, 10)));
+    }
+
+    #[test]
+    fn source_with_equals_and_colons() {
+        assert_eq!(lun("/a=b.img").config.source, PathBuf::from("/a=b.img"));
+        assert_eq!(lun("0:1=/x=y.img").config.source, PathBuf::from("/x=y.img"));
+        assert_eq!(lun("0:1=0:2=z").config.source, PathBuf::from("0:2=z"));
+        for s in [
+            "a:1=foo", "1:b=foo", ":1=foo", "1:=foo", "1=foo", "0:0", "-1:0=x", "/d/0:0=x",
+        ] {
+            let spec = lun(s);
+            assert_eq!(spec.address, None, "{s}");
+            assert_eq!(spec.config.source, PathBuf::from(s));
+        }
+    }
+
+    #[test]
+    fn double_comma_is_literal() {
+        let s = lun("/a,,b.img,ro");
+        assert_eq!(s.config.source, PathBuf::from("/a,b.img"));
+        assert!(s.config.read_only);
+        let s = lun("1:2=x,,,,y,serial=A,,B");
+        assert_eq!(s.config.source, PathBuf::from("x,,y"));
+        assert_eq!(s.config.serial.as_deref(), Some("A,B"));
+        assert_eq!(split_commas("a,,,b"), ["a,", "b"]);
+        assert_eq!(split_commas(""), [""]);
+    }
+
+    #[test]
+    fn read_only_spellings() {
+        for (arg, ro) in [
+            ("a,readonly", true),
+            ("a,ro", true),
+            ("a,read-only", true),
+            ("a,readonly=on", true),
+            ("a,ro=yes", true),
+            ("a,read-only=true", true),
+            ("a,readonly=off", false),
+            ("a,ro=no", false),
+            ("a,readonly=false", false),
+        ] {
+            assert_eq!(lun(arg).config.read_only, ro, "{arg}");
+        }
+    }
+
+    #[test]
+    fn all_options() {
+        let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none").config;
+        assert_eq!(
+            c,
+            LunConfig {
+                target: 1,
+                lun: 2,
+                source: "/dev/sdz".into(),
+                read_only: true,
+                serial: Some("DISK 0-x".into()),
+                wwn: Some(0x5000_0000_0000_0001),
+                block_size: BlockSize::B4096,
+                discard: false,
+                cache: CacheMode::None,
+            }
+        );
+        let c = lun("a,discard,cache=writeback,block-size=512,wwn=3ABCDEF012345678").config;
+        assert!(c.discard);
+        assert_eq!(c.cache, CacheMode::Writeback);
+        assert_eq!(c.block_size, BlockSize::B512);
+        assert_eq!(c.wwn, Some(0x3abc_def0_1234_5678));
+        assert_eq!(lun("a,wwn=0X2000000000000000").config.wwn, Some(0x2 << 60));
+    }
+
+    #[test]
+    fn option_errors() {
+        assert_eq!(lun_err("a,bogus"), "unknown option 'bogus'");
+        assert_eq!(lun_err("a,bogus=1"), "unknown option 'bogus'");
+        assert_eq!(lun_err("a,RO"), "unknown option 'RO'");
+        assert_eq!(
+            lun_err("a,ro,readonly=off"),
+            "option 'readonly' given more than once"
+        );
+        assert_eq!(
+            lun_err("a,cache=none,cache=none"),
+            "option 'cache' given more than once"
+        );
+        assert_eq!(lun_err("a,"), "empty option (stray comma?)");
+        assert_eq!(lun_err("a,ro,"), "empty option (stray comma?)");
+        assert_eq!(lun("a,,,ro").config.source, PathBuf::from("a,")); // ",," then ",ro"
+        assert_eq!(lun_err("a,ro,,discard"), "unknown option 'ro,discard'");
+        assert_eq!(lun_err("a,serial"), "option 'serial' needs a value");
+        assert_eq!(lun_err("a,wwn"), "option 'wwn' needs a value");
+        assert_eq!(lun_err("a,block-size"), "option 'block-size' needs a value");
+        assert_eq!(lun_err("a,cache"), "option 'cache' needs a value");
+        assert_eq!(
+            lun_err("a,ro=maybe"),
+            "invalid readonly 'maybe': expected on or off"
+        );
+        assert_eq!(
+            lun_err("a,discard=1"),
+            "invalid discard '1': expected on or off"
+        );
+        assert_eq!(
+            lun_err("a,cache=directsync"),
+            "invalid cache 'directsync': expected none or writeback"
+        );
+        assert_eq!(
+            lun_err("a,block-size=1024"),
+            "invalid block-size '1024': expected 512 or 4096"
+        );
+        for bad in ["abc", "", "-512", "4096x", "99999999999999999999999"] {
+            assert!(
+                lun_err(&format!("a,block-size={bad}")).starts_with("invalid block-size"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn wwn_validation() {
+        for bad in [
+            "0x500000000000001",   // 15 digits
+            "0x50000000000000011", // 17 digits
+            "0x6000000000000001",  // NAA 6 is a 16-byte format
+            "0x1000000000000001",
+            "0x0000000000000000",
+            "0xF000000000000000",
+            "0x500000000000000g",
+            "5000 00000000001",
+            "+x5000000000000001",
+            "",
+            "0x",
+        ] {
+            let e = lun_err(&format!("a,wwn={bad}"));
+            assert_eq!(
+                e,
+                format!("invalid wwn '{bad}': expected 16 hex digits (optional 0x) starting with NAA type 2, 3 or 5")
+            );
+        }
+    }
+
+    #[test]
+    fn serial_validation() {
+        assert_eq!(lun("a,serial=x").config.serial.as_deref(), Some("x"));
+        let max = "S".repeat(MAX_SERIAL_LEN);
+        assert_eq!(
+            lun(&format!("a,serial={max}")).config.serial,
+            Some(max.clone())
+        );
+        for bad in [
+            String::new(),
+            format!("{max}S"),
+            "a\tb".into(),
+            "é".into(),
+            "a\u{7f}".into(),
+        ] {
+            assert!(
+                lun_err(&format!("a,serial={bad}")).starts_with("invalid serial"),
+                "{bad:?}"
+            );
+        }
+        // '=' inside a value is fine: only the first one splits key and value.
+        assert_eq!(lun("a,serial=a=b").config.serial.as_deref(), Some("a=b"));
+    }
+
+    #[test]
+    fn address_and_source_errors() {
+        assert_eq!(lun_err(""), "no source given");
+        assert_eq!(lun_err("0:0="), "no source given");
+        assert_eq!(lun_err(",ro"), "no source given");
+        assert_eq!(lun_err("256:0=a"), "target 256 is out of range (0-255)");
+        assert_eq!(lun_err("0:16384=a"), "LUN 16384 is out of range (0-16383)");
+        assert_eq!(lun_err("0:65536=a"), "LUN 65536 is out of range (0-16383)");
+        assert_eq!(
+            lun_err("99999999999999999999999:0=a"),
+            format!("target {} is out of range (0-255)", u64::MAX)
+        );
+    }
+
+    // ---- whole configurations ----
+
+    struct Fixture {
+        dir: tempfile::TempDir,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Self {
+                dir: tempfile::tempdir().unwrap(),
+            }
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.dir.path().join(name)
+        }
+
+        fn image(&self, name: &str, size: u64) -> String {
+            let p = self.path(name);
+            File::create(&p).unwrap().set_len(size).unwrap();
+            p.display().to_string()
+        }
+
+        fn sock(&self) -> String {
+            self.path("vus.sock").display().to_string()
+        }
+
+        fn write(&self, name: &str, text: &str) -> String {
+            let p = self.path(name);
+            std::fs::write(&p, text).unwrap();
+            p.display().to_string()
+        }
+    }
+
+    fn run(argv: &[&str]) -> Result<Command, CliError> {
+        let mut full = vec!["vhost-user-scsi"];
+        full.extend_from_slice(argv);
+        parse_from(full)
+    }
+
+    fn serve(argv: &[&str]) -> Config {
+        match run(argv) {
+            Ok(Command::Serve(c)) => c,
+            other => panic!("{argv:?}: {other:?}"),
+        }
+    }
+
+    fn error(argv: &[&str]) -> String {
+        match run(argv) {
+            Ok(c) => panic!("{argv:?}: unexpectedly accepted: {c:?}"),
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(!msg.contains('\n'), "multi-line error: {msg:?}");
+                msg
+            }
+        }
+    }
+
+    fn addrs(c: &Config) -> Vec<(u8, u16, String)> {
+        c.luns
+            .iter()
+            .map(|l| {
+                let name = l.source.file_name().unwrap().to_string_lossy().into_owned();
+                (l.target, l.lun, name)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn minimal_config_and_defaults() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 1 << 20);
+        let sock = f.sock();
+        let c = serve(&["--socket-path", &sock, "--lun", &img]);
+        assert_eq!(
+            c,
+            Config {
+                listen: ListenSpec::SocketPath(sock.clone().into()),
+                luns: vec![LunConfig {
+                    target: 0,
+                    lun: 0,
+                    source: img.clone().into(),
+                    read_only: false,
+                    serial: None,
+                    wwn: None,
+                    block_size: BlockSize::B512,
+                    discard: true,
+                    cache: CacheMode::Writeback,
+                }],
+                num_queues: DEFAULT_NUM_QUEUES,
+                queue_size: DEFAULT_QUEUE_SIZE,
+                exit_on_disconnect: false,
+                log: LogConfig {
+                    level: LevelFilter::Info,
+                    syslog: false,
+                },
+            }
+        );
+        // Nothing was created.
+        assert!(!Path::new(&sock).exists());
+    }
+
+    #[test]
+    fn scalar_options() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 4096);
+        let sock = f.sock();
+        let c = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &img,
+            "--num-queues",
+            "62",
+            "--queue-size",
+            "32768",
+            "--log-level",
+            "debug",
+            "--syslog",
+            "--exit-on-disconnect",
+        ]);
+        assert_eq!((c.num_queues, c.queue_size), (62, 32768));
+        assert_eq!(
+            c.log,
+            LogConfig {
+                level: LevelFilter::Debug,
+                syslog: true
+            }
+        );
+        assert!(c.exit_on_disconnect);
+        let c = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &img,
+            "--num-queues",
+            "1",
+            "--queue-size",
+            "1",
+        ]);
+        assert_eq!((c.num_queues, c.queue_size), (1, 1));
+
+        let base = ["--socket-path", sock.as_str(), "--lun", img.as_str()];
+        let with = |extra: &[&str]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            error(&v)
+        };
+        assert_eq!(
+            with(&["--num-queues", "0"]),
+            "invalid --num-queues '0': expected a number of request queues from 1 to 62"
+        );
+        assert!(with(&["--num-queues", "63"]).starts_with("invalid --num-queues '63'"));
+        assert!(with(&["--num-queues", "70000"]).starts_with("invalid --num-queues '70000'"));
+        for q in ["0", "1000", "65536", "3"] {
+            assert_eq!(
+                with(&["--queue-size", q]),
+                format!("invalid --queue-size '{q}': expected a power of two from 1 to 32768")
+            );
+        }
+        assert_eq!(
+            with(&["--log-level", "loud"]),
+            "invalid --log-level 'loud': expected off, error, warn, info, debug or trace"
+        );
+        let e = with(&["--num-queues", "four"]);
+        assert!(e.contains("--num-queues") && e.contains("four"), "{e}");
+    }
+
+    #[test]
+    fn auto_numbering_takes_next_free_lun() {
+        let f = Fixture::new();
+        let (a, b, c, d, e) = (
+            f.image("a", 512),
+            f.image("b", 512),
+            f.image("c", 512),
+            f.image("d", 512),
+            f.image("e", 512),
+        );
+        let sock = f.sock();
+        let cfg = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &format!("0:0={a}"),
+            "--lun",
+            &b,
+            "--lun",
+            &format!("0:2={c}"),
+            "--lun",
+            &d,
+            "--lun",
+            &format!("1:1={e},ro"),
+        ]);
+        assert_eq!(
+            addrs(&cfg),
+            [
+                (0, 0, "a".into()),
+                (0, 1, "b".into()),
+                (0, 2, "c".into()),
+                (0, 3, "d".into()),
+                (1, 1, "e".into()),
+            ]
+        );
+        // An explicit address later on the command line is still honoured.
+        let cfg = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &a,
+            "--lun",
+            &format!("0:0={b}"),
+        ]);
+        assert_eq!(addrs(&cfg), [(0, 0, "b".into()), (0, 1, "a".into())]);
+    }
+
+    #[test]
+    fn luns_are_sorted() {
+        let f = Fixture::new();
+        let (a, b, c) = (f.image("a", 512), f.image("b", 512), f.image("c", 512));
+        let sock = f.sock();
+        let cfg = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &format!("2:0={a}"),
+            "--lun",
+            &format!("0:5={b}"),
+            "--lun",
+            &format!("0:1={c}"),
+        ]);
+        assert_eq!(
+            addrs(&cfg),
+            [(0, 1, "c".into()), (0, 5, "b".into()), (2, 0, "a".into())]
+        );
+    }
+
+    #[test]
+    fn lun_errors_name_the_argument() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 4096);
+        let sock = f.sock();
+        let nope = f.path("nope.img").display().to_string();
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &format!("0:0={nope}")]),
+            format!("--lun 0:0={nope}: cannot open {nope}: No such file or directory")
+        );
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &format!("0:0={img}"),
+                "--lun",
+                &format!("0:0={img},ro")
+            ]),
+            format!("--lun 0:0={img},ro: target 0 LUN 0 is already used by --lun 0:0={img}")
+        );
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &format!("256:0={img}")]),
+            format!("--lun 256:0={img}: target 256 is out of range (0-255)")
+        );
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &format!("0:16384={img}")]),
+            format!("--lun 0:16384={img}: LUN 16384 is out of range (0-16383)")
+        );
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &format!("{img},fast")]),
+            format!("--lun {img},fast: unknown option 'fast'")
+        );
+        let dir = f.dir.path().display().to_string();
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &dir]),
+            format!("--lun {dir}: {dir} is a directory, not a regular file or block device")
+        );
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", "/dev/null"]),
+            "--lun /dev/null: /dev/null is a character device, not a regular file or block device"
+        );
+        let small = f.image("small.img", 511);
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &small]),
+            format!("--lun {small}: {small} is too small: 511 bytes, less than one 512-byte block")
+        );
+        let mid = f.image("mid.img", 2048);
+        assert!(error(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &format!("{mid},block-size=4096")
+        ])
+        .ends_with("is too small: 2048 bytes, less than one 4096-byte block"));
+        // An empty image is too small, but a non-multiple is accepted (rounded down later).
+        let empty = f.image("empty.img", 0);
+        assert!(error(&["--socket-path", &sock, "--lun", &empty]).contains("too small"));
+        let odd = f.image("odd.img", 1000);
+        serve(&["--socket-path", &sock, "--lun", &odd]);
+        assert_eq!(
+            error(&["--socket-path", &sock]),
+            "no LUNs configured: give at least one --lun (or [[lun]] in --config)"
+        );
+    }
+
+    #[test]
+    fn permissions_follow_read_only() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return; // root can write anything
+        }
+        let f = Fixture::new();
+        let img = f.image("ro.img", 4096);
+        let mut perm = std::fs::metadata(&img).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o444);
+        std::fs::set_permissions(&img, perm).unwrap();
+        let sock = f.sock();
+        serve(&["--socket-path", &sock, "--lun", &format!("{img},ro")]);
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &img]),
+            format!("--lun {img}: cannot open {img}: Permission denied")
+        );
+    }
+
+    #[test]
+    fn listen_options() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 4096);
+        let sock = f.sock();
+        assert_eq!(
+            error(&["--lun", &img]),
+            "no listening socket: give --socket-path PATH or --fd FD (or use systemd socket activation)"
+        );
+        assert_eq!(
+            error(&["--socket-path", &sock, "--fd", "3", "--lun", &img]),
+            "--socket-path and --fd cannot be used together"
+        );
+
+        let nodir = f.path("nodir/x.sock").display().to_string();
+        assert_eq!(
+            error(&["--socket-path", &nodir, "--lun", &img]),
+            format!(
+                "--socket-path {nodir}: directory {} does not exist",
+                f.path("nodir").display()
+            )
+        );
+        assert_eq!(
+            error(&["--socket-path", &img, "--lun", &img]),
+            format!("--socket-path {img}: exists and is not a socket")
+        );
+        let listener = UnixListener::bind(&sock).unwrap();
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &img]),
+            format!("--socket-path {sock}: already in use: another process is listening on it")
+        );
+        let fd = listener.as_raw_fd().to_string();
+        assert_eq!(
+            serve(&["--fd", &fd, "--lun", &img]).listen,
+            ListenSpec::Fd(listener.as_raw_fd())
+        );
+        drop(listener); // stale socket file stays behind: accepted
+        assert_eq!(
+            serve(&["--socket-path", &sock, "--lun", &img]).listen,
+            ListenSpec::SocketPath(sock.clone().into())
+        );
+
+        let file = File::open(&img).unwrap();
+        let ffd = file.as_raw_fd().to_string();
+        assert_eq!(
+            error(&["--fd", &ffd, "--lun", &img]),
+            format!("--fd {ffd}: not a socket")
+        );
+        assert_eq!(
+            error(&["--fd", "1000000", "--lun", &img]),
+            "--fd 1000000: not an open file descriptor"
+        );
+    }
+
+    #[test]
+    fn systemd_detection() {
+        let os = |s: &'static str| Some(OsStr::new(s));
+        assert_eq!(systemd_fd(os("42"), os("1"), 42).unwrap(), Some(3));
+        assert_eq!(systemd_fd(os("43"), os("1"), 42).unwrap(), None);
+        assert_eq!(systemd_fd(None, os("1"), 42).unwrap(), None);
+        assert_eq!(systemd_fd(os("42"), None, 42).unwrap(), None);
+        assert_eq!(systemd_fd(os("42"), os("0"), 42).unwrap(), None);
+        assert_eq!(systemd_fd(os("x"), os("1"), 42).unwrap(), None);
+        assert_eq!(
+            systemd_fd(os("42"), os("2"), 42).unwrap_err().to_string(),
+            "systemd socket activation: LISTEN_FDS=2, expected exactly one socket"
+        );
+    }
+
+    #[test]
+    fn print_capabilities_ignores_everything_else() {
+        for argv in [
+            &["--print-capabilities"][..],
+            &["--bogus", "--print-capabilities"],
+            &["--print-capabilities", "--lun", "256:0=/nope", "--fd", "-3"],
+            &[
+                "--socket-path",
+                "/nonexistent/x",
+                "--fd",
+                "9",
+                "--print-capabilities",
+            ],
+        ] {
+            assert_eq!(run(argv).unwrap(), Command::PrintCapabilities, "{argv:?}");
+        }
+        // After "--" it is not an option.
+        assert!(run(&["--", "--print-capabilities"]).is_err());
+        // Through the clap path too.
+        let args = Args {
+            print_capabilities: true,
+            ..Default::default()
+        };
+        assert_eq!(parse_config(args).unwrap(), Command::PrintCapabilities);
+    }
+
+    #[test]
+    fn usage_errors_are_one_line() {
+        let e = error(&["--bogus"]);
+        assert!(e.starts_with("unexpected argument '--bogus'"), "{e}");
+        assert!(e.ends_with("(see --help)"));
+        let e = error(&["--socket-path"]);
+        assert!(e.contains("--socket-path"), "{e}");
+        let e = error(&["--fd", "three"]);
+        assert!(e.contains("three"), "{e}");
+        assert!(matches!(run(&["positional"]), Err(CliError::Usage(_))));
+    }
+
+    // ---- config file ----
+
+    #[test]
+    fn config_file_and_merge() {
+        let f = Fixture::new();
+        let a = f.image("a.img", 4096);
+        f.image("b.img", 4096);
+        let c = f.image("c.img", 4096);
+        let sock = f.sock();
+        let file = f.write(
+            "v.toml",
+            &format!(
+                r#"
+socket-path = "{sock}"
+num-queues = 4
+queue-size = 256
+log-level = "warn"
+syslog = true
+
+[[lun]]
+target = 0
+lun = 0
+source = "{a}"
+read-only = true
+discard = false
+cache = "writeback"
+block-size = 512
+serial = "DISK0"
+wwn = "0x5000000000000001"
+
+[[lun]]
+source = "b.img"   # relative to the file
+"#
+            ),
+        );
+        let cfg = serve(&["--config", &file, "--lun", &c, "--num-queues", "8"]);
+        assert_eq!(
+            addrs(&cfg),
+            [
+                (0, 0, "a.img".into()),
+                (0, 1, "b.img".into()),
+                (0, 2, "c.img".into())
+            ]
+        );
+        assert_eq!(cfg.listen, ListenSpec::SocketPath(sock.clone().into()));
+        assert_eq!(cfg.num_queues, 8); // CLI overrides
+        assert_eq!(cfg.queue_size, 256); // from the file
+        assert_eq!(
+            cfg.log,
+            LogConfig {
+                level: LevelFilter::Warn,
+                syslog: true
+            }
+        );
+        assert!(!cfg.exit_on_disconnect);
+        let l0 = &cfg.luns[0];
+        assert!(l0.read_only && !l0.discard);
+        assert_eq!(l0.serial.as_deref(), Some("DISK0"));
+        assert_eq!(l0.wwn, Some(0x5000_0000_0000_0001));
+        assert_eq!(cfg.luns[1].source, f.path("b.img"));
+
+        // The command line's socket replaces the file's.
+        let other = f.path("other.sock").display().to_string();
+        let cfg = serve(&["--config", &file, "--socket-path", &other]);
+        assert_eq!(cfg.listen, ListenSpec::SocketPath(other.into()));
+
+        // An explicit --lun address is reserved before auto-numbering the file's LUNs.
+        let cfg = serve(&["--config", &file, "--lun", &format!("0:1={c}")]);
+        assert_eq!(
+            addrs(&cfg),
+            [
+                (0, 0, "a.img".into()),
+                (0, 1, "c.img".into()),
+                (0, 2, "b.img".into())
+            ]
+        );
+
+        // A --lun clashing with a file LUN names both.
+        let e = error(&["--config", &file, "--lun", &format!("0:0={c}")]);
+        assert_eq!(
+            e,
+            format!("--lun 0:0={c}: target 0 LUN 0 is already used by {file} [[lun]] #1 ({a})")
+        );
+    }
+
+    #[test]
+    fn config_file_errors() {
+        let f = Fixture::new();
+        let a = f.image("a.img", 4096);
+        let sock = f.sock();
+
+        let file = f.write(
+            "unknown.toml",
+            &format!("socket-path = \"{sock}\"\nnum-queue = 4\n"),
+        );
+        let e = error(&["--config", &file]);
+        assert!(
+            e.starts_with(&format!(
+                "config file {file}: line 2: unknown field `num-queue`"
+            )),
+            "{e}"
+        );
+
+        let file = f.write(
+            "both.toml",
+            &format!("socket-path = \"{sock}\"\nfd = 3\n[[lun]]\nsource = \"{a}\"\n"),
+        );
+        assert_eq!(
+            error(&["--config", &file]),
+            format!("{file} socket-path and {file} fd cannot be used together")
+        );
+        // ...unless the command line decides.
+        serve(&["--config", &file, "--socket-path", &sock]);
+
+        let file = f.write(
+            "nq.toml",
+            &format!("socket-path = \"{sock}\"\nnum-queues = 100\n[[lun]]\nsource = \"{a}\"\n"),
+        );
+        assert_eq!(
+            error(&["--config", &file]),
+            format!(
+                "invalid {file} num-queues '100': expected a number of request queues from 1 to 62"
+            )
+        );
+
+        let file = f.write(
+            "t.toml",
+            &format!("socket-path = \"{sock}\"\n[[lun]]\ntarget = 1\nsource = \"{a}\"\n"),
+        );
+        assert_eq!(
+            error(&["--config", &file]),
+            format!("{file} [[lun]] #1 ({a}): target 1 given without a LUN number")
+        );
+
+        let file = f.write(
+            "w.toml",
+            &format!(
+                "socket-path = \"{sock}\"\n[[lun]]\nlun = 3\nsource = \"{a}\"\nwwn = \"0x12\"\n"
+            ),
+        );
+        assert!(error(&["--config", &file])
+            .starts_with(&format!("{file} [[lun]] #1 ({a}): invalid wwn '0x12'")));
+
+        let file = f.write(
+            "bs.toml",
+            &format!("socket-path = \"{sock}\"\n[[lun]]\nsource = \"{a}\"\nblock-size = 1024\n"),
+        );
+        assert!(error(&["--config", &file])
+            .ends_with("invalid block-size '1024': expected 512 or 4096"));
+
+        let file = f.write(
+            "big.toml",
+            &format!("socket-path = \"{sock}\"\n[[lun]]\nlun = 16384\nsource = \"{a}\"\n"),
+        );
+        assert!(error(&["--config", &file]).ends_with("LUN 16384 is out of range (0-16383)"));
+
+        let file = f.write("nolun.toml", &format!("socket-path = \"{sock}\"\n"));
+        assert!(error(&["--config", &file]).starts_with("no LUNs configured"));
+
+        let file = f.write(
+            "flags.toml",
+            &format!("exit-on-disconnect = true\n[[lun]]\nlun = 7\nsource = \"{a}\"\n"),
+        );
+        let cfg = serve(&["--config", &file, "--socket-path", &sock]);
+        assert!(cfg.exit_on_disconnect);
+        assert_eq!(addrs(&cfg), [(0, 7, "a.img".into())]);
+
+        let missing = f.path("missing.toml").display().to_string();
+        assert_eq!(
+            error(&["--config", &missing, "--socket-path", &sock, "--lun", &a]),
+            format!("config file {missing}: cannot read it: No such file or directory")
+        );
+    }
+
+    #[test]
+    fn io_messages_drop_os_error_suffix() {
+        assert_eq!(
+            io_msg(&io::Error::from_raw_os_error(libc::ENOENT)),
+            "No such file or directory"
+        );
+        assert_eq!(io_msg(&io::Error::other("custom")), "custom");
+    }
+}

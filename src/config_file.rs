@@ -1,0 +1,242 @@
+//! The TOML configuration file (`--config FILE`).
+//!
+//! It holds the same information as the command line: daemon options at the top level and one
+//! `[[lun]]` table per logical unit. Key names are the long option names.
+//!
+//! ```toml
+//! socket-path = "/run/vus/vm1.sock"   # or: fd = 3
+//! num-queues = 4
+//! queue-size = 1024
+//! log-level = "info"
+//! syslog = false
+//! exit-on-disconnect = false
+//!
+//! [[lun]]
+//! target = 0                # optional, default 0
+//! lun = 0                   # optional: without it the LUN is auto-numbered like a bare --lun
+//! source = "/var/lib/images/disk0.img"
+//! read-only = false
+//! discard = true
+//! cache = "writeback"       # or "none" (O_DIRECT)
+//! block-size = 512          # or 4096
+//! serial = "DISK0"
+//! wwn = "0x5000000000000001"
+//! ```
+//!
+//! Unknown keys are errors. Relative paths (`socket-path`, `source`) are relative to the
+//! directory holding the file. How the file combines with command-line options is described in
+//! [`crate::cli`]. This module only reads and parses; validation of the values is shared with
+//! the command line and lives in [`crate::cli`].
+
+use std::{
+    io,
+    os::fd::RawFd,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+
+/// Why the configuration file could not be used. One line, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("config file {}: cannot read it: {}", .path.display(), crate::cli::io_msg(.error))]
+    Read {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("config file {}: {}{message}", .path.display(), .line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+    Parse {
+        path: PathBuf,
+        /// 1-based line of the problem, when known.
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+/// The file's contents, parsed but not yet validated.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileConfig {
+    pub socket_path: Option<PathBuf>,
+    pub fd: Option<RawFd>,
+    pub num_queues: Option<u64>,
+    pub queue_size: Option<u64>,
+    pub log_level: Option<String>,
+    pub syslog: Option<bool>,
+    pub exit_on_disconnect: Option<bool>,
+    #[serde(default, rename = "lun")]
+    pub luns: Vec<FileLun>,
+}
+
+/// One `[[lun]]` table, parsed but not yet validated.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct FileLun {
+    pub target: Option<u64>,
+    pub lun: Option<u64>,
+    pub source: PathBuf,
+    pub read_only: Option<bool>,
+    pub discard: Option<bool>,
+    pub cache: Option<String>,
+    pub block_size: Option<u64>,
+    pub serial: Option<String>,
+    pub wwn: Option<String>,
+}
+
+/// Reads and parses `path`, resolving relative paths in it against the file's directory.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigFileError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    let mut cfg = parse_str(&text, path)?;
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let resolve = |p: &mut PathBuf| {
+        if p.is_relative() && !p.as_os_str().is_empty() {
+            *p = base.join(&*p);
+        }
+    };
+    if let Some(p) = cfg.socket_path.as_mut() {
+        resolve(p);
+    }
+    for lun in &mut cfg.luns {
+        resolve(&mut lun.source);
+    }
+    Ok(cfg)
+}
+
+/// Parses `text` (the contents of `path`, which is only used in errors). Paths are left as
+/// written.
+pub fn parse_str(text: &str, path: &Path) -> Result<FileConfig, ConfigFileError> {
+    toml::from_str(text).map_err(|e| ConfigFileError::Parse {
+        path: path.to_owned(),
+        line: e
+            .span()
+            .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1),
+        message: e.message().trim().replace('\n', " "),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+socket-path = "/run/vus/vm1.sock"   # or fd = 3
+num-queues = 4
+[[lun]]
+target = 0
+lun = 0
+source = "/var/lib/images/disk0.img"
+read-only = false
+discard = true
+cache = "writeback"
+block-size = 512
+serial = "DISK0"
+wwn = "0x5000000000000001"
+
+[[lun]]
+source = "disk1.img"
+"#;
+
+    #[test]
+    fn parses_example() {
+        let cfg = parse_str(EXAMPLE, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.socket_path, Some(PathBuf::from("/run/vus/vm1.sock")));
+        assert_eq!(cfg.fd, None);
+        assert_eq!(cfg.num_queues, Some(4));
+        assert_eq!(cfg.luns.len(), 2);
+        assert_eq!(
+            cfg.luns[0],
+            FileLun {
+                target: Some(0),
+                lun: Some(0),
+                source: "/var/lib/images/disk0.img".into(),
+                read_only: Some(false),
+                discard: Some(true),
+                cache: Some("writeback".into()),
+                block_size: Some(512),
+                serial: Some("DISK0".into()),
+                wwn: Some("0x5000000000000001".into()),
+            }
+        );
+        assert_eq!(
+            cfg.luns[1],
+            FileLun {
+                source: "disk1.img".into(),
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn empty_file_is_fine() {
+        assert_eq!(
+            parse_str("", Path::new("x.toml")).unwrap(),
+            FileConfig::default()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = parse_str(
+            "num-queues = 2\nsokcet-path = \"/x\"\n",
+            Path::new("/etc/v.toml"),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("config file /etc/v.toml: line 2: unknown field `sokcet-path`"));
+        assert!(!msg.contains('\n'));
+
+        let e = parse_str(
+            "[[lun]]\nsource = \"a\"\nreadonly = true\n",
+            Path::new("v.toml"),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `readonly`"), "{e}");
+    }
+
+    #[test]
+    fn type_errors_and_syntax_errors_are_one_line() {
+        for text in [
+            "num-queues = \"four\"",
+            "num-queues = -1",
+            "[[lun]]\nlun = 0\n",
+            "socket-path = ",
+            "[[lun]]\nsource = \"a\"\nwwn = 5",
+        ] {
+            let e = parse_str(text, Path::new("v.toml")).unwrap_err();
+            let msg = e.to_string();
+            assert!(msg.starts_with("config file v.toml: line "), "{msg}");
+            assert!(!msg.contains('\n'), "{msg}");
+        }
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_file_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("v.toml");
+        std::fs::write(
+            &file,
+            "socket-path = \"s.sock\"\n[[lun]]\nsource = \"d.img\"\n[[lun]]\nsource = \"/abs.img\"\n",
+        )
+        .unwrap();
+        let cfg = load(&file).unwrap();
+        assert_eq!(cfg.socket_path, Some(dir.path().join("s.sock")));
+        assert_eq!(cfg.luns[0].source, dir.path().join("d.img"));
+        assert_eq!(cfg.luns[1].source, PathBuf::from("/abs.img"));
+    }
+
+    #[test]
+    fn missing_file() {
+        let e = load(Path::new("/nonexistent/v.toml")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config file /nonexistent/v.toml: cannot read it: No such file or directory"
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! The serving loop: one vhost-user connection at a time on one listening socket, for as long
+//! as the daemon lives.
+//!
+//! Each connection gets a fresh `VhostUserDaemon` (fresh vring state and queue threads) while the
+//! LUNs and the listening socket stay. Re-using the listener instead of unlinking and re-binding
+//! the path means a reconnecting QEMU never races with a socket file that is briefly missing.
+//! SIGTERM/SIGINT are taken by a dedicated thread (`sigwait`), which shuts down the current
+//! connection or wakes the wait for the next one.
+
+use std::{
+    io,
+    os::{
+        fd::AsRawFd,
+        unix::net::UnixListener,
+    },
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+};
+
+use log::{error, info, warn};
+use vhost::vhost_user::{Error as VhostUserError, Listener};
+use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::backend::ScsiBackend;
+
+/// Why serving stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot block termination signals: {0}")]
+    SignalMask(io::Error),
+    #[error("cannot start the signal thread: {0}")]
+    SignalThread(io::Error),
+    #[error("cannot duplicate the listening socket: {0}")]
+    DupListener(io::Error),
+    #[error("cannot create an event fd: {0}")]
+    EventFd(io::Error),
+    #[error("cannot set up the vhost-user device: {0}")]
+    NewDaemon(vhost_user_backend::Error),
+    #[error("cannot accept a vhost-user connection: {0}")]
+    Accept(vhost_user_backend::Error),
+    #[error("waiting for a connection failed: {0}")]
+    Poll(io::Error),
+    #[error("flushing the LUNs failed: {0}")]
+    Flush(io::Error),
+}
+
+/// What the signal thread and the serving loop share.
+struct Shutdown {
+    requested: AtomicBool,
+    /// Wakes the wait for the next connection.
+    wake: EventFd,
+    /// Shuts down the connection being served, if any.
+    connection: Mutex<Option<ShutdownHandle>>,
+}
+
+impl Shutdown {
+    fn request(&self) {
+        self.requested.store(true, Ordering::Release);
+        let _ = self.wake.write(1);
+        if let Some(handle) = self.connection.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            handle.shutdown();
+        }
+    }
+
+    fn requested(&self) -> bool {
+        self.requested.load(Ordering::Acquire)
+    }
+}
+
+/// Options of the serving loop.
+pub struct ServeOptions {
+    pub exit_on_disconnect: bool,
+}
+
+/// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread it spawns later).
+/// Call before any thread exists, so that only the signal thread ever receives them.
+pub fn block_termination_signals() -> Result<(), DaemonError> {
+    let set = termination_sigset();
+    // SAFETY: `set` is an initialised sigset_t; the old mask is not requested.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(DaemonError::SignalMask(io::Error::from_raw_os_error(ret)));
+    }
+    Ok(())
+}
+
+fn termination_sigset() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset only write into the sigset_t we own.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        set
+    }
+}
+
+fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError> {
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || loop {
+            let set = termination_sigset();
+            let mut sig: libc::c_int = 0;
+            // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+                info!("received signal {sig}, shutting down");
+                shutdown.request();
+            }
+        })
+        .map(drop)
+        .map_err(DaemonError::SignalThread)
+}
+
+/// Waits until the listener has a pending connection (true) or shutdown was requested (false).
+fn wait_for_connection(listener: &UnixListener, shutdown: &Shutdown) -> Result<bool, DaemonError> {
+    loop {
+        if shutdown.requested() {
+            return Ok(false);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shutdown.wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(DaemonError::Poll(e));
+        }
+        if fds[0].revents & libc::POLLIN != 0 && !shutdown.requested() {
+            return Ok(true);
+        }
+    }
+}
+
+/// Serves front-end connections on `listener` until SIGTERM/SIGINT (or the first disconnect with
+/// `exit_on_disconnect`). Writable LUNs are flushed after every connection and at exit.
+pub fn serve(
+    listener: &UnixListener,
+    backend: Arc<ScsiBackend>,
+    opts: &ServeOptions,
+) -> Result<(), DaemonError> {
+    let shutdown = Arc::new(Shutdown {
+        requested: AtomicBool::new(false),
+        wake: EventFd::new(EFD_NONBLOCK).map_err(DaemonError::EventFd)?,
+        connection: Mutex::new(None),
+    });
+    spawn_signal_thread(shutdown.clone())?;
+
+    // The vhost crate's Listener owns its fd; give it a duplicate so that ours stays ours
+    // (and so that, in --fd mode, nothing ever unlinks a path).
+    let dup = listener.try_clone().map_err(DaemonError::DupListener)?;
+    let mut vhost_listener = Listener::from(dup);
+
+    let mut connections: u64 = 0;
+    while wait_for_connection(listener, &shutdown)? {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let mut daemon = VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem)
+            .map_err(DaemonError::NewDaemon)?;
+        daemon.start(&mut vhost_listener).map_err(DaemonError::Accept)?;
+        connections += 1;
+        info!("front-end connected (connection {connections})");
+        *shutdown.connection.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        if shutdown.requested() {
+            daemon.request_shutdown();
+        }
+        match daemon.wait() {
+            // A guest shutting down or QEMU exiting is the normal end of a connection.
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserError::Disconnected | VhostUserError::PartialMessage,
+            )) => info!("front-end disconnected"),
+            Err(e) => warn!("front-end connection ended: {e}"),
+        }
+        *shutdown.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Dropping the daemon stops and joins its queue threads (through their exit events).
+        drop(daemon);
+        backend.disconnect();
+        if let Err(e) = backend.bus().flush_all() {
+            error!("flushing LUNs after disconnect failed: {e}");
+        }
+        if opts.exit_on_disconnect {
+            break;
+        }
+    }
+    backend.bus().flush_all().map_err(DaemonError::Flush)?;
+    info!("stopped after {connections} connection(s)");
+    Ok(())
+}

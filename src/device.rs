@@ -1,0 +1,73 @@
+//! Assembling the SCSI bus from the opened LUNs: the identities (serial number, WWN) a guest
+//! uses to name its disks, derived stably when the configuration does not give them.
+
+use crate::{
+    config::LunConfig,
+    open::OpenedLun,
+    scsi::{LogicalUnit, LunOptions, ScsiBus},
+};
+
+/// Builds the bus that the queue threads share.
+pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
+    let mut bus = ScsiBus::new();
+    for OpenedLun { config, backend } in luns {
+        let opts = LunOptions {
+            read_only: config.read_only,
+            serial: config.serial.clone().unwrap_or_else(|| default_serial(&config)),
+            wwn: config.wwn.unwrap_or_else(|| default_wwn(&config)),
+            block_size: config.block_size.bytes(),
+            discard: config.discard,
+        };
+        bus.add_lun(config.target, config.lun, LogicalUnit::new(backend, opts));
+    }
+    bus
+}
+
+/// `VUS-T000-L00000`-style serial: unique per daemon and stable across restarts.
+fn default_serial(lun: &LunConfig) -> String {
+    format!("VUS-T{:03}-L{:05}", lun.target, lun.lun)
+}
+
+/// An NAA 3 ("locally assigned") identifier hashed from the source path and the address, so
+/// that the guest's `/dev/disk/by-id` names survive daemon restarts but differ between images.
+fn default_wwn(lun: &LunConfig) -> u64 {
+    // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let bytes = lun.source.as_os_str().as_encoded_bytes().iter();
+    for &b in bytes.chain(&[lun.target]).chain(&lun.lun.to_be_bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (3 << 60) | (hash >> 4)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BlockSize, CacheMode};
+
+    fn lun(source: &str, target: u8, lun: u16) -> LunConfig {
+        LunConfig {
+            target,
+            lun,
+            source: source.into(),
+            read_only: false,
+            serial: None,
+            wwn: None,
+            block_size: BlockSize::B512,
+            discard: true,
+            cache: CacheMode::Writeback,
+        }
+    }
+
+    #[test]
+    fn default_identities_are_stable_and_distinct() {
+        let a = lun("/img/a", 0, 0);
+        assert_eq!(default_serial(&a), "VUS-T000-L00000");
+        assert_eq!(default_serial(&lun("/x", 12, 345)), "VUS-T012-L00345");
+        assert_eq!(default_wwn(&a), default_wwn(&a.clone()));
+        assert_eq!(default_wwn(&a) >> 60, 3);
+        assert_ne!(default_wwn(&a), default_wwn(&lun("/img/b", 0, 0)));
+        assert_ne!(default_wwn(&a), default_wwn(&lun("/img/a", 0, 1)));
+    }
+}

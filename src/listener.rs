@@ -1,0 +1,414 @@
+//! The vhost-user listening socket: created at `--socket-path`, inherited with `--fd`, or passed
+//! by systemd socket activation.
+//!
+//! Only a socket this module created itself is removed again (on drop); an inherited socket
+//! belongs to whoever passed it and its path, if any, is left alone.
+
+use std::{
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, RawFd},
+        unix::{
+            fs::{FileTypeExt, MetadataExt},
+            net::{UnixListener, UnixStream},
+        },
+    },
+    path::{Path, PathBuf},
+};
+
+use crate::config::ListenSpec;
+
+/// Longest socket path `bind(2)` accepts (`sun_path` is 108 bytes including the NUL).
+pub const MAX_SOCKET_PATH_LEN: usize = 107;
+
+/// Why an fd is not usable as the vhost-user listening socket.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketCheckError {
+    #[error("not an open file descriptor")]
+    NotOpen,
+    #[error("not a socket")]
+    NotASocket,
+    #[error("not a unix domain (AF_UNIX) socket")]
+    NotUnix,
+    #[error("not a stream (SOCK_STREAM) socket")]
+    NotStream,
+    #[error("socket is not listening (listen(2) was not called)")]
+    NotListening,
+    #[error("cannot inspect it: {}", crate::cli::io_msg(.0))]
+    Io(#[source] io::Error),
+}
+
+/// What is found at a `--socket-path` before binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketPathState {
+    /// Nothing there: bind creates it.
+    Free,
+    /// A socket nobody listens on (left behind by a dead process): removed before binding.
+    Stale,
+}
+
+/// Why a `--socket-path` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketPathError {
+    #[error("path is {0} bytes long, the limit for a unix socket is {MAX_SOCKET_PATH_LEN}")]
+    TooLong(usize),
+    #[error("path is empty")]
+    Empty,
+    #[error("directory {} does not exist", .0.display())]
+    NoParent(PathBuf),
+    #[error("{} is not a directory", .0.display())]
+    ParentNotDir(PathBuf),
+    #[error("exists and is not a socket")]
+    NotASocket,
+    #[error("already in use: another process is listening on it")]
+    InUse,
+    #[error("cannot inspect it: {}", crate::cli::io_msg(.0))]
+    Io(#[source] io::Error),
+}
+
+/// Why [`listen`] failed. One line, naming the socket.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("socket path {}: {error}", .path.display())]
+    Path {
+        path: PathBuf,
+        #[source]
+        error: SocketPathError,
+    },
+    #[error("socket path {}: cannot remove stale socket: {}", .path.display(), crate::cli::io_msg(.error))]
+    RemoveStale {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("socket path {}: cannot bind: {}", .path.display(), crate::cli::io_msg(.error))]
+    Bind {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("--fd {fd}: {error}")]
+    Fd {
+        fd: RawFd,
+        #[source]
+        error: SocketCheckError,
+    },
+    #[error("systemd socket (fd {fd}): {error}")]
+    Systemd {
+        fd: RawFd,
+        #[source]
+        error: SocketCheckError,
+    },
+}
+
+fn getsockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `val` and `len` are valid for writes and `len` holds the size of `val`.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(val)
+    }
+}
+
+/// Checks that `fd` is an open, listening `AF_UNIX` `SOCK_STREAM` socket. Touches nothing.
+pub fn check_listening_socket(fd: RawFd) -> Result<(), SocketCheckError> {
+    // SAFETY: F_GETFD only queries the descriptor flags.
+    if fd < 0 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(SocketCheckError::NotOpen);
+    }
+    let opt = |o| {
+        getsockopt_int(fd, o).map_err(|e| match e.raw_os_error() {
+            Some(libc::ENOTSOCK) => SocketCheckError::NotASocket,
+            Some(libc::EBADF) => SocketCheckError::NotOpen,
+            _ => SocketCheckError::Io(e),
+        })
+    };
+    if opt(libc::SO_DOMAIN)? != libc::AF_UNIX {
+        return Err(SocketCheckError::NotUnix);
+    }
+    if opt(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(SocketCheckError::NotStream);
+    }
+    if opt(libc::SO_ACCEPTCONN)? == 0 {
+        return Err(SocketCheckError::NotListening);
+    }
+    Ok(())
+}
+
+/// Checks whether a socket can be created at `path` without creating or removing anything:
+/// the parent directory exists, and the path is either free or a stale socket (one that refuses
+/// connections). A socket somebody listens on is [`SocketPathError::InUse`].
+pub fn check_socket_path(path: &Path) -> Result<SocketPathState, SocketPathError> {
+    let len = path.as_os_str().len();
+    if len == 0 {
+        return Err(SocketPathError::Empty);
+    }
+    if len > MAX_SOCKET_PATH_LEN {
+        return Err(SocketPathError::TooLong(len));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(parent) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(SocketPathError::ParentNotDir(parent.to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(SocketPathError::NoParent(parent.to_owned()))
+        }
+        Err(e) => return Err(SocketPathError::Io(e)),
+    }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(SocketPathState::Free),
+        Err(e) => Err(SocketPathError::Io(e)),
+        Ok(m) if !m.file_type().is_socket() => Err(SocketPathError::NotASocket),
+        Ok(_) => match UnixStream::connect(path) {
+            Ok(_) => Err(SocketPathError::InUse),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(SocketPathState::Stale),
+            Err(e) => Err(SocketPathError::Io(e)),
+        },
+    }
+}
+
+/// The listening socket, and the path to remove on drop if we created it.
+#[derive(Debug)]
+pub struct Listener {
+    listener: UnixListener,
+    /// Path and (device, inode) of the socket we bound: removed on drop only while the path
+    /// still names that same socket.
+    owned_path: Option<(PathBuf, u64, u64)>,
+}
+
+impl Listener {
+    /// The listening socket (close-on-exec). Use `try_clone()` on it for an owned handle.
+    pub fn as_unix_listener(&self) -> &UnixListener {
+        &self.listener
+    }
+
+    /// The socket path this listener created and will remove on drop, if any.
+    pub fn owned_path(&self) -> Option<&Path> {
+        self.owned_path.as_ref().map(|(p, _, _)| p.as_path())
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if let Some((path, dev, ino)) = &self.owned_path {
+            // Only remove the socket we bound, not one a later instance put in its place.
+            match std::fs::symlink_metadata(path) {
+                Ok(m) if m.dev() == *dev && m.ino() == *ino => {
+                    if let Err(e) = std::fs::remove_file(path) {
+                        log::warn!("cannot remove socket {}: {e}", path.display());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn adopt_fd(fd: RawFd) -> Result<Listener, SocketCheckError> {
+    check_listening_socket(fd)?;
+    // SAFETY: F_SETFD on a descriptor just checked to be open.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+        return Err(SocketCheckError::Io(io::Error::last_os_error()));
+    }
+    Ok(Listener {
+        // SAFETY: the fd is an open listening socket handed to us (by `--fd` or systemd)
+        // for our exclusive use; from here on the Listener owns and eventually closes it.
+        listener: unsafe { UnixListener::from_raw_fd(fd) },
+        owned_path: None,
+    })
+}
+
+/// Creates (for [`ListenSpec::SocketPath`]) or adopts (for [`ListenSpec::Fd`] and
+/// [`ListenSpec::Systemd`]) the listening socket.
+///
+/// For a path, a stale socket left there is removed first; the new socket is removed again when
+/// the returned [`Listener`] is dropped. An inherited fd is checked to be a listening unix
+/// stream socket and is taken over: the [`Listener`] closes it, so call this once per spec.
+pub fn listen(spec: &ListenSpec) -> Result<Listener, ListenError> {
+    match spec {
+        ListenSpec::SocketPath(path) => {
+            let path_err = |error| ListenError::Path {
+                path: path.clone(),
+                error,
+            };
+            if check_socket_path(path).map_err(path_err)? == SocketPathState::Stale {
+                std::fs::remove_file(path).map_err(|error| ListenError::RemoveStale {
+                    path: path.clone(),
+                    error,
+                })?;
+            }
+            let listener = UnixListener::bind(path).map_err(|error| match error.kind() {
+                io::ErrorKind::AddrInUse => path_err(SocketPathError::InUse),
+                _ => ListenError::Bind {
+                    path: path.clone(),
+                    error,
+                },
+            })?;
+            let owned_path = std::fs::symlink_metadata(path)
+                .ok()
+                .map(|m| (path.clone(), m.dev(), m.ino()));
+            Ok(Listener {
+                listener,
+                owned_path,
+            })
+        }
+        &ListenSpec::Fd(fd) => adopt_fd(fd).map_err(|error| ListenError::Fd { fd, error }),
+        &ListenSpec::Systemd(fd) => {
+            adopt_fd(fd).map_err(|error| ListenError::Systemd { fd, error })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn creates_and_removes_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        assert!(std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket());
+        assert_eq!(l.owned_path(), Some(path.as_path()));
+        check_listening_socket(l.as_raw_fd()).unwrap();
+        // SAFETY: F_GETFD only queries flags.
+        let flags = unsafe { libc::fcntl(l.as_raw_fd(), libc::F_GETFD) };
+        assert_ne!(flags & libc::FD_CLOEXEC, 0);
+        // A second instance on the same path must refuse.
+        assert!(matches!(
+            listen(&ListenSpec::SocketPath(path.clone())),
+            Err(ListenError::Path {
+                error: SocketPathError::InUse,
+                ..
+            })
+        ));
+        drop(l);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn replaces_stale_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        drop(UnixListener::bind(&path).unwrap()); // leaves the file behind
+        assert_eq!(check_socket_path(&path).unwrap(), SocketPathState::Stale);
+        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        UnixStream::connect(&path).unwrap();
+        drop(l);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn does_not_remove_replaced_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let other = UnixListener::bind(&path).unwrap();
+        drop(l);
+        assert!(path.exists());
+        drop(other);
+    }
+
+    #[test]
+    fn rejects_bad_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(
+            check_socket_path(&file),
+            Err(SocketPathError::NotASocket)
+        ));
+        assert!(matches!(
+            check_socket_path(&file.join("s")),
+            Err(SocketPathError::ParentNotDir(_))
+        ));
+        assert!(matches!(
+            check_socket_path(&dir.path().join("nope/s")),
+            Err(SocketPathError::NoParent(_))
+        ));
+        let long = dir.path().join("x".repeat(120));
+        assert!(matches!(
+            check_socket_path(&long),
+            Err(SocketPathError::TooLong(_))
+        ));
+        assert!(matches!(
+            check_socket_path(Path::new("")),
+            Err(SocketPathError::Empty)
+        ));
+        assert_eq!(
+            check_socket_path(Path::new("relative-free.sock")).unwrap(),
+            SocketPathState::Free
+        );
+    }
+
+    #[test]
+    fn adopts_inherited_fd_without_unlinking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let fd = UnixListener::bind(&path).unwrap().into_raw_fd();
+        let l = listen(&ListenSpec::Fd(fd)).unwrap();
+        assert_eq!(l.owned_path(), None);
+        assert_eq!(l.as_raw_fd(), fd);
+        drop(l);
+        assert!(path.exists());
+    }
+
+    #[test]
+    fn fd_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::File::create(dir.path().join("f")).unwrap();
+        assert!(matches!(
+            check_listening_socket(f.as_raw_fd()),
+            Err(SocketCheckError::NotASocket)
+        ));
+        assert!(matches!(
+            check_listening_socket(-1),
+            Err(SocketCheckError::NotOpen)
+        ));
+        let (a, _b) = UnixStream::pair().unwrap();
+        assert!(matches!(
+            check_listening_socket(a.as_raw_fd()),
+            Err(SocketCheckError::NotListening)
+        ));
+        let dgram = std::os::unix::net::UnixDatagram::unbound().unwrap();
+        assert!(matches!(
+            check_listening_socket(dgram.as_raw_fd()),
+            Err(SocketCheckError::NotStream)
+        ));
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(
+            check_listening_socket(tcp.as_raw_fd()),
+            Err(SocketCheckError::NotUnix)
+        ));
+        let e = listen(&ListenSpec::Fd(f.as_raw_fd())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("--fd {}: not a socket", f.as_raw_fd())
+        );
+    }
+}

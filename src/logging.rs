@@ -1,0 +1,180 @@
+//! Logging setup: the system log (`--syslog`) or stderr.
+//!
+//! Stderr lines look like `2024-05-01T12:34:56.789Z [INFO vhost_user_scsi::cli] message`
+//! (UTC timestamp, level, module). Syslog messages go to facility `daemon` under the process
+//! name `vhost-user-scsi`; when no syslog daemon is reachable (`/dev/log` missing, e.g. in a
+//! container) logging falls back to stderr with a warning rather than failing.
+
+use std::{
+    io::Write,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use log::{LevelFilter, Log, Metadata, Record};
+
+use crate::config::LogConfig;
+
+/// Process name used for syslog messages.
+pub const SYSLOG_IDENT: &str = "vhost-user-scsi";
+
+/// Why [`init`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoggingError {
+    #[error("cannot install logger: a logger is already installed")]
+    AlreadyInitialized(#[from] log::SetLoggerError),
+}
+
+/// Installs the global logger described by `cfg` and sets the maximum level. Call once, early.
+pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
+    let mut syslog_failure = None;
+    let logger: Box<dyn Log> = if cfg.syslog {
+        match syslog_logger() {
+            Ok(l) => Box::new(l),
+            Err(e) => {
+                syslog_failure = Some(e);
+                Box::new(StderrLogger)
+            }
+        }
+    } else {
+        Box::new(StderrLogger)
+    };
+    log::set_logger(Box::leak(logger))?;
+    log::set_max_level(cfg.level);
+    if let Some(e) = syslog_failure {
+        log::warn!("syslog is not available ({e}), logging to stderr instead");
+    }
+    Ok(())
+}
+
+fn syslog_logger() -> Result<syslog::BasicLogger, syslog::Error> {
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: None,
+        process: SYSLOG_IDENT.to_owned(),
+        pid: std::process::id(),
+    };
+    syslog::unix(formatter).map(syslog::BasicLogger::new)
+}
+
+/// Writes one line per record to stderr.
+struct StderrLogger;
+
+impl Log for StderrLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if self.enabled(record.metadata()) {
+            let line = format_line(SystemTime::now(), record);
+            // Nowhere to report a failing stderr.
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        }
+    }
+
+    fn flush(&self) {
+        let _ = std::io::stderr().flush();
+    }
+}
+
+/// `TIMESTAMP [LEVEL target] message\n`.
+fn format_line(now: SystemTime, record: &Record) -> String {
+    format!(
+        "{} [{} {}] {}\n",
+        timestamp(now),
+        record.level(),
+        record.target(),
+        record.args()
+    )
+}
+
+/// RFC 3339 UTC timestamp with milliseconds, e.g. `2024-05-01T12:34:56.789Z`.
+fn timestamp(now: SystemTime) -> String {
+    let d = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+/// Parses a `--log-level` value: `off`, `error`, `warn`, `info`, `debug` or `trace`
+/// (case-insensitive).
+pub fn parse_level(s: &str) -> Option<LevelFilter> {
+    match s.to_ascii_lowercase().as_str() {
+        "off" => Some(LevelFilter::Off),
+        "error" => Some(LevelFilter::Error),
+        "warn" | "warning" => Some(LevelFilter::Warn),
+        "info" => Some(LevelFilter::Info),
+        "debug" => Some(LevelFilter::Debug),
+        "trace" => Some(LevelFilter::Trace),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(59), (1970, 3, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(19_783), (2024, 3, 1));
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_millis(1_714_566_896_789)),
+            "2024-05-01T12:34:56.789Z"
+        );
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn line_format() {
+        let line = format_line(
+            UNIX_EPOCH,
+            &Record::builder()
+                .args(format_args!("hello {}", 42))
+                .level(log::Level::Warn)
+                .target("vhost_user_scsi::cli")
+                .build(),
+        );
+        assert_eq!(
+            line,
+            "1970-01-01T00:00:00.000Z [WARN vhost_user_scsi::cli] hello 42\n"
+        );
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(parse_level("off"), Some(LevelFilter::Off));
+        assert_eq!(parse_level("ERROR"), Some(LevelFilter::Error));
+        assert_eq!(parse_level("warn"), Some(LevelFilter::Warn));
+        assert_eq!(parse_level("info"), Some(LevelFilter::Info));
+        assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
+        assert_eq!(parse_level("trace"), Some(LevelFilter::Trace));
+        assert_eq!(parse_level("verbose"), None);
+        assert_eq!(parse_level(""), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! The control queue: task management functions and asynchronous-notification requests.
+//!
+//! Commands complete synchronously on their queue thread, so by the time a TMF is looked at no
+//! task it could name is still waiting in this daemon: aborts find nothing to abort and answer
+//! FUNCTION COMPLETE, resets raise the unit attentions SAM requires.
+
+use log::{debug, info, warn};
+use virtio_bindings::virtio_scsi::{
+    VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FUNCTION_REJECTED,
+    VIRTIO_SCSI_S_INCORRECT_LUN, VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE,
+    VIRTIO_SCSI_T_TMF, VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_ABORT_TASK_SET,
+    VIRTIO_SCSI_T_TMF_CLEAR_ACA, VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET,
+    VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET,
+    VIRTIO_SCSI_T_TMF_QUERY_TASK, VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+};
+
+use super::{request::SplitChain, LunAddress};
+use crate::scsi::ScsiBus;
+
+/// "Function complete" (virtio 1.2, 5.6.6.2); the bindings only name it `VIRTIO_SCSI_S_OK`.
+const VIRTIO_SCSI_S_FUNCTION_COMPLETE: u32 = 0;
+
+/// `struct virtio_scsi_ctrl_tmf_req`: type, subtype, lun[8], id.
+const TMF_REQ_SIZE: usize = 4 + 4 + 8 + 8;
+/// `struct virtio_scsi_ctrl_tmf_resp`: response.
+const TMF_RESP_SIZE: usize = 1;
+/// `struct virtio_scsi_ctrl_an_req`: type, lun[8], event_requested.
+const AN_REQ_SIZE: usize = 4 + 8 + 4;
+/// `struct virtio_scsi_ctrl_an_resp`: event_actual, response.
+const AN_RESP_SIZE: usize = 4 + 1;
+
+/// Handles one control-queue chain; returns the number of bytes written to it (the used length).
+pub fn handle_control(bus: &ScsiBus, chain: &SplitChain<'_>) -> u32 {
+    let mut head = [0u8; TMF_REQ_SIZE];
+    let have = chain.readable.copy_to(&mut head);
+    if have < 4 {
+        warn!("control queue: request of {have} bytes has no type field; skipped");
+        return 0;
+    }
+    let req_type = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+    match req_type {
+        VIRTIO_SCSI_T_TMF => {
+            if have < TMF_REQ_SIZE || chain.writable.len() < TMF_RESP_SIZE {
+                warn!("control queue: TMF request or response too short ({have} bytes); skipped");
+                return 0;
+            }
+            let subtype = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+            let mut lun = [0u8; 8];
+            lun.copy_from_slice(&head[8..16]);
+            let response = task_management(bus, subtype, &lun);
+            chain.writable.copy_from(&[response]) as u32
+        }
+        VIRTIO_SCSI_T_AN_QUERY | VIRTIO_SCSI_T_AN_SUBSCRIBE => {
+            if have < AN_REQ_SIZE || chain.writable.len() < AN_RESP_SIZE {
+                warn!("control queue: AN request or response too short ({have} bytes); skipped");
+                return 0;
+            }
+            // We report no asynchronous events (media change etc. do not exist for disks):
+            // event_actual = 0, response = OK, as QEMU's virtio-scsi answers.
+            let resp = [0, 0, 0, 0, VIRTIO_SCSI_S_FUNCTION_COMPLETE as u8];
+            chain.writable.copy_from(&resp) as u32
+        }
+        other => {
+            warn!("control queue: unknown request type {other}; skipped");
+            0
+        }
+    }
+}
+
+/// Carries out one TMF and returns the virtio-scsi response code.
+fn task_management(bus: &ScsiBus, subtype: u32, raw_lun: &[u8; 8]) -> u8 {
+    let Some(addr) = LunAddress::decode(raw_lun).filter(|a| bus.has_target(a.target)) else {
+        debug!("TMF {subtype} for {raw_lun:02x?}: no such target");
+        return VIRTIO_SCSI_S_BAD_TARGET as u8;
+    };
+    let (target, lun) = (addr.target, addr.lun);
+    // I_T NEXUS RESET addresses the target; everything else needs the exact LUN (as in QEMU).
+    if subtype != VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET && !bus.lun_exists(target, lun) {
+        return VIRTIO_SCSI_S_INCORRECT_LUN as u8;
+    }
+    let code = match subtype {
+        VIRTIO_SCSI_T_TMF_ABORT_TASK
+        | VIRTIO_SCSI_T_TMF_ABORT_TASK_SET
+        | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET
+        | VIRTIO_SCSI_T_TMF_QUERY_TASK
+        | VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
+            // Nothing is pending here: aborts have nothing to do, queries find no task.
+            VIRTIO_SCSI_S_FUNCTION_COMPLETE
+        }
+        VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => {
+            info!("logical unit reset of {target}:{lun}");
+            bus.reset_lun(target, lun);
+            VIRTIO_SCSI_S_FUNCTION_COMPLETE
+        }
+        VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET => {
+            info!("I_T nexus reset of target {target}");
+            bus.reset_target(target);
+            VIRTIO_SCSI_S_FUNCTION_COMPLETE
+        }
+        // We never establish ACA (NACA is not supported), so there is nothing to clear.
+        VIRTIO_SCSI_T_TMF_CLEAR_ACA => VIRTIO_SCSI_S_FUNCTION_REJECTED,
+        other => {
+            warn!("unknown TMF subtype {other} for {target}:{lun}; rejected");
+            VIRTIO_SCSI_S_FUNCTION_REJECTED
+        }
+    };
+    code as u8
+}

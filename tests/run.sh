@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README documents it and CI runs it:
+#   1. install what the tests need (Debian packages, Rust components) when missing,
+#   2. formatting and lint gates,
+#   3. unit tests, integration tests over the real socket, end-to-end tests with real QEMU guests.
+# Long runs (benchmarks, soak, fuzzing) are not part of this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== installing test dependencies (only what is missing)"
+bash tests/e2e/setup.sh
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+        rustup component add "$component"
+    fi
+done
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --all-targets -- --test-threads="${VUS_TEST_THREADS:-2}"
