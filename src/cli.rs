@@ -517,8 +517,33 @@ fn new_spec(address: Option<(u8, u16)>, source: PathBuf) -> LunSpec {
             block_size: BlockSize::default(),
             discard: true,
             cache: CacheMode::default(),
+            create_size: None,
         },
     }
+}
+
+/// Parses an image size: a number of bytes with an optional binary suffix `K`, `M`, `G`, `T`
+/// (also written `KiB`, `MiB` …). Zero is refused.
+pub(crate) fn parse_size(v: &str) -> Result<u64, LunError> {
+    let invalid = || LunError::InvalidValue {
+        option: "size",
+        value: v.to_owned(),
+        expected: "a size such as 65536, 512M, 1G or 2T",
+    };
+    let digits_end = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, suffix) = v.split_at(digits_end);
+    let shift = match suffix.trim_end_matches("iB") {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(invalid()),
+    };
+    let n: u64 = digits.parse().map_err(|_| invalid())?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&bytes| bytes > 0 && bytes <= i64::MAX as u64)
+        .ok_or_else(invalid)
 }
 
 /// Splits at single commas; `,,` is a literal comma.
@@ -668,6 +693,7 @@ pub(crate) fn parse_lun(arg: &str) -> Result<LunSpec, LunError> {
             "wwn" => "wwn",
             "block-size" => "block-size",
             "cache" => "cache",
+            "size" => "size",
             _ => return Err(LunError::UnknownOption(key.to_owned())),
         };
         if !seen.insert(canonical) {
@@ -689,6 +715,7 @@ pub(crate) fn parse_lun(arg: &str) -> Result<LunSpec, LunError> {
                 c.block_size = block_size_from(n, v)?;
             }
             "cache" => c.cache = parse_cache(need()?)?,
+            "size" => c.create_size = Some(parse_size(need()?)?),
             _ => unreachable!(),
         }
     }
@@ -720,6 +747,9 @@ pub(crate) fn file_lun(lun: &FileLun) -> Result<LunSpec, LunError> {
     }
     if let Some(v) = &lun.wwn {
         c.wwn = Some(parse_wwn(v)?);
+    }
+    if let Some(v) = &lun.size {
+        c.create_size = Some(parse_size(v)?);
     }
     Ok(spec)
 }
@@ -786,14 +816,48 @@ fn file_kind(ft: std::fs::FileType) -> &'static str {
     }
 }
 
+/// Checks that a missing source can be created with `size=`: its directory exists, and the size
+/// is a whole number of blocks. Creates nothing (that is [`crate::open`]'s job).
+fn check_creatable(lun: &LunConfig, size: u64) -> Result<(), LunError> {
+    let path = &lun.source;
+    let block_size = u64::from(lun.block_size.bytes());
+    if size % block_size != 0 {
+        return Err(LunError::InvalidValue {
+            option: "size",
+            value: size.to_string(),
+            expected: "a multiple of the block size",
+        });
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(LunError::Open {
+            path: path.clone(),
+            error: std::io::Error::from_raw_os_error(libc::ENOTDIR),
+        }),
+        Err(error) => Err(LunError::Open {
+            path: path.clone(),
+            error,
+        }),
+    }
+}
+
 /// Checks that the source exists, is a regular file or block device that can be opened as
 /// configured, and (for files) holds at least one block. Opens and closes it; creates nothing.
 pub(crate) fn check_source(lun: &LunConfig) -> Result<(), LunError> {
     let path = &lun.source;
-    let meta = std::fs::metadata(path).map_err(|error| LunError::Open {
-        path: path.clone(),
-        error,
-    })?;
+    let meta = match (std::fs::metadata(path), lun.create_size) {
+        (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return check_creatable(lun, size);
+        }
+        (meta, _) => meta.map_err(|error| LunError::Open {
+            path: path.clone(),
+            error,
+        })?,
+    };
     let ft = meta.file_type();
     if !ft.is_file() && !ft.is_block_device() {
         return Err(LunError::NotFileOrBlockDevice {

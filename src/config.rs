@@ -68,6 +68,8 @@ pub struct LunConfig {
     pub block_size: BlockSize,
     pub discard: bool,
     pub cache: CacheMode,
+    /// Create `source` as a sparse image of this many bytes when it does not exist (`size=`).
+    pub create_size: Option<u64>,
 }
 
 /// Log destination and verbosity.

@@ -82,6 +82,8 @@ pub struct FileLun {
     pub block_size: Option<u64>,
     pub serial: Option<String>,
     pub wwn: Option<String>,
+    /// Create the source with this size when missing (`"1G"`), like `--lun ...,size=`.
+    pub size: Option<String>,
 }
 
 /// Reads and parses `path`, resolving relative paths in it against the file's directory.

@@ -57,6 +57,7 @@ mod tests {
             block_size: BlockSize::B512,
             discard: true,
             cache: CacheMode::Writeback,
+            create_size: None,
         }
     }
 

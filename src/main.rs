@@ -55,17 +55,6 @@ fn run(config: Config) -> ExitCode {
         Ok(l) => l,
         Err(e) => return setup_error(e),
     };
-    for lun in &luns {
-        let c = &lun.config;
-        info!(
-            "LUN {}:{} = {} ({} bytes{})",
-            c.target,
-            c.lun,
-            c.source.display(),
-            lun.backend.size(),
-            if c.read_only { ", read-only" } else { "" }
-        );
-    }
     if let ListenSpec::SocketPath(path) = &config.listen {
         info!(
             "listening on {}; attach with: qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \

@@ -22,6 +22,14 @@ use crate::{
 /// Why a LUN could not be opened. One line, naming the LUN and its source.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
+    #[error("LUN {target}:{lun}: cannot create {}: {}", .path.display(), io_msg(.error))]
+    Create {
+        target: u8,
+        lun: u16,
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
     #[error("LUN {target}:{lun}: cannot open {}: {}", .path.display(), io_msg(.error))]
     Open {
         target: u8,
@@ -105,7 +113,36 @@ pub(crate) fn is_direct_unsupported(lun: &LunConfig, error: &io::Error) -> bool 
     lun.cache == CacheMode::None && error.raw_os_error() == Some(libc::EINVAL)
 }
 
+/// Creates a missing source as a sparse image when `size=` asks for it. A file that exists is
+/// never touched, whatever its size: the option creates images, it never resizes them.
+fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
+    let Some(size) = lun.create_size else {
+        return Ok(());
+    };
+    let error = |error| OpenError::Create {
+        target: lun.target,
+        lun: lun.lun,
+        path: lun.source.clone(),
+        error,
+    };
+    match OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&lun.source)
+    {
+        Ok(file) => {
+            file.set_len(size).map_err(error)?;
+            log::info!("created {} ({size} bytes, sparse)", lun.source.display());
+            Ok(())
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(error(e)),
+    }
+}
+
 fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
+    create_if_missing(lun)?;
     open_file(lun).map_err(|error| {
         if is_direct_unsupported(lun, &error) {
             OpenError::DirectUnsupported {
