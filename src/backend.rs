@@ -130,7 +130,7 @@ impl ScsiBackend {
             let any = !chains.is_empty();
             for chain in chains {
                 let head = chain.head_index();
-                let used_len = match split_chain(&*mem, chain) {
+                let used_len = match split_chain(&mem, chain) {
                     Ok(split) => handle(split),
                     Err(e) => {
                         warn!("descriptor chain {head}: {e}; returned unanswered");
@@ -208,7 +208,10 @@ impl VhostUserBackend for ScsiBackend {
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // sense_size and cdb_size are the only writable fields, and QEMU's vhost-user-scsi does
         // not let a guest change them either.
-        warn!("SET_CONFIG (offset {offset}, {} bytes) refused: config space is read-only", buf.len());
+        warn!(
+            "SET_CONFIG (offset {offset}, {} bytes) refused: config space is read-only",
+            buf.len()
+        );
         Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 

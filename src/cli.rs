@@ -974,6 +974,33 @@ mod tests {
     }
 
     #[test]
+    fn size_option_grammar() {
+        assert_eq!(parse_size("65536").unwrap(), 65536);
+        assert_eq!(parse_size("512M").unwrap(), 512 << 20);
+        assert_eq!(parse_size("1G").unwrap(), 1 << 30);
+        assert_eq!(parse_size("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_size("4k").unwrap(), 4096);
+        for bad in ["", "0", "G", "1Q", "1.5G", "-1", "99999999999T"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(lun("/img,size=1G").config.create_size, Some(1 << 30));
+    }
+
+    #[test]
+    fn size_creates_only_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.img");
+        let mut c = lun(&format!("{},size=1M", path.display())).config;
+        check_source(&c).unwrap();
+        assert!(!path.exists(), "validation must not create the image");
+        c.create_size = Some(1000);
+        assert!(check_source(&c).is_err(), "size must be whole blocks");
+        c.source = dir.path().join("missing-dir/new.img");
+        c.create_size = Some(1 << 20);
+        assert!(check_source(&c).is_err(), "parent directory must exist");
+    }
+
+    #[test]
     fn all_options() {
         let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none").config;
         assert_eq!(
@@ -988,6 +1015,7 @@ mod tests {
                 block_size: BlockSize::B4096,
                 discard: false,
                 cache: CacheMode::None,
+                create_size: None,
             }
         );
         let c = lun("a,discard,cache=writeback,block-size=512,wwn=3ABCDEF012345678").config;
@@ -1192,6 +1220,7 @@ mod tests {
                     block_size: BlockSize::B512,
                     discard: true,
                     cache: CacheMode::Writeback,
+                    create_size: None,
                 }],
                 num_queues: DEFAULT_NUM_QUEUES,
                 queue_size: DEFAULT_QUEUE_SIZE,

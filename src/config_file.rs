@@ -164,6 +164,7 @@ source = "disk1.img"
                 block_size: Some(512),
                 serial: Some("DISK0".into()),
                 wwn: Some("0x5000000000000001".into()),
+                size: None,
             }
         );
         assert_eq!(

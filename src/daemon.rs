@@ -9,10 +9,7 @@
 
 use std::{
     io,
-    os::{
-        fd::AsRawFd,
-        unix::net::UnixListener,
-    },
+    os::{fd::AsRawFd, unix::net::UnixListener},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -62,7 +59,12 @@ impl Shutdown {
     fn request(&self) {
         self.requested.store(true, Ordering::Release);
         let _ = self.wake.write(1);
-        if let Some(handle) = self.connection.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        if let Some(handle) = self
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
             handle.shutdown();
         }
     }
@@ -173,10 +175,15 @@ pub fn serve(
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem)
             .map_err(DaemonError::NewDaemon)?;
-        daemon.start(&mut vhost_listener).map_err(DaemonError::Accept)?;
+        daemon
+            .start(&mut vhost_listener)
+            .map_err(DaemonError::Accept)?;
         connections += 1;
         info!("front-end connected (connection {connections})");
-        *shutdown.connection.lock().unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
+        *shutdown
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = daemon.shutdown_handle();
         if shutdown.requested() {
             daemon.request_shutdown();
         }
@@ -188,7 +195,10 @@ pub fn serve(
             )) => info!("front-end disconnected"),
             Err(e) => warn!("front-end connection ended: {e}"),
         }
-        *shutdown.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *shutdown
+            .connection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
         // Dropping the daemon stops and joins its queue threads (through their exit events).
         drop(daemon);
         backend.disconnect();

@@ -13,7 +13,10 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
     for OpenedLun { config, backend } in luns {
         let opts = LunOptions {
             read_only: config.read_only,
-            serial: config.serial.clone().unwrap_or_else(|| default_serial(&config)),
+            serial: config
+                .serial
+                .clone()
+                .unwrap_or_else(|| default_serial(&config)),
             wwn: config.wwn.unwrap_or_else(|| default_wwn(&config)),
             block_size: config.block_size.bytes(),
             discard: config.discard,

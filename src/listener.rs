@@ -238,6 +238,43 @@ fn adopt_fd(fd: RawFd) -> Result<Listener, SocketCheckError> {
     })
 }
 
+/// Binds and listens on a temporary name beside `path`, then renames it into place.
+///
+/// `bind(2)` creates the socket file before `listen(2)` makes it accept connections; a front-end
+/// that connects in between (QEMU polling for the socket) gets ECONNREFUSED. Renaming a socket
+/// that already listens closes that window. RENAME_NOREPLACE keeps the "one daemon per path"
+/// guarantee that a plain bind gives. Paths too long for a temporary name fall back to a plain
+/// bind.
+fn bind_atomically(path: &Path) -> io::Result<UnixListener> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = match UnixListener::bind(&tmp) {
+        Ok(l) => l,
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return UnixListener::bind(path),
+        Err(e) => return Err(e),
+    };
+    let c_tmp = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes())?;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: both arguments are NUL-terminated paths that live across the call.
+    let ret = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_tmp.as_ptr(),
+            libc::AT_FDCWD,
+            c_path.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
 /// Creates (for [`ListenSpec::SocketPath`]) or adopts (for [`ListenSpec::Fd`] and
 /// [`ListenSpec::Systemd`]) the listening socket.
 ///
@@ -257,8 +294,10 @@ pub fn listen(spec: &ListenSpec) -> Result<Listener, ListenError> {
                     error,
                 })?;
             }
-            let listener = UnixListener::bind(path).map_err(|error| match error.kind() {
-                io::ErrorKind::AddrInUse => path_err(SocketPathError::InUse),
+            let listener = bind_atomically(path).map_err(|error| match error.kind() {
+                io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists => {
+                    path_err(SocketPathError::InUse)
+                }
                 _ => ListenError::Bind {
                     path: path.clone(),
                     error,
@@ -308,6 +347,17 @@ mod tests {
         ));
         drop(l);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn socket_accepts_connections_as_soon_as_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        UnixStream::connect(&path).unwrap();
+        // No temporary name is left beside it.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(l);
     }
 
     #[test]

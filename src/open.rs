@@ -255,6 +255,7 @@ mod tests {
             block_size: BlockSize::B512,
             discard: true,
             cache: CacheMode::Writeback,
+            create_size: None,
         }
     }
 
@@ -262,6 +263,21 @@ mod tests {
         let p = dir.join(name);
         File::create(&p).unwrap().set_len(size).unwrap();
         p
+    }
+
+    #[test]
+    fn size_creates_a_sparse_image_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("created.img");
+        let mut c = lun(&path, false);
+        c.create_size = Some(4 << 20);
+        let opened = open_luns(std::slice::from_ref(&c)).unwrap();
+        assert_eq!(opened[0].backend.size(), 4 << 20);
+        drop(opened);
+        // An existing image is never resized.
+        c.create_size = Some(8 << 20);
+        let opened = open_luns(std::slice::from_ref(&c)).unwrap();
+        assert_eq!(opened[0].backend.size(), 4 << 20);
     }
 
     #[test]

@@ -307,6 +307,10 @@ impl BlockBackend for FileBackend {
     fn can_discard(&self) -> bool {
         true
     }
+
+    fn discard_zeroes(&self) -> bool {
+        self.kind == Kind::RegularFile
+    }
 }
 
 #[cfg(test)]

@@ -38,4 +38,8 @@ pub trait BlockBackend: Send + Sync {
     /// Whether [`BlockBackend::discard`] can work at all (holes on this file system, BLKDISCARD
     /// on this device).
     fn can_discard(&self) -> bool;
+
+    /// Whether a discarded range is guaranteed to read back as zeroes (SCSI LBPRZ). True for
+    /// holes in image files; BLKDISCARD on a block device promises nothing.
+    fn discard_zeroes(&self) -> bool;
 }

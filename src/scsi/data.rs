@@ -5,7 +5,7 @@
 //! by us) and a [`DataIn`] (device-to-guest, writable by us). Both are lists of `VolatileSlice`s
 //! that point straight into guest memory, so bulk READ/WRITE data moves between the LUN and the
 //! guest with `preadv`/`pwritev` and no bounce buffer. Small responses (INQUIRY, MODE SENSE …) are
-//! built in a local buffer and copied with [`DataIn::write_prefix`].
+//! built in a local buffer and copied with [`SgList::copy_from`].
 //!
 //! In unit tests the slices come from ordinary `Vec<u8>`s (`VolatileSlice: From<&mut [u8]>`).
 

@@ -4,7 +4,89 @@
 //! one command at a time (target, LUN, CDB, data buffers) and gets back a [`CmdOutput`]: status,
 //! sense data and how many data bytes moved. SCSI-level failures (bad CDB, LBA out of range,
 //! medium errors) are data in the output, never `Err`: the guest always gets an answer.
+//!
+//! Layout:
+//! - [`bus`]: targets and LUNs, command routing, REPORT LUNS and the "no such LUN" responses.
+//! - [`lun`]: one emulated direct-access block device: dispatch, unit attentions, REQUEST SENSE.
+//! - [`inquiry`], [`mode`], [`capacity`], [`io`], [`provisioning`], [`opcodes`]: command groups.
+//! - [`cdb`], [`sense`]: CDB field access and sense data encoding.
+//!
+//! The model is QEMU's `scsi-disk`, which is what Linux guests are tested against.
 
+pub mod bus;
+pub mod capacity;
+pub mod cdb;
 pub mod data;
+pub mod inquiry;
+pub mod io;
+pub mod lun;
+pub mod mode;
+pub mod opcodes;
+pub mod provisioning;
+pub mod sense;
 
+#[cfg(test)]
+mod tests;
+
+pub use bus::ScsiBus;
 pub use data::{DataIn, DataOut, SgList};
+pub use lun::{LogicalUnit, LunOptions};
+pub use sense::Sense;
+
+/// SAM status codes.
+pub mod status {
+    pub const GOOD: u8 = 0x00;
+    pub const CHECK_CONDITION: u8 = 0x02;
+    pub const BUSY: u8 = 0x08;
+    pub const RESERVATION_CONFLICT: u8 = 0x18;
+    pub const TASK_SET_FULL: u8 = 0x28;
+}
+
+/// Largest response we ever build in memory for a data-in command (INQUIRY, MODE SENSE, REPORT
+/// LUNS …); the guest's allocation length is clamped to this.
+pub const MAX_RESPONSE_LEN: usize = 64 * 1024;
+
+/// The outcome of one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CmdOutput {
+    /// SAM status: 0 GOOD, 2 CHECK CONDITION, 0x18 RESERVATION CONFLICT …
+    pub status: u8,
+    /// Sense data (fixed format), empty unless CHECK CONDITION.
+    pub sense: Vec<u8>,
+    /// Data bytes actually moved in the command's direction.
+    pub transferred: u32,
+}
+
+impl CmdOutput {
+    pub fn good(transferred: usize) -> Self {
+        Self {
+            status: status::GOOD,
+            sense: Vec::new(),
+            transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
+        }
+    }
+
+    pub fn check_condition(sense: Sense) -> Self {
+        Self {
+            status: status::CHECK_CONDITION,
+            sense: sense.to_fixed(),
+            transferred: 0,
+        }
+    }
+}
+
+impl From<Sense> for CmdOutput {
+    fn from(sense: Sense) -> Self {
+        Self::check_condition(sense)
+    }
+}
+
+/// Result of a command handler: `Err` carries the CHECK CONDITION sense.
+pub(crate) type CmdResult = Result<CmdOutput, Sense>;
+
+/// Returns a small in-memory response: truncated to the ALLOCATION LENGTH, then to the guest's
+/// buffer. `transferred` is what was actually copied.
+pub(crate) fn respond(data_in: &DataIn<'_>, buf: &[u8], alloc_len: usize) -> CmdOutput {
+    let n = buf.len().min(alloc_len);
+    CmdOutput::good(data_in.copy_from(&buf[..n]))
+}

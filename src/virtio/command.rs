@@ -28,7 +28,10 @@ pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
     };
 
     let Some(addr) = LunAddress::decode(&req.lun).filter(|a| bus.has_target(a.target)) else {
-        debug!("command {:#04x} for {:02x?}: no such target", req.cdb[0], req.lun);
+        debug!(
+            "command {:#04x} for {:02x?}: no such target",
+            req.cdb[0], req.lun
+        );
         fail(&req.response, VIRTIO_SCSI_S_BAD_TARGET);
         return RESP_HEADER_SIZE as u32;
     };

@@ -2,14 +2,18 @@
 //! front-end through `VHOST_USER_GET_CONFIG`.
 
 use super::{CDB_SIZE, SENSE_SIZE};
-use crate::config::{MAX_LUN, MAX_TARGET};
+use crate::{
+    config::{MAX_LUN, MAX_TARGET},
+    scsi::inquiry::MAX_TRANSFER_BYTES,
+};
 
 /// Size of `struct virtio_scsi_config`.
 pub const CONFIG_SPACE_SIZE: usize = 36;
 /// Size of `struct virtio_scsi_event`.
 const EVENT_INFO_SIZE: u32 = 16;
-/// Largest transfer per command, in 512-byte sectors (QEMU's default `max_sectors`).
-const MAX_SECTORS: u32 = 0xffff;
+/// Largest transfer per command, in 512-byte sectors: the same limit the Block Limits VPD page
+/// reports, so that the HBA and the disk tell the guest one number.
+const MAX_SECTORS: u32 = MAX_TRANSFER_BYTES / 512;
 /// Commands the guest may queue per LUN (QEMU's default `cmd_per_lun`).
 const CMD_PER_LUN: u32 = 128;
 
@@ -59,7 +63,7 @@ mod tests {
         let want: [u8; 36] = [
             4, 0, 0, 0,          // num_queues
             126, 0, 0, 0,        // seg_max
-            0xff, 0xff, 0, 0,    // max_sectors
+            0, 0x40, 0, 0,       // max_sectors (8 MiB)
             128, 0, 0, 0,        // cmd_per_lun
             16, 0, 0, 0,         // event_info_size
             96, 0, 0, 0,         // sense_size
@@ -75,7 +79,11 @@ mod tests {
     fn read_config_bounds() {
         let c = config_space(1, 2);
         assert_eq!(read_config(&c, 0, 4), Some(vec![1, 0, 0, 0]));
-        assert_eq!(read_config(&c, 4, 4), Some(vec![1, 0, 0, 0]), "seg_max never 0");
+        assert_eq!(
+            read_config(&c, 4, 4),
+            Some(vec![1, 0, 0, 0]),
+            "seg_max never 0"
+        );
         assert_eq!(read_config(&c, 0, 36).map(|v| v.len()), Some(36));
         assert_eq!(read_config(&c, 30, 8), None);
         assert_eq!(read_config(&c, u32::MAX, 2), None);

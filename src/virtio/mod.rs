@@ -4,8 +4,8 @@
 //! length by what the chain really holds and never index past it; a chain that cannot carry a
 //! response is reported as [`request::ChainError`] and completed with zero bytes used.
 
-pub mod config_space;
 pub mod command;
+pub mod config_space;
 pub mod control;
 pub mod request;
 
@@ -40,7 +40,11 @@ impl LunAddress {
 
     /// The inverse of [`LunAddress::decode`] (flat addressing above LUN 255).
     pub fn encode(self) -> [u8; 8] {
-        let hi = if self.lun > 255 { 0x40 | (self.lun >> 8) as u8 } else { 0 };
+        let hi = if self.lun > 255 {
+            0x40 | (self.lun >> 8) as u8
+        } else {
+            0
+        };
         [1, self.target, hi, (self.lun & 0xff) as u8, 0, 0, 0, 0]
     }
 }
@@ -60,7 +64,10 @@ mod tests {
         assert_eq!(LunAddress::decode(&[1, 0, 0x80, 0, 0, 0, 0, 0]), None);
         assert_eq!(
             LunAddress::decode(&[1, 4, 0x7f, 0xff, 0, 0, 0, 0]),
-            Some(LunAddress { target: 4, lun: 0x3fff })
+            Some(LunAddress {
+                target: 4,
+                lun: 0x3fff
+            })
         );
     }
 }

@@ -26,6 +26,11 @@ pub enum ChainError {
     OutsideGuestMemory { addr: u64, len: u32 },
     /// A device-readable descriptor follows a device-writable one (virtio 1.2, 2.7.4.2).
     ReadableAfterWritable,
+    /// The chain ended on a descriptor that still says NEXT: it loops, points past the table,
+    /// exceeds 4 GiB or could not be read. What was seen of it cannot be trusted to be whole.
+    Truncated,
+    /// No descriptor could be read at all.
+    Empty,
 }
 
 impl fmt::Display for ChainError {
@@ -37,6 +42,11 @@ impl fmt::Display for ChainError {
             ChainError::ReadableAfterWritable => {
                 write!(f, "device-readable descriptor after a device-writable one")
             }
+            ChainError::Truncated => write!(
+                f,
+                "chain does not end (loop, bad next index, over 4 GiB or unreadable descriptor)"
+            ),
+            ChainError::Empty => write!(f, "chain has no readable descriptor"),
         }
     }
 }
@@ -56,7 +66,11 @@ pub fn split_chain<'a>(
         readable: SgList::new(),
         writable: SgList::new(),
     };
+    // virtio-queue's iterator stops quietly on loops, bad `next` indexes, unreadable
+    // descriptors and chains over 4 GiB; the only trace is a last descriptor still flagged NEXT.
+    let mut last_has_next = None;
     for desc in descriptors {
+        last_has_next = Some(desc.has_next());
         let outside = || ChainError::OutsideGuestMemory {
             addr: desc.addr().0,
             len: desc.len(),
@@ -75,7 +89,11 @@ pub fn split_chain<'a>(
             }
         }
     }
-    Ok(split)
+    match last_has_next {
+        None => Err(ChainError::Empty),
+        Some(true) => Err(ChainError::Truncated),
+        Some(false) => Ok(split),
+    }
 }
 
 /// A decoded virtio-scsi command request.
@@ -107,10 +125,16 @@ impl fmt::Display for RequestError {
         match self {
             RequestError::Chain(e) => e.fmt(f),
             RequestError::ShortRequestHeader(n) => {
-                write!(f, "request header needs {REQ_HEADER_SIZE} readable bytes, chain has {n}")
+                write!(
+                    f,
+                    "request header needs {REQ_HEADER_SIZE} readable bytes, chain has {n}"
+                )
             }
             RequestError::ShortResponseHeader(n) => {
-                write!(f, "response header needs {RESP_HEADER_SIZE} writable bytes, chain has {n}")
+                write!(
+                    f,
+                    "response header needs {RESP_HEADER_SIZE} writable bytes, chain has {n}"
+                )
             }
         }
     }
@@ -118,14 +142,19 @@ impl fmt::Display for RequestError {
 
 /// Decodes a command request from a split chain. On `ShortRequestHeader` the response area is
 /// still usable, so the caller can answer with `VIRTIO_SCSI_S_FAILURE`.
-pub fn parse_cmd_request(split: SplitChain<'_>) -> Result<CmdRequest<'_>, (RequestError, Option<SgList<'_>>)> {
+pub fn parse_cmd_request(
+    split: SplitChain<'_>,
+) -> Result<CmdRequest<'_>, (RequestError, Option<SgList<'_>>)> {
     let SplitChain { readable, writable } = split;
     if writable.len() < RESP_HEADER_SIZE {
         return Err((RequestError::ShortResponseHeader(writable.len()), None));
     }
     let response = writable.range(0, RESP_HEADER_SIZE);
     if readable.len() < REQ_HEADER_SIZE {
-        return Err((RequestError::ShortRequestHeader(readable.len()), Some(response)));
+        return Err((
+            RequestError::ShortRequestHeader(readable.len()),
+            Some(response),
+        ));
     }
     let mut header = [0u8; REQ_HEADER_SIZE];
     readable.copy_to(&mut header);

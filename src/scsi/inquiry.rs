@@ -1,0 +1,198 @@
+//! INQUIRY: standard data and the vital product data pages Linux reads (00h, 80h, 83h, B0h,
+//! B1h, B2h).
+
+use super::{
+    cdb::{put_be16, put_be32, put_be64, Cdb},
+    lun::LogicalUnit,
+    respond,
+    sense::Sense,
+    CmdResult, DataIn,
+};
+
+/// T10 vendor identification (8 bytes, space padded).
+pub const VENDOR: &[u8; 8] = b"VUS     ";
+/// Product identification (16 bytes, space padded).
+pub const PRODUCT: &[u8; 16] = b"vhost-user-scsi ";
+/// Product revision level (4 bytes).
+pub const REVISION: &[u8; 4] = b"0001";
+
+/// Peripheral qualifier 0, device type 0: a direct-access block device is connected.
+pub const PERIPHERAL_DISK: u8 = 0x00;
+/// Peripheral qualifier 3, device type 1Fh: no logical unit at this LUN.
+pub const PERIPHERAL_NO_LUN: u8 = 0x7f;
+
+/// Largest single READ/WRITE we advertise (VPD B0h MAXIMUM TRANSFER LENGTH). Bulk data moves
+/// zero-copy, so this only bounds how long one command occupies a queue thread.
+pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+/// Largest UNMAP LBA count and WRITE SAME length, as QEMU (1 GiB).
+pub const MAX_UNMAP_BYTES: u32 = 1 << 30;
+pub const MAX_WRITE_SAME_BYTES: u32 = 1 << 30;
+/// Most UNMAP block descriptors in one command: 255 fit in 4 KiB with the 8-byte header.
+pub const MAX_UNMAP_DESCRIPTORS: u32 = 255;
+/// Deallocation granularity we advertise: file system holes are page sized.
+pub const UNMAP_GRANULARITY_BYTES: u32 = 4096;
+
+/// Length of the standard INQUIRY data we return.
+const STANDARD_LEN: usize = 74;
+
+/// VPD pages in the order the supported-pages list reports them.
+const PAGE_SUPPORTED: u8 = 0x00;
+const PAGE_SERIAL: u8 = 0x80;
+const PAGE_DEVICE_ID: u8 = 0x83;
+const PAGE_BLOCK_LIMITS: u8 = 0xb0;
+const PAGE_BLOCK_CHARACTERISTICS: u8 = 0xb1;
+const PAGE_PROVISIONING: u8 = 0xb2;
+
+/// Standard INQUIRY data (SPC-5 6.7.2) with the given first byte.
+pub fn standard_data(peripheral: u8) -> Vec<u8> {
+    let mut b = vec![0u8; STANDARD_LEN];
+    b[0] = peripheral;
+    b[2] = 0x06; // VERSION: SPC-4
+    b[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
+    b[4] = (STANDARD_LEN - 5) as u8;
+    b[7] = 0x02; // CMDQUE
+    b[8..16].copy_from_slice(VENDOR);
+    b[16..32].copy_from_slice(PRODUCT);
+    b[32..36].copy_from_slice(REVISION);
+    // Version descriptors (bytes 58..74): SAM-5, SPC-4, SBC-3.
+    for (i, v) in [0x00a0u16, 0x0460, 0x04c0].into_iter().enumerate() {
+        put_be16(&mut b, 58 + 2 * i, v);
+    }
+    b
+}
+
+/// Checks the CDB fields shared by every INQUIRY; returns (EVPD, page code, allocation length).
+pub fn parse_cdb(cdb: &Cdb) -> Result<(bool, u8, usize), Sense> {
+    if cdb.bit(1, 0x02) {
+        // CMDDT (obsolete command support data)
+        return Err(Sense::invalid_cdb_field(1, Some(1)));
+    }
+    let evpd = cdb.bit(1, 0x01);
+    let page = cdb.byte(2);
+    if !evpd && page != 0 {
+        return Err(Sense::invalid_cdb_field(2, Some(7)));
+    }
+    Ok((evpd, page, usize::from(cdb.be16(3))))
+}
+
+/// A VPD page: 4-byte header then `payload`.
+fn vpd_page(peripheral: u8, page: u8, payload: &[u8]) -> Vec<u8> {
+    let mut b = vec![peripheral, page, 0, 0];
+    // Payloads are built from bounded pieces and always fit the 16-bit PAGE LENGTH.
+    put_be16(&mut b, 2, u16::try_from(payload.len()).unwrap_or(u16::MAX));
+    b.extend_from_slice(payload);
+    b
+}
+
+/// The VPD page for an unconfigured LUN: only the supported-pages list, listing itself.
+pub fn no_lun_vpd(page: u8) -> Result<Vec<u8>, Sense> {
+    match page {
+        PAGE_SUPPORTED => Ok(vpd_page(PERIPHERAL_NO_LUN, page, &[PAGE_SUPPORTED])),
+        _ => Err(Sense::invalid_cdb_field(2, Some(7))),
+    }
+}
+
+impl LogicalUnit {
+    pub(super) fn inquiry(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
+        let (evpd, page, alloc_len) = parse_cdb(cdb)?;
+        let buf = if evpd {
+            self.vpd(page)?
+        } else {
+            standard_data(PERIPHERAL_DISK)
+        };
+        Ok(respond(data_in, &buf, alloc_len))
+    }
+
+    /// Serial number as reported: printable ASCII, bounded so every page length fits a byte.
+    fn serial_bytes(&self) -> Vec<u8> {
+        self.opts
+            .serial
+            .bytes()
+            .filter(|c| c.is_ascii_graphic() || *c == b' ')
+            .take(200)
+            .collect()
+    }
+
+    fn supported_vpd_pages(&self) -> Vec<u8> {
+        let mut pages = vec![PAGE_SUPPORTED];
+        if !self.serial_bytes().is_empty() {
+            pages.push(PAGE_SERIAL);
+        }
+        pages.extend_from_slice(&[
+            PAGE_DEVICE_ID,
+            PAGE_BLOCK_LIMITS,
+            PAGE_BLOCK_CHARACTERISTICS,
+            PAGE_PROVISIONING,
+        ]);
+        pages
+    }
+
+    fn vpd(&self, page: u8) -> Result<Vec<u8>, Sense> {
+        if !self.supported_vpd_pages().contains(&page) {
+            return Err(Sense::invalid_cdb_field(2, Some(7)));
+        }
+        let payload = match page {
+            PAGE_SUPPORTED => self.supported_vpd_pages(),
+            PAGE_SERIAL => self.serial_bytes(),
+            PAGE_DEVICE_ID => self.device_identification(),
+            PAGE_BLOCK_LIMITS => self.block_limits(),
+            PAGE_BLOCK_CHARACTERISTICS => {
+                let mut p = vec![0u8; 0x3c];
+                put_be16(&mut p, 0, 1); // MEDIUM ROTATION RATE: non-rotating medium
+                p
+            }
+            _ => self.logical_block_provisioning(),
+        };
+        Ok(vpd_page(PERIPHERAL_DISK, page, &payload))
+    }
+
+    /// VPD 83h designators: NAA (from the WWN), T10 vendor ID (vendor + serial), relative target
+    /// port 1.
+    fn device_identification(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        if self.opts.wwn != 0 {
+            // Binary code set, LU association, NAA designator type.
+            p.extend_from_slice(&[0x01, 0x03, 0x00, 0x08]);
+            p.extend_from_slice(&self.opts.wwn.to_be_bytes());
+        }
+        let mut t10 = VENDOR.to_vec();
+        t10.extend_from_slice(&self.serial_bytes());
+        // ASCII code set, LU association, T10 vendor ID designator type.
+        p.extend_from_slice(&[0x02, 0x01, 0x00, t10.len() as u8]);
+        p.extend_from_slice(&t10);
+        // Binary code set, target port association, relative target port designator type.
+        p.extend_from_slice(&[0x01, 0x14, 0x00, 0x04, 0x00, 0x00, 0x00, 0x01]);
+        p
+    }
+
+    /// VPD B0h (SBC-4 6.6.4), 3Ch bytes after the header. Limits are in logical blocks.
+    fn block_limits(&self) -> Vec<u8> {
+        let bs = self.block_size();
+        let mut p = vec![0u8; 0x3c];
+        // Offsets below are page offsets minus the 4-byte header.
+        p[0] = 0x01; // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is not supported
+        put_be32(&mut p, 4, MAX_TRANSFER_BYTES / bs);
+        if self.discard {
+            put_be32(&mut p, 16, MAX_UNMAP_BYTES / bs);
+            put_be32(&mut p, 20, MAX_UNMAP_DESCRIPTORS);
+            put_be32(&mut p, 24, (UNMAP_GRANULARITY_BYTES / bs).max(1));
+        }
+        put_be64(&mut p, 32, u64::from(MAX_WRITE_SAME_BYTES / bs));
+        p
+    }
+
+    /// VPD B2h (SBC-4 6.6.6).
+    fn logical_block_provisioning(&self) -> Vec<u8> {
+        let mut p = vec![0u8; 4];
+        if self.discard {
+            // LBPU, LBPWS, LBPWS10; LBPRZ = 1 only where deallocated blocks read back as zeroes
+            // (holes in an image file; BLKDISCARD on a device promises nothing).
+            p[1] = 0xe0;
+            if self.backend.discard_zeroes() {
+                p[1] |= 0x04;
+            }
+            p[2] = 0x02; // PROVISIONING TYPE: thin
+        }
+        p
+    }
+}
