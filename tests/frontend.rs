@@ -602,6 +602,36 @@ fn reconnect_keeps_data_and_sigterm_exits_cleanly() {
     assert!(!daemon.socket.exists(), "socket file left behind");
 }
 
+/// libvirt (`--fd`) and systemd (socket activation) hand the daemon a socket they created:
+/// it must serve successive connections on it and never unlink the path at exit.
+#[test]
+fn inherited_listening_sockets_serve_and_are_never_unlinked() {
+    for listen in [Listen::Fd, Listen::Systemd] {
+        let mut daemon = Daemon::start_listening(&one_disk(), &[], listen);
+        let data = pattern(4 * 512, 0x3c);
+        {
+            let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+            vm.clear_unit_attention(lun(0, 0));
+            vm.scsi(lun(0, 0), &cdb_write10(7, 4), &[&data], &[])
+                .assert_good();
+        }
+        let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+        vm.clear_unit_attention(lun(0, 0));
+        let r = vm.scsi(lun(0, 0), &cdb_read10(7, 4), &[], &[2048]);
+        r.assert_good();
+        assert!(
+            r.data == data,
+            "{listen:?}: second connection lost the data"
+        );
+        let status = daemon.terminate();
+        assert_eq!(status.code(), Some(0), "{listen:?}: exit status {status}");
+        assert!(
+            daemon.socket.exists(),
+            "{listen:?}: the daemon removed a socket it did not create"
+        );
+    }
+}
+
 #[test]
 fn multiqueue_serves_every_request_queue() {
     let mut daemon = Daemon::start(&one_disk(), &["--num-queues", "2"]);

@@ -107,13 +107,64 @@ pub struct Daemon {
     _dir: TempDir,
 }
 
+/// How the daemon under test gets its listening socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// `--socket-path`: the daemon creates the socket (and removes it at exit).
+    Path,
+    /// `--fd N`: the test binds the socket and hands the daemon the listening fd (libvirt).
+    Fd,
+    /// systemd socket activation: the listening fd is fd 3, `LISTEN_FDS=1`, `LISTEN_PID`.
+    Systemd,
+}
+
 impl Daemon {
     pub fn start(disks: &[Disk], extra_args: &[&str]) -> Self {
+        Self::start_listening(disks, extra_args, Listen::Path)
+    }
+
+    pub fn start_listening(disks: &[Disk], extra_args: &[&str], listen: Listen) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vus.sock");
         let log = dir.path().join("daemon.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"));
-        cmd.arg("--socket-path").arg(&socket);
+        let bin = env!("CARGO_BIN_EXE_vhost-user-scsi");
+        // Kept open until the child is spawned; the child inherits its own copy.
+        let mut inherited = None;
+        let mut cmd = match listen {
+            Listen::Path => {
+                let mut cmd = Command::new(bin);
+                cmd.arg("--socket-path").arg(&socket);
+                cmd
+            }
+            Listen::Fd => {
+                let l = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+                let fd = l.as_raw_fd();
+                // SAFETY: clearing FD_CLOEXEC on a descriptor we own so the child inherits it.
+                assert_eq!(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }, 0);
+                let mut cmd = Command::new(bin);
+                cmd.arg("--fd").arg(fd.to_string());
+                inherited = Some(l);
+                cmd
+            }
+            Listen::Systemd => {
+                let l = std::os::unix::net::UnixListener::bind(&socket).expect("bind");
+                let fd = l.as_raw_fd();
+                // LISTEN_PID must be the daemon's own pid: let a shell export its `$$` and exec.
+                let mut cmd = Command::new("sh");
+                cmd.args(["-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"", bin]);
+                // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+                unsafe {
+                    std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                        if libc::dup2(fd, 3) < 0 || libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        Ok(())
+                    });
+                }
+                inherited = Some(l);
+                cmd
+            }
+        };
         let mut images = Vec::new();
         for (i, disk) in disks.iter().enumerate() {
             let image = dir.path().join(format!("disk{i}.img"));
@@ -135,6 +186,7 @@ impl Daemon {
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file);
         let child = cmd.spawn().expect("cannot start the daemon binary");
+        drop(inherited);
         let mut daemon = Daemon {
             child: Some(child),
             socket,
