@@ -6,7 +6,9 @@
 //!  1. start `vhost-user-scsi --socket-path DIR/vus.sock --lun 0:0=IMG0 --lun 1:0=IMG1`;
 //!  2. boot phase 1 (mkfs.ext4, write, verify, discard on both disks);
 //!  3. boot phase 2 against the SAME daemon process (reconnect): verify the
-//!     phase-1 files, write one more;
+//!     phase-1 files, write one more, then reboot the guest inside the same
+//!     QEMU (a virtio device reset on a live connection) and verify everything
+//!     again in the second boot;
 //!  4. SIGTERM the daemon, which must exit 0 within a few seconds;
 //!  5. on the host: `e2fsck -fn` both images and compare every file the guest
 //!     reported (`E2E-FILE:` lines) with what `debugfs` extracts.
@@ -118,17 +120,21 @@ fn boot(
 ) -> Boot {
     let mut cmd = Command::new("bash");
     cmd.arg(e2e_dir().join("run-guest.sh"))
-        .args(["--qemu", qemu, "--phase", &phase.to_string()])
-        .args([
-            "--timeout",
-            &BOOT_TIMEOUT_SECS.to_string(),
-            "--disks",
-            &DISKS.join(","),
-        ])
-        .arg("--log")
-        .arg(log)
-        .arg("--no-log-on-failure")
-        .stdin(Stdio::null());
+        .args(["--qemu", qemu, "--phase", &phase.to_string()]);
+    // Phase 2 also reboots the guest once: the device reset path, on a live connection.
+    if phase == 2 {
+        cmd.arg("--reboot");
+    }
+    cmd.args([
+        "--timeout",
+        &BOOT_TIMEOUT_SECS.to_string(),
+        "--disks",
+        &DISKS.join(","),
+    ])
+    .arg("--log")
+    .arg(log)
+    .arg("--no-log-on-failure")
+    .stdin(Stdio::null());
     if std::env::var("VUS_E2E_NODISCARD").as_deref() == Ok("1") {
         cmd.arg("--nodiscard");
     }
@@ -430,6 +436,12 @@ fn run_daemon_e2e(name: &str) {
         2,
         &logs.join(format!("{name}-phase2.log")),
         &ctx,
+    );
+    assert!(
+        b2.log.contains("E2E-RESULT: REBOOT phase=2")
+            && b2.log.contains("second boot after a guest reboot"),
+        "phase 2 did not go through the guest reboot\n{}",
+        b2.log
     );
 
     let log_text = daemon.log_text();

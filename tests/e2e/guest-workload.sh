@@ -8,11 +8,16 @@
 #   e2e.disks=T:L,T:L    SCSI target:lun of the disks (default 0:0,1:0)
 #   e2e.wait=SECONDS     how long to wait for the disks (default 60)
 #   e2e.nodiscard=1      discard failures are reported but not fatal
+#   e2e.reboot=1         phase 2 only: after the workload, reboot the guest in the same
+#                        QEMU (a virtio device reset, not a reconnect) and verify every
+#                        file again in the second boot; a marker file on the first
+#                        disk tells the two boots apart
 #
 # Output lines parsed by the host (tests/e2e_guest.rs, run-guest.sh):
 #   E2E-DISK: tl=T:L dev=sdX hctl=H:C:T:L sectors=N
 #   E2E-FILE: phase=P tl=T:L path=/file sha256=HEX size=BYTES
 #   E2E-RESULT: PASS phase=P nonce=NONCE
+#   E2E-RESULT: REBOOT phase=P nonce=NONCE             (first boot with e2e.reboot=1)
 #   E2E-RESULT: FAIL phase=P nonce=NONCE <reason>     (one per failure)
 
 cmdline_get() { # cmdline_get KEY DEFAULT
@@ -27,6 +32,8 @@ NONCE="$(cmdline_get e2e.nonce none)"
 DISKS="$(cmdline_get e2e.disks 0:0,1:0 | tr ',' ' ')"
 WAIT="$(cmdline_get e2e.wait 60)"
 NODISCARD="$(cmdline_get e2e.nodiscard 0)"
+REBOOT="$(cmdline_get e2e.reboot 0)"
+REBOOT_MARKER=/REBOOT-PENDING
 FAILS=0
 
 fail() {
@@ -159,7 +166,30 @@ phase2_disk() { # phase2_disk DEV TL
     run e2fsck -fn "/dev/$dev" || fail "e2fsck reported errors on $tl"
 }
 
-info "phase=$PHASE disks=$DISKS kernel=$(uname -r) cpus=$(nproc)"
+# after_reboot_disk DEV TL: the second boot of e2e.reboot=1 (the device was reset, the
+# connection kept): everything written before the reset must still be there.
+after_reboot_disk() {
+    dev="$1"; tl="$2"; mnt="$(mnt_of "$tl")"
+    mkdir -p "$mnt"
+    run mount -t ext4 "/dev/$dev" "$mnt" || { fail "mount after reboot failed on $tl"; return; }
+    verify_manifest "$mnt" "$tl"
+    rm -f "$mnt$REBOOT_MARKER"
+    run umount "$mnt" || fail "umount after reboot failed on $tl"
+    run e2fsck -fn "/dev/$dev" || fail "e2fsck after reboot reported errors on $tl"
+}
+
+# rebooted: whether this is the second boot of e2e.reboot=1 (marker on the first disk).
+rebooted() {
+    [ "$REBOOT" = 1 ] || return 1
+    first="${DISKS%% *}"; dev="$(dev_for "$first")" || return 1
+    mkdir -p /mnt/probe
+    mount -t ext4 -o ro "/dev/$dev" /mnt/probe 2>/dev/null || return 1
+    found=1; [ -e "/mnt/probe$REBOOT_MARKER" ] && found=0
+    umount /mnt/probe
+    return $found
+}
+
+info "phase=$PHASE reboot=$REBOOT disks=$DISKS kernel=$(uname -r) cpus=$(nproc)"
 if wait_for_disks; then
     for tl in $DISKS; do
         dev="$(dev_for "$tl")"
@@ -167,15 +197,29 @@ if wait_for_disks; then
         echo "E2E-DISK: tl=$tl dev=$dev hctl=$hctl sectors=$(cat "/sys/block/$dev/size")" \
              "vendor=$(cat "/sys/block/$dev/device/vendor" | tr -d ' ') mq=$(ls "/sys/block/$dev/mq" 2>/dev/null | wc -l)"
     done
-    # One disk after the other keeps the log readable.
-    for tl in $DISKS; do
-        dev="$(dev_for "$tl")"
-        case "$PHASE" in
-            1) phase1_disk "$dev" "$tl" ;;
-            2) phase2_disk "$dev" "$tl" ;;
-            *) fail "unknown phase $PHASE" ;;
-        esac
-    done
+    if rebooted; then
+        info "second boot after a guest reboot (virtio device reset): verifying"
+        for tl in $DISKS; do after_reboot_disk "$(dev_for "$tl")" "$tl"; done
+    else
+        # One disk after the other keeps the log readable.
+        for tl in $DISKS; do
+            dev="$(dev_for "$tl")"
+            case "$PHASE" in
+                1) phase1_disk "$dev" "$tl" ;;
+                2) phase2_disk "$dev" "$tl" ;;
+                *) fail "unknown phase $PHASE" ;;
+            esac
+        done
+        if [ "$REBOOT" = 1 ] && [ $FAILS -eq 0 ]; then
+            first="${DISKS%% *}"; mnt="$(mnt_of "$first")"
+            run mount -t ext4 "/dev/$(dev_for "$first")" "$mnt" && touch "$mnt$REBOOT_MARKER" \
+                && run umount "$mnt" || fail "cannot leave the reboot marker on $first"
+            if [ $FAILS -eq 0 ]; then
+                echo "E2E-RESULT: REBOOT phase=$PHASE nonce=$NONCE"
+                exit 100
+            fi
+        fi
+    fi
 fi
 
 if [ $FAILS -eq 0 ]; then

@@ -7,6 +7,8 @@
 #                                                 (control run for the harness itself)
 # Options:
 #   --phase N        guest workload phase (1 or 2; default 1)
+#   --reboot         reboot the guest once inside the same QEMU after the workload
+#                    (virtio device reset) and verify the data in the second boot
 #   --qemu BIN       qemu-system-x86_64 to use (default: from PATH)
 #   --kernel FILE    guest kernel (default: /boot/vmlinuz-<newest with modules>)
 #   --initrd FILE    initramfs (default: built/cached by build-initramfs.sh
@@ -27,7 +29,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 QEMU=qemu-system-x86_64 KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
-PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
+REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --qemu) QEMU="$2"; shift ;;
@@ -37,6 +39,7 @@ while [[ $# -gt 0 ]]; do
         --socket) SOCK="$2"; shift ;;
         --builtin) BUILTIN="$2"; shift ;;
         --phase) PHASE="$2"; shift ;;
+        --reboot) REBOOT=1 ;;
         --timeout) TIMEOUT="$2"; shift ;;
         --disks) DISKS="$2"; shift ;;
         --nonce) NONCE="$2"; shift ;;
@@ -67,15 +70,18 @@ mkdir -p "$(dirname "$LOG")"
 
 APPEND="console=ttyS0 panic=-1 quiet e2e.phase=$PHASE e2e.nonce=$NONCE e2e.disks=$DISKS"
 [[ $NODISCARD -eq 1 ]] && APPEND+=" e2e.nodiscard=1"
+[[ $REBOOT -eq 1 ]] && APPEND+=" e2e.reboot=1"
 [[ -n "$EXTRA" ]] && APPEND+=" $EXTRA"
 
 # vhost-user requires guest RAM in shareable memory (memfd, share=on); use the
 # same memory setup in built-in mode so both modes differ only in the device.
 # shellcheck disable=SC2054 # commas are QEMU option syntax
-ARGS=(-accel tcg -m 512 -smp 2 -nographic -no-reboot -nodefaults
+ARGS=(-accel tcg -m 512 -smp 2 -nographic -nodefaults
       -serial stdio -monitor none
       -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND"
       -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem)
+# Without --reboot, a guest reboot (or a panic, panic=-1) ends QEMU instead of looping.
+[[ $REBOOT -eq 1 ]] || ARGS+=(-no-reboot)
 if [[ -n "$SOCK" ]]; then
     # A daemon may re-create its socket after the previous frontend left;
     # give it a moment rather than failing on a race.
