@@ -9,7 +9,7 @@ use std::{
     io,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, RwLock,
+        Arc, Mutex, RwLock,
     },
 };
 
@@ -29,6 +29,11 @@ use vmm_sys_util::{
 };
 
 use crate::{
+    aio::{
+        queue::{QueueError, QueueWorker},
+        AioMode, IoConfig,
+    },
+    sandbox::seccomp::enter_backend_thread_role,
     scsi::ScsiBus,
     virtio::{
         command::handle_command,
@@ -60,6 +65,8 @@ pub enum BackendError {
     Queue(virtio_queue::Error),
     #[error("cannot notify the guest: {0}")]
     Notify(io::Error),
+    #[error("request queue: {0}")]
+    Engine(QueueError),
 }
 
 impl From<BackendError> for io::Error {
@@ -76,6 +83,11 @@ pub struct ScsiBackend {
     config: [u8; CONFIG_SPACE_SIZE],
     mem: RwLock<Option<GuestMemory>>,
     event_idx: AtomicBool,
+    /// Data-path engine and tuning (`--aio`, `--poll-us` …).
+    io: IoConfig,
+    /// Per request queue: the asynchronous worker, created on its thread at first use and
+    /// dropped between connections (queue threads are new for every connection).
+    workers: Vec<Mutex<Option<QueueWorker>>>,
 }
 
 impl ScsiBackend {
@@ -87,7 +99,41 @@ impl ScsiBackend {
             config: config_space(num_request_queues, queue_size),
             mem: RwLock::new(None),
             event_idx: AtomicBool::new(false),
+            io: IoConfig::default(),
+            workers: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
         }
+    }
+
+    /// Selects the data-path engine and its tuning (default: io_uring).
+    pub fn with_io_config(mut self, io: IoConfig) -> Self {
+        if io.aio == AioMode::Threads {
+            if let Err(e) = crate::aio::threads::start_pool(io.aio_threads) {
+                warn!("cannot start the I/O thread pool: {e}");
+            }
+        }
+        self.io = io;
+        self
+    }
+
+    /// Serves request queue `index` with its asynchronous worker.
+    fn process_request_queue(&self, vring: &VringRwLock, index: usize) -> Result<(), BackendError> {
+        let slot = self.workers.get(index).ok_or(BackendError::UnknownQueue(
+            (FIXED_QUEUES + index) as u16,
+            index + 1,
+        ))?;
+        let mut worker = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if worker.is_none() {
+            let files: Vec<_> = self.bus.backends().filter_map(|b| b.raw_fd()).collect();
+            let w = QueueWorker::new(&self.io, &files, self.queue_size, index)
+                .map_err(|e| BackendError::Engine(QueueError::Engine(e)))?;
+            *worker = Some(w);
+        }
+        let mem = self.memory()?;
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        worker
+            .as_mut()
+            .map_or(Ok(()), |w| w.run(&self.bus, vring, &mem, event_idx))
+            .map_err(BackendError::Engine)
     }
 
     pub fn bus(&self) -> &Arc<ScsiBus> {
@@ -96,6 +142,9 @@ impl ScsiBackend {
 
     /// Forgets the previous front-end's memory (called between connections).
     pub fn disconnect(&self) {
+        for worker in &self.workers {
+            *worker.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
@@ -121,12 +170,14 @@ impl ScsiBackend {
                 vring.disable_notification().map_err(BackendError::Queue)?;
             }
             let mem = self.memory()?;
-            let chains: Vec<DescriptorChain<MemGuard>> = vring
-                .get_mut()
-                .get_queue_mut()
-                .iter(mem.clone())
-                .map_err(BackendError::Queue)?
-                .collect();
+            let chains: Vec<DescriptorChain<MemGuard>> =
+                match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+                    Ok(iter) => iter.collect(),
+                    // GET_VRING_BASE stopped the ring while a kick was being handled: nothing
+                    // more to take. (An error here would end the queue thread for good.)
+                    Err(virtio_queue::Error::QueueNotReady) => return Ok(()),
+                    Err(e) => return Err(BackendError::Queue(e)),
+                };
             let any = !chains.is_empty();
             for chain in chains {
                 let head = chain.head_index();
@@ -156,14 +207,17 @@ impl VhostUserBackend for ScsiBackend {
     type Vring = VringRwLock;
 
     fn num_queues(&self) -> usize {
+        enter_backend_thread_role();
         FIXED_QUEUES + usize::from(self.num_request_queues)
     }
 
     fn max_queue_size(&self) -> usize {
+        enter_backend_thread_role();
         usize::from(self.queue_size)
     }
 
     fn features(&self) -> u64 {
+        enter_backend_thread_role();
         1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_RING_F_EVENT_IDX
@@ -175,10 +229,12 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn acked_features(&self, features: u64) {
+        enter_backend_thread_role();
         debug!("guest acked virtio features {features:#x}");
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        enter_backend_thread_role();
         // STATUS is not offered: the vhost crate does not implement SET/GET_STATUS, and QEMU
         // resets through RESET_DEVICE when STATUS is absent.
         VhostUserProtocolFeatures::MQ
@@ -189,16 +245,19 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn reset_device(&self) {
+        enter_backend_thread_role();
         // A virtio reset is a guest reboot or driver reload: every LUN sees a power-on reset.
         debug!("device reset");
         self.bus.reset_all();
     }
 
     fn set_event_idx(&self, enabled: bool) {
+        enter_backend_thread_role();
         self.event_idx.store(enabled, Ordering::Release);
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        enter_backend_thread_role();
         read_config(&self.config, offset, size).unwrap_or_else(|| {
             warn!("GET_CONFIG outside the config space: offset {offset}, size {size}");
             Vec::new()
@@ -206,6 +265,7 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
+        enter_backend_thread_role();
         // sense_size and cdb_size are the only writable fields, and QEMU's vhost-user-scsi does
         // not let a guest change them either.
         warn!(
@@ -216,18 +276,33 @@ impl VhostUserBackend for ScsiBackend {
     }
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
+        enter_backend_thread_role();
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
         Ok(())
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
+        enter_backend_thread_role();
         let fixed = (1u64 << CONTROL_QUEUE) | (1u64 << EVENT_QUEUE);
         std::iter::once(fixed)
             .chain((0..self.num_request_queues).map(|q| 1u64 << (FIXED_QUEUES + usize::from(q))))
             .collect()
     }
 
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        enter_backend_thread_role();
+        // GET_VRING_BASE must report a ring with nothing in flight. A request queue's worker is
+        // locked for as long as its thread serves the queue, and it only lets go once every
+        // started command has completed: taking the lock waits for exactly that.
+        let request_queue = (queue_index as usize).checked_sub(FIXED_QUEUES);
+        if let Some(worker) = request_queue.and_then(|q| self.workers.get(q)) {
+            drop(worker.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        Ok(())
+    }
+
     fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        enter_backend_thread_role();
         // Without an exit event, dropping the daemon would wait forever for the queue threads.
         new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
             .map_err(|e| warn!("cannot create a queue thread exit event: {e}"))
@@ -241,6 +316,7 @@ impl VhostUserBackend for ScsiBackend {
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
+        enter_backend_thread_role();
         if evset != EventSet::IN {
             return Err(BackendError::UnexpectedEvent(evset).into());
         }
@@ -254,7 +330,10 @@ impl VhostUserBackend for ScsiBackend {
             // Event-queue buffers stay with us until there is an event to report (hotplug,
             // capacity change): the guest expects them to be held, not returned empty.
             (0, EVENT_QUEUE) => {}
-            (_, 0) => self.process_queue(vring, |chain| handle_command(&self.bus, chain))?,
+            (_, 0) if self.io.aio == AioMode::Sync => {
+                self.process_queue(vring, |chain| handle_command(&self.bus, chain))?
+            }
+            (_, 0) => self.process_request_queue(vring, thread_id - 1)?,
             _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
         }
         Ok(())

@@ -61,16 +61,20 @@ use clap::Parser;
 use log::LevelFilter;
 
 use crate::{
+    aio::{AioMode, IoConfig},
     config::{
-        BlockSize, CacheMode, Config, ListenSpec, LogConfig, LunConfig, MAX_LUN, MAX_QUEUE_SIZE,
+        BlockSize, CacheMode, Config, LandlockMode, ListenSpec, LogConfig, LunConfig,
+        RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN, MAX_QUEUE_SIZE,
         MAX_REQUEST_QUEUES, MAX_TARGET,
     },
     config_file::{self, ConfigFileError, FileConfig, FileLun},
     listener::{self, SocketCheckError, SocketPathError},
 };
 
-/// Default number of request queues offered.
-pub const DEFAULT_NUM_QUEUES: u16 = 16;
+/// Default number of request queues offered: as many as the backend can, because QEMU's
+/// `num_queues` defaults to the guest's vCPU count and QEMU refuses to start when that exceeds
+/// what we offer. Unused queues cost one idle thread each.
+pub const DEFAULT_NUM_QUEUES: u16 = crate::config::MAX_REQUEST_QUEUES;
 /// Default largest virtqueue size accepted.
 pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
 /// Longest unit serial number accepted (as QEMU's scsi-disk).
@@ -80,7 +84,8 @@ pub const SYSTEMD_FIRST_FD: RawFd = 3;
 
 const LUN_HELP: &str = "\
 LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
-  SOURCE             raw image file or block device (write ',,' for a literal comma)
+  SOURCE             raw image file or block device (write ',,' for a literal comma),
+                     or null://SIZE: no storage, reads leave the buffer as is (benchmarks)
   readonly|ro[=on|off]   serve write-protected (default off)
   serial=S           unit serial number, 1-36 printable ASCII characters
   wwn=W              NAA identifier: 16 hex digits (optional 0x), NAA type 2, 3 or 5
@@ -121,7 +126,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Number of request queues to offer, 1-62 [default: 16].
+    /// Number of request queues to offer, 1-62 [default: 62].
     #[arg(long, value_name = "N")]
     pub num_queues: Option<u64>,
 
@@ -140,6 +145,52 @@ pub struct Args {
     /// Exit when the front-end disconnects instead of waiting for the next connection.
     #[arg(long)]
     pub exit_on_disconnect: bool,
+
+    /// Request-queue I/O engine: io-uring (falls back to threads when the kernel refuses a
+    /// ring), threads (a preadv2/pwritev2 pool) or sync (each command on its queue thread)
+    /// [default: io-uring].
+    #[arg(long, value_name = "ENGINE")]
+    pub aio: Option<String>,
+
+    /// Busy-poll for completions and new requests for up to US microseconds before sleeping
+    /// [default: 0, never].
+    #[arg(long, value_name = "US")]
+    pub poll_us: Option<u32>,
+
+    /// Pin request-queue threads to these CPUs, round robin (e.g. 2,3 or 0-3) [default: no
+    /// pinning].
+    #[arg(long, value_name = "CPUS")]
+    pub queue_cpus: Option<String>,
+
+    /// Threads in the `--aio=threads` pool [default: 8].
+    #[arg(long, value_name = "N")]
+    pub aio_threads: Option<usize>,
+
+    /// Worker isolation: namespace, chroot or none [default: namespace when the kernel allows
+    /// it, else chroot as root, else none, with a warning].
+    #[arg(long, value_name = "MODE")]
+    pub sandbox: Option<String>,
+
+    /// Seccomp violation action: kill, trap, log or none [default: kill].
+    #[arg(long, value_name = "ACTION")]
+    pub seccomp: Option<String>,
+
+    /// Landlock: best-effort, required or off [default: best-effort].
+    #[arg(long, value_name = "MODE")]
+    pub landlock: Option<String>,
+
+    /// Account the worker runs as when started as root [default: vhost-user-scsi, else nobody].
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Restart the worker: never or on-failure (rate limited, never after a seccomp
+    /// violation) [default: never].
+    #[arg(long, value_name = "POLICY")]
+    pub restart_worker: Option<String>,
+
+    /// Print the seccomp program of ROLE as compiled for --seccomp (default kill) and exit.
+    #[arg(long, value_name = "ROLE")]
+    pub print_seccomp_policy: Option<String>,
 }
 
 /// What the program should do.
@@ -149,6 +200,8 @@ pub enum Command {
     PrintCapabilities,
     /// Serve this configuration.
     Serve(Config),
+    /// Print the embedded seccomp program of a thread role (`--print-seccomp-policy`) and exit.
+    PrintSeccompPolicy { role: String, mode: SeccompMode },
 }
 
 /// A problem with one LUN's configuration.
@@ -314,6 +367,13 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
     if args.print_capabilities {
         return Ok(Command::PrintCapabilities);
     }
+    let sandbox = sandbox_config(&args)?;
+    if let Some(role) = args.print_seccomp_policy {
+        return Ok(Command::PrintSeccompPolicy {
+            role,
+            mode: sandbox.seccomp,
+        });
+    }
     let file_path = args.config.as_deref();
     let file_cfg = match file_path {
         Some(path) => config_file::load(path)?,
@@ -372,11 +432,140 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         num_queues,
         queue_size,
         exit_on_disconnect: args.exit_on_disconnect || file_cfg.exit_on_disconnect == Some(true),
+        io: io_config(&args)?,
         log: LogConfig {
             level,
             syslog: args.syslog || file_cfg.syslog == Some(true),
         },
+        sandbox,
     }))
+}
+
+/// The data-path options: `--aio`, `--poll-us`, `--queue-cpus`, `--aio-threads`.
+fn io_config(args: &Args) -> Result<IoConfig, CliError> {
+    let mut io = IoConfig::default();
+    if let Some(v) = &args.aio {
+        io.aio = AioMode::parse(v).ok_or_else(|| CliError::InvalidValue {
+            option: "--aio".into(),
+            value: v.clone(),
+            expected: "io-uring, threads or sync",
+        })?;
+    }
+    if let Some(us) = args.poll_us {
+        io.poll_us = us;
+    }
+    if let Some(n) = args.aio_threads {
+        if n == 0 || n > 1024 {
+            return Err(CliError::InvalidValue {
+                option: "--aio-threads".into(),
+                value: n.to_string(),
+                expected: "1 to 1024",
+            });
+        }
+        io.aio_threads = n;
+    }
+    if let Some(v) = &args.queue_cpus {
+        io.queue_cpus = parse_cpu_list(v).ok_or_else(|| CliError::InvalidValue {
+            option: "--queue-cpus".into(),
+            value: v.clone(),
+            expected: "a CPU list such as 0,2 or 1-3",
+        })?;
+    }
+    Ok(io)
+}
+
+/// `0,2,4-7` → [0, 2, 4, 5, 6, 7].
+fn parse_cpu_list(v: &str) -> Option<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in v.split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+        if a > b || b >= 1024 {
+            return None;
+        }
+        cpus.extend(a..=b);
+    }
+    Some(cpus)
+}
+
+/// The `--sandbox`, `--seccomp`, `--landlock`, `--user` and `--restart-worker` options.
+fn sandbox_config(args: &Args) -> Result<SandboxConfig, CliError> {
+    fn pick<T: Copy>(
+        option: &str,
+        value: Option<&String>,
+        choices: &[(&str, T)],
+        expected: &'static str,
+    ) -> Result<Option<T>, CliError> {
+        let Some(value) = value else { return Ok(None) };
+        choices
+            .iter()
+            .find(|(name, _)| *name == value.as_str())
+            .map(|&(_, v)| Some(v))
+            .ok_or_else(|| CliError::InvalidValue {
+                option: option.to_owned(),
+                value: value.clone(),
+                expected,
+            })
+    }
+    let sandbox = pick(
+        "--sandbox",
+        args.sandbox.as_ref(),
+        &[
+            ("namespace", SandboxMode::Namespace),
+            ("chroot", SandboxMode::Chroot),
+            ("none", SandboxMode::None),
+        ],
+        "namespace, chroot or none",
+    )?;
+    let seccomp = pick(
+        "--seccomp",
+        args.seccomp.as_ref(),
+        &[
+            ("kill", SeccompMode::Kill),
+            ("trap", SeccompMode::Trap),
+            ("log", SeccompMode::Log),
+            ("none", SeccompMode::None),
+        ],
+        "kill, trap, log or none",
+    )?
+    .unwrap_or_default();
+    let landlock = pick(
+        "--landlock",
+        args.landlock.as_ref(),
+        &[
+            ("best-effort", LandlockMode::BestEffort),
+            ("required", LandlockMode::Required),
+            ("off", LandlockMode::Off),
+        ],
+        "best-effort, required or off",
+    )?
+    .unwrap_or_default();
+    let restart = pick(
+        "--restart-worker",
+        args.restart_worker.as_ref(),
+        &[
+            ("never", RestartPolicy::Never),
+            ("on-failure", RestartPolicy::OnFailure),
+        ],
+        "never or on-failure",
+    )?
+    .unwrap_or_default();
+    if let Some(user) = &args.user {
+        if user.is_empty() || user.contains(['\0', ':', '/']) {
+            return Err(CliError::InvalidValue {
+                option: "--user".into(),
+                value: user.clone(),
+                expected: "a user name",
+            });
+        }
+    }
+    Ok(SandboxConfig {
+        sandbox,
+        seccomp,
+        landlock,
+        user: args.user.clone(),
+        restart,
+    })
 }
 
 fn listen_spec(
@@ -845,10 +1034,25 @@ fn check_creatable(lun: &LunConfig, size: u64) -> Result<(), LunError> {
     }
 }
 
+/// A `null://SIZE` LUN (no storage, for benchmarks) must be whole blocks.
+fn check_null_size(lun: &LunConfig, size: u64) -> Result<(), LunError> {
+    if size % u64::from(lun.block_size.bytes()) != 0 {
+        return Err(LunError::InvalidValue {
+            option: "null:// size",
+            value: size.to_string(),
+            expected: "a multiple of the block size",
+        });
+    }
+    Ok(())
+}
+
 /// Checks that the source exists, is a regular file or block device that can be opened as
 /// configured, and (for files) holds at least one block. Opens and closes it; creates nothing.
 pub(crate) fn check_source(lun: &LunConfig) -> Result<(), LunError> {
     let path = &lun.source;
+    if let Some(size) = crate::lun::null::null_source_size(path) {
+        return check_null_size(lun, size?);
+    }
     let meta = match (std::fs::metadata(path), lun.create_size) {
         (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => {
             return check_creatable(lun, size);
@@ -1225,10 +1429,12 @@ mod tests {
                 num_queues: DEFAULT_NUM_QUEUES,
                 queue_size: DEFAULT_QUEUE_SIZE,
                 exit_on_disconnect: false,
+                io: IoConfig::default(),
                 log: LogConfig {
                     level: LevelFilter::Info,
                     syslog: false,
                 },
+                sandbox: SandboxConfig::default(),
             }
         );
         // Nothing was created.

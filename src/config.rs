@@ -91,5 +91,74 @@ pub struct Config {
     pub queue_size: u16,
     /// Exit when the front-end disconnects instead of waiting for the next connection.
     pub exit_on_disconnect: bool,
+    /// Data-path engine and tuning.
+    pub io: crate::aio::IoConfig,
     pub log: LogConfig,
+    /// Privilege separation and confinement.
+    pub sandbox: SandboxConfig,
+}
+
+/// How the worker is isolated from the host's file system and namespaces (`--sandbox`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// New user, mount, IPC, UTS, network and PID namespaces, pivoted into an empty root.
+    Namespace,
+    /// `chroot(2)` into an empty directory (root only).
+    Chroot,
+    /// No namespaces and no root change (the other layers still apply).
+    None,
+}
+
+/// What a seccomp violation does (`--seccomp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SeccompMode {
+    /// The process is killed by the kernel (SIGSYS).
+    #[default]
+    Kill,
+    /// SIGSYS is delivered; the worker reports the syscall on stderr and exits.
+    Trap,
+    /// The syscall is allowed and logged by the kernel (audit log): for finding missing rules.
+    Log,
+    /// No filter at all.
+    None,
+}
+
+/// Whether Landlock must be enforced (`--landlock`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LandlockMode {
+    /// Enforce what the kernel supports; run unconfined by Landlock (with a warning) without it.
+    #[default]
+    BestEffort,
+    /// Refuse to start when the kernel cannot enforce Landlock.
+    Required,
+    /// Do not use Landlock (for testing the other layers on their own).
+    Off,
+}
+
+/// When the supervisor starts a new worker after the previous one ended (`--restart-worker`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RestartPolicy {
+    /// Never: the supervisor exits with the worker's status.
+    #[default]
+    Never,
+    /// After an abnormal end that is not a seccomp violation, at most
+    /// [`RESTART_BURST`] times per [`RESTART_WINDOW_SECS`] seconds.
+    OnFailure,
+}
+
+/// Restarts allowed within [`RESTART_WINDOW_SECS`] under [`RestartPolicy::OnFailure`].
+pub const RESTART_BURST: usize = 5;
+/// Length of the restart rate-limit window, in seconds.
+pub const RESTART_WINDOW_SECS: u64 = 60;
+
+/// Privilege separation and confinement settings.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SandboxConfig {
+    /// `None`: namespaces when the kernel allows them, otherwise the best fallback (with a warning).
+    pub sandbox: Option<SandboxMode>,
+    pub seccomp: SeccompMode,
+    pub landlock: LandlockMode,
+    /// Account the worker runs as when started as root (default: `vhost-user-scsi`, else `nobody`).
+    pub user: Option<String>,
+    pub restart: RestartPolicy,
 }

@@ -46,6 +46,13 @@ pub enum DaemonError {
     Flush(io::Error),
 }
 
+/// Name of the vhost-user protocol thread (vhost-user-backend names it after the daemon).
+pub const PROTOCOL_THREAD_NAME: &str = "vhost-user-scsi";
+/// Name vhost-user-backend gives its virtqueue worker threads.
+pub const VRING_THREAD_NAME: &str = "vring_worker";
+/// Name of the thread that takes SIGTERM/SIGINT.
+pub const SIGNAL_THREAD_NAME: &str = "signals";
+
 /// What the signal thread and the serving loop share.
 struct Shutdown {
     requested: AtomicBool,
@@ -104,18 +111,26 @@ fn termination_sigset() -> libc::sigset_t {
 
 fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError> {
     thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || loop {
-            let set = termination_sigset();
-            let mut sig: libc::c_int = 0;
-            // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
-            if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-                info!("received signal {sig}, shutting down");
-                shutdown.request();
-            }
+        .name(SIGNAL_THREAD_NAME.into())
+        .spawn(move || {
+            // INVARIANT: the first thing this thread does is narrowing its seccomp filter.
+            crate::sandbox::seccomp::enter_role(crate::sandbox::seccomp::ThreadRole::WorkerSignals);
+            signal_loop(&shutdown)
         })
         .map(drop)
         .map_err(DaemonError::SignalThread)
+}
+
+fn signal_loop(shutdown: &Shutdown) -> ! {
+    loop {
+        let set = termination_sigset();
+        let mut sig: libc::c_int = 0;
+        // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
+            info!("received signal {sig}, shutting down");
+            shutdown.request();
+        }
+    }
 }
 
 /// Waits until the listener has a pending connection (true) or shutdown was requested (false).
@@ -173,7 +188,7 @@ pub fn serve(
     let mut connections: u64 = 0;
     while wait_for_connection(listener, &shutdown)? {
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("vhost-user-scsi".into(), backend.clone(), mem)
+        let mut daemon = VhostUserDaemon::new(PROTOCOL_THREAD_NAME.into(), backend.clone(), mem)
             .map_err(DaemonError::NewDaemon)?;
         daemon
             .start(&mut vhost_listener)

@@ -20,6 +20,8 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
             wwn: config.wwn.unwrap_or_else(|| default_wwn(&config)),
             block_size: config.block_size.bytes(),
             discard: config.discard,
+            physical_block_size: 0,
+            pr_file: None,
         };
         bus.add_lun(config.target, config.lun, LogicalUnit::new(backend, opts));
     }

@@ -12,7 +12,12 @@
 //! - [`open`], [`listener`]: opening images and the listening socket (before serving starts).
 //! - [`logging`]: stderr or syslog.
 //! - [`capabilities`]: `--print-capabilities` (QEMU's backend program conventions).
+//! - [`privsep`]: the supervisor (opens everything, starts, reports and restarts the worker) and
+//!   the worker's start-up.
+//! - [`sandbox`]: the worker's jail (namespaces, uid/gid, capabilities, Landlock, per-thread
+//!   seccomp roles compiled from `seccomp/<arch>/*.json`).
 
+pub mod aio;
 pub mod backend;
 pub mod capabilities;
 pub mod cli;
@@ -24,5 +29,7 @@ pub mod listener;
 pub mod logging;
 pub mod lun;
 pub mod open;
+pub mod privsep;
+pub mod sandbox;
 pub mod scsi;
 pub mod virtio;

@@ -163,6 +163,13 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
 
 fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
     let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
+    if let Some(Ok(size)) = crate::lun::null::null_source_size(&path) {
+        log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
+        return Ok(OpenedLun {
+            config: lun.clone(),
+            backend: Arc::new(crate::lun::NullBackend::new(size)),
+        });
+    }
     let file = open_source(lun)?;
 
     let op = if lun.read_only {

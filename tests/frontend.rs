@@ -687,6 +687,37 @@ fn multiqueue_serves_every_request_queue() {
     daemon.assert_alive();
 }
 
+/// GET_VRING_BASE while commands are in flight: the reported base must only count chains that
+/// have completed (their used entries written), or a reconnecting front-end would lose them.
+#[test]
+fn stopping_a_ring_waits_for_commands_in_flight() {
+    let mut daemon = Daemon::start(&one_disk(), &[]);
+    let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    let data = pattern(64 * 512, 0x5a);
+    for i in 0..32u32 {
+        // WRITE(10) with FUA: each one waits for stable storage.
+        let mut cdb = cdb_write10(i * 64, 64);
+        cdb[1] |= 0x08;
+        let header = vm.cmd_header(lun(0, 0), &cdb);
+        vm.submit(
+            2,
+            &[
+                Seg::out(&header),
+                Seg::out(&data),
+                Seg::inp(RESP_HEADER_SIZE as u32),
+            ],
+        );
+    }
+    let bases = vm.stop_queues();
+    assert_eq!(
+        bases[2],
+        u32::from(vm.used_idx(2)),
+        "GET_VRING_BASE counted chains whose completion was not written yet"
+    );
+    daemon.assert_alive();
+}
+
 #[test]
 fn batches_and_ring_wraparound() {
     let mut daemon = Daemon::start(&one_disk(), &[]);

@@ -23,3 +23,9 @@ cargo clippy --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --all-targets -- --test-threads="${VUS_TEST_THREADS:-2}"
+
+# The default I/O engine is io-uring; the front-end tests run again on the other engines.
+for aio in threads sync; do
+    echo "== cargo test --test frontend (--aio=$aio)"
+    VUS_TEST_AIO=$aio cargo test --test frontend -- --test-threads="${VUS_TEST_THREADS:-2}"
+done

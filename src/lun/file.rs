@@ -8,7 +8,10 @@ use std::{
     alloc::{self, Layout},
     fs::File,
     io,
-    os::{fd::AsRawFd, unix::fs::FileTypeExt},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::fs::FileTypeExt,
+    },
 };
 
 use super::BlockBackend;
@@ -308,8 +311,55 @@ impl BlockBackend for FileBackend {
         true
     }
 
+    fn async_fd(&self, bufs: &SgList<'_>, offset: u64) -> Option<RawFd> {
+        (!self.needs_bounce(bufs, offset)).then(|| self.file.as_raw_fd())
+    }
+
+    fn raw_fd(&self) -> Option<RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
     fn discard_zeroes(&self) -> bool {
         self.kind == Kind::RegularFile
+    }
+
+    /// `SEEK_DATA` / `SEEK_HOLE` on image files; block devices report everything mapped.
+    fn lba_status(&self, offset: u64, len: u64) -> io::Result<(bool, u64)> {
+        if self.kind != Kind::RegularFile || len == 0 {
+            return Ok((true, len));
+        }
+        let end = offset.saturating_add(len);
+        let data = match self.seek(offset, libc::SEEK_DATA) {
+            Ok(data) => data,
+            // No data at or after `offset`: a hole up to the end of the file.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok((false, len)),
+            // The file system cannot tell: report mapped, which is always safe.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok((true, len)),
+            Err(e) => return Err(e),
+        };
+        if data > offset {
+            return Ok((false, data.min(end) - offset));
+        }
+        let hole = match self.seek(offset, libc::SEEK_HOLE) {
+            Ok(hole) => hole,
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
+            Err(e) => return Err(e),
+        };
+        Ok((true, hole.clamp(offset + 1, end) - offset))
+    }
+}
+
+impl FileBackend {
+    /// `lseek(2)` for `SEEK_DATA` / `SEEK_HOLE`; the file position is never used for I/O (every
+    /// transfer is positional), so moving it is harmless.
+    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<u64> {
+        // SAFETY: plain syscall on a file descriptor we own; no pointers involved.
+        let ret = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret as u64)
+        }
     }
 }
 

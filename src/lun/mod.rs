@@ -5,12 +5,14 @@
 //! nothing here ever takes a path. The SCSI emulation in [`crate::scsi`] talks only to this trait.
 
 pub mod file;
+pub mod null;
 
-use std::io;
+use std::{io, os::fd::RawFd};
 
 use crate::scsi::data::SgList;
 
 pub use file::FileBackend;
+pub use null::NullBackend;
 
 /// The storage behind one LUN. All offsets and lengths are in bytes; callers (the SCSI layer)
 /// have already checked them against [`BlockBackend::size`].
@@ -39,7 +41,27 @@ pub trait BlockBackend: Send + Sync {
     /// on this device).
     fn can_discard(&self) -> bool;
 
+    /// For asynchronous engines: the file on which `readv`/`writev` of exactly `bufs` at
+    /// `offset` (or `fdatasync`, for an empty `bufs`) does what [`BlockBackend::read_at`],
+    /// [`BlockBackend::write_at`] and [`BlockBackend::flush`] do. `None` (the default): only
+    /// the synchronous methods can serve this request.
+    fn async_fd(&self, _bufs: &SgList<'_>, _offset: u64) -> Option<RawFd> {
+        None
+    }
+
+    /// The file an engine may register up front (io_uring fixed files), if any.
+    fn raw_fd(&self) -> Option<RawFd> {
+        None
+    }
+
     /// Whether a discarded range is guaranteed to read back as zeroes (SCSI LBPRZ). True for
     /// holes in image files; BLKDISCARD on a block device promises nothing.
     fn discard_zeroes(&self) -> bool;
+
+    /// Provisioning status of the bytes from `offset` (GET LBA STATUS): whether they are mapped
+    /// (hold data) or deallocated (a hole), and how many bytes from `offset` (at most `len`,
+    /// at least 1) share that status. The default: everything is mapped.
+    fn lba_status(&self, _offset: u64, len: u64) -> io::Result<(bool, u64)> {
+        Ok((true, len))
+    }
 }

@@ -6,16 +6,18 @@
 //! here), REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as its data, everything else fails
 //! with that sense.
 
-use std::{collections::BTreeMap, io};
+use std::{collections::BTreeMap, io, sync::Arc};
 
 use super::{
     cdb::{opcode, Cdb},
     inquiry::{self, PERIPHERAL_NO_LUN},
-    lun::{request_sense_response, LogicalUnit},
+    io::{IoMeta, IoPlan, Prepared},
+    lun::{request_sense_response, LogicalUnit, Nexus, HBA_NEXUS},
     respond,
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
+use crate::lun::BlockBackend;
 
 /// Configured targets and their LUNs.
 #[derive(Default)]
@@ -47,10 +49,24 @@ impl ScsiBus {
         self.targets.get(&target)?.get(&lun)
     }
 
-    /// Executes one command. `cdb` is the request's whole CDB area; bytes past the opcode's CDB
-    /// length are ignored.
+    /// Executes one command from the virtio-scsi HBA ([`HBA_NEXUS`]). `cdb` is the request's
+    /// whole CDB area; bytes past the opcode's CDB length are ignored.
     pub fn execute(
         &self,
+        target: u8,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &DataOut<'_>,
+        data_in: &DataIn<'_>,
+    ) -> CmdOutput {
+        self.execute_as(HBA_NEXUS, target, lun, cdb, data_out, data_in)
+    }
+
+    /// Executes one command received on I_T nexus `nexus` (other nexuses than the HBA's exist
+    /// only in tests of the multi-initiator rules: reservations, unit attentions).
+    pub fn execute_as(
+        &self,
+        nexus: Nexus,
         target: u8,
         lun: u16,
         cdb: &[u8],
@@ -77,25 +93,86 @@ impl ScsiBus {
                 .unwrap_or_else(CmdOutput::check_condition);
         }
         match self.lookup(target, lun) {
-            Some(lu) => lu.execute(&cdb, data_out, data_in),
+            Some(lu) => lu.execute_as(nexus, &cdb, data_out, data_in),
             None => no_lun(&cdb, data_in).unwrap_or_else(CmdOutput::check_condition),
         }
+    }
+
+    /// [`ScsiBus::execute`] split for asynchronous engines: READ, WRITE and SYNCHRONIZE CACHE
+    /// for a configured LUN come back as an [`IoPlan`] to run and then [`ScsiBus::complete`];
+    /// everything else is executed now.
+    pub fn prepare<'a>(
+        &self,
+        target: u8,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &DataOut<'a>,
+        data_in: &DataIn<'a>,
+    ) -> Prepared<'a> {
+        let parsed = Cdb::new(cdb);
+        match self.lookup(target, lun) {
+            Some(lu) if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS => {
+                lu.prepare(&parsed, data_out, data_in)
+            }
+            _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
+        }
+    }
+
+    /// Runs a plan from [`ScsiBus::prepare`] with the backend's synchronous methods.
+    pub fn run_sync(&self, target: u8, lun: u16, plan: &IoPlan<'_>) -> io::Result<()> {
+        match self.lookup(target, lun) {
+            Some(lu) => lu.run_sync(plan),
+            None => Err(io::ErrorKind::NotFound.into()),
+        }
+    }
+
+    /// The answer to a command whose [`IoPlan`] finished with `result`.
+    pub fn complete(
+        &self,
+        target: u8,
+        lun: u16,
+        meta: IoMeta,
+        result: io::Result<()>,
+    ) -> CmdOutput {
+        match self.lookup(target, lun) {
+            Some(lu) => lu.complete_io(meta, result),
+            None => CmdOutput::check_condition(Sense::LUN_NOT_SUPPORTED),
+        }
+    }
+
+    /// Every LUN's backend, for engines that register files up front.
+    pub fn backends(&self) -> impl Iterator<Item = &Arc<dyn BlockBackend>> {
+        self.targets
+            .values()
+            .flat_map(|luns| luns.values())
+            .map(|lu| &lu.backend)
     }
 
     /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.
     pub fn reset_lun(&self, target: u8, lun: u16) {
         if let Some(lu) = self.lookup(target, lun) {
             log::info!("{target}:{lun}: logical unit reset");
-            lu.set_unit_attention(Sense::BUS_DEVICE_RESET);
+            lu.logical_unit_reset();
         }
     }
 
-    /// I_T NEXUS RESET / TARGET RESET: every LU of the target reports a reset.
+    /// REPORTED LUNS DATA HAS CHANGED for every LU of `target` (after LUNs were added or
+    /// removed).
+    pub fn report_luns_changed(&self, target: u8) {
+        if let Some(luns) = self.targets.get(&target) {
+            for lu in luns.values() {
+                lu.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+            }
+        }
+    }
+
+    /// I_T NEXUS RESET (SAM-5 6.3.4): every LU of the target reports I_T NEXUS LOSS OCCURRED
+    /// to the HBA's nexus and drops its SPC-2 reservation.
     pub fn reset_target(&self, target: u8) {
         if let Some(luns) = self.targets.get(&target) {
             log::info!("{target}: target reset");
             for lu in luns.values() {
-                lu.set_unit_attention(Sense::POWER_ON_RESET);
+                lu.nexus_loss(HBA_NEXUS);
             }
         }
     }

@@ -43,7 +43,9 @@ impl LogicalUnit {
         let mut b = [0u8; 32];
         put_be64(&mut b, 0, last);
         put_be32(&mut b, 8, self.block_size());
-        // Byte 13: LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 0. Byte 14: LBPME, LBPRZ.
+        // Byte 13: LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT. Bytes 14-15: LBPME, LBPRZ,
+        // LOWEST ALIGNED LOGICAL BLOCK ADDRESS 0.
+        b[13] = self.physical_block_exponent();
         if self.discard {
             b[14] = 0x80; // LBPME
             if self.backend.discard_zeroes() {

@@ -23,6 +23,7 @@ pub mod opcode {
     pub const SEEK_10: u8 = 0x2b;
     pub const WRITE_AND_VERIFY_10: u8 = 0x2e;
     pub const VERIFY_10: u8 = 0x2f;
+    pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
@@ -30,10 +31,15 @@ pub mod opcode {
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5a;
+    pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
+    pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+    pub const COMPARE_AND_WRITE: u8 = 0x89;
+    pub const ORWRITE_16: u8 = 0x8b;
     pub const READ_16: u8 = 0x88;
     pub const WRITE_16: u8 = 0x8a;
     pub const WRITE_AND_VERIFY_16: u8 = 0x8e;
     pub const VERIFY_16: u8 = 0x8f;
+    pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
     /// SERVICE ACTION IN(16); READ CAPACITY(16) is its service action 10h.
@@ -50,7 +56,9 @@ pub mod opcode {
 /// Service actions.
 pub mod service_action {
     pub const READ_CAPACITY_16: u16 = 0x10;
+    pub const GET_LBA_STATUS: u16 = 0x12;
     pub const REPORT_SUPPORTED_OPERATION_CODES: u16 = 0x0c;
+    pub const REPORT_SUPPORTED_TMFS: u16 = 0x0d;
 }
 
 /// Largest CDB we look at (virtio-scsi's default CDB area).

@@ -1,8 +1,9 @@
-//! INQUIRY: standard data and the vital product data pages Linux reads (00h, 80h, 83h, B0h,
-//! B1h, B2h).
+//! INQUIRY (SPC-5 6.6): standard data and the vital product data pages 00h, 80h, 83h, 86h
+//! (SPC-5 7.7), B0h, B1h, B2h (SBC-4 6.6).
 
 use super::{
     cdb::{put_be16, put_be32, put_be64, Cdb},
+    compare_write::MAX_COMPARE_AND_WRITE_BLOCKS,
     lun::LogicalUnit,
     respond,
     sense::Sense,
@@ -39,6 +40,7 @@ const STANDARD_LEN: usize = 74;
 const PAGE_SUPPORTED: u8 = 0x00;
 const PAGE_SERIAL: u8 = 0x80;
 const PAGE_DEVICE_ID: u8 = 0x83;
+const PAGE_EXTENDED_INQUIRY: u8 = 0x86;
 const PAGE_BLOCK_LIMITS: u8 = 0xb0;
 const PAGE_BLOCK_CHARACTERISTICS: u8 = 0xb1;
 const PAGE_PROVISIONING: u8 = 0xb2;
@@ -47,15 +49,16 @@ const PAGE_PROVISIONING: u8 = 0xb2;
 pub fn standard_data(peripheral: u8) -> Vec<u8> {
     let mut b = vec![0u8; STANDARD_LEN];
     b[0] = peripheral;
-    b[2] = 0x06; // VERSION: SPC-4
+    b[2] = 0x07; // VERSION: SPC-5
     b[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
     b[4] = (STANDARD_LEN - 5) as u8;
     b[7] = 0x02; // CMDQUE
     b[8..16].copy_from_slice(VENDOR);
     b[16..32].copy_from_slice(PRODUCT);
     b[32..36].copy_from_slice(REVISION);
-    // Version descriptors (bytes 58..74): SAM-5, SPC-4, SBC-3.
-    for (i, v) in [0x00a0u16, 0x0460, 0x04c0].into_iter().enumerate() {
+    // Version descriptors (bytes 58..74, SPC-5 table 148): SAM-6, SPC-5, SBC-4 (no version
+    // claimed).
+    for (i, v) in [0x00c0u16, 0x05c0, 0x0600].into_iter().enumerate() {
         put_be16(&mut b, 58 + 2 * i, v);
     }
     b
@@ -120,6 +123,7 @@ impl LogicalUnit {
         }
         pages.extend_from_slice(&[
             PAGE_DEVICE_ID,
+            PAGE_EXTENDED_INQUIRY,
             PAGE_BLOCK_LIMITS,
             PAGE_BLOCK_CHARACTERISTICS,
             PAGE_PROVISIONING,
@@ -135,6 +139,14 @@ impl LogicalUnit {
             PAGE_SUPPORTED => self.supported_vpd_pages(),
             PAGE_SERIAL => self.serial_bytes(),
             PAGE_DEVICE_ID => self.device_identification(),
+            PAGE_EXTENDED_INQUIRY => {
+                let mut p = vec![0u8; 0x3c];
+                // Offsets are page offsets minus the 4-byte header.
+                p[1] = 0x01; // SIMPSUP: simple task attribute (no ordered, head of queue, ACA)
+                p[2] = 0x01; // V_SUP: a volatile cache (the host page cache; WCE)
+                p[3] = 0x01; // LUICLR: unit attentions are cleared per I_T nexus
+                p
+            }
             PAGE_BLOCK_LIMITS => self.block_limits(),
             PAGE_BLOCK_CHARACTERISTICS => {
                 let mut p = vec![0u8; 0x3c];
@@ -171,6 +183,9 @@ impl LogicalUnit {
         let mut p = vec![0u8; 0x3c];
         // Offsets below are page offsets minus the 4-byte header.
         p[0] = 0x01; // WSNZ: WRITE SAME with NUMBER OF LOGICAL BLOCKS 0 is not supported
+        p[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
+        // OPTIMAL TRANSFER LENGTH GRANULARITY: the physical block.
+        put_be16(&mut p, 2, 1 << self.physical_block_exponent());
         put_be32(&mut p, 4, MAX_TRANSFER_BYTES / bs);
         if self.discard {
             put_be32(&mut p, 16, MAX_UNMAP_BYTES / bs);

@@ -14,6 +14,51 @@ use super::{
     CmdOutput, CmdResult, DataIn, DataOut, SgList,
 };
 
+/// Which backend operation an [`IoPlan`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    /// `fua`: the data must be durable when the write completes (`RWF_DSYNC`).
+    Write {
+        fua: bool,
+    },
+    /// `fdatasync` of the whole backend.
+    Flush,
+}
+
+/// What completing an [`IoPlan`] needs: plain data, so that an asynchronous engine can keep it
+/// while the I/O runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoMeta {
+    pub kind: IoKind,
+    pub opcode: u8,
+    /// First LBA (INFORMATION field of the sense data on failure).
+    pub lba: u64,
+    /// Bytes to move (0 for a flush).
+    pub len: usize,
+}
+
+/// A READ, WRITE or SYNCHRONIZE CACHE that passed every check: the backend operation to run.
+pub struct IoPlan<'a> {
+    pub meta: IoMeta,
+    /// Byte offset in the backend.
+    pub offset: u64,
+    /// Exactly `meta.len` bytes of guest memory.
+    pub bufs: SgList<'a>,
+    /// The file an asynchronous engine may `readv`/`writev`/`fdatasync` directly for this
+    /// plan; `None` when only the backend's own methods can run it (null LUN, unaligned
+    /// buffers under `O_DIRECT`).
+    pub fd: Option<std::os::fd::RawFd>,
+}
+
+/// The first half of a command split for asynchronous execution.
+pub enum Prepared<'a> {
+    /// Answered without backend I/O (errors, zero-length transfers, every other command).
+    Done(CmdOutput),
+    /// Run this, then [`crate::scsi::ScsiBus::complete`] it.
+    Io(IoPlan<'a>),
+}
+
 /// Scratch buffer size for the few paths that must look at data (VERIFY with BYTCHK).
 const COMPARE_CHUNK: usize = 64 * 1024;
 
@@ -95,37 +140,116 @@ fn guest_range<'a>(
 
 impl LogicalUnit {
     pub(super) fn read(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
+        Ok(self.run_prepared(self.prepare_read(cdb, data_in)?))
+    }
+
+    pub(super) fn write(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
+        Ok(self.run_prepared(self.prepare_write(cdb, data_out)?))
+    }
+
+    /// READ: every check, then either an immediate answer or the backend read to run.
+    pub(super) fn prepare_read<'a>(
+        &self,
+        cdb: &Cdb,
+        data_in: &DataIn<'a>,
+    ) -> Result<Prepared<'a>, Sense> {
         check_no_protection(cdb)?;
         let r = block_range(cdb);
         let (offset, len) = self.byte_range(r.lba, r.blocks)?;
         if len == 0 {
-            return Ok(CmdOutput::good(0));
+            return Ok(Prepared::Done(CmdOutput::good(0)));
         }
-        let (bufs, n) = guest_range(self, cdb, data_in, len, r.len_byte)?;
-        self.backend
-            .read_at(&bufs, offset)
-            .map_err(|e| self.io_error(cdb, IoOp::Read, r.lba, &e))?;
-        Ok(CmdOutput::good(n))
+        let (bufs, _) = guest_range(self, cdb, data_in, len, r.len_byte)?;
+        Ok(self.plan(IoKind::Read, cdb, r.lba, offset, bufs))
     }
 
-    pub(super) fn write(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
+    /// WRITE / WRITE AND VERIFY: every check, then the backend write to run.
+    pub(super) fn prepare_write<'a>(
+        &self,
+        cdb: &Cdb,
+        data_out: &DataOut<'a>,
+    ) -> Result<Prepared<'a>, Sense> {
         check_no_protection(cdb)?;
         self.check_writable()?;
         let r = block_range(cdb);
         let (offset, len) = self.byte_range(r.lba, r.blocks)?;
         if len == 0 {
-            return Ok(CmdOutput::good(0));
+            return Ok(Prepared::Done(CmdOutput::good(0)));
         }
-        let (bufs, n) = guest_range(self, cdb, data_out, len, r.len_byte)?;
+        let (bufs, _) = guest_range(self, cdb, data_out, len, r.len_byte)?;
         // WRITE AND VERIFY has no FUA bit; "verified on the medium" means durable for us.
         let verify = matches!(
             cdb.opcode(),
             opcode::WRITE_AND_VERIFY_10 | opcode::WRITE_AND_VERIFY_12 | opcode::WRITE_AND_VERIFY_16
         );
-        self.backend
-            .write_at(&bufs, offset, self.write_through(fua(cdb) || verify))
-            .map_err(|e| self.io_error(cdb, IoOp::Write, r.lba, &e))?;
-        Ok(CmdOutput::good(n))
+        let fua = self.write_through(fua(cdb) || verify);
+        Ok(self.plan(IoKind::Write { fua }, cdb, r.lba, offset, bufs))
+    }
+
+    /// SYNCHRONIZE CACHE(10/16): the range is checked, then the whole backend is flushed (a
+    /// file has no cheaper way to make a sub-range durable). IMMED is honored by simply
+    /// completing after the flush, which is always allowed.
+    pub(super) fn prepare_sync<'a>(&self, cdb: &Cdb) -> Result<Prepared<'a>, Sense> {
+        let r = block_range(cdb);
+        self.byte_range(r.lba, r.blocks)?;
+        if self.read_only() {
+            return Ok(Prepared::Done(CmdOutput::good(0)));
+        }
+        Ok(self.plan(IoKind::Flush, cdb, r.lba, 0, SgList::new()))
+    }
+
+    fn plan<'a>(
+        &self,
+        kind: IoKind,
+        cdb: &Cdb,
+        lba: u64,
+        offset: u64,
+        bufs: SgList<'a>,
+    ) -> Prepared<'a> {
+        let fd = self.backend.async_fd(&bufs, offset);
+        Prepared::Io(IoPlan {
+            meta: IoMeta {
+                kind,
+                opcode: cdb.opcode(),
+                lba,
+                len: bufs.len(),
+            },
+            offset,
+            bufs,
+            fd,
+        })
+    }
+
+    /// Runs a plan with the backend's synchronous methods.
+    pub(crate) fn run_sync(&self, plan: &IoPlan<'_>) -> std::io::Result<()> {
+        match plan.meta.kind {
+            IoKind::Read => self.backend.read_at(&plan.bufs, plan.offset),
+            IoKind::Write { fua } => self.backend.write_at(&plan.bufs, plan.offset, fua),
+            IoKind::Flush => self.backend.flush(),
+        }
+    }
+
+    fn run_prepared(&self, prepared: Prepared<'_>) -> CmdOutput {
+        match prepared {
+            Prepared::Done(out) => out,
+            Prepared::Io(plan) => self.complete_io(plan.meta, self.run_sync(&plan)),
+        }
+    }
+
+    /// The command's answer once its backend operation finished with `result`.
+    pub(crate) fn complete_io(&self, meta: IoMeta, result: std::io::Result<()>) -> CmdOutput {
+        match result {
+            Ok(()) => CmdOutput::good(meta.len),
+            Err(e) => {
+                let op = match meta.kind {
+                    IoKind::Read => IoOp::Read,
+                    IoKind::Write { .. } => IoOp::Write,
+                    IoKind::Flush => IoOp::Flush,
+                };
+                let opcode = [meta.opcode];
+                self.check_condition(self.io_error(&Cdb::new(&opcode), op, meta.lba, &e))
+            }
+        }
     }
 
     /// VERIFY: BYTCHK 0 checks the range only (the medium cannot be "unreadable" in a way we
@@ -180,17 +304,50 @@ impl LogicalUnit {
         Ok(CmdOutput::good(0))
     }
 
-    /// SYNCHRONIZE CACHE(10/16): the range is checked, then the whole backend is flushed (a
-    /// file has no cheaper way to make a sub-range durable). IMMED is honored by simply
-    /// completing after the flush, which is always allowed.
     pub(super) fn synchronize_cache(&self, cdb: &Cdb) -> CmdResult {
-        let r = block_range(cdb);
-        self.byte_range(r.lba, r.blocks)?;
-        if !self.read_only() {
-            self.backend
-                .flush()
-                .map_err(|e| self.io_error(cdb, IoOp::Flush, r.lba, &e))?;
+        Ok(self.run_prepared(self.prepare_sync(cdb)?))
+    }
+
+    /// [`LogicalUnit::execute`] split for asynchronous engines: READ, WRITE and SYNCHRONIZE
+    /// CACHE come back as an [`IoPlan`] (or their immediate answer), everything else runs now.
+    pub(super) fn prepare<'a>(
+        &self,
+        cdb: &Cdb,
+        data_out: &DataOut<'a>,
+        data_in: &DataIn<'a>,
+    ) -> Prepared<'a> {
+        let op = cdb.opcode();
+        let is_read = matches!(
+            op,
+            opcode::READ_6 | opcode::READ_10 | opcode::READ_12 | opcode::READ_16
+        );
+        let is_write = matches!(
+            op,
+            opcode::WRITE_6
+                | opcode::WRITE_10
+                | opcode::WRITE_12
+                | opcode::WRITE_16
+                | opcode::WRITE_AND_VERIFY_10
+                | opcode::WRITE_AND_VERIFY_12
+                | opcode::WRITE_AND_VERIFY_16
+        );
+        let is_sync = matches!(
+            op,
+            opcode::SYNCHRONIZE_CACHE_10 | opcode::SYNCHRONIZE_CACHE_16
+        );
+        if !(is_read || is_write || is_sync) {
+            return Prepared::Done(self.execute(cdb, data_out, data_in));
         }
-        Ok(CmdOutput::good(0))
+        if let Some(out) = self.admit(cdb) {
+            return Prepared::Done(out);
+        }
+        let prepared = if is_read {
+            self.prepare_read(cdb, data_in)
+        } else if is_write {
+            self.prepare_write(cdb, data_out)
+        } else {
+            self.prepare_sync(cdb)
+        };
+        prepared.unwrap_or_else(|sense| Prepared::Done(self.check_condition(sense)))
     }
 }

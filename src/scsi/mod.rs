@@ -8,7 +8,8 @@
 //! Layout:
 //! - [`bus`]: targets and LUNs, command routing, REPORT LUNS and the "no such LUN" responses.
 //! - [`lun`]: one emulated direct-access block device: dispatch, unit attentions, REQUEST SENSE.
-//! - [`inquiry`], [`mode`], [`capacity`], [`io`], [`provisioning`], [`opcodes`]: command groups.
+//! - [`inquiry`], [`mode`], [`capacity`], [`io`], [`verify`], [`compare_write`],
+//!   [`provisioning`], [`lba_status`], [`media`], [`reservations`], [`opcodes`]: command groups.
 //! - [`cdb`], [`sense`]: CDB field access and sense data encoding.
 //!
 //! The model is QEMU's `scsi-disk`, which is what Linux guests are tested against.
@@ -16,27 +17,34 @@
 pub mod bus;
 pub mod capacity;
 pub mod cdb;
+pub mod compare_write;
 pub mod data;
 pub mod inquiry;
 pub mod io;
+pub mod lba_status;
 pub mod lun;
+pub mod media;
 pub mod mode;
 pub mod opcodes;
 pub mod provisioning;
+pub mod reservations;
 pub mod sense;
+pub mod verify;
 
 #[cfg(test)]
 mod tests;
 
 pub use bus::ScsiBus;
 pub use data::{DataIn, DataOut, SgList};
-pub use lun::{LogicalUnit, LunOptions};
+pub use io::{IoKind, IoMeta, IoPlan, Prepared};
+pub use lun::{LogicalUnit, LunOptions, Nexus, PrFile, HBA_NEXUS};
 pub use sense::Sense;
 
 /// SAM status codes.
 pub mod status {
     pub const GOOD: u8 = 0x00;
     pub const CHECK_CONDITION: u8 = 0x02;
+    pub const CONDITION_MET: u8 = 0x04;
     pub const BUSY: u8 = 0x08;
     pub const RESERVATION_CONFLICT: u8 = 0x18;
     pub const TASK_SET_FULL: u8 = 0x28;
@@ -51,7 +59,8 @@ pub const MAX_RESPONSE_LEN: usize = 64 * 1024;
 pub struct CmdOutput {
     /// SAM status: 0 GOOD, 2 CHECK CONDITION, 0x18 RESERVATION CONFLICT …
     pub status: u8,
-    /// Sense data (fixed format), empty unless CHECK CONDITION.
+    /// Sense data (fixed or, with the control mode page's D_SENSE, descriptor format), empty
+    /// unless CHECK CONDITION.
     pub sense: Vec<u8>,
     /// Data bytes actually moved in the command's direction.
     pub transferred: u32,
@@ -63,6 +72,24 @@ impl CmdOutput {
             status: status::GOOD,
             sense: Vec::new(),
             transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// RESERVATION CONFLICT (SPC-5 5.13): no sense data.
+    pub fn reservation_conflict() -> Self {
+        Self {
+            status: status::RESERVATION_CONFLICT,
+            sense: Vec::new(),
+            transferred: 0,
+        }
+    }
+
+    /// BUSY: the initiator retries later.
+    pub fn busy() -> Self {
+        Self {
+            status: status::BUSY,
+            sense: Vec::new(),
+            transferred: 0,
         }
     }
 

@@ -1,15 +1,19 @@
-//! MODE SENSE(6/10) and MODE SELECT(6/10) with the pages Linux looks at: read-write error
-//! recovery (01h), caching (08h) and control (0Ah).
+//! MODE SENSE(6/10) and MODE SELECT(6/10) (SPC-5 6.11-6.14) with the read-write error recovery
+//! (01h), caching (08h), control (0Ah) and informational exceptions control (1Ch) pages.
 //!
-//! The only changeable parameter is WCE in the caching page. MODE SELECT accepts any page whose
-//! non-changeable bytes equal the current values (that is how tools write a page back after
-//! editing one bit) and rejects anything else with INVALID FIELD IN PARAMETER LIST, like QEMU.
+//! Changeable parameters: WCE (caching; clearing it makes every write durable before it
+//! completes), D_SENSE (control; descriptor-format sense data) and SWP (control; software write
+//! protect). MODE SELECT accepts any page whose non-changeable bytes equal the current values
+//! (that is how tools write a page back after editing one bit) and rejects anything else with
+//! INVALID FIELD IN PARAMETER LIST and a field pointer to the offending byte. Saved values are
+//! not supported (SAVING PARAMETERS NOT SUPPORTED for PC 11b and SP 1). A change raises MODE
+//! PARAMETERS CHANGED for the other I_T nexuses (SPC-5, unit attention conditions).
 
 use std::sync::atomic::Ordering;
 
 use super::{
     cdb::{be16, be24, be32, opcode, put_be16, put_be32, put_be64, Cdb},
-    lun::{IoOp, LogicalUnit},
+    lun::{IoOp, LogicalUnit, Nexus},
     respond,
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut,
@@ -18,12 +22,21 @@ use super::{
 const PAGE_RW_ERROR_RECOVERY: u8 = 0x01;
 const PAGE_CACHING: u8 = 0x08;
 const PAGE_CONTROL: u8 = 0x0a;
+const PAGE_INFORMATIONAL_EXCEPTIONS: u8 = 0x1c;
 const PAGE_ALL: u8 = 0x3f;
 /// Pages in ascending order, as "all pages" returns them.
-const PAGES: [u8; 3] = [PAGE_RW_ERROR_RECOVERY, PAGE_CACHING, PAGE_CONTROL];
+const PAGES: [u8; 4] = [
+    PAGE_RW_ERROR_RECOVERY,
+    PAGE_CACHING,
+    PAGE_CONTROL,
+    PAGE_INFORMATIONAL_EXCEPTIONS,
+];
 
 /// WCE bit in byte 2 of the caching page.
 const WCE: u8 = 0x04;
+/// D_SENSE bit in byte 2 and SWP bit in byte 4 of the control page.
+const D_SENSE: u8 = 0x04;
+const SWP: u8 = 0x08;
 
 /// Device-specific parameter bits for direct-access devices.
 const DEVICE_SPECIFIC_WP: u8 = 0x80;
@@ -59,8 +72,31 @@ impl LogicalUnit {
             }
             PAGE_CONTROL => {
                 let mut p = vec![0u8; 12];
+                // TST 000b: one task set for all I_T nexuses. TAS 0, no ACA (NormACA 0).
+                match pc {
+                    PageControl::Changeable => {
+                        p[2] = D_SENSE;
+                        p[4] = SWP;
+                    }
+                    PageControl::Default => p[3] = 0x10,
+                    PageControl::Current => {
+                        p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
+                        if self.d_sense.load(Ordering::Relaxed) {
+                            p[2] |= D_SENSE;
+                        }
+                        if self.swp.load(Ordering::Relaxed) {
+                            p[4] |= SWP;
+                        }
+                    }
+                }
+                p
+            }
+            PAGE_INFORMATIONAL_EXCEPTIONS => {
+                let mut p = vec![0u8; 12];
                 if !changeable {
-                    p[3] = 0x10; // QUEUE ALGORITHM MODIFIER 1: unrestricted reordering
+                    // DEXCPT: informational exception operations are disabled (there is no
+                    // failure prediction); MRIE 0h.
+                    p[2] = 0x08;
                 }
                 p
             }
@@ -105,7 +141,7 @@ impl LogicalUnit {
         };
 
         let mut device_specific = DEVICE_SPECIFIC_DPOFUA;
-        if self.read_only() {
+        if self.read_only() || self.swp.load(Ordering::Relaxed) {
             device_specific |= DEVICE_SPECIFIC_WP;
         }
         let descriptor = if dbd {
@@ -153,7 +189,7 @@ impl LogicalUnit {
         }
     }
 
-    pub(super) fn mode_select(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
+    pub(super) fn mode_select(&self, nexus: Nexus, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
         let ten = cdb.opcode() == opcode::MODE_SELECT_10;
         // PF = 1 (SPC page format) and SP = 0 (we cannot save pages), as QEMU requires.
         if !cdb.bit(1, 0x10) {
@@ -180,7 +216,25 @@ impl LogicalUnit {
         }
         let mut list = vec![0u8; len];
         data_out.copy_to(&mut list);
-        let new_wce = self.check_mode_parameters(&list, ten)?;
+        let pages = self.check_mode_parameters(&list, ten)?;
+        let mut changed = false;
+        for page in &pages {
+            changed |= self
+                .mode_page(page[0] & 0x3f, PageControl::Current)
+                .is_some_and(|current| current != *page);
+            if page[0] & 0x3f == PAGE_CONTROL {
+                self.d_sense
+                    .store(page[2] & D_SENSE != 0, Ordering::Relaxed);
+                self.swp.store(page[4] & SWP != 0, Ordering::Relaxed);
+            }
+        }
+        if changed {
+            self.establish_ua(Some(nexus), Sense::MODE_PARAMETERS_CHANGED);
+        }
+        let new_wce = pages
+            .iter()
+            .find(|p| p[0] & 0x3f == PAGE_CACHING)
+            .map(|p| p[2] & WCE != 0);
         if let Some(wce) = new_wce {
             let old = self.write_cache.swap(wce, Ordering::Relaxed);
             if old != wce {
@@ -200,8 +254,9 @@ impl LogicalUnit {
         Ok(CmdOutput::good(len))
     }
 
-    /// Validates a MODE SELECT parameter list; returns the new WCE if a caching page was sent.
-    fn check_mode_parameters(&self, list: &[u8], ten: bool) -> Result<Option<bool>, Sense> {
+    /// Validates a whole MODE SELECT parameter list before anything is applied; returns the
+    /// pages it holds.
+    fn check_mode_parameters(&self, list: &[u8], ten: bool) -> Result<Vec<Vec<u8>>, Sense> {
         let header_len = if ten { 8 } else { 4 };
         if list.len() < header_len {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
@@ -237,7 +292,7 @@ impl LogicalUnit {
             }
         }
 
-        let mut new_wce = None;
+        let mut pages = Vec::new();
         let mut pos = pages_start;
         while pos < list.len() {
             let at = |i: usize| u16::try_from(i).unwrap_or(u16::MAX);
@@ -267,11 +322,13 @@ impl LogicalUnit {
             if let Some(i) = (2..new.len()).find(|&i| (new[i] ^ current[i]) & !mask[i] != 0) {
                 return Err(Sense::invalid_param_field(at(pos + i), None));
             }
-            if code == PAGE_CACHING {
-                new_wce = Some(new[2] & WCE != 0);
-            }
+            // PS is reserved in MODE SELECT: normalise it for the comparison above (done) and
+            // for the "changed" check.
+            let mut page = new.to_vec();
+            page[0] &= 0x3f;
+            pages.push(page);
             pos = end;
         }
-        Ok(new_wce)
+        Ok(pages)
     }
 }

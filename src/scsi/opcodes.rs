@@ -1,10 +1,11 @@
-//! REPORT SUPPORTED OPERATION CODES (SPC-5 6.35) and the table of commands it reports.
+//! REPORT SUPPORTED OPERATION CODES (SPC-5 6.35), REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS
+//! (SPC-5 6.36) and the table of commands the first reports.
 //!
 //! Linux asks for WRITE SAME(10/16) this way before using them for REQ_OP_WRITE_ZEROES, so the
 //! table must match what [`super::lun`] dispatches (a unit test checks that it does).
 
 use super::{
-    cdb::{opcode as op, put_be16, put_be32, Cdb},
+    cdb::{opcode as op, put_be16, put_be32, service_action as sa, Cdb},
     lun::LogicalUnit,
     respond,
     sense::Sense,
@@ -29,35 +30,66 @@ const fn cmd(opcode: u8, usage: &'static [u8]) -> CommandInfo {
 
 const FF: u8 = 0xff;
 
-/// Every command a configured LU implements, by opcode. UNMAP is filtered out when discard is
-/// off.
+/// `CommandInfo` for a command with a service action.
+const fn cmd_sa(opcode: u8, service_action: u16, usage: &'static [u8]) -> CommandInfo {
+    CommandInfo {
+        opcode,
+        service_action: Some(service_action),
+        usage,
+    }
+}
+
+const PR_IN_USAGE: &[u8] = &[0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, 0];
+const PR_OUT_USAGE: &[u8] = &[0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, 0];
+const LBA16: [u8; 12] = [FF; 12];
+
+/// Builds a 16-byte usage mask: opcode, byte 1, LBA + length (bytes 2..14), bytes 14, 15.
+const fn u16b(opcode: u8, b1: u8, lba_len: [u8; 12], b14: u8) -> [u8; 16] {
+    let mut u = [0u8; 16];
+    u[0] = opcode;
+    u[1] = b1;
+    let mut i = 0;
+    while i < 12 {
+        u[2 + i] = lba_len[i];
+        i += 1;
+    }
+    u[14] = b14;
+    u
+}
+
+/// Every command a configured LU implements, by opcode then service action. UNMAP is filtered
+/// out when discard is off.
 pub const COMMANDS: &[CommandInfo] = &[
     cmd(op::TEST_UNIT_READY, &[0x00, 0, 0, 0, 0, 0]),
     cmd(op::REQUEST_SENSE, &[0x03, 0x01, 0, 0, FF, 0]),
     cmd(op::READ_6, &[0x08, 0x1f, FF, FF, FF, 0]),
     cmd(op::WRITE_6, &[0x0a, 0x1f, FF, FF, FF, 0]),
-    cmd(op::INQUIRY, &[0x12, 0x03, FF, FF, FF, 0]),
+    cmd(op::INQUIRY, &[0x12, 0x01, FF, FF, FF, 0]),
     cmd(op::MODE_SELECT_6, &[0x15, 0x11, 0, 0, FF, 0]),
     cmd(op::RESERVE_6, &[0x16, 0, 0, 0, 0, 0]),
     cmd(op::RELEASE_6, &[0x17, 0, 0, 0, 0, 0]),
     cmd(op::MODE_SENSE_6, &[0x1a, 0x08, FF, FF, FF, 0]),
-    cmd(op::START_STOP_UNIT, &[0x1b, 0, 0, 0, 0, 0]),
-    cmd(op::PREVENT_ALLOW_MEDIUM_REMOVAL, &[0x1e, 0, 0, 0, 0, 0]),
+    cmd(op::START_STOP_UNIT, &[0x1b, 0x01, 0, 0x0f, 0xf7, 0]),
+    cmd(op::PREVENT_ALLOW_MEDIUM_REMOVAL, &[0x1e, 0, 0, 0, 0x03, 0]),
     cmd(
         op::READ_CAPACITY_10,
         &[0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, 0],
     ),
-    cmd(op::READ_10, &[0x28, 0xe0, FF, FF, FF, FF, 0, FF, FF, 0]),
-    cmd(op::WRITE_10, &[0x2a, 0xe8, FF, FF, FF, FF, 0, FF, FF, 0]),
+    cmd(op::READ_10, &[0x28, 0xf8, FF, FF, FF, FF, 0, FF, FF, 0]),
+    cmd(op::WRITE_10, &[0x2a, 0xf8, FF, FF, FF, FF, 0, FF, FF, 0]),
     cmd(op::SEEK_10, &[0x2b, 0, FF, FF, FF, FF, 0, 0, 0, 0]),
     cmd(
         op::WRITE_AND_VERIFY_10,
-        &[0x2e, 0xe0, FF, FF, FF, FF, 0, FF, FF, 0],
+        &[0x2e, 0xf2, FF, FF, FF, FF, 0, FF, FF, 0],
     ),
-    cmd(op::VERIFY_10, &[0x2f, 0xe6, FF, FF, FF, FF, 0, FF, FF, 0]),
+    cmd(op::VERIFY_10, &[0x2f, 0xf6, FF, FF, FF, FF, 0, FF, FF, 0]),
+    cmd(
+        op::PRE_FETCH_10,
+        &[0x34, 0x02, FF, FF, FF, FF, 0, FF, FF, 0],
+    ),
     cmd(
         op::SYNCHRONIZE_CACHE_10,
-        &[0x35, 0, FF, FF, FF, FF, 0, FF, FF, 0],
+        &[0x35, 0x02, FF, FF, FF, FF, 0, FF, FF, 0],
     ),
     cmd(
         op::WRITE_SAME_10,
@@ -68,73 +100,72 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(op::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd(op::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd(op::MODE_SENSE_10, &[0x5a, 0x18, FF, FF, 0, 0, 0, FF, FF, 0]),
+    cmd_sa(op::PERSISTENT_RESERVE_IN, 0x00, PR_IN_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_IN, 0x01, PR_IN_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_IN, 0x02, PR_IN_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_IN, 0x03, PR_IN_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x00, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x01, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x02, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x03, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x04, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x05, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x06, PR_OUT_USAGE),
+    cmd(op::READ_16, &u16b(0x88, 0xf8, LBA16, 0)),
     cmd(
-        op::READ_16,
+        op::COMPARE_AND_WRITE,
         &[
-            0x88, 0xe0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
+            0x89, 0xf8, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0, 0, FF, 0, 0,
         ],
     ),
-    cmd(
-        op::WRITE_16,
+    cmd(op::WRITE_16, &u16b(0x8a, 0xf8, LBA16, 0)),
+    cmd(op::ORWRITE_16, &u16b(0x8b, 0xf8, LBA16, 0)),
+    cmd(op::WRITE_AND_VERIFY_16, &u16b(0x8e, 0xf2, LBA16, 0)),
+    cmd(op::VERIFY_16, &u16b(0x8f, 0xf6, LBA16, 0)),
+    cmd(op::PRE_FETCH_16, &u16b(0x90, 0x02, LBA16, 0)),
+    cmd(op::SYNCHRONIZE_CACHE_16, &u16b(0x91, 0x02, LBA16, 0)),
+    cmd(op::WRITE_SAME_16, &u16b(0x93, 0xe9, LBA16, 0)),
+    cmd_sa(
+        op::SERVICE_ACTION_IN_16,
+        sa::READ_CAPACITY_16,
         &[
-            0x8a, 0xe8, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
-        ],
-    ),
-    cmd(
-        op::WRITE_AND_VERIFY_16,
-        &[
-            0x8e, 0xe0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
-        ],
-    ),
-    cmd(
-        op::VERIFY_16,
-        &[
-            0x8f, 0xe6, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
-        ],
-    ),
-    cmd(
-        op::SYNCHRONIZE_CACHE_16,
-        &[
-            0x91, 0, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
-        ],
-    ),
-    cmd(
-        op::WRITE_SAME_16,
-        &[
-            0x93, 0xe9, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0,
-        ],
-    ),
-    CommandInfo {
-        opcode: op::SERVICE_ACTION_IN_16,
-        service_action: Some(super::cdb::service_action::READ_CAPACITY_16),
-        usage: &[
             0x9e, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, FF, 0x01, 0,
         ],
-    },
+    ),
+    cmd_sa(
+        op::SERVICE_ACTION_IN_16,
+        sa::GET_LBA_STATUS,
+        &u16b(0x9e, 0x1f, LBA16, 0),
+    ),
     cmd(
         op::REPORT_LUNS,
         &[0xa0, 0, FF, 0, 0, 0, FF, FF, FF, FF, 0, 0],
     ),
-    CommandInfo {
-        opcode: op::MAINTENANCE_IN,
-        service_action: Some(super::cdb::service_action::REPORT_SUPPORTED_OPERATION_CODES),
-        usage: &[0xa3, 0x1f, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0],
-    },
+    cmd_sa(
+        op::MAINTENANCE_IN,
+        sa::REPORT_SUPPORTED_OPERATION_CODES,
+        &[0xa3, 0x1f, 0x87, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+    ),
+    cmd_sa(
+        op::MAINTENANCE_IN,
+        sa::REPORT_SUPPORTED_TMFS,
+        &[0xa3, 0x1f, 0x80, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+    ),
     cmd(
         op::READ_12,
-        &[0xa8, 0xe0, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0xa8, 0xf8, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
     ),
     cmd(
         op::WRITE_12,
-        &[0xaa, 0xe8, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0xaa, 0xf8, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
     ),
     cmd(
         op::WRITE_AND_VERIFY_12,
-        &[0xae, 0xe0, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0xae, 0xf2, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
     ),
     cmd(
         op::VERIFY_12,
-        &[0xaf, 0xe6, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+        &[0xaf, 0xf6, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
     ),
 ];
 
@@ -215,5 +246,24 @@ impl LogicalUnit {
             _ => return Err(Sense::invalid_cdb_field(2, Some(2))),
         };
         Ok(respond(data_in, &buf, alloc_len))
+    }
+
+    /// REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS: what the virtio-scsi control queue
+    /// implements (src/virtio/control.rs): ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LOGICAL
+    /// UNIT RESET, QUERY TASK, QUERY TASK SET and I_T NEXUS RESET. CLEAR ACA is rejected,
+    /// virtio has no TARGET RESET, WAKEUP or QUERY ASYNCHRONOUS EVENT.
+    pub(super) fn report_supported_tmfs(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
+        let alloc_len = cdb.be32(6) as usize;
+        if alloc_len < 4 {
+            return Err(Sense::invalid_cdb_field(6, Some(7)));
+        }
+        // ATS ATSS CTSS LURS QTS; QTSS ITNRS.
+        let mut b = vec![0xdc, 0x03, 0, 0];
+        if cdb.bit(2, 0x80) {
+            // REPTD: extended parameter data, no timeouts reported.
+            b[3] = 0x0c;
+            b.resize(16, 0);
+        }
+        Ok(respond(data_in, &b, alloc_len))
     }
 }

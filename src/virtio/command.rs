@@ -9,21 +9,96 @@ use super::{
     request::{parse_cmd_request, CmdResponse, RequestError, SplitChain, RESP_HEADER_SIZE},
     LunAddress,
 };
-use crate::scsi::ScsiBus;
+use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 
 /// Executes the command in one request chain; returns the used length (response header plus
 /// data-in bytes written).
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
+    match start_command(bus, chain) {
+        Started::Done(used) => used,
+        Started::Io(io) => {
+            let result = bus.run_sync(io.target, io.lun, &io.plan);
+            io.finish(bus, result)
+        }
+    }
+}
+
+/// A command whose backend I/O is to run (possibly asynchronously).
+pub struct PendingIo<'a> {
+    pub target: u8,
+    pub lun: u16,
+    pub plan: IoPlan<'a>,
+    /// Where the response header goes.
+    pub response: SgList<'a>,
+    /// Direction and size of the guest's data buffer, for the residual count.
+    pub reply: ReplyShape,
+}
+
+/// What turning a finished I/O into a response needs besides the SCSI answer (plain data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplyShape {
+    pub data_in: bool,
+    /// Length of the guest's data buffer in the command's direction.
+    pub buffer_len: usize,
+}
+
+impl ReplyShape {
+    /// Writes the response for `out` into `response`; returns the chain's used length.
+    pub fn respond(&self, out: &CmdOutput, response: &SgList<'_>) -> u32 {
+        self.respond_with(out, |header| {
+            response.copy_from(header);
+        })
+    }
+
+    /// Like [`ReplyShape::respond`], handing the encoded response header to `write`.
+    pub fn respond_with(&self, out: &CmdOutput, write: impl FnOnce(&[u8])) -> u32 {
+        let residual = self.buffer_len.saturating_sub(out.transferred as usize);
+        let header = CmdResponse {
+            sense: &out.sense,
+            // The chain is at most 4 GiB (virtio 1.2, 2.7.5.2), so this cannot truncate.
+            resid: u32::try_from(residual).unwrap_or(u32::MAX),
+            status: out.status,
+            response: VIRTIO_SCSI_S_OK as u8,
+        }
+        .encode();
+        write(&header);
+        let data_in_written = if self.data_in {
+            (out.transferred as usize).min(self.buffer_len)
+        } else {
+            0
+        };
+        (RESP_HEADER_SIZE + data_in_written) as u32
+    }
+}
+
+impl PendingIo<'_> {
+    /// Completes the command with the I/O's result; returns the used length.
+    pub fn finish(&self, bus: &ScsiBus, result: std::io::Result<()>) -> u32 {
+        let out = bus.complete(self.target, self.lun, self.plan.meta, result);
+        self.reply.respond(&out, &self.response)
+    }
+}
+
+/// The first half of a command: answered at once, or an I/O to run.
+pub enum Started<'a> {
+    /// Answered; the used length.
+    Done(u32),
+    Io(PendingIo<'a>),
+}
+
+/// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
+/// [`Started::Io`], everything else is executed and answered now.
+pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>) -> Started<'a> {
     let req = match parse_cmd_request(chain) {
         Ok(req) => req,
         Err((e @ RequestError::ShortRequestHeader(_), Some(response))) => {
             warn!("request queue: {e}; answered VIRTIO_SCSI_S_FAILURE");
             fail(&response, VIRTIO_SCSI_S_FAILURE);
-            return RESP_HEADER_SIZE as u32;
+            return Started::Done(RESP_HEADER_SIZE as u32);
         }
         Err((e, _)) => {
             warn!("request queue: {e}; chain returned unanswered");
-            return 0;
+            return Started::Done(0);
         }
     };
 
@@ -33,7 +108,7 @@ pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
             req.cdb[0], req.lun
         );
         fail(&req.response, VIRTIO_SCSI_S_BAD_TARGET);
-        return RESP_HEADER_SIZE as u32;
+        return Started::Done(RESP_HEADER_SIZE as u32);
     };
 
     // VIRTIO_SCSI_F_INOUT is not offered, so a command moves data one way only (QEMU fails
@@ -44,25 +119,30 @@ pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
             req.cdb[0], addr.target, addr.lun
         );
         fail(&req.response, VIRTIO_SCSI_S_FAILURE);
-        return RESP_HEADER_SIZE as u32;
+        return Started::Done(RESP_HEADER_SIZE as u32);
     }
 
-    let out = bus.execute(addr.target, addr.lun, &req.cdb, &req.data_out, &req.data_in);
-    let (buffer_len, data_in_written) = if req.data_out.is_empty() {
-        (req.data_in.len(), out.transferred as usize)
+    let reply = if req.data_out.is_empty() {
+        ReplyShape {
+            data_in: true,
+            buffer_len: req.data_in.len(),
+        }
     } else {
-        (req.data_out.len(), 0)
+        ReplyShape {
+            data_in: false,
+            buffer_len: req.data_out.len(),
+        }
     };
-    let resid = buffer_len.saturating_sub(out.transferred as usize);
-    CmdResponse {
-        sense: &out.sense,
-        // The chain is at most 4 GiB (virtio 1.2, 2.7.5.2), so this cannot truncate.
-        resid: u32::try_from(resid).unwrap_or(u32::MAX),
-        status: out.status,
-        response: VIRTIO_SCSI_S_OK as u8,
+    match bus.prepare(addr.target, addr.lun, &req.cdb, &req.data_out, &req.data_in) {
+        Prepared::Done(out) => Started::Done(reply.respond(&out, &req.response)),
+        Prepared::Io(plan) => Started::Io(PendingIo {
+            target: addr.target,
+            lun: addr.lun,
+            plan,
+            response: req.response,
+            reply,
+        }),
     }
-    .write_to(&req.response);
-    (RESP_HEADER_SIZE + data_in_written.min(req.data_in.len())) as u32
 }
 
 fn fail(response_area: &crate::scsi::SgList<'_>, code: u32) {

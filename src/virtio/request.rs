@@ -188,6 +188,11 @@ impl CmdResponse<'_> {
     /// Writes the response header; sense data longer than the sense area is truncated (and
     /// `sense_len` says how much was really written).
     pub fn write_to(&self, area: &SgList<'_>) {
+        area.copy_from(&self.encode());
+    }
+
+    /// The wire form of the response header.
+    pub fn encode(&self) -> [u8; RESP_HEADER_SIZE] {
         let sense_len = self.sense.len().min(SENSE_SIZE);
         let mut buf = [0u8; RESP_HEADER_SIZE];
         buf[0..4].copy_from_slice(&(sense_len as u32).to_le_bytes());
@@ -196,6 +201,6 @@ impl CmdResponse<'_> {
         buf[10] = self.status;
         buf[11] = self.response;
         buf[12..12 + sense_len].copy_from_slice(&self.sense[..sense_len]);
-        area.copy_from(&buf);
+        buf
     }
 }

@@ -180,6 +180,10 @@ impl Daemon {
         }
         // stdout and stderr share one log file, printed if the test fails.
         let log_file = File::create(&log).expect("log file");
+        // tests/run.sh runs the suite once per I/O engine.
+        if let Ok(aio) = std::env::var("VUS_TEST_AIO") {
+            cmd.args(["--aio", &aio]);
+        }
         cmd.args(["--log-level", "debug"])
             .args(extra_args)
             .stdin(Stdio::null())
@@ -720,7 +724,7 @@ impl TestVm {
         first
     }
 
-    fn used_idx(&self, q: usize) -> u16 {
+    pub fn used_idx(&self, q: usize) -> u16 {
         self.mem
             .load(GuestAddress(self.queues[q].used + 2), Ordering::Acquire)
             .unwrap()

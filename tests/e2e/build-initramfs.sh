@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the e2e guest initramfs: busybox + e2fsprogs + util-linux discard tools
 # + sg3-utils (optional) + the virtio-scsi/sd/ext4 kernel modules + /init +
-# the guest workload.
+# the guest workloads (guest-workload.sh, guest-sg3.sh).
 #
 # Usage: build-initramfs.sh OUT.cpio.gz
 #   E2E_KVER selects the guest kernel version (default: newest installed).
@@ -33,7 +33,22 @@ BINARIES=(mke2fs:/usr/sbin/mke2fs,/sbin/mke2fs
           ?sg_readcap:/usr/bin/sg_readcap
           ?sg_vpd:/usr/bin/sg_vpd
           ?sg_turs:/usr/bin/sg_turs
-          ?sg_luns:/usr/bin/sg_luns)
+          ?sg_luns:/usr/bin/sg_luns
+          # For guest-sg3.sh (SCSI conformance, tests/e2e_sg3.rs).
+          ?sg_opcodes:/usr/bin/sg_opcodes
+          ?sg_modes:/usr/bin/sg_modes
+          ?sg_unmap:/usr/bin/sg_unmap
+          ?sg_write_same:/usr/bin/sg_write_same
+          ?sg_compare_and_write:/usr/bin/sg_compare_and_write
+          ?sg_get_lba_status:/usr/bin/sg_get_lba_status
+          ?sg_persist:/usr/bin/sg_persist
+          ?sg_verify:/usr/bin/sg_verify
+          ?sg_write_verify:/usr/bin/sg_write_verify
+          ?sg_sync:/usr/bin/sg_sync
+          ?sg_start:/usr/bin/sg_start
+          ?sg_prevent:/usr/bin/sg_prevent
+          ?sg_requests:/usr/bin/sg_requests
+          ?sg_raw:/usr/bin/sg_raw)
 
 BUSYBOX="$(command -v busybox || true)"
 [[ -n "$BUSYBOX" ]] || e2e_die "busybox not found (apt-get install busybox-static)"
@@ -89,7 +104,8 @@ mapfile -t LIB_FILES < <(for b in "${BIN_FILES[@]}"; do ldd "$b"; done \
 # --- cache key ------------------------------------------------------------------
 key="$( {
     echo "kver=$KVER"
-    sha256sum "$E2E_DIR/build-initramfs.sh" "$E2E_DIR/init.sh" "$E2E_DIR/guest-workload.sh"
+    sha256sum "$E2E_DIR/build-initramfs.sh" "$E2E_DIR/init.sh" "$E2E_DIR/guest-workload.sh" \
+        "$E2E_DIR/guest-sg3.sh"
     for f in "$BUSYBOX" "${BIN_FILES[@]}" "${LIB_FILES[@]}" "${MOD_FILES[@]}" /etc/mke2fs.conf; do
         [[ -e "$f" ]] && stat -L -c '%n %s %Y' "$f"
     done
@@ -142,6 +158,7 @@ done
 
 install -m 0755 "$E2E_DIR/init.sh" init
 install -m 0755 "$E2E_DIR/guest-workload.sh" e2e/guest-workload.sh
+install -m 0755 "$E2E_DIR/guest-sg3.sh" e2e/guest-sg3.sh
 echo "$KVER" > e2e/kver
 
 mkdir -p "$(dirname "$OUT")"

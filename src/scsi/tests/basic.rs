@@ -66,12 +66,13 @@ fn resets_raise_unit_attentions() {
     assert_sense(&bus.cmd(&TUR, &[], 0), 0x06, 0x29, 0x03);
     assert_eq!(bus.cmd(&TUR, &[], 0).status, status::GOOD);
     bus.reset_target(0);
-    // The UA takes precedence over any other error, even an unknown opcode.
+    // I_T NEXUS LOSS OCCURRED; the UA takes precedence over any other error, even an unknown
+    // opcode.
     assert_sense(
         &bus.cmd(&[0x4d, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0),
         0x06,
         0x29,
-        0x00,
+        0x07,
     );
     assert_eq!(bus.cmd(&TUR, &[], 0).status, status::GOOD);
     // Resets of unknown LUNs / targets are ignored.
@@ -97,7 +98,7 @@ fn reset_all_restores_power_on_state() {
 #[test]
 fn unknown_opcodes_and_short_cdbs() {
     let (bus, _) = mem_bus();
-    for op in [0x4du8, 0x5e, 0x7f, 0xc0, 0xff, 0x9e, 0xa3] {
+    for op in [0x4du8, 0x5c, 0x7f, 0xc0, 0xff, 0x9e, 0xa3] {
         let mut cdb = [0u8; 16];
         cdb[0] = op;
         cdb[1] = 0x1f; // a service action nobody implements

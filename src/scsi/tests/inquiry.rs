@@ -10,10 +10,11 @@ fn inq(evpd: bool, page: u8, alloc: u16) -> Vec<u8> {
 #[test]
 fn standard_inquiry() {
     let (bus, _) = mem_bus();
-    let mut want = vec![0x00, 0x00, 0x06, 0x12, 69, 0x00, 0x00, 0x02];
+    let mut want = vec![0x00, 0x00, 0x07, 0x12, 69, 0x00, 0x00, 0x02];
     want.extend_from_slice(b"VUS     vhost-user-scsi 0001");
     want.extend_from_slice(&[0; 22]);
-    want.extend_from_slice(&[0x00, 0xa0, 0x04, 0x60, 0x04, 0xc0]);
+    // SAM-6, SPC-5, SBC-4.
+    want.extend_from_slice(&[0x00, 0xc0, 0x05, 0xc0, 0x06, 0x00]);
     want.extend_from_slice(&[0; 10]);
     assert_eq!(bus.good(&inq(false, 0, 255), 255), want);
     // Allocation length and buffer length truncation.
@@ -27,7 +28,7 @@ fn inquiry_errors() {
     let (bus, _) = mem_bus();
     assert_invalid_cdb(&bus.cmd(&[0x12, 0x02, 0, 0, 36, 0], &[], 36), 1, Some(1));
     assert_invalid_cdb(&bus.cmd(&inq(false, 0x80, 36), &[], 36), 2, Some(7));
-    for page in [0x01u8, 0x81, 0x86, 0x89, 0xb3, 0xff] {
+    for page in [0x01u8, 0x81, 0x85, 0x89, 0xb3, 0xff] {
         assert_invalid_cdb(&bus.cmd(&inq(true, page, 255), &[], 255), 2, Some(7));
     }
 }
@@ -37,7 +38,7 @@ fn vpd_supported_pages_serial_and_device_id() {
     let (bus, _) = mem_bus();
     assert_eq!(
         bus.good(&inq(true, 0x00, 255), 255),
-        [0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+        [0, 0, 0, 7, 0x00, 0x80, 0x83, 0x86, 0xb0, 0xb1, 0xb2]
     );
     assert_eq!(
         bus.good(&inq(true, 0x80, 255), 255),
@@ -62,7 +63,7 @@ fn vpd_without_serial_or_wwn() {
     let bus = bus_with(MemBackend::new(4096), o);
     assert_eq!(
         bus.good(&inq(true, 0x00, 255), 255),
-        [0, 0, 0, 5, 0x00, 0x83, 0xb0, 0xb1, 0xb2]
+        [0, 0, 0, 6, 0x00, 0x83, 0x86, 0xb0, 0xb1, 0xb2]
     );
     assert_invalid_cdb(&bus.cmd(&inq(true, 0x80, 255), &[], 255), 2, Some(7));
     let mut want = vec![0, 0x83, 0, 20, 0x02, 0x01, 0x00, 8];
@@ -76,6 +77,8 @@ fn block_limits(max_xfer: u32, unmap: Option<(u32, u32)>, max_ws: u64) -> Vec<u8
     p[1] = 0xb0;
     p[3] = 0x3c;
     p[4] = 0x01;
+    p[5] = 128; // MAXIMUM COMPARE AND WRITE LENGTH
+    p[7] = 1; // OPTIMAL TRANSFER LENGTH GRANULARITY
     p[8..12].copy_from_slice(&max_xfer.to_be_bytes());
     if let Some((count, gran)) = unmap {
         p[20..24].copy_from_slice(&count.to_be_bytes());

@@ -8,6 +8,8 @@ mod io;
 mod mode;
 mod opcodes;
 mod provisioning;
+mod reservations;
+mod sbc;
 
 use std::{
     io as stdio,
@@ -125,7 +127,9 @@ pub fn opts() -> LunOptions {
         serial: "SER123".to_string(),
         wwn: 0x5001_4050_0000_0001,
         block_size: 512,
+        physical_block_size: 0,
         discard: true,
+        pr_file: None,
     }
 }
 
@@ -189,6 +193,28 @@ impl RunExt for ScsiBus {
         };
         (out, in_buf)
     }
+}
+
+/// Runs `cdb` at 0:0 from I_T nexus `nexus`; returns the output and the data-in bytes
+/// transferred.
+pub fn run_as(
+    bus: &ScsiBus,
+    nexus: u32,
+    cdb: &[u8],
+    data_out: &[u8],
+    in_len: usize,
+) -> (CmdOutput, Vec<u8>) {
+    let mut out_buf = data_out.to_vec();
+    let mut in_buf = vec![0u8; in_len];
+    let out = {
+        let mut dout = SgList::new();
+        dout.push(VolatileSlice::from(&mut out_buf[..]));
+        let mut din = SgList::new();
+        din.push(VolatileSlice::from(&mut in_buf[..]));
+        bus.execute_as(nexus, 0, 0, cdb, &dout, &din)
+    };
+    in_buf.truncate(out.transferred as usize);
+    (out, in_buf)
 }
 
 /// Asserts CHECK CONDITION with fixed-format sense of the given key / ASC / ASCQ.

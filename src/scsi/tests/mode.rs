@@ -6,6 +6,7 @@ use super::*;
 
 const PAGE_01: [u8; 12] = [0x01, 0x0a, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 const PAGE_0A: [u8; 12] = [0x0a, 0x0a, 0, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
+const PAGE_1C: [u8; 12] = [0x1c, 0x0a, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 fn page_08(wce: bool) -> Vec<u8> {
     let mut p = vec![0u8; 20];
@@ -27,16 +28,17 @@ fn sense10(flags: u8, pc_page: u8, alloc: u16) -> Vec<u8> {
 #[test]
 fn mode_sense_6_all_pages() {
     let (bus, _) = mem_bus();
-    let mut want = vec![55, 0, 0x10, 8, 0, 0, 0x08, 0x00, 0, 0, 0x02, 0x00];
+    let mut want = vec![67, 0, 0x10, 8, 0, 0, 0x08, 0x00, 0, 0, 0x02, 0x00];
     want.extend_from_slice(&PAGE_01);
     want.extend_from_slice(&page_08(true));
     want.extend_from_slice(&PAGE_0A);
+    want.extend_from_slice(&PAGE_1C);
     assert_eq!(bus.good(&sense6(false, 0x3f, 0, 255), 255), want);
     assert_eq!(bus.good(&sense6(false, 0x3f, 0xff, 255), 255), want);
     // Default values equal the current ones.
     assert_eq!(bus.good(&sense6(false, 0xbf, 0, 255), 255), want);
     // Header only (what Linux asks for first).
-    assert_eq!(bus.good(&sense6(false, 0x3f, 0, 4), 255), [55, 0, 0x10, 8]);
+    assert_eq!(bus.good(&sense6(false, 0x3f, 0, 4), 255), [67, 0, 0x10, 8]);
 }
 
 #[test]
@@ -97,7 +99,7 @@ fn mode_sense_errors() {
         0x39,
         0x00,
     );
-    assert_invalid_cdb(&bus.cmd(&sense6(false, 0x1c, 0, 255), &[], 255), 2, Some(5));
+    assert_invalid_cdb(&bus.cmd(&sense6(false, 0x1d, 0, 255), &[], 255), 2, Some(5));
     assert_invalid_cdb(&bus.cmd(&sense6(false, 0x08, 1, 255), &[], 255), 3, Some(7));
     assert_invalid_cdb(
         &bus.cmd(&sense6(false, 0x08, 0xff, 255), &[], 255),
@@ -179,7 +181,7 @@ fn mode_select_errors() {
     assert_invalid_param(&bus.cmd(&select6(0x10, 24), &bad, 0), 7, None);
     // Unknown page, wrong page length, sub-page format.
     let mut bad = ok.clone();
-    bad[4] = 0x1c;
+    bad[4] = 0x1d;
     assert_invalid_param(&bus.cmd(&select6(0x10, 24), &bad, 0), 4, Some(5));
     let mut bad = ok.clone();
     bad[5] = 0x10;

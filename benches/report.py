@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Turns DIR/results.jsonl (written by benches/run.sh) into DIR/results.md and DIR/results.svg.
+
+Standard library only. Each of our rows is paired with its reference (fio on the same file, or
+QEMU's built-in virtio-scsi in the guest) and the ratio is shown; null-LUN rows are compared
+with the 1,000,000 IOPS target.
+"""
+import json
+import os
+import sys
+
+REFS = {
+    "file-uring-randread-qd32": "fio-randread-qd32",
+    "file-threads-randread-qd32": "fio-randread-qd32",
+    "file-sync-randread-qd32": "fio-randread-qd32",
+    "file-uring-randread-qd1": "fio-randread-qd1",
+    "file-uring-randwrite-qd32": "fio-randwrite-qd32",
+    "file-uring-read-1m-qd8": "fio-read-1m-qd8",
+    "file-uring-randread-qd32-q2": "fio-randread-qd32-j2",
+}
+NULL_TARGET = 1_000_000
+
+
+def reference(label, by_label):
+    if label in REFS:
+        return by_label.get(REFS[label]), REFS[label]
+    if label.startswith("guest-vus-"):
+        ref = "guest-qemu-" + label[len("guest-vus-"):]
+        return by_label.get(ref), ref
+    return None, None
+
+
+def main(out):
+    rows = []
+    with open(os.path.join(out, "results.jsonl")) as f:
+        for line in f:
+            line = line.strip()
+            if line.startswith("{"):
+                rows.append(json.loads(line))
+    by_label = {r["label"]: r for r in rows}
+    machine = open(os.path.join(out, "machine.txt")).read() if os.path.exists(
+        os.path.join(out, "machine.txt")) else ""
+    md = ["# Benchmark results", "", "```", machine.strip(), "```", "",
+          "| run | rw | bs | QD | queues/jobs | IOPS | MB/s | p50 µs | p99 µs | p99.9 µs | vs | ratio |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    bars = []
+    for r in rows:
+        ref, ref_label = reference(r["label"], by_label)
+        vs, ratio = "", ""
+        if ref and ref.get("iops"):
+            vs, ratio = ref_label, f"{r['iops'] / ref['iops']:.2f}×"
+        elif r["label"].startswith("null-") and "qd128" in r["label"]:
+            vs, ratio = "target 1M IOPS", f"{r['iops'] / NULL_TARGET:.2f}×"
+        md.append(f"| {r['label']} | {r['rw']} | {r['bs']} | {r['qd']} | {r['queues']} | "
+                  f"{r['iops']:,.0f} | {r['mbps']:.1f} | {r['p50_us']} | {r['p99_us']} | "
+                  f"{r['p999_us']} | {vs} | {ratio} |")
+        bars.append((r["label"], r["iops"], r["label"].startswith(("fio-", "guest-qemu-"))))
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    # Horizontal bar chart of IOPS (log-free, each bar labelled with its value).
+    width, left, bar_h, gap = 900, 260, 18, 6
+    height = 40 + len(bars) * (bar_h + gap)
+    top = max([b[1] for b in bars] + [1])
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-size="14">IOPS per run (grey: reference — fio / QEMU built-in)</text>']
+    for i, (label, iops, is_ref) in enumerate(bars):
+        y = 35 + i * (bar_h + gap)
+        w = (width - left - 120) * iops / top
+        color = "#999999" if is_ref else "#2b6cb0"
+        svg.append(f'<text x="{left - 6}" y="{y + 13}" text-anchor="end">{label}</text>')
+        svg.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}"/>')
+        svg.append(f'<text x="{left + w + 4:.1f}" y="{y + 13}">{iops:,.0f}</text>')
+    svg.append("</svg>")
+    with open(os.path.join(out, "results.svg"), "w") as f:
+        f.write("\n".join(svg) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else ".")

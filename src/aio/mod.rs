@@ -1,0 +1,129 @@
+//! Asynchronous I/O engines for the request queues.
+//!
+//! A request-queue thread pops many chains, starts the READ/WRITE/SYNCHRONIZE CACHE of each on an
+//! [`Engine`] and completes each chain when its I/O finishes (used-ring entries may go out of
+//! order, which split rings allow). Everything else (INQUIRY, MODE SENSE, UNMAP …) still runs
+//! synchronously on the queue thread.
+//!
+//! Engines:
+//! - [`uring::UringEngine`] (`--aio=io-uring`, default): one io_uring per queue thread, the LUN
+//!   files registered as fixed files, the ring restricted (`IORING_REGISTER_RESTRICTIONS`) to the
+//!   opcodes we submit, batched submission and completion, `readv`/`writev` straight from/to
+//!   guest memory. The guest's kick eventfd is polled through the ring too, so a thread waiting
+//!   for completions also wakes for new requests.
+//! - [`threads::ThreadEngine`] (`--aio=threads`, or when io_uring is unavailable): a pool of
+//!   threads running `preadv2`/`pwritev2`/`fdatasync`, completions handed back through an eventfd.
+//! - `--aio=sync`: the old path, every command runs to completion on the queue thread.
+//!
+//! Syscalls: io-uring needs `io_uring_setup`, `io_uring_enter`, `io_uring_register` (and `mmap`
+//! of the rings at setup); threads needs `preadv2`/`pwritev2`/`fdatasync`, `futex`, `eventfd2`
+//! reads/writes and `poll`/`ppoll`.
+
+pub mod queue;
+pub mod threads;
+pub mod uring;
+
+use std::{io, os::fd::RawFd};
+
+use crate::scsi::IoKind;
+
+/// Which engine runs the request queues' I/O (`--aio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AioMode {
+    /// io_uring, falling back to `Threads` (with a warning) when the kernel refuses a ring.
+    #[default]
+    IoUring,
+    /// A thread pool doing `preadv2`/`pwritev2`.
+    Threads,
+    /// No asynchrony: each command runs to completion on its queue thread.
+    Sync,
+}
+
+impl AioMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "io-uring" | "io_uring" | "uring" => Some(Self::IoUring),
+            "threads" => Some(Self::Threads),
+            "sync" => Some(Self::Sync),
+            _ => None,
+        }
+    }
+}
+
+/// Data-path tuning (`--aio`, `--poll-us`, `--queue-cpus`, `--aio-threads`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoConfig {
+    pub aio: AioMode,
+    /// Busy-poll for completions and new requests this long before sleeping (0: never).
+    pub poll_us: u32,
+    /// CPUs to pin request-queue threads to, round robin (empty: no pinning).
+    pub queue_cpus: Vec<usize>,
+    /// Threads of the `threads` engine's pool.
+    pub aio_threads: usize,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            aio: AioMode::default(),
+            poll_us: 0,
+            queue_cpus: Vec::new(),
+            aio_threads: 8,
+        }
+    }
+}
+
+/// One operation for an engine. `iov`/`iovcnt` point at iovecs that stay valid (and whose
+/// buffers stay mapped) until the operation's completion has been reaped.
+#[derive(Debug, Clone, Copy)]
+pub struct Op {
+    pub kind: IoKind,
+    pub fd: RawFd,
+    pub iov: *const libc::iovec,
+    pub iovcnt: usize,
+    pub offset: u64,
+    pub user_data: u64,
+}
+
+// SAFETY: an `Op` is plain data; the memory its pointer refers to is kept valid by the queue
+// worker until the op's completion is reaped, whichever thread runs it meanwhile.
+unsafe impl Send for Op {}
+
+/// What every engine offers a queue worker.
+pub trait Engine: Send {
+    /// Queues `op`; `false` when the engine's submission queue is full (call
+    /// [`Engine::submit`] and retry).
+    fn push(&mut self, op: &Op) -> bool;
+    /// Hands every queued operation to the kernel (or the pool).
+    fn submit(&mut self) -> io::Result<()>;
+    /// Appends finished operations as `(user_data, bytes or -errno)`.
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>);
+    /// Sleeps until an operation finishes or `kick_fd` becomes readable; returns whether the
+    /// kick is readable.
+    ///
+    /// The kick is never consumed here: the vring event loop reads it after `epoll_wait` reported
+    /// it, possibly in the same batch as an event whose handling brought us here, and a kick
+    /// consumed behind its back makes that read fail (EAGAIN) or block, which kills or hangs the
+    /// queue thread.
+    fn wait(&mut self, kick_fd: Option<RawFd>) -> io::Result<bool>;
+    /// Whether completions are ready, without a syscall where possible (busy polling).
+    fn ready(&mut self) -> bool;
+    fn name(&self) -> &'static str;
+}
+
+/// Reads an eventfd if it is readable, without ever blocking.
+pub(crate) fn drain_eventfd(fd: RawFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    if unsafe { libc::poll(&mut pfd, 1, 0) } <= 0 {
+        return false;
+    }
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into `v`, which is 8 bytes long.
+    unsafe { libc::read(fd, (&mut v as *mut u64).cast(), 8) };
+    true
+}

@@ -1,0 +1,472 @@
+//! One request queue served asynchronously: pop many chains, start their I/O, complete each as
+//! its result arrives.
+//!
+//! The worker owns a fixed table of slots (one per descriptor the queue can hold). A slot keeps
+//! what an in-flight command needs until its completion: the chain's head index, a guard on the
+//! guest memory the I/O reads or writes (so a memory-table change cannot unmap it underneath the
+//! kernel), the iovecs handed to the engine and where the response header goes. Slots and their
+//! vectors are reused, so a warmed-up queue allocates nothing per request here.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+    time::{Duration, Instant},
+};
+
+use log::{info, warn};
+use vhost_user_backend::{VringRwLock, VringT};
+use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap, VolatileSlice};
+
+use super::{threads::ThreadEngine, uring::UringEngine, AioMode, Engine, IoConfig, Op};
+use crate::{
+    scsi::{IoKind, IoMeta, ScsiBus},
+    virtio::{
+        command::{start_command, PendingIo, ReplyShape, Started},
+        request::split_chain,
+    },
+};
+
+type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+
+/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists run synchronously.
+const MAX_IOVECS: usize = 1024;
+
+/// Why a request queue stopped serving its current batch.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("virtqueue error: {0}")]
+    Queue(#[from] virtio_queue::Error),
+    #[error("cannot notify the guest: {0}")]
+    Notify(io::Error),
+    #[error("I/O engine failed: {0}")]
+    Engine(io::Error),
+}
+
+/// An in-flight command.
+struct Slot {
+    head: u16,
+    mem: Option<MemGuard>,
+    iov: Vec<libc::iovec>,
+    /// Response-header area: (host address, length) segments in guest memory.
+    response: Vec<(*mut u8, usize)>,
+    target: u8,
+    lun: u16,
+    meta: IoMeta,
+    reply: ReplyShape,
+    fd: RawFd,
+    offset: u64,
+}
+
+// SAFETY: the raw pointers point into guest memory mapped by `mem`, which the slot keeps alive;
+// a slot is only ever used by the queue thread that owns the worker.
+unsafe impl Send for Slot {}
+
+impl Slot {
+    fn empty() -> Self {
+        Self {
+            head: 0,
+            mem: None,
+            iov: Vec::new(),
+            response: Vec::new(),
+            target: 0,
+            lun: 0,
+            meta: IoMeta {
+                kind: IoKind::Flush,
+                opcode: 0,
+                lba: 0,
+                len: 0,
+            },
+            reply: ReplyShape {
+                data_in: false,
+                buffer_len: 0,
+            },
+            fd: -1,
+            offset: 0,
+        }
+    }
+}
+
+/// The per-thread state of one request queue.
+pub struct QueueWorker {
+    engine: Box<dyn Engine>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    inflight: usize,
+    done: Vec<(u64, i32)>,
+    chains: Vec<DescriptorChain<MemGuard>>,
+    poll: Duration,
+    /// The front-end stopped the ring (GET_VRING_BASE) during this `run`.
+    ring_stopped: bool,
+}
+
+impl QueueWorker {
+    /// Builds the engine `config` asks for (io_uring falls back to threads, with a warning),
+    /// with room for `depth` commands in flight. Runs on the queue thread that will use it.
+    pub fn new(config: &IoConfig, files: &[RawFd], depth: u16, queue: usize) -> io::Result<Self> {
+        if !config.queue_cpus.is_empty() {
+            pin_to_cpu(config.queue_cpus[queue % config.queue_cpus.len()]);
+        }
+        let depth = usize::from(depth.max(1));
+        let engine: Box<dyn Engine> = match config.aio {
+            AioMode::IoUring => {
+                match UringEngine::new(depth.next_power_of_two() as u32, files) {
+                    Ok(e) => Box::new(e),
+                    Err(e) => {
+                        warn!("request queue {queue}: io_uring unavailable ({e}); using the thread pool");
+                        Box::new(ThreadEngine::new(config.aio_threads)?)
+                    }
+                }
+            }
+            AioMode::Threads | AioMode::Sync => Box::new(ThreadEngine::new(config.aio_threads)?),
+        };
+        if queue == 0 {
+            info!("request queues use the {} engine", engine.name());
+        }
+        Ok(Self {
+            engine,
+            slots: (0..depth).map(|_| Slot::empty()).collect(),
+            free: (0..depth as u32).rev().collect(),
+            inflight: 0,
+            done: Vec::with_capacity(depth),
+            chains: Vec::with_capacity(depth),
+            poll: Duration::from_micros(u64::from(config.poll_us)),
+            ring_stopped: false,
+        })
+    }
+
+    /// Serves the queue until nothing is in flight and no request is waiting.
+    pub fn run(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &VringRwLock,
+        mem: &MemGuard,
+        event_idx: bool,
+    ) -> Result<(), QueueError> {
+        // Once the kick is seen readable it stays so until this call returns to the event loop
+        // (which consumes it): watching it again would spin. New requests are then picked up
+        // at every completion, and by the event loop's next call.
+        let mut watch_kick = true;
+        self.ring_stopped = false;
+        loop {
+            if event_idx {
+                vring.disable_notification()?;
+            }
+            let mut used_any = self.pop_and_start(bus, vring, mem)?;
+            self.engine.submit().map_err(QueueError::Engine)?;
+            used_any |= self.reap(bus, vring)?;
+            if used_any && (!event_idx || vring.needs_notification()?) {
+                vring.signal_used_queue().map_err(QueueError::Notify)?;
+            }
+            if self.inflight == 0 {
+                // A stopped ring takes nothing new: what was in flight has completed.
+                if self.ring_stopped {
+                    return Ok(());
+                }
+                // Idle: back to the event loop unless a request raced with re-enabling.
+                if !event_idx || !vring.enable_notification()? {
+                    return Ok(());
+                }
+                continue;
+            }
+            if self.busy_poll(vring, mem) {
+                continue;
+            }
+            // Sleep until an I/O completes or, if a slot is free, the guest kicks.
+            let kick = if self.free.is_empty() || !watch_kick {
+                None
+            } else {
+                if event_idx && vring.enable_notification()? {
+                    continue;
+                }
+                kick_fd(vring)
+            };
+            if self.engine.wait(kick).map_err(QueueError::Engine)? {
+                watch_kick = false;
+            }
+        }
+    }
+
+    /// Spins up to `--poll-us` for a completion or a new request; true when one came.
+    fn busy_poll(&mut self, vring: &VringRwLock, mem: &MemGuard) -> bool {
+        if self.poll.is_zero() {
+            return false;
+        }
+        let deadline = Instant::now() + self.poll;
+        loop {
+            if self.engine.ready() || (!self.free.is_empty() && has_avail(vring, mem)) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Pops as many chains as there are free slots and starts them; true when some were
+    /// answered at once (used-ring entries were added).
+    fn pop_and_start(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &VringRwLock,
+        mem: &MemGuard,
+    ) -> Result<bool, QueueError> {
+        if self.free.is_empty() {
+            return Ok(false);
+        }
+        let room = self.free.len();
+        {
+            let mut state = vring.get_mut();
+            match state.get_queue_mut().iter(mem.clone()) {
+                Ok(iter) => self.chains.extend(iter.take(room)),
+                // GET_VRING_BASE stopped the ring: take nothing new, but let what is in flight
+                // complete (`stop_vring` waits for it before the base is reported).
+                Err(virtio_queue::Error::QueueNotReady) => {
+                    self.ring_stopped = true;
+                    return Ok(false);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut used_any = false;
+        let mut chains = std::mem::take(&mut self.chains);
+        for chain in chains.drain(..) {
+            let head = chain.head_index();
+            let used = match split_chain(mem, chain) {
+                Ok(split) => match start_command(bus, split) {
+                    Started::Done(used) => Some(used),
+                    Started::Io(io) => self.start_io(bus, head, mem, io),
+                },
+                Err(e) => {
+                    warn!("descriptor chain {head}: {e}; returned unanswered");
+                    Some(0)
+                }
+            };
+            if let Some(used) = used {
+                vring.add_used(head, used)?;
+                used_any = true;
+            }
+        }
+        self.chains = chains;
+        Ok(used_any)
+    }
+
+    /// Hands a command's I/O to the engine; runs it synchronously (and returns the used length)
+    /// when the engine cannot take it.
+    fn start_io(
+        &mut self,
+        bus: &ScsiBus,
+        head: u16,
+        mem: &MemGuard,
+        io: PendingIo<'_>,
+    ) -> Option<u32> {
+        let segments = io.plan.bufs.segments();
+        let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
+            return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
+        };
+        if segments.len() > MAX_IOVECS {
+            return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
+        }
+        let slot = &mut self.slots[index as usize];
+        slot.iov.clear();
+        slot.iov.extend(segments.iter().map(|s| libc::iovec {
+            iov_base: s.ptr_guard_mut().as_ptr().cast(),
+            iov_len: s.len(),
+        }));
+        slot.response.clear();
+        slot.response.extend(
+            io.response
+                .segments()
+                .iter()
+                .map(|s| (s.ptr_guard_mut().as_ptr(), s.len())),
+        );
+        slot.head = head;
+        slot.mem = Some(mem.clone());
+        slot.target = io.target;
+        slot.lun = io.lun;
+        slot.meta = io.plan.meta;
+        slot.reply = io.reply;
+        slot.fd = fd;
+        slot.offset = io.plan.offset;
+        let op = Op {
+            kind: slot.meta.kind,
+            fd,
+            iov: slot.iov.as_ptr(),
+            iovcnt: slot.iov.len(),
+            offset: slot.offset,
+            user_data: u64::from(index),
+        };
+        let mut queued = self.engine.push(&op);
+        if !queued && self.engine.submit().is_ok() {
+            queued = self.engine.push(&op);
+        }
+        if !queued {
+            self.slots[index as usize].mem = None;
+            return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
+        }
+        self.free.pop();
+        self.inflight += 1;
+        None
+    }
+
+    /// Completes every finished I/O; true when used-ring entries were added.
+    fn reap(&mut self, bus: &ScsiBus, vring: &VringRwLock) -> Result<bool, QueueError> {
+        self.engine.reap(&mut self.done);
+        if self.done.is_empty() {
+            return Ok(false);
+        }
+        let mut done = std::mem::take(&mut self.done);
+        for &(user_data, res) in &done {
+            let index = user_data as usize;
+            let Some(slot) = self.slots.get_mut(index).filter(|s| s.mem.is_some()) else {
+                warn!("completion for unknown request slot {index}");
+                continue;
+            };
+            let result = io_result(slot, res);
+            let out = bus.complete(slot.target, slot.lun, slot.meta, result);
+            let used = slot
+                .reply
+                .respond_with(&out, |header| write_raw(&slot.response, header));
+            let head = slot.head;
+            slot.mem = None;
+            self.free.push(index as u32);
+            self.inflight -= 1;
+            vring.add_used(head, used)?;
+        }
+        done.clear();
+        self.done = done;
+        Ok(true)
+    }
+}
+
+impl Drop for QueueWorker {
+    fn drop(&mut self) {
+        // The kernel may still be writing guest memory: wait before the guards go.
+        while self.inflight > 0 {
+            if self.engine.wait(None).is_err() {
+                break;
+            }
+            self.engine.reap(&mut self.done);
+            for &(user_data, _) in &self.done {
+                if let Some(slot) = self.slots.get_mut(user_data as usize) {
+                    slot.mem = None;
+                    self.inflight = self.inflight.saturating_sub(1);
+                }
+            }
+            self.done.clear();
+        }
+    }
+}
+
+/// Turns an engine result into the I/O's outcome, finishing a short transfer synchronously.
+fn io_result(slot: &mut Slot, res: i32) -> io::Result<()> {
+    if res < 0 {
+        return Err(io::Error::from_raw_os_error(-res));
+    }
+    let done = res as usize;
+    if matches!(slot.meta.kind, IoKind::Flush) || done >= slot.meta.len {
+        return Ok(());
+    }
+    finish_short(slot, done)
+}
+
+/// Runs the rest of a short `readv`/`writev` with blocking calls (rare: end of a file that
+/// shrank, signals, some file systems).
+fn finish_short(slot: &mut Slot, mut done: usize) -> io::Result<()> {
+    let mut first = 0;
+    loop {
+        // Skip what has been transferred.
+        let mut skip = done;
+        let mut iov: Vec<libc::iovec> = Vec::with_capacity(slot.iov.len());
+        for v in &slot.iov {
+            if skip >= v.iov_len {
+                skip -= v.iov_len;
+                continue;
+            }
+            iov.push(libc::iovec {
+                // SAFETY: `skip < iov_len`, so the pointer stays inside the segment.
+                iov_base: unsafe { v.iov_base.cast::<u8>().add(skip) }.cast(),
+                iov_len: v.iov_len - skip,
+            });
+            skip = 0;
+        }
+        if iov.is_empty() {
+            return Ok(());
+        }
+        let offset = (slot.offset + done as u64) as libc::off_t;
+        // SAFETY: the iovecs describe guest memory kept mapped by the slot's guard.
+        let ret = unsafe {
+            match slot.meta.kind {
+                IoKind::Read => libc::preadv(slot.fd, iov.as_ptr(), iov.len() as i32, offset),
+                IoKind::Write { fua } => libc::pwritev2(
+                    slot.fd,
+                    iov.as_ptr(),
+                    iov.len() as i32,
+                    offset,
+                    if fua { libc::RWF_DSYNC } else { 0 },
+                ),
+                IoKind::Flush => return Ok(()),
+            }
+        };
+        match ret {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            n => done += n as usize,
+        }
+        first += 1;
+        if first > 1_000_000 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+    }
+}
+
+/// Copies the response header into its guest-memory segments.
+fn write_raw(segments: &[(*mut u8, usize)], mut bytes: &[u8]) {
+    for &(ptr, len) in segments {
+        if bytes.is_empty() {
+            break;
+        }
+        let n = len.min(bytes.len());
+        // SAFETY: the segment was resolved from a descriptor by `split_chain` and its guest
+        // memory is kept mapped by the slot's guard while this runs.
+        let slice = unsafe { VolatileSlice::new(ptr, len) };
+        slice.copy_from(&bytes[..n]);
+        bytes = &bytes[n..];
+    }
+}
+
+fn kick_fd(vring: &VringRwLock) -> Option<RawFd> {
+    vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd())
+}
+
+/// Whether the guest has made chains available that we have not popped.
+fn has_avail(vring: &VringRwLock, mem: &MemGuard) -> bool {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    queue
+        .avail_idx(&**mem, std::sync::atomic::Ordering::Acquire)
+        .map(|idx| idx.0 != queue.next_avail())
+        .unwrap_or(false)
+}
+
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it and
+    // sched_setaffinity reads it for the calling thread (pid 0).
+    let ret = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if ret != 0 {
+        warn!(
+            "cannot pin request queue thread to CPU {cpu}: {}",
+            io::Error::last_os_error()
+        );
+    }
+}

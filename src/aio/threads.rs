@@ -1,0 +1,201 @@
+//! The thread-pool engine: for kernels (or policies) where io_uring is disabled.
+//!
+//! One pool per daemon runs `preadv2`/`pwritev2`/`fdatasync`; each queue worker has its own
+//! completion list and eventfd, so a queue thread sleeps in `poll` on that eventfd and the
+//! guest's kick at once.
+
+use std::{
+    collections::VecDeque,
+    io,
+    os::fd::{AsRawFd, RawFd},
+    sync::{Arc, Condvar, Mutex, OnceLock},
+    thread,
+};
+
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use super::{drain_eventfd, Engine, Op};
+use crate::scsi::IoKind;
+
+/// Where a queue worker's completions go.
+struct Completions {
+    done: Mutex<Vec<(u64, i32)>>,
+    event: EventFd,
+}
+
+struct Job {
+    op: Op,
+    to: Arc<Completions>,
+}
+
+#[derive(Default)]
+struct Pool {
+    jobs: Mutex<VecDeque<Job>>,
+    ready: Condvar,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts the daemon-wide pool now (from the main thread, before any queue thread exists), so
+/// that queue threads never need the thread-creation syscalls.
+pub fn start_pool(threads: usize) -> io::Result<()> {
+    pool(threads).map(drop)
+}
+
+/// The daemon-wide pool, started on first use with `threads` workers.
+fn pool(threads: usize) -> io::Result<&'static Arc<Pool>> {
+    static POOL: OnceLock<Arc<Pool>> = OnceLock::new();
+    if let Some(p) = POOL.get() {
+        return Ok(p);
+    }
+    let pool = Arc::new(Pool::default());
+    for i in 0..threads.max(1) {
+        let p = pool.clone();
+        thread::Builder::new()
+            .name(format!("aio-{i}"))
+            .spawn(move || worker(&p))?;
+    }
+    Ok(POOL.get_or_init(|| pool))
+}
+
+fn worker(pool: &Pool) {
+    loop {
+        let job = {
+            let mut jobs = lock(&pool.jobs);
+            loop {
+                if let Some(job) = jobs.pop_front() {
+                    break job;
+                }
+                jobs = pool.ready.wait(jobs).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let res = run(&job.op);
+        lock(&job.to.done).push((job.op.user_data, res));
+        let _ = job.to.event.write(1);
+    }
+}
+
+/// Runs one operation; returns bytes moved or `-errno`.
+fn run(op: &Op) -> i32 {
+    let iovcnt = op.iovcnt as libc::c_int;
+    // SAFETY: the iovecs and the buffers they describe are valid for the duration of the job
+    // (see `Op`); the fd is a LUN file kept open by the bus.
+    let ret = unsafe {
+        match op.kind {
+            IoKind::Read => libc::preadv2(op.fd, op.iov, iovcnt, op.offset as libc::off_t, 0),
+            IoKind::Write { fua } => libc::pwritev2(
+                op.fd,
+                op.iov,
+                iovcnt,
+                op.offset as libc::off_t,
+                if fua { libc::RWF_DSYNC } else { 0 },
+            ),
+            IoKind::Flush => libc::fdatasync(op.fd) as isize,
+        }
+    };
+    if ret < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        i32::try_from(ret).unwrap_or(i32::MAX)
+    }
+}
+
+/// A queue worker's handle on the pool.
+pub struct ThreadEngine {
+    pool: &'static Arc<Pool>,
+    completions: Arc<Completions>,
+    queued: Vec<Op>,
+}
+
+impl ThreadEngine {
+    pub fn new(threads: usize) -> io::Result<Self> {
+        Ok(Self {
+            pool: pool(threads)?,
+            completions: Arc::new(Completions {
+                done: Mutex::new(Vec::with_capacity(256)),
+                event: EventFd::new(EFD_NONBLOCK)?,
+            }),
+            queued: Vec::with_capacity(256),
+        })
+    }
+}
+
+impl Engine for ThreadEngine {
+    fn push(&mut self, op: &Op) -> bool {
+        self.queued.push(*op);
+        true
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let n = self.queued.len();
+        {
+            let mut jobs = lock(&self.pool.jobs);
+            for op in self.queued.drain(..) {
+                jobs.push_back(Job {
+                    op,
+                    to: self.completions.clone(),
+                });
+            }
+        }
+        if n == 1 {
+            self.pool.ready.notify_one();
+        } else {
+            self.pool.ready.notify_all();
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        out.append(&mut lock(&self.completions.done));
+    }
+
+    fn wait(&mut self, kick_fd: Option<RawFd>) -> io::Result<bool> {
+        self.submit()?;
+        let event = self.completions.event.as_raw_fd();
+        let mut fds = [
+            libc::pollfd {
+                fd: event,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: kick_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Without pending completions sleep; with them only look (timeout 0).
+        let timeout = if lock(&self.completions.done).is_empty() {
+            -1
+        } else {
+            0
+        };
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call (a negative
+        // fd is ignored by poll).
+        let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+            return Ok(false);
+        }
+        drain_eventfd(event);
+        Ok(kick_fd.is_some() && fds[1].revents & libc::POLLIN != 0)
+    }
+
+    fn ready(&mut self) -> bool {
+        !lock(&self.completions.done).is_empty()
+    }
+
+    fn name(&self) -> &'static str {
+        "threads"
+    }
+}

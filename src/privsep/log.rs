@@ -1,0 +1,122 @@
+//! Logging across the process split.
+//!
+//! The worker never talks to syslog: its stderr is a pipe the supervisor reads. With `--syslog`,
+//! the global logger sends the supervisor's records to syslog and, once [`become_worker`] was
+//! called in the worker, writes `[LEVEL target] message` lines to stderr instead; the supervisor
+//! forwards each relayed line to syslog at its level. Without `--syslog`, both processes use
+//! the stderr logger of [`crate::logging`] and relayed lines are copied verbatim.
+
+use std::{
+    io::Write,
+    sync::atomic::{AtomicBool, Ordering},
+};
+
+use log::{Level, Log, Metadata, Record};
+
+use crate::{config::LogConfig, logging};
+
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+static SYSLOG: AtomicBool = AtomicBool::new(false);
+
+struct SplitLogger {
+    syslog: syslog::BasicLogger,
+}
+
+impl Log for SplitLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if IN_WORKER.load(Ordering::Relaxed) {
+            let line = format!(
+                "[{} {}] {}\n",
+                record.level(),
+                record.target(),
+                record.args()
+            );
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        } else {
+            self.syslog.log(record);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Installs the global logger (call once, before forking).
+pub fn init(cfg: &LogConfig) -> Result<(), logging::LoggingError> {
+    if !cfg.syslog {
+        return logging::init(cfg);
+    }
+    let formatter = syslog::Formatter3164 {
+        facility: syslog::Facility::LOG_DAEMON,
+        hostname: None,
+        process: logging::SYSLOG_IDENT.to_owned(),
+        pid: std::process::id(),
+    };
+    match syslog::unix(formatter) {
+        Ok(l) => {
+            log::set_boxed_logger(Box::new(SplitLogger {
+                syslog: syslog::BasicLogger::new(l),
+            }))?;
+            log::set_max_level(cfg.level);
+            SYSLOG.store(true, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            logging::init(&LogConfig {
+                syslog: false,
+                ..cfg.clone()
+            })?;
+            log::warn!("syslog is not available ({e}), logging to stderr instead");
+            Ok(())
+        }
+    }
+}
+
+/// Called in the worker right after the fork: from now on records go to stderr.
+pub fn become_worker() {
+    IN_WORKER.store(true, Ordering::Relaxed);
+}
+
+/// Supervisor side: forwards one line the worker wrote to its stderr.
+pub fn relay_line(line: &[u8]) {
+    if !SYSLOG.load(Ordering::Relaxed) {
+        let _ = std::io::stderr().lock().write_all(line);
+        return;
+    }
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end();
+    let (level, rest) = parse_level(text);
+    log::log!(target: "worker", level, "{rest}");
+}
+
+/// `[LEVEL target] message` → (LEVEL, `target] message`); other lines are warnings.
+fn parse_level(text: &str) -> (Level, &str) {
+    if let Some(rest) = text.strip_prefix('[') {
+        if let Some((level, rest)) = rest.split_once(' ') {
+            if let Ok(level) = level.parse::<Level>() {
+                return (level, rest);
+            }
+        }
+    }
+    (Level::Warn, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_of_relayed_lines() {
+        assert_eq!(parse_level("[INFO a::b] hi"), (Level::Info, "a::b] hi"));
+        assert_eq!(
+            parse_level("seccomp: thread x"),
+            (Level::Warn, "seccomp: thread x")
+        );
+    }
+}

@@ -1,0 +1,378 @@
+//! PERSISTENT RESERVE IN/OUT and RESERVE/RELEASE, with several I_T nexuses.
+
+use super::*;
+use crate::{lun::FileBackend, scsi::PrFile};
+
+const TUR: [u8; 6] = [0; 6];
+const CONFLICT: CmdOutput = CmdOutput {
+    status: status::RESERVATION_CONFLICT,
+    sense: Vec::new(),
+    transferred: 0,
+};
+
+fn pr_out_cdb(sa: u8, rtype: u8, len: u32) -> Vec<u8> {
+    let mut c = vec![0x5f, sa, rtype, 0, 0];
+    c.extend_from_slice(&len.to_be_bytes());
+    c.push(0);
+    c
+}
+
+fn pr_params(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sa_key.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, flags, 0, 0, 0]);
+    p
+}
+
+/// PERSISTENT RESERVE OUT from `nexus`.
+fn pr_out(bus: &ScsiBus, nexus: u32, sa: u8, rtype: u8, key: u64, sa_key: u64) -> CmdOutput {
+    run_as(
+        bus,
+        nexus,
+        &pr_out_cdb(sa, rtype, 24),
+        &pr_params(key, sa_key, 0),
+        0,
+    )
+    .0
+}
+
+fn pr_in(bus: &ScsiBus, nexus: u32, sa: u8) -> Vec<u8> {
+    let (out, data) = run_as(
+        bus,
+        nexus,
+        &[0x5e, sa, 0, 0, 0, 0, 0, 0x10, 0, 0],
+        &[],
+        4096,
+    );
+    assert_eq!(out.status, status::GOOD, "{out:02x?}");
+    data
+}
+
+const REGISTER: u8 = 0;
+const RESERVE: u8 = 1;
+const RELEASE: u8 = 2;
+const CLEAR: u8 = 3;
+const PREEMPT: u8 = 4;
+const REGISTER_IGNORE: u8 = 6;
+
+/// A bus whose nexuses 0 and 1 have both consumed their power-on unit attention.
+fn two_nexus_bus() -> (ScsiBus, Arc<MemBackend>) {
+    let (bus, mem) = mem_bus();
+    assert_sense(&run_as(&bus, 1, &TUR, &[], 0).0, 0x06, 0x29, 0x00);
+    (bus, mem)
+}
+
+fn good(out: CmdOutput) {
+    assert_eq!(out.status, status::GOOD, "{out:02x?}");
+}
+
+#[test]
+fn register_read_keys_and_key_checks() {
+    let (bus, _) = two_nexus_bus();
+    assert_eq!(pr_in(&bus, 0, 0), [0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(pr_out(&bus, 0, REGISTER, 0, 0, 0xa), CmdOutput::good(24));
+    // An unregistered nexus with a non-zero RESERVATION KEY, a registered one with the wrong
+    // key: RESERVATION CONFLICT, no sense data.
+    assert_eq!(pr_out(&bus, 1, REGISTER, 0, 5, 0xb), CONFLICT);
+    assert_eq!(pr_out(&bus, 0, REGISTER, 0, 5, 0xc), CONFLICT);
+    good(pr_out(&bus, 1, REGISTER, 0, 0, 0xb));
+    assert_eq!(
+        pr_in(&bus, 0, 0),
+        [0, 0, 0, 2, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xa, 0, 0, 0, 0, 0, 0, 0, 0xb]
+    );
+    // Register with SA key 0 while unregistered: no change, no new generation.
+    assert_sense(&run_as(&bus, 2, &TUR, &[], 0).0, 0x06, 0x29, 0x00);
+    good(pr_out(&bus, 2, REGISTER, 0, 0, 0));
+    // REGISTER AND IGNORE EXISTING KEY replaces a key whatever RESERVATION KEY says.
+    good(pr_out(&bus, 1, REGISTER_IGNORE, 0, 0x77, 0xbb));
+    // Unregister.
+    good(pr_out(&bus, 0, REGISTER, 0, 0xa, 0));
+    assert_eq!(
+        pr_in(&bus, 0, 0),
+        [0, 0, 0, 4, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xbb]
+    );
+    // Allocation length truncation keeps the full ADDITIONAL LENGTH.
+    let (out, data) = run_as(&bus, 0, &[0x5e, 0, 0, 0, 0, 0, 0, 0, 6, 0], &[], 4096);
+    assert_eq!(out, CmdOutput::good(6));
+    assert_eq!(data, [0, 0, 0, 4, 0, 0]);
+}
+
+#[test]
+fn parameter_and_cdb_errors() {
+    let (bus, _) = two_nexus_bus();
+    let params = pr_params(0, 1, 0);
+    assert_sense(
+        &bus.cmd(&pr_out_cdb(REGISTER, 0, 23), &params, 0),
+        0x05,
+        0x1a,
+        0x00,
+    );
+    assert_sense(
+        &bus.cmd(&pr_out_cdb(REGISTER, 0, 28), &[0; 28], 0),
+        0x05,
+        0x1a,
+        0x00,
+    );
+    assert_invalid_cdb(&bus.cmd(&pr_out_cdb(7, 0, 24), &params, 0), 1, Some(4));
+    assert_invalid_cdb(&bus.cmd(&pr_out_cdb(8, 0, 24), &params, 0), 1, Some(4));
+    assert_invalid_cdb(
+        &bus.cmd(&[0x5e, 4, 0, 0, 0, 0, 0, 0x10, 0, 0], &[], 4096),
+        1,
+        Some(4),
+    );
+    // SPEC_I_PT, APTPL without a state file.
+    assert_invalid_param(
+        &bus.cmd(&pr_out_cdb(REGISTER, 0, 24), &pr_params(0, 1, 0x08), 0),
+        20,
+        Some(3),
+    );
+    assert_invalid_param(
+        &bus.cmd(&pr_out_cdb(REGISTER, 0, 24), &pr_params(0, 1, 0x01), 0),
+        20,
+        Some(0),
+    );
+    good(pr_out(&bus, 0, REGISTER, 0, 0, 1));
+    // Bad TYPE and SCOPE.
+    assert_invalid_cdb(&pr_out(&bus, 0, RESERVE, 2, 1, 0), 2, Some(3));
+    assert_invalid_cdb(&pr_out(&bus, 0, RESERVE, 0x11, 1, 0), 2, Some(7));
+    // PREEMPT with SERVICE ACTION RESERVATION KEY 0 and no reservation.
+    assert_invalid_param(&pr_out(&bus, 0, PREEMPT, 1, 1, 0), 8, Some(7));
+    // Unregistered nexuses may not RESERVE, RELEASE, CLEAR or PREEMPT.
+    for sa in [RESERVE, RELEASE, CLEAR, PREEMPT] {
+        assert_eq!(
+            pr_out(&bus, 1, sa, 1, 0, 1),
+            CONFLICT,
+            "service action {sa}"
+        );
+    }
+}
+
+#[test]
+fn report_capabilities() {
+    let (bus, _) = two_nexus_bus();
+    assert_eq!(pr_in(&bus, 0, 2), [0, 8, 0x04, 0x90, 0xea, 0x01, 0, 0]);
+}
+
+#[test]
+fn write_exclusive_registrants_only() {
+    let (bus, _) = two_nexus_bus();
+    good(pr_out(&bus, 0, REGISTER, 0, 0, 0xa));
+    good(pr_out(&bus, 0, RESERVE, 5, 0xa, 0));
+    // Reserving again with the same type is fine; another type conflicts.
+    good(pr_out(&bus, 0, RESERVE, 5, 0xa, 0));
+    assert_eq!(pr_out(&bus, 0, RESERVE, 1, 0xa, 0), CONFLICT);
+    let mut want = vec![0, 0, 0, 1, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xa];
+    want.extend_from_slice(&[0, 0, 0, 0, 0, 0x05, 0, 0]);
+    assert_eq!(pr_in(&bus, 1, 1), want);
+    // Nexus 1 is not registered: reads are allowed, writes conflict.
+    assert_eq!(
+        run_as(&bus, 1, &read10(0, 1), &[], 512).0,
+        CmdOutput::good(512)
+    );
+    assert_eq!(run_as(&bus, 1, &write10(0, 1), &[0; 512], 0).0, CONFLICT);
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CmdOutput::good(0));
+    assert_eq!(
+        run_as(&bus, 1, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0).0,
+        CONFLICT
+    );
+    assert_eq!(
+        run_as(&bus, 1, &[0x15, 0x10, 0, 0, 0, 0], &[], 0).0,
+        CONFLICT
+    );
+    // Unknown opcodes are still INVALID COMMAND OPERATION CODE.
+    assert_sense(
+        &run_as(&bus, 1, &[0xc0, 0, 0, 0, 0, 0], &[], 0).0,
+        0x05,
+        0x20,
+        0x00,
+    );
+    // The holder writes.
+    assert_eq!(bus.cmd(&write10(0, 1), &[1; 512], 0), CmdOutput::good(512));
+    // Registered, nexus 1 may write too (registrants only).
+    good(pr_out(&bus, 1, REGISTER, 0, 0, 0xb));
+    assert_eq!(
+        run_as(&bus, 1, &write10(0, 1), &[0; 512], 0).0,
+        CmdOutput::good(512)
+    );
+    // RESERVE(6) conflicts while registrations exist.
+    assert_eq!(run_as(&bus, 1, &[0x16, 0, 0, 0, 0, 0], &[], 0).0, CONFLICT);
+    // Releasing with the wrong type: INVALID RELEASE OF PERSISTENT RESERVATION.
+    assert_sense(&pr_out(&bus, 0, RELEASE, 1, 0xa, 0), 0x05, 0x26, 0x04);
+    // Releasing from a non-holder does nothing.
+    good(pr_out(&bus, 1, RELEASE, 5, 0xb, 0));
+    assert_eq!(pr_in(&bus, 0, 1)[7], 16);
+    good(pr_out(&bus, 0, RELEASE, 5, 0xa, 0));
+    assert_eq!(pr_in(&bus, 0, 1), [0, 0, 0, 2, 0, 0, 0, 0]);
+    // The other registrant learns that the reservation is gone.
+    assert_sense(&run_as(&bus, 1, &TUR, &[], 0).0, 0x06, 0x2a, 0x04);
+    assert_eq!(bus.cmd(&TUR, &[], 0), CmdOutput::good(0));
+}
+
+#[test]
+fn exclusive_access_and_preempt() {
+    let (bus, _) = two_nexus_bus();
+    good(pr_out(&bus, 0, REGISTER, 0, 0, 0xa));
+    good(pr_out(&bus, 1, REGISTER, 0, 0, 0xb));
+    good(pr_out(&bus, 0, RESERVE, 3, 0xa, 0));
+    // Exclusive access: even a registered non-holder can neither read nor write.
+    assert_eq!(run_as(&bus, 1, &read10(0, 1), &[], 512).0, CONFLICT);
+    assert_eq!(run_as(&bus, 1, &write10(0, 1), &[0; 512], 0).0, CONFLICT);
+    assert_eq!(
+        run_as(&bus, 1, &[0x1a, 0, 0x3f, 0, 255, 0], &[], 255).0,
+        CONFLICT
+    );
+    // Still allowed: INQUIRY, READ CAPACITY, TEST UNIT READY, PR IN, REPORT LUNS.
+    assert_eq!(
+        run_as(&bus, 1, &[0x12, 0, 0, 0, 36, 0], &[], 36).0,
+        CmdOutput::good(36)
+    );
+    assert_eq!(
+        run_as(&bus, 1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8).0,
+        CmdOutput::good(8)
+    );
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CmdOutput::good(0));
+    // Nexus 1 preempts nexus 0's reservation and registration, taking WRITE EXCLUSIVE.
+    good(pr_out(&bus, 1, PREEMPT, 1, 0xb, 0xa));
+    assert_eq!(
+        pr_in(&bus, 1, 0),
+        [0, 0, 0, 3, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xb]
+    );
+    let mut want = vec![0, 0, 0, 3, 0, 0, 0, 16, 0, 0, 0, 0, 0, 0, 0, 0xb];
+    want.extend_from_slice(&[0, 0, 0, 0, 0, 0x01, 0, 0]);
+    assert_eq!(pr_in(&bus, 1, 1), want);
+    // Nexus 0 learns it was preempted; now it can read but not write.
+    assert_sense(&bus.cmd(&TUR, &[], 0), 0x06, 0x2a, 0x05);
+    assert_eq!(bus.cmd(&read10(0, 1), &[], 512), CmdOutput::good(512));
+    assert_eq!(bus.cmd(&write10(0, 1), &[0; 512], 0), CONFLICT);
+    // Preempting a key nobody has: conflict.
+    assert_eq!(pr_out(&bus, 1, PREEMPT, 1, 0xb, 0x99), CONFLICT);
+    // CLEAR removes everything.
+    good(pr_out(&bus, 1, CLEAR, 0, 0xb, 0));
+    assert_eq!(pr_in(&bus, 0, 0), [0, 0, 0, 4, 0, 0, 0, 0]);
+    assert_eq!(bus.cmd(&write10(0, 1), &[0; 512], 0), CmdOutput::good(512));
+}
+
+#[test]
+fn all_registrants_and_read_full_status() {
+    let (bus, _) = two_nexus_bus();
+    good(pr_out(&bus, 0, REGISTER, 0, 0, 0xa));
+    good(pr_out(&bus, 1, REGISTER, 0, 0, 0xb));
+    good(pr_out(&bus, 0, RESERVE, 7, 0xa, 0));
+    // All registrants: the RESERVATION KEY reported is zero.
+    let mut want = vec![0, 0, 0, 2, 0, 0, 0, 16];
+    want.extend_from_slice(&[0; 13]);
+    want.extend_from_slice(&[0x07, 0, 0]);
+    assert_eq!(pr_in(&bus, 0, 1), want);
+    // Both are holders.
+    let full = pr_in(&bus, 0, 3);
+    assert_eq!(&full[..8], &[0, 0, 0, 2, 0, 0, 0, 96]);
+    let mut d0 = vec![
+        0, 0, 0, 0, 0, 0, 0, 0xa, 0, 0, 0, 0, 0x01, 0x07, 0, 0, 0, 0, 0, 1,
+    ];
+    d0.extend_from_slice(&[0, 0, 0, 24, 0x06, 0, 0, 0]);
+    d0.extend_from_slice(&0x3000_5655_5300_0000u64.to_be_bytes());
+    d0.extend_from_slice(&[0; 12]);
+    assert_eq!(&full[8..56], &d0[..]);
+    assert_eq!(&full[56 + 7..56 + 14], &[0xb, 0, 0, 0, 0, 0x01, 0x07]);
+    assert_eq!(full[56 + 35], 1, "nexus 1's TransportID");
+    assert_eq!(run_as(&bus, 1, &write10(0, 1), &[0; 512], 0).0.status, 0);
+    assert_eq!(run_as(&bus, 2, &TUR, &[], 0).0.sense[12], 0x29);
+    assert_eq!(run_as(&bus, 2, &write10(0, 1), &[0; 512], 0).0, CONFLICT);
+    // The reservation lasts while any registrant is left.
+    good(pr_out(&bus, 0, REGISTER, 0, 0xa, 0));
+    assert_eq!(pr_in(&bus, 1, 1)[7], 16);
+    good(pr_out(&bus, 1, REGISTER, 0, 0xb, 0));
+    assert_eq!(pr_in(&bus, 1, 1), [0, 0, 0, 4, 0, 0, 0, 0]);
+    assert_eq!(run_as(&bus, 2, &write10(0, 1), &[0; 512], 0).0.status, 0);
+}
+
+#[test]
+fn spc2_reserve_release() {
+    let (bus, _) = two_nexus_bus();
+    let reserve6 = [0x16, 0, 0, 0, 0, 0];
+    let release6 = [0x17, 0, 0, 0, 0, 0];
+    assert_eq!(bus.cmd(&reserve6, &[], 0), CmdOutput::good(0));
+    assert_eq!(bus.cmd(&reserve6, &[], 0), CmdOutput::good(0));
+    // Nexus 1: almost everything conflicts, even reads and TEST UNIT READY.
+    assert_eq!(run_as(&bus, 1, &read10(0, 1), &[], 512).0, CONFLICT);
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CONFLICT);
+    assert_eq!(run_as(&bus, 1, &reserve6, &[], 0).0, CONFLICT);
+    assert_eq!(
+        run_as(&bus, 1, &[0x12, 0, 0, 0, 36, 0], &[], 36).0,
+        CmdOutput::good(36)
+    );
+    // Its RELEASE succeeds without effect.
+    assert_eq!(run_as(&bus, 1, &release6, &[], 0).0, CmdOutput::good(0));
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CONFLICT);
+    // PERSISTENT RESERVE OUT conflicts too; PR IN does not.
+    assert_eq!(pr_out(&bus, 1, REGISTER, 0, 0, 1), CONFLICT);
+    assert_eq!(pr_in(&bus, 1, 0), [0; 8]);
+    assert_eq!(bus.cmd(&release6, &[], 0), CmdOutput::good(0));
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CmdOutput::good(0));
+    // RESERVE(10), and its release by a LOGICAL UNIT RESET.
+    assert_eq!(
+        bus.cmd(&[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0),
+        CmdOutput::good(0)
+    );
+    assert_invalid_cdb(
+        &bus.cmd(&[0x56, 0x10, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0),
+        1,
+        Some(4),
+    );
+    bus.reset_lun(0, 0);
+    assert_sense(&run_as(&bus, 1, &TUR, &[], 0).0, 0x06, 0x29, 0x03);
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CmdOutput::good(0));
+    // An I_T nexus reset releases the HBA's reservation.
+    assert_eq!(bus.cmd(&reserve6, &[], 0).status, status::CHECK_CONDITION);
+    assert_eq!(bus.cmd(&reserve6, &[], 0), CmdOutput::good(0));
+    bus.reset_target(0);
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CmdOutput::good(0));
+    // With a registration, RESERVE and RELEASE conflict for everyone.
+    good(pr_out(&bus, 1, REGISTER, 0, 0, 1));
+    assert_eq!(run_as(&bus, 1, &release6, &[], 0).0, CONFLICT);
+}
+
+fn pr_bus(file: &std::fs::File) -> ScsiBus {
+    let backend = FileBackend::new(file.try_clone().unwrap(), false).unwrap();
+    let mut o = opts();
+    o.pr_file = Some(PrFile(Arc::new(backend)));
+    bus_with(MemBackend::new(1 << 20), o)
+}
+
+#[test]
+fn aptpl_state_survives_restarts() {
+    let file = tempfile::tempfile().unwrap();
+    let bus = pr_bus(&file);
+    // PTPL_C = 1, PTPL_A = 0.
+    assert_eq!(pr_in(&bus, 0, 2), [0, 8, 0x05, 0x90, 0xea, 0x01, 0, 0]);
+    let register_aptpl = |bus: &ScsiBus, key: u64, sa_key: u64, aptpl: u8| {
+        let p = pr_params(key, sa_key, aptpl);
+        good(bus.cmd(&pr_out_cdb(REGISTER, 0, 24), &p, 0));
+    };
+    register_aptpl(&bus, 0, 0x1234, 1);
+    good(pr_out(&bus, 0, RESERVE, 1, 0x1234, 0));
+    assert_eq!(pr_in(&bus, 0, 2)[3], 0x91, "PTPL_A");
+    let keys = pr_in(&bus, 0, 0);
+    let reservation = pr_in(&bus, 0, 1);
+    drop(bus);
+    // "Power loss": a new LU over the same state file.
+    let bus = pr_bus(&file);
+    assert_eq!(pr_in(&bus, 0, 0), keys);
+    assert_eq!(pr_in(&bus, 0, 1), reservation);
+    assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0.sense[12], 0x29);
+    assert_eq!(run_as(&bus, 1, &write10(0, 1), &[0; 512], 0).0, CONFLICT);
+    // The last REGISTER cleared APTPL: nothing survives the next restart.
+    register_aptpl(&bus, 0x1234, 0x5678, 0);
+    drop(bus);
+    let bus = pr_bus(&file);
+    assert_eq!(pr_in(&bus, 0, 0), [0; 8]);
+    assert_eq!(pr_in(&bus, 0, 2)[3], 0x90);
+}
+
+#[test]
+fn corrupt_state_file_starts_empty() {
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, b"garbage\n").unwrap();
+    let bus = pr_bus(&file);
+    assert_eq!(pr_in(&bus, 0, 0), [0; 8]);
+}

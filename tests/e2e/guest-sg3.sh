@@ -1,0 +1,275 @@
+#!/bin/sh
+# e2e guest script for SCSI conformance with sg3_utils (busybox sh; run by /init with
+# e2e.script=guest-sg3.sh).
+#
+# Kernel command line parameters:
+#   e2e.phase=STR     echoed in the result line (run-guest.sh --phase)
+#   e2e.nonce=STR     echoed in the result line
+#   e2e.disks=T:L     the disk under test (first entry; default 0:0)
+#   e2e.sg3=strict    check every expectation (our daemon); anything else (QEMU's scsi-hd):
+#                     only record what happens
+#   e2e.wait=SECONDS  how long to wait for the disk (default 60)
+#
+# sg3_utils exit statuses used below: 0 good, 2 not ready, 5 illegal request, 9 invalid
+# opcode, 14 miscompare, 22 LBA out of range, 24 reservation conflict.
+#
+# Output parsed by the host (tests/e2e_sg3.rs):
+#   SG3-CHECK: name=NAME rc=RC         one per command run
+#   SG3-OUT: NAME | line               its output, normalized (device names removed)
+#   SG3-FAIL: NAME reason              an expectation that did not hold (strict mode only)
+#   E2E-RESULT: PASS phase=P nonce=N   / E2E-RESULT: FAIL phase=P nonce=N reason
+#
+# The disk must be a zeroed (sparse) image of at least 32 MiB with 512-byte blocks; the script
+# overwrites it.
+
+cmdline_get() { # cmdline_get KEY DEFAULT
+    for kv in $(cat /proc/cmdline); do
+        case "$kv" in "$1="*) echo "${kv#*=}"; return ;; esac
+    done
+    echo "$2"
+}
+
+PHASE="$(cmdline_get e2e.phase sg3)"
+NONCE="$(cmdline_get e2e.nonce none)"
+TL="$(cmdline_get e2e.disks 0:0 | cut -d, -f1)"
+MODE="$(cmdline_get e2e.sg3 survey)"
+WAIT="$(cmdline_get e2e.wait 60)"
+FAILS=0
+
+info() { echo "e2e-sg3: $*"; }
+fail() {
+    FAILS=$((FAILS + 1))
+    echo "SG3-FAIL: $*"
+}
+
+dev_for() {
+    want_t="${1%:*}"; want_l="${1#*:}"
+    for d in /sys/block/sd*; do
+        [ -e "$d/device" ] || continue
+        hctl="$(basename "$(readlink "$d/device")")"
+        t="$(echo "$hctl" | cut -d: -f3)"; l="$(echo "$hctl" | cut -d: -f4)"
+        if [ "$t" = "$want_t" ] && [ "$l" = "$want_l" ]; then basename "$d"; return 0; fi
+    done
+    return 1
+}
+
+# chk NAME CMD...: run, record rc and output. Sets $RC and /tmp/out.NAME.
+chk() {
+    name="$1"; shift
+    "$@" > "/tmp/out.$name" 2>&1
+    RC=$?
+    echo "SG3-CHECK: name=$name rc=$RC"
+    sed -e "s|/dev/$DEV|/dev/DISK|g" -e "s/^/SG3-OUT: $name | /" "/tmp/out.$name"
+    return 0
+}
+strict() { [ "$MODE" = strict ]; }
+# want_rc NAME RC: the last chk of NAME exited with RC.
+want_rc() { strict || return 0; [ "$RC" = "$2" ] || fail "$1 exit status $RC, expected $2"; }
+# want NAME PATTERN: the output of NAME contains PATTERN (grep -E).
+want() { strict || return 0; grep -Eq -- "$2" "/tmp/out.$1" || fail "$1 output lacks /$2/"; }
+# want_not NAME PATTERN
+want_not() { strict || return 0; ! grep -Eq -- "$2" "/tmp/out.$1" || fail "$1 output has /$2/"; }
+
+# blocks LBA COUNT FILE: read COUNT 512-byte blocks at LBA with O_DIRECT into FILE.
+read_blocks() { dd if="/dev/$DEV" of="$3" bs=512 skip="$1" count="$2" iflag=direct 2>/dev/null; }
+write_blocks() { dd if="$3" of="/dev/$DEV" bs=512 seek="$1" count="$2" oflag=direct conv=notrunc 2>/dev/null; }
+same() { cmp -s "$1" "$2"; }
+
+i=0
+while ! DEV="$(dev_for "$TL")" || [ ! -b "/dev/$DEV" ]; do
+    i=$((i + 1))
+    if [ $i -ge $((WAIT * 5)) ]; then
+        echo "E2E-RESULT: FAIL phase=$PHASE nonce=$NONCE disk $TL not found"
+        exit 1
+    fi
+    usleep 200000
+done
+D="/dev/$DEV"
+info "disk $TL is $D, mode $MODE, kernel $(uname -r)"
+for b in sg_inq sg_vpd sg_opcodes sg_modes sg_readcap sg_unmap sg_write_same \
+         sg_compare_and_write sg_get_lba_status sg_persist sg_verify sg_sync sg_start \
+         sg_prevent sg_requests sg_raw sg_write_verify sg_turs sg_luns; do
+    command -v "$b" >/dev/null || fail "tool $b missing from the initramfs"
+done
+
+# Test data: blocks of one byte value each.
+pat() { dd if=/dev/zero bs=512 count="$2" 2>/dev/null | tr '\000' "\\$1" > "$3"; }
+pat 101 1 /tmp/A; pat 102 1 /tmp/B; pat 103 1 /tmp/C; pat 125 8 /tmp/P8
+dd if=/dev/zero of=/tmp/Z1 bs=512 count=1 2>/dev/null
+dd if=/dev/zero of=/tmp/Z8 bs=512 count=8 2>/dev/null
+
+# --- INQUIRY and VPD pages ------------------------------------------------------------
+chk inq sg_inq "$D"; want_rc inq 0; want inq "version=0x07"; want inq "HiSUP=1"
+chk inq_descriptors sg_inq -d "$D"; want_rc inq_descriptors 0
+want inq_descriptors "SAM-6"; want inq_descriptors "SPC-5"; want inq_descriptors "SBC-4"
+chk vpd_supported sg_vpd -p sv "$D"; want_rc vpd_supported 0
+want vpd_supported "Extended inquiry data"; want vpd_supported "Block limits"
+want vpd_supported "Logical block provisioning"
+chk vpd_serial sg_vpd -p sn "$D"; want_rc vpd_serial 0
+chk vpd_devid sg_vpd -p di "$D"; want_rc vpd_devid 0; want vpd_devid "NAA"
+want vpd_devid "Relative target port"
+chk vpd_extended sg_vpd -p ei "$D"; want_rc vpd_extended 0; want vpd_extended "SIMPSUP=1"
+want vpd_extended "LUICLR=1"; want vpd_extended "V_SUP=1"
+chk vpd_block_limits sg_vpd -p bl "$D"; want_rc vpd_block_limits 0
+want vpd_block_limits "compare and write length: 128 blocks"
+want vpd_block_limits "Maximum unmap LBA count: 2097152"
+chk vpd_bdc sg_vpd -p bdc "$D"; want_rc vpd_bdc 0; want vpd_bdc "Non-rotating"
+chk vpd_lbpv sg_vpd -p lbpv "$D"; want_rc vpd_lbpv 0
+want vpd_lbpv "LBPU\): 1"; want vpd_lbpv "LBPWS\): 1"; want vpd_lbpv "LBPRZ\): 1"
+want vpd_lbpv "thin provisioned"
+chk inq_bad_page sg_raw -r 255 "$D" 12 01 89 00 ff 00; want_rc inq_bad_page 5
+
+# --- capacity, LUNs, sense ------------------------------------------------------------
+chk readcap16 sg_readcap -l "$D"; want_rc readcap16 0; want readcap16 "lbpme=1, lbprz=1"
+want readcap16 "Logical block length=512"
+chk luns sg_luns "$D"; want_rc luns 0
+chk requests sg_requests "$D"; want_rc requests 0
+chk turs sg_turs "$D"; want_rc turs 0
+
+# --- REPORT SUPPORTED OPERATION CODES / TASK MANAGEMENT FUNCTIONS ----------------------
+chk opcodes sg_opcodes "$D"; want_rc opcodes 0
+for c in "Compare and write" "Persistent reserve in" "Persistent reserve out" \
+         "Get LBA status" "Orwrite\(16\)" "Pre-fetch\(16\)" "Report supported task"; do
+    want opcodes "$c"
+done
+chk opcodes_timeouts sg_opcodes -T "$D"; want_rc opcodes_timeouts 0
+chk opcode_caw sg_opcodes -o 0x89 "$D"; want_rc opcode_caw 0
+want opcode_caw "89 f8 ff ff ff ff ff ff ff ff 00 00 00 ff 00 00"
+chk opcode_unknown sg_opcodes -o 0xc0 "$D"; want_rc opcode_unknown 0
+want opcode_unknown "NOT supported"
+chk tmfs sg_opcodes -t "$D"; want_rc tmfs 0
+want tmfs "Abort task"; want tmfs "Logical unit reset"; want tmfs "I_T nexus reset"
+want tmfs "Query task set"
+
+# --- MODE SENSE -------------------------------------------------------------------------
+chk modes_all sg_modes -a "$D"; want_rc modes_all 0
+want modes_all "Caching"; want modes_all "Control"; want modes_all "Informational exceptions"
+chk modes_changeable sg_modes -c 1 -p 0x0a "$D"; want_rc modes_changeable 0
+chk modes_saved sg_modes -c 3 -p 0x08 "$D"; want_rc modes_saved 5
+chk modes10_long_lba sg_modes -L -p 8 "$D"; want_rc modes10_long_lba 0
+
+# --- UNMAP, GET LBA STATUS, WRITE SAME --------------------------------------------------
+write_blocks 1000 8 /tmp/P8
+chk lba_status_mapped sg_get_lba_status --lba=1000 "$D"; want_rc lba_status_mapped 0
+want lba_status_mapped "mapped"
+want_not lba_status_mapped "deallocated"
+chk unmap sg_unmap --force --lba=1000 --num=8 "$D"; want_rc unmap 0
+chk lba_status_unmapped sg_get_lba_status --lba=1000 "$D"; want_rc lba_status_unmapped 0
+want lba_status_unmapped "deallocated"
+read_blocks 1000 8 /tmp/r; same /tmp/r /tmp/Z8 || fail "unmapped blocks do not read zero"
+chk unmap_out_of_range sg_unmap --force --lba=999999999 --num=8 "$D"; want_rc unmap_out_of_range 22
+chk lba_status_out_of_range sg_get_lba_status --lba=999999999 "$D"
+want_rc lba_status_out_of_range 22
+
+chk write_same sg_write_same --lba=2000 --num=16 --in=/tmp/C "$D"; want_rc write_same 0
+read_blocks 2000 16 /tmp/r; pat 103 16 /tmp/C16
+strict && ! same /tmp/r /tmp/C16 && fail "write_same data not on the medium"
+chk write_same_unmap sg_write_same --16 --unmap --lba=2000 --num=16 --in=/tmp/Z1 "$D"
+want_rc write_same_unmap 0
+chk lba_status_ws sg_get_lba_status --lba=2000 "$D"; want lba_status_ws "deallocated"
+write_blocks 2100 1 /tmp/A
+chk write_same_ndob sg_write_same --16 --ndob --lba=2100 --num=1 "$D"; want_rc write_same_ndob 0
+read_blocks 2100 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "NDOB did not zero"
+chk write_same_anchor sg_write_same --16 --anchor --unmap --lba=2100 --num=1 --in=/tmp/Z1 "$D"
+want_rc write_same_anchor 5
+
+# blkdiscard through the block layer: UNMAP or WRITE SAME(16) with UNMAP.
+write_blocks 4096 8 /tmp/P8
+chk blkdiscard blkdiscard -o $((4096 * 512)) -l 4096 "$D"; want_rc blkdiscard 0
+chk lba_status_blkdiscard sg_get_lba_status --lba=4096 "$D"; want lba_status_blkdiscard "deallocated"
+
+# --- COMPARE AND WRITE ------------------------------------------------------------------
+write_blocks 3000 1 /tmp/A
+cat /tmp/A /tmp/B > /tmp/AB; cat /tmp/A /tmp/C > /tmp/AC
+chk caw sg_compare_and_write --in=/tmp/AB --lba=3000 --num=1 "$D"; want_rc caw 0
+read_blocks 3000 1 /tmp/r; strict && ! same /tmp/r /tmp/B && fail "caw did not write"
+chk caw_miscompare sg_compare_and_write --in=/tmp/AC --lba=3000 --num=1 "$D"
+want_rc caw_miscompare 14
+read_blocks 3000 1 /tmp/r; strict && ! same /tmp/r /tmp/B && fail "miscompare wrote data"
+dd if=/dev/zero of=/tmp/big bs=512 count=400 2>/dev/null
+chk caw_too_long sg_compare_and_write --in=/tmp/big --lba=3000 --num=200 "$D"
+want_rc caw_too_long 5
+
+# --- VERIFY, WRITE AND VERIFY, SYNCHRONIZE CACHE -----------------------------------------
+chk verify sg_verify --lba=0 --count=128 "$D"; want_rc verify 0
+chk verify_bytchk sg_verify --lba=3000 --count=1 --ndo=512 --in=/tmp/B "$D"; want_rc verify_bytchk 0
+chk verify_miscompare sg_verify --lba=3000 --count=1 --ndo=512 --in=/tmp/C "$D"
+want_rc verify_miscompare 14
+chk verify_out_of_range sg_verify --lba=999999999 --count=1 "$D"; want_rc verify_out_of_range 22
+chk write_verify sg_write_verify --lba=3100 --num=1 --in=/tmp/C "$D"; want_rc write_verify 0
+chk write_verify_bytchk sg_write_verify --bytchk=1 --lba=3101 --num=1 --in=/tmp/C "$D"
+want_rc write_verify_bytchk 0
+read_blocks 3100 1 /tmp/r; strict && ! same /tmp/r /tmp/C && fail "write_verify data wrong"
+chk sync sg_sync "$D"; want_rc sync 0
+chk sync_immed sg_sync --immed --16 --lba=0 --count=8 "$D"; want_rc sync_immed 0
+chk sync_out_of_range sg_sync --lba=999999999 --count=1 "$D"; want_rc sync_out_of_range 22
+
+# --- START STOP UNIT, PREVENT ALLOW MEDIUM REMOVAL ---------------------------------------
+chk prevent sg_prevent --prevent=1 "$D"; want_rc prevent 0
+chk allow sg_prevent --allow "$D"; want_rc allow 0
+chk stop sg_start --stop "$D"; want_rc stop 0
+chk turs_stopped sg_turs "$D"; want_rc turs_stopped 2
+chk requests_stopped sg_requests "$D"; want requests_stopped "initializing command required"
+chk start sg_start --start "$D"; want_rc start 0
+chk turs_started sg_turs "$D"; want_rc turs_started 0
+
+# --- Persistent reservations and RESERVE/RELEASE -----------------------------------------
+chk pr_caps sg_persist -c "$D"; want_rc pr_caps 0
+want pr_caps "Exclusive Access, all registrants"
+chk pr_register sg_persist --out --register --param-sark=0x1234 "$D"; want_rc pr_register 0
+chk pr_keys sg_persist -k "$D"; want_rc pr_keys 0; want pr_keys "0x1234"
+want pr_keys "PR generation=0x1"
+chk pr_register_badkey sg_persist --out --register --param-rk=0x9999 --param-sark=0x5 "$D"
+want_rc pr_register_badkey 24
+chk pr_reserve sg_persist --out --reserve --param-rk=0x1234 --prout-type=1 "$D"
+want_rc pr_reserve 0
+chk pr_read_reservation sg_persist -r "$D"; want_rc pr_read_reservation 0
+want pr_read_reservation "Write Exclusive"; want pr_read_reservation "Key=0x1234"
+chk pr_full_status sg_persist -s "$D"; want_rc pr_full_status 0
+want pr_full_status "Reservation holder"
+chk pr_write_as_holder dd if=/tmp/A of="$D" bs=512 seek=3200 count=1 oflag=direct conv=notrunc
+want_rc pr_write_as_holder 0
+chk reserve6_conflict sg_raw "$D" 16 00 00 00 00 00; want_rc reserve6_conflict 24
+chk pr_release_badtype sg_persist --out --release --param-rk=0x1234 --prout-type=3 "$D"
+want_rc pr_release_badtype 5
+chk pr_release sg_persist --out --release --param-rk=0x1234 --prout-type=1 "$D"
+want_rc pr_release 0
+chk pr_reserve_again sg_persist --out --reserve --param-rk=0x1234 --prout-type=1 "$D"
+want_rc pr_reserve_again 0
+# Preempting one's own reservation changes its type and keeps the registration.
+chk pr_preempt_self sg_persist --out --preempt --param-rk=0x1234 --param-sark=0x1234 --prout-type=5 "$D"
+want_rc pr_preempt_self 0
+chk pr_read_preempted sg_persist -r "$D"; want pr_read_preempted "Write Exclusive, registrants only"
+chk pr_clear sg_persist --out --clear --param-rk=0x1234 "$D"; want_rc pr_clear 0
+chk pr_keys_after sg_persist -k "$D"; want pr_keys_after "NO registered"
+chk reserve6 sg_raw "$D" 16 00 00 00 00 00; want_rc reserve6 0
+chk release6 sg_raw "$D" 17 00 00 00 00 00; want_rc release6 0
+chk reserve10 sg_raw "$D" 56 00 00 00 00 00 00 00 00 00; want_rc reserve10 0
+chk release10 sg_raw "$D" 57 00 00 00 00 00 00 00 00 00; want_rc release10 0
+
+# --- errors: bad opcode, bad field, bad allocation length, write protect -----------------
+chk bad_opcode sg_raw "$D" c0 00 00 00 00 00; want_rc bad_opcode 9
+chk bad_field sg_raw -r 512 "$D" 28 20 00 00 00 00 00 00 01 00; want_rc bad_field 5
+chk bad_alloc_len sg_raw -r 64 "$D" a0 00 00 00 00 00 00 00 00 08 00 00; want_rc bad_alloc_len 5
+chk raw_readcap16 sg_raw -r 32 "$D" 9e 10 00 00 00 00 00 00 00 00 00 00 00 20 00 00
+want_rc raw_readcap16 0
+
+# --- a file system on top: mkfs, fstrim -------------------------------------------------
+chk mkfs mkfs.ext4 -F -q -E lazy_itable_init=0,lazy_journal_init=0 "$D"; want_rc mkfs 0
+mkdir -p /mnt/sg3
+if mount -t ext4 "$D" /mnt/sg3; then
+    dd if=/dev/urandom of=/mnt/sg3/f bs=1M count=2 2>/dev/null
+    sync; rm /mnt/sg3/f; sync
+    chk fstrim fstrim -v /mnt/sg3; want_rc fstrim 0
+    umount /mnt/sg3
+else
+    fail "mount failed"
+fi
+chk fsck e2fsck -fn "$D"; want_rc fsck 0
+
+if [ $FAILS -eq 0 ]; then
+    echo "E2E-RESULT: PASS phase=$PHASE nonce=$NONCE"
+    exit 0
+fi
+echo "E2E-RESULT: FAIL phase=$PHASE nonce=$NONCE $FAILS expectations failed"
+exit 1

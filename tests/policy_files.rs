@@ -1,0 +1,279 @@
+//! Static checks of `seccomp/<arch>/<role>.json`, and proof that the binary installs exactly
+//! what the files say (`--print-seccomp-policy` against a fresh compile of each file).
+
+use std::{collections::BTreeMap, fs, path::PathBuf, process::Command};
+
+use seccompiler::{compile_from_json, TargetArch};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-scsi");
+const ARCHES: &[(&str, TargetArch)] = &[
+    ("x86_64", TargetArch::x86_64),
+    ("aarch64", TargetArch::aarch64),
+];
+const WORKER_ROLES: &[&str] = &[
+    "worker-main",
+    "worker-protocol",
+    "worker-signals",
+    "worker-vring",
+];
+
+/// Syscalls no worker role may allow, conditioned or not.
+const NEVER_IN_WORKER: &[&str] = &[
+    "execve",
+    "execveat",
+    "open",
+    "openat",
+    "openat2",
+    "creat",
+    "socket",
+    "socketpair",
+    "connect",
+    "bind",
+    "listen",
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "unshare",
+    "setns",
+    "bpf",
+    "perf_event_open",
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "userfaultfd",
+    "fork",
+    "vfork",
+    "kill",
+    "tkill",
+    "tgkill",
+    "setuid",
+    "setgid",
+    "setresuid",
+    "setresgid",
+    "setgroups",
+    "capset",
+    "memfd_create",
+    "landlock_create_ruleset",
+    "mknod",
+    "mknodat",
+    "unlink",
+    "unlinkat",
+    "rename",
+    "renameat2",
+];
+/// Syscalls that may appear only with an argument condition.
+const CONDITIONED: &[&str] = &[
+    "ioctl",
+    "prctl",
+    "clone",
+    "mmap",
+    "mprotect",
+    "fcntl",
+    "seccomp",
+    "rt_sigaction",
+];
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seccomp")
+}
+
+fn roles(arch: &str) -> BTreeMap<String, Value> {
+    fs::read_dir(dir().join(arch))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| {
+            let stem = p.file_stem().unwrap().to_str().unwrap().to_owned();
+            let v: Value = serde_json::from_str(&fs::read_to_string(&p).unwrap()).unwrap();
+            (stem, v)
+        })
+        .collect()
+}
+
+fn rules<'a>(policy: &'a Value, role: &str) -> &'a Vec<Value> {
+    policy[role]["filter"].as_array().unwrap()
+}
+
+#[test]
+fn files_are_well_formed_sorted_and_commented() {
+    let x86: Vec<String> = roles("x86_64").into_keys().collect();
+    for &(arch, _) in ARCHES {
+        let roles = roles(arch);
+        assert_eq!(
+            roles.keys().cloned().collect::<Vec<_>>(),
+            x86,
+            "{arch}: same roles everywhere"
+        );
+        for (role, policy) in &roles {
+            let obj = policy.as_object().unwrap();
+            assert_eq!(
+                obj.keys().collect::<Vec<_>>(),
+                vec![role],
+                "{arch}/{role}: key = file stem"
+            );
+            let names: Vec<&str> = rules(policy, role)
+                .iter()
+                .map(|r| r["syscall"].as_str().unwrap())
+                .collect();
+            let mut sorted = names.clone();
+            sorted.sort();
+            assert_eq!(names, sorted, "{arch}/{role}: rules sorted by syscall");
+            for rule in rules(policy, role) {
+                assert!(
+                    rule["comment"].is_string(),
+                    "{arch}/{role}: {rule} has no comment"
+                );
+                for arg in rule["args"].as_array().into_iter().flatten() {
+                    assert!(
+                        arg["comment"].is_string(),
+                        "{arch}/{role}: {rule}: condition without comment"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn worker_roles_deny_the_dangerous_syscalls() {
+    for &(arch, _) in ARCHES {
+        let roles = roles(arch);
+        for &role in WORKER_ROLES {
+            for rule in rules(&roles[role], role) {
+                let name = rule["syscall"].as_str().unwrap();
+                assert!(
+                    !NEVER_IN_WORKER.contains(&name),
+                    "{arch}/{role} allows {name}"
+                );
+                if CONDITIONED.contains(&name) {
+                    assert!(
+                        rule["args"].as_array().is_some_and(|a| !a.is_empty()),
+                        "{arch}/{role}: unconditioned {name}"
+                    );
+                }
+                if name == "mmap" || name == "mprotect" {
+                    let a = &rule["args"][0];
+                    assert_eq!(
+                        (
+                            a["index"].as_u64(),
+                            &a["op"]["masked_eq"],
+                            a["val"].as_u64()
+                        ),
+                        (Some(2), &Value::from(4), Some(0)),
+                        "{arch}/{role}: {name} must exclude PROT_EXEC"
+                    );
+                }
+                if name == "seccomp" {
+                    assert_eq!(
+                        role, "worker-main",
+                        "{arch}: only worker-main may stack filters"
+                    );
+                    assert_eq!(rule["args"][0]["val"], 1, "SECCOMP_SET_MODE_FILTER only");
+                }
+                if name == "clone3" {
+                    assert_eq!(
+                        role, "worker-main",
+                        "{arch}: clone3 only where worker-enosys turns it into ENOSYS"
+                    );
+                }
+            }
+        }
+        // worker-enosys makes clone3 fail; it allows nothing.
+        let enosys = &roles["worker-enosys"]["worker-enosys"];
+        assert_eq!(enosys["default_action"], "allow");
+        assert_eq!(enosys["filter_action"]["errno"], 38);
+        assert_eq!(rules(&roles["worker-enosys"], "worker-enosys").len(), 1);
+        // The supervisor never creates anything.
+        for rule in rules(&roles["supervisor"], "supervisor") {
+            let name = rule["syscall"].as_str().unwrap();
+            for forbidden in [
+                "execve", "socket", "connect", "openat", "open", "clone", "clone3", "fork",
+                "ptrace",
+            ] {
+                assert_ne!(name, forbidden, "{arch}/supervisor allows {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn narrower_roles_are_subsets_of_worker_main() {
+    // Stacked filters intersect: a rule a thread role has but worker-main lacks is dead.
+    for &(arch, _) in ARCHES {
+        let roles = roles(arch);
+        let main: Vec<&Value> = rules(&roles["worker-main"], "worker-main").iter().collect();
+        for &role in &WORKER_ROLES[1..] {
+            for rule in rules(&roles[role], role) {
+                let covered = main.iter().any(|m| {
+                    m["syscall"] == rule["syscall"]
+                        && (m.get("args").is_none() || m["args"] == rule["args"])
+                });
+                assert!(
+                    covered,
+                    "{arch}/{role}: {rule} is not allowed by worker-main (dead rule)"
+                );
+            }
+        }
+    }
+}
+
+/// The instructions `--print-seccomp-policy` prints: `code jt jf k` per line.
+fn printed(role: &str, mode: &str) -> Vec<(u16, u8, u8, u32)> {
+    let out = Command::new(BIN)
+        .args(["--print-seccomp-policy", role, &format!("--seccomp={mode}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let hex = |s: &str| u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap();
+            (
+                hex(f[0]) as u16,
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                hex(f[3]),
+            )
+        })
+        .collect()
+}
+
+#[test]
+#[cfg(target_arch = "x86_64")]
+fn the_binary_installs_exactly_the_policy_files() {
+    for (role, policy) in roles("x86_64") {
+        for (mode, action) in [("kill", "kill_process"), ("trap", "trap"), ("log", "log")] {
+            let mut v = policy.clone();
+            if v[&role]["filter_action"] == "allow" {
+                v[&role]["default_action"] = Value::from(action);
+            }
+            let fresh = compile_from_json(
+                serde_json::to_vec(&v).unwrap().as_slice(),
+                TargetArch::x86_64,
+            )
+            .unwrap()
+            .remove(&role)
+            .unwrap();
+            let fresh: Vec<(u16, u8, u8, u32)> =
+                fresh.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect();
+            assert_eq!(printed(&role, mode), fresh, "{role} --seccomp={mode}");
+        }
+    }
+}
