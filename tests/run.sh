@@ -22,7 +22,9 @@ echo "== cargo clippy"
 cargo clippy --all-targets -- -D warnings
 
 echo "== cargo test"
-cargo test --all-targets -- --test-threads="${VUS_TEST_THREADS:-2}"
+# Benchmarks are built (clippy --all-targets compiles them) but not run: they have their
+# own command (benches/run.sh).
+cargo test --lib --bins --tests -- --test-threads="${VUS_TEST_THREADS:-2}"
 
 # The default I/O engine is io-uring; the front-end tests run again on the other engines.
 for aio in threads sync; do
