@@ -86,8 +86,15 @@ pub struct ScsiBackend {
     /// Data-path engine and tuning (`--aio`, `--poll-us` …).
     io: IoConfig,
     /// Per request queue: the asynchronous worker, created on its thread at first use and
-    /// dropped between connections (queue threads are new for every connection).
+    /// dropped between connections (queue threads are new for every connection). Locked for
+    /// as long as the queue's thread serves a batch, whatever the engine.
     workers: Vec<Mutex<Option<QueueWorker>>>,
+    /// Locked while the control queue's batch runs (see `stop_vring`).
+    control_busy: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ScsiBackend {
@@ -101,6 +108,7 @@ impl ScsiBackend {
             event_idx: AtomicBool::new(false),
             io: IoConfig::default(),
             workers: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
+            control_busy: Mutex::new(()),
         }
     }
 
@@ -291,12 +299,17 @@ impl VhostUserBackend for ScsiBackend {
 
     fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         enter_backend_thread_role();
-        // GET_VRING_BASE must report a ring with nothing in flight. A request queue's worker is
-        // locked for as long as its thread serves the queue, and it only lets go once every
-        // started command has completed: taking the lock waits for exactly that.
-        let request_queue = (queue_index as usize).checked_sub(FIXED_QUEUES);
-        if let Some(worker) = request_queue.and_then(|q| self.workers.get(q)) {
-            drop(worker.lock().unwrap_or_else(|e| e.into_inner()));
+        // GET_VRING_BASE must report a ring with nothing in flight. A queue's lock is held for
+        // as long as its thread serves a batch (and an asynchronous worker only lets go once
+        // every started command has completed): taking it waits for exactly that.
+        match (queue_index as usize).checked_sub(FIXED_QUEUES) {
+            Some(q) => {
+                if let Some(worker) = self.workers.get(q) {
+                    drop(lock(worker));
+                }
+            }
+            None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control_busy)),
+            None => {}
         }
         Ok(())
     }
@@ -325,12 +338,15 @@ impl VhostUserBackend for ScsiBackend {
             .ok_or(BackendError::UnknownQueue(device_event, thread_id))?;
         match (thread_id, usize::from(device_event)) {
             (0, CONTROL_QUEUE) => {
+                let _serving = lock(&self.control_busy);
                 self.process_queue(vring, |chain| handle_control(&self.bus, &chain))?
             }
             // Event-queue buffers stay with us until there is an event to report (hotplug,
             // capacity change): the guest expects them to be held, not returned empty.
             (0, EVENT_QUEUE) => {}
             (_, 0) if self.io.aio == AioMode::Sync => {
+                // Held while the batch runs, so that `stop_vring` waits for it.
+                let _serving = self.workers.get(thread_id - 1).map(|w| lock(w));
                 self.process_queue(vring, |chain| handle_command(&self.bus, chain))?
             }
             (_, 0) => self.process_request_queue(vring, thread_id - 1)?,
