@@ -8,6 +8,8 @@ pub mod command;
 pub mod config_space;
 pub mod control;
 pub mod request;
+#[cfg(test)]
+mod transport_tests;
 
 /// Size of the CDB area in a request header (virtio-scsi `cdb_size`; QEMU's vhost-user-scsi
 /// refuses to let the guest change it).

@@ -1,0 +1,344 @@
+//! Byte-level tests of the virtio-scsi transport: chain splitting, request and response
+//! headers, the request and control queues, against guest memory of two adjacent regions.
+
+use std::sync::Arc;
+
+use virtio_queue::desc::split::Descriptor;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use super::{
+    command::handle_command,
+    control::handle_control,
+    request::{
+        parse_cmd_request, split_chain, ChainError, CmdResponse, RequestError, REQ_HEADER_SIZE,
+        RESP_HEADER_SIZE,
+    },
+    LunAddress,
+};
+use crate::{
+    lun::FileBackend,
+    scsi::{LogicalUnit, LunOptions, ScsiBus},
+};
+
+const NEXT: u16 = 1;
+const WRITE: u16 = 2;
+/// Guest memory: two adjacent 64 KiB regions, so buffers can straddle a region boundary.
+const REGION: u64 = 0x1_0000;
+
+fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[
+        (GuestAddress(0), REGION as usize),
+        (GuestAddress(REGION), REGION as usize),
+    ])
+    .unwrap()
+}
+
+/// A chain of `(addr, len, writable)` buffers, NEXT set on all but the last.
+fn chain(bufs: &[(u64, u32, bool)]) -> Vec<Descriptor> {
+    bufs.iter()
+        .enumerate()
+        .map(|(i, &(addr, len, w))| {
+            let mut flags = if w { WRITE } else { 0 };
+            if i + 1 < bufs.len() {
+                flags |= NEXT;
+            }
+            Descriptor::new(addr, len, flags, i as u16 + 1)
+        })
+        .collect()
+}
+
+/// A command request header for `lun` with `cdb` (id 0x1122334455667788, task attribute 1).
+fn req_header(lun: [u8; 8], cdb: &[u8]) -> Vec<u8> {
+    let mut h = Vec::with_capacity(REQ_HEADER_SIZE);
+    h.extend_from_slice(&lun);
+    h.extend_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
+    h.extend_from_slice(&[1, 0, 0]);
+    let mut c = [0u8; 32];
+    c[..cdb.len()].copy_from_slice(cdb);
+    h.extend_from_slice(&c);
+    h
+}
+
+fn bus_with_lun(target: u8, lun: u16) -> (ScsiBus, tempfile::NamedTempFile) {
+    let img = tempfile::NamedTempFile::new().unwrap();
+    img.as_file().set_len(1 << 20).unwrap();
+    let backend = FileBackend::new(img.reopen().unwrap(), false).unwrap();
+    let opts = LunOptions {
+        read_only: false,
+        serial: "S".into(),
+        wwn: 0x3000_0000_0000_0001,
+        block_size: 512,
+        physical_block_size: 0,
+        discard: true,
+        pr_file: None,
+    };
+    let mut bus = ScsiBus::new();
+    bus.add_lun(target, lun, LogicalUnit::new(Arc::new(backend), opts));
+    (bus, img)
+}
+
+#[test]
+fn split_gathers_both_sides_across_descriptors_and_regions() {
+    let mem = memory();
+    let data: Vec<u8> = (0..=255).collect();
+    // The readable side straddles the region boundary.
+    mem.write_slice(&data, GuestAddress(REGION - 100)).unwrap();
+    let descs = chain(&[
+        (REGION - 100, 60, false),
+        (REGION - 40, 196, false),
+        (0x2000, 50, true),
+        (0x3000, 70, true),
+    ]);
+    let split = split_chain(&mem, descs.into_iter()).unwrap();
+    assert_eq!(split.readable.len(), 256);
+    assert_eq!(split.writable.len(), 120);
+    let mut back = vec![0u8; 256];
+    assert_eq!(split.readable.copy_to(&mut back), 256);
+    assert_eq!(back, data);
+}
+
+#[test]
+fn split_rejects_bad_chains() {
+    let mem = memory();
+    let outside = chain(&[(2 * REGION - 8, 16, false)]);
+    assert_eq!(
+        split_chain(&mem, outside.into_iter()).err(),
+        Some(ChainError::OutsideGuestMemory {
+            addr: 2 * REGION - 8,
+            len: 16
+        })
+    );
+    let huge = chain(&[(0, u32::MAX, false)]);
+    assert!(matches!(
+        split_chain(&mem, huge.into_iter()),
+        Err(ChainError::OutsideGuestMemory { .. })
+    ));
+    let backwards = chain(&[(0, 8, true), (0x100, 8, false)]);
+    assert_eq!(
+        split_chain(&mem, backwards.into_iter()).err(),
+        Some(ChainError::ReadableAfterWritable)
+    );
+    // What virtio-queue yields of a looping or cut chain: the last one still says NEXT.
+    let cut = vec![Descriptor::new(0, 8, NEXT, 0)];
+    assert_eq!(
+        split_chain(&mem, cut.into_iter()).err(),
+        Some(ChainError::Truncated)
+    );
+    assert_eq!(
+        split_chain(&mem, std::iter::empty()).err(),
+        Some(ChainError::Empty)
+    );
+}
+
+#[test]
+fn command_request_header_is_decoded_field_by_field() {
+    let mem = memory();
+    let lun = LunAddress {
+        target: 3,
+        lun: 300,
+    }
+    .encode();
+    let mut h = req_header(lun, &[0x28, 0, 0, 0, 0, 8, 0, 0, 2, 0]);
+    h.extend_from_slice(&[0xaa; 10]); // data-out right after the header, same descriptor
+    mem.write_slice(&h, GuestAddress(0x100)).unwrap();
+    let descs = chain(&[
+        (0x100, 30, false),
+        (0x11e, h.len() as u32 - 30, false),
+        (0x4000, RESP_HEADER_SIZE as u32 + 512, true),
+    ]);
+    let split = split_chain(&mem, descs.into_iter()).unwrap();
+    let req = parse_cmd_request(split).map_err(|(e, _)| e).unwrap();
+    assert_eq!(req.lun, [1, 3, 0x41, 0x2c, 0, 0, 0, 0]);
+    assert_eq!(req.id, 0x1122_3344_5566_7788);
+    assert_eq!(req.task_attr, 1);
+    assert_eq!(&req.cdb[..10], &[0x28, 0, 0, 0, 0, 8, 0, 0, 2, 0]);
+    assert!(req.cdb[10..].iter().all(|&b| b == 0));
+    assert_eq!(req.data_out.len(), 10);
+    assert_eq!(req.data_in.len(), 512);
+    assert_eq!(req.response.len(), RESP_HEADER_SIZE);
+}
+
+#[test]
+fn short_headers_are_reported_with_what_can_still_be_answered() {
+    let mem = memory();
+    let short_req = chain(&[(0, 50, false), (0x1000, RESP_HEADER_SIZE as u32, true)]);
+    let split = split_chain(&mem, short_req.into_iter()).unwrap();
+    match parse_cmd_request(split) {
+        Err((RequestError::ShortRequestHeader(50), Some(resp))) => {
+            assert_eq!(resp.len(), RESP_HEADER_SIZE)
+        }
+        _ => panic!("expected ShortRequestHeader with a response area"),
+    }
+    let short_resp = chain(&[(0, 51, false), (0x1000, 107, true)]);
+    let split = split_chain(&mem, short_resp.into_iter()).unwrap();
+    assert!(matches!(
+        parse_cmd_request(split),
+        Err((RequestError::ShortResponseHeader(107), None))
+    ));
+}
+
+#[test]
+fn response_header_encoding_is_byte_exact() {
+    let sense: Vec<u8> = (0..120).collect();
+    let r = CmdResponse {
+        sense: &sense,
+        resid: 0x0102_0304,
+        status: 2,
+        response: 0,
+    }
+    .encode();
+    assert_eq!(
+        &r[0..4],
+        &96u32.to_le_bytes(),
+        "sense_len capped at sense_size"
+    );
+    assert_eq!(&r[4..8], &[4, 3, 2, 1]);
+    assert_eq!(&r[8..12], &[0, 0, 2, 0]);
+    assert_eq!(&r[12..], &sense[..96]);
+    let empty = CmdResponse::default().encode();
+    assert!(empty.iter().all(|&b| b == 0));
+}
+
+/// Runs one command chain: header at 0x100, data-out (if any) at 0x800, response at 0x4000,
+/// data-in of `data_in` bytes after it. Returns (used length, response header, data-in).
+fn run_command(
+    bus: &ScsiBus,
+    lun: [u8; 8],
+    cdb: &[u8],
+    data_out: &[u8],
+    data_in: u32,
+) -> (u32, Vec<u8>, Vec<u8>) {
+    let mem = memory();
+    mem.write_slice(&req_header(lun, cdb), GuestAddress(0x100))
+        .unwrap();
+    mem.write_slice(data_out, GuestAddress(0x800)).unwrap();
+    let mut bufs = vec![(0x100, REQ_HEADER_SIZE as u32, false)];
+    if !data_out.is_empty() {
+        bufs.push((0x800, data_out.len() as u32, false));
+    }
+    bufs.push((0x4000, RESP_HEADER_SIZE as u32, true));
+    if data_in > 0 {
+        bufs.push((0x5000, data_in, true));
+    }
+    let split = split_chain(&mem, chain(&bufs).into_iter()).unwrap();
+    let used = handle_command(bus, split);
+    let mut resp = vec![0u8; RESP_HEADER_SIZE];
+    mem.read_slice(&mut resp, GuestAddress(0x4000)).unwrap();
+    let mut din = vec![0u8; data_in as usize];
+    mem.read_slice(&mut din, GuestAddress(0x5000)).unwrap();
+    (used, resp, din)
+}
+
+#[test]
+fn request_queue_answers_status_residual_and_transport_errors() {
+    let (bus, _img) = bus_with_lun(1, 0);
+    let lun = LunAddress { target: 1, lun: 0 }.encode();
+    // INQUIRY into a 96-byte buffer: standard data is shorter, the rest is residual.
+    let (used, resp, data) = run_command(&bus, lun, &[0x12, 0, 0, 0, 96, 0], &[], 96);
+    assert_eq!(resp[11], 0, "VIRTIO_SCSI_S_OK");
+    assert_eq!(resp[10], 0, "GOOD");
+    let transferred = 96 - u32::from_le_bytes(resp[4..8].try_into().unwrap());
+    assert_eq!(used, RESP_HEADER_SIZE as u32 + transferred);
+    assert_eq!(u32::from(data[4]) + 5, transferred, "additional length + 5");
+
+    // The first medium-access command reports the power-on unit attention as sense.
+    let (used, resp, _) = run_command(&bus, lun, &[0x00; 6], &[], 0);
+    assert_eq!(used, RESP_HEADER_SIZE as u32);
+    assert_eq!(resp[10], 2, "CHECK CONDITION");
+    let sense_len = u32::from_le_bytes(resp[0..4].try_into().unwrap()) as usize;
+    assert!(sense_len >= 14);
+    assert_eq!((resp[12 + 2] & 0xf, resp[12 + 12]), (6, 0x29));
+
+    // No such target: BAD_TARGET, nothing else written.
+    let other = LunAddress { target: 9, lun: 0 }.encode();
+    let (used, resp, _) = run_command(&bus, other, &[0x00; 6], &[], 0);
+    assert_eq!((used, resp[11], resp[10]), (RESP_HEADER_SIZE as u32, 3, 0));
+    // A LUN field in a format we do not decode addresses no target either.
+    let (_, resp, _) = run_command(&bus, [2, 1, 0, 0, 0, 0, 0, 0], &[0x00; 6], &[], 0);
+    assert_eq!(resp[11], 3);
+
+    // Data in both directions without VIRTIO_SCSI_F_INOUT: FAILURE.
+    let (used, resp, _) = run_command(&bus, lun, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[0; 512], 64);
+    assert_eq!((used, resp[11]), (RESP_HEADER_SIZE as u32, 9));
+}
+
+#[test]
+fn short_request_header_is_answered_with_failure() {
+    let (bus, _img) = bus_with_lun(0, 0);
+    let mem = memory();
+    let descs = chain(&[(0x100, 20, false), (0x4000, RESP_HEADER_SIZE as u32, true)]);
+    mem.write_slice(&[0xff; RESP_HEADER_SIZE], GuestAddress(0x4000))
+        .unwrap();
+    let used = handle_command(&bus, split_chain(&mem, descs.into_iter()).unwrap());
+    assert_eq!(used, RESP_HEADER_SIZE as u32);
+    let mut resp = [0u8; 12];
+    mem.read_slice(&mut resp, GuestAddress(0x4000)).unwrap();
+    assert_eq!(resp, [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9]);
+}
+
+/// Runs one control-queue request; returns (used length, the writable bytes).
+fn control(bus: &ScsiBus, req: &[u8], resp_len: u32) -> (u32, Vec<u8>) {
+    let mem = memory();
+    mem.write_slice(req, GuestAddress(0x100)).unwrap();
+    mem.write_slice(&vec![0xee; resp_len as usize], GuestAddress(0x4000))
+        .unwrap();
+    let descs = chain(&[(0x100, req.len() as u32, false), (0x4000, resp_len, true)]);
+    let used = handle_control(bus, &split_chain(&mem, descs.into_iter()).unwrap());
+    let mut out = vec![0u8; resp_len as usize];
+    mem.read_slice(&mut out, GuestAddress(0x4000)).unwrap();
+    (used, out)
+}
+
+fn tmf(subtype: u32, lun: [u8; 8]) -> Vec<u8> {
+    let mut r = Vec::new();
+    r.extend_from_slice(&0u32.to_le_bytes());
+    r.extend_from_slice(&subtype.to_le_bytes());
+    r.extend_from_slice(&lun);
+    r.extend_from_slice(&7u64.to_le_bytes());
+    r
+}
+
+#[test]
+fn control_queue_task_management_and_async_notification() {
+    let (bus, _img) = bus_with_lun(2, 5);
+    let here = LunAddress { target: 2, lun: 5 }.encode();
+    let missing_lun = LunAddress { target: 2, lun: 6 }.encode();
+    let missing_target = LunAddress { target: 4, lun: 5 }.encode();
+    // ABORT TASK, ABORT TASK SET, CLEAR TASK SET, LUN RESET, QUERY TASK (SET): complete.
+    for subtype in [0, 1, 3, 5, 6, 7] {
+        assert_eq!(
+            control(&bus, &tmf(subtype, here), 1),
+            (1, vec![0]),
+            "TMF {subtype}"
+        );
+    }
+    // I_T NEXUS RESET addresses the target, whatever the LUN.
+    assert_eq!(control(&bus, &tmf(4, missing_lun), 1), (1, vec![0]));
+    // CLEAR ACA and unknown functions are rejected.
+    assert_eq!(control(&bus, &tmf(2, here), 1), (1, vec![11]));
+    assert_eq!(control(&bus, &tmf(99, here), 1), (1, vec![11]));
+    assert_eq!(
+        control(&bus, &tmf(5, missing_lun), 1),
+        (1, vec![12]),
+        "INCORRECT_LUN"
+    );
+    assert_eq!(
+        control(&bus, &tmf(5, missing_target), 1),
+        (1, vec![3]),
+        "BAD_TARGET"
+    );
+
+    // AN query/subscribe: no events supported, response OK.
+    let mut an = 1u32.to_le_bytes().to_vec();
+    an.extend_from_slice(&here);
+    an.extend_from_slice(&0xffu32.to_le_bytes());
+    assert_eq!(control(&bus, &an, 5), (5, vec![0; 5]));
+    an[0] = 2;
+    assert_eq!(control(&bus, &an, 5), (5, vec![0; 5]));
+
+    // Unusable requests come back with nothing written.
+    assert_eq!(control(&bus, &[0, 0], 1), (0, vec![0xee]));
+    assert_eq!(control(&bus, &tmf(5, here)[..20], 1).0, 0);
+    assert_eq!(control(&bus, &tmf(5, here), 0).0, 0);
+    assert_eq!(control(&bus, &[9, 0, 0, 0], 1), (0, vec![0xee]));
+}
