@@ -29,6 +29,7 @@ BINARIES=(mke2fs:/usr/sbin/mke2fs,/sbin/mke2fs
           e2fsck:/usr/sbin/e2fsck,/sbin/e2fsck
           blkdiscard:/usr/sbin/blkdiscard,/sbin/blkdiscard
           fstrim:/usr/sbin/fstrim,/sbin/fstrim
+          sg_reset:/usr/bin/sg_reset
           ?sg_inq:/usr/bin/sg_inq
           ?sg_readcap:/usr/bin/sg_readcap
           ?sg_vpd:/usr/bin/sg_vpd

@@ -124,10 +124,19 @@ raw_io() { # raw_io DEV TL
     fi
 }
 
+# lun_reset DEV TL: a LOGICAL UNIT RESET task management function through the control queue
+# (SG_SCSI_RESET_DEVICE -> virtscsi_device_reset); the LUN must keep working afterwards.
+lun_reset() {
+    run sg_reset -d "/dev/$1" || { fail "LUN reset (TMF) failed on $2"; return; }
+    run dd if="/dev/$1" of=/dev/null bs=4k count=16 iflag=direct \
+        || fail "read after LUN reset failed on $2"
+}
+
 phase1_disk() { # phase1_disk DEV TL
     dev="$1"; tl="$2"; mnt="$(mnt_of "$tl")"
     scsi_info "$dev" "$tl"
     raw_io "$dev" "$tl"
+    lun_reset "$dev" "$tl"
     run mkfs.ext4 -F -q -L "e2e_t${tl%:*}" -E lazy_itable_init=0,lazy_journal_init=0 "/dev/$dev" \
         || { fail "mkfs.ext4 failed on $tl"; return; }
     mkdir -p "$mnt"
