@@ -398,3 +398,40 @@ fn landlock_required_and_bad_users_fail_closed() {
         assert!(log.contains("refusing to run the worker as root"), "{log}");
     }
 }
+
+/// `--restart-worker=on-failure`: a worker that crashes is replaced on the same listening socket,
+/// and the data written through the first one is served by the second.
+#[test]
+fn a_crashed_worker_is_restarted_on_the_same_socket() {
+    let mut d = Daemon::start(&two_disks(), &["--restart-worker", "on-failure"]);
+    let data = pattern(4 * 512, 0x6d);
+    {
+        let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+        vm.clear_unit_attention(lun(0, 0));
+        vm.scsi(lun(0, 0), &cdb_write10(12, 4), &[&data], &[])
+            .assert_good();
+    }
+    let first = worker_of(d.pid());
+    // SAFETY: kill(2) on a process we started (the worker under our supervisor).
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + TIMEOUT;
+    let second = loop {
+        let w = worker_of(d.pid());
+        if w != first {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
+        sleep(Duration::from_millis(10));
+    };
+    assert_ne!(second, first);
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    let r = vm.scsi(lun(0, 0), &cdb_read10(12, 4), &[], &[2048]);
+    r.assert_good();
+    assert!(r.data == data, "restarted worker lost the data");
+    d.assert_alive();
+    let log = d.log();
+    assert!(log.contains("restart"), "{log}");
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "exit status {status}\n{}", d.log());
+}
