@@ -78,12 +78,23 @@ trap stop_daemon EXIT
 # ours LABEL LUNSPEC AIO RW BS QD QUEUES
 ours() {
     local label=$1 lun=$2 aio=$3 rw=$4 bs=$5 qd=$6 queues=$7
-    rm -f "$SOCK"
-    # shellcheck disable=SC2086
-    "$DAEMON" --socket-path "$SOCK" --lun "$lun" --num-queues "$queues" --aio "$aio" \
-        --exit-on-disconnect $DAEMON_ARGS > "$OUT/daemon-$label.log" 2>&1 &
-    DPID=$!
-    for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+    # The previous daemon's processes may still hold the image's lock for a moment after it
+    # exited ("is in use"): start again until the socket appears.
+    for _ in $(seq 20); do
+        rm -f "$SOCK"
+        # shellcheck disable=SC2086
+        "$DAEMON" --socket-path "$SOCK" --lun "$lun" --num-queues "$queues" --aio "$aio" \
+            --exit-on-disconnect $DAEMON_ARGS > "$OUT/daemon-$label.log" 2>&1 &
+        DPID=$!
+        for _ in $(seq 100); do
+            [ -S "$SOCK" ] && break
+            kill -0 "$DPID" 2>/dev/null || break
+            sleep 0.05
+        done
+        [ -S "$SOCK" ] && break
+        stop_daemon
+        sleep 0.25
+    done
     "$HOST_BENCH" --socket "$SOCK" --rw "$rw" --bs "$bs" --qd "$qd" --queues "$queues" \
         --runtime "$RUNTIME" --label "$label" --json | tee -a "$RESULTS"
     stop_daemon

@@ -20,8 +20,11 @@
 //! | `serial=S` | 1–36 printable ASCII characters (VPD 80h) | derived from target and LUN |
 //! | `wwn=W` | 16 hex digits, optional `0x`, NAA type 2, 3 or 5 first | derived from the source |
 //! | `block-size=N` | `512` or `4096` | 512 |
+//! | `phys-block-size=N` | power of two, 512–32768, at least `block-size` | `block-size` |
 //! | `discard` | bare, or `=on\|off` | on |
 //! | `cache=M` | `none` (`O_DIRECT`) or `writeback` | writeback |
+//! | `size=SIZE` | create a missing source as a sparse image | none |
+//! | `pr-file=PATH` | persistent reservation state file (created 0600 when missing) | none |
 //!
 //! Booleans also accept `yes|no` and `true|false`. An option may be given once per `--lun`.
 //!
@@ -90,8 +93,12 @@ LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
   serial=S           unit serial number, 1-36 printable ASCII characters
   wwn=W              NAA identifier: 16 hex digits (optional 0x), NAA type 2, 3 or 5
   block-size=512|4096    logical block size (default 512)
+  phys-block-size=N  physical block size reported: 512|1024|...|32768, at least
+                     block-size (default block-size)
   discard[=on|off]   pass UNMAP through to the backing file (default on)
   cache=none|writeback   none = O_DIRECT (default writeback)
+  size=SIZE          create a missing SOURCE as a sparse image of SIZE (512M, 1G ...)
+  pr-file=PATH       keep persistent reservations (APTPL) in PATH, created 0600 if missing
 LUNs without TARGET:LUN= take the lowest free LUN number on target 0, in order.
 --config FILE (TOML): its LUNs come first, --lun options are appended; scalar command-line
 options override the file. With neither --socket-path nor --fd, systemd socket activation
@@ -253,6 +260,23 @@ pub enum LunError {
     DuplicateAddress { target: u8, lun: u16, other: String },
     #[error("no free LUN number left on target 0 for auto-numbering")]
     NoFreeLun,
+    #[error(
+        "invalid phys-block-size '{phys}': smaller than block-size {block} (it must be a power \
+         of two multiple of it)"
+    )]
+    PhysBelowLogical { phys: u32, block: u32 },
+    #[error("pr-file {}: {}", .path.display(), io_msg(.error))]
+    PrFile {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("pr-file {} is {kind}, not a regular file", .path.display())]
+    PrFileNotRegular { path: PathBuf, kind: &'static str },
+    #[error("pr-file {} is the LUN's own source", .path.display())]
+    PrFileIsSource { path: PathBuf },
+    #[error("pr-file {} is already used by {other}", .path.display())]
+    DuplicatePrFile { path: PathBuf, other: String },
 }
 
 /// Why the command line or configuration file is unusable. `Display` is one line.
@@ -704,9 +728,11 @@ fn new_spec(address: Option<(u8, u16)>, source: PathBuf) -> LunSpec {
             serial: None,
             wwn: None,
             block_size: BlockSize::default(),
+            phys_block_size: None,
             discard: true,
             cache: CacheMode::default(),
             create_size: None,
+            pr_file: None,
         },
     }
 }
@@ -838,6 +864,55 @@ pub(crate) fn block_size_from(n: u64, value: &str) -> Result<BlockSize, LunError
     }
 }
 
+/// Largest `phys-block-size` accepted (as QEMU's `physical_block_size`).
+pub const MAX_PHYS_BLOCK_SIZE: u32 = 32768;
+
+/// A `phys-block-size=` value on its own: a power of two from 512 to [`MAX_PHYS_BLOCK_SIZE`].
+/// That it is at least the logical block size is checked by [`check_block_sizes`].
+pub(crate) fn phys_block_size_from(n: u64, value: &str) -> Result<u32, LunError> {
+    u32::try_from(n)
+        .ok()
+        .filter(|n| n.is_power_of_two() && (512..=MAX_PHYS_BLOCK_SIZE).contains(n))
+        .ok_or_else(|| LunError::InvalidValue {
+            option: "phys-block-size",
+            value: value.to_owned(),
+            expected: "a power of two from 512 to 32768",
+        })
+}
+
+/// The physical block must hold a power of two number of logical blocks (both sizes are powers
+/// of two, so "at least as large" is enough).
+fn check_block_sizes(c: &LunConfig) -> Result<(), LunError> {
+    match c.phys_block_size {
+        Some(phys) if phys < c.block_size.bytes() => Err(LunError::PhysBelowLogical {
+            phys,
+            block: c.block_size.bytes(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A `pr-file=` value: any non-empty path.
+fn parse_pr_file(value: &Path) -> Result<PathBuf, LunError> {
+    if value.as_os_str().is_empty() {
+        return Err(LunError::InvalidValue {
+            option: "pr-file",
+            value: String::new(),
+            expected: "a file path",
+        });
+    }
+    Ok(value.to_owned())
+}
+
+/// Digits only (anything else makes the number 0, which no size option accepts).
+fn parse_number(v: &str) -> u64 {
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        parse_decimal(v)
+    } else {
+        0
+    }
+}
+
 pub(crate) fn parse_cache(value: &str) -> Result<CacheMode, LunError> {
     match value {
         "none" => Ok(CacheMode::None),
@@ -881,8 +956,10 @@ pub(crate) fn parse_lun(arg: &str) -> Result<LunSpec, LunError> {
             "serial" => "serial",
             "wwn" => "wwn",
             "block-size" => "block-size",
+            "phys-block-size" => "phys-block-size",
             "cache" => "cache",
             "size" => "size",
+            "pr-file" => "pr-file",
             _ => return Err(LunError::UnknownOption(key.to_owned())),
         };
         if !seen.insert(canonical) {
@@ -896,18 +973,19 @@ pub(crate) fn parse_lun(arg: &str) -> Result<LunSpec, LunError> {
             "wwn" => c.wwn = Some(parse_wwn(need()?)?),
             "block-size" => {
                 let v = need()?;
-                let n = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-                    parse_decimal(v)
-                } else {
-                    0
-                };
-                c.block_size = block_size_from(n, v)?;
+                c.block_size = block_size_from(parse_number(v), v)?;
+            }
+            "phys-block-size" => {
+                let v = need()?;
+                c.phys_block_size = Some(phys_block_size_from(parse_number(v), v)?);
             }
             "cache" => c.cache = parse_cache(need()?)?,
             "size" => c.create_size = Some(parse_size(need()?)?),
+            "pr-file" => c.pr_file = Some(parse_pr_file(Path::new(need()?))?),
             _ => unreachable!(),
         }
     }
+    check_block_sizes(c)?;
     Ok(spec)
 }
 
@@ -940,6 +1018,13 @@ pub(crate) fn file_lun(lun: &FileLun) -> Result<LunSpec, LunError> {
     if let Some(v) = &lun.size {
         c.create_size = Some(parse_size(v)?);
     }
+    if let Some(n) = lun.phys_block_size {
+        c.phys_block_size = Some(phys_block_size_from(n, &n.to_string())?);
+    }
+    if let Some(p) = &lun.pr_file {
+        c.pr_file = Some(parse_pr_file(p)?);
+    }
+    check_block_sizes(c)?;
     Ok(spec)
 }
 
@@ -964,6 +1049,23 @@ fn finish_luns(specs: Vec<(String, LunSpec)>) -> Result<Vec<LunConfig>, CliError
             used.insert((target, lun), origin.clone());
         }
     }
+    // Two LUNs cannot share a reservation state (the second one's lock would fail anyway, but
+    // only after the first one's file had been created).
+    let mut pr_files: HashMap<&Path, &str> = HashMap::new();
+    for (origin, spec) in &specs {
+        if let Some(path) = &spec.config.pr_file {
+            if let Some(other) = pr_files.insert(path, origin) {
+                return Err(CliError::Lun {
+                    origin: origin.clone(),
+                    error: LunError::DuplicatePrFile {
+                        path: path.clone(),
+                        other: other.to_owned(),
+                    },
+                });
+            }
+        }
+    }
+    drop(pr_files);
     let mut next: u16 = 0;
     let mut luns = Vec::with_capacity(specs.len());
     for (origin, spec) in specs {
@@ -981,10 +1083,12 @@ fn finish_luns(specs: Vec<(String, LunSpec)>) -> Result<Vec<LunConfig>, CliError
             (config.target, config.lun) = (0, next);
             used.insert((0, next), origin.clone());
         }
-        check_source(&config).map_err(|error| CliError::Lun {
-            origin: origin.clone(),
-            error,
-        })?;
+        check_source(&config)
+            .and_then(|()| check_pr_file(&config))
+            .map_err(|error| CliError::Lun {
+                origin: origin.clone(),
+                error,
+            })?;
         luns.push(config);
     }
     luns.sort_by_key(|l| (l.target, l.lun));
@@ -1017,21 +1121,62 @@ fn check_creatable(lun: &LunConfig, size: u64) -> Result<(), LunError> {
             expected: "a multiple of the block size",
         });
     }
+    parent_dir_exists(path).map_err(|error| LunError::Open {
+        path: path.clone(),
+        error,
+    })
+}
+
+/// Whether a file could be created at `path`: its directory exists.
+fn parent_dir_exists(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
-        _ => std::path::Path::new("."),
+        _ => Path::new("."),
     };
     match std::fs::metadata(dir) {
         Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(LunError::Open {
-            path: path.clone(),
-            error: std::io::Error::from_raw_os_error(libc::ENOTDIR),
-        }),
-        Err(error) => Err(LunError::Open {
-            path: path.clone(),
-            error,
-        }),
+        Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+        Err(error) => Err(error),
     }
+}
+
+/// Checks the `pr-file=` path: an existing file must be a regular file (not the source itself)
+/// that can be opened read-write; a missing one must be creatable (its directory exists).
+/// Allowed on read-only LUNs: reservations are not writes to the medium (SPC-5 5.14), and
+/// PERSISTENT RESERVE OUT works on a write-protected LU. Creates nothing.
+pub(crate) fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
+    let Some(path) = &lun.pr_file else {
+        return Ok(());
+    };
+    let error = |error| LunError::PrFile {
+        path: path.clone(),
+        error,
+    };
+    let meta = match std::fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return parent_dir_exists(path).map_err(error)
+        }
+        meta => meta.map_err(error)?,
+    };
+    if !meta.is_file() {
+        let kind = if meta.file_type().is_block_device() {
+            "a block device"
+        } else {
+            file_kind(meta.file_type())
+        };
+        return Err(LunError::PrFileNotRegular {
+            path: path.clone(),
+            kind,
+        });
+    }
+    if let Ok(src) = std::fs::metadata(&lun.source) {
+        use std::os::unix::fs::MetadataExt;
+        if (src.dev(), src.ino()) == (meta.dev(), meta.ino()) {
+            return Err(LunError::PrFileIsSource { path: path.clone() });
+        }
+    }
+    crate::open::open_pr_path(path, false).map_err(error)?;
+    Ok(())
 }
 
 /// A `null://SIZE` LUN (no storage, for benchmarks) must be whole blocks.
@@ -1206,7 +1351,7 @@ mod tests {
 
     #[test]
     fn all_options() {
-        let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none").config;
+        let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none,phys-block-size=8192,pr-file=/var/lib/x,,1.pr").config;
         assert_eq!(
             c,
             LunConfig {
@@ -1217,9 +1362,11 @@ mod tests {
                 serial: Some("DISK 0-x".into()),
                 wwn: Some(0x5000_0000_0000_0001),
                 block_size: BlockSize::B4096,
+                phys_block_size: Some(8192),
                 discard: false,
                 cache: CacheMode::None,
                 create_size: None,
+                pr_file: Some("/var/lib/x,1.pr".into()),
             }
         );
         let c = lun("a,discard,cache=writeback,block-size=512,wwn=3ABCDEF012345678").config;
@@ -1422,9 +1569,11 @@ mod tests {
                     serial: None,
                     wwn: None,
                     block_size: BlockSize::B512,
+                    phys_block_size: None,
                     discard: true,
                     cache: CacheMode::Writeback,
                     create_size: None,
+                    pr_file: None,
                 }],
                 num_queues: DEFAULT_NUM_QUEUES,
                 queue_size: DEFAULT_QUEUE_SIZE,
@@ -1948,5 +2097,201 @@ source = "b.img"   # relative to the file
             "No such file or directory"
         );
         assert_eq!(io_msg(&io::Error::other("custom")), "custom");
+    }
+
+    #[test]
+    fn phys_block_size_grammar() {
+        assert_eq!(lun("a").config.phys_block_size, None);
+        for n in [512u32, 1024, 4096, 32768] {
+            assert_eq!(
+                lun(&format!("a,phys-block-size={n}"))
+                    .config
+                    .phys_block_size,
+                Some(n)
+            );
+        }
+        // At least the logical block size, in either order.
+        let c = lun("a,block-size=4096,phys-block-size=4096").config;
+        assert_eq!(c.phys_block_size, Some(4096));
+        let c = lun("a,phys-block-size=16384,block-size=4096").config;
+        assert_eq!(c.phys_block_size, Some(16384));
+        for order in [
+            "a,block-size=4096,phys-block-size=512",
+            "a,phys-block-size=2048,block-size=4096",
+        ] {
+            assert!(
+                lun_err(order).starts_with("invalid phys-block-size '"),
+                "{order}"
+            );
+        }
+        assert_eq!(
+            lun_err("a,block-size=4096,phys-block-size=512"),
+            "invalid phys-block-size '512': smaller than block-size 4096 (it must be a power of \
+             two multiple of it)"
+        );
+        for bad in [
+            "1000",
+            "256",
+            "65536",
+            "4k",
+            "",
+            "-4096",
+            "0",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                lun_err(&format!("a,phys-block-size={bad}")),
+                format!(
+                    "invalid phys-block-size '{bad}': expected a power of two from 512 to 32768"
+                )
+            );
+        }
+        assert_eq!(
+            lun_err("a,phys-block-size"),
+            "option 'phys-block-size' needs a value"
+        );
+        assert_eq!(
+            lun_err("a,phys-block-size=512,phys-block-size=512"),
+            "option 'phys-block-size' given more than once"
+        );
+    }
+
+    #[test]
+    fn pr_file_grammar() {
+        assert_eq!(lun("a").config.pr_file, None);
+        assert_eq!(
+            lun("a,pr-file=/var/lib/vus/a.pr").config.pr_file,
+            Some(PathBuf::from("/var/lib/vus/a.pr"))
+        );
+        // Commas doubled, '=' kept, relative paths as written.
+        assert_eq!(
+            lun("a,pr-file=x,,y=z.pr,ro").config.pr_file,
+            Some(PathBuf::from("x,y=z.pr"))
+        );
+        assert_eq!(lun_err("a,pr-file"), "option 'pr-file' needs a value");
+        assert_eq!(
+            lun_err("a,pr-file="),
+            "invalid pr-file '': expected a file path"
+        );
+        assert_eq!(
+            lun_err("a,pr-file=x,pr-file=y"),
+            "option 'pr-file' given more than once"
+        );
+    }
+
+    #[test]
+    fn pr_file_validation_creates_nothing() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 4096);
+        let img2 = f.image("b.img", 4096);
+        let sock = f.sock();
+        let pr = f.path("a.pr").display().to_string();
+        let serve_lun = |spec: &str| serve(&["--socket-path", &sock, "--lun", spec]);
+        let lun_error = |spec: &str| error(&["--socket-path", &sock, "--lun", spec]);
+
+        // A missing file is fine when its directory exists, and is not created by validation.
+        let c = serve_lun(&format!("{img},pr-file={pr}"));
+        assert_eq!(c.luns[0].pr_file, Some(PathBuf::from(&pr)));
+        assert!(!Path::new(&pr).exists());
+        // Read-only LUNs may keep reservations too (they are not writes to the medium).
+        let c = serve_lun(&format!("{img},ro,pr-file={pr}"));
+        assert!(c.luns[0].read_only);
+        // An existing regular file is opened read-write (and left as it is).
+        std::fs::write(&pr, "x").unwrap();
+        serve_lun(&format!("{img},pr-file={pr}"));
+        assert_eq!(std::fs::read(&pr).unwrap(), b"x");
+
+        let spec = format!("{img},pr-file=/nonexistent-dir/a.pr");
+        assert_eq!(
+            lun_error(&spec),
+            format!("--lun {spec}: pr-file /nonexistent-dir/a.pr: No such file or directory")
+        );
+        let spec = format!("{img},pr-file={img2}/a.pr");
+        assert_eq!(
+            lun_error(&spec),
+            format!("--lun {spec}: pr-file {img2}/a.pr: Not a directory")
+        );
+        let dir = f.dir.path().display().to_string();
+        let spec = format!("{img},pr-file={dir}");
+        assert_eq!(
+            lun_error(&spec),
+            format!("--lun {spec}: pr-file {dir} is a directory, not a regular file")
+        );
+        let spec = format!("{img},pr-file=/dev/null");
+        assert_eq!(
+            lun_error(&spec),
+            format!("--lun {spec}: pr-file /dev/null is a character device, not a regular file")
+        );
+        let spec = format!("{img},pr-file={img}");
+        assert_eq!(
+            lun_error(&spec),
+            format!("--lun {spec}: pr-file {img} is the LUN's own source")
+        );
+        // Two LUNs cannot share one state.
+        let first = format!("0:0={img},pr-file={pr}");
+        let second = format!("0:1={img2},pr-file={pr}");
+        assert_eq!(
+            error(&["--socket-path", &sock, "--lun", &first, "--lun", &second]),
+            format!("--lun {second}: pr-file {pr} is already used by --lun {first}")
+        );
+
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            let mut perm = std::fs::metadata(&pr).unwrap().permissions();
+            std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o444);
+            std::fs::set_permissions(&pr, perm).unwrap();
+            let spec = format!("{img},ro,pr-file={pr}");
+            assert_eq!(
+                lun_error(&spec),
+                format!("--lun {spec}: pr-file {pr}: Permission denied")
+            );
+        }
+    }
+
+    #[test]
+    fn config_file_phys_block_size_and_pr_file() {
+        let f = Fixture::new();
+        let a = f.image("a.img", 8192);
+        let sock = f.sock();
+        let file = f.write(
+            "pr.toml",
+            &format!(
+                "socket-path = \"{sock}\"\n[[lun]]\nsource = \"{a}\"\nphys-block-size = 4096\n\
+                 pr-file = \"a.pr\"\n"
+            ),
+        );
+        let cfg = serve(&["--config", &file]);
+        assert_eq!(cfg.luns[0].phys_block_size, Some(4096));
+        // Relative to the file's directory.
+        assert_eq!(cfg.luns[0].pr_file, Some(f.path("a.pr")));
+
+        let file = f.write(
+            "bad.toml",
+            &format!(
+                "socket-path = \"{sock}\"\n[[lun]]\nsource = \"{a}\"\nblock-size = 4096\n\
+                 phys-block-size = 1024\n"
+            ),
+        );
+        assert_eq!(
+            error(&["--config", &file]),
+            format!(
+                "{file} [[lun]] #1 ({a}): invalid phys-block-size '1024': smaller than \
+                 block-size 4096 (it must be a power of two multiple of it)"
+            )
+        );
+        let file = f.write(
+            "bad2.toml",
+            &format!(
+                "socket-path = \"{sock}\"\n[[lun]]\nsource = \"{a}\"\nphys-block-size = 3000\n"
+            ),
+        );
+        assert!(error(&["--config", &file]).ends_with(
+            "invalid phys-block-size '3000': expected a power of two from 512 to 32768"
+        ));
+        let file = f.write(
+            "bad3.toml",
+            &format!("socket-path = \"{sock}\"\n[[lun]]\nsource = \"{a}\"\npr-file = \"\"\n"),
+        );
+        assert!(error(&["--config", &file]).ends_with("invalid pr-file '': expected a file path"));
     }
 }

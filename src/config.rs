@@ -66,10 +66,16 @@ pub struct LunConfig {
     /// NAA identifier (VPD 83h), 16 hex digits; defaults to a value derived from the source.
     pub wwn: Option<u64>,
     pub block_size: BlockSize,
+    /// Physical block size reported (`phys-block-size=`): a power of two multiple of the
+    /// logical block size, 512 to 32768 bytes; `None` means the logical block size.
+    pub phys_block_size: Option<u32>,
     pub discard: bool,
     pub cache: CacheMode,
     /// Create `source` as a sparse image of this many bytes when it does not exist (`size=`).
     pub create_size: Option<u64>,
+    /// Persistent reservation state file (`pr-file=`): with it, APTPL is supported and the
+    /// reservations survive restarts. Created (mode 0600) when missing.
+    pub pr_file: Option<PathBuf>,
 }
 
 /// Log destination and verbosity.

@@ -19,11 +19,13 @@
 //! discard = true
 //! cache = "writeback"       # or "none" (O_DIRECT)
 //! block-size = 512          # or 4096
+//! phys-block-size = 4096    # optional, default: block-size
 //! serial = "DISK0"
 //! wwn = "0x5000000000000001"
+//! pr-file = "/var/lib/vus/disk0.pr"   # optional: persistent reservations survive restarts
 //! ```
 //!
-//! Unknown keys are errors. Relative paths (`socket-path`, `source`) are relative to the
+//! Unknown keys are errors. Relative paths (`socket-path`, `source`, `pr-file`) are relative to the
 //! directory holding the file. How the file combines with command-line options is described in
 //! [`crate::cli`]. This module only reads and parses; validation of the values is shared with
 //! the command line and lives in [`crate::cli`].
@@ -84,6 +86,9 @@ pub struct FileLun {
     pub wwn: Option<String>,
     /// Create the source with this size when missing (`"1G"`), like `--lun ...,size=`.
     pub size: Option<String>,
+    pub phys_block_size: Option<u64>,
+    /// Persistent reservation state file, like `--lun ...,pr-file=`.
+    pub pr_file: Option<PathBuf>,
 }
 
 /// Reads and parses `path`, resolving relative paths in it against the file's directory.
@@ -107,6 +112,9 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
     }
     for lun in &mut cfg.luns {
         resolve(&mut lun.source);
+        if let Some(p) = lun.pr_file.as_mut() {
+            resolve(p);
+        }
     }
     Ok(cfg)
 }
@@ -143,6 +151,8 @@ wwn = "0x5000000000000001"
 
 [[lun]]
 source = "disk1.img"
+phys-block-size = 4096
+pr-file = "disk1.pr"
 "#;
 
     #[test]
@@ -165,12 +175,16 @@ source = "disk1.img"
                 serial: Some("DISK0".into()),
                 wwn: Some("0x5000000000000001".into()),
                 size: None,
+                phys_block_size: None,
+                pr_file: None,
             }
         );
         assert_eq!(
             cfg.luns[1],
             FileLun {
                 source: "disk1.img".into(),
+                phys_block_size: Some(4096),
+                pr_file: Some("disk1.pr".into()),
                 ..Default::default()
             }
         );
@@ -225,13 +239,15 @@ source = "disk1.img"
         let file = dir.path().join("v.toml");
         std::fs::write(
             &file,
-            "socket-path = \"s.sock\"\n[[lun]]\nsource = \"d.img\"\n[[lun]]\nsource = \"/abs.img\"\n",
+            "socket-path = \"s.sock\"\n[[lun]]\nsource = \"d.img\"\npr-file = \"d.pr\"\n[[lun]]\nsource = \"/abs.img\"\npr-file = \"/abs.pr\"\n",
         )
         .unwrap();
         let cfg = load(&file).unwrap();
         assert_eq!(cfg.socket_path, Some(dir.path().join("s.sock")));
         assert_eq!(cfg.luns[0].source, dir.path().join("d.img"));
         assert_eq!(cfg.luns[1].source, PathBuf::from("/abs.img"));
+        assert_eq!(cfg.luns[0].pr_file, Some(dir.path().join("d.pr")));
+        assert_eq!(cfg.luns[1].pr_file, Some(PathBuf::from("/abs.pr")));
     }
 
     #[test]

@@ -10,7 +10,12 @@ use crate::{
 /// Builds the bus that the queue threads share.
 pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
     let mut bus = ScsiBus::new();
-    for OpenedLun { config, backend } in luns {
+    for OpenedLun {
+        config,
+        backend,
+        pr_file,
+    } in luns
+    {
         let opts = LunOptions {
             read_only: config.read_only,
             serial: config
@@ -20,8 +25,8 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
             wwn: config.wwn.unwrap_or_else(|| default_wwn(&config)),
             block_size: config.block_size.bytes(),
             discard: config.discard,
-            physical_block_size: 0,
-            pr_file: None,
+            physical_block_size: config.phys_block_size.unwrap_or(0),
+            pr_file,
         };
         bus.add_lun(config.target, config.lun, LogicalUnit::new(backend, opts));
     }
@@ -60,9 +65,11 @@ mod tests {
             serial: None,
             wwn: None,
             block_size: BlockSize::B512,
+            phys_block_size: None,
             discard: true,
             cache: CacheMode::Writeback,
             create_size: None,
+            pr_file: None,
         }
     }
 

@@ -4,12 +4,16 @@
 //! `cache=none`, `O_DIRECT`. A writable image gets an exclusive `flock(2)`, a read-only one a
 //! shared lock, so two daemons (or two LUNs of this one) cannot serve one image read-write.
 //! The locks last as long as the backends are open.
+//!
+//! A LUN's `pr-file` (persistent reservation state) is opened read-write whatever the LUN's
+//! mode, created with mode 0600 when missing, and locked exclusively: two daemons never share
+//! one reservation state.
 
 use std::{
     fs::{File, OpenOptions},
     io,
     os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -17,7 +21,14 @@ use crate::{
     cli::io_msg,
     config::{CacheMode, LunConfig},
     lun::{BlockBackend, FileBackend},
+    scsi::PrFile,
 };
+
+/// Size a `pr-file` is extended to (with zeroes) when smaller. The worker only knows the size
+/// the supervisor saw when it opened the file, and a worker started again after a failure
+/// (`--restart-worker`) must read back the state the previous one wrote, so the file never
+/// grows after opening: the state of one initiator port is about 150 bytes.
+pub const PR_FILE_SIZE: u64 = 4096;
 
 /// Why a LUN could not be opened. One line, naming the LUN and its source.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +69,20 @@ pub enum OpenError {
         #[source]
         error: io::Error,
     },
+    #[error("LUN {target}:{lun}: pr-file {}: {}", .path.display(), io_msg(.error))]
+    PrFile {
+        target: u8,
+        lun: u16,
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error(
+        "LUN {target}:{lun}: pr-file {} is in use: another process (or another LUN) holds its \
+         lock",
+        .path.display()
+    )]
+    PrFileLocked { target: u8, lun: u16, path: PathBuf },
     #[error("LUN {target}:{lun}: {}: {}", .path.display(), io_msg(.error))]
     Backend {
         target: u8,
@@ -83,6 +108,8 @@ pub enum OpenError {
 pub struct OpenedLun {
     pub config: LunConfig,
     pub backend: Arc<dyn BlockBackend>,
+    /// The open and locked `pr-file`, if configured.
+    pub pr_file: Option<PrFile>,
 }
 
 impl std::fmt::Debug for OpenedLun {
@@ -90,6 +117,7 @@ impl std::fmt::Debug for OpenedLun {
         f.debug_struct("OpenedLun")
             .field("config", &self.config)
             .field("size", &self.backend.size())
+            .field("pr_file", &self.pr_file.is_some())
             .finish()
     }
 }
@@ -106,6 +134,83 @@ pub(crate) fn open_file(lun: &LunConfig) -> io::Result<File> {
         .write(!lun.read_only)
         .custom_flags(flags)
         .open(&lun.source)
+}
+
+/// Opens a `pr-file` read-write, close-on-exec, creating it (mode 0600) if `create` says so.
+/// Neither locks nor resizes it.
+pub(crate) fn open_pr_path(path: &Path, create: bool) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(create)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+}
+
+/// Opens, locks (exclusively) and sizes `lun.pr_file`, if any.
+fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
+    let Some(path) = &lun.pr_file else {
+        return Ok(None);
+    };
+    let (target, lun_no) = (lun.target, lun.lun);
+    let error = |error| OpenError::PrFile {
+        target,
+        lun: lun_no,
+        path: path.clone(),
+        error,
+    };
+    let file = open_pr_path(path, true).map_err(error)?;
+    flock(&file, libc::LOCK_EX).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            OpenError::PrFileLocked {
+                target,
+                lun: lun_no,
+                path: path.clone(),
+            }
+        } else {
+            error(e)
+        }
+    })?;
+    let meta = file.metadata().map_err(error)?;
+    if !meta.is_file() {
+        return Err(error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    if meta.len() < PR_FILE_SIZE {
+        file.set_len(PR_FILE_SIZE).map_err(error)?;
+    }
+    let backend = FileBackend::new(file, false).map_err(error)?;
+    log::info!(
+        "LUN {target}:{lun_no}: persistent reservations kept in {}",
+        path.display()
+    );
+    Ok(Some(PrFile(Arc::new(backend))))
+}
+
+/// How long a lock held by someone else may take to go away before the image counts as in use.
+///
+/// A daemon that just exited can still hold its images for a moment: the kernel tears down its
+/// io_uring rings (which reference the registered LUN files) asynchronously after the process
+/// is gone. A restart (systemd `Restart=`, a libvirt hook) must not fail on that.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `flock(op | LOCK_NB)`, retried for [`LOCK_GRACE`] while another holder has it.
+fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// Whether an [`open_file`] error means "this file system cannot do `O_DIRECT`".
@@ -168,6 +273,7 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
         return Ok(OpenedLun {
             config: lun.clone(),
             backend: Arc::new(crate::lun::NullBackend::new(size)),
+            pr_file: open_pr_file(lun)?,
         });
     }
     let file = open_source(lun)?;
@@ -177,9 +283,7 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
     } else {
         libc::LOCK_EX
     };
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } < 0 {
-        let error = io::Error::last_os_error();
+    if let Err(error) = flock(&file, op) {
         return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
             OpenError::Locked {
                 target,
@@ -233,9 +337,11 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
         },
         if lun.discard { "on" } else { "off" },
     );
+    let pr_file = open_pr_file(lun)?;
     Ok(OpenedLun {
         config: lun.clone(),
         backend: Arc::new(backend),
+        pr_file,
     })
 }
 
@@ -260,9 +366,11 @@ mod tests {
             serial: None,
             wwn: None,
             block_size: BlockSize::B512,
+            phys_block_size: None,
             discard: true,
             cache: CacheMode::Writeback,
             create_size: None,
+            pr_file: None,
         }
     }
 
@@ -359,6 +467,77 @@ mod tests {
         // A directory is neither a regular file nor a block device.
         let e = open_luns(&[lun(dir.path(), true)]).unwrap_err();
         assert!(matches!(e, OpenError::Backend { .. }), "{e}");
+    }
+
+    #[test]
+    fn pr_file_is_created_sized_and_locked() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let img = image(dir.path(), "a.img", 4096);
+        let pr = dir.path().join("a.pr");
+        let mut c = lun(&img, false);
+        c.pr_file = Some(pr.clone());
+        let opened = open_luns(std::slice::from_ref(&c)).unwrap();
+        let meta = std::fs::metadata(&pr).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(meta.len(), PR_FILE_SIZE);
+        let backend = &opened[0].pr_file.as_ref().expect("pr file").0;
+        assert_eq!(backend.size(), PR_FILE_SIZE);
+        // The worker writes through it.
+        let mut state = *b"state";
+        let mut sg = crate::scsi::SgList::new();
+        sg.push(vm_memory::VolatileSlice::from(&mut state[..]));
+        backend.write_at(&sg, 0, true).unwrap();
+        assert_eq!(&std::fs::read(&pr).unwrap()[..5], b"state");
+
+        // A second daemon (or LUN) cannot use the same state, even on a read-only LUN whose
+        // image it may share.
+        let other = image(dir.path(), "b.img", 4096);
+        let mut c2 = lun(&other, true);
+        c2.pr_file = Some(pr.clone());
+        let e = open_luns(std::slice::from_ref(&c2)).unwrap_err();
+        assert!(matches!(e, OpenError::PrFileLocked { .. }), "{e}");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "LUN 0:0: pr-file {} is in use: another process (or another LUN) holds its lock",
+                pr.display()
+            )
+        );
+        drop(opened);
+
+        // Reopened: the state is kept, the file is not truncated; a read-only LUN may use it.
+        let opened = open_luns(std::slice::from_ref(&c2)).unwrap();
+        assert!(opened[0].pr_file.is_some());
+        assert_eq!(&std::fs::read(&pr).unwrap()[..5], b"state");
+        assert_eq!(std::fs::metadata(&pr).unwrap().len(), PR_FILE_SIZE);
+        drop(opened);
+
+        // A larger file is left as it is; without pr-file there is none.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&pr)
+            .unwrap()
+            .set_len(3 * PR_FILE_SIZE)
+            .unwrap();
+        let opened = open_luns(&[c.clone(), lun(&other, true)]).unwrap();
+        assert_eq!(
+            opened[0].pr_file.as_ref().unwrap().0.size(),
+            3 * PR_FILE_SIZE
+        );
+        assert!(opened[1].pr_file.is_none());
+        drop(opened);
+
+        let mut bad = c.clone();
+        bad.pr_file = Some(dir.path().join("missing-dir/a.pr"));
+        let e = open_luns(&[bad]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "LUN 0:0: pr-file {}: No such file or directory",
+                dir.path().join("missing-dir/a.pr").display()
+            )
+        );
     }
 
     #[test]

@@ -816,3 +816,212 @@ fn device_reset_restarts_rings_and_raises_unit_attention() {
     assert!(r.data == data);
     daemon.assert_alive();
 }
+
+// ---- PERSISTENT RESERVE IN/OUT (SPC-5 6.16, 6.17) and READ CAPACITY(16) ----
+
+fn cdb_pr_out(service_action: u8, rtype: u8) -> [u8; 10] {
+    // Scope 0 (LU_SCOPE), PARAMETER LIST LENGTH 24.
+    [0x5f, service_action, rtype, 0, 0, 0, 0, 0, 24, 0]
+}
+
+/// The basic PERSISTENT RESERVE OUT parameter list.
+fn pr_out_params(key: u64, sa_key: u64, aptpl: bool) -> Vec<u8> {
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sa_key.to_be_bytes());
+    p.extend_from_slice(&[0, 0, 0, 0, u8::from(aptpl), 0, 0, 0]);
+    p
+}
+
+fn cdb_pr_in(service_action: u8) -> [u8; 10] {
+    [0x5e, service_action, 0, 0, 0, 0, 0, 0, 64, 0]
+}
+
+fn pr_in(vm: &mut TestVm, service_action: u8) -> Vec<u8> {
+    let r = vm.scsi(lun(0, 0), &cdb_pr_in(service_action), &[], &[64]);
+    r.assert_good();
+    r.data[..r.data_in_len()].to_vec()
+}
+
+const PR_KEY: u64 = 0x0123_4567_89ab_cdef;
+const PR_READ_KEYS: u8 = 0x00;
+const PR_READ_RESERVATION: u8 = 0x01;
+const PR_REPORT_CAPABILITIES: u8 = 0x02;
+const PR_REGISTER: u8 = 0x00;
+const PR_RESERVE: u8 = 0x01;
+const PR_WRITE_EXCLUSIVE: u8 = 0x01;
+
+/// With `pr-file=`, a REGISTER with APTPL and a WRITE EXCLUSIVE reservation survive the daemon:
+/// a new process over the same image and state file reports them byte for byte (the worker
+/// saves the state under the default `--seccomp=kill` sandbox).
+#[test]
+fn persistent_reservations_survive_a_daemon_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(4 * MIB))
+        .unwrap();
+    let pr_file = dir.path().join("disk.pr");
+    let spec = format!("0:0={},pr-file={}", image.display(), pr_file.display());
+
+    // READ KEYS: PRgeneration 1 (one REGISTER), ADDITIONAL LENGTH 8, the key.
+    let mut keys = vec![0, 0, 0, 1, 0, 0, 0, 8];
+    keys.extend_from_slice(&PR_KEY.to_be_bytes());
+    // READ RESERVATION: PRgeneration 1, ADDITIONAL LENGTH 16, the holder's key, obsolete
+    // bytes, SCOPE 0 / TYPE Write Exclusive, obsolete bytes.
+    let mut reservation = vec![0, 0, 0, 1, 0, 0, 0, 16];
+    reservation.extend_from_slice(&PR_KEY.to_be_bytes());
+    reservation.extend_from_slice(&[0, 0, 0, 0, 0, PR_WRITE_EXCLUSIVE, 0, 0]);
+
+    {
+        let mut daemon = Daemon::start(&[], &["--lun", &spec]);
+        let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+        vm.clear_unit_attention(lun(0, 0));
+        // REPORT CAPABILITIES: PTPL_C (a state file exists), PTPL_A still 0.
+        let caps = pr_in(&mut vm, PR_REPORT_CAPABILITIES);
+        assert_eq!(caps[2] & 0x01, 0x01, "PTPL_C: {caps:02x?}");
+        assert_eq!(caps[3] & 0x01, 0x00, "PTPL_A: {caps:02x?}");
+        assert_eq!(pr_in(&mut vm, PR_READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
+
+        let params = pr_out_params(0, PR_KEY, true);
+        vm.scsi(lun(0, 0), &cdb_pr_out(PR_REGISTER, 0), &[&params], &[])
+            .assert_good();
+        let params = pr_out_params(PR_KEY, 0, false);
+        vm.scsi(
+            lun(0, 0),
+            &cdb_pr_out(PR_RESERVE, PR_WRITE_EXCLUSIVE),
+            &[&params],
+            &[],
+        )
+        .assert_good();
+        assert_eq!(pr_in(&mut vm, PR_READ_KEYS), keys);
+        assert_eq!(pr_in(&mut vm, PR_READ_RESERVATION), reservation);
+        assert_eq!(
+            pr_in(&mut vm, PR_REPORT_CAPABILITIES)[3] & 0x01,
+            0x01,
+            "PTPL_A"
+        );
+        daemon.assert_alive();
+        let status = daemon.terminate();
+        assert_eq!(status.code(), Some(0), "exit status {status}");
+    }
+    // Restarted at once: the image's lock can outlive the old process by a moment (its io_uring
+    // rings are torn down asynchronously), which the new daemon must ride out.
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&pr_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "pr-file created private");
+
+    let mut daemon = Daemon::start(&[], &["--lun", &spec]);
+    let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    assert_eq!(pr_in(&mut vm, PR_READ_KEYS), keys);
+    assert_eq!(pr_in(&mut vm, PR_READ_RESERVATION), reservation);
+    assert_eq!(
+        pr_in(&mut vm, PR_REPORT_CAPABILITIES)[3] & 0x01,
+        0x01,
+        "PTPL_A"
+    );
+    // The holder (this initiator) still writes.
+    vm.scsi(lun(0, 0), &cdb_write10(0, 1), &[&[0x5a; 512]], &[])
+        .assert_good();
+
+    // The state file is held: a second daemon with it refuses to start.
+    let other = dir.path().join("other.img");
+    std::fs::File::create(&other)
+        .and_then(|f| f.set_len(MIB))
+        .unwrap();
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .arg("--socket-path")
+        .arg(dir.path().join("second.sock"))
+        .arg("--lun")
+        .arg(format!(
+            "0:0={},pr-file={}",
+            other.display(),
+            pr_file.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains(&format!("pr-file {} is in use", pr_file.display())),
+        "{stderr}"
+    );
+    daemon.assert_alive();
+}
+
+/// Without `pr-file=` the state cannot persist: PTPL_C = 0, and REGISTER with APTPL = 1 is
+/// INVALID FIELD IN PARAMETER LIST (SPC-5 6.17.2); without APTPL it works.
+#[test]
+fn aptpl_without_pr_file_is_refused() {
+    let mut daemon = Daemon::start(&one_disk(), &[]);
+    let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    let caps = pr_in(&mut vm, PR_REPORT_CAPABILITIES);
+    assert_eq!(caps[2] & 0x01, 0x00, "PTPL_C: {caps:02x?}");
+    let params = pr_out_params(0, PR_KEY, true);
+    let r = vm.scsi(lun(0, 0), &cdb_pr_out(PR_REGISTER, 0), &[&params], &[]);
+    r.assert_check_condition(SENSE_ILLEGAL_REQUEST, 0x26);
+    assert_eq!(pr_in(&mut vm, PR_READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
+    let params = pr_out_params(0, PR_KEY, false);
+    vm.scsi(lun(0, 0), &cdb_pr_out(PR_REGISTER, 0), &[&params], &[])
+        .assert_good();
+    let mut keys = vec![0, 0, 0, 1, 0, 0, 0, 8];
+    keys.extend_from_slice(&PR_KEY.to_be_bytes());
+    assert_eq!(pr_in(&mut vm, PR_READ_KEYS), keys);
+    daemon.assert_alive();
+}
+
+/// `phys-block-size=4096` on a 512-byte LUN: LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT 3 in
+/// READ CAPACITY(16), OPTIMAL TRANSFER LENGTH GRANULARITY 8 blocks in the Block Limits VPD
+/// page; a LUN without the option reports exponent 0.
+#[test]
+fn phys_block_size_in_read_capacity_16() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = |name: &str| {
+        let p = dir.path().join(name);
+        std::fs::File::create(&p)
+            .and_then(|f| f.set_len(4 * MIB))
+            .unwrap();
+        p.display().to_string()
+    };
+    let (a, b) = (image("a.img"), image("b.img"));
+    let mut daemon = Daemon::start(
+        &[],
+        &[
+            "--lun",
+            &format!("0:0={a},phys-block-size=4096"),
+            "--lun",
+            &format!("0:1={b}"),
+        ],
+    );
+    let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+    let read_capacity_16 = [0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0];
+    for (l, exponent, granularity) in [(0, 3u8, 8u16), (1, 0, 1)] {
+        vm.clear_unit_attention(lun(0, l));
+        let r = vm.scsi(lun(0, l), &read_capacity_16, &[], &[32]);
+        r.assert_good();
+        let d = &r.data;
+        assert_eq!(
+            u64::from_be_bytes(d[0..8].try_into().unwrap()),
+            4 * MIB / 512 - 1,
+            "last LBA"
+        );
+        assert_eq!(be32(d, 8), 512, "logical block length");
+        assert_eq!(d[13] & 0x0f, exponent, "LUN {l}: {:02x?}", &d[..16]);
+        assert_eq!(
+            u16::from_be_bytes([d[14] & 0x3f, d[15]]),
+            0,
+            "lowest aligned LBA"
+        );
+        let r = vm.scsi(lun(0, l), &[0x12, 0x01, 0xb0, 0, 64, 0], &[], &[64]);
+        r.assert_good();
+        assert_eq!(r.data[1], 0xb0);
+        assert_eq!(
+            u16::from_be_bytes([r.data[6], r.data[7]]),
+            granularity,
+            "OPTIMAL TRANSFER LENGTH GRANULARITY"
+        );
+    }
+    daemon.assert_alive();
+}

@@ -20,7 +20,7 @@ use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap, VolatileSlice};
 
 use super::{threads::ThreadEngine, uring::UringEngine, AioMode, Engine, IoConfig, Op};
 use crate::{
-    scsi::{IoKind, IoMeta, ScsiBus},
+    scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PendingIo, ReplyShape, Started},
         request::split_chain,
@@ -56,6 +56,10 @@ struct Slot {
     reply: ReplyShape,
     fd: RawFd,
     offset: u64,
+    /// A write's registration with its LU's write gate: COMPARE AND WRITE waits until it is
+    /// dropped, which happens when the slot is completed or reaped (also in `Drop`), or with
+    /// the slot itself.
+    write: Option<WriteInFlight>,
 }
 
 // SAFETY: the raw pointers point into guest memory mapped by `mem`, which the slot keeps alive;
@@ -83,7 +87,14 @@ impl Slot {
             },
             fd: -1,
             offset: 0,
+            write: None,
         }
+    }
+
+    /// The slot's command is over: lets go of guest memory and the write gate.
+    fn release(&mut self) {
+        self.write = None;
+        self.mem = None;
     }
 }
 
@@ -123,16 +134,30 @@ impl QueueWorker {
         if queue == 0 {
             info!("request queues use the {} engine", engine.name());
         }
-        Ok(Self {
+        let mut worker = Self::with_engine(engine, depth as u16);
+        worker.poll = Duration::from_micros(u64::from(config.poll_us));
+        Ok(worker)
+    }
+
+    /// A worker over a ready-made engine, with room for `depth` commands in flight and no
+    /// busy polling (tests, custom engines).
+    pub fn with_engine(engine: Box<dyn Engine>, depth: u16) -> Self {
+        let depth = usize::from(depth.max(1));
+        Self {
             engine,
             slots: (0..depth).map(|_| Slot::empty()).collect(),
             free: (0..depth as u32).rev().collect(),
             inflight: 0,
             done: Vec::with_capacity(depth),
             chains: Vec::with_capacity(depth),
-            poll: Duration::from_micros(u64::from(config.poll_us)),
+            poll: Duration::ZERO,
             ring_stopped: false,
-        })
+        }
+    }
+
+    /// Commands whose I/O is in the engine.
+    pub fn in_flight(&self) -> usize {
+        self.inflight
     }
 
     /// Serves the queue until nothing is in flight and no request is waiting.
@@ -230,14 +255,23 @@ impl QueueWorker {
             }
         }
         let mut used_any = false;
+        let mut drain_error = None;
         let mut chains = std::mem::take(&mut self.chains);
         for chain in chains.drain(..) {
             let head = chain.head_index();
-            let used = match split_chain(mem, chain) {
-                Ok(split) => match start_command(bus, split) {
-                    Started::Done(used) => Some(used),
-                    Started::Io(io) => self.start_io(bus, head, mem, io),
-                },
+            // Called before a command would block on a LU's write gate: our own writes in
+            // flight hold it, and only this thread can complete them.
+            let mut drain = || match self.drain(bus, vring) {
+                Ok(used) => used_any |= used,
+                Err(e) => drain_error = Some(e),
+            };
+            let started = match split_chain(mem, chain) {
+                Ok(split) => Ok(start_command(bus, split, &mut drain)),
+                Err(e) => Err(e),
+            };
+            let used = match started {
+                Ok(Started::Done(used)) => Some(used),
+                Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
                 Err(e) => {
                     warn!("descriptor chain {head}: {e}; returned unanswered");
                     Some(0)
@@ -249,17 +283,45 @@ impl QueueWorker {
             }
         }
         self.chains = chains;
+        match drain_error {
+            Some(e) => Err(e),
+            None => Ok(used_any),
+        }
+    }
+
+    /// Completes every I/O in flight (waiting for the engine); true when used-ring entries
+    /// were added.
+    fn drain(&mut self, bus: &ScsiBus, vring: &VringRwLock) -> Result<bool, QueueError> {
+        if self.inflight == 0 {
+            return Ok(false);
+        }
+        self.engine.submit().map_err(QueueError::Engine)?;
+        let mut used_any = false;
+        loop {
+            used_any |= self.reap(bus, vring)?;
+            if self.inflight == 0 {
+                break;
+            }
+            self.engine.wait(None).map_err(QueueError::Engine)?;
+        }
+        // The guest may be waiting for these while the command that drained blocks.
+        if used_any {
+            vring.signal_used_queue().map_err(QueueError::Notify)?;
+        }
         Ok(used_any)
     }
 
     /// Hands a command's I/O to the engine; runs it synchronously (and returns the used length)
     /// when the engine cannot take it.
+    ///
+    /// A write's gate registration (`io.plan.write`) moves into the slot once the engine took
+    /// the I/O; otherwise it is dropped with `io` after the synchronous run.
     fn start_io(
         &mut self,
         bus: &ScsiBus,
         head: u16,
         mem: &MemGuard,
-        io: PendingIo<'_>,
+        mut io: PendingIo<'_>,
     ) -> Option<u32> {
         let segments = io.plan.bufs.segments();
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
@@ -302,9 +364,10 @@ impl QueueWorker {
             queued = self.engine.push(&op);
         }
         if !queued {
-            self.slots[index as usize].mem = None;
+            self.slots[index as usize].release();
             return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
         }
+        self.slots[index as usize].write = io.plan.write.take();
         self.free.pop();
         self.inflight += 1;
         None
@@ -329,7 +392,7 @@ impl QueueWorker {
                 .reply
                 .respond_with(&out, |header| write_raw(&slot.response, header));
             let head = slot.head;
-            slot.mem = None;
+            slot.release();
             self.free.push(index as u32);
             self.inflight -= 1;
             vring.add_used(head, used)?;
@@ -350,7 +413,9 @@ impl Drop for QueueWorker {
             self.engine.reap(&mut self.done);
             for &(user_data, _) in &self.done {
                 if let Some(slot) = self.slots.get_mut(user_data as usize) {
-                    slot.mem = None;
+                    // The command is never answered (the connection is gone), but its write
+                    // no longer holds the gate.
+                    slot.release();
                     self.inflight = self.inflight.saturating_sub(1);
                 }
             }

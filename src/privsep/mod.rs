@@ -95,7 +95,8 @@ pub enum PrivsepError {
 /// Everything the worker will ever use, opened by the supervisor.
 pub struct Resources {
     pub luns: Vec<OpenedLun>,
-    /// The LUN files' descriptors (those [`open::open_luns`] left open).
+    /// The LUN files' descriptors (those [`open::open_luns`] left open: images and `pr-file`s
+    /// alike, found by diffing `/proc/self/fd`, so anything it opens is kept in the worker).
     pub lun_fds: Vec<RawFd>,
     pub listener: Listener,
     /// `/dev/null`, for the worker's stdin and stdout.
@@ -457,6 +458,7 @@ fn worker_main(
         .map(|l| OpenedLun {
             config: l.config.clone(),
             backend: l.backend.clone(),
+            pr_file: l.pr_file.clone(),
         })
         .collect();
     let bus = Arc::new(device::build_bus(luns));

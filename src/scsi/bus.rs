@@ -101,6 +101,11 @@ impl ScsiBus {
     /// [`ScsiBus::execute`] split for asynchronous engines: READ, WRITE and SYNCHRONIZE CACHE
     /// for a configured LUN come back as an [`IoPlan`] to run and then [`ScsiBus::complete`];
     /// everything else is executed now.
+    ///
+    /// `drain` is called before the command would block on a LU's write gate (a COMPARE AND
+    /// WRITE or ORWRITE runs, or is this command): it must complete every I/O the caller still
+    /// has in flight, since writes among them hold the gate and the exclusive holder waits for
+    /// them. A caller with nothing in flight passes `&mut || {}`.
     pub fn prepare<'a>(
         &self,
         target: u8,
@@ -108,11 +113,12 @@ impl ScsiBus {
         cdb: &[u8],
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
+        drain: &mut dyn FnMut(),
     ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
         match self.lookup(target, lun) {
             Some(lu) if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS => {
-                lu.prepare(&parsed, data_out, data_in)
+                lu.prepare(&parsed, data_out, data_in, drain)
             }
             _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
         }
@@ -138,6 +144,13 @@ impl ScsiBus {
             Some(lu) => lu.complete_io(meta, result),
             None => CmdOutput::check_condition(Sense::LUN_NOT_SUPPORTED),
         }
+    }
+
+    /// Writes to a LUN currently registered with its write gate (planned and not yet
+    /// completed); `None` for an unknown LUN. For diagnostics and tests: 0 when idle.
+    pub fn writes_in_flight(&self, target: u8, lun: u16) -> Option<usize> {
+        self.lookup(target, lun)
+            .map(|lu| lu.gate.writes_in_flight())
     }
 
     /// Every LUN's backend, for engines that register files up front.

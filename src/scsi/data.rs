@@ -11,16 +11,44 @@
 
 use vm_memory::VolatileSlice;
 
+/// Segments a list holds without a heap allocation. A 4 KiB READ or WRITE from a Linux guest
+/// has one or two data segments, and chain parsing builds a handful of lists per request, so
+/// keeping them inline makes the request path allocation-free; longer lists (large transfers
+/// over scattered pages) spill to a `Vec`.
+pub const SG_INLINE: usize = 8;
+
 /// A scatter-gather list over guest memory (or test memory), at most `u32::MAX` bytes in total.
-#[derive(Default)]
+///
+/// Up to [`SG_INLINE`] segments live inline; more spill to the heap.
+#[derive(Clone)]
 pub struct SgList<'a> {
-    slices: Vec<VolatileSlice<'a>>,
+    inline: [VolatileSlice<'a>; SG_INLINE],
+    /// Segments in `inline` (when `spill` is empty).
+    count: usize,
+    /// Every segment once the list outgrew `inline`.
+    spill: Vec<VolatileSlice<'a>>,
     len: usize,
+}
+
+impl Default for SgList<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A zero-length slice to fill unused inline entries (never handed out).
+fn empty_slice<'a>() -> VolatileSlice<'a> {
+    VolatileSlice::from(&mut [][..])
 }
 
 impl<'a> SgList<'a> {
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            inline: [empty_slice(); SG_INLINE],
+            count: 0,
+            spill: Vec::new(),
+            len: 0,
+        }
     }
 
     /// Appends a segment; empty segments are dropped so that iovec lists never contain them.
@@ -29,7 +57,16 @@ impl<'a> SgList<'a> {
             return;
         }
         self.len += slice.len();
-        self.slices.push(slice);
+        if !self.spill.is_empty() {
+            self.spill.push(slice);
+        } else if self.count < SG_INLINE {
+            self.inline[self.count] = slice;
+            self.count += 1;
+        } else {
+            self.spill.reserve(SG_INLINE * 2);
+            self.spill.extend_from_slice(&self.inline);
+            self.spill.push(slice);
+        }
     }
 
     /// Total number of bytes in the list.
@@ -42,7 +79,11 @@ impl<'a> SgList<'a> {
     }
 
     pub fn segments(&self) -> &[VolatileSlice<'a>] {
-        &self.slices
+        if self.spill.is_empty() {
+            &self.inline[..self.count]
+        } else {
+            &self.spill
+        }
     }
 
     /// The sub-list covering bytes `[offset, offset + len)`, clamped to the list's end.
@@ -50,7 +91,7 @@ impl<'a> SgList<'a> {
         let mut out = SgList::new();
         let mut skip = offset;
         let mut want = len;
-        for s in &self.slices {
+        for s in self.segments() {
             if want == 0 {
                 break;
             }
@@ -73,7 +114,7 @@ impl<'a> SgList<'a> {
     /// (`min(src.len(), self.len())`).
     pub fn copy_from(&self, src: &[u8]) -> usize {
         let mut done = 0;
-        for s in &self.slices {
+        for s in self.segments() {
             if done == src.len() {
                 break;
             }
@@ -87,7 +128,7 @@ impl<'a> SgList<'a> {
     /// Copies the start of the list into `dst`; returns the number of bytes copied.
     pub fn copy_to(&self, dst: &mut [u8]) -> usize {
         let mut done = 0;
-        for s in &self.slices {
+        for s in self.segments() {
             if done == dst.len() {
                 break;
             }
@@ -129,5 +170,26 @@ mod tests {
         drop(r);
         assert_eq!(a, [1, 2, 3]);
         assert_eq!(b, [4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn long_lists_spill_to_the_heap() {
+        let mut bufs: Vec<Vec<u8>> = (0..SG_INLINE as u8 + 3).map(|i| vec![i; 2]).collect();
+        let mut sg = SgList::new();
+        for b in &mut bufs {
+            sg.push(VolatileSlice::from(b.as_mut_slice()));
+        }
+        assert_eq!(sg.segments().len(), SG_INLINE + 3);
+        assert_eq!(sg.len(), 2 * (SG_INLINE + 3));
+        let mut out = vec![0u8; sg.len()];
+        assert_eq!(sg.copy_to(&mut out), out.len());
+        let expected: Vec<u8> = (0..SG_INLINE as u8 + 3).flat_map(|i| [i, i]).collect();
+        assert_eq!(out, expected);
+        let r = sg.range(2 * SG_INLINE - 1, 4);
+        assert_eq!(r.segments().len(), 3);
+        let mut out = [0u8; 4];
+        r.copy_to(&mut out);
+        let last = SG_INLINE as u8 - 1;
+        assert_eq!(out, [last, last + 1, last + 1, last + 2]);
     }
 }

@@ -9,7 +9,7 @@ use vm_memory::VolatileSlice;
 
 use super::{
     cdb::{opcode, Cdb},
-    lun::{IoOp, LogicalUnit},
+    lun::{IoOp, LogicalUnit, WriteInFlight, HBA_NEXUS},
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, SgList,
 };
@@ -49,9 +49,16 @@ pub struct IoPlan<'a> {
     /// plan; `None` when only the backend's own methods can run it (null LUN, unaligned
     /// buffers under `O_DIRECT`).
     pub fd: Option<std::os::fd::RawFd>,
+    /// For a write: its registration with the LU's write gate, held for the I/O's whole life
+    /// (COMPARE AND WRITE waits for it). Whoever runs the plan keeps it until the result has
+    /// been passed to [`crate::scsi::ScsiBus::complete`], then drops it.
+    pub write: Option<WriteInFlight>,
 }
 
 /// The first half of a command split for asynchronous execution.
+// Scatter-gather lists are inline (no allocation per request): boxing them to shrink this type
+// would bring the allocation back.
+#[allow(clippy::large_enum_variant)]
 pub enum Prepared<'a> {
     /// Answered without backend I/O (errors, zero-length transfers, every other command).
     Done(CmdOutput),
@@ -143,8 +150,13 @@ impl LogicalUnit {
         Ok(self.run_prepared(self.prepare_read(cdb, data_in)?))
     }
 
-    pub(super) fn write(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
-        Ok(self.run_prepared(self.prepare_write(cdb, data_out)?))
+    pub(super) fn write(
+        &self,
+        cdb: &Cdb,
+        data_out: &DataOut<'_>,
+        drain: &mut dyn FnMut(),
+    ) -> CmdResult {
+        Ok(self.run_prepared(self.prepare_write(cdb, data_out, drain)?))
     }
 
     /// READ: every check, then either an immediate answer or the backend read to run.
@@ -163,11 +175,13 @@ impl LogicalUnit {
         Ok(self.plan(IoKind::Read, cdb, r.lba, offset, bufs))
     }
 
-    /// WRITE / WRITE AND VERIFY: every check, then the backend write to run.
+    /// WRITE / WRITE AND VERIFY: every check, then the backend write to run, registered with
+    /// the write gate (`drain` runs first if that has to wait for a COMPARE AND WRITE).
     pub(super) fn prepare_write<'a>(
         &self,
         cdb: &Cdb,
         data_out: &DataOut<'a>,
+        drain: &mut dyn FnMut(),
     ) -> Result<Prepared<'a>, Sense> {
         check_no_protection(cdb)?;
         self.check_writable()?;
@@ -183,7 +197,12 @@ impl LogicalUnit {
             opcode::WRITE_AND_VERIFY_10 | opcode::WRITE_AND_VERIFY_12 | opcode::WRITE_AND_VERIFY_16
         );
         let fua = self.write_through(fua(cdb) || verify);
-        Ok(self.plan(IoKind::Write { fua }, cdb, r.lba, offset, bufs))
+        let write = self.gate.shared(drain);
+        let mut prepared = self.plan(IoKind::Write { fua }, cdb, r.lba, offset, bufs);
+        if let Prepared::Io(plan) = &mut prepared {
+            plan.write = Some(write);
+        }
+        Ok(prepared)
     }
 
     /// SYNCHRONIZE CACHE(10/16): the range is checked, then the whole backend is flushed (a
@@ -217,6 +236,7 @@ impl LogicalUnit {
             offset,
             bufs,
             fd,
+            write: None,
         })
     }
 
@@ -310,11 +330,14 @@ impl LogicalUnit {
 
     /// [`LogicalUnit::execute`] split for asynchronous engines: READ, WRITE and SYNCHRONIZE
     /// CACHE come back as an [`IoPlan`] (or their immediate answer), everything else runs now.
+    /// `drain` must complete the caller's own I/O in flight: it is called before anything
+    /// would block on the write gate (see [`super::lun::WriteGate`]).
     pub(super) fn prepare<'a>(
         &self,
         cdb: &Cdb,
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
+        drain: &mut dyn FnMut(),
     ) -> Prepared<'a> {
         let op = cdb.opcode();
         let is_read = matches!(
@@ -335,16 +358,19 @@ impl LogicalUnit {
             op,
             opcode::SYNCHRONIZE_CACHE_10 | opcode::SYNCHRONIZE_CACHE_16
         );
-        if !(is_read || is_write || is_sync) {
-            return Prepared::Done(self.execute(cdb, data_out, data_in));
-        }
         if let Some(out) = self.admit(cdb) {
             return Prepared::Done(out);
+        }
+        if !(is_read || is_write || is_sync) {
+            return Prepared::Done(
+                self.dispatch(HBA_NEXUS, cdb, data_out, data_in, drain)
+                    .unwrap_or_else(|sense| self.check_condition(sense)),
+            );
         }
         let prepared = if is_read {
             self.prepare_read(cdb, data_in)
         } else if is_write {
-            self.prepare_write(cdb, data_out)
+            self.prepare_write(cdb, data_out, drain)
         } else {
             self.prepare_sync(cdb)
         };

@@ -112,23 +112,38 @@ pub struct LunOptions {
 /// Excludes ordinary writes while COMPARE AND WRITE / ORWRITE read, compare and write (SBC-4
 /// 5.3: the whole operation is atomic with respect to every other command of the LU).
 ///
-/// Ordinary writes register as in flight (an atomic counter: no lock on the fast path) and
-/// wait while an exclusive holder runs; the exclusive holder waits for the writes already in
-/// flight to finish.
+/// Ordinary writes register as in flight (an atomic counter: no lock on the fast path) for
+/// their whole life, from the moment they are planned until their result is turned into an
+/// answer — for an asynchronous engine that spans the time the kernel or the thread pool runs
+/// them — and wait while an exclusive holder runs; the exclusive holder waits for the writes
+/// already in flight to finish.
+///
+/// A thread that has writes of its own in flight must never block on the gate (the exclusive
+/// holder would wait for them forever, and answer BUSY after [`EXCLUSIVE_WAIT`]): entry points
+/// used by the asynchronous queues take a `drain` callback, called before blocking, that
+/// completes the caller's own I/O first.
 #[derive(Default)]
-pub(super) struct WriteGate {
+pub struct WriteGate {
     in_flight: AtomicUsize,
     exclusive: AtomicBool,
     lock: Mutex<()>,
     cv: Condvar,
 }
 
-/// An ordinary write in flight; dropping it ends the write.
-pub(super) struct SharedWrite<'a>(&'a WriteGate);
+/// An ordinary write in flight (counted by its LU's [`WriteGate`]); dropping it ends the write.
+/// Owning (an `Arc` on the gate, no allocation), so an asynchronous engine can keep it in the
+/// request's slot until completion; every way a request ends drops it exactly once.
+pub struct WriteInFlight(Arc<WriteGate>);
 
-impl Drop for SharedWrite<'_> {
+impl Drop for WriteInFlight {
     fn drop(&mut self) {
         self.0.end_write();
+    }
+}
+
+impl fmt::Debug for WriteInFlight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WriteInFlight")
     }
 }
 
@@ -148,20 +163,18 @@ impl WriteGate {
         self.lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts an ordinary write (waits while an exclusive operation runs).
-    pub(super) fn begin_write(&self) {
-        loop {
-            self.in_flight.fetch_add(1, Ordering::SeqCst);
-            if !self.exclusive.load(Ordering::SeqCst) {
-                return;
-            }
-            self.end_write();
-            self.wait_not_exclusive();
+    /// Registers an ordinary write unless an exclusive operation runs (never blocks).
+    fn try_begin_write(&self) -> bool {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if !self.exclusive.load(Ordering::SeqCst) {
+            return true;
         }
+        self.end_write();
+        false
     }
 
-    /// Ends an ordinary write started with [`WriteGate::begin_write`].
-    pub(super) fn end_write(&self) {
+    /// Ends an ordinary write.
+    fn end_write(&self) {
         if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
             && self.exclusive.load(Ordering::SeqCst)
         {
@@ -170,13 +183,25 @@ impl WriteGate {
         }
     }
 
-    pub(super) fn shared(&self) -> SharedWrite<'_> {
-        self.begin_write();
-        SharedWrite(self)
+    /// Starts an ordinary write; when an exclusive operation runs, calls `drain` (the caller
+    /// completes its own writes in flight) and then waits for the exclusive operation to end.
+    pub(super) fn shared(self: &Arc<Self>, drain: &mut dyn FnMut()) -> WriteInFlight {
+        if !self.try_begin_write() {
+            drain();
+            while !self.try_begin_write() {
+                self.wait_not_exclusive();
+            }
+        }
+        WriteInFlight(self.clone())
+    }
+
+    /// Writes in flight (diagnostics and tests).
+    pub(super) fn writes_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
     }
 
     /// Waits until no exclusive operation runs (without registering a write).
-    pub(super) fn wait_not_exclusive(&self) {
+    fn wait_not_exclusive(&self) {
         if !self.exclusive.load(Ordering::SeqCst) {
             return;
         }
@@ -234,7 +259,7 @@ pub struct LogicalUnit {
     pub(super) stopped: AtomicBool,
     /// The capacity (in blocks) the initiators were last told about.
     reported_blocks: AtomicU64,
-    pub(super) gate: WriteGate,
+    pub(super) gate: Arc<WriteGate>,
     /// Persistent reservations and SPC-2 reservations.
     pub(super) pr: Mutex<PrState>,
     /// Fast path: false while no registration and no reservation of any kind exists.
@@ -272,7 +297,7 @@ impl LogicalUnit {
             swp: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
             reported_blocks: AtomicU64::new(blocks),
-            gate: WriteGate::default(),
+            gate: Arc::default(),
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(pr_active),
         }
@@ -458,16 +483,6 @@ impl LogicalUnit {
 
     // ---- command processing ---------------------------------------------------------------
 
-    /// Executes one command from the HBA's I_T nexus.
-    pub(super) fn execute(
-        &self,
-        cdb: &Cdb,
-        data_out: &DataOut<'_>,
-        data_in: &DataIn<'_>,
-    ) -> CmdOutput {
-        self.execute_as(HBA_NEXUS, cdb, data_out, data_in)
-    }
-
     /// Executes one command received on I_T nexus `nexus`.
     pub(super) fn execute_as(
         &self,
@@ -479,7 +494,7 @@ impl LogicalUnit {
         if let Some(out) = self.admit_as(nexus, cdb) {
             return out;
         }
-        self.dispatch(nexus, cdb, data_out, data_in)
+        self.dispatch(nexus, cdb, data_out, data_in, &mut || {})
             .unwrap_or_else(|sense| self.check_condition(sense))
     }
 
@@ -510,11 +525,6 @@ impl LogicalUnit {
         if self.stopped.load(Ordering::Relaxed) && needs_ready_medium(cdb) {
             return Some(self.check_condition(Sense::NOT_READY_START_REQUIRED));
         }
-        if is_write_command(cdb) {
-            // A write that does not go through `dispatch` (asynchronous engines) still waits
-            // for a running COMPARE AND WRITE.
-            self.gate.wait_not_exclusive();
-        }
         if matches!(
             op,
             opcode::WRITE_AND_VERIFY_10 | opcode::WRITE_AND_VERIFY_12 | opcode::WRITE_AND_VERIFY_16
@@ -527,12 +537,15 @@ impl LogicalUnit {
         None
     }
 
-    fn dispatch(
+    /// Runs the command's handler. `drain` completes the caller's own I/O in flight before
+    /// anything blocks on the write gate (see [`WriteGate`]).
+    pub(super) fn dispatch(
         &self,
         nexus: Nexus,
         cdb: &Cdb,
         data_out: &DataOut<'_>,
         data_in: &DataIn<'_>,
+        drain: &mut dyn FnMut(),
     ) -> CmdResult {
         match cdb.opcode() {
             opcode::TEST_UNIT_READY => Ok(CmdOutput::good(0)),
@@ -562,29 +575,36 @@ impl LogicalUnit {
             opcode::READ_6 | opcode::READ_10 | opcode::READ_12 | opcode::READ_16 => {
                 self.read(cdb, data_in)
             }
+            // The write plan holds the write gate (see `io::prepare_write`).
             opcode::WRITE_6 | opcode::WRITE_10 | opcode::WRITE_12 | opcode::WRITE_16 => {
-                let _write = self.gate.shared();
-                self.write(cdb, data_out)
+                self.write(cdb, data_out, drain)
             }
             opcode::WRITE_AND_VERIFY_10
             | opcode::WRITE_AND_VERIFY_12
-            | opcode::WRITE_AND_VERIFY_16 => self.write_and_verify(cdb, data_out),
+            | opcode::WRITE_AND_VERIFY_16 => self.write_and_verify(cdb, data_out, drain),
             opcode::VERIFY_10 | opcode::VERIFY_12 | opcode::VERIFY_16 => {
                 self.verify_command(cdb, data_out)
             }
-            opcode::COMPARE_AND_WRITE => self.compare_and_write(cdb, data_out),
-            opcode::ORWRITE_16 => self.orwrite(cdb, data_out),
+            // The exclusive holder waits for every write in flight, the caller's own too.
+            opcode::COMPARE_AND_WRITE => {
+                drain();
+                self.compare_and_write(cdb, data_out)
+            }
+            opcode::ORWRITE_16 => {
+                drain();
+                self.orwrite(cdb, data_out)
+            }
             opcode::SEEK_10 => self.seek(cdb),
             opcode::PRE_FETCH_10 | opcode::PRE_FETCH_16 => self.pre_fetch(cdb),
             opcode::SYNCHRONIZE_CACHE_10 | opcode::SYNCHRONIZE_CACHE_16 => {
                 self.synchronize_cache(cdb)
             }
             opcode::UNMAP if self.discard => {
-                let _write = self.gate.shared();
+                let _write = self.gate.shared(drain);
                 self.unmap(cdb, data_out)
             }
             opcode::WRITE_SAME_10 | opcode::WRITE_SAME_16 => {
-                let _write = self.gate.shared();
+                let _write = self.gate.shared(drain);
                 self.write_same(cdb, data_out)
             }
             _ => Err(Sense::INVALID_OPCODE),
@@ -631,24 +651,6 @@ fn needs_ready_medium(cdb: &Cdb) -> bool {
         SERVICE_ACTION_IN_16 => cdb.service_action() == sa::GET_LBA_STATUS,
         _ => false,
     }
-}
-
-/// Commands that modify the medium.
-fn is_write_command(cdb: &Cdb) -> bool {
-    use opcode::*;
-    matches!(
-        cdb.opcode(),
-        WRITE_6
-            | WRITE_10
-            | WRITE_12
-            | WRITE_16
-            | WRITE_AND_VERIFY_10
-            | WRITE_AND_VERIFY_12
-            | WRITE_AND_VERIFY_16
-            | WRITE_SAME_10
-            | WRITE_SAME_16
-            | UNMAP
-    )
 }
 
 /// Encodes REQUEST SENSE parameter data in the format the DESC bit asks for.

@@ -37,7 +37,7 @@ mod tests;
 pub use bus::ScsiBus;
 pub use data::{DataIn, DataOut, SgList};
 pub use io::{IoKind, IoMeta, IoPlan, Prepared};
-pub use lun::{LogicalUnit, LunOptions, Nexus, PrFile, HBA_NEXUS};
+pub use lun::{LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
 pub use sense::Sense;
 
 /// SAM status codes.

@@ -14,7 +14,7 @@ use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 /// Executes the command in one request chain; returns the used length (response header plus
 /// data-in bytes written).
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
-    match start_command(bus, chain) {
+    match start_command(bus, chain, &mut || {}) {
         Started::Done(used) => used,
         Started::Io(io) => {
             let result = bus.run_sync(io.target, io.lun, &io.plan);
@@ -80,6 +80,9 @@ impl PendingIo<'_> {
 }
 
 /// The first half of a command: answered at once, or an I/O to run.
+// Scatter-gather lists are inline (no allocation per request): boxing them to shrink this type
+// would bring the allocation back.
+#[allow(clippy::large_enum_variant)]
 pub enum Started<'a> {
     /// Answered; the used length.
     Done(u32),
@@ -87,8 +90,14 @@ pub enum Started<'a> {
 }
 
 /// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
-/// [`Started::Io`], everything else is executed and answered now.
-pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>) -> Started<'a> {
+/// [`Started::Io`], everything else is executed and answered now. `drain` completes the
+/// caller's own I/O in flight before anything would block on a write gate (see
+/// [`ScsiBus::prepare`]).
+pub fn start_command<'a>(
+    bus: &ScsiBus,
+    chain: SplitChain<'a>,
+    drain: &mut dyn FnMut(),
+) -> Started<'a> {
     let req = match parse_cmd_request(chain) {
         Ok(req) => req,
         Err((e @ RequestError::ShortRequestHeader(_), Some(response))) => {
@@ -133,7 +142,14 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>) -> Started<'a> {
             buffer_len: req.data_out.len(),
         }
     };
-    match bus.prepare(addr.target, addr.lun, &req.cdb, &req.data_out, &req.data_in) {
+    match bus.prepare(
+        addr.target,
+        addr.lun,
+        &req.cdb,
+        &req.data_out,
+        &req.data_in,
+        drain,
+    ) {
         Prepared::Done(out) => Started::Done(reply.respond(&out, &req.response)),
         Prepared::Io(plan) => Started::Io(PendingIo {
             target: addr.target,

@@ -376,3 +376,55 @@ fn corrupt_state_file_starts_empty() {
     let bus = pr_bus(&file);
     assert_eq!(pr_in(&bus, 0, 0), [0; 8]);
 }
+
+/// `--restart-worker`: each new worker builds its LU over the `pr-file` backend the supervisor
+/// opened once (with the size the file had then); what the previous worker saved must be read
+/// back (`open` sizes the file so that the state never grows it).
+#[test]
+fn aptpl_state_survives_a_worker_restart() {
+    use crate::{
+        config::{BlockSize, CacheMode, LunConfig},
+        open::OpenedLun,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = LunConfig {
+        target: 0,
+        lun: 0,
+        source: "null://1M".into(),
+        read_only: false,
+        serial: None,
+        wwn: None,
+        block_size: BlockSize::B512,
+        phys_block_size: None,
+        discard: true,
+        cache: CacheMode::Writeback,
+        create_size: None,
+        pr_file: Some(dir.path().join("lun.pr")),
+    };
+    let opened = crate::open::open_luns(&[config]).unwrap();
+    let start_worker = || {
+        let luns = opened
+            .iter()
+            .map(|l| OpenedLun {
+                config: l.config.clone(),
+                backend: l.backend.clone(),
+                pr_file: l.pr_file.clone(),
+            })
+            .collect();
+        let bus = crate::device::build_bus(luns);
+        assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x29, 0x00);
+        bus
+    };
+    let bus = start_worker();
+    assert_eq!(pr_in(&bus, 0, 2)[2], 0x05, "PTPL_C with a pr-file");
+    good(bus.cmd(&pr_out_cdb(REGISTER, 0, 24), &pr_params(0, 0xabc, 1), 0));
+    good(pr_out(&bus, 0, RESERVE, 1, 0xabc, 0));
+    let keys = pr_in(&bus, 0, 0);
+    assert_eq!(keys, [0, 0, 0, 1, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0x0a, 0xbc]);
+    let reservation = pr_in(&bus, 0, 1);
+    drop(bus);
+    let bus = start_worker();
+    assert_eq!(pr_in(&bus, 0, 0), keys);
+    assert_eq!(pr_in(&bus, 0, 1), reservation);
+    assert_eq!(pr_in(&bus, 0, 2)[3], 0x91, "PTPL_A restored");
+}

@@ -1,0 +1,414 @@
+//! COMPARE AND WRITE atomicity against asynchronous writes: a write handed to an engine holds
+//! its LU's write gate until it is completed, however the request ends (completion, error,
+//! synchronous fallback, the worker dropped with I/O in flight).
+//!
+//! The engine here holds every operation until the test releases it, then runs it for real
+//! (`preadv`/`pwritev` on the LUN file), so "a WRITE still landing" is a state the test
+//! controls.
+
+mod ring;
+
+use std::{
+    io,
+    os::fd::RawFd,
+    sync::{mpsc, Arc, Condvar, Mutex},
+    thread,
+    time::{Duration, Instant},
+};
+
+use ring::{caw, execute, file_bus, req_header, rw10, Ring, DATA, RESP_HEADER_SIZE};
+use vhost_user_scsi::{
+    aio::{queue::QueueWorker, Engine, Op},
+    scsi::{IoKind, ScsiBus},
+};
+use vm_memory::GuestAddressSpace;
+
+#[derive(Default)]
+struct HoldState {
+    submitted: Vec<Op>,
+    done: Vec<(u64, i32)>,
+    /// Operations wait for `release` (else they run at submission).
+    hold: bool,
+    /// `push` refuses every operation.
+    refuse: bool,
+    /// The next `wait` fails.
+    fail_wait: bool,
+    /// Every operation fails with this errno.
+    errno: Option<i32>,
+}
+
+#[derive(Default)]
+struct Hold {
+    state: Mutex<HoldState>,
+    cv: Condvar,
+}
+
+impl Hold {
+    fn set(&self, f: impl FnOnce(&mut HoldState)) {
+        f(&mut self.state.lock().unwrap());
+        self.cv.notify_all();
+    }
+
+    /// Runs every held operation and lets later ones run at once.
+    fn release(&self) {
+        let mut s = self.state.lock().unwrap();
+        s.hold = false;
+        let ops = std::mem::take(&mut s.submitted);
+        for op in ops {
+            let res = run(&op, s.errno);
+            s.done.push((op.user_data, res));
+        }
+        drop(s);
+        self.cv.notify_all();
+    }
+
+    fn submitted(&self) -> usize {
+        self.state.lock().unwrap().submitted.len()
+    }
+}
+
+fn run(op: &Op, errno: Option<i32>) -> i32 {
+    if let Some(e) = errno {
+        return -e;
+    }
+    // SAFETY: the queue worker keeps the iovecs and the guest memory they describe valid until
+    // the operation's completion is reaped (the `Op` contract); the fd is the LUN file.
+    let ret = unsafe {
+        match op.kind {
+            IoKind::Read => libc::preadv(op.fd, op.iov, op.iovcnt as i32, op.offset as i64),
+            IoKind::Write { .. } => {
+                libc::pwritev(op.fd, op.iov, op.iovcnt as i32, op.offset as i64)
+            }
+            IoKind::Flush => libc::fdatasync(op.fd) as isize,
+        }
+    };
+    if ret < 0 {
+        -io::Error::last_os_error().raw_os_error().unwrap()
+    } else {
+        ret as i32
+    }
+}
+
+struct HoldEngine {
+    shared: Arc<Hold>,
+    queued: Vec<Op>,
+}
+
+impl Engine for HoldEngine {
+    fn push(&mut self, op: &Op) -> bool {
+        if self.shared.state.lock().unwrap().refuse {
+            return false;
+        }
+        self.queued.push(*op);
+        true
+    }
+
+    fn submit(&mut self) -> io::Result<()> {
+        let mut s = self.shared.state.lock().unwrap();
+        for op in self.queued.drain(..) {
+            if s.hold {
+                s.submitted.push(op);
+            } else {
+                let res = run(&op, s.errno);
+                s.done.push((op.user_data, res));
+            }
+        }
+        drop(s);
+        self.shared.cv.notify_all();
+        Ok(())
+    }
+
+    fn reap(&mut self, out: &mut Vec<(u64, i32)>) {
+        out.append(&mut self.shared.state.lock().unwrap().done);
+    }
+
+    fn wait(&mut self, _kick_fd: Option<RawFd>) -> io::Result<bool> {
+        self.submit()?;
+        let mut s = self.shared.state.lock().unwrap();
+        if std::mem::take(&mut s.fail_wait) {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        while s.done.is_empty() {
+            s = self.shared.cv.wait(s).unwrap();
+        }
+        Ok(false)
+    }
+
+    fn ready(&mut self) -> bool {
+        !self.shared.state.lock().unwrap().done.is_empty()
+    }
+
+    fn name(&self) -> &'static str {
+        "hold"
+    }
+}
+
+fn worker(hold: &Arc<Hold>) -> QueueWorker {
+    QueueWorker::with_engine(
+        Box::new(HoldEngine {
+            shared: hold.clone(),
+            queued: Vec::new(),
+        }),
+        64,
+    )
+}
+
+/// Guest buffers of one request: header at `base`, data after it, response after that.
+struct Req {
+    base: u64,
+}
+
+impl Req {
+    fn header(&self) -> u64 {
+        self.base
+    }
+    fn data(&self) -> u64 {
+        self.base + 0x100
+    }
+    fn resp(&self) -> u64 {
+        self.base + 0x1000
+    }
+}
+
+/// Makes a data-out command available (WRITE, COMPARE AND WRITE) with `data`.
+fn push_out(ring: &mut Ring, n: u64, cdb: &[u8], data: &[u8]) -> (u16, Req) {
+    let r = Req {
+        base: DATA + n * 0x2000,
+    };
+    ring.write(r.header(), &req_header(cdb));
+    ring.write(r.data(), data);
+    ring.write(r.resp(), &[0xff; RESP_HEADER_SIZE as usize]);
+    let head = ring.push_chain(&[
+        (r.header(), 51, false),
+        (r.data(), data.len() as u32, false),
+        (r.resp(), RESP_HEADER_SIZE, true),
+    ]);
+    (head, r)
+}
+
+/// (status, response) of a completed request's header.
+fn status(ring: &Ring, r: &Req) -> (u8, u8) {
+    let h = ring.read(r.resp(), RESP_HEADER_SIZE as usize);
+    (h[10], h[11])
+}
+
+/// Runs the worker on its own thread until the queue is idle (or the engine fails).
+fn spawn_run(
+    mut w: QueueWorker,
+    bus: &Arc<ScsiBus>,
+    ring: &Ring,
+) -> thread::JoinHandle<(QueueWorker, bool)> {
+    let bus = bus.clone();
+    let vring = ring.vring.clone();
+    let mem = ring.mem.clone();
+    thread::spawn(move || {
+        let guard = mem.memory();
+        let ok = w.run(&bus, &vring, &guard, false).is_ok();
+        (w, ok)
+    })
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn block(fill: u8) -> Vec<u8> {
+    vec![fill; 512]
+}
+
+fn medium(img: &tempfile::NamedTempFile, lba: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; 512];
+    std::os::unix::fs::FileExt::read_exact_at(img.as_file(), &mut buf, lba * 512).unwrap();
+    buf
+}
+
+/// A COMPARE AND WRITE run by another thread (another request queue) while a WRITE to the
+/// same block is still in the engine waits for that WRITE, and compares with its data.
+#[test]
+fn caw_waits_for_writes_in_the_engine() {
+    let (bus, img) = file_bus();
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.hold = true);
+    let mut ring = Ring::new(64);
+    let (_, write) = push_out(&mut ring, 0, &rw10(0x2a, 7, 1), &block(0xaa));
+    let run = spawn_run(worker(&hold), &bus, &ring);
+    wait_for("the WRITE in the engine", || hold.submitted() == 1);
+    assert_eq!(bus.writes_in_flight(0, 0), Some(1));
+
+    // COMPARE AND WRITE expecting the WRITE's data, on another thread.
+    let (tx, rx) = mpsc::channel();
+    let caw_bus = bus.clone();
+    let caw_thread = thread::spawn(move || {
+        let mut data = block(0xaa);
+        data.extend(block(0xbb));
+        tx.send(execute(&caw_bus, &caw(7, 1), &data, 0).0).unwrap();
+    });
+    assert!(
+        rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "COMPARE AND WRITE ran while a WRITE to its block was in flight"
+    );
+    assert_eq!(
+        medium(&img, 7),
+        block(0),
+        "the WRITE landed before its release"
+    );
+
+    hold.release();
+    let out = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(out.status, 0, "COMPARE AND WRITE: {out:02x?}");
+    caw_thread.join().unwrap();
+    let (_, ok) = run.join().unwrap();
+    assert!(ok);
+    assert_eq!(status(&ring, &write), (0, 0));
+    assert_eq!(medium(&img, 7), block(0xbb));
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+}
+
+/// A COMPARE AND WRITE on the same queue as a WRITE still in flight: the queue completes its
+/// own I/O first (otherwise the exclusive gate would wait for a completion only this thread
+/// can reap, and answer BUSY after 5 s).
+#[test]
+fn caw_after_write_on_the_same_queue() {
+    let (bus, img) = file_bus();
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.hold = true);
+    let mut ring = Ring::new(64);
+    let (_, write) = push_out(&mut ring, 0, &rw10(0x2a, 9, 1), &block(0x11));
+    let mut data = block(0x11);
+    data.extend(block(0x22));
+    let (_, cmp) = push_out(&mut ring, 1, &caw(9, 1), &data);
+    let started = Instant::now();
+    let run = spawn_run(worker(&hold), &bus, &ring);
+    wait_for("the WRITE in the engine", || hold.submitted() == 1);
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        ring.used_pending(),
+        0,
+        "something completed before the WRITE landed"
+    );
+    hold.release();
+    let (_, ok) = run.join().unwrap();
+    assert!(ok);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "BUSY timeout hit"
+    );
+    let used = ring.take_used();
+    assert_eq!(used.len(), 2);
+    assert_eq!(status(&ring, &write), (0, 0));
+    assert_eq!(
+        status(&ring, &cmp),
+        (0, 0),
+        "COMPARE AND WRITE miscompared or was BUSY"
+    );
+    assert_eq!(medium(&img, 9), block(0x22));
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+}
+
+/// Every way an asynchronous write ends releases the gate exactly once: a later COMPARE AND
+/// WRITE is neither BUSY nor slow.
+#[test]
+fn every_exit_path_releases_the_write_gate() {
+    let (bus, img) = file_bus();
+    let hold = Arc::new(Hold::default());
+    let mut ring = Ring::new(64);
+    let quick_caw = |expect: u8, new: u8| {
+        let started = Instant::now();
+        let mut data = block(expect);
+        data.extend(block(new));
+        let out = execute(&bus, &caw(3, 1), &data, 0).0;
+        assert_eq!(out.status, 0, "COMPARE AND WRITE: {out:02x?}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    };
+
+    // 1. Normal completion.
+    let mut w = worker(&hold);
+    push_out(&mut ring, 0, &rw10(0x2a, 3, 1), &block(1));
+    let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
+    w = w2;
+    assert!(ok);
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+    quick_caw(1, 2);
+
+    // 2. An error result: CHECK CONDITION, gate released.
+    hold.set(|s| s.errno = Some(libc::EIO));
+    let (_, req) = push_out(&mut ring, 1, &rw10(0x2a, 3, 1), &block(3));
+    let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
+    w = w2;
+    assert!(ok);
+    assert_eq!(status(&ring, &req).0, 2);
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+    hold.set(|s| s.errno = None);
+    quick_caw(2, 4);
+
+    // 3. The engine refuses the op: synchronous fallback (`run_sync`).
+    hold.set(|s| s.refuse = true);
+    let (_, req) = push_out(&mut ring, 2, &rw10(0x2a, 3, 1), &block(5));
+    let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
+    w = w2;
+    assert!(ok);
+    assert_eq!(status(&ring, &req), (0, 0));
+    assert_eq!(medium(&img, 3), block(5));
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+    hold.set(|s| s.refuse = false);
+    quick_caw(5, 6);
+
+    // 4. The worker is dropped with the write in flight (the engine failed; the connection
+    //    goes away): `Drop` reaps it without answering, and the gate is free again.
+    hold.set(|s| {
+        s.hold = true;
+        s.fail_wait = true;
+    });
+    push_out(&mut ring, 3, &rw10(0x2a, 3, 1), &block(7));
+    let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
+    assert!(!ok, "the engine's failure ends the batch");
+    assert_eq!(w2.in_flight(), 1);
+    assert_eq!(bus.writes_in_flight(0, 0), Some(1));
+    hold.release();
+    drop(w2);
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+    quick_caw(7, 8);
+    ring.take_used();
+}
+
+/// A worker dropped while a COMPARE AND WRITE waits for its write: the COMPARE AND WRITE goes
+/// ahead as soon as the drop has reaped the write (it is not left to time out with BUSY).
+#[test]
+fn dropping_the_worker_lets_a_waiting_caw_go() {
+    let (bus, _img) = file_bus();
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| {
+        s.hold = true;
+        s.fail_wait = true;
+    });
+    let mut ring = Ring::new(64);
+    push_out(&mut ring, 0, &rw10(0x2a, 5, 1), &block(9));
+    let (w, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
+    assert!(!ok);
+    let (tx, rx) = mpsc::channel();
+    let caw_bus = bus.clone();
+    let started = Instant::now();
+    let t = thread::spawn(move || {
+        let mut data = block(9);
+        data.extend(block(10));
+        tx.send(execute(&caw_bus, &caw(5, 1), &data, 0).0).unwrap();
+    });
+    let early = rx.recv_timeout(Duration::from_millis(200)).ok();
+    hold.release();
+    drop(w);
+    assert!(
+        early.is_none(),
+        "COMPARE AND WRITE ran while a WRITE was in flight"
+    );
+    let out = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    t.join().unwrap();
+    assert_eq!(out.status, 0, "{out:02x?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "BUSY timeout hit"
+    );
+}
