@@ -720,20 +720,7 @@ fn new_spec(address: Option<(u8, u16)>, source: PathBuf) -> LunSpec {
     let (target, lun) = address.unwrap_or((0, 0));
     LunSpec {
         address,
-        config: LunConfig {
-            target,
-            lun,
-            source,
-            read_only: false,
-            serial: None,
-            wwn: None,
-            block_size: BlockSize::default(),
-            phys_block_size: None,
-            discard: true,
-            cache: CacheMode::default(),
-            create_size: None,
-            pr_file: None,
-        },
+        config: LunConfig::new(target, lun, source),
     }
 }
 
@@ -1561,20 +1548,7 @@ mod tests {
             c,
             Config {
                 listen: ListenSpec::SocketPath(sock.clone().into()),
-                luns: vec![LunConfig {
-                    target: 0,
-                    lun: 0,
-                    source: img.clone().into(),
-                    read_only: false,
-                    serial: None,
-                    wwn: None,
-                    block_size: BlockSize::B512,
-                    phys_block_size: None,
-                    discard: true,
-                    cache: CacheMode::Writeback,
-                    create_size: None,
-                    pr_file: None,
-                }],
+                luns: vec![LunConfig::new(0, 0, img.clone())],
                 num_queues: DEFAULT_NUM_QUEUES,
                 queue_size: DEFAULT_QUEUE_SIZE,
                 exit_on_disconnect: false,

@@ -78,6 +78,27 @@ pub struct LunConfig {
     pub pr_file: Option<PathBuf>,
 }
 
+impl LunConfig {
+    /// LUN `target:lun` backed by `source` with every option at its default (read-write,
+    /// 512-byte blocks, discard on, cache=writeback, derived serial and WWN).
+    pub fn new(target: u8, lun: u16, source: impl Into<PathBuf>) -> Self {
+        Self {
+            target,
+            lun,
+            source: source.into(),
+            read_only: false,
+            serial: None,
+            wwn: None,
+            block_size: BlockSize::default(),
+            phys_block_size: None,
+            discard: true,
+            cache: CacheMode::default(),
+            create_size: None,
+            pr_file: None,
+        }
+    }
+}
+
 /// Log destination and verbosity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {

@@ -54,23 +54,9 @@ fn default_wwn(lun: &LunConfig) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BlockSize, CacheMode};
 
     fn lun(source: &str, target: u8, lun: u16) -> LunConfig {
-        LunConfig {
-            target,
-            lun,
-            source: source.into(),
-            read_only: false,
-            serial: None,
-            wwn: None,
-            block_size: BlockSize::B512,
-            phys_block_size: None,
-            discard: true,
-            cache: CacheMode::Writeback,
-            create_size: None,
-            pr_file: None,
-        }
+        LunConfig::new(target, lun, source)
     }
 
     #[test]

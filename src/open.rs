@@ -359,18 +359,8 @@ mod tests {
 
     fn lun(path: &Path, read_only: bool) -> LunConfig {
         LunConfig {
-            target: 0,
-            lun: 0,
-            source: path.to_owned(),
             read_only,
-            serial: None,
-            wwn: None,
-            block_size: BlockSize::B512,
-            phys_block_size: None,
-            discard: true,
-            cache: CacheMode::Writeback,
-            create_size: None,
-            pr_file: None,
+            ..LunConfig::new(0, 0, path)
         }
     }
 
