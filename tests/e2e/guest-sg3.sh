@@ -22,12 +22,7 @@
 # The disk must be a zeroed (sparse) image of at least 32 MiB with 512-byte blocks; the script
 # overwrites it.
 
-cmdline_get() { # cmdline_get KEY DEFAULT
-    for kv in $(cat /proc/cmdline); do
-        case "$kv" in "$1="*) echo "${kv#*=}"; return ;; esac
-    done
-    echo "$2"
-}
+. /e2e/guest-lib.sh
 
 PHASE="$(cmdline_get e2e.phase sg3)"
 NONCE="$(cmdline_get e2e.nonce none)"
@@ -40,17 +35,6 @@ info() { echo "e2e-sg3: $*"; }
 fail() {
     FAILS=$((FAILS + 1))
     echo "SG3-FAIL: $*"
-}
-
-dev_for() {
-    want_t="${1%:*}"; want_l="${1#*:}"
-    for d in /sys/block/sd*; do
-        [ -e "$d/device" ] || continue
-        hctl="$(basename "$(readlink "$d/device")")"
-        t="$(echo "$hctl" | cut -d: -f3)"; l="$(echo "$hctl" | cut -d: -f4)"
-        if [ "$t" = "$want_t" ] && [ "$l" = "$want_l" ]; then basename "$d"; return 0; fi
-    done
-    return 1
 }
 
 # chk NAME CMD...: run, record rc and output. Sets $RC and /tmp/out.NAME.

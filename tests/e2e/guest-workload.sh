@@ -20,12 +20,7 @@
 #   E2E-RESULT: REBOOT phase=P nonce=NONCE             (first boot with e2e.reboot=1)
 #   E2E-RESULT: FAIL phase=P nonce=NONCE <reason>     (one per failure)
 
-cmdline_get() { # cmdline_get KEY DEFAULT
-    for kv in $(cat /proc/cmdline); do
-        case "$kv" in "$1="*) echo "${kv#*=}"; return ;; esac
-    done
-    echo "$2"
-}
+. /e2e/guest-lib.sh
 
 PHASE="$(cmdline_get e2e.phase 1)"
 NONCE="$(cmdline_get e2e.nonce none)"
@@ -51,19 +46,6 @@ run() {
     return $rc
 }
 mnt_of() { echo "/mnt/t$(echo "$1" | tr ':' '_')"; }
-
-# dev_for T:L -> sdX, by matching the H:C:T:L name of /sys/block/sd*/device
-# (never assume probe order).
-dev_for() {
-    want_t="${1%:*}"; want_l="${1#*:}"
-    for d in /sys/block/sd*; do
-        [ -e "$d/device" ] || continue
-        hctl="$(basename "$(readlink "$d/device")")"
-        t="$(echo "$hctl" | cut -d: -f3)"; l="$(echo "$hctl" | cut -d: -f4)"
-        if [ "$t" = "$want_t" ] && [ "$l" = "$want_l" ]; then basename "$d"; return 0; fi
-    done
-    return 1
-}
 
 wait_for_disks() {
     i=0

@@ -19,12 +19,7 @@ mount -t tmpfs tmpfs /run
 # Keep the console quiet except for errors while we work.
 echo 3 > /proc/sys/kernel/printk 2>/dev/null
 
-cmdline_get() { # cmdline_get KEY DEFAULT
-    for kv in $(cat /proc/cmdline); do
-        case "$kv" in "$1="*) echo "${kv#*=}"; return ;; esac
-    done
-    echo "$2"
-}
+. /e2e/guest-lib.sh
 
 KVER="$(cat /e2e/kver)"
 echo "e2e-init: loading modules for $KVER"
