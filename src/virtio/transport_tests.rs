@@ -342,3 +342,114 @@ fn control_queue_task_management_and_async_notification() {
     assert_eq!(control(&bus, &tmf(5, here), 0).0, 0);
     assert_eq!(control(&bus, &[9, 0, 0, 0], 1), (0, vec![0xee]));
 }
+
+/// xorshift64*: deterministic, dependency-free randomness for the hostile-guest test below.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// A hostile guest: random chains (addresses in, across and outside guest memory, lengths up to
+/// 4 GiB, random directions and NEXT flags) carrying random headers, CDBs and LUN fields, fed to
+/// the request and control queues. Nothing may panic, every used length must fit the chain's
+/// writable part, and the LUN outside its range must never be touched (the image size stays).
+#[test]
+fn random_chains_and_headers_never_panic_or_overreach() {
+    let (bus, img) = bus_with_lun(0, 0);
+    let (bus2, _img2) = bus_with_lun(1, 3);
+    let mem = memory();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    // Guest memory full of plausible-looking requests: real LUN fields, CDB opcodes that exist.
+    for i in 0..(2 * REGION / 64) {
+        let mut h = [0u8; 64];
+        for b in h.iter_mut() {
+            *b = rng.next() as u8;
+        }
+        if rng.below(2) == 0 {
+            h[..8].copy_from_slice(&LunAddress { target: 0, lun: 0 }.encode());
+            const OPS: [u8; 11] = [
+                0x28, 0x2a, 0x12, 0x25, 0x9e, 0x89, 0x41, 0x42, 0x5e, 0x5f, 0xa0,
+            ];
+            h[19] = OPS[rng.below(11) as usize];
+            if rng.below(2) == 0 {
+                // A plausible READ(10)/WRITE(10) inside the LUN, so the I/O paths run too.
+                let lba = rng.below(2040) as u32;
+                h[20] = 0;
+                h[21..25].copy_from_slice(&lba.to_be_bytes());
+                h[25] = 0;
+                h[26..28].copy_from_slice(&(rng.below(8) as u16).to_be_bytes());
+                h[28] = 0;
+            }
+        }
+        mem.write_slice(&h, GuestAddress(i * 64)).unwrap();
+    }
+    for round in 0..20_000u32 {
+        let descs = if round % 2 == 0 {
+            // Well shaped: header (one of the planted ones), data-out, response, data-in, with
+            // random lengths that may be short, long, or cross the memory's end.
+            let header = rng.below(2 * REGION / 64) * 64;
+            let mut bufs = vec![(header, 51 + rng.below(3) as u32 - 1, false)];
+            if rng.below(3) == 0 {
+                bufs.push((rng.below(2 * REGION), rng.below(70_000) as u32, false));
+            }
+            bufs.push((rng.below(2 * REGION), 107 + rng.below(3) as u32, true));
+            if rng.below(2) == 0 {
+                bufs.push((rng.below(2 * REGION), rng.below(70_000) as u32, true));
+            }
+            chain(&bufs)
+        } else {
+            let n = 1 + rng.below(6) as usize;
+            let mut descs = Vec::with_capacity(n);
+            let mut writable = false;
+            for i in 0..n {
+                let addr = match rng.below(4) {
+                    0 => rng.next(),
+                    1 => 2 * REGION - rng.below(256),
+                    _ => rng.below(2 * REGION),
+                };
+                let len = match rng.below(5) {
+                    0 => rng.next() as u32,
+                    1 => 0,
+                    _ => rng.below(4096) as u32,
+                };
+                // Mostly well ordered, sometimes not.
+                writable |= rng.below(3) == 0;
+                let w = if rng.below(10) == 0 {
+                    !writable
+                } else {
+                    writable
+                };
+                let mut flags = if w { WRITE } else { 0 };
+                if i + 1 < n || rng.below(20) == 0 {
+                    flags |= NEXT;
+                }
+                descs.push(Descriptor::new(addr, len, flags, rng.below(8) as u16));
+            }
+            descs
+        };
+        let Ok(split) = split_chain(&mem, descs.into_iter()) else {
+            continue;
+        };
+        let room = split.writable.len();
+        let used = if round % 4 == 0 {
+            handle_control(if round % 8 == 0 { &bus } else { &bus2 }, &split)
+        } else {
+            handle_command(if round % 3 == 0 { &bus2 } else { &bus }, split)
+        };
+        assert!(
+            used as usize <= room,
+            "round {round}: used {used} > writable {room}"
+        );
+    }
+    assert_eq!(img.as_file().metadata().unwrap().len(), 1 << 20, "LUN grew");
+}
