@@ -182,17 +182,29 @@ impl RunExt for ScsiBus {
         data_out: &[u8],
         in_len: usize,
     ) -> (CmdOutput, Vec<u8>) {
-        let mut out_buf = data_out.to_vec();
-        let mut in_buf = vec![0u8; in_len];
-        let out = {
-            let mut dout = SgList::new();
-            dout.push(VolatileSlice::from(&mut out_buf[..]));
-            let mut din = SgList::new();
-            din.push(VolatileSlice::from(&mut in_buf[..]));
-            self.execute(target, lun, cdb, &dout, &din)
-        };
-        (out, in_buf)
+        with_buffers(data_out, in_len, |dout, din| {
+            self.execute(target, lun, cdb, dout, din)
+        })
     }
+}
+
+/// Runs `f` over a data-out list holding `data_out` and a data-in list of `in_len` zeroed
+/// bytes; returns its output and the data-in bytes.
+fn with_buffers(
+    data_out: &[u8],
+    in_len: usize,
+    f: impl FnOnce(&SgList<'_>, &SgList<'_>) -> CmdOutput,
+) -> (CmdOutput, Vec<u8>) {
+    let mut out_buf = data_out.to_vec();
+    let mut in_buf = vec![0u8; in_len];
+    let out = {
+        let mut dout = SgList::new();
+        dout.push(VolatileSlice::from(&mut out_buf[..]));
+        let mut din = SgList::new();
+        din.push(VolatileSlice::from(&mut in_buf[..]));
+        f(&dout, &din)
+    };
+    (out, in_buf)
 }
 
 /// Runs `cdb` at 0:0 from I_T nexus `nexus`; returns the output and the data-in bytes
@@ -204,15 +216,9 @@ pub fn run_as(
     data_out: &[u8],
     in_len: usize,
 ) -> (CmdOutput, Vec<u8>) {
-    let mut out_buf = data_out.to_vec();
-    let mut in_buf = vec![0u8; in_len];
-    let out = {
-        let mut dout = SgList::new();
-        dout.push(VolatileSlice::from(&mut out_buf[..]));
-        let mut din = SgList::new();
-        din.push(VolatileSlice::from(&mut in_buf[..]));
-        bus.execute_as(nexus, 0, 0, cdb, &dout, &din)
-    };
+    let (out, mut in_buf) = with_buffers(data_out, in_len, |dout, din| {
+        bus.execute_as(nexus, 0, 0, cdb, dout, din)
+    });
     in_buf.truncate(out.transferred as usize);
     (out, in_buf)
 }
