@@ -200,6 +200,26 @@ fn bad_lun_option() {
 }
 
 #[test]
+fn bad_data_path_options() {
+    let d = Dir::new();
+    let img = d.image("a.img");
+    for (option, value) in [
+        ("--aio", "turbo"),
+        ("--submit-batch", "0"),
+        ("--submit-batch", "5000"),
+        ("--aio-threads", "0"),
+        ("--queue-cpus", "3-1"),
+    ] {
+        let e = fails(&["--socket-path", &d.sock(), "--lun", &img, option, value]);
+        assert!(
+            e.contains(option) && e.contains(value),
+            "{option} {value}: {e}"
+        );
+    }
+    d.assert_only(&["a.img"]);
+}
+
+#[test]
 fn fd_that_is_not_a_socket() {
     let d = Dir::new();
     let img = d.image("a.img");

@@ -31,3 +31,8 @@ for aio in threads sync; do
     echo "== cargo test --test frontend (--aio=$aio)"
     VUS_TEST_AIO=$aio cargo test --test frontend -- --test-threads="${VUS_TEST_THREADS:-2}"
 done
+# Busy polling (completions reach a polling io_uring thread only when it enters the kernel)
+# and batched submission take other paths through the queue thread.
+echo "== cargo test --test frontend (--poll-us 50 --submit-batch 8)"
+VUS_TEST_DAEMON_ARGS="--poll-us 50 --submit-batch 8" \
+    cargo test --test frontend -- --test-threads="${VUS_TEST_THREADS:-2}"

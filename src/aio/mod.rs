@@ -50,12 +50,14 @@ impl AioMode {
     }
 }
 
-/// Data-path tuning (`--aio`, `--poll-us`, `--queue-cpus`, `--aio-threads`).
+/// Data-path tuning (`--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`, `--aio-threads`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IoConfig {
     pub aio: AioMode,
     /// Busy-poll for completions and new requests this long before sleeping (0: never).
     pub poll_us: u32,
+    /// Submit queued I/O once this many commands are waiting in the engine (1: each at once).
+    pub submit_batch: u32,
     /// CPUs to pin request-queue threads to, round robin (empty: no pinning).
     pub queue_cpus: Vec<usize>,
     /// Threads of the `threads` engine's pool.
@@ -67,6 +69,7 @@ impl Default for IoConfig {
         Self {
             aio: AioMode::default(),
             poll_us: 0,
+            submit_batch: 1,
             queue_cpus: Vec::new(),
             aio_threads: 8,
         }
@@ -108,6 +111,11 @@ pub trait Engine: Send {
     fn wait(&mut self, kick_fd: Option<RawFd>) -> io::Result<bool>;
     /// Whether completions are ready, without a syscall where possible (busy polling).
     fn ready(&mut self) -> bool;
+    /// Whether [`Engine::wait`] reports each kick once (edge-triggered) rather than for as long
+    /// as the kick is readable; only then can a queue keep watching it after it fired.
+    fn kick_edges(&self) -> bool {
+        false
+    }
     fn name(&self) -> &'static str;
 }
 

@@ -180,9 +180,13 @@ impl Daemon {
         }
         // stdout and stderr share one log file, printed if the test fails.
         let log_file = File::create(&log).expect("log file");
-        // tests/run.sh runs the suite once per I/O engine.
+        // tests/run.sh runs the suite once per I/O engine, and with the data-path tuning
+        // options that change how the queue thread waits and submits.
         if let Ok(aio) = std::env::var("VUS_TEST_AIO") {
             cmd.args(["--aio", &aio]);
+        }
+        if let Ok(extra) = std::env::var("VUS_TEST_DAEMON_ARGS") {
+            cmd.args(extra.split_whitespace());
         }
         cmd.args(["--log-level", "debug"])
             .args(extra_args)
