@@ -1,6 +1,8 @@
 //! COMPARE AND WRITE atomicity against asynchronous writes: a write handed to an engine holds
 //! its LU's write gate until it is completed, however the request ends (completion, error,
-//! synchronous fallback, the worker dropped with I/O in flight).
+//! synchronous fallback, the worker dropped with I/O in flight). The LUN file uses the page
+//! cache, where only writes that must reach the disk go to the engine (plain ones are memory
+//! copies, run inline), so the WRITEs here have FUA.
 //!
 //! The engine here holds every operation until the test releases it, then runs it for real
 //! (`preadv`/`pwritev` on the LUN file), so "a WRITE still landing" is a state the test
@@ -202,6 +204,13 @@ fn status(ring: &Ring, r: &Req) -> (u8, u8) {
     (h[10], h[11])
 }
 
+/// WRITE(10) of `blocks` at `lba` with FUA: handed to the engine even on a page-cache LUN.
+fn write_fua(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut cdb = rw10(0x2a, lba, blocks);
+    cdb[1] |= 0x08;
+    cdb
+}
+
 /// Makes a READ of one block at `lba` available; returns where its buffers are.
 fn push_read(ring: &mut Ring, n: u64, lba: u32) -> Req {
     let r = Req {
@@ -259,7 +268,7 @@ fn caw_waits_for_writes_in_the_engine() {
     let hold = Arc::new(Hold::default());
     hold.set(|s| s.hold = true);
     let mut ring = Ring::new(64);
-    let (_, write) = push_out(&mut ring, 0, &rw10(0x2a, 7, 1), &block(0xaa));
+    let (_, write) = push_out(&mut ring, 0, &write_fua(7, 1), &block(0xaa));
     let run = spawn_run(worker(&hold), &bus, &ring);
     wait_for("the WRITE in the engine", || hold.submitted() == 1);
     assert_eq!(bus.writes_in_flight(0, 0), Some(1));
@@ -302,7 +311,7 @@ fn caw_after_write_on_the_same_queue() {
     let hold = Arc::new(Hold::default());
     hold.set(|s| s.hold = true);
     let mut ring = Ring::new(64);
-    let (_, write) = push_out(&mut ring, 0, &rw10(0x2a, 9, 1), &block(0x11));
+    let (_, write) = push_out(&mut ring, 0, &write_fua(9, 1), &block(0x11));
     let mut data = block(0x11);
     data.extend(block(0x22));
     let (_, cmp) = push_out(&mut ring, 1, &caw(9, 1), &data);
@@ -352,7 +361,7 @@ fn every_exit_path_releases_the_write_gate() {
 
     // 1. Normal completion.
     let mut w = worker(&hold);
-    push_out(&mut ring, 0, &rw10(0x2a, 3, 1), &block(1));
+    push_out(&mut ring, 0, &write_fua(3, 1), &block(1));
     let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
     w = w2;
     assert!(ok);
@@ -361,7 +370,7 @@ fn every_exit_path_releases_the_write_gate() {
 
     // 2. An error result: CHECK CONDITION, gate released.
     hold.set(|s| s.errno = Some(libc::EIO));
-    let (_, req) = push_out(&mut ring, 1, &rw10(0x2a, 3, 1), &block(3));
+    let (_, req) = push_out(&mut ring, 1, &write_fua(3, 1), &block(3));
     let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
     w = w2;
     assert!(ok);
@@ -372,7 +381,7 @@ fn every_exit_path_releases_the_write_gate() {
 
     // 3. The engine refuses the op: synchronous fallback (`run_sync`).
     hold.set(|s| s.refuse = true);
-    let (_, req) = push_out(&mut ring, 2, &rw10(0x2a, 3, 1), &block(5));
+    let (_, req) = push_out(&mut ring, 2, &write_fua(3, 1), &block(5));
     let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
     w = w2;
     assert!(ok);
@@ -388,7 +397,7 @@ fn every_exit_path_releases_the_write_gate() {
         s.hold = true;
         s.fail_wait = true;
     });
-    push_out(&mut ring, 3, &rw10(0x2a, 3, 1), &block(7));
+    push_out(&mut ring, 3, &write_fua(3, 1), &block(7));
     let (w2, ok) = spawn_run(w, &bus, &ring).join().unwrap();
     assert!(!ok, "the engine's failure ends the batch");
     assert_eq!(w2.in_flight(), 1);
@@ -411,7 +420,7 @@ fn dropping_the_worker_lets_a_waiting_caw_go() {
         s.fail_wait = true;
     });
     let mut ring = Ring::new(64);
-    push_out(&mut ring, 0, &rw10(0x2a, 5, 1), &block(9));
+    push_out(&mut ring, 0, &write_fua(5, 1), &block(9));
     let (w, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
     assert!(!ok);
     let (tx, rx) = mpsc::channel();

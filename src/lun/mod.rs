@@ -9,7 +9,7 @@ pub mod null;
 
 use std::{io, os::fd::RawFd};
 
-use crate::scsi::data::SgList;
+use crate::scsi::{data::SgList, IoKind};
 
 pub use file::FileBackend;
 pub use null::NullBackend;
@@ -43,9 +43,10 @@ pub trait BlockBackend: Send + Sync {
 
     /// For asynchronous engines: the file on which `readv`/`writev` of exactly `bufs` at
     /// `offset` (or `fdatasync`, for an empty `bufs`) does what [`BlockBackend::read_at`],
-    /// [`BlockBackend::write_at`] and [`BlockBackend::flush`] do. `None` (the default): only
-    /// the synchronous methods can serve this request.
-    fn async_fd(&self, _bufs: &SgList<'_>, _offset: u64) -> Option<RawFd> {
+    /// [`BlockBackend::write_at`] and [`BlockBackend::flush`] do for an I/O of `kind`. `None`
+    /// (the default): the synchronous methods serve this request, because only they can or
+    /// because they are faster.
+    fn async_fd(&self, _kind: IoKind, _bufs: &SgList<'_>, _offset: u64) -> Option<RawFd> {
         None
     }
 

@@ -225,7 +225,7 @@ impl LogicalUnit {
         offset: u64,
         bufs: SgList<'a>,
     ) -> Prepared<'a> {
-        let fd = self.backend.async_fd(&bufs, offset);
+        let fd = self.backend.async_fd(kind, &bufs, offset);
         Prepared::Io(IoPlan {
             meta: IoMeta {
                 kind,
