@@ -1,21 +1,31 @@
 #!/usr/bin/env bash
-# Guest bench: fio inside a QEMU guest (TCG here; KVM where tests/e2e uses it) on our LUN and,
-# in the same run, on QEMU's built-in virtio-scsi + scsi-hd over the same image (both with the
-# host page cache, as tests/e2e/run-guest.sh attaches them). Prints one JSON line per row
-# (labels guest-vus-* and guest-qemu-*), as benches/report.py expects.
+# Guest bench: fio inside a QEMU guest (TCG by default; --accel kvm where nested KVM works) on
+# our LUN and, in the same run, on QEMU's built-in virtio-scsi + scsi-hd over the same image
+# (both with the host page cache, as tests/e2e/run-guest.sh attaches them), and on rust-vmm's
+# vhost-device-scsi when it is installed (on PATH, or VUS_BENCH_VDS=/path/to/binary). Prints
+# one JSON line per row (labels guest-vus-*, guest-qemu-*, guest-vds-*), as benches/report.py
+# expects.
 #
-#   benches/guest.sh --image IMG --out DIR [--runtime S] [--qemu BIN]
+# With --repeat N the passes alternate N times (ours, QEMU's, ours, ...) and each row is the
+# median run, with the spread (iops_min, iops_max): TCG guests on a shared host are noisy.
+#
+#   benches/guest.sh --image IMG --out DIR [--runtime S] [--qemu BIN] [--accel tcg|kvm]
+#                    [--repeat N]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-IMG="" OUT="" RUNTIME=5 QEMU=qemu-system-x86_64
+IMG="" OUT="" RUNTIME=5 QEMU=qemu-system-x86_64 ACCEL=tcg REPEAT=1
 while [ $# -gt 0 ]; do
     case "$1" in
         --image) IMG=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --runtime) RUNTIME=$2; shift 2 ;;
         --qemu) QEMU=$2; shift 2 ;;
-        *) echo "usage: $0 --image IMG --out DIR [--runtime S] [--qemu BIN]" >&2; exit 2 ;;
+        --accel) ACCEL=$2; shift 2 ;;
+        --repeat) REPEAT=$2; shift 2 ;;
+        *) echo "usage: $0 --image IMG --out DIR [--runtime S] [--qemu BIN] [--accel A]" \
+                "[--repeat N]" >&2
+           exit 2 ;;
     esac
 done
 [ -n "$IMG" ] && [ -n "$OUT" ] || { echo "need --image and --out" >&2; exit 2; }
@@ -30,6 +40,7 @@ e2e_locked "$E2E_CACHE/initramfs.lock" tests/e2e/build-initramfs.sh "$BASE" >&2
 FIO=$(command -v fio)
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"; [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null || true' EXIT
+VDS=${VUS_BENCH_VDS:-$(command -v vhost-device-scsi || true)}
 mkdir -p "$STAGE/usr/bin" "$STAGE/e2e"
 cp -L "$FIO" "$STAGE/usr/bin/fio"
 for l in $(ldd "$FIO" | awk '/=> \// {print $3} /^[ \t]*\/[^ ]+ \(0x/ {print $1}' | sort -u); do
@@ -40,7 +51,7 @@ install -m 0755 benches/guest-fio.sh "$STAGE/e2e/guest-fio.sh"
 INITRD=$OUT/bench-initramfs.cpio.gz
 { cat "$BASE"; (cd "$STAGE" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -6 -n); } > "$INITRD"
 
-parse() { # parse LOG PREFIX
+parse() { # parse LOG PREFIX: one JSON line per fio row in the serial log
     python3 - "$1" "$2" <<'PY'
 import json, re, sys
 log, prefix = sys.argv[1:]
@@ -52,28 +63,68 @@ for m in re.finditer(r"BENCH-JSON-BEGIN (\S+)\n(.*?)BENCH-JSON-END", text, re.S)
     d = j["read"] if j["read"]["io_bytes"] > 0 else j["write"]
     p = d["clat_ns"].get("percentile", {})
     rw, bs, qd = label.split("-")
+    # fio stops a job at the first I/O error (a back-end that refuses writes, say).
+    errors = j.get("error", 0) or d.get("total_ios", 1) == 0
     print(json.dumps({"label": f"{prefix}-{label}", "rw": rw,
                       "bs": 4096 if bs == "4k" else 1 << 20, "qd": int(qd[2:]), "queues": 1,
                       "iops": round(d["iops"]), "mbps": round(d["bw_bytes"] / 1e6, 1),
                       "p50_us": round(p.get("50.000000", 0) / 1000, 1),
                       "p99_us": round(p.get("99.000000", 0) / 1000, 1),
-                      "p999_us": round(p.get("99.900000", 0) / 1000, 1), "errors": 0}))
+                      "p999_us": round(p.get("99.900000", 0) / 1000, 1),
+                      "errors": int(bool(errors))}))
 PY
 }
 
 TIMEOUT=$((RUNTIME * 6 * 2 + 240))
 APPEND="e2e.script=guest-fio.sh e2e.runtime=$RUNTIME"
+GUEST=(bash tests/e2e/run-guest.sh --qemu "$QEMU" --accel "$ACCEL" --disks 0:0 --initrd "$INITRD"
+       --append "$APPEND" --timeout "$TIMEOUT")
 SOCK=$OUT/guest.sock
-rm -f "$SOCK"
-"$DAEMON" --socket-path "$SOCK" --lun "0:0=$IMG" --exit-on-disconnect \
-    ${VUS_BENCH_DAEMON_ARGS:-} > "$OUT/daemon-guest.log" 2>&1 &
-DPID=$!
-bash tests/e2e/run-guest.sh --qemu "$QEMU" --socket "$SOCK" --disks 0:0 --initrd "$INITRD" \
-    --append "$APPEND" --timeout "$TIMEOUT" --log "$OUT/guest-vus.log" >&2 || true
-kill "$DPID" 2>/dev/null || true
-wait "$DPID" 2>/dev/null || true
-DPID=""
-parse "$OUT/guest-vus.log" guest-vus
-bash tests/e2e/run-guest.sh --qemu "$QEMU" --builtin "$IMG" --disks 0:0 --initrd "$INITRD" \
-    --append "$APPEND" --timeout "$TIMEOUT" --log "$OUT/guest-qemu.log" >&2 || true
-parse "$OUT/guest-qemu.log" guest-qemu
+
+# vhost_user_pass LABEL LOGNAME PROPS CMD...: starts a vhost-user back-end on $SOCK, boots the
+# guest on it (PROPS: extra vhost-user-scsi-pci properties) and prints its rows as LABEL-*.
+vhost_user_pass() {
+    local label=$1 name=$2 props=$3
+    shift 3
+    rm -f "$SOCK"
+    "$@" > "$OUT/daemon-guest-$name.log" 2>&1 &
+    DPID=$!
+    "${GUEST[@]}" --socket "$SOCK" ${props:+--device-props "$props"} \
+        --log "$OUT/guest-$name.log" >&2 || true
+    kill "$DPID" 2>/dev/null || true
+    wait "$DPID" 2>/dev/null || true
+    DPID=""
+    parse "$OUT/guest-$name.log" "$label"
+}
+
+ROWS=$OUT/guest-runs.jsonl
+: > "$ROWS"
+for rep in $(seq "$REPEAT"); do
+    # shellcheck disable=SC2086
+    vhost_user_pass guest-vus "vus-$rep" "" "$DAEMON" --socket-path "$SOCK" --lun "0:0=$IMG" \
+        --exit-on-disconnect ${VUS_BENCH_DAEMON_ARGS:-} >> "$ROWS"
+    "${GUEST[@]}" --builtin "$IMG" --log "$OUT/guest-qemu-$rep.log" >&2 || true
+    parse "$OUT/guest-qemu-$rep.log" guest-qemu >> "$ROWS"
+done
+if [ -n "$VDS" ]; then
+    # vhost-device-scsi 0.1 refuses VIRTIO_SCSI_F_CHANGE, which QEMU offers by default, so it
+    # gets param_change=off; it also rejects writes (its write rows report errors).
+    vhost_user_pass guest-vds vds param_change=off "$VDS" --socket-path "$SOCK" "$IMG" >> "$ROWS"
+    grep -q '"guest-vds-' "$ROWS" ||
+        echo "vhost-device-scsi: no results (QEMU could not start it, see $OUT/guest-vds.log)" >&2
+fi
+# The median run of each row (by IOPS), with the spread.
+python3 - "$ROWS" <<'PY'
+import json, sys
+rows = {}
+for line in open(sys.argv[1]):
+    if line.startswith("{"):
+        r = json.loads(line)
+        rows.setdefault(r["label"], []).append(r)
+for label, runs in rows.items():
+    runs.sort(key=lambda r: r["iops"])
+    med = dict(runs[len(runs) // 2])
+    med.update(reps=len(runs), iops_min=runs[0]["iops"], iops_max=runs[-1]["iops"],
+               errors=max(r["errors"] for r in runs))
+    print(json.dumps(med))
+PY

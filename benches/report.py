@@ -2,7 +2,7 @@
 """Turns DIR/results.jsonl (written by benches/run.sh) into DIR/results.md and DIR/results.svg.
 
 Standard library only. Each of our rows is paired with its reference (fio on the same file, or
-QEMU's built-in virtio-scsi in the guest) and the ratio is shown; null-LUN rows are compared
+QEMU's built-in virtio-scsi in the guest, also for vhost-device-scsi's rows) and the ratio is shown; null-LUN rows are compared
 with the 1,000,000 IOPS target.
 """
 import json
@@ -24,9 +24,10 @@ NULL_TARGET = 1_000_000
 def reference(label, by_label):
     if label in REFS:
         return by_label.get(REFS[label]), REFS[label]
-    if label.startswith("guest-vus-"):
-        ref = "guest-qemu-" + label[len("guest-vus-"):]
-        return by_label.get(ref), ref
+    for prefix in ("guest-vus-", "guest-vds-"):
+        if label.startswith(prefix):
+            ref = "guest-qemu-" + label[len(prefix):]
+            return by_label.get(ref), ref
     return None, None
 
 
@@ -47,12 +48,16 @@ def main(out):
     for r in rows:
         ref, ref_label = reference(r["label"], by_label)
         vs, ratio = "", ""
-        if ref and ref.get("iops"):
+        if r.get("errors"):
+            vs, ratio = "I/O errors", "n/a"
+        elif ref and ref.get("iops"):
             vs, ratio = ref_label, f"{r['iops'] / ref['iops']:.2f}×"
         elif r["label"].startswith("null-") and "qd128" in r["label"]:
             vs, ratio = "target 1M IOPS", f"{r['iops'] / NULL_TARGET:.2f}×"
+        spread = (f" ({r['iops_min']:,.0f}–{r['iops_max']:,.0f}, {r['reps']} runs)"
+                  if r.get("reps", 1) > 1 else "")
         md.append(f"| {r['label']} | {r['rw']} | {r['bs']} | {r['qd']} | {r['queues']} | "
-                  f"{r['iops']:,.0f} | {r['mbps']:.1f} | {r['p50_us']} | {r['p99_us']} | "
+                  f"{r['iops']:,.0f}{spread} | {r['mbps']:.1f} | {r['p50_us']} | {r['p99_us']} | "
                   f"{r['p999_us']} | {vs} | {ratio} |")
         bars.append((r["label"], r["iops"], r["label"].startswith(("fio-", "guest-qemu-"))))
     with open(os.path.join(out, "results.md"), "w") as f:

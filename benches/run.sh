@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The benchmark suite in one command (not part of tests/run.sh: it takes minutes).
 #
-#   benches/run.sh [--runtime S] [--quick] [--guest] [--out DIR]
+#   benches/run.sh [--runtime S] [--quick] [--guest | --guest-only] [--qemu BIN] [--accel A]
+#                  [--repeat N] [--out DIR]
 #
 # 1. Host bench: benches/host.rs acts as the vhost-user front-end over the daemon's real socket
 #    (null LUN = protocol overhead; file LUN with cache=none on each --aio engine), and fio runs on
 #    the same file with the same engine (io_uring), queue depth and O_DIRECT: the limit.
-# 2. Guest bench (--guest): fio inside a QEMU guest on our LUN and on QEMU's built-in
-#    virtio-scsi + scsi-hd over the same image (benches/guest.sh).
+# 2. Guest bench (--guest, or --guest-only without the host bench): fio inside a QEMU guest
+#    (--qemu, --accel; default TCG) on our LUN, on QEMU's built-in virtio-scsi + scsi-hd over
+#    the same image, and on vhost-device-scsi when installed (benches/guest.sh); --repeat N
+#    (default 3) alternates the passes N times and reports each row's median run.
 # Results: DIR/results.jsonl, results.md (table with ratios), results.svg (plot), machine.txt.
 # Default DIR: target/bench-results/<timestamp>.
 set -euo pipefail
@@ -17,14 +20,24 @@ ROOT=$PWD
 RUNTIME=10
 QUICK=0
 GUEST=0
+HOST=1
+QEMU_BIN=qemu-system-x86_64
+ACCEL=tcg
+REPEAT=3
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --runtime) RUNTIME=$2; shift 2 ;;
         --quick) QUICK=1; RUNTIME=3; shift ;;
         --guest) GUEST=1; shift ;;
+        --guest-only) GUEST=1; HOST=0; shift ;;
+        --qemu) QEMU_BIN=$2; shift 2 ;;
+        --accel) ACCEL=$2; shift 2 ;;
+        --repeat) REPEAT=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
-        *) echo "usage: $0 [--runtime S] [--quick] [--guest] [--out DIR]" >&2; exit 2 ;;
+        *) echo "usage: $0 [--runtime S] [--quick] [--guest | --guest-only] [--qemu BIN]" \
+                "[--accel A] [--repeat N] [--out DIR]" >&2
+           exit 2 ;;
     esac
 done
 OUT=${OUT:-target/bench-results/$(date +%Y%m%d-%H%M%S)}
@@ -57,7 +70,8 @@ fi
     echo "io_uring_disabled: $(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo n/a)"
     echo "rustc: $(rustc --version)"
     echo "fio: $(fio --version)"
-    echo "qemu: $(qemu-system-x86_64 --version 2>/dev/null | head -1)"
+    echo "qemu: $("$QEMU_BIN" --version 2>/dev/null | head -1) (guest bench: -accel $ACCEL)"
+    echo "vhost-device-scsi: ${VUS_BENCH_VDS:-$(command -v vhost-device-scsi || echo "not installed")}"
     echo "runtime per run: ${RUNTIME}s"
 } > "$OUT/machine.txt"
 cat "$OUT/machine.txt"
@@ -121,6 +135,7 @@ PY
 }
 
 FILE="$IMG,cache=none"
+if [ "$HOST" = 1 ]; then
 echo "== host bench: null LUN (protocol overhead)"
 ours null-q1-qd128 null://1G io-uring randread 4096 128 1
 ours null-q1-qd1 null://1G io-uring randread 4096 1 1
@@ -141,10 +156,12 @@ if [ "$QUICK" != 1 ]; then
     fio_ref fio-randread-qd32-j2 randread 4096 32 2
     ours file-uring-randread-qd32-q2 "$FILE" io-uring randread 4096 32 2
 fi
+fi
 
 if [ "$GUEST" = 1 ]; then
     echo "== guest bench"
-    bash benches/guest.sh --image "$IMG" --out "$OUT" --runtime "$RUNTIME" | tee -a "$RESULTS"
+    bash benches/guest.sh --image "$IMG" --out "$OUT" --runtime "$RUNTIME" --qemu "$QEMU_BIN" \
+        --accel "$ACCEL" --repeat "$REPEAT" | tee -a "$RESULTS"
 fi
 
 python3 benches/report.py "$OUT"

@@ -10,6 +10,9 @@
 #   --reboot         reboot the guest once inside the same QEMU after the workload
 #                    (virtio device reset) and verify the data in the second boot
 #   --qemu BIN       qemu-system-x86_64 to use (default: from PATH)
+#   --accel A        QEMU accelerator (default tcg: nested KVM guests hang on this host)
+#   --device-props P extra properties for vhost-user-scsi-pci (e.g. param_change=off,
+#                    which some back-ends need; ours does not)
 #   --kernel FILE    guest kernel (default: /boot/vmlinuz-<newest with modules>)
 #   --initrd FILE    initramfs (default: built/cached by build-initramfs.sh
 #                    under target/e2e-cache/)
@@ -28,11 +31,13 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-QEMU=qemu-system-x86_64 KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
+QEMU=qemu-system-x86_64 ACCEL=tcg DEVICE_PROPS="" KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
 REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --qemu) QEMU="$2"; shift ;;
+        --accel) ACCEL="$2"; shift ;;
+        --device-props) DEVICE_PROPS=",$2"; shift ;;
         --kernel) KERNEL="$2"; shift ;;
         --initrd) INITRD="$2"; shift ;;
         --log) LOG="$2"; shift ;;
@@ -47,7 +52,7 @@ while [[ $# -gt 0 ]]; do
         --nodiscard) NODISCARD=1 ;;
         --socket-wait) SOCKET_WAIT="$2"; shift ;;
         --no-log-on-failure) QUIET_LOG=1 ;;
-        -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
     shift
@@ -76,7 +81,7 @@ APPEND="console=ttyS0 panic=-1 quiet e2e.phase=$PHASE e2e.nonce=$NONCE e2e.disks
 # vhost-user requires guest RAM in shareable memory (memfd, share=on); use the
 # same memory setup in built-in mode so both modes differ only in the device.
 # shellcheck disable=SC2054 # commas are QEMU option syntax
-ARGS=(-accel tcg -m 512 -smp 2 -nographic -nodefaults
+ARGS=(-accel "$ACCEL" -m 512 -smp 2 -nographic -nodefaults
       -serial stdio -monitor none
       -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND"
       -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem)
@@ -89,7 +94,7 @@ if [[ -n "$SOCK" ]]; then
     [[ -S "$SOCK" ]] || e2e_die "vhost-user socket $SOCK does not exist"
     # QEMU defaults on purpose (num_queues = vCPUs, no param_change=off, ...).
     # shellcheck disable=SC2054
-    ARGS+=(-chardev "socket,id=vus,path=$SOCK" -device vhost-user-scsi-pci,chardev=vus)
+    ARGS+=(-chardev "socket,id=vus,path=$SOCK" -device "vhost-user-scsi-pci,chardev=vus$DEVICE_PROPS")
 else
     # shellcheck disable=SC2054
     ARGS+=(-device virtio-scsi-pci,id=scsi0)
