@@ -17,6 +17,7 @@ REFS = {
     "file-uring-randwrite-qd32": "fio-randwrite-qd32",
     "file-uring-read-1m-qd8": "fio-read-1m-qd8",
     "file-uring-randread-qd32-q2": "fio-randread-qd32-j2",
+    "file-cached-randwrite-qd1": "fio-cached-randwrite-qd1",
 }
 NULL_TARGET = 1_000_000
 

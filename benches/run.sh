@@ -114,10 +114,10 @@ ours() {
     stop_daemon
 }
 
-# fio_ref LABEL RW BS QD JOBS: the same file, io_uring, O_DIRECT.
+# fio_ref LABEL RW BS QD JOBS [ENGINE DIRECT]: the same file (default io_uring, O_DIRECT).
 fio_ref() {
-    local label=$1 rw=$2 bs=$3 qd=$4 jobs=$5
-    fio --name=ref --filename="$IMG" --direct=1 --ioengine=io_uring --rw="$rw" --bs="$bs" \
+    local label=$1 rw=$2 bs=$3 qd=$4 jobs=$5 engine=${6:-io_uring} direct=${7:-1}
+    fio --name=ref --filename="$IMG" --direct="$direct" --ioengine="$engine" --rw="$rw" --bs="$bs" \
         --iodepth="$qd" --numjobs="$jobs" --group_reporting --runtime="$RUNTIME" --time_based \
         --ramp_time=1 --output-format=json > "$OUT/fio-$label.json"
     python3 - "$OUT/fio-$label.json" "$label" "$rw" "$bs" "$qd" "$jobs" <<'PY' | tee -a "$RESULTS"
@@ -153,6 +153,9 @@ if [ "$QUICK" != 1 ]; then
     ours file-uring-randwrite-qd32 "$FILE" io-uring randwrite 4096 32 1
     fio_ref fio-read-1m-qd8 read 1048576 8 1
     ours file-uring-read-1m-qd8 "$FILE" io-uring read 1048576 8 1
+    # The default LUN (page cache) against the fastest a process can write the page cache.
+    fio_ref fio-cached-randwrite-qd1 randwrite 4096 1 1 psync 0
+    ours file-cached-randwrite-qd1 "$IMG" io-uring randwrite 4096 1 1
     fio_ref fio-randread-qd32-j2 randread 4096 32 2
     ours file-uring-randread-qd32-q2 "$FILE" io-uring randread 4096 32 2
 fi
