@@ -10,6 +10,7 @@ mod common;
 use std::{
     collections::HashMap,
     fs::{self, File},
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     thread::sleep,
@@ -434,4 +435,34 @@ fn a_crashed_worker_is_restarted_on_the_same_socket() {
     assert!(log.contains("restart"), "{log}");
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "exit status {status}\n{}", d.log());
+}
+
+/// A supervisor killed outright (SIGKILL: no chance to forward anything) takes its worker
+/// with it: the worker must not go on serving the socket and holding the images' locks. The
+/// kernel clears the parent-death signal when the worker changes uid, so this fails unless the
+/// worker arms it again afterwards.
+#[test]
+fn a_killed_supervisor_takes_its_worker_with_it() {
+    let mut d = Daemon::start(&two_disks(), &[]);
+    let worker = worker_of(d.pid());
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(d.pid(), libc::SIGKILL) }, 0);
+    let status = d.wait_exit("after SIGKILL");
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        // Gone, or a zombie waiting for init to reap it.
+        let state = fs::read_to_string(format!("/proc/{worker}/stat")).unwrap_or_default();
+        let running = state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'));
+        if !running {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {worker} outlived its supervisor: {state}"
+        );
+        sleep(Duration::from_millis(10));
+    }
 }

@@ -5,7 +5,8 @@
 //!    `PR_SET_PDEATHSIG`.
 //! 2. Namespaces (created by the supervisor's `clone`) and the empty root
 //!    ([`namespaces::pivot_to_empty_root`]) or `chroot` ([`namespaces::chroot_into`]).
-//! 3. setgroups/setresgid/setresuid to the unprivileged account ([`user::switch_to`]).
+//! 3. setgroups/setresgid/setresuid to the unprivileged account ([`user::switch_to`]), then
+//!    `PR_SET_PDEATHSIG` again (a uid change clears it).
 //! 4. Every capability dropped from every set, `PR_SET_NO_NEW_PRIVS`, not dumpable.
 //! 5. Landlock: no file system, no TCP, scoped signals and abstract sockets ([`landlock`]).
 //! 6. Seccomp: `worker-enosys` + `worker-main` on the main thread, narrower roles stacked by
@@ -131,10 +132,18 @@ pub fn sanitize_process(keep: &[RawFd]) -> Result<(), SandboxError> {
             ret,
         )));
     }
+    arm_parent_death_signal()
+}
+
+/// SIGKILL when the supervisor dies. The kernel clears this setting whenever the effective or
+/// file-system uid/gid change, so it is set again once the worker runs as its own account: a
+/// worker that outlived a killed supervisor would keep serving the socket and holding the
+/// images' locks. A supervisor that died before the second call is noticed by the worker's
+/// next write to the start-up socket (EPIPE).
+fn arm_parent_death_signal() -> Result<(), SandboxError> {
     // SAFETY: integer arguments only.
     check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })
-        .map_err(SandboxError::ParentDeathSignal)?;
-    Ok(())
+        .map_err(SandboxError::ParentDeathSignal)
 }
 
 /// Steps 2 to 5. Returns the Landlock outcome for the log.
@@ -153,6 +162,7 @@ pub fn confine(jail: &WorkerJail) -> Result<landlock::LandlockOutcome, SandboxEr
     caps::drop_bounding_all()?;
     if let Some(ids) = jail.ids {
         user::switch_to(ids, true)?;
+        arm_parent_death_signal()?;
     }
     // Step 4.
     caps::drop_all()?;
