@@ -8,9 +8,10 @@
 //! Engines:
 //! - [`uring::UringEngine`] (`--aio=io-uring`, default): one io_uring per queue thread, the LUN
 //!   files registered as fixed files, the ring restricted (`IORING_REGISTER_RESTRICTIONS`) to the
-//!   opcodes we submit, batched submission and completion, `readv`/`writev` straight from/to
-//!   guest memory. The guest's kick eventfd is polled through the ring too, so a thread waiting
-//!   for completions also wakes for new requests.
+//!   opcodes we submit, `readv`/`writev` straight from/to guest memory, batched completion and
+//!   submission as commands are parsed (`--submit-batch`). The guest's kick eventfd is polled
+//!   through the ring too (multishot, edge-triggered), so a thread waiting for completions also
+//!   wakes for new requests.
 //! - [`threads::ThreadEngine`] (`--aio=threads`, or when io_uring is unavailable): a pool of
 //!   threads running `preadv2`/`pwritev2`/`fdatasync`, completions handed back through an eventfd.
 //! - `--aio=sync`: the old path, every command runs to completion on the queue thread.
