@@ -84,6 +84,12 @@ fn run(op: &Op, errno: Option<i32>) -> i32 {
                 libc::pwritev(op.fd, op.iov, op.iovcnt as i32, op.offset as i64)
             }
             IoKind::Flush => libc::fdatasync(op.fd) as isize,
+            IoKind::Deallocate { bytes } => libc::fallocate(
+                op.fd,
+                vhost_user_scsi::aio::DEALLOCATE_MODE,
+                op.offset as i64,
+                bytes as i64,
+            ) as isize,
         }
     };
     if ret < 0 {
@@ -474,4 +480,131 @@ fn submit_batch_sets_how_many_commands_go_per_submission() {
             assert_eq!(ring.read(r.data(), 512), want);
         }
     }
+}
+
+/// UNMAP parameter list with one descriptor per (LBA, blocks).
+fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut p = vec![0u8; 8];
+    p[0..2].copy_from_slice(&(6 + 16 * ranges.len() as u16).to_be_bytes());
+    p[2..4].copy_from_slice(&(16 * ranges.len() as u16).to_be_bytes());
+    for &(lba, blocks) in ranges {
+        p.extend(lba.to_be_bytes());
+        p.extend(blocks.to_be_bytes());
+        p.extend([0u8; 4]);
+    }
+    p
+}
+
+fn unmap_cdb(len: usize) -> Vec<u8> {
+    let mut cdb = vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[7..9].copy_from_slice(&(len as u16).to_be_bytes());
+    cdb
+}
+
+/// WRITE SAME(16) of one block over `blocks` blocks at `lba` (UNMAP bit set).
+fn write_same16(lba: u64, blocks: u32) -> Vec<u8> {
+    let mut cdb = vec![0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+    cdb
+}
+
+fn fill_medium(img: &tempfile::NamedTempFile, lba: u64, blocks: u64, fill: u8) {
+    let data = vec![fill; blocks as usize * 512];
+    std::os::unix::fs::FileExt::write_all_at(img.as_file(), &data, lba * 512).unwrap();
+}
+
+/// A single-range UNMAP and a WRITE SAME of zeroes on an image file are deallocations the
+/// engine runs (`fallocate` off the queue thread), holding the write gate until they
+/// complete; the medium reads back zero afterwards. A multi-range UNMAP and a WRITE SAME of
+/// a pattern still run on the queue thread (the engine sees nothing).
+#[test]
+fn deallocation_goes_through_the_engine() {
+    let (bus, img) = file_bus();
+    fill_medium(&img, 0, 64, 0x5a);
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.hold = true);
+    let mut ring = Ring::new(64);
+    let list = unmap_list(&[(8, 4)]);
+    let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
+    let (_, same) = push_out(&mut ring, 1, &write_same16(20, 6), &[0u8; 512]);
+    let run = spawn_run(worker(&hold), &bus, &ring);
+    wait_for("both deallocations in the engine", || hold.submitted() == 2);
+    {
+        let s = hold.state.lock().unwrap();
+        let kinds: Vec<_> = s.submitted.iter().map(|op| (op.kind, op.offset)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (IoKind::Deallocate { bytes: 4 * 512 }, 8 * 512),
+                (IoKind::Deallocate { bytes: 6 * 512 }, 20 * 512)
+            ]
+        );
+    }
+    // Nothing is answered, or deallocated, before the engine runs them; both hold the gate.
+    assert_eq!(ring.used_pending(), 0);
+    assert_eq!(medium(&img, 8), block(0x5a));
+    assert_eq!(bus.writes_in_flight(0, 0), Some(2));
+    hold.release();
+    let (w, ok) = run.join().unwrap();
+    assert!(ok);
+    assert_eq!(ring.take_used().len(), 2);
+    assert_eq!(status(&ring, &unmap), (0, 0));
+    assert_eq!(status(&ring, &same), (0, 0));
+    for lba in (8..12).chain(20..26) {
+        assert_eq!(medium(&img, lba), block(0), "LBA {lba}");
+    }
+    assert_eq!(medium(&img, 7), block(0x5a));
+    assert_eq!(medium(&img, 12), block(0x5a));
+    assert_eq!(medium(&img, 26), block(0x5a));
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+
+    // Two ranges, and a pattern: answered on the queue thread.
+    hold.set(|s| s.submits.clear());
+    let list = unmap_list(&[(30, 2), (40, 2)]);
+    let (_, unmap2) = push_out(&mut ring, 2, &unmap_cdb(list.len()), &list);
+    let (_, pattern) = push_out(&mut ring, 3, &write_same16(50, 2), &block(0x77));
+    let (_, ok) = spawn_run(w, &bus, &ring).join().unwrap();
+    assert!(ok);
+    assert_eq!(hold.submitted(), 0);
+    assert_eq!(hold.state.lock().unwrap().submits, Vec::<usize>::new());
+    assert_eq!(status(&ring, &unmap2), (0, 0));
+    assert_eq!(status(&ring, &pattern), (0, 0));
+    for lba in [30, 31, 40, 41] {
+        assert_eq!(medium(&img, lba), block(0), "LBA {lba}");
+    }
+    assert_eq!(medium(&img, 50), block(0x77));
+    assert_eq!(medium(&img, 51), block(0x77));
+}
+
+/// A deallocation that fails reaches the guest as CHECK CONDITION, not GOOD, and lets go of
+/// the write gate; one the file system cannot do (no holes: EOPNOTSUPP) is done by zeroing
+/// the range instead, and is GOOD.
+#[test]
+fn a_failed_deallocation_is_reported() {
+    let (bus, img) = file_bus();
+    fill_medium(&img, 0, 16, 0x5a);
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.errno = Some(libc::EOPNOTSUPP));
+    let mut ring = Ring::new(64);
+    let list = unmap_list(&[(8, 4)]);
+    let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
+    let (_, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
+    assert!(ok);
+    assert_eq!(ring.take_used().len(), 1);
+    assert_eq!(status(&ring, &unmap), (0, 0));
+    assert_eq!(medium(&img, 8), block(0));
+    assert_eq!(medium(&img, 7), block(0x5a));
+
+    let (bus, _img) = file_bus();
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.errno = Some(libc::EIO));
+    let mut ring = Ring::new(64);
+    let list = unmap_list(&[(8, 4)]);
+    let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
+    let (_, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
+    assert!(ok);
+    assert_eq!(ring.take_used().len(), 1);
+    assert_eq!(status(&ring, &unmap).0, 2, "CHECK CONDITION");
+    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
 }

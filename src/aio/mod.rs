@@ -1,9 +1,10 @@
 //! Asynchronous I/O engines for the request queues.
 //!
-//! A request-queue thread pops many chains, starts the READ/WRITE/SYNCHRONIZE CACHE of each on an
-//! [`Engine`] and completes each chain when its I/O finishes (used-ring entries may go out of
-//! order, which split rings allow). Everything else (INQUIRY, MODE SENSE, UNMAP …) still runs
-//! synchronously on the queue thread.
+//! A request-queue thread pops many chains, starts the READ/WRITE/SYNCHRONIZE CACHE (and the
+//! single-range UNMAP / WRITE SAME of zeroes on image files) of each on an [`Engine`] and
+//! completes each chain when its I/O finishes (used-ring entries may go out of order, which
+//! split rings allow). Everything else (INQUIRY, MODE SENSE, multi-range UNMAP …) still runs
+//! synchronously on the queue thread; so do plain writes into the page cache.
 //!
 //! Engines:
 //! - [`uring::UringEngine`] (`--aio=io-uring`, default): one io_uring per queue thread, the LUN
@@ -119,6 +120,9 @@ pub trait Engine: Send {
     }
     fn name(&self) -> &'static str;
 }
+
+/// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.
+pub const DEALLOCATE_MODE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
 
 /// Reads an eventfd if it is readable, without ever blocking.
 pub(crate) fn drain_eventfd(fd: RawFd) -> bool {

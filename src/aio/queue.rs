@@ -454,6 +454,15 @@ impl Drop for QueueWorker {
 
 /// Turns an engine result into the I/O's outcome, finishing a short transfer synchronously.
 fn io_result(slot: &mut Slot, res: i32) -> io::Result<()> {
+    if let IoKind::Deallocate { bytes } = slot.meta.kind {
+        return match res {
+            // No holes on this file system: zero the range instead, as the synchronous path
+            // does, so that it still reads back zero; that error, if any, is the command's.
+            r if r == -libc::EOPNOTSUPP => zero_range(slot.fd, slot.offset, bytes),
+            r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+            _ => Ok(()),
+        };
+    }
     if res < 0 {
         return Err(io::Error::from_raw_os_error(-res));
     }
@@ -462,6 +471,23 @@ fn io_result(slot: &mut Slot, res: i32) -> io::Result<()> {
         return Ok(());
     }
     finish_short(slot, done)
+}
+
+fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: fallocate takes integers only; `fd` is a LUN file kept open by the bus.
+    let ret = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Runs the rest of a short `readv`/`writev` with blocking calls (rare: end of a file that
@@ -499,7 +525,7 @@ fn finish_short(slot: &mut Slot, mut done: usize) -> io::Result<()> {
                     offset,
                     if fua { libc::RWF_DSYNC } else { 0 },
                 ),
-                IoKind::Flush => return Ok(()),
+                IoKind::Flush | IoKind::Deallocate { .. } => return Ok(()),
             }
         };
         match ret {

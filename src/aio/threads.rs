@@ -14,7 +14,7 @@ use std::{
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use super::{drain_eventfd, Engine, Op};
+use super::{drain_eventfd, Engine, Op, DEALLOCATE_MODE};
 use crate::scsi::IoKind;
 
 /// Where a queue worker's completions go.
@@ -93,6 +93,12 @@ fn run(op: &Op) -> i32 {
                 if fua { libc::RWF_DSYNC } else { 0 },
             ),
             IoKind::Flush => libc::fdatasync(op.fd) as isize,
+            IoKind::Deallocate { bytes } => libc::fallocate(
+                op.fd,
+                DEALLOCATE_MODE,
+                op.offset as libc::off_t,
+                bytes as libc::off_t,
+            ) as isize,
         }
     };
     if ret < 0 {

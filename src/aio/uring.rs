@@ -4,7 +4,7 @@ use std::{io, os::fd::RawFd};
 
 use io_uring::{cqueue, opcode, register::Restriction, squeue, types, IoUring};
 
-use super::{Engine, Op};
+use super::{Engine, Op, DEALLOCATE_MODE};
 use crate::scsi::IoKind;
 
 /// `user_data` bit of the polls on the guest's kick eventfd (slot numbers are far below it); the
@@ -146,6 +146,10 @@ impl Engine for UringEngine {
                 .build(),
             IoKind::Flush => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
+                .build(),
+            IoKind::Deallocate { bytes } => opcode::Fallocate::new(fd, bytes)
+                .offset(op.offset)
+                .mode(DEALLOCATE_MODE)
                 .build(),
         };
         self.push_entry(&entry.user_data(op.user_data))

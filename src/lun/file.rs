@@ -328,6 +328,11 @@ impl BlockBackend for FileBackend {
     }
 
     fn async_fd(&self, kind: IoKind, bufs: &SgList<'_>, offset: u64) -> Option<RawFd> {
+        if let IoKind::Deallocate { .. } = kind {
+            // Holes are punched with `fallocate`, which an engine can run; a block device
+            // needs BLKDISCARD/BLKZEROOUT ioctls, which only the synchronous methods do.
+            return (self.kind == Kind::RegularFile).then(|| self.file.as_raw_fd());
+        }
         if !self.direct && kind == (IoKind::Write { fua: false }) {
             // A write into the page cache is a memory copy: done inline it takes ~4 µs per
             // 4 KiB here, while io_uring hands buffered writes on file systems without async

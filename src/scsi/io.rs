@@ -24,6 +24,13 @@ pub enum IoKind {
     },
     /// `fdatasync` of the whole backend.
     Flush,
+    /// `bytes` from the plan's offset must read back zero, deallocated where the file system
+    /// can (UNMAP, WRITE SAME of zeroes with discard on): `fallocate(PUNCH_HOLE | KEEP_SIZE)`
+    /// on an image file, `ZERO_RANGE` where holes cannot be punched. Only planned for backends
+    /// whose [`crate::lun::BlockBackend::async_fd`] accepts it (image files).
+    Deallocate {
+        bytes: u64,
+    },
 }
 
 /// What completing an [`IoPlan`] needs: plain data, so that an asynchronous engine can keep it
@@ -53,6 +60,14 @@ pub struct IoPlan<'a> {
     /// (COMPARE AND WRITE waits for it). Whoever runs the plan keeps it until the result has
     /// been passed to [`crate::scsi::ScsiBus::complete`], then drops it.
     pub write: Option<WriteInFlight>,
+}
+
+impl<'a> IoPlan<'a> {
+    /// The plan as [`Prepared::Io`], registered with its LU's write gate.
+    pub(super) fn with_write(mut self, write: WriteInFlight) -> Prepared<'a> {
+        self.write = Some(write);
+        Prepared::Io(self)
+    }
 }
 
 /// The first half of a command split for asynchronous execution.
@@ -217,7 +232,7 @@ impl LogicalUnit {
         Ok(self.plan(IoKind::Flush, cdb, r.lba, 0, SgList::new()))
     }
 
-    fn plan<'a>(
+    pub(super) fn plan<'a>(
         &self,
         kind: IoKind,
         cdb: &Cdb,
@@ -246,6 +261,7 @@ impl LogicalUnit {
             IoKind::Read => self.backend.read_at(&plan.bufs, plan.offset),
             IoKind::Write { fua } => self.backend.write_at(&plan.bufs, plan.offset, fua),
             IoKind::Flush => self.backend.flush(),
+            IoKind::Deallocate { bytes } => self.backend.write_zeroes(plan.offset, bytes),
         }
     }
 
@@ -265,6 +281,8 @@ impl LogicalUnit {
                     IoKind::Read => IoOp::Read,
                     IoKind::Write { .. } => IoOp::Write,
                     IoKind::Flush => IoOp::Flush,
+                    IoKind::Deallocate { .. } if meta.opcode == opcode::UNMAP => IoOp::Unmap,
+                    IoKind::Deallocate { .. } => IoOp::WriteSame,
                 };
                 let opcode = [meta.opcode];
                 self.check_condition(self.io_error(&Cdb::new(&opcode), op, meta.lba, &e))
@@ -328,8 +346,9 @@ impl LogicalUnit {
         Ok(self.run_prepared(self.prepare_sync(cdb)?))
     }
 
-    /// [`LogicalUnit::execute`] split for asynchronous engines: READ, WRITE and SYNCHRONIZE
-    /// CACHE come back as an [`IoPlan`] (or their immediate answer), everything else runs now.
+    /// [`LogicalUnit::execute`] split for asynchronous engines: READ, WRITE, SYNCHRONIZE CACHE
+    /// and single-range UNMAP / WRITE SAME of zeroes come back as an [`IoPlan`] (or their
+    /// immediate answer), everything else runs now.
     /// `drain` must complete the caller's own I/O in flight: it is called before anything
     /// would block on the write gate (see [`super::lun::WriteGate`]).
     pub(super) fn prepare<'a>(
@@ -358,8 +377,18 @@ impl LogicalUnit {
             op,
             opcode::SYNCHRONIZE_CACHE_10 | opcode::SYNCHRONIZE_CACHE_16
         );
+        let is_unmap = op == opcode::UNMAP && self.discard;
+        let is_write_same = matches!(op, opcode::WRITE_SAME_10 | opcode::WRITE_SAME_16);
         if let Some(out) = self.admit(cdb) {
             return Prepared::Done(out);
+        }
+        if is_unmap || is_write_same {
+            let prepared = if is_unmap {
+                self.prepare_unmap(cdb, data_out, drain)
+            } else {
+                self.prepare_write_same(cdb, data_out, drain)
+            };
+            return prepared.unwrap_or_else(|sense| Prepared::Done(self.check_condition(sense)));
         }
         if !(is_read || is_write || is_sync) {
             return Prepared::Done(

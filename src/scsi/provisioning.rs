@@ -5,17 +5,44 @@
 //! one `write_zeroes` call (which deallocates where the backend can, and always reads back zero,
 //! so LBPRZ holds); any other pattern, and zeroes on a fully provisioned LUN (discard off: the
 //! image must stay allocated), is written out in bounded chunks.
+//!
+//! With an asynchronous engine, a single-range UNMAP and a WRITE SAME of zeroes on an image
+//! file become an [`IoPlan`] (`IoKind::Deallocate`: `fallocate` through io_uring or the thread
+//! pool), so a large deallocation does not hold its request queue.
 
 use vm_memory::VolatileSlice;
 
 use super::{
     cdb::{be16, be32, be64, opcode, Cdb},
     inquiry::{MAX_UNMAP_BYTES, MAX_UNMAP_DESCRIPTORS, MAX_WRITE_SAME_BYTES},
-    io::block_range,
+    io::{block_range, IoKind, IoPlan, Prepared},
     lun::{IoOp, LogicalUnit},
     sense::Sense,
     CmdOutput, CmdResult, DataOut, SgList,
 };
+
+/// One non-empty UNMAP range, checked against the capacity.
+#[derive(Debug, Clone, Copy)]
+struct UnmapRange {
+    lba: u64,
+    /// Byte range in the backend.
+    offset: u64,
+    bytes: u64,
+}
+
+/// A checked WRITE SAME: where it goes and what it writes.
+struct WriteSame {
+    lba: u64,
+    /// Byte range in the backend.
+    offset: u64,
+    len: u64,
+    /// The block to repeat (zeroes for NDOB).
+    block: Vec<u8>,
+    /// Data-out bytes used.
+    consumed: usize,
+    /// Zeroes on a LUN with discard on: deallocate instead of writing.
+    zeroes_deallocate: bool,
+}
 
 /// Size of the pattern buffer WRITE SAME writes from.
 const WRITE_SAME_CHUNK: usize = 256 * 1024;
@@ -25,6 +52,66 @@ const UNMAP_DESCRIPTOR_LEN: usize = 16;
 
 impl LogicalUnit {
     pub(super) fn unmap(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
+        let (len, ranges) = self.unmap_ranges(cdb, data_out)?;
+        self.deallocate_all(cdb, &ranges)?;
+        Ok(CmdOutput::good(len))
+    }
+
+    /// UNMAP for asynchronous engines: one range on a backend that can deallocate through an
+    /// engine becomes an [`IoPlan`] holding the write gate; anything else runs now.
+    pub(super) fn prepare_unmap<'a>(
+        &self,
+        cdb: &Cdb,
+        data_out: &DataOut<'a>,
+        drain: &mut dyn FnMut(),
+    ) -> Result<Prepared<'a>, Sense> {
+        let (len, ranges) = self.unmap_ranges(cdb, data_out)?;
+        let write = self.gate.shared(drain);
+        if let [r] = ranges[..] {
+            if let Some(plan) = self.deallocation_plan(cdb, r.lba, r.offset, r.bytes, len) {
+                return Ok(plan.with_write(write));
+            }
+        }
+        self.deallocate_all(cdb, &ranges)?;
+        drop(write);
+        Ok(Prepared::Done(CmdOutput::good(len)))
+    }
+
+    /// A deallocation an engine can run (`None` when only the backend's own methods can).
+    fn deallocation_plan<'a>(
+        &self,
+        cdb: &Cdb,
+        lba: u64,
+        offset: u64,
+        bytes: u64,
+        transferred: usize,
+    ) -> Option<IoPlan<'a>> {
+        let kind = IoKind::Deallocate { bytes };
+        self.backend.async_fd(kind, &SgList::new(), offset)?;
+        match self.plan(kind, cdb, lba, offset, SgList::new()) {
+            Prepared::Io(mut plan) => {
+                plan.meta.len = transferred;
+                Some(plan)
+            }
+            Prepared::Done(_) => None,
+        }
+    }
+
+    fn deallocate_all(&self, cdb: &Cdb, ranges: &[UnmapRange]) -> Result<(), Sense> {
+        for r in ranges {
+            self.deallocate(r.offset, r.bytes)
+                .map_err(|e| self.io_error(cdb, IoOp::Unmap, r.lba, &e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks an UNMAP's parameter list; returns its length and every non-empty range, all
+    /// validated before anything is deallocated.
+    fn unmap_ranges(
+        &self,
+        cdb: &Cdb,
+        data_out: &DataOut<'_>,
+    ) -> Result<(usize, Vec<UnmapRange>), Sense> {
         if cdb.bit(1, 0x01) {
             // ANCHOR: anchored LBAs are not supported (ANC_SUP = 0).
             return Err(Sense::invalid_cdb_field(1, Some(0)));
@@ -32,7 +119,7 @@ impl LogicalUnit {
         self.check_writable()?;
         let len = usize::from(cdb.be16(7));
         if len == 0 {
-            return Ok(CmdOutput::good(0));
+            return Ok((0, Vec::new()));
         }
         if data_out.len() < len {
             log::warn!(
@@ -66,7 +153,6 @@ impl LogicalUnit {
             .range(UNMAP_HEADER_LEN, desc_len)
             .copy_to(&mut descriptors);
 
-        // Check everything before deallocating anything.
         let bs = u64::from(self.block_size());
         let max_blocks = u64::from(MAX_UNMAP_BYTES) / bs;
         let mut total: u64 = 0;
@@ -81,14 +167,10 @@ impl LogicalUnit {
             }
             let (offset, bytes) = self.byte_range(lba, blocks)?;
             if bytes > 0 {
-                ranges.push((lba, offset, bytes));
+                ranges.push(UnmapRange { lba, offset, bytes });
             }
         }
-        for (lba, offset, bytes) in ranges {
-            self.deallocate(offset, bytes)
-                .map_err(|e| self.io_error(cdb, IoOp::Unmap, lba, &e))?;
-        }
-        Ok(CmdOutput::good(len))
+        Ok((len, ranges))
     }
 
     /// Discards a range; if the backend cannot (EOPNOTSUPP), zeroes it so LBPRZ stays true.
@@ -102,6 +184,47 @@ impl LogicalUnit {
     }
 
     pub(super) fn write_same(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
+        let ws = self.write_same_args(cdb, data_out)?;
+        self.run_write_same(cdb, &ws)
+    }
+
+    /// WRITE SAME for asynchronous engines: zeroes on a LUN with discard on, on a backend that
+    /// can deallocate through an engine, become an [`IoPlan`] holding the write gate; any other
+    /// pattern (written out block by block) runs now.
+    pub(super) fn prepare_write_same<'a>(
+        &self,
+        cdb: &Cdb,
+        data_out: &DataOut<'a>,
+        drain: &mut dyn FnMut(),
+    ) -> Result<Prepared<'a>, Sense> {
+        let ws = self.write_same_args(cdb, data_out)?;
+        let write = self.gate.shared(drain);
+        if ws.zeroes_deallocate {
+            if let Some(plan) = self.deallocation_plan(cdb, ws.lba, ws.offset, ws.len, ws.consumed)
+            {
+                return Ok(plan.with_write(write));
+            }
+        }
+        let out = self.run_write_same(cdb, &ws)?;
+        drop(write);
+        Ok(Prepared::Done(out))
+    }
+
+    fn run_write_same(&self, cdb: &Cdb, ws: &WriteSame) -> CmdResult {
+        let result = if ws.zeroes_deallocate {
+            // UNMAP or not, zeroes are best written as zeroes: the backend deallocates where
+            // it can and the range reads back zero either way. Without discard the LUN is
+            // fully provisioned, so zeroes are written as data and stay allocated.
+            self.backend.write_zeroes(ws.offset, ws.len)
+        } else {
+            self.write_pattern(&ws.block, ws.offset, ws.len)
+        };
+        result.map_err(|e| self.io_error(cdb, IoOp::WriteSame, ws.lba, &e))?;
+        Ok(CmdOutput::good(ws.consumed))
+    }
+
+    /// Checks a WRITE SAME(10/16) and reads its block (NDOB: zeroes).
+    fn write_same_args(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> Result<WriteSame, Sense> {
         let sixteen = cdb.opcode() == opcode::WRITE_SAME_16;
         let flags = cdb.byte(1);
         if flags & 0xe0 != 0 {
@@ -140,17 +263,15 @@ impl LogicalUnit {
             }
             data_out.copy_to(&mut block)
         };
-
-        let result = if self.discard && block.iter().all(|&b| b == 0) {
-            // UNMAP or not, zeroes are best written as zeroes: the backend deallocates where
-            // it can and the range reads back zero either way. Without discard the LUN is
-            // fully provisioned, so zeroes are written as data and stay allocated.
-            self.backend.write_zeroes(offset, len)
-        } else {
-            self.write_pattern(&block, offset, len)
-        };
-        result.map_err(|e| self.io_error(cdb, IoOp::WriteSame, r.lba, &e))?;
-        Ok(CmdOutput::good(consumed))
+        let zeroes_deallocate = self.discard && block.iter().all(|&b| b == 0);
+        Ok(WriteSame {
+            lba: r.lba,
+            offset,
+            len,
+            block,
+            consumed,
+            zeroes_deallocate,
+        })
     }
 
     /// Writes `block` repeatedly over `[offset, offset + len)` from a bounded pattern buffer.
