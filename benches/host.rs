@@ -5,7 +5,7 @@
 //!
 //! `cargo bench --bench host -- --socket SOCK [--bs 4096] [--qd 32] [--queues 1]
 //!  [--rw randread|randwrite|read|write|randrw] [--mix 70] [--runtime 10] [--ramp 1]
-//!  [--json] [--wait poll|event]`
+//!  [--json] [--wait poll|event] [--mem-mib N]`
 //!
 //! One client thread per request queue; each keeps `qd` commands in flight, honours
 //! EVENT_IDX for kicks (avail_event) and, in the default `poll` mode, busy-polls the used ring
@@ -56,13 +56,16 @@ struct Opts {
     json: bool,
     poll: bool,
     queue_size: u16,
+    /// Guest memory floor in MiB (`--mem-mib`; the layout needs about 1 MiB per queue plus
+    /// 2): small enough to register under an 8 MiB RLIMIT_MEMLOCK (`--register-buffers`).
+    mem_mib: u64,
     label: String,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: host --socket SOCK [--bs N] [--qd N] [--queues N] [--rw randread|randwrite|read|write|randrw] \
-         [--mix READ%] [--runtime S] [--ramp S] [--wait poll|event] [--label TEXT] [--json]"
+         [--mix READ%] [--runtime S] [--ramp S] [--wait poll|event] [--mem-mib N] [--label TEXT] [--json]"
     );
     std::process::exit(2)
 }
@@ -80,6 +83,7 @@ fn parse_opts() -> Opts {
         json: false,
         poll: true,
         queue_size: 256,
+        mem_mib: 64,
         label: String::new(),
     };
     let mut args = std::env::args().skip(1);
@@ -95,6 +99,7 @@ fn parse_opts() -> Opts {
             "--runtime" => o.runtime = val().parse().unwrap_or_else(|_| usage()),
             "--ramp" => o.ramp = val().parse().unwrap_or_else(|_| usage()),
             "--wait" => o.poll = val() == "poll",
+            "--mem-mib" => o.mem_mib = val().parse().unwrap_or_else(|_| usage()),
             "--label" => o.label = val(),
             "--json" => o.json = true,
             "--bench" => {} // cargo bench passes this
@@ -148,7 +153,7 @@ fn layout(o: &Opts, q: usize) -> QueueLayout {
 fn mem_size(o: &Opts) -> u64 {
     let l = layout(o, 1);
     (l.desc * (u64::from(o.queues) + 2))
-        .max(64 << 20)
+        .max(o.mem_mib << 20)
         .next_multiple_of(2 << 20)
 }
 

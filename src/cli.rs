@@ -176,6 +176,12 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub submit_batch: Option<u32>,
 
+    /// Register guest memory with each request queue's io_uring, so that I/O does not pin guest
+    /// pages per request. Pins all of guest RAM while a front-end is connected (the supervisor
+    /// lifts the worker's RLIMIT_MEMLOCK) [default: off].
+    #[arg(long)]
+    pub register_buffers: bool,
+
     /// Threads in the `--aio=threads` pool [default: 8].
     #[arg(long, value_name = "N")]
     pub aio_threads: Option<usize>,
@@ -486,6 +492,7 @@ fn io_config(args: &Args) -> Result<IoConfig, CliError> {
     if let Some(us) = args.poll_us {
         io.poll_us = us;
     }
+    io.register_buffers = args.register_buffers;
     if let Some(n) = args.submit_batch {
         if n == 0 || n > 1024 {
             return Err(CliError::InvalidValue {

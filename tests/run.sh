@@ -36,3 +36,7 @@ done
 echo "== cargo test --test frontend (--poll-us 50 --submit-batch 8)"
 VUS_TEST_DAEMON_ARGS="--poll-us 50 --submit-batch 8" \
     cargo test --test frontend -- --test-threads="${VUS_TEST_THREADS:-2}"
+# Registered guest memory (READ_FIXED/WRITE_FIXED). One test at a time: every worker's
+# registrations count against the same account's RLIMIT_MEMLOCK (8 MiB by default).
+echo "== cargo test --test frontend (--register-buffers)"
+VUS_TEST_DAEMON_ARGS="--register-buffers" cargo test --test frontend -- --test-threads=1

@@ -64,6 +64,8 @@ pub struct IoConfig {
     pub queue_cpus: Vec<usize>,
     /// Threads of the `threads` engine's pool.
     pub aio_threads: usize,
+    /// Register guest memory with each io_uring (`--register-buffers`).
+    pub register_buffers: bool,
 }
 
 impl Default for IoConfig {
@@ -74,6 +76,7 @@ impl Default for IoConfig {
             submit_batch: 1,
             queue_cpus: Vec::new(),
             aio_threads: 8,
+            register_buffers: false,
         }
     }
 }
@@ -113,6 +116,12 @@ pub trait Engine: Send {
     fn wait(&mut self, kick_fd: Option<RawFd>) -> io::Result<bool>;
     /// Whether completions are ready, without a syscall where possible (busy polling).
     fn ready(&mut self) -> bool;
+    /// Registers guest memory (host address, length per region) for I/O without per-request
+    /// page pinning, replacing what was registered before; returns the bytes registered.
+    /// Engines without the notion refuse (the default).
+    fn register_memory(&mut self, _regions: &[(*mut u8, usize)]) -> io::Result<usize> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
     /// Whether [`Engine::wait`] reports each kick once (edge-triggered) rather than for as long
     /// as the kick is readable; only then can a queue keep watching it after it fired.
     fn kick_edges(&self) -> bool {
@@ -123,6 +132,34 @@ pub trait Engine: Send {
 
 /// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.
 pub const DEALLOCATE_MODE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// For `--register-buffers`, run by the supervisor before it starts a worker: registered
+/// buffers count against RLIMIT_MEMLOCK, which the unprivileged worker cannot raise. Lifts the
+/// limit (as root), else the soft limit to the hard one; returns the soft limit now in force.
+pub fn lift_memlock_limit() -> io::Result<libc::rlim_t> {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads one valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
+        return Ok(libc::RLIM_INFINITY);
+    }
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into `current`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    current.rlim_cur = current.rlim_max;
+    // SAFETY: setrlimit reads one valid rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &current) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(current.rlim_cur)
+}
 
 /// Reads an eventfd if it is readable, without ever blocking.
 pub(crate) fn drain_eventfd(fd: RawFd) -> bool {

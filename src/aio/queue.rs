@@ -16,7 +16,10 @@ use std::{
 use log::{info, warn};
 use vhost_user_backend::{VringRwLock, VringT};
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
-use vm_memory::{GuestMemoryLoadGuard, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{
+    GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
+    MemoryRegionAddress, VolatileSlice,
+};
 
 use super::{threads::ThreadEngine, uring::UringEngine, AioMode, Engine, IoConfig, Op};
 use crate::{
@@ -113,6 +116,12 @@ pub struct QueueWorker {
     unsubmitted: u32,
     /// The front-end stopped the ring (GET_VRING_BASE) during this `run`.
     ring_stopped: bool,
+    /// `--register-buffers`: whether to register guest memory with the engine, and the memory
+    /// table registered (kept alive, so that a new table can never reuse its address).
+    register_buffers: bool,
+    registered: Option<MemGuard>,
+    /// Which queue this is (log messages).
+    queue: usize,
 }
 
 impl QueueWorker {
@@ -125,7 +134,11 @@ impl QueueWorker {
         let depth = usize::from(depth.max(1));
         let engine: Box<dyn Engine> = match config.aio {
             AioMode::IoUring => {
-                match UringEngine::new(depth.next_power_of_two() as u32, files) {
+                match UringEngine::new(
+                    depth.next_power_of_two() as u32,
+                    files,
+                    config.register_buffers,
+                ) {
                     Ok(e) => Box::new(e),
                     Err(e) => {
                         warn!("request queue {queue}: io_uring unavailable ({e}); using the thread pool");
@@ -140,6 +153,8 @@ impl QueueWorker {
         }
         let mut worker = Self::with_engine_batching(engine, depth as u16, config.submit_batch);
         worker.poll = Duration::from_micros(u64::from(config.poll_us));
+        worker.register_buffers = config.register_buffers;
+        worker.queue = queue;
         Ok(worker)
     }
 
@@ -164,6 +179,9 @@ impl QueueWorker {
             submit_batch: submit_batch.max(1),
             unsubmitted: 0,
             ring_stopped: false,
+            register_buffers: false,
+            registered: None,
+            queue: 0,
         }
     }
 
@@ -187,6 +205,9 @@ impl QueueWorker {
         // the I/O in flight is slow must not wait for it.
         let mut watch_kick = true;
         self.ring_stopped = false;
+        if self.register_buffers {
+            self.track_memory(bus, vring, mem)?;
+        }
         loop {
             if event_idx {
                 vring.disable_notification()?;
@@ -224,6 +245,53 @@ impl QueueWorker {
                 watch_kick = false;
             }
         }
+    }
+
+    /// Registers the guest memory table with the engine when it is not the one registered
+    /// (first use, or the front-end changed it), after the I/O in flight has completed. On
+    /// failure (RLIMIT_MEMLOCK, an engine without the notion) it says why once and stops
+    /// trying: I/O then pins pages per request, as without the option.
+    fn track_memory(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &VringRwLock,
+        mem: &MemGuard,
+    ) -> Result<(), QueueError> {
+        if let Some(old) = &self.registered {
+            if std::ptr::eq(&**old, &**mem) {
+                return Ok(());
+            }
+        }
+        // Completed I/O is answered (and signalled) by `drain`.
+        self.drain(bus, vring)?;
+        let regions: Vec<(*mut u8, usize)> = mem
+            .iter()
+            .filter_map(|r| {
+                let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                Some((host, r.len() as usize))
+            })
+            .collect();
+        match self.engine.register_memory(&regions) {
+            Ok(bytes) => {
+                info!(
+                    "request queue {}: {} MiB of guest memory registered with the {} engine",
+                    self.queue,
+                    bytes >> 20,
+                    self.engine.name()
+                );
+                self.registered = Some(mem.clone());
+            }
+            Err(e) => {
+                warn!(
+                    "request queue {}: cannot register guest memory ({e}); I/O pins pages per \
+                     request instead",
+                    self.queue
+                );
+                self.register_buffers = false;
+                self.registered = None;
+            }
+        }
+        Ok(())
     }
 
     /// Spins up to `--poll-us` for a completion or a new request; true when one came.

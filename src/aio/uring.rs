@@ -13,11 +13,21 @@ const KICK_TOKEN: u64 = 1 << 63;
 /// `user_data` of a POLL_REMOVE for the poll on a kick fd that was replaced.
 const REMOVE_TOKEN: u64 = KICK_TOKEN | 1 << 62;
 
+/// `io_uring_register` opcodes (linux/io_uring.h), which the io-uring crate does not export.
+const IORING_REGISTER_BUFFERS: u8 = 0;
+const IORING_UNREGISTER_BUFFERS: u8 = 1;
+
+/// io_uring refuses registered buffers larger than this; guest regions are split.
+const MAX_FIXED_BUFFER: usize = 1 << 30;
+
 /// One io_uring with the LUN files registered and only our opcodes allowed.
 pub struct UringEngine {
     ring: IoUring,
     /// Registered (fixed) files, by index.
     files: Vec<RawFd>,
+    /// Guest memory registered as fixed buffers (`--register-buffers`): (host start, length)
+    /// by buffer index, sorted by address.
+    buffers: Vec<(usize, usize)>,
     /// The kick fd a multishot POLL_ADD is outstanding on.
     kick_armed: Option<RawFd>,
     kick_fired: bool,
@@ -29,8 +39,11 @@ pub struct UringEngine {
 
 impl UringEngine {
     /// Creates a ring of `entries` (completion queue twice as large), registers `files` and
-    /// restricts the ring to READV, WRITEV, FSYNC, FALLOCATE, POLL_ADD and POLL_REMOVE.
-    pub fn new(entries: u32, files: &[RawFd]) -> io::Result<Self> {
+    /// restricts the ring to READV, WRITEV, READ_FIXED, WRITE_FIXED, FSYNC, FALLOCATE, POLL_ADD
+    /// and POLL_REMOVE.
+    /// With `buffers`, the ring may also register and unregister guest memory (nothing else
+    /// can be registered once it runs).
+    pub fn new(entries: u32, files: &[RawFd], buffers: bool) -> io::Result<Self> {
         let ring: IoUring = IoUring::builder()
             .setup_cqsize(entries * 2)
             .setup_single_issuer()
@@ -44,20 +57,29 @@ impl UringEngine {
         if !files.is_empty() {
             sub.register_files(files)?;
         }
-        let mut restrictions = [
+        let mut restrictions = vec![
             Restriction::sqe_op(opcode::Readv::CODE),
             Restriction::sqe_op(opcode::Writev::CODE),
             Restriction::sqe_op(opcode::Fsync::CODE),
             Restriction::sqe_op(opcode::Fallocate::CODE),
             Restriction::sqe_op(opcode::PollAdd::CODE),
             Restriction::sqe_op(opcode::PollRemove::CODE),
+            Restriction::sqe_op(opcode::ReadFixed::CODE),
+            Restriction::sqe_op(opcode::WriteFixed::CODE),
             Restriction::sqe_flags_allowed(squeue::Flags::FIXED_FILE.bits()),
         ];
+        if buffers {
+            restrictions.extend([
+                Restriction::register_op(IORING_REGISTER_BUFFERS),
+                Restriction::register_op(IORING_UNREGISTER_BUFFERS),
+            ]);
+        }
         sub.register_restrictions(&mut restrictions)?;
         sub.register_enable_rings()?;
         Ok(Self {
             ring,
             files: files.to_vec(),
+            buffers: Vec::new(),
             kick_armed: None,
             kick_fired: false,
             queued: 0,
@@ -103,6 +125,14 @@ impl UringEngine {
         }
     }
 
+    /// The registered buffer holding all of `[ptr, ptr + len)`, if any.
+    fn fixed_buffer(&self, ptr: usize, len: usize) -> Option<u16> {
+        let i = self.buffers.partition_point(|&(start, _)| start <= ptr);
+        let (start, size) = *self.buffers.get(i.checked_sub(1)?)?;
+        let end = ptr.checked_add(len)?;
+        (end <= start + size).then(|| (i - 1) as u16)
+    }
+
     /// Moves the ring's completions to `pending`, noting a fired kick poll.
     fn collect(&mut self) {
         for cqe in self.ring.completion() {
@@ -135,24 +165,80 @@ impl Engine for UringEngine {
             // Not registered (cannot happen for LUN files): the caller runs it synchronously.
             None => return false,
         };
+        // One segment inside registered guest memory: READ_FIXED/WRITE_FIXED skip pinning the
+        // pages for every I/O (`--register-buffers`).
+        let single = if op.iovcnt == 1 && !self.buffers.is_empty() {
+            // SAFETY: `iov` points at `iovcnt` valid iovecs (see `Op`).
+            let v = unsafe { *op.iov };
+            self.fixed_buffer(v.iov_base as usize, v.iov_len)
+                .and_then(|index| {
+                    Some((
+                        v.iov_base.cast::<u8>(),
+                        u32::try_from(v.iov_len).ok()?,
+                        index,
+                    ))
+                })
+        } else {
+            None
+        };
         let iovcnt = op.iovcnt as u32;
-        let entry = match op.kind {
-            IoKind::Read => opcode::Readv::new(fd, op.iov, iovcnt)
+        let entry = match (op.kind, single) {
+            (IoKind::Read, Some((buf, len, index))) => opcode::ReadFixed::new(fd, buf, len, index)
                 .offset(op.offset)
                 .build(),
-            IoKind::Write { fua } => opcode::Writev::new(fd, op.iov, iovcnt)
+            (IoKind::Write { fua }, Some((buf, len, index))) => {
+                opcode::WriteFixed::new(fd, buf, len, index)
+                    .offset(op.offset)
+                    .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
+                    .build()
+            }
+            (IoKind::Read, None) => opcode::Readv::new(fd, op.iov, iovcnt)
+                .offset(op.offset)
+                .build(),
+            (IoKind::Write { fua }, None) => opcode::Writev::new(fd, op.iov, iovcnt)
                 .offset(op.offset)
                 .rw_flags(if fua { libc::RWF_DSYNC } else { 0 })
                 .build(),
-            IoKind::Flush => opcode::Fsync::new(fd)
+            (IoKind::Flush, _) => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
-            IoKind::Deallocate { bytes } => opcode::Fallocate::new(fd, bytes)
+            (IoKind::Deallocate { bytes }, _) => opcode::Fallocate::new(fd, bytes)
                 .offset(op.offset)
                 .mode(DEALLOCATE_MODE)
                 .build(),
         };
         self.push_entry(&entry.user_data(op.user_data))
+    }
+
+    fn register_memory(&mut self, regions: &[(*mut u8, usize)]) -> io::Result<usize> {
+        if !self.buffers.is_empty() {
+            // The kernel keeps the old buffers of requests still in flight until they complete.
+            self.ring.submitter().unregister_buffers()?;
+            self.buffers.clear();
+        }
+        let mut chunks: Vec<(usize, usize)> = Vec::new();
+        for &(ptr, len) in regions {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(MAX_FIXED_BUFFER);
+                chunks.push((ptr as usize + done, n));
+                done += n;
+            }
+        }
+        chunks.sort_unstable();
+        let iovecs: Vec<libc::iovec> = chunks
+            .iter()
+            .map(|&(start, len)| libc::iovec {
+                iov_base: start as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: the iovecs describe guest memory mapped by the caller's memory table, which
+        // the queue worker keeps alive while these buffers are registered; the kernel pins the
+        // pages, so an unmapped table could not make it touch freed memory either.
+        unsafe { self.ring.submitter().register_buffers(&iovecs)? };
+        self.buffers = chunks;
+        Ok(self.buffers.iter().map(|&(_, len)| len).sum())
     }
 
     fn submit(&mut self) -> io::Result<()> {

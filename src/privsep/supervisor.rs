@@ -236,6 +236,18 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     // SAFETY: getpid has no preconditions.
     sandbox::probe::prepare(unsafe { libc::getpid() });
     let sfd = signalfd().map_err(PrivsepError::SignalFd)?;
+    if config.io.register_buffers {
+        // Inherited by the worker, which can no longer raise it once jailed.
+        match crate::aio::lift_memlock_limit() {
+            Ok(libc::RLIM_INFINITY) => info!("--register-buffers: RLIMIT_MEMLOCK lifted"),
+            Ok(limit) => warn!(
+                "--register-buffers: RLIMIT_MEMLOCK stays at {} KiB (no CAP_SYS_RESOURCE): \
+                 guest memory larger than that is not registered",
+                limit >> 10
+            ),
+            Err(e) => warn!("--register-buffers: cannot change RLIMIT_MEMLOCK: {e}"),
+        }
+    }
 
     let mut worker = spawn_worker(&res, &config, &mut plan)?;
     info!("worker {} started", worker.pid);

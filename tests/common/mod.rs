@@ -73,9 +73,10 @@ pub const SENSE_DATA_PROTECT: u8 = 0x07;
 // Guest memory layout.
 // ---------------------------------------------------------------------------------------------
 
-/// Two 8 MiB regions, contiguous in guest-physical space but separate memfds (and so separate
-/// mappings in the daemon): a buffer may straddle the boundary, as it can in a real VM.
-pub const REGION_SIZE: u64 = 8 << 20;
+/// Two 2 MiB regions, contiguous in guest-physical space but separate memfds (and so separate
+/// mappings in the daemon): a buffer may straddle the boundary, as it can in a real VM. Small
+/// enough that `--register-buffers` can pin all of it under the default 8 MiB RLIMIT_MEMLOCK.
+pub const REGION_SIZE: u64 = 2 << 20;
 pub const MEM_END: u64 = 2 * REGION_SIZE;
 /// Queue `q`'s rings live at `q * RING_AREA`: descriptors at +0, avail at +0x800, used at +0x1000.
 const RING_AREA: u64 = 0x4000;
