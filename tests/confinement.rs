@@ -118,7 +118,8 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
         let expected = match comm.as_str() {
             "vus-worker" => 2,
             "signals" | "vhost-user-scsi" | "vring_worker" => 3,
-            // The aio thread pool is started by a vring worker and inherits its role.
+            // The aio pool (--aio=threads, or a queue whose io_uring was refused) stacks
+            // worker-aio; started by a vring worker it has that role below it too.
             pool if pool.starts_with("aio-") => 3,
             other => panic!("unexpected worker thread {other}"),
         };
@@ -266,10 +267,11 @@ impl Probed {
         }
     }
 
-    /// Runs one probe to completion (connecting a front-end for thread probes).
+    /// Runs one probe to completion (connecting a front-end for the vring and protocol
+    /// probes; the main thread and the aio pool probe as they start).
     fn run(probe: &str, args: &[&str]) -> (i32, String) {
         let mut p = Probed::start(probe, args);
-        if !probe.ends_with("@main") && probe.contains('@') {
+        if probe.ends_with("@vring") || probe.ends_with("@protocol") {
             let deadline = Instant::now() + TIMEOUT;
             while !p.socket.exists() {
                 assert!(Instant::now() < deadline, "no socket\n{}", p.log());
@@ -307,10 +309,16 @@ fn seccomp_kills_every_forbidden_action_in_every_role() {
         "mmap-exec",
         "setuid",
     ];
-    for place in ["main", "vring", "protocol"] {
+    let places: [(&str, &[&str]); 4] = [
+        ("main", &[]),
+        ("vring", &[]),
+        ("protocol", &[]),
+        ("aio", &["--aio", "threads"]),
+    ];
+    for (place, args) in places {
         for what in probes {
             let probe = format!("{what}@{place}");
-            let (code, log) = Probed::run(&probe, &[]);
+            let (code, log) = Probed::run(&probe, args);
             assert_eq!(code, SIGSYS_EXIT, "{probe}: supervisor exit status\n{log}");
             assert!(log.contains("killed by SIGSYS"), "{probe}\n{log}");
             assert!(
@@ -465,4 +473,49 @@ fn a_killed_supervisor_takes_its_worker_with_it() {
         );
         sleep(Duration::from_millis(10));
     }
+}
+
+/// `--aio=threads`: every pool thread stacks the worker-aio role on top of the main thread's
+/// filters (enosys + main + aio), has no capability, and serves I/O under it.
+#[test]
+fn aio_pool_threads_stack_their_own_role() {
+    let d = Daemon::start(&two_disks(), &["--aio", "threads", "--aio-threads", "3"]);
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    let data = pattern(4 * 512, 0x33);
+    vm.scsi(lun(0, 0), &cdb_write10(3, 4), &[&data], &[])
+        .assert_good();
+    vm.scsi(lun(0, 0), &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], &[])
+        .assert_good();
+    let r = vm.scsi(lun(0, 0), &cdb_read10(3, 4), &[], &[2048]);
+    r.assert_good();
+    assert!(r.data == data);
+    let worker = worker_of(d.pid());
+    let mut pool = 0;
+    for task in fs::read_dir(format!("/proc/{worker}/task")).unwrap() {
+        let tid = task.unwrap().file_name().into_string().unwrap();
+        let st = status_of(&format!("/proc/{worker}/task/{tid}/status"));
+        if !st["Name"].starts_with("aio-") {
+            continue;
+        }
+        pool += 1;
+        assert_eq!(st["Seccomp_filters"], "3", "{} filter depth", st["Name"]);
+        assert_eq!(st["CapEff"], "0000000000000000");
+        assert_eq!(st["NoNewPrivs"], "1");
+    }
+    assert_eq!(pool, 3, "pool threads\n{}", d.log());
+}
+
+/// The aio pool's role is narrower than the main thread's: `io_uring_setup`, which the main
+/// thread may call (the io-uring engine), kills a pool thread.
+#[test]
+fn the_aio_role_is_narrower_than_the_main_thread() {
+    let (code, log) = Probed::run("io-uring@main", &[]);
+    assert_eq!(
+        code, PROBE_ALLOWED,
+        "io_uring_setup on the main thread\n{log}"
+    );
+    let (code, log) = Probed::run("io-uring@aio", &["--aio", "threads"]);
+    assert_eq!(code, SIGSYS_EXIT, "io_uring_setup on a pool thread\n{log}");
+    assert!(log.contains("killed by SIGSYS"), "{log}");
 }

@@ -61,6 +61,11 @@ fn pool(threads: usize) -> io::Result<&'static Arc<Pool>> {
 }
 
 fn worker(pool: &Pool) {
+    // Narrowed at once: the pool starts after the worker installed its filters (from the main
+    // thread, or from a queue thread when io_uring is refused), and only runs file I/O.
+    crate::sandbox::seccomp::enter_role(crate::sandbox::seccomp::ThreadRole::WorkerAio);
+    #[cfg(debug_assertions)]
+    crate::sandbox::probe::run_in_thread(crate::sandbox::seccomp::ThreadRole::WorkerAio);
     loop {
         let job = {
             let mut jobs = lock(&pool.jobs);

@@ -3,14 +3,15 @@
 //!
 //! `VHOST_USER_SCSI_PROBE=<what>[@<where>]` makes the jailed worker attempt one forbidden
 //! action: in the main thread right after its filters are installed (`@main`, the default), or
-//! in a vring worker / the protocol thread right after it stacked its role (`@vring`,
-//! `@protocol`). It prints `probe <what>@<where>: denied: <error>` and exits with
+//! in a vring worker / the protocol thread / an `--aio=threads` pool thread right after it
+//! stacked its role (`@vring`, `@protocol`, `@aio`). It prints `probe <what>@<where>: denied: <error>` and exits with
 //! [`EXIT_PROBE_DENIED`], or prints `... ALLOWED` and exits with [`EXIT_PROBE_ALLOWED`]; under a
 //! seccomp filter the process is usually killed before it can print anything.
 //!
 //! What: `open` (/etc/passwd), `socket` (AF_INET), `connect` (TCP to 127.0.0.1:9), `execve`
 //! (/bin/true), `ptrace` (attach to the supervisor), `kill-parent` (signal 0 to the
-//! supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to root).
+//! supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to root),
+//! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool).
 
 use std::{io, sync::OnceLock};
 
@@ -112,6 +113,11 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
             }
         }
         "setuid" => result(unsafe { libc::setresuid(0, 0, 0) }.into()),
+        "io-uring" => {
+            // Allowed to the main and vring roles (the io-uring engine), not to the aio pool.
+            let mut params = [0u8; 120]; // struct io_uring_params
+            result(unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) })
+        }
         other => Err(io::Error::other(format!("unknown probe {other}"))),
     }
 }
@@ -145,11 +151,12 @@ pub fn run_in_main() {
     run("main");
 }
 
-/// Runs a `@vring` / `@protocol` probe right after that thread stacked its role.
+/// Runs a `@vring` / `@protocol` / `@aio` probe right after that thread stacked its role.
 pub fn run_in_thread(role: ThreadRole) {
     match role {
         ThreadRole::WorkerVring => run("vring"),
         ThreadRole::WorkerProtocol => run("protocol"),
+        ThreadRole::WorkerAio => run("aio"),
         _ => {}
     }
 }

@@ -36,16 +36,19 @@ pub enum ThreadRole {
     WorkerProtocol,
     /// A virtqueue worker (`vring_worker`): the data path.
     WorkerVring,
+    /// A thread of the `--aio=threads` pool (`aio-N`): file I/O and a completion eventfd.
+    WorkerAio,
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 6] = [
+    pub const ALL: [ThreadRole; 7] = [
         ThreadRole::Supervisor,
         ThreadRole::WorkerEnosys,
         ThreadRole::WorkerMain,
         ThreadRole::WorkerSignals,
         ThreadRole::WorkerProtocol,
         ThreadRole::WorkerVring,
+        ThreadRole::WorkerAio,
     ];
 
     /// The policy file stem (`seccomp/<arch>/<name>.json`).
@@ -57,6 +60,7 @@ impl ThreadRole {
             ThreadRole::WorkerSignals => "worker-signals",
             ThreadRole::WorkerProtocol => "worker-protocol",
             ThreadRole::WorkerVring => "worker-vring",
+            ThreadRole::WorkerAio => "worker-aio",
         }
     }
 
