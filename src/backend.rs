@@ -305,7 +305,11 @@ impl VhostUserBackend for ScsiBackend {
         match (queue_index as usize).checked_sub(FIXED_QUEUES) {
             Some(q) => {
                 if let Some(worker) = self.workers.get(q) {
-                    drop(lock(worker));
+                    // Then stop watching its kick: SET_VRING_KICK may follow with a new eventfd
+                    // under the same fd number, which the engine could not tell apart.
+                    if let Some(w) = lock(worker).as_mut() {
+                        w.forget_kick();
+                    }
                 }
             }
             None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control_busy)),

@@ -122,6 +122,10 @@ pub trait Engine: Send {
     fn register_memory(&mut self, _regions: &[(*mut u8, usize)]) -> io::Result<usize> {
         Err(io::ErrorKind::Unsupported.into())
     }
+    /// Stops watching the kick fd given to [`Engine::wait`]: the front-end is about to replace
+    /// it (GET_VRING_BASE comes first), and the new eventfd may get the same fd number. Called
+    /// from the vhost-user thread (under the queue's lock), so it must not enter the kernel.
+    fn forget_kick(&mut self) {}
     /// Whether [`Engine::wait`] reports each kick once (edge-triggered) rather than for as long
     /// as the kick is readable; only then can a queue keep watching it after it fired.
     fn kick_edges(&self) -> bool {

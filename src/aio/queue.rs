@@ -185,6 +185,11 @@ impl QueueWorker {
         }
     }
 
+    /// The ring is being stopped (GET_VRING_BASE): a new kick eventfd may follow.
+    pub fn forget_kick(&mut self) {
+        self.engine.forget_kick();
+    }
+
     /// Commands whose I/O is in the engine.
     pub fn in_flight(&self) -> usize {
         self.inflight

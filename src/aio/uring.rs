@@ -8,7 +8,8 @@ use super::{Engine, Op, DEALLOCATE_MODE};
 use crate::scsi::IoKind;
 
 /// `user_data` bit of the polls on the guest's kick eventfd (slot numbers are far below it); the
-/// low bits are the kick fd, so a completion for a kick fd we no longer watch is recognised.
+/// low bits number the polls, so a completion for a poll we no longer watch is recognised (a
+/// new kick eventfd often gets the old one's fd number).
 const KICK_TOKEN: u64 = 1 << 63;
 /// `user_data` of a POLL_REMOVE for the poll on a kick fd that was replaced.
 const REMOVE_TOKEN: u64 = KICK_TOKEN | 1 << 62;
@@ -28,8 +29,12 @@ pub struct UringEngine {
     /// Guest memory registered as fixed buffers (`--register-buffers`): (host start, length)
     /// by buffer index, sorted by address.
     buffers: Vec<(usize, usize)>,
-    /// The kick fd a multishot POLL_ADD is outstanding on.
-    kick_armed: Option<RawFd>,
+    /// The kick fd a multishot POLL_ADD is outstanding on, and that poll's `user_data`.
+    kick_armed: Option<(RawFd, u64)>,
+    /// Polls armed so far (numbers their `user_data`).
+    kick_polls: u64,
+    /// The front-end may have replaced the kick fd (see [`Engine::forget_kick`]): re-arm.
+    kick_stale: bool,
     kick_fired: bool,
     /// Operations queued but not yet submitted.
     queued: usize,
@@ -81,6 +86,8 @@ impl UringEngine {
             files: files.to_vec(),
             buffers: Vec::new(),
             kick_armed: None,
+            kick_polls: 0,
+            kick_stale: false,
             kick_fired: false,
             queued: 0,
             pending: Vec::with_capacity(entries as usize * 2),
@@ -102,27 +109,42 @@ impl UringEngine {
     /// once for every write to the eventfd and never consumes it, so it can stay armed while
     /// the vring event loop (which reads the kick) still has it readable.
     fn arm_kick(&mut self, fd: RawFd) {
-        if self.kick_armed == Some(fd) {
+        if std::mem::take(&mut self.kick_stale) && !self.disarm_kick() {
+            self.kick_stale = true;
             return;
         }
-        if let Some(old) = self.kick_armed {
-            // The front-end replaced the kick fd (SET_VRING_KICK after a reset): stop watching
-            // the old one, whose poll would otherwise keep its file open.
-            let remove = opcode::PollRemove::new(KICK_TOKEN | old as u64)
-                .build()
-                .user_data(REMOVE_TOKEN);
-            if !self.push_entry(&remove) {
+        if let Some((armed, _)) = self.kick_armed {
+            // A different fd: the front-end replaced the kick (SET_VRING_KICK).
+            if armed == fd || !self.disarm_kick() {
                 return;
             }
-            self.kick_armed = None;
         }
+        self.kick_polls += 1;
+        let token = KICK_TOKEN | self.kick_polls;
         let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(KICK_TOKEN | fd as u64);
+            .user_data(token);
         if self.push_entry(&entry) {
-            self.kick_armed = Some(fd);
+            self.kick_armed = Some((fd, token));
         }
+    }
+
+    /// Removes the kick poll (whose file it keeps open); false when the submission queue had
+    /// no room for the removal.
+    fn disarm_kick(&mut self) -> bool {
+        let Some((_, token)) = self.kick_armed else {
+            return true;
+        };
+        let remove = opcode::PollRemove::new(token)
+            .build()
+            .user_data(REMOVE_TOKEN);
+        if !self.push_entry(&remove) {
+            return false;
+        }
+        self.kick_armed = None;
+        self.kick_fired = false;
+        true
     }
 
     /// The registered buffer holding all of `[ptr, ptr + len)`, if any.
@@ -142,8 +164,7 @@ impl UringEngine {
                 continue;
             }
             // A kick poll (current or replaced) or the removal of one.
-            let current = self.kick_armed.map(|fd| KICK_TOKEN | fd as u64);
-            if Some(data) == current {
+            if self.kick_armed.map(|(_, token)| token) == Some(data) {
                 if cqe.result() >= 0 {
                     self.kick_fired = true;
                 }
@@ -294,7 +315,70 @@ impl Engine for UringEngine {
         true
     }
 
+    fn forget_kick(&mut self) {
+        // Called from the vhost-user thread: the ring (SINGLE_ISSUER) only takes submissions
+        // from its queue thread, which re-arms at its next wait.
+        self.kick_stale = true;
+    }
+
     fn name(&self) -> &'static str {
         "io-uring"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{os::fd::AsRawFd, thread::sleep, time::Duration};
+
+    use vmm_sys_util::eventfd::EventFd;
+
+    use super::*;
+
+    /// Whether a kick completion arrives within a moment (consumes it).
+    fn kicked(e: &mut UringEngine) -> bool {
+        sleep(Duration::from_millis(30));
+        let ready = e.ready();
+        e.collect();
+        ready && std::mem::take(&mut e.kick_fired)
+    }
+
+    fn engine() -> UringEngine {
+        UringEngine::new(8, &[], false).expect("io_uring (is kernel.io_uring_disabled set?)")
+    }
+
+    /// The kick poll fires once per write and not again while the eventfd merely stays
+    /// readable (the vring event loop reads it later): a queue can keep watching it.
+    #[test]
+    fn the_kick_poll_is_edge_triggered() {
+        let mut e = engine();
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        e.arm_kick(kick.as_raw_fd());
+        e.submit().unwrap();
+        kick.write(1).unwrap();
+        assert!(kicked(&mut e), "first kick");
+        assert!(!kicked(&mut e), "fired again without a new kick");
+        kick.write(1).unwrap();
+        assert!(kicked(&mut e), "second kick");
+    }
+
+    /// A kick eventfd replaced under the same fd number (GET_VRING_BASE, then SET_VRING_KICK)
+    /// is watched again once the worker was told (`forget_kick`).
+    #[test]
+    fn a_replaced_kick_is_watched() {
+        let mut e = engine();
+        let old = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let fd = old.as_raw_fd();
+        e.arm_kick(fd);
+        e.submit().unwrap();
+        // `fd` now names a new eventfd, as after a close and a reopen (dup2 replaces it in one
+        // step, so no other test's fd is touched); `old` closes it at the end.
+        let new = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        // SAFETY: both fds are open and owned by this test.
+        assert_eq!(unsafe { libc::dup2(new.as_raw_fd(), fd) }, fd);
+        e.forget_kick();
+        e.arm_kick(fd);
+        e.submit().unwrap();
+        new.write(1).unwrap();
+        assert!(kicked(&mut e), "the new kick was not watched");
     }
 }
