@@ -416,6 +416,14 @@ fn worker_main(
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes a positive count.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, (8 * cpus).min(1024) as libc::c_int) };
+    // The first time glibc shrinks a thread arena's heap (typically a vring worker exiting at
+    // disconnect, freeing its tcache) it opens /proc/sys/vm/overcommit_memory
+    // (check_may_shrink_heap): a seccomp kill of the whole worker, about one sg3 guest run in
+    // four. Thread heaps below this threshold are never trimmed, so that open never happens;
+    // the memory stays in the arena for the next connection's threads, and heaps that empty
+    // completely are still unmapped.
+    // SAFETY: as above; M_TRIM_THRESHOLD takes a byte count.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
 
     // glibc reports fatal errors (heap corruption, failed assertions) by opening /dev/tty
     // unless this is set: in the jail that open is a seccomp kill naming `openat`, which hides

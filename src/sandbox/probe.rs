@@ -11,7 +11,8 @@
 //! What: `open` (/etc/passwd), `socket` (AF_INET), `connect` (TCP to 127.0.0.1:9), `execve`
 //! (/bin/true), `ptrace` (attach to the supervisor), `kill-parent` (signal 0 to the
 //! supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to root),
-//! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool).
+//! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool),
+//! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed).
 
 use std::{io, sync::OnceLock};
 
@@ -113,6 +114,17 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
             }
         }
         "setuid" => result(unsafe { libc::setresuid(0, 0, 0) }.into()),
+        "heap-trim" => {
+            // Not forbidden: glibc frees memory at the top of a thread's own malloc heap, as
+            // every exiting thread does, which once made it open /proc/sys/vm/overcommit_memory
+            // (check_may_shrink_heap) under the filters. Must complete.
+            std::thread::spawn(|| {
+                let blocks: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 64 << 10]).collect();
+                drop(blocks);
+            })
+            .join()
+            .map_err(|_| io::Error::other("heap-trim thread panicked"))
+        }
         "io-uring" => {
             // Allowed to the main and vring roles (the io-uring engine), not to the aio pool.
             let mut params = [0u8; 120]; // struct io_uring_params
