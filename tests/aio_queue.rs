@@ -582,29 +582,25 @@ fn deallocation_goes_through_the_engine() {
 /// the range instead, and is GOOD.
 #[test]
 fn a_failed_deallocation_is_reported() {
-    let (bus, img) = file_bus();
-    fill_medium(&img, 0, 16, 0x5a);
-    let hold = Arc::new(Hold::default());
-    hold.set(|s| s.errno = Some(libc::EOPNOTSUPP));
-    let mut ring = Ring::new(64);
-    let list = unmap_list(&[(8, 4)]);
-    let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
-    let (_, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
-    assert!(ok);
-    assert_eq!(ring.take_used().len(), 1);
-    assert_eq!(status(&ring, &unmap), (0, 0));
+    // One UNMAP of LBAs 8..12 on a medium full of 0x5a, the engine failing with `errno`.
+    let unmap_failing = |errno: i32| {
+        let (bus, img) = file_bus();
+        fill_medium(&img, 0, 16, 0x5a);
+        let hold = Arc::new(Hold::default());
+        hold.set(|s| s.errno = Some(errno));
+        let mut ring = Ring::new(64);
+        let list = unmap_list(&[(8, 4)]);
+        let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
+        let (_, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
+        assert!(ok);
+        assert_eq!(ring.take_used().len(), 1);
+        assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+        (status(&ring, &unmap), img)
+    };
+    let (status, img) = unmap_failing(libc::EOPNOTSUPP);
+    assert_eq!(status, (0, 0));
     assert_eq!(medium(&img, 8), block(0));
     assert_eq!(medium(&img, 7), block(0x5a));
-
-    let (bus, _img) = file_bus();
-    let hold = Arc::new(Hold::default());
-    hold.set(|s| s.errno = Some(libc::EIO));
-    let mut ring = Ring::new(64);
-    let list = unmap_list(&[(8, 4)]);
-    let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
-    let (_, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
-    assert!(ok);
-    assert_eq!(ring.take_used().len(), 1);
-    assert_eq!(status(&ring, &unmap).0, 2, "CHECK CONDITION");
-    assert_eq!(bus.writes_in_flight(0, 0), Some(0));
+    let (status, _) = unmap_failing(libc::EIO);
+    assert_eq!(status.0, 2, "CHECK CONDITION");
 }

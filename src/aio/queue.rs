@@ -531,7 +531,12 @@ fn io_result(slot: &mut Slot, res: i32) -> io::Result<()> {
         return match res {
             // No holes on this file system: zero the range instead, as the synchronous path
             // does, so that it still reads back zero; that error, if any, is the command's.
-            r if r == -libc::EOPNOTSUPP => zero_range(slot.fd, slot.offset, bytes),
+            r if r == -libc::EOPNOTSUPP => crate::lun::file::fallocate(
+                slot.fd,
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+                slot.offset,
+                bytes,
+            ),
             r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
             _ => Ok(()),
         };
@@ -544,23 +549,6 @@ fn io_result(slot: &mut Slot, res: i32) -> io::Result<()> {
         return Ok(());
     }
     finish_short(slot, done)
-}
-
-fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    // SAFETY: fallocate takes integers only; `fd` is a LUN file kept open by the bus.
-    let ret = unsafe {
-        libc::fallocate(
-            fd,
-            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// Runs the rest of a short `readv`/`writev` with blocking calls (rare: end of a file that

@@ -179,20 +179,7 @@ impl FileBackend {
     }
 
     fn fallocate(&self, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
-        // SAFETY: plain syscall on a file descriptor we own; no pointers involved.
-        let ret = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                mode,
-                offset as libc::off_t,
-                len as libc::off_t,
-            )
-        };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        fallocate(self.file.as_raw_fd(), mode, offset, len)
     }
 
     fn block_ioctl(&self, request: libc::c_ulong, offset: u64, len: u64) -> io::Result<()> {
@@ -390,6 +377,18 @@ impl FileBackend {
         } else {
             Ok(ret as u64)
         }
+    }
+}
+
+/// `fallocate(2)` on `fd` (also used by the queue worker to finish a deallocation an engine
+/// could not do as asked).
+pub(crate) fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    // SAFETY: plain syscall with integer arguments; `fd` is an open LUN file of the caller's.
+    let ret = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
 }
 
