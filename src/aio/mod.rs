@@ -135,7 +135,7 @@ pub trait Engine: Send {
 }
 
 /// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.
-pub const DEALLOCATE_MODE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+pub const DEALLOCATE_MODE: libc::c_int = crate::lun::file::PUNCH_HOLE;
 
 /// For `--register-buffers`, run by the supervisor before it starts a worker: registered
 /// buffers count against RLIMIT_MEMLOCK, which the unprivileged worker cannot raise. Lifts the

@@ -531,12 +531,9 @@ fn io_result(slot: &mut Slot, res: i32) -> io::Result<()> {
         return match res {
             // No holes on this file system: zero the range instead, as the synchronous path
             // does, so that it still reads back zero; that error, if any, is the command's.
-            r if r == -libc::EOPNOTSUPP => crate::lun::file::fallocate(
-                slot.fd,
-                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-                slot.offset,
-                bytes,
-            ),
+            r if r == -libc::EOPNOTSUPP => {
+                crate::lun::file::zero_range(slot.fd, slot.offset, bytes)
+            }
             r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
             _ => Ok(()),
         };

@@ -287,11 +287,7 @@ impl BlockBackend for FileBackend {
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.kind {
-            Kind::RegularFile => self.fallocate(
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset,
-                len,
-            ),
+            Kind::RegularFile => self.fallocate(PUNCH_HOLE, offset, len),
             Kind::BlockDevice => self.block_ioctl(BLKDISCARD, offset, len),
         }
     }
@@ -300,12 +296,8 @@ impl BlockBackend for FileBackend {
         match self.kind {
             // A punched hole reads back as zeroes and frees the space.
             Kind::RegularFile => self
-                .fallocate(
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    offset,
-                    len,
-                )
-                .or_else(|_| self.fallocate(libc::FALLOC_FL_ZERO_RANGE, offset, len)),
+                .fallocate(PUNCH_HOLE, offset, len)
+                .or_else(|_| zero_range(self.file.as_raw_fd(), offset, len)),
             Kind::BlockDevice => self.block_ioctl(BLKZEROOUT, offset, len),
         }
     }
@@ -380,9 +372,23 @@ impl FileBackend {
     }
 }
 
-/// `fallocate(2)` on `fd` (also used by the queue worker to finish a deallocation an engine
-/// could not do as asked).
-pub(crate) fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+/// `fallocate` mode that deallocates a range of an image file: a hole reads back zero and
+/// the file keeps its size (UNMAP, WRITE SAME of zeroes; also what the I/O engines run).
+pub const PUNCH_HOLE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+
+/// Zeroes a range of an image file where holes cannot be punched (also used by the queue
+/// worker when an engine's hole punch was refused).
+pub(crate) fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    fallocate(
+        fd,
+        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
+        offset,
+        len,
+    )
+}
+
+/// `fallocate(2)` on `fd`.
+fn fallocate(fd: RawFd, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     // SAFETY: plain syscall with integer arguments; `fd` is an open LUN file of the caller's.
     let ret = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
     if ret < 0 {
