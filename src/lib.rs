@@ -1,35 +1,24 @@
 //! vhost-user-scsi: a vhost-user device server for QEMU's `vhost-user-scsi-pci`.
 //!
-//! Modules:
-//! - [`config`]: the validated configuration (what to serve, where to listen).
-//! - [`lun`]: storage backends behind logical units (raw files, block devices).
-//! - [`scsi`]: SCSI target emulation (SPC/SBC commands, sense data), transport independent.
-//! - [`virtio`]: virtio-scsi wire formats and descriptor-chain parsing (hostile input).
-//! - [`backend`]: the vhost-user backend (features, config space, queue threads).
-//! - [`daemon`]: the serving loop (one listener, successive connections, signals).
-//! - [`device`]: assembling the SCSI bus from opened LUNs (default serial numbers and WWNs).
-//! - [`cli`], [`config_file`]: command line and TOML parsing into a validated [`config::Config`].
-//! - [`open`], [`listener`]: opening images and the listening socket (before serving starts).
-//! - [`logging`]: stderr or syslog.
-//! - [`capabilities`]: `--print-capabilities` (QEMU's backend program conventions).
-//! - [`privsep`]: the supervisor (opens everything, starts, reports and restarts the worker) and
-//!   the worker's start-up.
-//! - [`sandbox`]: the worker's jail (namespaces, uid/gid, capabilities, Landlock, per-thread
+//! The modules are layers; a module only imports from the layers listed before it (see
+//! ARCHITECTURE.md and `tests/layers.rs`, which enforces it):
+//! - [`config`]: command line, TOML, validation into a [`config::Config`]; no I/O.
+//! - [`logging`]: stderr or syslog, and the relay of the worker's log lines.
+//! - [`sandbox`]: confinement primitives (namespaces, uid/gid, capabilities, Landlock, per-thread
 //!   seccomp roles compiled from `seccomp/<arch>/*.json`).
+//! - [`block`]: bytes on disk: the `BlockBackend` trait, file and null backends, the I/O engines.
+//! - [`scsi`]: SCSI target emulation (SPC/SBC commands, sense data), transport independent.
+//! - [`virtio`]: virtio-scsi wire formats, descriptor-chain parsing (hostile input), the queue
+//!   loop.
+//! - [`worker`]: the jailed process: the vhost-user backend, the serving loop.
+//! - [`supervisor`]: the privileged process: opens everything, starts, reports and restarts the
+//!   worker.
 
-pub mod aio;
-pub mod backend;
-pub mod capabilities;
-pub mod cli;
+pub mod block;
 pub mod config;
-pub mod config_file;
-pub mod daemon;
-pub mod device;
-pub mod listener;
 pub mod logging;
-pub mod lun;
-pub mod open;
-pub mod privsep;
 pub mod sandbox;
 pub mod scsi;
+pub mod supervisor;
 pub mod virtio;
+pub mod worker;

@@ -1,6 +1,6 @@
 //! `vhost-user-scsi`: parse and validate, then hand over to the supervisor, which opens every
 //! LUN and the listening socket, starts the jailed worker and supervises it
-//! ([`vhost_user_scsi::privsep`]).
+//! ([`vhost_user_scsi::supervisor`]).
 //!
 //! The order matters: nothing is created (socket, lock, log) until the whole configuration has
 //! been checked, and every setup failure is one line on stderr with exit code 2.
@@ -8,10 +8,13 @@
 use std::process::ExitCode;
 
 use vhost_user_scsi::{
-    capabilities,
-    cli::{self, Command},
-    daemon, privsep,
+    config::{
+        cli::{self, Command},
+        print_capabilities as capabilities,
+    },
     sandbox::seccomp,
+    supervisor as privsep,
+    worker::serve as daemon,
 };
 
 fn setup_error(e: impl std::fmt::Display) -> ExitCode {
@@ -41,7 +44,7 @@ fn main() -> ExitCode {
     if let Err(e) = daemon::block_termination_signals() {
         return setup_error(e);
     }
-    if let Err(e) = privsep::log::init(&config.log) {
+    if let Err(e) = vhost_user_scsi::logging::relay::init(&config.log) {
         return setup_error(e);
     }
     privsep::run(config)

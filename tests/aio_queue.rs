@@ -20,8 +20,9 @@ use std::{
 
 use ring::{caw, execute, file_bus, req_header, rw10, Ring, DATA, RESP_HEADER_SIZE};
 use vhost_user_scsi::{
-    aio::{queue::QueueWorker, Engine, Op},
+    block::engine::{Engine, Op},
     scsi::{IoKind, ScsiBus},
+    virtio::queue::QueueWorker,
 };
 use vm_memory::GuestAddressSpace;
 
@@ -86,7 +87,7 @@ fn run(op: &Op, errno: Option<i32>) -> i32 {
             IoKind::Flush => libc::fdatasync(op.fd) as isize,
             IoKind::Deallocate { bytes } => libc::fallocate(
                 op.fd,
-                vhost_user_scsi::aio::DEALLOCATE_MODE,
+                vhost_user_scsi::block::engine::DEALLOCATE_MODE,
                 op.offset as i64,
                 bytes as i64,
             ) as isize,

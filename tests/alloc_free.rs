@@ -13,7 +13,10 @@ use std::{
 };
 
 use ring::{file_bus, req_header, rw10, Ring, DATA, RESP_HEADER_SIZE};
-use vhost_user_scsi::aio::{queue::QueueWorker, AioMode, IoConfig};
+use vhost_user_scsi::{
+    block::engine::{AioMode, IoConfig},
+    virtio::queue::QueueWorker,
+};
 use vm_memory::GuestAddressSpace;
 
 struct Counting;

@@ -1,6 +1,6 @@
 //! Command-line behaviour of the built binary: `--print-capabilities`, and early, one-line,
 //! exit-status-2 failures that leave nothing behind. The option grammar itself is unit-tested
-//! in `src/cli.rs`; these tests check the wiring in `main`.
+//! in `src/config/cli.rs`; these tests check the wiring in `main`.
 
 use std::{
     fs::File,

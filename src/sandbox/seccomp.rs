@@ -203,8 +203,8 @@ pub fn enter_backend_thread_role() {
         return;
     }
     let role = match std::thread::current().name() {
-        Some(crate::daemon::VRING_THREAD_NAME) => ThreadRole::WorkerVring,
-        Some(crate::daemon::PROTOCOL_THREAD_NAME) => ThreadRole::WorkerProtocol,
+        Some(crate::worker::serve::VRING_THREAD_NAME) => ThreadRole::WorkerVring,
+        Some(crate::worker::serve::PROTOCOL_THREAD_NAME) => ThreadRole::WorkerProtocol,
         _ => return,
     };
     enter_role(role);

@@ -17,7 +17,7 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
-use crate::lun::BlockBackend;
+use crate::block::BlockBackend;
 
 /// Configured targets and their LUNs.
 #[derive(Default)]

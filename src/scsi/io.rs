@@ -27,7 +27,7 @@ pub enum IoKind {
     /// `bytes` from the plan's offset must read back zero, deallocated where the file system
     /// can (UNMAP, WRITE SAME of zeroes with discard on): `fallocate(PUNCH_HOLE | KEEP_SIZE)`
     /// on an image file, `ZERO_RANGE` where holes cannot be punched. Only planned for backends
-    /// whose [`crate::lun::BlockBackend::async_fd`] accepts it (image files).
+    /// whose [`crate::block::BlockBackend::async_fd`] accepts it (image files).
     Deallocate {
         bytes: u64,
     },

@@ -1,6 +1,6 @@
 //! GET LBA STATUS (SBC-4 5.23): which LBAs are mapped and which are deallocated.
 //!
-//! The backend answers in byte runs ([`crate::lun::BlockBackend::lba_status`]: `SEEK_DATA` /
+//! The backend answers in byte runs ([`crate::block::BlockBackend::lba_status`]: `SEEK_DATA` /
 //! `SEEK_HOLE` on image files); a logical block is mapped if any of its bytes is. A fully
 //! provisioned LUN (LBPME = 0) reports every LBA mapped.
 

@@ -28,7 +28,7 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut,
 };
-use crate::lun::BlockBackend;
+use crate::block::BlockBackend;
 
 /// An I_T nexus (initiator port to target port) as seen by a logical unit.
 pub type Nexus = u32;
@@ -70,7 +70,7 @@ impl IoOp {
 }
 
 /// Where the persistent reservation state is kept (`pr-file=`): a small file opened by the
-/// parent process and wrapped in a backend (usually [`crate::lun::FileBackend`]), so the
+/// parent process and wrapped in a backend (usually [`crate::block::FileBackend`]), so the
 /// sandboxed worker only ever `preadv`s it once at start and `pwritev2(RWF_DSYNC)`s it after
 /// each change, like any LUN.
 #[derive(Clone)]

@@ -18,7 +18,6 @@ pub mod bus;
 pub mod capacity;
 pub mod cdb;
 pub mod compare_write;
-pub mod data;
 pub mod inquiry;
 pub mod io;
 pub mod lba_status;
@@ -34,8 +33,10 @@ pub mod verify;
 #[cfg(test)]
 mod tests;
 
+/// The data buffers of a command (they live in [`crate::block::sg`]).
+pub use crate::block::sg as data;
+pub use crate::block::sg::{DataIn, DataOut, SgList};
 pub use bus::ScsiBus;
-pub use data::{DataIn, DataOut, SgList};
 pub use io::{IoKind, IoMeta, IoPlan, Prepared};
 pub use lun::{LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
 pub use sense::Sense;

@@ -16,7 +16,7 @@ use super::{
     LunAddress,
 };
 use crate::{
-    lun::FileBackend,
+    block::FileBackend,
     scsi::{LogicalUnit, LunOptions, ScsiBus},
 };
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use vhost_user_backend::{VringRwLock, VringT};
 use vhost_user_scsi::{
-    lun::FileBackend,
+    block::FileBackend,
     scsi::{LogicalUnit, LunOptions, ScsiBus},
 };
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};

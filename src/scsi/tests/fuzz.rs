@@ -2,7 +2,7 @@
 //! or report more data than the buffers hold.
 
 use super::*;
-use crate::lun::FileBackend;
+use crate::block::FileBackend;
 
 struct XorShift(u64);
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use super::*;
-use crate::lun::FileBackend;
+use crate::block::FileBackend;
 
 fn pattern(offset: usize, len: usize) -> Vec<u8> {
     (offset..offset + len).map(|i| (i % 251) as u8).collect()

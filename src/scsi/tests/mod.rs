@@ -22,7 +22,7 @@ use std::{
 use vm_memory::VolatileSlice;
 
 use super::{status, CmdOutput, LogicalUnit, LunOptions, ScsiBus, SgList};
-use crate::lun::BlockBackend;
+use crate::block::BlockBackend;
 
 /// In-memory backend that records what the SCSI layer asked of it and can inject errors.
 #[derive(Default)]

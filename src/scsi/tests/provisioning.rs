@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use super::*;
-use crate::lun::FileBackend;
+use crate::block::FileBackend;
 
 fn unmap_list(descs: &[(u64, u32)]) -> Vec<u8> {
     let n = descs.len() * 16;

@@ -1,7 +1,7 @@
 //! PERSISTENT RESERVE IN/OUT and RESERVE/RELEASE, with several I_T nexuses.
 
 use super::*;
-use crate::{lun::FileBackend, scsi::PrFile};
+use crate::{block::FileBackend, scsi::PrFile};
 
 const TUR: [u8; 6] = [0; 6];
 const CONFLICT: CmdOutput = CmdOutput {
@@ -384,7 +384,7 @@ fn corrupt_state_file_starts_empty() {
 fn aptpl_state_survives_a_worker_restart() {
     use crate::{
         config::{BlockSize, CacheMode, LunConfig},
-        open::OpenedLun,
+        supervisor::open::OpenedLun,
     };
     let dir = tempfile::tempdir().unwrap();
     let config = LunConfig {
@@ -401,7 +401,7 @@ fn aptpl_state_survives_a_worker_restart() {
         create_size: None,
         pr_file: Some(dir.path().join("lun.pr")),
     };
-    let opened = crate::open::open_luns(&[config]).unwrap();
+    let opened = crate::supervisor::open::open_luns(&[config]).unwrap();
     let start_worker = || {
         let luns = opened
             .iter()
@@ -411,7 +411,7 @@ fn aptpl_state_survives_a_worker_restart() {
                 pr_file: l.pr_file.clone(),
             })
             .collect();
-        let bus = crate::device::build_bus(luns);
+        let bus = crate::worker::assemble::build_bus(luns);
         assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x29, 0x00);
         bus
     };

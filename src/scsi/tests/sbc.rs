@@ -5,7 +5,7 @@
 use std::{io::Write, sync::atomic::Ordering};
 
 use super::*;
-use crate::lun::FileBackend;
+use crate::block::FileBackend;
 
 const TUR: [u8; 6] = [0; 6];
 

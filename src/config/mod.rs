@@ -1,7 +1,11 @@
 //! The validated daemon configuration, built from the command line and/or a TOML file.
 //!
 //! Everything in here has been checked: a `Config` that exists can be served. Parsing and
-//! validation live in [`crate::cli`] (command line) and [`crate::config_file`] (TOML).
+//! validation live in [`crate::config::cli`] (command line) and [`crate::config::file`] (TOML).
+
+pub mod cli;
+pub mod file;
+pub mod print_capabilities;
 
 use std::{os::fd::RawFd, path::PathBuf};
 
@@ -119,7 +123,7 @@ pub struct Config {
     /// Exit when the front-end disconnects instead of waiting for the next connection.
     pub exit_on_disconnect: bool,
     /// Data-path engine and tuning.
-    pub io: crate::aio::IoConfig,
+    pub io: crate::block::engine::IoConfig,
     pub log: LogConfig,
     /// Privilege separation and confinement.
     pub sandbox: SandboxConfig,

@@ -29,16 +29,14 @@ use vmm_sys_util::{
 };
 
 use crate::{
-    aio::{
-        queue::{QueueError, QueueWorker},
-        AioMode, IoConfig,
-    },
+    block::engine::{AioMode, IoConfig},
     sandbox::seccomp::enter_backend_thread_role,
     scsi::ScsiBus,
     virtio::{
         command::handle_command,
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
+        queue::{QueueError, QueueWorker},
         request::{split_chain, SplitChain},
     },
 };
@@ -115,7 +113,7 @@ impl ScsiBackend {
     /// Selects the data-path engine and its tuning (default: io_uring).
     pub fn with_io_config(mut self, io: IoConfig) -> Self {
         if io.aio == AioMode::Threads {
-            if let Err(e) = crate::aio::threads::start_pool(io.aio_threads) {
+            if let Err(e) = crate::block::engine::threads::start_pool(io.aio_threads) {
                 warn!("cannot start the I/O thread pool: {e}");
             }
         }

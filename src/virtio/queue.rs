@@ -21,8 +21,8 @@ use vm_memory::{
     MemoryRegionAddress, VolatileSlice,
 };
 
-use super::{threads::ThreadEngine, uring::UringEngine, AioMode, Engine, IoConfig, Op};
 use crate::{
+    block::engine::{threads::ThreadEngine, uring::UringEngine, AioMode, Engine, IoConfig, Op},
     scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PendingIo, ReplyShape, Started},
@@ -532,7 +532,7 @@ fn io_result(slot: &mut Slot, res: i32) -> io::Result<()> {
             // No holes on this file system: zero the range instead, as the synchronous path
             // does, so that it still reads back zero; that error, if any, is the command's.
             r if r == -libc::EOPNOTSUPP => {
-                crate::lun::file::zero_range(slot.fd, slot.offset, bytes)
+                crate::block::file::zero_range(slot.fd, slot.offset, bytes)
             }
             r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
             _ => Ok(()),

@@ -21,7 +21,6 @@
 //! of the rings at setup); threads needs `preadv2`/`pwritev2`/`fdatasync`, `futex`, `eventfd2`
 //! reads/writes and `poll`/`ppoll`.
 
-pub mod queue;
 pub mod threads;
 pub mod uring;
 
@@ -135,7 +134,7 @@ pub trait Engine: Send {
 }
 
 /// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.
-pub const DEALLOCATE_MODE: libc::c_int = crate::lun::file::PUNCH_HOLE;
+pub const DEALLOCATE_MODE: libc::c_int = crate::block::file::PUNCH_HOLE;
 
 /// For `--register-buffers`, run by the supervisor before it starts a worker: registered
 /// buffers count against RLIMIT_MEMLOCK, which the unprivileged worker cannot raise. Lifts the

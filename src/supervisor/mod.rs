@@ -8,8 +8,9 @@
 //! stderr, forwards SIGTERM/SIGINT, reaps and reports the worker, and restarts it where the
 //! `--restart-worker` policy allows.
 
-pub mod log;
-pub mod supervisor;
+pub mod listener;
+pub mod monitor;
+pub mod open;
 
 use std::{
     ffi::CString,
@@ -29,14 +30,20 @@ use std::{
 
 use ::log::{info, warn};
 
+use self::{
+    listener::{ListenError, Listener},
+    monitor as supervisor,
+    open::{OpenError, OpenedLun},
+};
 use crate::{
-    backend::ScsiBackend,
     config::{Config, SandboxMode},
-    daemon::{self, ServeOptions},
-    device,
-    listener::{self, ListenError, Listener},
-    open::{self, OpenError, OpenedLun},
+    logging::relay as log,
     sandbox::{self, namespaces, user, SandboxError, WorkerJail},
+    worker::{
+        assemble as device,
+        serve::{self as daemon, ServeOptions},
+        vhost_user::ScsiBackend,
+    },
 };
 
 /// Exit code for every setup error (as in `main`).

@@ -64,14 +64,14 @@ use clap::Parser;
 use log::LevelFilter;
 
 use crate::{
-    aio::{AioMode, IoConfig},
+    block::engine::{AioMode, IoConfig},
+    config::file::{self as config_file, ConfigFileError, FileConfig, FileLun},
     config::{
         BlockSize, CacheMode, Config, LandlockMode, ListenSpec, LogConfig, LunConfig,
         RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN, MAX_QUEUE_SIZE,
         MAX_REQUEST_QUEUES, MAX_TARGET,
     },
-    config_file::{self, ConfigFileError, FileConfig, FileLun},
-    listener::{self, SocketCheckError, SocketPathError},
+    supervisor::listener::{self, SocketCheckError, SocketPathError},
 };
 
 /// Default number of request queues offered: as many as the backend can, because QEMU's
@@ -216,7 +216,7 @@ pub struct Args {
 /// What the program should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Print [`crate::capabilities`] to stdout and exit 0.
+    /// Print [`crate::config::print_capabilities`] to stdout and exit 0.
     PrintCapabilities,
     /// Serve this configuration.
     Serve(Config),
@@ -1122,7 +1122,7 @@ fn file_kind(ft: std::fs::FileType) -> &'static str {
 }
 
 /// Checks that a missing source can be created with `size=`: its directory exists, and the size
-/// is a whole number of blocks. Creates nothing (that is [`crate::open`]'s job).
+/// is a whole number of blocks. Creates nothing (that is [`crate::supervisor::open`]'s job).
 fn check_creatable(lun: &LunConfig, size: u64) -> Result<(), LunError> {
     let path = &lun.source;
     let block_size = u64::from(lun.block_size.bytes());
@@ -1187,7 +1187,7 @@ pub(crate) fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
             return Err(LunError::PrFileIsSource { path: path.clone() });
         }
     }
-    crate::open::open_pr_path(path, false).map_err(error)?;
+    crate::supervisor::open::open_pr_path(path, false).map_err(error)?;
     Ok(())
 }
 
@@ -1207,7 +1207,7 @@ fn check_null_size(lun: &LunConfig, size: u64) -> Result<(), LunError> {
 /// configured, and (for files) holds at least one block. Opens and closes it; creates nothing.
 pub(crate) fn check_source(lun: &LunConfig) -> Result<(), LunError> {
     let path = &lun.source;
-    if let Some(size) = crate::lun::null::null_source_size(path) {
+    if let Some(size) = crate::block::null::null_source_size(path) {
         return check_null_size(lun, size?);
     }
     let meta = match (std::fs::metadata(path), lun.create_size) {
@@ -1234,8 +1234,8 @@ pub(crate) fn check_source(lun: &LunConfig) -> Result<(), LunError> {
             block_size,
         });
     }
-    crate::open::open_file(lun).map_err(|error| {
-        if crate::open::is_direct_unsupported(lun, &error) {
+    crate::supervisor::open::open_file(lun).map_err(|error| {
+        if crate::supervisor::open::is_direct_unsupported(lun, &error) {
             LunError::DirectUnsupported { path: path.clone() }
         } else {
             LunError::Open {

@@ -238,7 +238,7 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     let sfd = signalfd().map_err(PrivsepError::SignalFd)?;
     if config.io.register_buffers {
         // Inherited by the worker, which can no longer raise it once jailed.
-        match crate::aio::lift_memlock_limit() {
+        match crate::block::engine::lift_memlock_limit() {
             Ok(libc::RLIM_INFINITY) => info!("--register-buffers: RLIMIT_MEMLOCK lifted"),
             Ok(limit) => warn!(
                 "--register-buffers: RLIMIT_MEMLOCK stays at {} KiB (no CAP_SYS_RESOURCE): \

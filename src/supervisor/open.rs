@@ -18,9 +18,8 @@ use std::{
 };
 
 use crate::{
-    cli::io_msg,
-    config::{CacheMode, LunConfig},
-    lun::{BlockBackend, FileBackend},
+    block::{BlockBackend, FileBackend},
+    config::{cli::io_msg, CacheMode, LunConfig},
     scsi::PrFile,
 };
 
@@ -268,11 +267,11 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
 
 fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
     let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
-    if let Some(Ok(size)) = crate::lun::null::null_source_size(&path) {
+    if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
         log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
         return Ok(OpenedLun {
             config: lun.clone(),
-            backend: Arc::new(crate::lun::NullBackend::new(size)),
+            backend: Arc::new(crate::block::NullBackend::new(size)),
             pr_file: open_pr_file(lun)?,
         });
     }

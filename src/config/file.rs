@@ -27,8 +27,8 @@
 //!
 //! Unknown keys are errors. Relative paths (`socket-path`, `source`, `pr-file`) are relative to the
 //! directory holding the file. How the file combines with command-line options is described in
-//! [`crate::cli`]. This module only reads and parses; validation of the values is shared with
-//! the command line and lives in [`crate::cli`].
+//! [`crate::config::cli`]. This module only reads and parses; validation of the values is shared with
+//! the command line and lives in [`crate::config::cli`].
 
 use std::{
     io,
@@ -41,7 +41,7 @@ use serde::Deserialize;
 /// Why the configuration file could not be used. One line, naming the file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
-    #[error("config file {}: cannot read it: {}", .path.display(), crate::cli::io_msg(.error))]
+    #[error("config file {}: cannot read it: {}", .path.display(), crate::config::cli::io_msg(.error))]
     Read {
         path: PathBuf,
         #[source]

@@ -4,8 +4,10 @@
 //! target later. It is opened by the parent process and handed to the worker as an open file, so
 //! nothing here ever takes a path. The SCSI emulation in [`crate::scsi`] talks only to this trait.
 
+pub mod engine;
 pub mod file;
 pub mod null;
+pub mod sg;
 
 use std::{io, os::fd::RawFd};
 

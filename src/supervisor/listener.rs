@@ -34,7 +34,7 @@ pub enum SocketCheckError {
     NotStream,
     #[error("socket is not listening (listen(2) was not called)")]
     NotListening,
-    #[error("cannot inspect it: {}", crate::cli::io_msg(.0))]
+    #[error("cannot inspect it: {}", crate::config::cli::io_msg(.0))]
     Io(#[source] io::Error),
 }
 
@@ -62,7 +62,7 @@ pub enum SocketPathError {
     NotASocket,
     #[error("already in use: another process is listening on it")]
     InUse,
-    #[error("cannot inspect it: {}", crate::cli::io_msg(.0))]
+    #[error("cannot inspect it: {}", crate::config::cli::io_msg(.0))]
     Io(#[source] io::Error),
 }
 
@@ -75,13 +75,13 @@ pub enum ListenError {
         #[source]
         error: SocketPathError,
     },
-    #[error("socket path {}: cannot remove stale socket: {}", .path.display(), crate::cli::io_msg(.error))]
+    #[error("socket path {}: cannot remove stale socket: {}", .path.display(), crate::config::cli::io_msg(.error))]
     RemoveStale {
         path: PathBuf,
         #[source]
         error: io::Error,
     },
-    #[error("socket path {}: cannot bind: {}", .path.display(), crate::cli::io_msg(.error))]
+    #[error("socket path {}: cannot bind: {}", .path.display(), crate::config::cli::io_msg(.error))]
     Bind {
         path: PathBuf,
         #[source]

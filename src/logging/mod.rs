@@ -5,6 +5,8 @@
 //! name `vhost-user-scsi`; when no syslog daemon is reachable (`/dev/log` missing, e.g. in a
 //! container) logging falls back to stderr with a warning rather than failing.
 
+pub mod relay;
+
 use std::{
     io::Write,
     time::{SystemTime, UNIX_EPOCH},

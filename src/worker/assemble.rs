@@ -3,8 +3,8 @@
 
 use crate::{
     config::LunConfig,
-    open::OpenedLun,
     scsi::{LogicalUnit, LunOptions, ScsiBus},
+    supervisor::open::OpenedLun,
 };
 
 /// Builds the bus that the queue threads share.

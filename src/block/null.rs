@@ -12,9 +12,9 @@ pub const NULL_SCHEME: &str = "null://";
 
 /// The size of a `null://SIZE` source, `None` when `source` is not one; `Some(Err)` when SIZE
 /// does not parse.
-pub fn null_source_size(source: &Path) -> Option<Result<u64, crate::cli::LunError>> {
+pub fn null_source_size(source: &Path) -> Option<Result<u64, crate::config::cli::LunError>> {
     let size = source.to_str()?.strip_prefix(NULL_SCHEME)?;
-    Some(crate::cli::parse_size(size))
+    Some(crate::config::cli::parse_size(size))
 }
 
 /// A LUN of `size` bytes that reads as whatever the guest buffer held and discards writes.

@@ -23,7 +23,7 @@ use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::backend::ScsiBackend;
+use crate::worker::vhost_user::ScsiBackend;
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,5 @@
+//! The jailed worker process: the vhost-user backend, the serving loop and the bus it serves.
+
+pub mod assemble;
+pub mod serve;
+pub mod vhost_user;
