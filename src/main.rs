@@ -39,6 +39,12 @@ fn main() -> ExitCode {
         Ok(Command::Serve(config)) => config,
         Err(e) => return setup_error(e),
     };
+    // Parsing did no I/O: what it could not know (do the images open, is the socket usable)
+    // is checked now, still before anything is created.
+    privsep::preflight::take_systemd_env();
+    if let Err(e) = privsep::preflight::check(&config) {
+        return setup_error(e);
+    }
     // Before any thread exists, so that only the worker's signal thread takes SIGTERM/SIGINT
     // (and the supervisor reads them from its signalfd).
     if let Err(e) = daemon::block_termination_signals() {

@@ -2,20 +2,12 @@
 //! asked not to), writes are dropped. It measures the protocol and emulation overhead alone
 //! (`--lun null://1G`), the way SPDK's null bdev does.
 
-use std::{io, path::Path};
+use std::io;
 
 use super::BlockBackend;
 use crate::scsi::data::SgList;
 
-/// Scheme of a null LUN's source: `null://SIZE`, SIZE as `--lun size=` takes it (`1G`, `512M`).
-pub const NULL_SCHEME: &str = "null://";
-
-/// The size of a `null://SIZE` source, `None` when `source` is not one; `Some(Err)` when SIZE
-/// does not parse.
-pub fn null_source_size(source: &Path) -> Option<Result<u64, crate::config::cli::LunError>> {
-    let size = source.to_str()?.strip_prefix(NULL_SCHEME)?;
-    Some(crate::config::cli::parse_size(size))
-}
+pub use crate::config::cli::{null_source_size, NULL_SCHEME};
 
 /// A LUN of `size` bytes that reads as whatever the guest buffer held and discards writes.
 #[derive(Debug)]
@@ -70,6 +62,7 @@ impl BlockBackend for NullBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn parses_sources() {

@@ -55,23 +55,22 @@
 use std::{
     collections::{HashMap, HashSet},
     ffi::OsString,
-    io,
-    os::{fd::RawFd, unix::fs::FileTypeExt},
+    os::fd::RawFd,
     path::{Path, PathBuf},
 };
 
 use clap::Parser;
 use log::LevelFilter;
 
+pub use super::error::{io_msg, CliError, LunError};
 use crate::{
     block::engine::{AioMode, IoConfig},
-    config::file::{self as config_file, ConfigFileError, FileConfig, FileLun},
+    config::file::{self as config_file, FileConfig, FileLun},
     config::{
-        BlockSize, CacheMode, Config, LandlockMode, ListenSpec, LogConfig, LunConfig,
+        BlockSize, CacheMode, Config, LandlockMode, ListenSpec, LogConfig, LunConfig, Origins,
         RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN, MAX_QUEUE_SIZE,
-        MAX_REQUEST_QUEUES, MAX_TARGET,
+        MAX_REQUEST_QUEUES,
     },
-    supervisor::listener::{self, SocketCheckError, SocketPathError},
 };
 
 /// Default number of request queues offered: as many as the backend can, because QEMU's
@@ -82,8 +81,7 @@ pub const DEFAULT_NUM_QUEUES: u16 = crate::config::MAX_REQUEST_QUEUES;
 pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
 /// Longest unit serial number accepted (as QEMU's scsi-disk).
 pub const MAX_SERIAL_LEN: usize = 36;
-/// The fd systemd passes the first socket as (`SD_LISTEN_FDS_START`).
-pub const SYSTEMD_FIRST_FD: RawFd = 3;
+pub use super::SYSTEMD_FIRST_FD;
 
 const LUN_HELP: &str = "\
 LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
@@ -224,132 +222,6 @@ pub enum Command {
     PrintSeccompPolicy { role: String, mode: SeccompMode },
 }
 
-/// A problem with one LUN's configuration.
-#[derive(Debug, thiserror::Error)]
-pub enum LunError {
-    #[error("no source given")]
-    EmptySource,
-    #[error("target {0} is out of range (0-{MAX_TARGET})")]
-    TargetOutOfRange(u64),
-    #[error("LUN {0} is out of range (0-{MAX_LUN})")]
-    LunOutOfRange(u64),
-    #[error("target {0} given without a LUN number")]
-    TargetWithoutLun(u64),
-    #[error("empty option (stray comma?)")]
-    EmptyOption,
-    #[error("unknown option '{0}'")]
-    UnknownOption(String),
-    #[error("option '{0}' given more than once")]
-    RepeatedOption(String),
-    #[error("option '{0}' needs a value")]
-    MissingValue(&'static str),
-    #[error("invalid {option} '{value}': expected {expected}")]
-    InvalidValue {
-        option: &'static str,
-        value: String,
-        expected: &'static str,
-    },
-    #[error("cannot open {}: {}", .path.display(), io_msg(.error))]
-    Open {
-        path: PathBuf,
-        #[source]
-        error: io::Error,
-    },
-    #[error(
-        "cannot open {} with O_DIRECT (cache=none): the file system does not support direct \
-         I/O; use cache=writeback",
-        .path.display()
-    )]
-    DirectUnsupported { path: PathBuf },
-    #[error("{} is {kind}, not a regular file or block device", .path.display())]
-    NotFileOrBlockDevice { path: PathBuf, kind: &'static str },
-    #[error("{} is too small: {size} bytes, less than one {block_size}-byte block", .path.display())]
-    TooSmall {
-        path: PathBuf,
-        size: u64,
-        block_size: u32,
-    },
-    #[error("target {target} LUN {lun} is already used by {other}")]
-    DuplicateAddress { target: u8, lun: u16, other: String },
-    #[error("no free LUN number left on target 0 for auto-numbering")]
-    NoFreeLun,
-    #[error(
-        "invalid phys-block-size '{phys}': smaller than block-size {block} (it must be a power \
-         of two multiple of it)"
-    )]
-    PhysBelowLogical { phys: u32, block: u32 },
-    #[error("pr-file {}: {}", .path.display(), io_msg(.error))]
-    PrFile {
-        path: PathBuf,
-        #[source]
-        error: io::Error,
-    },
-    #[error("pr-file {} is {kind}, not a regular file", .path.display())]
-    PrFileNotRegular { path: PathBuf, kind: &'static str },
-    #[error("pr-file {} is the LUN's own source", .path.display())]
-    PrFileIsSource { path: PathBuf },
-    #[error("pr-file {} is already used by {other}", .path.display())]
-    DuplicatePrFile { path: PathBuf, other: String },
-}
-
-/// Why the command line or configuration file is unusable. `Display` is one line.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    /// Rejected by the argument parser (unknown option, missing value, not a number...).
-    #[error("{0} (see --help)")]
-    Usage(String),
-    #[error(
-        "no listening socket: give --socket-path PATH or --fd FD (or use systemd socket \
-         activation)"
-    )]
-    MissingListen,
-    #[error("{first} and {second} cannot be used together")]
-    Conflict { first: String, second: String },
-    #[error("{origin} {}: {error}", .path.display())]
-    SocketPath {
-        origin: String,
-        path: PathBuf,
-        #[source]
-        error: SocketPathError,
-    },
-    #[error("{origin} {fd}: {error}")]
-    Fd {
-        origin: String,
-        fd: RawFd,
-        #[source]
-        error: SocketCheckError,
-    },
-    #[error("systemd socket activation: LISTEN_FDS={0}, expected exactly one socket")]
-    SystemdFdCount(String),
-    #[error("systemd socket activation: fd {SYSTEMD_FIRST_FD}: {0}")]
-    SystemdFd(#[source] SocketCheckError),
-    #[error("invalid {option} '{value}': expected {expected}")]
-    InvalidValue {
-        option: String,
-        value: String,
-        expected: &'static str,
-    },
-    #[error("{origin}: {error}")]
-    Lun {
-        origin: String,
-        #[source]
-        error: LunError,
-    },
-    #[error("no LUNs configured: give at least one --lun (or [[lun]] in --config)")]
-    NoLuns,
-    #[error(transparent)]
-    ConfigFile(#[from] ConfigFileError),
-}
-
-/// An I/O error's message without the ` (os error N)` suffix.
-pub(crate) fn io_msg(e: &io::Error) -> String {
-    let s = e.to_string();
-    match s.rfind(" (os error ") {
-        Some(i) if s.ends_with(')') => s[..i].to_owned(),
-        _ => s,
-    }
-}
-
 /// Parses the process's own command line; see [`parse_from`].
 pub fn parse() -> Result<Command, CliError> {
     parse_from(std::env::args_os())
@@ -421,7 +293,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         None => key.to_owned(),
     };
 
-    let listen = listen_spec(&args, &file_cfg, &file_key)?;
+    let (listen, listen_origin) = listen_spec(&args, &file_cfg, &file_key)?;
 
     let num_queues = match (args.num_queues, file_cfg.num_queues) {
         (Some(n), _) => check_num_queues(n, "--num-queues".into())?,
@@ -461,7 +333,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         })?;
         specs.push((origin, config));
     }
-    let luns = finish_luns(specs)?;
+    let (luns, lun_origins) = finish_luns(specs)?;
 
     Ok(Command::Serve(Config {
         listen,
@@ -475,6 +347,10 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
             syslog: args.syslog || file_cfg.syslog == Some(true),
         },
         sandbox,
+        origins: Origins {
+            listen: listen_origin,
+            luns: lun_origins,
+        },
     }))
 }
 
@@ -621,8 +497,8 @@ fn listen_spec(
     args: &Args,
     file: &FileConfig,
     file_key: &dyn Fn(&str) -> String,
-) -> Result<ListenSpec, CliError> {
-    let systemd = take_systemd_env();
+) -> Result<(ListenSpec, String), CliError> {
+    let systemd = systemd_env();
     let (spec, origin) = match (&args.socket_path, args.fd, &file.socket_path, file.fd) {
         (Some(_), Some(_), _, _) => {
             return Err(CliError::Conflict {
@@ -645,40 +521,16 @@ fn listen_spec(
             None => return Err(CliError::MissingListen),
         },
     };
-    match &spec {
-        ListenSpec::SocketPath(path) => {
-            listener::check_socket_path(path).map_err(|error| CliError::SocketPath {
-                origin,
-                path: path.clone(),
-                error,
-            })?;
-        }
-        &ListenSpec::Fd(fd) => {
-            listener::check_listening_socket(fd).map_err(|error| CliError::Fd {
-                origin,
-                fd,
-                error,
-            })?;
-        }
-        &ListenSpec::Systemd(fd) => {
-            listener::check_listening_socket(fd).map_err(CliError::SystemdFd)?;
-        }
-    }
-    Ok(spec)
+    Ok((spec, origin))
 }
 
-/// Looks for systemd socket activation meant for this process. When `LISTEN_PID` names us,
-/// removes the `LISTEN_*` variables from the environment (whether or not the socket is used).
-fn take_systemd_env() -> Result<Option<RawFd>, CliError> {
+/// Looks for systemd socket activation meant for this process. Only reads the environment:
+/// the supervisor removes the `LISTEN_*` variables when `LISTEN_PID` names us
+/// (`supervisor::preflight::take_systemd_env`).
+pub fn systemd_env() -> Result<Option<RawFd>, CliError> {
     let pid = std::env::var_os("LISTEN_PID");
     let fds = std::env::var_os("LISTEN_FDS");
-    let found = systemd_fd(pid.as_deref(), fds.as_deref(), std::process::id());
-    if !matches!(found, Ok(None)) {
-        for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-            std::env::remove_var(var);
-        }
-    }
-    found
+    systemd_fd(pid.as_deref(), fds.as_deref(), std::process::id())
 }
 
 /// The systemd-passed listening fd, if `listen_pid` is `our_pid` and `listen_fds` is 1.
@@ -771,6 +623,16 @@ pub(crate) fn parse_size(v: &str) -> Result<u64, LunError> {
     n.checked_mul(1u64 << shift)
         .filter(|&bytes| bytes > 0 && bytes <= i64::MAX as u64)
         .ok_or_else(invalid)
+}
+
+/// Scheme of a null LUN's source: `null://SIZE`, SIZE as `--lun size=` takes it (`1G`, `512M`).
+pub const NULL_SCHEME: &str = "null://";
+
+/// The size of a `null://SIZE` source, `None` when `source` is not one; `Some(Err)` when SIZE
+/// does not parse.
+pub fn null_source_size(source: &Path) -> Option<Result<u64, LunError>> {
+    let size = source.to_str()?.strip_prefix(NULL_SCHEME)?;
+    Some(parse_size(size))
 }
 
 /// Splits at single commas; `,,` is a literal comma.
@@ -1040,8 +902,12 @@ pub(crate) fn file_lun(lun: &FileLun) -> Result<LunSpec, LunError> {
     Ok(spec)
 }
 
-/// Assigns addresses, rejects duplicates, checks every source, and sorts by (target, LUN).
-fn finish_luns(specs: Vec<(String, LunSpec)>) -> Result<Vec<LunConfig>, CliError> {
+/// Assigns addresses, rejects duplicates, and sorts by (target, LUN). Returns each LUN's origin
+/// and position as written, in the same order (for the supervisor's preflight checks).
+#[allow(clippy::type_complexity)]
+fn finish_luns(
+    specs: Vec<(String, LunSpec)>,
+) -> Result<(Vec<LunConfig>, Vec<(usize, String)>), CliError> {
     if specs.is_empty() {
         return Err(CliError::NoLuns);
     }
@@ -1080,7 +946,7 @@ fn finish_luns(specs: Vec<(String, LunSpec)>) -> Result<Vec<LunConfig>, CliError
     drop(pr_files);
     let mut next: u16 = 0;
     let mut luns = Vec::with_capacity(specs.len());
-    for (origin, spec) in specs {
+    for (index, (origin, spec)) in specs.into_iter().enumerate() {
         let mut config = spec.config;
         if spec.address.is_none() {
             while used.contains_key(&(0, next)) {
@@ -1095,164 +961,21 @@ fn finish_luns(specs: Vec<(String, LunSpec)>) -> Result<Vec<LunConfig>, CliError
             (config.target, config.lun) = (0, next);
             used.insert((0, next), origin.clone());
         }
-        check_source(&config)
-            .and_then(|()| check_pr_file(&config))
-            .map_err(|error| CliError::Lun {
-                origin: origin.clone(),
-                error,
-            })?;
-        luns.push(config);
+        luns.push((config, (index, origin)));
     }
-    luns.sort_by_key(|l| (l.target, l.lun));
-    Ok(luns)
-}
-
-fn file_kind(ft: std::fs::FileType) -> &'static str {
-    if ft.is_dir() {
-        "a directory"
-    } else if ft.is_char_device() {
-        "a character device"
-    } else if ft.is_fifo() {
-        "a FIFO"
-    } else if ft.is_socket() {
-        "a socket"
-    } else {
-        "a special file"
-    }
-}
-
-/// Checks that a missing source can be created with `size=`: its directory exists, and the size
-/// is a whole number of blocks. Creates nothing (that is [`crate::supervisor::open`]'s job).
-fn check_creatable(lun: &LunConfig, size: u64) -> Result<(), LunError> {
-    let path = &lun.source;
-    let block_size = u64::from(lun.block_size.bytes());
-    if size % block_size != 0 {
-        return Err(LunError::InvalidValue {
-            option: "size",
-            value: size.to_string(),
-            expected: "a multiple of the block size",
-        });
-    }
-    parent_dir_exists(path).map_err(|error| LunError::Open {
-        path: path.clone(),
-        error,
-    })
-}
-
-/// Whether a file could be created at `path`: its directory exists.
-fn parent_dir_exists(path: &Path) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    match std::fs::metadata(dir) {
-        Ok(m) if m.is_dir() => Ok(()),
-        Ok(_) => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
-        Err(error) => Err(error),
-    }
-}
-
-/// Checks the `pr-file=` path: an existing file must be a regular file (not the source itself)
-/// that can be opened read-write; a missing one must be creatable (its directory exists).
-/// Allowed on read-only LUNs: reservations are not writes to the medium (SPC-5 5.14), and
-/// PERSISTENT RESERVE OUT works on a write-protected LU. Creates nothing.
-pub(crate) fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
-    let Some(path) = &lun.pr_file else {
-        return Ok(());
-    };
-    let error = |error| LunError::PrFile {
-        path: path.clone(),
-        error,
-    };
-    let meta = match std::fs::metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return parent_dir_exists(path).map_err(error)
-        }
-        meta => meta.map_err(error)?,
-    };
-    if !meta.is_file() {
-        let kind = if meta.file_type().is_block_device() {
-            "a block device"
-        } else {
-            file_kind(meta.file_type())
-        };
-        return Err(LunError::PrFileNotRegular {
-            path: path.clone(),
-            kind,
-        });
-    }
-    if let Ok(src) = std::fs::metadata(&lun.source) {
-        use std::os::unix::fs::MetadataExt;
-        if (src.dev(), src.ino()) == (meta.dev(), meta.ino()) {
-            return Err(LunError::PrFileIsSource { path: path.clone() });
-        }
-    }
-    crate::supervisor::open::open_pr_path(path, false).map_err(error)?;
-    Ok(())
-}
-
-/// A `null://SIZE` LUN (no storage, for benchmarks) must be whole blocks.
-fn check_null_size(lun: &LunConfig, size: u64) -> Result<(), LunError> {
-    if size % u64::from(lun.block_size.bytes()) != 0 {
-        return Err(LunError::InvalidValue {
-            option: "null:// size",
-            value: size.to_string(),
-            expected: "a multiple of the block size",
-        });
-    }
-    Ok(())
-}
-
-/// Checks that the source exists, is a regular file or block device that can be opened as
-/// configured, and (for files) holds at least one block. Opens and closes it; creates nothing.
-pub(crate) fn check_source(lun: &LunConfig) -> Result<(), LunError> {
-    let path = &lun.source;
-    if let Some(size) = crate::block::null::null_source_size(path) {
-        return check_null_size(lun, size?);
-    }
-    let meta = match (std::fs::metadata(path), lun.create_size) {
-        (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => {
-            return check_creatable(lun, size);
-        }
-        (meta, _) => meta.map_err(|error| LunError::Open {
-            path: path.clone(),
-            error,
-        })?,
-    };
-    let ft = meta.file_type();
-    if !ft.is_file() && !ft.is_block_device() {
-        return Err(LunError::NotFileOrBlockDevice {
-            path: path.clone(),
-            kind: file_kind(ft),
-        });
-    }
-    let block_size = lun.block_size.bytes();
-    if ft.is_file() && meta.len() < u64::from(block_size) {
-        return Err(LunError::TooSmall {
-            path: path.clone(),
-            size: meta.len(),
-            block_size,
-        });
-    }
-    crate::supervisor::open::open_file(lun).map_err(|error| {
-        if crate::supervisor::open::is_direct_unsupported(lun, &error) {
-            LunError::DirectUnsupported { path: path.clone() }
-        } else {
-            LunError::Open {
-                path: path.clone(),
-                error,
-            }
-        }
-    })?;
-    Ok(())
+    luns.sort_by_key(|(l, _)| (l.target, l.lun));
+    Ok(luns.into_iter().unzip())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    // What main does after parsing: the supervisor's preflight checks (files, sockets).
+    use crate::supervisor::preflight::{self, check_source};
     use std::{
         ffi::OsStr,
         fs::File,
+        io,
         os::{fd::AsRawFd, unix::net::UnixListener},
     };
 
@@ -1532,7 +1255,11 @@ mod tests {
     fn run(argv: &[&str]) -> Result<Command, CliError> {
         let mut full = vec!["vhost-user-scsi"];
         full.extend_from_slice(argv);
-        parse_from(full)
+        let command = parse_from(full)?;
+        if let Command::Serve(config) = &command {
+            preflight::check(config)?;
+        }
+        Ok(command)
     }
 
     fn serve(argv: &[&str]) -> Config {
@@ -1583,8 +1310,11 @@ mod tests {
                     syslog: false,
                 },
                 sandbox: SandboxConfig::default(),
+                origins: Origins::default(),
             }
         );
+        assert_eq!(c.origins.listen, "--socket-path");
+        assert_eq!(c.origins.luns, [(0, format!("--lun {img}"))]);
         // Nothing was created.
         assert!(!Path::new(&sock).exists());
     }

@@ -31,30 +31,13 @@
 //! the command line and lives in [`crate::config::cli`].
 
 use std::{
-    io,
     os::fd::RawFd,
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 
-/// Why the configuration file could not be used. One line, naming the file.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigFileError {
-    #[error("config file {}: cannot read it: {}", .path.display(), crate::config::cli::io_msg(.error))]
-    Read {
-        path: PathBuf,
-        #[source]
-        error: io::Error,
-    },
-    #[error("config file {}: {}{message}", .path.display(), .line.map(|l| format!("line {l}: ")).unwrap_or_default())]
-    Parse {
-        path: PathBuf,
-        /// 1-based line of the problem, when known.
-        line: Option<usize>,
-        message: String,
-    },
-}
+pub use super::error::ConfigFileError;
 
 /// The file's contents, parsed but not yet validated.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]

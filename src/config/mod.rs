@@ -4,10 +4,14 @@
 //! validation live in [`crate::config::cli`] (command line) and [`crate::config::file`] (TOML).
 
 pub mod cli;
+pub mod error;
 pub mod file;
 pub mod print_capabilities;
 
 use std::{os::fd::RawFd, path::PathBuf};
+
+/// The fd systemd passes the first socket as (`SD_LISTEN_FDS_START`).
+pub const SYSTEMD_FIRST_FD: RawFd = 3;
 
 /// Highest target number we serve (the virtio-scsi LUN format carries a byte).
 pub const MAX_TARGET: u8 = 255;
@@ -110,6 +114,29 @@ pub struct LogConfig {
     pub syslog: bool,
 }
 
+/// Where each part of a [`Config`] was written (`--lun ARG`, `FILE [[lun]] #2 (SOURCE)`,
+/// `--socket-path` ...), for the messages of the checks that run after parsing
+/// (the supervisor's preflight).
+///
+/// Origins take no part in comparisons: two configurations are equal when they serve the same
+/// thing, wherever it was written.
+#[derive(Debug, Clone, Default)]
+pub struct Origins {
+    /// The option that gave the listening socket; empty for systemd socket activation.
+    pub listen: String,
+    /// For each of [`Config::luns`], in the same order: its position among the LUNs as written
+    /// (file LUNs first, then `--lun` options) and its origin.
+    pub luns: Vec<(usize, String)>,
+}
+
+impl PartialEq for Origins {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Origins {}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -127,6 +154,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Privilege separation and confinement.
     pub sandbox: SandboxConfig,
+    /// Where each setting was written.
+    pub origins: Origins,
 }
 
 /// How the worker is isolated from the host's file system and namespaces (`--sandbox`).

@@ -16,27 +16,8 @@ use std::{
     path::{Path, PathBuf},
 };
 
+pub use crate::config::error::{SocketCheckError, SocketPathError, MAX_SOCKET_PATH_LEN};
 use crate::config::ListenSpec;
-
-/// Longest socket path `bind(2)` accepts (`sun_path` is 108 bytes including the NUL).
-pub const MAX_SOCKET_PATH_LEN: usize = 107;
-
-/// Why an fd is not usable as the vhost-user listening socket.
-#[derive(Debug, thiserror::Error)]
-pub enum SocketCheckError {
-    #[error("not an open file descriptor")]
-    NotOpen,
-    #[error("not a socket")]
-    NotASocket,
-    #[error("not a unix domain (AF_UNIX) socket")]
-    NotUnix,
-    #[error("not a stream (SOCK_STREAM) socket")]
-    NotStream,
-    #[error("socket is not listening (listen(2) was not called)")]
-    NotListening,
-    #[error("cannot inspect it: {}", crate::config::cli::io_msg(.0))]
-    Io(#[source] io::Error),
-}
 
 /// What is found at a `--socket-path` before binding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,25 +26,6 @@ pub enum SocketPathState {
     Free,
     /// A socket nobody listens on (left behind by a dead process): removed before binding.
     Stale,
-}
-
-/// Why a `--socket-path` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SocketPathError {
-    #[error("path is {0} bytes long, the limit for a unix socket is {MAX_SOCKET_PATH_LEN}")]
-    TooLong(usize),
-    #[error("path is empty")]
-    Empty,
-    #[error("directory {} does not exist", .0.display())]
-    NoParent(PathBuf),
-    #[error("{} is not a directory", .0.display())]
-    ParentNotDir(PathBuf),
-    #[error("exists and is not a socket")]
-    NotASocket,
-    #[error("already in use: another process is listening on it")]
-    InUse,
-    #[error("cannot inspect it: {}", crate::config::cli::io_msg(.0))]
-    Io(#[source] io::Error),
 }
 
 /// Why [`listen`] failed. One line, naming the socket.
@@ -75,13 +37,13 @@ pub enum ListenError {
         #[source]
         error: SocketPathError,
     },
-    #[error("socket path {}: cannot remove stale socket: {}", .path.display(), crate::config::cli::io_msg(.error))]
+    #[error("socket path {}: cannot remove stale socket: {}", .path.display(), crate::config::error::io_msg(.error))]
     RemoveStale {
         path: PathBuf,
         #[source]
         error: io::Error,
     },
-    #[error("socket path {}: cannot bind: {}", .path.display(), crate::config::cli::io_msg(.error))]
+    #[error("socket path {}: cannot bind: {}", .path.display(), crate::config::error::io_msg(.error))]
     Bind {
         path: PathBuf,
         #[source]

@@ -11,6 +11,7 @@
 pub mod listener;
 pub mod monitor;
 pub mod open;
+pub mod preflight;
 
 use std::{
     ffi::CString,

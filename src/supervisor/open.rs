@@ -19,7 +19,7 @@ use std::{
 
 use crate::{
     block::{BlockBackend, FileBackend},
-    config::{cli::io_msg, CacheMode, LunConfig},
+    config::{error::io_msg, CacheMode, LunConfig},
     scsi::PrFile,
 };
 
