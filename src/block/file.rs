@@ -14,10 +14,9 @@ use std::{
     },
 };
 
-use super::BlockBackend;
-use crate::scsi::{
-    data::{SgList, SG_INLINE},
-    IoKind,
+use super::{
+    sg::{SgList, SG_INLINE},
+    BlockBackend, IoKind,
 };
 
 /// `_IO(0x12, 119)`: discard a byte range of a block device.

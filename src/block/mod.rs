@@ -11,10 +11,29 @@ pub mod sg;
 
 use std::{io, os::fd::RawFd};
 
-use crate::scsi::{data::SgList, IoKind};
+pub use sg::SgList;
 
 pub use file::FileBackend;
 pub use null::NullBackend;
+
+/// Which backend operation a planned I/O asks for (`crate::scsi::IoPlan`, an engine's `Op`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoKind {
+    Read,
+    /// `fua`: the data must be durable when the write completes (`RWF_DSYNC`).
+    Write {
+        fua: bool,
+    },
+    /// `fdatasync` of the whole backend.
+    Flush,
+    /// `bytes` from the plan's offset must read back zero, deallocated where the file system
+    /// can (UNMAP, WRITE SAME of zeroes with discard on): `fallocate(PUNCH_HOLE | KEEP_SIZE)`
+    /// on an image file, `ZERO_RANGE` where holes cannot be punched. Only planned for backends
+    /// whose [`crate::block::BlockBackend::async_fd`] accepts it (image files).
+    Deallocate {
+        bytes: u64,
+    },
+}
 
 /// The storage behind one LUN. All offsets and lengths are in bytes; callers (the SCSI layer)
 /// have already checked them against [`BlockBackend::size`].

@@ -4,8 +4,7 @@
 
 use std::io;
 
-use super::BlockBackend;
-use crate::scsi::data::SgList;
+use super::{BlockBackend, SgList};
 
 pub use crate::config::cli::{null_source_size, NULL_SCHEME};
 

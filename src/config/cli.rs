@@ -64,12 +64,11 @@ use log::LevelFilter;
 
 pub use super::error::{io_msg, CliError, LunError};
 use crate::{
-    block::engine::{AioMode, IoConfig},
     config::file::{self as config_file, FileConfig, FileLun},
     config::{
-        BlockSize, CacheMode, Config, LandlockMode, ListenSpec, LogConfig, LunConfig, Origins,
-        RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN, MAX_QUEUE_SIZE,
-        MAX_REQUEST_QUEUES,
+        AioMode, BlockSize, CacheMode, Config, IoConfig, LandlockMode, ListenSpec, LogConfig,
+        LunConfig, Origins, RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN,
+        MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES,
     },
 };
 
@@ -577,7 +576,7 @@ fn check_queue_size(n: u64, option: String) -> Result<u16, CliError> {
 }
 
 fn check_log_level(s: &str, option: String) -> Result<LevelFilter, CliError> {
-    crate::logging::parse_level(s).ok_or_else(|| CliError::InvalidValue {
+    parse_level(s).ok_or_else(|| CliError::InvalidValue {
         option,
         value: s.to_owned(),
         expected: "off, error, warn, info, debug or trace",
@@ -633,6 +632,20 @@ pub const NULL_SCHEME: &str = "null://";
 pub fn null_source_size(source: &Path) -> Option<Result<u64, LunError>> {
     let size = source.to_str()?.strip_prefix(NULL_SCHEME)?;
     Some(parse_size(size))
+}
+
+/// Parses a `--log-level` value: `off`, `error`, `warn`, `info`, `debug` or `trace`
+/// (case-insensitive).
+pub fn parse_level(s: &str) -> Option<LevelFilter> {
+    match s.to_ascii_lowercase().as_str() {
+        "off" => Some(LevelFilter::Off),
+        "error" => Some(LevelFilter::Error),
+        "warn" | "warning" => Some(LevelFilter::Warn),
+        "info" => Some(LevelFilter::Info),
+        "debug" => Some(LevelFilter::Debug),
+        "trace" => Some(LevelFilter::Trace),
+        _ => None,
+    }
 }
 
 /// Splits at single commas; `,,` is a literal comma.
@@ -2022,5 +2035,17 @@ source = "b.img"   # relative to the file
             &format!("socket-path = \"{sock}\"\n[[lun]]\nsource = \"{a}\"\npr-file = \"\"\n"),
         );
         assert!(error(&["--config", &file]).ends_with("invalid pr-file '': expected a file path"));
+    }
+
+    #[test]
+    fn levels() {
+        assert_eq!(parse_level("off"), Some(LevelFilter::Off));
+        assert_eq!(parse_level("ERROR"), Some(LevelFilter::Error));
+        assert_eq!(parse_level("warn"), Some(LevelFilter::Warn));
+        assert_eq!(parse_level("info"), Some(LevelFilter::Info));
+        assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
+        assert_eq!(parse_level("trace"), Some(LevelFilter::Trace));
+        assert_eq!(parse_level("verbose"), None);
+        assert_eq!(parse_level(""), None);
     }
 }

@@ -107,6 +107,58 @@ impl LunConfig {
     }
 }
 
+/// Which engine runs the request queues' I/O (`--aio`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AioMode {
+    /// io_uring, falling back to `Threads` (with a warning) when the kernel refuses a ring.
+    #[default]
+    IoUring,
+    /// A thread pool doing `preadv2`/`pwritev2`.
+    Threads,
+    /// No asynchrony: each command runs to completion on its queue thread.
+    Sync,
+}
+
+impl AioMode {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "io-uring" | "io_uring" | "uring" => Some(Self::IoUring),
+            "threads" => Some(Self::Threads),
+            "sync" => Some(Self::Sync),
+            _ => None,
+        }
+    }
+}
+
+/// Data-path tuning (`--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`, `--aio-threads`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IoConfig {
+    pub aio: AioMode,
+    /// Busy-poll for completions and new requests this long before sleeping (0: never).
+    pub poll_us: u32,
+    /// Submit queued I/O once this many commands are waiting in the engine (1: each at once).
+    pub submit_batch: u32,
+    /// CPUs to pin request-queue threads to, round robin (empty: no pinning).
+    pub queue_cpus: Vec<usize>,
+    /// Threads of the `threads` engine's pool.
+    pub aio_threads: usize,
+    /// Register guest memory with each io_uring (`--register-buffers`).
+    pub register_buffers: bool,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            aio: AioMode::default(),
+            poll_us: 0,
+            submit_batch: 1,
+            queue_cpus: Vec::new(),
+            aio_threads: 8,
+            register_buffers: false,
+        }
+    }
+}
+
 /// Log destination and verbosity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogConfig {
@@ -150,7 +202,7 @@ pub struct Config {
     /// Exit when the front-end disconnects instead of waiting for the next connection.
     pub exit_on_disconnect: bool,
     /// Data-path engine and tuning.
-    pub io: crate::block::engine::IoConfig,
+    pub io: IoConfig,
     pub log: LogConfig,
     /// Privilege separation and confinement.
     pub sandbox: SandboxConfig,

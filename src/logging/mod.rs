@@ -12,7 +12,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Log, Metadata, Record};
 
 use crate::config::LogConfig;
 
@@ -120,20 +120,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-/// Parses a `--log-level` value: `off`, `error`, `warn`, `info`, `debug` or `trace`
-/// (case-insensitive).
-pub fn parse_level(s: &str) -> Option<LevelFilter> {
-    match s.to_ascii_lowercase().as_str() {
-        "off" => Some(LevelFilter::Off),
-        "error" => Some(LevelFilter::Error),
-        "warn" | "warning" => Some(LevelFilter::Warn),
-        "info" => Some(LevelFilter::Info),
-        "debug" => Some(LevelFilter::Debug),
-        "trace" => Some(LevelFilter::Trace),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,17 +152,5 @@ mod tests {
             line,
             "1970-01-01T00:00:00.000Z [WARN vhost_user_scsi::cli] hello 42\n"
         );
-    }
-
-    #[test]
-    fn levels() {
-        assert_eq!(parse_level("off"), Some(LevelFilter::Off));
-        assert_eq!(parse_level("ERROR"), Some(LevelFilter::Error));
-        assert_eq!(parse_level("warn"), Some(LevelFilter::Warn));
-        assert_eq!(parse_level("info"), Some(LevelFilter::Info));
-        assert_eq!(parse_level("debug"), Some(LevelFilter::Debug));
-        assert_eq!(parse_level("trace"), Some(LevelFilter::Trace));
-        assert_eq!(parse_level("verbose"), None);
-        assert_eq!(parse_level(""), None);
     }
 }

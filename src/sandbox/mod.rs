@@ -17,6 +17,7 @@ pub mod landlock;
 pub mod namespaces;
 #[cfg(debug_assertions)]
 pub mod probe;
+pub mod role;
 pub mod seccomp;
 pub mod sigsys;
 pub mod user;

@@ -16,7 +16,7 @@
 
 use std::{io, sync::OnceLock};
 
-use super::seccomp::ThreadRole;
+use super::role::ThreadRole;
 
 /// Environment variable naming the probe.
 pub const PROBE_ENV: &str = "VHOST_USER_SCSI_PROBE";

@@ -6,74 +6,21 @@
 //!    worker thread needs, before it creates any thread.
 //! 2. Every thread it creates later inherits both and stacks its own narrower role as its first
 //!    action: the signal thread when it starts ([`enter_role`]), the vhost-user protocol thread
-//!    and the vring workers on their first backend callback ([`enter_backend_thread_role`]),
+//!    and the vring workers on their first backend callback ([`enter_role_by_thread_name`]),
 //!    because vhost-user-backend offers no hook at thread start.
 //!
 //! Filters are installed with the raw `seccomp(2)` call (no `prctl(PR_SET_NO_NEW_PRIVS)`: that
 //! was set once by the sandbox), so stacking needs only `seccomp(SECCOMP_SET_MODE_FILTER)` in
 //! `worker-main`, and no other role allows `seccomp` at all.
 
-use std::{cell::Cell, fmt, io, sync::OnceLock};
+use std::{cell::Cell, io, sync::OnceLock};
 
 use seccompiler::sock_filter;
 
+pub use super::role::ThreadRole;
 use crate::config::SeccompMode;
 
 include!(concat!(env!("OUT_DIR"), "/seccomp_filters.rs"));
-
-/// A thread role with its own policy file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreadRole {
-    /// The supervisor (parent) after set-up.
-    Supervisor,
-    /// clone3 → ENOSYS adapter, stacked under `worker-main`.
-    WorkerEnosys,
-    /// The worker main thread: the union of every worker role (threads inherit it).
-    WorkerMain,
-    /// The thread that takes SIGTERM/SIGINT (`sigwait`).
-    WorkerSignals,
-    /// The vhost-user message handler (the thread vhost-user-backend names like the daemon).
-    WorkerProtocol,
-    /// A virtqueue worker (`vring_worker`): the data path.
-    WorkerVring,
-    /// A thread of the `--aio=threads` pool (`aio-N`): file I/O and a completion eventfd.
-    WorkerAio,
-}
-
-impl ThreadRole {
-    pub const ALL: [ThreadRole; 7] = [
-        ThreadRole::Supervisor,
-        ThreadRole::WorkerEnosys,
-        ThreadRole::WorkerMain,
-        ThreadRole::WorkerSignals,
-        ThreadRole::WorkerProtocol,
-        ThreadRole::WorkerVring,
-        ThreadRole::WorkerAio,
-    ];
-
-    /// The policy file stem (`seccomp/<arch>/<name>.json`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ThreadRole::Supervisor => "supervisor",
-            ThreadRole::WorkerEnosys => "worker-enosys",
-            ThreadRole::WorkerMain => "worker-main",
-            ThreadRole::WorkerSignals => "worker-signals",
-            ThreadRole::WorkerProtocol => "worker-protocol",
-            ThreadRole::WorkerVring => "worker-vring",
-            ThreadRole::WorkerAio => "worker-aio",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
-
-impl fmt::Display for ThreadRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// Why a filter could not be found or installed.
 #[derive(Debug, thiserror::Error)]
@@ -195,17 +142,17 @@ pub fn enter_role(role: ThreadRole) {
     }
 }
 
-/// Called at the start of every backend callback: a vring worker or the vhost-user protocol
-/// thread stacks its role the first time it gets here (the main thread, which also runs some
-/// callbacks, keeps `worker-main`).
-pub fn enter_backend_thread_role() {
+/// For threads spawned by code we do not own (vhost-user-backend's), which cannot stack a role
+/// when they start: called at the start of every callback such a thread runs, stacks the role
+/// that `roles` gives the calling thread's name, the first time it gets here. Threads named
+/// nowhere in `roles` (the main thread, which also runs some callbacks) keep what they have.
+pub fn enter_role_by_thread_name(roles: &[(&str, ThreadRole)]) {
     if WORKER_MODE.get().is_none() || ROLE_ENTERED.with(Cell::get) {
         return;
     }
-    let role = match std::thread::current().name() {
-        Some(crate::worker::serve::VRING_THREAD_NAME) => ThreadRole::WorkerVring,
-        Some(crate::worker::serve::PROTOCOL_THREAD_NAME) => ThreadRole::WorkerProtocol,
-        _ => return,
+    let current = std::thread::current();
+    let Some(&(_, role)) = roles.iter().find(|(name, _)| current.name() == Some(*name)) else {
+        return;
     };
     enter_role(role);
     #[cfg(debug_assertions)]

@@ -8,14 +8,13 @@ use vm_memory::VolatileSlice;
 
 use super::{
     cdb::Cdb,
-    inquiry::MAX_TRANSFER_BYTES,
+    limits::MAX_TRANSFER_BYTES,
     lun::{IoOp, LogicalUnit},
     sense::Sense,
     CmdOutput, CmdResult, DataOut, SgList,
 };
 
-/// MAXIMUM COMPARE AND WRITE LENGTH (VPD B0h byte 5), in logical blocks.
-pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 128;
+pub use super::limits::MAX_COMPARE_AND_WRITE_BLOCKS;
 
 impl LogicalUnit {
     fn read_medium(&self, cdb: &Cdb, lba: u64, offset: u64, buf: &mut [u8]) -> Result<(), Sense> {

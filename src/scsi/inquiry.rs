@@ -3,7 +3,7 @@
 
 use super::{
     cdb::{put_be16, put_be32, put_be64, Cdb},
-    compare_write::MAX_COMPARE_AND_WRITE_BLOCKS,
+    limits::MAX_COMPARE_AND_WRITE_BLOCKS,
     lun::LogicalUnit,
     respond,
     sense::Sense,
@@ -22,9 +22,7 @@ pub const PERIPHERAL_DISK: u8 = 0x00;
 /// Peripheral qualifier 3, device type 1Fh: no logical unit at this LUN.
 pub const PERIPHERAL_NO_LUN: u8 = 0x7f;
 
-/// Largest single READ/WRITE we advertise (VPD B0h MAXIMUM TRANSFER LENGTH). Bulk data moves
-/// zero-copy, so this only bounds how long one command occupies a queue thread.
-pub const MAX_TRANSFER_BYTES: u32 = 8 << 20;
+pub use super::limits::MAX_TRANSFER_BYTES;
 /// Largest UNMAP LBA count and WRITE SAME length, as QEMU (1 GiB).
 pub const MAX_UNMAP_BYTES: u32 = 1 << 30;
 pub const MAX_WRITE_SAME_BYTES: u32 = 1 << 30;

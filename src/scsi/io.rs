@@ -7,31 +7,14 @@
 
 use vm_memory::VolatileSlice;
 
+pub use crate::block::IoKind;
+
 use super::{
     cdb::{opcode, Cdb},
     lun::{IoOp, LogicalUnit, WriteInFlight, HBA_NEXUS},
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, SgList,
 };
-
-/// Which backend operation an [`IoPlan`] asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IoKind {
-    Read,
-    /// `fua`: the data must be durable when the write completes (`RWF_DSYNC`).
-    Write {
-        fua: bool,
-    },
-    /// `fdatasync` of the whole backend.
-    Flush,
-    /// `bytes` from the plan's offset must read back zero, deallocated where the file system
-    /// can (UNMAP, WRITE SAME of zeroes with discard on): `fallocate(PUNCH_HOLE | KEEP_SIZE)`
-    /// on an image file, `ZERO_RANGE` where holes cannot be punched. Only planned for backends
-    /// whose [`crate::block::BlockBackend::async_fd`] accepts it (image files).
-    Deallocate {
-        bytes: u64,
-    },
-}
 
 /// What completing an [`IoPlan`] needs: plain data, so that an asynchronous engine can keep it
 /// while the I/O runs.

@@ -21,6 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub use super::reservations::{Nexus, PrFile, HBA_NEXUS};
 use super::{
     cdb::{opcode, service_action as sa, Cdb},
     reservations::PrState,
@@ -30,10 +31,6 @@ use super::{
 };
 use crate::block::BlockBackend;
 
-/// An I_T nexus (initiator port to target port) as seen by a logical unit.
-pub type Nexus = u32;
-/// The I_T nexus of the virtio-scsi HBA: every command from the guest.
-pub const HBA_NEXUS: Nexus = 0;
 /// Unit attention conditions queued per I_T nexus (SAM-5 5.14: a LU may queue several; older
 /// ones are dropped past this).
 const MAX_PENDING_UAS: usize = 8;
@@ -68,27 +65,6 @@ impl IoOp {
         }
     }
 }
-
-/// Where the persistent reservation state is kept (`pr-file=`): a small file opened by the
-/// parent process and wrapped in a backend (usually [`crate::block::FileBackend`]), so the
-/// sandboxed worker only ever `preadv`s it once at start and `pwritev2(RWF_DSYNC)`s it after
-/// each change, like any LUN.
-#[derive(Clone)]
-pub struct PrFile(pub Arc<dyn BlockBackend>);
-
-impl fmt::Debug for PrFile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("PrFile(..)")
-    }
-}
-
-impl PartialEq for PrFile {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for PrFile {}
 
 /// Per-LUN settings, from the validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

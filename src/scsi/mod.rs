@@ -21,6 +21,7 @@ pub mod compare_write;
 pub mod inquiry;
 pub mod io;
 pub mod lba_status;
+pub mod limits;
 pub mod lun;
 pub mod media;
 pub mod mode;

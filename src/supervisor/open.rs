@@ -103,23 +103,7 @@ pub enum OpenError {
     },
 }
 
-/// A LUN with its backend open and locked.
-pub struct OpenedLun {
-    pub config: LunConfig,
-    pub backend: Arc<dyn BlockBackend>,
-    /// The open and locked `pr-file`, if configured.
-    pub pr_file: Option<PrFile>,
-}
-
-impl std::fmt::Debug for OpenedLun {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedLun")
-            .field("config", &self.config)
-            .field("size", &self.backend.size())
-            .field("pr_file", &self.pr_file.is_some())
-            .finish()
-    }
-}
+pub use crate::worker::assemble::OpenedLun;
 
 /// Opens `lun.source` the way `lun` says (read-only or read-write, `O_DIRECT` for
 /// `cache=none`), close-on-exec, without locking. Never creates or truncates anything.

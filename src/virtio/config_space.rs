@@ -4,7 +4,7 @@
 use super::{CDB_SIZE, SENSE_SIZE};
 use crate::{
     config::{MAX_LUN, MAX_TARGET},
-    scsi::inquiry::MAX_TRANSFER_BYTES,
+    scsi::limits::MAX_TRANSFER_BYTES,
 };
 
 /// Size of `struct virtio_scsi_config`.

@@ -1,11 +1,31 @@
 //! Assembling the SCSI bus from the opened LUNs: the identities (serial number, WWN) a guest
 //! uses to name its disks, derived stably when the configuration does not give them.
 
+use std::sync::Arc;
+
 use crate::{
+    block::BlockBackend,
     config::LunConfig,
-    scsi::{LogicalUnit, LunOptions, ScsiBus},
-    supervisor::open::OpenedLun,
+    scsi::{LogicalUnit, LunOptions, PrFile, ScsiBus},
 };
+
+/// A LUN with its backend open and locked (by the supervisor's `open`), as the worker gets it.
+pub struct OpenedLun {
+    pub config: LunConfig,
+    pub backend: Arc<dyn BlockBackend>,
+    /// The open and locked `pr-file`, if configured.
+    pub pr_file: Option<PrFile>,
+}
+
+impl std::fmt::Debug for OpenedLun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenedLun")
+            .field("config", &self.config)
+            .field("size", &self.backend.size())
+            .field("pr_file", &self.pr_file.is_some())
+            .finish()
+    }
+}
 
 /// Builds the bus that the queue threads share.
 pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {

@@ -46,11 +46,10 @@ pub enum DaemonError {
     Flush(io::Error),
 }
 
-/// Name of the vhost-user protocol thread (vhost-user-backend names it after the daemon).
-pub const PROTOCOL_THREAD_NAME: &str = "vhost-user-scsi";
-/// Name vhost-user-backend gives its virtqueue worker threads.
-pub const VRING_THREAD_NAME: &str = "vring_worker";
-/// Name of the thread that takes SIGTERM/SIGINT.
+pub use super::vhost_user::{PROTOCOL_THREAD_NAME, VRING_THREAD_NAME};
+
+/// Name of the thread that takes SIGTERM/SIGINT (role [`crate::sandbox::role::ThreadRole::WorkerSignals`], stacked
+/// where it is spawned, below).
 pub const SIGNAL_THREAD_NAME: &str = "signals";
 
 /// What the signal thread and the serving loop share.

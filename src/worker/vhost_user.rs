@@ -30,7 +30,7 @@ use vmm_sys_util::{
 
 use crate::{
     block::engine::{AioMode, IoConfig},
-    sandbox::seccomp::enter_backend_thread_role,
+    sandbox::seccomp::{self, ThreadRole},
     scsi::ScsiBus,
     virtio::{
         command::handle_command,
@@ -40,6 +40,24 @@ use crate::{
         request::{split_chain, SplitChain},
     },
 };
+
+/// Name of the vhost-user protocol thread (vhost-user-backend names it after the daemon,
+/// [`super::serve`] creates the daemon).
+pub const PROTOCOL_THREAD_NAME: &str = "vhost-user-scsi";
+/// Name vhost-user-backend gives its virtqueue worker threads.
+pub const VRING_THREAD_NAME: &str = "vring_worker";
+
+/// The roles of the threads vhost-user-backend spawns for us (it offers no hook at thread
+/// start, so each stacks its role on its first callback into [`ScsiBackend`]).
+const BACKEND_THREAD_ROLES: &[(&str, ThreadRole)] = &[
+    (VRING_THREAD_NAME, ThreadRole::WorkerVring),
+    (PROTOCOL_THREAD_NAME, ThreadRole::WorkerProtocol),
+];
+
+/// Called at the start of every backend callback.
+fn enter_backend_thread_role() {
+    seccomp::enter_role_by_thread_name(BACKEND_THREAD_ROLES);
+}
 
 /// Guest memory as the vhost-user-backend crate maps it (no dirty-page bitmap).
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;

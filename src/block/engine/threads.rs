@@ -15,7 +15,7 @@ use std::{
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{drain_eventfd, Engine, Op, DEALLOCATE_MODE};
-use crate::scsi::IoKind;
+use crate::block::IoKind;
 
 /// Where a queue worker's completions go.
 struct Completions {

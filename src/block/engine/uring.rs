@@ -5,7 +5,7 @@ use std::{io, os::fd::RawFd};
 use io_uring::{cqueue, opcode, register::Restriction, squeue, types, IoUring};
 
 use super::{Engine, Op, DEALLOCATE_MODE};
-use crate::scsi::IoKind;
+use crate::block::IoKind;
 
 /// `user_data` bit of the polls on the guest's kick eventfd (slot numbers are far below it); the
 /// low bits number the polls, so a completion for a poll we no longer watch is recognised (a

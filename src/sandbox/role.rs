@@ -1,0 +1,58 @@
+//! The thread roles: one seccomp policy file each (`seccomp/<arch>/<role>.json`). Which thread
+//! takes which role is declared by the code that spawns the thread.
+
+use std::fmt;
+
+/// A thread role with its own policy file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadRole {
+    /// The supervisor (parent) after set-up.
+    Supervisor,
+    /// clone3 → ENOSYS adapter, stacked under `worker-main`.
+    WorkerEnosys,
+    /// The worker main thread: the union of every worker role (threads inherit it).
+    WorkerMain,
+    /// The thread that takes SIGTERM/SIGINT (`sigwait`).
+    WorkerSignals,
+    /// The vhost-user message handler (the thread vhost-user-backend names like the daemon).
+    WorkerProtocol,
+    /// A virtqueue worker (`vring_worker`): the data path.
+    WorkerVring,
+    /// A thread of the `--aio=threads` pool (`aio-N`): file I/O and a completion eventfd.
+    WorkerAio,
+}
+
+impl ThreadRole {
+    pub const ALL: [ThreadRole; 7] = [
+        ThreadRole::Supervisor,
+        ThreadRole::WorkerEnosys,
+        ThreadRole::WorkerMain,
+        ThreadRole::WorkerSignals,
+        ThreadRole::WorkerProtocol,
+        ThreadRole::WorkerVring,
+        ThreadRole::WorkerAio,
+    ];
+
+    /// The policy file stem (`seccomp/<arch>/<name>.json`).
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadRole::Supervisor => "supervisor",
+            ThreadRole::WorkerEnosys => "worker-enosys",
+            ThreadRole::WorkerMain => "worker-main",
+            ThreadRole::WorkerSignals => "worker-signals",
+            ThreadRole::WorkerProtocol => "worker-protocol",
+            ThreadRole::WorkerVring => "worker-vring",
+            ThreadRole::WorkerAio => "worker-aio",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for ThreadRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
