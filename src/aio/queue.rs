@@ -414,7 +414,7 @@ impl QueueWorker {
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
             return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
         };
-        if segments.len() > MAX_IOVECS {
+        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd) {
             return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
         }
         let slot = &mut self.slots[index as usize];

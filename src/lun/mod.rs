@@ -55,6 +55,12 @@ pub trait BlockBackend: Send + Sync {
         None
     }
 
+    /// Whether io_uring reports this file's partial failures honestly, so that its I/O may go
+    /// to the io_uring engine (false: the synchronous methods serve it).
+    fn uring_safe(&self) -> bool {
+        true
+    }
+
     /// Whether a discarded range is guaranteed to read back as zeroes (SCSI LBPRZ). True for
     /// holes in image files; BLKDISCARD on a block device promises nothing.
     fn discard_zeroes(&self) -> bool;
