@@ -32,6 +32,24 @@ fn pattern() -> Vec<u8> {
         .collect()
 }
 
+/// The sense INFORMATION field (fixed format with VALID set), if any.
+fn information(r: &ScsiReply) -> Option<u32> {
+    (r.sense[0] == 0xf0).then(|| u32::from_be_bytes(r.sense[3..7].try_into().unwrap()))
+}
+
+/// INFORMATION names the first block not transferred: `first_bad`, or up to one page earlier,
+/// because FUSE cuts a direct transfer into requests at the *buffer's* page boundaries, so the
+/// request that fails may begin up to a page before the bad range when the guest buffer does
+/// not start on a page.
+fn assert_first_bad(r: &ScsiReply, first_bad: u32, what: &str) {
+    let info = information(r).unwrap_or_else(|| panic!("{what}: no INFORMATION: {r:?}"));
+    let page_blocks = (4096 / BLOCK) as u32;
+    assert!(
+        (first_bad - page_blocks..=first_bad).contains(&info),
+        "{what}: INFORMATION {info}, first bad block {first_bad}: {r:?}"
+    );
+}
+
 /// A mounted faultfs: `image()` is the file to serve, `.faults` sets the bad ranges.
 struct FaultFs {
     child: Child,
@@ -144,7 +162,8 @@ fn a_half_failed_transfer_is_never_good() {
                 "{what}: wrong data"
             );
 
-            // Half good, half bad.
+            // Half good, half bad: MEDIUM ERROR naming the first bad block.
+            let first_bad = (BAD_START / BLOCK) as u32;
             let r = vm.scsi(
                 l,
                 &cdb_read10(0, blocks),
@@ -153,11 +172,17 @@ fn a_half_failed_transfer_is_never_good() {
             );
             assert_eq!(r.status, STATUS_CHECK_CONDITION, "READ, {what}: {r:?}");
             r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x11);
+            assert_first_bad(&r, first_bad, &format!("READ, {what}"));
+            // Started inside the bad range, the command's own first block is the bad one.
+            let r = vm.scsi(l, &cdb_read10(first_bad + 8, 8), &[], &[4096]);
+            r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x11);
+            assert_eq!(information(&r), Some(first_bad + 8), "READ, {what}: {r:?}");
 
             let data = vec![0x5au8; BAD_START + BAD_LEN];
             let r = vm.scsi(l, &cdb_write10(0, blocks), &[&data], &[]);
             assert_eq!(r.status, STATUS_CHECK_CONDITION, "WRITE, {what}: {r:?}");
             r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x0c);
+            assert_first_bad(&r, first_bad, &format!("WRITE, {what}"));
             // Nothing in the bad range was written behind the error's back.
             let on_disk = fs::read(&fs.backing).expect("backing file");
             assert!(
@@ -171,8 +196,16 @@ fn a_half_failed_transfer_is_never_good() {
                 r.data[..4096] == expected[1024 * BLOCK..1024 * BLOCK + 4096],
                 "{what}"
             );
+            // A failing disk fails every command: the log names a few, then counts.
+            for _ in 0..20 {
+                let r = vm.scsi(l, &cdb_read10(first_bad, 8), &[], &[4096]);
+                r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x11);
+            }
             daemon.assert_alive();
             drop(vm);
+            let log = daemon.log();
+            let lines = log.lines().filter(|l| l.contains(" failed (opcode")).count();
+            assert_eq!(lines, 5, "{what}: failed I/O logged\n{log}");
             daemon.terminate();
             // Restore the good half for the next round (the WRITE may have changed it).
             fs::write(&fs.backing, &expected).expect("restore backing file");

@@ -125,14 +125,18 @@ impl FileBackend {
             spilled = segments.iter().map(to_iovec).collect();
             &mut spilled
         };
+        let start = offset;
         let mut first = 0;
         while first < iovecs.len() {
             let end = iovecs.len().min(first + MAX_IOVECS);
             let done = match op(&iovecs[first..end], offset) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => {
+                    let eof = io::ErrorKind::UnexpectedEof.into();
+                    return Err(super::partial_failure(offset - start, eof));
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(super::partial_failure(offset - start, e)),
             };
             offset += done as u64;
             let mut left = done;
