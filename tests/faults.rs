@@ -204,7 +204,10 @@ fn a_half_failed_transfer_is_never_good() {
             daemon.assert_alive();
             drop(vm);
             let log = daemon.log();
-            let lines = log.lines().filter(|l| l.contains(" failed (opcode")).count();
+            let lines = log
+                .lines()
+                .filter(|l| l.contains(" failed (opcode"))
+                .count();
             assert_eq!(lines, 5, "{what}: failed I/O logged\n{log}");
             daemon.terminate();
             // Restore the good half for the next round (the WRITE may have changed it).
