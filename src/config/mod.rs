@@ -221,6 +221,17 @@ pub enum SandboxMode {
     None,
 }
 
+impl SandboxMode {
+    /// The `--sandbox` value that selects this mode.
+    pub fn name(self) -> &'static str {
+        match self {
+            SandboxMode::Namespace => "namespace",
+            SandboxMode::Chroot => "chroot",
+            SandboxMode::None => "none",
+        }
+    }
+}
+
 /// What a seccomp violation does (`--seccomp`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SeccompMode {

@@ -7,7 +7,8 @@
 //! the stderr logger of [`crate::logging`] and relayed lines are copied verbatim.
 
 use std::{
-    io::Write,
+    io::{self, Write},
+    os::fd::RawFd,
     sync::atomic::{AtomicBool, Ordering},
 };
 
@@ -105,6 +106,58 @@ fn parse_level(text: &str) -> (Level, &str) {
         }
     }
     (Level::Warn, text)
+}
+
+/// Splits what the worker wrote into lines and relays them; remembers its SIGSYS report.
+#[derive(Default)]
+pub struct Relay {
+    partial: Vec<u8>,
+    /// The worker's SIGSYS report line (`seccomp: ...`), if it wrote one.
+    pub seccomp_report: Option<String>,
+}
+
+impl Relay {
+    pub fn feed(&mut self, data: &[u8]) {
+        self.partial.extend_from_slice(data);
+        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=pos).collect();
+            if line.starts_with(b"seccomp: ") {
+                self.seccomp_report = Some(String::from_utf8_lossy(&line).trim_end().to_owned());
+            }
+            relay_line(&line);
+        }
+    }
+
+    pub fn finish(&mut self) {
+        if !self.partial.is_empty() {
+            self.partial.push(b'\n');
+            let rest = std::mem::take(&mut self.partial);
+            self.feed(&rest);
+        }
+    }
+}
+
+/// Reads `fd` until EOF (blocking), relaying every line.
+pub fn drain(fd: RawFd, report: &mut Option<String>) {
+    let mut relay = Relay::default();
+    // SAFETY: clearing O_NONBLOCK on our own pipe end.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, 0) };
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: reading into a buffer we own, of the length passed.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if n <= 0 {
+            break;
+        }
+        relay.feed(&buf[..n as usize]);
+    }
+    relay.finish();
+    if relay.seccomp_report.is_some() {
+        *report = relay.seccomp_report;
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -21,12 +21,16 @@ use std::{
 use caps::Capability;
 use log::{error, info, warn};
 
-use super::{log as plog, spawn_worker, Plan, PrivsepError, Resources, Worker};
+use super::{
+    error::PrivsepError,
+    spawn::{spawn_worker, Plan, Resources, Worker},
+};
 use crate::{
     config::{
         Config, ListenSpec, RestartPolicy, SandboxMode, SeccompMode, RESTART_BURST,
         RESTART_WINDOW_SECS,
     },
+    logging::relay::{drain, Relay},
     sandbox::{
         self, caps as scaps, landlock, seccomp::ThreadRole, sigsys, user, SandboxError, WorkerJail,
     },
@@ -52,57 +56,6 @@ fn signalfd() -> io::Result<OwnedFd> {
             return Err(io::Error::last_os_error());
         }
         Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-/// Splits what the worker wrote into lines and relays them; remembers its SIGSYS report.
-#[derive(Default)]
-struct Relay {
-    partial: Vec<u8>,
-    seccomp_report: Option<String>,
-}
-
-impl Relay {
-    fn feed(&mut self, data: &[u8]) {
-        self.partial.extend_from_slice(data);
-        while let Some(pos) = self.partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=pos).collect();
-            if line.starts_with(b"seccomp: ") {
-                self.seccomp_report = Some(String::from_utf8_lossy(&line).trim_end().to_owned());
-            }
-            plog::relay_line(&line);
-        }
-    }
-
-    fn finish(&mut self) {
-        if !self.partial.is_empty() {
-            self.partial.push(b'\n');
-            let rest = std::mem::take(&mut self.partial);
-            self.feed(&rest);
-        }
-    }
-}
-
-/// Reads `fd` until EOF (blocking), relaying every line.
-pub(super) fn drain(fd: RawFd, report: &mut Option<String>) {
-    let mut relay = Relay::default();
-    // SAFETY: clearing O_NONBLOCK on our own pipe end.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, 0) };
-    let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: reading into a buffer we own, of the length passed.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n <= 0 {
-            break;
-        }
-        relay.feed(&buf[..n as usize]);
-    }
-    relay.finish();
-    if relay.seccomp_report.is_some() {
-        *report = relay.seccomp_report;
     }
 }
 

@@ -2,4 +2,5 @@
 
 pub mod assemble;
 pub mod serve;
+pub mod startup;
 pub mod vhost_user;

@@ -1,0 +1,195 @@
+//! The worker's start-up, from the moment the supervisor's `clone` returned 0, in order (each
+//! step fails closed; the numbers are those of [`crate::sandbox`]):
+//! 1. standard streams onto `/dev/null` and the stderr pipe, every other descriptor outside the
+//!    inherited set closed, the process named, allocator settings that keep glibc from opening
+//!    files later;
+//! 2. wait for the supervisor (uid/gid maps), then [`sandbox::confine`] (steps 2-5);
+//! 3. the main thread's seccomp filters (step 6);
+//! 4. the bus is assembled and [`serve::serve`] runs until the end.
+
+use std::{
+    ffi::CString,
+    io::{self, Read, Write},
+    os::{
+        fd::{AsRawFd, OwnedFd, RawFd},
+        unix::net::{UnixListener, UnixStream},
+    },
+    sync::Arc,
+};
+
+use log::{info, warn};
+
+use super::{
+    assemble::{self, OpenedLun},
+    serve::{self, ServeOptions},
+    vhost_user::ScsiBackend,
+};
+use crate::{
+    config::Config,
+    logging::relay,
+    sandbox::{self, SandboxError, WorkerJail},
+};
+
+/// Exit code when serving failed after setup.
+pub const EXIT_RUNTIME: u8 = 1;
+
+/// The worker's process name (`comm`), so that it stands out in `ps` and in the SIGSYS report.
+pub const WORKER_COMM: &str = "vus-worker";
+
+/// Per-worker channels, created fresh for every worker by the supervisor (both ends: the
+/// worker closes the supervisor's).
+pub struct Channels {
+    /// Worker's stderr: (read end for the supervisor, write end for the worker).
+    pub stderr: (OwnedFd, OwnedFd),
+    /// Set-up handshake (supervisor end, worker end).
+    pub sync: (UnixStream, UnixStream),
+    /// The fd broker (supervisor end, worker end): SCM_RIGHTS for hotplug and iSCSI reconnects.
+    /// No protocol yet; the worker holds its end from the start so that none has to be opened.
+    pub broker: (UnixStream, UnixStream),
+    /// A duplicate of the listening socket for the worker (never unlinks anything).
+    pub listener: UnixListener,
+}
+
+/// What the worker inherits besides its channels: everything it will ever use, opened by the
+/// supervisor.
+pub struct Inherited<'a> {
+    pub luns: &'a [OpenedLun],
+    /// The LUN files' descriptors (images and `pr-file`s), kept open in the worker.
+    pub lun_fds: &'a [RawFd],
+    /// `/dev/null`, for the worker's stdin and stdout.
+    pub dev_null: RawFd,
+}
+
+/// The worker, from the moment `clone` returned 0. Never returns.
+pub fn worker_process(res: &Inherited<'_>, config: &Config, jail: &WorkerJail, ch: Channels) -> ! {
+    relay::become_worker();
+    let code = match worker_main(res, config, jail, ch) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("worker: {e}");
+            sandbox::EXIT_SANDBOX
+        }
+    };
+    // Exit without running destructors: the supervisor's objects (the Listener that unlinks
+    // the socket path) are copies here and are not ours to drop.
+    std::process::exit(code)
+}
+
+fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on descriptors we own; `to` is one of the standard streams being replaced.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn worker_main(
+    res: &Inherited<'_>,
+    config: &Config,
+    jail: &WorkerJail,
+    ch: Channels,
+) -> Result<i32, SandboxError> {
+    let Channels {
+        stderr: (stderr_r, stderr_w),
+        sync: (sync_parent, mut sync),
+        broker: (broker_parent, broker),
+        listener,
+    } = ch;
+    // Step 1: standard streams, then everything outside the pre-opened set goes.
+    let null = res.dev_null;
+    for (from, to) in [(null, 0), (null, 1), (stderr_w.as_raw_fd(), 2)] {
+        dup2(from, to).map_err(SandboxError::CloseFds)?;
+    }
+    let mut keep = vec![
+        0,
+        1,
+        2,
+        listener.as_raw_fd(),
+        broker.as_raw_fd(),
+        sync.as_raw_fd(),
+    ];
+    keep.extend(res.lun_fds);
+    // The descriptors about to be closed must not be closed again by their owners' Drop.
+    std::mem::forget((stderr_r, stderr_w, sync_parent, broker_parent));
+    sandbox::sanitize_process(&keep)?;
+    let name = CString::new(WORKER_COMM).expect("no NUL");
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+
+    // glibc sizes its malloc arena limit from /sys/devices/system/cpu/online the first time a
+    // thread needs a new arena; fixing the limit now keeps the jailed worker from ever opening
+    // a file (seccomp would kill it for the attempt).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // SAFETY: mallopt only changes allocator tuning; M_ARENA_MAX takes a positive count.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, (8 * cpus).min(1024) as libc::c_int) };
+    // The first time glibc shrinks a thread arena's heap (typically a vring worker exiting at
+    // disconnect, freeing its tcache) it opens /proc/sys/vm/overcommit_memory
+    // (check_may_shrink_heap): a seccomp kill of the whole worker, about one sg3 guest run in
+    // four. Thread heaps below this threshold are never trimmed, so that open never happens;
+    // the memory stays in the arena for the next connection's threads, and heaps that empty
+    // completely are still unmapped.
+    // SAFETY: as above; M_TRIM_THRESHOLD takes a byte count.
+    unsafe { libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX) };
+
+    // glibc reports fatal errors (heap corruption, failed assertions) by opening /dev/tty
+    // unless this is set: in the jail that open is a seccomp kill naming `openat`, which hides
+    // the real message. With it the message reaches stderr (the supervisor's log) and the
+    // worker ends with SIGABRT. Set while the worker is still single-threaded.
+    std::env::set_var("LIBC_FATAL_STDERR_", "1");
+
+    // Wait for the supervisor (uid/gid maps written); EOF means it is gone.
+    let mut go = [0u8; 1];
+    if !matches!(sync.read(&mut go), Ok(1)) {
+        return Ok(sandbox::EXIT_SANDBOX);
+    }
+    // Steps 2-5.
+    let landlock = sandbox::confine(jail)?;
+    // SAFETY: getuid/getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    info!(
+        "worker jailed: sandbox={}, uid={uid} gid={gid}, no capabilities, no_new_privs, {}, \
+         seccomp={:?}",
+        jail.mode.name(),
+        landlock.description,
+        jail.seccomp
+    );
+    if !landlock.fully_enforced {
+        warn!("worker: {}", landlock.description);
+    }
+    if sync.write_all(b"r").is_err() {
+        return Ok(sandbox::EXIT_SANDBOX);
+    }
+    drop(sync);
+    // Step 6.
+    sandbox::install_main_filters(jail.seccomp)?;
+    #[cfg(debug_assertions)]
+    sandbox::probe::run_in_main();
+
+    // Serve. `broker` stays open for the fd-broker protocol to come.
+    let luns = res
+        .luns
+        .iter()
+        .map(|l| OpenedLun {
+            config: l.config.clone(),
+            backend: l.backend.clone(),
+            pr_file: l.pr_file.clone(),
+        })
+        .collect();
+    let bus = Arc::new(assemble::build_bus(luns));
+    let backend = Arc::new(
+        ScsiBackend::new(bus, config.num_queues, config.queue_size)
+            .with_io_config(config.io.clone()),
+    );
+    let opts = ServeOptions {
+        exit_on_disconnect: config.exit_on_disconnect,
+    };
+    let result = serve::serve(&listener, backend, &opts);
+    drop(broker);
+    Ok(match result {
+        Ok(()) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            i32::from(EXIT_RUNTIME)
+        }
+    })
+}
