@@ -53,7 +53,7 @@
 //! `info`.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     ffi::OsString,
     os::fd::RawFd,
     path::{Path, PathBuf},
@@ -63,12 +63,13 @@ use clap::Parser;
 use log::LevelFilter;
 
 pub use super::error::{io_msg, CliError, LunError};
+pub use super::lun::*;
 use crate::{
     config::file::{self as config_file, FileConfig, FileLun},
     config::{
-        AioMode, BlockSize, CacheMode, Config, IoConfig, LandlockMode, ListenSpec, LogConfig,
-        LunConfig, Origins, RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN,
-        MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES,
+        AioMode, Config, IoConfig, LandlockMode, ListenSpec, LogConfig, LunConfig, Origins,
+        RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN, MAX_QUEUE_SIZE,
+        MAX_REQUEST_QUEUES,
     },
 };
 
@@ -78,8 +79,6 @@ use crate::{
 pub const DEFAULT_NUM_QUEUES: u16 = crate::config::MAX_REQUEST_QUEUES;
 /// Default largest virtqueue size accepted.
 pub const DEFAULT_QUEUE_SIZE: u16 = 1024;
-/// Longest unit serial number accepted (as QEMU's scsi-disk).
-pub const MAX_SERIAL_LEN: usize = 36;
 pub use super::SYSTEMD_FIRST_FD;
 
 const LUN_HELP: &str = "\
@@ -583,57 +582,6 @@ fn check_log_level(s: &str, option: String) -> Result<LevelFilter, CliError> {
     })
 }
 
-/// A LUN whose address may still have to be assigned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LunSpec {
-    /// Explicit (target, LUN), or `None` for auto-numbering.
-    pub address: Option<(u8, u16)>,
-    /// Everything else; `target` and `lun` are meaningless while `address` is `None`.
-    pub config: LunConfig,
-}
-
-fn new_spec(address: Option<(u8, u16)>, source: PathBuf) -> LunSpec {
-    let (target, lun) = address.unwrap_or((0, 0));
-    LunSpec {
-        address,
-        config: LunConfig::new(target, lun, source),
-    }
-}
-
-/// Parses an image size: a number of bytes with an optional binary suffix `K`, `M`, `G`, `T`
-/// (also written `KiB`, `MiB` …). Zero is refused.
-pub(crate) fn parse_size(v: &str) -> Result<u64, LunError> {
-    let invalid = || LunError::InvalidValue {
-        option: "size",
-        value: v.to_owned(),
-        expected: "a size such as 65536, 512M, 1G or 2T",
-    };
-    let digits_end = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (digits, suffix) = v.split_at(digits_end);
-    let shift = match suffix.trim_end_matches("iB") {
-        "" => 0,
-        "K" | "k" => 10,
-        "M" => 20,
-        "G" => 30,
-        "T" => 40,
-        _ => return Err(invalid()),
-    };
-    let n: u64 = digits.parse().map_err(|_| invalid())?;
-    n.checked_mul(1u64 << shift)
-        .filter(|&bytes| bytes > 0 && bytes <= i64::MAX as u64)
-        .ok_or_else(invalid)
-}
-
-/// Scheme of a null LUN's source: `null://SIZE`, SIZE as `--lun size=` takes it (`1G`, `512M`).
-pub const NULL_SCHEME: &str = "null://";
-
-/// The size of a `null://SIZE` source, `None` when `source` is not one; `Some(Err)` when SIZE
-/// does not parse.
-pub fn null_source_size(source: &Path) -> Option<Result<u64, LunError>> {
-    let size = source.to_str()?.strip_prefix(NULL_SCHEME)?;
-    Some(parse_size(size))
-}
-
 /// Parses a `--log-level` value: `off`, `error`, `warn`, `info`, `debug` or `trace`
 /// (case-insensitive).
 pub fn parse_level(s: &str) -> Option<LevelFilter> {
@@ -648,271 +596,14 @@ pub fn parse_level(s: &str) -> Option<LevelFilter> {
     }
 }
 
-/// Splits at single commas; `,,` is a literal comma.
-fn split_commas(s: &str) -> Vec<String> {
-    let mut fields = vec![String::new()];
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == ',' {
-            if chars.peek() == Some(&',') {
-                chars.next();
-                fields.last_mut().unwrap().push(',');
-            } else {
-                fields.push(String::new());
-            }
-        } else {
-            fields.last_mut().unwrap().push(c);
-        }
-    }
-    fields
-}
-
-/// `DIGITS:DIGITS=` at the start of `field`: returns (target, lun, rest).
-fn split_address(field: &str) -> Option<(&str, &str, &str)> {
-    let (addr, rest) = field.split_once('=')?;
-    let (t, l) = addr.split_once(':')?;
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    (digits(t) && digits(l)).then_some((t, l, rest))
-}
-
-/// Parses a decimal number, saturating (so out-of-range values are reported as such).
-fn parse_decimal(s: &str) -> u64 {
-    s.bytes().fold(0u64, |n, b| {
-        n.saturating_mul(10).saturating_add(u64::from(b - b'0'))
-    })
-}
-
-pub(crate) fn check_address(target: u64, lun: u64) -> Result<(u8, u16), LunError> {
-    let t = u8::try_from(target).map_err(|_| LunError::TargetOutOfRange(target))?;
-    let l = u16::try_from(lun)
-        .ok()
-        .filter(|l| *l <= MAX_LUN)
-        .ok_or(LunError::LunOutOfRange(lun))?;
-    Ok((t, l))
-}
-
-fn parse_bool(option: &'static str, value: &str) -> Result<bool, LunError> {
-    match value {
-        "on" | "yes" | "true" => Ok(true),
-        "off" | "no" | "false" => Ok(false),
-        _ => Err(LunError::InvalidValue {
-            option,
-            value: value.to_owned(),
-            expected: "on or off",
-        }),
-    }
-}
-
-/// Parses a `wwn=` value: 16 hex digits, optional `0x`, an 8-byte NAA format (type 2 IEEE
-/// extended, 3 locally assigned, 5 IEEE registered) in the first nibble.
-pub(crate) fn parse_wwn(value: &str) -> Result<u64, LunError> {
-    let invalid = || LunError::InvalidValue {
-        option: "wwn",
-        value: value.to_owned(),
-        expected: "16 hex digits (optional 0x) starting with NAA type 2, 3 or 5",
-    };
-    let hex = value
-        .strip_prefix("0x")
-        .or_else(|| value.strip_prefix("0X"))
-        .unwrap_or(value);
-    if hex.len() != 16 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(invalid());
-    }
-    let wwn = u64::from_str_radix(hex, 16).map_err(|_| invalid())?;
-    match wwn >> 60 {
-        2 | 3 | 5 => Ok(wwn),
-        _ => Err(invalid()),
-    }
-}
-
-pub(crate) fn check_serial(value: &str) -> Result<String, LunError> {
-    if value.is_empty()
-        || value.len() > MAX_SERIAL_LEN
-        || !value.bytes().all(|b| (0x20..=0x7e).contains(&b))
-    {
-        return Err(LunError::InvalidValue {
-            option: "serial",
-            value: value.to_owned(),
-            expected: "1 to 36 printable ASCII characters",
-        });
-    }
-    Ok(value.to_owned())
-}
-
-pub(crate) fn block_size_from(n: u64, value: &str) -> Result<BlockSize, LunError> {
-    match n {
-        512 => Ok(BlockSize::B512),
-        4096 => Ok(BlockSize::B4096),
-        _ => Err(LunError::InvalidValue {
-            option: "block-size",
-            value: value.to_owned(),
-            expected: "512 or 4096",
-        }),
-    }
-}
-
-/// Largest `phys-block-size` accepted (as QEMU's `physical_block_size`).
-pub const MAX_PHYS_BLOCK_SIZE: u32 = 32768;
-
-/// A `phys-block-size=` value on its own: a power of two from 512 to [`MAX_PHYS_BLOCK_SIZE`].
-/// That it is at least the logical block size is checked by [`check_block_sizes`].
-pub(crate) fn phys_block_size_from(n: u64, value: &str) -> Result<u32, LunError> {
-    u32::try_from(n)
-        .ok()
-        .filter(|n| n.is_power_of_two() && (512..=MAX_PHYS_BLOCK_SIZE).contains(n))
-        .ok_or_else(|| LunError::InvalidValue {
-            option: "phys-block-size",
-            value: value.to_owned(),
-            expected: "a power of two from 512 to 32768",
-        })
-}
-
-/// The physical block must hold a power of two number of logical blocks (both sizes are powers
-/// of two, so "at least as large" is enough).
-fn check_block_sizes(c: &LunConfig) -> Result<(), LunError> {
-    match c.phys_block_size {
-        Some(phys) if phys < c.block_size.bytes() => Err(LunError::PhysBelowLogical {
-            phys,
-            block: c.block_size.bytes(),
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// A `pr-file=` value: any non-empty path.
-fn parse_pr_file(value: &Path) -> Result<PathBuf, LunError> {
-    if value.as_os_str().is_empty() {
-        return Err(LunError::InvalidValue {
-            option: "pr-file",
-            value: String::new(),
-            expected: "a file path",
-        });
-    }
-    Ok(value.to_owned())
-}
-
-/// Digits only (anything else makes the number 0, which no size option accepts).
-fn parse_number(v: &str) -> u64 {
-    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
-        parse_decimal(v)
-    } else {
-        0
-    }
-}
-
-pub(crate) fn parse_cache(value: &str) -> Result<CacheMode, LunError> {
-    match value {
-        "none" => Ok(CacheMode::None),
-        "writeback" => Ok(CacheMode::Writeback),
-        _ => Err(LunError::InvalidValue {
-            option: "cache",
-            value: value.to_owned(),
-            expected: "none or writeback",
-        }),
-    }
-}
-
 /// Parses one `--lun` argument (syntax only; the source is not looked at).
 pub(crate) fn parse_lun(arg: &str) -> Result<LunSpec, LunError> {
-    let mut fields = split_commas(arg).into_iter();
-    let first = fields.next().unwrap_or_default();
-    let (address, source) = match split_address(&first) {
-        Some((t, l, rest)) => (
-            Some(check_address(parse_decimal(t), parse_decimal(l))?),
-            rest.to_owned(),
-        ),
-        None => (None, first.clone()),
-    };
-    if source.is_empty() {
-        return Err(LunError::EmptySource);
-    }
-    let mut spec = new_spec(address, PathBuf::from(source));
-    let c = &mut spec.config;
-    let mut seen: HashSet<&'static str> = HashSet::new();
-    for field in fields {
-        if field.is_empty() {
-            return Err(LunError::EmptyOption);
-        }
-        let (key, value) = match field.split_once('=') {
-            Some((k, v)) => (k, Some(v)),
-            None => (field.as_str(), None),
-        };
-        let canonical: &'static str = match key {
-            "readonly" | "ro" | "read-only" => "readonly",
-            "discard" => "discard",
-            "serial" => "serial",
-            "wwn" => "wwn",
-            "block-size" => "block-size",
-            "phys-block-size" => "phys-block-size",
-            "cache" => "cache",
-            "size" => "size",
-            "pr-file" => "pr-file",
-            _ => return Err(LunError::UnknownOption(key.to_owned())),
-        };
-        if !seen.insert(canonical) {
-            return Err(LunError::RepeatedOption(canonical.to_owned()));
-        }
-        let need = || value.ok_or(LunError::MissingValue(canonical));
-        match canonical {
-            "readonly" => c.read_only = value.map_or(Ok(true), |v| parse_bool("readonly", v))?,
-            "discard" => c.discard = value.map_or(Ok(true), |v| parse_bool("discard", v))?,
-            "serial" => c.serial = Some(check_serial(need()?)?),
-            "wwn" => c.wwn = Some(parse_wwn(need()?)?),
-            "block-size" => {
-                let v = need()?;
-                c.block_size = block_size_from(parse_number(v), v)?;
-            }
-            "phys-block-size" => {
-                let v = need()?;
-                c.phys_block_size = Some(phys_block_size_from(parse_number(v), v)?);
-            }
-            "cache" => c.cache = parse_cache(need()?)?,
-            "size" => c.create_size = Some(parse_size(need()?)?),
-            "pr-file" => c.pr_file = Some(parse_pr_file(Path::new(need()?))?),
-            _ => unreachable!(),
-        }
-    }
-    check_block_sizes(c)?;
-    Ok(spec)
+    LunFields::parse_arg(arg)?.validate()
 }
 
 /// Converts one `[[lun]]` table (syntax and ranges only; the source is not looked at).
 pub(crate) fn file_lun(lun: &FileLun) -> Result<LunSpec, LunError> {
-    let address = match (lun.target, lun.lun) {
-        (t, Some(l)) => Some(check_address(t.unwrap_or(0), l)?),
-        (Some(t), None) => return Err(LunError::TargetWithoutLun(t)),
-        (None, None) => None,
-    };
-    if lun.source.as_os_str().is_empty() {
-        return Err(LunError::EmptySource);
-    }
-    let mut spec = new_spec(address, lun.source.clone());
-    let c = &mut spec.config;
-    c.read_only = lun.read_only.unwrap_or(false);
-    c.discard = lun.discard.unwrap_or(true);
-    if let Some(v) = &lun.cache {
-        c.cache = parse_cache(v)?;
-    }
-    if let Some(n) = lun.block_size {
-        c.block_size = block_size_from(n, &n.to_string())?;
-    }
-    if let Some(v) = &lun.serial {
-        c.serial = Some(check_serial(v)?);
-    }
-    if let Some(v) = &lun.wwn {
-        c.wwn = Some(parse_wwn(v)?);
-    }
-    if let Some(v) = &lun.size {
-        c.create_size = Some(parse_size(v)?);
-    }
-    if let Some(n) = lun.phys_block_size {
-        c.phys_block_size = Some(phys_block_size_from(n, &n.to_string())?);
-    }
-    if let Some(p) = &lun.pr_file {
-        c.pr_file = Some(parse_pr_file(p)?);
-    }
-    check_block_sizes(c)?;
-    Ok(spec)
+    lun.validate()
 }
 
 /// Assigns addresses, rejects duplicates, and sorts by (target, LUN). Returns each LUN's origin
@@ -983,6 +674,7 @@ fn finish_luns(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{BlockSize, CacheMode};
     // What main does after parsing: the supervisor's preflight checks (files, sockets).
     use crate::supervisor::preflight::{self, check_source};
     use std::{

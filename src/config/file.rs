@@ -54,25 +54,8 @@ pub struct FileConfig {
     pub luns: Vec<FileLun>,
 }
 
-/// One `[[lun]]` table, parsed but not yet validated.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FileLun {
-    pub target: Option<u64>,
-    pub lun: Option<u64>,
-    pub source: PathBuf,
-    pub read_only: Option<bool>,
-    pub discard: Option<bool>,
-    pub cache: Option<String>,
-    pub block_size: Option<u64>,
-    pub serial: Option<String>,
-    pub wwn: Option<String>,
-    /// Create the source with this size when missing (`"1G"`), like `--lun ...,size=`.
-    pub size: Option<String>,
-    pub phys_block_size: Option<u64>,
-    /// Persistent reservation state file, like `--lun ...,pr-file=`.
-    pub pr_file: Option<PathBuf>,
-}
+/// One `[[lun]]` table: the LUN grammar the command line's `--lun` shares.
+pub type FileLun = super::lun::LunFields;
 
 /// Reads and parses `path`, resolving relative paths in it against the file's directory.
 pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
@@ -154,7 +137,7 @@ pr-file = "disk1.pr"
                 read_only: Some(false),
                 discard: Some(true),
                 cache: Some("writeback".into()),
-                block_size: Some(512),
+                block_size: Some(512.into()),
                 serial: Some("DISK0".into()),
                 wwn: Some("0x5000000000000001".into()),
                 size: None,
@@ -166,7 +149,7 @@ pr-file = "disk1.pr"
             cfg.luns[1],
             FileLun {
                 source: "disk1.img".into(),
-                phys_block_size: Some(4096),
+                phys_block_size: Some(4096.into()),
                 pr_file: Some("disk1.pr".into()),
                 ..Default::default()
             }

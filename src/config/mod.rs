@@ -6,6 +6,7 @@
 pub mod cli;
 pub mod error;
 pub mod file;
+pub mod lun;
 pub mod print_capabilities;
 
 use std::{os::fd::RawFd, path::PathBuf};
