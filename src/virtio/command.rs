@@ -16,10 +16,7 @@ use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
     match start_command(bus, chain, &mut || {}) {
         Started::Done(used) => used,
-        Started::Io(io) => {
-            let result = bus.run_sync(io.target, io.lun, &io.plan);
-            io.finish(bus, result)
-        }
+        Started::Io(io) => io.run_inline(bus),
     }
 }
 
@@ -72,6 +69,12 @@ impl ReplyShape {
 }
 
 impl PendingIo<'_> {
+    /// Runs the I/O on this thread and completes the command; returns the used length. The
+    /// synchronous path of every engine (`--aio=sync`'s inline engine takes nothing).
+    pub fn run_inline(&self, bus: &ScsiBus) -> u32 {
+        self.finish(bus, bus.run_sync(self.target, self.lun, &self.plan))
+    }
+
     /// Completes the command with the I/O's result; returns the used length.
     pub fn finish(&self, bus: &ScsiBus, result: std::io::Result<()>) -> u32 {
         let out = bus.complete(self.target, self.lun, self.plan.meta, result);

@@ -23,7 +23,10 @@ use vm_memory::{
 
 use crate::{
     block::{
-        engine::{threads::ThreadEngine, uring::UringEngine, AioMode, Engine, IoConfig, Op},
+        engine::{
+            inline::InlineEngine, threads::ThreadEngine, uring::UringEngine, AioMode, Engine,
+            IoConfig, Op,
+        },
         partial_failure,
     },
     scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
@@ -131,7 +134,9 @@ impl QueueWorker {
     /// Builds the engine `config` asks for (io_uring falls back to threads, with a warning),
     /// with room for `depth` commands in flight. Runs on the queue thread that will use it.
     pub fn new(config: &IoConfig, files: &[RawFd], depth: u16, queue: usize) -> io::Result<Self> {
-        if !config.queue_cpus.is_empty() {
+        let inline = config.aio == AioMode::Sync;
+        // (`--queue-cpus` and `--register-buffers` tune the asynchronous engines only.)
+        if !config.queue_cpus.is_empty() && !inline {
             pin_to_cpu(config.queue_cpus[queue % config.queue_cpus.len()]);
         }
         let depth = usize::from(depth.max(1));
@@ -149,14 +154,15 @@ impl QueueWorker {
                     }
                 }
             }
-            AioMode::Threads | AioMode::Sync => Box::new(ThreadEngine::new(config.aio_threads)?),
+            AioMode::Threads => Box::new(ThreadEngine::new(config.aio_threads)?),
+            AioMode::Sync => Box::new(InlineEngine),
         };
-        if queue == 0 {
+        if queue == 0 && !inline {
             info!("request queues use the {} engine", engine.name());
         }
         let mut worker = Self::with_engine_batching(engine, depth as u16, config.submit_batch);
         worker.poll = Duration::from_micros(u64::from(config.poll_us));
-        worker.register_buffers = config.register_buffers;
+        worker.register_buffers = config.register_buffers && !inline;
         worker.queue = queue;
         Ok(worker)
     }
@@ -413,12 +419,23 @@ impl QueueWorker {
         mem: &MemGuard,
         mut io: PendingIo<'_>,
     ) -> Option<u32> {
+        if self.queue_io(head, mem, &mut io) {
+            None
+        } else {
+            // The engine cannot take it: the one synchronous fallback.
+            Some(io.run_inline(bus))
+        }
+    }
+
+    /// Hands a command's I/O to the engine; false when the engine cannot take it (no file
+    /// descriptor, too many segments, a file or an operation it refuses, no room).
+    fn queue_io(&mut self, head: u16, mem: &MemGuard, io: &mut PendingIo<'_>) -> bool {
         let segments = io.plan.bufs.segments();
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
-            return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
+            return false;
         };
         if segments.len() > MAX_IOVECS || !self.engine.accepts(fd) {
-            return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
+            return false;
         }
         let slot = &mut self.slots[index as usize];
         slot.iov.clear();
@@ -455,7 +472,7 @@ impl QueueWorker {
         }
         if !queued {
             self.slots[index as usize].release();
-            return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
+            return false;
         }
         self.slots[index as usize].write = io.plan.write.take();
         self.free.pop();
@@ -468,7 +485,7 @@ impl QueueWorker {
             // An error here shows again at the end-of-pass submit, which reports it.
             let _ = self.submit();
         }
-        None
+        true
     }
 
     /// Hands everything pushed so far to the kernel (or the pool).

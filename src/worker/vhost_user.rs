@@ -33,7 +33,6 @@ use crate::{
     sandbox::seccomp::{self, ThreadRole},
     scsi::ScsiBus,
     virtio::{
-        command::handle_command,
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
         queue::{QueueError, QueueWorker},
@@ -371,11 +370,6 @@ impl VhostUserBackend for ScsiBackend {
             // Event-queue buffers stay with us until there is an event to report (hotplug,
             // capacity change): the guest expects them to be held, not returned empty.
             (0, EVENT_QUEUE) => {}
-            (_, 0) if self.io.aio == AioMode::Sync => {
-                // Held while the batch runs, so that `stop_vring` waits for it.
-                let _serving = self.workers.get(thread_id - 1).map(|w| lock(w));
-                self.process_queue(vring, |chain| handle_command(&self.bus, chain))?
-            }
             (_, 0) => self.process_request_queue(vring, thread_id - 1)?,
             _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
         }

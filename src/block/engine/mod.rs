@@ -15,12 +15,14 @@
 //!   wakes for new requests.
 //! - [`threads::ThreadEngine`] (`--aio=threads`, or when io_uring is unavailable): a pool of
 //!   threads running `preadv2`/`pwritev2`/`fdatasync`, completions handed back through an eventfd.
-//! - `--aio=sync`: the old path, every command runs to completion on the queue thread.
+//! - [`inline::InlineEngine`] (`--aio=sync`): takes nothing; every command runs to completion on
+//!   the queue thread, through the same queue loop.
 //!
 //! Syscalls: io-uring needs `io_uring_setup`, `io_uring_enter`, `io_uring_register` (and `mmap`
 //! of the rings at setup); threads needs `preadv2`/`pwritev2`/`fdatasync`, `futex`, `eventfd2`
 //! reads/writes and `poll`/`ppoll`.
 
+pub mod inline;
 pub mod threads;
 pub mod uring;
 
