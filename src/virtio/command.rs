@@ -7,16 +7,54 @@ use virtio_bindings::virtio_scsi::{
 
 use super::{
     request::{parse_cmd_request, CmdResponse, RequestError, SplitChain, RESP_HEADER_SIZE},
-    LunAddress,
+    LunAddress, CDB_SIZE,
 };
 use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 
 /// Executes the command in one request chain; returns the used length (response header plus
 /// data-in bytes written).
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
-    match start_command(bus, chain, &mut || {}) {
+    match start_command(bus, chain, false) {
         Started::Done(used) => used,
         Started::Io(io) => io.run_inline(bus),
+        // Not answered to a caller without I/O in flight.
+        Started::DrainFirst(_) => 0,
+    }
+}
+
+/// A parsed command for a target that exists, not started yet.
+pub struct Command<'a> {
+    target: u8,
+    lun: u16,
+    cdb: [u8; CDB_SIZE],
+    data_out: SgList<'a>,
+    data_in: SgList<'a>,
+    response: SgList<'a>,
+    reply: ReplyShape,
+}
+
+impl<'a> Command<'a> {
+    /// Checks the command and runs it, or plans its I/O. `caller_io`: the caller still has I/O
+    /// of its own in flight (see [`ScsiBus::prepare`]).
+    pub fn start(self, bus: &ScsiBus, caller_io: bool) -> Started<'a> {
+        match bus.prepare(
+            self.target,
+            self.lun,
+            &self.cdb,
+            &self.data_out,
+            &self.data_in,
+            caller_io,
+        ) {
+            Prepared::Done(out) => Started::Done(self.reply.respond(&out, &self.response)),
+            Prepared::Io(plan) => Started::Io(PendingIo {
+                target: self.target,
+                lun: self.lun,
+                plan,
+                response: self.response,
+                reply: self.reply,
+            }),
+            Prepared::DrainFirst => Started::DrainFirst(self),
+        }
     }
 }
 
@@ -90,17 +128,16 @@ pub enum Started<'a> {
     /// Answered; the used length.
     Done(u32),
     Io(PendingIo<'a>),
+    /// Not started: the command would wait for the caller's own I/O in flight. Complete it,
+    /// then [`Command::start`] the command again.
+    DrainFirst(Command<'a>),
 }
 
 /// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
-/// [`Started::Io`], everything else is executed and answered now. `drain` completes the
-/// caller's own I/O in flight before anything would block on a write gate (see
-/// [`ScsiBus::prepare`]).
-pub fn start_command<'a>(
-    bus: &ScsiBus,
-    chain: SplitChain<'a>,
-    drain: &mut dyn FnMut(),
-) -> Started<'a> {
+/// [`Started::Io`], everything else is executed and answered now. `caller_io`: the caller
+/// still has I/O of its own in flight; a command that would wait for it comes back as
+/// [`Started::DrainFirst`] (see [`ScsiBus::prepare`]).
+pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) -> Started<'a> {
     let req = match parse_cmd_request(chain) {
         Ok(req) => req,
         Err((e @ RequestError::ShortRequestHeader(_), Some(response))) => {
@@ -145,23 +182,16 @@ pub fn start_command<'a>(
             buffer_len: req.data_out.len(),
         }
     };
-    match bus.prepare(
-        addr.target,
-        addr.lun,
-        &req.cdb,
-        &req.data_out,
-        &req.data_in,
-        drain,
-    ) {
-        Prepared::Done(out) => Started::Done(reply.respond(&out, &req.response)),
-        Prepared::Io(plan) => Started::Io(PendingIo {
-            target: addr.target,
-            lun: addr.lun,
-            plan,
-            response: req.response,
-            reply,
-        }),
+    Command {
+        target: addr.target,
+        lun: addr.lun,
+        cdb: req.cdb,
+        data_out: req.data_out,
+        data_in: req.data_in,
+        response: req.response,
+        reply,
     }
+    .start(bus, caller_io)
 }
 
 fn fail(response_area: &crate::scsi::SgList<'_>, code: u32) {

@@ -355,19 +355,24 @@ impl QueueWorker {
         let mut chains = std::mem::take(&mut self.chains);
         for chain in chains.drain(..) {
             let head = chain.head_index();
-            // Called before a command would block on a LU's write gate: our own writes in
-            // flight hold it, and only this thread can complete them.
-            let mut drain = || match self.drain(bus, vring) {
-                Ok(used) => used_any |= used,
-                Err(e) => drain_error = Some(e),
-            };
-            let started = match split_chain(mem, chain) {
-                Ok(split) => Ok(start_command(bus, split, &mut drain)),
+            let mut started = match split_chain(mem, chain) {
+                Ok(split) => Ok(start_command(bus, split, self.inflight > 0)),
                 Err(e) => Err(e),
             };
+            if let Ok(Started::DrainFirst(command)) = started {
+                // The command would block on a LU's write gate, which our own writes in flight
+                // hold: only this thread can complete them. Then it may wait.
+                match self.drain(bus, vring) {
+                    Ok(used) => used_any |= used,
+                    Err(e) => drain_error = Some(e),
+                }
+                started = Ok(command.start(bus, false));
+            }
             let used = match started {
                 Ok(Started::Done(used)) => Some(used),
                 Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
+                // Not answered to a caller without I/O in flight.
+                Ok(Started::DrainFirst(_)) => Some(0),
                 Err(e) => {
                     warn!("descriptor chain {head}: {e}; returned unanswered");
                     Some(0)
