@@ -1,10 +1,10 @@
 //! Logging across the process split.
 //!
 //! The worker never talks to syslog: its stderr is a pipe the supervisor reads. With `--syslog`,
-//! the global logger sends the supervisor's records to syslog and, once [`become_worker`] was
-//! called in the worker, writes `[LEVEL target] message` lines to stderr instead; the supervisor
-//! forwards each relayed line to syslog at its level. Without `--syslog`, both processes use
-//! the stderr logger of [`crate::logging`] and relayed lines are copied verbatim.
+//! the global logger ([`super::init`]) sends the supervisor's records to syslog and, once
+//! [`become_worker`] was called in the worker, writes `[LEVEL target] message` lines to stderr
+//! instead; the supervisor forwards each relayed line to syslog at its level. Without
+//! `--syslog`, both processes use the stderr logger and relayed lines are copied verbatim.
 
 use std::{
     io::{self, Write},
@@ -12,72 +12,12 @@ use std::{
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use log::{Level, Log, Metadata, Record};
+use log::Level;
 
-use crate::{config::LogConfig, logging};
-
-static IN_WORKER: AtomicBool = AtomicBool::new(false);
-static SYSLOG: AtomicBool = AtomicBool::new(false);
-
-struct SplitLogger {
-    syslog: syslog::BasicLogger,
-}
-
-impl Log for SplitLogger {
-    fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        if IN_WORKER.load(Ordering::Relaxed) {
-            let line = format!(
-                "[{} {}] {}\n",
-                record.level(),
-                record.target(),
-                record.args()
-            );
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        } else {
-            self.syslog.log(record);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// Installs the global logger (call once, before forking).
-pub fn init(cfg: &LogConfig) -> Result<(), logging::LoggingError> {
-    if !cfg.syslog {
-        return logging::init(cfg);
-    }
-    let formatter = syslog::Formatter3164 {
-        facility: syslog::Facility::LOG_DAEMON,
-        hostname: None,
-        process: logging::SYSLOG_IDENT.to_owned(),
-        pid: std::process::id(),
-    };
-    match syslog::unix(formatter) {
-        Ok(l) => {
-            log::set_boxed_logger(Box::new(SplitLogger {
-                syslog: syslog::BasicLogger::new(l),
-            }))?;
-            log::set_max_level(cfg.level);
-            SYSLOG.store(true, Ordering::Relaxed);
-            Ok(())
-        }
-        Err(e) => {
-            logging::init(&LogConfig {
-                syslog: false,
-                ..cfg.clone()
-            })?;
-            log::warn!("syslog is not available ({e}), logging to stderr instead");
-            Ok(())
-        }
-    }
-}
+/// Set in the worker right after the fork (its records go to stderr under `--syslog`).
+pub(super) static IN_WORKER: AtomicBool = AtomicBool::new(false);
+/// The supervisor logs to syslog (relayed lines are forwarded there, parsed by level).
+pub(super) static SYSLOG: AtomicBool = AtomicBool::new(false);
 
 /// Called in the worker right after the fork: from now on records go to stderr.
 pub fn become_worker() {
