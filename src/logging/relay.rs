@@ -7,12 +7,17 @@
 //! `--syslog`, both processes use the stderr logger and relayed lines are copied verbatim.
 
 use std::{
-    io::{self, Write},
-    os::fd::RawFd,
+    io::Write,
+    os::fd::BorrowedFd,
     sync::atomic::{AtomicBool, Ordering},
 };
 
 use log::Level;
+use nix::{
+    errno::Errno,
+    fcntl::{self, FcntlArg, OFlag},
+    unistd,
+};
 
 /// Set in the worker right after the fork (its records go to stderr under `--syslog`).
 pub(super) static IN_WORKER: AtomicBool = AtomicBool::new(false);
@@ -78,21 +83,17 @@ impl Relay {
 }
 
 /// Reads `fd` until EOF (blocking), relaying every line.
-pub fn drain(fd: RawFd, report: &mut Option<String>) {
+pub fn drain(fd: BorrowedFd<'_>, report: &mut Option<String>) {
     let mut relay = Relay::default();
-    // SAFETY: clearing O_NONBLOCK on our own pipe end.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, 0) };
+    // Blocking again: read until the worker's end is closed.
+    let _ = fcntl::fcntl(fd, FcntlArg::F_SETFL(OFlag::empty()));
     let mut buf = [0u8; 4096];
     loop {
-        // SAFETY: reading into a buffer we own, of the length passed.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
+        match unistd::read(fd, &mut buf) {
+            Err(Errno::EINTR) => continue,
+            Ok(0) | Err(_) => break,
+            Ok(n) => relay.feed(&buf[..n]),
         }
-        if n <= 0 {
-            break;
-        }
-        relay.feed(&buf[..n as usize]);
     }
     relay.finish();
     if relay.seccomp_report.is_some() {

@@ -13,7 +13,7 @@
 use std::{
     collections::VecDeque,
     io,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::AsFd,
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -329,7 +329,7 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 .and_then(Ending::from_status)
             {
                 if stderr_open {
-                    drain(worker.stderr.as_raw_fd(), &mut relay.seccomp_report);
+                    drain(worker.stderr.as_fd(), &mut relay.seccomp_report);
                 }
                 relay.finish();
                 return Ok((ending, relay.seccomp_report, stopping));

@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+        fd::{AsFd, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
     path::PathBuf,
@@ -235,7 +235,7 @@ pub fn spawn_worker(
         // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
         let child = Pid::from_raw(pid);
         let _ = signal::kill(child, Signal::SIGKILL);
-        relay::drain(stderr_r.as_raw_fd(), &mut None);
+        relay::drain(stderr_r.as_fd(), &mut None);
         let _ = wait::waitpid(child, None);
         return Err(e);
     }
