@@ -530,3 +530,44 @@ fn a_thread_freeing_its_heap_is_not_killed() {
     let (code, log) = Probed::run("heap-trim@main", &[]);
     assert_eq!(code, PROBE_ALLOWED, "heap trim in the jail\n{log}");
 }
+
+/// The worker's stderr is hostile text. A compromised worker writes a 64 KiB line, terminal
+/// escapes, a line dressed as the supervisor's and a fake SIGSYS report, then really dies of
+/// SIGSYS (`--seccomp=kill`: the kernel writes no report). The supervisor must bound the line,
+/// escape the control bytes, mark every relayed line as the worker's, and not present the fake
+/// report as the reason of the kill.
+#[test]
+fn the_log_relay_bounds_escapes_and_marks_worker_lines() {
+    let (code, log) = Probed::run("forge-log@main", &[]);
+    assert_eq!(code, SIGSYS_EXIT, "{log}");
+    let worker_mark = |l: &str| l.starts_with("worker[") && l.contains("]: ");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 4096 + 200, "a relayed line of {longest} bytes");
+    assert!(log.contains("[worker line truncated]"), "{log}");
+    assert!(
+        !log.contains('\x1b') && !log.contains('\x07'),
+        "raw escapes\n{log}"
+    );
+    assert!(log.contains("\\x1b[2J"), "{log}");
+    for line in log.lines() {
+        if line.contains("exited normally") || line.contains("seccomp: thread") {
+            assert!(worker_mark(line), "unmarked worker line {line:?}\n{log}");
+        }
+        if line.contains("killed by SIGSYS") {
+            assert!(
+                !line.contains("execve") && !line.contains("seccomp: thread"),
+                "the fake report was trusted: {line}"
+            );
+        }
+    }
+    // A real trap report (the reporter's line, then its exit status) is still trusted, and it
+    // names the real syscall, not the fake one printed before it.
+    let (code, log) = Probed::run("forge-log@main", &["--seccomp=trap"]);
+    assert_eq!(code, SIGSYS_EXIT, "{log}");
+    let real = format!(
+        "stopped after a seccomp violation (--seccomp=trap): seccomp: thread vus-worker made \
+         forbidden syscall {} (socket)",
+        libc::SYS_socket
+    );
+    assert!(log.contains(&real), "{log}");
+}

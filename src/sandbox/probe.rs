@@ -12,7 +12,10 @@
 //! (/bin/true), `ptrace` (attach to the supervisor), `kill-parent` (signal 0 to the
 //! supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to root),
 //! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool),
-//! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed).
+//! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed),
+//! `forge-log` (hostile stderr output: a line far longer than the relay's cap, terminal
+//! escapes, a line dressed as the supervisor's and a fake SIGSYS report naming `execve`; then
+//! `socket`, so that the worker really ends by SIGSYS, with the fake report as its last line).
 
 use std::{
     ffi::CStr,
@@ -123,6 +126,15 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
             return result(unsafe {
                 libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
             });
+        }
+        "forge-log" => {
+            let mut out = vec![b'A'; 64 << 10];
+            out.extend_from_slice(b"\n\x1b[2J\x1b]0;owned\x07cleared the screen\r\n");
+            out.extend_from_slice(b"2026-01-01T00:00:00.000Z [INFO vhost_user_scsi::supervisor::monitor] worker 1 exited normally\n");
+            out.extend_from_slice(b"seccomp: thread vus-worker made forbidden syscall 59 (execve)\n");
+            // SAFETY: write(2) of an initialised buffer.
+            unsafe { libc::write(libc::STDERR_FILENO, out.as_ptr().cast(), out.len()) };
+            inet_socket().map(drop)
         }
         other => return Err(io::Error::other(format!("unknown probe {other}"))),
     }

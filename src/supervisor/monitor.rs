@@ -108,6 +108,16 @@ fn signal_name(sig: i32) -> String {
         .into_owned()
 }
 
+/// The worker's SIGSYS report, when the way it ended vouches for it: only the reporter of
+/// `--seccomp=trap` writes one, as the worker's last line, and then exits with
+/// [`sigsys::EXIT_SECCOMP_TRAP`]. A `seccomp:` line from a worker that ended any other way
+/// (a compromised worker can print anything) is relayed as its output and nothing more.
+fn trusted_report(mode: SeccompMode, ending: Ending, last_line: Option<String>) -> Option<String> {
+    (mode == SeccompMode::Trap && ending == Ending::Exited(sigsys::EXIT_SECCOMP_TRAP))
+        .then_some(last_line)
+        .flatten()
+}
+
 fn report(pid: libc::pid_t, ending: Ending, seccomp_report: Option<&str>) {
     match ending {
         Ending::Exited(0) => info!("worker {pid} exited normally"),
@@ -123,12 +133,9 @@ fn report(pid: libc::pid_t, ending: Ending, seccomp_report: Option<&str>) {
         }
         Ending::Exited(code) => warn!("worker {pid} exited with status {code}"),
         Ending::Signaled(libc::SIGSYS) => error!(
-            "worker {pid} killed by SIGSYS: a seccomp violation (--seccomp=kill); {}",
-            seccomp_report.map(str::to_owned).unwrap_or_else(|| {
-                "the kernel audit log names the syscall (dmesg / journalctl -k: \
-                 'type=1326 ... syscall=NR'); rerun with --seccomp=trap to have it reported here"
-                    .to_owned()
-            })
+            "worker {pid} killed by SIGSYS: a seccomp violation (--seccomp=kill); the kernel \
+             audit log names the syscall (dmesg / journalctl -k: 'type=1326 ... syscall=NR'); \
+             rerun with --seccomp=trap to have it reported here"
         ),
         Ending::Signaled(sig) => {
             error!("worker {pid} killed by signal {sig} ({})", signal_name(sig))
@@ -225,8 +232,9 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     loop {
-        let (ending, seccomp_report, stopping) =
+        let (ending, last_seccomp_line, stopping) =
             supervise(&sfd, &mut worker).map_err(PrivsepError::Supervise)?;
+        let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
         report(worker.pid, ending, seccomp_report.as_deref());
         let failed = ending != Ending::Exited(0);
         let may_restart = config.sandbox.restart == RestartPolicy::OnFailure
@@ -264,9 +272,10 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
 }
 
 /// Waits for the worker to end, relaying its output and forwarding termination signals.
-/// Returns how it ended, its SIGSYS report if any, and whether a stop had been requested.
+/// Returns how it ended, its last line when that was a SIGSYS report (to be trusted or not
+/// by [`trusted_report`]), and whether a stop had been requested.
 fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<String>, bool)> {
-    let mut relay = Relay::default();
+    let mut relay = Relay::new(worker.pid);
     let mut stderr_open = true;
     let mut stopping = false;
     let mut deadline: Option<Instant> = None;
@@ -329,10 +338,11 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 .and_then(Ending::from_status)
             {
                 if stderr_open {
-                    drain(worker.stderr.as_fd(), &mut relay.seccomp_report);
+                    drain(worker.stderr.as_fd(), &mut relay);
                 }
                 relay.finish();
-                return Ok((ending, relay.seccomp_report, stopping));
+                let last = relay.seccomp_report().map(str::to_owned);
+                return Ok((ending, last, stopping));
             }
         }
     }

@@ -235,7 +235,7 @@ pub fn spawn_worker(
         // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
         let child = Pid::from_raw(pid);
         let _ = signal::kill(child, Signal::SIGKILL);
-        relay::drain(stderr_r.as_fd(), &mut None);
+        relay::drain(stderr_r.as_fd(), &mut relay::Relay::new(pid));
         let _ = wait::waitpid(child, None);
         return Err(e);
     }
