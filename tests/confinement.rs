@@ -571,3 +571,20 @@ fn the_log_relay_bounds_escapes_and_marks_worker_lines() {
     );
     assert!(log.contains(&real), "{log}");
 }
+
+/// The confined supervisor signals its worker through a pidfd; `kill(2)`, which takes any pid
+/// (and `-1`: every process CAP_KILL reaches), is not in its filter. `kill(-1, 0)` from the
+/// supervisor right after it confined itself is a SIGSYS kill; SIGTERM still reaches the
+/// worker (the rest of the suite stops every daemon that way).
+#[test]
+fn the_supervisor_can_signal_only_its_worker() {
+    let mut p = Probed::start("kill-any@supervisor", &[]);
+    let status = p.wait();
+    let log = p.log();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "kill(-1) from the confined supervisor: {status}\n{log}"
+    );
+    assert!(!log.contains("probe kill-any"), "{log}");
+}

@@ -197,8 +197,19 @@ fn worker_roles_deny_the_dangerous_syscalls() {
         for rule in rules(&roles["supervisor"], "supervisor") {
             let name = rule["syscall"].as_str().unwrap();
             for forbidden in [
-                "execve", "socket", "connect", "openat", "open", "clone", "clone3", "fork",
+                "execve",
+                "socket",
+                "connect",
+                "openat",
+                "open",
+                "clone",
+                "clone3",
+                "fork",
                 "ptrace",
+                "kill",
+                "tkill",
+                "tgkill",
+                "pidfd_open",
             ] {
                 assert_ne!(name, forbidden, "{arch}/supervisor allows {name}");
             }

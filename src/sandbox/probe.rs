@@ -4,7 +4,8 @@
 //! `VHOST_USER_SCSI_PROBE=<what>[@<where>]` makes the jailed worker attempt one forbidden
 //! action: in the main thread right after its filters are installed (`@main`, the default), or
 //! in a vring worker / the protocol thread / an `--aio=threads` pool thread right after it
-//! stacked its role (`@vring`, `@protocol`, `@aio`). It prints `probe <what>@<where>: denied: <error>` and exits with
+//! stacked its role (`@vring`, `@protocol`, `@aio`), or in the supervisor right after it
+//! confined itself (`@supervisor`). It prints `probe <what>@<where>: denied: <error>` and exits with
 //! [`EXIT_PROBE_DENIED`], or prints `... ALLOWED` and exits with [`EXIT_PROBE_ALLOWED`]; under a
 //! seccomp filter the process is usually killed before it can print anything.
 //!
@@ -127,6 +128,9 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
                 libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
             });
         }
+        // From the confined supervisor (`@supervisor`): signal 0 to every process it could
+        // reach (`kill(-1)`): only its worker's pidfd may be signalled.
+        "kill-any" => signal::kill(Pid::from_raw(-1), None),
         "forge-log" => {
             let mut out = vec![b'A'; 64 << 10];
             out.extend_from_slice(b"\n\x1b[2J\x1b]0;owned\x07cleared the screen\r\n");
@@ -177,6 +181,11 @@ fn run(place: &str) {
 /// Runs a `@main` probe (worker main thread, after its filters are installed).
 pub fn run_in_main() {
     run("main");
+}
+
+/// Runs a `@supervisor` probe (the supervisor, right after it confined itself).
+pub fn run_in_supervisor() {
+    run("supervisor");
 }
 
 /// Runs a `@vring` / `@protocol` / `@aio` probe right after that thread stacked its role.

@@ -38,6 +38,8 @@ pub enum PrivsepError {
         mode: &'static str,
         error: io::Error,
     },
+    #[error("cannot open a pidfd for the worker (pidfd_open, Linux >= 5.3): {0}")]
+    Pidfd(#[source] io::Error),
     #[error("cannot write the worker's uid/gid maps: {0}")]
     IdMaps(#[source] io::Error),
     #[error("cannot talk to the worker during set-up: {0}")]

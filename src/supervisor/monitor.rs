@@ -26,7 +26,7 @@ use nix::{
     poll::{self, PollFd, PollFlags, PollTimeout},
     sys::{
         prctl,
-        signal::{self, SigSet, Signal},
+        signal::{SigSet, Signal},
         signalfd::{SfdFlags, SignalFd},
         wait::{self, WaitPidFlag, WaitStatus},
     },
@@ -228,6 +228,8 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             r.lun_fds.clear();
         }
         confine_self(&config, res.as_ref().expect("resources")).map_err(PrivsepError::Confine)?;
+        #[cfg(debug_assertions)]
+        sandbox::probe::run_in_supervisor();
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
@@ -306,7 +308,7 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 worker.pid,
                 STOP_GRACE.as_secs()
             );
-            let _ = signal::kill(child, Signal::SIGKILL);
+            let _ = worker.signal(Signal::SIGKILL);
             deadline = None;
         }
         if output {
@@ -329,7 +331,7 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                         worker.pid
                     );
                     stopping = true;
-                    let _ = signal::kill(child, sig);
+                    let _ = worker.signal(sig);
                     deadline.get_or_insert(Instant::now() + STOP_GRACE);
                 }
             }

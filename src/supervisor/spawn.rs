@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
     path::PathBuf,
@@ -140,10 +140,45 @@ fn make_chroot_dir() -> io::Result<PathBuf> {
 /// A worker that finished its set-up.
 pub struct Worker {
     pub pid: libc::pid_t,
+    /// A pidfd of the worker: the only way the supervisor signals it ([`Worker::signal`]), so
+    /// that its seccomp role needs no `kill` (which takes any pid, and `-1` for every process
+    /// CAP_KILL reaches) but `pidfd_send_signal`, which reaches only what it has a pidfd for.
+    pub pidfd: OwnedFd,
     /// Read end of its stderr.
     pub stderr: OwnedFd,
     /// Supervisor end of the fd broker.
     pub broker: UnixStream,
+}
+
+/// `pidfd_open(2)` of our own unreaped child (its pid cannot be reused before we reap it).
+fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns (pidfds are close-on-exec).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+impl Worker {
+    /// Sends `sig` to the worker through its pidfd.
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
+        // SAFETY: pidfd_send_signal with a pidfd we own, no siginfo (NULL) and no flags.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.pidfd.as_raw_fd(),
+                sig as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
 }
 
 /// Creates a worker and waits until it is jailed. Falls back from namespaces when they are not
@@ -210,6 +245,7 @@ pub fn spawn_worker(
     drop((stderr_w, sync_child, broker_child, listener));
 
     let result = (|| {
+        let pidfd = pidfd_open(pid).map_err(PrivsepError::Pidfd)?;
         if plan.jail.mode == SandboxMode::Namespace {
             let (uid, gid) = plan
                 .jail
@@ -221,7 +257,7 @@ pub fn spawn_worker(
         sync.write_all(b"g").map_err(PrivsepError::Handshake)?;
         let mut ready = [0u8; 1];
         match sync.read(&mut ready) {
-            Ok(1) => Ok(()),
+            Ok(1) => Ok(pidfd),
             Ok(_) => Err(PrivsepError::WorkerSetup),
             Err(e) => Err(PrivsepError::Handshake(e)),
         }
@@ -231,16 +267,21 @@ pub fn spawn_worker(
             warn!("cannot remove the chroot directory {}: {e}", dir.display());
         }
     }
-    if let Err(e) = result {
-        // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
-        let child = Pid::from_raw(pid);
-        let _ = signal::kill(child, Signal::SIGKILL);
-        relay::drain(stderr_r.as_fd(), &mut relay::Relay::new(pid));
-        let _ = wait::waitpid(child, None);
-        return Err(e);
-    }
+    let pidfd = match result {
+        Ok(pidfd) => pidfd,
+        Err(e) => {
+            // The worker is dead or useless: make sure it is gone, relay what it said, and
+            // reap it (still unconfined here: its pid is our unreaped child).
+            let child = Pid::from_raw(pid);
+            let _ = signal::kill(child, Signal::SIGKILL);
+            relay::drain(stderr_r.as_fd(), &mut relay::Relay::new(pid));
+            let _ = wait::waitpid(child, None);
+            return Err(e);
+        }
+    };
     Ok(Worker {
         pid,
+        pidfd,
         stderr: stderr_r,
         broker,
     })
