@@ -588,3 +588,127 @@ fn the_supervisor_can_signal_only_its_worker() {
     );
     assert!(!log.contains("probe kill-any"), "{log}");
 }
+
+/// (soft, hard) of one line of `/proc/PID/limits` ("Max open files", ...); `None` = unlimited.
+fn limit_of(pid: libc::pid_t, name: &str) -> (Option<u64>, Option<u64>) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} in\n{limits}"));
+    let mut cols = line[name.len()..].split_whitespace();
+    let mut next = || {
+        let v = cols.next().unwrap();
+        (v != "unlimited").then(|| v.parse::<u64>().unwrap())
+    };
+    (next(), next())
+}
+
+/// Core dumps off, and open files, threads and locked memory bounded with soft = hard, in the
+/// worker (checked again in a restarted one) and in the supervisor.
+fn assert_bounded(pid: libc::pid_t, who: &str, max_files: u64, threads: bool) {
+    assert_eq!(
+        limit_of(pid, "Max core file size"),
+        (Some(0), Some(0)),
+        "{who}"
+    );
+    let (soft, hard) = limit_of(pid, "Max open files");
+    assert_eq!(soft, hard, "{who} open files");
+    assert!(
+        soft.is_some_and(|n| n <= max_files),
+        "{who} open files {soft:?}"
+    );
+    let (soft, hard) = limit_of(pid, "Max locked memory");
+    assert_eq!(soft, hard, "{who} locked memory");
+    assert!(
+        soft.is_some_and(|n| n <= 8 << 20),
+        "{who} locked memory {soft:?}"
+    );
+    if threads {
+        let (soft, hard) = limit_of(pid, "Max processes");
+        assert_eq!(soft, hard, "{who} processes");
+        assert!(soft.is_some_and(|n| n <= 4096), "{who} processes {soft:?}");
+    }
+}
+
+/// `--restart-worker=on-failure` used to leave the supervisor unconfined root. It now keeps
+/// only the capabilities a restart needs (CAP_KILL, and CAP_SETUID/CAP_SETGID for the
+/// restarted worker's uid/gid maps), sets no_new_privs, and both processes are bounded;
+/// a restarted worker is as confined as the first.
+#[test]
+fn an_on_failure_supervisor_is_confined_too() {
+    let d = Daemon::start(&two_disks(), &["--restart-worker", "on-failure"]);
+    let sup = d.pid();
+    let first = worker_of(sup);
+    // It confines itself once its first worker is jailed.
+    let deadline = Instant::now() + TIMEOUT;
+    while !d.log().contains("supervisor confined for restarts") {
+        assert!(Instant::now() < deadline, "not confined\n{}", d.log());
+        sleep(Duration::from_millis(10));
+    }
+    let st = status_of(&format!("/proc/{sup}/status"));
+    assert_eq!(st["NoNewPrivs"], "1", "{}", d.log());
+    if is_root() {
+        let mask = (1u64 << 5) | (1 << 6) | (1 << 7); // CAP_KILL, CAP_SETGID, CAP_SETUID
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(st[set], format!("{mask:016x}"), "{set}\n{}", d.log());
+        }
+        assert_eq!(st["CapInh"], "0000000000000000");
+        assert_eq!(st["CapAmb"], "0000000000000000");
+    }
+    assert_bounded(sup, "supervisor", 4096, false);
+    assert_bounded(first, "worker", 4096, true);
+    // SAFETY: kill(2) of the worker this test's daemon started.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + TIMEOUT;
+    let second = loop {
+        let w = worker_of(sup);
+        if w != first {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
+        sleep(Duration::from_millis(10));
+    };
+    // Wait until the restarted worker is jailed (its seccomp filters are the last step).
+    let deadline = Instant::now() + TIMEOUT;
+    while status_of(&format!("/proc/{second}/status"))["Seccomp"] != "2" {
+        assert!(
+            Instant::now() < deadline,
+            "restarted worker not jailed\n{}",
+            d.log()
+        );
+        sleep(Duration::from_millis(10));
+    }
+    let st = status_of(&format!("/proc/{second}/status"));
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(st[cap], "0000000000000000", "restarted worker {cap}");
+    }
+    assert_eq!(st["NoNewPrivs"], "1");
+    assert_bounded(second, "restarted worker", 4096, true);
+}
+
+/// `--register-buffers` used to lift RLIMIT_MEMLOCK to unlimited. It is now sized: host RAM
+/// times the request queues (the most guest memory the rings can register), soft = hard.
+#[test]
+fn register_buffers_sizes_locked_memory_instead_of_lifting_it() {
+    let d = Daemon::start(&two_disks(), &["--register-buffers", "--num-queues", "2"]);
+    let worker = worker_of(d.pid());
+    let (soft, hard) = limit_of(worker, "Max locked memory");
+    assert_eq!(soft, hard, "{}", d.log());
+    let soft = soft.unwrap_or_else(|| panic!("RLIMIT_MEMLOCK unlimited\n{}", d.log()));
+    // Raising RLIMIT_MEMLOCK needs CAP_SYS_RESOURCE (bit 24), which some containers lack.
+    let sys_resource = u64::from_str_radix(&status_of("/proc/self/status")["CapEff"], 16)
+        .is_ok_and(|caps| caps & (1 << 24) != 0);
+    if !sys_resource {
+        eprintln!("SKIPPED (partly): no CAP_SYS_RESOURCE here, the limit cannot be raised at all");
+        assert!(d.log().contains("RLIMIT_MEMLOCK stays at"), "{}", d.log());
+    } else {
+        // SAFETY: sysinfo fills the struct it is given.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sysinfo(&mut info) }, 0);
+        let ram = info.totalram as u64 * u64::from(info.mem_unit);
+        assert_eq!(soft, 2 * ram, "{}", d.log());
+        assert!(d.log().contains("RLIMIT_MEMLOCK set to"), "{}", d.log());
+    }
+}

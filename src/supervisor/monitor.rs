@@ -26,6 +26,7 @@ use nix::{
     poll::{self, PollFd, PollFlags, PollTimeout},
     sys::{
         prctl,
+        resource::Resource,
         signal::{SigSet, Signal},
         signalfd::{SfdFlags, SignalFd},
         wait::{self, WaitPidFlag, WaitStatus},
@@ -44,7 +45,8 @@ use crate::{
     },
     logging::relay::{drain, Relay},
     sandbox::{
-        self, caps as scaps, landlock, seccomp::ThreadRole, sigsys, user, SandboxError, WorkerJail,
+        self, caps as scaps, landlock, limits, seccomp::ThreadRole, sigsys, user, SandboxError,
+        WorkerJail,
     },
 };
 
@@ -160,19 +162,143 @@ fn confine_self(config: &Config, res: &Resources) -> Result<(), SandboxError> {
         _ => None,
     };
     let outcome = landlock::restrict_supervisor(config.sandbox.landlock, socket_dir)?;
+    // It never opens, creates or locks anything again.
+    let files = limits::bound(
+        Resource::RLIMIT_NOFILE,
+        limits::supervisor_nofile(highest_fd()),
+    )?;
+    limits::bound(Resource::RLIMIT_MEMLOCK, 0)?;
     if config.sandbox.seccomp == SeccompMode::Trap {
         sigsys::install().map_err(SandboxError::SigsysHandler)?;
     }
     sandbox::seccomp::install(ThreadRole::Supervisor, config.sandbox.seccomp)?;
     info!(
-        "supervisor confined: CAP_KILL only, no_new_privs, {}, seccomp={:?}",
+        "supervisor confined: CAP_KILL only, no_new_privs, not dumpable, no core dumps, \
+         {files} files, no locked memory, {}, seccomp={:?}",
         outcome.description, config.sandbox.seccomp
     );
     Ok(())
 }
 
+/// Highest open descriptor of this process.
+fn highest_fd() -> i32 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .max()
+                .unwrap_or(2)
+        })
+        .unwrap_or(2)
+}
+
+/// The capabilities an `on-failure` supervisor keeps: what creating and jailing the next
+/// worker needs, for the jail the first one got, and CAP_KILL (its worker runs as another
+/// user). Nothing for an unprivileged supervisor.
+fn restart_capabilities(jail: &WorkerJail) -> Vec<Capability> {
+    let mut keep = vec![Capability::CAP_KILL];
+    if jail.ids.is_some() {
+        // The worker's uid/gid maps (user namespace), or its setgroups/setresgid/setresuid.
+        keep.extend([Capability::CAP_SETUID, Capability::CAP_SETGID]);
+        match (jail.mode, jail.userns) {
+            // Inside its own user namespace the worker has every capability it needs; the
+            // namespaces themselves need none outside it.
+            (SandboxMode::Namespace, true) => {}
+            // clone with CLONE_NEW*, mount and pivot_root in the host's user namespace, and
+            // emptying the worker's bounding set.
+            (SandboxMode::Namespace, false) => {
+                keep.extend([Capability::CAP_SYS_ADMIN, Capability::CAP_SETPCAP])
+            }
+            (SandboxMode::Chroot, _) => {
+                keep.extend([Capability::CAP_SYS_CHROOT, Capability::CAP_SETPCAP])
+            }
+            (SandboxMode::None, _) => keep.push(Capability::CAP_SETPCAP),
+        }
+    }
+    keep
+}
+
+/// `--restart-worker=on-failure`: the supervisor must create and jail new workers, so
+/// Landlock (it forbids the worker's mount and pivot_root) and a seccomp role (every worker
+/// would inherit it) are out; it keeps only the capabilities a restart needs, sets
+/// no_new_privs and bounds its files (it is already not dumpable, without core dumps).
+fn confine_for_restarts(jail: &WorkerJail) -> Result<(), SandboxError> {
+    let keep = restart_capabilities(jail);
+    scaps::keep_only(&keep)?;
+    prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
+    // Every worker inherits this limit and can only lower it: at least the worker's.
+    let files = limits::bound(
+        Resource::RLIMIT_NOFILE,
+        limits::supervisor_nofile(highest_fd()).max(jail.max_files),
+    )?;
+    let names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+    info!(
+        "supervisor confined for restarts: capabilities {} only, no_new_privs, not dumpable, \
+         no core dumps, {files} files; no Landlock or seccomp (a restart needs clone, mount \
+         and pivot_root)",
+        names.join(",")
+    );
+    Ok(())
+}
+
+/// The worker's layers besides its root (for the supervisor's log).
+fn worker_layers(jail: &WorkerJail) -> String {
+    format!(
+        "account={}, capabilities none, no_new_privs, landlock={:?}, seccomp={:?}, \
+         files<={}, threads<={}",
+        jail.ids.map_or_else(
+            || "the caller's".to_owned(),
+            |i| format!("{}:{}", i.uid, i.gid)
+        ),
+        jail.landlock,
+        jail.seccomp,
+        jail.max_files,
+        if jail.mode == SandboxMode::Namespace && jail.userns {
+            jail.max_threads.to_string()
+        } else {
+            "unbounded (no user namespace to count them in)".to_owned()
+        }
+    )
+}
+
+/// RLIMIT_MEMLOCK, inherited by the worker, which cannot raise it once jailed. Without
+/// `--register-buffers` the worker locks nothing: the limit only goes down (to
+/// [`limits::DEFAULT_MEMLOCK`]). With it, each request queue's io_uring registers (and pins)
+/// all of guest memory, which cannot exceed the host's RAM: the limit is RAM x request queues,
+/// never unlimited.
+fn size_memlock(config: &Config) -> Result<(), PrivsepError> {
+    if !config.io.register_buffers {
+        limits::bound(Resource::RLIMIT_MEMLOCK, limits::DEFAULT_MEMLOCK)?;
+        return Ok(());
+    }
+    let ram = nix::sys::sysinfo::sysinfo()
+        .map(|i| i.ram_total())
+        .unwrap_or(limits::DEFAULT_MEMLOCK);
+    let want = ram.saturating_mul(u64::from(config.num_queues.max(1)));
+    match limits::set_exactly(Resource::RLIMIT_MEMLOCK, want) {
+        Ok(()) => info!(
+            "--register-buffers: RLIMIT_MEMLOCK set to {} MiB (host RAM x {} request queues: \
+             the most guest memory the worker's rings can register)",
+            want >> 20,
+            config.num_queues
+        ),
+        Err(e) => {
+            // Without CAP_SYS_RESOURCE: as far as the hard limit allows.
+            let limit = want.min(limits::hard(Resource::RLIMIT_MEMLOCK)?);
+            limits::set_exactly(Resource::RLIMIT_MEMLOCK, limit)?;
+            warn!(
+                "--register-buffers: RLIMIT_MEMLOCK stays at {} KiB ({e}): guest memory larger \
+                 than that is not registered",
+                limit >> 10
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Set-up, then the supervision loop. Returns the exit code.
 pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
+    // Before anything is opened: no core of this process (it holds the LUNs) ever.
+    limits::no_core_dumps()?;
     let res = Resources::open(&config)?;
     if let ListenSpec::SocketPath(path) = &config.listen {
         info!(
@@ -190,31 +316,27 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     let mut plan = Plan {
         jail: WorkerJail {
             mode: config.sandbox.sandbox.unwrap_or(SandboxMode::Namespace),
+            userns: true,
             ids,
             chroot_dir: None,
             landlock: config.sandbox.landlock,
             seccomp: config.sandbox.seccomp,
+            max_files: limits::worker_nofile(&config, res.lun_fds.len()),
+            max_threads: limits::worker_threads(&config),
         },
-        auto: config.sandbox.sandbox.is_none(),
     };
     #[cfg(debug_assertions)]
     sandbox::probe::prepare(unistd::getpid().as_raw());
     let sfd = signalfd().map_err(PrivsepError::SignalFd)?;
-    if config.io.register_buffers {
-        // Inherited by the worker, which can no longer raise it once jailed.
-        match crate::block::engine::lift_memlock_limit() {
-            Ok(libc::RLIM_INFINITY) => info!("--register-buffers: RLIMIT_MEMLOCK lifted"),
-            Ok(limit) => warn!(
-                "--register-buffers: RLIMIT_MEMLOCK stays at {} KiB (no CAP_SYS_RESOURCE): \
-                 guest memory larger than that is not registered",
-                limit >> 10
-            ),
-            Err(e) => warn!("--register-buffers: cannot change RLIMIT_MEMLOCK: {e}"),
-        }
-    }
+    size_memlock(&config)?;
 
     let mut worker = spawn_worker(&res, &config, &mut plan)?;
-    info!("worker {} started", worker.pid);
+    info!(
+        "worker {} started; its layers: sandbox={}, {}",
+        worker.pid,
+        plan.jail.describe_root(),
+        worker_layers(&plan.jail)
+    );
     let mut res = Some(res);
     if config.sandbox.restart == RestartPolicy::Never {
         if let Some(r) = &mut res {
@@ -230,6 +352,8 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         confine_self(&config, res.as_ref().expect("resources")).map_err(PrivsepError::Confine)?;
         #[cfg(debug_assertions)]
         sandbox::probe::run_in_supervisor();
+    } else {
+        confine_for_restarts(&plan.jail).map_err(PrivsepError::Confine)?;
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();

@@ -1,6 +1,6 @@
 //! Creating a worker: the resources it inherits (opened once), fresh channels for each worker,
-//! `clone` (into new namespaces for `--sandbox=namespace`, with the fallback when they are not
-//! allowed), the uid/gid maps and the set-up handshake.
+//! `clone` (into new namespaces for `--sandbox=namespace`; without a user namespace, as root,
+//! where user namespaces are refused), the uid/gid maps and the set-up handshake.
 
 use std::{
     fs::File,
@@ -16,6 +16,7 @@ use log::warn;
 use nix::{
     fcntl::OFlag,
     sys::{
+        prctl,
         signal::{self, Signal},
         socket::{self, AddressFamily, SockFlag, SockType},
         wait,
@@ -119,12 +120,11 @@ fn channels(res: &Resources) -> Result<Channels, PrivsepError> {
     })
 }
 
-/// How the worker is to be created, decided once.
+/// How the worker is to be created, decided once (the first spawn may find that user
+/// namespaces are refused and record it in `jail.userns`).
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub jail: WorkerJail,
-    /// `--sandbox` was not given: fall back when namespaces are not allowed.
-    pub auto: bool,
 }
 
 fn is_root() -> bool {
@@ -181,8 +181,14 @@ impl Worker {
     }
 }
 
-/// Creates a worker and waits until it is jailed. Falls back from namespaces when they are not
-/// allowed and `--sandbox` was not given.
+/// Creates a worker and waits until it is jailed.
+///
+/// `--sandbox=namespace` (the default) never falls back to a weaker jail: when user
+/// namespaces are refused (a host that disables them for hardening), a supervisor started as
+/// root creates the same mount, PID, network, IPC and UTS namespaces without a user namespace
+/// (virtiofsd's way: the worker is root in the host's user namespace until it drops to its
+/// account and every capability, like `--sandbox=chroot`); anyone else gets an error that
+/// says how to ask for less (`--sandbox=none`).
 pub fn spawn_worker(
     res: &Resources,
     config: &Config,
@@ -195,35 +201,40 @@ pub fn spawn_worker(
         plan.jail.chroot_dir = Some(make_chroot_dir().map_err(PrivsepError::ChrootDir)?);
     }
     let ch = channels(res)?;
-    let flags = if plan.jail.mode == SandboxMode::Namespace {
-        namespaces::NAMESPACE_FLAGS
-    } else {
-        0
+    let namespace = plan.jail.mode == SandboxMode::Namespace;
+    let flags = match (namespace, plan.jail.userns) {
+        (true, true) => namespaces::NAMESPACE_FLAGS,
+        (true, false) => namespaces::NAMESPACE_FLAGS & !libc::CLONE_NEWUSER,
+        (false, _) => 0,
     };
-    let pid = match namespaces::clone_process(flags) {
+    // A non-dumpable process's /proc files belong to root, and the child starts as a copy of
+    // this process: an unprivileged supervisor could not write its worker's uid/gid maps. The
+    // child is dumpable only until its step 4 (the supervisor itself only around the clone).
+    let toggle_dumpable = namespace && plan.jail.userns && !is_root();
+    if toggle_dumpable {
+        prctl::set_dumpable(true).map_err(|e| PrivsepError::Dumpable(e.into()))?;
+    }
+    let cloned = namespaces::clone_process(flags);
+    if toggle_dumpable && !matches!(cloned, Ok(0)) {
+        prctl::set_dumpable(false).map_err(|e| PrivsepError::Dumpable(e.into()))?;
+    }
+    let pid = match cloned {
         Ok(pid) => pid,
-        Err(e)
-            if plan.auto
-                && plan.jail.mode == SandboxMode::Namespace
-                && namespaces::is_unavailable(&e) =>
-        {
-            let fallback = if is_root() {
-                SandboxMode::Chroot
-            } else {
-                SandboxMode::None
-            };
+        Err(e) if namespace && plan.jail.userns && namespaces::is_unavailable(&e) => {
+            if !is_root() {
+                return Err(PrivsepError::NoUserNamespaces(e));
+            }
             warn!(
-                "namespaces are not available here ({e}); the worker falls back to --sandbox={} \
-                 (give --sandbox=namespace to require them)",
-                fallback.name()
+                "user namespaces are refused here ({e}): the worker's mount, PID, network, IPC \
+                 and UTS namespaces are created without one (the daemon runs as root)"
             );
-            plan.jail.mode = fallback;
-            plan.auto = false;
+            plan.jail.userns = false;
             return spawn_worker(res, config, plan);
         }
         Err(error) => {
             return Err(PrivsepError::Clone {
                 mode: plan.jail.mode.name(),
+                userns: plan.jail.userns,
                 error,
             })
         }
@@ -246,7 +257,7 @@ pub fn spawn_worker(
 
     let result = (|| {
         let pidfd = pidfd_open(pid).map_err(PrivsepError::Pidfd)?;
-        if plan.jail.mode == SandboxMode::Namespace {
+        if namespace && plan.jail.userns {
             let (uid, gid) = plan
                 .jail
                 .ids
