@@ -221,12 +221,32 @@ struct Probed {
 
 impl Probed {
     fn start(probe: &str, args: &[&str]) -> Self {
+        Self::start_as(probe, args, None, None)
+    }
+
+    /// Started through `wrapper` (a program that execs its arguments) and/or as `uid` (the
+    /// directory and image are then opened up to it).
+    fn start_as(probe: &str, args: &[&str], wrapper: Option<&[&str]>, uid: Option<u32>) -> Self {
+        use std::os::unix::{fs::PermissionsExt, process::CommandExt};
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("s.sock");
         let image = dir.path().join("a.img");
         File::create(&image).unwrap().set_len(1 << 20).unwrap();
         let log = dir.path().join("log");
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        if let Some(uid) = uid {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+            fs::set_permissions(&image, fs::Permissions::from_mode(0o666)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd
             .arg("--socket-path")
             .arg(&socket)
             .arg("--lun")
@@ -711,4 +731,120 @@ fn register_buffers_sizes_locked_memory_instead_of_lifting_it() {
         assert_eq!(soft, 2 * ram, "{}", d.log());
         assert!(d.log().contains("RLIMIT_MEMLOCK set to"), "{}", d.log());
     }
+}
+
+/// Namespace identities (`/proc/PID/ns/NAME` link targets).
+fn ns_of(pid: &str, name: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/{name}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{name}: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The wrapper that makes a host without user namespaces (a seccomp filter refusing
+/// CLONE_NEWUSER with EPERM), or `None` when Debian's python3-seccomp is missing.
+fn no_userns_wrapper() -> Option<[&'static str; 2]> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no-userns.py");
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import seccomp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(["/usr/bin/python3", script])
+}
+
+/// A host that refuses user namespaces (for hardening) used to get a weaker worker: root fell
+/// back to chroot (host PID and network namespaces), anyone else to no isolation at all. As
+/// root the worker now gets the same namespaces without a user namespace and is not root
+/// there; without root the daemon refuses to start unless `--sandbox=none` asks for less.
+#[test]
+fn without_user_namespaces_root_still_isolates_and_others_refuse() {
+    let Some(wrapper) = no_userns_wrapper() else {
+        eprintln!(
+            "SKIPPED: /usr/bin/python3 has no seccomp module (apt-get install python3-seccomp)"
+        );
+        return;
+    };
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let p = Probed::start_as("none@nowhere", &[], Some(&wrapper), None);
+    let deadline = Instant::now() + TIMEOUT;
+    while !p.log().contains("worker jailed") {
+        assert!(Instant::now() < deadline, "worker not jailed\n{}", p.log());
+        sleep(Duration::from_millis(10));
+    }
+    let worker = worker_of(p.child.id() as libc::pid_t).to_string();
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert_ne!(
+            ns_of(&worker, ns),
+            ns_of("self", ns),
+            "{ns} namespace shared\n{}",
+            p.log()
+        );
+    }
+    assert_eq!(ns_of(&worker, "user"), ns_of("self", "user"), "{}", p.log());
+    let st = status_of(&format!("/proc/{worker}/status"));
+    assert!(
+        st["Uid"].split_whitespace().all(|v| v != "0"),
+        "{}",
+        st["Uid"]
+    );
+    assert!(
+        st["Gid"].split_whitespace().all(|v| v != "0"),
+        "{}",
+        st["Gid"]
+    );
+    for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(st[cap], "0000000000000000", "{cap}");
+    }
+    assert!(st["NSpid"].ends_with("\t1"), "NSpid {}", st["NSpid"]);
+    assert!(
+        p.log()
+            .contains("namespaces without a user namespace (mount, PID, network, IPC, UTS"),
+        "{}",
+        p.log()
+    );
+    drop(p);
+
+    // Not root: no namespaces can be built; one clear error, exit 2, nothing started.
+    let nobody = 65534;
+    let mut p = Probed::start_as("none@nowhere", &[], Some(&wrapper), Some(nobody));
+    let status = p.wait();
+    let log = p.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("cannot isolate the worker: user namespaces are refused"),
+        "{log}"
+    );
+    assert!(log.contains("--sandbox=none"), "{log}");
+    assert!(!log.contains("worker jailed"), "{log}");
+
+    // Asking for less explicitly is honoured, and said.
+    let p = Probed::start_as(
+        "none@nowhere",
+        &["--sandbox=none"],
+        Some(&wrapper),
+        Some(nobody),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !p.log().contains("worker jailed") {
+        assert!(Instant::now() < deadline, "worker not jailed\n{}", p.log());
+        sleep(Duration::from_millis(10));
+    }
+    assert!(
+        p.log().contains("sandbox=none none (the host's namespaces"),
+        "{}",
+        p.log()
+    );
+    // An unprivileged supervisor is not dumpable either: its /proc entries belong to root
+    // (a dumpable one's belong to its own uid, and any process of that uid could ptrace it).
+    use std::os::unix::fs::MetadataExt;
+    let sup = p.child.id();
+    assert_eq!(
+        fs::metadata(format!("/proc/{sup}/status")).unwrap().uid(),
+        0,
+        "{}",
+        p.log()
+    );
 }
