@@ -63,6 +63,7 @@ impl Subject {
             self.d.log()
         );
         let started = Instant::now();
+        served_within_timeouts(&self.d, case);
         let mut vm = TestVm::connect(&self.d.socket, VmOptions::default());
         vm.clear_unit_attention(lun(0, 0));
         let data = pattern(8 * 512, seed);
@@ -84,6 +85,20 @@ impl Subject {
             self.d.log()
         );
     }
+}
+
+/// A raw connection gets GET_FEATURES answered (bounded: the rust-vmm front-end may retry a
+/// timed-out read forever, this one fails).
+fn served_within_timeouts(d: &Daemon, case: &str) {
+    let mut raw = Raw::connect(&d.socket);
+    raw.sock
+        .set_read_timeout(Some(Duration::from_secs(4)))
+        .unwrap();
+    assert!(
+        raw.get_u64(hostile::req::GET_FEATURES).is_ok(),
+        "{case}: the next front-end is not served\n{}",
+        d.log()
+    );
 }
 
 /// 200 connections (half bare, half with a handshake and a memory table) leave the worker
@@ -271,6 +286,7 @@ fn memory_table_replaced_and_regions_removed_under_io() {
 
 /// Replaces queue 2's kick or call with a hostile fd, then drives I/O through it.
 fn with_queue2_fds(s: &mut Subject, kick: Option<RawFd>, call: Option<RawFd>, kick_with: RawFd) {
+    served_within_timeouts(&s.d, "before replacing queue 2's fds");
     let mut vm = TestVm::connect(&s.d.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
     // SAFETY (both): the EventFd wrappers are forgotten below, never closing the borrowed fds.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use log::{info, warn};
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
     GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
@@ -31,6 +31,9 @@ use crate::{
 };
 
 type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+/// Whatever virtqueue type serves the queue (the daemon's `ScsiVring`, a test's `VringRwLock`).
+pub trait Vring: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>> {}
+impl<T: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>>> Vring for T {}
 
 /// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists run synchronously.
 const MAX_IOVECS: usize = 1024;
@@ -199,7 +202,7 @@ impl QueueWorker {
     pub fn run(
         &mut self,
         bus: &ScsiBus,
-        vring: &VringRwLock,
+        vring: &impl Vring,
         mem: &MemGuard,
         event_idx: bool,
     ) -> Result<(), QueueError> {
@@ -259,7 +262,7 @@ impl QueueWorker {
     fn track_memory(
         &mut self,
         bus: &ScsiBus,
-        vring: &VringRwLock,
+        vring: &impl Vring,
         mem: &MemGuard,
     ) -> Result<(), QueueError> {
         if let Some(old) = &self.registered {
@@ -300,7 +303,7 @@ impl QueueWorker {
     }
 
     /// Spins up to `--poll-us` for a completion or a new request; true when one came.
-    fn busy_poll(&mut self, vring: &VringRwLock, mem: &MemGuard) -> bool {
+    fn busy_poll(&mut self, vring: &impl Vring, mem: &MemGuard) -> bool {
         if self.poll.is_zero() {
             return false;
         }
@@ -321,7 +324,7 @@ impl QueueWorker {
     fn pop_and_start(
         &mut self,
         bus: &ScsiBus,
-        vring: &VringRwLock,
+        vring: &impl Vring,
         mem: &MemGuard,
     ) -> Result<bool, QueueError> {
         if self.free.is_empty() {
@@ -378,7 +381,7 @@ impl QueueWorker {
 
     /// Completes every I/O in flight (waiting for the engine); true when used-ring entries
     /// were added.
-    fn drain(&mut self, bus: &ScsiBus, vring: &VringRwLock) -> Result<bool, QueueError> {
+    fn drain(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
         if self.inflight == 0 {
             return Ok(false);
         }
@@ -475,7 +478,7 @@ impl QueueWorker {
     }
 
     /// Completes every finished I/O; true when used-ring entries were added.
-    fn reap(&mut self, bus: &ScsiBus, vring: &VringRwLock) -> Result<bool, QueueError> {
+    fn reap(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
         self.engine.reap(&mut self.done);
         if self.done.is_empty() {
             return Ok(false);
@@ -618,12 +621,12 @@ fn write_raw(segments: &[(*mut u8, usize)], mut bytes: &[u8]) {
     }
 }
 
-fn kick_fd(vring: &VringRwLock) -> Option<RawFd> {
+fn kick_fd(vring: &impl Vring) -> Option<RawFd> {
     vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd())
 }
 
 /// Whether the guest has made chains available that we have not popped.
-fn has_avail(vring: &VringRwLock, mem: &MemGuard) -> bool {
+fn has_avail(vring: &impl Vring, mem: &MemGuard) -> bool {
     let state = vring.get_ref();
     let queue = state.get_queue();
     queue

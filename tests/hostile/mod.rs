@@ -130,11 +130,14 @@ impl Raw {
     /// Sends a request that has a u64 reply and returns the value.
     pub fn get_u64(&mut self, code: u32) -> io::Result<u64> {
         self.send(code, &[], &[])?;
-        let (c, body) = self.recv()?;
-        if c != code || body.len() != 8 {
-            return Err(io::Error::other(format!("bad reply {c} {body:?}")));
+        // Replies to earlier requests (a hostile one may have had one) come first: skip them.
+        for _ in 0..4 {
+            let (c, body) = self.recv()?;
+            if c == code && body.len() == 8 {
+                return Ok(u64::from_le_bytes(body.try_into().unwrap()));
+            }
         }
-        Ok(u64::from_le_bytes(body.try_into().unwrap()))
+        Err(io::Error::other(format!("no reply to request {code}")))
     }
 
     /// SET_OWNER, features with PROTOCOL_FEATURES, and every protocol feature bit the front-end
