@@ -330,7 +330,12 @@ fn saturated_stolen_and_pipe_kick_and_call_fds() {
     let call = eventfd(0);
     eventfd_add(call.as_raw_fd(), u64::MAX - 1).unwrap();
     let kick = eventfd(libc::EFD_NONBLOCK);
-    with_queue2_fds(&mut s, Some(kick.as_raw_fd()), Some(call.as_raw_fd()), kick.as_raw_fd());
+    with_queue2_fds(
+        &mut s,
+        Some(kick.as_raw_fd()),
+        Some(call.as_raw_fd()),
+        kick.as_raw_fd(),
+    );
     s.still_serves("saturated call eventfd", 5);
 
     // Stolen kick: a blocking kick eventfd that a thread of the front-end keeps reading.

@@ -52,7 +52,8 @@ impl Raw {
             match UnixStream::connect(socket) {
                 Ok(sock) => {
                     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                    sock.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+                    sock.set_write_timeout(Some(Duration::from_secs(5)))
+                        .unwrap();
                     return Raw { sock };
                 }
                 Err(e) if Instant::now() < deadline => {
@@ -66,7 +67,12 @@ impl Raw {
 
     /// Sends `header` + `payload` as one message carrying `fds` (SCM_RIGHTS). A send error is
     /// returned, not a panic: the daemon may have closed the connection already.
-    pub fn send_raw(&mut self, header: [u8; HEADER_SIZE], payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    pub fn send_raw(
+        &mut self,
+        header: [u8; HEADER_SIZE],
+        payload: &[u8],
+        fds: &[RawFd],
+    ) -> io::Result<()> {
         let mut bytes = header.to_vec();
         bytes.extend_from_slice(payload);
         let mut iov = libc::iovec {
@@ -89,7 +95,11 @@ impl Raw {
                 (*cmsg).cmsg_level = libc::SOL_SOCKET;
                 (*cmsg).cmsg_type = libc::SCM_RIGHTS;
                 (*cmsg).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as _;
-                std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
+                std::ptr::copy_nonoverlapping(
+                    fds.as_ptr(),
+                    libc::CMSG_DATA(cmsg).cast(),
+                    fds.len(),
+                );
             }
         }
         // SAFETY: msg points at live buffers for the duration of the call.
@@ -145,7 +155,11 @@ impl Raw {
     pub fn handshake(&mut self) -> io::Result<()> {
         self.send(req::SET_OWNER, &[], &[])?;
         let features = self.get_u64(req::GET_FEATURES)?;
-        self.send(req::SET_FEATURES, &(features | PROTOCOL_FEATURES).to_le_bytes(), &[])?;
+        self.send(
+            req::SET_FEATURES,
+            &(features | PROTOCOL_FEATURES).to_le_bytes(),
+            &[],
+        )?;
         self.get_u64(req::GET_PROTOCOL_FEATURES)?;
         self.send(req::SET_PROTOCOL_FEATURES, &u64::MAX.to_le_bytes(), &[])?;
         Ok(())
@@ -219,18 +233,27 @@ pub fn worker_of(supervisor: libc::pid_t) -> libc::pid_t {
             .unwrap_or_default();
         for pid in children.split_whitespace() {
             let pid: libc::pid_t = pid.parse().unwrap();
-            if fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() == "vus-worker" {
+            if fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == "vus-worker"
+            {
                 return pid;
             }
         }
-        assert!(Instant::now() < deadline, "no worker under supervisor {supervisor}");
+        assert!(
+            Instant::now() < deadline,
+            "no worker under supervisor {supervisor}"
+        );
         sleep(Duration::from_millis(10));
     }
 }
 
 /// Number of open fds of `pid` (None once it is gone).
 pub fn fd_count(pid: libc::pid_t) -> Option<usize> {
-    fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|d| d.count())
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count())
 }
 
 /// Waits (bounded) until the worker's fd count is `want`; returns the last count seen.
