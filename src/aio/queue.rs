@@ -507,13 +507,17 @@ impl QueueWorker {
     }
 }
 
+/// How long dropping a queue worker waits for the I/O in flight (disconnect): the listener must
+/// be ready for the next front-end soon, whatever the storage or the last front-end did.
+const TEARDOWN_DRAIN: Duration = Duration::from_millis(500);
+
 impl Drop for QueueWorker {
     fn drop(&mut self) {
-        // The kernel may still be writing guest memory: wait before the guards go.
+        // The kernel may still be writing guest memory: wait before the guards go, but only so
+        // long (bounded teardown).
+        let deadline = Instant::now() + TEARDOWN_DRAIN;
         while self.inflight > 0 {
-            if self.engine.wait(None).is_err() {
-                break;
-            }
+            let _ = self.engine.submit();
             self.engine.reap(&mut self.done);
             for &(user_data, _) in &self.done {
                 if let Some(slot) = self.slots.get_mut(user_data as usize) {
@@ -524,6 +528,44 @@ impl Drop for QueueWorker {
                 }
             }
             self.done.clear();
+            if self.inflight == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(
+                    "request queue {}: {} I/O(s) still in flight after {TEARDOWN_DRAIN:?} at \
+                     disconnect; their guest memory stays mapped (leaked) so that they can \
+                     never write into a later mapping",
+                    self.queue, self.inflight
+                );
+                for slot in &mut self.slots {
+                    std::mem::forget(slot.mem.take());
+                    slot.write = None;
+                }
+                std::mem::forget(self.registered.take());
+                break;
+            }
+            match self.engine.completion_fd() {
+                Some(fd) => {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = left.as_millis().clamp(1, 50) as libc::c_int;
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    if unsafe { libc::poll(&mut pfd, 1, ms) } > 0 && self.engine.wait(None).is_err()
+                    {
+                        break;
+                    }
+                }
+                None => {
+                    if self.engine.wait(None).is_err() {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
