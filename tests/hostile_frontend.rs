@@ -289,12 +289,37 @@ fn memory_table_replaced_and_regions_removed_under_io() {
             .set_mem_table(&regions)
             .expect("SET_MEM_TABLE again");
         io_in_flight(&mut vm, round + 100);
-        if round % 2 == 1 {
+        match round % 4 {
             // Remove the second region (guest data lives in both), then leave.
-            let _ = vm.frontend().remove_mem_region(&regions[1]);
+            1 => {
+                let _ = vm.frontend().remove_mem_region(&regions[1]);
+            }
+            // Remove the first region, which holds the rings, then kick more I/O into them.
+            3 => {
+                let _ = vm.frontend().remove_mem_region(&regions[0]);
+                io_in_flight(&mut vm, round + 200);
+            }
+            _ => {}
         }
         sleep(Duration::from_millis(20));
+        let left = Instant::now();
         drop(vm);
+        // The listener is ready for the next front-end within a second.
+        let mut raw = Raw::connect(&s.d.socket);
+        raw.sock
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        assert!(
+            raw.get_u64(hostile::req::GET_FEATURES).is_ok(),
+            "round {round}: not served after the disconnect\n{}",
+            s.d.log()
+        );
+        assert!(
+            left.elapsed() < Duration::from_secs(1),
+            "round {round}: teardown took {:?}",
+            left.elapsed()
+        );
+        drop(raw);
         if fd_count(s.worker).is_none() {
             panic!("round {round}: the worker died\n{}", s.d.log());
         }
