@@ -34,7 +34,7 @@ use vmm_sys_util::{
 
 use crate::{
     aio::{
-        queue::{QueueError, QueueWorker},
+        queue::{QueueError, QueueWorker, TEARDOWN_DRAIN},
         AioMode, IoConfig,
     },
     sandbox::seccomp::enter_backend_thread_role,
@@ -168,8 +168,14 @@ impl ScsiBackend {
     /// between connections, after the connection's `VhostUserDaemon` was dropped: its queue
     /// threads are joined).
     pub fn disconnect(&self) {
+        // One deadline for all queues: the teardown is bounded as a whole.
+        let deadline = std::time::Instant::now() + TEARDOWN_DRAIN;
         for worker in &self.workers {
-            *worker.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let mut worker = lock(worker);
+            if let Some(w) = worker.as_mut() {
+                w.set_teardown_deadline(deadline);
+            }
+            *worker = None;
         }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.tables).clear();

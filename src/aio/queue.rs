@@ -123,6 +123,8 @@ pub struct QueueWorker {
     /// table registered (kept alive, so that a new table can never reuse its address).
     register_buffers: bool,
     registered: Option<MemGuard>,
+    /// See [`QueueWorker::set_teardown_deadline`].
+    teardown_deadline: Option<Instant>,
     /// Which queue this is (log messages).
     queue: usize,
 }
@@ -184,6 +186,7 @@ impl QueueWorker {
             ring_stopped: false,
             register_buffers: false,
             registered: None,
+            teardown_deadline: None,
             queue: 0,
         }
     }
@@ -484,6 +487,10 @@ impl QueueWorker {
             return Ok(false);
         }
         let mut done = std::mem::take(&mut self.done);
+        // Every completion is accounted for even when the used ring cannot take it (the
+        // front-end removed the memory holding it): one lost here would stay "in flight" for
+        // ever and hold up the teardown. The first such error is reported after the loop.
+        let mut ring_error = None;
         for &(user_data, res) in &done {
             let index = user_data as usize;
             let Some(slot) = self.slots.get_mut(index).filter(|s| s.mem.is_some()) else {
@@ -499,23 +506,36 @@ impl QueueWorker {
             slot.release();
             self.free.push(index as u32);
             self.inflight -= 1;
-            vring.add_used(head, used)?;
+            if let Err(e) = vring.add_used(head, used) {
+                ring_error.get_or_insert(e);
+            }
         }
         done.clear();
         self.done = done;
-        Ok(true)
+        match ring_error {
+            Some(e) => Err(e.into()),
+            None => Ok(true),
+        }
+    }
+
+    /// Where the teardown of this worker stops waiting for its I/O (see [`TEARDOWN_DRAIN`]):
+    /// the disconnect gives every queue the same deadline, so the whole teardown is bounded.
+    pub fn set_teardown_deadline(&mut self, deadline: Instant) {
+        self.teardown_deadline = Some(deadline);
     }
 }
 
-/// How long dropping a queue worker waits for the I/O in flight (disconnect): the listener must
-/// be ready for the next front-end soon, whatever the storage or the last front-end did.
-const TEARDOWN_DRAIN: Duration = Duration::from_millis(500);
+/// How long the disconnect waits for the queues' I/O in flight: the listener must be ready for
+/// the next front-end soon, whatever the storage or the last front-end did.
+pub const TEARDOWN_DRAIN: Duration = Duration::from_millis(500);
 
 impl Drop for QueueWorker {
     fn drop(&mut self) {
         // The kernel may still be writing guest memory: wait before the guards go, but only so
         // long (bounded teardown).
-        let deadline = Instant::now() + TEARDOWN_DRAIN;
+        let deadline = self
+            .teardown_deadline
+            .unwrap_or_else(|| Instant::now() + TEARDOWN_DRAIN);
         while self.inflight > 0 {
             let _ = self.engine.submit();
             self.engine.reap(&mut self.done);
@@ -534,8 +554,8 @@ impl Drop for QueueWorker {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 warn!(
-                    "request queue {}: {} I/O(s) still in flight after {TEARDOWN_DRAIN:?} at \
-                     disconnect; their guest memory stays mapped (leaked) so that they can \
+                    "request queue {}: {} I/O(s) still in flight at the disconnect deadline \
+                     ({TEARDOWN_DRAIN:?}); their guest memory stays mapped (leaked) so that they can \
                      never write into a later mapping",
                     self.queue, self.inflight
                 );
