@@ -147,7 +147,14 @@ impl ScsiBackend {
         ))?;
         let mut worker = slot.lock().unwrap_or_else(|e| e.into_inner());
         if worker.is_none() {
-            let files: Vec<_> = self.bus.backends().filter_map(|b| b.raw_fd()).collect();
+            // Files io_uring misreports (FUSE) are left out: an engine that registers files
+            // then refuses their I/O, which runs synchronously.
+            let files: Vec<_> = self
+                .bus
+                .backends()
+                .filter(|b| b.uring_safe())
+                .filter_map(|b| b.raw_fd())
+                .collect();
             let w = QueueWorker::new(&self.io, &files, self.queue_size, index)
                 .map_err(|e| BackendError::Engine(QueueError::Engine(e)))?;
             *worker = Some(w);

@@ -99,6 +99,11 @@ unsafe impl Send for Op {}
 
 /// What every engine offers a queue worker.
 pub trait Engine: Send {
+    /// Whether this engine runs I/O on `fd` at all (io_uring only registered, fixed files);
+    /// when not, the request runs synchronously.
+    fn accepts(&self, _fd: RawFd) -> bool {
+        true
+    }
     /// Queues `op`; `false` when the engine's submission queue is full (call
     /// [`Engine::submit`] and retry).
     fn push(&mut self, op: &Op) -> bool;

@@ -23,6 +23,7 @@ use vm_memory::{
 
 use super::{threads::ThreadEngine, uring::UringEngine, AioMode, Engine, IoConfig, Op};
 use crate::{
+    lun::partial_failure,
     scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PendingIo, ReplyShape, Started},
@@ -420,7 +421,7 @@ impl QueueWorker {
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
             return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
         };
-        if segments.len() > MAX_IOVECS {
+        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd) {
             return Some(io.finish(bus, bus.run_sync(io.target, io.lun, &io.plan)));
         }
         let slot = &mut self.slots[index as usize];
@@ -652,11 +653,14 @@ fn finish_short(slot: &mut Slot, mut done: usize) -> io::Result<()> {
             }
         };
         match ret {
-            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            0 => {
+                let eof = io::ErrorKind::UnexpectedEof.into();
+                return Err(partial_failure(done as u64, eof));
+            }
             n if n < 0 => {
                 let e = io::Error::last_os_error();
                 if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+                    return Err(partial_failure(done as u64, e));
                 }
             }
             n => done += n as usize,

@@ -183,6 +183,10 @@ impl UringEngine {
 }
 
 impl Engine for UringEngine {
+    fn accepts(&self, fd: RawFd) -> bool {
+        self.files.contains(&fd)
+    }
+
     fn push(&mut self, op: &Op) -> bool {
         let fd = match self.files.iter().position(|&f| f == op.fd) {
             Some(i) => types::Fixed(i as u32),
