@@ -821,6 +821,24 @@ impl TestVm {
         &mut self.frontend
     }
 
+    /// Queue `q`'s kick and call eventfds (hostile tests abuse or replace them).
+    #[allow(dead_code)]
+    pub fn kick_call_fds(&self, q: usize) -> (i32, i32) {
+        (
+            self.queues[q].kick.as_raw_fd(),
+            self.queues[q].call.as_raw_fd(),
+        )
+    }
+
+    /// The memory table as sent at connect (hostile tests send it again, or remove regions).
+    #[allow(dead_code)]
+    pub fn regions(&self) -> Vec<VhostUserMemoryRegionInfo> {
+        self.mem
+            .iter()
+            .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).expect("region info"))
+            .collect()
+    }
+
     // -----------------------------------------------------------------------------------------
     // virtio-scsi on top.
     // -----------------------------------------------------------------------------------------
