@@ -53,13 +53,18 @@ pub fn cmd_req(lun: [u8; 8], id: u64, task_attr: u8, cdb: &[u8]) -> [u8; REQ_HEA
     h
 }
 
-/// A `virtio_scsi_ctrl_tmf_req` of `subtype` for `lun`, tag 7.
-pub fn tmf_req(subtype: u32, lun: [u8; 8]) -> Vec<u8> {
+/// A `virtio_scsi_cmd_req` for LUN 0:0 with `cdb`, command id 0, SIMPLE.
+pub fn cmd_req_lun0(cdb: &[u8]) -> [u8; REQ_HEADER_SIZE] {
+    cmd_req(LUN_0_0, 0, 0, cdb)
+}
+
+/// A `virtio_scsi_ctrl_tmf_req` of `subtype` for `lun` with task tag `tag`.
+pub fn tmf_req(subtype: u32, lun: [u8; 8], tag: u64) -> Vec<u8> {
     let mut r = Vec::new();
     r.extend_from_slice(&VIRTIO_SCSI_T_TMF.to_le_bytes());
     r.extend_from_slice(&subtype.to_le_bytes());
     r.extend_from_slice(&lun);
-    r.extend_from_slice(&7u64.to_le_bytes());
+    r.extend_from_slice(&tag.to_le_bytes());
     r
 }
 
