@@ -9,10 +9,6 @@ use std::{
 use super::*;
 use crate::lun::FileBackend;
 
-fn pattern(offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len).map(|i| (i % 251) as u8).collect()
-}
-
 #[test]
 fn read_capacity_10() {
     let (bus, _) = mem_bus();
@@ -38,10 +34,7 @@ fn read_capacity_10() {
 }
 
 fn rc16(alloc: u32) -> Vec<u8> {
-    let mut c = vec![0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
-    c.extend_from_slice(&alloc.to_be_bytes());
-    c.extend_from_slice(&[0, 0]);
-    c
+    cdb::read_capacity16(alloc)
 }
 
 #[test]

@@ -17,4 +17,5 @@
 pub mod cdb;
 pub mod frontend;
 pub mod ring;
+pub mod rng;
 pub mod wire;
