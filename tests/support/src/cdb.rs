@@ -59,12 +59,14 @@ pub fn rw6(opcode: u8, lba: u32, blocks: u8) -> Vec<u8> {
 
 /// A 10-byte command with a 32-bit LBA and a 16-bit length (READ, WRITE, VERIFY, ...).
 pub fn rw10(opcode: u8, lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = vec![opcode, 0];
-    c.extend_from_slice(&lba.to_be_bytes());
-    c.push(0);
-    c.extend_from_slice(&blocks.to_be_bytes());
-    c.push(0);
-    c
+    rw10_array(opcode, lba, blocks).to_vec()
+}
+
+/// [`rw10`] without allocating (for the host bench's per-command path).
+pub fn rw10_array(opcode: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let a = lba.to_be_bytes();
+    let n = blocks.to_be_bytes();
+    [opcode, 0, a[0], a[1], a[2], a[3], 0, n[0], n[1], 0]
 }
 
 pub fn read10(lba: u32, blocks: u16) -> Vec<u8> {
