@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::{lun::FileBackend, scsi::PrFile};
+use vus_test_support::cdb::pr::{CLEAR, PREEMPT, REGISTER, REGISTER_IGNORE, RELEASE, RESERVE};
 
 const CONFLICT: CmdOutput = CmdOutput {
     status: status::RESERVATION_CONFLICT,
@@ -28,13 +29,6 @@ fn pr_in(bus: &ScsiBus, nexus: u32, sa: u8) -> Vec<u8> {
     assert_eq!(out.status, status::GOOD, "{out:02x?}");
     data
 }
-
-const REGISTER: u8 = 0;
-const RESERVE: u8 = 1;
-const RELEASE: u8 = 2;
-const CLEAR: u8 = 3;
-const PREEMPT: u8 = 4;
-const REGISTER_IGNORE: u8 = 6;
 
 /// A bus whose nexuses 0 and 1 have both consumed their power-on unit attention.
 fn two_nexus_bus() -> (ScsiBus, Arc<MemBackend>) {

@@ -168,3 +168,24 @@ pub fn pr_in(service_action: u8, alloc: u16) -> Vec<u8> {
         0,
     ]
 }
+
+/// PERSISTENT RESERVE IN/OUT service actions and reservation types (SPC-5 6.16, 6.17).
+pub mod pr {
+    // PERSISTENT RESERVE IN service actions.
+    pub const READ_KEYS: u8 = 0x00;
+    pub const READ_RESERVATION: u8 = 0x01;
+    pub const REPORT_CAPABILITIES: u8 = 0x02;
+    pub const READ_FULL_STATUS: u8 = 0x03;
+    // PERSISTENT RESERVE OUT service actions.
+    pub const REGISTER: u8 = 0x00;
+    pub const RESERVE: u8 = 0x01;
+    pub const RELEASE: u8 = 0x02;
+    pub const CLEAR: u8 = 0x03;
+    pub const PREEMPT: u8 = 0x04;
+    pub const REGISTER_IGNORE: u8 = 0x06;
+    // Reservation types.
+    pub const WRITE_EXCLUSIVE: u8 = 0x01;
+    pub const EXCLUSIVE_ACCESS: u8 = 0x03;
+    /// Byte 20 of the PERSISTENT RESERVE OUT parameter list: APTPL.
+    pub const APTPL: u8 = 0x01;
+}
