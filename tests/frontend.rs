@@ -6,7 +6,7 @@ mod common;
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use common::*;
+use common::{cdb::pr, *};
 use vhost::vhost_user::{
     message::VhostUserConfigFlags, VhostUserFrontend, VhostUserProtocolFeatures,
 };
@@ -845,38 +845,33 @@ fn persistent_reservations_survive_a_daemon_restart() {
     // bytes, SCOPE 0 / TYPE Write Exclusive, obsolete bytes.
     let mut reservation = vec![0, 0, 0, 1, 0, 0, 0, 16];
     reservation.extend_from_slice(&PR_KEY.to_be_bytes());
-    reservation.extend_from_slice(&[0, 0, 0, 0, 0, cdb::pr::WRITE_EXCLUSIVE, 0, 0]);
+    reservation.extend_from_slice(&[0, 0, 0, 0, 0, pr::WRITE_EXCLUSIVE, 0, 0]);
 
     {
         let mut daemon = Daemon::start(&[], &["--lun", &spec]);
         let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
         vm.clear_unit_attention(lun(0, 0));
         // REPORT CAPABILITIES: PTPL_C (a state file exists), PTPL_A still 0.
-        let caps = pr_in(&mut vm, cdb::pr::REPORT_CAPABILITIES);
+        let caps = pr_in(&mut vm, pr::REPORT_CAPABILITIES);
         assert_eq!(caps[2] & 0x01, 0x01, "PTPL_C: {caps:02x?}");
         assert_eq!(caps[3] & 0x01, 0x00, "PTPL_A: {caps:02x?}");
-        assert_eq!(pr_in(&mut vm, cdb::pr::READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(pr_in(&mut vm, pr::READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
 
-        let params = cdb::pr_out_params(0, PR_KEY, cdb::pr::APTPL);
-        vm.scsi(
-            lun(0, 0),
-            &cdb_pr_out(cdb::pr::REGISTER, 0),
-            &[&params],
-            &[],
-        )
-        .assert_good();
+        let params = cdb::pr_out_params(0, PR_KEY, pr::APTPL);
+        vm.scsi(lun(0, 0), &cdb_pr_out(pr::REGISTER, 0), &[&params], &[])
+            .assert_good();
         let params = cdb::pr_out_params(PR_KEY, 0, 0);
         vm.scsi(
             lun(0, 0),
-            &cdb_pr_out(cdb::pr::RESERVE, cdb::pr::WRITE_EXCLUSIVE),
+            &cdb_pr_out(pr::RESERVE, pr::WRITE_EXCLUSIVE),
             &[&params],
             &[],
         )
         .assert_good();
-        assert_eq!(pr_in(&mut vm, cdb::pr::READ_KEYS), keys);
-        assert_eq!(pr_in(&mut vm, cdb::pr::READ_RESERVATION), reservation);
+        assert_eq!(pr_in(&mut vm, pr::READ_KEYS), keys);
+        assert_eq!(pr_in(&mut vm, pr::READ_RESERVATION), reservation);
         assert_eq!(
-            pr_in(&mut vm, cdb::pr::REPORT_CAPABILITIES)[3] & 0x01,
+            pr_in(&mut vm, pr::REPORT_CAPABILITIES)[3] & 0x01,
             0x01,
             "PTPL_A"
         );
@@ -894,10 +889,10 @@ fn persistent_reservations_survive_a_daemon_restart() {
     let mut daemon = Daemon::start(&[], &["--lun", &spec]);
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
-    assert_eq!(pr_in(&mut vm, cdb::pr::READ_KEYS), keys);
-    assert_eq!(pr_in(&mut vm, cdb::pr::READ_RESERVATION), reservation);
+    assert_eq!(pr_in(&mut vm, pr::READ_KEYS), keys);
+    assert_eq!(pr_in(&mut vm, pr::READ_RESERVATION), reservation);
     assert_eq!(
-        pr_in(&mut vm, cdb::pr::REPORT_CAPABILITIES)[3] & 0x01,
+        pr_in(&mut vm, pr::REPORT_CAPABILITIES)[3] & 0x01,
         0x01,
         "PTPL_A"
     );
@@ -937,28 +932,18 @@ fn aptpl_without_pr_file_is_refused() {
     let mut daemon = Daemon::start(&one_disk(), &[]);
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
-    let caps = pr_in(&mut vm, cdb::pr::REPORT_CAPABILITIES);
+    let caps = pr_in(&mut vm, pr::REPORT_CAPABILITIES);
     assert_eq!(caps[2] & 0x01, 0x00, "PTPL_C: {caps:02x?}");
-    let params = cdb::pr_out_params(0, PR_KEY, cdb::pr::APTPL);
-    let r = vm.scsi(
-        lun(0, 0),
-        &cdb_pr_out(cdb::pr::REGISTER, 0),
-        &[&params],
-        &[],
-    );
+    let params = cdb::pr_out_params(0, PR_KEY, pr::APTPL);
+    let r = vm.scsi(lun(0, 0), &cdb_pr_out(pr::REGISTER, 0), &[&params], &[]);
     r.assert_check_condition(SENSE_ILLEGAL_REQUEST, 0x26);
-    assert_eq!(pr_in(&mut vm, cdb::pr::READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(pr_in(&mut vm, pr::READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
     let params = cdb::pr_out_params(0, PR_KEY, 0);
-    vm.scsi(
-        lun(0, 0),
-        &cdb_pr_out(cdb::pr::REGISTER, 0),
-        &[&params],
-        &[],
-    )
-    .assert_good();
+    vm.scsi(lun(0, 0), &cdb_pr_out(pr::REGISTER, 0), &[&params], &[])
+        .assert_good();
     let mut keys = vec![0, 0, 0, 1, 0, 0, 0, 8];
     keys.extend_from_slice(&PR_KEY.to_be_bytes());
-    assert_eq!(pr_in(&mut vm, cdb::pr::READ_KEYS), keys);
+    assert_eq!(pr_in(&mut vm, pr::READ_KEYS), keys);
     daemon.assert_alive();
 }
 
