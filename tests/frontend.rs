@@ -1,6 +1,7 @@
 //! Integration tests that drive the real `vhost-user-scsi` binary over its unix socket, with the
 //! test acting as the vhost-user front-end (a mini QEMU with its own memfd-backed guest memory
-//! and hand-built split virtqueues). See `common/mod.rs` for the harness.
+//! and hand-built split virtqueues). See `common/mod.rs` (the daemon process) and the
+//! `vus-test-support` crate in `tests/support/` (the front-end) for the harness.
 
 mod common;
 

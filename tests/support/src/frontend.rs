@@ -223,7 +223,7 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Guest memory layout.
+// TestVm: guest memory layout.
 // ---------------------------------------------------------------------------------------------
 
 /// Two 2 MiB regions, contiguous in guest-physical space but separate memfds (and so separate
