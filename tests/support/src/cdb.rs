@@ -18,7 +18,6 @@ pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
 pub const READ_16: u8 = 0x88;
 pub const COMPARE_AND_WRITE: u8 = 0x89;
 pub const WRITE_16: u8 = 0x8a;
-pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
 pub const WRITE_SAME_16: u8 = 0x93;
 pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
 
@@ -175,7 +174,6 @@ pub mod pr {
     pub const READ_KEYS: u8 = 0x00;
     pub const READ_RESERVATION: u8 = 0x01;
     pub const REPORT_CAPABILITIES: u8 = 0x02;
-    pub const READ_FULL_STATUS: u8 = 0x03;
     // PERSISTENT RESERVE OUT service actions.
     pub const REGISTER: u8 = 0x00;
     pub const RESERVE: u8 = 0x01;
@@ -185,7 +183,6 @@ pub mod pr {
     pub const REGISTER_IGNORE: u8 = 0x06;
     // Reservation types.
     pub const WRITE_EXCLUSIVE: u8 = 0x01;
-    pub const EXCLUSIVE_ACCESS: u8 = 0x03;
     /// Byte 20 of the PERSISTENT RESERVE OUT parameter list: APTPL.
     pub const APTPL: u8 = 0x01;
 }
