@@ -542,10 +542,7 @@ fn control_queue_tmf_and_an() {
     assert_eq!(resp, vec![12], "VIRTIO_SCSI_S_INCORRECT_LUN");
 
     // AN query: no events supported, event_actual 0, response OK.
-    let mut an = Vec::new();
-    an.extend_from_slice(&VIRTIO_SCSI_T_AN_QUERY.to_le_bytes());
-    an.extend_from_slice(&lun(0, 0));
-    an.extend_from_slice(&0x7eu32.to_le_bytes());
+    let an = an_req(VIRTIO_SCSI_T_AN_QUERY, lun(0, 0), 0x7e);
     let (used, resp) = vm.control(&an, 5);
     assert_eq!(used, 5);
     assert_eq!(resp, vec![0, 0, 0, 0, 0]);

@@ -10,8 +10,8 @@ use vus_test_support::{
     ring::chain,
     rng::XorShift,
     wire::{
-        cmd_req, tmf_req, REQ_HEADER_SIZE, RESP_HEADER_SIZE, VRING_DESC_F_NEXT as NEXT,
-        VRING_DESC_F_WRITE as WRITE,
+        an_req, cmd_req, tmf_req, REQ_HEADER_SIZE, RESP_HEADER_SIZE, VIRTIO_SCSI_T_AN_QUERY,
+        VIRTIO_SCSI_T_AN_SUBSCRIBE, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE,
     },
 };
 
@@ -307,11 +307,9 @@ fn control_queue_task_management_and_async_notification() {
     );
 
     // AN query/subscribe: no events supported, response OK.
-    let mut an = 1u32.to_le_bytes().to_vec();
-    an.extend_from_slice(&here);
-    an.extend_from_slice(&0xffu32.to_le_bytes());
+    let an = an_req(VIRTIO_SCSI_T_AN_QUERY, here, 0xff);
     assert_eq!(control(&bus, &an, 5), (5, vec![0; 5]));
-    an[0] = 2;
+    let an = an_req(VIRTIO_SCSI_T_AN_SUBSCRIBE, here, 0xff);
     assert_eq!(control(&bus, &an, 5), (5, vec![0; 5]));
 
     // Unusable requests come back with nothing written.

@@ -25,6 +25,7 @@ pub const VIRTIO_SCSI_S_BAD_TARGET: u8 = 3;
 pub const VIRTIO_SCSI_S_FAILURE: u8 = 9;
 pub const VIRTIO_SCSI_T_TMF: u32 = 0;
 pub const VIRTIO_SCSI_T_AN_QUERY: u32 = 1;
+pub const VIRTIO_SCSI_T_AN_SUBSCRIBE: u32 = 2;
 pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
 
 pub const STATUS_GOOD: u8 = 0x00;
@@ -65,6 +66,15 @@ pub fn tmf_req(subtype: u32, lun: [u8; 8], tag: u64) -> Vec<u8> {
     r.extend_from_slice(&subtype.to_le_bytes());
     r.extend_from_slice(&lun);
     r.extend_from_slice(&tag.to_le_bytes());
+    r
+}
+
+/// A `virtio_scsi_ctrl_an_req` of `kind` (AN_QUERY or AN_SUBSCRIBE) for `lun` asking for the
+/// events in `event_requested`.
+pub fn an_req(kind: u32, lun: [u8; 8], event_requested: u32) -> Vec<u8> {
+    let mut r = kind.to_le_bytes().to_vec();
+    r.extend_from_slice(&lun);
+    r.extend_from_slice(&event_requested.to_le_bytes());
     r
 }
 
