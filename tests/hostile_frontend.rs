@@ -68,9 +68,9 @@ impl Subject {
         vm.clear_unit_attention(lun(0, 0));
         let data = pattern(8 * 512, seed);
         let lba = u32::from(seed) * 8;
-        vm.scsi(lun(0, 0), &cdb_write10(lba, 8), &[&data], &[])
+        vm.scsi(lun(0, 0), &cdb::write10(lba, 8), &[&data], &[])
             .assert_good();
-        let r = vm.scsi(lun(0, 0), &cdb_read10(lba, 8), &[], &[8 * 512]);
+        let r = vm.scsi(lun(0, 0), &cdb::read10(lba, 8), &[], &[8 * 512]);
         r.assert_good();
         assert_eq!(r.data, data, "{case}: data read back differs");
         drop(vm);
@@ -116,7 +116,7 @@ fn two_hundred_reconnections_leak_no_fd() {
             let mut raw = Raw::connect(&s.d.socket);
             if i % 2 == 1 {
                 raw.handshake().expect("handshake");
-                let mem = memfd(2 * MIB);
+                let mem = memfd("hostile", 2 * MIB);
                 let mut table = Vec::new();
                 table.extend(1u32.to_le_bytes());
                 table.extend(0u32.to_le_bytes());
@@ -158,7 +158,7 @@ fn every_request_code_is_answered_or_refused() {
     let mut s = Subject::start(&[]);
     let codes: Vec<u32> = (0..=60).chain([99, 1000, u32::MAX]).collect();
     let ev = eventfd(libc::EFD_NONBLOCK);
-    let mem = memfd(MIB);
+    let mem = memfd("hostile", MIB);
     let (sock_a, _sock_b) = std::os::unix::net::UnixStream::pair().unwrap();
     let (pipe_r, _pipe_w) = pipe();
     #[derive(Debug, Clone, Copy)]
@@ -243,8 +243,8 @@ fn every_request_code_is_answered_or_refused() {
 }
 
 /// Builds the FUA WRITE(10) CDB.
-fn cdb_write10_fua(lba: u32, blocks: u16) -> [u8; 10] {
-    let mut c = cdb_write10(lba, blocks);
+fn cdb_write10_fua(lba: u32, blocks: u16) -> Vec<u8> {
+    let mut c = cdb::write10(lba, blocks);
     c[1] = 0x08;
     c
 }
@@ -264,7 +264,7 @@ fn io_in_flight(vm: &mut TestVm, round: u32) {
                     Seg::inp(RESP_HEADER_SIZE as u32),
                 ],
             );
-            let hdr = vm.cmd_header(lun(0, 0), &cdb_sync_cache10());
+            let hdr = vm.cmd_header(lun(0, 0), &cdb::sync_cache10());
             vm.submit(q, &[Seg::out(&hdr), Seg::inp(RESP_HEADER_SIZE as u32)]);
         }
     }
@@ -353,7 +353,7 @@ fn with_queue2_fds(s: &mut Subject, kick: Option<RawFd>, call: Option<RawFd>, ki
     }
     for k in 0..16u32 {
         let data = pattern(4096, k as u8);
-        let hdr = vm.cmd_header(lun(0, 0), &cdb_write10(k * 8, 8));
+        let hdr = vm.cmd_header(lun(0, 0), &cdb::write10(k * 8, 8));
         vm.submit(
             2,
             &[
