@@ -668,6 +668,16 @@ fn an_on_failure_supervisor_is_confined_too() {
     }
     let st = status_of(&format!("/proc/{sup}/status"));
     assert_eq!(st["NoNewPrivs"], "1", "{}", d.log());
+    // The supervisor-restart deny list, inherited by every worker below its own filters.
+    assert_eq!(
+        (st["Seccomp"].as_str(), st["Seccomp_filters"].as_str()),
+        ("2", "1")
+    );
+    assert_eq!(
+        status_of(&format!("/proc/{first}/status"))["Seccomp_filters"],
+        "3",
+        "supervisor-restart + worker-enosys + worker-main"
+    );
     if is_root() {
         let mask = (1u64 << 5) | (1 << 6) | (1 << 7); // CAP_KILL, CAP_SETGID, CAP_SETUID
         for set in ["CapEff", "CapPrm", "CapBnd"] {
@@ -689,9 +699,10 @@ fn an_on_failure_supervisor_is_confined_too() {
         assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
         sleep(Duration::from_millis(10));
     };
-    // Wait until the restarted worker is jailed (its seccomp filters are the last step).
+    // Wait until the restarted worker is jailed (its own seccomp filters are the last step;
+    // the supervisor's deny list is there from the start).
     let deadline = Instant::now() + TIMEOUT;
-    while status_of(&format!("/proc/{second}/status"))["Seccomp"] != "2" {
+    while status_of(&format!("/proc/{second}/status"))["Seccomp_filters"] != "3" {
         assert!(
             Instant::now() < deadline,
             "restarted worker not jailed\n{}",
@@ -704,7 +715,29 @@ fn an_on_failure_supervisor_is_confined_too() {
         assert_eq!(st[cap], "0000000000000000", "restarted worker {cap}");
     }
     assert_eq!(st["NoNewPrivs"], "1");
+    assert_eq!(st["Seccomp_filters"], "3", "restarted worker filter depth");
     assert_bounded(second, "restarted worker", 4096, true);
+}
+
+/// The `on-failure` supervisor cannot run a program or signal an arbitrary process (its deny
+/// list answers EPERM; unfiltered, `execve` runs /bin/true and `kill(-1, 0)` succeeds with
+/// CAP_KILL), right after it confined itself.
+#[test]
+fn an_on_failure_supervisor_cannot_exec_kill_or_trace() {
+    for (what, expect) in [
+        ("execve", "Operation not permitted"),
+        ("kill-any", "Operation not permitted"),
+    ] {
+        let (code, log) = Probed::run(
+            &format!("{what}@supervisor"),
+            &["--restart-worker", "on-failure"],
+        );
+        assert_eq!(code, PROBE_DENIED, "{what}\n{log}");
+        assert!(
+            log.contains(&format!("probe {what}@supervisor: denied: {expect}")),
+            "{what}\n{log}"
+        );
+    }
 }
 
 /// `--register-buffers` used to lift RLIMIT_MEMLOCK to unlimited. It is now sized: host RAM

@@ -217,10 +217,24 @@ fn restart_capabilities(jail: &WorkerJail) -> Vec<Capability> {
     keep
 }
 
+/// `--restart-worker=on-failure`, before the first worker: no_new_privs and the
+/// `supervisor-restart` deny list (EPERM for exec, ptrace, kill/tkill/tgkill, setns, unshare,
+/// modules, BPF, network sockets, ...). Every worker inherits it below its own filters (it
+/// allows everything a worker's start-up and roles use), so it covers restarts; installed
+/// before the first worker, so that every worker of this mode has the same filter stack.
+fn filter_for_restarts(mode: SeccompMode) -> Result<(), SandboxError> {
+    prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
+    if mode != SeccompMode::None {
+        sandbox::seccomp::install(ThreadRole::SupervisorRestart, mode)?;
+    }
+    Ok(())
+}
+
 /// `--restart-worker=on-failure`: the supervisor must create and jail new workers, so
-/// Landlock (it forbids the worker's mount and pivot_root) and a seccomp role (every worker
-/// would inherit it) are out; it keeps only the capabilities a restart needs, sets
-/// no_new_privs and bounds its files (it is already not dumpable, without core dumps).
+/// Landlock (it forbids the worker's mount and pivot_root) and its allowlist role are out;
+/// once the first worker is jailed it keeps only the capabilities a restart needs and bounds
+/// its files (it is already not dumpable, without core dumps, under no_new_privs and the
+/// `supervisor-restart` deny list).
 fn confine_for_restarts(jail: &WorkerJail) -> Result<(), SandboxError> {
     let keep = restart_capabilities(jail);
     scaps::keep_only(&keep)?;
@@ -233,8 +247,8 @@ fn confine_for_restarts(jail: &WorkerJail) -> Result<(), SandboxError> {
     let names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     info!(
         "supervisor confined for restarts: capabilities {} only, no_new_privs, not dumpable, \
-         no core dumps, {files} files; no Landlock or seccomp (a restart needs clone, mount \
-         and pivot_root)",
+         no core dumps, {files} files, seccomp deny list supervisor-restart; no Landlock (a \
+         restart needs mount and pivot_root)",
         names.join(",")
     );
     Ok(())
@@ -329,6 +343,9 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     sandbox::probe::prepare(unistd::getpid().as_raw());
     let sfd = signalfd().map_err(PrivsepError::SignalFd)?;
     size_memlock(&config)?;
+    if config.sandbox.restart == RestartPolicy::OnFailure {
+        filter_for_restarts(config.sandbox.seccomp).map_err(PrivsepError::Confine)?;
+    }
 
     let mut worker = spawn_worker(&res, &config, &mut plan)?;
     info!(
@@ -354,6 +371,8 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         sandbox::probe::run_in_supervisor();
     } else {
         confine_for_restarts(&plan.jail).map_err(PrivsepError::Confine)?;
+        #[cfg(debug_assertions)]
+        sandbox::probe::run_in_supervisor();
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();

@@ -6,7 +6,7 @@ use std::{
     fs::File,
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
     path::PathBuf,
@@ -161,23 +161,28 @@ fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// `pidfd_send_signal(2)`: `sig` to the process `pidfd` refers to, and to no other.
+fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid descriptor, no siginfo (NULL) and no flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 impl Worker {
     /// Sends `sig` to the worker through its pidfd.
     pub fn signal(&self, sig: Signal) -> io::Result<()> {
-        // SAFETY: pidfd_send_signal with a pidfd we own, no siginfo (NULL) and no flags.
-        let ret = unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.as_raw_fd(),
-                sig as libc::c_int,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            )
-        };
-        if ret < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        pidfd_send_signal(self.pidfd.as_fd(), sig)
     }
 }
 
@@ -255,8 +260,8 @@ pub fn spawn_worker(
     } = ch;
     drop((stderr_w, sync_child, broker_child, listener));
 
+    let pidfd = pidfd_open(pid);
     let result = (|| {
-        let pidfd = pidfd_open(pid).map_err(PrivsepError::Pidfd)?;
         if namespace && plan.jail.userns {
             let (uid, gid) = plan
                 .jail
@@ -268,7 +273,7 @@ pub fn spawn_worker(
         sync.write_all(b"g").map_err(PrivsepError::Handshake)?;
         let mut ready = [0u8; 1];
         match sync.read(&mut ready) {
-            Ok(1) => Ok(pidfd),
+            Ok(1) => Ok(()),
             Ok(_) => Err(PrivsepError::WorkerSetup),
             Err(e) => Err(PrivsepError::Handshake(e)),
         }
@@ -278,22 +283,27 @@ pub fn spawn_worker(
             warn!("cannot remove the chroot directory {}: {e}", dir.display());
         }
     }
-    let pidfd = match result {
-        Ok(pidfd) => pidfd,
-        Err(e) => {
-            // The worker is dead or useless: make sure it is gone, relay what it said, and
-            // reap it (still unconfined here: its pid is our unreaped child).
-            let child = Pid::from_raw(pid);
-            let _ = signal::kill(child, Signal::SIGKILL);
-            relay::drain(stderr_r.as_fd(), &mut relay::Relay::new(pid));
-            let _ = wait::waitpid(child, None);
-            return Err(e);
+    let (error, pidfd) = match (result, pidfd) {
+        (Ok(()), Ok(pidfd)) => {
+            return Ok(Worker {
+                pid,
+                pidfd,
+                stderr: stderr_r,
+                broker,
+            })
         }
+        (Err(e), pidfd) => (e, pidfd.ok()),
+        (Ok(()), Err(e)) => (PrivsepError::Pidfd(e), None),
     };
-    Ok(Worker {
-        pid,
-        pidfd,
-        stderr: stderr_r,
-        broker,
-    })
+    // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
+    // Through its pidfd where there is one (kill(2) is refused to an on-failure supervisor);
+    // its pid is our unreaped child either way.
+    let child = Pid::from_raw(pid);
+    let _ = match &pidfd {
+        Some(fd) => pidfd_send_signal(fd.as_fd(), Signal::SIGKILL),
+        None => signal::kill(child, Signal::SIGKILL).map_err(io::Error::from),
+    };
+    relay::drain(stderr_r.as_fd(), &mut relay::Relay::new(pid));
+    let _ = wait::waitpid(child, None);
+    Err(error)
 }
