@@ -174,7 +174,8 @@ pub struct Args {
 
     /// Register guest memory with each request queue's io_uring, so that I/O does not pin guest
     /// pages per request. Pins all of guest RAM while a front-end is connected (the supervisor
-    /// lifts the worker's RLIMIT_MEMLOCK) [default: off].
+    /// sets the worker's RLIMIT_MEMLOCK to host RAM x request queues where it can, never
+    /// unlimited) [default: off].
     #[arg(long)]
     pub register_buffers: bool,
 
@@ -182,8 +183,9 @@ pub struct Args {
     #[arg(long, value_name = "N")]
     pub aio_threads: Option<usize>,
 
-    /// Worker isolation: namespace, chroot or none [default: namespace when the kernel allows
-    /// it, else chroot as root, else none, with a warning].
+    /// Worker isolation: namespace, chroot or none [default: namespace; where user namespaces
+    /// are refused, as root without a user namespace, otherwise the daemon refuses to start:
+    /// chroot and none are only used when asked for].
     #[arg(long, value_name = "MODE")]
     pub sandbox: Option<String>,
 

@@ -278,7 +278,8 @@ pub const RESTART_WINDOW_SECS: u64 = 60;
 /// Privilege separation and confinement settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SandboxConfig {
-    /// `None`: namespaces when the kernel allows them, otherwise the best fallback (with a warning).
+    /// `None`: namespaces (as root without a user namespace where user namespaces are refused;
+    /// never a weaker mode).
     pub sandbox: Option<SandboxMode>,
     pub seccomp: SeccompMode,
     pub landlock: LandlockMode,
