@@ -120,9 +120,16 @@ fn trusted_report(mode: SeccompMode, ending: Ending, last_line: Option<String>) 
         .flatten()
 }
 
-fn report(pid: libc::pid_t, ending: Ending, seccomp_report: Option<&str>) {
+fn report(pid: libc::pid_t, ending: Ending, mode: SeccompMode, seccomp_report: Option<&str>) {
     match ending {
         Ending::Exited(0) => info!("worker {pid} exited normally"),
+        // Only the trap reporter exits with this status; from anything else it is a claim.
+        // Still treated as a violation (no restart): the safe reading.
+        Ending::Exited(sigsys::EXIT_SECCOMP_TRAP) if mode != SeccompMode::Trap => error!(
+            "worker {pid} exited with status {} (the SIGSYS reporter's), but --seccomp is not \
+             trap: no seccomp report is trusted; not restarted",
+            sigsys::EXIT_SECCOMP_TRAP
+        ),
         Ending::Exited(sigsys::EXIT_SECCOMP_TRAP) => error!(
             "worker {pid} stopped after a seccomp violation (--seccomp=trap): {}",
             seccomp_report.unwrap_or("no report received")
@@ -380,7 +387,12 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         let (ending, last_seccomp_line, stopping) =
             supervise(&sfd, &mut worker).map_err(PrivsepError::Supervise)?;
         let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
-        report(worker.pid, ending, seccomp_report.as_deref());
+        report(
+            worker.pid,
+            ending,
+            config.sandbox.seccomp,
+            seccomp_report.as_deref(),
+        );
         let failed = ending != Ending::Exited(0);
         let may_restart = config.sandbox.restart == RestartPolicy::OnFailure
             && failed
