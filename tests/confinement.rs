@@ -881,3 +881,26 @@ fn without_user_namespaces_root_still_isolates_and_others_refuse() {
         p.log()
     );
 }
+
+/// `--memlock-limit` caps what `--register-buffers` may lock: the worker's RLIMIT_MEMLOCK is
+/// exactly the cap (soft = hard), and the log says where the number came from.
+#[test]
+fn memlock_limit_caps_the_workers_locked_memory() {
+    let d = Daemon::start(
+        &two_disks(),
+        &["--register-buffers", "--memlock-limit", "4M"],
+    );
+    let worker = worker_of(d.pid());
+    assert_eq!(
+        limit_of(worker, "Max locked memory"),
+        (Some(4 << 20), Some(4 << 20)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains("the worker's RLIMIT_MEMLOCK set to 4096 KiB (--memlock-limit)"),
+        "{}",
+        d.log()
+    );
+}

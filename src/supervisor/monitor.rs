@@ -283,32 +283,43 @@ fn worker_layers(jail: &WorkerJail) -> String {
 
 /// RLIMIT_MEMLOCK, inherited by the worker, which cannot raise it once jailed. Without
 /// `--register-buffers` the worker locks nothing: the limit only goes down (to
-/// [`limits::DEFAULT_MEMLOCK`]). With it, each request queue's io_uring registers (and pins)
-/// all of guest memory, which cannot exceed the host's RAM: the limit is RAM x request queues,
-/// never unlimited.
+/// [`limits::DEFAULT_MEMLOCK`], or `--memlock-limit`). With it, each request queue's io_uring
+/// registers (and pins) all of guest memory, which cannot exceed the host's RAM: the limit is
+/// `--memlock-limit`, else RAM x request queues, never unlimited.
 fn size_memlock(config: &Config) -> Result<(), PrivsepError> {
     if !config.io.register_buffers {
-        limits::bound(Resource::RLIMIT_MEMLOCK, limits::DEFAULT_MEMLOCK)?;
+        let cap = config.io.memlock_limit.unwrap_or(u64::MAX);
+        limits::bound(Resource::RLIMIT_MEMLOCK, limits::DEFAULT_MEMLOCK.min(cap))?;
         return Ok(());
     }
-    let ram = nix::sys::sysinfo::sysinfo()
-        .map(|i| i.ram_total())
-        .unwrap_or(limits::DEFAULT_MEMLOCK);
-    let want = ram.saturating_mul(u64::from(config.num_queues.max(1)));
+    let (want, why) = match config.io.memlock_limit {
+        Some(cap) => (cap, "--memlock-limit".to_owned()),
+        None => {
+            let ram = nix::sys::sysinfo::sysinfo()
+                .map(|i| i.ram_total())
+                .unwrap_or(limits::DEFAULT_MEMLOCK);
+            (
+                ram.saturating_mul(u64::from(config.num_queues.max(1))),
+                format!(
+                    "host RAM x {} request queues: the most guest memory the worker's rings \
+                     can register; --memlock-limit to change",
+                    config.num_queues
+                ),
+            )
+        }
+    };
     match limits::set_exactly(Resource::RLIMIT_MEMLOCK, want) {
         Ok(()) => info!(
-            "--register-buffers: RLIMIT_MEMLOCK set to {} MiB (host RAM x {} request queues: \
-             the most guest memory the worker's rings can register)",
-            want >> 20,
-            config.num_queues
+            "--register-buffers: the worker's RLIMIT_MEMLOCK set to {} KiB ({why})",
+            want >> 10
         ),
         Err(e) => {
             // Without CAP_SYS_RESOURCE: as far as the hard limit allows.
             let limit = want.min(limits::hard(Resource::RLIMIT_MEMLOCK)?);
             limits::set_exactly(Resource::RLIMIT_MEMLOCK, limit)?;
             warn!(
-                "--register-buffers: RLIMIT_MEMLOCK stays at {} KiB ({e}): guest memory larger \
-                 than that is not registered",
+                "--register-buffers: the worker's RLIMIT_MEMLOCK stays at {} KiB ({e}): guest \
+                 memory larger than that is not registered",
                 limit >> 10
             );
         }
