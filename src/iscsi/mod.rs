@@ -9,4 +9,6 @@
 //!
 //! See docs/iscsi.md for the design and how the daemon uses it.
 
+pub mod login;
 pub mod pdu;
+pub mod text;
