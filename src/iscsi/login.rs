@@ -952,15 +952,16 @@ fn yes_no(k: &str, v: &str) -> Result<bool, LoginError> {
 
 /// Parses a TargetAddress value (`host[:port][,tpgt]`, §13.8; IPv6 in brackets) into a
 /// socket address (numeric hosts only: no name resolution of target-supplied strings).
+/// IPv4-mapped IPv6 addresses are returned as IPv4, so that policy checks compare like with like.
 pub fn parse_target_address(v: &str) -> Option<SocketAddr> {
     let hostport = v.split(',').next()?;
-    if let Ok(a) = hostport.parse::<SocketAddr>() {
-        return Some(a);
-    }
-    let host = hostport.trim_start_matches('[').trim_end_matches(']');
-    host.parse::<std::net::IpAddr>()
-        .ok()
-        .map(|ip| SocketAddr::new(ip, 3260))
+    let a = if let Ok(a) = hostport.parse::<SocketAddr>() {
+        a
+    } else {
+        let host = hostport.trim_start_matches('[').trim_end_matches(']');
+        SocketAddr::new(host.parse::<std::net::IpAddr>().ok()?, 3260)
+    };
+    Some(SocketAddr::new(a.ip().to_canonical(), a.port()))
 }
 
 /// Connects to `portal` and logs in, following up to `max_redirects` login redirections to
@@ -1261,6 +1262,10 @@ mod tests {
         assert_eq!(
             parse_target_address("10.0.0.1"),
             Some("10.0.0.1:3260".parse().unwrap())
+        );
+        assert_eq!(
+            parse_target_address("[::ffff:127.0.0.1]:3263,1"),
+            Some("127.0.0.1:3263".parse().unwrap())
         );
         assert_eq!(parse_target_address("example.com:3260"), None);
     }

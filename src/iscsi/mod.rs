@@ -11,4 +11,5 @@
 
 pub mod login;
 pub mod pdu;
+pub mod session;
 pub mod text;

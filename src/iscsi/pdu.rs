@@ -25,6 +25,10 @@ pub enum PduError {
     Io(#[from] io::Error),
     #[error("connection closed by the target")]
     Closed,
+    /// The read timed out before the first byte of a PDU: nothing was consumed, the connection
+    /// is still in sync (used for keepalive timers).
+    #[error("no PDU received before the read timeout")]
+    Idle,
     #[error("unknown or unexpected iSCSI opcode {0:#04x}")]
     UnknownOpcode(u8),
     #[error("data segment of {len} bytes exceeds the limit of {max} bytes")]
@@ -950,6 +954,16 @@ fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8], first: bool) -> Resu
     while got < buf.len() {
         match r.read(&mut buf[got..]) {
             Ok(0) if first && got == 0 => return Err(PduError::Closed),
+            Err(e)
+                if first
+                    && got == 0
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Err(PduError::Idle)
+            }
             Ok(0) => return Err(PduError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -1,0 +1,1024 @@
+//! The full feature phase (RFC 7143 §3.2-3.5, §4, §11) over a connected, logged-in stream.
+//!
+//! One thread drives the connection: commands are started (several may be outstanding within the
+//! CmdSN window), and incoming PDUs are processed one at a time, answering R2Ts with Data-Out
+//! straight from the caller's buffer and landing Data-In straight in it. Every PDU from the target
+//! is checked (tags, sequence numbers, offsets, lengths); a violation fails the session with a
+//! typed error, after which the caller drops the connection and may reissue the outstanding
+//! commands ([`Session::take_outstanding`]) on a new one (ErrorRecoveryLevel 0, §7.1.5).
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, Read, Write};
+
+use super::login::SessionParams;
+use super::pdu::{
+    self, ahs_type, task_attr, tmf, Ahs, Bhs, DataOut, Digests, NopOut, PduError, ScsiCommand,
+    TaskMgmtRequest, RESERVED_TAG,
+};
+
+/// Errors of the full feature phase. All but [`SessionError::InvalidRequest`] and
+/// [`SessionError::Idle`] are fatal: the connection must be closed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Pdu(PduError),
+    #[error("no PDU received before the read timeout")]
+    Idle,
+    #[error("iSCSI protocol violation by the target: {0}")]
+    Protocol(String),
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    #[error("the session failed earlier and must be re-established")]
+    Failed,
+    #[error("the target asked to drop the connection (async event {0})")]
+    Dropped(u8),
+}
+
+impl From<PduError> for SessionError {
+    fn from(e: PduError) -> Self {
+        match e {
+            PduError::Idle => SessionError::Idle,
+            e => SessionError::Pdu(e),
+        }
+    }
+}
+
+/// A task handle (the initiator task tag).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TaskTag(pub u32);
+
+/// Residual count of a completed command (§11.4.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Residual {
+    None,
+    /// Fewer bytes than expected were transferred.
+    Underflow(u32),
+    /// The target wanted to transfer more than the expected length.
+    Overflow(u32),
+}
+
+/// The outcome of a SCSI command that reached the target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScsiResult {
+    /// iSCSI Response (§11.4.3): 0 command completed at target, 1 target failure.
+    pub response: u8,
+    /// SCSI status byte (0 GOOD, 2 CHECK CONDITION, 8 BUSY, 0x28 TASK SET FULL...).
+    pub status: u8,
+    /// Sense data (empty unless CHECK CONDITION).
+    pub sense: Vec<u8>,
+    pub residual: Residual,
+    /// Bytes of Data-In placed in the buffer.
+    pub data_in_len: usize,
+}
+
+/// Why a task ended without a SCSI status.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    #[error("task aborted by task management")]
+    Aborted,
+    #[error("command rejected by the target (reason {0:#04x})")]
+    Rejected(u8),
+}
+
+/// A completed task; `buffer` gives back the caller's buffer.
+#[derive(Debug)]
+pub struct Completion<B> {
+    pub tag: TaskTag,
+    pub outcome: Result<ScsiResult, TaskError>,
+    pub buffer: Option<B>,
+}
+
+/// Data of a pipelined command: the buffer's length is the expected transfer length.
+#[derive(Debug)]
+pub enum Data<B> {
+    None,
+    /// Read: the target's Data-In fills the buffer.
+    In(B),
+    /// Write: the buffer is sent as immediate, unsolicited and solicited data.
+    Out(B),
+}
+
+/// Data of a synchronous command ([`Session::submit`]), borrowed for the call.
+#[derive(Debug)]
+pub enum DataRef<'x> {
+    None,
+    In(&'x mut [u8]),
+    Out(&'x [u8]),
+}
+
+/// An asynchronous event from the target (§11.9).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AsyncEvent {
+    /// 0 SCSI async event (sense in `sense`), 1 logout requested (within `param3` seconds),
+    /// 2 connection will be dropped, 3 session will be dropped, 4 renegotiation requested,
+    /// 255 vendor specific.
+    pub event: u8,
+    pub lun: u64,
+    pub sense: Vec<u8>,
+    pub param1: u16,
+    pub param2: u16,
+    pub param3: u16,
+}
+
+/// A command that was outstanding when the session failed, to reissue on a new connection.
+#[derive(Debug)]
+pub struct Outstanding<B> {
+    pub tag: TaskTag,
+    pub lun: u64,
+    pub cdb: Vec<u8>,
+    /// The caller's buffer; `None` for a [`Session::submit`] call (that call returned an error).
+    pub data: Data<B>,
+}
+
+/// Outcome of a logout (§11.15).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogoutInfo {
+    pub response: u8,
+    pub time2wait: u16,
+    pub time2retain: u16,
+}
+
+enum TaskBuf<B> {
+    None,
+    In(B),
+    Out(B),
+    ExternIn,
+    ExternOut,
+}
+
+enum Extern<'x> {
+    None,
+    In(u32, &'x mut [u8]),
+    Out(u32, &'x [u8]),
+}
+
+struct Task<B> {
+    lun: u64,
+    cdb: Vec<u8>,
+    cmd_sn: u32,
+    buf: TaskBuf<B>,
+    expected_len: u32,
+    /// Data-In: next DataSN and bytes received (offsets must be contiguous, DataPDUInOrder).
+    next_data_sn: u32,
+    received: u32,
+    /// R2T: next R2TSN.
+    next_r2t_sn: u32,
+}
+
+/// Serial number arithmetic (RFC 1982, §3.2.2.1).
+fn sn_lt(a: u32, b: u32) -> bool {
+    a != b && (b.wrapping_sub(a) as i32) > 0
+}
+
+/// Encodes a LUN number as the 8-byte LUN field (SAM: peripheral device addressing below 256,
+/// flat space addressing up to 16383).
+pub fn encode_lun(lun: u64) -> Result<u64, SessionError> {
+    match lun {
+        0..=255 => Ok(lun << 48),
+        256..=16383 => Ok((0x4000 | lun) << 48),
+        _ => Err(SessionError::InvalidRequest("LUN beyond 16383")),
+    }
+}
+
+/// A logged-in iSCSI connection in the full feature phase. `B` is the caller's buffer type for
+/// pipelined commands.
+pub struct Session<S: Read + Write, B = Vec<u8>> {
+    io: BufReader<S>,
+    p: SessionParams,
+    digests: Digests,
+    tasks: HashMap<u32, Task<B>>,
+    done: VecDeque<Completion<B>>,
+    events: Vec<AsyncEvent>,
+    /// Outstanding NOP-Out pings (by ITT) and answered ones.
+    pings: Vec<u32>,
+    answered_pings: Vec<u32>,
+    /// Outstanding TMF or logout (at most one of each, driven synchronously).
+    tmf_itt: Option<u32>,
+    tmf_response: Option<u8>,
+    logout_itt: Option<u32>,
+    logout_response: Option<LogoutInfo>,
+    failed: bool,
+    /// Scratch for NOP-In ping data and SCSI Response sense (bounded by MaxRecvDataSegmentLength).
+    scratch: Vec<u8>,
+}
+
+impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
+    /// Continues a session logged in by [`super::login::login`], possibly in another process: the
+    /// stream must be the very connection the login ran on, with nothing read or written since.
+    pub fn new(stream: S, params: SessionParams) -> Result<Self, SessionError> {
+        params
+            .validate()
+            .map_err(|_| SessionError::InvalidRequest("invalid session parameters"))?;
+        if params.discovery {
+            return Err(SessionError::InvalidRequest(
+                "a discovery session cannot carry SCSI commands",
+            ));
+        }
+        // Large enough that a whole Data-In PDU header and most payloads arrive in one read,
+        // while payloads land straight in the caller's buffer (BufReader bypasses its buffer
+        // for reads at least as large as it).
+        let io = BufReader::with_capacity(64 * 1024, stream);
+        Ok(Self {
+            io,
+            digests: params.digests(),
+            p: params,
+            tasks: HashMap::new(),
+            done: VecDeque::new(),
+            events: Vec::new(),
+            pings: Vec::new(),
+            answered_pings: Vec::new(),
+            tmf_itt: None,
+            tmf_response: None,
+            logout_itt: None,
+            logout_response: None,
+            failed: false,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The current parameters and sequence numbers.
+    pub fn params(&self) -> &SessionParams {
+        &self.p
+    }
+
+    /// The stream (e.g. to set read timeouts for keepalive).
+    pub fn stream(&self) -> &S {
+        self.io.get_ref()
+    }
+
+    /// Number of commands outstanding.
+    pub fn outstanding(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// True if another non-immediate command may be sent now (CmdSN ≤ MaxCmdSN).
+    pub fn window_open(&self) -> bool {
+        !sn_lt(self.p.max_cmd_sn, self.p.cmd_sn)
+    }
+
+    /// Async events received since the last call.
+    pub fn take_events(&mut self) -> Vec<AsyncEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// After a failure: the commands that never completed, with their buffers, to reissue on a
+    /// new session. Completions already received are still returned by [`Session::poll`].
+    pub fn take_outstanding(&mut self) -> Vec<Outstanding<B>> {
+        let mut v: Vec<(u32, Task<B>)> = self.tasks.drain().collect();
+        v.sort_by(|a, b| {
+            if sn_lt(a.1.cmd_sn, b.1.cmd_sn) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        v.into_iter()
+            .map(|(itt, t)| Outstanding {
+                tag: TaskTag(itt),
+                lun: t.lun,
+                cdb: t.cdb,
+                data: match t.buf {
+                    TaskBuf::In(b) => Data::In(b),
+                    TaskBuf::Out(b) => Data::Out(b),
+                    _ => Data::None,
+                },
+            })
+            .collect()
+    }
+
+    /// Gives the stream back (e.g. to shut it down).
+    pub fn into_stream(self) -> S {
+        self.io.into_inner()
+    }
+
+    fn check(&self) -> Result<(), SessionError> {
+        if self.failed {
+            Err(SessionError::Failed)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn alloc_itt(&mut self) -> u32 {
+        loop {
+            let itt = self.p.next_itt;
+            self.p.next_itt = self.p.next_itt.wrapping_add(1);
+            if itt != RESERVED_TAG
+                && !self.tasks.contains_key(&itt)
+                && !self.pings.contains(&itt)
+                && self.tmf_itt != Some(itt)
+                && self.logout_itt != Some(itt)
+            {
+                return itt;
+            }
+        }
+    }
+
+    fn fail<T>(&mut self, e: SessionError) -> Result<T, SessionError> {
+        if !matches!(e, SessionError::Idle | SessionError::InvalidRequest(_)) {
+            self.failed = true;
+        }
+        Err(e)
+    }
+
+    /// Starts a command (SCSI Command PDU, immediate data, unsolicited Data-Out, §3.2.4.2) and
+    /// returns its tag. Blocks processing incoming PDUs while the CmdSN window is closed.
+    pub fn start(&mut self, lun: u64, cdb: &[u8], data: Data<B>) -> Result<TaskTag, SessionError> {
+        let buf = match data {
+            Data::None => TaskBuf::None,
+            Data::In(b) => TaskBuf::In(b),
+            Data::Out(b) => TaskBuf::Out(b),
+        };
+        self.start_inner(lun, cdb, buf, &mut Extern::None)
+    }
+
+    fn start_inner(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        buf: TaskBuf<B>,
+        ext: &mut Extern<'_>,
+    ) -> Result<TaskTag, SessionError> {
+        self.check()?;
+        if cdb.is_empty() || cdb.len() > 260 {
+            return Err(SessionError::InvalidRequest("CDB length must be 1..=260"));
+        }
+        let wire_lun = encode_lun(lun)?;
+        let (read, write, len) = match (&buf, &*ext) {
+            (TaskBuf::None, _) => (false, false, 0),
+            (TaskBuf::In(b), _) => (true, false, b.as_ref().len()),
+            (TaskBuf::Out(b), _) => (false, true, b.as_ref().len()),
+            (TaskBuf::ExternIn, Extern::In(_, s)) => (true, false, s.len()),
+            (TaskBuf::ExternOut, Extern::Out(_, s)) => (false, true, s.len()),
+            _ => return Err(SessionError::InvalidRequest("buffer mismatch")),
+        };
+        let expected_len =
+            u32::try_from(len).map_err(|_| SessionError::InvalidRequest("transfer too long"))?;
+        while !self.window_open() {
+            if let Err(e) = self.process_one(ext) {
+                return self.fail(e);
+            }
+        }
+        let itt = self.alloc_itt();
+        match ext {
+            Extern::In(i, _) | Extern::Out(i, _) => *i = itt,
+            Extern::None => {}
+        }
+        let mut cdb16 = [0u8; 16];
+        let n = cdb.len().min(16);
+        cdb16[..n].copy_from_slice(&cdb[..n]);
+        let ahs = if cdb.len() > 16 {
+            pdu::encode_ahs(&[Ahs {
+                ahs_type: ahs_type::EXTENDED_CDB,
+                specific: 0,
+                data: cdb[16..].to_vec(),
+            }])
+            .map_err(SessionError::from)?
+        } else {
+            Vec::new()
+        };
+        let out: &[u8] = match (&buf, &*ext) {
+            (TaskBuf::Out(b), _) => b.as_ref(),
+            (TaskBuf::ExternOut, Extern::Out(_, s)) => s,
+            _ => &[],
+        };
+        // Immediate data (§3.2.4.2, §13.11) and unsolicited Data-Out up to FirstBurstLength
+        // (§13.10, §13.14), each PDU within the target's MaxRecvDataSegmentLength.
+        let mdsl = self.p.max_send_data_segment_length as usize;
+        let first_burst = self.p.first_burst_length as usize;
+        let imm = if write && self.p.immediate_data {
+            out.len().min(first_burst).min(mdsl)
+        } else {
+            0
+        };
+        let unsolicited = if write && !self.p.initial_r2t {
+            out.len().min(first_burst)
+        } else {
+            imm
+        };
+        let cmd = Bhs::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_: unsolicited == imm,
+            read,
+            write,
+            attr: task_attr::SIMPLE,
+            lun: wire_lun,
+            itt,
+            expected_data_len: expected_len,
+            cmd_sn: self.p.cmd_sn,
+            exp_stat_sn: self.p.exp_stat_sn,
+            cdb: cdb16,
+        });
+        let digests = self.digests;
+        let res = pdu::write_pdu(self.io.get_mut(), digests, &cmd, &ahs, &out[..imm]);
+        if let Err(e) = res {
+            return self.fail(e.into());
+        }
+        if unsolicited > imm {
+            let res = send_data_out(
+                self.io.get_mut(),
+                digests,
+                mdsl,
+                wire_lun,
+                itt,
+                RESERVED_TAG,
+                self.p.exp_stat_sn,
+                &out[imm..unsolicited],
+                imm,
+            );
+            if let Err(e) = res {
+                return self.fail(e.into());
+            }
+        }
+        self.tasks.insert(
+            itt,
+            Task {
+                lun,
+                cdb: cdb.to_vec(),
+                cmd_sn: self.p.cmd_sn,
+                buf,
+                expected_len,
+                next_data_sn: 0,
+                received: 0,
+                next_r2t_sn: 0,
+            },
+        );
+        self.p.cmd_sn = self.p.cmd_sn.wrapping_add(1);
+        Ok(TaskTag(itt))
+    }
+
+    /// Runs one command to completion with borrowed buffers (other commands' completions that
+    /// arrive meanwhile are kept for [`Session::poll`]).
+    pub fn submit(
+        &mut self,
+        lun: u64,
+        cdb: &[u8],
+        data: DataRef<'_>,
+    ) -> Result<ScsiResult, SessionError> {
+        let (buf, mut ext) = match data {
+            DataRef::None => (TaskBuf::None, Extern::None),
+            DataRef::In(s) => (TaskBuf::ExternIn, Extern::In(RESERVED_TAG, s)),
+            DataRef::Out(s) => (TaskBuf::ExternOut, Extern::Out(RESERVED_TAG, s)),
+        };
+        let tag = self.start_inner(lun, cdb, buf, &mut ext)?;
+        loop {
+            if let Some(i) = self.done.iter().position(|c| c.tag == tag) {
+                let c = self.done.remove(i).expect("index from position");
+                return c.outcome.map_err(|e| match e {
+                    TaskError::Aborted => SessionError::InvalidRequest("task aborted"),
+                    TaskError::Rejected(_) => SessionError::InvalidRequest("command rejected"),
+                });
+            }
+            if let Err(e) = self.process_one(&mut ext) {
+                // The borrowed buffer is about to go away: forget the task whatever happened.
+                self.tasks.remove(&tag.0);
+                return self.fail(e);
+            }
+        }
+    }
+
+    /// Returns a completion if one is ready, else reads and processes incoming PDUs until one
+    /// is. Returns `Ok(None)` when nothing is outstanding.
+    pub fn poll(&mut self) -> Result<Option<Completion<B>>, SessionError> {
+        loop {
+            if let Some(c) = self.done.pop_front() {
+                return Ok(Some(c));
+            }
+            self.check()?;
+            if self.tasks.is_empty() {
+                return Ok(None);
+            }
+            self.receive_one()?;
+        }
+    }
+
+    /// Returns a ready completion without reading from the connection.
+    pub fn try_completion(&mut self) -> Option<Completion<B>> {
+        self.done.pop_front()
+    }
+
+    /// Reads and processes exactly one PDU from the target (answers pings and R2Ts, collects
+    /// data and completions). With a read timeout on the stream, returns
+    /// [`SessionError::Idle`] if no PDU started arriving in time (the session stays usable).
+    pub fn receive_one(&mut self) -> Result<(), SessionError> {
+        self.check()?;
+        match self.process_one(&mut Extern::None) {
+            Ok(()) => Ok(()),
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// Sends a NOP-Out ping (§11.18) and waits for the target's NOP-In: a keepalive that also
+    /// proves the target is processing PDUs.
+    pub fn ping(&mut self) -> Result<(), SessionError> {
+        self.check()?;
+        let itt = self.alloc_itt();
+        let bhs = Bhs::NopOut(NopOut {
+            immediate: true,
+            lun: 0,
+            itt,
+            ttt: RESERVED_TAG,
+            cmd_sn: self.p.cmd_sn,
+            exp_stat_sn: self.p.exp_stat_sn,
+        });
+        if let Err(e) = pdu::write_pdu(self.io.get_mut(), self.digests, &bhs, &[], &[]) {
+            return self.fail(e.into());
+        }
+        self.pings.push(itt);
+        while !self.answered_pings.contains(&itt) {
+            self.receive_one()?;
+        }
+        self.answered_pings.retain(|&i| i != itt);
+        Ok(())
+    }
+
+    /// ABORT TASK (§11.5.1). Returns the TMF response (0 function complete, 1 task does not
+    /// exist...). The aborted task completes with [`TaskError::Aborted`] unless its status
+    /// arrived first.
+    pub fn abort_task(&mut self, tag: TaskTag) -> Result<u8, SessionError> {
+        let (lun, ref_cmd_sn) = match self.tasks.get(&tag.0) {
+            Some(t) => (t.lun, t.cmd_sn),
+            None => return Err(SessionError::InvalidRequest("no such task")),
+        };
+        let r = self.task_mgmt(tmf::ABORT_TASK, lun, tag.0, ref_cmd_sn)?;
+        if r == 0 || r == 1 {
+            self.terminate(|itt, _| itt == tag.0);
+        }
+        Ok(r)
+    }
+
+    /// LOGICAL UNIT RESET (§11.5.1): every task of the LUN is terminated.
+    pub fn lun_reset(&mut self, lun: u64) -> Result<u8, SessionError> {
+        let r = self.task_mgmt(tmf::LOGICAL_UNIT_RESET, lun, RESERVED_TAG, self.p.cmd_sn)?;
+        if r == 0 {
+            self.terminate(|_, t| t.lun == lun);
+        }
+        Ok(r)
+    }
+
+    fn terminate(&mut self, which: impl Fn(u32, &Task<B>) -> bool) {
+        let gone: Vec<u32> = self
+            .tasks
+            .iter()
+            .filter(|(i, t)| which(**i, t))
+            .map(|(i, _)| *i)
+            .collect();
+        for itt in gone {
+            if let Some(t) = self.tasks.remove(&itt) {
+                self.done.push_back(Completion {
+                    tag: TaskTag(itt),
+                    outcome: Err(TaskError::Aborted),
+                    buffer: into_buffer(t.buf),
+                });
+            }
+        }
+    }
+
+    fn task_mgmt(
+        &mut self,
+        function: u8,
+        lun: u64,
+        ref_itt: u32,
+        ref_cmd_sn: u32,
+    ) -> Result<u8, SessionError> {
+        self.check()?;
+        let itt = self.alloc_itt();
+        let bhs = Bhs::TaskMgmtRequest(TaskMgmtRequest {
+            immediate: true,
+            function,
+            lun: encode_lun(lun)?,
+            itt,
+            ref_task_tag: ref_itt,
+            cmd_sn: self.p.cmd_sn,
+            exp_stat_sn: self.p.exp_stat_sn,
+            ref_cmd_sn,
+            exp_data_sn: 0,
+        });
+        self.tmf_itt = Some(itt);
+        self.tmf_response = None;
+        if let Err(e) = pdu::write_pdu(self.io.get_mut(), self.digests, &bhs, &[], &[]) {
+            return self.fail(e.into());
+        }
+        loop {
+            if let Some(r) = self.tmf_response.take() {
+                self.tmf_itt = None;
+                return Ok(r);
+            }
+            self.receive_one()?;
+        }
+    }
+
+    /// Logout closing the session (§11.14, reason 0). Outstanding commands should be drained
+    /// first; any left are terminated by the target and remain in
+    /// [`Session::take_outstanding`].
+    pub fn logout(&mut self) -> Result<LogoutInfo, SessionError> {
+        self.check()?;
+        let itt = self.alloc_itt();
+        let bhs = Bhs::LogoutRequest(pdu::LogoutRequest {
+            immediate: true,
+            reason: 0,
+            itt,
+            cid: self.p.cid,
+            cmd_sn: self.p.cmd_sn,
+            exp_stat_sn: self.p.exp_stat_sn,
+        });
+        self.logout_itt = Some(itt);
+        if let Err(e) = pdu::write_pdu(self.io.get_mut(), self.digests, &bhs, &[], &[]) {
+            return self.fail(e.into());
+        }
+        loop {
+            if let Some(r) = self.logout_response.take() {
+                self.logout_itt = None;
+                // The connection is gone after a logout; nothing more may be sent.
+                self.failed = true;
+                return Ok(r);
+            }
+            self.receive_one()?;
+        }
+    }
+
+    /// Window update from any PDU carrying ExpCmdSN/MaxCmdSN (§3.2.2.1).
+    fn update_window(&mut self, exp_cmd_sn: u32, max_cmd_sn: u32) -> Result<(), SessionError> {
+        // MaxCmdSN < ExpCmdSN - 1 means "ignore" (§3.2.2.1).
+        if sn_lt(max_cmd_sn, exp_cmd_sn.wrapping_sub(1)) {
+            return Ok(());
+        }
+        // ExpCmdSN may not acknowledge commands never sent.
+        if sn_lt(self.p.cmd_sn, exp_cmd_sn) {
+            return Err(SessionError::Protocol(format!(
+                "ExpCmdSN {exp_cmd_sn} is beyond the next CmdSN {}",
+                self.p.cmd_sn
+            )));
+        }
+        if sn_lt(self.p.exp_cmd_sn, exp_cmd_sn) {
+            self.p.exp_cmd_sn = exp_cmd_sn;
+        }
+        if sn_lt(self.p.max_cmd_sn, max_cmd_sn) {
+            self.p.max_cmd_sn = max_cmd_sn;
+        }
+        Ok(())
+    }
+
+    /// StatSN check for PDUs that carry a status (§3.2.2.2): in order, none skipped.
+    fn take_stat_sn(&mut self, stat_sn: u32) -> Result<(), SessionError> {
+        if stat_sn != self.p.exp_stat_sn {
+            return Err(SessionError::Protocol(format!(
+                "StatSN {stat_sn} where {} was expected",
+                self.p.exp_stat_sn
+            )));
+        }
+        self.p.exp_stat_sn = stat_sn.wrapping_add(1);
+        Ok(())
+    }
+
+    fn read_small(&mut self, len: u32) -> Result<(), SessionError> {
+        // len is bounded by MaxRecvDataSegmentLength (read_header checked it).
+        self.scratch.resize(len as usize, 0);
+        pdu::read_data_into(&mut self.io, self.digests, &mut self.scratch)?;
+        Ok(())
+    }
+
+    fn process_one(&mut self, ext: &mut Extern<'_>) -> Result<(), SessionError> {
+        let h = pdu::read_header(
+            &mut self.io,
+            self.digests,
+            self.p.max_recv_data_segment_length,
+        )?;
+        match h.bhs {
+            Bhs::DataIn(d) => {
+                self.update_window(d.exp_cmd_sn, d.max_cmd_sn)?;
+                let Some(task) = self.tasks.get_mut(&d.itt) else {
+                    return Err(SessionError::Protocol(format!(
+                        "Data-In for unknown task {:#x}",
+                        d.itt
+                    )));
+                };
+                if d.data_sn != task.next_data_sn {
+                    return Err(SessionError::Protocol(format!(
+                        "Data-In DataSN {} where {} was expected",
+                        d.data_sn, task.next_data_sn
+                    )));
+                }
+                task.next_data_sn = task.next_data_sn.wrapping_add(1);
+                if d.buffer_offset != task.received {
+                    return Err(SessionError::Protocol(format!(
+                        "Data-In at offset {} where {} was expected (DataPDUInOrder)",
+                        d.buffer_offset, task.received
+                    )));
+                }
+                let end = u64::from(d.buffer_offset) + u64::from(h.data_len);
+                if end > u64::from(task.expected_len) {
+                    return Err(SessionError::Protocol(
+                        "Data-In beyond the expected transfer length".into(),
+                    ));
+                }
+                if h.data_len > 0 {
+                    let dst: &mut [u8] = match (&mut task.buf, &mut *ext) {
+                        (TaskBuf::In(b), _) => b.as_mut(),
+                        (TaskBuf::ExternIn, Extern::In(i, s)) if *i == d.itt => s,
+                        _ => {
+                            return Err(SessionError::Protocol(
+                                "Data-In for a command that reads nothing".into(),
+                            ))
+                        }
+                    };
+                    let range = d.buffer_offset as usize..end as usize;
+                    pdu::read_data_into(&mut self.io, self.digests, &mut dst[range])?;
+                }
+                task.received = end as u32;
+                if d.has_status {
+                    if !d.final_ {
+                        return Err(SessionError::Protocol("Data-In with S but not F".into()));
+                    }
+                    self.take_stat_sn(d.stat_sn)?;
+                    let residual = residual(d.overflow, d.underflow, d.residual);
+                    self.complete(d.itt, 0, d.status, Vec::new(), residual)?;
+                }
+            }
+            Bhs::ScsiResponse(r) => {
+                self.update_window(r.exp_cmd_sn, r.max_cmd_sn)?;
+                if !self.tasks.contains_key(&r.itt) {
+                    return Err(SessionError::Protocol(format!(
+                        "SCSI Response for unknown task {:#x}",
+                        r.itt
+                    )));
+                }
+                self.take_stat_sn(r.stat_sn)?;
+                self.read_small(h.data_len)?;
+                // Sense data (§11.4.7): SenseLength then the sense bytes.
+                let sense = if self.scratch.len() >= 2 {
+                    let sl = u16::from_be_bytes([self.scratch[0], self.scratch[1]]) as usize;
+                    if 2 + sl > self.scratch.len() {
+                        return Err(SessionError::Protocol(
+                            "sense length beyond the data".into(),
+                        ));
+                    }
+                    self.scratch[2..2 + sl].to_vec()
+                } else {
+                    Vec::new()
+                };
+                let residual = residual(r.overflow, r.underflow, r.residual);
+                self.complete(r.itt, r.response, r.status, sense, residual)?;
+            }
+            Bhs::R2t(r) => {
+                self.update_window(r.exp_cmd_sn, r.max_cmd_sn)?;
+                pdu::skip_data(&mut self.io, self.digests, h.data_len)?;
+                let Some(task) = self.tasks.get_mut(&r.itt) else {
+                    return Err(SessionError::Protocol(format!(
+                        "R2T for unknown task {:#x}",
+                        r.itt
+                    )));
+                };
+                if r.r2t_sn != task.next_r2t_sn {
+                    return Err(SessionError::Protocol(format!(
+                        "R2TSN {} where {} was expected",
+                        r.r2t_sn, task.next_r2t_sn
+                    )));
+                }
+                task.next_r2t_sn = task.next_r2t_sn.wrapping_add(1);
+                let end = u64::from(r.buffer_offset) + u64::from(r.desired_len);
+                if r.desired_len == 0
+                    || r.desired_len > self.p.max_burst_length
+                    || end > u64::from(task.expected_len)
+                    || r.ttt == RESERVED_TAG
+                {
+                    return Err(SessionError::Protocol(format!(
+                        "bad R2T (offset {}, length {})",
+                        r.buffer_offset, r.desired_len
+                    )));
+                }
+                let src: &[u8] = match (&task.buf, &*ext) {
+                    (TaskBuf::Out(b), _) => b.as_ref(),
+                    (TaskBuf::ExternOut, Extern::Out(i, s)) if *i == r.itt => s,
+                    _ => {
+                        return Err(SessionError::Protocol(
+                            "R2T for a command that writes nothing".into(),
+                        ))
+                    }
+                };
+                let lun = encode_lun(task.lun)?;
+                send_data_out(
+                    self.io.get_mut(),
+                    self.digests,
+                    self.p.max_send_data_segment_length as usize,
+                    lun,
+                    r.itt,
+                    r.ttt,
+                    self.p.exp_stat_sn,
+                    &src[r.buffer_offset as usize..end as usize],
+                    r.buffer_offset as usize,
+                )?;
+            }
+            Bhs::NopIn(n) => {
+                self.update_window(n.exp_cmd_sn, n.max_cmd_sn)?;
+                self.read_small(h.data_len)?;
+                if n.itt != RESERVED_TAG {
+                    // Answer to our ping (§11.19.2): carries a status number.
+                    let Some(i) = self.pings.iter().position(|&p| p == n.itt) else {
+                        return Err(SessionError::Protocol("NOP-In for an unknown ping".into()));
+                    };
+                    self.take_stat_sn(n.stat_sn)?;
+                    self.pings.swap_remove(i);
+                    self.answered_pings.push(n.itt);
+                } else if n.ttt != RESERVED_TAG {
+                    // Target ping (§11.18.2): answer with the same TTT and LUN, echoing the data.
+                    let echo = self
+                        .scratch
+                        .len()
+                        .min(self.p.max_send_data_segment_length as usize);
+                    let bhs = Bhs::NopOut(NopOut {
+                        immediate: true,
+                        lun: n.lun,
+                        itt: RESERVED_TAG,
+                        ttt: n.ttt,
+                        cmd_sn: self.p.cmd_sn,
+                        exp_stat_sn: self.p.exp_stat_sn,
+                    });
+                    pdu::write_pdu(
+                        self.io.get_mut(),
+                        self.digests,
+                        &bhs,
+                        &[],
+                        &self.scratch[..echo],
+                    )?;
+                }
+            }
+            Bhs::TaskMgmtResponse(t) => {
+                self.update_window(t.exp_cmd_sn, t.max_cmd_sn)?;
+                pdu::skip_data(&mut self.io, self.digests, h.data_len)?;
+                if self.tmf_itt != Some(t.itt) {
+                    return Err(SessionError::Protocol("unexpected TMF response".into()));
+                }
+                self.take_stat_sn(t.stat_sn)?;
+                self.tmf_response = Some(t.response);
+            }
+            Bhs::LogoutResponse(l) => {
+                self.update_window(l.exp_cmd_sn, l.max_cmd_sn)?;
+                pdu::skip_data(&mut self.io, self.digests, h.data_len)?;
+                if self.logout_itt != Some(l.itt) {
+                    return Err(SessionError::Protocol("unexpected logout response".into()));
+                }
+                self.take_stat_sn(l.stat_sn)?;
+                self.logout_response = Some(LogoutInfo {
+                    response: l.response,
+                    time2wait: l.time2wait,
+                    time2retain: l.time2retain,
+                });
+            }
+            Bhs::AsyncMessage(a) => {
+                self.update_window(a.exp_cmd_sn, a.max_cmd_sn)?;
+                self.read_small(h.data_len)?;
+                // Async Messages advance StatSN (§11.9); accept a repeat of the current value
+                // from targets that do not.
+                if a.stat_sn == self.p.exp_stat_sn {
+                    self.p.exp_stat_sn = a.stat_sn.wrapping_add(1);
+                }
+                let sense = if a.event == 0 && self.scratch.len() >= 2 {
+                    let sl = u16::from_be_bytes([self.scratch[0], self.scratch[1]]) as usize;
+                    self.scratch[2..(2 + sl).min(self.scratch.len())].to_vec()
+                } else {
+                    Vec::new()
+                };
+                self.events.push(AsyncEvent {
+                    event: a.event,
+                    lun: a.lun,
+                    sense,
+                    param1: a.param1,
+                    param2: a.param2,
+                    param3: a.param3,
+                });
+                if a.event == 2 || a.event == 3 {
+                    return Err(SessionError::Dropped(a.event));
+                }
+            }
+            Bhs::Reject(r) => {
+                self.update_window(r.exp_cmd_sn, r.max_cmd_sn)?;
+                self.read_small(h.data_len)?;
+                if r.stat_sn == self.p.exp_stat_sn {
+                    self.p.exp_stat_sn = r.stat_sn.wrapping_add(1);
+                }
+                // The data segment is the rejected header (§11.17.3): find its task.
+                if self.scratch.len() < pdu::BHS_LEN {
+                    return Err(SessionError::Protocol(
+                        "Reject without the rejected header".into(),
+                    ));
+                }
+                let itt = u32::from_be_bytes([
+                    self.scratch[16],
+                    self.scratch[17],
+                    self.scratch[18],
+                    self.scratch[19],
+                ]);
+                if let Some(t) = self.tasks.remove(&itt) {
+                    self.done.push_back(Completion {
+                        tag: TaskTag(itt),
+                        outcome: Err(TaskError::Rejected(r.reason)),
+                        buffer: into_buffer(t.buf),
+                    });
+                } else {
+                    return Err(SessionError::Protocol(format!(
+                        "target rejected a PDU (reason {:#04x})",
+                        r.reason
+                    )));
+                }
+            }
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "unexpected opcode {:#04x} in the full feature phase",
+                    other.opcode()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(
+        &mut self,
+        itt: u32,
+        response: u8,
+        status: u8,
+        sense: Vec<u8>,
+        residual: Residual,
+    ) -> Result<(), SessionError> {
+        let Some(t) = self.tasks.remove(&itt) else {
+            return Err(SessionError::Protocol("status for unknown task".into()));
+        };
+        // A read that completed with GOOD status must have received every byte it did not
+        // report as residual, or the buffer would hold stale data presented as read.
+        if matches!(t.buf, TaskBuf::In(_) | TaskBuf::ExternIn) && response == 0 && status == 0 {
+            let missing = match residual {
+                Residual::Underflow(n) => n,
+                _ => 0,
+            };
+            if u64::from(t.received) + u64::from(missing) < u64::from(t.expected_len) {
+                return Err(SessionError::Protocol(format!(
+                    "read completed with {} of {} bytes and residual {missing}",
+                    t.received, t.expected_len
+                )));
+            }
+        }
+        self.done.push_back(Completion {
+            tag: TaskTag(itt),
+            outcome: Ok(ScsiResult {
+                response,
+                status,
+                sense,
+                residual,
+                data_in_len: t.received as usize,
+            }),
+            buffer: into_buffer(t.buf),
+        });
+        Ok(())
+    }
+}
+
+fn into_buffer<B>(b: TaskBuf<B>) -> Option<B> {
+    match b {
+        TaskBuf::In(b) | TaskBuf::Out(b) => Some(b),
+        _ => None,
+    }
+}
+
+fn residual(overflow: bool, underflow: bool, count: u32) -> Residual {
+    if underflow {
+        Residual::Underflow(count)
+    } else if overflow {
+        Residual::Overflow(count)
+    } else {
+        Residual::None
+    }
+}
+
+/// Sends `data` (the bytes at `base` of the task's buffer) as one sequence of Data-Out PDUs of at
+/// most `mdsl` bytes each (§11.7), DataSN from 0, F on the last.
+#[allow(clippy::too_many_arguments)]
+fn send_data_out<W: Write>(
+    w: &mut W,
+    digests: Digests,
+    mdsl: usize,
+    lun: u64,
+    itt: u32,
+    ttt: u32,
+    exp_stat_sn: u32,
+    data: &[u8],
+    base: usize,
+) -> Result<(), PduError> {
+    let mut off = 0;
+    let mut data_sn = 0u32;
+    while off < data.len() {
+        let n = (data.len() - off).min(mdsl);
+        let bhs = Bhs::DataOut(DataOut {
+            final_: off + n == data.len(),
+            lun,
+            itt,
+            ttt,
+            exp_stat_sn,
+            data_sn,
+            buffer_offset: (base + off) as u32,
+        });
+        pdu::write_pdu(w, digests, &bhs, &[], &data[off..off + n])?;
+        off += n;
+        data_sn += 1;
+    }
+    Ok(())
+}
