@@ -43,6 +43,11 @@ fn free_port() -> u16 {
 impl Tgtd {
     /// Starts tgtd, or returns None (after printing SKIPPED) if it is unavailable.
     fn start(test: &str) -> Option<Tgtd> {
+        Self::start_with(test, "")
+    }
+
+    /// `iscsi_opts` is appended to tgtd's `--iscsi portal=...` option (e.g. `,nop_interval=1`).
+    fn start_with(test: &str, iscsi_opts: &str) -> Option<Tgtd> {
         if Command::new("tgtd").arg("--version").output().is_err() {
             println!("SKIPPED: {test}: tgtd is not installed (apt-get install tgt)");
             return None;
@@ -59,7 +64,7 @@ impl Tgtd {
                 .arg("-C")
                 .arg(control.to_string())
                 .arg("--iscsi")
-                .arg(format!("portal=127.0.0.1:{port}"))
+                .arg(format!("portal=127.0.0.1:{port}{iscsi_opts}"))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("dup log"))
                 .stderr(log)
@@ -550,8 +555,49 @@ fn r2t_small_bursts() {
         assert_eq!(p.immediate_data, imm);
         assert_eq!(p.initial_r2t, initial_r2t);
         io_sizes(&mut s, &path);
+        let st = s.stats();
+        println!("imm={imm} initial_r2t={initial_r2t}: {st:?}");
+        assert!(
+            st.r2ts > 0 && st.solicited_data_out_pdus >= st.r2ts,
+            "{st:?}"
+        );
+        assert_eq!(st.immediate_data_bytes > 0, imm, "{st:?}");
+        assert_eq!(st.unsolicited_data_out_pdus > 0, !initial_r2t, "{st:?}");
         s.logout().unwrap();
     }
+}
+
+/// tgtd pings idle initiators (NOP-In with a target transfer tag) and drops them after
+/// `nop_count` unanswered pings: an idle session that answers stays up and usable.
+#[test]
+fn target_pings_are_answered() {
+    let Some(mut t) = Tgtd::start_with("target_pings_are_answered", ",nop_interval=1,nop_count=2")
+    else {
+        return;
+    };
+    let iqn = "iqn.2026-01.test:nop";
+    let path = t.add_target(1, iqn);
+    let mut s = connect_session(&t, &cfg(iqn));
+    s.stream()
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        match s.receive_one() {
+            Ok(()) | Err(SessionError::Idle) => {}
+            Err(e) => panic!("idle session failed: {e}"),
+        }
+    }
+    let st = s.stats();
+    println!("{st:?}");
+    assert!(st.target_pings_answered >= 2, "{st:?}");
+    s.stream()
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // Our own keepalive ping, then I/O.
+    s.ping().unwrap();
+    write_verify(&mut s, &path, 8, &pattern(21, 4 * BLOCK));
+    s.logout().unwrap();
 }
 
 /// Many commands in flight at once, completing in any order, within the CmdSN window.

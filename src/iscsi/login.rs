@@ -829,7 +829,7 @@ impl<'a> Negotiator<'a> {
                     let choice = if offered {
                         if !ours.split(',').any(|o| o == v) {
                             return Err(LoginError::Negotiation(format!(
-                                "target chose {k}={v}, which was not offered"
+                                "the target answered {k}={v} to our offer {k}={ours}"
                             )));
                         }
                         v.to_string()

@@ -138,6 +138,25 @@ pub struct LogoutInfo {
     pub time2retain: u16,
 }
 
+/// Counters of what crossed the connection (to observe which protocol paths ran).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    pub commands: u64,
+    pub immediate_data_bytes: u64,
+    pub unsolicited_data_out_pdus: u64,
+    pub r2ts: u64,
+    pub solicited_data_out_pdus: u64,
+    pub data_in_pdus: u64,
+    /// Commands completed by status in the last Data-In (phase collapse).
+    pub status_in_data_in: u64,
+    pub scsi_responses: u64,
+    /// NOP-In pings from the target that we answered.
+    pub target_pings_answered: u64,
+    pub async_events: u64,
+    pub rejects: u64,
+    pub max_outstanding: usize,
+}
+
 enum TaskBuf<B> {
     None,
     In(B),
@@ -198,6 +217,7 @@ pub struct Session<S: Read + Write, B = Vec<u8>> {
     logout_itt: Option<u32>,
     logout_response: Option<LogoutInfo>,
     failed: bool,
+    stats: SessionStats,
     /// Scratch for NOP-In ping data and SCSI Response sense (bounded by MaxRecvDataSegmentLength).
     scratch: Vec<u8>,
 }
@@ -232,6 +252,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
             logout_itt: None,
             logout_response: None,
             failed: false,
+            stats: SessionStats::default(),
             scratch: Vec::new(),
         })
     }
@@ -239,6 +260,11 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
     /// The current parameters and sequence numbers.
     pub fn params(&self) -> &SessionParams {
         &self.p
+    }
+
+    /// Counters since the session started.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
     }
 
     /// The stream (e.g. to set read timeouts for keepalive).
@@ -414,7 +440,10 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
         if let Err(e) = res {
             return self.fail(e.into());
         }
+        self.stats.commands += 1;
+        self.stats.immediate_data_bytes += imm as u64;
         if unsolicited > imm {
+            self.stats.unsolicited_data_out_pdus += (unsolicited - imm).div_ceil(mdsl) as u64;
             let res = send_data_out(
                 self.io.get_mut(),
                 digests,
@@ -444,6 +473,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
             },
         );
         self.p.cmd_sn = self.p.cmd_sn.wrapping_add(1);
+        self.stats.max_outstanding = self.stats.max_outstanding.max(self.tasks.len());
         Ok(TaskTag(itt))
     }
 
@@ -686,6 +716,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
         )?;
         match h.bhs {
             Bhs::DataIn(d) => {
+                self.stats.data_in_pdus += 1;
                 self.update_window(d.exp_cmd_sn, d.max_cmd_sn)?;
                 let Some(task) = self.tasks.get_mut(&d.itt) else {
                     return Err(SessionError::Protocol(format!(
@@ -731,11 +762,13 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                         return Err(SessionError::Protocol("Data-In with S but not F".into()));
                     }
                     self.take_stat_sn(d.stat_sn)?;
+                    self.stats.status_in_data_in += 1;
                     let residual = residual(d.overflow, d.underflow, d.residual);
                     self.complete(d.itt, 0, d.status, Vec::new(), residual)?;
                 }
             }
             Bhs::ScsiResponse(r) => {
+                self.stats.scsi_responses += 1;
                 self.update_window(r.exp_cmd_sn, r.max_cmd_sn)?;
                 if !self.tasks.contains_key(&r.itt) {
                     return Err(SessionError::Protocol(format!(
@@ -761,6 +794,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                 self.complete(r.itt, r.response, r.status, sense, residual)?;
             }
             Bhs::R2t(r) => {
+                self.stats.r2ts += 1;
                 self.update_window(r.exp_cmd_sn, r.max_cmd_sn)?;
                 pdu::skip_data(&mut self.io, self.digests, h.data_len)?;
                 let Some(task) = self.tasks.get_mut(&r.itt) else {
@@ -797,6 +831,9 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                     }
                 };
                 let lun = encode_lun(task.lun)?;
+                let mdsl = self.p.max_send_data_segment_length as usize;
+                self.stats.solicited_data_out_pdus +=
+                    (r.desired_len as usize).div_ceil(mdsl) as u64;
                 send_data_out(
                     self.io.get_mut(),
                     self.digests,
@@ -841,6 +878,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                         &[],
                         &self.scratch[..echo],
                     )?;
+                    self.stats.target_pings_answered += 1;
                 }
             }
             Bhs::TaskMgmtResponse(t) => {
@@ -866,6 +904,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                 });
             }
             Bhs::AsyncMessage(a) => {
+                self.stats.async_events += 1;
                 self.update_window(a.exp_cmd_sn, a.max_cmd_sn)?;
                 self.read_small(h.data_len)?;
                 // Async Messages advance StatSN (§11.9); accept a repeat of the current value
@@ -892,6 +931,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                 }
             }
             Bhs::Reject(r) => {
+                self.stats.rejects += 1;
                 self.update_window(r.exp_cmd_sn, r.max_cmd_sn)?;
                 self.read_small(h.data_len)?;
                 if r.stat_sn == self.p.exp_stat_sn {
@@ -1021,4 +1061,415 @@ fn send_data_out<W: Write>(
         data_sn += 1;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Protocol violations a real target does not produce on demand, played by a scripted peer
+    //! on a socket pair. (The normal paths are tested against tgtd in tests/iscsi.rs.)
+    use super::pdu::{AsyncMessage, DataIn, NopIn, R2t, Reject, ScsiResponse};
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    fn params() -> SessionParams {
+        SessionParams {
+            initiator_name: "iqn.i".into(),
+            target_name: "iqn.t".into(),
+            discovery: false,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 1,
+            cid: 0,
+            target_portal_group_tag: Some(1),
+            header_digest: true,
+            data_digest: true,
+            max_recv_data_segment_length: 8192,
+            max_send_data_segment_length: 8192,
+            first_burst_length: 8192,
+            max_burst_length: 16384,
+            immediate_data: true,
+            initial_r2t: true,
+            max_outstanding_r2t: 1,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+            error_recovery_level: 0,
+            default_time2wait: 2,
+            default_time2retain: 0,
+            cmd_sn: 10,
+            exp_stat_sn: 100,
+            exp_cmd_sn: 10,
+            max_cmd_sn: 40,
+            next_itt: 1,
+        }
+    }
+
+    struct Peer {
+        s: UnixStream,
+        d: Digests,
+    }
+
+    impl Peer {
+        fn send(&mut self, bhs: Bhs, data: &[u8]) {
+            pdu::write_pdu(&mut self.s, self.d, &bhs, &[], data).unwrap();
+        }
+        fn recv(&mut self) -> (Bhs, Vec<u8>) {
+            let h = pdu::read_header(&mut self.s, self.d, 1 << 20).unwrap();
+            let data = pdu::read_data(&mut self.s, self.d, h.data_len).unwrap();
+            (h.bhs, data)
+        }
+    }
+
+    fn setup() -> (Session<UnixStream>, Peer) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let p = params();
+        let d = p.digests();
+        (Session::new(a, p).unwrap(), Peer { s: b, d })
+    }
+
+    fn read_cmd(s: &mut Session<UnixStream>, len: usize) -> TaskTag {
+        s.start(
+            0,
+            &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+            Data::In(vec![0u8; len]),
+        )
+        .unwrap()
+    }
+
+    fn data_in(itt: u32, data_sn: u32, offset: u32, status: bool) -> Bhs {
+        Bhs::DataIn(DataIn {
+            final_: status,
+            has_status: status,
+            itt,
+            ttt: RESERVED_TAG,
+            stat_sn: 100,
+            exp_cmd_sn: 11,
+            max_cmd_sn: 40,
+            data_sn,
+            buffer_offset: offset,
+            ..Default::default()
+        })
+    }
+
+    fn expect_protocol(s: &mut Session<UnixStream>, what: &str) {
+        match s.poll() {
+            Err(SessionError::Protocol(m)) => assert!(m.contains(what), "{m}"),
+            other => panic!("expected a protocol violation ({what}), got {other:?}"),
+        }
+        assert!(matches!(s.poll(), Err(SessionError::Failed)));
+    }
+
+    #[test]
+    fn read_with_phase_collapse_lands_in_the_buffer() {
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 1024);
+        let (cmd, _) = peer.recv();
+        let Bhs::ScsiCommand(c) = cmd else { panic!() };
+        assert!(c.read && c.final_ && c.expected_data_len == 1024 && c.cmd_sn == 10);
+        peer.send(data_in(tag.0, 0, 0, false), &[1; 512]);
+        peer.send(data_in(tag.0, 1, 512, true), &[2; 512]);
+        let c = s.poll().unwrap().unwrap();
+        let r = c.outcome.unwrap();
+        assert_eq!((r.status, r.data_in_len), (0, 1024));
+        let b = c.buffer.unwrap();
+        assert!(b[..512].iter().all(|&x| x == 1) && b[512..].iter().all(|&x| x == 2));
+        assert_eq!(s.params().exp_stat_sn, 101);
+        assert_eq!(s.params().cmd_sn, 11);
+    }
+
+    #[test]
+    fn bad_stat_sn_fails_the_session() {
+        let (mut s, mut peer) = setup();
+        let tag = s.start(0, &[0; 6], Data::None).unwrap();
+        peer.recv();
+        peer.send(
+            Bhs::ScsiResponse(ScsiResponse {
+                itt: tag.0,
+                stat_sn: 105,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 40,
+                ..Default::default()
+            }),
+            &[],
+        );
+        expect_protocol(&mut s, "StatSN");
+        // The command is still there to reissue.
+        assert_eq!(s.take_outstanding().len(), 1);
+    }
+
+    #[test]
+    fn data_in_violations() {
+        // Unknown task.
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 1024);
+        peer.send(data_in(tag.0 + 7, 0, 0, false), &[0; 4]);
+        expect_protocol(&mut s, "unknown task");
+        // Beyond the buffer.
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 1024);
+        peer.send(data_in(tag.0, 0, 0, false), &[0; 2048]);
+        expect_protocol(&mut s, "beyond");
+        // Out-of-order DataSN and offsets.
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 1024);
+        peer.send(data_in(tag.0, 1, 0, false), &[0; 4]);
+        expect_protocol(&mut s, "DataSN");
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 1024);
+        peer.send(data_in(tag.0, 0, 512, false), &[0; 4]);
+        expect_protocol(&mut s, "offset");
+        // GOOD status with bytes missing and no residual: stale data must not pass as read.
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 1024);
+        peer.send(data_in(tag.0, 0, 0, true), &[0; 512]);
+        expect_protocol(&mut s, "residual");
+        // Oversized data segment: refused before reading it.
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 1 << 20);
+        peer.send(data_in(tag.0, 0, 0, false), &vec![0; 9000]);
+        assert!(matches!(
+            s.poll(),
+            Err(SessionError::Pdu(PduError::DataSegmentTooLong { .. }))
+        ));
+    }
+
+    #[test]
+    fn digest_error_fails_the_session() {
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 512);
+        let mut wire = Vec::new();
+        pdu::write_pdu(
+            &mut wire,
+            peer.d,
+            &data_in(tag.0, 0, 0, true),
+            &[],
+            &[9; 512],
+        )
+        .unwrap();
+        wire[100] ^= 1;
+        peer.s.write_all(&wire).unwrap();
+        assert!(matches!(
+            s.poll(),
+            Err(SessionError::Pdu(PduError::DataDigest { .. }))
+        ));
+        assert!(matches!(s.poll(), Err(SessionError::Failed)));
+    }
+
+    #[test]
+    fn r2t_is_answered_within_limits() {
+        let (mut s, mut peer) = setup();
+        let data: Vec<u8> = (0..20000u32).map(|i| i as u8).collect();
+        let tag = s
+            .start(
+                0,
+                &[0x2a, 0, 0, 0, 0, 0, 0, 0, 40, 0],
+                Data::Out(data.clone()),
+            )
+            .unwrap();
+        // Immediate data: min(FirstBurstLength, MaxRecvDataSegmentLength) = 8192, F set
+        // (InitialR2T=Yes: no unsolicited Data-Out).
+        let (cmd, imm) = peer.recv();
+        let Bhs::ScsiCommand(c) = cmd else { panic!() };
+        assert!(c.write && c.final_ && imm == data[..8192]);
+        let r2t = |sn, off, len| {
+            Bhs::R2t(R2t {
+                itt: tag.0,
+                ttt: 0x500 + sn,
+                stat_sn: 100,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 40,
+                r2t_sn: sn,
+                buffer_offset: off,
+                desired_len: len,
+                ..Default::default()
+            })
+        };
+        peer.send(r2t(0, 8192, 11808), &[]);
+        s.receive_one().unwrap();
+        let mut got = Vec::new();
+        for sn in 0..2 {
+            let (b, d) = peer.recv();
+            let Bhs::DataOut(o) = b else { panic!() };
+            assert_eq!((o.ttt, o.data_sn, o.final_), (0x500, sn, sn == 1));
+            assert_eq!(o.buffer_offset as usize, 8192 + got.len());
+            got.extend_from_slice(&d);
+        }
+        assert!(got == data[8192..]);
+        // An R2T beyond MaxBurstLength is a violation.
+        peer.send(r2t(1, 0, 16385), &[]);
+        expect_protocol(&mut s, "bad R2T");
+    }
+
+    #[test]
+    fn target_ping_is_echoed_and_pings_answered() {
+        let (mut s, mut peer) = setup();
+        peer.send(
+            Bhs::NopIn(NopIn {
+                lun: 0,
+                itt: RESERVED_TAG,
+                ttt: 0x77,
+                stat_sn: 100,
+                exp_cmd_sn: 10,
+                max_cmd_sn: 50,
+            }),
+            b"hello",
+        );
+        s.receive_one().unwrap();
+        let (b, d) = peer.recv();
+        let Bhs::NopOut(n) = b else { panic!() };
+        assert_eq!(
+            (n.itt, n.ttt, n.immediate, n.cmd_sn),
+            (RESERVED_TAG, 0x77, true, 10)
+        );
+        assert_eq!(d, b"hello");
+        assert_eq!(s.params().max_cmd_sn, 50, "window updated from the NOP-In");
+        assert_eq!(
+            s.params().exp_stat_sn,
+            100,
+            "a target ping does not advance StatSN"
+        );
+    }
+
+    #[test]
+    fn reject_async_and_window_violations() {
+        // Reject of a command: the task completes as rejected, the session goes on.
+        let (mut s, mut peer) = setup();
+        let tag = s.start(0, &[0; 6], Data::<Vec<u8>>::None).unwrap();
+        let (cmd, _) = peer.recv();
+        let rejected = cmd.encode(0, 0);
+        peer.send(
+            Bhs::Reject(Reject {
+                reason: 0x09,
+                stat_sn: 100,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 40,
+                data_sn: 0,
+            }),
+            &rejected,
+        );
+        let c = s.poll().unwrap().unwrap();
+        assert_eq!((c.tag, c.outcome), (tag, Err(TaskError::Rejected(0x09))));
+        // Async "logout requested" is reported; "connection will drop" ends the session.
+        peer.send(
+            Bhs::AsyncMessage(AsyncMessage {
+                event: 1,
+                stat_sn: 101,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 40,
+                param3: 5,
+                ..Default::default()
+            }),
+            &[],
+        );
+        s.receive_one().unwrap();
+        let ev = s.take_events();
+        assert_eq!((ev.len(), ev[0].event, ev[0].param3), (1, 1, 5));
+        peer.send(
+            Bhs::AsyncMessage(AsyncMessage {
+                event: 2,
+                stat_sn: 102,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 40,
+                ..Default::default()
+            }),
+            &[],
+        );
+        assert!(matches!(s.receive_one(), Err(SessionError::Dropped(2))));
+        // ExpCmdSN acknowledging commands never sent.
+        let (mut s, mut peer) = setup();
+        read_cmd(&mut s, 512);
+        peer.send(
+            Bhs::NopIn(NopIn {
+                itt: RESERVED_TAG,
+                ttt: RESERVED_TAG,
+                stat_sn: 100,
+                exp_cmd_sn: 30,
+                max_cmd_sn: 60,
+                ..Default::default()
+            }),
+            &[],
+        );
+        expect_protocol(&mut s, "ExpCmdSN");
+        // Unknown opcodes and target-only opcodes from the target.
+        let (mut s, mut peer) = setup();
+        read_cmd(&mut s, 512);
+        peer.send(Bhs::NopOut(NopOut::default()), &[]);
+        expect_protocol(&mut s, "unexpected opcode");
+        let (mut s, mut peer) = setup();
+        read_cmd(&mut s, 512);
+        let mut raw = [0u8; 48];
+        raw[0] = 0x3c;
+        peer.s.write_all(&raw).unwrap();
+        assert!(matches!(
+            s.poll(),
+            Err(SessionError::Pdu(PduError::UnknownOpcode(0x3c)))
+        ));
+    }
+
+    #[test]
+    fn closed_window_waits_for_the_target() {
+        let mut p = params();
+        p.max_cmd_sn = 10; // room for exactly one command
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut peer = Peer {
+            s: b,
+            d: p.digests(),
+        };
+        let mut s: Session<UnixStream> = Session::new(a, p).unwrap();
+        let t1 = read_cmd(&mut s, 512);
+        assert!(!s.window_open());
+        // The target opens the window by answering the first command.
+        peer.send(
+            Bhs::DataIn(DataIn {
+                max_cmd_sn: 20,
+                exp_cmd_sn: 11,
+                ..match data_in(t1.0, 0, 0, true) {
+                    Bhs::DataIn(d) => d,
+                    _ => unreachable!(),
+                }
+            }),
+            &[5; 512],
+        );
+        let t2 = read_cmd(&mut s, 512);
+        assert_ne!(t1, t2);
+        assert_eq!(s.try_completion().unwrap().tag, t1);
+        assert_eq!(s.params().cmd_sn, 12);
+    }
+
+    /// Arbitrary bytes from the "target" never panic the session.
+    #[test]
+    fn random_target_bytes_never_panic() {
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..2000 {
+            let (a, mut b) = UnixStream::pair().unwrap();
+            let mut p = params();
+            p.header_digest = i % 2 == 0;
+            p.data_digest = i % 3 == 0;
+            let mut s: Session<UnixStream> = Session::new(a, p).unwrap();
+            let _ = s.start(0, &[0x28; 10], Data::In(vec![0u8; 4096]));
+            let _ = s.start(0, &[0x2a; 10], Data::Out(vec![1u8; 20000]));
+            let len = (next() % 600) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= 48 {
+                const OPS: [u8; 10] = [0x20, 0x21, 0x22, 0x23, 0x24, 0x25, 0x26, 0x31, 0x32, 0x3f];
+                bytes[0] = OPS[(next() % 10) as usize];
+                bytes[4] = 0;
+                bytes[5] = 0;
+                bytes[6] = 0;
+                bytes[7] = (next() % 64) as u8;
+                bytes[16..20].copy_from_slice(&(1 + (next() % 2) as u32).to_be_bytes());
+            }
+            b.write_all(&bytes).unwrap();
+            drop(b);
+            for _ in 0..8 {
+                if s.poll().is_err() {
+                    break;
+                }
+            }
+        }
+    }
 }
