@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use vhost_user_scsi::iscsi::login::{
     self, Chap, DigestPolicy, LoginConfig, LoginError, Secret, SessionParams,
 };
+use vhost_user_scsi::iscsi::recovery::{self, Backoff};
 use vhost_user_scsi::iscsi::session::{Data, DataRef, Residual, Session, SessionError, TaskError};
 
 const INITIATOR: &str = "iqn.2026-01.org.vhost-user-scsi:test-initiator";
@@ -29,8 +30,27 @@ struct Tgtd {
     child: Child,
     control: u32,
     port: u16,
+    opts: String,
     dir: tempfile::TempDir,
-    tids: Vec<u32>,
+    /// (tid, iqn, backing file) of every target, to recreate them after a restart.
+    targets: Vec<(u32, String, PathBuf)>,
+}
+
+fn spawn_tgtd(control: u32, port: u16, opts: &str, dir: &Path) -> std::io::Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("tgtd.log"))?;
+    Command::new("tgtd")
+        .arg("-f")
+        .arg("-C")
+        .arg(control.to_string())
+        .arg("--iscsi")
+        .arg(format!("portal=127.0.0.1:{port}{opts}"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
 }
 
 fn free_port() -> u16 {
@@ -58,18 +78,7 @@ impl Tgtd {
                 2000 + (std::process::id() % 1000) * 16 + CONTROL.fetch_add(1, Ordering::SeqCst);
             let port = free_port();
             let dir = tempfile::tempdir().expect("tempdir");
-            let log = std::fs::File::create(dir.path().join("tgtd.log")).expect("log file");
-            let child = Command::new("tgtd")
-                .arg("-f")
-                .arg("-C")
-                .arg(control.to_string())
-                .arg("--iscsi")
-                .arg(format!("portal=127.0.0.1:{port}{iscsi_opts}"))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("dup log"))
-                .stderr(log)
-                .spawn();
-            let Ok(child) = child else {
+            let Ok(child) = spawn_tgtd(control, port, iscsi_opts, dir.path()) else {
                 println!("SKIPPED: {test}: tgtd cannot be started");
                 return None;
             };
@@ -77,20 +86,12 @@ impl Tgtd {
                 child,
                 control,
                 port,
+                opts: iscsi_opts.to_string(),
                 dir,
-                tids: Vec::new(),
+                targets: Vec::new(),
             };
-            // Ready when both the control socket answers and the portal accepts connections.
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = t.child.try_wait() {
-                    break;
-                }
-                let ctl_ok = t.try_adm(&["--op", "show", "--mode", "target"]).is_ok();
-                if ctl_ok && TcpStream::connect(t.addr()).is_ok() {
-                    return Some(t);
-                }
-                std::thread::sleep(Duration::from_millis(50));
+            if t.wait_ready() {
+                return Some(t);
             }
             eprintln!(
                 "tgtd did not come up on port {port}: {}",
@@ -99,6 +100,45 @@ impl Tgtd {
         }
         println!("SKIPPED: {test}: tgtd did not start");
         None
+    }
+
+    /// Ready when both the control socket answers and the portal accepts connections.
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false;
+            }
+            let ctl_ok = self.try_adm(&["--op", "show", "--mode", "target"]).is_ok();
+            if ctl_ok && TcpStream::connect(self.addr()).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Kills tgtd (SIGKILL: a crash, connections reset) and starts a new one on the same port
+    /// with the same targets and backing files (contents kept).
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The new daemon must bind the same portal; retry while the old socket goes away.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.child = spawn_tgtd(self.control, self.port, &self.opts, self.dir.path())
+                .expect("respawn tgtd");
+            if self.wait_ready() {
+                break;
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            assert!(Instant::now() < deadline, "tgtd does not restart");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        for (tid, iqn, path) in std::mem::take(&mut self.targets) {
+            self.create_target(tid, &iqn, &path);
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -137,9 +177,15 @@ impl Tgtd {
             .map(|i| (i / BLOCK) as u8 ^ (i as u8))
             .collect();
         f.write_all(&pattern).unwrap();
+        self.create_target(tid, iqn, &path);
+        path
+    }
+
+    fn create_target(&mut self, tid: u32, iqn: &str, path: &Path) {
         let t = tid.to_string();
         self.adm(&["--op", "new", "--mode", "target", "--tid", &t, "-T", iqn]);
-        self.tids.push(tid);
+        self.targets
+            .push((tid, iqn.to_string(), path.to_path_buf()));
         self.adm(&[
             "--op",
             "new",
@@ -153,7 +199,6 @@ impl Tgtd {
             path.to_str().unwrap(),
         ]);
         self.adm(&["--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL"]);
-        path
     }
 
     fn set_param(&self, tid: u32, name: &str, value: &str) {
@@ -189,7 +234,7 @@ impl Drop for Tgtd {
     fn drop(&mut self) {
         // tgtd ignores SIGTERM: take the targets offline, delete them, then ask the daemon to
         // exit; SIGKILL if it is still there after a while.
-        for tid in self.tids.clone() {
+        for tid in self.targets.iter().map(|t| t.0).collect::<Vec<_>>() {
             let t = tid.to_string();
             let _ = self.try_adm(&[
                 "--op", "update", "--mode", "target", "--tid", &t, "-n", "state", "-v", "offline",
@@ -858,4 +903,93 @@ fn connection_loss_hands_back_outstanding_commands() {
         assert!(got == pattern(500 + i, 64 * BLOCK), "write {i} lost");
     }
     s2.logout().unwrap();
+}
+
+/// tgtd crashes and comes back under sustained pipelined writes: the session fails, the
+/// outstanding writes are handed back, the session is reinstated with backoff and the writes
+/// reissued; every write ends up on disk.
+#[test]
+fn tgtd_restart_under_writes() {
+    let Some(mut t) = Tgtd::start("tgtd_restart_under_writes") else {
+        return;
+    };
+    let iqn = "iqn.2026-01.test:restart";
+    let path = t.add_target(1, iqn);
+    let c = cfg(iqn);
+    let mut s = connect_session(&t, &c);
+    const N: u32 = 96;
+    const BLOCKS: u32 = 128; // 64 KiB per write
+    let size = BLOCKS as usize * BLOCK;
+    let mut next = 0u32;
+    let mut completed = 0u32;
+    let mut restarted = false;
+    let mut reissued = 0usize;
+    let mut attempts = 0;
+    while completed < N {
+        // Keep 16 writes in flight.
+        while next < N && s.outstanding() < 16 {
+            let data = pattern(7000 + next, size);
+            match s.start(1, &write10(next * BLOCKS, BLOCKS as u16), Data::Out(data)) {
+                Ok(_) => next += 1,
+                Err(e) => {
+                    // The command was recorded: it comes back from take_outstanding.
+                    println!("start failed: {e}");
+                    next += 1;
+                    break;
+                }
+            }
+        }
+        if completed >= N / 3 && !restarted {
+            t.restart();
+            restarted = true;
+        }
+        match s.poll() {
+            Ok(Some(c)) => {
+                assert_eq!(c.outcome.unwrap().status, 0);
+                completed += 1;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                println!("session failed after {completed} completions: {e}");
+                let mut left = s.take_outstanding();
+                // Anything completed before the failure is still delivered by poll.
+                while let Some(c) = s.try_completion() {
+                    assert_eq!(c.outcome.unwrap().status, 0);
+                    completed += 1;
+                }
+                let lost = s.params().clone();
+                let mut backoff = Backoff::new(lost.default_time2wait)
+                    .with_limits(Duration::from_millis(50), Duration::from_secs(1));
+                let (stream, p) = recovery::reconnect(
+                    t.addr(),
+                    &recovery::reinstatement_config(&c, &lost),
+                    &mut backoff,
+                    Instant::now() + Duration::from_secs(60),
+                    TIMEOUT,
+                    0,
+                    &|_| false,
+                )
+                .expect("reconnect");
+                attempts += backoff.attempts();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(30)))
+                    .unwrap();
+                s = Session::new(stream, p).unwrap();
+                clear_unit_attention(&mut s);
+                reissued += left.len();
+                for o in left.drain(..) {
+                    s.start(o.lun, &o.cdb, o.data).unwrap();
+                }
+            }
+        }
+    }
+    assert!(restarted);
+    println!("reissued {reissued} writes after {attempts} login attempts");
+    assert!(reissued > 0, "the restart hit no write in flight");
+    s.submit(1, &SYNC_CACHE10, DataRef::None).unwrap();
+    for i in 0..N {
+        let got = file_bytes(&path, (i * BLOCKS) as u64 * BLOCK as u64, size);
+        assert!(got == pattern(7000 + i, size), "write {i} lost");
+    }
+    s.logout().unwrap();
 }

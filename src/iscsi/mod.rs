@@ -6,10 +6,12 @@
 //! - [`login`]: login (CHAP, operational negotiation, redirection), SendTargets discovery and the
 //!   serialisable [`login::SessionParams`] that lets a second process continue the session.
 //! - [`session`]: the full feature phase over a connected stream.
+//! - [`recovery`]: connection loss at ErrorRecoveryLevel 0 (backoff, reinstatement, retries).
 //!
 //! See docs/iscsi.md for the design and how the daemon uses it.
 
 pub mod login;
 pub mod pdu;
+pub mod recovery;
 pub mod session;
 pub mod text;

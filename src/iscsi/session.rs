@@ -380,11 +380,6 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
         };
         let expected_len =
             u32::try_from(len).map_err(|_| SessionError::InvalidRequest("transfer too long"))?;
-        while !self.window_open() {
-            if let Err(e) = self.process_one(ext) {
-                return self.fail(e);
-            }
-        }
         let itt = self.alloc_itt();
         match ext {
             Extern::In(i, _) | Extern::Out(i, _) => *i = itt,
@@ -403,7 +398,31 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
         } else {
             Vec::new()
         };
-        let out: &[u8] = match (&buf, &*ext) {
+        // The task is recorded before anything is sent: if the connection fails while waiting
+        // for the window or sending, the command and its buffer are handed back by
+        // take_outstanding for reissue.
+        let cmd_sn = self.p.cmd_sn;
+        self.tasks.insert(
+            itt,
+            Task {
+                lun,
+                cdb: cdb.to_vec(),
+                cmd_sn,
+                buf,
+                expected_len,
+                next_data_sn: 0,
+                received: 0,
+                next_r2t_sn: 0,
+            },
+        );
+        // Commands go out in CmdSN order, only within the window (§3.2.2.1).
+        while !self.window_open() {
+            if let Err(e) = self.process_one(ext) {
+                return self.fail(e);
+            }
+        }
+        let task = self.tasks.get(&itt).expect("just inserted");
+        let out: &[u8] = match (&task.buf, &*ext) {
             (TaskBuf::Out(b), _) => b.as_ref(),
             (TaskBuf::ExternOut, Extern::Out(_, s)) => s,
             _ => &[],
@@ -431,7 +450,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
             lun: wire_lun,
             itt,
             expected_data_len: expected_len,
-            cmd_sn: self.p.cmd_sn,
+            cmd_sn,
             exp_stat_sn: self.p.exp_stat_sn,
             cdb: cdb16,
         });
@@ -459,19 +478,6 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                 return self.fail(e.into());
             }
         }
-        self.tasks.insert(
-            itt,
-            Task {
-                lun,
-                cdb: cdb.to_vec(),
-                cmd_sn: self.p.cmd_sn,
-                buf,
-                expected_len,
-                next_data_sn: 0,
-                received: 0,
-                next_r2t_sn: 0,
-            },
-        );
         self.p.cmd_sn = self.p.cmd_sn.wrapping_add(1);
         self.stats.max_outstanding = self.stats.max_outstanding.max(self.tasks.len());
         Ok(TaskTag(itt))
@@ -490,7 +496,16 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
             DataRef::In(s) => (TaskBuf::ExternIn, Extern::In(RESERVED_TAG, s)),
             DataRef::Out(s) => (TaskBuf::ExternOut, Extern::Out(RESERVED_TAG, s)),
         };
-        let tag = self.start_inner(lun, cdb, buf, &mut ext)?;
+        let tag = match self.start_inner(lun, cdb, buf, &mut ext) {
+            Ok(t) => t,
+            Err(e) => {
+                // The borrowed buffer goes away with this call: forget the task.
+                if let Extern::In(itt, _) | Extern::Out(itt, _) = ext {
+                    self.tasks.remove(&itt);
+                }
+                return Err(e);
+            }
+        };
         loop {
             if let Some(i) = self.done.iter().position(|c| c.tag == tag) {
                 let c = self.done.remove(i).expect("index from position");
@@ -1432,6 +1447,28 @@ mod tests {
         assert_ne!(t1, t2);
         assert_eq!(s.try_completion().unwrap().tag, t1);
         assert_eq!(s.params().cmd_sn, 12);
+    }
+
+    #[test]
+    fn a_command_that_could_not_be_sent_is_handed_back() {
+        let (mut s, peer) = setup();
+        drop(peer);
+        let e = s
+            .start(
+                0,
+                &[0x2a, 0, 0, 0, 0, 0, 0, 0, 8, 0],
+                Data::Out(vec![3u8; 4096]),
+            )
+            .unwrap_err();
+        assert!(matches!(e, SessionError::Pdu(PduError::Io(_))), "{e:?}");
+        assert!(matches!(
+            s.start(0, &[0; 6], Data::None),
+            Err(SessionError::Failed)
+        ));
+        let left = s.take_outstanding();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].cdb[0], 0x2a);
+        assert!(matches!(&left[0].data, Data::Out(b) if b.len() == 4096 && b[0] == 3));
     }
 
     /// Arbitrary bytes from the "target" never panic the session.
