@@ -467,6 +467,21 @@ fn check_condition_sense_and_residuals() {
         (0, Residual::Underflow(2 * BLOCK as u32))
     );
     assert_eq!(r.data_in_len, 2 * BLOCK);
+    // A 32-byte CDB travels in an Extended CDB AHS: READ(32) of one block.
+    let mut cdb = [0u8; 32];
+    cdb[0] = 0x7f;
+    cdb[7] = 0x18; // additional CDB length
+    cdb[9] = 0x09; // service action READ(32)
+    cdb[19] = 3; // LBA 3
+    cdb[31] = 1; // one block
+    let mut one = vec![0u8; BLOCK];
+    // tgtd takes the AHS and answers INVALID COMMAND OPERATION CODE (it has no READ(32)).
+    let r = s.submit(1, &cdb, DataRef::In(&mut one)).unwrap();
+    assert_eq!(
+        (r.status, r.sense[2] & 0xf, r.sense[12]),
+        (2, 5, 0x20),
+        "{r:?}"
+    );
     // Unknown LUN: LOGICAL UNIT NOT SUPPORTED.
     let r = s.submit(7, &[0u8; 6], DataRef::None).unwrap();
     assert_eq!(r.status, 2, "{r:?}");
@@ -485,7 +500,9 @@ fn chap_login_and_wrong_secret() {
 
     // Without credentials: refused with an authentication/authorization failure.
     let e = login::login_tcp(t.addr(), &cfg(iqn), TIMEOUT, 0, &|_| false).unwrap_err();
+    println!("no credentials -> {e}");
     assert!(e.is_auth_failure(), "{e}");
+    assert!(e.to_string().contains("no CHAP credentials"), "{e}");
 
     // Wrong secret: a clear error that does not contain the secret.
     let mut c = cfg(iqn);

@@ -284,6 +284,8 @@ const LOGIN_MAX_DATA: u32 = 64 * 1024;
 const MAX_TEXT_TOTAL: usize = 1024 * 1024;
 /// Bound on login round trips (a target cannot keep us negotiating forever).
 const MAX_ROUNDS: usize = 32;
+const NEEDS_CHAP: &str =
+    "the target requires authentication and no CHAP credentials are configured";
 /// Our mutual CHAP challenge length.
 const CHAP_CHALLENGE_LEN: usize = 16;
 /// Longest CHAP challenge we answer (§12.1.3: at most 1024 bytes).
@@ -468,16 +470,18 @@ pub fn login<S: Read + Write>(
     match &cfg.chap {
         None => {
             first_keys.push("AuthMethod", "None");
-            let (resp, t) = c.exchange(true, stage::SECURITY, stage::OPERATIONAL, &first_keys)?;
+            let (resp, t) = match c.exchange(true, stage::SECURITY, stage::OPERATIONAL, &first_keys)
+            {
+                Err(LoginError::Refused {
+                    class: 2,
+                    detail: 1,
+                }) => return Err(LoginError::Auth(NEEDS_CHAP)),
+                r => r?,
+            };
             note_tpgt(&t)?;
             match t.get("AuthMethod") {
                 Some("None") | None => {}
-                Some(_) => {
-                    return Err(LoginError::Refused {
-                        class: 2,
-                        detail: 1,
-                    })
-                }
+                Some(_) => return Err(LoginError::Auth(NEEDS_CHAP)),
             }
             csg = after_transit(&mut c, resp, stage::SECURITY, stage::OPERATIONAL)?;
         }

@@ -16,8 +16,8 @@ use super::pdu::{
     TaskMgmtRequest, RESERVED_TAG,
 };
 
-/// Errors of the full feature phase. All but [`SessionError::InvalidRequest`] and
-/// [`SessionError::Idle`] are fatal: the connection must be closed.
+/// Errors of the full feature phase. All but [`SessionError::InvalidRequest`],
+/// [`SessionError::Idle`] and [`SessionError::Task`] are fatal: the connection must be closed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error(transparent)]
@@ -32,6 +32,9 @@ pub enum SessionError {
     Failed,
     #[error("the target asked to drop the connection (async event {0})")]
     Dropped(u8),
+    /// A [`Session::submit`] command ended without status (not fatal).
+    #[error(transparent)]
+    Task(#[from] TaskError),
 }
 
 impl From<PduError> for SessionError {
@@ -341,7 +344,10 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
     }
 
     fn fail<T>(&mut self, e: SessionError) -> Result<T, SessionError> {
-        if !matches!(e, SessionError::Idle | SessionError::InvalidRequest(_)) {
+        if !matches!(
+            e,
+            SessionError::Idle | SessionError::InvalidRequest(_) | SessionError::Task(_)
+        ) {
             self.failed = true;
         }
         Err(e)
@@ -509,10 +515,7 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
         loop {
             if let Some(i) = self.done.iter().position(|c| c.tag == tag) {
                 let c = self.done.remove(i).expect("index from position");
-                return c.outcome.map_err(|e| match e {
-                    TaskError::Aborted => SessionError::InvalidRequest("task aborted"),
-                    TaskError::Rejected(_) => SessionError::InvalidRequest("command rejected"),
-                });
+                return c.outcome.map_err(SessionError::Task);
             }
             if let Err(e) = self.process_one(&mut ext) {
                 // The borrowed buffer is about to go away: forget the task whatever happened.
