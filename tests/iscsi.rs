@@ -137,7 +137,11 @@ impl Tgtd {
             std::thread::sleep(Duration::from_millis(200));
         }
         for (tid, iqn, path) in std::mem::take(&mut self.targets) {
-            self.create_target(tid, &iqn, &path);
+            if path.as_os_str().is_empty() {
+                self.add_bare_target(tid, &iqn);
+            } else {
+                self.create_target(tid, &iqn, &path);
+            }
         }
     }
 
@@ -198,6 +202,14 @@ impl Tgtd {
             "-b",
             path.to_str().unwrap(),
         ]);
+        self.adm(&["--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL"]);
+    }
+
+    /// A target without LUNs (only LUN 0, tgtd's controller), accepting every initiator.
+    fn add_bare_target(&mut self, tid: u32, iqn: &str) {
+        let t = tid.to_string();
+        self.adm(&["--op", "new", "--mode", "target", "--tid", &t, "-T", iqn]);
+        self.targets.push((tid, iqn.to_string(), PathBuf::new()));
         self.adm(&["--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL"]);
     }
 
@@ -395,6 +407,27 @@ fn discovery_lists_targets() {
             "{d:?}"
         );
     }
+}
+
+/// A SendTargets answer longer than our MaxRecvDataSegmentLength arrives in several Text
+/// Responses (C bit) that the initiator asks for and reassembles.
+#[test]
+fn discovery_with_continuation() {
+    let Some(mut t) = Tgtd::start("discovery_with_continuation") else {
+        return;
+    };
+    let names: Vec<String> = (1..=40)
+        .map(|i| format!("iqn.2026-01.test:a-rather-long-target-name-to-fill-the-segment-{i:03}"))
+        .collect();
+    for (i, n) in names.iter().enumerate() {
+        t.add_bare_target(i as u32 + 1, n);
+    }
+    let mut c = LoginConfig::new(INITIATOR, None);
+    c.max_recv_data_segment_length = 512;
+    let found = login::discover(t.addr(), &c, TIMEOUT).unwrap();
+    let mut got: Vec<String> = found.into_iter().map(|d| d.name).collect();
+    got.sort();
+    assert_eq!(got, names);
 }
 
 #[test]
@@ -1009,4 +1042,87 @@ fn tgtd_restart_under_writes() {
         assert!(got == pattern(7000 + i, size), "write {i} lost");
     }
     s.logout().unwrap();
+}
+
+/// Throughput of the initiator against tgtd (not a pass/fail test; run with
+/// `cargo test --release --test iscsi -- --ignored --nocapture throughput`). The LUN lives in
+/// /dev/shm when available so that the numbers measure the protocol path, not a disk.
+#[test]
+#[ignore]
+fn throughput() {
+    let Some(mut t) = Tgtd::start("throughput") else {
+        return;
+    };
+    let iqn = "iqn.2026-01.test:bench";
+    let shm = Path::new("/dev/shm");
+    let path = if shm.is_dir() {
+        shm.join(format!("vus-iscsi-bench-{}.img", std::process::id()))
+    } else {
+        t.dir.path().join("bench.img")
+    };
+    const SIZE: u64 = 256 << 20;
+    std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
+    t.create_target(1, iqn, &path);
+    let mut s = connect_session(&t, &cfg(iqn));
+    let blocks_total = SIZE / BLOCK as u64;
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut run = |s: &mut Session<TcpStream>,
+                   name: &str,
+                   write: bool,
+                   size: usize,
+                   qd: usize,
+                   n: usize,
+                   random: bool| {
+        let blocks = (size / BLOCK) as u32;
+        let start = Instant::now();
+        let mut issued = 0usize;
+        let mut done = 0usize;
+        let mut bufs: Vec<Vec<u8>> = (0..qd).map(|_| vec![0x5au8; size]).collect();
+        while done < n {
+            while issued < n && s.outstanding() < qd {
+                let lba = if random {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng % (blocks_total / blocks as u64)) * blocks as u64
+                } else {
+                    (issued as u64 * blocks as u64) % (blocks_total - blocks as u64)
+                };
+                let mut cdb = read16(lba, blocks);
+                let buf = bufs.pop().unwrap();
+                let data = if write {
+                    cdb[0] = 0x8a;
+                    Data::Out(buf)
+                } else {
+                    Data::In(buf)
+                };
+                s.start(1, &cdb, data).unwrap();
+                issued += 1;
+            }
+            let c = s.poll().unwrap().unwrap();
+            assert_eq!(c.outcome.unwrap().status, 0);
+            bufs.push(c.buffer.unwrap());
+            done += 1;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{name:<28} {:>9.0} IOPS {:>8.1} MiB/s",
+            n as f64 / secs,
+            (n * size) as f64 / secs / (1 << 20) as f64
+        );
+    };
+    run(&mut s, "seq write 1 MiB QD1", true, 1 << 20, 1, 256, false);
+    run(&mut s, "seq read 1 MiB QD1", false, 1 << 20, 1, 256, false);
+    run(&mut s, "seq write 1 MiB QD8", true, 1 << 20, 8, 512, false);
+    run(&mut s, "seq read 1 MiB QD8", false, 1 << 20, 8, 512, false);
+    run(&mut s, "rand read 4 KiB QD1", false, 4096, 1, 10000, true);
+    run(&mut s, "rand write 4 KiB QD1", true, 4096, 1, 10000, true);
+    run(&mut s, "rand read 4 KiB QD32", false, 4096, 32, 50000, true);
+    run(&mut s, "rand write 4 KiB QD32", true, 4096, 32, 50000, true);
+    println!("{:?}", s.stats());
+    s.logout().unwrap();
+    drop(t);
+    if path.starts_with(shm) {
+        let _ = std::fs::remove_file(&path);
+    }
 }
