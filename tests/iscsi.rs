@@ -825,12 +825,12 @@ fn session_handover_after_login() {
     });
     c.header_digest = DigestPolicy::PreferCrc32c;
     let (stream, params) = login::login_tcp(t.addr(), &c, TIMEOUT, 0, &|_| false).unwrap();
-    let json = serde_json::to_string(&params).unwrap();
-    assert!(!json.contains("carol-secret"));
+    let msg = params.encode();
+    assert!(!String::from_utf8_lossy(&msg).contains("carol-secret"));
     drop(c);
     let fd: std::os::fd::OwnedFd = stream.into();
     let worker = std::thread::spawn(move || {
-        let params: SessionParams = serde_json::from_str(&json).unwrap();
+        let params = SessionParams::decode(&msg).unwrap();
         let stream = TcpStream::from(fd);
         let mut s: Session<TcpStream> = Session::new(stream, params).unwrap();
         clear_unit_attention(&mut s);

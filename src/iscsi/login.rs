@@ -202,6 +202,23 @@ impl SessionParams {
         Ok(())
     }
 
+    /// The handover message body (JSON): what the supervisor sends the worker along with the
+    /// socket fd.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and validates a handover message ([`SessionParams::encode`]); bounded in size.
+    pub fn decode(bytes: &[u8]) -> Result<Self, LoginError> {
+        if bytes.len() > MAX_PARAMS_LEN {
+            return Err(LoginError::Protocol("session parameters too long".into()));
+        }
+        let p: Self = serde_json::from_slice(bytes)
+            .map_err(|_| LoginError::Protocol("malformed session parameters".into()))?;
+        p.validate()?;
+        Ok(p)
+    }
+
     pub fn digests(&self) -> Digests {
         Digests {
             header: self.header_digest,
@@ -280,6 +297,8 @@ pub fn status_text(class: u8, detail: u8) -> &'static str {
 /// During login the RFC default MaxRecvDataSegmentLength (8192) applies; accept a little more
 /// from lenient targets but stay bounded.
 const LOGIN_MAX_DATA: u32 = 64 * 1024;
+/// Bound on an encoded [`SessionParams`] (names are at most 223 bytes, RFC 7143 §4.2.7.1).
+pub const MAX_PARAMS_LEN: usize = 16 * 1024;
 /// Bound on a reassembled (C bit) text exchange.
 const MAX_TEXT_TOTAL: usize = 1024 * 1024;
 /// Bound on login round trips (a target cannot keep us negotiating forever).
@@ -1253,6 +1272,69 @@ mod tests {
         assert_eq!(reply.get("HeaderDigest"), Some("CRC32C"));
     }
 
+    /// A "target" that answers with arbitrary bytes: the login fails with an error, never a
+    /// panic, a hang or an unbounded allocation.
+    #[test]
+    fn random_login_responses_never_panic() {
+        struct Hostile {
+            input: std::io::Cursor<Vec<u8>>,
+        }
+        impl Read for Hostile {
+            fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+                self.input.read(b)
+            }
+        }
+        impl Write for Hostile {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut x = 0xdead_beef_cafe_f00du64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut cfg = LoginConfig::new("iqn.i", Some("iqn.t".into()));
+        for i in 0..3000 {
+            cfg.chap = (i % 2 == 0).then(|| Chap {
+                user: "u".into(),
+                secret: Secret::new(b"s".to_vec()),
+            });
+            let mut input = Vec::new();
+            // A few plausible login responses with random text, then random bytes.
+            for _ in 0..(next() % 4) {
+                let text = match next() % 4 {
+                    0 => b"AuthMethod=CHAP\0".to_vec(),
+                    1 => b"CHAP_A=5\0CHAP_I=7\0CHAP_C=0x0102\0".to_vec(),
+                    2 => b"MaxRecvDataSegmentLength=512\0HeaderDigest=None\0".to_vec(),
+                    _ => (0..next() % 64).map(|_| next() as u8).collect(),
+                };
+                let bhs = Bhs::LoginResponse(pdu::LoginResponse {
+                    transit: next() % 2 == 0,
+                    continue_: next() % 5 == 0,
+                    csg: (next() % 4) as u8,
+                    nsg: (next() % 4) as u8,
+                    isid: cfg.isid,
+                    tsih: 1,
+                    stat_sn: (next() % 3) as u32,
+                    status_class: (next() % 5 == 0) as u8,
+                    ..Default::default()
+                });
+                pdu::write_pdu(&mut input, Digests::default(), &bhs, &[], &text).unwrap();
+            }
+            input.extend((0..next() % 100).map(|_| next() as u8));
+            let mut h = Hostile {
+                input: std::io::Cursor::new(input),
+            };
+            assert!(login(&mut h, &cfg).is_err());
+        }
+    }
+
     #[test]
     fn target_addresses() {
         assert_eq!(
@@ -1307,6 +1389,9 @@ mod tests {
         let s = serde_json::to_string(&p).unwrap();
         let q: SessionParams = serde_json::from_str(&s).unwrap();
         assert_eq!(p, q);
+        assert_eq!(SessionParams::decode(&p.encode()).unwrap(), p);
+        assert!(SessionParams::decode(b"{").is_err());
+        assert!(SessionParams::decode(&vec![b' '; MAX_PARAMS_LEN + 1]).is_err());
         q.validate().unwrap();
         let mut bad = p.clone();
         bad.max_send_data_segment_length = 1 << 24;

@@ -771,8 +771,14 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                             ))
                         }
                     };
-                    let range = d.buffer_offset as usize..end as usize;
-                    pdu::read_data_into(&mut self.io, self.digests, &mut dst[range])?;
+                    // `get_mut`: a caller's buffer type could report another length than at
+                    // start; never index out of it.
+                    let dst = dst
+                        .get_mut(d.buffer_offset as usize..end as usize)
+                        .ok_or_else(|| {
+                            SessionError::Protocol("Data-In beyond the buffer".into())
+                        })?;
+                    pdu::read_data_into(&mut self.io, self.digests, dst)?;
                 }
                 task.received = end as u32;
                 if d.has_status {
@@ -860,7 +866,8 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                     r.itt,
                     r.ttt,
                     self.p.exp_stat_sn,
-                    &src[r.buffer_offset as usize..end as usize],
+                    src.get(r.buffer_offset as usize..end as usize)
+                        .ok_or_else(|| SessionError::Protocol("R2T beyond the buffer".into()))?,
                     r.buffer_offset as usize,
                 )?;
             }
