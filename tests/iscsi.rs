@@ -1063,7 +1063,12 @@ fn throughput() {
     const SIZE: u64 = 256 << 20;
     std::fs::File::create(&path).unwrap().set_len(SIZE).unwrap();
     t.create_target(1, iqn, &path);
+    // VUS_ISCSI_BENCH_MRDSL=N raises the target's MaxRecvDataSegmentLength (default 8192).
+    if let Ok(v) = std::env::var("VUS_ISCSI_BENCH_MRDSL") {
+        t.set_param(1, "MaxRecvDataSegmentLength", &v);
+    }
     let mut s = connect_session(&t, &cfg(iqn));
+    println!("{:?}", s.params());
     let blocks_total = SIZE / BLOCK as u64;
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut run = |s: &mut Session<TcpStream>,
