@@ -758,6 +758,70 @@ fn many_commands_outstanding() {
     s.logout().unwrap();
 }
 
+/// Large reads and writes in flight together: while the initiator is busy sending a write burst
+/// the target is sending Data-In for reads; neither side may stall the other.
+#[test]
+fn mixed_large_reads_and_writes_in_flight() {
+    let Some(mut t) = Tgtd::start("mixed_large_reads_and_writes_in_flight") else {
+        return;
+    };
+    let iqn = "iqn.2026-01.test:mixed";
+    let path = t.add_target(1, iqn);
+    t.set_param(1, "MaxRecvDataSegmentLength", "262144");
+    let mut s: Session<TcpStream> = connect_session(&t, &cfg(iqn));
+    const CHUNK: usize = 256 * 1024;
+    let blocks = (CHUNK / BLOCK) as u16;
+    let slots = (LUN_SIZE as usize / CHUNK) as u32; // 32
+                                                    // Even slots are written (each round the same data: concurrent SIMPLE writes to one LBA
+                                                    // may complete in any order), odd slots are read (their original pattern is known).
+    let original: Vec<u8> = file_bytes(&path, 0, LUN_SIZE as usize);
+    let mut kinds = std::collections::HashMap::new();
+    for _round in 0..4u32 {
+        for slot in 0..slots {
+            let lba = slot * blocks as u32;
+            if slot % 2 == 0 {
+                let tag = s
+                    .start(
+                        1,
+                        &write10(lba, blocks),
+                        Data::Out(pattern(round * 100 + slot, CHUNK)),
+                    )
+                    .unwrap();
+                kinds.insert(tag, (slot, true));
+            } else {
+                let tag = s
+                    .start(1, &read10(lba, blocks), Data::In(vec![0u8; CHUNK]))
+                    .unwrap();
+                kinds.insert(tag, (slot, false));
+            }
+        }
+    }
+    let mut n = 0;
+    while let Some(c) = s.poll().unwrap() {
+        let (slot, write) = kinds[&c.tag];
+        assert_eq!(c.outcome.unwrap().status, 0);
+        if !write {
+            let off = slot as usize * CHUNK;
+            assert!(
+                c.buffer.unwrap() == original[off..off + CHUNK],
+                "read of slot {slot}"
+            );
+        }
+        n += 1;
+    }
+    assert_eq!(n, 4 * slots);
+    println!("{:?}", s.stats());
+    s.submit(1, &SYNC_CACHE10, DataRef::None).unwrap();
+    for slot in (0..slots).step_by(2) {
+        let got = file_bytes(&path, slot as u64 * CHUNK as u64, CHUNK);
+        assert!(
+            got == pattern(300 + slot, CHUNK),
+            "last write of slot {slot}"
+        );
+    }
+    s.logout().unwrap();
+}
+
 #[test]
 fn task_management() {
     let Some(mut t) = Tgtd::start("task_management") else {
