@@ -294,13 +294,10 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
     /// new session. Completions already received are still returned by [`Session::poll`].
     pub fn take_outstanding(&mut self) -> Vec<Outstanding<B>> {
         let mut v: Vec<(u32, Task<B>)> = self.tasks.drain().collect();
-        v.sort_by(|a, b| {
-            if sn_lt(a.1.cmd_sn, b.1.cmd_sn) {
-                std::cmp::Ordering::Less
-            } else {
-                std::cmp::Ordering::Greater
-            }
-        });
+        // CmdSN order, in serial arithmetic: distance from the oldest unacknowledged CmdSN
+        // (a total order, unlike comparing serial numbers pairwise).
+        let base = self.p.exp_cmd_sn;
+        v.sort_by_key(|(_, t)| t.cmd_sn.wrapping_sub(base));
         v.into_iter()
             .map(|(itt, t)| Outstanding {
                 tag: TaskTag(itt),
@@ -1479,6 +1476,21 @@ mod tests {
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].cdb[0], 0x2a);
         assert!(matches!(&left[0].data, Data::Out(b) if b.len() == 4096 && b[0] == 3));
+    }
+
+    #[test]
+    fn outstanding_commands_come_back_in_cmd_sn_order_across_wraparound() {
+        let mut p = params();
+        p.cmd_sn = u32::MAX - 1;
+        p.exp_cmd_sn = u32::MAX - 1;
+        p.max_cmd_sn = 20;
+        let (a, _peer) = UnixStream::pair().unwrap();
+        let mut s: Session<UnixStream> = Session::new(a, p).unwrap();
+        for i in 0..5u8 {
+            s.start(0, &[0x00, i, 0, 0, 0, 0], Data::None).unwrap();
+        }
+        let order: Vec<u8> = s.take_outstanding().iter().map(|o| o.cdb[1]).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4]);
     }
 
     /// Arbitrary bytes from the "target" never panic the session.
