@@ -275,6 +275,14 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
         self.io.get_ref()
     }
 
+    /// True if bytes from the target are already buffered here: an event loop that polls the
+    /// socket for readability must call [`Session::receive_one`] first while this is true, since
+    /// the socket itself will not signal them again. (The socket must stay in blocking mode: a
+    /// read that would block in the middle of a PDU is an error.)
+    pub fn has_buffered_input(&self) -> bool {
+        !self.io.buffer().is_empty()
+    }
+
     /// Number of commands outstanding.
     pub fn outstanding(&self) -> usize {
         self.tasks.len()
@@ -1188,7 +1196,11 @@ mod tests {
         assert!(c.read && c.final_ && c.expected_data_len == 1024 && c.cmd_sn == 10);
         peer.send(data_in(tag.0, 0, 0, false), &[1; 512]);
         peer.send(data_in(tag.0, 1, 512, true), &[2; 512]);
+        s.receive_one().unwrap();
+        // Both PDUs arrived in one read: the second one is buffered, not on the socket.
+        assert!(s.has_buffered_input());
         let c = s.poll().unwrap().unwrap();
+        assert!(!s.has_buffered_input());
         let r = c.outcome.unwrap();
         assert_eq!((r.status, r.data_in_len), (0, 1024));
         let b = c.buffer.unwrap();
