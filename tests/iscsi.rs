@@ -894,6 +894,18 @@ fn session_handover_after_login() {
     });
     c.header_digest = DigestPolicy::PreferCrc32c;
     let (stream, params) = login::login_tcp(t.addr(), &c, TIMEOUT, 0, &|_| false).unwrap();
+    // The supervisor checks the LUN before handing the connection over (a missing LUN is a
+    // start-up error there), then takes the stream and the advanced sequence numbers back.
+    let mut check: Session<TcpStream> = Session::new(stream, params).unwrap();
+    clear_unit_attention(&mut check);
+    let mut cap = [0u8; 8];
+    let r = check
+        .submit(1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], DataRef::In(&mut cap))
+        .unwrap();
+    assert_eq!(r.status, 0);
+    let r = check.submit(3, &[0u8; 6], DataRef::None).unwrap();
+    assert_eq!((r.status, r.sense[12]), (2, 0x25), "LUN 3 does not exist");
+    let (stream, params) = check.into_parts().unwrap();
     let msg = params.encode();
     assert!(!String::from_utf8_lossy(&msg).contains("carol-secret"));
     drop(c);
@@ -902,7 +914,6 @@ fn session_handover_after_login() {
         let params = SessionParams::decode(&msg).unwrap();
         let stream = TcpStream::from(fd);
         let mut s: Session<TcpStream> = Session::new(stream, params).unwrap();
-        clear_unit_attention(&mut s);
         write_verify(&mut s, &path, 64, &pattern(3, 64 * BLOCK));
         s.logout().unwrap();
     });

@@ -320,6 +320,25 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
             .collect()
     }
 
+    /// Ends this process's use of a healthy, idle session and returns the stream with the
+    /// current parameters and sequence numbers, for another process to continue with
+    /// [`Session::new`] (e.g. the supervisor checks the LUN with a few commands after the login,
+    /// then hands the connection to the worker). Refused while commands, pings or completions
+    /// are pending or bytes from the target are buffered here.
+    pub fn into_parts(self) -> Result<(S, SessionParams), SessionError> {
+        self.check()?;
+        if !self.tasks.is_empty()
+            || !self.done.is_empty()
+            || !self.pings.is_empty()
+            || self.has_buffered_input()
+        {
+            return Err(SessionError::InvalidRequest(
+                "the session is not idle: complete everything before handing it over",
+            ));
+        }
+        Ok((self.io.into_inner(), self.p))
+    }
+
     /// Gives the stream back (e.g. to shut it down).
     pub fn into_stream(self) -> S {
         self.io.into_inner()
@@ -1207,6 +1226,33 @@ mod tests {
         assert!(b[..512].iter().all(|&x| x == 1) && b[512..].iter().all(|&x| x == 2));
         assert_eq!(s.params().exp_stat_sn, 101);
         assert_eq!(s.params().cmd_sn, 11);
+    }
+
+    #[test]
+    fn into_parts_refuses_a_busy_session() {
+        let (mut s, _peer) = setup();
+        read_cmd(&mut s, 512);
+        assert!(matches!(
+            s.into_parts(),
+            Err(SessionError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn into_parts_hands_over_the_sequence_numbers() {
+        let (mut s, mut peer) = setup();
+        let tag = read_cmd(&mut s, 512);
+        peer.recv();
+        peer.send(data_in(tag.0, 0, 0, true), &[1; 512]);
+        s.poll().unwrap().unwrap();
+        let (stream, p) = s.into_parts().unwrap();
+        assert_eq!((p.cmd_sn, p.exp_stat_sn), (11, 101));
+        // The next owner continues with the advanced numbers.
+        let mut s2: Session<UnixStream> = Session::new(stream, p).unwrap();
+        s2.start(0, &[0; 6], Data::None).unwrap();
+        let (b, _) = peer.recv();
+        let Bhs::ScsiCommand(c) = b else { panic!() };
+        assert_eq!((c.cmd_sn, c.exp_stat_sn), (11, 101));
     }
 
     #[test]
