@@ -7,12 +7,54 @@
 
 use std::{
     io::Write,
-    time::{SystemTime, UNIX_EPOCH},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use log::{LevelFilter, Log, Metadata, Record};
 
 use crate::config::LogConfig;
+
+/// Bounds a kind of log line that input can repeat without end (a failing disk fails every
+/// command): at most `burst` lines per `window`; the lines held back are counted and the count
+/// is reported with the next line let through.
+pub struct RateLimit {
+    burst: u32,
+    window: Duration,
+    /// Start of the current window, lines let through in it, lines held back since the last
+    /// line let through.
+    state: Mutex<(Option<Instant>, u32, u64)>,
+}
+
+impl RateLimit {
+    pub const fn new(burst: u32, window: Duration) -> Self {
+        Self {
+            burst,
+            window,
+            state: Mutex::new((None, 0, 0)),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when this line may be logged.
+    pub fn admit(&self) -> Option<u64> {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (start, passed, held) = &mut *state;
+        if start.map_or(true, |s| now.duration_since(s) >= self.window) {
+            *start = Some(now);
+            *passed = 0;
+        }
+        if *passed >= self.burst {
+            *held += 1;
+            return None;
+        }
+        *passed += 1;
+        Some(std::mem::take(held))
+    }
+}
 
 /// Process name used for syslog messages.
 pub const SYSLOG_IDENT: &str = "vhost-user-scsi";
@@ -176,5 +218,24 @@ mod tests {
         assert_eq!(parse_level("trace"), Some(LevelFilter::Trace));
         assert_eq!(parse_level("verbose"), None);
         assert_eq!(parse_level(""), None);
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::*;
+
+    #[test]
+    fn lets_a_burst_through_per_window_and_counts_the_rest() {
+        let limit = RateLimit::new(2, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(limit.admit_at(t0), Some(0));
+        assert_eq!(limit.admit_at(t0), Some(0));
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(1)), None);
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(9)), None);
+        // A new window: the next line carries the count of those held back.
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(10)), Some(2));
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(10)), Some(0));
+        assert_eq!(limit.admit_at(t0 + Duration::from_secs(11)), None);
     }
 }

@@ -337,6 +337,13 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
         },
         if lun.discard { "on" } else { "off" },
     );
+    if backend.on_fuse() {
+        log::info!(
+            "LUN {target}:{lun_no}: {} is on a FUSE file system: its I/O bypasses io_uring, which \
+             reports partly failed FUSE direct I/O as complete (docs/reliability.md)",
+            path.display()
+        );
+    }
     let pr_file = open_pr_file(lun)?;
     Ok(OpenedLun {
         config: lun.clone(),

@@ -517,3 +517,71 @@ fn e2e_builtin_control() {
         check_images(&images, &files, tmp.path());
     }
 }
+
+/// The QEMU options the daemon prints at start-up ("attach with: ...") start QEMU as printed:
+/// QEMU accepts them (memory size and backend agree) and connects to the daemon.
+#[test]
+fn the_printed_qemu_options_attach_qemu() {
+    if skip_requested() {
+        return;
+    }
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let qemus = setup();
+    let qemu = match qemus.get("system") {
+        Some(Ok(q)) => q.clone(),
+        other => panic!("the system QEMU is not available: {other:?}"),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let images = make_images(tmp.path());
+    let socket = tmp.path().join("vus.sock");
+    let daemon_log = tmp.path().join("daemon.log");
+    let daemon = Daemon::start(&socket, &images, daemon_log.clone());
+    let log = daemon.log_text();
+    let printed = log
+        .lines()
+        .find_map(|l| l.split_once("attach with: ").map(|(_, cmd)| cmd.to_owned()))
+        .unwrap_or_else(|| panic!("no \"attach with\" line in the log:\n{log}"));
+    let mut words = printed.split_whitespace();
+    assert_eq!(words.next(), Some("qemu-system-x86_64"), "{printed}");
+    // Paused before the guest runs (-S), without a display or default devices: the device is
+    // realized, so QEMU connects to the daemon, but nothing boots.
+    let mut child = Command::new(&qemu)
+        .args(words)
+        .args([
+            "-S",
+            "-accel",
+            "tcg",
+            "-display",
+            "none",
+            "-nodefaults",
+            "-monitor",
+            "none",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start QEMU");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let connected = loop {
+        if fs::read_to_string(&daemon_log)
+            .unwrap_or_default()
+            .contains("front-end connected")
+        {
+            break true;
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+            break false;
+        }
+        sleep(Duration::from_millis(50));
+    };
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        connected && still_running,
+        "QEMU with the printed options ({printed}) did not attach: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fs::read_to_string(&daemon_log).unwrap_or_default()
+    );
+}

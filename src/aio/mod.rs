@@ -99,6 +99,11 @@ unsafe impl Send for Op {}
 
 /// What every engine offers a queue worker.
 pub trait Engine: Send {
+    /// Whether this engine runs I/O on `fd` at all (io_uring only registered, fixed files);
+    /// when not, the request runs synchronously.
+    fn accepts(&self, _fd: RawFd) -> bool {
+        true
+    }
     /// Queues `op`; `false` when the engine's submission queue is full (call
     /// [`Engine::submit`] and retry).
     fn push(&mut self, op: &Op) -> bool;
@@ -132,6 +137,11 @@ pub trait Engine: Send {
         false
     }
     fn name(&self) -> &'static str;
+    /// An fd that polls readable when completions are ready (bounded waits at teardown);
+    /// `None` for an engine that never has anything in flight.
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.

@@ -27,6 +27,9 @@ const BLKZEROOUT: libc::c_ulong = 0x127f;
 /// `_IOR(0x12, 114, u64)`: size of a block device in bytes.
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
+/// `statfs` magic of FUSE file systems (linux/magic.h).
+const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+
 /// Alignment that satisfies `O_DIRECT` on every device and file system we serve.
 const DIRECT_IO_ALIGN: usize = 4096;
 
@@ -46,6 +49,8 @@ pub struct FileBackend {
     kind: Kind,
     direct: bool,
     size: u64,
+    /// The file lives on a FUSE file system (see [`BlockBackend::uring_safe`]).
+    fuse: bool,
 }
 
 impl FileBackend {
@@ -68,12 +73,19 @@ impl FileBackend {
                 "not a regular file or block device",
             ));
         };
+        let fuse = on_fuse(&file)?;
         Ok(Self {
             file,
             kind,
             direct,
             size,
+            fuse,
         })
+    }
+
+    /// Whether the file lives on a FUSE file system.
+    pub fn on_fuse(&self) -> bool {
+        self.fuse
     }
 
     fn needs_bounce(&self, bufs: &SgList<'_>, offset: u64) -> bool {
@@ -113,14 +125,18 @@ impl FileBackend {
             spilled = segments.iter().map(to_iovec).collect();
             &mut spilled
         };
+        let start = offset;
         let mut first = 0;
         while first < iovecs.len() {
             let end = iovecs.len().min(first + MAX_IOVECS);
             let done = match op(&iovecs[first..end], offset) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => {
+                    let eof = io::ErrorKind::UnexpectedEof.into();
+                    return Err(super::partial_failure(offset - start, eof));
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(super::partial_failure(offset - start, e)),
             };
             offset += done as u64;
             let mut left = done;
@@ -229,6 +245,17 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// Whether `file` is on a FUSE file system (`fstatfs`).
+fn on_fuse(file: &File) -> io::Result<bool> {
+    // SAFETY: a zeroed statfs is a valid value for fstatfs to overwrite.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one statfs into `st`, which lives for the call.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type == FUSE_SUPER_MAGIC)
+}
+
 impl BlockBackend for FileBackend {
     fn size(&self) -> u64 {
         self.size
@@ -326,6 +353,15 @@ impl BlockBackend for FileBackend {
 
     fn raw_fd(&self) -> Option<RawFd> {
         Some(self.file.as_raw_fd())
+    }
+
+    /// Not on FUSE: io_uring READV/WRITEV of a FUSE file opened in direct-I/O mode report a
+    /// request whose first part succeeded and whose rest failed (EIO) as complete, with the
+    /// buffer's second part read from the wrong offset and the write's second part never
+    /// written (kernel 6.18; `preadv`/`pwritev2` report the short count, which we turn into
+    /// MEDIUM ERROR). docs/reliability.md has the standalone reproduction.
+    fn uring_safe(&self) -> bool {
+        !self.fuse
     }
 
     fn discard_zeroes(&self) -> bool {

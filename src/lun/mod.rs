@@ -14,6 +14,37 @@ use crate::scsi::{data::SgList, IoKind};
 pub use file::FileBackend;
 pub use null::NullBackend;
 
+/// An I/O error that struck after the first `done` bytes of a transfer had succeeded, carried
+/// inside an [`io::Error`] (same kind) so that the SCSI layer can name the first failing block
+/// (sense INFORMATION) while everything else sees an ordinary error. Build it with
+/// [`partial_failure`], read it with [`failure_details`].
+#[derive(Debug, thiserror::Error)]
+#[error("{cause} after {done} bytes")]
+pub struct PartialTransfer {
+    pub done: u64,
+    #[source]
+    pub cause: io::Error,
+}
+
+/// `cause`, marked as striking after `done` bytes had been transferred (unchanged for 0).
+pub fn partial_failure(done: u64, cause: io::Error) -> io::Error {
+    if done == 0 {
+        return cause;
+    }
+    io::Error::new(cause.kind(), PartialTransfer { done, cause })
+}
+
+/// The bytes transferred before `e` struck (0 when it struck at once) and its errno.
+pub fn failure_details(e: &io::Error) -> (u64, Option<i32>) {
+    match e
+        .get_ref()
+        .and_then(|r| r.downcast_ref::<PartialTransfer>())
+    {
+        Some(p) => (p.done, p.cause.raw_os_error()),
+        None => (0, e.raw_os_error()),
+    }
+}
+
 /// The storage behind one LUN. All offsets and lengths are in bytes; callers (the SCSI layer)
 /// have already checked them against [`BlockBackend::size`].
 pub trait BlockBackend: Send + Sync {
@@ -21,7 +52,8 @@ pub trait BlockBackend: Send + Sync {
     fn size(&self) -> u64;
 
     /// Fills every byte of `bufs` from `offset`. A read past the end is an error
-    /// (`UnexpectedEof`), never a short success.
+    /// (`UnexpectedEof`), never a short success; an error after part of the transfer says how
+    /// much succeeded ([`partial_failure`]), as for writes.
     fn read_at(&self, bufs: &SgList<'_>, offset: u64) -> io::Result<()>;
 
     /// Writes every byte of `bufs` at `offset`. With `fua` the data is on stable storage when
@@ -53,6 +85,12 @@ pub trait BlockBackend: Send + Sync {
     /// The file an engine may register up front (io_uring fixed files), if any.
     fn raw_fd(&self) -> Option<RawFd> {
         None
+    }
+
+    /// Whether io_uring reports this file's partial failures honestly, so that its I/O may go
+    /// to the io_uring engine (false: the synchronous methods serve it).
+    fn uring_safe(&self) -> bool {
+        true
     }
 
     /// Whether a discarded range is guaranteed to read back as zeroes (SCSI LBPRZ). True for

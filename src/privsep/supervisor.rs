@@ -213,7 +213,9 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     let res = Resources::open(&config)?;
     if let ListenSpec::SocketPath(path) = &config.listen {
         info!(
-            "listening on {}; attach with: qemu-system-x86_64 -object memory-backend-memfd,id=mem,size=1G,share=on \
+            // `-m` must equal the memory backend's size: QEMU refuses NUMA nodes that do not
+            // add up to its RAM size, and its default is 128 MiB.
+            "listening on {}; attach with: qemu-system-x86_64 -m 1G -object memory-backend-memfd,id=mem,size=1G,share=on \
              -numa node,memdev=mem -chardev socket,id=vus,path={} -device vhost-user-scsi-pci,chardev=vus",
             path.display(),
             path.display()

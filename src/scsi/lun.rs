@@ -28,7 +28,10 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut,
 };
-use crate::lun::BlockBackend;
+use crate::{
+    logging::RateLimit,
+    lun::{failure_details, BlockBackend},
+};
 
 /// An I_T nexus (initiator port to target port) as seen by a logical unit.
 pub type Nexus = u32;
@@ -238,6 +241,10 @@ impl WriteGate {
     }
 }
 
+/// Failed I/O logged per LUN and window (the rest is counted and reported with the next line).
+const IO_ERROR_LOG_BURST: u32 = 5;
+const IO_ERROR_LOG_WINDOW: Duration = Duration::from_secs(60);
+
 /// A logical unit: a backend plus the SCSI-visible state around it.
 pub struct LogicalUnit {
     pub(super) backend: Arc<dyn BlockBackend>,
@@ -264,6 +271,8 @@ pub struct LogicalUnit {
     pub(super) pr: Mutex<PrState>,
     /// Fast path: false while no registration and no reservation of any kind exists.
     pub(super) pr_active: AtomicBool,
+    /// Bounds the log lines of failed I/O (a full or failing disk fails every command).
+    io_error_log: RateLimit,
 }
 
 impl LogicalUnit {
@@ -300,6 +309,7 @@ impl LogicalUnit {
             gate: Arc::default(),
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(pr_active),
+            io_error_log: RateLimit::new(IO_ERROR_LOG_BURST, IO_ERROR_LOG_WINDOW),
         }
     }
 
@@ -451,13 +461,24 @@ impl LogicalUnit {
 
     /// Turns a backend error into sense data and logs it. `lba` goes into INFORMATION.
     pub(super) fn io_error(&self, cdb: &Cdb, op: IoOp, lba: u64, err: &io::Error) -> Sense {
-        let errno = err.raw_os_error().unwrap_or(0);
-        log::warn!(
-            "{}: {} failed (opcode {:#04x}, lba {lba}): {err} (errno {errno})",
-            self.name,
-            op.name(),
-            cdb.opcode(),
-        );
+        let (done, errno) = failure_details(err);
+        let errno = errno.unwrap_or(0);
+        // The first block that failed: INFORMATION points the initiator at it (SBC-4 4.18.1).
+        let lba = lba + done / u64::from(self.block_size());
+        // A failing disk fails every command: say so a few times, then count.
+        if let Some(suppressed) = self.io_error_log.admit() {
+            let also = if suppressed > 0 {
+                format!(" ({suppressed} more I/O errors on this LUN were not logged)")
+            } else {
+                String::new()
+            };
+            log::warn!(
+                "{}: {} failed (opcode {:#04x}) at lba {lba}: {err} (errno {errno}){also}",
+                self.name,
+                op.name(),
+                cdb.opcode(),
+            );
+        }
         let is_write = !matches!(
             op,
             IoOp::Read | IoOp::Verify | IoOp::Compare | IoOp::LbaStatus
