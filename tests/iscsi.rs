@@ -610,6 +610,15 @@ fn digests_crc32c() {
     };
     let iqn = "iqn.2026-01.test:digest";
     let path = t.add_target(1, iqn);
+    // Required digests the target will not do: a clear negotiation error.
+    let mut c = cfg(iqn);
+    c.header_digest = DigestPolicy::Crc32c;
+    let e = login::login_tcp(t.addr(), &c, TIMEOUT, 0, &|_| false).unwrap_err();
+    println!("CRC32C refused -> {e}");
+    assert!(
+        matches!(e, LoginError::Negotiation(ref m) if m.contains("HeaderDigest")),
+        "{e}"
+    );
     // tgtd only agrees to digests listed in its target parameters (default None).
     t.set_param(1, "HeaderDigest", "CRC32C,None");
     t.set_param(1, "DataDigest", "CRC32C,None");
