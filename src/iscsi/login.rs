@@ -357,7 +357,8 @@ impl<S: Read + Write> LoginConn<'_, S> {
             let Bhs::LoginResponse(resp) = h.bhs else {
                 if let Bhs::Reject(r) = h.bhs {
                     return Err(LoginError::Protocol(format!(
-                        "target rejected the login request (reason {:#04x})",
+                        "target rejected the login request: {} (reason {:#04x})",
+                        pdu::reject_reason::text(r.reason),
                         r.reason
                     )));
                 }

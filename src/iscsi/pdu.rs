@@ -363,6 +363,37 @@ pub struct Reject {
     pub data_sn: u32,
 }
 
+/// Reject reasons (§11.17.1).
+pub mod reject_reason {
+    pub const DATA_DIGEST_ERROR: u8 = 0x02;
+    pub const SNACK_REJECT: u8 = 0x03;
+    pub const PROTOCOL_ERROR: u8 = 0x04;
+    pub const COMMAND_NOT_SUPPORTED: u8 = 0x05;
+    pub const IMMEDIATE_COMMAND_REJECT: u8 = 0x06;
+    pub const TASK_IN_PROGRESS: u8 = 0x07;
+    pub const INVALID_DATA_ACK: u8 = 0x08;
+    pub const INVALID_PDU_FIELD: u8 = 0x09;
+    pub const LONG_OP_REJECT: u8 = 0x0a;
+    pub const WAITING_FOR_LOGOUT: u8 = 0x0c;
+
+    /// The reason in words.
+    pub fn text(reason: u8) -> &'static str {
+        match reason {
+            DATA_DIGEST_ERROR => "data digest error",
+            SNACK_REJECT => "SNACK reject",
+            PROTOCOL_ERROR => "protocol error",
+            COMMAND_NOT_SUPPORTED => "command not supported",
+            IMMEDIATE_COMMAND_REJECT => "immediate command reject (too many)",
+            TASK_IN_PROGRESS => "task in progress",
+            INVALID_DATA_ACK => "invalid data ack",
+            INVALID_PDU_FIELD => "invalid PDU field",
+            LONG_OP_REJECT => "long operation reject (out of resources)",
+            WAITING_FOR_LOGOUT => "waiting for logout",
+            _ => "unknown reason",
+        }
+    }
+}
+
 /// NOP-In (§11.19).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NopIn {

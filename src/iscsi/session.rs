@@ -79,7 +79,7 @@ pub struct ScsiResult {
 pub enum TaskError {
     #[error("task aborted by task management")]
     Aborted,
-    #[error("command rejected by the target (reason {0:#04x})")]
+    #[error("command rejected by the target: {} (reason {:#04x})", pdu::reject_reason::text(*.0), .0)]
     Rejected(u8),
 }
 
@@ -1006,7 +1006,8 @@ impl<S: Read + Write, B: AsRef<[u8]> + AsMut<[u8]>> Session<S, B> {
                     });
                 } else {
                     return Err(SessionError::Protocol(format!(
-                        "target rejected a PDU (reason {:#04x})",
+                        "target rejected a PDU: {} (reason {:#04x})",
+                        pdu::reject_reason::text(r.reason),
                         r.reason
                     )));
                 }
@@ -1426,7 +1427,15 @@ mod tests {
             &rejected,
         );
         let c = s.poll().unwrap().unwrap();
-        assert_eq!((c.tag, c.outcome), (tag, Err(TaskError::Rejected(0x09))));
+        assert_eq!(
+            (c.tag, c.outcome.clone()),
+            (tag, Err(TaskError::Rejected(0x09)))
+        );
+        assert!(c
+            .outcome
+            .unwrap_err()
+            .to_string()
+            .contains("invalid PDU field"));
         // Async "logout requested" is reported; "connection will drop" ends the session.
         peer.send(
             Bhs::AsyncMessage(AsyncMessage {
