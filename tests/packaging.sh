@@ -115,7 +115,7 @@ step_end
 # ---------------------------------------------------------------------------------------------
 step_start lintian
 # --pedantic to list everything; lintian refuses nothing as root, it just warns about it.
-lintian --pedantic --info --display-experimental "$out/vhost-user-scsi_${version}_${arch}.changes" \
+lintian --pedantic --display-info --display-experimental "$out/vhost-user-scsi_${version}_${arch}.changes" \
     2>/dev/null | tee "$work/lintian" || true
 if grep -q '^E:' "$work/lintian"; then fail "lintian errors"; fi
 echo "lintian: $(grep -c '^W:' "$work/lintian" || true) warnings, $(grep -c '^[IPX]:' "$work/lintian" || true) info/pedantic/experimental"
@@ -210,22 +210,29 @@ read -r -a cmd <<<"$(sed -n 's/^ExecStart=//p' "$unit" | sed \
 echo "ExecStart: ${cmd[*]}"
 caps_set="$(sed -n 's/^CapabilityBoundingSet=//p' "$unit" | tr 'A-Z' 'a-z' | sed 's/cap_/+/g; s/ /,/g')"
 grep -qx 'NoNewPrivileges=yes' "$unit" || fail "unit lost NoNewPrivileges=yes"
-# CapabilityBoundingSet= and NoNewPrivileges= as systemd applies them, then the socket unit.
+# The socket as the .socket unit makes it (systemd, full root: it may chown), then the service's
+# command under its CapabilityBoundingSet= and NoNewPrivileges= as systemd applies them.
+# exec keeps the pid all the way, so LISTEN_PID names the daemon.
 start_daemon() { # start_daemon LOG [wrapper...]
     local log="$1"; shift
-    setpriv --bounding-set="-all,$caps_set" --inh-caps=-all --no-new-privs -- \
-        "$@" tests/packaging/activate.py --runtime-dir "$work/run" "$socket_unit" e2e -- \
+    "$@" tests/packaging/activate.py --runtime-dir "$work/run" "$socket_unit" e2e -- \
+        setpriv --bounding-set="-all,$caps_set" --inh-caps=-all --no-new-privs -- \
         "${cmd[@]}" >"$log" 2>&1 &
     daemon_pid=$!
     for _ in $(seq 100); do
-        grep -q 'supervisor confined' "$log" && return 0
+        if grep -q 'supervisor confined' "$log"; then
+            # Under a wrapper (strace) the daemon is the wrapper's child.
+            signal_pid="$daemon_pid"
+            [[ $# -eq 0 ]] || signal_pid="$(pgrep -o -P "$daemon_pid")"
+            return 0
+        fi
         kill -0 "$daemon_pid" 2>/dev/null || { cat "$log"; fail "daemon exited"; }
         sleep 0.1
     done
     cat "$log"; fail "daemon not serving after 10 s"
 }
 stop_daemon() { # stop_daemon: SIGTERM, expect exit 0
-    kill -TERM "$daemon_pid"
+    kill -TERM "$signal_pid"
     local rc=0
     wait "$daemon_pid" || rc=$?
     daemon_pid=""
