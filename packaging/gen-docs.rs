@@ -55,9 +55,12 @@ fn man_page(out: &mut Vec<u8>) -> io::Result<()> {
          features:",
         capabilities::DEVICE_TYPE
     )?;
+    // .PD 0: no blank line between the bullets.
+    writeln!(out, ".PD 0")?;
     for f in capabilities::FEATURES {
         writeln!(out, ".IP \\(bu 2\n{f}")?;
     }
+    writeln!(out, ".PD")?;
     writeln!(out, ".SH FILES")?;
     for (path, what) in [
         ("/usr/libexec/vhost-user-scsi", "the daemon"),

@@ -107,6 +107,7 @@ done
 for f in seccomp/x86_64/*.json seccomp/aarch64/*.json; do
     grep -qxF "/usr/share/vhost-user-scsi/$f" "$work/contents" || fail "$f is not in the package"
 done
+grep -qxF /usr/share/doc/vhost-user-scsi/LICENSE.dependencies "$work/contents" || fail "no LICENSE.dependencies"
 ! grep -q '^/usr/local' "$work/contents" || fail "files under /usr/local"
 [[ "$(dpkg-deb -f "$deb" Section)" == otherosfs ]] || fail "Section is not otherosfs"
 dpkg-deb -f "$deb" Depends | grep -q adduser || fail "no Depends on adduser"
@@ -172,6 +173,16 @@ for f in $(jq -r '.features[]' <<<"$caps"); do
     grep -qxF "$f" "$work/man" || fail "man page CAPABILITIES lacks feature $f"
 done
 bash -n "$root/usr/share/bash-completion/completions/vhost-user-scsi" || fail "bash completion syntax"
+# The shipped seccomp files are exactly what the packaged binary embeds (its
+# --print-seccomp-policy prints the source it was compiled from).
+for f in "$root/usr/share/vhost-user-scsi/seccomp/$(uname -m)"/*.json; do
+    role="$(basename "$f" .json)"
+    "$bin" --print-seccomp-policy "$role" | grep '^#' | tail -n +2 | sed 's/^# \{0,1\}//' \
+        | diff -q - "$f" >/dev/null || fail "shipped $role.json differs from the binary's policy"
+done
+# The crates linked in, with their licences.
+grep -q '^vhost-user-backend v[0-9.]* Apache-2.0' "$root/usr/share/doc/vhost-user-scsi/LICENSE.dependencies" \
+    || fail "LICENSE.dependencies does not list vhost-user-backend"
 echo "$(wc -l <<<"$opts") options of --help found in the man page and the three completions"
 step_end
 
@@ -253,6 +264,20 @@ start_daemon "$work/daemon.log"
 sock="$work/run/e2e.sock"
 stat -c '%U:%G %a %F' "$sock"
 [[ "$(stat -c '%U:%G %a' "$sock")" == "root:kvm 660" ]] || fail "socket is not root:kvm 0660"
+# 0660 root:kvm means something: a process outside group kvm is refused (EACCES), one in it
+# gets in. (The system python: the test runner's may live in root's home.)
+chmod 0755 "$work"
+connect_as() { # connect_as GROUP: exit 0 connected, 13 EACCES, else 1
+    setpriv --reuid=nobody --regid="$1" --clear-groups -- /usr/bin/python3 -c '
+import socket, sys
+try:
+    socket.socket(socket.AF_UNIX).connect(sys.argv[1])
+except PermissionError:
+    sys.exit(13)' "$sock"
+}
+rc=0; connect_as nogroup || rc=$?
+[[ $rc -eq 13 ]] || fail "a process outside group kvm: expected EACCES, got exit $rc"
+connect_as kvm || fail "a process in group kvm could not connect"
 grep -q 'listening on the inherited socket' "$work/daemon.log" || fail "daemon did not use the activated socket"
 grep -q 'worker jailed: sandbox=namespace, uid=[0-9]* .*seccomp=Kill' "$work/daemon.log" \
     || { cat "$work/daemon.log"; fail "worker not jailed as documented"; }

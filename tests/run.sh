@@ -19,7 +19,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --all-targets -- -D warnings
+# --all-features: also the packaging-time generator (feature gen-docs, packaging/gen-docs.rs).
+cargo clippy --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 # Benchmarks are built (clippy --all-targets compiles them) but not run: they have their
