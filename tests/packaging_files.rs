@@ -41,6 +41,26 @@ fn descriptor_matches_print_capabilities() {
     let caps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(caps["type"], desc["type"]);
     assert_eq!(desc["type"], "scsi");
+    // VHostUserBackendType of QEMU's schema: libvirt rejects a descriptor directory holding a
+    // file with any other type, so a typo here would break virtiofs domains on the host.
+    const BACKEND_TYPES: &[&str] = &[
+        "9p",
+        "balloon",
+        "block",
+        "caif",
+        "console",
+        "crypto",
+        "gpu",
+        "input",
+        "net",
+        "rng",
+        "rpmsg",
+        "rproc-serial",
+        "scsi",
+        "vsock",
+        "fs",
+    ];
+    assert!(BACKEND_TYPES.contains(&desc["type"].as_str().unwrap()));
 }
 
 #[test]
