@@ -27,6 +27,10 @@ mkdir -p "$tree"
     | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
     | tar --null -T - -cf -) | tar -C "$tree" -xf -
 cp -a "$repo/packaging/debian" "$tree/debian"
+# Directories get the working tree's mtimes too (tar made them now): build.rs watches the
+# seccomp/ directory, and a new mtime there would make every rebuild a full crate rebuild.
+(cd "$tree" && find . -mindepth 1 -type d -not -path './debian*' -print0) \
+    | while IFS= read -r -d '' d; do [[ -d "$repo/$d" ]] && touch -r "$repo/$d" "$tree/$d"; done
 
 profiles=()
 rustc_path="$(command -v rustc || true)"

@@ -78,7 +78,8 @@ step_end
 step_start deb
 version="$(dpkg-parsechangelog -l packaging/debian/changelog -S Version)"
 arch="$(dpkg --print-architecture)"
-out="$work/deb"
+# Stable paths under target/: cargo then reuses its build of the crate between runs.
+out="$repo/target/packaging/deb"
 packaging/build-deb.sh "$out" >"$work/build.log" 2>&1 || { tail -50 "$work/build.log"; fail "build-deb.sh"; }
 deb="$out/vhost-user-scsi_${version}_${arch}.deb"
 [[ -f "$deb" ]] || fail "no $deb"
@@ -338,13 +339,23 @@ echo "rpmspec -P: $(wc -l <"$work/spec") lines, packages: $(rpmspec -q --qf '%{N
 # A real rpmbuild of both packages from a source tarball of the working tree. Debian has rpm
 # but not Fedora's macro packages: the scriptlet macros of systemd-rpm-macros and
 # selinux-policy-devel are stubbed with `true` (their expansion is Fedora's business), build
-# requirements are not checked (--nodeps), debuginfo is off. What this checks is %prep, %build,
+# requirements are not checked (--nodeps), debuginfo is off, and the doc directory is named as
+# Fedora's redhat-rpm-config names it (_docdir_fmt %{NAME}, not NAME-VERSION). What this checks is %prep, %build,
 # %install, %check and %files, and the built packages' metadata and contents.
-top="$work/rpmbuild"
+top="$repo/target/packaging/rpmbuild"
+rm -rf "$top"
 mkdir -p "$top/SOURCES"
-git ls-files -z --cached --others --exclude-standard \
-    | xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' \
-    | tar --null -T - --transform "s,^,vhost-user-scsi-$cargo_version/," \
+# Files and their directories (with their mtimes, so that cargo reuses an earlier build).
+git ls-files -z --cached --others --exclude-standard | python3 -c '
+import os, sys
+paths = [p for p in sys.stdin.read().split("\0") if p and os.path.exists(p)]
+dirs = {os.path.dirname(p) for p in paths}
+for d in list(dirs):
+    while d:
+        dirs.add(d)
+        d = os.path.dirname(d)
+sys.stdout.write("".join(x + "\0" for x in sorted(dirs - {""}) + paths))' \
+    | tar --null --no-recursion -T - --transform "s,^,vhost-user-scsi-$cargo_version/," \
         -czf "$top/SOURCES/vhost-user-scsi-$cargo_version.tar.gz"
 stubs=()
 for m in sysusers_create_compat systemd_post systemd_preun systemd_postun_with_restart \
@@ -352,7 +363,8 @@ for m in sysusers_create_compat systemd_post systemd_preun systemd_postun_with_r
     stubs+=(--define "$m true")
 done
 CARGO_TARGET_DIR="$repo/target" rpmbuild -bb --nodeps --define "_topdir $top" \
-    --define 'debug_package %{nil}' "${stubs[@]}" packaging/rpm/vhost-user-scsi.spec \
+    --define 'debug_package %{nil}' --define '_docdir_fmt %%{NAME}' "${stubs[@]}" \
+    packaging/rpm/vhost-user-scsi.spec \
     >"$work/rpmbuild.log" 2>&1 || { tail -40 "$work/rpmbuild.log"; fail "rpmbuild"; }
 rpm_main="$(ls "$top"/RPMS/*/vhost-user-scsi-"$cargo_version"-*.rpm)"
 rpm_se="$(ls "$top"/RPMS/noarch/vhost-user-scsi-selinux-*.rpm)"
