@@ -340,12 +340,12 @@ echo "rpmspec -P: $(wc -l <"$work/spec") lines, packages: $(rpmspec -q --qf '%{N
 # but not Fedora's macro packages: the scriptlet macros of systemd-rpm-macros and
 # selinux-policy-devel are stubbed with `true` (their expansion is Fedora's business), build
 # requirements are not checked (--nodeps), debuginfo is off, and the doc directory is named as
-# Fedora's redhat-rpm-config names it (_docdir_fmt %{NAME}, not NAME-VERSION). What this checks is %prep, %build,
-# %install, %check and %files, and the built packages' metadata and contents.
+# Fedora's redhat-rpm-config names it (_docdir_fmt %{NAME}, not NAME-VERSION). What this
+# checks is %prep, %build, %install, %check and %files, and the packages' metadata and contents.
 top="$repo/target/packaging/rpmbuild"
 rm -rf "$top"
 mkdir -p "$top/SOURCES"
-# Files and their directories (with their mtimes, so that cargo reuses an earlier build).
+# The tarball holds the files and their directories, like git archive.
 git ls-files -z --cached --others --exclude-standard | python3 -c '
 import os, sys
 paths = [p for p in sys.stdin.read().split("\0") if p and os.path.exists(p)]
@@ -362,9 +362,16 @@ for m in sysusers_create_compat systemd_post systemd_preun systemd_postun_with_r
     selinux_relabel_pre selinux_relabel_post selinux_modules_install selinux_modules_uninstall; do
     stubs+=(--define "$m true")
 done
-CARGO_TARGET_DIR="$repo/target" rpmbuild -bb --nodeps --define "_topdir $top" \
-    --define 'debug_package %{nil}' --define '_docdir_fmt %%{NAME}' "${stubs[@]}" \
-    packaging/rpm/vhost-user-scsi.spec \
+rpm_defs=(--nodeps --define "_topdir $top" --define 'debug_package %{nil}'
+    --define '_docdir_fmt %%{NAME}' "${stubs[@]}")
+# %prep from the tarball; then %build/%install/%check/%files in the tree the .deb was built in
+# (--build-in-place): the same source path lets cargo reuse that release build instead of
+# compiling the crate again (the root package's binary has no per-path hash).
+rpmbuild -bp "${rpm_defs[@]}" packaging/rpm/vhost-user-scsi.spec >"$work/rpmprep.log" 2>&1 \
+    || { tail -20 "$work/rpmprep.log"; fail "rpmbuild -bp"; }
+[[ -f "$top/BUILD/vhost-user-scsi-$cargo_version/Cargo.lock" ]] || fail "%prep did not unpack the sources"
+(cd "$out/vhost-user-scsi-$version" && CARGO_TARGET_DIR="$repo/target" \
+    rpmbuild -bb --build-in-place "${rpm_defs[@]}" "$repo/packaging/rpm/vhost-user-scsi.spec") \
     >"$work/rpmbuild.log" 2>&1 || { tail -40 "$work/rpmbuild.log"; fail "rpmbuild"; }
 rpm_main="$(ls "$top"/RPMS/*/vhost-user-scsi-"$cargo_version"-*.rpm)"
 rpm_se="$(ls "$top"/RPMS/noarch/vhost-user-scsi-selinux-*.rpm)"
