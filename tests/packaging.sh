@@ -44,13 +44,21 @@ for arg in "$@"; do
     esac
 done
 
+if [[ $EUID -ne 0 ]]; then
+    # apt, the postinst (adduser), the socket's chown and the worker's uid switch need root.
+    echo "== packaging: SKIPPED (needs root)"
+    exit 0
+fi
+
 work="$(mktemp -d /tmp/vus-packaging.XXXXXX)"
-daemon_pid=""
+daemon_pid=""   # what we started (the daemon, or strace around it)
+signal_pid=""   # the daemon itself
 cleanup() {
-    if [[ -n "$daemon_pid" ]] && kill -0 "$daemon_pid" 2>/dev/null; then
-        kill "$daemon_pid" 2>/dev/null || true
-        wait "$daemon_pid" 2>/dev/null || true
-    fi
+    local p
+    for p in $signal_pid $daemon_pid; do
+        kill "$p" 2>/dev/null || true
+    done
+    [[ -z "$daemon_pid" ]] || wait "$daemon_pid" 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -72,6 +80,8 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 E2E_QEMU_BACKPORTS=0 bash tests/e2e/setup.sh >/dev/null
+# The socket unit's group (Debian's udev/systemd create it; a minimal container may lack it).
+getent group kvm >/dev/null || groupadd --system kvm
 step_end
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +259,7 @@ stop_daemon() { # stop_daemon: SIGTERM, expect exit 0
     local rc=0
     wait "$daemon_pid" || rc=$?
     daemon_pid=""
+    signal_pid=""
     [[ $rc -eq 0 ]] || fail "daemon exited $rc after SIGTERM"
 }
 

@@ -37,6 +37,7 @@ log() { echo "[libvirt] $*" >&2; }
 fail() { echo "[libvirt] FAIL: $*" >&2; exit 1; }
 is_installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
 
+if [[ $EUID -ne 0 ]]; then echo "== libvirt: SKIPPED (needs root to install and run libvirtd)"; exit 0; fi
 missing=()
 for p in libvirt-daemon-system libvirt-clients python3; do is_installed "$p" || missing+=("$p"); done
 if [[ ${#missing[@]} -gt 0 ]]; then
@@ -44,7 +45,6 @@ if [[ ${#missing[@]} -gt 0 ]]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [[ $EUID -ne 0 ]]; then echo "== libvirt: SKIPPED (needs root to run libvirtd)"; exit 0; fi
 
 work="$(mktemp -d /tmp/vus-libvirt.XXXXXX)"
 # QEMU runs as libvirt-qemu: it must reach the kernel, the initramfs, the socket directory.
