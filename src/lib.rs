@@ -25,6 +25,7 @@ pub mod config;
 pub mod config_file;
 pub mod daemon;
 pub mod device;
+pub mod iscsi;
 pub mod listener;
 pub mod logging;
 pub mod lun;
