@@ -1,5 +1,5 @@
 //! Build-time generator of the man page and shell completions from the clap definition
-//! (`vhost_user_scsi::cli::Args`), so they can never drift from `--help`.
+//! (`vhost_user_scsi::config::cli::Args`), so they can never drift from `--help`.
 //!
 //! Not installed: packaging builds it with `--features gen-docs` (debian/rules, the RPM spec,
 //! tests/packaging.sh) and runs it once:
@@ -21,7 +21,7 @@ use std::{
 
 use clap::CommandFactory;
 use clap_complete::Shell;
-use vhost_user_scsi::{capabilities, cli::Args};
+use vhost_user_scsi::config::{cli::Args, print_capabilities as capabilities};
 
 /// Man page section: a daemon started by the administrator (or systemd), not by users.
 const SECTION: &str = "8";
