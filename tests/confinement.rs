@@ -221,12 +221,32 @@ struct Probed {
 
 impl Probed {
     fn start(probe: &str, args: &[&str]) -> Self {
+        Self::start_as(probe, args, None, None)
+    }
+
+    /// Started through `wrapper` (a program that execs its arguments) and/or as `uid` (the
+    /// directory and image are then opened up to it).
+    fn start_as(probe: &str, args: &[&str], wrapper: Option<&[&str]>, uid: Option<u32>) -> Self {
+        use std::os::unix::{fs::PermissionsExt, process::CommandExt};
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("s.sock");
         let image = dir.path().join("a.img");
         File::create(&image).unwrap().set_len(1 << 20).unwrap();
         let log = dir.path().join("log");
-        let child = Command::new(BIN)
+        let mut cmd = match wrapper {
+            Some(w) => {
+                let mut c = Command::new(w[0]);
+                c.args(&w[1..]).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        if let Some(uid) = uid {
+            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+            fs::set_permissions(&image, fs::Permissions::from_mode(0o666)).unwrap();
+            cmd.uid(uid).gid(uid);
+        }
+        let child = cmd
             .arg("--socket-path")
             .arg(&socket)
             .arg("--lun")
@@ -529,4 +549,358 @@ fn the_aio_role_is_narrower_than_the_main_thread() {
 fn a_thread_freeing_its_heap_is_not_killed() {
     let (code, log) = Probed::run("heap-trim@main", &[]);
     assert_eq!(code, PROBE_ALLOWED, "heap trim in the jail\n{log}");
+}
+
+/// The worker's stderr is hostile text. A compromised worker writes a 64 KiB line, terminal
+/// escapes, a line dressed as the supervisor's and a fake SIGSYS report, then really dies of
+/// SIGSYS (`--seccomp=kill`: the kernel writes no report). The supervisor must bound the line,
+/// escape the control bytes, mark every relayed line as the worker's, and not present the fake
+/// report as the reason of the kill.
+#[test]
+fn the_log_relay_bounds_escapes_and_marks_worker_lines() {
+    let (code, log) = Probed::run("forge-log@main", &[]);
+    assert_eq!(code, SIGSYS_EXIT, "{log}");
+    let worker_mark = |l: &str| l.starts_with("worker[") && l.contains("]: ");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 4096 + 200, "a relayed line of {longest} bytes");
+    assert!(log.contains("[worker line truncated]"), "{log}");
+    assert!(
+        !log.contains('\x1b') && !log.contains('\x07'),
+        "raw escapes\n{log}"
+    );
+    assert!(log.contains("\\x1b[2J"), "{log}");
+    for line in log.lines() {
+        if line.contains("exited normally") || line.contains("seccomp: thread") {
+            assert!(worker_mark(line), "unmarked worker line {line:?}\n{log}");
+        }
+        if line.contains("killed by SIGSYS") {
+            assert!(
+                !line.contains("execve") && !line.contains("seccomp: thread"),
+                "the fake report was trusted: {line}"
+            );
+        }
+    }
+    // A real trap report (the reporter's line, then its exit status) is still trusted, and it
+    // names the real syscall, not the fake one printed before it.
+    let (code, log) = Probed::run("forge-log@main", &["--seccomp=trap"]);
+    assert_eq!(code, SIGSYS_EXIT, "{log}");
+    let real = format!(
+        "stopped after a seccomp violation (--seccomp=trap): seccomp: thread vus-worker made \
+         forbidden syscall {} (socket)",
+        libc::SYS_socket
+    );
+    assert!(log.contains(&real), "{log}");
+}
+
+/// The confined supervisor signals its worker through a pidfd; `kill(2)`, which takes any pid
+/// (and `-1`: every process CAP_KILL reaches), is not in its filter. `kill(-1, 0)` from the
+/// supervisor right after it confined itself is a SIGSYS kill; SIGTERM still reaches the
+/// worker (the rest of the suite stops every daemon that way).
+#[test]
+fn the_supervisor_can_signal_only_its_worker() {
+    let mut p = Probed::start("kill-any@supervisor", &[]);
+    let status = p.wait();
+    let log = p.log();
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "kill(-1) from the confined supervisor: {status}\n{log}"
+    );
+    assert!(!log.contains("probe kill-any"), "{log}");
+}
+
+/// (soft, hard) of one line of `/proc/PID/limits` ("Max open files", ...); `None` = unlimited.
+fn limit_of(pid: libc::pid_t, name: &str) -> (Option<u64>, Option<u64>) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("{name} in\n{limits}"));
+    let mut cols = line[name.len()..].split_whitespace();
+    let mut next = || {
+        let v = cols.next().unwrap();
+        (v != "unlimited").then(|| v.parse::<u64>().unwrap())
+    };
+    (next(), next())
+}
+
+/// Core dumps off, and open files, threads and locked memory bounded with soft = hard, in the
+/// worker (checked again in a restarted one) and in the supervisor.
+fn assert_bounded(pid: libc::pid_t, who: &str, max_files: u64, threads: bool) {
+    assert_eq!(
+        limit_of(pid, "Max core file size"),
+        (Some(0), Some(0)),
+        "{who}"
+    );
+    let (soft, hard) = limit_of(pid, "Max open files");
+    assert_eq!(soft, hard, "{who} open files");
+    assert!(
+        soft.is_some_and(|n| n <= max_files),
+        "{who} open files {soft:?}"
+    );
+    let (soft, hard) = limit_of(pid, "Max locked memory");
+    assert_eq!(soft, hard, "{who} locked memory");
+    assert!(
+        soft.is_some_and(|n| n <= 8 << 20),
+        "{who} locked memory {soft:?}"
+    );
+    if threads {
+        let (soft, hard) = limit_of(pid, "Max processes");
+        assert_eq!(soft, hard, "{who} processes");
+        assert!(soft.is_some_and(|n| n <= 4096), "{who} processes {soft:?}");
+    }
+}
+
+/// `--restart-worker=on-failure` used to leave the supervisor unconfined root. It now keeps
+/// only the capabilities a restart needs (CAP_KILL, and CAP_SETUID/CAP_SETGID for the
+/// restarted worker's uid/gid maps), sets no_new_privs, and both processes are bounded;
+/// a restarted worker is as confined as the first.
+#[test]
+fn an_on_failure_supervisor_is_confined_too() {
+    let d = Daemon::start(&two_disks(), &["--restart-worker", "on-failure"]);
+    let sup = d.pid();
+    let first = worker_of(sup);
+    // It confines itself once its first worker is jailed.
+    let deadline = Instant::now() + TIMEOUT;
+    while !d.log().contains("supervisor confined for restarts") {
+        assert!(Instant::now() < deadline, "not confined\n{}", d.log());
+        sleep(Duration::from_millis(10));
+    }
+    let st = status_of(&format!("/proc/{sup}/status"));
+    assert_eq!(st["NoNewPrivs"], "1", "{}", d.log());
+    // The supervisor-restart deny list, inherited by every worker below its own filters.
+    assert_eq!(
+        (st["Seccomp"].as_str(), st["Seccomp_filters"].as_str()),
+        ("2", "1")
+    );
+    assert_eq!(
+        status_of(&format!("/proc/{first}/status"))["Seccomp_filters"],
+        "3",
+        "supervisor-restart + worker-enosys + worker-main"
+    );
+    if is_root() {
+        let mask = (1u64 << 5) | (1 << 6) | (1 << 7); // CAP_KILL, CAP_SETGID, CAP_SETUID
+        for set in ["CapEff", "CapPrm", "CapBnd"] {
+            assert_eq!(st[set], format!("{mask:016x}"), "{set}\n{}", d.log());
+        }
+        assert_eq!(st["CapInh"], "0000000000000000");
+        assert_eq!(st["CapAmb"], "0000000000000000");
+    }
+    assert_bounded(sup, "supervisor", 4096, false);
+    assert_bounded(first, "worker", 4096, true);
+    // SAFETY: kill(2) of the worker this test's daemon started.
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + TIMEOUT;
+    let second = loop {
+        let w = worker_of(sup);
+        if w != first {
+            break w;
+        }
+        assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
+        sleep(Duration::from_millis(10));
+    };
+    // Wait until the restarted worker is jailed (its own seccomp filters are the last step;
+    // the supervisor's deny list is there from the start).
+    let deadline = Instant::now() + TIMEOUT;
+    while status_of(&format!("/proc/{second}/status"))["Seccomp_filters"] != "3" {
+        assert!(
+            Instant::now() < deadline,
+            "restarted worker not jailed\n{}",
+            d.log()
+        );
+        sleep(Duration::from_millis(10));
+    }
+    let st = status_of(&format!("/proc/{second}/status"));
+    for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(st[cap], "0000000000000000", "restarted worker {cap}");
+    }
+    assert_eq!(st["NoNewPrivs"], "1");
+    assert_eq!(st["Seccomp_filters"], "3", "restarted worker filter depth");
+    assert_bounded(second, "restarted worker", 4096, true);
+}
+
+/// The `on-failure` supervisor cannot run a program or signal an arbitrary process (its deny
+/// list answers EPERM; unfiltered, `execve` runs /bin/true and `kill(-1, 0)` succeeds with
+/// CAP_KILL), right after it confined itself.
+#[test]
+fn an_on_failure_supervisor_cannot_exec_kill_or_trace() {
+    for (what, expect) in [
+        ("execve", "Operation not permitted"),
+        ("kill-any", "Operation not permitted"),
+    ] {
+        let (code, log) = Probed::run(
+            &format!("{what}@supervisor"),
+            &["--restart-worker", "on-failure"],
+        );
+        assert_eq!(code, PROBE_DENIED, "{what}\n{log}");
+        assert!(
+            log.contains(&format!("probe {what}@supervisor: denied: {expect}")),
+            "{what}\n{log}"
+        );
+    }
+}
+
+/// `--register-buffers` used to lift RLIMIT_MEMLOCK to unlimited. It is now sized: host RAM
+/// times the request queues (the most guest memory the rings can register), soft = hard.
+#[test]
+fn register_buffers_sizes_locked_memory_instead_of_lifting_it() {
+    let d = Daemon::start(&two_disks(), &["--register-buffers", "--num-queues", "2"]);
+    let worker = worker_of(d.pid());
+    let (soft, hard) = limit_of(worker, "Max locked memory");
+    assert_eq!(soft, hard, "{}", d.log());
+    let soft = soft.unwrap_or_else(|| panic!("RLIMIT_MEMLOCK unlimited\n{}", d.log()));
+    // Raising RLIMIT_MEMLOCK needs CAP_SYS_RESOURCE (bit 24), which some containers lack.
+    let sys_resource = u64::from_str_radix(&status_of("/proc/self/status")["CapEff"], 16)
+        .is_ok_and(|caps| caps & (1 << 24) != 0);
+    if !sys_resource {
+        eprintln!("SKIPPED (partly): no CAP_SYS_RESOURCE here, the limit cannot be raised at all");
+        assert!(d.log().contains("RLIMIT_MEMLOCK stays at"), "{}", d.log());
+    } else {
+        // SAFETY: sysinfo fills the struct it is given.
+        let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::sysinfo(&mut info) }, 0);
+        let ram = info.totalram as u64 * u64::from(info.mem_unit);
+        assert_eq!(soft, 2 * ram, "{}", d.log());
+        assert!(d.log().contains("RLIMIT_MEMLOCK set to"), "{}", d.log());
+    }
+}
+
+/// Namespace identities (`/proc/PID/ns/NAME` link targets).
+fn ns_of(pid: &str, name: &str) -> String {
+    fs::read_link(format!("/proc/{pid}/ns/{name}"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/ns/{name}: {e}"))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The wrapper that makes a host without user namespaces (a seccomp filter refusing
+/// CLONE_NEWUSER with EPERM), or `None` when Debian's python3-seccomp is missing.
+fn no_userns_wrapper() -> Option<[&'static str; 2]> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no-userns.py");
+    let ok = Command::new("/usr/bin/python3")
+        .args(["-c", "import seccomp"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(["/usr/bin/python3", script])
+}
+
+/// A host that refuses user namespaces (for hardening) used to get a weaker worker: root fell
+/// back to chroot (host PID and network namespaces), anyone else to no isolation at all. As
+/// root the worker now gets the same namespaces without a user namespace and is not root
+/// there; without root the daemon refuses to start unless `--sandbox=none` asks for less.
+#[test]
+fn without_user_namespaces_root_still_isolates_and_others_refuse() {
+    let Some(wrapper) = no_userns_wrapper() else {
+        eprintln!(
+            "SKIPPED: /usr/bin/python3 has no seccomp module (apt-get install python3-seccomp)"
+        );
+        return;
+    };
+    if !is_root() {
+        eprintln!("SKIPPED: needs root");
+        return;
+    }
+    let p = Probed::start_as("none@nowhere", &[], Some(&wrapper), None);
+    let deadline = Instant::now() + TIMEOUT;
+    while !p.log().contains("worker jailed") {
+        assert!(Instant::now() < deadline, "worker not jailed\n{}", p.log());
+        sleep(Duration::from_millis(10));
+    }
+    let worker = worker_of(p.child.id() as libc::pid_t).to_string();
+    for ns in ["mnt", "pid", "net", "ipc", "uts"] {
+        assert_ne!(
+            ns_of(&worker, ns),
+            ns_of("self", ns),
+            "{ns} namespace shared\n{}",
+            p.log()
+        );
+    }
+    assert_eq!(ns_of(&worker, "user"), ns_of("self", "user"), "{}", p.log());
+    let st = status_of(&format!("/proc/{worker}/status"));
+    assert!(
+        st["Uid"].split_whitespace().all(|v| v != "0"),
+        "{}",
+        st["Uid"]
+    );
+    assert!(
+        st["Gid"].split_whitespace().all(|v| v != "0"),
+        "{}",
+        st["Gid"]
+    );
+    for cap in ["CapPrm", "CapEff", "CapBnd", "CapAmb", "CapInh"] {
+        assert_eq!(st[cap], "0000000000000000", "{cap}");
+    }
+    assert!(st["NSpid"].ends_with("\t1"), "NSpid {}", st["NSpid"]);
+    assert!(
+        p.log()
+            .contains("namespaces without a user namespace (mount, PID, network, IPC, UTS"),
+        "{}",
+        p.log()
+    );
+    drop(p);
+
+    // Not root: no namespaces can be built; one clear error, exit 2, nothing started.
+    let nobody = 65534;
+    let mut p = Probed::start_as("none@nowhere", &[], Some(&wrapper), Some(nobody));
+    let status = p.wait();
+    let log = p.log();
+    assert_eq!(status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("cannot isolate the worker: user namespaces are refused"),
+        "{log}"
+    );
+    assert!(log.contains("--sandbox=none"), "{log}");
+    assert!(!log.contains("worker jailed"), "{log}");
+
+    // Asking for less explicitly is honoured, and said.
+    let p = Probed::start_as(
+        "none@nowhere",
+        &["--sandbox=none"],
+        Some(&wrapper),
+        Some(nobody),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !p.log().contains("worker jailed") {
+        assert!(Instant::now() < deadline, "worker not jailed\n{}", p.log());
+        sleep(Duration::from_millis(10));
+    }
+    assert!(
+        p.log().contains("sandbox=none none (the host's namespaces"),
+        "{}",
+        p.log()
+    );
+    // An unprivileged supervisor is not dumpable either: its /proc entries belong to root
+    // (a dumpable one's belong to its own uid, and any process of that uid could ptrace it).
+    use std::os::unix::fs::MetadataExt;
+    let sup = p.child.id();
+    assert_eq!(
+        fs::metadata(format!("/proc/{sup}/status")).unwrap().uid(),
+        0,
+        "{}",
+        p.log()
+    );
+}
+
+/// `--memlock-limit` caps what `--register-buffers` may lock: the worker's RLIMIT_MEMLOCK is
+/// exactly the cap (soft = hard), and the log says where the number came from.
+#[test]
+fn memlock_limit_caps_the_workers_locked_memory() {
+    let d = Daemon::start(
+        &two_disks(),
+        &["--register-buffers", "--memlock-limit", "4M"],
+    );
+    let worker = worker_of(d.pid());
+    assert_eq!(
+        limit_of(worker, "Max locked memory"),
+        (Some(4 << 20), Some(4 << 20)),
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log()
+            .contains("the worker's RLIMIT_MEMLOCK set to 4096 KiB (--memlock-limit)"),
+        "{}",
+        d.log()
+    );
 }

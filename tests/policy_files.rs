@@ -193,12 +193,63 @@ fn worker_roles_deny_the_dangerous_syscalls() {
         assert_eq!(enosys["default_action"], "allow");
         assert_eq!(enosys["filter_action"]["errno"], 38);
         assert_eq!(rules(&roles["worker-enosys"], "worker-enosys").len(), 1);
+        // The on-failure supervisor's deny list (inherited by every worker it creates): an
+        // errno adapter that refuses at least running programs, tracing and signalling.
+        let restart = &roles["supervisor-restart"]["supervisor-restart"];
+        assert_eq!(restart["default_action"], "allow");
+        assert_eq!(restart["filter_action"]["errno"], 1, "EPERM");
+        let denied: Vec<&str> = rules(&roles["supervisor-restart"], "supervisor-restart")
+            .iter()
+            .map(|r| r["syscall"].as_str().unwrap())
+            .collect();
+        for must in [
+            "execve",
+            "execveat",
+            "ptrace",
+            "kill",
+            "tkill",
+            "tgkill",
+            "setns",
+            "unshare",
+            "bpf",
+            "pidfd_getfd",
+            "process_vm_writev",
+            "init_module",
+            "finit_module",
+            "socket",
+        ] {
+            assert!(
+                denied.contains(&must),
+                "{arch}/supervisor-restart lets {must} through"
+            );
+        }
+        // Nothing a worker role allows may be on it (every worker inherits it).
+        for &role in WORKER_ROLES {
+            for rule in rules(&roles[role], role) {
+                let name = rule["syscall"].as_str().unwrap();
+                assert!(
+                    !denied.contains(&name),
+                    "{arch}: supervisor-restart denies {role}'s {name}"
+                );
+            }
+        }
         // The supervisor never creates anything.
         for rule in rules(&roles["supervisor"], "supervisor") {
             let name = rule["syscall"].as_str().unwrap();
             for forbidden in [
-                "execve", "socket", "connect", "openat", "open", "clone", "clone3", "fork",
+                "execve",
+                "socket",
+                "connect",
+                "openat",
+                "open",
+                "clone",
+                "clone3",
+                "fork",
                 "ptrace",
+                "kill",
+                "tkill",
+                "tgkill",
+                "pidfd_open",
             ] {
                 assert_ne!(name, forbidden, "{arch}/supervisor allows {name}");
             }

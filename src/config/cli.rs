@@ -174,16 +174,24 @@ pub struct Args {
 
     /// Register guest memory with each request queue's io_uring, so that I/O does not pin guest
     /// pages per request. Pins all of guest RAM while a front-end is connected (the supervisor
-    /// lifts the worker's RLIMIT_MEMLOCK) [default: off].
+    /// sets the worker's RLIMIT_MEMLOCK to host RAM x request queues where it can, never
+    /// unlimited) [default: off].
     #[arg(long)]
     pub register_buffers: bool,
+
+    /// Locked memory the worker may have (RLIMIT_MEMLOCK, soft = hard), e.g. 4G: what
+    /// --register-buffers may register, once per request queue [default: host RAM x request
+    /// queues with --register-buffers, else at most 8M].
+    #[arg(long, value_name = "SIZE")]
+    pub memlock_limit: Option<String>,
 
     /// Threads in the `--aio=threads` pool [default: 8].
     #[arg(long, value_name = "N")]
     pub aio_threads: Option<usize>,
 
-    /// Worker isolation: namespace, chroot or none [default: namespace when the kernel allows
-    /// it, else chroot as root, else none, with a warning].
+    /// Worker isolation: namespace, chroot or none [default: namespace; where user namespaces
+    /// are refused, as root without a user namespace, otherwise the daemon refuses to start:
+    /// chroot and none are only used when asked for].
     #[arg(long, value_name = "MODE")]
     pub sandbox: Option<String>,
 
@@ -367,6 +375,13 @@ fn io_config(args: &Args) -> Result<IoConfig, CliError> {
         io.poll_us = us;
     }
     io.register_buffers = args.register_buffers;
+    if let Some(v) = &args.memlock_limit {
+        io.memlock_limit = Some(parse_size(v).map_err(|_| CliError::InvalidValue {
+            option: "--memlock-limit".into(),
+            value: v.clone(),
+            expected: "a size such as 512M or 4G",
+        })?);
+    }
     if let Some(n) = args.submit_batch {
         if n == 0 || n > 1024 {
             return Err(CliError::InvalidValue {

@@ -145,6 +145,9 @@ pub struct IoConfig {
     pub aio_threads: usize,
     /// Register guest memory with each io_uring (`--register-buffers`).
     pub register_buffers: bool,
+    /// `--memlock-limit`: the worker's RLIMIT_MEMLOCK in bytes (default with
+    /// `--register-buffers`: host RAM x request queues).
+    pub memlock_limit: Option<u64>,
 }
 
 impl Default for IoConfig {
@@ -156,6 +159,7 @@ impl Default for IoConfig {
             queue_cpus: Vec::new(),
             aio_threads: 8,
             register_buffers: false,
+            memlock_limit: None,
         }
     }
 }
@@ -278,7 +282,8 @@ pub const RESTART_WINDOW_SECS: u64 = 60;
 /// Privilege separation and confinement settings.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SandboxConfig {
-    /// `None`: namespaces when the kernel allows them, otherwise the best fallback (with a warning).
+    /// `None`: namespaces (as root without a user namespace where user namespaces are refused;
+    /// never a weaker mode).
     pub sandbox: Option<SandboxMode>,
     pub seccomp: SeccompMode,
     pub landlock: LandlockMode,

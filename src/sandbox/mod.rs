@@ -7,13 +7,15 @@
 //!    ([`namespaces::pivot_to_empty_root`]) or `chroot` ([`namespaces::chroot_into`]).
 //! 3. setgroups/setresgid/setresuid to the unprivileged account ([`user::switch_to`]), then
 //!    `PR_SET_PDEATHSIG` again (a uid change clears it).
-//! 4. Every capability dropped from every set, `PR_SET_NO_NEW_PRIVS`, not dumpable.
+//! 4. Every capability dropped from every set, `PR_SET_NO_NEW_PRIVS`, not dumpable, no core
+//!    dumps, open files, threads and locked memory bounded ([`limits`]).
 //! 5. Landlock: no file system, no TCP, scoped signals and abstract sockets ([`landlock`]).
 //! 6. Seccomp: `worker-enosys` + `worker-main` on the main thread, narrower roles stacked by
 //!    every thread it spawns ([`seccomp`]).
 
 pub mod caps;
 pub mod landlock;
+pub mod limits;
 pub mod namespaces;
 #[cfg(debug_assertions)]
 pub mod probe;
@@ -26,6 +28,7 @@ use std::{io, os::fd::RawFd, path::PathBuf};
 
 use nix::sys::{
     prctl,
+    resource::Resource,
     signal::{SigSet, Signal},
 };
 
@@ -52,8 +55,8 @@ pub enum SandboxError {
     Caps(#[from] caps::CapsError),
     #[error("step 4: cannot set no_new_privs: {0}")]
     NoNewPrivs(#[source] io::Error),
-    #[error("step 4: cannot make the process non-dumpable: {0}")]
-    NotDumpable(#[source] io::Error),
+    #[error("step 4: {0}")]
+    Limits(#[from] limits::LimitsError),
     #[error("step 5: {0}")]
     Landlock(#[from] landlock::LandlockError),
     #[error("step 6: cannot install the SIGSYS reporter: {0}")]
@@ -67,12 +70,39 @@ pub enum SandboxError {
 pub struct WorkerJail {
     /// Resolved (no "auto" any more).
     pub mode: SandboxMode,
+    /// `--sandbox=namespace` with a user namespace (false: as root where user namespaces are
+    /// refused, the other namespaces without one).
+    pub userns: bool,
     /// The account to switch to (`None`: keep the caller's, who is not root).
     pub ids: Option<user::Ids>,
     /// The empty directory of `--sandbox=chroot`.
     pub chroot_dir: Option<PathBuf>,
     pub landlock: LandlockMode,
     pub seccomp: SeccompMode,
+    /// RLIMIT_NOFILE of the worker.
+    pub max_files: u64,
+    /// RLIMIT_NPROC of the worker (its threads), applied when it has a user namespace: the
+    /// kernel counts tasks per user namespace and uid, so there the count is the worker's
+    /// alone; without one it would count every process of the account on the host.
+    pub max_threads: u64,
+}
+
+impl WorkerJail {
+    /// The isolation layers step 2 builds, in words (for the log).
+    pub fn describe_root(&self) -> &'static str {
+        match (self.mode, self.userns) {
+            (SandboxMode::Namespace, true) => {
+                "namespaces (user, mount, PID, network, IPC, UTS; empty root)"
+            }
+            (SandboxMode::Namespace, false) => {
+                "namespaces without a user namespace (mount, PID, network, IPC, UTS; empty root)"
+            }
+            (SandboxMode::Chroot, _) => {
+                "chroot into an empty directory (host PID, network, IPC namespaces)"
+            }
+            (SandboxMode::None, _) => "none (the host's namespaces and file system)",
+        }
+    }
 }
 
 /// Step 1: closes every fd not in `keep`, resets every signal handler to its default (SIGPIPE
@@ -155,7 +185,13 @@ pub fn confine(jail: &WorkerJail) -> Result<landlock::LandlockOutcome, SandboxEr
     // Step 4.
     caps::drop_all()?;
     prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
-    prctl::set_dumpable(false).map_err(|e| SandboxError::NotDumpable(e.into()))?;
+    limits::no_core_dumps()?;
+    limits::bound(Resource::RLIMIT_NOFILE, jail.max_files)?;
+    if jail.mode == SandboxMode::Namespace && jail.userns {
+        limits::bound(Resource::RLIMIT_NPROC, jail.max_threads)?;
+    }
+    // Inherited from the supervisor, which sized it; soft = hard so that it stays.
+    limits::bound(Resource::RLIMIT_MEMLOCK, u64::MAX)?;
     // Step 5.
     Ok(landlock::restrict_worker(jail.landlock)?)
 }

@@ -4,7 +4,8 @@
 //! `VHOST_USER_SCSI_PROBE=<what>[@<where>]` makes the jailed worker attempt one forbidden
 //! action: in the main thread right after its filters are installed (`@main`, the default), or
 //! in a vring worker / the protocol thread / an `--aio=threads` pool thread right after it
-//! stacked its role (`@vring`, `@protocol`, `@aio`). It prints `probe <what>@<where>: denied: <error>` and exits with
+//! stacked its role (`@vring`, `@protocol`, `@aio`), or in the supervisor right after it
+//! confined itself (`@supervisor`). It prints `probe <what>@<where>: denied: <error>` and exits with
 //! [`EXIT_PROBE_DENIED`], or prints `... ALLOWED` and exits with [`EXIT_PROBE_ALLOWED`]; under a
 //! seccomp filter the process is usually killed before it can print anything.
 //!
@@ -12,7 +13,10 @@
 //! (/bin/true), `ptrace` (attach to the supervisor), `kill-parent` (signal 0 to the
 //! supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to root),
 //! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool),
-//! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed).
+//! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed),
+//! `forge-log` (hostile stderr output: a line far longer than the relay's cap, terminal
+//! escapes, a line dressed as the supervisor's and a fake SIGSYS report naming `execve`; then
+//! `socket`, so that the worker really ends by SIGSYS, with the fake report as its last line).
 
 use std::{
     ffi::CStr,
@@ -124,6 +128,18 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
                 libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
             });
         }
+        // From the confined supervisor (`@supervisor`): signal 0 to every process it could
+        // reach (`kill(-1)`): only its worker's pidfd may be signalled.
+        "kill-any" => signal::kill(Pid::from_raw(-1), None),
+        "forge-log" => {
+            let mut out = vec![b'A'; 64 << 10];
+            out.extend_from_slice(b"\n\x1b[2J\x1b]0;owned\x07cleared the screen\r\n");
+            out.extend_from_slice(b"2026-01-01T00:00:00.000Z [INFO vhost_user_scsi::supervisor::monitor] worker 1 exited normally\n");
+            out.extend_from_slice(b"seccomp: thread vus-worker made forbidden syscall 59 (execve)\n");
+            // SAFETY: write(2) of an initialised buffer.
+            unsafe { libc::write(libc::STDERR_FILENO, out.as_ptr().cast(), out.len()) };
+            inet_socket().map(drop)
+        }
         other => return Err(io::Error::other(format!("unknown probe {other}"))),
     }
     .map_err(io::Error::from)
@@ -165,6 +181,11 @@ fn run(place: &str) {
 /// Runs a `@main` probe (worker main thread, after its filters are installed).
 pub fn run_in_main() {
     run("main");
+}
+
+/// Runs a `@supervisor` probe (the supervisor, right after it confined itself).
+pub fn run_in_supervisor() {
+    run("supervisor");
 }
 
 /// Runs a `@vring` / `@protocol` / `@aio` probe right after that thread stacked its role.

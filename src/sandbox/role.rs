@@ -8,6 +8,9 @@ use std::fmt;
 pub enum ThreadRole {
     /// The supervisor (parent) after set-up.
     Supervisor,
+    /// The `--restart-worker=on-failure` supervisor: a deny list (EPERM) that every worker it
+    /// creates inherits below its own filters (exec, ptrace, kill, setns, modules, BPF, ...).
+    SupervisorRestart,
     /// clone3 → ENOSYS adapter, stacked under `worker-main`.
     WorkerEnosys,
     /// The worker main thread: the union of every worker role (threads inherit it).
@@ -23,8 +26,9 @@ pub enum ThreadRole {
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 7] = [
+    pub const ALL: [ThreadRole; 8] = [
         ThreadRole::Supervisor,
+        ThreadRole::SupervisorRestart,
         ThreadRole::WorkerEnosys,
         ThreadRole::WorkerMain,
         ThreadRole::WorkerSignals,
@@ -37,6 +41,7 @@ impl ThreadRole {
     pub fn name(self) -> &'static str {
         match self {
             ThreadRole::Supervisor => "supervisor",
+            ThreadRole::SupervisorRestart => "supervisor-restart",
             ThreadRole::WorkerEnosys => "worker-enosys",
             ThreadRole::WorkerMain => "worker-main",
             ThreadRole::WorkerSignals => "worker-signals",

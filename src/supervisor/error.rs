@@ -33,11 +33,28 @@ pub enum PrivsepError {
     ChrootDir(#[source] io::Error),
     #[error("--sandbox=chroot needs the daemon to be started as root (CAP_SYS_CHROOT)")]
     ChrootNeedsRoot,
-    #[error("cannot create the worker process (--sandbox={mode}): {error}")]
+    #[error(
+        "cannot create the worker process (--sandbox={mode}{}): {error}",
+        userns_note(.mode, *.userns)
+    )]
     Clone {
         mode: &'static str,
+        userns: bool,
         error: io::Error,
     },
+    #[error(
+        "cannot isolate the worker: user namespaces are refused here ({0}) and the daemon is not \
+         root, so the worker's namespaces cannot be created; start it as root (namespaces \
+         without a user namespace), allow user namespaces, or give --sandbox=none to run the \
+         worker in the host's namespaces (weaker: Landlock, seccomp and no_new_privs only)"
+    )]
+    NoUserNamespaces(#[source] io::Error),
+    #[error("cannot change the supervisor's dumpable flag around clone: {0}")]
+    Dumpable(#[source] io::Error),
+    #[error("resource limits: {0}")]
+    Limits(#[from] crate::sandbox::limits::LimitsError),
+    #[error("cannot open a pidfd for the worker (pidfd_open, Linux >= 5.3): {0}")]
+    Pidfd(#[source] io::Error),
     #[error("cannot write the worker's uid/gid maps: {0}")]
     IdMaps(#[source] io::Error),
     #[error("cannot talk to the worker during set-up: {0}")]
@@ -48,4 +65,13 @@ pub enum PrivsepError {
     Confine(#[source] SandboxError),
     #[error("supervisor: {0}")]
     Supervise(#[source] io::Error),
+}
+
+/// ", without a user namespace" where `--sandbox=namespace` was tried without one.
+fn userns_note(mode: &str, userns: bool) -> &'static str {
+    if mode == "namespace" && !userns {
+        ", without a user namespace"
+    } else {
+        ""
+    }
 }

@@ -26,7 +26,8 @@ use nix::{
     poll::{self, PollFd, PollFlags, PollTimeout},
     sys::{
         prctl,
-        signal::{self, SigSet, Signal},
+        resource::Resource,
+        signal::{SigSet, Signal},
         signalfd::{SfdFlags, SignalFd},
         wait::{self, WaitPidFlag, WaitStatus},
     },
@@ -44,7 +45,8 @@ use crate::{
     },
     logging::relay::{drain, Relay},
     sandbox::{
-        self, caps as scaps, landlock, seccomp::ThreadRole, sigsys, user, SandboxError, WorkerJail,
+        self, caps as scaps, landlock, limits, seccomp::ThreadRole, sigsys, user, SandboxError,
+        WorkerJail,
     },
 };
 
@@ -108,9 +110,26 @@ fn signal_name(sig: i32) -> String {
         .into_owned()
 }
 
-fn report(pid: libc::pid_t, ending: Ending, seccomp_report: Option<&str>) {
+/// The worker's SIGSYS report, when the way it ended vouches for it: only the reporter of
+/// `--seccomp=trap` writes one, as the worker's last line, and then exits with
+/// [`sigsys::EXIT_SECCOMP_TRAP`]. A `seccomp:` line from a worker that ended any other way
+/// (a compromised worker can print anything) is relayed as its output and nothing more.
+fn trusted_report(mode: SeccompMode, ending: Ending, last_line: Option<String>) -> Option<String> {
+    (mode == SeccompMode::Trap && ending == Ending::Exited(sigsys::EXIT_SECCOMP_TRAP))
+        .then_some(last_line)
+        .flatten()
+}
+
+fn report(pid: libc::pid_t, ending: Ending, mode: SeccompMode, seccomp_report: Option<&str>) {
     match ending {
         Ending::Exited(0) => info!("worker {pid} exited normally"),
+        // Only the trap reporter exits with this status; from anything else it is a claim.
+        // Still treated as a violation (no restart): the safe reading.
+        Ending::Exited(sigsys::EXIT_SECCOMP_TRAP) if mode != SeccompMode::Trap => error!(
+            "worker {pid} exited with status {} (the SIGSYS reporter's), but --seccomp is not \
+             trap: no seccomp report is trusted; not restarted",
+            sigsys::EXIT_SECCOMP_TRAP
+        ),
         Ending::Exited(sigsys::EXIT_SECCOMP_TRAP) => error!(
             "worker {pid} stopped after a seccomp violation (--seccomp=trap): {}",
             seccomp_report.unwrap_or("no report received")
@@ -123,12 +142,9 @@ fn report(pid: libc::pid_t, ending: Ending, seccomp_report: Option<&str>) {
         }
         Ending::Exited(code) => warn!("worker {pid} exited with status {code}"),
         Ending::Signaled(libc::SIGSYS) => error!(
-            "worker {pid} killed by SIGSYS: a seccomp violation (--seccomp=kill); {}",
-            seccomp_report.map(str::to_owned).unwrap_or_else(|| {
-                "the kernel audit log names the syscall (dmesg / journalctl -k: \
-                 'type=1326 ... syscall=NR'); rerun with --seccomp=trap to have it reported here"
-                    .to_owned()
-            })
+            "worker {pid} killed by SIGSYS: a seccomp violation (--seccomp=kill); the kernel \
+             audit log names the syscall (dmesg / journalctl -k: 'type=1326 ... syscall=NR'); \
+             rerun with --seccomp=trap to have it reported here"
         ),
         Ending::Signaled(sig) => {
             error!("worker {pid} killed by signal {sig} ({})", signal_name(sig))
@@ -153,19 +169,168 @@ fn confine_self(config: &Config, res: &Resources) -> Result<(), SandboxError> {
         _ => None,
     };
     let outcome = landlock::restrict_supervisor(config.sandbox.landlock, socket_dir)?;
+    // It never opens, creates or locks anything again.
+    let files = limits::bound(
+        Resource::RLIMIT_NOFILE,
+        limits::supervisor_nofile(highest_fd()),
+    )?;
+    limits::bound(Resource::RLIMIT_MEMLOCK, 0)?;
     if config.sandbox.seccomp == SeccompMode::Trap {
         sigsys::install().map_err(SandboxError::SigsysHandler)?;
     }
     sandbox::seccomp::install(ThreadRole::Supervisor, config.sandbox.seccomp)?;
     info!(
-        "supervisor confined: CAP_KILL only, no_new_privs, {}, seccomp={:?}",
+        "supervisor confined: CAP_KILL only, no_new_privs, not dumpable, no core dumps, \
+         {files} files, no locked memory, {}, seccomp={:?}",
         outcome.description, config.sandbox.seccomp
     );
     Ok(())
 }
 
+/// Highest open descriptor of this process.
+fn highest_fd() -> i32 {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .max()
+                .unwrap_or(2)
+        })
+        .unwrap_or(2)
+}
+
+/// The capabilities an `on-failure` supervisor keeps: what creating and jailing the next
+/// worker needs, for the jail the first one got, and CAP_KILL (its worker runs as another
+/// user). Nothing for an unprivileged supervisor.
+fn restart_capabilities(jail: &WorkerJail) -> Vec<Capability> {
+    let mut keep = vec![Capability::CAP_KILL];
+    if jail.ids.is_some() {
+        // The worker's uid/gid maps (user namespace), or its setgroups/setresgid/setresuid.
+        keep.extend([Capability::CAP_SETUID, Capability::CAP_SETGID]);
+        match (jail.mode, jail.userns) {
+            // Inside its own user namespace the worker has every capability it needs; the
+            // namespaces themselves need none outside it.
+            (SandboxMode::Namespace, true) => {}
+            // clone with CLONE_NEW*, mount and pivot_root in the host's user namespace, and
+            // emptying the worker's bounding set.
+            (SandboxMode::Namespace, false) => {
+                keep.extend([Capability::CAP_SYS_ADMIN, Capability::CAP_SETPCAP])
+            }
+            (SandboxMode::Chroot, _) => {
+                keep.extend([Capability::CAP_SYS_CHROOT, Capability::CAP_SETPCAP])
+            }
+            (SandboxMode::None, _) => keep.push(Capability::CAP_SETPCAP),
+        }
+    }
+    keep
+}
+
+/// `--restart-worker=on-failure`, before the first worker: no_new_privs and the
+/// `supervisor-restart` deny list (EPERM for exec, ptrace, kill/tkill/tgkill, setns, unshare,
+/// modules, BPF, network sockets, ...). Every worker inherits it below its own filters (it
+/// allows everything a worker's start-up and roles use), so it covers restarts; installed
+/// before the first worker, so that every worker of this mode has the same filter stack.
+fn filter_for_restarts(mode: SeccompMode) -> Result<(), SandboxError> {
+    prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
+    if mode != SeccompMode::None {
+        sandbox::seccomp::install(ThreadRole::SupervisorRestart, mode)?;
+    }
+    Ok(())
+}
+
+/// `--restart-worker=on-failure`: the supervisor must create and jail new workers, so
+/// Landlock (it forbids the worker's mount and pivot_root) and its allowlist role are out;
+/// once the first worker is jailed it keeps only the capabilities a restart needs and bounds
+/// its files (it is already not dumpable, without core dumps, under no_new_privs and the
+/// `supervisor-restart` deny list).
+fn confine_for_restarts(jail: &WorkerJail) -> Result<(), SandboxError> {
+    let keep = restart_capabilities(jail);
+    scaps::keep_only(&keep)?;
+    prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
+    // Every worker inherits this limit and can only lower it: at least the worker's.
+    let files = limits::bound(
+        Resource::RLIMIT_NOFILE,
+        limits::supervisor_nofile(highest_fd()).max(jail.max_files),
+    )?;
+    let names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
+    info!(
+        "supervisor confined for restarts: capabilities {} only, no_new_privs, not dumpable, \
+         no core dumps, {files} files, seccomp deny list supervisor-restart; no Landlock (a \
+         restart needs mount and pivot_root)",
+        names.join(",")
+    );
+    Ok(())
+}
+
+/// The worker's layers besides its root (for the supervisor's log).
+fn worker_layers(jail: &WorkerJail) -> String {
+    format!(
+        "account={}, capabilities none, no_new_privs, landlock={:?}, seccomp={:?}, \
+         files<={}, threads<={}",
+        jail.ids.map_or_else(
+            || "the caller's".to_owned(),
+            |i| format!("{}:{}", i.uid, i.gid)
+        ),
+        jail.landlock,
+        jail.seccomp,
+        jail.max_files,
+        if jail.mode == SandboxMode::Namespace && jail.userns {
+            jail.max_threads.to_string()
+        } else {
+            "unbounded (no user namespace to count them in)".to_owned()
+        }
+    )
+}
+
+/// RLIMIT_MEMLOCK, inherited by the worker, which cannot raise it once jailed. Without
+/// `--register-buffers` the worker locks nothing: the limit only goes down (to
+/// [`limits::DEFAULT_MEMLOCK`], or `--memlock-limit`). With it, each request queue's io_uring
+/// registers (and pins) all of guest memory, which cannot exceed the host's RAM: the limit is
+/// `--memlock-limit`, else RAM x request queues, never unlimited.
+fn size_memlock(config: &Config) -> Result<(), PrivsepError> {
+    if !config.io.register_buffers {
+        let cap = config.io.memlock_limit.unwrap_or(u64::MAX);
+        limits::bound(Resource::RLIMIT_MEMLOCK, limits::DEFAULT_MEMLOCK.min(cap))?;
+        return Ok(());
+    }
+    let (want, why) = match config.io.memlock_limit {
+        Some(cap) => (cap, "--memlock-limit".to_owned()),
+        None => {
+            let ram = nix::sys::sysinfo::sysinfo()
+                .map(|i| i.ram_total())
+                .unwrap_or(limits::DEFAULT_MEMLOCK);
+            (
+                ram.saturating_mul(u64::from(config.num_queues.max(1))),
+                format!(
+                    "host RAM x {} request queues: the most guest memory the worker's rings \
+                     can register; --memlock-limit to change",
+                    config.num_queues
+                ),
+            )
+        }
+    };
+    match limits::set_exactly(Resource::RLIMIT_MEMLOCK, want) {
+        Ok(()) => info!(
+            "--register-buffers: the worker's RLIMIT_MEMLOCK set to {} KiB ({why})",
+            want >> 10
+        ),
+        Err(e) => {
+            // Without CAP_SYS_RESOURCE: as far as the hard limit allows.
+            let limit = want.min(limits::hard(Resource::RLIMIT_MEMLOCK)?);
+            limits::set_exactly(Resource::RLIMIT_MEMLOCK, limit)?;
+            warn!(
+                "--register-buffers: the worker's RLIMIT_MEMLOCK stays at {} KiB ({e}): guest \
+                 memory larger than that is not registered",
+                limit >> 10
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Set-up, then the supervision loop. Returns the exit code.
 pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
+    // Before anything is opened: no core of this process (it holds the LUNs) ever.
+    limits::no_core_dumps()?;
     let res = Resources::open(&config)?;
     if let ListenSpec::SocketPath(path) = &config.listen {
         info!(
@@ -183,31 +348,30 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     let mut plan = Plan {
         jail: WorkerJail {
             mode: config.sandbox.sandbox.unwrap_or(SandboxMode::Namespace),
+            userns: true,
             ids,
             chroot_dir: None,
             landlock: config.sandbox.landlock,
             seccomp: config.sandbox.seccomp,
+            max_files: limits::worker_nofile(&config, res.lun_fds.len()),
+            max_threads: limits::worker_threads(&config),
         },
-        auto: config.sandbox.sandbox.is_none(),
     };
     #[cfg(debug_assertions)]
     sandbox::probe::prepare(unistd::getpid().as_raw());
     let sfd = signalfd().map_err(PrivsepError::SignalFd)?;
-    if config.io.register_buffers {
-        // Inherited by the worker, which can no longer raise it once jailed.
-        match crate::block::engine::lift_memlock_limit() {
-            Ok(libc::RLIM_INFINITY) => info!("--register-buffers: RLIMIT_MEMLOCK lifted"),
-            Ok(limit) => warn!(
-                "--register-buffers: RLIMIT_MEMLOCK stays at {} KiB (no CAP_SYS_RESOURCE): \
-                 guest memory larger than that is not registered",
-                limit >> 10
-            ),
-            Err(e) => warn!("--register-buffers: cannot change RLIMIT_MEMLOCK: {e}"),
-        }
+    size_memlock(&config)?;
+    if config.sandbox.restart == RestartPolicy::OnFailure {
+        filter_for_restarts(config.sandbox.seccomp).map_err(PrivsepError::Confine)?;
     }
 
     let mut worker = spawn_worker(&res, &config, &mut plan)?;
-    info!("worker {} started", worker.pid);
+    info!(
+        "worker {} started; its layers: sandbox={}, {}",
+        worker.pid,
+        plan.jail.describe_root(),
+        worker_layers(&plan.jail)
+    );
     let mut res = Some(res);
     if config.sandbox.restart == RestartPolicy::Never {
         if let Some(r) = &mut res {
@@ -221,13 +385,25 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             r.lun_fds.clear();
         }
         confine_self(&config, res.as_ref().expect("resources")).map_err(PrivsepError::Confine)?;
+        #[cfg(debug_assertions)]
+        sandbox::probe::run_in_supervisor();
+    } else {
+        confine_for_restarts(&plan.jail).map_err(PrivsepError::Confine)?;
+        #[cfg(debug_assertions)]
+        sandbox::probe::run_in_supervisor();
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
     loop {
-        let (ending, seccomp_report, stopping) =
+        let (ending, last_seccomp_line, stopping) =
             supervise(&sfd, &mut worker).map_err(PrivsepError::Supervise)?;
-        report(worker.pid, ending, seccomp_report.as_deref());
+        let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
+        report(
+            worker.pid,
+            ending,
+            config.sandbox.seccomp,
+            seccomp_report.as_deref(),
+        );
         let failed = ending != Ending::Exited(0);
         let may_restart = config.sandbox.restart == RestartPolicy::OnFailure
             && failed
@@ -264,9 +440,10 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
 }
 
 /// Waits for the worker to end, relaying its output and forwarding termination signals.
-/// Returns how it ended, its SIGSYS report if any, and whether a stop had been requested.
+/// Returns how it ended, its last line when that was a SIGSYS report (to be trusted or not
+/// by [`trusted_report`]), and whether a stop had been requested.
 fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<String>, bool)> {
-    let mut relay = Relay::default();
+    let mut relay = Relay::new(worker.pid);
     let mut stderr_open = true;
     let mut stopping = false;
     let mut deadline: Option<Instant> = None;
@@ -297,7 +474,7 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 worker.pid,
                 STOP_GRACE.as_secs()
             );
-            let _ = signal::kill(child, Signal::SIGKILL);
+            let _ = worker.signal(Signal::SIGKILL);
             deadline = None;
         }
         if output {
@@ -320,7 +497,7 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                         worker.pid
                     );
                     stopping = true;
-                    let _ = signal::kill(child, sig);
+                    let _ = worker.signal(sig);
                     deadline.get_or_insert(Instant::now() + STOP_GRACE);
                 }
             }
@@ -329,10 +506,11 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 .and_then(Ending::from_status)
             {
                 if stderr_open {
-                    drain(worker.stderr.as_fd(), &mut relay.seccomp_report);
+                    drain(worker.stderr.as_fd(), &mut relay);
                 }
                 relay.finish();
-                return Ok((ending, relay.seccomp_report, stopping));
+                let last = relay.seccomp_report().map(str::to_owned);
+                return Ok((ending, last, stopping));
             }
         }
     }

@@ -1,12 +1,12 @@
 //! Creating a worker: the resources it inherits (opened once), fresh channels for each worker,
-//! `clone` (into new namespaces for `--sandbox=namespace`, with the fallback when they are not
-//! allowed), the uid/gid maps and the set-up handshake.
+//! `clone` (into new namespaces for `--sandbox=namespace`; without a user namespace, as root,
+//! where user namespaces are refused), the uid/gid maps and the set-up handshake.
 
 use std::{
     fs::File,
     io::{self, Read, Write},
     os::{
-        fd::{AsFd, OwnedFd, RawFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
     path::PathBuf,
@@ -16,6 +16,7 @@ use log::warn;
 use nix::{
     fcntl::OFlag,
     sys::{
+        prctl,
         signal::{self, Signal},
         socket::{self, AddressFamily, SockFlag, SockType},
         wait,
@@ -119,12 +120,11 @@ fn channels(res: &Resources) -> Result<Channels, PrivsepError> {
     })
 }
 
-/// How the worker is to be created, decided once.
+/// How the worker is to be created, decided once (the first spawn may find that user
+/// namespaces are refused and record it in `jail.userns`).
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub jail: WorkerJail,
-    /// `--sandbox` was not given: fall back when namespaces are not allowed.
-    pub auto: bool,
 }
 
 fn is_root() -> bool {
@@ -140,14 +140,60 @@ fn make_chroot_dir() -> io::Result<PathBuf> {
 /// A worker that finished its set-up.
 pub struct Worker {
     pub pid: libc::pid_t,
+    /// A pidfd of the worker: the only way the supervisor signals it ([`Worker::signal`]), so
+    /// that its seccomp role needs no `kill` (which takes any pid, and `-1` for every process
+    /// CAP_KILL reaches) but `pidfd_send_signal`, which reaches only what it has a pidfd for.
+    pub pidfd: OwnedFd,
     /// Read end of its stderr.
     pub stderr: OwnedFd,
     /// Supervisor end of the fd broker.
     pub broker: UnixStream,
 }
 
-/// Creates a worker and waits until it is jailed. Falls back from namespaces when they are not
-/// allowed and `--sandbox` was not given.
+/// `pidfd_open(2)` of our own unreaped child (its pid cannot be reused before we reap it).
+fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns (pidfds are close-on-exec).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// `pidfd_send_signal(2)`: `sig` to the process `pidfd` refers to, and to no other.
+fn pidfd_send_signal(pidfd: BorrowedFd<'_>, sig: Signal) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a valid descriptor, no siginfo (NULL) and no flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            sig as libc::c_int,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Worker {
+    /// Sends `sig` to the worker through its pidfd.
+    pub fn signal(&self, sig: Signal) -> io::Result<()> {
+        pidfd_send_signal(self.pidfd.as_fd(), sig)
+    }
+}
+
+/// Creates a worker and waits until it is jailed.
+///
+/// `--sandbox=namespace` (the default) never falls back to a weaker jail: when user
+/// namespaces are refused (a host that disables them for hardening), a supervisor started as
+/// root creates the same mount, PID, network, IPC and UTS namespaces without a user namespace
+/// (virtiofsd's way: the worker is root in the host's user namespace until it drops to its
+/// account and every capability, like `--sandbox=chroot`); anyone else gets an error that
+/// says how to ask for less (`--sandbox=none`).
 pub fn spawn_worker(
     res: &Resources,
     config: &Config,
@@ -160,35 +206,40 @@ pub fn spawn_worker(
         plan.jail.chroot_dir = Some(make_chroot_dir().map_err(PrivsepError::ChrootDir)?);
     }
     let ch = channels(res)?;
-    let flags = if plan.jail.mode == SandboxMode::Namespace {
-        namespaces::NAMESPACE_FLAGS
-    } else {
-        0
+    let namespace = plan.jail.mode == SandboxMode::Namespace;
+    let flags = match (namespace, plan.jail.userns) {
+        (true, true) => namespaces::NAMESPACE_FLAGS,
+        (true, false) => namespaces::NAMESPACE_FLAGS & !libc::CLONE_NEWUSER,
+        (false, _) => 0,
     };
-    let pid = match namespaces::clone_process(flags) {
+    // A non-dumpable process's /proc files belong to root, and the child starts as a copy of
+    // this process: an unprivileged supervisor could not write its worker's uid/gid maps. The
+    // child is dumpable only until its step 4 (the supervisor itself only around the clone).
+    let toggle_dumpable = namespace && plan.jail.userns && !is_root();
+    if toggle_dumpable {
+        prctl::set_dumpable(true).map_err(|e| PrivsepError::Dumpable(e.into()))?;
+    }
+    let cloned = namespaces::clone_process(flags);
+    if toggle_dumpable && !matches!(cloned, Ok(0)) {
+        prctl::set_dumpable(false).map_err(|e| PrivsepError::Dumpable(e.into()))?;
+    }
+    let pid = match cloned {
         Ok(pid) => pid,
-        Err(e)
-            if plan.auto
-                && plan.jail.mode == SandboxMode::Namespace
-                && namespaces::is_unavailable(&e) =>
-        {
-            let fallback = if is_root() {
-                SandboxMode::Chroot
-            } else {
-                SandboxMode::None
-            };
+        Err(e) if namespace && plan.jail.userns && namespaces::is_unavailable(&e) => {
+            if !is_root() {
+                return Err(PrivsepError::NoUserNamespaces(e));
+            }
             warn!(
-                "namespaces are not available here ({e}); the worker falls back to --sandbox={} \
-                 (give --sandbox=namespace to require them)",
-                fallback.name()
+                "user namespaces are refused here ({e}): the worker's mount, PID, network, IPC \
+                 and UTS namespaces are created without one (the daemon runs as root)"
             );
-            plan.jail.mode = fallback;
-            plan.auto = false;
+            plan.jail.userns = false;
             return spawn_worker(res, config, plan);
         }
         Err(error) => {
             return Err(PrivsepError::Clone {
                 mode: plan.jail.mode.name(),
+                userns: plan.jail.userns,
                 error,
             })
         }
@@ -209,8 +260,9 @@ pub fn spawn_worker(
     } = ch;
     drop((stderr_w, sync_child, broker_child, listener));
 
+    let pidfd = pidfd_open(pid);
     let result = (|| {
-        if plan.jail.mode == SandboxMode::Namespace {
+        if namespace && plan.jail.userns {
             let (uid, gid) = plan
                 .jail
                 .ids
@@ -231,17 +283,27 @@ pub fn spawn_worker(
             warn!("cannot remove the chroot directory {}: {e}", dir.display());
         }
     }
-    if let Err(e) = result {
-        // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
-        let child = Pid::from_raw(pid);
-        let _ = signal::kill(child, Signal::SIGKILL);
-        relay::drain(stderr_r.as_fd(), &mut None);
-        let _ = wait::waitpid(child, None);
-        return Err(e);
-    }
-    Ok(Worker {
-        pid,
-        stderr: stderr_r,
-        broker,
-    })
+    let (error, pidfd) = match (result, pidfd) {
+        (Ok(()), Ok(pidfd)) => {
+            return Ok(Worker {
+                pid,
+                pidfd,
+                stderr: stderr_r,
+                broker,
+            })
+        }
+        (Err(e), pidfd) => (e, pidfd.ok()),
+        (Ok(()), Err(e)) => (PrivsepError::Pidfd(e), None),
+    };
+    // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
+    // Through its pidfd where there is one (kill(2) is refused to an on-failure supervisor);
+    // its pid is our unreaped child either way.
+    let child = Pid::from_raw(pid);
+    let _ = match &pidfd {
+        Some(fd) => pidfd_send_signal(fd.as_fd(), Signal::SIGKILL),
+        None => signal::kill(child, Signal::SIGKILL).map_err(io::Error::from),
+    };
+    relay::drain(stderr_r.as_fd(), &mut relay::Relay::new(pid));
+    let _ = wait::waitpid(child, None);
+    Err(error)
 }

@@ -140,9 +140,10 @@ fn worker_main(
     let landlock = sandbox::confine(jail)?;
     let (uid, gid) = (unistd::getuid(), unistd::getgid());
     info!(
-        "worker jailed: sandbox={}, uid={uid} gid={gid}, no capabilities, no_new_privs, {}, \
-         seccomp={:?}",
+        "worker jailed: sandbox={} {}, uid={uid} gid={gid}, no capabilities, no_new_privs, not \
+         dumpable, no core dumps, {}, seccomp={:?}",
         jail.mode.name(),
+        jail.describe_root(),
         landlock.description,
         jail.seccomp
     );

@@ -28,8 +28,6 @@ pub mod uring;
 
 use std::{io, os::fd::RawFd};
 
-use nix::sys::resource::{self, Resource};
-
 use crate::block::IoKind;
 pub use crate::config::{AioMode, IoConfig};
 
@@ -98,19 +96,6 @@ pub trait Engine: Send {
 
 /// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.
 pub const DEALLOCATE_MODE: libc::c_int = crate::block::file::PUNCH_HOLE;
-
-/// For `--register-buffers`, run by the supervisor before it starts a worker: registered
-/// buffers count against RLIMIT_MEMLOCK, which the unprivileged worker cannot raise. Lifts the
-/// limit (as root), else the soft limit to the hard one; returns the soft limit now in force.
-pub fn lift_memlock_limit() -> io::Result<libc::rlim_t> {
-    let infinity = resource::RLIM_INFINITY;
-    if resource::setrlimit(Resource::RLIMIT_MEMLOCK, infinity, infinity).is_ok() {
-        return Ok(infinity);
-    }
-    let (_, hard) = resource::getrlimit(Resource::RLIMIT_MEMLOCK)?;
-    resource::setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard)?;
-    Ok(hard)
-}
 
 /// Reads an eventfd if it is readable, without ever blocking.
 pub(crate) fn drain_eventfd(fd: RawFd) -> bool {
