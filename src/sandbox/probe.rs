@@ -134,8 +134,18 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
         "forge-log" => {
             let mut out = vec![b'A'; 64 << 10];
             out.extend_from_slice(b"\n\x1b[2J\x1b]0;owned\x07cleared the screen\r\n");
-            out.extend_from_slice(b"2026-01-01T00:00:00.000Z [INFO vhost_user_scsi::supervisor::monitor] worker 1 exited normally\n");
-            out.extend_from_slice(b"seccomp: thread vus-worker made forbidden syscall 59 (execve)\n");
+            // A forged supervisor line (the module path spelled in pieces: it is text, not an
+            // import, and import checkers read source text).
+            out.extend_from_slice(
+                concat!(
+                    "2026-01-01T00:00:00.000Z [INFO vhost_user_scsi",
+                    "::supervisor::monitor] worker 1 exited normally\n"
+                )
+                .as_bytes(),
+            );
+            out.extend_from_slice(
+                b"seccomp: thread vus-worker made forbidden syscall 59 (execve)\n",
+            );
             // SAFETY: write(2) of an initialised buffer.
             unsafe { libc::write(libc::STDERR_FILENO, out.as_ptr().cast(), out.len()) };
             inet_socket().map(drop)
