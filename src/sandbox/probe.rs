@@ -3,16 +3,25 @@
 //!
 //! `VHOST_USER_SCSI_PROBE=<what>[@<where>]` makes the jailed worker attempt one forbidden
 //! action: in the main thread right after its filters are installed (`@main`, the default), or
-//! in a vring worker / the protocol thread / an `--aio=threads` pool thread right after it
-//! stacked its role (`@vring`, `@protocol`, `@aio`). It prints `probe <what>@<where>: denied: <error>` and exits with
-//! [`EXIT_PROBE_DENIED`], or prints `... ALLOWED` and exits with [`EXIT_PROBE_ALLOWED`]; under a
-//! seccomp filter the process is usually killed before it can print anything.
+//! in a vring worker / the protocol thread / an `--aio=threads` pool thread / the signal thread
+//! right after it stacked its role (`@vring`, `@protocol`, `@aio`, `@signals`). It prints
+//! `probe <what>@<where>: denied: <error>` and exits with [`EXIT_PROBE_DENIED`], or prints
+//! `... ALLOWED` and exits with [`EXIT_PROBE_ALLOWED`]; under a seccomp filter the process is
+//! usually killed before it can print anything.
 //!
-//! What: `open` (/etc/passwd), `socket` (AF_INET), `connect` (TCP to 127.0.0.1:9), `execve`
-//! (/bin/true), `ptrace` (attach to the supervisor), `kill-parent` (signal 0 to the
-//! supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to root),
-//! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool),
-//! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed).
+//! What, forbidden everywhere: `open` (/etc/passwd), `socket` (AF_INET), `connect` (TCP to
+//! 127.0.0.1:9), `execve` (/bin/true), `ptrace` (attach to the supervisor), `kill-parent`
+//! (signal 0 to the supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to
+//! root), `io-uring` (`io_uring_setup`: rings are made before the filters),
+//! `io-uring-register-files` (a new fixed-file table), `fallocate-grow` (`fallocate` mode 0).
+//!
+//! Allowed by `worker-main` but not by every narrower role, so that a role made too broad shows
+//! (each on fd -1: EBADF where allowed): `accept` (main only), `recvmsg` (main, protocol),
+//! `io-uring-enter` and `io-uring-register-update` (main, vring), `fallocate-punch` (PUNCH_HOLE
+//! | KEEP_SIZE: main, vring, aio).
+//!
+//! Not forbidden: `heap-trim` (a thread that fills and frees its malloc heap: must not be
+//! killed).
 
 use std::{
     ffi::CStr,
@@ -115,8 +124,9 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
             .join()
             .map_err(|_| io::Error::other("heap-trim thread panicked"));
         }
+        // The io_uring probes: only the roles of the threads that use a ring allow anything
+        // (`@main`, `@vring`), and nobody may make a ring or register files wholesale.
         "io-uring" => {
-            // Allowed to the main and vring roles (the io-uring engine), not to the aio pool.
             let mut params = [0u8; 120]; // struct io_uring_params
                                          // SAFETY: io_uring_setup writes at most sizeof(struct io_uring_params) (120 bytes)
                                          // into `params`.
@@ -124,9 +134,45 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
                 libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
             });
         }
+        // SAFETY (the next three): fd -1 and no argument memory: the kernel reads nothing.
+        "io-uring-enter" => {
+            return result(unsafe {
+                libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0usize, 0)
+            });
+        }
+        "io-uring-register-files" => {
+            // IORING_REGISTER_FILES: a whole new fixed-file table.
+            return result(unsafe { libc::syscall(libc::SYS_io_uring_register, -1, 2, 0usize, 0) });
+        }
+        "io-uring-register-update" => {
+            // IORING_REGISTER_FILES_UPDATE: the kick slot's update.
+            return result(unsafe { libc::syscall(libc::SYS_io_uring_register, -1, 6, 0usize, 0) });
+        }
+        // Allowed to the main thread only.
+        "accept" => socket::accept4(-1, SockFlag::SOCK_CLOEXEC).map(drop),
+        // Allowed to the main and protocol threads (front-end messages).
+        "recvmsg" => {
+            // SAFETY: fd -1; the header is zeroed (no buffers): the kernel fails with EBADF
+            // before reading it.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            return result(unsafe { libc::recvmsg(-1, &mut msg, 0) } as libc::c_long);
+        }
+        // fallocate with the modes the data path uses (allowed to main, vring and aio), and
+        // without KEEP_SIZE (growing a file: allowed to nobody).
+        "fallocate-punch" => {
+            fallocate_probe(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+        }
+        "fallocate-grow" => fallocate_probe(0),
         other => return Err(io::Error::other(format!("unknown probe {other}"))),
     }
     .map_err(io::Error::from)
+}
+
+/// `fallocate(-1, mode, 0, 4096)`: EBADF where seccomp lets `mode` through.
+fn fallocate_probe(mode: libc::c_int) -> nix::Result<()> {
+    // SAFETY: integer arguments only; fd -1 names no file.
+    nix::errno::Errno::result(unsafe { libc::fallocate(-1, mode, 0, 4096) }).map(drop)
 }
 
 fn inet_socket() -> nix::Result<OwnedFd> {
@@ -167,12 +213,14 @@ pub fn run_in_main() {
     run("main");
 }
 
-/// Runs a `@vring` / `@protocol` / `@aio` probe right after that thread stacked its role.
+/// Runs a `@vring` / `@protocol` / `@aio` / `@signals` probe right after that thread stacked
+/// its role.
 pub fn run_in_thread(role: ThreadRole) {
     match role {
         ThreadRole::WorkerVring => run("vring"),
         ThreadRole::WorkerProtocol => run("protocol"),
         ThreadRole::WorkerAio => run("aio"),
+        ThreadRole::WorkerSignals => run("signals"),
         _ => {}
     }
 }

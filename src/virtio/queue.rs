@@ -131,31 +131,28 @@ pub struct QueueWorker {
 }
 
 impl QueueWorker {
-    /// Builds the engine `config` asks for (io_uring falls back to threads, with a warning),
-    /// with room for `depth` commands in flight. Runs on the queue thread that will use it.
-    pub fn new(config: &IoConfig, files: &[RawFd], depth: u16, queue: usize) -> io::Result<Self> {
+    /// Builds the engine `config` asks for, with room for `depth` commands in flight: the
+    /// queue's io_uring `ring` (made at start-up) for `--aio=io-uring`, the thread pool when
+    /// there is none (io_uring was refused at start-up). Runs on the queue thread that will
+    /// use it.
+    pub fn new(
+        config: &IoConfig,
+        ring: Option<UringEngine>,
+        depth: u16,
+        queue: usize,
+    ) -> io::Result<Self> {
         let inline = config.aio == AioMode::Sync;
         // (`--queue-cpus` and `--register-buffers` tune the asynchronous engines only.)
         if !config.queue_cpus.is_empty() && !inline {
             pin_to_cpu(config.queue_cpus[queue % config.queue_cpus.len()]);
         }
         let depth = usize::from(depth.max(1));
-        let engine: Box<dyn Engine> = match config.aio {
-            AioMode::IoUring => {
-                match UringEngine::new(
-                    depth.next_power_of_two() as u32,
-                    files,
-                    config.register_buffers,
-                ) {
-                    Ok(e) => Box::new(e),
-                    Err(e) => {
-                        warn!("request queue {queue}: io_uring unavailable ({e}); using the thread pool");
-                        Box::new(ThreadEngine::new(config.aio_threads)?)
-                    }
-                }
+        let engine: Box<dyn Engine> = match (config.aio, ring) {
+            (AioMode::IoUring, Some(ring)) => Box::new(ring),
+            (AioMode::IoUring | AioMode::Threads, _) => {
+                Box::new(ThreadEngine::new(config.aio_threads)?)
             }
-            AioMode::Threads => Box::new(ThreadEngine::new(config.aio_threads)?),
-            AioMode::Sync => Box::new(InlineEngine),
+            (AioMode::Sync, _) => Box::new(InlineEngine),
         };
         if queue == 0 && !inline {
             info!("request queues use the {} engine", engine.name());
@@ -191,6 +188,33 @@ impl QueueWorker {
             register_buffers: false,
             registered: None,
             queue: 0,
+        }
+    }
+
+    /// Completes what is in flight (the connection is gone: nothing is answered) and hands
+    /// back the io_uring engine, if that is what this worker used, for the next connection.
+    pub fn into_ring(mut self) -> Option<UringEngine> {
+        self.abandon_in_flight();
+        std::mem::replace(&mut self.engine, Box::new(InlineEngine)).into_ring()
+    }
+
+    /// Waits for every I/O in flight, answering none (the kernel may still be writing guest
+    /// memory: the guards must not go before).
+    fn abandon_in_flight(&mut self) {
+        while self.inflight > 0 {
+            if self.engine.wait(None).is_err() {
+                break;
+            }
+            self.engine.reap(&mut self.done);
+            for &(user_data, _) in &self.done {
+                if let Some(slot) = self.slots.get_mut(user_data as usize) {
+                    // The command is never answered (the connection is gone), but its write
+                    // no longer holds the gate.
+                    slot.release();
+                    self.inflight = self.inflight.saturating_sub(1);
+                }
+            }
+            self.done.clear();
         }
     }
 
@@ -531,22 +555,7 @@ impl QueueWorker {
 
 impl Drop for QueueWorker {
     fn drop(&mut self) {
-        // The kernel may still be writing guest memory: wait before the guards go.
-        while self.inflight > 0 {
-            if self.engine.wait(None).is_err() {
-                break;
-            }
-            self.engine.reap(&mut self.done);
-            for &(user_data, _) in &self.done {
-                if let Some(slot) = self.slots.get_mut(user_data as usize) {
-                    // The command is never answered (the connection is gone), but its write
-                    // no longer holds the gate.
-                    slot.release();
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-            }
-            self.done.clear();
-        }
+        self.abandon_in_flight();
     }
 }
 

@@ -1,4 +1,18 @@
-//! The io_uring engine: one ring per request-queue thread.
+//! The io_uring engine: one ring per request queue.
+//!
+//! Rings are made while the worker is still single-threaded and unfiltered (after the rest of
+//! its confinement, before its seccomp filters): created disabled, given the LUN files as fixed
+//! files, restricted to our opcodes with fixed files required, then enabled. No thread that
+//! runs afterwards may call `io_uring_setup`, so a compromised thread cannot make a ring of its
+//! own, and the rings it can reach only read, write, sync and deallocate registered files and
+//! poll the kick eventfd registered in the slot after them.
+//!
+//! The rings outlive connections: a queue thread (vhost-user-backend's, new for every
+//! connection) takes its queue's ring for the connection and the main thread recycles it at the
+//! disconnect ([`UringEngine::recycle`]). That is why they are not `IORING_SETUP_SINGLE_ISSUER`:
+//! such a ring takes submissions only from the task that enabled it, for the ring's whole life
+//! (the kernel offers no way to hand it over), while the rings are enabled before any queue
+//! thread exists and serve a new queue thread after every reconnection.
 
 use std::{io, os::fd::RawFd};
 
@@ -15,17 +29,34 @@ const KICK_TOKEN: u64 = 1 << 63;
 const REMOVE_TOKEN: u64 = KICK_TOKEN | 1 << 62;
 
 /// `io_uring_register` opcodes (linux/io_uring.h), which the io-uring crate does not export.
-const IORING_REGISTER_BUFFERS: u8 = 0;
-const IORING_UNREGISTER_BUFFERS: u8 = 1;
+/// The worker's seccomp files allow exactly these after confinement (`io_uring_register`, arg 1).
+pub const IORING_REGISTER_BUFFERS: u8 = 0;
+pub const IORING_UNREGISTER_BUFFERS: u8 = 1;
+pub const IORING_REGISTER_FILES_UPDATE: u8 = 6;
 
 /// io_uring refuses registered buffers larger than this; guest regions are split.
 const MAX_FIXED_BUFFER: usize = 1 << 30;
 
+/// Why a ring could not be made ready for the next connection.
+#[derive(Debug, thiserror::Error)]
+pub enum RecycleError {
+    #[error("cannot remove the kick poll: {0}")]
+    Disarm(#[source] io::Error),
+    #[error("cannot clear the kick slot: {0}")]
+    KickSlot(#[source] io::Error),
+    #[error("cannot unregister guest memory: {0}")]
+    Buffers(#[source] io::Error),
+    #[error("{0} operations still queued or in flight")]
+    Busy(usize),
+}
+
 /// One io_uring with the LUN files registered and only our opcodes allowed.
 pub struct UringEngine {
     ring: IoUring,
-    /// Registered (fixed) files, by index.
+    /// Registered (fixed) files, by index; the kick eventfd's slot follows them.
     files: Vec<RawFd>,
+    /// The fd registered in the kick slot (`files.len()`), if any.
+    kick_registered: Option<RawFd>,
     /// Guest memory registered as fixed buffers (`--register-buffers`): (host start, length)
     /// by buffer index, sorted by address.
     buffers: Vec<(usize, usize)>,
@@ -43,25 +74,29 @@ pub struct UringEngine {
 }
 
 impl UringEngine {
-    /// Creates a ring of `entries` (completion queue twice as large), registers `files` and
-    /// restricts the ring to READV, WRITEV, READ_FIXED, WRITE_FIXED, FSYNC, FALLOCATE, POLL_ADD
-    /// and POLL_REMOVE.
-    /// With `buffers`, the ring may also register and unregister guest memory (nothing else
-    /// can be registered once it runs).
+    /// Creates a ring of `entries` (completion queue twice as large), registers `files` and an
+    /// empty slot for the kick eventfd, and restricts the ring to READV, WRITEV, READ_FIXED,
+    /// WRITE_FIXED, FSYNC, FALLOCATE, POLL_ADD and POLL_REMOVE on fixed files only, and to one
+    /// `io_uring_register` operation: replacing the kick slot's file. With `buffers`, it may
+    /// also register and unregister guest memory.
+    ///
+    /// Called before the worker's seccomp filters exist (`io_uring_setup` is allowed to no
+    /// role); the ring is enabled here, so any thread may use it from now on.
     pub fn new(entries: u32, files: &[RawFd], buffers: bool) -> io::Result<Self> {
         let ring: IoUring = IoUring::builder()
             .setup_cqsize(entries * 2)
-            .setup_single_issuer()
-            // Completions are posted when this thread next enters the kernel, without an IPI;
-            // the TASKRUN flag tells a busy-polling thread when it has to enter (`ready`).
+            // Completions are posted when the submitting thread next enters the kernel, without
+            // an IPI; the TASKRUN flag tells a busy-polling thread when it has to enter
+            // (`ready`). (No SINGLE_ISSUER: see the module comment.)
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .setup_r_disabled()
             .build(entries)?;
         let sub = ring.submitter();
-        if !files.is_empty() {
-            sub.register_files(files)?;
-        }
+        // The LUN files, then the kick's slot, empty until a queue thread arms its poll.
+        let mut table = files.to_vec();
+        table.push(-1);
+        sub.register_files(&table)?;
         let mut restrictions = vec![
             Restriction::sqe_op(opcode::Readv::CODE),
             Restriction::sqe_op(opcode::Writev::CODE),
@@ -71,7 +106,10 @@ impl UringEngine {
             Restriction::sqe_op(opcode::PollRemove::CODE),
             Restriction::sqe_op(opcode::ReadFixed::CODE),
             Restriction::sqe_op(opcode::WriteFixed::CODE),
-            Restriction::sqe_flags_allowed(squeue::Flags::FIXED_FILE.bits()),
+            // Every SQE names a registered file: the LUN files and the kick, nothing else the
+            // worker holds (sockets, the broker, guest memory fds).
+            Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
+            Restriction::register_op(IORING_REGISTER_FILES_UPDATE),
         ];
         if buffers {
             restrictions.extend([
@@ -84,6 +122,7 @@ impl UringEngine {
         Ok(Self {
             ring,
             files: files.to_vec(),
+            kick_registered: None,
             buffers: Vec::new(),
             kick_armed: None,
             kick_polls: 0,
@@ -92,6 +131,78 @@ impl UringEngine {
             queued: 0,
             pending: Vec::with_capacity(entries as usize * 2),
         })
+    }
+
+    /// One ring per request queue, for queues of `depth` descriptors over the LUN `files`
+    /// (`buffers`: `--register-buffers`). At worker start-up, before the seccomp filters.
+    pub fn for_queues(
+        queues: u16,
+        depth: u16,
+        files: &[RawFd],
+        buffers: bool,
+    ) -> io::Result<Vec<Self>> {
+        let entries = u32::from(depth.max(1)).next_power_of_two();
+        (0..queues)
+            .map(|_| Self::new(entries, files, buffers))
+            .collect()
+    }
+
+    /// The fixed-file index of the kick slot.
+    fn kick_slot(&self) -> u32 {
+        self.files.len() as u32
+    }
+
+    /// Makes the ring ready for the next connection's queue thread (called on the main thread
+    /// after the previous one was joined, with nothing in flight): the kick poll removed, its
+    /// eventfd released from the kick slot, guest memory unregistered, stale completions
+    /// dropped.
+    pub fn recycle(&mut self) -> Result<(), RecycleError> {
+        if let Some((_, token)) = self.kick_armed.take() {
+            let remove = opcode::PollRemove::new(token)
+                .build()
+                .flags(squeue::Flags::FIXED_FILE)
+                .user_data(REMOVE_TOKEN);
+            if !self.push_entry(&remove) {
+                return Err(RecycleError::Busy(self.queued));
+            }
+            // The removal always completes (0, or ENOENT when the kernel already ended the
+            // poll when its thread exited).
+            loop {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => return Err(RecycleError::Disarm(e)),
+                }
+                self.queued = 0;
+                let removed = self
+                    .ring
+                    .completion()
+                    .any(|cqe| cqe.user_data() == REMOVE_TOKEN);
+                if removed {
+                    break;
+                }
+            }
+        }
+        if self.kick_registered.take().is_some() {
+            self.ring
+                .submitter()
+                .register_files_update(self.kick_slot(), &[-1])
+                .map_err(RecycleError::KickSlot)?;
+        }
+        if !self.buffers.is_empty() {
+            self.ring
+                .submitter()
+                .unregister_buffers()
+                .map_err(RecycleError::Buffers)?;
+            self.buffers.clear();
+        }
+        self.collect();
+        if !self.pending.is_empty() || self.queued > 0 {
+            return Err(RecycleError::Busy(self.pending.len() + self.queued));
+        }
+        self.kick_stale = false;
+        self.kick_fired = false;
+        Ok(())
     }
 
     fn push_entry(&mut self, entry: &squeue::Entry) -> bool {
@@ -119,9 +230,22 @@ impl UringEngine {
                 return;
             }
         }
+        // Every new poll first puts `fd` in the kick slot: it may name a new eventfd under an
+        // old number (the ring's restriction accepts fixed files only).
+        if self
+            .ring
+            .submitter()
+            .register_files_update(self.kick_slot(), &[fd])
+            .is_err()
+        {
+            // Not watched: the queue still sees new requests at every completion and when the
+            // event loop calls it again.
+            return;
+        }
+        self.kick_registered = Some(fd);
         self.kick_polls += 1;
         let token = KICK_TOKEN | self.kick_polls;
-        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+        let entry = opcode::PollAdd::new(types::Fixed(self.kick_slot()), libc::POLLIN as u32)
             .multi(true)
             .build()
             .user_data(token);
@@ -136,8 +260,10 @@ impl UringEngine {
         let Some((_, token)) = self.kick_armed else {
             return true;
         };
+        // FIXED_FILE although POLL_REMOVE names no file: the ring requires it on every SQE.
         let remove = opcode::PollRemove::new(token)
             .build()
+            .flags(squeue::Flags::FIXED_FILE)
             .user_data(REMOVE_TOKEN);
         if !self.push_entry(&remove) {
             return false;
@@ -320,13 +446,17 @@ impl Engine for UringEngine {
     }
 
     fn forget_kick(&mut self) {
-        // Called from the vhost-user thread: the ring (SINGLE_ISSUER) only takes submissions
-        // from its queue thread, which re-arms at its next wait.
+        // Called from the vhost-user thread, which must not enter the kernel for the queue:
+        // the queue thread re-arms (and re-registers the kick slot) at its next wait.
         self.kick_stale = true;
     }
 
     fn name(&self) -> &'static str {
         "io-uring"
+    }
+
+    fn into_ring(self: Box<Self>) -> Option<UringEngine> {
+        Some(*self)
     }
 }
 
