@@ -480,6 +480,126 @@ mod tests {
         UringEngine::new(8, &[], false).expect("io_uring (is kernel.io_uring_disabled set?)")
     }
 
+    /// A file with `byte` in every byte of its first 4 KiB.
+    fn filled(byte: u8) -> std::fs::File {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&[byte; 4096]).unwrap();
+        f
+    }
+
+    /// Reads 512 bytes at offset 0 through the engine: the completion's result, and the data.
+    fn read_through(e: &mut UringEngine, fd: RawFd) -> (i32, Vec<u8>) {
+        let mut buf = vec![0u8; 512];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let op = Op {
+            kind: IoKind::Read,
+            fd,
+            iov: &iov,
+            iovcnt: 1,
+            offset: 0,
+            user_data: 7,
+        };
+        assert!(e.push(&op), "engine refused the read");
+        e.submit().unwrap();
+        (complete(e, 7), buf)
+    }
+
+    /// Waits for the completion of `user_data`.
+    fn complete(e: &mut UringEngine, user_data: u64) -> i32 {
+        let mut out = Vec::new();
+        loop {
+            e.reap(&mut out);
+            if let Some(&(_, res)) = out.iter().find(|(d, _)| *d == user_data) {
+                return res;
+            }
+            e.wait(None).unwrap();
+        }
+    }
+
+    /// Issue 11: an SQE that names a file descriptor directly (not a registered file) is
+    /// refused by the ring itself, whatever fd it names: only the LUN files (and the kick) are
+    /// targets. With `sqe_flags_allowed(FIXED_FILE)` it read the file.
+    #[test]
+    fn an_sqe_naming_an_unregistered_fd_is_refused() {
+        let lun = filled(0x5a);
+        let other = filled(0xa5);
+        let mut e = UringEngine::new(8, &[lun.as_raw_fd()], false).unwrap();
+        // The registered file reads.
+        let (res, data) = read_through(&mut e, lun.as_raw_fd());
+        assert_eq!(res, 512);
+        assert!(data.iter().all(|&b| b == 0x5a));
+        // The same READV naming `other` by its fd number, as a compromised thread could.
+        let mut buf = vec![0u8; 512];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        for (fd, name) in [(other.as_raw_fd(), "other"), (lun.as_raw_fd(), "lun by number")] {
+            let entry = opcode::Readv::new(types::Fd(fd), &iov, 1)
+                .build()
+                .user_data(9);
+            assert!(e.push_entry(&entry));
+            e.submit().unwrap();
+            assert_eq!(complete(&mut e, 9), -libc::EACCES, "{name}");
+        }
+        assert!(buf.iter().all(|&b| b == 0), "the refused read wrote the buffer");
+        // An index past the table names nothing.
+        let entry = opcode::Readv::new(types::Fixed(5), &iov, 1)
+            .build()
+            .user_data(10);
+        assert!(e.push_entry(&entry));
+        e.submit().unwrap();
+        assert_eq!(complete(&mut e, 10), -libc::EBADF);
+    }
+
+    /// After start-up only the kick slot can change (and guest memory with
+    /// `--register-buffers`): a new file table, or buffers without the option, are refused.
+    #[test]
+    fn the_ring_registers_nothing_but_the_kick_slot() {
+        let lun = filled(1);
+        let other = filled(2);
+        let e = UringEngine::new(8, &[lun.as_raw_fd()], false).unwrap();
+        let sub = e.ring.submitter();
+        let err = sub.register_files(&[other.as_raw_fd()]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+        let err = sub.unregister_files().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+        let err = sub.unregister_buffers().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+        sub.register_files_update(1, &[other.as_raw_fd()]).unwrap();
+    }
+
+    /// The rings are made before the queue threads exist and serve a new queue thread at every
+    /// connection: a ring made here serves one thread, is recycled, and serves the next (with
+    /// IORING_SETUP_SINGLE_ISSUER the first thread's submissions already fail with EEXIST).
+    #[test]
+    fn a_ring_serves_a_new_thread_after_each_recycle() {
+        let lun = filled(0x42);
+        let fd = lun.as_raw_fd();
+        let mut e = UringEngine::new(8, &[fd], false).unwrap();
+        for connection in 0..3 {
+            e = std::thread::spawn(move || {
+                let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+                e.arm_kick(kick.as_raw_fd());
+                let (res, data) = read_through(&mut e, fd);
+                assert_eq!(res, 512, "connection {connection}");
+                assert!(data.iter().all(|&b| b == 0x42));
+                kick.write(1).unwrap();
+                assert!(kicked(&mut e), "connection {connection}: kick");
+                // The thread ends with its poll armed, as a queue thread at a disconnect.
+                e
+            })
+            .join()
+            .unwrap();
+            e.recycle().unwrap();
+            assert!(e.kick_armed.is_none() && e.kick_registered.is_none());
+        }
+    }
+
     /// The kick poll fires once per write and not again while the eventfd merely stays
     /// readable (the vring event loop reads it later): a queue can keep watching it.
     #[test]
