@@ -16,7 +16,7 @@
 //! `io-uring-register-files` (a new fixed-file table), `fallocate-grow` (`fallocate` mode 0).
 //!
 //! Allowed by `worker-main` but not by every narrower role, so that a role made too broad shows
-//! (each on fd -1: EBADF where allowed): `accept` (main only), `recvmsg` (main, protocol),
+//! (each on a closed fd: EBADF where allowed): `accept` (main only), `recvmsg` (main, protocol),
 //! `io-uring-enter` and `io-uring-register-update` (main, vring), `fallocate-punch` (PUNCH_HOLE
 //! | KEEP_SIZE: main, vring, aio).
 //!
@@ -134,20 +134,11 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
                 libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
             });
         }
-        // SAFETY (the next three): fd -1 and no argument memory: the kernel reads nothing.
-        "io-uring-enter" => {
-            return result(unsafe {
-                libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0usize, 0)
-            });
-        }
-        "io-uring-register-files" => {
-            // IORING_REGISTER_FILES: a whole new fixed-file table.
-            return result(unsafe { libc::syscall(libc::SYS_io_uring_register, -1, 2, 0usize, 0) });
-        }
-        "io-uring-register-update" => {
-            // IORING_REGISTER_FILES_UPDATE: the kick slot's update.
-            return result(unsafe { libc::syscall(libc::SYS_io_uring_register, -1, 6, 0usize, 0) });
-        }
+        "io-uring-enter" => io_uring_enter_probe(),
+        // IORING_REGISTER_FILES: a whole new fixed-file table.
+        "io-uring-register-files" => io_uring_register_probe(2),
+        // IORING_REGISTER_FILES_UPDATE: the kick slot's update.
+        "io-uring-register-update" => io_uring_register_probe(6),
         // Allowed to the main thread only.
         "accept" => socket::accept4(-1, SockFlag::SOCK_CLOEXEC).map(drop),
         // Allowed to the main and protocol threads (front-end messages).
@@ -167,6 +158,21 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
         other => return Err(io::Error::other(format!("unknown probe {other}"))),
     }
     .map_err(io::Error::from)
+}
+
+/// `io_uring_enter(-1, 0, 0, 0, NULL, 0)`: EBADF where seccomp lets it through.
+fn io_uring_enter_probe() -> nix::Result<()> {
+    // SAFETY: no fd, no argument memory: the kernel reads nothing.
+    let ret = unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0usize, 0) };
+    nix::errno::Errno::result(ret).map(drop)
+}
+
+/// `io_uring_register(-2, opcode, NULL, 0)`: EBADF where seccomp lets `opcode` through (fd -1
+/// would be a request without a ring, which the kernel refuses with EINVAL instead).
+fn io_uring_register_probe(opcode: libc::c_long) -> nix::Result<()> {
+    // SAFETY: no fd, no argument memory: the kernel reads nothing.
+    let ret = unsafe { libc::syscall(libc::SYS_io_uring_register, -2, opcode, 0usize, 0) };
+    nix::errno::Errno::result(ret).map(drop)
 }
 
 /// `fallocate(-1, mode, 0, 4096)`: EBADF where seccomp lets `mode` through.

@@ -538,7 +538,10 @@ mod tests {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: buf.len(),
         };
-        for (fd, name) in [(other.as_raw_fd(), "other"), (lun.as_raw_fd(), "lun by number")] {
+        for (fd, name) in [
+            (other.as_raw_fd(), "other"),
+            (lun.as_raw_fd(), "lun by number"),
+        ] {
             let entry = opcode::Readv::new(types::Fd(fd), &iov, 1)
                 .build()
                 .user_data(9);
@@ -546,7 +549,10 @@ mod tests {
             e.submit().unwrap();
             assert_eq!(complete(&mut e, 9), -libc::EACCES, "{name}");
         }
-        assert!(buf.iter().all(|&b| b == 0), "the refused read wrote the buffer");
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "the refused read wrote the buffer"
+        );
         // An index past the table names nothing.
         let entry = opcode::Readv::new(types::Fixed(5), &iov, 1)
             .build()
