@@ -146,9 +146,13 @@ impl QueueWorker {
         if !config.queue_cpus.is_empty() && !inline {
             pin_to_cpu(config.queue_cpus[queue % config.queue_cpus.len()]);
         }
-        let depth = usize::from(depth.max(1));
+        let mut depth = usize::from(depth.max(1));
         let engine: Box<dyn Engine> = match (config.aio, ring) {
-            (AioMode::IoUring, Some(ring)) => Box::new(ring),
+            (AioMode::IoUring, Some(ring)) => {
+                // No more in flight than the ring's completion queue holds with room for kicks.
+                depth = depth.min(ring.entries() as usize);
+                Box::new(ring)
+            }
             (AioMode::IoUring | AioMode::Threads, _) => {
                 Box::new(ThreadEngine::new(config.aio_threads)?)
             }

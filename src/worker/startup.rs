@@ -85,7 +85,14 @@ fn make_rings(res: &Inherited<'_>, config: &Config) -> Vec<UringEngine> {
     ) {
         Ok(rings) => rings,
         Err(e) => {
-            warn!("io_uring unavailable ({e}); the request queues use the thread pool");
+            // ENOMEM: the rings' memory counts against RLIMIT_MEMLOCK of the worker's account
+            // (about 16 KiB per request queue, shared by every process of that account).
+            let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
+                " (RLIMIT_MEMLOCK too low for one ring per request queue? see --num-queues)"
+            } else {
+                ""
+            };
+            warn!("io_uring unavailable ({e}){hint}; the request queues use the thread pool");
             Vec::new()
         }
     }

@@ -34,6 +34,14 @@ pub const IORING_REGISTER_BUFFERS: u8 = 0;
 pub const IORING_UNREGISTER_BUFFERS: u8 = 1;
 pub const IORING_REGISTER_FILES_UPDATE: u8 = 6;
 
+/// Most submission entries a ring has (completion entries: twice as many), and so the most
+/// commands a queue keeps in flight on it. Every ring is made at start-up for every request
+/// queue (`--num-queues`, default 62) and its memory counts against the worker account's
+/// RLIMIT_MEMLOCK (the worker has no CAP_IPC_LOCK): 128 entries are 4 pages (16 KiB) per
+/// ring, about 1 MiB for 62 queues, where the queue size (1024) would be 26 pages (6.3 MiB).
+/// QEMU's virtqueues hold 128 requests by default; further requests wait in the virtqueue.
+pub const MAX_RING_ENTRIES: u16 = 128;
+
 /// io_uring refuses registered buffers larger than this; guest regions are split.
 const MAX_FIXED_BUFFER: usize = 1 << 30;
 
@@ -133,18 +141,25 @@ impl UringEngine {
         })
     }
 
-    /// One ring per request queue, for queues of `depth` descriptors over the LUN `files`
-    /// (`buffers`: `--register-buffers`). At worker start-up, before the seccomp filters.
+    /// One ring per request queue, for queues of `depth` descriptors (at most
+    /// [`MAX_RING_ENTRIES`] of them in flight) over the LUN `files` (`buffers`:
+    /// `--register-buffers`). At worker start-up, before the seccomp filters.
     pub fn for_queues(
         queues: u16,
         depth: u16,
         files: &[RawFd],
         buffers: bool,
     ) -> io::Result<Vec<Self>> {
-        let entries = u32::from(depth.max(1)).next_power_of_two();
+        let entries = u32::from(depth.clamp(1, MAX_RING_ENTRIES)).next_power_of_two();
         (0..queues)
             .map(|_| Self::new(entries, files, buffers))
             .collect()
+    }
+
+    /// How many operations the ring takes at once (its completion queue holds twice as many):
+    /// the most commands a queue worker keeps in flight on it.
+    pub fn entries(&self) -> u32 {
+        self.ring.params().sq_entries()
     }
 
     /// The fixed-file index of the kick slot.
