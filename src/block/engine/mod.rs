@@ -91,6 +91,11 @@ pub trait Engine: Send {
         false
     }
     fn name(&self) -> &'static str;
+    /// An fd that polls readable when completions are ready (bounded waits at teardown);
+    /// `None` for an engine that never has anything in flight.
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
     /// The io_uring engine back, for the next connection (rings are only made at start-up).
     fn into_ring(self: Box<Self>) -> Option<uring::UringEngine> {
         None

@@ -14,7 +14,10 @@
 //! (the kernel offers no way to hand it over), while the rings are enabled before any queue
 //! thread exists and serve a new queue thread after every reconnection.
 
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use io_uring::{cqueue, opcode, register::Restriction, squeue, types, IoUring};
 
@@ -454,6 +457,11 @@ impl Engine for UringEngine {
             return !self.ring.completion().is_empty();
         }
         false
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        // An io_uring fd polls readable while its completion queue holds entries.
+        Some(self.ring.as_raw_fd())
     }
 
     fn kick_edges(&self) -> bool {
