@@ -127,9 +127,10 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
         // The io_uring probes: only the roles of the threads that use a ring allow anything
         // (`@main`, `@vring`), and nobody may make a ring or register files wholesale.
         "io-uring" => {
-            let mut params = [0u8; 120]; // struct io_uring_params
-                                         // SAFETY: io_uring_setup writes at most sizeof(struct io_uring_params) (120 bytes)
-                                         // into `params`.
+            // struct io_uring_params
+            let mut params = [0u8; 120];
+            // SAFETY: io_uring_setup writes at most sizeof(struct io_uring_params) (120 bytes)
+            // into `params`.
             return result(unsafe {
                 libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
             });
