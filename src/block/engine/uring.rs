@@ -585,6 +585,27 @@ mod tests {
         assert_eq!(complete(&mut e, 10), -libc::EBADF);
     }
 
+    /// Operations other than ours are refused by the ring itself, fixed file or not: a
+    /// compromised thread cannot open a file or make a socket through it.
+    #[test]
+    fn the_ring_runs_no_other_operation() {
+        let lun = filled(3);
+        let mut e = UringEngine::new(8, &[lun.as_raw_fd()], false).unwrap();
+        let path = c"/etc/passwd";
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .build()
+            .flags(squeue::Flags::FIXED_FILE)
+            .user_data(11);
+        let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
+            .build()
+            .flags(squeue::Flags::FIXED_FILE)
+            .user_data(12);
+        assert!(e.push_entry(&open) && e.push_entry(&socket));
+        e.submit().unwrap();
+        assert_eq!(complete(&mut e, 11), -libc::EACCES, "OPENAT");
+        assert_eq!(complete(&mut e, 12), -libc::EACCES, "SOCKET");
+    }
+
     /// After start-up only the kick slot can change (and guest memory with
     /// `--register-buffers`): a new file table, or buffers without the option, are refused.
     #[test]
