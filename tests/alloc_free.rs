@@ -14,7 +14,7 @@ use std::{
 
 use ring::file_bus;
 use vhost_user_scsi::{
-    block::engine::{AioMode, IoConfig},
+    block::engine::{uring::UringEngine, AioMode, IoConfig},
     virtio::queue::QueueWorker,
 };
 use vm_memory::GuestAddressSpace;
@@ -78,7 +78,12 @@ fn steady_state_allocations(aio: AioMode, write_every: u64) -> Option<u64> {
         ..IoConfig::default()
     };
     let files: Vec<_> = bus.backends().filter_map(|b| b.raw_fd()).collect();
-    let mut worker = QueueWorker::new(&config, &files, 256, 0).ok()?;
+    // The worker makes its rings at start-up; none here (io_uring unavailable) means the
+    // thread pool.
+    let ring_engine = (aio == AioMode::IoUring)
+        .then(|| UringEngine::new(256, &files, false).ok())
+        .flatten();
+    let mut worker = QueueWorker::new(&config, ring_engine, 256, 0).ok()?;
     // Guest buffers: per request slot a header, a 4 KiB data buffer (page aligned) and a
     // response header.
     let base = |i: u64| DATA + i * 0x3000;
@@ -143,8 +148,8 @@ fn reads_and_writes_allocate_nothing_on_the_thread_engine() {
 
 #[test]
 fn reads_and_writes_allocate_nothing_on_io_uring() {
-    // `QueueWorker::new` falls back to the thread pool where io_uring is unavailable; the
-    // assertion holds either way.
+    // Without a ring (io_uring unavailable) the worker uses the thread pool; the assertion
+    // holds either way.
     let n = steady_state_allocations(AioMode::IoUring, 2).unwrap();
     assert_eq!(n, 0, "{n} allocations for {} requests", (BATCHES - 20) * QD);
 }

@@ -85,32 +85,16 @@ fn an_query() -> Vec<u8> {
     req
 }
 
-#[test]
-fn every_worker_thread_is_confined_and_holds_only_its_fds() {
-    let mut d = Daemon::start(&two_disks(), &["--num-queues", "2"]);
-    let mut vm = TestVm::connect(
-        &d.socket,
-        VmOptions {
-            request_queues: 2,
-            event_idx: true,
-        },
-    );
-    // Make every thread role exist and run: control queue (thread 0), both request queues.
-    let _ = vm.control(&an_query(), 8);
-    for q in [2, 3] {
-        let r = vm.scsi_on(q, lun(0, 0), &cdb::test_unit_ready(), &[], &[]);
-        assert_eq!(r.response, VIRTIO_SCSI_S_OK);
-    }
-    let sup = d.pid();
-    let worker = worker_of(sup);
-
+/// Every thread of `worker`: no capability, no_new_privs, filtered with the depth of its role,
+/// an unprivileged uid/gid without groups (as root). Returns how many threads of each name.
+fn assert_threads_confined(worker: libc::pid_t, log: &str) -> HashMap<String, usize> {
     let mut roles: HashMap<String, usize> = HashMap::new();
     for task in fs::read_dir(format!("/proc/{worker}/task")).unwrap() {
         let tid = task.unwrap().file_name().into_string().unwrap();
         let st = status_of(&format!("/proc/{worker}/task/{tid}/status"));
         let comm = st["Name"].clone();
         for cap in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
-            assert_eq!(st[cap], "0000000000000000", "{comm} {cap}\n{}", d.log());
+            assert_eq!(st[cap], "0000000000000000", "{comm} {cap}\n{log}");
         }
         assert_eq!(st["NoNewPrivs"], "1", "{comm}");
         assert_eq!(st["Seccomp"], "2", "{comm}");
@@ -140,6 +124,38 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
         }
         *roles.entry(comm).or_default() += 1;
     }
+    roles
+}
+
+/// The worker's fds naming an io_uring: one ring per request queue, made at start-up.
+fn rings_of(worker: libc::pid_t) -> usize {
+    fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|e| fs::read_link(e.unwrap().path()).ok())
+        .filter(|t| t.to_string_lossy() == "anon_inode:[io_uring]")
+        .count()
+}
+
+#[test]
+fn every_worker_thread_is_confined_and_holds_only_its_fds() {
+    let mut d = Daemon::start(&two_disks(), &["--num-queues", "2"]);
+    let mut vm = TestVm::connect(
+        &d.socket,
+        VmOptions {
+            request_queues: 2,
+            event_idx: true,
+        },
+    );
+    // Make every thread role exist and run: control queue (thread 0), both request queues.
+    let _ = vm.control(&an_query(), 8);
+    for q in [2, 3] {
+        let r = vm.scsi_on(q, lun(0, 0), &cdb::test_unit_ready(), &[], &[]);
+        assert_eq!(r.response, VIRTIO_SCSI_S_OK);
+    }
+    let sup = d.pid();
+    let worker = worker_of(sup);
+
+    let roles = assert_threads_confined(worker, &d.log());
     assert_eq!(roles.get("vus-worker"), Some(&1));
     assert_eq!(roles.get("signals"), Some(&1));
     assert_eq!(roles.get("vhost-user-scsi"), Some(&1));
@@ -173,6 +189,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
         }
     }
     assert_eq!((images, pipes), (2, 1));
+    assert_eq!(rings_of(worker), 2, "one io_uring per request queue");
 
     // The mount namespace shows nothing of the host: one empty tmpfs.
     let mounts = fs::read_to_string(format!("/proc/{worker}/mountinfo")).unwrap();
@@ -329,13 +346,7 @@ fn seccomp_kills_every_forbidden_action_in_every_role() {
         "mmap-exec",
         "setuid",
     ];
-    let places: [(&str, &[&str]); 4] = [
-        ("main", &[]),
-        ("vring", &[]),
-        ("protocol", &[]),
-        ("aio", &["--aio", "threads"]),
-    ];
-    for (place, args) in places {
+    for (place, args) in PLACES {
         for what in probes {
             let probe = format!("{what}@{place}");
             let (code, log) = Probed::run(&probe, args);
@@ -432,7 +443,12 @@ fn landlock_required_and_bad_users_fail_closed() {
 /// and the data written through the first one is served by the second.
 #[test]
 fn a_crashed_worker_is_restarted_on_the_same_socket() {
-    let mut d = Daemon::start(&two_disks(), &["--restart-worker", "on-failure"]);
+    // One request queue, which the front-end uses: a queue thread stacks its role on its first
+    // event, and one that never gets any stays under worker-main.
+    let mut d = Daemon::start(
+        &two_disks(),
+        &["--restart-worker", "on-failure", "--num-queues", "1"],
+    );
     let data = pattern(4 * 512, 0x6d);
     {
         let mut vm = TestVm::connect(&d.socket, VmOptions::default());
@@ -454,10 +470,32 @@ fn a_crashed_worker_is_restarted_on_the_same_socket() {
     };
     assert_ne!(second, first);
     let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    // Every thread role runs (the control queue's thread stacks its role on its first event).
+    let _ = vm.control(&an_query(), 8);
     vm.clear_unit_attention(lun(0, 0));
     let r = vm.scsi(lun(0, 0), &cdb::read10(12, 4), &[], &[2048]);
     r.assert_good();
     assert!(r.data == data, "restarted worker lost the data");
+    d.assert_alive();
+    // The restarted worker is confined like the first one: every thread (its queue thread has
+    // served I/O), its own empty root, its rings made before its filters.
+    let roles = assert_threads_confined(second, &d.log());
+    assert_eq!(roles.get("vus-worker"), Some(&1), "{roles:?}");
+    assert_eq!(roles.get("vring_worker"), Some(&2), "{roles:?}");
+    let mounts = fs::read_to_string(format!("/proc/{second}/mountinfo")).unwrap();
+    assert_eq!(mounts.lines().count(), 1, "{mounts}");
+    assert_eq!(rings_of(second), 1);
+    drop(vm);
+    // A second connection to the restarted worker reuses its ring (none can be made now).
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    let _ = vm.control(&an_query(), 8);
+    vm.clear_unit_attention(lun(0, 0));
+    let r = vm.scsi(lun(0, 0), &cdb::read10(12, 4), &[], &[2048]);
+    r.assert_good();
+    assert!(r.data == data);
+    assert_eq!(rings_of(second), 1);
+    assert_threads_confined(second, &d.log());
+    drop(vm);
     d.assert_alive();
     let log = d.log();
     assert!(log.contains("restart"), "{log}");
@@ -526,18 +564,50 @@ fn aio_pool_threads_stack_their_own_role() {
     assert_eq!(pool, 3, "pool threads\n{}", d.log());
 }
 
-/// The aio pool's role is narrower than the main thread's: `io_uring_setup`, which the main
-/// thread may call (the io-uring engine), kills a pool thread.
+/// Where each probe runs: the place, and the arguments that make that thread exist.
+const PLACES: [(&str, &[&str]); 5] = [
+    ("main", &[]),
+    ("vring", &[]),
+    ("protocol", &[]),
+    ("aio", &["--aio", "threads"]),
+    ("signals", &[]),
+];
+
+/// Tightening the proofs (issue 11): each probe here is a syscall `worker-main` lets through
+/// (it fails with EBADF on a closed fd there) but some narrower role must kill, so a role made as
+/// broad as `worker-main` fails this test; and the io_uring and fallocate actions no role may
+/// take (a new ring, a new fixed-file table, a file-growing fallocate) are killed everywhere,
+/// the main thread included.
 #[test]
-fn the_aio_role_is_narrower_than_the_main_thread() {
-    let (code, log) = Probed::run("io-uring@main", &[]);
-    assert_eq!(
-        code, PROBE_ALLOWED,
-        "io_uring_setup on the main thread\n{log}"
-    );
-    let (code, log) = Probed::run("io-uring@aio", &["--aio", "threads"]);
-    assert_eq!(code, SIGSYS_EXIT, "io_uring_setup on a pool thread\n{log}");
-    assert!(log.contains("killed by SIGSYS"), "{log}");
+fn each_role_kills_what_only_wider_roles_need() {
+    // (probe, the places where it is allowed: EBADF instead of a kill)
+    let table: [(&str, &[&str]); 8] = [
+        ("accept", &["main"]),
+        ("recvmsg", &["main", "protocol"]),
+        ("io-uring-enter", &["main", "vring"]),
+        ("io-uring-register-update", &["main", "vring"]),
+        ("fallocate-punch", &["main", "vring", "aio"]),
+        ("io-uring", &[]),
+        ("io-uring-register-files", &[]),
+        ("fallocate-grow", &[]),
+    ];
+    for (what, allowed) in table {
+        for (place, args) in PLACES {
+            let probe = format!("{what}@{place}");
+            let (code, log) = Probed::run(&probe, args);
+            if allowed.contains(&place) {
+                assert_eq!(code, PROBE_DENIED, "{probe}: not reached\n{log}");
+                assert!(
+                    log.contains(&format!("probe {probe}: denied: Bad file descriptor")),
+                    "{probe}\n{log}"
+                );
+            } else {
+                assert_eq!(code, SIGSYS_EXIT, "{probe}: supervisor exit status\n{log}");
+                assert!(log.contains("killed by SIGSYS"), "{probe}\n{log}");
+                assert!(!log.contains("probe "), "{probe} returned\n{log}");
+            }
+        }
+    }
 }
 
 /// glibc opens /proc/sys/vm/overcommit_memory the first time it shrinks a thread's malloc heap

@@ -13,6 +13,7 @@ const ARCHES: &[(&str, TargetArch)] = &[
 ];
 const WORKER_ROLES: &[&str] = &[
     "worker-main",
+    "worker-aio",
     "worker-protocol",
     "worker-signals",
     "worker-vring",
@@ -70,6 +71,8 @@ const NEVER_IN_WORKER: &[&str] = &[
     "unlinkat",
     "rename",
     "renameat2",
+    // Rings are made before the filters: a fresh ring would run any operation unseen.
+    "io_uring_setup",
 ];
 /// Syscalls that may appear only with an argument condition.
 const CONDITIONED: &[&str] = &[
@@ -81,7 +84,15 @@ const CONDITIONED: &[&str] = &[
     "fcntl",
     "seccomp",
     "rt_sigaction",
+    "io_uring_register",
+    "fallocate",
 ];
+/// `io_uring_register` opcodes a worker role may allow (arg 1): IORING_REGISTER_BUFFERS,
+/// IORING_UNREGISTER_BUFFERS, IORING_REGISTER_FILES_UPDATE.
+const REGISTER_OPS: &[u64] = &[0, 1, 6];
+/// `fallocate` modes a worker role may allow (arg 1): PUNCH_HOLE | KEEP_SIZE and
+/// ZERO_RANGE | KEEP_SIZE (never a mode that grows a file).
+const FALLOCATE_MODES: &[u64] = &[3, 17];
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("seccomp")
@@ -171,6 +182,27 @@ fn worker_roles_deny_the_dangerous_syscalls() {
                         ),
                         (Some(2), &Value::from(4), Some(0)),
                         "{arch}/{role}: {name} must exclude PROT_EXEC"
+                    );
+                }
+                for (syscall, allowed) in [
+                    ("io_uring_register", REGISTER_OPS),
+                    ("fallocate", FALLOCATE_MODES),
+                ] {
+                    if name != syscall {
+                        continue;
+                    }
+                    let args = rule["args"].as_array().unwrap();
+                    assert_eq!(args.len(), 1, "{arch}/{role}: {rule}");
+                    let a = &args[0];
+                    assert_eq!(
+                        (a["index"].as_u64(), a["op"].as_str()),
+                        (Some(1), Some("eq")),
+                        "{arch}/{role}: {rule}"
+                    );
+                    assert!(
+                        a["val"].as_u64().is_some_and(|v| allowed.contains(&v)),
+                        "{arch}/{role}: {syscall} with {}",
+                        a["val"]
                     );
                 }
                 if name == "seccomp" {

@@ -3,20 +3,32 @@
 //!
 //! `VHOST_USER_SCSI_PROBE=<what>[@<where>]` makes the jailed worker attempt one forbidden
 //! action: in the main thread right after its filters are installed (`@main`, the default), or
-//! in a vring worker / the protocol thread / an `--aio=threads` pool thread right after it
-//! stacked its role (`@vring`, `@protocol`, `@aio`), or in the supervisor right after it
-//! confined itself (`@supervisor`). It prints `probe <what>@<where>: denied: <error>` and exits with
-//! [`EXIT_PROBE_DENIED`], or prints `... ALLOWED` and exits with [`EXIT_PROBE_ALLOWED`]; under a
-//! seccomp filter the process is usually killed before it can print anything.
+//! in a vring worker / the protocol thread / an `--aio=threads` pool thread / the signal thread
+//! right after it stacked its role (`@vring`, `@protocol`, `@aio`, `@signals`), or in the
+//! supervisor right after it confined itself (`@supervisor`). It prints
+//! `probe <what>@<where>: denied: <error>` and exits with [`EXIT_PROBE_DENIED`], or prints
+//! `... ALLOWED` and exits with [`EXIT_PROBE_ALLOWED`]; under a seccomp filter the process is
+//! usually killed before it can print anything.
 //!
-//! What: `open` (/etc/passwd), `socket` (AF_INET), `connect` (TCP to 127.0.0.1:9), `execve`
-//! (/bin/true), `ptrace` (attach to the supervisor), `kill-parent` (signal 0 to the
-//! supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to root),
-//! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool),
-//! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed),
-//! `forge-log` (hostile stderr output: a line far longer than the relay's cap, terminal
-//! escapes, a line dressed as the supervisor's and a fake SIGSYS report naming `execve`; then
-//! `socket`, so that the worker really ends by SIGSYS, with the fake report as its last line).
+//! What, forbidden everywhere: `open` (/etc/passwd), `socket` (AF_INET), `connect` (TCP to
+//! 127.0.0.1:9), `execve` (/bin/true), `ptrace` (attach to the supervisor), `kill-parent`
+//! (signal 0 to the supervisor), `mmap-exec` (anonymous PROT_EXEC mapping), `setuid` (back to
+//! root), `io-uring` (`io_uring_setup`: rings are made before the filters),
+//! `io-uring-register-files` (a new fixed-file table), `fallocate-grow` (`fallocate` mode 0).
+//!
+//! Allowed by `worker-main` but not by every narrower role, so that a role made too broad shows
+//! (each on a closed fd: EBADF where allowed): `accept` (main only), `recvmsg` (main, protocol),
+//! `io-uring-enter` and `io-uring-register-update` (main, vring), `fallocate-punch` (PUNCH_HOLE
+//! | KEEP_SIZE: main, vring, aio).
+//!
+//! From the confined supervisor: `kill-any` (signal 0 to every process: only the worker's pidfd
+//! may be signalled). Hostile output: `forge-log` (a line far longer than the relay's cap,
+//! terminal escapes, a line dressed as the supervisor's and a fake SIGSYS report naming
+//! `execve`; then `socket`, so that the worker really ends by SIGSYS, with the fake report as
+//! its last line).
+//!
+//! Not forbidden: `heap-trim` (a thread that fills and frees its malloc heap: must not be
+//! killed).
 
 use std::{
     ffi::CStr,
@@ -119,11 +131,13 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
             .join()
             .map_err(|_| io::Error::other("heap-trim thread panicked"));
         }
+        // The io_uring probes: only the roles of the threads that use a ring allow anything
+        // (`@main`, `@vring`), and nobody may make a ring or register files wholesale.
         "io-uring" => {
-            // Allowed to the main and vring roles (the io-uring engine), not to the aio pool.
-            let mut params = [0u8; 120]; // struct io_uring_params
-                                         // SAFETY: io_uring_setup writes at most sizeof(struct io_uring_params) (120 bytes)
-                                         // into `params`.
+            // struct io_uring_params
+            let mut params = [0u8; 120];
+            // SAFETY: io_uring_setup writes at most sizeof(struct io_uring_params) (120 bytes)
+            // into `params`.
             return result(unsafe {
                 libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
             });
@@ -150,9 +164,51 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
             unsafe { libc::write(libc::STDERR_FILENO, out.as_ptr().cast(), out.len()) };
             inet_socket().map(drop)
         }
+        "io-uring-enter" => io_uring_enter_probe(),
+        // IORING_REGISTER_FILES: a whole new fixed-file table.
+        "io-uring-register-files" => io_uring_register_probe(2),
+        // IORING_REGISTER_FILES_UPDATE: the kick slot's update.
+        "io-uring-register-update" => io_uring_register_probe(6),
+        // Allowed to the main thread only.
+        "accept" => socket::accept4(-1, SockFlag::SOCK_CLOEXEC).map(drop),
+        // Allowed to the main and protocol threads (front-end messages).
+        "recvmsg" => {
+            // SAFETY: fd -1; the header is zeroed (no buffers): the kernel fails with EBADF
+            // before reading it.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            // SAFETY: as above.
+            return result(unsafe { libc::recvmsg(-1, &mut msg, 0) } as libc::c_long);
+        }
+        // fallocate with the modes the data path uses (allowed to main, vring and aio), and
+        // without KEEP_SIZE (growing a file: allowed to nobody).
+        "fallocate-punch" => {
+            fallocate_probe(libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+        }
+        "fallocate-grow" => fallocate_probe(0),
         other => return Err(io::Error::other(format!("unknown probe {other}"))),
     }
     .map_err(io::Error::from)
+}
+
+/// `io_uring_enter(-1, 0, 0, 0, NULL, 0)`: EBADF where seccomp lets it through.
+fn io_uring_enter_probe() -> nix::Result<()> {
+    // SAFETY: no fd, no argument memory: the kernel reads nothing.
+    let ret = unsafe { libc::syscall(libc::SYS_io_uring_enter, -1, 0, 0, 0, 0usize, 0) };
+    nix::errno::Errno::result(ret).map(drop)
+}
+
+/// `io_uring_register(-2, opcode, NULL, 0)`: EBADF where seccomp lets `opcode` through (fd -1
+/// would be a request without a ring, which the kernel refuses with EINVAL instead).
+fn io_uring_register_probe(opcode: libc::c_long) -> nix::Result<()> {
+    // SAFETY: no fd, no argument memory: the kernel reads nothing.
+    let ret = unsafe { libc::syscall(libc::SYS_io_uring_register, -2, opcode, 0usize, 0) };
+    nix::errno::Errno::result(ret).map(drop)
+}
+
+/// `fallocate(-1, mode, 0, 4096)`: EBADF where seccomp lets `mode` through.
+fn fallocate_probe(mode: libc::c_int) -> nix::Result<()> {
+    // SAFETY: integer arguments only; fd -1 names no file.
+    nix::errno::Errno::result(unsafe { libc::fallocate(-1, mode, 0, 4096) }).map(drop)
 }
 
 fn inet_socket() -> nix::Result<OwnedFd> {
@@ -198,12 +254,14 @@ pub fn run_in_supervisor() {
     run("supervisor");
 }
 
-/// Runs a `@vring` / `@protocol` / `@aio` probe right after that thread stacked its role.
+/// Runs a `@vring` / `@protocol` / `@aio` / `@signals` probe right after that thread stacked
+/// its role.
 pub fn run_in_thread(role: ThreadRole) {
     match role {
         ThreadRole::WorkerVring => run("vring"),
         ThreadRole::WorkerProtocol => run("protocol"),
         ThreadRole::WorkerAio => run("aio"),
+        ThreadRole::WorkerSignals => run("signals"),
         _ => {}
     }
 }

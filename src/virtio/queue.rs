@@ -136,31 +136,32 @@ pub struct QueueWorker {
 }
 
 impl QueueWorker {
-    /// Builds the engine `config` asks for (io_uring falls back to threads, with a warning),
-    /// with room for `depth` commands in flight. Runs on the queue thread that will use it.
-    pub fn new(config: &IoConfig, files: &[RawFd], depth: u16, queue: usize) -> io::Result<Self> {
+    /// Builds the engine `config` asks for, with room for `depth` commands in flight: the
+    /// queue's io_uring `ring` (made at start-up) for `--aio=io-uring`, the thread pool when
+    /// there is none (io_uring was refused at start-up). Runs on the queue thread that will
+    /// use it.
+    pub fn new(
+        config: &IoConfig,
+        ring: Option<UringEngine>,
+        depth: u16,
+        queue: usize,
+    ) -> io::Result<Self> {
         let inline = config.aio == AioMode::Sync;
         // (`--queue-cpus` and `--register-buffers` tune the asynchronous engines only.)
         if !config.queue_cpus.is_empty() && !inline {
             pin_to_cpu(config.queue_cpus[queue % config.queue_cpus.len()]);
         }
-        let depth = usize::from(depth.max(1));
-        let engine: Box<dyn Engine> = match config.aio {
-            AioMode::IoUring => {
-                match UringEngine::new(
-                    depth.next_power_of_two() as u32,
-                    files,
-                    config.register_buffers,
-                ) {
-                    Ok(e) => Box::new(e),
-                    Err(e) => {
-                        warn!("request queue {queue}: io_uring unavailable ({e}); using the thread pool");
-                        Box::new(ThreadEngine::new(config.aio_threads)?)
-                    }
-                }
+        let mut depth = usize::from(depth.max(1));
+        let engine: Box<dyn Engine> = match (config.aio, ring) {
+            (AioMode::IoUring, Some(ring)) => {
+                // No more in flight than the ring's completion queue holds with room for kicks.
+                depth = depth.min(ring.entries() as usize);
+                Box::new(ring)
             }
-            AioMode::Threads => Box::new(ThreadEngine::new(config.aio_threads)?),
-            AioMode::Sync => Box::new(InlineEngine),
+            (AioMode::IoUring | AioMode::Threads, _) => {
+                Box::new(ThreadEngine::new(config.aio_threads)?)
+            }
+            (AioMode::Sync, _) => Box::new(InlineEngine),
         };
         if queue == 0 && !inline {
             info!("request queues use the {} engine", engine.name());
@@ -197,6 +198,86 @@ impl QueueWorker {
             registered: None,
             teardown_deadline: None,
             queue: 0,
+        }
+    }
+
+    /// Completes what is in flight (the connection is gone: nothing is answered) and hands
+    /// back the io_uring engine, if that is what this worker used, for the next connection.
+    pub fn into_ring(mut self) -> Option<UringEngine> {
+        self.abandon_in_flight();
+        if self.inflight > 0 {
+            // Their completions would reach the next connection's worker as its own slots':
+            // the ring goes (the kernel keeps it until they end), the queue uses the pool.
+            warn!(
+                "request queue {}: its io_uring is not reused ({} I/O(s) still in flight)",
+                self.queue, self.inflight
+            );
+            // Their memory is leaked already (above): nothing for Drop to wait for again.
+            self.inflight = 0;
+            return None;
+        }
+        std::mem::replace(&mut self.engine, Box::new(InlineEngine)).into_ring()
+    }
+
+    /// Waits for the I/O in flight, answering none (the kernel may still be writing guest
+    /// memory: the guards must not go before), but only until the teardown deadline: what is
+    /// still in flight then keeps its guest memory mapped for good (leaked).
+    fn abandon_in_flight(&mut self) {
+        // The kernel may still be writing guest memory: wait before the guards go, but only so
+        // long (bounded teardown).
+        let deadline = self
+            .teardown_deadline
+            .unwrap_or_else(|| Instant::now() + TEARDOWN_DRAIN);
+        while self.inflight > 0 {
+            let _ = self.engine.submit();
+            self.engine.reap(&mut self.done);
+            for &(user_data, _) in &self.done {
+                if let Some(slot) = self.slots.get_mut(user_data as usize) {
+                    // The command is never answered (the connection is gone), but its write
+                    // no longer holds the gate.
+                    slot.release();
+                    self.inflight = self.inflight.saturating_sub(1);
+                }
+            }
+            self.done.clear();
+            if self.inflight == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(
+                    "request queue {}: {} I/O(s) still in flight at the disconnect deadline \
+                     ({TEARDOWN_DRAIN:?}); their guest memory stays mapped (leaked) so that they can \
+                     never write into a later mapping",
+                    self.queue, self.inflight
+                );
+                for slot in &mut self.slots {
+                    std::mem::forget(slot.mem.take());
+                    slot.write = None;
+                }
+                std::mem::forget(self.registered.take());
+                break;
+            }
+            match self.engine.completion_fd() {
+                Some(fd) => {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = left.as_millis().clamp(1, 50) as libc::c_int;
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    if unsafe { libc::poll(&mut pfd, 1, ms) } > 0 && self.engine.wait(None).is_err()
+                    {
+                        break;
+                    }
+                }
+                None => {
+                    if self.engine.wait(None).is_err() {
+                        break;
+                    }
+                }
+            }
         }
     }
 
@@ -556,62 +637,7 @@ pub const TEARDOWN_DRAIN: Duration = Duration::from_millis(500);
 
 impl Drop for QueueWorker {
     fn drop(&mut self) {
-        // The kernel may still be writing guest memory: wait before the guards go, but only so
-        // long (bounded teardown).
-        let deadline = self
-            .teardown_deadline
-            .unwrap_or_else(|| Instant::now() + TEARDOWN_DRAIN);
-        while self.inflight > 0 {
-            let _ = self.engine.submit();
-            self.engine.reap(&mut self.done);
-            for &(user_data, _) in &self.done {
-                if let Some(slot) = self.slots.get_mut(user_data as usize) {
-                    // The command is never answered (the connection is gone), but its write
-                    // no longer holds the gate.
-                    slot.release();
-                    self.inflight = self.inflight.saturating_sub(1);
-                }
-            }
-            self.done.clear();
-            if self.inflight == 0 {
-                break;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                warn!(
-                    "request queue {}: {} I/O(s) still in flight at the disconnect deadline \
-                     ({TEARDOWN_DRAIN:?}); their guest memory stays mapped (leaked) so that they can \
-                     never write into a later mapping",
-                    self.queue, self.inflight
-                );
-                for slot in &mut self.slots {
-                    std::mem::forget(slot.mem.take());
-                    slot.write = None;
-                }
-                std::mem::forget(self.registered.take());
-                break;
-            }
-            match self.engine.completion_fd() {
-                Some(fd) => {
-                    let mut pfd = libc::pollfd {
-                        fd,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    let ms = left.as_millis().clamp(1, 50) as libc::c_int;
-                    // SAFETY: one valid pollfd for the duration of the call.
-                    if unsafe { libc::poll(&mut pfd, 1, ms) } > 0 && self.engine.wait(None).is_err()
-                    {
-                        break;
-                    }
-                }
-                None => {
-                    if self.engine.wait(None).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
+        self.abandon_in_flight();
     }
 }
 

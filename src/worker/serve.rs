@@ -113,6 +113,10 @@ fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError> {
         .spawn(move || {
             // INVARIANT: the first thing this thread does is narrowing its seccomp filter.
             crate::sandbox::seccomp::enter_role(crate::sandbox::seccomp::ThreadRole::WorkerSignals);
+            #[cfg(debug_assertions)]
+            crate::sandbox::probe::run_in_thread(
+                crate::sandbox::seccomp::ThreadRole::WorkerSignals,
+            );
             signal_loop(&shutdown)
         })
         .map(drop)

@@ -26,6 +26,7 @@ use super::{
     vhost_user::ScsiBackend,
 };
 use crate::{
+    block::engine::{uring::UringEngine, AioMode},
     config::Config,
     logging::relay,
     sandbox::{self, SandboxError, WorkerJail},
@@ -59,6 +60,42 @@ pub struct Inherited<'a> {
     pub lun_fds: &'a [RawFd],
     /// `/dev/null`, for the worker's stdin and stdout.
     pub dev_null: BorrowedFd<'a>,
+}
+
+/// One io_uring per request queue for `--aio=io-uring`, over the LUN files io_uring handles
+/// correctly (not FUSE: its I/O then runs synchronously). Made while the worker is still
+/// unfiltered: once the seccomp filters are in, no thread may create a ring (a fresh ring
+/// would run any operation unseen by seccomp). None when io_uring is refused: the queues use
+/// the thread pool, started now by `with_io_config`'s caller below.
+fn make_rings(res: &Inherited<'_>, config: &Config) -> Vec<UringEngine> {
+    if config.io.aio != AioMode::IoUring {
+        return Vec::new();
+    }
+    let files: Vec<RawFd> = res
+        .luns
+        .iter()
+        .filter(|l| l.backend.uring_safe())
+        .filter_map(|l| l.backend.raw_fd())
+        .collect();
+    match UringEngine::for_queues(
+        config.num_queues,
+        config.queue_size,
+        &files,
+        config.io.register_buffers,
+    ) {
+        Ok(rings) => rings,
+        Err(e) => {
+            // ENOMEM: the rings' memory counts against RLIMIT_MEMLOCK of the worker's account
+            // (about 16 KiB per request queue, shared by every process of that account).
+            let hint = if e.raw_os_error() == Some(libc::ENOMEM) {
+                " (RLIMIT_MEMLOCK too low for one ring per request queue? see --num-queues)"
+            } else {
+                ""
+            };
+            warn!("io_uring unavailable ({e}){hint}; the request queues use the thread pool");
+            Vec::new()
+        }
+    }
 }
 
 /// The worker, from the moment `clone` returned 0. Never returns.
@@ -154,6 +191,9 @@ fn worker_main(
         return Ok(sandbox::EXIT_SANDBOX);
     }
     drop(sync);
+    // The request queues' rings, made, restricted and enabled now: no role installed below
+    // allows io_uring_setup.
+    let rings = make_rings(res, config);
     // Step 6.
     sandbox::install_main_filters(jail.seccomp)?;
     #[cfg(debug_assertions)]
@@ -172,7 +212,8 @@ fn worker_main(
     let bus = Arc::new(assemble::build_bus(luns));
     let backend = Arc::new(
         ScsiBackend::new(bus, config.num_queues, config.queue_size)
-            .with_io_config(config.io.clone()),
+            .with_io_config(config.io.clone())
+            .with_rings(rings),
     );
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,

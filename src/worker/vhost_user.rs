@@ -33,7 +33,7 @@ use vmm_sys_util::{
 };
 
 use crate::{
-    block::engine::{AioMode, IoConfig},
+    block::engine::{uring::UringEngine, AioMode, IoConfig},
     sandbox::seccomp::{self, ThreadRole},
     scsi::ScsiBus,
     virtio::{
@@ -108,6 +108,10 @@ pub struct ScsiBackend {
     /// dropped between connections (queue threads are new for every connection). Locked for
     /// as long as the queue's thread serves a batch, whatever the engine.
     workers: Vec<Mutex<Option<QueueWorker>>>,
+    /// Per request queue: its io_uring, made at start-up before the seccomp filters
+    /// (`--aio=io-uring`), while no queue worker holds it. A queue worker takes it for its
+    /// connection and [`ScsiBackend::disconnect`] puts it back.
+    rings: Vec<Mutex<Option<UringEngine>>>,
     /// Locked while the control queue's batch runs (see `stop_vring`).
     control_busy: Mutex<()>,
     /// Every memory table this connection installed that somebody may still use: the current
@@ -137,6 +141,7 @@ impl ScsiBackend {
             event_idx: AtomicBool::new(false),
             io: IoConfig::default(),
             workers: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
+            rings: Vec::new(),
             control_busy: Mutex::new(()),
             tables: Mutex::new(Vec::new()),
             exit_fds: Mutex::new(Vec::new()),
@@ -154,6 +159,20 @@ impl ScsiBackend {
         self
     }
 
+    /// The request queues' io_uring rings, by queue (made by the caller before its seccomp
+    /// filters: no role that runs later may create one). Queues without one use the thread
+    /// pool.
+    pub fn with_rings(mut self, rings: Vec<UringEngine>) -> Self {
+        if self.io.aio == AioMode::IoUring && rings.len() < usize::from(self.num_request_queues) {
+            // Started here, on the main thread, rather than by the first queue thread.
+            if let Err(e) = crate::block::engine::threads::start_pool(self.io.aio_threads) {
+                warn!("cannot start the I/O thread pool: {e}");
+            }
+        }
+        self.rings = rings.into_iter().map(|r| Mutex::new(Some(r))).collect();
+        self
+    }
+
     /// Serves request queue `index` with its asynchronous worker.
     fn process_request_queue(&self, vring: &ScsiVring, index: usize) -> Result<(), BackendError> {
         let slot = self.workers.get(index).ok_or(BackendError::UnknownQueue(
@@ -162,15 +181,8 @@ impl ScsiBackend {
         ))?;
         let mut worker = slot.lock().unwrap_or_else(|e| e.into_inner());
         if worker.is_none() {
-            // Files io_uring misreports (FUSE) are left out: an engine that registers files
-            // then refuses their I/O, which runs synchronously.
-            let files: Vec<_> = self
-                .bus
-                .backends()
-                .filter(|b| b.uring_safe())
-                .filter_map(|b| b.raw_fd())
-                .collect();
-            let w = QueueWorker::new(&self.io, &files, self.queue_size, index)
+            let ring = self.rings.get(index).and_then(|r| lock(r).take());
+            let w = QueueWorker::new(&self.io, ring, self.queue_size, index)
                 .map_err(|e| BackendError::Engine(QueueError::Engine(e)))?;
             *worker = Some(w);
         }
@@ -186,18 +198,30 @@ impl ScsiBackend {
         &self.bus
     }
 
-    /// Forgets the previous front-end's memory and closes what its connection left (called
-    /// between connections, after the connection's `VhostUserDaemon` was dropped: its queue
+    /// Forgets the previous front-end's memory and closes what its connection left, and takes
+    /// the queues' rings back for the next connection's threads (called between connections,
+    /// on the main thread, after the connection's `VhostUserDaemon` was dropped: its queue
     /// threads are joined).
     pub fn disconnect(&self) {
         // One deadline for all queues: the teardown is bounded as a whole.
         let deadline = std::time::Instant::now() + TEARDOWN_DRAIN;
-        for worker in &self.workers {
-            let mut worker = lock(worker);
-            if let Some(w) = worker.as_mut() {
-                w.set_teardown_deadline(deadline);
+        for (q, worker) in self.workers.iter().enumerate() {
+            let Some(mut w) = lock(worker).take() else {
+                continue;
+            };
+            w.set_teardown_deadline(deadline);
+            let Some(mut ring) = w.into_ring() else {
+                continue;
+            };
+            match ring.recycle() {
+                Ok(()) => {
+                    if let Some(slot) = self.rings.get(q) {
+                        *lock(slot) = Some(ring);
+                    }
+                }
+                // No new ring can be made in the jail: the queue uses the thread pool.
+                Err(e) => warn!("request queue {q}: its io_uring cannot be reused: {e}"),
             }
-            *worker = None;
         }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.tables).clear();

@@ -7,9 +7,10 @@
 //! synchronously on the queue thread; so do plain writes into the page cache.
 //!
 //! Engines:
-//! - [`uring::UringEngine`] (`--aio=io-uring`, default): one io_uring per queue thread, the LUN
-//!   files registered as fixed files, the ring restricted (`IORING_REGISTER_RESTRICTIONS`) to the
-//!   opcodes we submit, `readv`/`writev` straight from/to guest memory, batched completion and
+//! - [`uring::UringEngine`] (`--aio=io-uring`, default): one io_uring per request queue, made at
+//!   worker start-up before the seccomp filters and kept across connections, the LUN files
+//!   registered as fixed files, the ring restricted (`IORING_REGISTER_RESTRICTIONS`) to the
+//!   opcodes we submit, on fixed files only, `readv`/`writev` straight from/to guest memory, batched completion and
 //!   submission as commands are parsed (`--submit-batch`). The guest's kick eventfd is polled
 //!   through the ring too (multishot, edge-triggered), so a thread waiting for completions also
 //!   wakes for new requests.
@@ -18,8 +19,9 @@
 //! - [`inline::InlineEngine`] (`--aio=sync`): takes nothing; every command runs to completion on
 //!   the queue thread, through the same queue loop.
 //!
-//! Syscalls: io-uring needs `io_uring_setup`, `io_uring_enter`, `io_uring_register` (and `mmap`
-//! of the rings at setup); threads needs `preadv2`/`pwritev2`/`fdatasync`, `futex`, `eventfd2`
+//! Syscalls: io-uring needs `io_uring_setup` and `mmap` of the rings at start-up (before any
+//! filter exists), then `io_uring_enter` and `io_uring_register` (kick slot updates, guest
+//! memory with `--register-buffers`); threads needs `preadv2`/`pwritev2`/`fdatasync`, `futex`, `eventfd2`
 //! reads/writes and `poll`/`ppoll`.
 
 pub mod inline;
@@ -90,6 +92,10 @@ pub trait Engine: Send {
     /// An fd that polls readable when completions are ready (bounded waits at teardown);
     /// `None` for an engine that never has anything in flight.
     fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// The io_uring engine back, for the next connection (rings are only made at start-up).
+    fn into_ring(self: Box<Self>) -> Option<uring::UringEngine> {
         None
     }
 }

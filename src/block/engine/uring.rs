@@ -1,4 +1,18 @@
-//! The io_uring engine: one ring per request-queue thread.
+//! The io_uring engine: one ring per request queue.
+//!
+//! Rings are made while the worker is still single-threaded and unfiltered (after the rest of
+//! its confinement, before its seccomp filters): created disabled, given the LUN files as fixed
+//! files, restricted to our opcodes with fixed files required, then enabled. No thread that
+//! runs afterwards may call `io_uring_setup`, so a compromised thread cannot make a ring of its
+//! own, and the rings it can reach only read, write, sync and deallocate registered files and
+//! poll the kick eventfd registered in the slot after them.
+//!
+//! The rings outlive connections: a queue thread (vhost-user-backend's, new for every
+//! connection) takes its queue's ring for the connection and the main thread recycles it at the
+//! disconnect ([`UringEngine::recycle`]). That is why they are not `IORING_SETUP_SINGLE_ISSUER`:
+//! such a ring takes submissions only from the task that enabled it, for the ring's whole life
+//! (the kernel offers no way to hand it over), while the rings are enabled before any queue
+//! thread exists and serve a new queue thread after every reconnection.
 
 use std::{
     io,
@@ -18,17 +32,42 @@ const KICK_TOKEN: u64 = 1 << 63;
 const REMOVE_TOKEN: u64 = KICK_TOKEN | 1 << 62;
 
 /// `io_uring_register` opcodes (linux/io_uring.h), which the io-uring crate does not export.
-const IORING_REGISTER_BUFFERS: u8 = 0;
-const IORING_UNREGISTER_BUFFERS: u8 = 1;
+/// The worker's seccomp files allow exactly these after confinement (`io_uring_register`, arg 1).
+pub const IORING_REGISTER_BUFFERS: u8 = 0;
+pub const IORING_UNREGISTER_BUFFERS: u8 = 1;
+pub const IORING_REGISTER_FILES_UPDATE: u8 = 6;
+
+/// Most submission entries a ring has (completion entries: twice as many), and so the most
+/// commands a queue keeps in flight on it. Every ring is made at start-up for every request
+/// queue (`--num-queues`, default 62) and its memory counts against the worker account's
+/// RLIMIT_MEMLOCK (the worker has no CAP_IPC_LOCK): 128 entries are 4 pages (16 KiB) per
+/// ring, about 1 MiB for 62 queues, where the queue size (1024) would be 26 pages (6.3 MiB).
+/// QEMU's virtqueues hold 128 requests by default; further requests wait in the virtqueue.
+pub const MAX_RING_ENTRIES: u16 = 128;
 
 /// io_uring refuses registered buffers larger than this; guest regions are split.
 const MAX_FIXED_BUFFER: usize = 1 << 30;
 
+/// Why a ring could not be made ready for the next connection.
+#[derive(Debug, thiserror::Error)]
+pub enum RecycleError {
+    #[error("cannot remove the kick poll: {0}")]
+    Disarm(#[source] io::Error),
+    #[error("cannot clear the kick slot: {0}")]
+    KickSlot(#[source] io::Error),
+    #[error("cannot unregister guest memory: {0}")]
+    Buffers(#[source] io::Error),
+    #[error("{0} operations still queued or in flight")]
+    Busy(usize),
+}
+
 /// One io_uring with the LUN files registered and only our opcodes allowed.
 pub struct UringEngine {
     ring: IoUring,
-    /// Registered (fixed) files, by index.
+    /// Registered (fixed) files, by index; the kick eventfd's slot follows them.
     files: Vec<RawFd>,
+    /// The fd registered in the kick slot (`files.len()`), if any.
+    kick_registered: Option<RawFd>,
     /// Guest memory registered as fixed buffers (`--register-buffers`): (host start, length)
     /// by buffer index, sorted by address.
     buffers: Vec<(usize, usize)>,
@@ -46,25 +85,29 @@ pub struct UringEngine {
 }
 
 impl UringEngine {
-    /// Creates a ring of `entries` (completion queue twice as large), registers `files` and
-    /// restricts the ring to READV, WRITEV, READ_FIXED, WRITE_FIXED, FSYNC, FALLOCATE, POLL_ADD
-    /// and POLL_REMOVE.
-    /// With `buffers`, the ring may also register and unregister guest memory (nothing else
-    /// can be registered once it runs).
+    /// Creates a ring of `entries` (completion queue twice as large), registers `files` and an
+    /// empty slot for the kick eventfd, and restricts the ring to READV, WRITEV, READ_FIXED,
+    /// WRITE_FIXED, FSYNC, FALLOCATE, POLL_ADD and POLL_REMOVE on fixed files only, and to one
+    /// `io_uring_register` operation: replacing the kick slot's file. With `buffers`, it may
+    /// also register and unregister guest memory.
+    ///
+    /// Called before the worker's seccomp filters exist (`io_uring_setup` is allowed to no
+    /// role); the ring is enabled here, so any thread may use it from now on.
     pub fn new(entries: u32, files: &[RawFd], buffers: bool) -> io::Result<Self> {
         let ring: IoUring = IoUring::builder()
             .setup_cqsize(entries * 2)
-            .setup_single_issuer()
-            // Completions are posted when this thread next enters the kernel, without an IPI;
-            // the TASKRUN flag tells a busy-polling thread when it has to enter (`ready`).
+            // Completions are posted when the submitting thread next enters the kernel, without
+            // an IPI; the TASKRUN flag tells a busy-polling thread when it has to enter
+            // (`ready`). (No SINGLE_ISSUER: see the module comment.)
             .setup_coop_taskrun()
             .setup_taskrun_flag()
             .setup_r_disabled()
             .build(entries)?;
         let sub = ring.submitter();
-        if !files.is_empty() {
-            sub.register_files(files)?;
-        }
+        // The LUN files, then the kick's slot, empty until a queue thread arms its poll.
+        let mut table = files.to_vec();
+        table.push(-1);
+        sub.register_files(&table)?;
         let mut restrictions = vec![
             Restriction::sqe_op(opcode::Readv::CODE),
             Restriction::sqe_op(opcode::Writev::CODE),
@@ -74,7 +117,10 @@ impl UringEngine {
             Restriction::sqe_op(opcode::PollRemove::CODE),
             Restriction::sqe_op(opcode::ReadFixed::CODE),
             Restriction::sqe_op(opcode::WriteFixed::CODE),
-            Restriction::sqe_flags_allowed(squeue::Flags::FIXED_FILE.bits()),
+            // Every SQE names a registered file: the LUN files and the kick, nothing else the
+            // worker holds (sockets, the broker, guest memory fds).
+            Restriction::sqe_flags_required(squeue::Flags::FIXED_FILE.bits()),
+            Restriction::register_op(IORING_REGISTER_FILES_UPDATE),
         ];
         if buffers {
             restrictions.extend([
@@ -87,6 +133,7 @@ impl UringEngine {
         Ok(Self {
             ring,
             files: files.to_vec(),
+            kick_registered: None,
             buffers: Vec::new(),
             kick_armed: None,
             kick_polls: 0,
@@ -95,6 +142,85 @@ impl UringEngine {
             queued: 0,
             pending: Vec::with_capacity(entries as usize * 2),
         })
+    }
+
+    /// One ring per request queue, for queues of `depth` descriptors (at most
+    /// [`MAX_RING_ENTRIES`] of them in flight) over the LUN `files` (`buffers`:
+    /// `--register-buffers`). At worker start-up, before the seccomp filters.
+    pub fn for_queues(
+        queues: u16,
+        depth: u16,
+        files: &[RawFd],
+        buffers: bool,
+    ) -> io::Result<Vec<Self>> {
+        let entries = u32::from(depth.clamp(1, MAX_RING_ENTRIES)).next_power_of_two();
+        (0..queues)
+            .map(|_| Self::new(entries, files, buffers))
+            .collect()
+    }
+
+    /// How many operations the ring takes at once (its completion queue holds twice as many):
+    /// the most commands a queue worker keeps in flight on it.
+    pub fn entries(&self) -> u32 {
+        self.ring.params().sq_entries()
+    }
+
+    /// The fixed-file index of the kick slot.
+    fn kick_slot(&self) -> u32 {
+        self.files.len() as u32
+    }
+
+    /// Makes the ring ready for the next connection's queue thread (called on the main thread
+    /// after the previous one was joined, with nothing in flight): the kick poll removed, its
+    /// eventfd released from the kick slot, guest memory unregistered, stale completions
+    /// dropped.
+    pub fn recycle(&mut self) -> Result<(), RecycleError> {
+        if let Some((_, token)) = self.kick_armed.take() {
+            let remove = opcode::PollRemove::new(token)
+                .build()
+                .flags(squeue::Flags::FIXED_FILE)
+                .user_data(REMOVE_TOKEN);
+            if !self.push_entry(&remove) {
+                return Err(RecycleError::Busy(self.queued));
+            }
+            // The removal always completes (0, or ENOENT when the kernel already ended the
+            // poll when its thread exited).
+            loop {
+                match self.ring.submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                    Err(e) => return Err(RecycleError::Disarm(e)),
+                }
+                self.queued = 0;
+                let removed = self
+                    .ring
+                    .completion()
+                    .any(|cqe| cqe.user_data() == REMOVE_TOKEN);
+                if removed {
+                    break;
+                }
+            }
+        }
+        if self.kick_registered.take().is_some() {
+            self.ring
+                .submitter()
+                .register_files_update(self.kick_slot(), &[-1])
+                .map_err(RecycleError::KickSlot)?;
+        }
+        if !self.buffers.is_empty() {
+            self.ring
+                .submitter()
+                .unregister_buffers()
+                .map_err(RecycleError::Buffers)?;
+            self.buffers.clear();
+        }
+        self.collect();
+        if !self.pending.is_empty() || self.queued > 0 {
+            return Err(RecycleError::Busy(self.pending.len() + self.queued));
+        }
+        self.kick_stale = false;
+        self.kick_fired = false;
+        Ok(())
     }
 
     fn push_entry(&mut self, entry: &squeue::Entry) -> bool {
@@ -122,9 +248,22 @@ impl UringEngine {
                 return;
             }
         }
+        // Every new poll first puts `fd` in the kick slot: it may name a new eventfd under an
+        // old number (the ring's restriction accepts fixed files only).
+        if self
+            .ring
+            .submitter()
+            .register_files_update(self.kick_slot(), &[fd])
+            .is_err()
+        {
+            // Not watched: the queue still sees new requests at every completion and when the
+            // event loop calls it again.
+            return;
+        }
+        self.kick_registered = Some(fd);
         self.kick_polls += 1;
         let token = KICK_TOKEN | self.kick_polls;
-        let entry = opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+        let entry = opcode::PollAdd::new(types::Fixed(self.kick_slot()), libc::POLLIN as u32)
             .multi(true)
             .build()
             .user_data(token);
@@ -139,8 +278,10 @@ impl UringEngine {
         let Some((_, token)) = self.kick_armed else {
             return true;
         };
+        // FIXED_FILE although POLL_REMOVE names no file: the ring requires it on every SQE.
         let remove = opcode::PollRemove::new(token)
             .build()
+            .flags(squeue::Flags::FIXED_FILE)
             .user_data(REMOVE_TOKEN);
         if !self.push_entry(&remove) {
             return false;
@@ -328,13 +469,17 @@ impl Engine for UringEngine {
     }
 
     fn forget_kick(&mut self) {
-        // Called from the vhost-user thread: the ring (SINGLE_ISSUER) only takes submissions
-        // from its queue thread, which re-arms at its next wait.
+        // Called from the vhost-user thread, which must not enter the kernel for the queue:
+        // the queue thread re-arms (and re-registers the kick slot) at its next wait.
         self.kick_stale = true;
     }
 
     fn name(&self) -> &'static str {
         "io-uring"
+    }
+
+    fn into_ring(self: Box<Self>) -> Option<UringEngine> {
+        Some(*self)
     }
 }
 
@@ -356,6 +501,153 @@ mod tests {
 
     fn engine() -> UringEngine {
         UringEngine::new(8, &[], false).expect("io_uring (is kernel.io_uring_disabled set?)")
+    }
+
+    /// A file with `byte` in every byte of its first 4 KiB.
+    fn filled(byte: u8) -> std::fs::File {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&[byte; 4096]).unwrap();
+        f
+    }
+
+    /// Reads 512 bytes at offset 0 through the engine: the completion's result, and the data.
+    fn read_through(e: &mut UringEngine, fd: RawFd) -> (i32, Vec<u8>) {
+        let mut buf = vec![0u8; 512];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let op = Op {
+            kind: IoKind::Read,
+            fd,
+            iov: &iov,
+            iovcnt: 1,
+            offset: 0,
+            user_data: 7,
+        };
+        assert!(e.push(&op), "engine refused the read");
+        e.submit().unwrap();
+        (complete(e, 7), buf)
+    }
+
+    /// Waits for the completion of `user_data`.
+    fn complete(e: &mut UringEngine, user_data: u64) -> i32 {
+        let mut out = Vec::new();
+        loop {
+            e.reap(&mut out);
+            if let Some(&(_, res)) = out.iter().find(|(d, _)| *d == user_data) {
+                return res;
+            }
+            e.wait(None).unwrap();
+        }
+    }
+
+    /// Issue 11: an SQE that names a file descriptor directly (not a registered file) is
+    /// refused by the ring itself, whatever fd it names: only the LUN files (and the kick) are
+    /// targets. With `sqe_flags_allowed(FIXED_FILE)` it read the file.
+    #[test]
+    fn an_sqe_naming_an_unregistered_fd_is_refused() {
+        let lun = filled(0x5a);
+        let other = filled(0xa5);
+        let mut e = UringEngine::new(8, &[lun.as_raw_fd()], false).unwrap();
+        // The registered file reads.
+        let (res, data) = read_through(&mut e, lun.as_raw_fd());
+        assert_eq!(res, 512);
+        assert!(data.iter().all(|&b| b == 0x5a));
+        // The same READV naming `other` by its fd number, as a compromised thread could.
+        let mut buf = vec![0u8; 512];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        for (fd, name) in [
+            (other.as_raw_fd(), "other"),
+            (lun.as_raw_fd(), "lun by number"),
+        ] {
+            let entry = opcode::Readv::new(types::Fd(fd), &iov, 1)
+                .build()
+                .user_data(9);
+            assert!(e.push_entry(&entry));
+            e.submit().unwrap();
+            assert_eq!(complete(&mut e, 9), -libc::EACCES, "{name}");
+        }
+        assert!(
+            buf.iter().all(|&b| b == 0),
+            "the refused read wrote the buffer"
+        );
+        // An index past the table names nothing.
+        let entry = opcode::Readv::new(types::Fixed(5), &iov, 1)
+            .build()
+            .user_data(10);
+        assert!(e.push_entry(&entry));
+        e.submit().unwrap();
+        assert_eq!(complete(&mut e, 10), -libc::EBADF);
+    }
+
+    /// Operations other than ours are refused by the ring itself, fixed file or not: a
+    /// compromised thread cannot open a file or make a socket through it.
+    #[test]
+    fn the_ring_runs_no_other_operation() {
+        let lun = filled(3);
+        let mut e = UringEngine::new(8, &[lun.as_raw_fd()], false).unwrap();
+        let path = c"/etc/passwd";
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            .build()
+            .flags(squeue::Flags::FIXED_FILE)
+            .user_data(11);
+        let socket = opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
+            .build()
+            .flags(squeue::Flags::FIXED_FILE)
+            .user_data(12);
+        assert!(e.push_entry(&open) && e.push_entry(&socket));
+        e.submit().unwrap();
+        assert_eq!(complete(&mut e, 11), -libc::EACCES, "OPENAT");
+        assert_eq!(complete(&mut e, 12), -libc::EACCES, "SOCKET");
+    }
+
+    /// After start-up only the kick slot can change (and guest memory with
+    /// `--register-buffers`): a new file table, or buffers without the option, are refused.
+    #[test]
+    fn the_ring_registers_nothing_but_the_kick_slot() {
+        let lun = filled(1);
+        let other = filled(2);
+        let e = UringEngine::new(8, &[lun.as_raw_fd()], false).unwrap();
+        let sub = e.ring.submitter();
+        let err = sub.register_files(&[other.as_raw_fd()]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+        let err = sub.unregister_files().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+        let err = sub.unregister_buffers().unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+        sub.register_files_update(1, &[other.as_raw_fd()]).unwrap();
+    }
+
+    /// The rings are made before the queue threads exist and serve a new queue thread at every
+    /// connection: a ring made here serves one thread, is recycled, and serves the next (with
+    /// IORING_SETUP_SINGLE_ISSUER the first thread's submissions already fail with EEXIST).
+    #[test]
+    fn a_ring_serves_a_new_thread_after_each_recycle() {
+        let lun = filled(0x42);
+        let fd = lun.as_raw_fd();
+        let mut e = UringEngine::new(8, &[fd], false).unwrap();
+        for connection in 0..3 {
+            e = std::thread::spawn(move || {
+                let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+                e.arm_kick(kick.as_raw_fd());
+                let (res, data) = read_through(&mut e, fd);
+                assert_eq!(res, 512, "connection {connection}");
+                assert!(data.iter().all(|&b| b == 0x42));
+                kick.write(1).unwrap();
+                assert!(kicked(&mut e), "connection {connection}: kick");
+                // The thread ends with its poll armed, as a queue thread at a disconnect.
+                e
+            })
+            .join()
+            .unwrap();
+            e.recycle().unwrap();
+            assert!(e.kick_armed.is_none() && e.kick_registered.is_none());
+        }
     }
 
     /// The kick poll fires once per write and not again while the eventfd merely stays
