@@ -85,9 +85,15 @@ fn an_query() -> Vec<u8> {
     req
 }
 
-/// Every thread of `worker`: no capability, no_new_privs, filtered with the depth of its role,
-/// an unprivileged uid/gid without groups (as root). Returns how many threads of each name.
-fn assert_threads_confined(worker: libc::pid_t, log: &str) -> HashMap<String, usize> {
+/// Every thread of `worker`: no capability, no_new_privs, filtered with the depth of its role
+/// (plus `inherited` filters the supervisor installed before starting it: the
+/// `supervisor-restart` deny list under `--restart-worker=on-failure`), an unprivileged uid/gid
+/// without groups (as root). Returns how many threads of each name.
+fn assert_threads_confined(
+    worker: libc::pid_t,
+    inherited: usize,
+    log: &str,
+) -> HashMap<String, usize> {
     let mut roles: HashMap<String, usize> = HashMap::new();
     for task in fs::read_dir(format!("/proc/{worker}/task")).unwrap() {
         let tid = task.unwrap().file_name().into_string().unwrap();
@@ -109,7 +115,7 @@ fn assert_threads_confined(worker: libc::pid_t, log: &str) -> HashMap<String, us
         };
         assert_eq!(
             st["Seccomp_filters"],
-            expected.to_string(),
+            (expected + inherited).to_string(),
             "{comm} filter depth"
         );
         if is_root() {
@@ -155,7 +161,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
     let sup = d.pid();
     let worker = worker_of(sup);
 
-    let roles = assert_threads_confined(worker, &d.log());
+    let roles = assert_threads_confined(worker, 0, &d.log());
     assert_eq!(roles.get("vus-worker"), Some(&1));
     assert_eq!(roles.get("signals"), Some(&1));
     assert_eq!(roles.get("vhost-user-scsi"), Some(&1));
@@ -479,7 +485,8 @@ fn a_crashed_worker_is_restarted_on_the_same_socket() {
     d.assert_alive();
     // The restarted worker is confined like the first one: every thread (its queue thread has
     // served I/O), its own empty root, its rings made before its filters.
-    let roles = assert_threads_confined(second, &d.log());
+    // Under on-failure every worker also carries the supervisor-restart deny list.
+    let roles = assert_threads_confined(second, 1, &d.log());
     assert_eq!(roles.get("vus-worker"), Some(&1), "{roles:?}");
     assert_eq!(roles.get("vring_worker"), Some(&2), "{roles:?}");
     let mounts = fs::read_to_string(format!("/proc/{second}/mountinfo")).unwrap();
@@ -494,7 +501,7 @@ fn a_crashed_worker_is_restarted_on_the_same_socket() {
     r.assert_good();
     assert!(r.data == data);
     assert_eq!(rings_of(second), 1);
-    assert_threads_confined(second, &d.log());
+    assert_threads_confined(second, 1, &d.log());
     drop(vm);
     d.assert_alive();
     let log = d.log();
