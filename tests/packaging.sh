@@ -298,7 +298,7 @@ rc=0; connect_as nogroup || rc=$?
 [[ $rc -eq 13 ]] || fail "a process outside group kvm: expected EACCES, got exit $rc"
 connect_as kvm || fail "a process in group kvm could not connect"
 grep -q 'listening on the inherited socket' "$work/daemon.log" || fail "daemon did not use the activated socket"
-grep -q 'worker jailed: sandbox=namespace, uid=[0-9]* .*seccomp=Kill' "$work/daemon.log" \
+grep -q 'worker jailed: sandbox=namespace.*, uid=[0-9]* .*seccomp=Kill' "$work/daemon.log" \
     || { cat "$work/daemon.log"; fail "worker not jailed as documented"; }
 bash tests/e2e/run-guest.sh --socket "$sock" --phase 1 --timeout 150 \
     || { cat "$work/daemon.log"; fail "guest on the packaged daemon"; }
