@@ -54,6 +54,19 @@ pub enum SocketPathError {
     Io(#[source] io::Error),
 }
 
+/// Why a `--socket-group` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketGroupError {
+    #[error("not a valid group name")]
+    Invalid,
+    #[error("no such group")]
+    Unknown,
+    #[error("only applies to a socket this daemon creates (--socket-path)")]
+    NotOurSocket,
+    #[error("cannot look it up: {}", io_msg(.0))]
+    Io(#[source] io::Error),
+}
+
 /// A problem with one LUN's configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum LunError {
@@ -148,6 +161,13 @@ pub enum CliError {
         fd: RawFd,
         #[source]
         error: SocketCheckError,
+    },
+    #[error("{origin} {group}: {error}")]
+    SocketGroup {
+        origin: String,
+        group: String,
+        #[source]
+        error: SocketGroupError,
     },
     #[error("systemd socket activation: LISTEN_FDS={0}, expected exactly one socket")]
     SystemdFdCount(String),

@@ -45,6 +45,7 @@ pub use super::error::ConfigFileError;
 pub struct FileConfig {
     pub socket_path: Option<PathBuf>,
     pub fd: Option<RawFd>,
+    pub socket_group: Option<String>,
     pub num_queues: Option<u64>,
     pub queue_size: Option<u64>,
     pub log_level: Option<String>,

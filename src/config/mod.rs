@@ -177,6 +177,8 @@ pub struct LogConfig {
 pub struct Origins {
     /// The option that gave the listening socket; empty for systemd socket activation.
     pub listen: String,
+    /// The option that gave `--socket-group` (command line or file key); empty without one.
+    pub socket_group: String,
     /// For each of [`Config::luns`], in the same order: its position among the LUNs as written
     /// (file LUNs first, then `--lun` options) and its origin.
     pub luns: Vec<(usize, String)>,
@@ -194,6 +196,10 @@ impl Eq for Origins {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: ListenSpec,
+    /// Group given access to the socket (`--socket-group`): the socket is then 0660
+    /// root:GROUP instead of 0600. Only with [`ListenSpec::SocketPath`]; the name is resolved
+    /// by the supervisor's preflight.
+    pub socket_group: Option<String>,
     /// Sorted by (target, lun), no duplicates, at least one.
     pub luns: Vec<LunConfig>,
     /// Number of request queues offered (QEMU's `num_queues` must not exceed it).

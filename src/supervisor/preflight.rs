@@ -38,6 +38,14 @@ pub fn check(config: &Config) -> Result<(), CliError> {
                 path: path.clone(),
                 error,
             })?;
+            // An unknown group is refused now, before the socket exists.
+            if let Some(group) = &config.socket_group {
+                listener::resolve_group(group).map_err(|error| CliError::SocketGroup {
+                    origin: config.origins.socket_group.clone(),
+                    group: group.clone(),
+                    error,
+                })?;
+            }
         }
         &ListenSpec::Fd(fd) => {
             listener::check_listening_socket(fd).map_err(|error| CliError::Fd {

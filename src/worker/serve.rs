@@ -9,7 +9,10 @@
 
 use std::{
     io,
-    os::{fd::AsRawFd, unix::net::UnixListener},
+    os::{
+        fd::{AsRawFd, BorrowedFd, RawFd},
+        unix::net::UnixListener,
+    },
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -18,6 +21,7 @@ use std::{
 };
 
 use log::{error, info, warn};
+use nix::sys::socket::{sockopt, GetSockOpt, UnixCredentials};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -165,6 +169,33 @@ fn wait_for_connection(listener: &UnixListener, shutdown: &Shutdown) -> Result<b
     }
 }
 
+/// The fd number `accept(2)` will give the next connection: the lowest free one. Found by
+/// duplicating the listener (F_DUPFD_CLOEXEC from 0 takes the lowest free number) and closing
+/// the duplicate again.
+///
+/// vhost-user-backend accepts inside `VhostUserDaemon::start` and does not hand out the
+/// connection, so this is how the serving loop finds it to read the peer's credentials. Between
+/// connections no other thread of the worker opens or closes fds (the queue threads of the new
+/// daemon wait on their epoll sets, the signal thread in sigwait), so the number holds;
+/// [`peer_credentials`] still checks that it names a connected socket.
+fn lowest_free_fd(listener: &UnixListener) -> Option<RawFd> {
+    listener.try_clone().ok().map(|dup| dup.as_raw_fd())
+}
+
+/// SO_PEERCRED of the connection `accept(2)` gave `fd`: the front-end's pid, uid and gid as the
+/// kernel recorded them at `connect(2)` (they cannot be forged by the peer). `None` when `fd`
+/// is not a connected socket (then it was not the accepted connection).
+fn peer_credentials(fd: RawFd) -> Option<UnixCredentials> {
+    // SAFETY: `fd` is only borrowed for the two getsockopt calls below; if it is not open they
+    // fail with EBADF.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    // A listening socket also answers SO_PEERCRED (with its creator's credentials).
+    if sockopt::AcceptConn.get(&fd).ok()? {
+        return None;
+    }
+    sockopt::PeerCredentials.get(&fd).ok()
+}
+
 /// Serves front-end connections on `listener` until SIGTERM/SIGINT (or the first disconnect with
 /// `exit_on_disconnect`). Writable LUNs are flushed after every connection and at exit.
 pub fn serve(
@@ -189,11 +220,20 @@ pub fn serve(
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(PROTOCOL_THREAD_NAME.into(), backend.clone(), mem)
             .map_err(DaemonError::NewDaemon)?;
+        let expected_fd = lowest_free_fd(listener);
         daemon
             .start(&mut vhost_listener)
             .map_err(DaemonError::Accept)?;
         connections += 1;
-        info!("front-end connected (connection {connections})");
+        match expected_fd.and_then(peer_credentials) {
+            Some(c) => info!(
+                "front-end connected (connection {connections}): pid {} uid {} gid {}",
+                c.pid(),
+                c.uid(),
+                c.gid()
+            ),
+            None => info!("front-end connected (connection {connections}): peer unknown"),
+        }
         *shutdown
             .connection
             .lock()
