@@ -217,6 +217,8 @@ pub struct Args {
 
 /// What the program should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Built once per run and moved out at once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Print [`crate::config::print_capabilities`] to stdout and exit 0.
     PrintCapabilities,

@@ -133,6 +133,27 @@ pub enum LunError {
     PrFileIsSource { path: PathBuf },
     #[error("pr-file {} is already used by {other}", .path.display())]
     DuplicatePrFile { path: PathBuf, other: String },
+    #[error("{what} {} {error}", .path.display())]
+    NotOurFile {
+        /// `pr-file` or `size= image`.
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        error: OwnFileError,
+    },
+}
+
+/// Why a file the daemon creates and then keeps using (a `pr-file`, a `size=` image) is refused
+/// when something else is found at its path: the supervisor runs as root, and writing through a
+/// link planted there would write wherever it points.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnFileError {
+    #[error("is a symbolic link: files this daemon creates are never opened through one")]
+    Symlink,
+    #[error("is owned by uid {owner}, not by this daemon's uid {ours}: it was not created by it")]
+    Owner { owner: u32, ours: u32 },
+    #[error("has {0} hard links: it was not created by this daemon")]
+    HardLinks(u64),
 }
 
 /// Why the command line or configuration file is unusable. `Display` is one line.
