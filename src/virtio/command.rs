@@ -36,7 +36,7 @@ pub struct Command<'a> {
 impl<'a> Command<'a> {
     /// Checks the command and runs it, or plans its I/O. `caller_io`: the caller still has I/O
     /// of its own in flight (see [`ScsiBus::prepare`]).
-    pub fn start(self, bus: &ScsiBus, caller_io: bool) -> Started<'a> {
+    pub fn start(self: Box<Self>, bus: &ScsiBus, caller_io: bool) -> Started<'a> {
         match bus.prepare(
             self.target,
             self.lun,
@@ -129,8 +129,9 @@ pub enum Started<'a> {
     Done(u32),
     Io(PendingIo<'a>),
     /// Not started: the command would wait for the caller's own I/O in flight. Complete it,
-    /// then [`Command::start`] the command again.
-    DrainFirst(Command<'a>),
+    /// then [`Command::start`] the command again. (Boxed: rare, and it keeps the common
+    /// variants' moves small.)
+    DrainFirst(Box<Command<'a>>),
 }
 
 /// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
@@ -182,16 +183,34 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
             buffer_len: req.data_out.len(),
         }
     };
-    Command {
-        target: addr.target,
-        lun: addr.lun,
-        cdb: req.cdb,
-        data_out: req.data_out,
-        data_in: req.data_in,
-        response: req.response,
-        reply,
+    // Checked in place: the request is only moved (boxed) in the rare case that it has to wait
+    // for the caller to drain.
+    match bus.prepare(
+        addr.target,
+        addr.lun,
+        &req.cdb,
+        &req.data_out,
+        &req.data_in,
+        caller_io,
+    ) {
+        Prepared::Done(out) => Started::Done(reply.respond(&out, &req.response)),
+        Prepared::Io(plan) => Started::Io(PendingIo {
+            target: addr.target,
+            lun: addr.lun,
+            plan,
+            response: req.response,
+            reply,
+        }),
+        Prepared::DrainFirst => Started::DrainFirst(Box::new(Command {
+            target: addr.target,
+            lun: addr.lun,
+            cdb: req.cdb,
+            data_out: req.data_out,
+            data_in: req.data_in,
+            response: req.response,
+            reply,
+        })),
     }
-    .start(bus, caller_io)
 }
 
 fn fail(response_area: &crate::scsi::SgList<'_>, code: u32) {

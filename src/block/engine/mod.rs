@@ -89,6 +89,11 @@ pub trait Engine: Send {
         false
     }
     fn name(&self) -> &'static str;
+    /// An fd that polls readable when completions are ready (bounded waits at teardown);
+    /// `None` for an engine that never has anything in flight.
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.
