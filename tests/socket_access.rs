@@ -8,7 +8,7 @@
 //! thing that can refuse; the `--socket-group nogroup` case is the positive control (same child,
 //! same directory, accepted).
 
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::{

@@ -155,6 +155,13 @@ pub struct Args {
     #[arg(long)]
     pub exit_on_disconnect: bool,
 
+    /// Accept guest memory the front-end could still shrink under the device (a
+    /// memory-backend-file on /dev/shm or hugetlbfs, an unsealed memfd). Such a front-end can
+    /// crash the worker with SIGBUS [default: only memfds sealed against shrinking, as QEMU's
+    /// memory-backend-memfd seals them, and regular files].
+    #[arg(long)]
+    pub allow_unsealed_memory: bool,
+
     /// Request-queue I/O engine: io-uring (falls back to threads when the kernel refuses a
     /// ring), threads (a preadv2/pwritev2 pool) or sync (each command on its queue thread)
     /// [default: io-uring].
@@ -349,6 +356,8 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         num_queues,
         queue_size,
         exit_on_disconnect: args.exit_on_disconnect || file_cfg.exit_on_disconnect == Some(true),
+        allow_unsealed_memory: args.allow_unsealed_memory
+            || file_cfg.allow_unsealed_memory == Some(true),
         io: io_config(&args)?,
         log: LogConfig {
             level,
@@ -1048,6 +1057,7 @@ mod tests {
                 num_queues: DEFAULT_NUM_QUEUES,
                 queue_size: DEFAULT_QUEUE_SIZE,
                 exit_on_disconnect: false,
+                allow_unsealed_memory: false,
                 io: IoConfig::default(),
                 log: LogConfig {
                     level: LevelFilter::Info,

@@ -51,6 +51,7 @@ pub struct FileConfig {
     pub log_level: Option<String>,
     pub syslog: Option<bool>,
     pub exit_on_disconnect: Option<bool>,
+    pub allow_unsealed_memory: Option<bool>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<FileLun>,
 }

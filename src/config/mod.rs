@@ -208,6 +208,10 @@ pub struct Config {
     pub queue_size: u16,
     /// Exit when the front-end disconnects instead of waiting for the next connection.
     pub exit_on_disconnect: bool,
+    /// Accept guest memory the front-end could still shrink (`--allow-unsealed-memory`): shmem
+    /// files that cannot carry seals (`memory-backend-file` on /dev/shm or hugetlbfs) and
+    /// memfds without F_SEAL_SHRINK. Such a front-end can make the worker die of SIGBUS.
+    pub allow_unsealed_memory: bool,
     /// Data-path engine and tuning.
     pub io: IoConfig,
     pub log: LogConfig,
