@@ -590,3 +590,51 @@ fn allow_unsealed_memory_still_checks_the_size() {
     );
     s.still_serves("--allow-unsealed-memory", 20);
 }
+
+/// `Seccomp_filters` of the worker's thread named `comm`, if there is one.
+fn seccomp_filters_of(worker: libc::pid_t, comm: &str) -> Option<u32> {
+    for task in std::fs::read_dir(format!("/proc/{worker}/task")).ok()? {
+        let dir = task.ok()?.path();
+        if std::fs::read_to_string(dir.join("comm")).ok()?.trim_end() != comm {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+            .and_then(|v| v.trim().parse().ok());
+    }
+    None
+}
+
+/// Issue 11 item 6: the protocol thread has a filter more than the worker's main thread
+/// (`worker-protocol`, inherited from the thread that accepted) from its start, before the
+/// front-end has sent a single message. Without it the first messages are parsed under
+/// `worker-main` alone.
+#[test]
+fn protocol_thread_is_confined_before_its_first_message() {
+    let mut s = Subject::start(&[]);
+    let raw = Raw::connect(&s.d.socket);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let protocol = loop {
+        if let Some(n) = seccomp_filters_of(s.worker, "vhost-user-scsi") {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no protocol thread\n{}",
+            s.d.log()
+        );
+        sleep(Duration::from_millis(10));
+    };
+    // Read now: the main thread installs its filters after the socket exists.
+    let main = seccomp_filters_of(s.worker, "vus-worker").expect("worker main thread");
+    assert_eq!(main, 2, "worker main thread: worker-enosys + worker-main");
+    assert_eq!(
+        protocol,
+        main + 1,
+        "protocol thread before any message: {protocol} filters, main thread {main}"
+    );
+    drop(raw);
+    s.still_serves("after a silent connection", 30);
+}

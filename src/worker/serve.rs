@@ -49,6 +49,10 @@ pub enum DaemonError {
     EventFd(io::Error),
     #[error("cannot set up the vhost-user device: {0}")]
     NewDaemon(vhost_user_backend::Error),
+    #[error("cannot start the accepting thread: {0}")]
+    AcceptThread(io::Error),
+    #[error("the accepting thread panicked")]
+    AcceptThreadPanicked,
     #[error("cannot accept a vhost-user connection: {0}")]
     Accept(vhost_user_backend::Error),
     #[error("waiting for a connection failed: {0}")]
@@ -184,6 +188,35 @@ fn peer_credentials(fd: RawFd) -> Option<UnixCredentials> {
     sockopt::PeerCredentials.get(&fd).ok()
 }
 
+/// Name of the short-lived thread that accepts a connection and starts its protocol thread.
+pub const ACCEPT_THREAD_NAME: &str = "vus-accept";
+
+/// Accepts the next connection and starts its protocol thread from a thread that has already
+/// stacked the `worker-protocol` role, so that the protocol thread (which vhost-user-backend
+/// spawns inside `start`, with no hook before its first message) inherits that role from its
+/// first instruction instead of running the message parser under `worker-main` until its first
+/// backend callback. `worker-protocol` therefore also allows what `start` needs: `accept4`, the
+/// `F_DUPFD_CLOEXEC` of the connection, `clone` of a thread and a new thread's start-up.
+fn accept_confined(
+    daemon: &mut VhostUserDaemon<Arc<ScsiBackend>>,
+    listener: &mut Listener,
+) -> Result<(), DaemonError> {
+    thread::scope(|scope| {
+        thread::Builder::new()
+            .name(ACCEPT_THREAD_NAME.into())
+            .spawn_scoped(scope, || {
+                // INVARIANT: the first thing this thread does is narrowing its seccomp filter.
+                crate::sandbox::seccomp::enter_role(
+                    crate::sandbox::seccomp::ThreadRole::WorkerProtocol,
+                );
+                daemon.start(listener).map_err(DaemonError::Accept)
+            })
+            .map_err(DaemonError::AcceptThread)?
+            .join()
+            .unwrap_or_else(|_| Err(DaemonError::AcceptThreadPanicked))
+    })
+}
+
 /// Serves front-end connections on `listener` until SIGTERM/SIGINT (or the first disconnect with
 /// `exit_on_disconnect`). Writable LUNs are flushed after every connection and at exit.
 pub fn serve(
@@ -210,9 +243,7 @@ pub fn serve(
         let mut daemon = VhostUserDaemon::new(PROTOCOL_THREAD_NAME.into(), backend.clone(), mem)
             .map_err(DaemonError::NewDaemon)?;
         let expected_fd = lowest_free_fd(listener);
-        daemon
-            .start(&mut vhost_listener)
-            .map_err(DaemonError::Accept)?;
+        accept_confined(&mut daemon, &mut vhost_listener)?;
         connections += 1;
         match expected_fd.and_then(peer_credentials) {
             Some(c) => info!(

@@ -52,13 +52,16 @@ pub const VRING_THREAD_NAME: &str = "vring_worker";
 
 /// The roles of the threads vhost-user-backend spawns for us (it offers no hook at thread
 /// start, so each stacks its role on its first callback into [`ScsiBackend`]).
-const BACKEND_THREAD_ROLES: &[(&str, ThreadRole)] = &[
-    (VRING_THREAD_NAME, ThreadRole::WorkerVring),
-    (PROTOCOL_THREAD_NAME, ThreadRole::WorkerProtocol),
-];
+const BACKEND_THREAD_ROLES: &[(&str, ThreadRole)] = &[(VRING_THREAD_NAME, ThreadRole::WorkerVring)];
+
+/// The protocol thread inherits `worker-protocol` from the thread that accepted the connection
+/// (`super::serve::accept_confined`): it is in its role before its first message.
+const INHERITED_THREAD_ROLES: &[(&str, ThreadRole)] =
+    &[(PROTOCOL_THREAD_NAME, ThreadRole::WorkerProtocol)];
 
 /// Called at the start of every backend callback.
 fn enter_backend_thread_role() {
+    seccomp::inherited_role_by_thread_name(INHERITED_THREAD_ROLES);
     seccomp::enter_role_by_thread_name(BACKEND_THREAD_ROLES);
 }
 
