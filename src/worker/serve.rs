@@ -247,10 +247,17 @@ pub fn serve(
         connections += 1;
         match expected_fd.and_then(peer_credentials) {
             Some(c) => info!(
-                "front-end connected (connection {connections}): pid {} uid {} gid {}",
+                "front-end connected (connection {connections}): pid {} uid {} gid {}{}",
                 c.pid(),
                 c.uid(),
-                c.gid()
+                c.gid(),
+                // The kernel shows a peer outside the worker's PID namespace as pid 0 (and ids
+                // not mapped into its user namespace as the overflow id).
+                if c.pid() == 0 {
+                    " (as seen from the worker's namespaces)"
+                } else {
+                    ""
+                }
             ),
             None => info!("front-end connected (connection {connections}): peer unknown"),
         }
