@@ -251,3 +251,106 @@ fn unknown_option_is_one_line() {
     let e = fails(&["--frobnicate"]);
     assert!(e.contains("--frobnicate"), "{e}");
 }
+
+/// [`fails`], but a daemon that starts serving (the check it should have failed is missing) is
+/// stopped after 10 s and fails the test instead of hanging it.
+fn fails_bounded(args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .arg("10")
+        .arg(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .output()
+        .expect("cannot run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: stderr: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line: {stderr}");
+    lines[0].to_owned()
+}
+
+/// Issue 11 item 10: the files the daemon creates and keeps (`pr-file`, `size=` images) are
+/// never opened through a symbolic link planted at their path, nor taken over when another
+/// user's file (or a hard link) is found there. One line naming the LUN, exit 2, and the file
+/// the link points to is neither created nor changed.
+#[test]
+fn created_files_refuse_symlinks_and_foreign_files() {
+    use std::os::unix::fs::symlink;
+    let d = Dir::new();
+    let img = d.image("a.img");
+    let sock = d.sock();
+    let victim = d.path("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let link = d.path("link");
+    let lun_arg = |opts: &str| format!("{img},{opts}");
+
+    // A pr-file path that is a link to an existing file, or a dangling link.
+    symlink(&victim, &link).unwrap();
+    let arg = lun_arg(&format!("pr-file={}", link.display()));
+    assert_eq!(
+        fails_bounded(&["--socket-path", &sock, "--lun", &arg]),
+        format!(
+            "vhost-user-scsi: error: --lun {arg}: pr-file {} is a symbolic link: files this \
+             daemon creates are never opened through one",
+            link.display()
+        )
+    );
+    std::fs::remove_file(&link).unwrap();
+    let absent = d.path("absent");
+    symlink(&absent, &link).unwrap();
+    let e = fails_bounded(&["--socket-path", &sock, "--lun", &arg]);
+    assert!(e.contains("is a symbolic link"), "{e}");
+    assert!(!absent.exists(), "created through the link");
+
+    // A size= image path that is a link to an existing file, or a dangling link.
+    let arg = format!("{},size=1M", link.display());
+    let e = fails_bounded(&["--socket-path", &sock, "--lun", &arg]);
+    assert_eq!(
+        e,
+        format!(
+            "vhost-user-scsi: error: --lun {arg}: size= image {} is a symbolic link: files \
+             this daemon creates are never opened through one",
+            link.display()
+        )
+    );
+    assert!(!absent.exists(), "created through the link");
+    std::fs::remove_file(&link).unwrap();
+    symlink(&victim, &link).unwrap();
+    let e = fails_bounded(&["--socket-path", &sock, "--lun", &arg]);
+    assert!(e.contains("is a symbolic link"), "{e}");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+    // A hard link to another file at the pr-file path.
+    let hard = d.path("hard");
+    std::fs::hard_link(&victim, &hard).unwrap();
+    let arg = lun_arg(&format!("pr-file={}", hard.display()));
+    let e = fails_bounded(&["--socket-path", &sock, "--lun", &arg]);
+    assert!(
+        e.ends_with("has 2 hard links: it was not created by this daemon"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+
+    // Another user's file at the pr-file path (root only: chown).
+    if nix::unistd::geteuid().is_root() {
+        let foreign = d.path("foreign.pr");
+        std::fs::write(&foreign, b"").unwrap();
+        nix::unistd::chown(&foreign, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let arg = lun_arg(&format!("pr-file={}", foreign.display()));
+        let e = fails_bounded(&["--socket-path", &sock, "--lun", &arg]);
+        assert!(
+            e.ends_with(
+                "is owned by uid 65534, not by this daemon's uid 0: it was not created by it"
+            ),
+            "{e}"
+        );
+        std::fs::remove_file(&foreign).unwrap();
+    } else {
+        eprintln!("skipped the foreign-owner case: needs root");
+    }
+    std::fs::remove_file(&hard).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    d.assert_only(&["a.img", "victim"]);
+}

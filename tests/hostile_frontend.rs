@@ -447,3 +447,194 @@ fn pipe_kick_and_call() {
         s.d.log()
     );
 }
+
+/// A one-region SET_MEM_TABLE payload: guest address 0, `size` bytes at `offset` in the fd.
+fn mem_table(size: u64, offset: u64) -> Vec<u8> {
+    let mut table = Vec::new();
+    table.extend(1u32.to_le_bytes());
+    table.extend(0u32.to_le_bytes());
+    // guest_phys_addr, memory_size, userspace_addr, mmap_offset
+    table.extend(0u64.to_le_bytes());
+    table.extend(size.to_le_bytes());
+    table.extend(0x7000_0000u64.to_le_bytes());
+    table.extend(offset.to_le_bytes());
+    table
+}
+
+/// Issue 11 item 7: guest memory the front-end could shrink under the device (an unsealed
+/// memfd), or a region past the end of its file, is refused at SET_MEM_TABLE: that connection
+/// is closed, and the same worker serves the next front-end. Without the checks the worker
+/// maps them and dies of SIGBUS at the first access past the end of the file.
+#[test]
+fn guest_memory_must_be_sealed_and_within_its_file() {
+    let mut s = Subject::start(&[]);
+    let cases: [(&str, std::fs::File, u64, u64); 4] = [
+        (
+            "unsealed memfd",
+            unsealed_memfd("hostile", 2 * MIB),
+            2 * MIB,
+            0,
+        ),
+        (
+            "region longer than its memfd",
+            memfd("hostile", MIB),
+            2 * MIB,
+            0,
+        ),
+        (
+            "region offset past its memfd's end",
+            memfd("hostile", 2 * MIB),
+            2 * MIB,
+            MIB,
+        ),
+        (
+            "offset + size overflows",
+            memfd("hostile", 2 * MIB),
+            2 * MIB,
+            u64::MAX - MIB,
+        ),
+    ];
+    for (i, (case, file, size, offset)) in cases.into_iter().enumerate() {
+        let mut raw = Raw::connect(&s.d.socket);
+        raw.handshake().expect("handshake");
+        let _ = raw.send(
+            req::SET_MEM_TABLE,
+            &mem_table(size, offset),
+            &[file.as_raw_fd()],
+        );
+        assert!(
+            raw.closed_by_daemon(Duration::from_secs(3)),
+            "{case}: memory table accepted\n{}",
+            s.d.log()
+        );
+        s.still_serves(case, 10 + i as u8);
+    }
+    let log = s.d.log();
+    assert!(log.contains("is not sealed against shrinking"), "{log}");
+    assert!(log.contains("is past the end of its file"), "{log}");
+}
+
+/// A sealed memfd (the front-end QEMU's `memory-backend-memfd` shares) cannot be truncated
+/// under the device: the front-end's ftruncate fails, and I/O through that memory goes on.
+#[test]
+fn sealed_guest_memory_cannot_be_truncated_during_io() {
+    let mut s = Subject::start(&[]);
+    let mut vm = TestVm::connect(&s.d.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    let data = pattern(8 * 512, 7);
+    vm.scsi(lun(0, 0), &cdb::write10(0, 8), &[&data], &[])
+        .assert_good();
+    // The worker keeps guest memory out of core dumps (VmFlags "dd" on the memfd's mapping).
+    let smaps = std::fs::read_to_string(format!("/proc/{}/smaps", s.worker)).unwrap();
+    let mut guest_mappings = 0;
+    let mut in_guest = false;
+    for line in smaps.lines() {
+        if line.contains("memfd:guest-ram-") {
+            in_guest = true;
+            guest_mappings += 1;
+        } else if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if in_guest {
+                assert!(
+                    flags.split_whitespace().any(|f| f == "dd"),
+                    "guest memory mapping without MADV_DONTDUMP: {flags}"
+                );
+            }
+            in_guest = false;
+        }
+    }
+    assert!(
+        guest_mappings > 0,
+        "no guest memory mapping found in the worker"
+    );
+    use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+    for region in vm.mem.iter() {
+        let file = region.file_offset().expect("memfd-backed").file();
+        let e = file.set_len(0).expect_err("a sealed memfd was truncated");
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM));
+    }
+    let r = vm.scsi(lun(0, 0), &cdb::read10(0, 8), &[], &[8 * 512]);
+    r.assert_good();
+    assert_eq!(r.data, data);
+    drop(vm);
+    s.still_serves("after a refused truncation", 8);
+}
+
+/// `--allow-unsealed-memory` (memory-backend-file on /dev/shm or hugetlbfs) accepts memory that
+/// cannot be sealed, and still refuses a region past the end of its file.
+#[test]
+fn allow_unsealed_memory_still_checks_the_size() {
+    let mut s = Subject::start(&["--allow-unsealed-memory"]);
+    let mut raw = Raw::connect(&s.d.socket);
+    raw.handshake().expect("handshake");
+    let file = unsealed_memfd("hostile", 2 * MIB);
+    raw.send(
+        req::SET_MEM_TABLE,
+        &mem_table(2 * MIB, 0),
+        &[file.as_raw_fd()],
+    )
+    .expect("SET_MEM_TABLE");
+    assert!(raw.alive(), "unsealed memory refused\n{}", s.d.log());
+    drop(raw);
+    let mut raw = Raw::connect(&s.d.socket);
+    raw.handshake().expect("handshake");
+    let file = unsealed_memfd("hostile", MIB);
+    let _ = raw.send(
+        req::SET_MEM_TABLE,
+        &mem_table(2 * MIB, 0),
+        &[file.as_raw_fd()],
+    );
+    assert!(
+        raw.closed_by_daemon(Duration::from_secs(3)),
+        "region past EOF accepted\n{}",
+        s.d.log()
+    );
+    s.still_serves("--allow-unsealed-memory", 20);
+}
+
+/// `Seccomp_filters` of the worker's thread named `comm`, if there is one.
+fn seccomp_filters_of(worker: libc::pid_t, comm: &str) -> Option<u32> {
+    for task in std::fs::read_dir(format!("/proc/{worker}/task")).ok()? {
+        let dir = task.ok()?.path();
+        if std::fs::read_to_string(dir.join("comm")).ok()?.trim_end() != comm {
+            continue;
+        }
+        let status = std::fs::read_to_string(dir.join("status")).ok()?;
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+            .and_then(|v| v.trim().parse().ok());
+    }
+    None
+}
+
+/// Issue 11 item 6: the protocol thread has a filter more than the worker's main thread
+/// (`worker-protocol`, inherited from the thread that accepted) from its start, before the
+/// front-end has sent a single message. Without it the first messages are parsed under
+/// `worker-main` alone.
+#[test]
+fn protocol_thread_is_confined_before_its_first_message() {
+    let mut s = Subject::start(&[]);
+    let raw = Raw::connect(&s.d.socket);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let protocol = loop {
+        if let Some(n) = seccomp_filters_of(s.worker, "vhost-user-scsi") {
+            break n;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no protocol thread\n{}",
+            s.d.log()
+        );
+        sleep(Duration::from_millis(10));
+    };
+    // Read now: the main thread installs its filters after the socket exists.
+    let main = seccomp_filters_of(s.worker, "vus-worker").expect("worker main thread");
+    assert_eq!(main, 2, "worker main thread: worker-enosys + worker-main");
+    assert_eq!(
+        protocol,
+        main + 1,
+        "protocol thread before any message: {protocol} filters, main thread {main}"
+    );
+    drop(raw);
+    s.still_serves("after a silent connection", 30);
+}

@@ -62,6 +62,7 @@ use std::{
 use clap::Parser;
 use log::LevelFilter;
 
+use super::error::SocketGroupError;
 pub use super::error::{io_msg, CliError, LunError};
 pub use super::lun::*;
 use crate::{
@@ -117,6 +118,11 @@ pub struct Args {
     #[arg(long, value_name = "FD")]
     pub fd: Option<RawFd>,
 
+    /// Make the socket created at --socket-path 0660 root:GROUP instead of 0600, so that a
+    /// front-end running as a member of GROUP (libvirt's QEMU) can connect.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
+
     /// Print the capabilities as JSON and exit (all other options are ignored).
     #[arg(long)]
     pub print_capabilities: bool,
@@ -148,6 +154,13 @@ pub struct Args {
     /// Exit when the front-end disconnects instead of waiting for the next connection.
     #[arg(long)]
     pub exit_on_disconnect: bool,
+
+    /// Accept guest memory the front-end could still shrink under the device (a
+    /// memory-backend-file on /dev/shm or hugetlbfs, an unsealed memfd). Such a front-end can
+    /// crash the worker with SIGBUS [default: only memfds sealed against shrinking, as QEMU's
+    /// memory-backend-memfd seals them, and regular files].
+    #[arg(long)]
+    pub allow_unsealed_memory: bool,
 
     /// Request-queue I/O engine: io-uring (falls back to threads when the kernel refuses a
     /// ring), threads (a preadv2/pwritev2 pool) or sync (each command on its queue thread)
@@ -219,6 +232,8 @@ pub struct Args {
 
 /// What the program should do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+// Built once per run and moved out at once: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Print [`crate::config::print_capabilities`] to stdout and exit 0.
     PrintCapabilities,
@@ -300,6 +315,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
     };
 
     let (listen, listen_origin) = listen_spec(&args, &file_cfg, &file_key)?;
+    let (socket_group, socket_group_origin) = socket_group(&args, &file_cfg, &file_key, &listen)?;
 
     let num_queues = match (args.num_queues, file_cfg.num_queues) {
         (Some(n), _) => check_num_queues(n, "--num-queues".into())?,
@@ -343,10 +359,13 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
 
     Ok(Command::Serve(Config {
         listen,
+        socket_group,
         luns,
         num_queues,
         queue_size,
         exit_on_disconnect: args.exit_on_disconnect || file_cfg.exit_on_disconnect == Some(true),
+        allow_unsealed_memory: args.allow_unsealed_memory
+            || file_cfg.allow_unsealed_memory == Some(true),
         io: io_config(&args)?,
         log: LogConfig {
             level,
@@ -355,6 +374,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         sandbox,
         origins: Origins {
             listen: listen_origin,
+            socket_group: socket_group_origin,
             luns: lun_origins,
         },
     }))
@@ -504,6 +524,33 @@ fn sandbox_config(args: &Args) -> Result<SandboxConfig, CliError> {
         user: args.user.clone(),
         restart,
     })
+}
+
+/// `--socket-group` (or the file's `socket-group`): a group name, only for a socket we create.
+/// Whether the group exists is looked up by the supervisor's preflight.
+fn socket_group(
+    args: &Args,
+    file: &FileConfig,
+    file_key: &dyn Fn(&str) -> String,
+    listen: &ListenSpec,
+) -> Result<(Option<String>, String), CliError> {
+    let (group, origin) = match (&args.socket_group, &file.socket_group) {
+        (Some(g), _) => (g, "--socket-group".to_owned()),
+        (None, Some(g)) => (g, file_key("socket-group")),
+        (None, None) => return Ok((None, String::new())),
+    };
+    let error = |error| CliError::SocketGroup {
+        origin: origin.clone(),
+        group: group.clone(),
+        error,
+    };
+    if group.is_empty() || group.contains(['\0', ':', '/', '\n']) {
+        return Err(error(SocketGroupError::Invalid));
+    }
+    if !matches!(listen, ListenSpec::SocketPath(_)) {
+        return Err(error(SocketGroupError::NotOurSocket));
+    }
+    Ok((Some(group.clone()), origin))
 }
 
 fn listen_spec(
@@ -1020,10 +1067,12 @@ mod tests {
             c,
             Config {
                 listen: ListenSpec::SocketPath(sock.clone().into()),
+                socket_group: None,
                 luns: vec![LunConfig::new(0, 0, img.clone())],
                 num_queues: DEFAULT_NUM_QUEUES,
                 queue_size: DEFAULT_QUEUE_SIZE,
                 exit_on_disconnect: false,
+                allow_unsealed_memory: false,
                 io: IoConfig::default(),
                 log: LogConfig {
                     level: LevelFilter::Info,
@@ -1446,6 +1495,46 @@ source = "b.img"   # relative to the file
         assert_eq!(
             e,
             format!("--lun 0:0={c}: target 0 LUN 0 is already used by {file} [[lun]] #1 ({a})")
+        );
+    }
+
+    #[test]
+    fn socket_group() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 1 << 20);
+        let sock = f.sock();
+        let c = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &img,
+            "--socket-group",
+            "daemon",
+        ]);
+        assert_eq!(c.socket_group.as_deref(), Some("daemon"));
+        let file = f.write(
+            "c.toml",
+            &format!("socket-path = \"{sock}\"\nsocket-group = \"nogroup\"\n"),
+        );
+        let c = serve(&["--config", &file, "--lun", &img]);
+        assert_eq!(c.socket_group.as_deref(), Some("nogroup"));
+        // The command line wins over the file.
+        let c = serve(&["--config", &file, "--lun", &img, "--socket-group", "daemon"]);
+        assert_eq!(c.socket_group.as_deref(), Some("daemon"));
+        assert_eq!(
+            error(&["--fd", "0", "--lun", &img, "--socket-group", "daemon"]),
+            "--socket-group daemon: only applies to a socket this daemon creates (--socket-path)"
+        );
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &img,
+                "--socket-group",
+                "a:b"
+            ]),
+            "--socket-group a:b: not a valid group name"
         );
     }
 

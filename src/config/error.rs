@@ -54,6 +54,19 @@ pub enum SocketPathError {
     Io(#[source] io::Error),
 }
 
+/// Why a `--socket-group` cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketGroupError {
+    #[error("not a valid group name")]
+    Invalid,
+    #[error("no such group")]
+    Unknown,
+    #[error("only applies to a socket this daemon creates (--socket-path)")]
+    NotOurSocket,
+    #[error("cannot look it up: {}", io_msg(.0))]
+    Io(#[source] io::Error),
+}
+
 /// A problem with one LUN's configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum LunError {
@@ -120,6 +133,27 @@ pub enum LunError {
     PrFileIsSource { path: PathBuf },
     #[error("pr-file {} is already used by {other}", .path.display())]
     DuplicatePrFile { path: PathBuf, other: String },
+    #[error("{what} {} {error}", .path.display())]
+    NotOurFile {
+        /// `pr-file` or `size= image`.
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        error: OwnFileError,
+    },
+}
+
+/// Why a file the daemon creates and then keeps using (a `pr-file`, a `size=` image) is refused
+/// when something else is found at its path: the supervisor runs as root, and writing through a
+/// link planted there would write wherever it points.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnFileError {
+    #[error("is a symbolic link: files this daemon creates are never opened through one")]
+    Symlink,
+    #[error("is owned by uid {owner}, not by this daemon's uid {ours}: it was not created by it")]
+    Owner { owner: u32, ours: u32 },
+    #[error("has {0} hard links: it was not created by this daemon")]
+    HardLinks(u64),
 }
 
 /// Why the command line or configuration file is unusable. `Display` is one line.
@@ -148,6 +182,13 @@ pub enum CliError {
         fd: RawFd,
         #[source]
         error: SocketCheckError,
+    },
+    #[error("{origin} {group}: {error}")]
+    SocketGroup {
+        origin: String,
+        group: String,
+        #[source]
+        error: SocketGroupError,
     },
     #[error("systemd socket activation: LISTEN_FDS={0}, expected exactly one socket")]
     SystemdFdCount(String),

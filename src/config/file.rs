@@ -45,11 +45,13 @@ pub use super::error::ConfigFileError;
 pub struct FileConfig {
     pub socket_path: Option<PathBuf>,
     pub fd: Option<RawFd>,
+    pub socket_group: Option<String>,
     pub num_queues: Option<u64>,
     pub queue_size: Option<u64>,
     pub log_level: Option<String>,
     pub syslog: Option<bool>,
     pub exit_on_disconnect: Option<bool>,
+    pub allow_unsealed_memory: Option<bool>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<FileLun>,
 }

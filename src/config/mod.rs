@@ -181,6 +181,8 @@ pub struct LogConfig {
 pub struct Origins {
     /// The option that gave the listening socket; empty for systemd socket activation.
     pub listen: String,
+    /// The option that gave `--socket-group` (command line or file key); empty without one.
+    pub socket_group: String,
     /// For each of [`Config::luns`], in the same order: its position among the LUNs as written
     /// (file LUNs first, then `--lun` options) and its origin.
     pub luns: Vec<(usize, String)>,
@@ -198,6 +200,10 @@ impl Eq for Origins {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub listen: ListenSpec,
+    /// Group given access to the socket (`--socket-group`): the socket is then 0660
+    /// root:GROUP instead of 0600. Only with [`ListenSpec::SocketPath`]; the name is resolved
+    /// by the supervisor's preflight.
+    pub socket_group: Option<String>,
     /// Sorted by (target, lun), no duplicates, at least one.
     pub luns: Vec<LunConfig>,
     /// Number of request queues offered (QEMU's `num_queues` must not exceed it).
@@ -206,6 +212,10 @@ pub struct Config {
     pub queue_size: u16,
     /// Exit when the front-end disconnects instead of waiting for the next connection.
     pub exit_on_disconnect: bool,
+    /// Accept guest memory the front-end could still shrink (`--allow-unsealed-memory`): shmem
+    /// files that cannot carry seals (`memory-backend-file` on /dev/shm or hugetlbfs) and
+    /// memfds without F_SEAL_SHRINK. Such a front-end can make the worker die of SIGBUS.
+    pub allow_unsealed_memory: bool,
     /// Data-path engine and tuning.
     pub io: IoConfig,
     pub log: LogConfig,

@@ -159,6 +159,24 @@ pub fn enter_role_by_thread_name(roles: &[(&str, ThreadRole)]) {
     crate::sandbox::probe::run_in_thread(role);
 }
 
+/// For a thread spawned by code we do not own from a thread that had already stacked `role`
+/// for it (the vhost-user protocol thread, started by the accepting thread): the filter is
+/// inherited, so nothing is installed (the role does not allow `seccomp`); the thread is only
+/// marked as being in its role, and in debug builds its probes run, the first time a callback
+/// gets here.
+pub fn inherited_role_by_thread_name(roles: &[(&str, ThreadRole)]) {
+    if WORKER_MODE.get().is_none() || ROLE_ENTERED.with(Cell::get) {
+        return;
+    }
+    let current = std::thread::current();
+    let Some(&(_, _role)) = roles.iter().find(|(name, _)| current.name() == Some(*name)) else {
+        return;
+    };
+    ROLE_ENTERED.with(|e| e.set(true));
+    #[cfg(debug_assertions)]
+    crate::sandbox::probe::run_in_thread(_role);
+}
+
 /// Writes `role`'s program for `mode` in a form auditors can diff: the policy file, then one BPF
 /// instruction per line (`code jt jf k`, hexadecimal code and k).
 pub fn print_policy(

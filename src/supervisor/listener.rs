@@ -16,8 +16,14 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use crate::config::error::{SocketCheckError, SocketPathError, MAX_SOCKET_PATH_LEN};
-use nix::fcntl::{self, RenameFlags};
+pub use crate::config::error::{
+    SocketCheckError, SocketGroupError, SocketPathError, MAX_SOCKET_PATH_LEN,
+};
+use nix::{
+    fcntl::{self, RenameFlags},
+    sys::stat::{self, Mode},
+    unistd::{self, Gid, Group},
+};
 
 use crate::config::ListenSpec;
 
@@ -50,6 +56,19 @@ pub enum ListenError {
         path: PathBuf,
         #[source]
         error: io::Error,
+    },
+    #[error("socket path {}: cannot give it to group {group}: {}", .path.display(), crate::config::error::io_msg(.error))]
+    Group {
+        path: PathBuf,
+        group: String,
+        #[source]
+        error: io::Error,
+    },
+    #[error("--socket-group {group}: {error}")]
+    GroupLookup {
+        group: String,
+        #[source]
+        error: SocketGroupError,
     },
     #[error("--fd {fd}: {error}")]
     Fd {
@@ -84,6 +103,21 @@ fn getsockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
         Ok(val)
     }
 }
+
+/// Looks up the group `--socket-group` names.
+pub fn resolve_group(name: &str) -> Result<Gid, SocketGroupError> {
+    match Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid),
+        Ok(None) => Err(SocketGroupError::Unknown),
+        Err(e) => Err(SocketGroupError::Io(e.into())),
+    }
+}
+
+/// Mode of a socket we create without `--socket-group`: only the owner (the supervisor's user,
+/// root as a rule) may connect.
+pub const SOCKET_MODE: u32 = 0o600;
+/// Mode with `--socket-group`: the group's members may connect too.
+pub const GROUP_SOCKET_MODE: u32 = 0o660;
 
 /// Checks that `fd` is an open, listening `AF_UNIX` `SOCK_STREAM` socket. Touches nothing.
 pub fn check_listening_socket(fd: RawFd) -> Result<(), SocketCheckError> {
@@ -204,21 +238,35 @@ fn adopt_fd(fd: RawFd) -> Result<Listener, SocketCheckError> {
 
 /// Binds and listens on a temporary name beside `path`, then renames it into place.
 ///
+/// The socket file is created 0600 (the umask is narrowed around `bind(2)`, the only way to
+/// set a unix socket's mode at creation); with `group` it is then given to that group and made
+/// 0660, still under the temporary name, so that the final path never exists with a wider mode
+/// or a different group than the one asked for.
+///
 /// `bind(2)` creates the socket file before `listen(2)` makes it accept connections; a front-end
 /// that connects in between (QEMU polling for the socket) gets ECONNREFUSED. Renaming a socket
 /// that already listens closes that window. RENAME_NOREPLACE keeps the "one daemon per path"
 /// guarantee that a plain bind gives. Paths too long for a temporary name fall back to a plain
 /// bind.
-fn bind_atomically(path: &Path) -> io::Result<UnixListener> {
+fn bind_atomically(path: &Path, group: Option<Gid>) -> Result<UnixListener, BindError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".{}.tmp", std::process::id()));
     let tmp = PathBuf::from(tmp);
     let _ = std::fs::remove_file(&tmp);
-    let listener = match UnixListener::bind(&tmp) {
-        Ok(l) => l,
-        Err(e) if e.kind() == io::ErrorKind::InvalidInput => return UnixListener::bind(path),
-        Err(e) => return Err(e),
+    let (listener, bound) = match bind_private(&tmp) {
+        Ok(l) => (l, tmp.as_path()),
+        Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+            // Too long for a temporary name: bound in place, 0600 until the group is set.
+            let l = bind_private(path).map_err(BindError::Bind)?;
+            give_to_group(path, group)?;
+            return Ok(l);
+        }
+        Err(e) => return Err(BindError::Bind(e)),
     };
+    if let Err(e) = give_to_group(bound, group) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Err(e) = fcntl::renameat2(
         fcntl::AT_FDCWD,
         &tmp,
@@ -227,9 +275,38 @@ fn bind_atomically(path: &Path) -> io::Result<UnixListener> {
         RenameFlags::RENAME_NOREPLACE,
     ) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e.into());
+        return Err(BindError::Bind(e.into()));
     }
     Ok(listener)
+}
+
+enum BindError {
+    Bind(io::Error),
+    Group(io::Error),
+}
+
+/// `bind(2)` with the umask narrowed so that the socket file is created 0600.
+///
+/// The umask is process-wide: the supervisor calls this from its only thread, before the worker
+/// or any other thread exists, so no other file creation can race with the narrowed mask.
+fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let old = stat::umask(Mode::from_bits_truncate(0o177));
+    let result = UnixListener::bind(path);
+    stat::umask(old);
+    result
+}
+
+/// With `--socket-group`: root:GROUP and 0660 (owner unchanged).
+fn give_to_group(path: &Path, group: Option<Gid>) -> Result<(), BindError> {
+    let Some(gid) = group else { return Ok(()) };
+    unistd::chown(path, None, Some(gid)).map_err(|e| BindError::Group(e.into()))?;
+    stat::fchmodat(
+        fcntl::AT_FDCWD,
+        path,
+        Mode::from_bits_truncate(GROUP_SOCKET_MODE),
+        stat::FchmodatFlags::FollowSymlink,
+    )
+    .map_err(|e| BindError::Group(e.into()))
 }
 
 /// Creates (for [`ListenSpec::SocketPath`]) or adopts (for [`ListenSpec::Fd`] and
@@ -238,9 +315,19 @@ fn bind_atomically(path: &Path) -> io::Result<UnixListener> {
 /// For a path, a stale socket left there is removed first; the new socket is removed again when
 /// the returned [`Listener`] is dropped. An inherited fd is checked to be a listening unix
 /// stream socket and is taken over: the [`Listener`] closes it, so call this once per spec.
-pub fn listen(spec: &ListenSpec) -> Result<Listener, ListenError> {
+///
+/// A created socket is 0600, or 0660 and owned by `group` (`--socket-group`, looked up here).
+pub fn listen(spec: &ListenSpec, group: Option<&str>) -> Result<Listener, ListenError> {
     match spec {
         ListenSpec::SocketPath(path) => {
+            let gid = group
+                .map(|g| {
+                    resolve_group(g).map_err(|error| ListenError::GroupLookup {
+                        group: g.to_owned(),
+                        error,
+                    })
+                })
+                .transpose()?;
             let path_err = |error| ListenError::Path {
                 path: path.clone(),
                 error,
@@ -251,12 +338,22 @@ pub fn listen(spec: &ListenSpec) -> Result<Listener, ListenError> {
                     error,
                 })?;
             }
-            let listener = bind_atomically(path).map_err(|error| match error.kind() {
-                io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists => {
+            let listener = bind_atomically(path, gid).map_err(|error| match error {
+                BindError::Bind(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::AddrInUse | io::ErrorKind::AlreadyExists
+                    ) =>
+                {
                     path_err(SocketPathError::InUse)
                 }
-                _ => ListenError::Bind {
+                BindError::Bind(error) => ListenError::Bind {
                     path: path.clone(),
+                    error,
+                },
+                BindError::Group(error) => ListenError::Group {
+                    path: path.clone(),
+                    group: group.unwrap_or_default().to_owned(),
                     error,
                 },
             })?;
@@ -268,6 +365,8 @@ pub fn listen(spec: &ListenSpec) -> Result<Listener, ListenError> {
                 owned_path,
             })
         }
+        // An inherited socket's mode is whoever created it's business (parsing refuses
+        // --socket-group with it).
         &ListenSpec::Fd(fd) => adopt_fd(fd).map_err(|error| ListenError::Fd { fd, error }),
         &ListenSpec::Systemd(fd) => {
             adopt_fd(fd).map_err(|error| ListenError::Systemd { fd, error })
@@ -284,7 +383,7 @@ mod tests {
     fn creates_and_removes_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        let l = listen(&ListenSpec::SocketPath(path.clone()), None).unwrap();
         assert!(std::fs::symlink_metadata(&path)
             .unwrap()
             .file_type()
@@ -296,7 +395,7 @@ mod tests {
         assert_ne!(flags & libc::FD_CLOEXEC, 0);
         // A second instance on the same path must refuse.
         assert!(matches!(
-            listen(&ListenSpec::SocketPath(path.clone())),
+            listen(&ListenSpec::SocketPath(path.clone()), None),
             Err(ListenError::Path {
                 error: SocketPathError::InUse,
                 ..
@@ -310,7 +409,7 @@ mod tests {
     fn socket_accepts_connections_as_soon_as_it_exists() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        let l = listen(&ListenSpec::SocketPath(path.clone()), None).unwrap();
         UnixStream::connect(&path).unwrap();
         // No temporary name is left beside it.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -323,7 +422,7 @@ mod tests {
         let path = dir.path().join("s.sock");
         drop(UnixListener::bind(&path).unwrap()); // leaves the file behind
         assert_eq!(check_socket_path(&path).unwrap(), SocketPathState::Stale);
-        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        let l = listen(&ListenSpec::SocketPath(path.clone()), None).unwrap();
         UnixStream::connect(&path).unwrap();
         drop(l);
         assert!(!path.exists());
@@ -333,7 +432,7 @@ mod tests {
     fn does_not_remove_replaced_socket() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
-        let l = listen(&ListenSpec::SocketPath(path.clone())).unwrap();
+        let l = listen(&ListenSpec::SocketPath(path.clone()), None).unwrap();
         std::fs::remove_file(&path).unwrap();
         let other = UnixListener::bind(&path).unwrap();
         drop(l);
@@ -378,7 +477,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.sock");
         let fd = UnixListener::bind(&path).unwrap().into_raw_fd();
-        let l = listen(&ListenSpec::Fd(fd)).unwrap();
+        let l = listen(&ListenSpec::Fd(fd), None).unwrap();
         assert_eq!(l.owned_path(), None);
         assert_eq!(l.as_raw_fd(), fd);
         drop(l);
@@ -412,7 +511,7 @@ mod tests {
             check_listening_socket(tcp.as_raw_fd()),
             Err(SocketCheckError::NotUnix)
         ));
-        let e = listen(&ListenSpec::Fd(f.as_raw_fd())).unwrap_err();
+        let e = listen(&ListenSpec::Fd(f.as_raw_fd()), None).unwrap_err();
         assert_eq!(
             e.to_string(),
             format!("--fd {}: not a socket", f.as_raw_fd())

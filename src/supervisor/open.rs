@@ -8,18 +8,30 @@
 //! A LUN's `pr-file` (persistent reservation state) is opened read-write whatever the LUN's
 //! mode, created with mode 0600 when missing, and locked exclusively: two daemons never share
 //! one reservation state.
+//!
+//! Files the daemon creates and keeps using (a `pr-file`, a `size=` image) are never opened
+//! through a symbolic link (`O_NOFOLLOW`, `O_EXCL` on creation) and, when they already exist,
+//! must be what the daemon would have created: owned by its user, one link
+//! ([`check_own_file`]). The supervisor runs as root: a link planted at such a path would
+//! otherwise make it write reservation state, or serve a guest, wherever the link points.
 
 use std::{
     fs::{File, OpenOptions},
     io,
-    os::{fd::AsRawFd, unix::fs::OpenOptionsExt},
+    os::{
+        fd::AsRawFd,
+        unix::fs::{MetadataExt, OpenOptionsExt},
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
 
 use crate::{
     block::{BlockBackend, FileBackend},
-    config::{error::io_msg, CacheMode, LunConfig},
+    config::{
+        error::{io_msg, OwnFileError},
+        CacheMode, LunConfig,
+    },
     scsi::PrFile,
 };
 
@@ -82,6 +94,15 @@ pub enum OpenError {
         .path.display()
     )]
     PrFileLocked { target: u8, lun: u16, path: PathBuf },
+    #[error("LUN {target}:{lun}: {what} {} {error}", .path.display())]
+    NotOurFile {
+        target: u8,
+        lun: u16,
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        error: OwnFileError,
+    },
     #[error("LUN {target}:{lun}: {}: {}", .path.display(), io_msg(.error))]
     Backend {
         target: u8,
@@ -107,10 +128,15 @@ pub use crate::worker::assemble::OpenedLun;
 
 /// Opens `lun.source` the way `lun` says (read-only or read-write, `O_DIRECT` for
 /// `cache=none`), close-on-exec, without locking. Never creates or truncates anything.
+///
+/// A `size=` source is the daemon's own file: it is opened with `O_NOFOLLOW`.
 pub(crate) fn open_file(lun: &LunConfig) -> io::Result<File> {
     let mut flags = libc::O_CLOEXEC | libc::O_NOCTTY;
     if lun.cache == CacheMode::None {
         flags |= libc::O_DIRECT;
+    }
+    if lun.create_size.is_some() {
+        flags |= libc::O_NOFOLLOW;
     }
     OpenOptions::new()
         .read(true)
@@ -119,16 +145,72 @@ pub(crate) fn open_file(lun: &LunConfig) -> io::Result<File> {
         .open(&lun.source)
 }
 
-/// Opens a `pr-file` read-write, close-on-exec, creating it (mode 0600) if `create` says so.
-/// Neither locks nor resizes it.
-pub(crate) fn open_pr_path(path: &Path, create: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(create)
-        .mode(0o600)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
-        .open(path)
+/// What a file found at the path of a `pr-file` or `size=` image must be: owned by the
+/// daemon's user and, for a regular file, with one link (a hard link to a file of the daemon's
+/// user elsewhere would otherwise pass). Called on the opened file (`fstat`), or on
+/// `symlink_metadata` by the preflight checks.
+pub(crate) fn check_own_file(meta: &std::fs::Metadata) -> Result<(), OwnFileError> {
+    if meta.file_type().is_symlink() {
+        return Err(OwnFileError::Symlink);
+    }
+    let ours = nix::unistd::geteuid().as_raw();
+    if meta.uid() != ours {
+        return Err(OwnFileError::Owner {
+            owner: meta.uid(),
+            ours,
+        });
+    }
+    if meta.is_file() && meta.nlink() != 1 {
+        return Err(OwnFileError::HardLinks(meta.nlink()));
+    }
+    Ok(())
+}
+
+/// Why [`open_pr_path`] failed.
+#[derive(Debug)]
+pub(crate) enum OwnOpenError {
+    Io(io::Error),
+    NotOurs(OwnFileError),
+}
+
+impl From<io::Error> for OwnOpenError {
+    fn from(e: io::Error) -> Self {
+        // O_NOFOLLOW on a symbolic link.
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            Self::NotOurs(OwnFileError::Symlink)
+        } else {
+            Self::Io(e)
+        }
+    }
+}
+
+/// Opens a `pr-file` read-write, close-on-exec, never through a symbolic link, creating it
+/// (mode 0600, `O_EXCL`) if missing and `create` says so. An existing regular file must pass
+/// [`check_own_file`]. Neither locks nor resizes it.
+pub(crate) fn open_pr_path(path: &Path, create: bool) -> Result<File, OwnOpenError> {
+    let open = |create_new: bool| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(create_new)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NOFOLLOW)
+            .open(path)
+    };
+    let file = if create {
+        match open(true) {
+            Ok(f) => return Ok(f),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => open(false)?,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        open(false)?
+    };
+    let meta = file.metadata()?;
+    if meta.is_file() {
+        check_own_file(&meta).map_err(OwnOpenError::NotOurs)?;
+    }
+    Ok(file)
 }
 
 /// Opens, locks (exclusively) and sizes `lun.pr_file`, if any.
@@ -143,7 +225,16 @@ fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
         path: path.clone(),
         error,
     };
-    let file = open_pr_path(path, true).map_err(error)?;
+    let file = open_pr_path(path, true).map_err(|e| match e {
+        OwnOpenError::Io(e) => error(e),
+        OwnOpenError::NotOurs(e) => OpenError::NotOurFile {
+            target,
+            lun: lun_no,
+            what: "pr-file",
+            path: path.clone(),
+            error: e,
+        },
+    })?;
     flock(&file, libc::LOCK_EX).map_err(|e| {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             OpenError::PrFileLocked {
@@ -213,10 +304,12 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
         path: lun.source.clone(),
         error,
     };
+    // O_EXCL: never through a symbolic link; an existing path is checked when it is opened.
     match OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(&lun.source)
     {
         Ok(file) => {
@@ -231,8 +324,17 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
 
 fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
     create_if_missing(lun)?;
-    open_file(lun).map_err(|error| {
-        if is_direct_unsupported(lun, &error) {
+    let not_ours = |error| OpenError::NotOurFile {
+        target: lun.target,
+        lun: lun.lun,
+        what: "size= image",
+        path: lun.source.clone(),
+        error,
+    };
+    let file = open_file(lun).map_err(|error| {
+        if lun.create_size.is_some() && error.raw_os_error() == Some(libc::ELOOP) {
+            not_ours(OwnFileError::Symlink)
+        } else if is_direct_unsupported(lun, &error) {
             OpenError::DirectUnsupported {
                 target: lun.target,
                 lun: lun.lun,
@@ -246,7 +348,20 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
                 error,
             }
         }
-    })
+    })?;
+    // A `size=` image that exists (created now or before) must be one this daemon created.
+    if lun.create_size.is_some() {
+        let meta = file.metadata().map_err(|error| OpenError::Open {
+            target: lun.target,
+            lun: lun.lun,
+            path: lun.source.clone(),
+            error,
+        })?;
+        if meta.is_file() {
+            check_own_file(&meta).map_err(not_ours)?;
+        }
+    }
+    Ok(file)
 }
 
 fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
@@ -373,6 +488,46 @@ mod tests {
         c.create_size = Some(8 << 20);
         let opened = open_luns(std::slice::from_ref(&c)).unwrap();
         assert_eq!(opened[0].backend.size(), 4 << 20);
+    }
+
+    /// The checks hold at opening time too (a link planted after the preflight checks).
+    #[test]
+    fn created_files_are_not_opened_through_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = image(dir.path(), "victim", 4096);
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let img = image(dir.path(), "a.img", 1 << 20);
+        let mut c = lun(&img, false);
+        c.pr_file = Some(link.clone());
+        let e = open_luns(std::slice::from_ref(&c)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpenError::NotOurFile {
+                    what: "pr-file",
+                    error: OwnFileError::Symlink,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().starts_with("LUN 0:0: pr-file "), "{e}");
+        let mut c = lun(&link, false);
+        c.create_size = Some(1 << 20);
+        let e = open_luns(std::slice::from_ref(&c)).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                OpenError::NotOurFile {
+                    what: "size= image",
+                    error: OwnFileError::Symlink,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(std::fs::metadata(&victim).unwrap().len(), 4096);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::{io, os::unix::fs::FileTypeExt, path::Path};
 use super::{listener, open};
 use crate::config::{
     cli::{null_source_size, systemd_env},
-    error::{CliError, LunError},
+    error::{CliError, LunError, OwnFileError},
     Config, ListenSpec, LunConfig,
 };
 
@@ -38,6 +38,14 @@ pub fn check(config: &Config) -> Result<(), CliError> {
                 path: path.clone(),
                 error,
             })?;
+            // An unknown group is refused now, before the socket exists.
+            if let Some(group) = &config.socket_group {
+                listener::resolve_group(group).map_err(|error| CliError::SocketGroup {
+                    origin: config.origins.socket_group.clone(),
+                    group: group.clone(),
+                    error,
+                })?;
+            }
         }
         &ListenSpec::Fd(fd) => {
             listener::check_listening_socket(fd).map_err(|error| CliError::Fd {
@@ -127,12 +135,21 @@ pub fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
         path: path.clone(),
         error,
     };
-    let meta = match std::fs::metadata(path) {
+    let not_ours = |error| LunError::NotOurFile {
+        what: "pr-file",
+        path: path.clone(),
+        error,
+    };
+    // Not followed: a pr-file is never opened through a symbolic link.
+    let meta = match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return parent_dir_exists(path).map_err(error)
         }
         meta => meta.map_err(error)?,
     };
+    if meta.file_type().is_symlink() {
+        return Err(not_ours(OwnFileError::Symlink));
+    }
     if !meta.is_file() {
         let kind = if meta.file_type().is_block_device() {
             "a block device"
@@ -150,7 +167,10 @@ pub fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
             return Err(LunError::PrFileIsSource { path: path.clone() });
         }
     }
-    open::open_pr_path(path, false).map_err(error)?;
+    open::open_pr_path(path, false).map_err(|e| match e {
+        open::OwnOpenError::Io(e) => error(e),
+        open::OwnOpenError::NotOurs(e) => not_ours(e),
+    })?;
     Ok(())
 }
 
@@ -172,6 +192,19 @@ pub fn check_source(lun: &LunConfig) -> Result<(), LunError> {
     let path = &lun.source;
     if let Some(size) = null_source_size(path) {
         return check_null_size(lun, size?);
+    }
+    // A `size=` image is the daemon's own file: never through a symbolic link, and an existing
+    // one must be what it would have created.
+    if lun.create_size.is_some() {
+        if let Ok(meta) = std::fs::symlink_metadata(path) {
+            if meta.file_type().is_symlink() || meta.is_file() {
+                open::check_own_file(&meta).map_err(|error| LunError::NotOurFile {
+                    what: "size= image",
+                    path: path.clone(),
+                    error,
+                })?;
+            }
+        }
     }
     let meta = match (std::fs::metadata(path), lun.create_size) {
         (Err(e), Some(size)) if e.kind() == std::io::ErrorKind::NotFound => {

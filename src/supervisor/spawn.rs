@@ -69,7 +69,7 @@ impl Resources {
             .into_iter()
             .filter(|fd| !before.contains(fd))
             .collect();
-        let listener = listener::listen(&config.listen)?;
+        let listener = listener::listen(&config.listen, config.socket_group.as_deref())?;
         let dev_null = std::fs::OpenOptions::new()
             .read(true)
             .write(true)

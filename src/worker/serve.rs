@@ -9,7 +9,10 @@
 
 use std::{
     io,
-    os::{fd::AsFd, unix::net::UnixListener},
+    os::{
+        fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+        unix::net::UnixListener,
+    },
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -24,6 +27,7 @@ use nix::{
     sys::{
         eventfd::{EfdFlags, EventFd},
         signal::{SigSet, Signal},
+        socket::{sockopt, GetSockOpt, UnixCredentials},
     },
 };
 use vhost::vhost_user::{Error as VhostUserError, Listener};
@@ -45,6 +49,10 @@ pub enum DaemonError {
     EventFd(io::Error),
     #[error("cannot set up the vhost-user device: {0}")]
     NewDaemon(vhost_user_backend::Error),
+    #[error("cannot start the accepting thread: {0}")]
+    AcceptThread(io::Error),
+    #[error("the accepting thread panicked")]
+    AcceptThreadPanicked,
     #[error("cannot accept a vhost-user connection: {0}")]
     Accept(vhost_user_backend::Error),
     #[error("waiting for a connection failed: {0}")]
@@ -157,6 +165,62 @@ fn wait_for_connection(listener: &UnixListener, shutdown: &Shutdown) -> Result<b
     }
 }
 
+/// The fd number `accept(2)` will give the next connection: the lowest free one. Found by
+/// duplicating the listener (F_DUPFD_CLOEXEC from 0 takes the lowest free number) and closing
+/// the duplicate again.
+///
+/// vhost-user-backend accepts inside `VhostUserDaemon::start` and does not hand out the
+/// connection, so this is how the serving loop finds it to read the peer's credentials. Between
+/// connections no other thread of the worker opens or closes fds (the queue threads of the new
+/// daemon wait on their epoll sets, the signal thread in sigwait), so the number holds;
+/// [`peer_credentials`] still checks that it names a connected socket.
+fn lowest_free_fd(listener: &UnixListener) -> Option<RawFd> {
+    listener.try_clone().ok().map(|dup| dup.as_raw_fd())
+}
+
+/// SO_PEERCRED of the connection `accept(2)` gave `fd`: the front-end's pid, uid and gid as the
+/// kernel recorded them at `connect(2)` (they cannot be forged by the peer). `None` when `fd`
+/// is not a connected socket (then it was not the accepted connection).
+fn peer_credentials(fd: RawFd) -> Option<UnixCredentials> {
+    // SAFETY: `fd` is only borrowed for the two getsockopt calls below; if it is not open they
+    // fail with EBADF.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    // A listening socket also answers SO_PEERCRED (with its creator's credentials).
+    if sockopt::AcceptConn.get(&fd).ok()? {
+        return None;
+    }
+    sockopt::PeerCredentials.get(&fd).ok()
+}
+
+/// Name of the short-lived thread that accepts a connection and starts its protocol thread.
+pub const ACCEPT_THREAD_NAME: &str = "vus-accept";
+
+/// Accepts the next connection and starts its protocol thread from a thread that has already
+/// stacked the `worker-protocol` role, so that the protocol thread (which vhost-user-backend
+/// spawns inside `start`, with no hook before its first message) inherits that role from its
+/// first instruction instead of running the message parser under `worker-main` until its first
+/// backend callback. `worker-protocol` therefore also allows what `start` needs: `accept4`, the
+/// `F_DUPFD_CLOEXEC` of the connection, `clone` of a thread and a new thread's start-up.
+fn accept_confined(
+    daemon: &mut VhostUserDaemon<Arc<ScsiBackend>>,
+    listener: &mut Listener,
+) -> Result<(), DaemonError> {
+    thread::scope(|scope| {
+        thread::Builder::new()
+            .name(ACCEPT_THREAD_NAME.into())
+            .spawn_scoped(scope, || {
+                // INVARIANT: the first thing this thread does is narrowing its seccomp filter.
+                crate::sandbox::seccomp::enter_role(
+                    crate::sandbox::seccomp::ThreadRole::WorkerProtocol,
+                );
+                daemon.start(listener).map_err(DaemonError::Accept)
+            })
+            .map_err(DaemonError::AcceptThread)?
+            .join()
+            .unwrap_or_else(|_| Err(DaemonError::AcceptThreadPanicked))
+    })
+}
+
 /// Serves front-end connections on `listener` until SIGTERM/SIGINT (or the first disconnect with
 /// `exit_on_disconnect`). Writable LUNs are flushed after every connection and at exit.
 pub fn serve(
@@ -182,11 +246,25 @@ pub fn serve(
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(PROTOCOL_THREAD_NAME.into(), backend.clone(), mem)
             .map_err(DaemonError::NewDaemon)?;
-        daemon
-            .start(&mut vhost_listener)
-            .map_err(DaemonError::Accept)?;
+        let expected_fd = lowest_free_fd(listener);
+        accept_confined(&mut daemon, &mut vhost_listener)?;
         connections += 1;
-        info!("front-end connected (connection {connections})");
+        match expected_fd.and_then(peer_credentials) {
+            Some(c) => info!(
+                "front-end connected (connection {connections}): pid {} uid {} gid {}{}",
+                c.pid(),
+                c.uid(),
+                c.gid(),
+                // The kernel shows a peer outside the worker's PID namespace as pid 0 (and ids
+                // not mapped into its user namespace as the overflow id).
+                if c.pid() == 0 {
+                    " (as seen from the worker's namespaces)"
+                } else {
+                    ""
+                }
+            ),
+            None => info!("front-end connected (connection {connections}): peer unknown"),
+        }
         *shutdown
             .connection
             .lock()

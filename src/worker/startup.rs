@@ -213,7 +213,8 @@ fn worker_main(
     let backend = Arc::new(
         ScsiBackend::new(bus, config.num_queues, config.queue_size)
             .with_io_config(config.io.clone())
-            .with_rings(rings),
+            .with_rings(rings)
+            .allow_unsealed_memory(config.allow_unsealed_memory),
     );
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,

@@ -52,13 +52,16 @@ pub const VRING_THREAD_NAME: &str = "vring_worker";
 
 /// The roles of the threads vhost-user-backend spawns for us (it offers no hook at thread
 /// start, so each stacks its role on its first callback into [`ScsiBackend`]).
-const BACKEND_THREAD_ROLES: &[(&str, ThreadRole)] = &[
-    (VRING_THREAD_NAME, ThreadRole::WorkerVring),
-    (PROTOCOL_THREAD_NAME, ThreadRole::WorkerProtocol),
-];
+const BACKEND_THREAD_ROLES: &[(&str, ThreadRole)] = &[(VRING_THREAD_NAME, ThreadRole::WorkerVring)];
+
+/// The protocol thread inherits `worker-protocol` from the thread that accepted the connection
+/// (`super::serve::accept_confined`): it is in its role before its first message.
+const INHERITED_THREAD_ROLES: &[(&str, ThreadRole)] =
+    &[(PROTOCOL_THREAD_NAME, ThreadRole::WorkerProtocol)];
 
 /// Called at the start of every backend callback.
 fn enter_backend_thread_role() {
+    seccomp::inherited_role_by_thread_name(INHERITED_THREAD_ROLES);
     seccomp::enter_role_by_thread_name(BACKEND_THREAD_ROLES);
 }
 
@@ -114,6 +117,8 @@ pub struct ScsiBackend {
     rings: Vec<Mutex<Option<UringEngine>>>,
     /// Locked while the control queue's batch runs (see `stop_vring`).
     control_busy: Mutex<()>,
+    /// `--allow-unsealed-memory`.
+    allow_unsealed_memory: bool,
     /// Every memory table this connection installed that somebody may still use: the current
     /// one and replaced ones a queue thread still holds (I/O in flight). Keeping a reference
     /// here means a queue thread never drops the last one: unmapping a table and closing its
@@ -145,7 +150,15 @@ impl ScsiBackend {
             control_busy: Mutex::new(()),
             tables: Mutex::new(Vec::new()),
             exit_fds: Mutex::new(Vec::new()),
+            allow_unsealed_memory: false,
         }
+    }
+
+    /// Accepts guest memory that cannot be (or is not) sealed against shrinking
+    /// (`--allow-unsealed-memory`; see [`super::guest_memory`]).
+    pub fn allow_unsealed_memory(mut self, allow: bool) -> Self {
+        self.allow_unsealed_memory = allow;
+        self
     }
 
     /// Selects the data-path engine and its tuning (default: io_uring).
@@ -364,6 +377,14 @@ impl VhostUserBackend for ScsiBackend {
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         enter_backend_thread_role();
         let current = mem.memory().into_inner();
+        // A region past the end of its file, or an unsealed memfd, would let the front-end
+        // SIGBUS the worker (super::guest_memory). Refusing ends this connection only; until
+        // then no queue may use any table of it.
+        if let Err(e) = super::guest_memory::check_table(&*current, self.allow_unsealed_memory) {
+            warn!("memory table refused, closing the connection: {e}");
+            *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
+            return Err(io::Error::other(e));
+        }
         {
             let mut tables = lock(&self.tables);
             // Tables only this list still holds are released here, on the protocol thread;

@@ -41,11 +41,29 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 // Building blocks: memory, handshake, queues (shared by `TestVm` and the host bench).
 // ---------------------------------------------------------------------------------------------
 
-/// A memfd of `size` bytes (close-on-exec), to back guest memory shared with the daemon.
+/// A memfd of `size` bytes (close-on-exec), to back guest memory shared with the daemon,
+/// sealed against growing and shrinking as QEMU's `memory-backend-memfd` seals it (the daemon
+/// refuses an unsealed memfd).
 pub fn memfd(name: &str, size: u64) -> File {
+    let file = unsealed_memfd(name, size);
+    // SAFETY: fcntl on a descriptor we own.
+    let r = unsafe {
+        libc::fcntl(
+            file.as_raw_fd(),
+            libc::F_ADD_SEALS,
+            libc::F_SEAL_GROW | libc::F_SEAL_SHRINK | libc::F_SEAL_SEAL,
+        )
+    };
+    assert_eq!(r, 0, "F_ADD_SEALS: {}", io::Error::last_os_error());
+    file
+}
+
+/// A memfd of `size` bytes that allows sealing but carries no seal yet.
+pub fn unsealed_memfd(name: &str, size: u64) -> File {
     let cname = std::ffi::CString::new(name).unwrap();
     // SAFETY: memfd_create with a valid C string; the returned fd is owned by the File.
-    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    let fd =
+        unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
     assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
     // SAFETY: fd is a fresh descriptor nobody else owns.
     let file = unsafe { File::from_raw_fd(fd) };
