@@ -10,6 +10,7 @@ use std::{
     os::fd::{AsRawFd, RawFd},
     sync::{Arc, Condvar, Mutex, OnceLock},
     thread,
+    time::{Duration, Instant},
 };
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -134,6 +135,27 @@ impl ThreadEngine {
         })
     }
 }
+
+impl Drop for ThreadEngine {
+    fn drop(&mut self) {
+        // A pool thread lets go of a job's reference to these completions just after it
+        // signalled them, so it could drop the last reference, closing the eventfd: a system
+        // call the pool's role (worker-aio) does not allow. The last reference is dropped here
+        // instead (the main thread, at the disconnect). A job still queued or running past the
+        // wait (I/O stuck beyond the teardown deadline) keeps them: they are leaked.
+        let deadline = Instant::now() + JOB_RELEASE_WAIT;
+        while Arc::strong_count(&self.completions) > 1 {
+            if Instant::now() >= deadline {
+                std::mem::forget(self.completions.clone());
+                break;
+            }
+            thread::yield_now();
+        }
+    }
+}
+
+/// How long dropping an engine waits for the pool's jobs to let go of its completions.
+const JOB_RELEASE_WAIT: Duration = Duration::from_millis(100);
 
 impl Engine for ThreadEngine {
     fn push(&mut self, op: &Op) -> bool {
