@@ -17,7 +17,7 @@
 //! `io-uring-register-files` (a new fixed-file table), `fallocate-grow` (`fallocate` mode 0).
 //!
 //! Allowed by `worker-main` but not by every narrower role, so that a role made too broad shows
-//! (each on a closed fd: EBADF where allowed): `accept` (main only), `recvmsg` (main, protocol),
+//! (each on a closed fd: EBADF where allowed): `accept` (main, protocol), `recvmsg` (main, protocol),
 //! `io-uring-enter` and `io-uring-register-update` (main, vring), `fallocate-punch` (PUNCH_HOLE
 //! | KEEP_SIZE: main, vring, aio).
 //!
@@ -169,7 +169,7 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
         "io-uring-register-files" => io_uring_register_probe(2),
         // IORING_REGISTER_FILES_UPDATE: the kick slot's update.
         "io-uring-register-update" => io_uring_register_probe(6),
-        // Allowed to the main thread only.
+        // Allowed to the main thread and the protocol role (the accepting thread).
         "accept" => socket::accept4(-1, SockFlag::SOCK_CLOEXEC).map(drop),
         // Allowed to the main and protocol threads (front-end messages).
         "recvmsg" => {
