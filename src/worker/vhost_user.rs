@@ -7,6 +7,7 @@
 
 use std::{
     io,
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex, RwLock,
@@ -22,7 +23,10 @@ use virtio_bindings::{
     virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG},
 };
 use virtio_queue::{DescriptorChain, QueueOwnedT};
-use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
+use vm_memory::{
+    GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryLoadGuard,
+    GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::{
     epoll::EventSet,
     event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier},
@@ -88,6 +92,53 @@ impl From<BackendError> for io::Error {
     fn from(e: BackendError) -> Self {
         io::Error::other(e)
     }
+}
+
+/// Refuses a memory table whose regions extend past the end of their files.
+///
+/// mmap maps such a region without complaint, but the first access past the file's end raises
+/// SIGBUS, which kills the worker: a front-end lying about a region's size (or sending a file
+/// smaller than it says) would take down every guest's LUNs served by this worker. Found by
+/// fuzz/vhost_user. A front-end that shrinks an unsealed file after SET_MEM_TABLE can still do
+/// it (QEMU's memfd backend seals its files against shrinking by default).
+pub(crate) fn regions_within_files(mem: &GuestMemoryMmap) -> io::Result<()> {
+    for region in mem.iter() {
+        let Some(file) = region.file_offset() else {
+            continue; // anonymous memory is always backed
+        };
+        // fstat through newfstatat(fd, "", AT_EMPTY_PATH), the one spelling the protocol
+        // thread's seccomp role allows (on both architectures).
+        // SAFETY: all-zero is a valid `stat`; the kernel fills it in.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid fd we hold, an empty NUL-terminated path, a pointer to a `stat`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_newfstatat,
+                file.file().as_raw_fd(),
+                c"".as_ptr(),
+                &mut st as *mut libc::stat,
+                libc::AT_EMPTY_PATH,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let end = file.start().checked_add(region.len());
+        if !matches!(end, Some(end) if end <= st.st_size as u64) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "memory region at guest address {:#x}: {} bytes at file offset {} but the \
+                     file holds {} bytes",
+                    region.start_addr().0,
+                    region.len(),
+                    file.start(),
+                    st.st_size
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The virtio-scsi device served over one vhost-user connection at a time.
@@ -307,8 +358,11 @@ impl VhostUserBackend for ScsiBackend {
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         enter_backend_thread_role();
-        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = Some(mem);
-        Ok(())
+        // vhost-user-backend has already installed the new table in the GuestMemoryAtomic we
+        // share with it: on refusal, forget it, so that no queue touches it (NoMemory).
+        let checked = regions_within_files(&mem.memory());
+        *self.mem.write().unwrap_or_else(|e| e.into_inner()) = checked.is_ok().then_some(mem);
+        checked
     }
 
     fn queues_per_thread(&self) -> Vec<u64> {
@@ -374,5 +428,61 @@ impl VhostUserBackend for ScsiBackend {
             _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{fs::File, os::fd::FromRawFd};
+
+    use vm_memory::{FileOffset, GuestAddress, GuestRegionMmap, MmapRegion};
+
+    use super::*;
+
+    fn memfd(len: u64) -> File {
+        // SAFETY: a NUL-terminated name; the result is checked before use.
+        let fd = unsafe { libc::memfd_create(c"guest-ram".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+        // SAFETY: a new fd that nothing else owns.
+        let f = unsafe { File::from_raw_fd(fd) };
+        f.set_len(len).unwrap();
+        f
+    }
+
+    fn table(file_len: u64, region_len: usize, offset: u64) -> GuestMemory {
+        let region = MmapRegion::from_file(FileOffset::new(memfd(file_len), offset), region_len)
+            .expect("mmap does not check the file's size");
+        GuestMemoryAtomic::new(
+            GuestMemoryMmap::from_regions(vec![
+                GuestRegionMmap::new(region, GuestAddress(0)).unwrap()
+            ])
+            .unwrap(),
+        )
+    }
+
+    /// Regression (fuzz/vhost_user, input fuzz/corpus/vhost_user/mem_table_larger_than_file):
+    /// a memory table whose region is larger than its memfd was accepted, and the first kick
+    /// made the queue thread read the ring past the file's end: SIGBUS killed the worker.
+    #[test]
+    fn memory_table_larger_than_its_file_is_refused_and_forgotten() {
+        let backend = ScsiBackend::new(Arc::new(ScsiBus::new()), 1, 16);
+        backend.update_memory(table(0x10000, 0x10000, 0)).unwrap();
+        assert!(backend.memory().is_ok());
+
+        for (file_len, region_len, offset) in [(0x1000, 0x10000, 0), (0x10000, 0x10000, 0x1000)] {
+            let err = backend
+                .update_memory(table(file_len, region_len, offset))
+                .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(
+                matches!(backend.memory(), Err(BackendError::NoMemory)),
+                "a refused table must not stay in use"
+            );
+        }
+        // Exactly the file's size, at an offset, is fine.
+        backend
+            .update_memory(table(0x11000, 0x10000, 0x1000))
+            .unwrap();
+        assert!(backend.memory().is_ok());
     }
 }
