@@ -2,7 +2,8 @@
 # Coverage-guided fuzzing of the daemon's hostile-input parsers (libFuzzer through
 # libfuzzer-sys, built by hand so that a stable toolchain is enough).
 #
-#   fuzz/run.sh --short            every target ~25 s (the test suite's pass; VUS_FUZZ_SECONDS)
+#   fuzz/run.sh --short            replay the checked-in inputs, then fuzz every target ~25 s
+#                                  (the test suite's pass; VUS_FUZZ_SECONDS)
 #   fuzz/run.sh --long SECONDS     every target SECONDS (the documented runs)
 #   fuzz/run.sh ... --asan         nightly + AddressSanitizer (long runs; needs nightly)
 #   fuzz/run.sh ... TARGET...      only these targets
@@ -18,13 +19,14 @@ cd "$(dirname "$0")"
 
 seconds=${VUS_FUZZ_SECONDS:-25}
 asan=0
+replay=0
 targets=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        --short) shift ;;
+        --short) replay=1; shift ;;
         --long) seconds=$2; shift 2 ;;
         --asan) asan=1; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) targets+=("$1"); shift ;;
     esac
@@ -37,6 +39,14 @@ skip() {
     echo "SKIPPED: $*"
     exit 0
 }
+
+# The test suite's pass first replays every checked-in seed and regression input without
+# instrumentation (any toolchain, so it runs even where fuzzing is skipped), sharing the
+# main build's target directory.
+if [ $replay = 1 ]; then
+    echo "== replaying the fuzz corpora and regression inputs (cargo test in fuzz/)"
+    cargo test --target-dir ../target -j"${VUS_FUZZ_JOBS:-2}" -- --test-threads=1
+fi
 
 host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p') || true
 [ -n "$host" ] || skip "no rustc"
@@ -65,10 +75,11 @@ fi
 # Can this rustc instrument at all? (Not a build of ours: a failure here is the toolchain's.)
 probe=$(mktemp -d)
 trap 'rm -rf "$probe"' EXIT
-echo 'fn main() {}' >"$probe/p.rs"
+# Compiled to an object only: linking needs libFuzzer's runtime, which the real build brings.
+echo 'pub fn f(x: u32) -> bool { x == 7 }' >"$probe/p.rs"
 # shellcheck disable=SC2086
-if ! rustc "${toolchain[@]}" $flags --crate-type bin -o "$probe/p" "$probe/p.rs" 2>"$probe/err" \
-    && grep -qiE "unknown|invalid|unrecognized|not supported|-Z" "$probe/err"; then
+if ! rustc "${toolchain[@]}" $flags --crate-type lib --emit=obj -o "$probe/p.o" "$probe/p.rs" \
+    2>"$probe/err"; then
     skip "rustc ($(rustc "${toolchain[@]}" --version)) cannot instrument: $(head -1 "$probe/err")"
 fi
 
@@ -98,7 +109,7 @@ for t in "${targets[@]}"; do
         status=1
     fi
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
-    done_line=$(grep -E '^#[0-9]+ +(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
+    done_line=$(grep -E '^#[0-9]+[[:space:]]+(DONE|pulse|NEW|REDUCE|INITED)' "$log" | tail -1 || true)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<<"$done_line")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<<"$done_line")
     corp=$(sed -n 's/.* corp: \([0-9]*\/[0-9a-zA-Z]*\).*/\1/p' <<<"$done_line")

@@ -11,7 +11,7 @@
 //! many 4 KiB pages, 0x80-0xbf an eventfd, 0xc0 and up a signalled eventfd.
 //!
 //! Invariants: no panic, no crash, the connection always ends (no hang: libFuzzer's -timeout
-//! catches one), the backend is reusable for the next connection.
+//! catches one), it leaves no descriptor open, the backend is reusable for the next connection.
 
 use std::{
     io::Write,
@@ -76,6 +76,7 @@ fn eventfd(signalled: bool) -> OwnedFd {
 /// One input (the fuzz target's body; also replayed by `tests/corpus.rs`).
 pub fn run(data: &[u8]) {
     let mut server = server().lock().unwrap_or_else(|e| e.into_inner());
+    let fds_before = open_fds();
     let server = &mut *server;
     let client = UnixStream::connect(&server.path).expect("connect");
     let mut daemon = VhostUserDaemon::new(
@@ -131,4 +132,17 @@ pub fn run(data: &[u8]) {
     drop(daemon);
     drop(client);
     server.backend.disconnect();
+    // Every connection's descriptors are gone with it (a leak would let a front-end that
+    // reconnects exhaust the worker's descriptors).
+    assert_eq!(
+        open_fds(),
+        fds_before,
+        "descriptors leaked by one connection"
+    );
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .count()
 }
