@@ -3,9 +3,13 @@
 //! libFuzzer or instrumentation: a plain `cargo test` on any toolchain. A regression input
 //! that panics again fails here.
 
-use std::{fs, path::Path};
+use std::{fs, path::Path, sync::Mutex};
+
+/// One target at a time: the vhost_user target counts this process's open descriptors.
+static SERIAL: Mutex<()> = Mutex::new(());
 
 fn replay(target: &str, run: fn(&[u8])) {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
     for dir in ["corpus", "regressions"] {
