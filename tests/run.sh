@@ -40,3 +40,4 @@ VUS_TEST_DAEMON_ARGS="--poll-us 50 --submit-batch 8" \
 # registrations count against the same account's RLIMIT_MEMLOCK (8 MiB by default).
 echo "== cargo test --test frontend (--register-buffers)"
 VUS_TEST_DAEMON_ARGS="--register-buffers" cargo test --test frontend -- --test-threads=1
+bash fuzz/run.sh --short  # replays the fuzz corpora, then ~25 s of fuzzing per target (SKIPPED without the toolchain support)
