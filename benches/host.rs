@@ -1,5 +1,6 @@
 //! Host benchmark: a vhost-user front-end (own memfd guest memory, hand-built split rings, the
-//! same handshake as QEMU and as `tests/common`) that drives the daemon over its real socket
+//! same handshake as QEMU and as the tests: `vus_test_support::frontend`) that drives the
+//! daemon over its real socket
 //! with virtio-scsi READ(10)/WRITE(10) at a fixed queue depth, and reports IOPS, MB/s and
 //! p50/p99/p99.9 latency.
 //!
@@ -13,11 +14,7 @@
 //! eventfd instead.
 
 use std::{
-    fs::File,
-    os::{
-        fd::{AsRawFd, FromRawFd},
-        unix::net::UnixStream,
-    },
+    os::fd::AsRawFd,
     path::PathBuf,
     sync::{
         atomic::{fence, AtomicBool, AtomicU16, Ordering},
@@ -26,22 +23,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use vhost::{
-    vhost_user::{
-        message::VhostUserHeaderFlag, Frontend, VhostUserFrontend, VhostUserProtocolFeatures,
-        VhostUserVirtioFeatures,
-    },
-    VhostBackend, VhostUserMemoryRegionInfo, VringConfigData,
-};
-use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vhost::vhost_user::{Frontend, VhostUserProtocolFeatures};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
-
-const VIRTIO_F_VERSION_1: u64 = 1 << 32;
-const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-const VRING_DESC_F_NEXT: u16 = 1;
-const VRING_DESC_F_WRITE: u16 = 2;
-const REQ_HEADER_SIZE: u64 = 51;
-const RESP_HEADER_SIZE: u64 = 108;
+use vus_test_support::{
+    cdb,
+    frontend::{handshake, memfd_guest_memory, set_mem_table, setup_vring},
+    ring::SplitRing,
+    rng::XorShift,
+    wire::{
+        cmd_req_lun0, CmdResp, CDB_OFFSET, REQ_HEADER_SIZE, RESP_HEADER_SIZE, VIRTIO_F_VERSION_1,
+        VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    },
+};
 
 #[derive(Clone, Debug)]
 struct Opts {
@@ -114,17 +108,6 @@ fn parse_opts() -> Opts {
     o
 }
 
-fn memfd(size: u64) -> File {
-    let name = c"bench-guest-ram";
-    // SAFETY: memfd_create with a valid C string; the fd is owned by the File.
-    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(fd >= 0, "memfd_create failed");
-    // SAFETY: fresh descriptor nobody else owns.
-    let f = unsafe { File::from_raw_fd(fd) };
-    f.set_len(size).expect("ftruncate");
-    f
-}
-
 /// Per-queue layout inside guest memory.
 struct QueueLayout {
     desc: u64,
@@ -166,75 +149,35 @@ struct Setup {
 }
 
 fn connect(o: &Opts) -> Setup {
-    let stream = UnixStream::connect(&o.socket).expect("connect to the daemon socket");
-    let mut f = Frontend::from_stream(stream, 64);
-    f.set_owner().expect("SET_OWNER");
-    let features = f.get_features().expect("GET_FEATURES");
-    let wanted = VIRTIO_F_VERSION_1
-        | VIRTIO_RING_F_EVENT_IDX
-        | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
-    assert_eq!(features & wanted, wanted, "daemon lacks features");
-    f.set_features(wanted).expect("SET_FEATURES");
     let proto = VhostUserProtocolFeatures::MQ
         | VhostUserProtocolFeatures::CONFIG
         | VhostUserProtocolFeatures::REPLY_ACK;
-    f.get_protocol_features().expect("GET_PROTOCOL_FEATURES");
-    f.set_protocol_features(proto)
-        .expect("SET_PROTOCOL_FEATURES");
-    f.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
-    let qn = f.get_queue_num().expect("GET_QUEUE_NUM");
+    let (mut f, offered, _) = handshake(
+        &o.socket,
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+        proto,
+    );
+    let qn = offered.queue_num;
     assert!(
         u64::from(o.queues) + 2 <= qn,
         "daemon offers {} request queues, {} wanted (--num-queues)",
         qn - 2,
         o.queues
     );
-    let size = mem_size(o);
-    let mem = GuestMemoryMmap::from_ranges_with_files([(
-        GuestAddress(0),
-        size as usize,
-        Some(FileOffset::new(memfd(size), 0)),
-    )])
-    .expect("guest memory");
-    let regions: Vec<VhostUserMemoryRegionInfo> = mem
-        .iter()
-        .map(|r| VhostUserMemoryRegionInfo::from_guest_region(r).expect("region"))
-        .collect();
-    f.set_mem_table(&regions).expect("SET_MEM_TABLE");
+    let mem = memfd_guest_memory(&[(0, mem_size(o))]);
+    set_mem_table(&mut f, &mem);
     let mut kicks = Vec::new();
     let mut calls = Vec::new();
+    let mut rings = Vec::new();
     // Control and event queues are set up (tiny) so that the device is complete; the request
     // queues are laid out after them.
     for q in 0..(2 + usize::from(o.queues)) {
         let l = layout(o, q);
-        mem.write_slice(
-            &vec![0u8; (l.slot_base - l.desc) as usize],
-            GuestAddress(l.desc),
-        )
-        .unwrap();
-        let va = |gpa: u64| mem.get_host_address(GuestAddress(gpa)).unwrap() as u64;
-        f.set_vring_num(q, o.queue_size).expect("SET_VRING_NUM");
-        f.set_vring_base(q, 0).expect("SET_VRING_BASE");
-        f.set_vring_addr(
-            q,
-            &VringConfigData {
-                queue_max_size: o.queue_size,
-                queue_size: o.queue_size,
-                flags: 0,
-                desc_table_addr: va(l.desc),
-                used_ring_addr: va(l.used),
-                avail_ring_addr: va(l.avail),
-                log_addr: None,
-            },
-        )
-        .expect("SET_VRING_ADDR");
-        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        f.set_vring_kick(q, &kick).expect("SET_VRING_KICK");
-        f.set_vring_call(q, &call).expect("SET_VRING_CALL");
-        f.set_vring_enable(q, true).expect("SET_VRING_ENABLE");
+        let ring = SplitRing::new(l.desc, l.avail, l.used, o.queue_size);
+        let (kick, call) = setup_vring(&mut f, &mem, q, &ring, (l.slot_base - l.desc) as usize);
         kicks.push(kick);
         calls.push(call);
+        rings.push(ring);
     }
     let mut s = Setup {
         _frontend: f,
@@ -243,69 +186,49 @@ fn connect(o: &Opts) -> Setup {
         calls,
         capacity_blocks: 0,
     };
-    s.capacity_blocks = read_capacity(o, &s);
+    s.capacity_blocks = read_capacity(o, &s, &mut rings[2]);
     s
 }
 
-/// Issues one command synchronously on request queue 0 (slot 0), returning (status, data).
-fn sync_cmd(o: &Opts, s: &Setup, cdb: &[u8], data_in: u32) -> (u8, Vec<u8>) {
+/// Issues one command synchronously on request queue 0 (its first slot's buffers), returning
+/// (status, data).
+fn sync_cmd(o: &Opts, s: &Setup, ring: &mut SplitRing, cdb: &[u8], data_in: u32) -> (u8, Vec<u8>) {
     let q = 2;
     let l = layout(o, q);
     let (hdr, resp, data) = (l.slot_base, l.slot_base + 64, l.slot_base + 4096);
-    let mut h = [0u8; REQ_HEADER_SIZE as usize];
-    h[0] = 1;
-    h[19..19 + cdb.len()].copy_from_slice(cdb);
-    s.mem.write_slice(&h, GuestAddress(hdr)).unwrap();
-    write_desc(
-        &s.mem,
-        l.desc,
-        0,
-        hdr,
-        REQ_HEADER_SIZE as u32,
-        VRING_DESC_F_NEXT,
-        1,
-    );
+    s.mem
+        .write_slice(&cmd_req_lun0(cdb), GuestAddress(hdr))
+        .unwrap();
     let wflags = VRING_DESC_F_WRITE | if data_in > 0 { VRING_DESC_F_NEXT } else { 0 };
-    write_desc(&s.mem, l.desc, 1, resp, RESP_HEADER_SIZE as u32, wflags, 2);
-    write_desc(&s.mem, l.desc, 2, data, data_in, VRING_DESC_F_WRITE, 0);
-    let avail_idx: u16 = s.mem.read_obj(GuestAddress(l.avail + 2)).unwrap();
-    let used_before: u16 = s.mem.read_obj(GuestAddress(l.used + 2)).unwrap();
-    let qs = u64::from(o.queue_size);
-    s.mem
-        .write_obj(
-            0u16,
-            GuestAddress(l.avail + 4 + 2 * (u64::from(avail_idx) % qs)),
-        )
-        .unwrap();
-    fence(Ordering::SeqCst);
-    s.mem
-        .write_obj(avail_idx.wrapping_add(1), GuestAddress(l.avail + 2))
-        .unwrap();
-    fence(Ordering::SeqCst);
+    let head = ring.write_descs(
+        &s.mem,
+        &[
+            (hdr, REQ_HEADER_SIZE as u32, VRING_DESC_F_NEXT, 1),
+            (resp, RESP_HEADER_SIZE as u32, wflags, 2),
+            (data, data_in, VRING_DESC_F_WRITE, 0),
+        ],
+    );
+    ring.publish(&s.mem, head);
     s.kicks[q].write(1).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let used: u16 = s.mem.read_obj(GuestAddress(l.used + 2)).unwrap();
-        if used != used_before {
-            break;
-        }
+    while ring.pop_used(&s.mem).is_none() {
         assert!(
             Instant::now() < deadline,
             "no completion for the setup command"
         );
         std::thread::sleep(Duration::from_millis(1));
     }
-    let mut r = vec![0u8; RESP_HEADER_SIZE as usize];
+    let mut r = vec![0u8; RESP_HEADER_SIZE];
     s.mem.read_slice(&mut r, GuestAddress(resp)).unwrap();
     let mut d = vec![0u8; data_in as usize];
     s.mem.read_slice(&mut d, GuestAddress(data)).unwrap();
-    (r[10], d)
+    (CmdResp::parse(&r).unwrap().status, d)
 }
 
-fn read_capacity(o: &Opts, s: &Setup) -> u64 {
+fn read_capacity(o: &Opts, s: &Setup, ring: &mut SplitRing) -> u64 {
     // The first command after connect may report the power-on unit attention.
     for _ in 0..3 {
-        let (status, d) = sync_cmd(o, s, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], 8);
+        let (status, d) = sync_cmd(o, s, ring, &cdb::read_capacity10(), 8);
         if status == 0 {
             let last = u32::from_be_bytes(d[0..4].try_into().unwrap());
             let bs = u32::from_be_bytes(d[4..8].try_into().unwrap());
@@ -314,24 +237,6 @@ fn read_capacity(o: &Opts, s: &Setup) -> u64 {
         }
     }
     panic!("READ CAPACITY failed");
-}
-
-fn write_desc(
-    mem: &GuestMemoryMmap,
-    table: u64,
-    i: u16,
-    addr: u64,
-    len: u32,
-    flags: u16,
-    next: u16,
-) {
-    let mut d = [0u8; 16];
-    d[0..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    d[14..16].copy_from_slice(&next.to_le_bytes());
-    mem.write_slice(&d, GuestAddress(table + 16 * u64::from(i)))
-        .unwrap();
 }
 
 /// Raw view of a queue for the hot loop.
@@ -381,16 +286,6 @@ struct QueueResult {
     lat_ns: Vec<u32>,
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-}
-
 fn run_queue(
     o: &Opts,
     s: &Setup,
@@ -409,7 +304,7 @@ fn run_queue(
     let blocks_per_io = u64::from(o.bs / 512);
     let max_lba = s.capacity_blocks.saturating_sub(blocks_per_io);
     let random = o.rw.starts_with("rand");
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((qi as u64 + 1) * 0x1234_5678_9abc_def1));
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15 ^ ((qi as u64 + 1) * 0x1234_5678_9abc_def1));
     let mut seq_lba = (max_lba / u64::from(o.queues)) * qi as u64;
     let qd = o.qd;
     let mut start = vec![Instant::now(); usize::from(qd)];
@@ -423,14 +318,14 @@ fn run_queue(
     let call = &s.calls[q];
 
     // Prepares slot `i` (descriptors 3i..3i+2) for a new command and returns its head.
-    let prepare = |i: u16, rng: &mut Rng, seq: &mut u64| -> u16 {
+    let prepare = |i: u16, rng: &mut XorShift, seq: &mut u64| -> u16 {
         let is_read = match o.rw.as_str() {
             "randread" | "read" => true,
             "randwrite" | "write" => false,
-            _ => (rng.next() % 100) < u64::from(o.mix),
+            _ => (rng.next_u64() % 100) < u64::from(o.mix),
         };
         let lba = if random {
-            (rng.next() % (max_lba / blocks_per_io + 1)) * blocks_per_io
+            (rng.next_u64() % (max_lba / blocks_per_io + 1)) * blocks_per_io
         } else {
             let v = *seq;
             *seq = if v + 2 * blocks_per_io > max_lba {
@@ -444,22 +339,13 @@ fn run_queue(
         let (hdr, resp, data) = (sb, sb + 64, sb + 4096);
         let h: *mut u8 = ring.at(hdr);
         let n = (o.bs / 512) as u16;
-        let cdb = [
-            if is_read { 0x28 } else { 0x2a },
-            0,
-            (lba >> 24) as u8,
-            (lba >> 16) as u8,
-            (lba >> 8) as u8,
-            lba as u8,
-            0,
-            (n >> 8) as u8,
-            n as u8,
-            0,
-        ];
+        let opcode = if is_read { cdb::READ_10 } else { cdb::WRITE_10 };
+        let cdb = cdb::rw10_array(opcode, lba as u32, n);
+        // Only the LUN's first byte and the CDB change: the rest of the header stays zero.
         // SAFETY: the header buffer belongs to this slot, which is not in flight.
         unsafe {
             *h = 1;
-            std::ptr::copy_nonoverlapping(cdb.as_ptr(), h.add(19), cdb.len());
+            std::ptr::copy_nonoverlapping(cdb.as_ptr(), h.add(CDB_OFFSET), cdb.len());
         }
         let d = 3 * i;
         let table = ring.l.desc;

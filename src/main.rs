@@ -50,7 +50,7 @@ fn main() -> ExitCode {
     if let Err(e) = daemon::block_termination_signals() {
         return setup_error(e);
     }
-    if let Err(e) = vhost_user_scsi::logging::relay::init(&config.log) {
+    if let Err(e) = vhost_user_scsi::logging::init(&config.log) {
         return setup_error(e);
     }
     privsep::run(config)

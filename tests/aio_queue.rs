@@ -18,13 +18,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ring::{caw, execute, file_bus, req_header, rw10, Ring, DATA, RESP_HEADER_SIZE};
+use ring::{execute, file_bus};
 use vhost_user_scsi::{
     block::engine::{Engine, Op},
     scsi::{IoKind, ScsiBus},
     virtio::queue::QueueWorker,
 };
 use vm_memory::GuestAddressSpace;
+use vus_test_support::{
+    cdb::{self, compare_and_write as caw, rw10},
+    ring::{VringHarness as Ring, DATA},
+    wire::{cmd_req_lun0, REQ_HEADER_SIZE, RESP_HEADER_SIZE},
+};
 
 #[derive(Default)]
 struct HoldState {
@@ -194,20 +199,20 @@ fn push_out(ring: &mut Ring, n: u64, cdb: &[u8], data: &[u8]) -> (u16, Req) {
     let r = Req {
         base: DATA + n * 0x2000,
     };
-    ring.write(r.header(), &req_header(cdb));
+    ring.write(r.header(), &cmd_req_lun0(cdb));
     ring.write(r.data(), data);
-    ring.write(r.resp(), &[0xff; RESP_HEADER_SIZE as usize]);
+    ring.write(r.resp(), &[0xff; RESP_HEADER_SIZE]);
     let head = ring.push_chain(&[
-        (r.header(), 51, false),
+        (r.header(), REQ_HEADER_SIZE as u32, false),
         (r.data(), data.len() as u32, false),
-        (r.resp(), RESP_HEADER_SIZE, true),
+        (r.resp(), RESP_HEADER_SIZE as u32, true),
     ]);
     (head, r)
 }
 
 /// (status, response) of a completed request's header.
 fn status(ring: &Ring, r: &Req) -> (u8, u8) {
-    let h = ring.read(r.resp(), RESP_HEADER_SIZE as usize);
+    let h = ring.read(r.resp(), RESP_HEADER_SIZE);
     (h[10], h[11])
 }
 
@@ -223,11 +228,11 @@ fn push_read(ring: &mut Ring, n: u64, lba: u32) -> Req {
     let r = Req {
         base: DATA + n * 0x2000,
     };
-    ring.write(r.header(), &req_header(&rw10(0x28, lba, 1)));
-    ring.write(r.resp(), &[0xff; RESP_HEADER_SIZE as usize]);
+    ring.write(r.header(), &cmd_req_lun0(&rw10(0x28, lba, 1)));
+    ring.write(r.resp(), &[0xff; RESP_HEADER_SIZE]);
     ring.push_chain(&[
-        (r.header(), 51, false),
-        (r.resp(), RESP_HEADER_SIZE, true),
+        (r.header(), REQ_HEADER_SIZE as u32, false),
+        (r.resp(), RESP_HEADER_SIZE as u32, true),
         (r.data(), 512, true),
     ]);
     r
@@ -483,33 +488,6 @@ fn submit_batch_sets_how_many_commands_go_per_submission() {
     }
 }
 
-/// UNMAP parameter list with one descriptor per (LBA, blocks).
-fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
-    let mut p = vec![0u8; 8];
-    p[0..2].copy_from_slice(&(6 + 16 * ranges.len() as u16).to_be_bytes());
-    p[2..4].copy_from_slice(&(16 * ranges.len() as u16).to_be_bytes());
-    for &(lba, blocks) in ranges {
-        p.extend(lba.to_be_bytes());
-        p.extend(blocks.to_be_bytes());
-        p.extend([0u8; 4]);
-    }
-    p
-}
-
-fn unmap_cdb(len: usize) -> Vec<u8> {
-    let mut cdb = vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    cdb[7..9].copy_from_slice(&(len as u16).to_be_bytes());
-    cdb
-}
-
-/// WRITE SAME(16) of one block over `blocks` blocks at `lba` (UNMAP bit set).
-fn write_same16(lba: u64, blocks: u32) -> Vec<u8> {
-    let mut cdb = vec![0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    cdb[2..10].copy_from_slice(&lba.to_be_bytes());
-    cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
-    cdb
-}
-
 fn fill_medium(img: &tempfile::NamedTempFile, lba: u64, blocks: u64, fill: u8) {
     let data = vec![fill; blocks as usize * 512];
     std::os::unix::fs::FileExt::write_all_at(img.as_file(), &data, lba * 512).unwrap();
@@ -526,9 +504,9 @@ fn deallocation_goes_through_the_engine() {
     let hold = Arc::new(Hold::default());
     hold.set(|s| s.hold = true);
     let mut ring = Ring::new(64);
-    let list = unmap_list(&[(8, 4)]);
-    let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
-    let (_, same) = push_out(&mut ring, 1, &write_same16(20, 6), &[0u8; 512]);
+    let list = cdb::unmap_list(&[(8, 4)]);
+    let (_, unmap) = push_out(&mut ring, 0, &cdb::unmap(list.len()), &list);
+    let (_, same) = push_out(&mut ring, 1, &cdb::write_same16(0x08, 20, 6), &[0u8; 512]);
     let run = spawn_run(worker(&hold), &bus, &ring);
     wait_for("both deallocations in the engine", || hold.submitted() == 2);
     {
@@ -562,9 +540,9 @@ fn deallocation_goes_through_the_engine() {
 
     // Two ranges, and a pattern: answered on the queue thread.
     hold.set(|s| s.submits.clear());
-    let list = unmap_list(&[(30, 2), (40, 2)]);
-    let (_, unmap2) = push_out(&mut ring, 2, &unmap_cdb(list.len()), &list);
-    let (_, pattern) = push_out(&mut ring, 3, &write_same16(50, 2), &block(0x77));
+    let list = cdb::unmap_list(&[(30, 2), (40, 2)]);
+    let (_, unmap2) = push_out(&mut ring, 2, &cdb::unmap(list.len()), &list);
+    let (_, pattern) = push_out(&mut ring, 3, &cdb::write_same16(0x08, 50, 2), &block(0x77));
     let (_, ok) = spawn_run(w, &bus, &ring).join().unwrap();
     assert!(ok);
     assert_eq!(hold.submitted(), 0);
@@ -590,8 +568,8 @@ fn a_failed_deallocation_is_reported() {
         let hold = Arc::new(Hold::default());
         hold.set(|s| s.errno = Some(errno));
         let mut ring = Ring::new(64);
-        let list = unmap_list(&[(8, 4)]);
-        let (_, unmap) = push_out(&mut ring, 0, &unmap_cdb(list.len()), &list);
+        let list = cdb::unmap_list(&[(8, 4)]);
+        let (_, unmap) = push_out(&mut ring, 0, &cdb::unmap(list.len()), &list);
         let (_, ok) = spawn_run(worker(&hold), &bus, &ring).join().unwrap();
         assert!(ok);
         assert_eq!(ring.take_used().len(), 1);

@@ -12,12 +12,17 @@ use std::{
     cell::Cell,
 };
 
-use ring::{file_bus, req_header, rw10, Ring, DATA, RESP_HEADER_SIZE};
+use ring::file_bus;
 use vhost_user_scsi::{
     block::engine::{AioMode, IoConfig},
     virtio::queue::QueueWorker,
 };
 use vm_memory::GuestAddressSpace;
+use vus_test_support::{
+    cdb::{rw10, READ_10, WRITE_10},
+    ring::{VringHarness as Ring, DATA},
+    wire::{cmd_req_lun0, REQ_HEADER_SIZE, RESP_HEADER_SIZE},
+};
 
 struct Counting;
 
@@ -86,20 +91,24 @@ fn steady_state_allocations(aio: AioMode, write_every: u64) -> Option<u64> {
             let fua = write && (n / write_every) % 2 == 1;
             n += 1;
             let lba = ((n * 8) % 2000) as u32;
-            let mut cdb = rw10(if write { 0x2a } else { 0x28 }, lba, 8);
+            let mut cdb = rw10(if write { WRITE_10 } else { READ_10 }, lba, 8);
             if fua {
                 cdb[1] |= 0x08;
             }
-            ring.write(base(i), &req_header(&cdb));
+            ring.write(base(i), &cmd_req_lun0(&cdb));
             let (h, d, r) = (base(i), base(i) + 0x1000, base(i) + 0x2000);
             if write {
                 ring.push_chain(&[
-                    (h, 51, false),
+                    (h, REQ_HEADER_SIZE as u32, false),
                     (d, 4096, false),
-                    (r, RESP_HEADER_SIZE, true),
+                    (r, RESP_HEADER_SIZE as u32, true),
                 ]);
             } else {
-                ring.push_chain(&[(h, 51, false), (r, RESP_HEADER_SIZE, true), (d, 4096, true)]);
+                ring.push_chain(&[
+                    (h, REQ_HEADER_SIZE as u32, false),
+                    (r, RESP_HEADER_SIZE as u32, true),
+                    (d, 4096, true),
+                ]);
             }
         }
         let mem = ring.mem.memory();

@@ -141,8 +141,8 @@ fn locked_image_creates_no_socket() {
     let d = Dir::new();
     let img = d.image("a.img");
     let holder = File::options().read(true).write(true).open(&img).unwrap();
-    // SAFETY: flock on a descriptor we own.
     assert_eq!(
+        // SAFETY: flock on a descriptor we own.
         unsafe { libc::flock(holder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
         0
     );

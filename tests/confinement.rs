@@ -98,7 +98,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
     // Make every thread role exist and run: control queue (thread 0), both request queues.
     let _ = vm.control(&an_query(), 8);
     for q in [2, 3] {
-        let r = vm.scsi_on(q, lun(0, 0), &cdb_test_unit_ready(), &[], &[]);
+        let r = vm.scsi_on(q, lun(0, 0), &cdb::test_unit_ready(), &[], &[]);
         assert_eq!(r.response, VIRTIO_SCSI_S_OK);
     }
     let sup = d.pid();
@@ -280,7 +280,7 @@ impl Probed {
             // The protocol probe fires on the first message; the vring probe on the first kick.
             let vm = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut vm = TestVm::connect(&p.socket, VmOptions::default());
-                vm.scsi(lun(0, 0), &cdb_test_unit_ready(), &[], &[])
+                vm.scsi(lun(0, 0), &cdb::test_unit_ready(), &[], &[])
             }));
             drop(vm);
         }
@@ -417,7 +417,7 @@ fn a_crashed_worker_is_restarted_on_the_same_socket() {
     {
         let mut vm = TestVm::connect(&d.socket, VmOptions::default());
         vm.clear_unit_attention(lun(0, 0));
-        vm.scsi(lun(0, 0), &cdb_write10(12, 4), &[&data], &[])
+        vm.scsi(lun(0, 0), &cdb::write10(12, 4), &[&data], &[])
             .assert_good();
     }
     let first = worker_of(d.pid());
@@ -435,7 +435,7 @@ fn a_crashed_worker_is_restarted_on_the_same_socket() {
     assert_ne!(second, first);
     let mut vm = TestVm::connect(&d.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
-    let r = vm.scsi(lun(0, 0), &cdb_read10(12, 4), &[], &[2048]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(12, 4), &[], &[2048]);
     r.assert_good();
     assert!(r.data == data, "restarted worker lost the data");
     d.assert_alive();
@@ -483,11 +483,11 @@ fn aio_pool_threads_stack_their_own_role() {
     let mut vm = TestVm::connect(&d.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
     let data = pattern(4 * 512, 0x33);
-    vm.scsi(lun(0, 0), &cdb_write10(3, 4), &[&data], &[])
+    vm.scsi(lun(0, 0), &cdb::write10(3, 4), &[&data], &[])
         .assert_good();
     vm.scsi(lun(0, 0), &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], &[])
         .assert_good();
-    let r = vm.scsi(lun(0, 0), &cdb_read10(3, 4), &[], &[2048]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(3, 4), &[], &[2048]);
     r.assert_good();
     assert!(r.data == data);
     let worker = worker_of(d.pid());

@@ -152,7 +152,7 @@ fn a_half_failed_transfer_is_never_good() {
             // The good half alone reads back the image.
             let r = vm.scsi(
                 l,
-                &cdb_read10(0, (BAD_START / BLOCK) as u16),
+                &cdb::read10(0, (BAD_START / BLOCK) as u16),
                 &[],
                 &[BAD_START as u32],
             );
@@ -166,7 +166,7 @@ fn a_half_failed_transfer_is_never_good() {
             let first_bad = (BAD_START / BLOCK) as u32;
             let r = vm.scsi(
                 l,
-                &cdb_read10(0, blocks),
+                &cdb::read10(0, blocks),
                 &[],
                 &[(BAD_START + BAD_LEN) as u32],
             );
@@ -174,12 +174,12 @@ fn a_half_failed_transfer_is_never_good() {
             r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x11);
             assert_first_bad(&r, first_bad, &format!("READ, {what}"));
             // Started inside the bad range, the command's own first block is the bad one.
-            let r = vm.scsi(l, &cdb_read10(first_bad + 8, 8), &[], &[4096]);
+            let r = vm.scsi(l, &cdb::read10(first_bad + 8, 8), &[], &[4096]);
             r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x11);
             assert_eq!(information(&r), Some(first_bad + 8), "READ, {what}: {r:?}");
 
             let data = vec![0x5au8; BAD_START + BAD_LEN];
-            let r = vm.scsi(l, &cdb_write10(0, blocks), &[&data], &[]);
+            let r = vm.scsi(l, &cdb::write10(0, blocks), &[&data], &[]);
             assert_eq!(r.status, STATUS_CHECK_CONDITION, "WRITE, {what}: {r:?}");
             r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x0c);
             assert_first_bad(&r, first_bad, &format!("WRITE, {what}"));
@@ -190,7 +190,7 @@ fn a_half_failed_transfer_is_never_good() {
                 "{what}: the failed range changed"
             );
             // Other I/O goes on: the LUN is not taken offline for one bad range.
-            let r = vm.scsi(l, &cdb_read10(1024, 8), &[], &[4096]);
+            let r = vm.scsi(l, &cdb::read10(1024, 8), &[], &[4096]);
             r.assert_good();
             assert!(
                 r.data[..4096] == expected[1024 * BLOCK..1024 * BLOCK + 4096],
@@ -198,7 +198,7 @@ fn a_half_failed_transfer_is_never_good() {
             );
             // A failing disk fails every command: the log names a few, then counts.
             for _ in 0..20 {
-                let r = vm.scsi(l, &cdb_read10(first_bad, 8), &[], &[4096]);
+                let r = vm.scsi(l, &cdb::read10(first_bad, 8), &[], &[4096]);
                 r.assert_check_condition(SENSE_MEDIUM_ERROR, 0x11);
             }
             daemon.assert_alive();

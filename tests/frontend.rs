@@ -1,12 +1,13 @@
 //! Integration tests that drive the real `vhost-user-scsi` binary over its unix socket, with the
 //! test acting as the vhost-user front-end (a mini QEMU with its own memfd-backed guest memory
-//! and hand-built split virtqueues). See `common/mod.rs` for the harness.
+//! and hand-built split virtqueues). See `common/mod.rs` (the daemon process) and the
+//! `vus-test-support` crate in `tests/support/` (the front-end) for the harness.
 
 mod common;
 
 use std::{os::unix::fs::MetadataExt, time::Duration};
 
-use common::*;
+use common::{cdb::pr, *};
 use vhost::vhost_user::{
     message::VhostUserConfigFlags, VhostUserFrontend, VhostUserProtocolFeatures,
 };
@@ -40,7 +41,7 @@ fn two_disks() -> Vec<Disk> {
 /// A good INQUIRY on 0:0: proves the daemon is still serving after something nasty.
 fn assert_serving(vm: &mut TestVm, daemon: &mut Daemon) {
     daemon.assert_alive();
-    let r = vm.scsi(lun(0, 0), &cdb_inquiry(96), &[], &[96]);
+    let r = vm.scsi(lun(0, 0), &cdb::inquiry(96), &[], &[96]);
     r.assert_good();
     assert_eq!(
         r.data[0], 0x00,
@@ -153,7 +154,7 @@ fn inquiry_and_read_capacity() {
     let mut daemon = Daemon::start(&one_disk(), &[]);
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
 
-    let r = vm.scsi(lun(0, 0), &cdb_inquiry(96), &[], &[96]);
+    let r = vm.scsi(lun(0, 0), &cdb::inquiry(96), &[], &[96]);
     r.assert_good();
     let d = &r.data;
     assert_eq!(d[0], 0x00, "qualifier 0 / direct-access block device");
@@ -190,7 +191,7 @@ fn inquiry_and_read_capacity() {
     // The same command with both headers split at odd byte offsets across descriptors (virtio
     // 1.2 §2.7.4.4: the device must not assume any framing) and through an indirect table
     // must give the same answer.
-    let header = vm.cmd_header(lun(0, 0), &cdb_inquiry(96));
+    let header = vm.cmd_header(lun(0, 0), &cdb::inquiry(96));
     let split = [
         Seg::out(&header[..7]),
         Seg::out(&header[7..]),
@@ -217,7 +218,7 @@ fn inquiry_and_read_capacity() {
     );
 
     vm.clear_unit_attention(lun(0, 0));
-    let r = vm.scsi(lun(0, 0), &cdb_read_capacity10(), &[], &[8]);
+    let r = vm.scsi(lun(0, 0), &cdb::read_capacity10(), &[], &[8]);
     r.assert_good();
     assert_eq!(r.data_in_len(), 8);
     assert_eq!(be32(&r.data, 0), (4 * MIB / 512 - 1) as u32, "last LBA");
@@ -233,7 +234,7 @@ fn write_read_roundtrip_reaches_the_image() {
 
     // Five sectors to LBA 8, data-out split into odd-sized pieces, the request header split too.
     let data = pattern(5 * 512, 0x5a);
-    let header = vm.cmd_header(lun(0, 0), &cdb_write10(8, 5));
+    let header = vm.cmd_header(lun(0, 0), &cdb::write10(8, 5));
     let r = vm.run_cmd(
         2,
         &[
@@ -253,7 +254,7 @@ fn write_read_roundtrip_reaches_the_image() {
     assert_eq!(r.resid, 0);
 
     // Read back into odd-sized data-in pieces.
-    let r = vm.scsi(lun(0, 0), &cdb_read10(8, 5), &[], &[511, 1025, 1024]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(8, 5), &[], &[511, 1025, 1024]);
     r.assert_good();
     assert_eq!(r.data_in_len(), data.len());
     assert_eq!(r.resid, 0);
@@ -262,7 +263,7 @@ fn write_read_roundtrip_reaches_the_image() {
     // Buffers that straddle the boundary between the two memory regions (two separate mmaps
     // in the daemon), in both directions.
     let data2 = pattern(2 * 512, 0xc3);
-    let header = vm.cmd_header(lun(0, 0), &cdb_write10(20, 2));
+    let header = vm.cmd_header(lun(0, 0), &cdb::write10(20, 2));
     let r = vm.run_cmd(
         2,
         &[
@@ -272,7 +273,7 @@ fn write_read_roundtrip_reaches_the_image() {
         ],
     );
     r.assert_good();
-    let header = vm.cmd_header(lun(0, 0), &cdb_read10(20, 2));
+    let header = vm.cmd_header(lun(0, 0), &cdb::read10(20, 2));
     let r = vm.run_cmd(
         2,
         &[
@@ -284,7 +285,7 @@ fn write_read_roundtrip_reaches_the_image() {
     r.assert_good();
     assert!(r.data == data2, "straddling read back differs");
 
-    let r = vm.scsi(lun(0, 0), &cdb_sync_cache10(), &[], &[]);
+    let r = vm.scsi(lun(0, 0), &cdb::sync_cache10(), &[], &[]);
     r.assert_good();
     assert_eq!(r.used_len as usize, RESP_HEADER_SIZE);
 
@@ -316,7 +317,7 @@ fn error_paths_report_the_right_sense() {
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
 
     // No target 9: the transport answers BAD_TARGET and moves no data.
-    let r = vm.scsi(lun(9, 0), &cdb_inquiry(96), &[], &[96]);
+    let r = vm.scsi(lun(9, 0), &cdb::inquiry(96), &[], &[96]);
     assert_eq!(r.response, VIRTIO_SCSI_S_BAD_TARGET, "{r:?}");
     assert!(r.used_len >= 12, "{r:?}");
     assert!(
@@ -325,33 +326,33 @@ fn error_paths_report_the_right_sense() {
     );
 
     // A LUN field that is not single-level (byte 0 != 1) addresses no target either.
-    let r = vm.scsi([0; 8], &cdb_inquiry(96), &[], &[96]);
+    let r = vm.scsi([0; 8], &cdb::inquiry(96), &[], &[96]);
     assert_eq!(r.response, VIRTIO_SCSI_S_BAD_TARGET, "{r:?}");
 
     // Target 0 exists, LUN 5 does not: INQUIRY answers "no device here" (qualifier 3, type
     // 0x1f), other commands LOGICAL UNIT NOT SUPPORTED.
-    let r = vm.scsi(lun(0, 5), &cdb_inquiry(96), &[], &[96]);
+    let r = vm.scsi(lun(0, 5), &cdb::inquiry(96), &[], &[96]);
     r.assert_good();
     assert_eq!(
         r.data[0], 0x7f,
         "peripheral qualifier 3 / unknown device type"
     );
-    let r = vm.scsi(lun(0, 5), &cdb_test_unit_ready(), &[], &[]);
+    let r = vm.scsi(lun(0, 5), &cdb::test_unit_ready(), &[], &[]);
     r.assert_check_condition(SENSE_ILLEGAL_REQUEST, 0x25);
 
     // Reading across the end of the 4 MiB disk (last LBA 8191): LBA OUT OF RANGE.
     vm.clear_unit_attention(lun(0, 0));
-    let r = vm.scsi(lun(0, 0), &cdb_read10(8191, 2), &[], &[1024]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(8191, 2), &[], &[1024]);
     r.assert_check_condition(SENSE_ILLEGAL_REQUEST, 0x21);
-    let r = vm.scsi(lun(0, 0), &cdb_read10(8192, 1), &[], &[512]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(8192, 1), &[], &[512]);
     r.assert_check_condition(SENSE_ILLEGAL_REQUEST, 0x21);
     // The last sector itself is fine.
-    vm.scsi(lun(0, 0), &cdb_read10(8191, 1), &[], &[512])
+    vm.scsi(lun(0, 0), &cdb::read10(8191, 1), &[], &[512])
         .assert_good();
 
     // A WRITE whose data-out is shorter than its transfer length must fail without writing
     // anything (not write half the blocks, nor pad with garbage).
-    let r = vm.scsi(lun(0, 0), &cdb_write10(4, 2), &[&pattern(512, 1)], &[]);
+    let r = vm.scsi(lun(0, 0), &cdb::write10(4, 2), &[&pattern(512, 1)], &[]);
     r.assert_ok();
     assert_eq!(r.status, STATUS_CHECK_CONDITION, "{r:?}");
     assert_eq!(
@@ -360,7 +361,7 @@ fn error_paths_report_the_right_sense() {
         "short write hit the disk"
     );
     // A data-out longer than the transfer length: only the addressed block is written.
-    let r = vm.scsi(lun(0, 0), &cdb_write10(6, 1), &[&pattern(1024, 2)], &[]);
+    let r = vm.scsi(lun(0, 0), &cdb::write10(6, 1), &[&pattern(1024, 2)], &[]);
     r.assert_good();
     assert_eq!(r.resid, 512, "the unused half of the data-out is residual");
     assert!(daemon.read_image(0, 6 * 512, 512) == pattern(1024, 2)[..512]);
@@ -370,7 +371,7 @@ fn error_paths_report_the_right_sense() {
         "wrote past the CDB's range"
     );
     // Data in both directions without VIRTIO_SCSI_F_INOUT: the transport refuses it.
-    let r = vm.scsi(lun(0, 0), &cdb_write10(8, 1), &[&pattern(512, 3)], &[512]);
+    let r = vm.scsi(lun(0, 0), &cdb::write10(8, 1), &[&pattern(512, 3)], &[512]);
     assert_eq!(r.response, VIRTIO_SCSI_S_FAILURE, "{r:?}");
     assert_eq!(
         daemon.read_image(0, 8 * 512, 512),
@@ -385,7 +386,7 @@ fn error_paths_report_the_right_sense() {
     // Writing to the read-only LUN: DATA PROTECT / WRITE PROTECTED, image untouched.
     vm.clear_unit_attention(lun(1, 0));
     let data = pattern(512, 0x11);
-    let r = vm.scsi(lun(1, 0), &cdb_write10(0, 1), &[&data], &[]);
+    let r = vm.scsi(lun(1, 0), &cdb::write10(0, 1), &[&data], &[]);
     r.assert_check_condition(SENSE_DATA_PROTECT, 0x27);
     assert_eq!(
         daemon.read_image(1, 0, 512),
@@ -393,7 +394,7 @@ fn error_paths_report_the_right_sense() {
         "read-only image written"
     );
     // Reading it works.
-    vm.scsi(lun(1, 0), &cdb_read10(0, 1), &[], &[512])
+    vm.scsi(lun(1, 0), &cdb::read10(0, 1), &[], &[512])
         .assert_good();
     daemon.assert_alive();
 }
@@ -402,7 +403,7 @@ fn error_paths_report_the_right_sense() {
 fn malformed_chains_do_not_hurt_the_daemon() {
     let mut daemon = Daemon::start(&one_disk(), &[]);
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
-    let inquiry = vm.cmd_header(lun(0, 0), &cdb_inquiry(96));
+    let inquiry = vm.cmd_header(lun(0, 0), &cdb::inquiry(96));
     let resp = RESP_HEADER_SIZE as u32;
 
     // Request header shorter than 51 bytes but a full response area: answered FAILURE.
@@ -521,24 +522,17 @@ fn control_queue_tmf_and_an() {
     vm.clear_unit_attention(lun(0, 0));
     vm.clear_unit_attention(lun(1, 0));
 
-    let tmf = |subtype: u32, l: [u8; 8]| {
-        let mut req = Vec::new();
-        req.extend_from_slice(&VIRTIO_SCSI_T_TMF.to_le_bytes());
-        req.extend_from_slice(&subtype.to_le_bytes());
-        req.extend_from_slice(&l);
-        req.extend_from_slice(&42u64.to_le_bytes());
-        req
-    };
+    let tmf = |subtype: u32, l: [u8; 8]| tmf_req(subtype, l, 42);
 
     // LOGICAL UNIT RESET: FUNCTION COMPLETE, then the LUN reports the reset exactly once.
     let (used, resp) = vm.control(&tmf(VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, lun(0, 0)), 1);
     assert_eq!((used, resp), (1, vec![0]), "LUN reset response");
-    let r = vm.scsi(lun(0, 0), &cdb_test_unit_ready(), &[], &[]);
+    let r = vm.scsi(lun(0, 0), &cdb::test_unit_ready(), &[], &[]);
     r.assert_check_condition(SENSE_UNIT_ATTENTION, 0x29);
-    vm.scsi(lun(0, 0), &cdb_test_unit_ready(), &[], &[])
+    vm.scsi(lun(0, 0), &cdb::test_unit_ready(), &[], &[])
         .assert_good();
     // The other target was not reset.
-    vm.scsi(lun(1, 0), &cdb_test_unit_ready(), &[], &[])
+    vm.scsi(lun(1, 0), &cdb::test_unit_ready(), &[], &[])
         .assert_good();
 
     // TMF for a target that does not exist: BAD_TARGET; for a missing LUN: INCORRECT_LUN (12).
@@ -548,10 +542,7 @@ fn control_queue_tmf_and_an() {
     assert_eq!(resp, vec![12], "VIRTIO_SCSI_S_INCORRECT_LUN");
 
     // AN query: no events supported, event_actual 0, response OK.
-    let mut an = Vec::new();
-    an.extend_from_slice(&VIRTIO_SCSI_T_AN_QUERY.to_le_bytes());
-    an.extend_from_slice(&lun(0, 0));
-    an.extend_from_slice(&0x7eu32.to_le_bytes());
+    let an = an_req(VIRTIO_SCSI_T_AN_QUERY, lun(0, 0), 0x7e);
     let (used, resp) = vm.control(&an, 5);
     assert_eq!(used, 5);
     assert_eq!(resp, vec![0, 0, 0, 0, 0]);
@@ -575,9 +566,9 @@ fn reconnect_keeps_data_and_sigterm_exits_cleanly() {
     {
         let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
         vm.clear_unit_attention(lun(0, 0));
-        vm.scsi(lun(0, 0), &cdb_write10(100, 8), &[&data], &[])
+        vm.scsi(lun(0, 0), &cdb::write10(100, 8), &[&data], &[])
             .assert_good();
-        let r = vm.scsi(lun(0, 0), &cdb_read10(100, 8), &[], &[4096]);
+        let r = vm.scsi(lun(0, 0), &cdb::read10(100, 8), &[], &[4096]);
         r.assert_good();
         assert!(r.data == data);
         // Dropping the session closes the socket, as a QEMU that exits or reboots does.
@@ -590,7 +581,7 @@ fn reconnect_keeps_data_and_sigterm_exits_cleanly() {
     // The same socket path, a new front-end with new guest memory: a reconnecting QEMU.
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
-    let r = vm.scsi(lun(0, 0), &cdb_read10(100, 8), &[], &[4096]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(100, 8), &[], &[4096]);
     r.assert_good();
     assert!(r.data == data, "data from the first session lost");
     daemon.assert_alive();
@@ -612,12 +603,12 @@ fn inherited_listening_sockets_serve_and_are_never_unlinked() {
         {
             let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
             vm.clear_unit_attention(lun(0, 0));
-            vm.scsi(lun(0, 0), &cdb_write10(7, 4), &[&data], &[])
+            vm.scsi(lun(0, 0), &cdb::write10(7, 4), &[&data], &[])
                 .assert_good();
         }
         let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
         vm.clear_unit_attention(lun(0, 0));
-        let r = vm.scsi(lun(0, 0), &cdb_read10(7, 4), &[], &[2048]);
+        let r = vm.scsi(lun(0, 0), &cdb::read10(7, 4), &[], &[2048]);
         r.assert_good();
         assert!(
             r.data == data,
@@ -652,7 +643,7 @@ fn multiqueue_serves_every_request_queue() {
     let b = pattern(1024, 0xb0);
     let mut subs = Vec::new();
     for (q, lba, data) in [(2, 40, &a), (3, 50, &b)] {
-        let header = vm.cmd_header(lun(0, 0), &cdb_write10(lba, 2));
+        let header = vm.cmd_header(lun(0, 0), &cdb::write10(lba, 2));
         subs.push(vm.submit(
             q,
             &[
@@ -678,10 +669,10 @@ fn multiqueue_serves_every_request_queue() {
         );
     }
     // Each queue reads what the other wrote.
-    let r = vm.scsi_on(3, lun(0, 0), &cdb_read10(40, 2), &[], &[1024]);
+    let r = vm.scsi_on(3, lun(0, 0), &cdb::read10(40, 2), &[], &[1024]);
     r.assert_good();
     assert!(r.data == a);
-    let r = vm.scsi_on(2, lun(0, 0), &cdb_read10(50, 2), &[], &[1024]);
+    let r = vm.scsi_on(2, lun(0, 0), &cdb::read10(50, 2), &[], &[1024]);
     r.assert_good();
     assert!(r.data == b);
     daemon.assert_alive();
@@ -697,7 +688,7 @@ fn stopping_a_ring_waits_for_commands_in_flight() {
     let data = pattern(64 * 512, 0x5a);
     for i in 0..32u32 {
         // WRITE(10) with FUA: each one waits for stable storage.
-        let mut cdb = cdb_write10(i * 64, 64);
+        let mut cdb = cdb::write10(i * 64, 64);
         cdb[1] |= 0x08;
         let header = vm.cmd_header(lun(0, 0), &cdb);
         vm.submit(
@@ -727,11 +718,11 @@ fn batches_and_ring_wraparound() {
     // Sixteen distinct sectors, then sixteen READs in flight at once: every completion must
     // come back (in any order) with its own sector.
     let data = pattern(16 * 512, 0x3c);
-    vm.scsi(lun(0, 0), &cdb_write10(200, 16), &[&data], &[])
+    vm.scsi(lun(0, 0), &cdb::write10(200, 16), &[&data], &[])
         .assert_good();
     let subs: Vec<_> = (0..16u16)
         .map(|i| {
-            let header = vm.cmd_header(lun(0, 0), &cdb_read10(200 + u32::from(i), 1));
+            let header = vm.cmd_header(lun(0, 0), &cdb::read10(200 + u32::from(i), 1));
             vm.submit(
                 2,
                 &[
@@ -764,7 +755,7 @@ fn batches_and_ring_wraparound() {
 
     // Go around the 128-entry rings a few times.
     for _ in 0..300 {
-        vm.scsi(lun(0, 0), &cdb_test_unit_ready(), &[], &[])
+        vm.scsi(lun(0, 0), &cdb::test_unit_ready(), &[], &[])
             .assert_good();
     }
     daemon.assert_alive();
@@ -776,7 +767,7 @@ fn exit_on_disconnect_exits_after_the_first_session() {
     {
         let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
         vm.clear_unit_attention(lun(0, 0));
-        vm.scsi(lun(0, 0), &cdb_write10(1, 1), &[&pattern(512, 9)], &[])
+        vm.scsi(lun(0, 0), &cdb::write10(1, 1), &[&pattern(512, 9)], &[])
             .assert_good();
         daemon.assert_alive();
     }
@@ -795,7 +786,7 @@ fn device_reset_restarts_rings_and_raises_unit_attention() {
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
     let data = pattern(1024, 0x42);
-    vm.scsi(lun(0, 0), &cdb_write10(30, 2), &[&data], &[])
+    vm.scsi(lun(0, 0), &cdb::write10(30, 2), &[&data], &[])
         .assert_good();
 
     // QEMU stops the rings first: each reports how far it got, i.e. every chain we made
@@ -809,9 +800,9 @@ fn device_reset_restarts_rings_and_raises_unit_attention() {
     // A guest reboot: the LUN reports a power-on/reset unit attention, the rings start over
     // at index 0 in freshly zeroed memory, and the data is still there.
     vm.reset_device();
-    let r = vm.scsi(lun(0, 0), &cdb_test_unit_ready(), &[], &[]);
+    let r = vm.scsi(lun(0, 0), &cdb::test_unit_ready(), &[], &[]);
     r.assert_check_condition(SENSE_UNIT_ATTENTION, 0x29);
-    let r = vm.scsi(lun(0, 0), &cdb_read10(30, 2), &[], &[1024]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(30, 2), &[], &[1024]);
     r.assert_good();
     assert!(r.data == data);
     daemon.assert_alive();
@@ -819,36 +810,18 @@ fn device_reset_restarts_rings_and_raises_unit_attention() {
 
 // ---- PERSISTENT RESERVE IN/OUT (SPC-5 6.16, 6.17) and READ CAPACITY(16) ----
 
-fn cdb_pr_out(service_action: u8, rtype: u8) -> [u8; 10] {
-    // Scope 0 (LU_SCOPE), PARAMETER LIST LENGTH 24.
-    [0x5f, service_action, rtype, 0, 0, 0, 0, 0, 24, 0]
-}
-
-/// The basic PERSISTENT RESERVE OUT parameter list.
-fn pr_out_params(key: u64, sa_key: u64, aptpl: bool) -> Vec<u8> {
-    let mut p = key.to_be_bytes().to_vec();
-    p.extend_from_slice(&sa_key.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 0, u8::from(aptpl), 0, 0, 0]);
-    p
-}
-
-fn cdb_pr_in(service_action: u8) -> [u8; 10] {
-    [0x5e, service_action, 0, 0, 0, 0, 0, 0, 64, 0]
+/// PERSISTENT RESERVE OUT, scope 0 (LU_SCOPE), PARAMETER LIST LENGTH 24.
+fn cdb_pr_out(service_action: u8, rtype: u8) -> Vec<u8> {
+    cdb::pr_out(service_action, rtype, 24)
 }
 
 fn pr_in(vm: &mut TestVm, service_action: u8) -> Vec<u8> {
-    let r = vm.scsi(lun(0, 0), &cdb_pr_in(service_action), &[], &[64]);
+    let r = vm.scsi(lun(0, 0), &cdb::pr_in(service_action, 64), &[], &[64]);
     r.assert_good();
     r.data[..r.data_in_len()].to_vec()
 }
 
 const PR_KEY: u64 = 0x0123_4567_89ab_cdef;
-const PR_READ_KEYS: u8 = 0x00;
-const PR_READ_RESERVATION: u8 = 0x01;
-const PR_REPORT_CAPABILITIES: u8 = 0x02;
-const PR_REGISTER: u8 = 0x00;
-const PR_RESERVE: u8 = 0x01;
-const PR_WRITE_EXCLUSIVE: u8 = 0x01;
 
 /// With `pr-file=`, a REGISTER with APTPL and a WRITE EXCLUSIVE reservation survive the daemon:
 /// a new process over the same image and state file reports them byte for byte (the worker
@@ -870,33 +843,33 @@ fn persistent_reservations_survive_a_daemon_restart() {
     // bytes, SCOPE 0 / TYPE Write Exclusive, obsolete bytes.
     let mut reservation = vec![0, 0, 0, 1, 0, 0, 0, 16];
     reservation.extend_from_slice(&PR_KEY.to_be_bytes());
-    reservation.extend_from_slice(&[0, 0, 0, 0, 0, PR_WRITE_EXCLUSIVE, 0, 0]);
+    reservation.extend_from_slice(&[0, 0, 0, 0, 0, pr::WRITE_EXCLUSIVE, 0, 0]);
 
     {
         let mut daemon = Daemon::start(&[], &["--lun", &spec]);
         let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
         vm.clear_unit_attention(lun(0, 0));
         // REPORT CAPABILITIES: PTPL_C (a state file exists), PTPL_A still 0.
-        let caps = pr_in(&mut vm, PR_REPORT_CAPABILITIES);
+        let caps = pr_in(&mut vm, pr::REPORT_CAPABILITIES);
         assert_eq!(caps[2] & 0x01, 0x01, "PTPL_C: {caps:02x?}");
         assert_eq!(caps[3] & 0x01, 0x00, "PTPL_A: {caps:02x?}");
-        assert_eq!(pr_in(&mut vm, PR_READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(pr_in(&mut vm, pr::READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
 
-        let params = pr_out_params(0, PR_KEY, true);
-        vm.scsi(lun(0, 0), &cdb_pr_out(PR_REGISTER, 0), &[&params], &[])
+        let params = cdb::pr_out_params(0, PR_KEY, pr::APTPL);
+        vm.scsi(lun(0, 0), &cdb_pr_out(pr::REGISTER, 0), &[&params], &[])
             .assert_good();
-        let params = pr_out_params(PR_KEY, 0, false);
+        let params = cdb::pr_out_params(PR_KEY, 0, 0);
         vm.scsi(
             lun(0, 0),
-            &cdb_pr_out(PR_RESERVE, PR_WRITE_EXCLUSIVE),
+            &cdb_pr_out(pr::RESERVE, pr::WRITE_EXCLUSIVE),
             &[&params],
             &[],
         )
         .assert_good();
-        assert_eq!(pr_in(&mut vm, PR_READ_KEYS), keys);
-        assert_eq!(pr_in(&mut vm, PR_READ_RESERVATION), reservation);
+        assert_eq!(pr_in(&mut vm, pr::READ_KEYS), keys);
+        assert_eq!(pr_in(&mut vm, pr::READ_RESERVATION), reservation);
         assert_eq!(
-            pr_in(&mut vm, PR_REPORT_CAPABILITIES)[3] & 0x01,
+            pr_in(&mut vm, pr::REPORT_CAPABILITIES)[3] & 0x01,
             0x01,
             "PTPL_A"
         );
@@ -914,15 +887,15 @@ fn persistent_reservations_survive_a_daemon_restart() {
     let mut daemon = Daemon::start(&[], &["--lun", &spec]);
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
-    assert_eq!(pr_in(&mut vm, PR_READ_KEYS), keys);
-    assert_eq!(pr_in(&mut vm, PR_READ_RESERVATION), reservation);
+    assert_eq!(pr_in(&mut vm, pr::READ_KEYS), keys);
+    assert_eq!(pr_in(&mut vm, pr::READ_RESERVATION), reservation);
     assert_eq!(
-        pr_in(&mut vm, PR_REPORT_CAPABILITIES)[3] & 0x01,
+        pr_in(&mut vm, pr::REPORT_CAPABILITIES)[3] & 0x01,
         0x01,
         "PTPL_A"
     );
     // The holder (this initiator) still writes.
-    vm.scsi(lun(0, 0), &cdb_write10(0, 1), &[&[0x5a; 512]], &[])
+    vm.scsi(lun(0, 0), &cdb::write10(0, 1), &[&[0x5a; 512]], &[])
         .assert_good();
 
     // The state file is held: a second daemon with it refuses to start.
@@ -957,18 +930,18 @@ fn aptpl_without_pr_file_is_refused() {
     let mut daemon = Daemon::start(&one_disk(), &[]);
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
-    let caps = pr_in(&mut vm, PR_REPORT_CAPABILITIES);
+    let caps = pr_in(&mut vm, pr::REPORT_CAPABILITIES);
     assert_eq!(caps[2] & 0x01, 0x00, "PTPL_C: {caps:02x?}");
-    let params = pr_out_params(0, PR_KEY, true);
-    let r = vm.scsi(lun(0, 0), &cdb_pr_out(PR_REGISTER, 0), &[&params], &[]);
+    let params = cdb::pr_out_params(0, PR_KEY, pr::APTPL);
+    let r = vm.scsi(lun(0, 0), &cdb_pr_out(pr::REGISTER, 0), &[&params], &[]);
     r.assert_check_condition(SENSE_ILLEGAL_REQUEST, 0x26);
-    assert_eq!(pr_in(&mut vm, PR_READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
-    let params = pr_out_params(0, PR_KEY, false);
-    vm.scsi(lun(0, 0), &cdb_pr_out(PR_REGISTER, 0), &[&params], &[])
+    assert_eq!(pr_in(&mut vm, pr::READ_KEYS), [0, 0, 0, 0, 0, 0, 0, 0]);
+    let params = cdb::pr_out_params(0, PR_KEY, 0);
+    vm.scsi(lun(0, 0), &cdb_pr_out(pr::REGISTER, 0), &[&params], &[])
         .assert_good();
     let mut keys = vec![0, 0, 0, 1, 0, 0, 0, 8];
     keys.extend_from_slice(&PR_KEY.to_be_bytes());
-    assert_eq!(pr_in(&mut vm, PR_READ_KEYS), keys);
+    assert_eq!(pr_in(&mut vm, pr::READ_KEYS), keys);
     daemon.assert_alive();
 }
 
@@ -1035,35 +1008,24 @@ fn unmap_and_write_same_deallocate_in_the_image() {
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
     let data = pattern(512 * 512, 0x1d);
-    vm.scsi(lun(0, 0), &cdb_write10(0, 512), &[&data], &[])
+    vm.scsi(lun(0, 0), &cdb::write10(0, 512), &[&data], &[])
         .assert_good();
-    vm.scsi(lun(0, 0), &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], &[])
+    vm.scsi(lun(0, 0), &cdb::sync_cache10(), &[], &[])
         .assert_good();
     let image = &daemon.images[0];
     let allocated = || std::fs::metadata(image).unwrap().blocks();
     let before = allocated();
 
     let unmap = |ranges: &[(u64, u32)]| {
-        let mut p = vec![0u8; 8];
-        p[0..2].copy_from_slice(&(6 + 16 * ranges.len() as u16).to_be_bytes());
-        p[2..4].copy_from_slice(&(16 * ranges.len() as u16).to_be_bytes());
-        for &(lba, blocks) in ranges {
-            p.extend(lba.to_be_bytes());
-            p.extend(blocks.to_be_bytes());
-            p.extend([0u8; 4]);
-        }
-        let mut cdb = vec![0x42, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-        cdb[7..9].copy_from_slice(&(p.len() as u16).to_be_bytes());
-        (cdb, p)
+        let list = cdb::unmap_list(ranges);
+        (cdb::unmap(list.len()), list)
     };
     let (cdb, list) = unmap(&[(64, 64)]);
     vm.scsi(lun(0, 0), &cdb, &[&list], &[]).assert_good();
     let (cdb, list) = unmap(&[(192, 16), (256, 16)]);
     vm.scsi(lun(0, 0), &cdb, &[&list], &[]).assert_good();
     // WRITE SAME(16), UNMAP bit, one zero block over LBAs 320..384.
-    let mut same = vec![0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    same[2..10].copy_from_slice(&320u64.to_be_bytes());
-    same[10..14].copy_from_slice(&64u32.to_be_bytes());
+    let same = cdb::write_same16(0x08, 320, 64);
     vm.scsi(lun(0, 0), &same, &[&[0u8; 512]], &[]).assert_good();
 
     let zeroed = [(64, 128), (192, 208), (256, 272), (320, 384)];
@@ -1100,14 +1062,14 @@ fn registered_buffers_carry_io() {
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
     let data = pattern(8 * 512, 0x2b);
-    vm.scsi(lun(0, 0), &cdb_write10(40, 8), &[&data], &[])
+    vm.scsi(lun(0, 0), &cdb::write10(40, 8), &[&data], &[])
         .assert_good();
-    let r = vm.scsi(lun(0, 0), &cdb_read10(40, 8), &[], &[8 * 512]);
+    let r = vm.scsi(lun(0, 0), &cdb::read10(40, 8), &[], &[8 * 512]);
     r.assert_good();
     assert!(r.data == data, "READ_FIXED returned other bytes");
     assert!(daemon.read_image(0, 40 * 512, data.len()) == data);
     // Across the region boundary: two segments, not a fixed buffer.
-    let header = vm.cmd_header(lun(0, 0), &cdb_write10(60, 2));
+    let header = vm.cmd_header(lun(0, 0), &cdb::write10(60, 2));
     let data2 = pattern(1024, 0x61);
     vm.run_cmd(
         2,

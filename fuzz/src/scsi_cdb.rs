@@ -22,8 +22,10 @@ fn execute(bus: &ScsiBus, target: u8, lun: u16, cdb: &[u8], data_out: &mut [u8],
     out_sg.push(VolatileSlice::from(&mut data_out[..]));
     let mut in_sg = SgList::new();
     in_sg.push(VolatileSlice::from(&mut buf[..]));
-    let out = match bus.prepare(target, lun, cdb, &out_sg, &in_sg, &mut || {}) {
+    let out = match bus.prepare(target, lun, cdb, &out_sg, &in_sg, false) {
         Prepared::Done(out) => out,
+        // Only asked of a caller that has I/O of its own in flight; this one never has.
+        Prepared::DrainFirst => panic!("DrainFirst without I/O in flight for CDB {cdb:02x?}"),
         Prepared::Io(plan) => {
             // Never a block outside the LUN: the plan's extent lies within the backend.
             let size = if (target, lun) == (0, 1) {

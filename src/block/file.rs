@@ -14,6 +14,11 @@ use std::{
     },
 };
 
+use nix::{
+    sys::statfs,
+    unistd::{self, Whence},
+};
+
 use super::{
     sg::{SgList, SG_INLINE},
     BlockBackend, IoKind,
@@ -27,7 +32,7 @@ const BLKZEROOUT: libc::c_ulong = 0x127f;
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
 /// `statfs` magic of FUSE file systems (linux/magic.h).
-const FUSE_SUPER_MAGIC: libc::c_long = 0x6573_5546;
+const FUSE_SUPER_MAGIC: statfs::FsType = statfs::FsType(0x6573_5546);
 
 /// Alignment that satisfies `O_DIRECT` on every device and file system we serve.
 const DIRECT_IO_ALIGN: usize = 4096;
@@ -246,13 +251,7 @@ impl Drop for AlignedBuf {
 
 /// Whether `file` is on a FUSE file system (`fstatfs`).
 fn on_fuse(file: &File) -> io::Result<bool> {
-    // SAFETY: a zeroed statfs is a valid value for fstatfs to overwrite.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs writes one statfs into `st`, which lives for the call.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(st.f_type == FUSE_SUPER_MAGIC)
+    Ok(statfs::fstatfs(file)?.filesystem_type() == FUSE_SUPER_MAGIC)
 }
 
 impl BlockBackend for FileBackend {
@@ -373,7 +372,7 @@ impl BlockBackend for FileBackend {
             return Ok((true, len));
         }
         let end = offset.saturating_add(len);
-        let data = match self.seek(offset, libc::SEEK_DATA) {
+        let data = match self.seek(offset, Whence::SeekData) {
             Ok(data) => data,
             // No data at or after `offset`: a hole up to the end of the file.
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => return Ok((false, len)),
@@ -384,7 +383,7 @@ impl BlockBackend for FileBackend {
         if data > offset {
             return Ok((false, data.min(end) - offset));
         }
-        let hole = match self.seek(offset, libc::SEEK_HOLE) {
+        let hole = match self.seek(offset, Whence::SeekHole) {
             Ok(hole) => hole,
             Err(e) if e.raw_os_error() == Some(libc::ENXIO) => end,
             Err(e) => return Err(e),
@@ -396,14 +395,8 @@ impl BlockBackend for FileBackend {
 impl FileBackend {
     /// `lseek(2)` for `SEEK_DATA` / `SEEK_HOLE`; the file position is never used for I/O (every
     /// transfer is positional), so moving it is harmless.
-    fn seek(&self, offset: u64, whence: libc::c_int) -> io::Result<u64> {
-        // SAFETY: plain syscall on a file descriptor we own; no pointers involved.
-        let ret = unsafe { libc::lseek(self.file.as_raw_fd(), offset as libc::off_t, whence) };
-        if ret < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(ret as u64)
-        }
+    fn seek(&self, offset: u64, whence: Whence) -> io::Result<u64> {
+        Ok(unistd::lseek(&self.file, offset as libc::off_t, whence)? as u64)
     }
 }
 

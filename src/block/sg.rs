@@ -37,11 +37,13 @@ impl Default for SgList<'_> {
 }
 
 /// A zero-length slice to fill unused inline entries (never handed out).
+#[inline]
 fn empty_slice<'a>() -> VolatileSlice<'a> {
     VolatileSlice::from(&mut [][..])
 }
 
 impl<'a> SgList<'a> {
+    #[inline]
     pub fn new() -> Self {
         Self {
             inline: [empty_slice(); SG_INLINE],
@@ -52,6 +54,7 @@ impl<'a> SgList<'a> {
     }
 
     /// Appends a segment; empty segments are dropped so that iovec lists never contain them.
+    #[inline]
     pub fn push(&mut self, slice: VolatileSlice<'a>) {
         if slice.is_empty() {
             return;
@@ -70,14 +73,17 @@ impl<'a> SgList<'a> {
     }
 
     /// Total number of bytes in the list.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    #[inline]
     pub fn segments(&self) -> &[VolatileSlice<'a>] {
         if self.spill.is_empty() {
             &self.inline[..self.count]

@@ -9,7 +9,7 @@ pub mod relay;
 
 use std::{
     io::Write,
-    sync::Mutex,
+    sync::{atomic::Ordering, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -68,12 +68,22 @@ pub enum LoggingError {
     AlreadyInitialized(#[from] log::SetLoggerError),
 }
 
-/// Installs the global logger described by `cfg` and sets the maximum level. Call once, early.
+/// Installs the global logger described by `cfg` and sets the maximum level. Call once, early
+/// (before forking the worker).
+///
+/// Without `--syslog`, every process writes [`format_line`] lines to stderr (the worker's
+/// stderr is a pipe the supervisor copies). With it, the supervisor's records go to syslog
+/// and, once [`relay::become_worker`] was called in the worker, the worker writes
+/// `[LEVEL target] message` lines ([`record_text`]) to stderr, which the supervisor forwards to
+/// syslog at their level ([`relay::relay_line`]). When no syslog daemon is reachable, stderr.
 pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
     let mut syslog_failure = None;
     let logger: Box<dyn Log> = if cfg.syslog {
         match syslog_logger() {
-            Ok(l) => Box::new(l),
+            Ok(syslog) => {
+                relay::SYSLOG.store(true, Ordering::Relaxed);
+                Box::new(SplitLogger { syslog })
+            }
             Err(e) => {
                 syslog_failure = Some(e);
                 Box::new(StderrLogger)
@@ -82,7 +92,7 @@ pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
     } else {
         Box::new(StderrLogger)
     };
-    log::set_logger(Box::leak(logger))?;
+    log::set_boxed_logger(logger)?;
     log::set_max_level(cfg.level);
     if let Some(e) = syslog_failure {
         log::warn!("syslog is not available ({e}), logging to stderr instead");
@@ -90,6 +100,7 @@ pub fn init(cfg: &LogConfig) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// The one connection to syslog: facility `daemon`, under [`SYSLOG_IDENT`].
 fn syslog_logger() -> Result<syslog::BasicLogger, syslog::Error> {
     let formatter = syslog::Formatter3164 {
         facility: syslog::Facility::LOG_DAEMON,
@@ -98,6 +109,32 @@ fn syslog_logger() -> Result<syslog::BasicLogger, syslog::Error> {
         pid: std::process::id(),
     };
     syslog::unix(formatter).map(syslog::BasicLogger::new)
+}
+
+/// With `--syslog`: syslog in the supervisor, `[LEVEL target] message` lines on stderr in the
+/// worker (relayed by the supervisor).
+struct SplitLogger {
+    syslog: syslog::BasicLogger,
+}
+
+impl Log for SplitLogger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        if relay::IN_WORKER.load(Ordering::Relaxed) {
+            let line = record_text(record);
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        } else {
+            self.syslog.log(record);
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// Writes one line per record to stderr.
@@ -121,11 +158,16 @@ impl Log for StderrLogger {
     }
 }
 
-/// `TIMESTAMP [LEVEL target] message\n`.
+/// `TIMESTAMP [LEVEL target] message\n`: a line on stderr.
 fn format_line(now: SystemTime, record: &Record) -> String {
+    format!("{} {}", timestamp(now), record_text(record))
+}
+
+/// `[LEVEL target] message\n`: a record without its time (the worker's lines under `--syslog`,
+/// which the supervisor parses back in [`relay::relay_line`]).
+fn record_text(record: &Record) -> String {
     format!(
-        "{} [{} {}] {}\n",
-        timestamp(now),
+        "[{} {}] {}\n",
         record.level(),
         record.target(),
         record.args()

@@ -1,83 +1,28 @@
 //! Logging across the process split.
 //!
 //! The worker never talks to syslog: its stderr is a pipe the supervisor reads. With `--syslog`,
-//! the global logger sends the supervisor's records to syslog and, once [`become_worker`] was
-//! called in the worker, writes `[LEVEL target] message` lines to stderr instead; the supervisor
-//! forwards each relayed line to syslog at its level. Without `--syslog`, both processes use
-//! the stderr logger of [`crate::logging`] and relayed lines are copied verbatim.
+//! the global logger ([`super::init`]) sends the supervisor's records to syslog and, once
+//! [`become_worker`] was called in the worker, writes `[LEVEL target] message` lines to stderr
+//! instead; the supervisor forwards each relayed line to syslog at its level. Without
+//! `--syslog`, both processes use the stderr logger and relayed lines are copied verbatim.
 
 use std::{
-    io::{self, Write},
-    os::fd::RawFd,
+    io::Write,
+    os::fd::BorrowedFd,
     sync::atomic::{AtomicBool, Ordering},
 };
 
-use log::{Level, Log, Metadata, Record};
+use log::Level;
+use nix::{
+    errno::Errno,
+    fcntl::{self, FcntlArg, OFlag},
+    unistd,
+};
 
-use crate::{config::LogConfig, logging};
-
-static IN_WORKER: AtomicBool = AtomicBool::new(false);
-static SYSLOG: AtomicBool = AtomicBool::new(false);
-
-struct SplitLogger {
-    syslog: syslog::BasicLogger,
-}
-
-impl Log for SplitLogger {
-    fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= log::max_level()
-    }
-
-    fn log(&self, record: &Record) {
-        if !self.enabled(record.metadata()) {
-            return;
-        }
-        if IN_WORKER.load(Ordering::Relaxed) {
-            let line = format!(
-                "[{} {}] {}\n",
-                record.level(),
-                record.target(),
-                record.args()
-            );
-            let _ = std::io::stderr().lock().write_all(line.as_bytes());
-        } else {
-            self.syslog.log(record);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-/// Installs the global logger (call once, before forking).
-pub fn init(cfg: &LogConfig) -> Result<(), logging::LoggingError> {
-    if !cfg.syslog {
-        return logging::init(cfg);
-    }
-    let formatter = syslog::Formatter3164 {
-        facility: syslog::Facility::LOG_DAEMON,
-        hostname: None,
-        process: logging::SYSLOG_IDENT.to_owned(),
-        pid: std::process::id(),
-    };
-    match syslog::unix(formatter) {
-        Ok(l) => {
-            log::set_boxed_logger(Box::new(SplitLogger {
-                syslog: syslog::BasicLogger::new(l),
-            }))?;
-            log::set_max_level(cfg.level);
-            SYSLOG.store(true, Ordering::Relaxed);
-            Ok(())
-        }
-        Err(e) => {
-            logging::init(&LogConfig {
-                syslog: false,
-                ..cfg.clone()
-            })?;
-            log::warn!("syslog is not available ({e}), logging to stderr instead");
-            Ok(())
-        }
-    }
-}
+/// Set in the worker right after the fork (its records go to stderr under `--syslog`).
+pub(super) static IN_WORKER: AtomicBool = AtomicBool::new(false);
+/// The supervisor logs to syslog (relayed lines are forwarded there, parsed by level).
+pub(super) static SYSLOG: AtomicBool = AtomicBool::new(false);
 
 /// Called in the worker right after the fork: from now on records go to stderr.
 pub fn become_worker() {
@@ -138,21 +83,17 @@ impl Relay {
 }
 
 /// Reads `fd` until EOF (blocking), relaying every line.
-pub fn drain(fd: RawFd, report: &mut Option<String>) {
+pub fn drain(fd: BorrowedFd<'_>, report: &mut Option<String>) {
     let mut relay = Relay::default();
-    // SAFETY: clearing O_NONBLOCK on our own pipe end.
-    unsafe { libc::fcntl(fd, libc::F_SETFL, 0) };
+    // Blocking again: read until the worker's end is closed.
+    let _ = fcntl::fcntl(fd, FcntlArg::F_SETFL(OFlag::empty()));
     let mut buf = [0u8; 4096];
     loop {
-        // SAFETY: reading into a buffer we own, of the length passed.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
+        match unistd::read(fd, &mut buf) {
+            Err(Errno::EINTR) => continue,
+            Ok(0) | Err(_) => break,
+            Ok(n) => relay.feed(&buf[..n]),
         }
-        if n <= 0 {
-            break;
-        }
-        relay.feed(&buf[..n as usize]);
     }
     relay.finish();
     if relay.seccomp_report.is_some() {

@@ -24,6 +24,11 @@ pub mod user;
 
 use std::{io, os::fd::RawFd, path::PathBuf};
 
+use nix::sys::{
+    prctl,
+    signal::{SigSet, Signal},
+};
+
 use crate::config::{LandlockMode, SandboxMode, SeccompMode};
 
 /// Exit status of a worker that could not confine itself (or a thread that could not narrow
@@ -70,14 +75,6 @@ pub struct WorkerJail {
     pub seccomp: SeccompMode,
 }
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
 /// Step 1: closes every fd not in `keep`, resets every signal handler to its default (SIGPIPE
 /// stays ignored: a vanished front-end must be an EPIPE, not a kill), keeps only SIGTERM and
 /// SIGINT blocked (the daemon's signal thread takes them) and asks for SIGKILL when the
@@ -120,19 +117,11 @@ pub fn sanitize_process(keep: &[RawFd]) -> Result<(), SandboxError> {
             return Err(SandboxError::ResetSignals(io::Error::last_os_error()));
         }
     }
-    // SAFETY: sigset operations on a set we own; pthread_sigmask with a valid set.
-    let ret = unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
-    };
-    if ret != 0 {
-        return Err(SandboxError::ResetSignals(io::Error::from_raw_os_error(
-            ret,
-        )));
-    }
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.thread_set_mask()
+        .map_err(|e| SandboxError::ResetSignals(e.into()))?;
     arm_parent_death_signal()
 }
 
@@ -142,9 +131,7 @@ pub fn sanitize_process(keep: &[RawFd]) -> Result<(), SandboxError> {
 /// images' locks. A supervisor that died before the second call is noticed by the worker's
 /// next write to the start-up socket (EPIPE).
 fn arm_parent_death_signal() -> Result<(), SandboxError> {
-    // SAFETY: integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) })
-        .map_err(SandboxError::ParentDeathSignal)
+    prctl::set_pdeathsig(Signal::SIGKILL).map_err(|e| SandboxError::ParentDeathSignal(e.into()))
 }
 
 /// Steps 2 to 5. Returns the Landlock outcome for the log.
@@ -167,12 +154,8 @@ pub fn confine(jail: &WorkerJail) -> Result<landlock::LandlockOutcome, SandboxEr
     }
     // Step 4.
     caps::drop_all()?;
-    // SAFETY: integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })
-        .map_err(SandboxError::NoNewPrivs)?;
-    // SAFETY: integer arguments only.
-    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })
-        .map_err(SandboxError::NotDumpable)?;
+    prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
+    prctl::set_dumpable(false).map_err(|e| SandboxError::NotDumpable(e.into()))?;
     // Step 5.
     Ok(landlock::restrict_worker(jail.landlock)?)
 }

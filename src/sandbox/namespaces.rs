@@ -5,7 +5,13 @@
 //! its PID namespace without an extra intermediate process. Its parent writes the uid/gid maps
 //! (identity maps of the account the worker will run as) before letting it continue.
 
-use std::{ffi::CString, fs, io, os::unix::ffi::OsStrExt, path::Path};
+use std::{fs, io, path::Path};
+
+use nix::{
+    errno::Errno,
+    mount::{self, MntFlags, MsFlags},
+    unistd,
+};
 
 /// The namespaces `--sandbox=namespace` creates.
 pub const NAMESPACE_FLAGS: libc::c_int = libc::CLONE_NEWUSER
@@ -36,14 +42,6 @@ pub enum RootError {
         #[source]
         error: io::Error,
     },
-}
-
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 /// `fork(2)` into new namespaces (`flags`, 0 for none). Returns the child's pid in the parent
@@ -84,60 +82,35 @@ pub fn write_id_maps(pid: libc::pid_t, uid: u32, gid: u32, privileged: bool) -> 
 /// Child side, inside its new mount namespace: makes every mount private, mounts an empty,
 /// read-only tmpfs and pivots into it, detaching the host's tree.
 pub fn pivot_to_empty_root() -> Result<(), RootError> {
-    let root = c"/";
-    let tmp = c"/tmp";
-    let dot = c".";
-    // SAFETY: all strings are NUL-terminated literals; null pointers are allowed for the
-    // unused source/type/data arguments of a propagation change.
-    check(unsafe {
-        libc::mount(
-            std::ptr::null(),
-            root.as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )
-    })
-    .map_err(RootError::MountPrivate)?;
-    // SAFETY: as above; the data string is NUL-terminated.
-    check(unsafe {
-        libc::mount(
-            c"tmpfs".as_ptr(),
-            tmp.as_ptr(),
-            c"tmpfs".as_ptr(),
-            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            c"size=4k,nr_inodes=1,mode=0555".as_ptr().cast(),
-        )
-    })
-    .map_err(RootError::MountTmpfs)?;
-    // SAFETY: NUL-terminated path.
-    check(unsafe { libc::chdir(tmp.as_ptr()) }).map_err(RootError::ChdirNewRoot)?;
-    // SAFETY: pivot_root(".", ".") stacks the old root on top of the new one (see pivot_root(2)).
-    check(
-        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), dot.as_ptr()) } as libc::c_int,
+    let none: Option<&str> = None;
+    mount::mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
+        .map_err(|e| RootError::MountPrivate(e.into()))?;
+    mount::mount(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k,nr_inodes=1,mode=0555"),
     )
-    .map_err(RootError::PivotRoot)?;
-    // SAFETY: NUL-terminated path; MNT_DETACH unmounts the stacked old root lazily.
-    check(unsafe { libc::umount2(dot.as_ptr(), libc::MNT_DETACH) })
-        .map_err(RootError::UnmountOldRoot)?;
-    // SAFETY: NUL-terminated path.
-    check(unsafe { libc::chdir(root.as_ptr()) }).map_err(RootError::ChdirRoot)?;
+    .map_err(|e| RootError::MountTmpfs(e.into()))?;
+    unistd::chdir("/tmp").map_err(|e| RootError::ChdirNewRoot(e.into()))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one (see pivot_root(2)).
+    unistd::pivot_root(".", ".").map_err(|e| RootError::PivotRoot(e.into()))?;
+    // MNT_DETACH unmounts the stacked old root lazily.
+    mount::umount2(".", MntFlags::MNT_DETACH).map_err(|e| RootError::UnmountOldRoot(e.into()))?;
+    unistd::chdir("/").map_err(|e| RootError::ChdirRoot(e.into()))?;
     Ok(())
 }
 
 /// Child side of `--sandbox=chroot`: chroot into `dir` (empty, created by the parent).
 pub fn chroot_into(dir: &Path) -> Result<(), RootError> {
-    let err = |error| RootError::Chroot {
+    let err = |error: Errno| RootError::Chroot {
         dir: dir.display().to_string(),
-        error,
+        error: error.into(),
     };
-    let c = CString::new(dir.as_os_str().as_bytes()).map_err(|e| err(io::Error::other(e)))?;
-    // SAFETY: NUL-terminated paths.
-    check(unsafe { libc::chdir(c.as_ptr()) }).map_err(err)?;
-    // SAFETY: NUL-terminated path.
-    check(unsafe { libc::chroot(c".".as_ptr()) }).map_err(err)?;
-    // SAFETY: NUL-terminated path.
-    check(unsafe { libc::chdir(c"/".as_ptr()) }).map_err(RootError::ChdirRoot)?;
+    unistd::chdir(dir).map_err(err)?;
+    unistd::chroot(".").map_err(err)?;
+    unistd::chdir("/").map_err(|e| RootError::ChdirRoot(e.into()))?;
     Ok(())
 }
 

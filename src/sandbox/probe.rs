@@ -14,7 +14,22 @@
 //! `io-uring` (`io_uring_setup`: allowed to the main and vring roles, not to the aio pool),
 //! `heap-trim` (a thread that fills and frees its malloc heap: allowed, must not be killed).
 
-use std::{io, sync::OnceLock};
+use std::{
+    ffi::CStr,
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+    sync::OnceLock,
+};
+
+use nix::{
+    fcntl::{self, OFlag},
+    sys::{
+        ptrace, signal,
+        socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn},
+        stat::Mode,
+    },
+    unistd::{self, Pid, Uid},
+};
 
 use super::role::ThreadRole;
 
@@ -54,49 +69,22 @@ fn result(ret: libc::c_long) -> io::Result<()> {
     }
 }
 
+/// One forbidden action, as one system call each (the probe exits right afterwards whatever
+/// happens).
 fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY (all blocks below): each is one system call with valid, NUL-terminated or
-    // correctly sized arguments; the probe exits right afterwards whatever happens.
+    let parent = Pid::from_raw(parent);
     match what {
-        "open" => result(unsafe { libc::open(c"/etc/passwd".as_ptr(), libc::O_RDONLY) }.into()),
-        "socket" => result(unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) }.into()),
+        "open" => fcntl::open("/etc/passwd", OFlag::O_RDONLY, Mode::empty()).map(drop),
+        "socket" => inet_socket().map(drop),
         "connect" => {
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-            result(fd.into())?;
-            let addr = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: 9u16.to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            result(
-                unsafe {
-                    libc::connect(
-                        fd,
-                        (&addr as *const libc::sockaddr_in).cast(),
-                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                }
-                .into(),
-            )
+            let fd = inet_socket()?;
+            socket::connect(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 9))
         }
-        "execve" => {
-            let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
-            let envp = [std::ptr::null()];
-            result(unsafe { libc::execve(argv[0], argv.as_ptr(), envp.as_ptr()) }.into())
-        }
-        "ptrace" => result(unsafe {
-            libc::ptrace(
-                libc::PTRACE_ATTACH,
-                parent,
-                std::ptr::null_mut::<libc::c_void>(),
-                0,
-            )
-        }),
-        "kill-parent" => result(unsafe { libc::kill(parent, 0) }.into()),
+        "execve" => unistd::execve::<&CStr, &CStr>(c"/bin/true", &[c"/bin/true"], &[]).map(drop),
+        "ptrace" => ptrace::attach(parent),
+        "kill-parent" => signal::kill(parent, None),
         "mmap-exec" => {
+            // SAFETY: a fresh anonymous mapping that nothing refers to; it is never touched.
             let p = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
@@ -108,30 +96,46 @@ fn attempt(what: &str, parent: libc::pid_t) -> io::Result<()> {
                 )
             };
             if p == libc::MAP_FAILED {
-                Err(io::Error::last_os_error())
-            } else {
-                Ok(())
+                return Err(io::Error::last_os_error());
             }
+            Ok(())
         }
-        "setuid" => result(unsafe { libc::setresuid(0, 0, 0) }.into()),
+        "setuid" => {
+            let root = Uid::from_raw(0);
+            unistd::setresuid(root, root, root)
+        }
         "heap-trim" => {
             // Not forbidden: glibc frees memory at the top of a thread's own malloc heap, as
             // every exiting thread does, which once made it open /proc/sys/vm/overcommit_memory
             // (check_may_shrink_heap) under the filters. Must complete.
-            std::thread::spawn(|| {
+            return std::thread::spawn(|| {
                 let blocks: Vec<Vec<u8>> = (0..256).map(|i| vec![i as u8; 64 << 10]).collect();
                 drop(blocks);
             })
             .join()
-            .map_err(|_| io::Error::other("heap-trim thread panicked"))
+            .map_err(|_| io::Error::other("heap-trim thread panicked"));
         }
         "io-uring" => {
             // Allowed to the main and vring roles (the io-uring engine), not to the aio pool.
             let mut params = [0u8; 120]; // struct io_uring_params
-            result(unsafe { libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr()) })
+                                         // SAFETY: io_uring_setup writes at most sizeof(struct io_uring_params) (120 bytes)
+                                         // into `params`.
+            return result(unsafe {
+                libc::syscall(libc::SYS_io_uring_setup, 4, params.as_mut_ptr())
+            });
         }
-        other => Err(io::Error::other(format!("unknown probe {other}"))),
+        other => return Err(io::Error::other(format!("unknown probe {other}"))),
     }
+    .map_err(io::Error::from)
+}
+
+fn inet_socket() -> nix::Result<OwnedFd> {
+    socket::socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
 }
 
 fn run(place: &str) {

@@ -1,7 +1,9 @@
 //! The account the worker runs as. Resolved in the supervisor before forking (the worker cannot
 //! read `/etc/passwd`), applied in the worker.
 
-use std::{ffi::CString, io};
+use std::io;
+
+use nix::unistd::{self, Gid, Uid, User};
 
 /// Preferred service account; `nobody` is the fallback.
 pub const DEFAULT_USER: &str = "vhost-user-scsi";
@@ -36,38 +38,24 @@ pub enum UserError {
 }
 
 fn lookup(name: &str) -> Result<Option<Ids>, UserError> {
-    let c = CString::new(name).map_err(|_| UserError::NoSuchUser(name.to_owned()))?;
-    let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: a zeroed passwd is a valid out-parameter.
-    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    // SAFETY: all pointers are valid for the call; `buf` outlives it and its length is passed.
-    let ret = unsafe {
-        libc::getpwnam_r(
-            c.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
-    if ret != 0 {
-        return Err(UserError::Lookup {
-            name: name.to_owned(),
-            error: io::Error::from_raw_os_error(ret),
-        });
+    if name.contains('\0') {
+        return Err(UserError::NoSuchUser(name.to_owned()));
     }
-    Ok((!result.is_null()).then_some(Ids {
-        uid: pwd.pw_uid,
-        gid: pwd.pw_gid,
+    // getpwnam_r underneath.
+    let user = User::from_name(name).map_err(|e| UserError::Lookup {
+        name: name.to_owned(),
+        error: e.into(),
+    })?;
+    Ok(user.map(|u| Ids {
+        uid: u.uid.as_raw(),
+        gid: u.gid.as_raw(),
     }))
 }
 
 /// The identity the worker switches to: `None` when the daemon was not started as root (the
 /// worker keeps the caller's identity); otherwise `--user`, or the default account.
 pub fn resolve(user: Option<&str>) -> Result<Option<Ids>, UserError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !unistd::geteuid().is_root() {
         return match user {
             Some(_) => Err(UserError::NotRoot),
             None => Ok(None),
@@ -89,18 +77,10 @@ pub fn resolve(user: Option<&str>) -> Result<Option<Ids>, UserError> {
 /// Worker side: drop supplementary groups (when allowed), then gid, then uid.
 pub fn switch_to(ids: Ids, drop_groups: bool) -> Result<(), UserError> {
     if drop_groups {
-        // SAFETY: an empty list; the pointer is not read for size 0.
-        if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
-            return Err(UserError::SetGroups(io::Error::last_os_error()));
-        }
+        unistd::setgroups(&[]).map_err(|e| UserError::SetGroups(e.into()))?;
     }
-    // SAFETY: plain integer arguments.
-    if unsafe { libc::setresgid(ids.gid, ids.gid, ids.gid) } != 0 {
-        return Err(UserError::SetGid(ids.gid, io::Error::last_os_error()));
-    }
-    // SAFETY: plain integer arguments.
-    if unsafe { libc::setresuid(ids.uid, ids.uid, ids.uid) } != 0 {
-        return Err(UserError::SetUid(ids.uid, io::Error::last_os_error()));
-    }
+    let (gid, uid) = (Gid::from_raw(ids.gid), Uid::from_raw(ids.uid));
+    unistd::setresgid(gid, gid, gid).map_err(|e| UserError::SetGid(ids.gid, e.into()))?;
+    unistd::setresuid(uid, uid, uid).map_err(|e| UserError::SetUid(ids.uid, e.into()))?;
     Ok(())
 }

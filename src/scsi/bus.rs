@@ -102,10 +102,11 @@ impl ScsiBus {
     /// for a configured LUN come back as an [`IoPlan`] to run and then [`ScsiBus::complete`];
     /// everything else is executed now.
     ///
-    /// `drain` is called before the command would block on a LU's write gate (a COMPARE AND
-    /// WRITE or ORWRITE runs, or is this command): it must complete every I/O the caller still
-    /// has in flight, since writes among them hold the gate and the exclusive holder waits for
-    /// them. A caller with nothing in flight passes `&mut || {}`.
+    /// `caller_io` says whether the caller still has I/O of its own in flight. If it has, a
+    /// command that would block on a LU's write gate (a COMPARE AND WRITE or ORWRITE runs, or
+    /// is this command) is not started: the answer is [`Prepared::DrainFirst`], and the caller
+    /// completes its I/O (writes among it hold the gate, and the exclusive holder waits for
+    /// them) and prepares the command again.
     pub fn prepare<'a>(
         &self,
         target: u8,
@@ -113,12 +114,12 @@ impl ScsiBus {
         cdb: &[u8],
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
-        drain: &mut dyn FnMut(),
+        caller_io: bool,
     ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
         match self.lookup(target, lun) {
             Some(lu) if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS => {
-                lu.prepare(&parsed, data_out, data_in, drain)
+                lu.prepare(&parsed, data_out, data_in, caller_io)
             }
             _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
         }

@@ -62,6 +62,11 @@ pub enum Prepared<'a> {
     Done(CmdOutput),
     /// Run this, then [`crate::scsi::ScsiBus::complete`] it.
     Io(IoPlan<'a>),
+    /// Nothing was done: the command would have to wait for I/O the caller still has in flight
+    /// (its writes hold the LU's write gate, which a COMPARE AND WRITE or ORWRITE waits to take
+    /// exclusively). Complete that I/O, then prepare the command again. Only answered to a
+    /// caller that said it has I/O in flight.
+    DrainFirst,
 }
 
 /// Scratch buffer size for the few paths that must look at data (VERIFY with BYTCHK).
@@ -148,13 +153,8 @@ impl LogicalUnit {
         Ok(self.run_prepared(self.prepare_read(cdb, data_in)?))
     }
 
-    pub(super) fn write(
-        &self,
-        cdb: &Cdb,
-        data_out: &DataOut<'_>,
-        drain: &mut dyn FnMut(),
-    ) -> CmdResult {
-        Ok(self.run_prepared(self.prepare_write(cdb, data_out, drain)?))
+    pub(super) fn write(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
+        Ok(self.run_prepared(self.prepare_write(cdb, data_out, false)?))
     }
 
     /// READ: every check, then either an immediate answer or the backend read to run.
@@ -174,12 +174,13 @@ impl LogicalUnit {
     }
 
     /// WRITE / WRITE AND VERIFY: every check, then the backend write to run, registered with
-    /// the write gate (`drain` runs first if that has to wait for a COMPARE AND WRITE).
+    /// the write gate ([`Prepared::DrainFirst`] if that has to wait for a COMPARE AND WRITE
+    /// while the caller has I/O in flight).
     pub(super) fn prepare_write<'a>(
         &self,
         cdb: &Cdb,
         data_out: &DataOut<'a>,
-        drain: &mut dyn FnMut(),
+        caller_io: bool,
     ) -> Result<Prepared<'a>, Sense> {
         check_no_protection(cdb)?;
         self.check_writable()?;
@@ -195,7 +196,9 @@ impl LogicalUnit {
             opcode::WRITE_AND_VERIFY_10 | opcode::WRITE_AND_VERIFY_12 | opcode::WRITE_AND_VERIFY_16
         );
         let fua = self.write_through(fua(cdb) || verify);
-        let write = self.gate.shared(drain);
+        let Some(write) = self.gate.shared(caller_io) else {
+            return Ok(Prepared::DrainFirst);
+        };
         let mut prepared = self.plan(IoKind::Write { fua }, cdb, r.lba, offset, bufs);
         if let Prepared::Io(plan) = &mut prepared {
             plan.write = Some(write);
@@ -252,6 +255,9 @@ impl LogicalUnit {
         match prepared {
             Prepared::Done(out) => out,
             Prepared::Io(plan) => self.complete_io(plan.meta, self.run_sync(&plan)),
+            // Only answered to a caller with I/O in flight, which the synchronous paths never
+            // have; should it ever come, the guest retries.
+            Prepared::DrainFirst => CmdOutput::busy(),
         }
     }
 
@@ -332,14 +338,14 @@ impl LogicalUnit {
     /// [`LogicalUnit::execute`] split for asynchronous engines: READ, WRITE, SYNCHRONIZE CACHE
     /// and single-range UNMAP / WRITE SAME of zeroes come back as an [`IoPlan`] (or their
     /// immediate answer), everything else runs now.
-    /// `drain` must complete the caller's own I/O in flight: it is called before anything
-    /// would block on the write gate (see [`super::lun::WriteGate`]).
+    /// `caller_io`: the caller has I/O of its own in flight; anything that would then block on
+    /// the write gate (see [`super::lun::WriteGate`]) answers [`Prepared::DrainFirst`] instead.
     pub(super) fn prepare<'a>(
         &self,
         cdb: &Cdb,
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
-        drain: &mut dyn FnMut(),
+        caller_io: bool,
     ) -> Prepared<'a> {
         let op = cdb.opcode();
         let is_read = matches!(
@@ -367,25 +373,130 @@ impl LogicalUnit {
         }
         if is_unmap || is_write_same {
             let prepared = if is_unmap {
-                self.prepare_unmap(cdb, data_out, drain)
+                self.prepare_unmap(cdb, data_out, caller_io)
             } else {
-                self.prepare_write_same(cdb, data_out, drain)
+                self.prepare_write_same(cdb, data_out, caller_io)
             };
             return prepared.unwrap_or_else(|sense| Prepared::Done(self.check_condition(sense)));
         }
+        // COMPARE AND WRITE and ORWRITE take the write gate exclusively, waiting for every
+        // write in flight, the caller's own too.
+        if caller_io && matches!(op, opcode::COMPARE_AND_WRITE | opcode::ORWRITE_16) {
+            return Prepared::DrainFirst;
+        }
         if !(is_read || is_write || is_sync) {
             return Prepared::Done(
-                self.dispatch(HBA_NEXUS, cdb, data_out, data_in, drain)
+                self.dispatch(HBA_NEXUS, cdb, data_out, data_in)
                     .unwrap_or_else(|sense| self.check_condition(sense)),
             );
         }
         let prepared = if is_read {
             self.prepare_read(cdb, data_in)
         } else if is_write {
-            self.prepare_write(cdb, data_out, drain)
+            self.prepare_write(cdb, data_out, caller_io)
         } else {
             self.prepare_sync(cdb)
         };
         prepared.unwrap_or_else(|sense| Prepared::Done(self.check_condition(sense)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Arc, time::Duration};
+
+    use vm_memory::VolatileSlice;
+
+    use super::*;
+    use crate::{block::NullBackend, scsi::LunOptions};
+
+    /// A LU over 1 MiB of nothing, its power-on unit attention consumed.
+    fn lu() -> LogicalUnit {
+        let lu = LogicalUnit::new(
+            Arc::new(NullBackend::new(1 << 20)),
+            LunOptions {
+                read_only: false,
+                serial: "S".into(),
+                wwn: 0,
+                block_size: 512,
+                physical_block_size: 0,
+                discard: true,
+                pr_file: None,
+            },
+        );
+        let tur = Cdb::new(&[0u8; 6]);
+        lu.execute_as(HBA_NEXUS, &tur, &SgList::new(), &SgList::new());
+        lu
+    }
+
+    fn cdb10(op: u8) -> Cdb {
+        let mut c = [0u8; 10];
+        c[0] = op;
+        c[8] = 1; // one block at LBA 0
+        Cdb::new(&c)
+    }
+
+    /// A caller with I/O in flight is never blocked on the write gate: it is told to complete
+    /// its own I/O first, and nothing was registered or run. Without I/O in flight, the same
+    /// command waits for the exclusive holder and is then planned.
+    #[test]
+    fn a_caller_with_io_in_flight_is_asked_to_drain_instead_of_blocking() {
+        let lu = Arc::new(lu());
+        let mut buf = vec![0u8; 1024];
+        let mut out = SgList::new();
+        out.push(VolatileSlice::from(&mut buf[..]));
+        let none = SgList::new();
+        let write = cdb10(opcode::WRITE_10);
+
+        // COMPARE AND WRITE and ORWRITE take the gate exclusively: always drained first.
+        for op in [opcode::COMPARE_AND_WRITE, opcode::ORWRITE_16] {
+            let mut c = [0u8; 16];
+            c[0] = op;
+            c[13] = 1;
+            let cdb = Cdb::new(&c);
+            assert!(matches!(
+                lu.prepare(&cdb, &out, &none, true),
+                Prepared::DrainFirst
+            ));
+        }
+
+        let exclusive = lu.exclusive_write().unwrap();
+        assert!(matches!(
+            lu.prepare(&write, &out, &none, true),
+            Prepared::DrainFirst
+        ));
+        assert_eq!(lu.gate.writes_in_flight(), 0);
+
+        // Without I/O in flight the write waits for the exclusive holder to finish.
+        let holder = std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let mut buf = vec![0u8; 1024];
+                let mut out = SgList::new();
+                out.push(VolatileSlice::from(&mut buf[..]));
+                match lu.prepare(&write, &out, &SgList::new(), false) {
+                    Prepared::Io(plan) => plan.write.is_some(),
+                    _ => false,
+                }
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(!waiter.is_finished(), "the write did not wait");
+            drop(exclusive);
+            waiter.join().unwrap()
+        });
+        assert!(
+            holder,
+            "the write was not planned with its gate registration"
+        );
+        assert_eq!(lu.gate.writes_in_flight(), 0);
+
+        // No exclusive holder: planned at once, even with I/O in flight.
+        match lu.prepare(&write, &out, &none, true) {
+            Prepared::Io(plan) => {
+                assert!(plan.write.is_some());
+                assert_eq!(lu.gate.writes_in_flight(), 1);
+            }
+            _ => panic!("write not planned"),
+        }
+        assert_eq!(lu.gate.writes_in_flight(), 0);
     }
 }

@@ -98,9 +98,10 @@ pub struct LunOptions {
 /// already in flight to finish.
 ///
 /// A thread that has writes of its own in flight must never block on the gate (the exclusive
-/// holder would wait for them forever, and answer BUSY after [`EXCLUSIVE_WAIT`]): entry points
-/// used by the asynchronous queues take a `drain` callback, called before blocking, that
-/// completes the caller's own I/O first.
+/// holder would wait for them forever, and answer BUSY after [`EXCLUSIVE_WAIT`]): the entry
+/// points used by the asynchronous queues are told whether the caller has I/O in flight, and
+/// instead of blocking then answer [`super::Prepared::DrainFirst`]: the caller completes its
+/// own I/O and prepares the command again.
 #[derive(Default)]
 pub struct WriteGate {
     in_flight: AtomicUsize,
@@ -162,16 +163,19 @@ impl WriteGate {
         }
     }
 
-    /// Starts an ordinary write; when an exclusive operation runs, calls `drain` (the caller
-    /// completes its own writes in flight) and then waits for the exclusive operation to end.
-    pub(super) fn shared(self: &Arc<Self>, drain: &mut dyn FnMut()) -> WriteInFlight {
+    /// Starts an ordinary write. While an exclusive operation runs: `None` when the caller has
+    /// I/O of its own in flight (`caller_io`; it must complete that first and try again, since
+    /// the exclusive holder waits for it), else waits for the exclusive operation to end.
+    pub(super) fn shared(self: &Arc<Self>, caller_io: bool) -> Option<WriteInFlight> {
         if !self.try_begin_write() {
-            drain();
+            if caller_io {
+                return None;
+            }
             while !self.try_begin_write() {
                 self.wait_not_exclusive();
             }
         }
-        WriteInFlight(self.clone())
+        Some(WriteInFlight(self.clone()))
     }
 
     /// Writes in flight (diagnostics and tests).
@@ -491,7 +495,7 @@ impl LogicalUnit {
         if let Some(out) = self.admit_as(nexus, cdb) {
             return out;
         }
-        self.dispatch(nexus, cdb, data_out, data_in, &mut || {})
+        self.dispatch(nexus, cdb, data_out, data_in)
             .unwrap_or_else(|sense| self.check_condition(sense))
     }
 
@@ -534,15 +538,14 @@ impl LogicalUnit {
         None
     }
 
-    /// Runs the command's handler. `drain` completes the caller's own I/O in flight before
-    /// anything blocks on the write gate (see [`WriteGate`]).
+    /// Runs the command's handler to completion. The caller has no I/O of its own in flight
+    /// (it may block on the write gate, see [`WriteGate`]).
     pub(super) fn dispatch(
         &self,
         nexus: Nexus,
         cdb: &Cdb,
         data_out: &DataOut<'_>,
         data_in: &DataIn<'_>,
-        drain: &mut dyn FnMut(),
     ) -> CmdResult {
         match cdb.opcode() {
             opcode::TEST_UNIT_READY => Ok(CmdOutput::good(0)),
@@ -574,34 +577,29 @@ impl LogicalUnit {
             }
             // The write plan holds the write gate (see `io::prepare_write`).
             opcode::WRITE_6 | opcode::WRITE_10 | opcode::WRITE_12 | opcode::WRITE_16 => {
-                self.write(cdb, data_out, drain)
+                self.write(cdb, data_out)
             }
             opcode::WRITE_AND_VERIFY_10
             | opcode::WRITE_AND_VERIFY_12
-            | opcode::WRITE_AND_VERIFY_16 => self.write_and_verify(cdb, data_out, drain),
+            | opcode::WRITE_AND_VERIFY_16 => self.write_and_verify(cdb, data_out),
             opcode::VERIFY_10 | opcode::VERIFY_12 | opcode::VERIFY_16 => {
                 self.verify_command(cdb, data_out)
             }
-            // The exclusive holder waits for every write in flight, the caller's own too.
-            opcode::COMPARE_AND_WRITE => {
-                drain();
-                self.compare_and_write(cdb, data_out)
-            }
-            opcode::ORWRITE_16 => {
-                drain();
-                self.orwrite(cdb, data_out)
-            }
+            // The exclusive holder waits for every write in flight, the caller's own too (which
+            // is why `prepare` asks a caller with I/O in flight to drain first).
+            opcode::COMPARE_AND_WRITE => self.compare_and_write(cdb, data_out),
+            opcode::ORWRITE_16 => self.orwrite(cdb, data_out),
             opcode::SEEK_10 => self.seek(cdb),
             opcode::PRE_FETCH_10 | opcode::PRE_FETCH_16 => self.pre_fetch(cdb),
             opcode::SYNCHRONIZE_CACHE_10 | opcode::SYNCHRONIZE_CACHE_16 => {
                 self.synchronize_cache(cdb)
             }
             opcode::UNMAP if self.discard => {
-                let _write = self.gate.shared(drain);
+                let _write = self.gate.shared(false);
                 self.unmap(cdb, data_out)
             }
             opcode::WRITE_SAME_10 | opcode::WRITE_SAME_16 => {
-                let _write = self.gate.shared(drain);
+                let _write = self.gate.shared(false);
                 self.write_same(cdb, data_out)
             }
             _ => Err(Sense::INVALID_OPCODE),

@@ -63,10 +63,12 @@ impl LogicalUnit {
         &self,
         cdb: &Cdb,
         data_out: &DataOut<'a>,
-        drain: &mut dyn FnMut(),
+        caller_io: bool,
     ) -> Result<Prepared<'a>, Sense> {
         let (len, ranges) = self.unmap_ranges(cdb, data_out)?;
-        let write = self.gate.shared(drain);
+        let Some(write) = self.gate.shared(caller_io) else {
+            return Ok(Prepared::DrainFirst);
+        };
         if let [r] = ranges[..] {
             if let Some(plan) = self.deallocation_plan(cdb, r.lba, r.offset, r.bytes, len) {
                 return Ok(plan.with_write(write));
@@ -93,7 +95,7 @@ impl LogicalUnit {
                 plan.meta.len = transferred;
                 Some(plan)
             }
-            Prepared::Done(_) => None,
+            Prepared::Done(_) | Prepared::DrainFirst => None,
         }
     }
 
@@ -195,10 +197,12 @@ impl LogicalUnit {
         &self,
         cdb: &Cdb,
         data_out: &DataOut<'a>,
-        drain: &mut dyn FnMut(),
+        caller_io: bool,
     ) -> Result<Prepared<'a>, Sense> {
         let ws = self.write_same_args(cdb, data_out)?;
-        let write = self.gate.shared(drain);
+        let Some(write) = self.gate.shared(caller_io) else {
+            return Ok(Prepared::DrainFirst);
+        };
         if ws.zeroes_deallocate {
             if let Some(plan) = self.deallocation_plan(cdb, ws.lba, ws.offset, ws.len, ws.consumed)
             {

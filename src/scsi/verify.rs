@@ -46,18 +46,13 @@ impl LogicalUnit {
     /// WRITE AND VERIFY(10/12/16): the write is made durable (it must be "verified on the
     /// medium"); BYTCHK 01b then compares the medium with the data-out buffer. BYTCHK 10b and
     /// 11b are reserved for this command.
-    pub(super) fn write_and_verify(
-        &self,
-        cdb: &Cdb,
-        data_out: &DataOut<'_>,
-        drain: &mut dyn FnMut(),
-    ) -> CmdResult {
+    pub(super) fn write_and_verify(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
         let bytchk = (cdb.byte(1) >> 1) & 0x03;
         if bytchk > 1 {
             return Err(Sense::invalid_cdb_field(1, Some(2)));
         }
         // The write's plan holds the write gate until the write is done.
-        let out = self.write(cdb, data_out, drain)?;
+        let out = self.write(cdb, data_out)?;
         if bytchk == 1 && out.status == super::status::GOOD && out.transferred > 0 {
             // Same CDB layout as VERIFY with BYTCHK 01b.
             self.verify(cdb, data_out)?;

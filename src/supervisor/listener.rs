@@ -17,6 +17,8 @@ use std::{
 };
 
 pub use crate::config::error::{SocketCheckError, SocketPathError, MAX_SOCKET_PATH_LEN};
+use nix::fcntl::{self, RenameFlags};
+
 use crate::config::ListenSpec;
 
 /// What is found at a `--socket-path` before binding.
@@ -217,22 +219,15 @@ fn bind_atomically(path: &Path) -> io::Result<UnixListener> {
         Err(e) if e.kind() == io::ErrorKind::InvalidInput => return UnixListener::bind(path),
         Err(e) => return Err(e),
     };
-    let c_tmp = std::ffi::CString::new(tmp.as_os_str().as_encoded_bytes())?;
-    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-    // SAFETY: both arguments are NUL-terminated paths that live across the call.
-    let ret = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            c_tmp.as_ptr(),
-            libc::AT_FDCWD,
-            c_path.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if ret < 0 {
-        let e = io::Error::last_os_error();
+    if let Err(e) = fcntl::renameat2(
+        fcntl::AT_FDCWD,
+        &tmp,
+        fcntl::AT_FDCWD,
+        path,
+        RenameFlags::RENAME_NOREPLACE,
+    ) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e);
+        return Err(e.into());
     }
     Ok(listener)
 }

@@ -13,13 +13,25 @@
 use std::{
     collections::VecDeque,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    os::fd::AsFd,
     process::ExitCode,
     time::{Duration, Instant},
 };
 
 use caps::Capability;
 use log::{error, info, warn};
+use nix::{
+    errno::Errno,
+    fcntl::{self, FcntlArg, OFlag},
+    poll::{self, PollFd, PollFlags, PollTimeout},
+    sys::{
+        prctl,
+        signal::{self, SigSet, Signal},
+        signalfd::{SfdFlags, SignalFd},
+        wait::{self, WaitPidFlag, WaitStatus},
+    },
+    unistd::{self, Pid},
+};
 
 use super::{
     error::PrivsepError,
@@ -39,24 +51,17 @@ use crate::{
 /// How long a worker may take to stop after SIGTERM/SIGINT before it gets SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
-fn signalfd() -> io::Result<OwnedFd> {
-    // SAFETY: sigset operations on a set we own; the mask and signalfd calls get valid pointers.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGCHLD] {
-            libc::sigaddset(&mut set, sig);
-        }
-        let ret = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if ret != 0 {
-            return Err(io::Error::from_raw_os_error(ret));
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
+/// SIGTERM, SIGINT and SIGCHLD, blocked and read from a descriptor instead.
+fn signalfd() -> io::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGCHLD] {
+        set.add(sig);
     }
+    set.thread_block()?;
+    Ok(SignalFd::with_flags(
+        &set,
+        SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK,
+    )?)
 }
 
 /// How a worker ended.
@@ -67,11 +72,12 @@ enum Ending {
 }
 
 impl Ending {
-    fn from_status(status: libc::c_int) -> Self {
-        if libc::WIFSIGNALED(status) {
-            Ending::Signaled(libc::WTERMSIG(status))
-        } else {
-            Ending::Exited(libc::WEXITSTATUS(status))
+    /// How the worker ended, once `waitpid` reports it gone.
+    fn from_status(status: WaitStatus) -> Option<Self> {
+        match status {
+            WaitStatus::Exited(_, code) => Some(Ending::Exited(code)),
+            WaitStatus::Signaled(_, sig, _) => Some(Ending::Signaled(sig as i32)),
+            _ => None,
         }
     }
 
@@ -135,10 +141,7 @@ fn report(pid: libc::pid_t, ending: Ending, seccomp_report: Option<&str>) {
 /// file only) and the `supervisor` seccomp role.
 fn confine_self(config: &Config, res: &Resources) -> Result<(), SandboxError> {
     scaps::keep_only(&[Capability::CAP_KILL])?;
-    // SAFETY: integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
-        return Err(SandboxError::NoNewPrivs(io::Error::last_os_error()));
-    }
+    prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
     let socket_dir = match &config.listen {
         ListenSpec::SocketPath(_) => res.listener.owned_path().and_then(|p| p.parent()).map(|p| {
             if p.as_os_str().is_empty() {
@@ -188,8 +191,7 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         auto: config.sandbox.sandbox.is_none(),
     };
     #[cfg(debug_assertions)]
-    // SAFETY: getpid has no preconditions.
-    sandbox::probe::prepare(unsafe { libc::getpid() });
+    sandbox::probe::prepare(unistd::getpid().as_raw());
     let sfd = signalfd().map_err(PrivsepError::SignalFd)?;
     if config.io.register_buffers {
         // Inherited by the worker, which can no longer raise it once jailed.
@@ -212,9 +214,9 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             // The worker holds the LUNs now (and their locks); the supervisor needs none of them.
             r.luns.clear();
             for &fd in &r.lun_fds {
-                // SAFETY: the LUN objects that owned these fds are gone (just cleared), except
-                // for clones held by nobody in this process; closing the numbers is what is left.
-                unsafe { libc::close(fd) };
+                // The LUN objects that owned these fds are gone (just cleared), except for
+                // clones held by nobody in this process; closing the numbers is what is left.
+                let _ = unistd::close(fd);
             }
             r.lun_fds.clear();
         }
@@ -263,112 +265,75 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
 
 /// Waits for the worker to end, relaying its output and forwarding termination signals.
 /// Returns how it ended, its SIGSYS report if any, and whether a stop had been requested.
-fn supervise(sfd: &OwnedFd, worker: &mut Worker) -> io::Result<(Ending, Option<String>, bool)> {
+fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<String>, bool)> {
     let mut relay = Relay::default();
     let mut stderr_open = true;
     let mut stopping = false;
     let mut deadline: Option<Instant> = None;
-    // SAFETY: setting O_NONBLOCK on our own pipe end.
-    unsafe { libc::fcntl(worker.stderr.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
+    let child = Pid::from_raw(worker.pid);
+    fcntl::fcntl(&worker.stderr, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: sfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: if stderr_open {
-                    worker.stderr.as_raw_fd()
-                } else {
-                    -1
-                },
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let timeout = deadline
-            .map(|d| {
-                d.saturating_duration_since(Instant::now())
-                    .as_millis()
-                    .min(i32::MAX as u128) as i32
-            })
-            .unwrap_or(-1);
-        // SAFETY: `fds` is a valid array of two pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        let timeout = match deadline {
+            Some(d) => PollTimeout::try_from(d.saturating_duration_since(Instant::now()))
+                .unwrap_or(PollTimeout::MAX),
+            None => PollTimeout::NONE,
+        };
+        let (signals, output) = {
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            if stderr_open {
+                fds.push(PollFd::new(worker.stderr.as_fd(), PollFlags::POLLIN));
             }
-            return Err(e);
-        }
+            match poll::poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+        };
         if deadline.is_some_and(|d| Instant::now() >= d) {
             warn!(
                 "worker {} did not stop within {} s; killing it",
                 worker.pid,
                 STOP_GRACE.as_secs()
             );
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(worker.pid, libc::SIGKILL) };
+            let _ = signal::kill(child, Signal::SIGKILL);
             deadline = None;
         }
-        if fds[1].revents != 0 {
+        if output {
             let mut buf = [0u8; 4096];
-            // SAFETY: reading into a buffer we own, of the length passed.
-            let r = unsafe {
-                libc::read(
-                    worker.stderr.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                )
-            };
-            if r > 0 {
-                relay.feed(&buf[..r as usize]);
-            } else if r == 0 {
-                stderr_open = false;
+            match unistd::read(&worker.stderr, &mut buf) {
+                Ok(0) => stderr_open = false,
+                Ok(n) => relay.feed(&buf[..n]),
+                Err(_) => {}
             }
         }
-        if fds[0].revents != 0 {
-            let mut si: libc::signalfd_siginfo = unsafe_zeroed();
-            let size = std::mem::size_of::<libc::signalfd_siginfo>();
-            // SAFETY: reading one signalfd_siginfo into a value of that type.
-            while unsafe {
-                libc::read(
-                    sfd.as_raw_fd(),
-                    (&mut si as *mut libc::signalfd_siginfo).cast(),
-                    size,
-                )
-            } == size as isize
-            {
-                let sig = si.ssi_signo as i32;
-                if sig == libc::SIGTERM || sig == libc::SIGINT {
+        if signals {
+            while let Ok(Some(si)) = sfd.read_signal() {
+                let Ok(sig) = Signal::try_from(si.ssi_signo as i32) else {
+                    continue;
+                };
+                if sig == Signal::SIGTERM || sig == Signal::SIGINT {
                     info!(
                         "received {}, stopping worker {}",
-                        signal_name(sig),
+                        signal_name(sig as i32),
                         worker.pid
                     );
                     stopping = true;
-                    // SAFETY: signalling our own child.
-                    unsafe { libc::kill(worker.pid, sig) };
+                    let _ = signal::kill(child, sig);
                     deadline.get_or_insert(Instant::now() + STOP_GRACE);
                 }
             }
-            let mut status = 0;
-            // SAFETY: waitpid on our own child with a valid status pointer.
-            let r = unsafe { libc::waitpid(worker.pid, &mut status, libc::WNOHANG) };
-            if r == worker.pid {
+            if let Some(ending) = wait::waitpid(child, Some(WaitPidFlag::WNOHANG))
+                .ok()
+                .and_then(Ending::from_status)
+            {
                 if stderr_open {
-                    drain(worker.stderr.as_raw_fd(), &mut relay.seccomp_report);
+                    drain(worker.stderr.as_fd(), &mut relay.seccomp_report);
                 }
                 relay.finish();
-                return Ok((Ending::from_status(status), relay.seccomp_report, stopping));
+                return Ok((ending, relay.seccomp_report, stopping));
             }
         }
     }
-}
-
-fn unsafe_zeroed() -> libc::signalfd_siginfo {
-    // SAFETY: signalfd_siginfo is plain old data; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
 }

@@ -3,20 +3,25 @@
 //! allowed), the uid/gid maps and the set-up handshake.
 
 use std::{
-    ffi::CString,
     fs::File,
     io::{self, Read, Write},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-        unix::{
-            ffi::{OsStrExt, OsStringExt},
-            net::UnixStream,
-        },
+        fd::{AsFd, OwnedFd, RawFd},
+        unix::net::UnixStream,
     },
     path::PathBuf,
 };
 
 use log::warn;
+use nix::{
+    fcntl::OFlag,
+    sys::{
+        signal::{self, Signal},
+        socket::{self, AddressFamily, SockFlag, SockType},
+        wait,
+    },
+    unistd::{self, Pid},
+};
 
 use super::{
     error::PrivsepError,
@@ -79,37 +84,19 @@ impl Resources {
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 returns.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    Ok(unistd::pipe2(OFlag::O_CLOEXEC)?)
 }
 
+/// A connected `SOCK_SEQPACKET` pair (message boundaries kept); `UnixStream` is only used for
+/// read/write on it.
 fn seqpacket_pair() -> io::Result<(UnixStream, UnixStream)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two descriptors socketpair returns.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just created and are owned by nobody else. UnixStream is
-    // only used for read/write on them.
-    Ok(unsafe {
-        (
-            UnixStream::from_raw_fd(fds[0]),
-            UnixStream::from_raw_fd(fds[1]),
-        )
-    })
+    let (a, b) = socket::socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok((UnixStream::from(a), UnixStream::from(b)))
 }
 
 /// Fresh channels for the next worker.
@@ -141,22 +128,13 @@ pub struct Plan {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+    unistd::geteuid().is_root()
 }
 
 /// A fresh, empty directory for `--sandbox=chroot` (removed once the worker is inside).
 fn make_chroot_dir() -> io::Result<PathBuf> {
     let template = std::env::temp_dir().join("vhost-user-scsi-root.XXXXXX");
-    let mut bytes = CString::new(template.as_os_str().as_bytes())
-        .map_err(io::Error::other)?
-        .into_bytes_with_nul();
-    // SAFETY: `bytes` is a writable NUL-terminated template ending in XXXXXX.
-    if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    bytes.pop();
-    Ok(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    Ok(unistd::mkdtemp(&template)?)
 }
 
 /// A worker that finished its set-up.
@@ -219,7 +197,7 @@ pub fn spawn_worker(
         let inherited = Inherited {
             luns: &res.luns,
             lun_fds: &res.lun_fds,
-            dev_null: res.dev_null.as_raw_fd(),
+            dev_null: res.dev_null.as_fd(),
         };
         worker_process(&inherited, config, &plan.jail, ch);
     }
@@ -233,12 +211,11 @@ pub fn spawn_worker(
 
     let result = (|| {
         if plan.jail.mode == SandboxMode::Namespace {
-            // SAFETY: getuid/getgid have no preconditions.
             let (uid, gid) = plan
                 .jail
                 .ids
                 .map(|i| (i.uid, i.gid))
-                .unwrap_or_else(|| unsafe { (libc::getuid(), libc::getgid()) });
+                .unwrap_or_else(|| (unistd::getuid().as_raw(), unistd::getgid().as_raw()));
             namespaces::write_id_maps(pid, uid, gid, is_root()).map_err(PrivsepError::IdMaps)?;
         }
         sync.write_all(b"g").map_err(PrivsepError::Handshake)?;
@@ -256,16 +233,10 @@ pub fn spawn_worker(
     }
     if let Err(e) = result {
         // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
-        // SAFETY: kill and waitpid on our own child.
-        unsafe {
-            libc::kill(pid, libc::SIGKILL);
-        }
-        relay::drain(stderr_r.as_raw_fd(), &mut None);
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        unsafe {
-            let mut status = 0;
-            libc::waitpid(pid, &mut status, 0);
-        }
+        let child = Pid::from_raw(pid);
+        let _ = signal::kill(child, Signal::SIGKILL);
+        relay::drain(stderr_r.as_fd(), &mut None);
+        let _ = wait::waitpid(child, None);
         return Err(e);
     }
     Ok(Worker {

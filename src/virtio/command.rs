@@ -7,16 +7,54 @@ use virtio_bindings::virtio_scsi::{
 
 use super::{
     request::{parse_cmd_request, CmdResponse, RequestError, SplitChain, RESP_HEADER_SIZE},
-    LunAddress,
+    LunAddress, CDB_SIZE,
 };
 use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 
 /// Executes the command in one request chain; returns the used length (response header plus
 /// data-in bytes written).
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
-    match start_command(bus, chain, &mut || {}) {
+    match start_command(bus, chain, false) {
         Started::Done(used) => used,
         Started::Io(io) => io.run_inline(bus),
+        // Not answered to a caller without I/O in flight.
+        Started::DrainFirst(_) => 0,
+    }
+}
+
+/// A parsed command for a target that exists, not started yet.
+pub struct Command<'a> {
+    target: u8,
+    lun: u16,
+    cdb: [u8; CDB_SIZE],
+    data_out: SgList<'a>,
+    data_in: SgList<'a>,
+    response: SgList<'a>,
+    reply: ReplyShape,
+}
+
+impl<'a> Command<'a> {
+    /// Checks the command and runs it, or plans its I/O. `caller_io`: the caller still has I/O
+    /// of its own in flight (see [`ScsiBus::prepare`]).
+    pub fn start(self: Box<Self>, bus: &ScsiBus, caller_io: bool) -> Started<'a> {
+        match bus.prepare(
+            self.target,
+            self.lun,
+            &self.cdb,
+            &self.data_out,
+            &self.data_in,
+            caller_io,
+        ) {
+            Prepared::Done(out) => Started::Done(self.reply.respond(&out, &self.response)),
+            Prepared::Io(plan) => Started::Io(PendingIo {
+                target: self.target,
+                lun: self.lun,
+                plan,
+                response: self.response,
+                reply: self.reply,
+            }),
+            Prepared::DrainFirst => Started::DrainFirst(self),
+        }
     }
 }
 
@@ -90,17 +128,17 @@ pub enum Started<'a> {
     /// Answered; the used length.
     Done(u32),
     Io(PendingIo<'a>),
+    /// Not started: the command would wait for the caller's own I/O in flight. Complete it,
+    /// then [`Command::start`] the command again. (Boxed: rare, and it keeps the common
+    /// variants' moves small.)
+    DrainFirst(Box<Command<'a>>),
 }
 
 /// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
-/// [`Started::Io`], everything else is executed and answered now. `drain` completes the
-/// caller's own I/O in flight before anything would block on a write gate (see
-/// [`ScsiBus::prepare`]).
-pub fn start_command<'a>(
-    bus: &ScsiBus,
-    chain: SplitChain<'a>,
-    drain: &mut dyn FnMut(),
-) -> Started<'a> {
+/// [`Started::Io`], everything else is executed and answered now. `caller_io`: the caller
+/// still has I/O of its own in flight; a command that would wait for it comes back as
+/// [`Started::DrainFirst`] (see [`ScsiBus::prepare`]).
+pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) -> Started<'a> {
     let req = match parse_cmd_request(chain) {
         Ok(req) => req,
         Err((e @ RequestError::ShortRequestHeader(_), Some(response))) => {
@@ -145,13 +183,15 @@ pub fn start_command<'a>(
             buffer_len: req.data_out.len(),
         }
     };
+    // Checked in place: the request is only moved (boxed) in the rare case that it has to wait
+    // for the caller to drain.
     match bus.prepare(
         addr.target,
         addr.lun,
         &req.cdb,
         &req.data_out,
         &req.data_in,
-        drain,
+        caller_io,
     ) {
         Prepared::Done(out) => Started::Done(reply.respond(&out, &req.response)),
         Prepared::Io(plan) => Started::Io(PendingIo {
@@ -161,6 +201,15 @@ pub fn start_command<'a>(
             response: req.response,
             reply,
         }),
+        Prepared::DrainFirst => Started::DrainFirst(Box::new(Command {
+            target: addr.target,
+            lun: addr.lun,
+            cdb: req.cdb,
+            data_out: req.data_out,
+            data_in: req.data_in,
+            response: req.response,
+            reply,
+        })),
     }
 }
 

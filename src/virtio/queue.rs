@@ -14,7 +14,7 @@ use std::{
 };
 
 use log::{info, warn};
-use vhost_user_backend::{VringRwLock, VringT};
+use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
     GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
@@ -37,6 +37,9 @@ use crate::{
 };
 
 type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
+/// Whatever virtqueue type serves the queue (the daemon's `ScsiVring`, a test's `VringRwLock`).
+pub trait Vring: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>> {}
+impl<T: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>>> Vring for T {}
 
 /// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists run synchronously.
 const MAX_IOVECS: usize = 1024;
@@ -126,6 +129,8 @@ pub struct QueueWorker {
     /// table registered (kept alive, so that a new table can never reuse its address).
     register_buffers: bool,
     registered: Option<MemGuard>,
+    /// See [`QueueWorker::set_teardown_deadline`].
+    teardown_deadline: Option<Instant>,
     /// Which queue this is (log messages).
     queue: usize,
 }
@@ -190,6 +195,7 @@ impl QueueWorker {
             ring_stopped: false,
             register_buffers: false,
             registered: None,
+            teardown_deadline: None,
             queue: 0,
         }
     }
@@ -208,7 +214,7 @@ impl QueueWorker {
     pub fn run(
         &mut self,
         bus: &ScsiBus,
-        vring: &VringRwLock,
+        vring: &impl Vring,
         mem: &MemGuard,
         event_idx: bool,
     ) -> Result<(), QueueError> {
@@ -268,7 +274,7 @@ impl QueueWorker {
     fn track_memory(
         &mut self,
         bus: &ScsiBus,
-        vring: &VringRwLock,
+        vring: &impl Vring,
         mem: &MemGuard,
     ) -> Result<(), QueueError> {
         if let Some(old) = &self.registered {
@@ -309,7 +315,7 @@ impl QueueWorker {
     }
 
     /// Spins up to `--poll-us` for a completion or a new request; true when one came.
-    fn busy_poll(&mut self, vring: &VringRwLock, mem: &MemGuard) -> bool {
+    fn busy_poll(&mut self, vring: &impl Vring, mem: &MemGuard) -> bool {
         if self.poll.is_zero() {
             return false;
         }
@@ -330,7 +336,7 @@ impl QueueWorker {
     fn pop_and_start(
         &mut self,
         bus: &ScsiBus,
-        vring: &VringRwLock,
+        vring: &impl Vring,
         mem: &MemGuard,
     ) -> Result<bool, QueueError> {
         if self.free.is_empty() {
@@ -355,19 +361,24 @@ impl QueueWorker {
         let mut chains = std::mem::take(&mut self.chains);
         for chain in chains.drain(..) {
             let head = chain.head_index();
-            // Called before a command would block on a LU's write gate: our own writes in
-            // flight hold it, and only this thread can complete them.
-            let mut drain = || match self.drain(bus, vring) {
-                Ok(used) => used_any |= used,
-                Err(e) => drain_error = Some(e),
-            };
-            let started = match split_chain(mem, chain) {
-                Ok(split) => Ok(start_command(bus, split, &mut drain)),
+            let mut started = match split_chain(mem, chain) {
+                Ok(split) => Ok(start_command(bus, split, self.inflight > 0)),
                 Err(e) => Err(e),
             };
+            if let Ok(Started::DrainFirst(command)) = started {
+                // The command would block on a LU's write gate, which our own writes in flight
+                // hold: only this thread can complete them. Then it may wait.
+                match self.drain(bus, vring) {
+                    Ok(used) => used_any |= used,
+                    Err(e) => drain_error = Some(e),
+                }
+                started = Ok(command.start(bus, false));
+            }
             let used = match started {
                 Ok(Started::Done(used)) => Some(used),
                 Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
+                // Not answered to a caller without I/O in flight.
+                Ok(Started::DrainFirst(_)) => Some(0),
                 Err(e) => {
                     warn!("descriptor chain {head}: {e}; returned unanswered");
                     Some(0)
@@ -387,7 +398,7 @@ impl QueueWorker {
 
     /// Completes every I/O in flight (waiting for the engine); true when used-ring entries
     /// were added.
-    fn drain(&mut self, bus: &ScsiBus, vring: &VringRwLock) -> Result<bool, QueueError> {
+    fn drain(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
         if self.inflight == 0 {
             return Ok(false);
         }
@@ -495,12 +506,16 @@ impl QueueWorker {
     }
 
     /// Completes every finished I/O; true when used-ring entries were added.
-    fn reap(&mut self, bus: &ScsiBus, vring: &VringRwLock) -> Result<bool, QueueError> {
+    fn reap(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
         self.engine.reap(&mut self.done);
         if self.done.is_empty() {
             return Ok(false);
         }
         let mut done = std::mem::take(&mut self.done);
+        // Every completion is accounted for even when the used ring cannot take it (the
+        // front-end removed the memory holding it): one lost here would stay "in flight" for
+        // ever and hold up the teardown. The first such error is reported after the loop.
+        let mut ring_error = None;
         for &(user_data, res) in &done {
             let index = user_data as usize;
             let Some(slot) = self.slots.get_mut(index).filter(|s| s.mem.is_some()) else {
@@ -516,21 +531,38 @@ impl QueueWorker {
             slot.release();
             self.free.push(index as u32);
             self.inflight -= 1;
-            vring.add_used(head, used)?;
+            if let Err(e) = vring.add_used(head, used) {
+                ring_error.get_or_insert(e);
+            }
         }
         done.clear();
         self.done = done;
-        Ok(true)
+        match ring_error {
+            Some(e) => Err(e.into()),
+            None => Ok(true),
+        }
+    }
+
+    /// Where the teardown of this worker stops waiting for its I/O (see [`TEARDOWN_DRAIN`]):
+    /// the disconnect gives every queue the same deadline, so the whole teardown is bounded.
+    pub fn set_teardown_deadline(&mut self, deadline: Instant) {
+        self.teardown_deadline = Some(deadline);
     }
 }
 
+/// How long the disconnect waits for the queues' I/O in flight: the listener must be ready for
+/// the next front-end soon, whatever the storage or the last front-end did.
+pub const TEARDOWN_DRAIN: Duration = Duration::from_millis(500);
+
 impl Drop for QueueWorker {
     fn drop(&mut self) {
-        // The kernel may still be writing guest memory: wait before the guards go.
+        // The kernel may still be writing guest memory: wait before the guards go, but only so
+        // long (bounded teardown).
+        let deadline = self
+            .teardown_deadline
+            .unwrap_or_else(|| Instant::now() + TEARDOWN_DRAIN);
         while self.inflight > 0 {
-            if self.engine.wait(None).is_err() {
-                break;
-            }
+            let _ = self.engine.submit();
             self.engine.reap(&mut self.done);
             for &(user_data, _) in &self.done {
                 if let Some(slot) = self.slots.get_mut(user_data as usize) {
@@ -541,6 +573,44 @@ impl Drop for QueueWorker {
                 }
             }
             self.done.clear();
+            if self.inflight == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                warn!(
+                    "request queue {}: {} I/O(s) still in flight at the disconnect deadline \
+                     ({TEARDOWN_DRAIN:?}); their guest memory stays mapped (leaked) so that they can \
+                     never write into a later mapping",
+                    self.queue, self.inflight
+                );
+                for slot in &mut self.slots {
+                    std::mem::forget(slot.mem.take());
+                    slot.write = None;
+                }
+                std::mem::forget(self.registered.take());
+                break;
+            }
+            match self.engine.completion_fd() {
+                Some(fd) => {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = left.as_millis().clamp(1, 50) as libc::c_int;
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    if unsafe { libc::poll(&mut pfd, 1, ms) } > 0 && self.engine.wait(None).is_err()
+                    {
+                        break;
+                    }
+                }
+                None => {
+                    if self.engine.wait(None).is_err() {
+                        break;
+                    }
+                }
+            }
         }
     }
 }
@@ -641,12 +711,12 @@ fn write_raw(segments: &[(*mut u8, usize)], mut bytes: &[u8]) {
     }
 }
 
-fn kick_fd(vring: &VringRwLock) -> Option<RawFd> {
+fn kick_fd(vring: &impl Vring) -> Option<RawFd> {
     vring.get_ref().get_kick().as_ref().map(|k| k.as_raw_fd())
 }
 
 /// Whether the guest has made chains available that we have not popped.
-fn has_avail(vring: &VringRwLock, mem: &MemGuard) -> bool {
+fn has_avail(vring: &impl Vring, mem: &MemGuard) -> bool {
     let state = vring.get_ref();
     let queue = state.get_queue();
     queue

@@ -5,14 +5,20 @@ use std::sync::Arc;
 
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vus_test_support::{
+    cdb,
+    ring::chain,
+    rng::XorShift,
+    wire::{
+        an_req, cmd_req, tmf_req, REQ_HEADER_SIZE, RESP_HEADER_SIZE, VIRTIO_SCSI_T_AN_QUERY,
+        VIRTIO_SCSI_T_AN_SUBSCRIBE, VRING_DESC_F_NEXT as NEXT, VRING_DESC_F_WRITE as WRITE,
+    },
+};
 
 use super::{
     command::handle_command,
     control::handle_control,
-    request::{
-        parse_cmd_request, split_chain, ChainError, CmdResponse, RequestError, REQ_HEADER_SIZE,
-        RESP_HEADER_SIZE,
-    },
+    request::{parse_cmd_request, split_chain, ChainError, CmdResponse, RequestError},
     LunAddress,
 };
 use crate::{
@@ -20,8 +26,6 @@ use crate::{
     scsi::{LogicalUnit, LunOptions, ScsiBus},
 };
 
-const NEXT: u16 = 1;
-const WRITE: u16 = 2;
 /// Guest memory: two adjacent 64 KiB regions, so buffers can straddle a region boundary.
 const REGION: u64 = 0x1_0000;
 
@@ -33,30 +37,9 @@ fn memory() -> GuestMemoryMmap {
     .unwrap()
 }
 
-/// A chain of `(addr, len, writable)` buffers, NEXT set on all but the last.
-fn chain(bufs: &[(u64, u32, bool)]) -> Vec<Descriptor> {
-    bufs.iter()
-        .enumerate()
-        .map(|(i, &(addr, len, w))| {
-            let mut flags = if w { WRITE } else { 0 };
-            if i + 1 < bufs.len() {
-                flags |= NEXT;
-            }
-            Descriptor::new(addr, len, flags, i as u16 + 1)
-        })
-        .collect()
-}
-
 /// A command request header for `lun` with `cdb` (id 0x1122334455667788, task attribute 1).
 fn req_header(lun: [u8; 8], cdb: &[u8]) -> Vec<u8> {
-    let mut h = Vec::with_capacity(REQ_HEADER_SIZE);
-    h.extend_from_slice(&lun);
-    h.extend_from_slice(&0x1122_3344_5566_7788u64.to_le_bytes());
-    h.extend_from_slice(&[1, 0, 0]);
-    let mut c = [0u8; 32];
-    c[..cdb.len()].copy_from_slice(cdb);
-    h.extend_from_slice(&c);
-    h
+    cmd_req(lun, 0x1122_3344_5566_7788, 1, cdb).to_vec()
 }
 
 fn bus_with_lun(target: u8, lun: u16) -> (ScsiBus, tempfile::NamedTempFile) {
@@ -234,7 +217,7 @@ fn request_queue_answers_status_residual_and_transport_errors() {
     let (bus, _img) = bus_with_lun(1, 0);
     let lun = LunAddress { target: 1, lun: 0 }.encode();
     // INQUIRY into a 96-byte buffer: standard data is shorter, the rest is residual.
-    let (used, resp, data) = run_command(&bus, lun, &[0x12, 0, 0, 0, 96, 0], &[], 96);
+    let (used, resp, data) = run_command(&bus, lun, &cdb::inquiry(96), &[], 96);
     assert_eq!(resp[11], 0, "VIRTIO_SCSI_S_OK");
     assert_eq!(resp[10], 0, "GOOD");
     let transferred = 96 - u32::from_le_bytes(resp[4..8].try_into().unwrap());
@@ -290,12 +273,7 @@ fn control(bus: &ScsiBus, req: &[u8], resp_len: u32) -> (u32, Vec<u8>) {
 }
 
 fn tmf(subtype: u32, lun: [u8; 8]) -> Vec<u8> {
-    let mut r = Vec::new();
-    r.extend_from_slice(&0u32.to_le_bytes());
-    r.extend_from_slice(&subtype.to_le_bytes());
-    r.extend_from_slice(&lun);
-    r.extend_from_slice(&7u64.to_le_bytes());
-    r
+    tmf_req(subtype, lun, 7)
 }
 
 #[test]
@@ -329,11 +307,9 @@ fn control_queue_task_management_and_async_notification() {
     );
 
     // AN query/subscribe: no events supported, response OK.
-    let mut an = 1u32.to_le_bytes().to_vec();
-    an.extend_from_slice(&here);
-    an.extend_from_slice(&0xffu32.to_le_bytes());
+    let an = an_req(VIRTIO_SCSI_T_AN_QUERY, here, 0xff);
     assert_eq!(control(&bus, &an, 5), (5, vec![0; 5]));
-    an[0] = 2;
+    let an = an_req(VIRTIO_SCSI_T_AN_SUBSCRIBE, here, 0xff);
     assert_eq!(control(&bus, &an, 5), (5, vec![0; 5]));
 
     // Unusable requests come back with nothing written.
@@ -341,22 +317,6 @@ fn control_queue_task_management_and_async_notification() {
     assert_eq!(control(&bus, &tmf(5, here)[..20], 1).0, 0);
     assert_eq!(control(&bus, &tmf(5, here), 0).0, 0);
     assert_eq!(control(&bus, &[9, 0, 0, 0], 1), (0, vec![0xee]));
-}
-
-/// xorshift64*: deterministic, dependency-free randomness for the hostile-guest test below.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A hostile guest: random chains (addresses in, across and outside guest memory, lengths up to
@@ -368,12 +328,12 @@ fn random_chains_and_headers_never_panic_or_overreach() {
     let (bus, img) = bus_with_lun(0, 0);
     let (bus2, _img2) = bus_with_lun(1, 3);
     let mem = memory();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     // Guest memory full of plausible-looking requests: real LUN fields, CDB opcodes that exist.
     for i in 0..(2 * REGION / 64) {
         let mut h = [0u8; 64];
         for b in h.iter_mut() {
-            *b = rng.next() as u8;
+            *b = rng.next_u64() as u8;
         }
         if rng.below(2) == 0 {
             h[..8].copy_from_slice(&LunAddress { target: 0, lun: 0 }.encode());
@@ -413,12 +373,12 @@ fn random_chains_and_headers_never_panic_or_overreach() {
             let mut writable = false;
             for i in 0..n {
                 let addr = match rng.below(4) {
-                    0 => rng.next(),
+                    0 => rng.next_u64(),
                     1 => 2 * REGION - rng.below(256),
                     _ => rng.below(2 * REGION),
                 };
                 let len = match rng.below(5) {
-                    0 => rng.next() as u32,
+                    0 => rng.next_u64() as u32,
                     1 => 0,
                     _ => rng.below(4096) as u32,
                 };

@@ -9,15 +9,16 @@
 
 use std::{
     ffi::CString,
-    io::{self, Read, Write},
+    io::{Read, Write},
     os::{
-        fd::{AsRawFd, OwnedFd, RawFd},
+        fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
         unix::net::{UnixListener, UnixStream},
     },
     sync::Arc,
 };
 
 use log::{info, warn};
+use nix::{sys::prctl, unistd};
 
 use super::{
     assemble::{self, OpenedLun},
@@ -57,7 +58,7 @@ pub struct Inherited<'a> {
     /// The LUN files' descriptors (images and `pr-file`s), kept open in the worker.
     pub lun_fds: &'a [RawFd],
     /// `/dev/null`, for the worker's stdin and stdout.
-    pub dev_null: RawFd,
+    pub dev_null: BorrowedFd<'a>,
 }
 
 /// The worker, from the moment `clone` returned 0. Never returns.
@@ -75,14 +76,6 @@ pub fn worker_process(res: &Inherited<'_>, config: &Config, jail: &WorkerJail, c
     std::process::exit(code)
 }
 
-fn dup2(from: RawFd, to: RawFd) -> io::Result<()> {
-    // SAFETY: dup2 on descriptors we own; `to` is one of the standard streams being replaced.
-    if unsafe { libc::dup2(from, to) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn worker_main(
     res: &Inherited<'_>,
     config: &Config,
@@ -97,9 +90,10 @@ fn worker_main(
     } = ch;
     // Step 1: standard streams, then everything outside the pre-opened set goes.
     let null = res.dev_null;
-    for (from, to) in [(null, 0), (null, 1), (stderr_w.as_raw_fd(), 2)] {
-        dup2(from, to).map_err(SandboxError::CloseFds)?;
-    }
+    unistd::dup2_stdin(null)
+        .and_then(|()| unistd::dup2_stdout(null))
+        .and_then(|()| unistd::dup2_stderr(&stderr_w))
+        .map_err(|e| SandboxError::CloseFds(e.into()))?;
     let mut keep = vec![
         0,
         1,
@@ -113,8 +107,8 @@ fn worker_main(
     std::mem::forget((stderr_r, stderr_w, sync_parent, broker_parent));
     sandbox::sanitize_process(&keep)?;
     let name = CString::new(WORKER_COMM).expect("no NUL");
-    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
-    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    // Only a label for `ps` and the SIGSYS report: a failure changes nothing else.
+    let _ = prctl::set_name(&name);
 
     // glibc sizes its malloc arena limit from /sys/devices/system/cpu/online the first time a
     // thread needs a new arena; fixing the limit now keeps the jailed worker from ever opening
@@ -144,8 +138,7 @@ fn worker_main(
     }
     // Steps 2-5.
     let landlock = sandbox::confine(jail)?;
-    // SAFETY: getuid/getgid have no preconditions.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = (unistd::getuid(), unistd::getgid());
     info!(
         "worker jailed: sandbox={}, uid={uid} gid={gid}, no capabilities, no_new_privs, {}, \
          seccomp={:?}",

@@ -6,6 +6,7 @@
 //! the vring's own.
 
 use std::{
+    fs::File,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
@@ -16,7 +17,9 @@ use std::{
 
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use vhost_user_backend::{
+    VhostUserBackend, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
+};
 use virtio_bindings::{
     virtio_config::VIRTIO_F_VERSION_1,
     virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
@@ -39,7 +42,7 @@ use crate::{
     virtio::{
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
-        queue::{QueueError, QueueWorker},
+        queue::{QueueError, QueueWorker, TEARDOWN_DRAIN},
         request::{split_chain, SplitChain},
     },
 };
@@ -157,11 +160,16 @@ pub struct ScsiBackend {
     workers: Vec<Mutex<Option<QueueWorker>>>,
     /// Locked while the control queue's batch runs (see `stop_vring`).
     control_busy: Mutex<()>,
-    /// The queue threads' exit-event consumers handed to vhost-user-backend, which keeps only
-    /// their numbers (`into_raw_fd`) and never closes them: closed by [`ScsiBackend::disconnect`]
-    /// once the connection's daemon is gone, or every connection would leak one fd per queue
-    /// thread until the worker could accept no more (found by fuzz/vhost_user).
-    exit_consumers: Mutex<Vec<RawFd>>,
+    /// Every memory table this connection installed that somebody may still use: the current
+    /// one and replaced ones a queue thread still holds (I/O in flight). Keeping a reference
+    /// here means a queue thread never drops the last one: unmapping a table and closing its
+    /// fds is not in the data path's seccomp role. Released on the protocol thread (at the next
+    /// table change) and on the main thread (at disconnect).
+    tables: Mutex<Vec<Arc<GuestMemoryMmap>>>,
+    /// The read ends of this connection's queue-thread exit events. vhost-user-backend
+    /// registers each in its thread's epoll as a raw fd and never closes it (63 fds per
+    /// connection with 62 queues): closed at disconnect, once the queue threads are joined.
+    exit_fds: Mutex<Vec<RawFd>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -180,7 +188,8 @@ impl ScsiBackend {
             io: IoConfig::default(),
             workers: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
             control_busy: Mutex::new(()),
-            exit_consumers: Mutex::new(Vec::new()),
+            tables: Mutex::new(Vec::new()),
+            exit_fds: Mutex::new(Vec::new()),
         }
     }
 
@@ -196,7 +205,7 @@ impl ScsiBackend {
     }
 
     /// Serves request queue `index` with its asynchronous worker.
-    fn process_request_queue(&self, vring: &VringRwLock, index: usize) -> Result<(), BackendError> {
+    fn process_request_queue(&self, vring: &ScsiVring, index: usize) -> Result<(), BackendError> {
         let slot = self.workers.get(index).ok_or(BackendError::UnknownQueue(
             (FIXED_QUEUES + index) as u16,
             index + 1,
@@ -227,17 +236,26 @@ impl ScsiBackend {
         &self.bus
     }
 
-    /// Forgets the previous front-end's memory and closes what vhost-user-backend left open
-    /// (called between connections, after the connection's daemon has been dropped).
+    /// Forgets the previous front-end's memory and closes what its connection left (called
+    /// between connections, after the connection's `VhostUserDaemon` was dropped: its queue
+    /// threads are joined).
     pub fn disconnect(&self) {
+        // One deadline for all queues: the teardown is bounded as a whole.
+        let deadline = std::time::Instant::now() + TEARDOWN_DRAIN;
         for worker in &self.workers {
-            *worker.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            let mut worker = lock(worker);
+            if let Some(w) = worker.as_mut() {
+                w.set_teardown_deadline(deadline);
+            }
+            *worker = None;
         }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
-        for fd in lock(&self.exit_consumers).drain(..) {
-            // SAFETY: `fd` is an exit-event consumer created by `exit_event` and given up by
-            // vhost-user-backend with `into_raw_fd`: nothing owns or closes it, and the epoll
-            // instance and thread that watched it went away with the dropped daemon.
+        lock(&self.tables).clear();
+        for fd in std::mem::take(&mut *lock(&self.exit_fds)) {
+            // SAFETY: `fd` is the read end of an exit event created in `exit_event`, which
+            // vhost-user-backend turned into a raw fd and only ever registered in the epoll of a
+            // queue thread. That thread is joined and its epoll closed (the daemon was dropped):
+            // nobody else refers to the fd, and it is closed exactly once (taken from the list).
             drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
@@ -255,7 +273,7 @@ impl ScsiBackend {
     /// re-enabling notifications so that no kick is lost (EVENT_IDX).
     fn process_queue(
         &self,
-        vring: &VringRwLock,
+        vring: &ScsiVring,
         mut handle: impl FnMut(SplitChain<'_>) -> u32,
     ) -> Result<(), BackendError> {
         let event_idx = self.event_idx.load(Ordering::Acquire);
@@ -298,7 +316,7 @@ impl ScsiBackend {
 
 impl VhostUserBackend for ScsiBackend {
     type Bitmap = ();
-    type Vring = VringRwLock;
+    type Vring = ScsiVring;
 
     fn num_queues(&self) -> usize {
         enter_backend_thread_role();
@@ -371,9 +389,19 @@ impl VhostUserBackend for ScsiBackend {
 
     fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         enter_backend_thread_role();
-        // vhost-user-backend has already installed the new table in the GuestMemoryAtomic we
-        // share with it: on refusal, forget it, so that no queue touches it (NoMemory).
-        let checked = regions_within_files(&mem.memory());
+        let current = mem.memory().into_inner();
+        // A table whose regions extend past their files would kill the worker with SIGBUS at
+        // the first access there. vhost-user-backend has already installed it in the
+        // GuestMemoryAtomic we share: on refusal, forget it, so that no queue touches it
+        // (NoMemory), and the front-end's SET_MEM_TABLE / ADD_MEM_REG fails.
+        let checked = regions_within_files(&current);
+        {
+            let mut tables = lock(&self.tables);
+            // Tables only this list still holds are released here, on the protocol thread;
+            // those a queue thread still uses wait for the next change or the disconnect.
+            tables.retain(|t| Arc::strong_count(t) > 1);
+            tables.push(current);
+        }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = checked.is_ok().then_some(mem);
         checked
     }
@@ -414,7 +442,8 @@ impl VhostUserBackend for ScsiBackend {
             new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
                 .map_err(|e| warn!("cannot create a queue thread exit event: {e}"))
                 .ok()?;
-        lock(&self.exit_consumers).push(consumer.as_raw_fd());
+        // vhost-user-backend keeps only the raw number of the read end: remember it to close it.
+        lock(&self.exit_fds).push(consumer.as_raw_fd());
         Some((consumer, notifier))
     }
 
@@ -422,7 +451,7 @@ impl VhostUserBackend for ScsiBackend {
         &self,
         device_event: u16,
         evset: EventSet,
-        vrings: &[VringRwLock],
+        vrings: &[ScsiVring],
         thread_id: usize,
     ) -> io::Result<()> {
         enter_backend_thread_role();
@@ -444,6 +473,158 @@ impl VhostUserBackend for ScsiBackend {
             _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
         }
         Ok(())
+    }
+}
+
+/// `fstatfs(2)` magic of the anonymous-inode filesystem: eventfds (and epoll, timerfd …) live
+/// there; pipes, sockets and files do not.
+const ANON_INODE_FS_MAGIC: i64 = 0x0904_1934;
+
+/// Why a kick/call/err fd from the front-end is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum RingFdError {
+    #[error("not an eventfd (filesystem magic {0:#x})")]
+    NotAnEventFd(i64),
+    #[error("cannot inspect it: {0}")]
+    Inspect(io::Error),
+    #[error("cannot make it non-blocking: {0}")]
+    NonBlocking(io::Error),
+}
+
+/// Checks that `file` (a kick, call or err fd the front-end sent) is an eventfd and makes it
+/// non-blocking, so that no daemon thread ever blocks on it: a front-end that reads its own
+/// kick, or leaves its call counter at the maximum, then only gets EAGAIN on our side.
+/// (O_NONBLOCK is shared with the front-end's own descriptor; QEMU's are non-blocking anyway.)
+fn checked_ring_fd(file: &File) -> Result<(), RingFdError> {
+    let fd = file.as_raw_fd();
+    // SAFETY: `st` is a valid out-buffer for fstatfs on a descriptor we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: see above.
+    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
+        return Err(RingFdError::Inspect(io::Error::last_os_error()));
+    }
+    #[allow(clippy::unnecessary_cast)]
+    let magic = st.f_type as i64;
+    if magic != ANON_INODE_FS_MAGIC {
+        return Err(RingFdError::NotAnEventFd(magic));
+    }
+    // SAFETY: F_GETFL/F_SETFL only read and set the status flags of a descriptor we own.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(RingFdError::NonBlocking(io::Error::last_os_error()));
+        }
+    }
+    Ok(())
+}
+
+/// A kick/call/err fd as the vring may keep it: refused ones are dropped with one log line
+/// (the queue then stays without that fd: never kicked, or never signalling).
+fn ring_fd(file: Option<File>, what: &str) -> Option<File> {
+    let file = file?;
+    match checked_ring_fd(&file) {
+        Ok(()) => Some(file),
+        Err(e) => {
+            warn!("{what} fd refused: {e}; the queue is left without it");
+            None
+        }
+    }
+}
+
+/// The virtqueue as vhost-user-backend keeps it, with the front-end's fds tamed: kick, call
+/// and err must be eventfds and are used non-blocking; a kick another reader consumed first
+/// is not an error, nor is a call counter at its maximum (the guest has a notification
+/// pending anyway).
+#[derive(Clone)]
+pub struct ScsiVring(VringRwLock);
+
+impl<'a> VringStateGuard<'a, GuestMemory> for ScsiVring {
+    type G = <VringRwLock as VringStateGuard<'a, GuestMemory>>::G;
+}
+
+impl<'a> VringStateMutGuard<'a, GuestMemory> for ScsiVring {
+    type G = <VringRwLock as VringStateMutGuard<'a, GuestMemory>>::G;
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+impl VringT<GuestMemory> for ScsiVring {
+    fn new(mem: GuestMemory, max_queue_size: u16) -> Result<Self, virtio_queue::Error> {
+        VringRwLock::new(mem, max_queue_size).map(ScsiVring)
+    }
+    fn get_ref(&self) -> <Self as VringStateGuard<'_, GuestMemory>>::G {
+        self.0.get_ref()
+    }
+    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, GuestMemory>>::G {
+        self.0.get_mut()
+    }
+    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
+        self.0.add_used(desc_index, len)
+    }
+    fn signal_used_queue(&self) -> io::Result<()> {
+        match self.0.signal_used_queue() {
+            Err(e) if would_block(&e) => Ok(()),
+            other => other,
+        }
+    }
+    fn enable_notification(&self) -> Result<bool, virtio_queue::Error> {
+        self.0.enable_notification()
+    }
+    fn disable_notification(&self) -> Result<(), virtio_queue::Error> {
+        self.0.disable_notification()
+    }
+    fn needs_notification(&self) -> Result<bool, virtio_queue::Error> {
+        self.0.needs_notification()
+    }
+    fn set_enabled(&self, enabled: bool) {
+        self.0.set_enabled(enabled)
+    }
+    fn set_queue_info(
+        &self,
+        desc_table: u64,
+        avail_ring: u64,
+        used_ring: u64,
+    ) -> Result<(), virtio_queue::Error> {
+        self.0.set_queue_info(desc_table, avail_ring, used_ring)
+    }
+    fn queue_next_avail(&self) -> u16 {
+        self.0.queue_next_avail()
+    }
+    fn set_queue_next_avail(&self, base: u16) {
+        self.0.set_queue_next_avail(base)
+    }
+    fn set_queue_next_used(&self, idx: u16) {
+        self.0.set_queue_next_used(idx)
+    }
+    fn queue_used_idx(&self) -> Result<u16, virtio_queue::Error> {
+        self.0.queue_used_idx()
+    }
+    fn set_queue_size(&self, num: u16) {
+        self.0.set_queue_size(num)
+    }
+    fn set_queue_event_idx(&self, enabled: bool) {
+        self.0.set_queue_event_idx(enabled)
+    }
+    fn set_queue_ready(&self, ready: bool) {
+        self.0.set_queue_ready(ready)
+    }
+    fn set_kick(&self, file: Option<File>) {
+        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"))
+    }
+    fn read_kick(&self) -> io::Result<bool> {
+        match self.0.read_kick() {
+            // Somebody else (the front-end itself) consumed the kick: look at the ring anyway.
+            Err(e) if would_block(&e) => Ok(self.0.get_ref().is_enabled()),
+            other => other,
+        }
+    }
+    fn set_call(&self, file: Option<File>) {
+        self.0.set_call(ring_fd(file, "SET_VRING_CALL"))
+    }
+    fn set_err(&self, file: Option<File>) {
+        self.0.set_err(ring_fd(file, "SET_VRING_ERR"))
     }
 }
 

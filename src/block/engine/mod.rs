@@ -28,6 +28,8 @@ pub mod uring;
 
 use std::{io, os::fd::RawFd};
 
+use nix::sys::resource::{self, Resource};
+
 use crate::block::IoKind;
 pub use crate::config::{AioMode, IoConfig};
 
@@ -87,6 +89,11 @@ pub trait Engine: Send {
         false
     }
     fn name(&self) -> &'static str;
+    /// An fd that polls readable when completions are ready (bounded waits at teardown);
+    /// `None` for an engine that never has anything in flight.
+    fn completion_fd(&self) -> Option<RawFd> {
+        None
+    }
 }
 
 /// `fallocate` mode of [`IoKind::Deallocate`]: a hole reads back zero and keeps the size.
@@ -96,28 +103,13 @@ pub const DEALLOCATE_MODE: libc::c_int = crate::block::file::PUNCH_HOLE;
 /// buffers count against RLIMIT_MEMLOCK, which the unprivileged worker cannot raise. Lifts the
 /// limit (as root), else the soft limit to the hard one; returns the soft limit now in force.
 pub fn lift_memlock_limit() -> io::Result<libc::rlim_t> {
-    let unlimited = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: setrlimit reads one valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) } == 0 {
-        return Ok(libc::RLIM_INFINITY);
+    let infinity = resource::RLIM_INFINITY;
+    if resource::setrlimit(Resource::RLIMIT_MEMLOCK, infinity, infinity).is_ok() {
+        return Ok(infinity);
     }
-    let mut current = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into `current`.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut current) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    current.rlim_cur = current.rlim_max;
-    // SAFETY: setrlimit reads one valid rlimit.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &current) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(current.rlim_cur)
+    let (_, hard) = resource::getrlimit(Resource::RLIMIT_MEMLOCK)?;
+    resource::setrlimit(Resource::RLIMIT_MEMLOCK, hard, hard)?;
+    Ok(hard)
 }
 
 /// Reads an eventfd if it is readable, without ever blocking.

@@ -209,4 +209,8 @@ impl Engine for ThreadEngine {
     fn name(&self) -> &'static str {
         "threads"
     }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        Some(self.completions.event.as_raw_fd())
+    }
 }

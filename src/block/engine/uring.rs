@@ -1,6 +1,9 @@
 //! The io_uring engine: one ring per request-queue thread.
 
-use std::{io, os::fd::RawFd};
+use std::{
+    io,
+    os::fd::{AsRawFd, RawFd},
+};
 
 use io_uring::{cqueue, opcode, register::Restriction, squeue, types, IoUring};
 
@@ -313,6 +316,11 @@ impl Engine for UringEngine {
             return !self.ring.completion().is_empty();
         }
         false
+    }
+
+    fn completion_fd(&self) -> Option<RawFd> {
+        // An io_uring fd polls readable while its completion queue holds entries.
+        Some(self.ring.as_raw_fd())
     }
 
     fn kick_edges(&self) -> bool {

@@ -5,8 +5,6 @@ use std::sync::{atomic::Ordering, Arc};
 use super::*;
 use crate::scsi::inquiry;
 
-const TUR: [u8; 6] = [0x00, 0, 0, 0, 0, 0];
-
 fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
     vec![
         0x70, 0, key, 0, 0, 0, 0, 10, 0, 0, 0, 0, asc, ascq, 0, 0, 0, 0,

@@ -3,36 +3,20 @@
 
 use super::*;
 use crate::block::FileBackend;
+use vus_test_support::rng::XorShift;
 
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
+/// A byte biased towards the values that reach deep into handlers.
+fn biased_byte(rng: &mut XorShift, raw: bool) -> u8 {
+    if raw {
+        return rng.next_u64() as u8;
     }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    /// A byte biased towards the values that reach deep into handlers.
-    fn byte(&mut self, raw: bool) -> u8 {
-        if raw {
-            return self.next() as u8;
-        }
-        match self.below(20) {
-            0..=10 => 0,
-            11..=12 => 1,
-            13 => self.below(8) as u8,
-            14..=15 => 0xff,
-            16 => 0x10,
-            _ => self.next() as u8,
-        }
+    match rng.below(20) {
+        0..=10 => 0,
+        11..=12 => 1,
+        13 => rng.below(8) as u8,
+        14..=15 => 0xff,
+        16 => 0x10,
+        _ => rng.next_u64() as u8,
     }
 }
 
@@ -73,7 +57,7 @@ fn random_cdbs_never_panic() {
         let (target, lun) = addresses[rng.below(addresses.len() as u64) as usize];
         let raw = rng.below(4) == 0;
         let cdb_len = if rng.below(8) == 0 { rng.below(33) } else { 32 } as usize;
-        let mut cdb: Vec<u8> = (0..cdb_len).map(|_| rng.byte(raw)).collect();
+        let mut cdb: Vec<u8> = (0..cdb_len).map(|_| biased_byte(&mut rng, raw)).collect();
         if rng.below(3) == 0 {
             // Mostly zero with a few small fields: valid LBAs and lengths, reaching real I/O.
             cdb.fill(0);
@@ -91,9 +75,15 @@ fn random_cdbs_never_panic() {
         let out_len = rng.below(3 * 4096) as usize;
         // Only the start of a data-out buffer is ever parsed (parameter lists, the WRITE SAME
         // block); the rest is cheap filler.
-        let fill = rng.byte(raw);
+        let fill = biased_byte(&mut rng, raw);
         let data_out: Vec<u8> = (0..out_len)
-            .map(|j| if j < 64 { rng.byte(raw) } else { fill })
+            .map(|j| {
+                if j < 64 {
+                    biased_byte(&mut rng, raw)
+                } else {
+                    fill
+                }
+            })
             .collect();
         let (out, _) = bus.run(target, lun, &cdb, &data_out, in_len);
         match out.status {

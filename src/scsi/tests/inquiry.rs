@@ -2,10 +2,7 @@
 
 use super::*;
 
-fn inq(evpd: bool, page: u8, alloc: u16) -> Vec<u8> {
-    let [hi, lo] = alloc.to_be_bytes();
-    vec![0x12, evpd as u8, page, hi, lo, 0]
-}
+use vus_test_support::cdb::inquiry_page as inq;
 
 #[test]
 fn standard_inquiry() {

@@ -9,10 +9,6 @@ use std::{
 use super::*;
 use crate::block::FileBackend;
 
-fn pattern(offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len).map(|i| (i % 251) as u8).collect()
-}
-
 #[test]
 fn read_capacity_10() {
     let (bus, _) = mem_bus();
@@ -38,10 +34,7 @@ fn read_capacity_10() {
 }
 
 fn rc16(alloc: u32) -> Vec<u8> {
-    let mut c = vec![0x9e, 0x10, 0, 0, 0, 0, 0, 0, 0, 0];
-    c.extend_from_slice(&alloc.to_be_bytes());
-    c.extend_from_slice(&[0, 0]);
-    c
+    cdb::read_capacity16(alloc)
 }
 
 #[test]
@@ -77,7 +70,7 @@ fn reads_of_every_cdb_size() {
     assert_eq!(bus.good(&read10(3, 2), 1024), pattern(3 * 512, 1024));
     // READ(6): 21-bit LBA, transfer length 0 means 256 blocks.
     assert_eq!(
-        bus.good(&[0x08, 0x00, 0x00, 0x05, 1, 0], 512),
+        bus.good(&cdb::rw6(cdb::READ_6, 5, 1), 512),
         pattern(5 * 512, 512)
     );
     assert_eq!(
@@ -171,7 +164,7 @@ fn writes_of_every_cdb_size() {
     assert_eq!(mem.bytes(4 * 512, 1024), vec![0xaa; 1024]);
     assert_eq!(mem.bytes(6 * 512, 512), pattern(6 * 512, 512));
     assert_eq!(
-        bus.cmd(&[0x0a, 0, 0, 7, 1, 0], &[0xbb; 600], 0),
+        bus.cmd(&cdb::rw6(cdb::WRITE_6, 7, 1), &[0xbb; 600], 0),
         CmdOutput::good(512)
     );
     assert_eq!(mem.bytes(7 * 512, 512), vec![0xbb; 512]);
@@ -229,7 +222,7 @@ fn write_errors() {
         [0x70, 0, 7, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x27, 0, 0, 0, 0, 0]
     );
     assert_sense(
-        &ro.cmd(&[0x0a, 0, 0, 0, 1, 0], &[0; 512], 0),
+        &ro.cmd(&cdb::rw6(cdb::WRITE_6, 0, 1), &[0; 512], 0),
         0x07,
         0x27,
         0x00,

@@ -20,6 +20,7 @@ use std::{
 };
 
 use vm_memory::VolatileSlice;
+pub use vus_test_support::cdb::{self, read10, rw16, write10};
 
 use super::{status, CmdOutput, LogicalUnit, LunOptions, ScsiBus, SgList};
 use crate::block::BlockBackend;
@@ -42,7 +43,7 @@ pub struct MemBackend {
 impl MemBackend {
     pub fn new(size: usize) -> Arc<Self> {
         Arc::new(Self {
-            data: Mutex::new((0..size).map(|i| (i % 251) as u8).collect()),
+            data: Mutex::new(pattern(0, size)),
             ..Self::default()
         })
     }
@@ -270,28 +271,13 @@ fn sks(cdb: bool, byte: u16, bit: Option<u8>) -> [u8; 3] {
     [b0, (byte >> 8) as u8, byte as u8]
 }
 
-/// CDB builders.
-pub fn read10(lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = vec![0x28, 0];
-    c.extend_from_slice(&lba.to_be_bytes());
-    c.push(0);
-    c.extend_from_slice(&blocks.to_be_bytes());
-    c.push(0);
-    c
-}
+/// TEST UNIT READY.
+pub const TUR: [u8; 6] = [0; 6];
 
-pub fn write10(lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = read10(lba, blocks);
-    c[0] = 0x2a;
-    c
-}
-
-pub fn rw16(opcode: u8, lba: u64, blocks: u32) -> Vec<u8> {
-    let mut c = vec![opcode, 0];
-    c.extend_from_slice(&lba.to_be_bytes());
-    c.extend_from_slice(&blocks.to_be_bytes());
-    c.extend_from_slice(&[0, 0]);
-    c
+/// What [`MemBackend::new`] fills the medium with: byte `i` of the medium is `i % 251`, so no
+/// two blocks are alike. Returns bytes `offset..offset + len`.
+pub fn pattern(offset: usize, len: usize) -> Vec<u8> {
+    (offset..offset + len).map(|i| (i % 251) as u8).collect()
 }
 
 /// A backend of any size that reads zeroes and accepts writes (for capacity limits).

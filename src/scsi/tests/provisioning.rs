@@ -5,24 +5,9 @@ use std::sync::atomic::Ordering;
 use super::*;
 use crate::block::FileBackend;
 
-fn unmap_list(descs: &[(u64, u32)]) -> Vec<u8> {
-    let n = descs.len() * 16;
-    let mut l = Vec::new();
-    l.extend_from_slice(&((n + 6) as u16).to_be_bytes());
-    l.extend_from_slice(&(n as u16).to_be_bytes());
-    l.extend_from_slice(&[0; 4]);
-    for &(lba, count) in descs {
-        l.extend_from_slice(&lba.to_be_bytes());
-        l.extend_from_slice(&count.to_be_bytes());
-        l.extend_from_slice(&[0; 4]);
-    }
-    l
-}
-
-fn unmap_cdb(len: usize) -> Vec<u8> {
-    let [hi, lo] = (len as u16).to_be_bytes();
-    vec![0x42, 0, 0, 0, 0, 0, 0, hi, lo, 0]
-}
+use vus_test_support::cdb::{
+    unmap as unmap_cdb, unmap_list, write_same10 as ws10, write_same16 as ws16,
+};
 
 #[test]
 fn unmap_discards_ranges() {
@@ -85,19 +70,6 @@ fn unmap_total_is_limited() {
     assert_eq!(bus.cmd(&unmap_cdb(24), &ok, 0), CmdOutput::good(24));
     let too_much = unmap_list(&[(0, 1 << 20), (1 << 30, (1 << 20) + 1)]);
     assert_invalid_param(&bus.cmd(&unmap_cdb(40), &too_much, 0), 32, Some(7));
-}
-
-fn ws10(flags: u8, lba: u32, blocks: u16) -> Vec<u8> {
-    let mut c = write10(lba, blocks);
-    c[0] = 0x41;
-    c[1] = flags;
-    c
-}
-
-fn ws16(flags: u8, lba: u64, blocks: u32) -> Vec<u8> {
-    let mut c = rw16(0x93, lba, blocks);
-    c[1] = flags;
-    c
 }
 
 #[test]

@@ -2,27 +2,15 @@
 
 use super::*;
 use crate::{block::FileBackend, scsi::PrFile};
+use vus_test_support::cdb::pr::{CLEAR, PREEMPT, REGISTER, REGISTER_IGNORE, RELEASE, RESERVE};
 
-const TUR: [u8; 6] = [0; 6];
 const CONFLICT: CmdOutput = CmdOutput {
     status: status::RESERVATION_CONFLICT,
     sense: Vec::new(),
     transferred: 0,
 };
 
-fn pr_out_cdb(sa: u8, rtype: u8, len: u32) -> Vec<u8> {
-    let mut c = vec![0x5f, sa, rtype, 0, 0];
-    c.extend_from_slice(&len.to_be_bytes());
-    c.push(0);
-    c
-}
-
-fn pr_params(key: u64, sa_key: u64, flags: u8) -> Vec<u8> {
-    let mut p = key.to_be_bytes().to_vec();
-    p.extend_from_slice(&sa_key.to_be_bytes());
-    p.extend_from_slice(&[0, 0, 0, 0, flags, 0, 0, 0]);
-    p
-}
+use vus_test_support::cdb::{pr_out as pr_out_cdb, pr_out_params as pr_params};
 
 /// PERSISTENT RESERVE OUT from `nexus`.
 fn pr_out(bus: &ScsiBus, nexus: u32, sa: u8, rtype: u8, key: u64, sa_key: u64) -> CmdOutput {
@@ -37,23 +25,10 @@ fn pr_out(bus: &ScsiBus, nexus: u32, sa: u8, rtype: u8, key: u64, sa_key: u64) -
 }
 
 fn pr_in(bus: &ScsiBus, nexus: u32, sa: u8) -> Vec<u8> {
-    let (out, data) = run_as(
-        bus,
-        nexus,
-        &[0x5e, sa, 0, 0, 0, 0, 0, 0x10, 0, 0],
-        &[],
-        4096,
-    );
+    let (out, data) = run_as(bus, nexus, &cdb::pr_in(sa, 0x1000), &[], 4096);
     assert_eq!(out.status, status::GOOD, "{out:02x?}");
     data
 }
-
-const REGISTER: u8 = 0;
-const RESERVE: u8 = 1;
-const RELEASE: u8 = 2;
-const CLEAR: u8 = 3;
-const PREEMPT: u8 = 4;
-const REGISTER_IGNORE: u8 = 6;
 
 /// A bus whose nexuses 0 and 1 have both consumed their power-on unit attention.
 fn two_nexus_bus() -> (ScsiBus, Arc<MemBackend>) {

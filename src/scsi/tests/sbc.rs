@@ -6,19 +6,7 @@ use std::{io::Write, sync::atomic::Ordering};
 
 use super::*;
 use crate::block::FileBackend;
-
-const TUR: [u8; 6] = [0; 6];
-
-fn pattern(offset: usize, len: usize) -> Vec<u8> {
-    (offset..offset + len).map(|i| (i % 251) as u8).collect()
-}
-
-fn caw(lba: u64, blocks: u8) -> Vec<u8> {
-    let mut c = vec![0x89, 0];
-    c.extend_from_slice(&lba.to_be_bytes());
-    c.extend_from_slice(&[0, 0, 0, blocks, 0, 0]);
-    c
-}
+use vus_test_support::cdb::compare_and_write as caw;
 
 /// MODE SELECT(10) of the control page with the given byte 2 (D_SENSE) and byte 4 (SWP).
 fn select_control(bus: &ScsiBus, byte2: u8, byte4: u8) {

@@ -1,0 +1,21 @@
+//! Test helpers shared by the unit tests (`src/**/tests`), the integration tests
+//! (`tests/*.rs`) and the host bench (`benches/host.rs`) of vhost-user-scsi:
+//!
+//! - [`wire`]: virtio and virtio-scsi constants, request and response header encoders and
+//!   decoders, the LUN field;
+//! - [`cdb`]: SCSI CDB and parameter-list builders;
+//! - [`ring`]: the driver side of a split virtqueue laid out in vm-memory guest memory, and
+//!   descriptor chains for code that takes descriptors directly;
+//! - [`frontend`]: the vhost-user front-end (memfd guest memory, the rust-vmm `vhost` front-end
+//!   driver, the handshake QEMU performs) and `TestVm`, a mini QEMU on top of it.
+//!
+//! This crate does not depend on the daemon crate (so the daemon's unit tests can use it without
+//! a dependency cycle), and its wire constants are written out from the specs (virtio 1.2 §2.7,
+//! §5.6; SPC/SBC) rather than taken from the daemon's own bindings, so a wrong constant in the
+//! daemon cannot make a test agree with it.
+
+pub mod cdb;
+pub mod frontend;
+pub mod ring;
+pub mod rng;
+pub mod wire;
