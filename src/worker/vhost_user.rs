@@ -661,9 +661,9 @@ mod tests {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
     }
 
-    /// Regression (fuzz/vhost_user: EMFILE after ~6600 connections): every connection's
-    /// daemon leaked one exit-event fd per queue thread (vhost-user-backend keeps them as raw
-    /// numbers and never closes them).
+    /// Regression (fuzz/vhost_user: EMFILE after ~6600 connections; fixed with issue 19):
+    /// every connection's daemon leaked one exit-event fd per queue thread (vhost-user-backend
+    /// keeps them as raw numbers and never closes them).
     #[test]
     fn connections_leak_no_fds() {
         let backend = Arc::new(ScsiBackend::new(Arc::new(ScsiBus::new()), 2, 16));
