@@ -392,9 +392,16 @@ impl VhostUserBackend for ScsiBackend {
         let current = mem.memory().into_inner();
         // A table whose regions extend past their files would kill the worker with SIGBUS at
         // the first access there. vhost-user-backend has already installed it in the
-        // GuestMemoryAtomic we share: on refusal, forget it, so that no queue touches it
-        // (NoMemory), and the front-end's SET_MEM_TABLE / ADD_MEM_REG fails.
+        // GuestMemoryAtomic it shares with us and with every vring (whose used-ring and
+        // notification accesses go through it): on refusal, take it out of there too (an
+        // empty table: every access fails cleanly) and forget it (NoMemory); the front-end's
+        // SET_MEM_TABLE / ADD_MEM_REG fails and the connection ends.
         let checked = regions_within_files(&current);
+        if checked.is_err() {
+            mem.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .replace(GuestMemoryMmap::new());
+        }
         {
             let mut tables = lock(&self.tables);
             // Tables only this list still holds are released here, on the protocol thread;
@@ -699,9 +706,12 @@ mod tests {
         assert!(backend.memory().is_ok());
 
         for (file_len, region_len, offset) in [(0x1000, 0x10000, 0), (0x10000, 0x10000, 0x1000)] {
-            let err = backend
-                .update_memory(table(file_len, region_len, offset))
-                .unwrap_err();
+            let shared = table(file_len, region_len, offset);
+            let err = backend.update_memory(shared.clone()).unwrap_err();
+            // Gone from the memory vhost-user-backend shares with the vrings too (their
+            // used-ring writes SIGBUSed while only our copy was forgotten: fuzz/vhost_user,
+            // fuzz/regressions/vhost_user/sigbus-vring-after-refused-table).
+            assert_eq!(shared.memory().num_regions(), 0);
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
             assert!(
                 matches!(backend.memory(), Err(BackendError::NoMemory)),
