@@ -40,6 +40,11 @@ skip() {
     exit 0
 }
 
+# Without the fuzz crate's dependencies (libfuzzer-sys; an offline machine) nothing can run.
+if ! cargo fetch >/dev/null 2>&1; then
+    skip "cannot fetch the fuzz crate's dependencies (cargo fetch failed: offline?)"
+fi
+
 # The test suite's pass first replays every checked-in seed and regression input without
 # instrumentation (any toolchain, so it runs even where fuzzing is skipped), sharing the
 # main build's target directory.
