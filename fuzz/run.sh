@@ -9,7 +9,8 @@
 #   fuzz/run.sh ... TARGET...      only these targets
 #
 # New corpus entries go to fuzz/corpus-run/TARGET (not checked in), crashes to
-# fuzz/artifacts/TARGET/. Checked-in seeds (fuzz/corpus/TARGET) are read, never written.
+# fuzz/artifacts/TARGET/ (fuzz/artifacts-asan/ with --asan). Checked-in seeds
+# (fuzz/corpus/TARGET) are read, never written.
 # Exit status: 0 when every target ran clean (or the whole pass was skipped, which is printed
 # as "SKIPPED: <reason>"), 1 when a target found a crash, a leak, a timeout or did not build.
 #
@@ -70,7 +71,9 @@ flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
 flags+=" --cfg fuzzing -Cdebug-assertions -Coverflow-checks"
 toolchain=()
 target_dir=target
+out=artifacts
 if [ $asan = 1 ]; then
+    out=artifacts-asan
     rustup toolchain list 2>/dev/null | grep -q '^nightly' || skip "--asan needs a nightly toolchain"
     toolchain=(+nightly)
     flags+=" -Zsanitizer=address"
@@ -100,13 +103,13 @@ fi
 
 status=0
 for t in "${targets[@]}"; do
-    mkdir -p "corpus/$t" "corpus-run/$t" "artifacts/$t"
-    log="artifacts/$t/last-run.log"
+    mkdir -p "corpus/$t" "corpus-run/$t" "$out/$t"
+    log="$out/$t/last-run.log"
     echo "== fuzzing $t for ${seconds}s"
     # -timeout: one input taking 10 s is a hang; -rss_limit_mb: an input costing 2 GiB is
     # unbounded allocation; both count as findings.
     if "$target_dir/$host/release/$t" -max_total_time="$seconds" -timeout=10 \
-        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="artifacts/$t/" \
+        -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$out/$t/" \
         "corpus-run/$t" "corpus/$t" >"$log" 2>&1; then
         result=ok
     else
