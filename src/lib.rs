@@ -6,6 +6,7 @@
 //! - [`logging`]: stderr or syslog, and the relay of the worker's log lines.
 //! - [`sandbox`]: confinement primitives (namespaces, uid/gid, capabilities, Landlock, per-thread
 //!   seccomp roles compiled from `seccomp/<arch>/*.json`).
+//! - [`iscsi`]: a pure-Rust iSCSI initiator (a storage transport for `block`).
 //! - [`block`]: bytes on disk: the `BlockBackend` trait, file and null backends, the I/O engines.
 //! - [`scsi`]: SCSI target emulation (SPC/SBC commands, sense data), transport independent.
 //! - [`virtio`]: virtio-scsi wire formats, descriptor-chain parsing (hostile input), the queue
@@ -16,6 +17,7 @@
 
 pub mod block;
 pub mod config;
+pub mod iscsi;
 pub mod logging;
 pub mod sandbox;
 pub mod scsi;

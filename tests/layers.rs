@@ -24,7 +24,7 @@ const LAYERS: &[&str] = &[
     "logging",
     // Confinement primitives (namespaces, ids, capabilities, Landlock, seccomp roles).
     "sandbox",
-    // Reserved: the pure-Rust iSCSI initiator (a storage transport under `block`).
+    // The pure-Rust iSCSI initiator (a storage transport under `block`).
     "iscsi",
     // Bytes on disk: BlockBackend, scatter-gather lists, file/null backends, I/O engines.
     "block",

@@ -19,7 +19,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "== cargo clippy"
-cargo clippy --all-targets -- -D warnings
+# --all-features: also the packaging-time generator (feature gen-docs, packaging/gen-docs.rs).
+cargo clippy --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 # Benchmarks are built (clippy --all-targets compiles them) but not run: they have their
@@ -41,3 +42,13 @@ VUS_TEST_DAEMON_ARGS="--poll-us 50 --submit-batch 8" \
 echo "== cargo test --test frontend (--register-buffers)"
 VUS_TEST_DAEMON_ARGS="--register-buffers" cargo test --test frontend -- --test-threads=1
 bash fuzz/run.sh --short  # replays the fuzz corpora, then ~25 s of fuzzing per target (SKIPPED without the toolchain support)
+
+# The Debian package (release build), its units and policies, the packaged daemon serving a
+# guest, and libvirt with the documented domain XML (about 3 minutes with a warm target/,
+# 6-7 on a fresh machine). VUS_PACKAGING=0 skips it.
+if [[ "${VUS_PACKAGING:-1}" == 0 ]]; then
+    echo "== tests/packaging.sh: SKIPPED (VUS_PACKAGING=0)"
+else
+    echo "== tests/packaging.sh"
+    bash tests/packaging.sh
+fi

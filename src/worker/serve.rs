@@ -9,7 +9,7 @@
 
 use std::{
     io,
-    os::{fd::AsRawFd, unix::net::UnixListener},
+    os::{fd::AsFd, unix::net::UnixListener},
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -18,10 +18,17 @@ use std::{
 };
 
 use log::{error, info, warn};
+use nix::{
+    errno::Errno,
+    poll::{self, PollFd, PollFlags, PollTimeout},
+    sys::{
+        eventfd::{EfdFlags, EventFd},
+        signal::{SigSet, Signal},
+    },
+};
 use vhost::vhost_user::{Error as VhostUserError, Listener};
 use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::worker::vhost_user::ScsiBackend;
 
@@ -88,24 +95,16 @@ pub struct ServeOptions {
 /// Blocks SIGTERM and SIGINT in the calling thread (and so in every thread it spawns later).
 /// Call before any thread exists, so that only the signal thread ever receives them.
 pub fn block_termination_signals() -> Result<(), DaemonError> {
-    let set = termination_sigset();
-    // SAFETY: `set` is an initialised sigset_t; the old mask is not requested.
-    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if ret != 0 {
-        return Err(DaemonError::SignalMask(io::Error::from_raw_os_error(ret)));
-    }
-    Ok(())
+    termination_sigset()
+        .thread_block()
+        .map_err(|e| DaemonError::SignalMask(e.into()))
 }
 
-fn termination_sigset() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset only write into the sigset_t we own.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        set
-    }
+fn termination_sigset() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
 }
 
 fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError> {
@@ -123,10 +122,8 @@ fn spawn_signal_thread(shutdown: Arc<Shutdown>) -> Result<(), DaemonError> {
 fn signal_loop(shutdown: &Shutdown) -> ! {
     loop {
         let set = termination_sigset();
-        let mut sig: libc::c_int = 0;
-        // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
-        if unsafe { libc::sigwait(&set, &mut sig) } == 0 {
-            info!("received signal {sig}, shutting down");
+        if let Ok(sig) = set.wait() {
+            info!("received signal {}, shutting down", sig as i32);
             shutdown.request();
         }
     }
@@ -139,27 +136,18 @@ fn wait_for_connection(listener: &UnixListener, shutdown: &Shutdown) -> Result<b
             return Ok(false);
         }
         let mut fds = [
-            libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: shutdown.wake.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(shutdown.wake.as_fd(), PollFlags::POLLIN),
         ];
-        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-        let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(DaemonError::Poll(e));
+        match poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(DaemonError::Poll(e.into())),
         }
-        if fds[0].revents & libc::POLLIN != 0 && !shutdown.requested() {
+        let pending = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        if pending && !shutdown.requested() {
             return Ok(true);
         }
     }
@@ -174,7 +162,8 @@ pub fn serve(
 ) -> Result<(), DaemonError> {
     let shutdown = Arc::new(Shutdown {
         requested: AtomicBool::new(false),
-        wake: EventFd::new(EFD_NONBLOCK).map_err(DaemonError::EventFd)?,
+        wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK)
+            .map_err(|e| DaemonError::EventFd(e.into()))?,
         connection: Mutex::new(None),
     });
     spawn_signal_thread(shutdown.clone())?;
