@@ -179,3 +179,61 @@ source = "null://4G"
 phys-block-size = 4096
 pr-file = "disk1.pr"
 ''')
+
+# ---- iscsi_pdu: [flags][max_data u32][PDUs]; iscsi_login: [flags][the target's PDUs]
+def text(*pairs):
+    return b"".join(f"{k}={v}".encode() + b"\0" for k, v in pairs)
+
+
+def pdu(opcode, flags, data=b"", rest=b""):
+    bhs = bytearray(48)
+    bhs[0] = opcode
+    bhs[1] = flags
+    bhs[5:8] = len(data).to_bytes(3, "big")
+    bhs[8:8 + len(rest)] = rest
+    return bytes(bhs) + data + bytes((4 - len(data) % 4) % 4)
+
+
+ISID = bytes([0x80, 0x12, 0x34, 0x56, 0x78, 0x9A])
+
+
+def login_resp(transit, csg, nsg, data, tsih=0, stat_sn=0, status=(0, 0)):
+    rest = bytearray(40)  # bytes 8..47
+    rest[0:6] = ISID
+    rest[6:8] = tsih.to_bytes(2, "big")
+    rest[8:12] = (0).to_bytes(4, "big")  # ITT 0
+    rest[16:20] = stat_sn.to_bytes(4, "big")
+    rest[20:24] = (1).to_bytes(4, "big")  # ExpCmdSN
+    rest[24:28] = (1).to_bytes(4, "big")  # MaxCmdSN
+    rest[28], rest[29] = status
+    flags = (0x80 if transit else 0) | (csg << 2) | nsg
+    b = pdu(0x23, flags, data, bytes(rest))
+    return b[:2] + bytes([0, 0]) + b[4:]  # version max/active 0
+
+
+OPERATIONAL = text(("HeaderDigest", "None"), ("DataDigest", "None"),
+                   ("MaxRecvDataSegmentLength", "262144"), ("ImmediateData", "Yes"),
+                   ("InitialR2T", "No"), ("MaxBurstLength", "1048576"),
+                   ("FirstBurstLength", "262144"), ("MaxOutstandingR2T", "1"),
+                   ("ErrorRecoveryLevel", "0"), ("DefaultTime2Wait", "2"),
+                   ("DefaultTime2Retain", "0"), ("DataPDUInOrder", "Yes"),
+                   ("DataSequenceInOrder", "Yes"), ("MaxConnections", "1"))
+login_ok = (login_resp(True, 0, 1, text(("AuthMethod", "None"), ("TargetPortalGroupTag", "1")))
+            + login_resp(True, 1, 3, OPERATIONAL, tsih=7, stat_sn=1))
+write("iscsi_login", "no_auth", b"\0" + login_ok)
+write("iscsi_login", "straight_to_operational", b"\0" + login_resp(True, 1, 3, OPERATIONAL, tsih=7))
+write("iscsi_login", "chap", b"\2" + login_resp(False, 0, 0, text(("AuthMethod", "CHAP"))) + login_resp(
+    False, 0, 0, text(("CHAP_A", "5"), ("CHAP_I", "1"), ("CHAP_C", "0x" + "ab" * 16)), stat_sn=1)
+    + login_resp(True, 0, 1, b"", stat_sn=2) + login_resp(True, 1, 3, OPERATIONAL, tsih=7, stat_sn=3))
+write("iscsi_login", "redirect", b"\0" + login_resp(True, 0, 1, text(("TargetAddress", "10.0.0.2:3260,1")), status=(1, 1)))
+write("iscsi_login", "discovery", b"\1" + login_resp(True, 0, 1, text(("AuthMethod", "None")))
+      + login_resp(True, 1, 3, text(("HeaderDigest", "None"), ("DataDigest", "None"),
+                                    ("MaxRecvDataSegmentLength", "8192")), tsih=3, stat_sn=1))
+max_data = struct.pack("<I", 262144)
+write("iscsi_pdu", "nop_in_scsi_resp_reject", b"\0" + max_data + pdu(0x20, 0x80, b"ping")
+      + pdu(0x21, 0x80, bytes([0, 0x18]) + bytes(18)) + pdu(0x3F, 0x80, bytes(48)))
+write("iscsi_pdu", "login_and_text", b"\0" + max_data + login_ok
+      + pdu(0x24, 0x80, text(("TargetName", "iqn.x:y"), ("TargetAddress", "1.2.3.4:3260,1"),
+                             ("CHAP_C", "0b" + "QUJD"), ("MaxBurstLength", "0x100000"))))
+write("iscsi_pdu", "data_in_r2t_async", b"\0" + max_data + pdu(0x25, 0x81, bytes(512))
+      + pdu(0x31, 0x80) + pdu(0x32, 0x80, b"x" * 12))

@@ -5,6 +5,8 @@
 use std::{fs::File, sync::Arc};
 
 pub mod config;
+pub mod iscsi_login;
+pub mod iscsi_pdu;
 pub mod scsi_cdb;
 pub mod vhost_user;
 pub mod virtio_request;

@@ -47,3 +47,13 @@ fn vhost_user() {
 fn config() {
     replay("config", vhost_user_scsi_fuzz::config::run);
 }
+
+#[test]
+fn iscsi_pdu() {
+    replay("iscsi_pdu", vhost_user_scsi_fuzz::iscsi_pdu::run);
+}
+
+#[test]
+fn iscsi_login() {
+    replay("iscsi_login", vhost_user_scsi_fuzz::iscsi_login::run);
+}
