@@ -2,7 +2,7 @@
 # Coverage-guided fuzzing of the daemon's hostile-input parsers (libFuzzer through
 # libfuzzer-sys, built by hand so that a stable toolchain is enough).
 #
-#   fuzz/run.sh --short            replay the checked-in inputs, then fuzz every target ~25 s
+#   fuzz/run.sh --short            replay the checked-in inputs, then fuzz every target ~20 s
 #                                  (the test suite's pass; VUS_FUZZ_SECONDS)
 #   fuzz/run.sh --long SECONDS     every target SECONDS (the documented runs)
 #   fuzz/run.sh ... --asan         nightly + AddressSanitizer (long runs; needs nightly)
@@ -18,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-seconds=${VUS_FUZZ_SECONDS:-25}
+seconds=${VUS_FUZZ_SECONDS:-20}
 asan=0
 replay=0
 targets=()
@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(virtio_request scsi_cdb vhost_user config)
+    targets=(virtio_request scsi_cdb vhost_user config iscsi_pdu iscsi_login)
 fi
 
 skip() {
