@@ -41,6 +41,7 @@ VUS_TEST_DAEMON_ARGS="--poll-us 50 --submit-batch 8" \
 # registrations count against the same account's RLIMIT_MEMLOCK (8 MiB by default).
 echo "== cargo test --test frontend (--register-buffers)"
 VUS_TEST_DAEMON_ARGS="--register-buffers" cargo test --test frontend -- --test-threads=1
+bash fuzz/run.sh --short  # replays the fuzz corpora, then ~20 s of fuzzing per target (SKIPPED without the toolchain support)
 
 # The Debian package (release build), its units and policies, the packaged daemon serving a
 # guest, and libvirt with the documented domain XML (about 3 minutes with a warm target/,
