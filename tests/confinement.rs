@@ -44,30 +44,6 @@ fn two_disks() -> Vec<Disk> {
     ]
 }
 
-/// The worker: the supervisor's only child.
-fn worker_of(supervisor: libc::pid_t) -> libc::pid_t {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let children = fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children"))
-            .unwrap_or_default();
-        if let Some(pid) = children.split_whitespace().next() {
-            let pid: libc::pid_t = pid.parse().unwrap();
-            if fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                == "vus-worker"
-            {
-                return pid;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no worker under supervisor {supervisor}"
-        );
-        sleep(Duration::from_millis(10));
-    }
-}
-
 fn status_of(path: &str) -> HashMap<String, String> {
     fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("{path}: {e}"))

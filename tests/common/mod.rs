@@ -225,3 +225,28 @@ impl Drop for Daemon {
         }
     }
 }
+
+/// The worker: the supervisor's child named `vus-worker` (waits for it, bounded).
+#[allow(dead_code)] // not every test binary looks for the worker
+pub fn worker_of(supervisor: libc::pid_t) -> libc::pid_t {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let children = fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children"))
+            .unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let pid: libc::pid_t = pid.parse().unwrap();
+            if fs::read_to_string(format!("/proc/{pid}/comm"))
+                .unwrap_or_default()
+                .trim()
+                == "vus-worker"
+            {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker under supervisor {supervisor}"
+        );
+        sleep(Duration::from_millis(10));
+    }
+}

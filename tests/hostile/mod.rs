@@ -215,30 +215,6 @@ pub fn eventfd_add(fd: RawFd, value: u64) -> io::Result<()> {
     }
 }
 
-/// The worker: the supervisor's only child named `vus-worker`.
-pub fn worker_of(supervisor: libc::pid_t) -> libc::pid_t {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let children = fs::read_to_string(format!("/proc/{supervisor}/task/{supervisor}/children"))
-            .unwrap_or_default();
-        for pid in children.split_whitespace() {
-            let pid: libc::pid_t = pid.parse().unwrap();
-            if fs::read_to_string(format!("/proc/{pid}/comm"))
-                .unwrap_or_default()
-                .trim()
-                == "vus-worker"
-            {
-                return pid;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no worker under supervisor {supervisor}"
-        );
-        sleep(Duration::from_millis(10));
-    }
-}
-
 /// Number of open fds of `pid` (None once it is gone).
 pub fn fd_count(pid: libc::pid_t) -> Option<usize> {
     fs::read_dir(format!("/proc/{pid}/fd"))
