@@ -152,3 +152,22 @@ fn version_is_the_same_everywhere() {
         format!("vhost-user-scsi {version}")
     );
 }
+
+/// The README's quick start is `cargo run --release -- ...`: with the documentation generator as
+/// a second binary, cargo can only pick the daemon if the manifest names it (it refused before).
+#[test]
+fn cargo_run_runs_the_daemon() {
+    let manifest = read("Cargo.toml");
+    let package = manifest.split("\n[").next().unwrap_or_default();
+    assert!(
+        package
+            .lines()
+            .any(|l| l.replace(' ', "") == "default-run=\"vhost-user-scsi\""),
+        "[package] must say default-run = \"vhost-user-scsi\""
+    );
+    let readme = read("README.md");
+    assert!(
+        readme.contains("cargo run --release -- --socket-path"),
+        "the quick start command changed: update this test"
+    );
+}
