@@ -157,8 +157,9 @@ pub struct Args {
 
     /// Accept guest memory the front-end could still shrink under the device (a
     /// memory-backend-file on /dev/shm or hugetlbfs, an unsealed memfd). Such a front-end can
-    /// crash the worker with SIGBUS [default: only memfds sealed against shrinking, as QEMU's
-    /// memory-backend-memfd seals them, and regular files].
+    /// crash the worker with SIGBUS [default: off: only memfds sealed against shrinking, as
+    /// QEMU's memory-backend-memfd seals them; regions past the end of their file are refused
+    /// either way].
     #[arg(long)]
     pub allow_unsealed_memory: bool,
 
