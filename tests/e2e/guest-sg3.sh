@@ -156,6 +156,11 @@ chk write_same_ndob sg_write_same --16 --ndob --lba=2100 --num=1 "$D"; want_rc w
 read_blocks 2100 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "NDOB did not zero"
 chk write_same_anchor sg_write_same --16 --anchor --unmap --lba=2100 --num=1 --in=/tmp/Z1 "$D"
 want_rc write_same_anchor 5
+# A Data-Out buffer of two blocks for WRITE SAME(10) of one block: ILLEGAL REQUEST, not GOOD
+# (SBC-4 5.50; docs/scsi.md "Data-Out length checks").
+cat /tmp/A /tmp/B > /tmp/AB2
+chk write_same_two_blocks sg_raw -s 1024 -i /tmp/AB2 "$D" 41 00 00 00 07 d0 00 00 01 00
+want_rc write_same_two_blocks 5
 
 # blkdiscard through the block layer: UNMAP or WRITE SAME(16) with UNMAP.
 write_blocks 4096 8 /tmp/P8
