@@ -196,6 +196,10 @@ impl LogicalUnit {
             put_be32(&mut p, 16, MAX_UNMAP_BYTES / bs);
             put_be32(&mut p, 20, MAX_UNMAP_DESCRIPTORS);
             put_be32(&mut p, 24, (UNMAP_GRANULARITY_BYTES / bs).max(1));
+            // UGAVALID = 1, UNMAP GRANULARITY ALIGNMENT 0: LBA 0 starts at byte 0 of the image
+            // (LOWEST ALIGNED LOGICAL BLOCK ADDRESS 0), so granules start at multiples of the
+            // granularity; an initiator can then align its UNMAPs to whole holes.
+            p[28] = 0x80;
         }
         put_be64(&mut p, 32, u64::from(MAX_WRITE_SAME_BYTES / bs));
         p

@@ -82,6 +82,7 @@ fn block_limits(max_xfer: u32, unmap: Option<(u32, u32)>, max_ws: u64) -> Vec<u8
         p[20..24].copy_from_slice(&count.to_be_bytes());
         p[24..28].copy_from_slice(&255u32.to_be_bytes());
         p[28..32].copy_from_slice(&gran.to_be_bytes());
+        p[32] = 0x80; // UGAVALID, UNMAP GRANULARITY ALIGNMENT 0
     }
     p[36..44].copy_from_slice(&max_ws.to_be_bytes());
     p
