@@ -58,7 +58,9 @@ impl LogicalUnit {
             return Ok(CmdOutput::good(0));
         }
         let len = len as usize;
-        if data_out.len() < 2 * len {
+        // The Data-Out buffer is exactly the verify and write data, 2 x NUMBER OF LOGICAL BLOCKS
+        // x block size (SBC-4 5.3); any other length is a CDB/transfer mismatch (SAM-5 5.4.3).
+        if data_out.len() != 2 * len {
             log::warn!(
                 "{}: COMPARE AND WRITE needs {} data bytes, the buffer has {}",
                 self.name,

@@ -23,9 +23,13 @@ pub const PERIPHERAL_DISK: u8 = 0x00;
 pub const PERIPHERAL_NO_LUN: u8 = 0x7f;
 
 pub use super::limits::MAX_TRANSFER_BYTES;
-/// Largest UNMAP LBA count and WRITE SAME length, as QEMU (1 GiB).
-pub const MAX_UNMAP_BYTES: u32 = 1 << 30;
-pub const MAX_WRITE_SAME_BYTES: u32 = 1 << 30;
+/// Largest UNMAP LBA count (512 MiB: 1 Mi blocks of 512 bytes, 128 Ki of 4 KiB). Initiator
+/// tools flag counts above 1 Mi blocks as implausible, and a smaller bound also bounds how
+/// long one UNMAP holds its queue (docs/scsi.md, "Block Limits").
+pub const MAX_UNMAP_BYTES: u32 = 512 << 20;
+/// Largest WRITE SAME: no more than one READ may transfer (MAXIMUM TRANSFER LENGTH), so an
+/// initiator can read back in one command the range it wrote with one WRITE SAME.
+pub const MAX_WRITE_SAME_BYTES: u32 = MAX_TRANSFER_BYTES;
 /// Most UNMAP block descriptors in one command: 255 fit in 4 KiB with the 8-byte header.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 255;
 /// Deallocation granularity we advertise: file system holes are page sized.
@@ -47,7 +51,10 @@ const PAGE_PROVISIONING: u8 = 0xb2;
 pub fn standard_data(peripheral: u8) -> Vec<u8> {
     let mut b = vec![0u8; STANDARD_LEN];
     b[0] = peripheral;
-    b[2] = 0x07; // VERSION: SPC-5
+    // VERSION 06h (SPC-4), as Linux LIO reports, not 07h (SPC-5): some initiator tools reject
+    // 07h, and nothing an initiator does depends on 07h. The version descriptors below still
+    // name SPC-5 and SBC-4 (docs/scsi.md, "INQUIRY VERSION").
+    b[2] = 0x06;
     b[3] = 0x10 | 0x02; // HISUP, RESPONSE DATA FORMAT 2
     b[4] = (STANDARD_LEN - 5) as u8;
     b[7] = 0x02; // CMDQUE
@@ -189,6 +196,10 @@ impl LogicalUnit {
             put_be32(&mut p, 16, MAX_UNMAP_BYTES / bs);
             put_be32(&mut p, 20, MAX_UNMAP_DESCRIPTORS);
             put_be32(&mut p, 24, (UNMAP_GRANULARITY_BYTES / bs).max(1));
+            // UGAVALID = 1, UNMAP GRANULARITY ALIGNMENT 0: LBA 0 starts at byte 0 of the image
+            // (LOWEST ALIGNED LOGICAL BLOCK ADDRESS 0), so granules start at multiples of the
+            // granularity; an initiator can then align its UNMAPs to whole holes.
+            p[28] = 0x80;
         }
         put_be64(&mut p, 32, u64::from(MAX_WRITE_SAME_BYTES / bs));
         p

@@ -254,10 +254,22 @@ impl LogicalUnit {
         let (offset, len) = self.byte_range(r.lba, r.blocks)?;
 
         let mut block = vec![0u8; bs as usize];
+        // The Data-Out buffer is exactly one logical block (NDOB = 0) or empty (NDOB = 1),
+        // SBC-4 5.50 / 5.51. Any other length is a mismatch between the CDB and the transfer
+        // (SAM-5 5.4.3, overlength and underlength): rejected as INVALID FIELD IN CDB, as LIO
+        // rejects a WRITE whose data length disagrees with its CDB, never completed as GOOD.
         let consumed = if ndob {
+            if !data_out.is_empty() {
+                log::warn!(
+                    "{}: WRITE SAME with NDOB and a {}-byte buffer",
+                    self.name,
+                    data_out.len()
+                );
+                return Err(Sense::invalid_cdb_field(1, Some(0)));
+            }
             0
         } else {
-            if data_out.len() < block.len() {
+            if data_out.len() != block.len() {
                 log::warn!(
                     "{}: WRITE SAME needs a {bs}-byte block, the buffer has {}",
                     self.name,

@@ -83,7 +83,7 @@ dd if=/dev/zero of=/tmp/Z1 bs=512 count=1 2>/dev/null
 dd if=/dev/zero of=/tmp/Z8 bs=512 count=8 2>/dev/null
 
 # --- INQUIRY and VPD pages ------------------------------------------------------------
-chk inq sg_inq "$D"; want_rc inq 0; want inq "version=0x07"; want inq "HiSUP=1"
+chk inq sg_inq "$D"; want_rc inq 0; want inq "version=0x06"; want inq "HiSUP=1"
 chk inq_descriptors sg_inq -d "$D"; want_rc inq_descriptors 0
 want inq_descriptors "SAM-6"; want inq_descriptors "SPC-5"; want inq_descriptors "SBC-4"
 chk vpd_supported sg_vpd -p sv "$D"; want_rc vpd_supported 0
@@ -96,7 +96,7 @@ chk vpd_extended sg_vpd -p ei "$D"; want_rc vpd_extended 0; want vpd_extended "S
 want vpd_extended "LUICLR=1"; want vpd_extended "V_SUP=1"
 chk vpd_block_limits sg_vpd -p bl "$D"; want_rc vpd_block_limits 0
 want vpd_block_limits "compare and write length: 128 blocks"
-want vpd_block_limits "Maximum unmap LBA count: 2097152"
+want vpd_block_limits "Maximum unmap LBA count: 1048576"
 chk vpd_bdc sg_vpd -p bdc "$D"; want_rc vpd_bdc 0; want vpd_bdc "Non-rotating"
 chk vpd_lbpv sg_vpd -p lbpv "$D"; want_rc vpd_lbpv 0
 want vpd_lbpv "LBPU\): 1"; want vpd_lbpv "LBPWS\): 1"; want vpd_lbpv "LBPRZ\): 1"
@@ -156,6 +156,11 @@ chk write_same_ndob sg_write_same --16 --ndob --lba=2100 --num=1 "$D"; want_rc w
 read_blocks 2100 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "NDOB did not zero"
 chk write_same_anchor sg_write_same --16 --anchor --unmap --lba=2100 --num=1 --in=/tmp/Z1 "$D"
 want_rc write_same_anchor 5
+# A Data-Out buffer of two blocks for WRITE SAME(10) of one block: ILLEGAL REQUEST, not GOOD
+# (SBC-4 5.50; docs/scsi.md "Data-Out length checks").
+cat /tmp/A /tmp/B > /tmp/AB2
+chk write_same_two_blocks sg_raw -s 1024 -i /tmp/AB2 "$D" 41 00 00 00 07 d0 00 00 01 00
+want_rc write_same_two_blocks 5
 
 # blkdiscard through the block layer: UNMAP or WRITE SAME(16) with UNMAP.
 write_blocks 4096 8 /tmp/P8

@@ -7,7 +7,8 @@ use vus_test_support::cdb::inquiry_page as inq;
 #[test]
 fn standard_inquiry() {
     let (bus, _) = mem_bus();
-    let mut want = vec![0x00, 0x00, 0x07, 0x12, 69, 0x00, 0x00, 0x02];
+    // VERSION 06h (SPC-4), as LIO: 07h was rejected by initiator tools.
+    let mut want = vec![0x00, 0x00, 0x06, 0x12, 69, 0x00, 0x00, 0x02];
     want.extend_from_slice(b"VUS     vhost-user-scsi 0001");
     want.extend_from_slice(&[0; 22]);
     // SAM-6, SPC-5, SBC-4.
@@ -81,6 +82,7 @@ fn block_limits(max_xfer: u32, unmap: Option<(u32, u32)>, max_ws: u64) -> Vec<u8
         p[20..24].copy_from_slice(&count.to_be_bytes());
         p[24..28].copy_from_slice(&255u32.to_be_bytes());
         p[28..32].copy_from_slice(&gran.to_be_bytes());
+        p[32] = 0x80; // UGAVALID, UNMAP GRANULARITY ALIGNMENT 0
     }
     p[36..44].copy_from_slice(&max_ws.to_be_bytes());
     p
@@ -91,7 +93,9 @@ fn vpd_block_pages_with_discard() {
     let (bus, _) = mem_bus();
     assert_eq!(
         bus.good(&inq(true, 0xb0, 255), 255),
-        block_limits(16384, Some((2 << 20, 8)), 2 << 20)
+        // MAXIMUM UNMAP LBA COUNT 1 Mi blocks (was 2 Mi), MAXIMUM WRITE SAME LENGTH equal to
+        // MAXIMUM TRANSFER LENGTH, 16384 blocks (was 2 Mi).
+        block_limits(16384, Some((1 << 20, 8)), 16384)
     );
     let mut b1 = vec![0u8; 64];
     b1[1] = 0xb1;
@@ -128,7 +132,7 @@ fn vpd_block_pages_4k_without_discard() {
     let bus = bus_with(MemBackend::new(1 << 20), o);
     assert_eq!(
         bus.good(&inq(true, 0xb0, 255), 255),
-        block_limits(2048, None, 1 << 18)
+        block_limits(2048, None, 2048)
     );
     assert_eq!(
         bus.good(&inq(true, 0xb2, 255), 255),
@@ -139,6 +143,6 @@ fn vpd_block_pages_4k_without_discard() {
     let bus = bus_with(MemBackend::new(1 << 20), o);
     assert_eq!(
         bus.good(&inq(true, 0xb0, 255), 255),
-        block_limits(2048, Some((1 << 18, 1)), 1 << 18)
+        block_limits(2048, Some((1 << 17, 1)), 2048)
     );
 }

@@ -66,9 +66,10 @@ fn unmap_errors() {
 #[test]
 fn unmap_total_is_limited() {
     let bus = bus_with(Arc::new(HugeBackend(1 << 42)), opts());
-    let ok = unmap_list(&[(0, 1 << 21)]);
+    // MAXIMUM UNMAP LBA COUNT: 1 Mi blocks of 512 bytes (512 MiB).
+    let ok = unmap_list(&[(0, 1 << 20)]);
     assert_eq!(bus.cmd(&unmap_cdb(24), &ok, 0), CmdOutput::good(24));
-    let too_much = unmap_list(&[(0, 1 << 20), (1 << 30, (1 << 20) + 1)]);
+    let too_much = unmap_list(&[(0, 1 << 19), (1 << 30, (1 << 19) + 1)]);
     assert_invalid_param(&bus.cmd(&unmap_cdb(40), &too_much, 0), 32, Some(7));
 }
 
@@ -189,4 +190,26 @@ fn file_backend_unmap_and_write_same() {
     assert!(data[..4096].iter().all(|&b| b == 0x5a));
     assert!(data[4096..11 * 4096].iter().all(|&b| b == 0));
     assert!(data[11 * 4096..].iter().all(|&b| b == 0x5a));
+}
+
+/// SBC-4 5.50/5.51: the Data-Out buffer of a WRITE SAME is exactly one logical block (NDOB = 0)
+/// or empty (NDOB = 1); a longer or shorter buffer is INVALID FIELD IN CDB, never GOOD.
+#[test]
+fn write_same_buffer_must_be_one_block() {
+    let (bus, _) = mem_bus();
+    let two = [0x5au8; 1024];
+    let before = bus.good(&read10(8, 4), 2048);
+    // Before the fix both completed GOOD, writing the first 512 bytes.
+    assert_invalid_cdb(&bus.cmd(&ws10(0, 8, 4), &two, 0), 7, Some(7));
+    assert_invalid_cdb(&bus.cmd(&ws16(0, 8, 4), &two[..513], 0), 10, Some(7));
+    assert_invalid_cdb(&bus.cmd(&ws16(0, 8, 4), &two[..511], 0), 10, Some(7));
+    // NDOB with data: the buffer must be empty.
+    assert_invalid_cdb(&bus.cmd(&ws16(0x01, 8, 4), &two[..512], 0), 1, Some(0));
+    // Nothing was written.
+    assert_eq!(bus.good(&read10(8, 4), 2048), before);
+    assert_eq!(
+        bus.cmd(&ws10(0, 8, 4), &two[..512], 0),
+        CmdOutput::good(512)
+    );
+    assert_eq!(bus.good(&read10(8, 4), 2048), vec![0x5au8; 2048]);
 }

@@ -83,6 +83,9 @@ fn compare_and_write_errors() {
     assert_invalid_cdb(&bus.cmd(&caw(0, 129), &data, 0), 13, Some(7));
     // Data-out shorter than verify + write data.
     assert_invalid_cdb(&bus.cmd(&caw(0, 2), &data[..2047], 0), 13, Some(7));
+    // Longer than 2 x NUMBER OF LOGICAL BLOCKS x block size (SBC-4 5.3): GOOD before the fix.
+    assert_invalid_cdb(&bus.cmd(&caw(0, 2), &data[..2049], 0), 13, Some(7));
+    assert_invalid_cdb(&bus.cmd(&caw(0, 1), &data, 0), 13, Some(7));
     let mut o = opts();
     o.read_only = true;
     let ro = bus_with(MemBackend::new(1 << 20), o);
@@ -419,4 +422,40 @@ fn unit_attentions_per_nexus() {
     bus.reset_target(0);
     assert_eq!(run_as(&bus, 1, &TUR, &[], 0).0, CmdOutput::good(0));
     assert_sense(&bus.cmd(&TUR, &[], 0), 0x06, 0x29, 0x07);
+}
+
+/// SBC-4 5.23: the first LBA status descriptor starts at the requested STARTING LBA, also after
+/// an UNMAP of one 512-byte logical block inside a 4 KiB physical block (zeroed, not punched).
+#[test]
+fn get_lba_status_after_partial_physical_unmap() {
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(&[9u8; 64 << 10]).unwrap();
+    file.set_len(1 << 20).unwrap();
+    file.sync_all().unwrap();
+    let backend = FileBackend::new(file, false).unwrap();
+    if backend.lba_status(0, 1 << 20).unwrap() != (true, 64 << 10) {
+        eprintln!("SKIPPED: no SEEK_HOLE support for temporary files here");
+        return;
+    }
+    let mut o = opts();
+    o.physical_block_size = 4096;
+    let bus = bus_with(Arc::new(backend), o);
+    let list = vus_test_support::cdb::unmap_list(&[(1, 1)]);
+    let unmap = vus_test_support::cdb::unmap(list.len());
+    assert_eq!(bus.cmd(&unmap, &list, 0).status, status::GOOD);
+    assert_eq!(bus.good(&read10(1, 1), 512), vec![0u8; 512]);
+    assert_eq!(bus.good(&read10(0, 1), 512), vec![9u8; 512]);
+    for start in [0u64, 1, 2, 7] {
+        let got = bus.good(&get_lba_status(start, 4096), 4096);
+        assert_eq!(&got[8..16], &start.to_be_bytes(), "start {start}: {got:?}");
+    }
+    // A physical-block-aligned UNMAP punches a hole: deallocated from its first LBA.
+    let list = vus_test_support::cdb::unmap_list(&[(8, 8)]);
+    assert_eq!(bus.cmd(&unmap, &list, 0).status, status::GOOD);
+    let mut want = vec![0, 0, 0, 68, 0, 0, 0, 0];
+    want.extend_from_slice(&lba_descriptor(3, 5, 0));
+    want.extend_from_slice(&lba_descriptor(8, 8, 1));
+    want.extend_from_slice(&lba_descriptor(16, 112, 0));
+    want.extend_from_slice(&lba_descriptor(128, 1920, 1));
+    assert_eq!(bus.good(&get_lba_status(3, 4096), 4096), want);
 }
