@@ -10,6 +10,8 @@ use crate::{
 };
 
 /// A LUN with its backend open and locked (by the supervisor's `open`), as the worker gets it.
+/// Cloning shares the open files: a restarted worker builds its bus from the same ones.
+#[derive(Clone)]
 pub struct OpenedLun {
     pub config: LunConfig,
     pub backend: Arc<dyn BlockBackend>,

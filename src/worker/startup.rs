@@ -200,16 +200,7 @@ fn worker_main(
     sandbox::probe::run_in_main();
 
     // Serve. `broker` stays open for the fd-broker protocol to come.
-    let luns = res
-        .luns
-        .iter()
-        .map(|l| OpenedLun {
-            config: l.config.clone(),
-            backend: l.backend.clone(),
-            pr_file: l.pr_file.clone(),
-        })
-        .collect();
-    let bus = Arc::new(assemble::build_bus(luns));
+    let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
     let backend = Arc::new(
         ScsiBackend::new(bus, config.num_queues, config.queue_size)
             .with_io_config(config.io.clone())

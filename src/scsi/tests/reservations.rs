@@ -357,10 +357,7 @@ fn corrupt_state_file_starts_empty() {
 /// back (`open` sizes the file so that the state never grows it).
 #[test]
 fn aptpl_state_survives_a_worker_restart() {
-    use crate::{
-        config::{BlockSize, CacheMode, LunConfig},
-        supervisor::open::OpenedLun,
-    };
+    use crate::config::{BlockSize, CacheMode, LunConfig};
     let dir = tempfile::tempdir().unwrap();
     let config = LunConfig {
         target: 0,
@@ -378,15 +375,7 @@ fn aptpl_state_survives_a_worker_restart() {
     };
     let opened = crate::supervisor::open::open_luns(&[config]).unwrap();
     let start_worker = || {
-        let luns = opened
-            .iter()
-            .map(|l| OpenedLun {
-                config: l.config.clone(),
-                backend: l.backend.clone(),
-                pr_file: l.pr_file.clone(),
-            })
-            .collect();
-        let bus = crate::worker::assemble::build_bus(luns);
+        let bus = crate::worker::assemble::build_bus(opened.clone());
         assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x29, 0x00);
         bus
     };
