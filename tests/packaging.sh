@@ -218,20 +218,11 @@ awk -v e="$exposure" 'BEGIN { exit !(e <= 3.5) }' || { cat "$work/security"; fai
 step_end
 
 # ---------------------------------------------------------------------------------------------
-# The instance "e2e": the packaged example configuration with its sources moved to temporary
-# images (64 MiB each, both writable for the guest workload).
-mkdir -p "$work/etc" "$work/run" "$work/images"
-sed -e "s#/var/lib/libvirt/images/#$work/images/#; s#/var/lib/vhost-user-scsi/#$work/images/#" \
-    -e '/^read-only = true/d' \
-    "$root/usr/share/doc/vhost-user-scsi/examples/example.toml" >"$work/etc/e2e.toml"
-truncate -s 64M "$work/images/vm1-root.img" "$work/images/vm1-data.img"
-unit="$root/lib/systemd/system/vhost-user-scsi@.service"
-socket_unit="$root/lib/systemd/system/vhost-user-scsi@.socket"
-# ExecStart= of the installed unit, %i expanded, installed paths mapped into the root.
-read -r -a cmd <<<"$(sed -n 's/^ExecStart=//p' "$unit" | sed \
-    -e "s#%i#e2e#g" -e "s#/etc/vhost-user-scsi/#$work/etc/#g" -e "s#^/usr/libexec/#$root/usr/libexec/#")"
+# The instance "e2e" (tests/packaging/instance.sh): the packaged example configuration with
+# its sources moved to temporary images, the unit's ExecStart= mapped into the root.
+source tests/packaging/instance.sh
+packaged_instance "$root" "$work" e2e
 echo "ExecStart: ${cmd[*]}"
-caps_set="$(sed -n 's/^CapabilityBoundingSet=//p' "$unit" | tr 'A-Z' 'a-z' | sed 's/cap_/+/g; s/ /,/g')"
 grep -qx 'NoNewPrivileges=yes' "$unit" || fail "unit lost NoNewPrivileges=yes"
 # The socket as the .socket unit makes it (systemd, full root: it may chown), then the service's
 # command under its CapabilityBoundingSet= and NoNewPrivileges= as systemd applies them.

@@ -82,16 +82,9 @@ for _ in $(seq 100); do virsh -q version >/dev/null 2>&1 && break; sleep 0.2; do
 virsh version | sed 's/^/[libvirt] /' >&2 || fail "libvirtd does not answer"
 
 # --- 2. the daemon, packaged way ---------------------------------------------------------------
-mkdir -p "$work/etc" "$work/run" "$work/images" "$work/boot"
-sed -e "s#/var/lib/libvirt/images/#$work/images/#; s#/var/lib/vhost-user-scsi/#$work/images/#" \
-    -e '/^read-only = true/d' \
-    "$root/usr/share/doc/vhost-user-scsi/examples/example.toml" >"$work/etc/vm1.toml"
-truncate -s 64M "$work/images/vm1-root.img" "$work/images/vm1-data.img"
-unit="$root/lib/systemd/system/vhost-user-scsi@.service"
-socket_unit="$root/lib/systemd/system/vhost-user-scsi@.socket"
-read -r -a cmd <<<"$(sed -n 's/^ExecStart=//p' "$unit" | sed \
-    -e "s#%i#vm1#g" -e "s#/etc/vhost-user-scsi/#$work/etc/#g" -e "s#^/usr/libexec/#$root/usr/libexec/#")"
-caps_set="$(sed -n 's/^CapabilityBoundingSet=//p' "$unit" | tr 'A-Z' 'a-z' | sed 's/cap_/+/g; s/ /,/g')"
+mkdir -p "$work/boot"
+source "$here/instance.sh"
+packaged_instance "$root" "$work" vm1
 "$here/activate.py" --runtime-dir "$work/run" "$socket_unit" vm1 -- \
     setpriv --bounding-set="-all,$caps_set" --inh-caps=-all --no-new-privs -- \
     "${cmd[@]}" >"$work/daemon.log" 2>&1 &
