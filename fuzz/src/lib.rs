@@ -85,6 +85,8 @@ pub fn bus(image: &File) -> ScsiBus {
         Arc::new(FileBackend::new(f, false).expect("image backend"))
     };
     let opts = |serial: &str, ro: bool, bs: u32, pbs: u32| LunOptions {
+        device_type: Default::default(),
+        removable: false,
         read_only: ro,
         serial: serial.into(),
         wwn: 0x3000_0000_0000_0001,

@@ -861,6 +861,8 @@ mod tests {
                 target: 1,
                 lun: 2,
                 source: "/dev/sdz".into(),
+                lun_type: crate::config::LunType::Disk,
+                removable: false,
                 read_only: true,
                 serial: Some("DISK 0-x".into()),
                 wwn: Some(0x5000_0000_0000_0001),

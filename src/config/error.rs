@@ -121,6 +121,11 @@ pub enum LunError {
          of two multiple of it)"
     )]
     PhysBelowLogical { phys: u32, block: u32 },
+    #[error("{option} cannot be used with type=cdrom: {reason}")]
+    CdromOption {
+        option: &'static str,
+        reason: &'static str,
+    },
     #[error("pr-file {}: {}", .path.display(), io_msg(.error))]
     PrFile {
         path: PathBuf,

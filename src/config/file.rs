@@ -136,6 +136,8 @@ pr-file = "disk1.pr"
                 target: Some(0),
                 lun: Some(0),
                 source: "/var/lib/images/disk0.img".into(),
+                lun_type: None,
+                removable: None,
                 read_only: Some(false),
                 discard: Some(true),
                 cache: Some("writeback".into()),

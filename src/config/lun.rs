@@ -13,7 +13,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use super::{error::LunError, BlockSize, CacheMode, LunConfig, MAX_LUN};
+use super::{error::LunError, BlockSize, CacheMode, LunConfig, LunType, MAX_LUN};
 
 /// Longest unit serial number accepted (as QEMU's scsi-disk).
 pub const MAX_SERIAL_LEN: usize = 36;
@@ -49,6 +49,10 @@ pub struct LunFields {
     pub target: Option<u64>,
     pub lun: Option<u64>,
     pub source: PathBuf,
+    /// `disk` (the default) or `cdrom`.
+    #[serde(rename = "type")]
+    pub lun_type: Option<String>,
+    pub removable: Option<bool>,
     pub read_only: Option<bool>,
     pub discard: Option<bool>,
     pub cache: Option<String>,
@@ -109,6 +113,8 @@ impl LunFields {
                 "cache" => "cache",
                 "size" => "size",
                 "pr-file" => "pr-file",
+                "type" => "type",
+                "removable" => "removable",
                 _ => return Err(LunError::UnknownOption(key.to_owned())),
             };
             if !seen.insert(canonical) {
@@ -137,6 +143,10 @@ impl LunFields {
                 "cache" => lun.cache = Some(need()?),
                 "size" => lun.size = Some(need()?),
                 "pr-file" => lun.pr_file = Some(PathBuf::from(need()?)),
+                "type" => lun.lun_type = Some(need()?),
+                "removable" => {
+                    lun.removable = Some(value.map_or(Ok(true), |v| parse_bool("removable", v))?)
+                }
                 _ => unreachable!(),
             }
         }
@@ -179,8 +189,50 @@ impl LunFields {
         if let Some(p) = &self.pr_file {
             c.pr_file = Some(parse_pr_file(p)?);
         }
+        if let Some(v) = &self.lun_type {
+            c.lun_type = parse_lun_type(v)?;
+        }
+        c.removable = self.removable.unwrap_or(false);
+        if c.lun_type == LunType::Cdrom {
+            self.apply_cdrom(c)?;
+        } else if c.block_size == BlockSize::B2048 {
+            return Err(LunError::InvalidValue {
+                option: "block-size",
+                value: "2048".to_owned(),
+                expected: "512 or 4096 (2048 is a type=cdrom LUN's)",
+            });
+        }
         check_block_sizes(c)?;
         Ok(spec)
+    }
+
+    /// A CD-ROM: read-only, 2048-byte blocks, removable, nothing to create or deallocate.
+    /// Options that contradict that are refused rather than silently overridden.
+    fn apply_cdrom(&self, c: &mut LunConfig) -> Result<(), LunError> {
+        let conflict = |option, reason| Err(LunError::CdromOption { option, reason });
+        if self.block_size.is_some() && c.block_size != BlockSize::B2048 {
+            return conflict("block-size", "a CD-ROM's logical blocks are 2048 bytes");
+        }
+        if self.read_only == Some(false) {
+            return conflict("readonly=off", "a CD-ROM is read-only");
+        }
+        if self.size.is_some() {
+            return conflict("size", "an ISO image is never created empty");
+        }
+        if self.phys_block_size.is_some() {
+            return conflict("phys-block-size", "a CD-ROM's blocks are 2048 bytes");
+        }
+        if self.discard == Some(true) {
+            return conflict("discard=on", "a CD-ROM is read-only");
+        }
+        if self.removable == Some(false) {
+            return conflict("removable=off", "a CD-ROM's medium is always removable");
+        }
+        c.block_size = BlockSize::B2048;
+        c.read_only = true;
+        c.removable = true;
+        c.discard = false;
+        Ok(())
     }
 }
 
@@ -326,9 +378,24 @@ pub(crate) fn check_serial(value: &str) -> Result<String, LunError> {
     Ok(value.to_owned())
 }
 
+/// A `type=` value.
+pub(crate) fn parse_lun_type(value: &str) -> Result<LunType, LunError> {
+    match value {
+        "disk" => Ok(LunType::Disk),
+        "cdrom" => Ok(LunType::Cdrom),
+        _ => Err(LunError::InvalidValue {
+            option: "type",
+            value: value.to_owned(),
+            expected: "disk or cdrom",
+        }),
+    }
+}
+
+/// A `block-size=` value; 2048 is only valid with `type=cdrom` (checked by `validate`).
 pub(crate) fn block_size_from(n: u64, value: &str) -> Result<BlockSize, LunError> {
     match n {
         512 => Ok(BlockSize::B512),
+        2048 => Ok(BlockSize::B2048),
         4096 => Ok(BlockSize::B4096),
         _ => Err(LunError::InvalidValue {
             option: "block-size",

@@ -50,6 +50,8 @@ pub enum CacheMode {
 pub enum BlockSize {
     #[default]
     B512,
+    /// A CD-ROM's (`type=cdrom`), and only there.
+    B2048,
     B4096,
 }
 
@@ -57,9 +59,20 @@ impl BlockSize {
     pub fn bytes(self) -> u32 {
         match self {
             BlockSize::B512 => 512,
+            BlockSize::B2048 => 2048,
             BlockSize::B4096 => 4096,
         }
     }
+}
+
+/// The kind of device a LUN is (`type=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LunType {
+    /// A direct-access block device (SBC).
+    #[default]
+    Disk,
+    /// A CD/DVD-ROM drive serving an ISO image (MMC): read-only, 2048-byte blocks, removable.
+    Cdrom,
 }
 
 /// One logical unit, as configured.
@@ -69,6 +82,10 @@ pub struct LunConfig {
     pub lun: u16,
     /// A regular file (raw image) or a block device.
     pub source: PathBuf,
+    /// `type=disk|cdrom`.
+    pub lun_type: LunType,
+    /// `removable`: the medium can be ejected and changed (RMB = 1); always so for a CD-ROM.
+    pub removable: bool,
     pub read_only: bool,
     /// Unit serial number (VPD 80h); defaults to a value derived from target and LUN.
     pub serial: Option<String>,
@@ -95,6 +112,8 @@ impl LunConfig {
             target,
             lun,
             source: source.into(),
+            lun_type: LunType::Disk,
+            removable: false,
             read_only: false,
             serial: None,
             wwn: None,

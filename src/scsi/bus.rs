@@ -155,11 +155,11 @@ impl ScsiBus {
     }
 
     /// Every LUN's backend, for engines that register files up front.
-    pub fn backends(&self) -> impl Iterator<Item = &Arc<dyn BlockBackend>> {
+    pub fn backends(&self) -> impl Iterator<Item = Arc<dyn BlockBackend>> + '_ {
         self.targets
             .values()
             .flat_map(|luns| luns.values())
-            .map(|lu| &lu.backend)
+            .map(|lu| lu.backend())
     }
 
     /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.
@@ -206,7 +206,7 @@ impl ScsiBus {
             if lu.read_only() {
                 continue;
             }
-            if let Err(e) = lu.backend.flush() {
+            if let Err(e) = lu.backend().flush() {
                 log::warn!("{}: flush failed: {e}", lu.name);
                 first_err.get_or_insert(e);
             }

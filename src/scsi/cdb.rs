@@ -31,6 +31,11 @@ pub mod opcode {
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5a;
+    pub const READ_TOC_PMA_ATIP: u8 = 0x43;
+    pub const GET_CONFIGURATION: u8 = 0x46;
+    pub const GET_EVENT_STATUS_NOTIFICATION: u8 = 0x4a;
+    pub const READ_DISC_INFORMATION: u8 = 0x51;
+    pub const READ_TRACK_INFORMATION: u8 = 0x52;
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
@@ -51,6 +56,8 @@ pub mod opcode {
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_AND_VERIFY_12: u8 = 0xae;
     pub const VERIFY_12: u8 = 0xaf;
+    pub const READ_DVD_STRUCTURE: u8 = 0xad;
+    pub const MECHANISM_STATUS: u8 = 0xbd;
 }
 
 /// Service actions.

@@ -226,7 +226,15 @@ impl LogicalUnit {
         offset: u64,
         bufs: SgList<'a>,
     ) -> Prepared<'a> {
-        let fd = self.backend.async_fd(kind, &bufs, offset);
+        // A removable medium can be changed while I/O runs: an engine keeps only the raw fd,
+        // which the old backend would close under it. Its I/O runs through the backend's own
+        // methods instead, which hold a reference for the call (CD-ROM reads are not the
+        // daemon's hot path).
+        let fd = if self.removable() {
+            None
+        } else {
+            self.backend().async_fd(kind, &bufs, offset)
+        };
         Prepared::Io(IoPlan {
             meta: IoMeta {
                 kind,
@@ -244,10 +252,10 @@ impl LogicalUnit {
     /// Runs a plan with the backend's synchronous methods.
     pub(crate) fn run_sync(&self, plan: &IoPlan<'_>) -> std::io::Result<()> {
         match plan.meta.kind {
-            IoKind::Read => self.backend.read_at(&plan.bufs, plan.offset),
-            IoKind::Write { fua } => self.backend.write_at(&plan.bufs, plan.offset, fua),
-            IoKind::Flush => self.backend.flush(),
-            IoKind::Deallocate { bytes } => self.backend.write_zeroes(plan.offset, bytes),
+            IoKind::Read => self.backend().read_at(&plan.bufs, plan.offset),
+            IoKind::Write { fua } => self.backend().write_at(&plan.bufs, plan.offset, fua),
+            IoKind::Flush => self.backend().flush(),
+            IoKind::Deallocate { bytes } => self.backend().write_zeroes(plan.offset, bytes),
         }
     }
 
@@ -304,7 +312,7 @@ impl LogicalUnit {
             let chunk = (len - done).min(COMPARE_CHUNK as u64) as usize;
             let mut sg = SgList::new();
             sg.push(VolatileSlice::from(&mut medium[..chunk]));
-            self.backend
+            self.backend()
                 .read_at(&sg, offset + done)
                 .map_err(|e| self.io_error(cdb, IoOp::Verify, r.lba + done / bs, &e))?;
             drop(sg);
@@ -415,6 +423,8 @@ mod tests {
         let lu = LogicalUnit::new(
             Arc::new(NullBackend::new(1 << 20)),
             LunOptions {
+                device_type: Default::default(),
+                removable: false,
                 read_only: false,
                 serial: "S".into(),
                 wwn: 0,

@@ -16,7 +16,7 @@ use std::{
     fmt, io,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, Condvar, Mutex, MutexGuard,
+        Arc, Condvar, Mutex, MutexGuard, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -24,6 +24,7 @@ use std::{
 pub use super::reservations::{Nexus, PrFile, HBA_NEXUS};
 use super::{
     cdb::{opcode, service_action as sa, Cdb},
+    media::Medium,
     reservations::PrState,
     respond,
     sense::Sense,
@@ -69,15 +70,38 @@ impl IoOp {
     }
 }
 
+/// The kind of device a LUN is (INQUIRY PERIPHERAL DEVICE TYPE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceType {
+    /// Direct-access block device (SBC-4), type 00h.
+    #[default]
+    Disk,
+    /// CD/DVD device (MMC-6), type 05h: read-only, 2048-byte blocks, always removable.
+    Cdrom,
+}
+
+impl DeviceType {
+    /// PERIPHERAL QUALIFIER 000b and the PERIPHERAL DEVICE TYPE.
+    pub fn peripheral(self) -> u8 {
+        match self {
+            DeviceType::Disk => 0x00,
+            DeviceType::Cdrom => 0x05,
+        }
+    }
+}
+
 /// Per-LUN settings, from the validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunOptions {
+    pub device_type: DeviceType,
+    /// RMB = 1: the medium can be ejected and changed (always so for a CD-ROM).
+    pub removable: bool,
     pub read_only: bool,
     /// Unit serial number (VPD 80h, T10 vendor ID designator).
     pub serial: String,
     /// NAA identifier (VPD 83h); 0 leaves the NAA designator out.
     pub wwn: u64,
-    /// Logical block size in bytes: 512 or 4096.
+    /// Logical block size in bytes: 512 or 4096 (a disk), 2048 (a CD-ROM).
     pub block_size: u32,
     /// Physical block size reported (READ CAPACITY(16) exponent, VPD B0h granularity): 0 means
     /// the logical block size; otherwise a power of two multiple of it, at most 32 KiB.
@@ -227,7 +251,14 @@ const IO_ERROR_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// A logical unit: a backend plus the SCSI-visible state around it.
 pub struct LogicalUnit {
-    pub(super) backend: Arc<dyn BlockBackend>,
+    /// The medium's backend. Swapped only by [`LogicalUnit::change_medium`] (a removable LU);
+    /// read through [`LogicalUnit::backend`], which hands out a reference that keeps the old
+    /// medium open for the commands still using it.
+    backend: RwLock<Arc<dyn BlockBackend>>,
+    /// Tray, lock and media events of a removable LU (unused otherwise).
+    pub(super) medium: Mutex<Medium>,
+    /// Fast path of the admission check: false while a removable LU has no medium to access.
+    pub(super) medium_ready: AtomicBool,
     pub(super) opts: LunOptions,
     /// Thin provisioning is on: configured and the backend can deallocate.
     pub(super) discard: bool,
@@ -245,7 +276,7 @@ pub struct LogicalUnit {
     /// Stopped by START STOP UNIT (START = 0): media access is NOT READY until started.
     pub(super) stopped: AtomicBool,
     /// The capacity (in blocks) the initiators were last told about.
-    reported_blocks: AtomicU64,
+    pub(super) reported_blocks: AtomicU64,
     pub(super) gate: Arc<WriteGate>,
     /// Persistent reservations and SPC-2 reservations.
     pub(super) pr: Mutex<PrState>,
@@ -257,7 +288,15 @@ pub struct LogicalUnit {
 
 impl LogicalUnit {
     pub fn new(backend: Arc<dyn BlockBackend>, mut opts: LunOptions) -> Self {
-        if !matches!(opts.block_size, 512 | 4096) {
+        if opts.device_type == DeviceType::Cdrom {
+            // MMC: 2048-byte blocks, no writing, always removable (the configuration refuses
+            // anything else; this keeps a LU that was built by hand consistent too).
+            opts.block_size = 2048;
+            opts.read_only = true;
+            opts.removable = true;
+            opts.discard = false;
+            opts.physical_block_size = 0;
+        } else if !matches!(opts.block_size, 512 | 4096) {
             log::warn!(
                 "unsupported logical block size {}, using 512",
                 opts.block_size
@@ -276,7 +315,9 @@ impl LogicalUnit {
         let pr_active = pr.is_active();
         let blocks = backend.size() / u64::from(opts.block_size);
         Self {
-            backend,
+            backend: RwLock::new(backend),
+            medium: Mutex::new(Medium::default()),
+            medium_ready: AtomicBool::new(true),
             opts,
             discard,
             name: "?:?".to_string(),
@@ -311,11 +352,37 @@ impl LogicalUnit {
 
     /// Number of whole logical blocks in the backend (a partial last block is not exposed).
     pub fn block_count(&self) -> u64 {
-        self.backend.size() / u64::from(self.opts.block_size)
+        self.backend().size() / u64::from(self.opts.block_size)
     }
 
     pub fn read_only(&self) -> bool {
         self.opts.read_only
+    }
+
+    pub fn device_type(&self) -> DeviceType {
+        self.opts.device_type
+    }
+
+    pub fn removable(&self) -> bool {
+        self.opts.removable
+    }
+
+    pub(super) fn is_cdrom(&self) -> bool {
+        self.opts.device_type == DeviceType::Cdrom
+    }
+
+    /// The current medium's backend (the one loaded when the command started).
+    pub fn backend(&self) -> Arc<dyn BlockBackend> {
+        self.backend
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the medium's backend; returns the old one.
+    pub(super) fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Arc<dyn BlockBackend> {
+        let mut b = self.backend.write().unwrap_or_else(|p| p.into_inner());
+        std::mem::replace(&mut *b, backend)
     }
 
     // ---- unit attentions ------------------------------------------------------------------
@@ -368,6 +435,7 @@ impl LogicalUnit {
         self.d_sense.store(false, Ordering::Relaxed);
         self.swp.store(false, Ordering::Relaxed);
         self.stopped.store(false, Ordering::Relaxed);
+        self.medium_power_on();
         self.release_spc2_reservation(None);
         self.lock_ua().clear();
     }
@@ -511,17 +579,27 @@ impl LogicalUnit {
         // SAM-5 5.14: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit
         // attention (REQUEST SENSE returns it as its data instead); for everything else it
         // comes first, before any other check.
-        if !matches!(
-            op,
-            opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE
-        ) {
+        // MMC-6 adds GET CONFIGURATION and GET EVENT STATUS NOTIFICATION: an initiator polls
+        // media events with them whatever is pending.
+        let ua_exempt = match op {
+            opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE => true,
+            opcode::GET_CONFIGURATION | opcode::GET_EVENT_STATUS_NOTIFICATION => self.is_cdrom(),
+            _ => false,
+        };
+        if !ua_exempt {
             if let Some(ua) = self.take_unit_attention(nexus) {
                 return Some(self.check_condition(ua));
             }
         }
+        if self.is_cdrom() && !super::mmc::cdrom_implements(cdb) {
+            return Some(self.check_condition(Sense::INVALID_OPCODE));
+        }
         // SPC-5 5.13.1, table 69 (and SPC-2 5.5.1 for RESERVE/RELEASE).
         if self.pr_active.load(Ordering::Acquire) && self.reservation_conflict(nexus, cdb) {
             return Some(CmdOutput::reservation_conflict());
+        }
+        if !self.medium_ready.load(Ordering::Acquire) && needs_medium(cdb) {
+            return Some(self.check_condition(self.no_medium_sense()));
         }
         if self.stopped.load(Ordering::Relaxed) && needs_ready_medium(cdb) {
             return Some(self.check_condition(Sense::NOT_READY_START_REQUIRED));
@@ -602,16 +680,30 @@ impl LogicalUnit {
                 let _write = self.gate.shared(false);
                 self.write_same(cdb, data_out)
             }
+            opcode::READ_TOC_PMA_ATIP
+            | opcode::GET_CONFIGURATION
+            | opcode::GET_EVENT_STATUS_NOTIFICATION
+            | opcode::READ_DISC_INFORMATION
+            | opcode::READ_TRACK_INFORMATION
+            | opcode::READ_DVD_STRUCTURE
+            | opcode::MECHANISM_STATUS
+                if self.is_cdrom() =>
+            {
+                self.mmc_command(cdb, data_in)
+            }
             _ => Err(Sense::INVALID_OPCODE),
         }
     }
 
     /// REQUEST SENSE (SPC-5 6.39): the oldest pending unit attention (consumed), else the
-    /// stopped state, else NO SENSE. Errors of earlier commands were already returned with
+    /// medium or stopped state, else NO SENSE. Errors of earlier commands were already returned with
     /// their CHECK CONDITION (autosense), so nothing else is ever pending.
     fn request_sense(&self, nexus: Nexus, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdOutput {
         let sense = self
             .take_unit_attention(nexus)
+            .or_else(|| {
+                (!self.medium_ready.load(Ordering::Acquire)).then(|| self.no_medium_sense())
+            })
             .or_else(|| {
                 self.stopped
                     .load(Ordering::Relaxed)
@@ -646,6 +738,35 @@ fn needs_ready_medium(cdb: &Cdb) -> bool {
         SERVICE_ACTION_IN_16 => cdb.service_action() == sa::GET_LBA_STATUS,
         _ => false,
     }
+}
+
+/// Commands that fail with NOT READY, MEDIUM NOT PRESENT while a removable LU has no medium
+/// (SPC-5 4.x, MMC-6 4.1.6): everything but what describes or controls the device itself, as
+/// QEMU's scsi-cd.
+fn needs_medium(cdb: &Cdb) -> bool {
+    use opcode::*;
+    !matches!(
+        cdb.opcode(),
+        INQUIRY
+            | REPORT_LUNS
+            | REQUEST_SENSE
+            | MODE_SENSE_6
+            | MODE_SENSE_10
+            | MODE_SELECT_6
+            | MODE_SELECT_10
+            | RESERVE_6
+            | RESERVE_10
+            | RELEASE_6
+            | RELEASE_10
+            | PERSISTENT_RESERVE_IN
+            | PERSISTENT_RESERVE_OUT
+            | START_STOP_UNIT
+            | PREVENT_ALLOW_MEDIUM_REMOVAL
+            | MAINTENANCE_IN
+            | GET_CONFIGURATION
+            | GET_EVENT_STATUS_NOTIFICATION
+            | MECHANISM_STATUS
+    )
 }
 
 /// Encodes REQUEST SENSE parameter data in the format the DESC bit asks for.

@@ -7,7 +7,10 @@
 //!
 //! Layout:
 //! - [`bus`]: targets and LUNs, command routing, REPORT LUNS and the "no such LUN" responses.
-//! - [`lun`]: one emulated direct-access block device: dispatch, unit attentions, REQUEST SENSE.
+//! - [`lun`]: one emulated logical unit (a disk, or a CD-ROM with `type=cdrom`): dispatch, unit
+//!   attentions, REQUEST SENSE.
+//! - [`mmc`]: the CD-ROM's multimedia commands (READ TOC, GET CONFIGURATION, ...);
+//!   [`media`]: the removable medium (tray, lock, eject/load, the host's medium change).
 //! - [`inquiry`], [`mode`], [`capacity`], [`io`], [`verify`], [`compare_write`],
 //!   [`provisioning`], [`lba_status`], [`media`], [`reservations`], [`opcodes`]: command groups.
 //! - [`cdb`], [`sense`]: CDB field access and sense data encoding.
@@ -24,6 +27,7 @@ pub mod lba_status;
 pub mod limits;
 pub mod lun;
 pub mod media;
+pub mod mmc;
 pub mod mode;
 pub mod opcodes;
 pub mod provisioning;
@@ -39,7 +43,8 @@ pub use crate::block::sg as data;
 pub use crate::block::sg::{DataIn, DataOut, SgList};
 pub use bus::ScsiBus;
 pub use io::{IoKind, IoMeta, IoPlan, Prepared};
-pub use lun::{LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
+pub use lun::{DeviceType, LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
+pub use media::{MediumError, MediumState};
 pub use sense::Sense;
 
 /// SAM status codes.

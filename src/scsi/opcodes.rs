@@ -176,10 +176,15 @@ const SUPPORT_STANDARD: u8 = 0b011;
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 impl LogicalUnit {
-    fn supported_commands(&self) -> impl Iterator<Item = &'static CommandInfo> + '_ {
+    /// The commands this LU implements, by opcode then service action.
+    fn supported_commands(&self) -> Vec<&'static CommandInfo> {
+        if self.is_cdrom() {
+            return super::mmc::cdrom_commands();
+        }
         COMMANDS
             .iter()
             .filter(move |c| c.opcode != op::UNMAP || self.discard)
+            .collect()
     }
 
     pub(super) fn report_supported_opcodes(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
@@ -188,6 +193,7 @@ impl LogicalUnit {
         let requested_op = cdb.byte(3);
         let requested_sa = cdb.be16(4);
         let alloc_len = cdb.be32(6) as usize;
+        let supported = self.supported_commands();
         let has_sa = |opcode: u8| {
             COMMANDS
                 .iter()
@@ -197,7 +203,7 @@ impl LogicalUnit {
         let buf = match options {
             0 => {
                 let mut b = vec![0u8; 4];
-                for c in self.supported_commands() {
+                for c in &supported {
                     b.push(c.opcode);
                     b.push(0);
                     b.extend_from_slice(&c.service_action.unwrap_or(0).to_be_bytes());
@@ -227,8 +233,8 @@ impl LogicalUnit {
                     2 => Some(requested_sa),
                     _ => has_sa(requested_op).then_some(requested_sa),
                 };
-                let found = self
-                    .supported_commands()
+                let found = supported
+                    .iter()
                     .find(|c| c.opcode == requested_op && c.service_action == want_sa);
                 match found {
                     Some(c) => {

@@ -96,6 +96,18 @@ impl Sense {
     pub const NOT_READY_START_REQUIRED: Sense = Sense::new(key::NOT_READY, 0x04, 0x02);
     pub const SOFTWARE_WRITE_PROTECTED: Sense = Sense::new(key::DATA_PROTECT, 0x27, 0x02);
     pub const INVALID_RELEASE_OF_PR: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x26, 0x04);
+    /// MEDIUM NOT PRESENT - TRAY CLOSED: a removable LU with no medium loaded.
+    pub const MEDIUM_NOT_PRESENT_TRAY_CLOSED: Sense = Sense::new(key::NOT_READY, 0x3a, 0x01);
+    /// MEDIUM NOT PRESENT - TRAY OPEN: ejected (START STOP UNIT with LOEJ, or the host).
+    pub const MEDIUM_NOT_PRESENT_TRAY_OPEN: Sense = Sense::new(key::NOT_READY, 0x3a, 0x02);
+    /// The medium was removed by the host (as QEMU's scsi-cd reports a medium change first).
+    pub const UA_MEDIUM_NOT_PRESENT: Sense = Sense::new(key::UNIT_ATTENTION, 0x3a, 0x00);
+    /// NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED: a medium was loaded.
+    pub const MEDIUM_MAY_HAVE_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x28, 0x00);
+    /// MEDIUM REMOVAL PREVENTED (PREVENT ALLOW MEDIUM REMOVAL holds the medium).
+    pub const MEDIUM_REMOVAL_PREVENTED: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02);
+    /// MEDIUM REMOVAL PREVENTED with no medium: NOT READY (as QEMU's scsi-cd).
+    pub const NOT_READY_REMOVAL_PREVENTED: Sense = Sense::new(key::NOT_READY, 0x53, 0x02);
 
     /// INVALID FIELD IN CDB pointing at `byte` (and `bit`, the field's most significant bit).
     pub fn invalid_cdb_field(byte: u16, bit: Option<u8>) -> Self {

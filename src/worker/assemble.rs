@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use crate::{
     block::BlockBackend,
-    config::LunConfig,
-    scsi::{LogicalUnit, LunOptions, PrFile, ScsiBus},
+    config::{LunConfig, LunType},
+    scsi::{DeviceType, LogicalUnit, LunOptions, PrFile, ScsiBus},
 };
 
 /// A LUN with its backend open and locked (by the supervisor's `open`), as the worker gets it.
@@ -39,6 +39,11 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
     } in luns
     {
         let opts = LunOptions {
+            device_type: match config.lun_type {
+                LunType::Disk => DeviceType::Disk,
+                LunType::Cdrom => DeviceType::Cdrom,
+            },
+            removable: config.removable,
             read_only: config.read_only,
             serial: config
                 .serial

@@ -124,6 +124,8 @@ impl BlockBackend for MemBackend {
 
 pub fn opts() -> LunOptions {
     LunOptions {
+        device_type: super::DeviceType::Disk,
+        removable: false,
         read_only: false,
         serial: "SER123".to_string(),
         wwn: 0x5001_4050_0000_0001,

@@ -363,6 +363,8 @@ fn aptpl_state_survives_a_worker_restart() {
         target: 0,
         lun: 0,
         source: "null://1M".into(),
+        lun_type: crate::config::LunType::Disk,
+        removable: false,
         read_only: false,
         serial: None,
         wwn: None,
