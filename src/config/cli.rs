@@ -25,6 +25,11 @@
 //! | `cache=M` | `none` (`O_DIRECT`) or `writeback` | writeback |
 //! | `size=SIZE` | create a missing source as a sparse image | none |
 //! | `pr-file=PATH` | persistent reservation state file (created 0600 when missing) | none |
+//! | `type=T` | `disk` or `cdrom` (an ISO image: read-only, 2048-byte blocks, removable) | disk |
+//! | `removable` | bare, or `=on\|off`: the medium can be ejected (RMB = 1) | off (on for cdrom) |
+//!
+//! A `type=cdrom` LUN refuses what contradicts it (a `block-size` other than 2048, `readonly=off`,
+//! `size=`, `phys-block-size`, `discard=on`, `removable=off`) with one error naming the option.
 //!
 //! Booleans also accept `yes|no` and `true|false`. An option may be given once per `--lun`.
 //!
@@ -96,6 +101,9 @@ LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
   cache=none|writeback   none = O_DIRECT (default writeback)
   size=SIZE          create a missing SOURCE as a sparse image of SIZE (512M, 1G ...)
   pr-file=PATH       keep persistent reservations (APTPL) in PATH, created 0600 if missing
+  type=disk|cdrom    cdrom: serve an ISO image as a CD/DVD-ROM drive (read-only,
+                     2048-byte blocks, removable; default disk)
+  removable[=on|off] the medium can be ejected and changed (default off; on for cdrom)
 LUNs without TARGET:LUN= take the lowest free LUN number on target 0, in order.
 --config FILE (TOML): its LUNs come first, --lun options are appended; scalar command-line
 options override the file. With neither --socket-path nor --fd, systemd socket activation
@@ -757,6 +765,67 @@ mod tests {
         match parse_lun(arg) {
             Ok(s) => panic!("{arg}: unexpectedly accepted: {s:?}"),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn cdrom_and_removable() {
+        let c = lun("/iso/install.iso,type=cdrom").config;
+        assert_eq!(c.lun_type, crate::config::LunType::Cdrom);
+        assert_eq!(c.block_size, BlockSize::B2048);
+        assert!(c.read_only && c.removable && !c.discard);
+        // What a CD-ROM is anyway may be spelled out.
+        let same = lun("/iso/install.iso,type=cdrom,block-size=2048,ro,removable=on,discard=off");
+        assert_eq!(same.config, c);
+        assert_eq!(lun("a,type=disk").config, lun("a").config);
+        let d = lun("a,removable").config;
+        assert!(d.removable && !d.read_only);
+        assert_eq!(d.block_size, BlockSize::B512);
+        assert!(!lun("a,removable=off").config.removable);
+        assert!(
+            lun("a,removable,type=disk,block-size=4096,ro")
+                .config
+                .removable
+        );
+        // One clear error for each contradiction.
+        for (arg, msg) in [
+            (
+                "a,type=cdrom,block-size=512",
+                "block-size cannot be used with type=cdrom: a CD-ROM's logical blocks are 2048 bytes",
+            ),
+            (
+                "a,type=cdrom,block-size=4096",
+                "block-size cannot be used with type=cdrom: a CD-ROM's logical blocks are 2048 bytes",
+            ),
+            (
+                "a,type=cdrom,readonly=off",
+                "readonly=off cannot be used with type=cdrom: a CD-ROM is read-only",
+            ),
+            (
+                "a,type=cdrom,size=1G",
+                "size cannot be used with type=cdrom: an ISO image is never created empty",
+            ),
+            (
+                "a,type=cdrom,phys-block-size=4096",
+                "phys-block-size cannot be used with type=cdrom: a CD-ROM's blocks are 2048 bytes",
+            ),
+            (
+                "a,type=cdrom,discard",
+                "discard=on cannot be used with type=cdrom: a CD-ROM is read-only",
+            ),
+            (
+                "a,type=cdrom,removable=off",
+                "removable=off cannot be used with type=cdrom: a CD-ROM's medium is always removable",
+            ),
+            (
+                "a,block-size=2048",
+                "invalid block-size '2048': expected 512 or 4096 (2048 is a type=cdrom LUN's)",
+            ),
+            ("a,type=dvd", "invalid type 'dvd': expected disk or cdrom"),
+            ("a,type", "option 'type' needs a value"),
+            ("a,removable=maybe", "invalid removable 'maybe': expected on or off"),
+        ] {
+            assert_eq!(lun_err(arg), msg, "{arg}");
         }
     }
 

@@ -161,6 +161,24 @@ pr-file = "disk1.pr"
     }
 
     #[test]
+    fn cdrom_and_removable_keys() {
+        let text = "[[lun]]\nsource = \"a.iso\"\ntype = \"cdrom\"\n\n\
+                    [[lun]]\nsource = \"b.img\"\nremovable = true\n\n\
+                    [[lun]]\nsource = \"c.iso\"\ntype = \"cdrom\"\nread-only = false\n";
+        let cfg = parse_str(text, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.luns[0].lun_type.as_deref(), Some("cdrom"));
+        assert_eq!(cfg.luns[1].removable, Some(true));
+        let a = cfg.luns[0].validate().unwrap().config;
+        assert!(a.read_only && a.removable && a.block_size.bytes() == 2048);
+        assert!(cfg.luns[1].validate().unwrap().config.removable);
+        // The same validation as --lun, so the same message.
+        assert_eq!(
+            cfg.luns[2].validate().unwrap_err().to_string(),
+            "readonly=off cannot be used with type=cdrom: a CD-ROM is read-only"
+        );
+    }
+
+    #[test]
     fn empty_file_is_fine() {
         assert_eq!(
             parse_str("", Path::new("x.toml")).unwrap(),

@@ -49,6 +49,12 @@ impl ScsiBus {
         self.targets.get(&target)?.get(&lun)
     }
 
+    /// The LU at `target:lun`, for the management layer (medium changes:
+    /// [`LogicalUnit::change_medium`], [`LogicalUnit::eject`], [`LogicalUnit::load`]).
+    pub fn logical_unit(&self, target: u8, lun: u16) -> Option<&LogicalUnit> {
+        self.lookup(target, lun)
+    }
+
     /// Executes one command from the virtio-scsi HBA ([`HBA_NEXUS`]). `cdb` is the request's
     /// whole CDB area; bytes past the opcode's CDB length are ignored.
     pub fn execute(

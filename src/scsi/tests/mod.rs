@@ -5,6 +5,7 @@ mod basic;
 mod fuzz;
 mod inquiry;
 mod io;
+mod mmc;
 mod mode;
 mod opcodes;
 mod provisioning;
