@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the e2e guest initramfs: busybox + e2fsprogs + util-linux discard tools
-# + sg3-utils (optional) + the virtio-scsi/sd/ext4 kernel modules + /init +
+# + sg3-utils and eject (optional) + the virtio-scsi/sd/sr/ext4/isofs kernel modules + /init +
 # the guest workloads (guest-workload.sh, guest-sg3.sh).
 #
 # Usage: build-initramfs.sh OUT.cpio.gz
@@ -19,8 +19,8 @@ KVER="$(e2e_kver)"
 # skipped; dependencies missing from this list are added from modules.dep.
 MODULES=(crc64 crc64-rocksoft crct10dif_common crc-t10dif t10-pi
          virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         scsi_common scsi_mod sd_mod sg virtio_scsi
-         jbd2 mbcache crc16 crc32c_generic libcrc32c ext4)
+         scsi_common scsi_mod sd_mod sg cdrom sr_mod virtio_scsi
+         jbd2 mbcache crc16 crc32c_generic libcrc32c ext4 isofs)
 
 # Host binaries copied with their shared libraries (first found wins).
 # "name:candidate1,candidate2"; optional ones are prefixed with '?'.
@@ -49,7 +49,9 @@ BINARIES=(mke2fs:/usr/sbin/mke2fs,/sbin/mke2fs
           ?sg_start:/usr/bin/sg_start
           ?sg_prevent:/usr/bin/sg_prevent
           ?sg_requests:/usr/bin/sg_requests
-          ?sg_raw:/usr/bin/sg_raw)
+          ?sg_raw:/usr/bin/sg_raw
+          # eject(1) of util-linux: CDROMEJECT / CDROMCLOSETRAY on a CD-ROM LUN.
+          ?eject:/usr/bin/eject)
 
 BUSYBOX="$(command -v busybox || true)"
 [[ -n "$BUSYBOX" ]] || e2e_die "busybox not found (apt-get install busybox-static)"

@@ -9,6 +9,10 @@
 #   e2e.sg3=strict    check every expectation (our daemon); anything else (QEMU's scsi-hd):
 #                     only record what happens
 #   e2e.wait=SECONDS  how long to wait for the disk (default 60)
+#   e2e.cdrom=T:L     also test this CD-ROM LUN (type=cdrom: an ISO 9660 image holding
+#                     a, dir/b and c) and
+#   e2e.cdsum=HEX     the SHA-256 of those three files' contents, concatenated in that order
+#   e2e.removable=T:L also test this removable disk LUN (eject and load)
 #
 # sg3_utils exit statuses used below: 0 good, 2 not ready, 5 illegal request, 9 invalid
 # opcode, 14 miscompare, 22 LBA out of range, 24 reservation conflict.
@@ -255,6 +259,108 @@ else
     fail "mount failed"
 fi
 chk fsck e2fsck -fn "$D"; want_rc fsck 0
+
+# --- a CD-ROM LUN: MMC commands, mount the ISO, eject and load --------------------------
+# (exit statuses: 2 not ready, 5 illegal request, 6 unit attention)
+CD_TL="$(cmdline_get e2e.cdrom "")"
+if [ -n "$CD_TL" ]; then
+    i=0
+    while ! CD="$(dev_for "$CD_TL")" || [ ! -b "/dev/$CD" ]; do
+        i=$((i + 1)); [ $i -lt $((WAIT * 5)) ] || break
+        usleep 200000
+    done
+    if [ -b "/dev/$CD" ]; then
+        # The block device (/dev/srN) goes through Linux's sr/cdrom drivers, whose open checks
+        # for media changes (and so consumes unit attentions); the sg device sees every answer.
+        SG="/dev/$(ls "/sys/block/$CD/device/scsi_generic")"
+        C="/dev/$CD"
+        info "CD-ROM $CD_TL is $C ($SG)"
+        chk cd_removable cat "/sys/block/$CD/removable"; want cd_removable "^1$"
+        chk cd_inq sg_inq "$SG"; want_rc cd_inq 0; want cd_inq "PDT=5"; want cd_inq "RMB=1"
+        chk cd_inq_descriptors sg_inq -d "$SG"; want cd_inq_descriptors "MMC-6"
+        chk cd_readcap sg_readcap "$SG"; want_rc cd_readcap 0
+        want cd_readcap "Logical block length=2048 bytes"
+        chk cd_opcodes sg_opcodes "$SG"; want_rc cd_opcodes 0; want cd_opcodes "Read TOC"
+        want_not cd_opcodes "Write\\(10\\)"
+        # READ TOC (track 1 at LBA 0 then the lead-out), session info, raw TOC.
+        chk cd_toc sg_raw -r 20 "$SG" 43 00 00 00 00 00 00 00 14 00; want_rc cd_toc 0
+        want cd_toc "00 12 01 01 00 14 01 00  00 00 00 00 00 14 aa 00"
+        chk cd_toc_msf sg_raw -r 12 "$SG" 43 02 00 00 00 00 01 00 0c 00; want_rc cd_toc_msf 0
+        want cd_toc_msf "00 12 01 01 00 14 01 00  00 00 02 00"
+        chk cd_toc_session sg_raw -r 12 "$SG" 43 00 01 00 00 00 00 00 0c 00
+        want_rc cd_toc_session 0; want cd_toc_session "00 0a 01 01 00 14 01 00  00 00 00 00"
+        chk cd_toc_raw sg_raw -r 48 "$SG" 43 00 02 00 00 00 01 00 30 00; want_rc cd_toc_raw 0
+        want cd_toc_raw "00 2e 01 01 01 14 00 a0"
+        chk cd_config sg_raw -r 72 "$SG" 46 00 00 00 00 00 00 00 48 00; want_rc cd_config 0
+        want cd_config "00 00 00 44 00 00 00 08  00 00 03 08 00 10 00 00"
+        chk cd_gesn sg_raw -r 8 "$SG" 4a 01 00 00 10 00 00 00 08 00; want_rc cd_gesn 0
+        want cd_gesn "00 04 04 10 0[0-4] 02 00 00"
+        chk cd_disc_info sg_raw -r 34 "$SG" 51 00 00 00 00 00 00 00 22 00
+        want_rc cd_disc_info 0; want cd_disc_info "00 20 0e 01 01 01 01 20"
+        chk cd_mechanism sg_raw -r 8 "$SG" bd 00 00 00 00 00 00 00 00 08 00 00
+        want_rc cd_mechanism 0; want cd_mechanism "00 00 00 00 00 01 00 00"
+        chk cd_page_2a sg_raw -r 30 "$SG" 5a 00 2a 00 00 00 00 00 1e 00; want_rc cd_page_2a 0
+        want cd_page_2a "2a 14 3b 00 7f ff 2d 00"
+        chk cd_write sg_raw -s 2048 -i /dev/zero "$SG" 2a 00 00 00 00 00 00 00 01 00
+        want_rc cd_write 9
+        # Mount the ISO through sr and isofs; the files must read back as the host wrote them.
+        cd_verify() {
+            mkdir -p /mnt/cd
+            if ! mount -t iso9660 -o ro "$C" /mnt/cd; then
+                fail "$1: mount -t iso9660 $C failed"; return
+            fi
+            sum="$(cat /mnt/cd/a /mnt/cd/dir/b /mnt/cd/c | sha256sum | cut -d' ' -f1)"
+            [ "$sum" = "$(cmdline_get e2e.cdsum none)" ] || fail "$1: ISO files read back as $sum"
+            echo "SG3-CHECK: name=$1 rc=0"
+            umount /mnt/cd
+        }
+        cd_verify cd_mount
+        # eject(1): Linux unlocks the tray and sends START STOP UNIT with LOEJ.
+        chk cd_eject eject "$C"; want_rc cd_eject 0
+        chk cd_tur_ejected sg_turs "$SG"; want_rc cd_tur_ejected 2
+        chk cd_sense_ejected sg_requests "$SG"; want_rc cd_sense_ejected 0
+        want cd_sense_ejected "Medium not present - tray open"
+        chk cd_read_ejected dd if="$C" of=/dev/null bs=2048 count=1
+        if strict && [ "$RC" = 0 ]; then fail "cd_read_ejected: read an ejected medium"; fi
+        chk cd_gesn_ejected sg_raw -r 8 "$SG" 4a 01 00 00 10 00 00 00 08 00
+        want cd_gesn_ejected "00 04 04 10 0[03] 01 00 00"
+        # Loading raises NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED.
+        chk cd_load sg_start --load "$SG"; want_rc cd_load 0
+        chk cd_load_ua sg_requests "$SG"; want_rc cd_load_ua 0
+        want cd_load_ua "Not ready to ready change, medium may have changed"
+        chk cd_tur_loaded sg_turs "$SG"; want_rc cd_tur_loaded 0
+        # A prevented removal refuses the eject.
+        chk cd_prevent sg_prevent --prevent=1 "$SG"; want_rc cd_prevent 0
+        chk cd_eject_prevented sg_start --eject "$SG"; want_rc cd_eject_prevented 5
+        chk cd_sense_prevented sg_start -v --eject "$SG"
+        want cd_sense_prevented "Medium removal prevented"
+        chk cd_allow sg_prevent --allow "$SG"; want_rc cd_allow 0
+        # eject(1) out and back in (CDROMCLOSETRAY), then the ISO mounts again.
+        chk cd_eject2 eject "$C"; want_rc cd_eject2 0
+        chk cd_close eject -t "$C"; want_rc cd_close 0
+        cd_verify cd_remount
+    else
+        fail "CD-ROM $CD_TL not found"
+    fi
+fi
+
+# --- a removable disk LUN: eject and load ------------------------------------------------
+RM_TL="$(cmdline_get e2e.removable "")"
+if [ -n "$RM_TL" ]; then
+    if RM="$(dev_for "$RM_TL")" && [ -b "/dev/$RM" ]; then
+        RSG="/dev/$(ls "/sys/block/$RM/device/scsi_generic")"
+        chk rm_removable cat "/sys/block/$RM/removable"; want rm_removable "^1$"
+        chk rm_inq sg_inq "$RSG"; want rm_inq "PDT=0"; want rm_inq "RMB=1"
+        chk rm_eject sg_start --eject "$RSG"; want_rc rm_eject 0
+        chk rm_tur_ejected sg_turs "$RSG"; want_rc rm_tur_ejected 2
+        chk rm_sense_ejected sg_requests "$RSG"; want rm_sense_ejected "Medium not present"
+        chk rm_load sg_start --load "$RSG"; want_rc rm_load 0
+        chk rm_tur_ua sg_turs "$RSG"; want_rc rm_tur_ua 6
+        chk rm_tur_loaded sg_turs "$RSG"; want_rc rm_tur_loaded 0
+    else
+        fail "removable disk $RM_TL not found"
+    fi
+fi
 
 if [ $FAILS -eq 0 ]; then
     echo "E2E-RESULT: PASS phase=$PHASE nonce=$NONCE"
