@@ -741,7 +741,7 @@ fn needs_ready_medium(cdb: &Cdb) -> bool {
 }
 
 /// Commands that fail with NOT READY, MEDIUM NOT PRESENT while a removable LU has no medium
-/// (SPC-5 4.x, MMC-6 4.1.6): everything but what describes or controls the device itself, as
+/// (SPC-5, MMC-6): everything but what describes or controls the device itself, as
 /// QEMU's scsi-cd.
 fn needs_medium(cdb: &Cdb) -> bool {
     use opcode::*;

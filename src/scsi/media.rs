@@ -1,5 +1,5 @@
-//! START STOP UNIT (SBC-4 5.25, MMC-6 6.39), PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.13, MMC-6
-//! 6.11), PRE-FETCH(10/16) (SBC-4 5.11, 5.12), and the removable medium: tray, lock, media
+//! START STOP UNIT (SBC-4 5.25, MMC-6), PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.13, MMC-6),
+//! PRE-FETCH(10/16) (SBC-4 5.11, 5.12), and the removable medium: tray, lock, media
 //! events, and the host's side of a medium change ([`LogicalUnit::change_medium`],
 //! [`LogicalUnit::eject`], [`LogicalUnit::load`]).
 //!
@@ -23,7 +23,7 @@ use super::{
 };
 use crate::block::{BlockBackend, NullBackend};
 
-/// Media event codes of GET EVENT STATUS NOTIFICATION's media class (MMC-6 table 147).
+/// Media event codes of GET EVENT STATUS NOTIFICATION's media class (MMC-6).
 pub(super) mod media_event {
     pub const NO_CHANGE: u8 = 0;
     pub const EJECT_REQUEST: u8 = 1;
@@ -109,7 +109,7 @@ impl LogicalUnit {
         self.set_ready(&m);
     }
 
-    /// The media class event descriptor of GET EVENT STATUS NOTIFICATION (MMC-6 table 146):
+    /// The media class event descriptor of GET EVENT STATUS NOTIFICATION (MMC-6):
     /// the pending event (consumed) and the media status.
     pub(super) fn take_media_event(&self) -> [u8; 4] {
         let mut m = self.lock_medium();

@@ -1,8 +1,8 @@
 //! The CD-ROM LUN type (`type=cdrom`, MMC-6 peripheral device type 05h): the multimedia
 //! commands Linux's sr/cdrom drivers and Windows' cdrom.sys use to probe a drive and mount an
-//! ISO image: READ TOC/PMA/ATIP (MMC-6 6.26), GET CONFIGURATION (6.6), GET EVENT STATUS
-//! NOTIFICATION (6.7), READ DISC INFORMATION (6.22), MECHANISM STATUS (6.10), and the
-//! capabilities mode page 2Ah, plus which of the disk commands a CD-ROM also implements.
+//! ISO image: READ TOC/PMA/ATIP, GET CONFIGURATION, GET EVENT STATUS NOTIFICATION, READ DISC
+//! INFORMATION, MECHANISM STATUS (MMC-6), and the capabilities mode page 2Ah (MMC-3), plus
+//! which of the disk commands a CD-ROM also implements.
 //!
 //! The medium is one data track in one finalized session starting at LBA 0, a CD-ROM when it
 //! fits on an 80-minute CD and a DVD-ROM when larger, byte for byte as QEMU's scsi-cd
@@ -112,7 +112,7 @@ pub fn cdrom_implements(cdb: &Cdb) -> bool {
         .any(|c| c.opcode == opcode && c.service_action.map_or(true, |s| s == cdb.service_action()))
 }
 
-/// An LBA as the MSF address of MMC-6 table 660 (the 2-second pregap: LBA 0 is 00:02:00) in 4
+/// An LBA as the MSF address of MMC (the 2-second pregap: LBA 0 is 00:02:00) in 4
 /// bytes (reserved, M, S, F). Addresses past 255 minutes saturate.
 fn msf(lba: u64) -> [u8; 4] {
     let f = lba + 150;
@@ -136,7 +136,7 @@ fn with_len16(mut b: Vec<u8>) -> Vec<u8> {
     b
 }
 
-/// READ TOC/PMA/ATIP format 0000b (MMC-6 6.26.2.2): the track descriptors from
+/// READ TOC/PMA/ATIP format 0000b (formatted TOC): the track descriptors from
 /// `start_track` on (0 and 1 both start at track 1; AAh is the lead-out alone).
 pub fn toc_formatted(blocks: u64, use_msf: bool, start_track: u8) -> Option<Vec<u8>> {
     if start_track > 1 && start_track != 0xaa {
@@ -153,14 +153,14 @@ pub fn toc_formatted(blocks: u64, use_msf: bool, start_track: u8) -> Option<Vec<
     Some(with_len16(b))
 }
 
-/// READ TOC/PMA/ATIP format 0001b (MMC-6 6.26.2.3): the first track of the last session.
+/// READ TOC/PMA/ATIP format 0001b (multi-session information): the first track of the last session.
 pub fn toc_session_info(use_msf: bool) -> Vec<u8> {
     let mut b = vec![0, 0, 1, 1, 0, 0x14, 1, 0]; // sessions 1..1; track 1
     b.extend_from_slice(&address(0, use_msf));
     with_len16(b)
 }
 
-/// READ TOC/PMA/ATIP format 0010b (MMC-6 6.26.2.4): the raw TOC of session 1 (points A0h
+/// READ TOC/PMA/ATIP format 0010b (raw TOC): the raw TOC of session 1 (points A0h
 /// first track, A1h last track, A2h lead-out, and track 1). Its addresses are MSF whatever the
 /// MSF bit says (MMC-6 defines the Q sub-channel's PMIN/PSEC/PFRAME only).
 pub fn toc_raw(blocks: u64, session: u8) -> Option<Vec<u8>> {
@@ -227,7 +227,7 @@ impl LogicalUnit {
         Ok(respond(data_in, &buf, usize::from(cdb.be16(7))))
     }
 
-    /// The features GET CONFIGURATION reports (MMC-6 5.3), each with its header; `current`
+    /// The features GET CONFIGURATION reports (MMC-6 features), each with its header; `current`
     /// is the current profile.
     fn features(&self, current: u16) -> Vec<(u16, bool, Vec<u8>)> {
         let present = current != PROFILE_NONE;
@@ -350,7 +350,7 @@ impl LogicalUnit {
         Ok(respond(data_in, &b, usize::from(cdb.be16(8))))
     }
 
-    /// Mode page 2Ah, CD/DVD capabilities and mechanical status (MMC-3 6.3.11, as QEMU fills
+    /// Mode page 2Ah, CD/DVD capabilities and mechanical status (MMC-3, as QEMU fills
     /// it): reads CD-R/RW and DVD-ROM/R/RAM, writes nothing, tray with eject and lock (LOCK
     /// STATE from PREVENT ALLOW MEDIUM REMOVAL). Nothing is changeable.
     pub(super) fn capabilities_page(&self, changeable: bool) -> Vec<u8> {

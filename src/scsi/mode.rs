@@ -1,6 +1,6 @@
 //! MODE SENSE(6/10) and MODE SELECT(6/10) (SPC-5 6.11-6.14) with the read-write error recovery
 //! (01h), caching (08h), control (0Ah) and informational exceptions control (1Ch) pages, and on
-//! a CD-ROM the capabilities and mechanical status page (2Ah, MMC-3 6.3.11; no block descriptor).
+//! a CD-ROM the capabilities and mechanical status page (2Ah, MMC-3; no block descriptor).
 //!
 //! Changeable parameters: WCE (caching; clearing it makes every write durable before it
 //! completes), D_SENSE (control; descriptor-format sense data) and SWP (control; software write
@@ -150,7 +150,7 @@ impl LogicalUnit {
             device_specific |= DEVICE_SPECIFIC_WP;
         }
         if self.is_cdrom() {
-            // MMC-6 7.2: no device-specific parameter, no block descriptors (as QEMU).
+            // MMC-6: no device-specific parameter, no block descriptors (as QEMU).
             device_specific = 0;
         }
         let descriptor = if dbd || self.is_cdrom() {
