@@ -532,6 +532,8 @@ impl LogicalUnit {
             IoOp::Read | IoOp::Verify | IoOp::Compare | IoOp::LbaStatus
         );
         let sense = match errno {
+            // The host removed the medium while the command ran (see `media::NoMedium`).
+            libc::ENOMEDIUM => return self.no_medium_sense(),
             libc::ENOSPC | libc::EDQUOT if is_write => Sense::SPACE_ALLOCATION_FAILED,
             // Transient host conditions: ABORTED COMMAND makes the guest retry.
             libc::ENOMEM | libc::EAGAIN | libc::EBUSY | libc::EINTR => Sense::IO_PROCESS_TERMINATED,
@@ -592,6 +594,9 @@ impl LogicalUnit {
             }
         }
         if self.is_cdrom() && !super::mmc::cdrom_implements(cdb) {
+            // What an installer asks of a drive that we do not answer is the first thing to
+            // look for when one fails on our CD-ROM.
+            log::debug!("{}: CD-ROM command {op:#04x} not implemented", self.name);
             return Some(self.check_condition(Sense::INVALID_OPCODE));
         }
         // SPC-5 5.13.1, table 69 (and SPC-2 5.5.1 for RESERVE/RELEASE).
@@ -685,7 +690,6 @@ impl LogicalUnit {
             | opcode::GET_EVENT_STATUS_NOTIFICATION
             | opcode::READ_DISC_INFORMATION
             | opcode::READ_TRACK_INFORMATION
-            | opcode::READ_DVD_STRUCTURE
             | opcode::MECHANISM_STATUS
                 if self.is_cdrom() =>
             {

@@ -12,16 +12,58 @@
 //! removing or changing the medium first raises MEDIUM NOT PRESENT, as QEMU's scsi-cd does, so
 //! that initiators which do not poll events see the medium go and come back.
 
-use std::sync::{atomic::Ordering, Arc, MutexGuard};
+use std::{
+    io,
+    sync::{atomic::Ordering, Arc, MutexGuard},
+};
 
 use super::{
     cdb::Cdb,
     io::block_range,
     lun::{IoOp, LogicalUnit},
     sense::Sense,
-    CmdOutput, CmdResult,
+    CmdOutput, CmdResult, SgList,
 };
-use crate::block::{BlockBackend, NullBackend};
+use crate::block::BlockBackend;
+
+/// The backend of a removable LU with no medium: empty, and every operation fails with
+/// ENOMEDIUM (answered as NOT READY, MEDIUM NOT PRESENT). Commands are refused before they get
+/// here; this only answers one that was already past that check when the host removed the
+/// medium, which must fail rather than have its data dropped.
+struct NoMedium;
+
+impl NoMedium {
+    fn fail() -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::ENOMEDIUM))
+    }
+}
+
+impl BlockBackend for NoMedium {
+    fn size(&self) -> u64 {
+        0
+    }
+    fn read_at(&self, _: &SgList<'_>, _: u64) -> io::Result<()> {
+        Self::fail()
+    }
+    fn write_at(&self, _: &SgList<'_>, _: u64, _: bool) -> io::Result<()> {
+        Self::fail()
+    }
+    fn flush(&self) -> io::Result<()> {
+        Self::fail()
+    }
+    fn discard(&self, _: u64, _: u64) -> io::Result<()> {
+        Self::fail()
+    }
+    fn write_zeroes(&self, _: u64, _: u64) -> io::Result<()> {
+        Self::fail()
+    }
+    fn can_discard(&self) -> bool {
+        false
+    }
+    fn discard_zeroes(&self) -> bool {
+        false
+    }
+}
 
 /// Media event codes of GET EVENT STATUS NOTIFICATION's media class (MMC-6).
 pub(super) mod media_event {
@@ -225,7 +267,7 @@ impl LogicalUnit {
                 self.medium_arrived(&mut m);
             }
             None => {
-                drop(self.swap_backend(Arc::new(NullBackend::new(0))));
+                drop(self.swap_backend(Arc::new(NoMedium)));
                 m.empty = true;
                 self.reported_blocks.store(0, Ordering::Relaxed);
                 log::info!("{}: medium removed by the host", self.name);

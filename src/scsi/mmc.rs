@@ -57,6 +57,11 @@ pub const MMC_COMMANDS: &[CommandInfo] = &[
         usage: &[0x51, 0x07, 0, 0, 0, 0, 0, FF, FF, 0],
     },
     CommandInfo {
+        opcode: op::READ_TRACK_INFORMATION,
+        service_action: None,
+        usage: &[0x52, 0x03, FF, FF, FF, FF, 0, FF, FF, 0],
+    },
+    CommandInfo {
         opcode: op::MECHANISM_STATUS,
         service_action: None,
         usage: &[0xbd, 0, 0, 0, 0, 0, 0, 0, FF, FF, 0, 0],
@@ -189,6 +194,7 @@ impl LogicalUnit {
             op::GET_CONFIGURATION => self.get_configuration(cdb, data_in),
             op::GET_EVENT_STATUS_NOTIFICATION => self.get_event_status(cdb, data_in),
             op::READ_DISC_INFORMATION => self.read_disc_information(cdb, data_in),
+            op::READ_TRACK_INFORMATION => self.read_track_information(cdb, data_in),
             op::MECHANISM_STATUS => self.mechanism_status(cdb, data_in),
             _ => Err(Sense::INVALID_OPCODE),
         }
@@ -338,6 +344,32 @@ impl LogicalUnit {
         b[7] = 0x20; // URU: unrestricted use
         b[8] = 0x00; // disc type: CD-DA or CD-ROM
         Ok(respond(data_in, &b, usize::from(cdb.be16(7))))
+    }
+
+    /// READ TRACK INFORMATION of the one track (Linux's cdrom driver asks for it to find the
+    /// last written block; QEMU does not implement it and Linux then falls back to the TOC).
+    /// ADDRESS/NUMBER TYPE 00b: the track holding that LBA; 01b: track number 1; 10b: the
+    /// first track of session 1. Anything else names no track: INVALID FIELD IN CDB.
+    fn read_track_information(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
+        let blocks = self.block_count();
+        let number = cdb.be32(2);
+        match cdb.byte(1) & 0x03 {
+            0b00 if u64::from(number) < blocks => {}
+            0b00 => return Err(Sense::LBA_OUT_OF_RANGE),
+            0b01 | 0b10 if number == 1 => {}
+            0b01 | 0b10 => return Err(Sense::invalid_cdb_field(2, Some(7))),
+            _ => return Err(Sense::invalid_cdb_field(1, Some(1))),
+        }
+        let mut b = vec![0u8; 48];
+        b[2] = 1; // track number (LSB)
+        b[3] = 1; // session number (LSB)
+        b[5] = 0x04; // track mode: data, recorded uninterrupted
+        b[6] = 0x01; // data mode 1; not blank, not reserved, no packets
+                     // Track start address 0, no next writable address, no free blocks.
+        let size = u32::try_from(blocks).unwrap_or(u32::MAX);
+        put_be32(&mut b, 24, size); // TRACK SIZE
+        put_be32(&mut b, 28, size.saturating_sub(1)); // LAST RECORDED ADDRESS
+        Ok(respond(data_in, &with_len16(b), usize::from(cdb.be16(7))))
     }
 
     /// MECHANISM STATUS: no changer, idle, the tray state, one slot (as QEMU).

@@ -294,6 +294,30 @@ fn disc_information_and_mechanism_status() {
 }
 
 #[test]
+fn track_information() {
+    let (bus, _) = cd_bus();
+    let rti = |ty: u8, n: u32, alloc: u8| {
+        let [a, b, c, d] = n.to_be_bytes();
+        [0x52, ty, a, b, c, d, 0, 0, alloc, 0]
+    };
+    let mut want = vec![0u8; 48];
+    want[..8].copy_from_slice(&[0, 46, 1, 1, 0, 0x04, 0x01, 0]);
+    want[24..32].copy_from_slice(&[0, 0, 0x02, 0x00, 0, 0, 0x01, 0xff]);
+    // By track number, session number, and LBA (any block of the track).
+    assert_eq!(bus.good(&rti(1, 1, 48), 64), want);
+    assert_eq!(bus.good(&rti(2, 1, 48), 64), want);
+    assert_eq!(bus.good(&rti(0, 511, 48), 64), want);
+    // Linux reads the length first.
+    assert_eq!(bus.good(&rti(1, 1, 8), 64), &want[..8]);
+    assert_sense(&bus.cmd(&rti(0, 512, 48), &[], 64), 0x5, 0x21, 0x00);
+    for n in [0, 2, 0xff] {
+        assert_invalid_cdb(&bus.cmd(&rti(1, n, 48), &[], 64), 2, Some(7));
+    }
+    assert_invalid_cdb(&bus.cmd(&rti(2, 2, 48), &[], 64), 2, Some(7));
+    assert_invalid_cdb(&bus.cmd(&rti(3, 1, 48), &[], 64), 1, Some(1));
+}
+
+#[test]
 fn mode_sense_capabilities_page() {
     let (bus, _) = cd_bus();
     let page = [
@@ -499,7 +523,7 @@ fn report_supported_operation_codes_of_a_cdrom() {
         ops,
         [
             0x00, 0x03, 0x12, 0x15, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2b, 0x43, 0x46, 0x4a, 0x51,
-            0x55, 0x5a, 0xa0, 0xa3, 0xa3, 0xa8, 0xbd
+            0x52, 0x55, 0x5a, 0xa0, 0xa3, 0xa3, 0xa8, 0xbd
         ]
     );
     assert_eq!(
@@ -530,5 +554,49 @@ fn report_supported_operation_codes_of_a_cdrom() {
         if let Some(c) = listed {
             assert_eq!(Some(c.usage.len()), crate::scsi::cdb::cdb_len(op));
         }
+    }
+}
+
+/// A WRITE planned (past every check) before the host removes the medium, and run after:
+/// it fails with NOT READY, MEDIUM NOT PRESENT, and its data goes nowhere (never to the old
+/// medium, never silently dropped with GOOD). Its plan has no fd: a removable LU's I/O never
+/// goes to an engine that could run it on the old file after the change.
+#[test]
+fn io_planned_before_the_medium_goes_fails_not_ready() {
+    use crate::scsi::Prepared;
+    let (bus, mem) = removable_disk();
+    let cdb = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+    let (out, _) = with_buffers(&[9u8; 512], 0, |dout, din| {
+        let Prepared::Io(plan) = bus.prepare(0, 0, &cdb, dout, din, false) else {
+            panic!("a WRITE becomes an I/O plan");
+        };
+        assert_eq!(plan.fd, None);
+        let lu = bus.logical_unit(0, 0).unwrap();
+        lu.change_medium(None, false).unwrap();
+        let result = bus.run_sync(0, 0, &plan);
+        bus.complete(0, 0, plan.meta, result)
+    });
+    assert_sense(&out, 0x2, 0x3a, 0x00);
+    assert_eq!(mem.bytes(0, 512), pattern(0, 512));
+    // A fixed disk's READ keeps its fd for the engines; a removable one's does not.
+    let file = || {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        Arc::new(crate::block::FileBackend::new(f, false).unwrap())
+    };
+    let removable = LunOptions {
+        removable: true,
+        ..opts()
+    };
+    for (o, engine) in [(opts(), true), (removable, false)] {
+        let disk = bus_with(file(), o);
+        with_buffers(&[], 512, |dout, din| {
+            let read = [0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0];
+            let Prepared::Io(plan) = disk.prepare(0, 0, &read, dout, din, false) else {
+                panic!("a READ becomes an I/O plan");
+            };
+            assert_eq!(plan.fd.is_some(), engine);
+            CmdOutput::good(0)
+        });
     }
 }
