@@ -24,7 +24,6 @@ use std::{
 pub use super::reservations::{Nexus, PrFile, HBA_NEXUS};
 use super::{
     cdb::{opcode, service_action as sa, Cdb},
-    media::Medium,
     reservations::PrState,
     respond,
     sense::Sense,
@@ -242,6 +241,33 @@ impl WriteGate {
         }
         drop(g);
         Some(ExclusiveWrite(self))
+    }
+}
+
+/// Media event codes of GET EVENT STATUS NOTIFICATION's media class (MMC-6).
+pub(super) mod media_event {
+    pub const NO_CHANGE: u8 = 0;
+    pub const EJECT_REQUEST: u8 = 1;
+    pub const NEW_MEDIA: u8 = 2;
+    pub const MEDIA_REMOVAL: u8 = 3;
+}
+
+/// Tray and lock state of a removable LU.
+#[derive(Debug, Default)]
+pub(super) struct Medium {
+    /// Ejected (START STOP UNIT with LOEJ, or the host).
+    pub tray_open: bool,
+    /// No medium loaded (the host removed it).
+    pub empty: bool,
+    /// PREVENT ALLOW MEDIUM REMOVAL: removal is prevented.
+    pub locked: bool,
+    /// The media event GET EVENT STATUS NOTIFICATION reports next (then consumed).
+    pub event: u8,
+}
+
+impl Medium {
+    pub(super) fn ready(&self) -> bool {
+        !self.tray_open && !self.empty
     }
 }
 
@@ -593,7 +619,7 @@ impl LogicalUnit {
                 return Some(self.check_condition(ua));
             }
         }
-        if self.is_cdrom() && !super::mmc::cdrom_implements(cdb) {
+        if self.is_cdrom() && !self.cdrom_implements(cdb) {
             // What an installer asks of a drive that we do not answer is the first thing to
             // look for when one fails on our CD-ROM.
             log::debug!("{}: CD-ROM command {op:#04x} not implemented", self.name);

@@ -20,7 +20,7 @@ use std::{
 use super::{
     cdb::Cdb,
     io::block_range,
-    lun::{IoOp, LogicalUnit},
+    lun::{media_event, IoOp, LogicalUnit, Medium},
     sense::Sense,
     CmdOutput, CmdResult, SgList,
 };
@@ -62,33 +62,6 @@ impl BlockBackend for NoMedium {
     }
     fn discard_zeroes(&self) -> bool {
         false
-    }
-}
-
-/// Media event codes of GET EVENT STATUS NOTIFICATION's media class (MMC-6).
-pub(super) mod media_event {
-    pub const NO_CHANGE: u8 = 0;
-    pub const EJECT_REQUEST: u8 = 1;
-    pub const NEW_MEDIA: u8 = 2;
-    pub const MEDIA_REMOVAL: u8 = 3;
-}
-
-/// Tray and lock state of a removable LU.
-#[derive(Debug, Default)]
-pub(super) struct Medium {
-    /// Ejected (START STOP UNIT with LOEJ, or the host).
-    pub tray_open: bool,
-    /// No medium loaded (the host removed it).
-    pub empty: bool,
-    /// PREVENT ALLOW MEDIUM REMOVAL: removal is prevented.
-    pub locked: bool,
-    /// The media event GET EVENT STATUS NOTIFICATION reports next (then consumed).
-    pub event: u8,
-}
-
-impl Medium {
-    fn ready(&self) -> bool {
-        !self.tray_open && !self.empty
     }
 }
 

@@ -95,28 +95,6 @@ fn shared_with_disk(c: &CommandInfo) -> bool {
     }
 }
 
-/// What a CD-ROM LU implements, by opcode then service action.
-pub fn cdrom_commands() -> Vec<&'static CommandInfo> {
-    let mut v: Vec<&'static CommandInfo> = COMMANDS
-        .iter()
-        .filter(|c| shared_with_disk(c))
-        .chain(MMC_COMMANDS)
-        .collect();
-    v.sort_by_key(|c| (c.opcode, c.service_action));
-    v
-}
-
-/// Whether a CD-ROM LU implements `cdb`'s command (the others fail with INVALID COMMAND
-/// OPERATION CODE before anything else is checked).
-pub fn cdrom_implements(cdb: &Cdb) -> bool {
-    let opcode = cdb.opcode();
-    COMMANDS
-        .iter()
-        .filter(|c| shared_with_disk(c))
-        .chain(MMC_COMMANDS)
-        .any(|c| c.opcode == opcode && c.service_action.map_or(true, |s| s == cdb.service_action()))
-}
-
 /// An LBA as the MSF address of MMC (the 2-second pregap: LBA 0 is 00:02:00) in 4
 /// bytes (reserved, M, S, F). Addresses past 255 minutes saturate.
 fn msf(lba: u64) -> [u8; 4] {
@@ -187,6 +165,31 @@ pub fn toc_raw(blocks: u64, session: u8) -> Option<Vec<u8>> {
 }
 
 impl LogicalUnit {
+    /// What a CD-ROM LU implements, by opcode then service action (methods, so that
+    /// [`super::opcodes`] and [`super::lun`] need not import this module).
+    pub(super) fn cdrom_commands(&self) -> Vec<&'static CommandInfo> {
+        let mut v: Vec<&'static CommandInfo> = COMMANDS
+            .iter()
+            .filter(|c| shared_with_disk(c))
+            .chain(MMC_COMMANDS)
+            .collect();
+        v.sort_by_key(|c| (c.opcode, c.service_action));
+        v
+    }
+
+    /// Whether a CD-ROM LU implements `cdb`'s command (the others fail with INVALID COMMAND
+    /// OPERATION CODE before anything else is checked).
+    pub(super) fn cdrom_implements(&self, cdb: &Cdb) -> bool {
+        let opcode = cdb.opcode();
+        COMMANDS
+            .iter()
+            .filter(|c| shared_with_disk(c))
+            .chain(MMC_COMMANDS)
+            .any(|c| {
+                c.opcode == opcode && c.service_action.map_or(true, |s| s == cdb.service_action())
+            })
+    }
+
     /// Dispatches the multimedia commands of a CD-ROM LU.
     pub(super) fn mmc_command(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
         match cdb.opcode() {

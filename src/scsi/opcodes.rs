@@ -179,7 +179,7 @@ impl LogicalUnit {
     /// The commands this LU implements, by opcode then service action.
     fn supported_commands(&self) -> Vec<&'static CommandInfo> {
         if self.is_cdrom() {
-            return super::mmc::cdrom_commands();
+            return self.cdrom_commands();
         }
         COMMANDS
             .iter()

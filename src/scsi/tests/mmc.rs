@@ -533,7 +533,12 @@ fn report_supported_operation_codes_of_a_cdrom() {
     assert_eq!(bus.good(&rsoc(1, 0x2a), 4096), [0, 0x01, 0, 0]);
     // Every listed command is dispatched, every other opcode is INVALID OPCODE.
     for op in 0..=255u8 {
-        let listed = mmc::cdrom_commands().into_iter().find(|c| c.opcode == op);
+        let listed = bus
+            .logical_unit(0, 0)
+            .unwrap()
+            .cdrom_commands()
+            .into_iter()
+            .find(|c| c.opcode == op);
         let len = crate::scsi::cdb::cdb_len(op).unwrap_or(16);
         let mut cdb = vec![0u8; len];
         cdb[0] = op;
