@@ -8,7 +8,8 @@
 //! and a removable disk: the guest checks the MMC answers, mounts the ISO through Linux's sr and
 //! isofs and compares the files' checksum with the host's, ejects it (`eject`, START STOP UNIT
 //! with LOEJ), checks the medium is gone (NOT READY, MEDIUM NOT PRESENT) and loads it back.
-//! scsi-hd has no such LUNs: those checks (`cd_*`, `rm_*`) are left out of the comparison.
+//! The control run attaches QEMU's `scsi-cd` (the same ISO) and a `scsi-hd` with `removable=on`
+//! at the same addresses, so those checks (`cd_*`, `rm_*`) are compared too.
 //!
 //! `VUS_E2E_SKIP=1` skips (prints SKIPPED); `VUS_E2E_SG3_QEMU=0` skips the scsi-hd control run;
 //! `VUS_E2E_DAEMON_ARGS` adds daemon options. Anything else that prevents the test from running
@@ -89,10 +90,13 @@ fn parse_checks(log: &str) -> BTreeMap<String, Check> {
     checks
 }
 
+/// The LUNs of both runs: the disk under test, the CD-ROM, the removable disk.
+const DISKS: &str = "0:0,0:1,0:2";
+
 fn boot(qemu: &str, backend: &[&str], append: &str, log: &Path) -> (bool, String, String) {
     let out = Command::new("bash")
         .arg(repo().join("tests/e2e/run-guest.sh"))
-        .args(["--qemu", qemu, "--phase", "sg3", "--disks", "0:0"])
+        .args(["--qemu", qemu, "--phase", "sg3", "--disks", DISKS])
         .args(["--timeout", &BOOT_TIMEOUT_SECS.to_string()])
         .args(["--append", &format!("e2e.script=guest-sg3.sh {append}")])
         .arg("--log")
@@ -230,14 +234,10 @@ fn make_iso(dir: &Path, iso: &Path) -> String {
         .to_string()
 }
 
-/// Differences between our answers and scsi-hd's, one line each (the CD-ROM and removable
-/// disk checks have no scsi-hd counterpart).
+/// Differences between our answers and scsi-hd's (scsi-cd's for the CD-ROM), one line each.
 fn differences(ours: &BTreeMap<String, Check>, qemu: &BTreeMap<String, Check>) -> Vec<String> {
     let mut diffs = Vec::new();
     for (name, o) in ours {
-        if name.starts_with("cd_") || name.starts_with("rm_") {
-            continue;
-        }
         match qemu.get(name) {
             None => diffs.push(format!("{name}: only run against us (rc {})", o.rc)),
             Some(q) if q.rc != o.rc => diffs.push(format!(
@@ -338,9 +338,20 @@ fn e2e_sg3_conformance() {
         .unwrap()
         .set_len(IMAGE_SIZE)
         .unwrap();
+    let removable2 = tmp.path().join("qemu-removable.img");
+    fs::File::create(&removable2)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
     let log2 = logs.join("sg3-scsi-hd.log");
-    let img2 = image2.display().to_string();
-    let (ok, serial2, harness2) = boot(&qemu, &["--builtin", &img2], "e2e.sg3=survey", &log2);
+    let builtin = format!(
+        "{},cdrom:{},removable:{}",
+        image2.display(),
+        iso.display(),
+        removable2.display()
+    );
+    let append = format!("e2e.sg3=survey e2e.cdrom=0:1 e2e.cdsum={cdsum} e2e.removable=0:2");
+    let (ok, serial2, harness2) = boot(&qemu, &["--builtin", &builtin], &append, &log2);
     assert!(
         ok,
         "scsi-hd control run did not complete:\n{harness2}\n{serial2}"

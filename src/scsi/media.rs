@@ -200,8 +200,10 @@ impl LogicalUnit {
 
     /// The host changes the medium: `Some` loads `backend` (the tray ends closed, the guest sees
     /// the old medium go and the new one arrive), `None` removes it (the tray ends open). The
-    /// previous backend is dropped once the commands still using it are done. A lock set by
-    /// the guest is honored as by [`LogicalUnit::eject`].
+    /// previous backend is dropped once the commands still using it are done (so the caller's
+    /// thread may close the old file). A lock set by the guest is honored as by
+    /// [`LogicalUnit::eject`]. The LU keeps its configuration: the caller opens the new medium
+    /// read-only for a CD-ROM or a `readonly` LUN (the LU refuses writes either way).
     pub fn change_medium(
         &self,
         backend: Option<Arc<dyn BlockBackend>>,

@@ -4,7 +4,9 @@
 # Usage:
 #   run-guest.sh --socket SOCK [options]          vhost-user-scsi-pci (our daemon)
 #   run-guest.sh --builtin IMG0,IMG1 [options]    QEMU's built-in virtio-scsi + scsi-hd
-#                                                 (control run for the harness itself)
+#                                                 (control run for the harness itself);
+#                                                 cdrom:ISO attaches a scsi-cd instead,
+#                                                 removable:IMG a scsi-hd with removable=on
 # Options:
 #   --phase N        guest workload phase (1 or 2; default 1)
 #   --reboot         reboot the guest once inside the same QEMU after the workload
@@ -102,8 +104,18 @@ else
     IFS=, read -r -a tls <<<"$DISKS"
     [[ ${#imgs[@]} -eq ${#tls[@]} ]] || e2e_die "--builtin needs one image per --disks entry"
     for i in "${!imgs[@]}"; do
-        ARGS+=(-drive "file=${imgs[$i]},format=raw,if=none,id=d$i,cache=writeback,discard=unmap"
-               -device "scsi-hd,drive=d$i,bus=scsi0.0,scsi-id=${tls[$i]%:*},lun=${tls[$i]#*:}")
+        addr="bus=scsi0.0,scsi-id=${tls[$i]%:*},lun=${tls[$i]#*:}"
+        case "${imgs[$i]}" in
+            cdrom:*)
+                ARGS+=(-drive "file=${imgs[$i]#cdrom:},format=raw,if=none,id=d$i,media=cdrom,readonly=on"
+                       -device "scsi-cd,drive=d$i,$addr") ;;
+            removable:*)
+                ARGS+=(-drive "file=${imgs[$i]#removable:},format=raw,if=none,id=d$i,cache=writeback"
+                       -device "scsi-hd,drive=d$i,$addr,removable=on") ;;
+            *)
+                ARGS+=(-drive "file=${imgs[$i]},format=raw,if=none,id=d$i,cache=writeback,discard=unmap"
+                       -device "scsi-hd,drive=d$i,$addr") ;;
+        esac
     done
 fi
 
