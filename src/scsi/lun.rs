@@ -285,6 +285,11 @@ pub struct LogicalUnit {
     pub(super) medium: Mutex<Medium>,
     /// Fast path of the admission check: false while a removable LU has no medium to access.
     pub(super) medium_ready: AtomicBool,
+    /// Backends a medium change replaced while commands still held them (see
+    /// [`LogicalUnit::change_medium`]): the LU keeps a reference so that the last one is never
+    /// dropped, and the file never closed, on a queue thread (whose seccomp role has no
+    /// `close`); a later change releases them on its caller's thread once unused.
+    pub(super) retired: Mutex<Vec<Arc<dyn BlockBackend>>>,
     pub(super) opts: LunOptions,
     /// Thin provisioning is on: configured and the backend can deallocate.
     pub(super) discard: bool,
@@ -344,6 +349,7 @@ impl LogicalUnit {
             backend: RwLock::new(backend),
             medium: Mutex::new(Medium::default()),
             medium_ready: AtomicBool::new(true),
+            retired: Mutex::new(Vec::new()),
             opts,
             discard,
             name: "?:?".to_string(),

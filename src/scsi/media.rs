@@ -236,13 +236,13 @@ impl LogicalUnit {
         m.event = media_event::MEDIA_REMOVAL;
         match backend {
             Some(b) => {
-                drop(self.swap_backend(b));
+                self.retire(self.swap_backend(b));
                 m.empty = false;
                 m.tray_open = false;
                 self.medium_arrived(&mut m);
             }
             None => {
-                drop(self.swap_backend(Arc::new(NoMedium)));
+                self.retire(self.swap_backend(Arc::new(NoMedium)));
                 m.empty = true;
                 self.reported_blocks.store(0, Ordering::Relaxed);
                 log::info!("{}: medium removed by the host", self.name);
@@ -250,6 +250,16 @@ impl LogicalUnit {
         }
         self.set_ready(&m);
         Ok(())
+    }
+
+    /// Releases a replaced backend on this (the caller's) thread if no command uses it, else
+    /// keeps it until a later change finds it unused; releases the earlier ones now unused.
+    fn retire(&self, old: Arc<dyn BlockBackend>) {
+        let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        retired.retain(|b| Arc::strong_count(b) > 1);
+        if Arc::strong_count(&old) > 1 {
+            retired.push(old);
+        }
     }
 
     /// START STOP UNIT: START 0 stops the LU (media access then fails with NOT READY,

@@ -605,3 +605,32 @@ fn io_planned_before_the_medium_goes_fails_not_ready() {
         });
     }
 }
+
+/// A backend replaced while a command holds it is not released when that command ends (its
+/// queue thread may not close files) but by the next change, on the caller's thread; one no
+/// command holds is released at once.
+#[test]
+fn replaced_media_are_released_on_the_changers_thread() {
+    let first = MemBackend::new(1 << 20);
+    let bus = bus_with(first.clone(), cdrom_opts());
+    let weak = Arc::downgrade(&first);
+    drop(first);
+    let first = weak;
+    let lu = bus.logical_unit(0, 0).unwrap();
+    // A command in flight holds the medium it started with.
+    let held = lu.backend();
+    let second = MemBackend::new(1 << 20);
+    lu.change_medium(Some(second.clone()), false).unwrap();
+    drop(held);
+    assert!(
+        first.upgrade().is_some(),
+        "released by the command's thread"
+    );
+    let weak = Arc::downgrade(&second);
+    drop(second);
+    let second = weak;
+    lu.change_medium(None, false).unwrap();
+    assert!(first.upgrade().is_none());
+    // Nothing held the second medium: released by the change itself.
+    assert!(second.upgrade().is_none());
+}
