@@ -56,6 +56,7 @@ pub mod opcode {
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_AND_VERIFY_12: u8 = 0xae;
     pub const VERIFY_12: u8 = 0xaf;
+    pub const READ_DVD_STRUCTURE: u8 = 0xad;
     pub const MECHANISM_STATUS: u8 = 0xbd;
 }
 

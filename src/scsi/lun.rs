@@ -722,6 +722,7 @@ impl LogicalUnit {
             | opcode::GET_EVENT_STATUS_NOTIFICATION
             | opcode::READ_DISC_INFORMATION
             | opcode::READ_TRACK_INFORMATION
+            | opcode::READ_DVD_STRUCTURE
             | opcode::MECHANISM_STATUS
                 if self.is_cdrom() =>
             {

@@ -62,6 +62,11 @@ pub const MMC_COMMANDS: &[CommandInfo] = &[
         usage: &[0x52, 0x03, FF, FF, FF, FF, 0, FF, FF, 0],
     },
     CommandInfo {
+        opcode: op::READ_DVD_STRUCTURE,
+        service_action: None,
+        usage: &[0xad, 0x0f, FF, FF, FF, FF, FF, FF, FF, FF, 0xc0, 0],
+    },
+    CommandInfo {
         opcode: op::MECHANISM_STATUS,
         service_action: None,
         usage: &[0xbd, 0, 0, 0, 0, 0, 0, 0, FF, FF, 0, 0],
@@ -198,6 +203,7 @@ impl LogicalUnit {
             op::GET_EVENT_STATUS_NOTIFICATION => self.get_event_status(cdb, data_in),
             op::READ_DISC_INFORMATION => self.read_disc_information(cdb, data_in),
             op::READ_TRACK_INFORMATION => self.read_track_information(cdb, data_in),
+            op::READ_DVD_STRUCTURE => self.read_dvd_structure(cdb, data_in),
             op::MECHANISM_STATUS => self.mechanism_status(cdb, data_in),
             _ => Err(Sense::INVALID_OPCODE),
         }
@@ -373,6 +379,53 @@ impl LogicalUnit {
         put_be32(&mut b, 24, size); // TRACK SIZE
         put_be32(&mut b, 28, size.saturating_sub(1)); // LAST RECORDED ADDRESS
         Ok(respond(data_in, &with_len16(b), usize::from(cdb.be16(7))))
+    }
+
+    /// READ DISC STRUCTURE (READ DVD STRUCTURE) for DVD media, as QEMU answers it (Windows asks a
+    /// DVD-ROM drive for it): format 00h physical format information (DVD-ROM, 120 mm, one
+    /// layer; end sector from the capacity), 01h copyright information (no protection), 04h
+    /// manufacturing information (empty), FFh the list of those. A CD's medium has no DVD
+    /// structures: CANNOT READ MEDIUM - INCOMPATIBLE FORMAT. Other media types, formats and
+    /// layers: INVALID FIELD IN CDB.
+    fn read_dvd_structure(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
+        /// The structures we have, with their lengths (header included).
+        const STRUCTURES: [(u8, u16); 3] = [(0x00, 2048 + 4), (0x01, 4 + 4), (0x04, 2048 + 4)];
+        if cdb.byte(1) & 0x0f != 0 {
+            return Err(Sense::invalid_cdb_field(1, Some(3)));
+        }
+        let format = cdb.byte(7);
+        let mut b = if format == 0xff {
+            let mut b = vec![0u8; 4];
+            for (f, len) in STRUCTURES {
+                b.extend_from_slice(&[f, 0x40, 0, 0]); // readable, not writable
+                let at = b.len() - 2;
+                put_be16(&mut b, at, len);
+            }
+            b
+        } else {
+            if self.current_profile() != PROFILE_DVD_ROM {
+                return Err(Sense::INCOMPATIBLE_FORMAT);
+            }
+            let Some(&(_, len)) = STRUCTURES.iter().find(|(f, _)| *f == format) else {
+                return Err(Sense::invalid_cdb_field(7, Some(7)));
+            };
+            let mut b = vec![0u8; usize::from(len)];
+            if format == 0x00 {
+                if cdb.byte(6) != 0 {
+                    return Err(Sense::invalid_cdb_field(6, Some(7)));
+                }
+                let end = u32::try_from(self.block_count().saturating_sub(1)).unwrap_or(u32::MAX);
+                b[4] = 0x01; // DVD-ROM, part version 1
+                b[5] = 0x0f; // 120 mm, maximum rate not specified
+                b[6] = 0x01; // one layer, read-only
+                put_be32(&mut b, 12, end); // end physical sector of the data area
+                put_be32(&mut b, 16, end); // end sector in layer 0
+            }
+            b
+        };
+        let n = (b.len() - 2) as u16;
+        put_be16(&mut b, 0, n);
+        Ok(respond(data_in, &b, usize::from(cdb.be16(8))))
     }
 
     /// MECHANISM STATUS: no changer, idle, the tray state, one slot (as QEMU).

@@ -299,6 +299,10 @@ if [ -n "$CD_TL" ]; then
         want_rc cd_disc_info 0; want cd_disc_info "00 20 0e 01 01 01 01 20"
         chk cd_track_info sg_raw -r 48 "$SG" 52 01 00 00 00 01 00 00 30 00
         want_rc cd_track_info 0; want cd_track_info "00 2e 01 01 00 04 01 00"
+        chk cd_dvd_structures sg_raw -r 16 "$SG" ad 00 00 00 00 00 00 ff 00 10 00 00
+        want_rc cd_dvd_structures 0; want cd_dvd_structures "00 0e 00 00 00 40 08 04"
+        chk cd_dvd_structure_on_cd sg_raw -r 2052 "$SG" ad 00 00 00 00 00 00 00 08 04 00 00
+        want_rc cd_dvd_structure_on_cd 5
         chk cd_mechanism sg_raw -r 8 "$SG" bd 00 00 00 00 00 00 00 00 08 00 00
         want_rc cd_mechanism 0; want cd_mechanism "00 00 00 00 00 01 00 00"
         chk cd_page_2a sg_raw -r 30 "$SG" 5a 00 2a 00 00 00 00 00 1e 00; want_rc cd_page_2a 0

@@ -92,7 +92,9 @@ fn random_cdbs_on_removable_media_never_panic() {
             _ => drop(lu.change_medium(Some(MemBackend::new(32 * 1024)), false)),
         }
     });
-    for op in [0x28u8, 0x2a, 0x12, 0x5a, 0x43, 0x46, 0x4a, 0x51, 0x52, 0xbd] {
+    for op in [
+        0x28u8, 0x2a, 0x12, 0x5a, 0x43, 0x46, 0x4a, 0x51, 0x52, 0xad, 0xbd,
+    ] {
         assert!(good[op as usize] > 0, "opcode {op:#04x} never succeeded");
     }
 }

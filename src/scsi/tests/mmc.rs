@@ -294,6 +294,44 @@ fn disc_information_and_mechanism_status() {
 }
 
 #[test]
+fn dvd_structures() {
+    let rds = |media: u8, layer: u8, format: u8, alloc: u16| {
+        let [hi, lo] = alloc.to_be_bytes();
+        [0xad, media, 0, 0, 0, 0, layer, format, hi, lo, 0, 0]
+    };
+    // The list needs no DVD.
+    let (cd, _) = cd_bus();
+    let list = [
+        0, 14, 0, 0, 0x00, 0x40, 0x08, 0x04, 0x01, 0x40, 0x00, 0x08, 0x04, 0x40, 0x08, 0x04,
+    ];
+    assert_eq!(cd.good(&rds(0, 0, 0xff, 64), 64), list);
+    // A CD has no DVD structures.
+    assert_sense(&cd.cmd(&rds(0, 0, 0, 4096), &[], 4096), 0x5, 0x30, 0x02);
+
+    let blocks = mmc::CD_MAX_BLOCKS + 1000;
+    let dvd = bus_with(Arc::new(HugeBackend(blocks * 2048)), cdrom_opts());
+    let pfi = dvd.good(&rds(0, 0, 0, 4096), 4096);
+    assert_eq!(pfi.len(), 2052);
+    let end = ((blocks - 1) as u32).to_be_bytes();
+    assert_eq!(&pfi[..8], &[0x08, 0x02, 0, 0, 0x01, 0x0f, 0x01, 0x00]);
+    assert_eq!(&pfi[8..12], &[0, 0, 0, 0]);
+    assert_eq!(&pfi[12..16], &end);
+    assert_eq!(&pfi[16..20], &end);
+    assert!(pfi[20..].iter().all(|&b| b == 0));
+    assert_eq!(dvd.good(&rds(0, 0, 1, 64), 64), [0, 6, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(dvd.good(&rds(0, 0, 4, 4096), 4096).len(), 2052);
+    assert_eq!(
+        dvd.good(&rds(0, 0, 4, 8), 4096),
+        [0x08, 0x02, 0, 0, 0, 0, 0, 0]
+    );
+    assert_invalid_cdb(&dvd.cmd(&rds(0, 1, 0, 4096), &[], 4096), 6, Some(7));
+    for format in [2, 3, 5, 0x30] {
+        assert_invalid_cdb(&dvd.cmd(&rds(0, 0, format, 4096), &[], 4096), 7, Some(7));
+    }
+    assert_invalid_cdb(&dvd.cmd(&rds(1, 0, 0, 4096), &[], 4096), 1, Some(3));
+}
+
+#[test]
 fn track_information() {
     let (bus, _) = cd_bus();
     let rti = |ty: u8, n: u32, alloc: u8| {
@@ -523,7 +561,7 @@ fn report_supported_operation_codes_of_a_cdrom() {
         ops,
         [
             0x00, 0x03, 0x12, 0x15, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2b, 0x43, 0x46, 0x4a, 0x51,
-            0x52, 0x55, 0x5a, 0xa0, 0xa3, 0xa3, 0xa8, 0xbd
+            0x52, 0x55, 0x5a, 0xa0, 0xa3, 0xa3, 0xa8, 0xad, 0xbd
         ]
     );
     assert_eq!(
