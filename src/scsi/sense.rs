@@ -104,7 +104,8 @@ impl Sense {
     pub const UA_MEDIUM_NOT_PRESENT: Sense = Sense::new(key::UNIT_ATTENTION, 0x3a, 0x00);
     /// NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED: a medium was loaded.
     pub const MEDIUM_MAY_HAVE_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x28, 0x00);
-    /// CANNOT READ MEDIUM - INCOMPATIBLE FORMAT: a DVD structure asked of a CD (as QEMU).
+    /// CANNOT READ MEDIUM - INCOMPATIBLE FORMAT: a DVD structure asked of a CD (MMC; QEMU
+    /// answers INCOMPATIBLE MEDIUM INSTALLED, 30h/00h).
     pub const INCOMPATIBLE_FORMAT: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x30, 0x02);
     /// MEDIUM REMOVAL PREVENTED (PREVENT ALLOW MEDIUM REMOVAL holds the medium).
     pub const MEDIUM_REMOVAL_PREVENTED: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02);
