@@ -11,6 +11,9 @@
 //! The control run attaches QEMU's `scsi-cd` (the same ISO) and a `scsi-hd` with `removable=on`
 //! at the same addresses, so those checks (`cd_*`, `rm_*`) are compared too.
 //!
+//! `e2e_boot_from_cdrom` boots a guest from an ISO on a `type=cdrom` LUN through the firmware
+//! (SeaBIOS, El Torito, isolinux; tests/e2e/make-boot-iso.sh), as an installer starts.
+//!
 //! `VUS_E2E_SKIP=1` skips (prints SKIPPED); `VUS_E2E_SG3_QEMU=0` skips the scsi-hd control run;
 //! `VUS_E2E_DAEMON_ARGS` adds daemon options. Anything else that prevents the test from running
 //! fails it.
@@ -93,16 +96,25 @@ fn parse_checks(log: &str) -> BTreeMap<String, Check> {
 /// The LUNs of both runs: the disk under test, the CD-ROM, the removable disk.
 const DISKS: &str = "0:0,0:1,0:2";
 
+/// Boots the sg3 guest script against `backend` (`--socket S` or `--builtin IMAGES`).
 fn boot(qemu: &str, backend: &[&str], append: &str, log: &Path) -> (bool, String, String) {
+    let append = format!("e2e.script=guest-sg3.sh {append}");
+    let mut args = vec!["--phase", "sg3", "--disks", DISKS, "--append", &append];
+    args.extend_from_slice(backend);
+    run_guest(qemu, &args, log)
+}
+
+/// tests/e2e/run-guest.sh with `args`: whether the guest passed, its serial log, the harness's
+/// own output.
+fn run_guest(qemu: &str, args: &[&str], log: &Path) -> (bool, String, String) {
     let out = Command::new("bash")
         .arg(repo().join("tests/e2e/run-guest.sh"))
-        .args(["--qemu", qemu, "--phase", "sg3", "--disks", DISKS])
+        .args(["--qemu", qemu])
         .args(["--timeout", &BOOT_TIMEOUT_SECS.to_string()])
-        .args(["--append", &format!("e2e.script=guest-sg3.sh {append}")])
         .arg("--log")
         .arg(log)
         .arg("--no-log-on-failure")
-        .args(backend)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .expect("cannot run tests/e2e/run-guest.sh");
@@ -369,4 +381,72 @@ fn e2e_sg3_conformance() {
         diffs.len(),
         ours.len()
     );
+}
+
+/// A guest boots from an ISO served by a `type=cdrom` LUN: SeaBIOS finds the CD-ROM on the
+/// vhost-user-scsi device (bootindex 0) and boots its El Torito image (isolinux), which loads
+/// the kernel and initramfs from the ISO with READ(10) through the firmware's virtio-scsi
+/// driver; the booted guest then finds the LUN through Linux's sr and checks the kernel on it
+/// (tests/e2e/guest-cdboot.sh). That is how an installer starts.
+#[test]
+fn e2e_boot_from_cdrom() {
+    if std::env::var("VUS_E2E_SKIP").as_deref() == Ok("1") {
+        println!("SKIPPED: e2e CD-ROM boot (VUS_E2E_SKIP=1)");
+        return;
+    }
+    let qemu = system_qemu();
+    let tmp = tempfile::Builder::new()
+        .prefix("vus-cdboot-")
+        .tempdir()
+        .unwrap();
+    let logs = log_dir();
+    let nonce = format!("cdboot{}", std::process::id());
+    let iso = tmp.path().join("boot.iso");
+    let cmdline = format!(
+        "console=ttyS0 panic=-1 quiet e2e.phase=cdboot e2e.nonce={nonce} \
+         e2e.script=guest-cdboot.sh e2e.cdrom=0:0 e2e.cdsum=@KERNEL_SHA256@"
+    );
+    let out = Command::new("bash")
+        .arg(repo().join("tests/e2e/make-boot-iso.sh"))
+        .arg(&iso)
+        .arg(&cmdline)
+        .stdin(Stdio::null())
+        .output()
+        .expect("cannot run tests/e2e/make-boot-iso.sh");
+    assert!(
+        out.status.success(),
+        "make-boot-iso.sh failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let socket = tmp.path().join("vus.sock");
+    let daemon_log = logs.join("cdboot-daemon.log");
+    let daemon = start_daemon(
+        &socket,
+        &[format!("0:0={},type=cdrom", iso.display())],
+        &daemon_log,
+    );
+    let log = logs.join("cdboot.log");
+    let sock = socket.display().to_string();
+    let args = [
+        "--boot-cd",
+        "--socket",
+        &sock,
+        "--nonce",
+        &nonce,
+        "--phase",
+        "cdboot",
+        "--disks",
+        "0:0",
+    ];
+    let (ok, serial, harness) = run_guest(&qemu, &args, &log);
+    assert!(
+        ok,
+        "booting from the CD-ROM failed:\n{harness}\n--- serial log ---\n{serial}\n--- daemon log ---\n{}",
+        fs::read_to_string(&daemon_log).unwrap_or_default()
+    );
+    assert!(
+        serial.contains("Booting from DVD/CD"),
+        "not booted from the CD:\n{serial}"
+    );
+    terminate(daemon, &daemon_log);
 }

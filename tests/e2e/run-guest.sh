@@ -27,6 +27,10 @@
 #   --append STR     extra kernel command line
 #   --socket-wait S  wait up to S seconds for the socket to appear (default 10)
 #   --no-log-on-failure  don't copy the serial log to stderr on failure
+#   --boot-cd        boot the firmware (SeaBIOS) from the vhost-user-scsi device
+#                    (bootindex 0) instead of -kernel/-initrd: the kernel and its
+#                    command line come from the boot medium (make-boot-iso.sh);
+#                    needs --socket and --nonce
 #
 # Exits 0 only if the log contains "E2E-RESULT: PASS phase=N nonce=NONCE" and
 # no FAIL line. Prints the log on failure.
@@ -35,6 +39,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 QEMU=qemu-system-x86_64 ACCEL=tcg DEVICE_PROPS="" KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
 REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
+BOOT_CD=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --qemu) QEMU="$2"; shift ;;
@@ -54,6 +59,7 @@ while [[ $# -gt 0 ]]; do
         --nodiscard) NODISCARD=1 ;;
         --socket-wait) SOCKET_WAIT="$2"; shift ;;
         --no-log-on-failure) QUIET_LOG=1 ;;
+        --boot-cd) BOOT_CD=1 ;;
         -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
@@ -62,9 +68,10 @@ done
 [[ -n "$SOCK" || -n "$BUILTIN" ]] || e2e_die "need --socket SOCK or --builtin IMG0,IMG1"
 [[ -z "$SOCK" || -z "$BUILTIN" ]] || e2e_die "--socket and --builtin are exclusive"
 
+[[ $BOOT_CD -eq 0 || ( -n "$SOCK" && -n "$NONCE" ) ]] || e2e_die "--boot-cd needs --socket and --nonce"
 KERNEL="${KERNEL:-$(e2e_kernel)}"
 [[ -r "$KERNEL" ]] || e2e_die "kernel $KERNEL not readable"
-if [[ -z "$INITRD" ]]; then
+if [[ -z "$INITRD" && $BOOT_CD -eq 0 ]]; then
     INITRD="$E2E_CACHE/initramfs-$(e2e_kver).cpio.gz"
     e2e_locked "$E2E_CACHE/initramfs.lock" "$E2E_DIR/build-initramfs.sh" "$INITRD"
 fi
@@ -85,8 +92,12 @@ APPEND="console=ttyS0 panic=-1 quiet e2e.phase=$PHASE e2e.nonce=$NONCE e2e.disks
 # shellcheck disable=SC2054 # commas are QEMU option syntax
 ARGS=(-accel "$ACCEL" -m 512 -smp 2 -nographic -nodefaults
       -serial stdio -monitor none
-      -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND"
       -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem)
+if [[ $BOOT_CD -eq 1 ]]; then
+    DEVICE_PROPS+=",bootindex=0"
+else
+    ARGS+=(-kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND")
+fi
 # Without --reboot, a guest reboot (or a panic, panic=-1) ends QEMU instead of looping.
 [[ $REBOOT -eq 1 ]] || ARGS+=(-no-reboot)
 if [[ -n "$SOCK" ]]; then
