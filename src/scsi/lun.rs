@@ -733,8 +733,8 @@ impl LogicalUnit {
     }
 
     /// REQUEST SENSE (SPC-5 6.39): the oldest pending unit attention (consumed), else the
-    /// medium or stopped state, else NO SENSE. Errors of earlier commands were already returned with
-    /// their CHECK CONDITION (autosense), so nothing else is ever pending.
+    /// medium or stopped state, else NO SENSE. Errors of earlier commands were already
+    /// returned with their CHECK CONDITION (autosense), so nothing else is ever pending.
     fn request_sense(&self, nexus: Nexus, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdOutput {
         let sense = self
             .take_unit_attention(nexus)

@@ -451,7 +451,7 @@ impl LogicalUnit {
         p[2] = 0x3b; // DVD-RAM, DVD-R, DVD-ROM, CD-RW, CD-R read
         p[3] = 0; // no writing
         p[4] = 0x7f; // audio play, composite, digital ports, mode 2 form 1/2, multi-session
-        p[5] = 0xff; // CD-DA commands, accurate stream, R-W, de-interleaved, C2, ISRC, UPC, bar code
+        p[5] = 0xff; // CD-DA, accurate stream, R-W, de-interleaved, C2, ISRC, UPC, bar code
         p[6] = 0x2d; // tray loading mechanism, eject, prevent jumper, lock
         if self.medium_state().locked {
             p[6] |= 0x02; // LOCK STATE
