@@ -165,7 +165,7 @@ impl ScsiBus {
         self.targets
             .values()
             .flat_map(|luns| luns.values())
-            .map(|lu| lu.backend())
+            .map(|lu| lu.backend().into_owned())
     }
 
     /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.

@@ -12,6 +12,7 @@
 //! testable ([`super::ScsiBus::execute_as`]).
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, VecDeque},
     fmt, io,
     sync::{
@@ -271,6 +272,14 @@ impl Medium {
     }
 }
 
+/// Where a LU's backend lives: fixed for the LU's life, or swappable (a removable medium).
+/// A fixed one is read without any shared write (no lock, no reference count), so queue
+/// threads of a busy LU do not contend on it.
+enum MediumSlot {
+    Fixed(Arc<dyn BlockBackend>),
+    Removable(RwLock<Arc<dyn BlockBackend>>),
+}
+
 /// Failed I/O logged per LUN and window (the rest is counted and reported with the next line).
 const IO_ERROR_LOG_BURST: u32 = 5;
 const IO_ERROR_LOG_WINDOW: Duration = Duration::from_secs(60);
@@ -278,9 +287,9 @@ const IO_ERROR_LOG_WINDOW: Duration = Duration::from_secs(60);
 /// A logical unit: a backend plus the SCSI-visible state around it.
 pub struct LogicalUnit {
     /// The medium's backend. Swapped only by [`LogicalUnit::change_medium`] (a removable LU);
-    /// read through [`LogicalUnit::backend`], which hands out a reference that keeps the old
-    /// medium open for the commands still using it.
-    backend: RwLock<Arc<dyn BlockBackend>>,
+    /// read through [`LogicalUnit::backend`], which for a removable LU hands out a reference
+    /// that keeps the old medium open for the commands still using it.
+    backend: MediumSlot,
     /// Tray, lock and media events of a removable LU (unused otherwise).
     pub(super) medium: Mutex<Medium>,
     /// Fast path of the admission check: false while a removable LU has no medium to access.
@@ -346,7 +355,11 @@ impl LogicalUnit {
         let pr_active = pr.is_active();
         let blocks = backend.size() / u64::from(opts.block_size);
         Self {
-            backend: RwLock::new(backend),
+            backend: if opts.removable {
+                MediumSlot::Removable(RwLock::new(backend))
+            } else {
+                MediumSlot::Fixed(backend)
+            },
             medium: Mutex::new(Medium::default()),
             medium_ready: AtomicBool::new(true),
             retired: Mutex::new(Vec::new()),
@@ -403,18 +416,27 @@ impl LogicalUnit {
         self.opts.device_type == DeviceType::Cdrom
     }
 
-    /// The current medium's backend (the one loaded when the command started).
-    pub fn backend(&self) -> Arc<dyn BlockBackend> {
-        self.backend
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// The current medium's backend (for a removable LU, a reference to the one loaded when
+    /// the command started).
+    pub fn backend(&self) -> Cow<'_, Arc<dyn BlockBackend>> {
+        match &self.backend {
+            MediumSlot::Fixed(b) => Cow::Borrowed(b),
+            MediumSlot::Removable(slot) => {
+                Cow::Owned(slot.read().unwrap_or_else(|p| p.into_inner()).clone())
+            }
+        }
     }
 
-    /// Replaces the medium's backend; returns the old one.
+    /// Replaces a removable medium's backend; returns the old one (a fixed LU keeps its
+    /// backend and gets `backend` back: callers check [`LogicalUnit::removable`] first).
     pub(super) fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Arc<dyn BlockBackend> {
-        let mut b = self.backend.write().unwrap_or_else(|p| p.into_inner());
-        std::mem::replace(&mut *b, backend)
+        match &self.backend {
+            MediumSlot::Fixed(_) => backend,
+            MediumSlot::Removable(slot) => {
+                let mut b = slot.write().unwrap_or_else(|p| p.into_inner());
+                std::mem::replace(&mut *b, backend)
+            }
+        }
     }
 
     // ---- unit attentions ------------------------------------------------------------------
