@@ -23,6 +23,11 @@
 //! serial = "DISK0"
 //! wwn = "0x5000000000000001"
 //! pr-file = "/var/lib/vus/disk0.pr"   # optional: persistent reservations survive restarts
+//! removable = false         # optional: true makes the medium ejectable (RMB = 1)
+//!
+//! [[lun]]
+//! source = "/var/lib/images/install.iso"
+//! type = "cdrom"            # or "disk" (the default): read-only, 2048-byte blocks, removable
 //! ```
 //!
 //! Unknown keys are errors. Relative paths (`socket-path`, `source`, `pr-file`) are relative to the
