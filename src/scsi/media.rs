@@ -159,9 +159,12 @@ impl LogicalUnit {
         log::info!("{}: medium loaded", self.name);
     }
 
-    /// The host ejects the medium (opens the tray). While the guest prevents removal this fails
-    /// with [`MediumError::Locked`] and the guest gets an Eject Request event (it may unlock
-    /// and eject itself), unless `force`, which overrides the lock.
+    /// The host ejects the medium (opens the tray; the medium stays loaded, as QEMU's
+    /// `blockdev-open-tray`: a device reset closes the tray again, and
+    /// [`LogicalUnit::change_medium`] with `None` takes the medium away). While the guest
+    /// prevents removal this fails with [`MediumError::Locked`] and the guest gets an Eject
+    /// Request event (it may unlock and eject itself), unless `force`, which overrides the
+    /// lock.
     pub fn eject(&self, force: bool) -> Result<(), MediumError> {
         if !self.removable() {
             return Err(MediumError::NotRemovable);
