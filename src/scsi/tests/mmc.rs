@@ -449,8 +449,16 @@ fn prevent_allow_medium_removal_locks_the_tray() {
     bus.good(&START_STOP_LOAD, 0);
     assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x28, 0x00);
     bus.good(&PREVENT, 0);
+    assert_sense(&bus.cmd(&START_STOP_EJECT, &[], 0), 0x5, 0x53, 0x02);
+    bus.good(&ALLOW, 0);
+    bus.good(&START_STOP_EJECT, 0);
+    bus.good(&PREVENT, 0);
+    assert!(lu.medium_state().tray_open);
     bus.reset_all();
-    assert!(!lu.medium_state().locked);
+    let state = lu.medium_state();
+    assert!(!state.locked && !state.tray_open);
+    assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x29, 0x00);
+    bus.good(&TUR, 0);
 }
 
 #[test]
