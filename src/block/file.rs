@@ -390,6 +390,21 @@ impl BlockBackend for FileBackend {
         };
         Ok((true, hole.clamp(offset + 1, end) - offset))
     }
+
+    /// Image files only: `copy_file_range(2)` needs regular files on both ends.
+    fn copy_fd(&self) -> Option<RawFd> {
+        (self.kind == Kind::RegularFile).then(|| self.file.as_raw_fd())
+    }
+
+    /// `st_blocks` of an image file (`fstat`); a block device is wholly allocated.
+    fn allocated_bytes(&self) -> Option<u64> {
+        match self.kind {
+            Kind::RegularFile => nix::sys::stat::fstat(&self.file)
+                .ok()
+                .map(|st| (st.st_blocks as u64).saturating_mul(512)),
+            Kind::BlockDevice => Some(self.size),
+        }
+    }
 }
 
 impl FileBackend {

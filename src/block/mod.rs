@@ -4,6 +4,7 @@
 //! target later. It is opened by the parent process and handed to the worker as an open file, so
 //! nothing here ever takes a path. The SCSI emulation in [`crate::scsi`] talks only to this trait.
 
+pub mod copy;
 pub mod engine;
 pub mod file;
 pub mod null;
@@ -123,5 +124,17 @@ pub trait BlockBackend: Send + Sync {
     /// at least 1) share that status. The default: everything is mapped.
     fn lba_status(&self, _offset: u64, len: u64) -> io::Result<(bool, u64)> {
         Ok((true, len))
+    }
+
+    /// The file [`copy::copy_range`] may hand to `copy_file_range(2)` (a regular file), if
+    /// any; otherwise a copy to or from this backend goes through its read and write methods.
+    fn copy_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// Bytes of host storage the backend occupies (allocated blocks of an image file), if it
+    /// can tell (LOG SENSE, logical block provisioning page).
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
     }
 }

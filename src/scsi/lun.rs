@@ -253,6 +253,8 @@ pub struct LogicalUnit {
     pub(super) pr_active: AtomicBool,
     /// Bounds the log lines of failed I/O (a full or failing disk fails every command).
     io_error_log: RateLimit,
+    /// SANITIZE and copy-result state ([`super::extra`]).
+    pub(super) extra: super::extra::ExtraState,
 }
 
 impl LogicalUnit {
@@ -290,6 +292,7 @@ impl LogicalUnit {
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(pr_active),
             io_error_log: RateLimit::new(IO_ERROR_LOG_BURST, IO_ERROR_LOG_WINDOW),
+            extra: Default::default(),
         }
     }
 
@@ -505,7 +508,7 @@ impl LogicalUnit {
         self.admit_as(HBA_NEXUS, cdb)
     }
 
-    fn admit_as(&self, nexus: Nexus, cdb: &Cdb) -> Option<CmdOutput> {
+    pub(super) fn admit_as(&self, nexus: Nexus, cdb: &Cdb) -> Option<CmdOutput> {
         let op = cdb.opcode();
         self.check_capacity_change();
         // SAM-5 5.14: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit
@@ -522,6 +525,9 @@ impl LogicalUnit {
         // SPC-5 5.13.1, table 69 (and SPC-2 5.5.1 for RESERVE/RELEASE).
         if self.pr_active.load(Ordering::Acquire) && self.reservation_conflict(nexus, cdb) {
             return Some(CmdOutput::reservation_conflict());
+        }
+        if let Some(sense) = self.sanitize_admission(cdb) {
+            return Some(self.check_condition(sense));
         }
         if self.stopped.load(Ordering::Relaxed) && needs_ready_medium(cdb) {
             return Some(self.check_condition(Sense::NOT_READY_START_REQUIRED));
@@ -602,7 +608,7 @@ impl LogicalUnit {
                 let _write = self.gate.shared(false);
                 self.write_same(cdb, data_out)
             }
-            _ => Err(Sense::INVALID_OPCODE),
+            _ => self.dispatch_extra(nexus, cdb, data_out, data_in),
         }
     }
 
@@ -612,6 +618,7 @@ impl LogicalUnit {
     fn request_sense(&self, nexus: Nexus, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdOutput {
         let sense = self
             .take_unit_attention(nexus)
+            .or_else(|| self.sanitize_in_progress())
             .or_else(|| {
                 self.stopped
                     .load(Ordering::Relaxed)
@@ -642,7 +649,8 @@ fn needs_ready_medium(cdb: &Cdb) -> bool {
         | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16
         | VERIFY_10 | VERIFY_12 | VERIFY_16 | SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16
         | WRITE_SAME_10 | WRITE_SAME_16 | UNMAP | COMPARE_AND_WRITE | ORWRITE_16 | SEEK_10
-        | PRE_FETCH_10 | PRE_FETCH_16 => true,
+        | PRE_FETCH_10 | PRE_FETCH_16 | WRITE_ATOMIC_16 | SANITIZE | EXTENDED_COPY
+        | READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => true,
         SERVICE_ACTION_IN_16 => cdb.service_action() == sa::GET_LBA_STATUS,
         _ => false,
     }

@@ -157,6 +157,11 @@ fn access_class(cdb: &Cdb) -> Access {
         | MAINTENANCE_IN
         | PERSISTENT_RESERVE_IN
         | PERSISTENT_RESERVE_OUT
+        | LOG_SENSE
+        | RECEIVE_COPY_RESULTS
+        // The copy manager itself is not accessed; each segment is checked against the
+        // reservations of its source and destination LUs (scsi::xcopy).
+        | EXTENDED_COPY
         | RESERVE_6
         | RESERVE_10
         | RELEASE_6
@@ -164,7 +169,8 @@ fn access_class(cdb: &Cdb) -> Access {
         SERVICE_ACTION_IN_16 if cdb.service_action() == sa::READ_CAPACITY_16 => Access::Allowed,
         SERVICE_ACTION_IN_16 => Access::Read,
         READ_6 | READ_10 | READ_12 | READ_16 | VERIFY_10 | VERIFY_12 | VERIFY_16 | PRE_FETCH_10
-        | PRE_FETCH_16 | MODE_SENSE_6 | MODE_SENSE_10 | SEEK_10 => Access::Read,
+        | PRE_FETCH_16 | MODE_SENSE_6 | MODE_SENSE_10 | SEEK_10 | READ_DEFECT_DATA_10
+        | READ_DEFECT_DATA_12 => Access::Read,
         // START STOP UNIT with START = 1 and POWER CONDITION 0, and ALLOW MEDIUM REMOVAL, are
         // allowed; stopping and PREVENT conflict.
         START_STOP_UNIT if cdb.byte(4) & 0xf1 == 0x01 => Access::Allowed,
@@ -181,6 +187,8 @@ fn access_class(cdb: &Cdb) -> Access {
         | UNMAP
         | COMPARE_AND_WRITE
         | ORWRITE_16
+        | WRITE_ATOMIC_16
+        | SANITIZE
         | SYNCHRONIZE_CACHE_10
         | SYNCHRONIZE_CACHE_16
         | MODE_SELECT_6

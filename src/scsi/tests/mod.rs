@@ -2,6 +2,7 @@
 //! layer drives it.
 
 mod basic;
+mod extra;
 mod fuzz;
 mod inquiry;
 mod io;
