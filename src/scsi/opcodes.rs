@@ -123,6 +123,7 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x04, PR_OUT_USAGE),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x05, PR_OUT_USAGE),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x06, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x07, PR_OUT_USAGE),
     cmd_sa(
         op::EXTENDED_COPY,
         sa::EXTENDED_COPY_LID1,

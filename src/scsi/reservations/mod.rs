@@ -8,7 +8,9 @@
 //! is written (`pwritev2` with `RWF_DSYNC`) before the PERSISTENT RESERVE OUT that changed it
 //! completes.
 //!
-//! Not implemented: REGISTER AND MOVE and REPLACE LOST RESERVATION (INVALID FIELD IN CDB),
+//! REGISTER AND MOVE is in [`register_move`].
+//!
+//! Not implemented: REPLACE LOST RESERVATION (INVALID FIELD IN CDB),
 //! SPEC_I_PT (SIP_C = 0). CRH = 0: RESERVE / RELEASE conflict while any registration exists
 //! (SPC-2 5.5.1).
 
@@ -17,6 +19,7 @@ use std::collections::BTreeMap;
 use vm_memory::VolatileSlice;
 
 mod commands;
+mod register_move;
 
 use std::{fmt, sync::Arc};
 
@@ -73,6 +76,7 @@ pub mod pr_out {
     pub const PREEMPT: u16 = 0x04;
     pub const PREEMPT_AND_ABORT: u16 = 0x05;
     pub const REGISTER_AND_IGNORE_EXISTING_KEY: u16 = 0x06;
+    pub const REGISTER_AND_MOVE: u16 = 0x07;
 }
 use pr_out::*;
 

@@ -11,6 +11,7 @@ mod opcodes;
 mod provisioning;
 mod reservations;
 mod sbc;
+mod xcopy;
 
 use std::{
     io as stdio,
