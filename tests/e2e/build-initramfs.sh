@@ -49,7 +49,13 @@ BINARIES=(mke2fs:/usr/sbin/mke2fs,/sbin/mke2fs
           ?sg_start:/usr/bin/sg_start
           ?sg_prevent:/usr/bin/sg_prevent
           ?sg_requests:/usr/bin/sg_requests
-          ?sg_raw:/usr/bin/sg_raw)
+          ?sg_raw:/usr/bin/sg_raw
+          # Issue 14, second round: EXTENDED COPY, SANITIZE, LOG SENSE, READ DEFECT DATA.
+          ?sg_xcopy:/usr/bin/sg_xcopy
+          ?sg_copy_results:/usr/bin/sg_copy_results
+          ?sg_sanitize:/usr/bin/sg_sanitize
+          ?sg_logs:/usr/bin/sg_logs
+          ?sg_reassign:/usr/bin/sg_reassign)
 
 BUSYBOX="$(command -v busybox || true)"
 [[ -n "$BUSYBOX" ]] || e2e_die "busybox not found (apt-get install busybox-static)"
