@@ -3,22 +3,19 @@
 //! ATOMIC(16) (SBC-4 5.48) and RECEIVE COPY RESULTS (SPC-4 6.19; EXTENDED COPY itself needs the
 //! other LUs and is run by the bus, [`super::xcopy`]).
 //!
-//! [`ExtraState`] is what these commands keep per LU: whether a SANITIZE runs (and how far it
-//! got), whether the last one failed, and the results of recent identified copies.
+//! What these commands keep per LU is [`super::extra_state::ExtraState`].
 
-use std::{
-    collections::VecDeque,
-    sync::{
-        atomic::{AtomicBool, AtomicU16, AtomicU8, Ordering},
-        Mutex,
-    },
-};
+use std::sync::atomic::Ordering;
 
 use vm_memory::VolatileSlice;
 
 use super::{
     cdb::{opcode as op, put_be16, put_be32, service_action as sa, Cdb},
-    limits::MAX_TRANSFER_BYTES,
+    extra_state::{
+        CopyRecord, ExtraState, COPY_IN_PROGRESS, MAX_COPY_RECORDS, SANITIZE_FAILED_EXIT_ALLOWED,
+        SANITIZE_FAILED_NO_EXIT, SANITIZE_OK,
+    },
+    limits::AtomicLimits,
     lun::{IoOp, LogicalUnit, Nexus},
     respond,
     sense::Sense,
@@ -28,41 +25,6 @@ use super::{
 /// Chunk in which SANITIZE OVERWRITE writes and BLOCK ERASE deallocates; progress is updated
 /// after each.
 const SANITIZE_CHUNK: u64 = 1 << 20;
-/// Identified copies whose status RECEIVE COPY RESULTS can still report (oldest dropped).
-const MAX_COPY_RECORDS: usize = 16;
-
-/// Failure mode after a SANITIZE failed (SBC-4 4.11.4).
-const SANITIZE_OK: u8 = 0;
-/// Failed with AUSE = 0: only a successful SANITIZE ends it.
-const SANITIZE_FAILED_NO_EXIT: u8 = 1;
-/// Failed with AUSE = 1: EXIT FAILURE MODE may end it too.
-const SANITIZE_FAILED_EXIT_ALLOWED: u8 = 2;
-
-/// COPY MANAGER STATUS values (SPC-4 table 362).
-pub(super) const COPY_IN_PROGRESS: u8 = 0x00;
-pub(super) const COPY_DONE: u8 = 0x01;
-pub(super) const COPY_FAILED: u8 = 0x02;
-
-/// One identified EXTENDED COPY (LIST ID USAGE 00b or 10b) as RECEIVE COPY RESULTS reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct CopyRecord {
-    pub nexus: Nexus,
-    pub list_id: u8,
-    pub status: u8,
-    pub segments: u16,
-    /// Bytes copied.
-    pub bytes: u64,
-}
-
-/// Per-LU state of the commands in this module.
-#[derive(Default)]
-pub struct ExtraState {
-    sanitizing: AtomicBool,
-    /// Progress of the running SANITIZE, in 65536ths.
-    progress: AtomicU16,
-    failure: AtomicU8,
-    copies: Mutex<VecDeque<CopyRecord>>,
-}
 
 /// Ends "sanitize in progress" however SANITIZE returns.
 struct Sanitizing<'a>(&'a ExtraState);
@@ -71,12 +33,6 @@ impl Drop for Sanitizing<'_> {
     fn drop(&mut self) {
         self.0.sanitizing.store(false, Ordering::SeqCst);
         self.0.progress.store(0, Ordering::Relaxed);
-    }
-}
-
-impl ExtraState {
-    fn lock_copies(&self) -> std::sync::MutexGuard<'_, VecDeque<CopyRecord>> {
-        self.copies.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -508,36 +464,10 @@ impl LogicalUnit {
                 put_be32(&mut b, 8, count);
                 b
             }
-            sa::OPERATING_PARAMETERS => super::xcopy::operating_parameters(self.block_size()),
+            sa::OPERATING_PARAMETERS => super::limits::operating_parameters(self.block_size()),
             _ => return Err(Sense::invalid_cdb_field(1, Some(4))),
         };
         Ok(respond(data_in, &b, alloc_len))
-    }
-}
-
-/// The atomic write limits of VPD B0h (SBC-4 6.6.4), in logical blocks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct AtomicLimits {
-    /// MAXIMUM ATOMIC TRANSFER LENGTH.
-    pub max_atomic: u32,
-    /// MAXIMUM ATOMIC TRANSFER LENGTH WITH ATOMIC BOUNDARY.
-    pub max_with_boundary: u32,
-    /// MAXIMUM ATOMIC BOUNDARY SIZE.
-    pub max_boundary: u32,
-}
-
-impl AtomicLimits {
-    /// ATOMIC ALIGNMENT and ATOMIC TRANSFER LENGTH GRANULARITY are 0 (no requirement): the
-    /// exclusive write gate does not care where a write starts or how long it is. Every bound
-    /// is MAXIMUM TRANSFER LENGTH; a write with an ATOMIC BOUNDARY is atomic as a whole, which
-    /// is more than the boundary asks for.
-    pub fn new(block_size: u32) -> Self {
-        let max = MAX_TRANSFER_BYTES / block_size;
-        Self {
-            max_atomic: max,
-            max_with_boundary: max,
-            max_boundary: max,
-        }
     }
 }
 

@@ -166,7 +166,7 @@ impl LogicalUnit {
                 p
             }
             PAGE_BLOCK_LIMITS => self.block_limits(),
-            PAGE_THIRD_PARTY_COPY => super::xcopy::third_party_copy_vpd(self.block_size()),
+            PAGE_THIRD_PARTY_COPY => super::limits::third_party_copy_vpd(self.block_size()),
             PAGE_BLOCK_CHARACTERISTICS => {
                 let mut p = vec![0u8; 0x3c];
                 put_be16(&mut p, 0, 1); // MEDIUM ROTATION RATE: non-rotating medium
@@ -219,7 +219,7 @@ impl LogicalUnit {
         // WRITE ATOMIC(16) (scsi::extra): MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT and
         // ATOMIC TRANSFER LENGTH GRANULARITY 0 (none required); MAXIMUM ATOMIC TRANSFER
         // LENGTH WITH ATOMIC BOUNDARY; MAXIMUM ATOMIC BOUNDARY SIZE.
-        let atomic = super::extra::AtomicLimits::new(bs);
+        let atomic = super::limits::AtomicLimits::new(bs);
         put_be32(&mut p, 40, atomic.max_atomic);
         put_be32(&mut p, 52, atomic.max_with_boundary);
         put_be32(&mut p, 56, atomic.max_boundary);

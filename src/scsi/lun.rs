@@ -254,7 +254,7 @@ pub struct LogicalUnit {
     /// Bounds the log lines of failed I/O (a full or failing disk fails every command).
     io_error_log: RateLimit,
     /// SANITIZE and copy-result state ([`super::extra`]).
-    pub(super) extra: super::extra::ExtraState,
+    pub(super) extra: super::extra_state::ExtraState,
 }
 
 impl LogicalUnit {

@@ -21,6 +21,7 @@ pub mod capacity;
 pub mod cdb;
 pub mod compare_write;
 pub mod extra;
+pub mod extra_state;
 pub mod inquiry;
 pub mod io;
 pub mod lba_status;

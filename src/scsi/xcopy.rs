@@ -14,94 +14,23 @@
 
 use super::{
     bus::ScsiBus,
-    cdb::{be16, be32, be64, put_be16, put_be32, service_action as sa, Cdb},
-    extra::{CopyRecord, COPY_DONE, COPY_FAILED, COPY_IN_PROGRESS},
+    cdb::{be16, be32, be64, service_action as sa, Cdb},
+    extra_state::{CopyRecord, COPY_DONE, COPY_FAILED, COPY_IN_PROGRESS},
+    limits::{
+        CSCD_IDENTIFICATION, CSCD_LEN, MAX_CSCD_DESCRIPTORS, MAX_DESCRIPTOR_LIST_LEN,
+        MAX_SEGMENT_BYTES, MAX_SEGMENT_DESCRIPTORS, SEGMENT_BLOCK_TO_BLOCK, SEGMENT_LEN,
+        XCOPY_HEADER_LEN,
+    },
     lun::{IoOp, LogicalUnit, Nexus},
     sense::Sense,
     CmdOutput, CmdResult, DataOut,
 };
 use crate::block::copy::{copy_range, CopyError};
 
-/// Limits reported in OPERATING PARAMETERS and VPD 8Fh, and enforced here.
-const MAX_CSCD_DESCRIPTORS: usize = 16;
-const MAX_SEGMENT_DESCRIPTORS: usize = 64;
-const CSCD_LEN: usize = 32;
-/// Block → block segment descriptor: 4-byte header + DESCRIPTOR LENGTH 18h.
-const SEGMENT_LEN: usize = 28;
-const HEADER_LEN: usize = 16;
-const MAX_DESCRIPTOR_LIST_LEN: usize =
-    MAX_CSCD_DESCRIPTORS * CSCD_LEN + MAX_SEGMENT_DESCRIPTORS * SEGMENT_LEN;
-/// MAXIMUM SEGMENT LENGTH in bytes: bounds how long one segment holds the queue thread.
-const MAX_SEGMENT_BYTES: u32 = 64 << 20;
-/// Copies that may run at once (one per queue thread at most; a bound for the records).
-const MAX_CONCURRENT_COPIES: u8 = 16;
-
-const CSCD_IDENTIFICATION: u8 = 0xe4;
-const SEGMENT_BLOCK_TO_BLOCK: u8 = 0x02;
-
 /// A READ(16) / WRITE(16) CDB standing for a segment's access to its source / destination in
 /// the reservation check (SPC-5 table 69 classifies by opcode).
 const READ16: [u8; 16] = [0x88, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 const WRITE16: [u8; 16] = [0x8a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-
-/// RECEIVE COPY RESULTS, OPERATING PARAMETERS (SPC-4 6.19.4), for an LU of `block_size`.
-pub(super) fn operating_parameters(block_size: u32) -> Vec<u8> {
-    let mut b = vec![0u8; 46];
-    put_be32(&mut b, 0, 42); // AVAILABLE DATA
-    b[4] = 0x01; // SNLID: LIST ID USAGE 11b (no list identifier) is supported
-    put_be16(&mut b, 8, MAX_CSCD_DESCRIPTORS as u16);
-    put_be16(&mut b, 10, MAX_SEGMENT_DESCRIPTORS as u16);
-    put_be32(&mut b, 12, MAX_DESCRIPTOR_LIST_LEN as u32);
-    put_be32(&mut b, 16, MAX_SEGMENT_BYTES);
-    // MAXIMUM INLINE DATA LENGTH, HELD DATA LIMIT, MAXIMUM STREAM DEVICE TRANSFER SIZE: 0.
-    put_be16(&mut b, 34, u16::from(MAX_CONCURRENT_COPIES)); // TOTAL CONCURRENT COPIES
-    b[36] = MAX_CONCURRENT_COPIES; // MAXIMUM CONCURRENT COPIES
-    b[37] = block_size.trailing_zeros() as u8; // DATA SEGMENT GRANULARITY (log2)
-    b[43] = 2; // IMPLEMENTED DESCRIPTOR LIST LENGTH
-    b[44] = SEGMENT_BLOCK_TO_BLOCK;
-    b[45] = CSCD_IDENTIFICATION;
-    b
-}
-
-/// Third-party Copy VPD page 8Fh payload (SPC-4 7.8.17): Supported Commands, Parameter Data,
-/// Supported Descriptors, Supported CSCD Descriptor IDs (none) and General Copy Operations.
-pub(super) fn third_party_copy_vpd(block_size: u32) -> Vec<u8> {
-    let mut p = Vec::new();
-    // 0001h Supported Commands: EXTENDED COPY (LID1) and RECEIVE COPY RESULTS COPY STATUS and
-    // OPERATING PARAMETERS.
-    p.extend_from_slice(&[
-        0x00, 0x01, 0x00, 0x08, 0x07, 0x83, 0x01, 0x00, 0x84, 0x02, 0x00, 0x03,
-    ]);
-    // 0004h Parameter Data.
-    let mut d = vec![0u8; 32];
-    d[..4].copy_from_slice(&[0x00, 0x04, 0x00, 0x1c]);
-    put_be16(&mut d, 8, MAX_CSCD_DESCRIPTORS as u16);
-    put_be16(&mut d, 10, MAX_SEGMENT_DESCRIPTORS as u16);
-    put_be32(&mut d, 12, MAX_DESCRIPTOR_LIST_LEN as u32);
-    p.extend_from_slice(&d);
-    // 0008h Supported Descriptors: block → block, identification CSCD.
-    p.extend_from_slice(&[
-        0x00,
-        0x08,
-        0x00,
-        0x04,
-        0x02,
-        SEGMENT_BLOCK_TO_BLOCK,
-        CSCD_IDENTIFICATION,
-        0,
-    ]);
-    // 000Ch Supported CSCD Descriptor IDs: none (no list).
-    p.extend_from_slice(&[0x00, 0x0c, 0x00, 0x04, 0, 0, 0, 0]);
-    // 8001h General Copy Operations.
-    let mut g = vec![0u8; 36];
-    g[..4].copy_from_slice(&[0x80, 0x01, 0x00, 0x20]);
-    put_be32(&mut g, 4, u32::from(MAX_CONCURRENT_COPIES));
-    put_be32(&mut g, 8, u32::from(MAX_CONCURRENT_COPIES));
-    put_be32(&mut g, 12, MAX_SEGMENT_BYTES);
-    g[16] = block_size.trailing_zeros() as u8;
-    p.extend_from_slice(&g);
-    p
-}
 
 /// A parsed block → block segment descriptor.
 struct Segment {
@@ -141,7 +70,7 @@ fn parse(p: &[u8]) -> Result<CopyList, Sense> {
     if inline_len != 0 {
         return Err(Sense::INLINE_DATA_LENGTH_EXCEEDED);
     }
-    if HEADER_LEN
+    if XCOPY_HEADER_LEN
         .checked_add(cscd_len)
         .and_then(|n| n.checked_add(seg_len))
         != Some(p.len())
@@ -155,7 +84,7 @@ fn parse(p: &[u8]) -> Result<CopyList, Sense> {
         return Err(Sense::TOO_MANY_TARGET_DESCRIPTORS);
     }
     let mut cscds = Vec::new();
-    for at in (HEADER_LEN..HEADER_LEN + cscd_len).step_by(CSCD_LEN) {
+    for at in (XCOPY_HEADER_LEN..XCOPY_HEADER_LEN + cscd_len).step_by(CSCD_LEN) {
         let d = &p[at..at + CSCD_LEN];
         if d[0] != CSCD_IDENTIFICATION {
             return Err(Sense::UNSUPPORTED_TARGET_DESCRIPTOR.with_field_param(at, 7));
@@ -174,7 +103,7 @@ fn parse(p: &[u8]) -> Result<CopyList, Sense> {
         cscds.push((at, wwn, block_len));
     }
     let mut segments = Vec::new();
-    let mut at = HEADER_LEN + cscd_len;
+    let mut at = XCOPY_HEADER_LEN + cscd_len;
     while at < p.len() {
         if segments.len() == MAX_SEGMENT_DESCRIPTORS {
             return Err(Sense::TOO_MANY_SEGMENT_DESCRIPTORS);
@@ -263,7 +192,7 @@ impl ScsiBus {
             // SPC-4 6.4.1: no parameter data is not an error; nothing is copied.
             return Ok(CmdOutput::good(0));
         }
-        if !(HEADER_LEN..=HEADER_LEN + MAX_DESCRIPTOR_LIST_LEN).contains(&list_len) {
+        if !(XCOPY_HEADER_LEN..=XCOPY_HEADER_LEN + MAX_DESCRIPTOR_LIST_LEN).contains(&list_len) {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
         }
         if data_out.len() < list_len {
