@@ -368,8 +368,10 @@ impl LogicalUnit {
     /// WRITE ATOMIC(16) (SBC-4 5.48): the write runs with the LU's write gate held
     /// exclusively, like COMPARE AND WRITE, so no other write of this daemon to the LU lands
     /// in the middle of it, and an initiator's concurrent writes see it whole or not at all.
-    /// What it does not promise (docs/scsi.md, "WRITE ATOMIC"): reads that race it may see a
-    /// mix, and a host crash can tear it.
+    /// Where the host has untorn writes for the range (`RWF_ATOMIC` on a `cache=none` LUN whose
+    /// file system reports a unit that fits), it is also atomic against a host crash. What it
+    /// does not promise (docs/scsi.md, "WRITE ATOMIC"): reads that race it may see a mix, and
+    /// without `RWF_ATOMIC` a host crash can tear it.
     fn write_atomic(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
         if cdb.bit(1, 0xe0) {
             return Err(Sense::invalid_cdb_field(1, Some(7))); // WRPROTECT
@@ -407,9 +409,28 @@ impl LogicalUnit {
             Ok(guard) => guard,
             Err(busy) => return Ok(busy),
         };
-        self.backend
-            .write_at(&bufs, offset, fua)
-            .map_err(|e| self.io_error(cdb, IoOp::Write, lba, &e))?;
+        // Where the host offers untorn writes for this range (RWF_ATOMIC), the write is also
+        // atomic against a crash.
+        let untorn = self
+            .backend
+            .atomic_write_unit()
+            .is_some_and(|u| u.fits(offset, len as u64));
+        let result = if untorn {
+            match self.backend.write_untorn(&bufs, offset, fua) {
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EOPNOTSUPP)) => {
+                    // The kernel refused after all: still atomic against other commands.
+                    log::warn!(
+                        "{}: untorn write refused ({e}); writing normally",
+                        self.name
+                    );
+                    self.backend.write_at(&bufs, offset, fua)
+                }
+                other => other,
+            }
+        } else {
+            self.backend.write_at(&bufs, offset, fua)
+        };
+        result.map_err(|e| self.io_error(cdb, IoOp::Write, lba, &e))?;
         Ok(CmdOutput::good(len))
     }
 

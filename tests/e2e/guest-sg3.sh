@@ -276,8 +276,13 @@ chk write_atomic_too_long sg_raw "$D" 9c 00 00 00 00 00 00 00 13 88 00 00 40 01 
 want_rc write_atomic_too_long 5
 # EXTENDED COPY (LID1) within the LU: 300 blocks from LBA 3000 to LBA 6000 (several
 # segments of sg_xcopy's 128 blocks), then the copy results.
+# sg_xcopy wants the disk's sg node (it maps a block device to one through sysfs by major
+# and minor, which fails here).
+SGDEV="$(ls "/sys/block/$DEV/device/scsi_generic" 2>/dev/null | head -n 1)"
+XD="$D"; [ -n "$SGDEV" ] && [ -c "/dev/$SGDEV" ] && XD="/dev/$SGDEV"
+info "sg_xcopy device: $XD"
 read_blocks 3000 300 /tmp/xsrc
-chk xcopy sg_xcopy if="$D" of="$D" bs=512 skip=3000 seek=6000 count=300 list_id=5 \
+chk xcopy sg_xcopy if="$XD" of="$XD" bs=512 skip=3000 seek=6000 count=300 list_id=5 \
     id_usage=hold; want_rc xcopy 0
 read_blocks 6000 300 /tmp/xdst; strict && ! same /tmp/xsrc /tmp/xdst && fail "xcopy data wrong"
 chk copy_results sg_copy_results --status --list_id=5 "$D"; want_rc copy_results 0
@@ -307,7 +312,7 @@ want_rc pr_move_register 0
 chk pr_move_reserve sg_persist --out --reserve --param-rk=0x1234 --prout-type=1 "$D"
 want_rc pr_move_reserve 0
 chk pr_register_move sg_persist --out --register-move --param-rk=0x1234 --param-sark=0x5678 \
-    --relative-port=1 --transport-id=sas,3000565553000001 "$D"
+    --relative-target-port=1 --transport-id=sas,3000565553000001 "$D"
 want_rc pr_register_move 0
 chk pr_moved sg_persist -r "$D"; want_rc pr_moved 0; want pr_moved "Key=0x5678"
 chk pr_moved_write sg_raw -s 512 -i /tmp/A "$D" 2a 00 00 00 0c e4 00 00 01 00

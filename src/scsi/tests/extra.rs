@@ -411,3 +411,67 @@ fn write_atomic_excludes_other_writes() {
     assert_eq!(backend.inner.bytes(0, 512), vec![2u8; 512]);
     assert_eq!(bus.writes_in_flight(0, 0), Some(0));
 }
+
+/// A backend with an untorn-write unit: WRITE ATOMIC uses it for the writes that fit (power of
+/// two, naturally aligned, within the unit) and writes the others normally.
+#[test]
+fn write_atomic_uses_untorn_writes_where_the_host_has_them() {
+    use crate::block::AtomicUnit;
+    struct Untorn {
+        inner: Arc<MemBackend>,
+        untorn: Mutex<Vec<(u64, usize)>>,
+    }
+    impl BlockBackend for Untorn {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, bufs: &SgList<'_>, offset: u64) -> stdio::Result<()> {
+            self.inner.read_at(bufs, offset)
+        }
+        fn write_at(&self, bufs: &SgList<'_>, offset: u64, fua: bool) -> stdio::Result<()> {
+            self.inner.write_at(bufs, offset, fua)
+        }
+        fn flush(&self) -> stdio::Result<()> {
+            self.inner.flush()
+        }
+        fn discard(&self, offset: u64, len: u64) -> stdio::Result<()> {
+            self.inner.discard(offset, len)
+        }
+        fn write_zeroes(&self, offset: u64, len: u64) -> stdio::Result<()> {
+            self.inner.write_zeroes(offset, len)
+        }
+        fn can_discard(&self) -> bool {
+            true
+        }
+        fn discard_zeroes(&self) -> bool {
+            true
+        }
+        fn atomic_write_unit(&self) -> Option<AtomicUnit> {
+            Some(AtomicUnit {
+                min: 512,
+                max: 16384,
+            })
+        }
+        fn write_untorn(&self, bufs: &SgList<'_>, offset: u64, fua: bool) -> stdio::Result<()> {
+            self.untorn.lock().unwrap().push((offset, bufs.len()));
+            self.inner.write_at(bufs, offset, fua)
+        }
+    }
+    let backend = Arc::new(Untorn {
+        inner: MemBackend::new(1 << 20),
+        untorn: Mutex::new(Vec::new()),
+    });
+    let bus = bus_with(backend.clone(), opts());
+    let data = vec![0x5au8; 64 << 10];
+    // 8 blocks at LBA 8: 4 KiB at 4 KiB, fits. 3 blocks: not a power of two. 8 blocks at LBA
+    // 4: misaligned. 64 blocks: beyond the unit.
+    for (lba, blocks) in [(8u64, 8u16), (100, 3), (4, 8), (128, 64)] {
+        let n = usize::from(blocks) * 512;
+        assert_eq!(
+            bus.cmd(&write_atomic(lba, 0, blocks), &data[..n], 0),
+            CmdOutput::good(n)
+        );
+        assert_eq!(backend.inner.bytes(lba as usize * 512, n), data[..n]);
+    }
+    assert_eq!(*backend.untorn.lock().unwrap(), [(4096, 4096)]);
+}
