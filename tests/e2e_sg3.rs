@@ -18,7 +18,7 @@ use std::{
 };
 
 const IMAGE_SIZE: u64 = 64 << 20;
-const BOOT_TIMEOUT_SECS: u32 = 150;
+const BOOT_TIMEOUT_SECS: u32 = 240;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -322,15 +322,15 @@ chk pr_preempt_back sg_persist --out --preempt --param-rk=0x1234 --param-sark=0x
 want_rc pr_preempt_back 0
 chk pr_move_clear sg_persist --out --clear --param-rk=0x1234 "$D"; want_rc pr_move_clear 0
 # SANITIZE: OVERWRITE with a one-block pattern, BLOCK ERASE (deallocates), EXIT FAILURE MODE.
-chk sanitize_overwrite sg_sanitize --quick --overwrite --pattern=/tmp/C "$D"
+chk sanitize_overwrite sg_sanitize --quick --wait --overwrite --pattern=/tmp/C "$D"
 want_rc sanitize_overwrite 0
 read_blocks 7000 1 /tmp/r; strict && ! same /tmp/r /tmp/C && fail "sanitize overwrite data wrong"
-chk sanitize_block sg_sanitize --quick --block "$D"; want_rc sanitize_block 0
+chk sanitize_block sg_sanitize --quick --wait --block "$D"; want_rc sanitize_block 0
 read_blocks 7000 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "block erase did not zero"
 chk lba_status_sanitized sg_get_lba_status --lba=7000 "$D"
 want lba_status_sanitized "deallocated"
-chk sanitize_exit sg_sanitize --quick --fail "$D"; want_rc sanitize_exit 0
-chk sanitize_crypto sg_sanitize --quick --crypto "$D"; want_rc sanitize_crypto 5
+chk sanitize_exit sg_sanitize --quick --wait --fail "$D"; want_rc sanitize_exit 0
+chk sanitize_crypto sg_sanitize --quick --wait --crypto "$D"; want_rc sanitize_crypto 5
 
 # --- a file system on top: mkfs, fstrim -------------------------------------------------
 chk mkfs mkfs.ext4 -F -q -E lazy_itable_init=0,lazy_journal_init=0 "$D"; want_rc mkfs 0
