@@ -99,9 +99,9 @@ fn boot(qemu: &str, backend: &[&str], mode: &str, log: &Path) -> (bool, String, 
         .stdin(Stdio::null())
         .output()
         .expect("cannot run tests/e2e/run-guest.sh");
-    let serial = fs::read_to_string(log)
-        .unwrap_or_default()
-        .replace('\r', "");
+    // Lossy: a tool may print binary (sg_sanitize prints scsi-hd's LU name raw), and one
+    // invalid byte must not turn the whole log into "nothing ran".
+    let serial = String::from_utf8_lossy(&fs::read(log).unwrap_or_default()).replace('\r', "");
     let harness = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
