@@ -216,12 +216,15 @@ fn sanitize_failure_mode() {
 }
 
 /// A backend that lets only the first `allowed` writes through and holds the rest (to look at
-/// a LU in the middle of a long operation), counting the writes that arrived.
+/// a LU in the middle of a long operation), counting the writes that arrived; with `unit` it
+/// also has untorn writes, and records them.
 struct HeldBackend {
     inner: Arc<MemBackend>,
     allowed: Mutex<usize>,
     cv: Condvar,
     writes: std::sync::atomic::AtomicUsize,
+    unit: Option<crate::block::AtomicUnit>,
+    untorn: Mutex<Vec<(u64, usize)>>,
 }
 
 impl HeldBackend {
@@ -261,14 +264,31 @@ impl BlockBackend for HeldBackend {
     fn discard_zeroes(&self) -> bool {
         true
     }
+    fn atomic_write_unit(&self) -> Option<crate::block::AtomicUnit> {
+        self.unit
+    }
+    fn write_untorn(&self, bufs: &SgList<'_>, offset: u64, fua: bool) -> stdio::Result<()> {
+        self.untorn.lock().unwrap().push((offset, bufs.len()));
+        self.write_at(bufs, offset, fua)
+    }
 }
 
 fn held_bus(size: usize, allowed: usize) -> (Arc<ScsiBus>, Arc<HeldBackend>) {
+    held_bus_with_unit(size, allowed, None)
+}
+
+fn held_bus_with_unit(
+    size: usize,
+    allowed: usize,
+    unit: Option<crate::block::AtomicUnit>,
+) -> (Arc<ScsiBus>, Arc<HeldBackend>) {
     let backend = Arc::new(HeldBackend {
         inner: MemBackend::new(size),
         allowed: Mutex::new(allowed),
         cv: Condvar::new(),
         writes: Default::default(),
+        unit,
+        untorn: Mutex::new(Vec::new()),
     });
     (Arc::new(bus_with(backend.clone(), opts())), backend)
 }
@@ -416,52 +436,11 @@ fn write_atomic_excludes_other_writes() {
 /// two, naturally aligned, within the unit) and writes the others normally.
 #[test]
 fn write_atomic_uses_untorn_writes_where_the_host_has_them() {
-    use crate::block::AtomicUnit;
-    struct Untorn {
-        inner: Arc<MemBackend>,
-        untorn: Mutex<Vec<(u64, usize)>>,
-    }
-    impl BlockBackend for Untorn {
-        fn size(&self) -> u64 {
-            self.inner.size()
-        }
-        fn read_at(&self, bufs: &SgList<'_>, offset: u64) -> stdio::Result<()> {
-            self.inner.read_at(bufs, offset)
-        }
-        fn write_at(&self, bufs: &SgList<'_>, offset: u64, fua: bool) -> stdio::Result<()> {
-            self.inner.write_at(bufs, offset, fua)
-        }
-        fn flush(&self) -> stdio::Result<()> {
-            self.inner.flush()
-        }
-        fn discard(&self, offset: u64, len: u64) -> stdio::Result<()> {
-            self.inner.discard(offset, len)
-        }
-        fn write_zeroes(&self, offset: u64, len: u64) -> stdio::Result<()> {
-            self.inner.write_zeroes(offset, len)
-        }
-        fn can_discard(&self) -> bool {
-            true
-        }
-        fn discard_zeroes(&self) -> bool {
-            true
-        }
-        fn atomic_write_unit(&self) -> Option<AtomicUnit> {
-            Some(AtomicUnit {
-                min: 512,
-                max: 16384,
-            })
-        }
-        fn write_untorn(&self, bufs: &SgList<'_>, offset: u64, fua: bool) -> stdio::Result<()> {
-            self.untorn.lock().unwrap().push((offset, bufs.len()));
-            self.inner.write_at(bufs, offset, fua)
-        }
-    }
-    let backend = Arc::new(Untorn {
-        inner: MemBackend::new(1 << 20),
-        untorn: Mutex::new(Vec::new()),
-    });
-    let bus = bus_with(backend.clone(), opts());
+    let unit = crate::block::AtomicUnit {
+        min: 512,
+        max: 16384,
+    };
+    let (bus, backend) = held_bus_with_unit(1 << 20, usize::MAX, Some(unit));
     let data = vec![0x5au8; 64 << 10];
     // 8 blocks at LBA 8: 4 KiB at 4 KiB, fits. 3 blocks: not a power of two. 8 blocks at LBA
     // 4: misaligned. 64 blocks: beyond the unit.
