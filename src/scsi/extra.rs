@@ -5,7 +5,7 @@
 //!
 //! What these commands keep per LU is [`super::extra_state::ExtraState`].
 
-use std::sync::atomic::Ordering;
+use std::sync::{atomic::Ordering, Arc};
 
 use vm_memory::VolatileSlice;
 
@@ -16,20 +16,21 @@ use super::{
         SANITIZE_FAILED_NO_EXIT, SANITIZE_OK,
     },
     limits::AtomicLimits,
-    lun::{IoOp, LogicalUnit, Nexus},
+    lun::{IoOp, LogicalUnit, Nexus, EXCLUSIVE_WAIT},
     respond,
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, SgList,
 };
+use crate::block::BlockBackend;
 
 /// Chunk in which SANITIZE OVERWRITE writes and BLOCK ERASE deallocates; progress is updated
 /// after each.
 const SANITIZE_CHUNK: u64 = 1 << 20;
 
 /// Ends "sanitize in progress" however SANITIZE returns.
-struct Sanitizing<'a>(&'a ExtraState);
+struct Sanitizing(Arc<ExtraState>);
 
-impl Drop for Sanitizing<'_> {
+impl Drop for Sanitizing {
     fn drop(&mut self) {
         self.0.sanitizing.store(false, Ordering::SeqCst);
         self.0.progress.store(0, Ordering::Relaxed);
@@ -224,12 +225,13 @@ impl LogicalUnit {
 
     /// SANITIZE (SBC-4 5.30): OVERWRITE, BLOCK ERASE (deallocation where the backend can,
     /// zeroes otherwise) and EXIT FAILURE MODE. CRYPTOGRAPHIC ERASE is not supported (nothing
-    /// is encrypted). IMMED is accepted, but the command completes when the sanitize is done,
-    /// as SYNCHRONIZE CACHE does: the LU has no thread of its own to run it in the background.
-    /// While it runs, the other queues' commands get NOT READY, SANITIZE IN PROGRESS with the
-    /// progress indication.
+    /// is encrypted). With IMMED the command completes once the CDB and the parameter list are
+    /// checked and the sanitize runs on a thread of its own; without it, on this queue thread
+    /// before the command completes. While it runs, every command except INQUIRY, REPORT LUNS
+    /// and REQUEST SENSE gets NOT READY, SANITIZE IN PROGRESS with the progress indication.
     fn sanitize(&self, cdb: &Cdb, data_out: &DataOut<'_>) -> CmdResult {
         let action = cdb.service_action();
+        let immed = cdb.bit(1, 0x80);
         let ause = cdb.bit(1, 0x20);
         let list_len = usize::from(cdb.be16(7));
         match action {
@@ -277,90 +279,51 @@ impl LogicalUnit {
                 .sanitize_in_progress()
                 .unwrap_or(Sense::SANITIZE_IN_PROGRESS));
         }
-        let _running = Sanitizing(&self.extra);
-        // Writes already admitted finish first; later ones are refused by the admission check.
+        let running = Sanitizing(self.extra.clone());
+        let job = SanitizeJob {
+            backend: self.backend.clone(),
+            extra: self.extra.clone(),
+            block_size: u64::from(self.block_size()),
+            bytes: self.block_count() * u64::from(self.block_size()),
+            deallocate: self.discard,
+            pattern,
+            ause,
+        };
+        if immed {
+            let gate = self.gate.clone();
+            let name = self.name.clone();
+            let spawned = std::thread::Builder::new()
+                .name("vus-sanitize".to_string())
+                .spawn(move || {
+                    let _running = running;
+                    // Writes already admitted finish first; later ones are refused by the
+                    // admission check. Nobody waits for this thread: keep waiting.
+                    let _exclusive = loop {
+                        if let Some(guard) = gate.exclusive(EXCLUSIVE_WAIT) {
+                            break guard;
+                        }
+                    };
+                    if let Err((op, lba, e)) = job.run() {
+                        log::warn!("{name}: SANITIZE failed ({op:?} at lba {lba}): {e}");
+                    }
+                });
+            return match spawned {
+                Ok(_) => Ok(CmdOutput::good(list_len)),
+                Err(e) => {
+                    // `running` moved into the closure and was dropped with it.
+                    log::warn!("{}: cannot start a SANITIZE thread: {e}", self.name);
+                    Err(Sense::IO_PROCESS_TERMINATED)
+                }
+            };
+        }
+        let _running = running;
         let _exclusive = match self.exclusive_write() {
             Ok(guard) => guard,
             Err(busy) => return Ok(busy),
         };
-        let result = match &pattern {
-            Some(o) => self.sanitize_overwrite(cdb, o),
-            None => self.sanitize_erase(cdb),
-        }
-        .and_then(|()| {
-            self.backend
-                .flush()
-                .map_err(|e| self.io_error(cdb, IoOp::Flush, 0, &e))
-        });
-        match result {
-            Ok(()) => {
-                self.extra.failure.store(SANITIZE_OK, Ordering::Relaxed);
-                Ok(CmdOutput::good(list_len))
-            }
-            Err(sense) => {
-                let mode = if ause {
-                    SANITIZE_FAILED_EXIT_ALLOWED
-                } else {
-                    SANITIZE_FAILED_NO_EXIT
-                };
-                self.extra.failure.store(mode, Ordering::Relaxed);
-                Err(sense)
-            }
-        }
-    }
-
-    fn set_sanitize_progress(&self, done: u64, total: u64) {
-        let p = if total == 0 {
-            0
-        } else {
-            (u128::from(done) * 65536 / u128::from(total)).min(65535) as u16
-        };
-        self.extra.progress.store(p, Ordering::Relaxed);
-    }
-
-    fn sanitize_overwrite(&self, cdb: &Cdb, o: &Overwrite) -> Result<(), Sense> {
-        let bs = self.block_size() as usize;
-        let total_bytes = self.block_count() * bs as u64;
-        let passes = u64::from(o.count);
-        let chunk = SANITIZE_CHUNK.min(total_bytes.max(bs as u64)) as usize;
-        // Every logical block starts with the pattern, repeated to fill it.
-        let mut block: Vec<u8> = o.pattern.iter().copied().cycle().take(bs).collect();
-        for pass in 0..passes {
-            if o.invert && pass > 0 {
-                block.iter_mut().for_each(|b| *b = !*b);
-            }
-            let mut buf: Vec<u8> = block.iter().copied().cycle().take(chunk).collect();
-            let mut offset = 0;
-            while offset < total_bytes {
-                let n = (total_bytes - offset).min(chunk as u64) as usize;
-                let mut sg = SgList::new();
-                sg.push(VolatileSlice::from(&mut buf[..n]));
-                self.backend
-                    .write_at(&sg, offset, false)
-                    .map_err(|e| self.io_error(cdb, IoOp::Write, offset / bs as u64, &e))?;
-                offset += n as u64;
-                self.set_sanitize_progress(pass * total_bytes + offset, passes * total_bytes);
-            }
-        }
-        Ok(())
-    }
-
-    fn sanitize_erase(&self, cdb: &Cdb) -> Result<(), Sense> {
-        let bs = u64::from(self.block_size());
-        let total = self.block_count() * bs;
-        let mut offset = 0;
-        while offset < total {
-            let n = (total - offset).min(SANITIZE_CHUNK);
-            let result = if self.discard {
-                self.backend.discard(offset, n)
-            } else {
-                self.backend.write_zeroes(offset, n)
-            };
-            result.map_err(|e| self.io_error(cdb, IoOp::Unmap, offset / bs, &e))?;
-            offset += n;
-            self.set_sanitize_progress(offset, total);
-        }
-        Ok(())
+        job.run()
+            .map(|()| CmdOutput::good(list_len))
+            .map_err(|(op, lba, e)| self.io_error(cdb, op, lba, &e))
     }
 
     // ---- WRITE ATOMIC(16) -----------------------------------------------------------------
@@ -489,6 +452,93 @@ impl LogicalUnit {
             _ => return Err(Sense::invalid_cdb_field(1, Some(4))),
         };
         Ok(respond(data_in, &b, alloc_len))
+    }
+}
+
+/// A SANITIZE OVERWRITE or BLOCK ERASE, with what it needs to run away from its LU (on a
+/// thread of its own with IMMED).
+struct SanitizeJob {
+    backend: Arc<dyn BlockBackend>,
+    extra: Arc<ExtraState>,
+    block_size: u64,
+    /// The whole medium, in bytes.
+    bytes: u64,
+    /// BLOCK ERASE deallocates (thin provisioning on) rather than writing zeroes.
+    deallocate: bool,
+    /// OVERWRITE's parameters; `None`: BLOCK ERASE.
+    pattern: Option<Overwrite>,
+    ause: bool,
+}
+
+impl SanitizeJob {
+    /// Runs it to the end and records the outcome: failure mode on an error (the operation,
+    /// the first LBA not done and the error, for sense data or the log), cleared on success.
+    fn run(&self) -> Result<(), (IoOp, u64, std::io::Error)> {
+        let result = match &self.pattern {
+            Some(o) => self.overwrite(o),
+            None => self.erase(),
+        }
+        .and_then(|()| self.backend.flush().map_err(|e| (IoOp::Flush, 0, e)));
+        let mode = match (&result, self.ause) {
+            (Ok(()), _) => SANITIZE_OK,
+            (Err(_), true) => SANITIZE_FAILED_EXIT_ALLOWED,
+            (Err(_), false) => SANITIZE_FAILED_NO_EXIT,
+        };
+        self.extra.failure.store(mode, Ordering::Relaxed);
+        result
+    }
+
+    fn progress(&self, done: u64, total: u64) {
+        let p = if total == 0 {
+            0
+        } else {
+            (u128::from(done) * 65536 / u128::from(total)).min(65535) as u16
+        };
+        self.extra.progress.store(p, Ordering::Relaxed);
+    }
+
+    fn overwrite(&self, o: &Overwrite) -> Result<(), (IoOp, u64, std::io::Error)> {
+        let bs = self.block_size as usize;
+        let total = self.bytes;
+        let passes = u64::from(o.count);
+        let chunk = SANITIZE_CHUNK.min(total.max(bs as u64)) as usize;
+        // Every logical block starts with the pattern, repeated to fill it.
+        let mut block: Vec<u8> = o.pattern.iter().copied().cycle().take(bs).collect();
+        for pass in 0..passes {
+            if o.invert && pass > 0 {
+                block.iter_mut().for_each(|b| *b = !*b);
+            }
+            let mut buf: Vec<u8> = block.iter().copied().cycle().take(chunk).collect();
+            let mut offset = 0;
+            while offset < total {
+                let n = (total - offset).min(chunk as u64) as usize;
+                let mut sg = SgList::new();
+                sg.push(VolatileSlice::from(&mut buf[..n]));
+                self.backend
+                    .write_at(&sg, offset, false)
+                    .map_err(|e| (IoOp::Write, offset / bs as u64, e))?;
+                offset += n as u64;
+                self.progress(pass * total + offset, passes * total);
+            }
+        }
+        Ok(())
+    }
+
+    fn erase(&self) -> Result<(), (IoOp, u64, std::io::Error)> {
+        let total = self.bytes;
+        let mut offset = 0;
+        while offset < total {
+            let n = (total - offset).min(SANITIZE_CHUNK);
+            let result = if self.deallocate {
+                self.backend.discard(offset, n)
+            } else {
+                self.backend.write_zeroes(offset, n)
+            };
+            result.map_err(|e| (IoOp::Unmap, offset / self.block_size, e))?;
+            offset += n;
+            self.progress(offset, total);
+        }
+        Ok(())
     }
 }
 

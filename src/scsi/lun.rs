@@ -38,7 +38,7 @@ use crate::{
 /// ones are dropped past this).
 const MAX_PENDING_UAS: usize = 8;
 /// How long COMPARE AND WRITE waits for writes already in flight before answering BUSY.
-const EXCLUSIVE_WAIT: Duration = Duration::from_secs(5);
+pub(super) const EXCLUSIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// The backend operation that failed, for sense data and log messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -254,7 +254,7 @@ pub struct LogicalUnit {
     /// Bounds the log lines of failed I/O (a full or failing disk fails every command).
     io_error_log: RateLimit,
     /// SANITIZE and copy-result state ([`super::extra`]).
-    pub(super) extra: super::extra_state::ExtraState,
+    pub(super) extra: Arc<super::extra_state::ExtraState>,
 }
 
 impl LogicalUnit {

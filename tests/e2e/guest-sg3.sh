@@ -329,6 +329,16 @@ chk sanitize_block sg_sanitize --quick --wait --block "$D"; want_rc sanitize_blo
 read_blocks 7000 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "block erase did not zero"
 chk lba_status_sanitized sg_get_lba_status --lba=7000 "$D"
 want lba_status_sanitized "deallocated"
+# With IMMED (--early: sg_sanitize returns once the command completed): the erase runs on the
+# daemon's own thread and the LU reports NOT READY, SANITIZE IN PROGRESS until it is done.
+write_blocks 7000 1 /tmp/A
+chk sanitize_immed sg_sanitize --quick --early --block "$D"; want_rc sanitize_immed 0
+i=0
+while ! sg_turs "$D" >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -ge 100 ] && { fail "not ready 20 s after SANITIZE with IMMED"; break; }
+    usleep 200000
+done
+read_blocks 7000 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "IMMED block erase did not zero"
 chk sanitize_exit sg_sanitize --quick --wait --fail "$D"; want_rc sanitize_exit 0
 chk sanitize_crypto sg_sanitize --quick --wait --crypto "$D"; want_rc sanitize_crypto 5
 

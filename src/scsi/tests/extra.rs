@@ -126,11 +126,9 @@ fn sanitize_overwrite_and_block_erase() {
         assert_eq!(mem.bytes(lba * 512, 512), block, "lba {lba}");
     }
     assert!(mem.flushes.load(Ordering::Relaxed) >= 1);
-    // Two passes with INVERT: the last pass wrote the inverted pattern. IMMED is accepted.
+    // Two passes with INVERT: the last pass wrote the inverted pattern.
     let list = overwrite(true, 2, &[0x0f]);
-    let mut c = sanitize(0x01, 5);
-    c[1] |= 0x80;
-    assert_eq!(bus.cmd(&c, &list, 0).status, status::GOOD);
+    assert_eq!(bus.cmd(&sanitize(0x01, 5), &list, 0).status, status::GOOD);
     assert_eq!(mem.bytes(4096, 512), vec![0xf0; 512]);
     // BLOCK ERASE deallocates everything.
     assert_eq!(bus.cmd(&sanitize(0x02, 0), &[], 0), CmdOutput::good(0));
@@ -453,4 +451,39 @@ fn write_atomic_uses_untorn_writes_where_the_host_has_them() {
         assert_eq!(backend.inner.bytes(lba as usize * 512, n), data[..n]);
     }
     assert_eq!(*backend.untorn.lock().unwrap(), [(4096, 4096)]);
+}
+
+/// With IMMED the command completes at once and the sanitize runs on its own thread: NOT
+/// READY, SANITIZE IN PROGRESS with progress until it is done, then ready with the pattern on
+/// the medium.
+#[test]
+fn sanitize_immed_runs_in_the_background() {
+    let (bus, backend) = held_bus(4 << 20, 2);
+    let list = overwrite(false, 1, &[0x66]);
+    let mut c = sanitize(0x01, 5);
+    c[1] |= 0x80;
+    assert_eq!(bus.cmd(&c, &list, 0), CmdOutput::good(5));
+    wait_for("the third chunk", || {
+        backend.writes.load(Ordering::SeqCst) >= 3
+    });
+    let out = bus.cmd(&TUR, &[], 0);
+    assert_sense(&out, 0x02, 0x04, 0x1b);
+    assert_eq!(&out.sense[15..18], &[0x80, 0x80, 0x00], "progress 2/4");
+    let rs = bus.good(&[0x03, 0, 0, 0, 18, 0], 18);
+    assert_eq!((rs[2], rs[12], rs[13]), (0x02, 0x04, 0x1b));
+    backend.release();
+    wait_for("the end of the sanitize", || {
+        bus.cmd(&TUR, &[], 0).status == status::GOOD
+    });
+    assert_eq!(backend.inner.bytes(0, 512), vec![0x66; 512]);
+    assert_eq!(backend.inner.bytes((4 << 20) - 512, 512), vec![0x66; 512]);
+    assert!(backend.inner.flushes.load(Ordering::Relaxed) >= 1);
+    // A failure in the background leaves the LU in failure mode.
+    *backend.inner.write_errno.lock().unwrap() = Some(libc::EIO);
+    let mut c = sanitize(0x02, 0);
+    c[1] |= 0x80;
+    assert_eq!(bus.cmd(&c, &[], 0), CmdOutput::good(0));
+    wait_for("the failure", || {
+        bus.cmd(&read10(0, 1), &[], 512).sense.get(12..14) == Some(&[0x31, 0x03][..])
+    });
 }
