@@ -292,21 +292,21 @@ impl LogicalUnit {
         if immed {
             let gate = self.gate.clone();
             let name = self.name.clone();
-            let spawned = std::thread::Builder::new()
-                .name("vus-sanitize".to_string())
-                .spawn(move || {
-                    let _running = running;
-                    // Writes already admitted finish first; later ones are refused by the
-                    // admission check. Nobody waits for this thread: keep waiting.
-                    let _exclusive = loop {
-                        if let Some(guard) = gate.exclusive(EXCLUSIVE_WAIT) {
-                            break guard;
-                        }
-                    };
-                    if let Err((op, lba, e)) = job.run() {
-                        log::warn!("{name}: SANITIZE failed ({op:?} at lba {lba}): {e}");
+            // Unnamed: naming it would take prctl(PR_SET_NAME), which the request-queue role
+            // (whose filter the thread inherits) does not allow.
+            let spawned = std::thread::Builder::new().spawn(move || {
+                let _running = running;
+                // Writes already admitted finish first; later ones are refused by the
+                // admission check. Nobody waits for this thread: keep waiting.
+                let _exclusive = loop {
+                    if let Some(guard) = gate.exclusive(EXCLUSIVE_WAIT) {
+                        break guard;
                     }
-                });
+                };
+                if let Err((op, lba, e)) = job.run() {
+                    log::warn!("{name}: SANITIZE failed ({op:?} at lba {lba}): {e}");
+                }
+            });
             return match spawned {
                 Ok(_) => Ok(CmdOutput::good(list_len)),
                 Err(e) => {
