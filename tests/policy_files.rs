@@ -214,10 +214,11 @@ fn worker_roles_deny_the_dangerous_syscalls() {
                     assert_eq!(rule["args"][0]["val"], 1, "SECCOMP_SET_MODE_FILTER only");
                 }
                 if name == "clone3" {
-                    // Both sit on worker-enosys, which turns clone3 into ENOSYS; worker-protocol
-                    // starts the protocol thread (worker::serve::accept_confined).
+                    // All sit on worker-enosys, which turns clone3 into ENOSYS; worker-protocol
+                    // starts the protocol thread (worker::serve::accept_confined), worker-vring
+                    // the thread of a SANITIZE with IMMED (scsi::extra).
                     assert!(
-                        ["worker-main", "worker-protocol"].contains(&role),
+                        ["worker-main", "worker-protocol", "worker-vring"].contains(&role),
                         "{arch}/{role}: clone3 only where worker-enosys turns it into ENOSYS"
                     );
                 }

@@ -98,7 +98,18 @@ impl ScsiBus {
                 .report_luns(target, &cdb, data_in)
                 .unwrap_or_else(CmdOutput::check_condition);
         }
+        if lun == REPORT_LUNS_WLUN && self.has_target(target) {
+            return report_luns_wlun(&cdb, data_in).unwrap_or_else(CmdOutput::check_condition);
+        }
         match self.lookup(target, lun) {
+            // EXTENDED COPY reaches other LUs: the bus runs it, after the receiving LU's
+            // admission checks.
+            Some(lu) if cdb.opcode() == opcode::EXTENDED_COPY => {
+                lu.admit_as(nexus, &cdb).unwrap_or_else(|| {
+                    self.extended_copy(lu, nexus, &cdb, data_out)
+                        .unwrap_or_else(|sense| lu.check_condition(sense))
+                })
+            }
             Some(lu) => lu.execute_as(nexus, &cdb, data_out, data_in),
             None => no_lun(&cdb, data_in).unwrap_or_else(CmdOutput::check_condition),
         }
@@ -123,10 +134,18 @@ impl ScsiBus {
         caller_io: bool,
     ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
+        let op = parsed.opcode();
         match self.lookup(target, lun) {
-            Some(lu) if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS => {
+            Some(lu)
+                if !parsed.is_truncated()
+                    && op != opcode::REPORT_LUNS
+                    && op != opcode::EXTENDED_COPY =>
+            {
                 lu.prepare(&parsed, data_out, data_in, caller_io)
             }
+            // EXTENDED COPY waits on the destination's write gate, which an exclusive holder
+            // (COMPARE AND WRITE …) keeps until the caller's own writes are done.
+            Some(_) if caller_io && op == opcode::EXTENDED_COPY => Prepared::DrainFirst,
             _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
         }
     }
@@ -158,6 +177,11 @@ impl ScsiBus {
     pub fn writes_in_flight(&self, target: u8, lun: u16) -> Option<usize> {
         self.lookup(target, lun)
             .map(|lu| lu.gate.writes_in_flight())
+    }
+
+    /// Every LU of every target (EXTENDED COPY looks its copy targets up here at copy time).
+    pub(super) fn logical_units(&self) -> impl Iterator<Item = &LogicalUnit> {
+        self.targets.values().flat_map(|luns| luns.values())
     }
 
     /// Every LUN's backend, for engines that register files up front.
@@ -226,15 +250,23 @@ impl ScsiBus {
         if alloc_len < 16 {
             return Err(Sense::invalid_cdb_field(6, Some(7)));
         }
-        let luns: Vec<u16> = match cdb.byte(2) {
-            // 00h: all logical units; 02h: all, including well-known LUs (we have none).
-            0x00 | 0x02 => self
-                .targets
+        let configured = || -> Vec<u16> {
+            self.targets
                 .get(&target)
                 .map(|luns| luns.keys().copied().collect())
-                .unwrap_or_default(),
-            // 01h: well-known logical units only.
-            0x01 => Vec::new(),
+                .unwrap_or_default()
+        };
+        let luns: Vec<u16> = match cdb.byte(2) {
+            // 00h: all logical units except well-known ones.
+            0x00 => configured(),
+            // 01h: well-known logical units only: the REPORT LUNS well-known LU.
+            0x01 => vec![REPORT_LUNS_WLUN],
+            // 02h: all, including the well-known LU.
+            0x02 => {
+                let mut all = configured();
+                all.push(REPORT_LUNS_WLUN);
+                all
+            }
             _ => return Err(Sense::invalid_cdb_field(2, Some(7))),
         };
         // Only build what can be returned: up to 16384 LUNs would exceed MAX_RESPONSE_LEN.
@@ -252,10 +284,41 @@ impl ScsiBus {
     }
 }
 
-/// Single-level LUN: peripheral device addressing below 256, flat space addressing above.
+/// The REPORT LUNS well-known logical unit (SPC-5 8.2), as the `lun` the bus is given:
+/// extended logical unit addressing, well-known LU 01h (`C1 01` in the first two LUN bytes).
+/// Ordinary LUNs are below 4000h, so it collides with none.
+pub const REPORT_LUNS_WLUN: u16 = 0xc101;
+
+/// Peripheral device type 1Eh, qualifier 0: a well-known logical unit (SPC-5 table 149).
+const PERIPHERAL_WLUN: u8 = 0x1e;
+
+/// The REPORT LUNS well-known LU (SPC-5 8.2): it processes INQUIRY, REPORT LUNS (answered
+/// above, for every LUN), REQUEST SENSE and TEST UNIT READY; anything else is INVALID COMMAND
+/// OPERATION CODE.
+fn report_luns_wlun(cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
+    match cdb.opcode() {
+        opcode::INQUIRY => {
+            let (evpd, page, alloc_len) = inquiry::parse_cdb(cdb)?;
+            let buf = if evpd {
+                inquiry::wlun_vpd(page)?
+            } else {
+                inquiry::standard_data(PERIPHERAL_WLUN)
+            };
+            Ok(respond(data_in, &buf, alloc_len))
+        }
+        opcode::REQUEST_SENSE => Ok(request_sense_response(&Sense::NO_SENSE, cdb, data_in)),
+        opcode::TEST_UNIT_READY => Ok(CmdOutput::good(0)),
+        _ => Err(Sense::INVALID_OPCODE),
+    }
+}
+
+/// Single-level LUN: peripheral device addressing below 256, flat space addressing above, and
+/// the well-known REPORT LUNS LU in extended addressing.
 pub fn encode_lun(lun: u16) -> [u8; 8] {
     let [hi, lo] = lun.to_be_bytes();
-    if lun < 256 {
+    if lun == REPORT_LUNS_WLUN {
+        [hi, lo, 0, 0, 0, 0, 0, 0]
+    } else if lun < 256 {
         [0, lo, 0, 0, 0, 0, 0, 0]
     } else {
         [0x40 | (hi & 0x3f), lo, 0, 0, 0, 0, 0, 0]

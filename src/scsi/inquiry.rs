@@ -43,6 +43,7 @@ const PAGE_SUPPORTED: u8 = 0x00;
 const PAGE_SERIAL: u8 = 0x80;
 const PAGE_DEVICE_ID: u8 = 0x83;
 const PAGE_EXTENDED_INQUIRY: u8 = 0x86;
+const PAGE_THIRD_PARTY_COPY: u8 = 0x8f;
 const PAGE_BLOCK_LIMITS: u8 = 0xb0;
 const PAGE_BLOCK_CHARACTERISTICS: u8 = 0xb1;
 const PAGE_PROVISIONING: u8 = 0xb2;
@@ -101,6 +102,15 @@ fn vpd_page(peripheral: u8, page: u8, payload: &[u8]) -> Vec<u8> {
     b
 }
 
+/// VPD pages of the REPORT LUNS well-known LU: the supported-pages list only (SPC-5 8.2 asks
+/// for no others).
+pub fn wlun_vpd(page: u8) -> Result<Vec<u8>, Sense> {
+    match page {
+        PAGE_SUPPORTED => Ok(vpd_page(0x1e, page, &[PAGE_SUPPORTED])),
+        _ => Err(Sense::invalid_cdb_field(2, Some(7))),
+    }
+}
+
 /// The VPD page for an unconfigured LUN: only the supported-pages list, listing itself.
 pub fn no_lun_vpd(page: u8) -> Result<Vec<u8>, Sense> {
     match page {
@@ -120,11 +130,15 @@ impl LogicalUnit {
             } else {
                 0x0600
             };
-            standard_data_of(
+            let mut b = standard_data_of(
                 self.device_type().peripheral(),
                 self.removable(),
                 command_set,
-            )
+            );
+            if !self.is_cdrom() {
+                b[5] |= 0x08; // 3PC: EXTENDED COPY is supported (scsi::xcopy)
+            }
+            b
         };
         Ok(respond(data_in, &buf, alloc_len))
     }
@@ -146,8 +160,9 @@ impl LogicalUnit {
         }
         pages.extend_from_slice(&[PAGE_DEVICE_ID, PAGE_EXTENDED_INQUIRY]);
         if !self.is_cdrom() {
-            // SBC-4 pages; a CD-ROM has none (as QEMU's scsi-cd).
+            // SBC-4 pages and third-party copy; a CD-ROM has none (as QEMU's scsi-cd).
             pages.extend_from_slice(&[
+                PAGE_THIRD_PARTY_COPY,
                 PAGE_BLOCK_LIMITS,
                 PAGE_BLOCK_CHARACTERISTICS,
                 PAGE_PROVISIONING,
@@ -173,6 +188,7 @@ impl LogicalUnit {
                 p
             }
             PAGE_BLOCK_LIMITS => self.block_limits(),
+            PAGE_THIRD_PARTY_COPY => super::limits::third_party_copy_vpd(self.block_size()),
             PAGE_BLOCK_CHARACTERISTICS => {
                 let mut p = vec![0u8; 0x3c];
                 put_be16(&mut p, 0, 1); // MEDIUM ROTATION RATE: non-rotating medium
@@ -222,6 +238,13 @@ impl LogicalUnit {
             p[28] = 0x80;
         }
         put_be64(&mut p, 32, u64::from(MAX_WRITE_SAME_BYTES / bs));
+        // WRITE ATOMIC(16) (scsi::extra): MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT and
+        // ATOMIC TRANSFER LENGTH GRANULARITY 0 (none required); MAXIMUM ATOMIC TRANSFER
+        // LENGTH WITH ATOMIC BOUNDARY; MAXIMUM ATOMIC BOUNDARY SIZE.
+        let atomic = super::limits::AtomicLimits::new(bs);
+        put_be32(&mut p, 40, atomic.max_atomic);
+        put_be32(&mut p, 52, atomic.max_with_boundary);
+        put_be32(&mut p, 56, atomic.max_boundary);
         p
     }
 

@@ -387,9 +387,17 @@ impl LogicalUnit {
             };
             return prepared.unwrap_or_else(|sense| Prepared::Done(self.check_condition(sense)));
         }
-        // COMPARE AND WRITE and ORWRITE take the write gate exclusively, waiting for every
-        // write in flight, the caller's own too.
-        if caller_io && matches!(op, opcode::COMPARE_AND_WRITE | opcode::ORWRITE_16) {
+        // COMPARE AND WRITE, ORWRITE, WRITE ATOMIC and SANITIZE take the write gate
+        // exclusively, waiting for every write in flight, the caller's own too.
+        if caller_io
+            && matches!(
+                op,
+                opcode::COMPARE_AND_WRITE
+                    | opcode::ORWRITE_16
+                    | opcode::WRITE_ATOMIC_16
+                    | opcode::SANITIZE
+            )
+        {
             return Prepared::DrainFirst;
         }
         if !(is_read || is_write || is_sync) {

@@ -39,7 +39,7 @@ use crate::{
 /// ones are dropped past this).
 const MAX_PENDING_UAS: usize = 8;
 /// How long COMPARE AND WRITE waits for writes already in flight before answering BUSY.
-const EXCLUSIVE_WAIT: Duration = Duration::from_secs(5);
+pub(super) const EXCLUSIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// The backend operation that failed, for sense data and log messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -324,6 +324,8 @@ pub struct LogicalUnit {
     pub(super) pr_active: AtomicBool,
     /// Bounds the log lines of failed I/O (a full or failing disk fails every command).
     io_error_log: RateLimit,
+    /// SANITIZE and copy-result state ([`super::extra`]).
+    pub(super) extra: Arc<super::extra_state::ExtraState>,
 }
 
 impl LogicalUnit {
@@ -376,6 +378,7 @@ impl LogicalUnit {
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(pr_active),
             io_error_log: RateLimit::new(IO_ERROR_LOG_BURST, IO_ERROR_LOG_WINDOW),
+            extra: Default::default(),
         }
     }
 
@@ -629,7 +632,7 @@ impl LogicalUnit {
         self.admit_as(HBA_NEXUS, cdb)
     }
 
-    fn admit_as(&self, nexus: Nexus, cdb: &Cdb) -> Option<CmdOutput> {
+    pub(super) fn admit_as(&self, nexus: Nexus, cdb: &Cdb) -> Option<CmdOutput> {
         let op = cdb.opcode();
         self.check_capacity_change();
         // SAM-5 5.14: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit
@@ -659,6 +662,9 @@ impl LogicalUnit {
         }
         if !self.medium_ready.load(Ordering::Acquire) && needs_medium(cdb) {
             return Some(self.check_condition(self.no_medium_sense()));
+        }
+        if let Some(sense) = self.sanitize_admission(cdb) {
+            return Some(self.check_condition(sense));
         }
         if self.stopped.load(Ordering::Relaxed) && needs_ready_medium(cdb) {
             return Some(self.check_condition(Sense::NOT_READY_START_REQUIRED));
@@ -750,7 +756,7 @@ impl LogicalUnit {
             {
                 self.mmc_command(cdb, data_in)
             }
-            _ => Err(Sense::INVALID_OPCODE),
+            _ => self.dispatch_extra(nexus, cdb, data_out, data_in),
         }
     }
 
@@ -760,6 +766,7 @@ impl LogicalUnit {
     fn request_sense(&self, nexus: Nexus, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdOutput {
         let sense = self
             .take_unit_attention(nexus)
+            .or_else(|| self.sanitize_in_progress())
             .or_else(|| {
                 (!self.medium_ready.load(Ordering::Acquire)).then(|| self.no_medium_sense())
             })
@@ -793,7 +800,8 @@ fn needs_ready_medium(cdb: &Cdb) -> bool {
         | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16
         | VERIFY_10 | VERIFY_12 | VERIFY_16 | SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16
         | WRITE_SAME_10 | WRITE_SAME_16 | UNMAP | COMPARE_AND_WRITE | ORWRITE_16 | SEEK_10
-        | PRE_FETCH_10 | PRE_FETCH_16 => true,
+        | PRE_FETCH_10 | PRE_FETCH_16 | WRITE_ATOMIC_16 | SANITIZE | EXTENDED_COPY
+        | READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => true,
         SERVICE_ACTION_IN_16 => cdb.service_action() == sa::GET_LBA_STATUS,
         _ => false,
     }

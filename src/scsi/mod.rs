@@ -13,6 +13,8 @@
 //!   [`media`]: the removable medium (tray, lock, eject/load, the host's medium change).
 //! - [`inquiry`], [`mode`], [`capacity`], [`io`], [`verify`], [`compare_write`],
 //!   [`provisioning`], [`lba_status`], [`media`], [`reservations`], [`opcodes`]: command groups.
+//! - [`extra`]: LOG SENSE, READ DEFECT DATA, SANITIZE, WRITE ATOMIC, RECEIVE COPY RESULTS;
+//!   [`xcopy`]: EXTENDED COPY between LUs, run by the bus.
 //! - [`cdb`], [`sense`]: CDB field access and sense data encoding.
 //!
 //! The model is QEMU's `scsi-disk`, which is what Linux guests are tested against.
@@ -21,6 +23,8 @@ pub mod bus;
 pub mod capacity;
 pub mod cdb;
 pub mod compare_write;
+pub mod extra;
+pub mod extra_state;
 pub mod inquiry;
 pub mod io;
 pub mod lba_status;
@@ -34,6 +38,7 @@ pub mod provisioning;
 pub mod reservations;
 pub mod sense;
 pub mod verify;
+pub mod xcopy;
 
 #[cfg(test)]
 mod tests;

@@ -51,7 +51,14 @@ BINARIES=(mke2fs:/usr/sbin/mke2fs,/sbin/mke2fs
           ?sg_requests:/usr/bin/sg_requests
           ?sg_raw:/usr/bin/sg_raw
           # eject(1) of util-linux: CDROMEJECT / CDROMCLOSETRAY on a CD-ROM LUN.
-          ?eject:/usr/bin/eject)
+          ?eject:/usr/bin/eject
+
+          # Issue 14, second round: EXTENDED COPY, SANITIZE, LOG SENSE, READ DEFECT DATA.
+          ?sg_xcopy:/usr/bin/sg_xcopy
+          ?sg_copy_results:/usr/bin/sg_copy_results
+          ?sg_sanitize:/usr/bin/sg_sanitize
+          ?sg_logs:/usr/bin/sg_logs
+          ?sg_reassign:/usr/bin/sg_reassign)
 
 BUSYBOX="$(command -v busybox || true)"
 [[ -n "$BUSYBOX" ]] || e2e_die "busybox not found (apt-get install busybox-static)"

@@ -76,7 +76,8 @@ D="/dev/$DEV"
 info "disk $TL is $D, mode $MODE, kernel $(uname -r)"
 for b in sg_inq sg_vpd sg_opcodes sg_modes sg_readcap sg_unmap sg_write_same \
          sg_compare_and_write sg_get_lba_status sg_persist sg_verify sg_sync sg_start \
-         sg_prevent sg_requests sg_raw sg_write_verify sg_turs sg_luns; do
+         sg_prevent sg_requests sg_raw sg_write_verify sg_turs sg_luns sg_xcopy \
+         sg_copy_results sg_sanitize sg_logs sg_reassign; do
     command -v "$b" >/dev/null || fail "tool $b missing from the initramfs"
 done
 
@@ -246,6 +247,104 @@ chk bad_field sg_raw -r 512 "$D" 28 20 00 00 00 00 00 00 01 00; want_rc bad_fiel
 chk bad_alloc_len sg_raw -r 64 "$D" a0 00 00 00 00 00 00 00 00 08 00 00; want_rc bad_alloc_len 5
 chk raw_readcap16 sg_raw -r 32 "$D" 9e 10 00 00 00 00 00 00 00 00 00 00 00 20 00 00
 want_rc raw_readcap16 0
+
+# --- issue 14, second round ------------------------------------------------------------
+# VPD and REPORT SUPPORTED OPERATION CODES list the new commands.
+chk vpd_tpc sg_vpd -p 0x8f "$D"; want_rc vpd_tpc 0
+want vpd_tpc "Extended copy"; want vpd_tpc "Maximum segment descriptor count: 64"
+want vpd_tpc "block -> block"
+want vpd_block_limits "Maximum atomic transfer length: 16384"
+chk opcodes_round2 sg_opcodes "$D"; want_rc opcodes_round2 0
+for c in "[Ee]xtended copy" "[Rr]eceive copy" "[Ss]anitize" "[Ll]og sense" \
+         "[Rr]ead defect data\(10\)" "[Rr]ead defect data\(12\)" "[Ww]rite atomic"; do
+    want opcodes_round2 "$c"
+done
+# LOG SENSE: supported pages, logical block provisioning (used count), no temperature page.
+chk logs_supported sg_logs "$D"; want_rc logs_supported 0
+want logs_supported "Logical block provisioning"
+chk logs_lbp sg_logs -p 0xc "$D"; want_rc logs_lbp 0; want logs_lbp "[Uu]sed LBA mapping"
+chk logs_temperature sg_logs -p 0xd "$D"; want_rc logs_temperature 5
+# READ DEFECT DATA(10): an empty grown list.
+chk defects_grown sg_reassign --grown "$D"; want_rc defects_grown 0
+want defects_grown "[^0-9]0[^0-9]|[^0-9]0$"
+# REPORT LUNS: the well-known REPORT LUNS LU (C101h) with SELECT REPORT 01h and 02h.
+chk luns_wlun sg_luns -s 1 "$D"; want_rc luns_wlun 0; want luns_wlun "c101"
+chk luns_all sg_luns -s 2 "$D"; want_rc luns_all 0; want luns_all "c101"
+want luns_all "0000000000000000"
+# WRITE ATOMIC(16): one block at LBA 5000 (1388h), then one beyond MAXIMUM ATOMIC TRANSFER
+# LENGTH.
+chk write_atomic sg_raw -s 512 -i /tmp/B "$D" 9c 00 00 00 00 00 00 00 13 88 00 00 00 01 00 00
+want_rc write_atomic 0
+read_blocks 5000 1 /tmp/r; strict && ! same /tmp/r /tmp/B && fail "write_atomic data wrong"
+chk write_atomic_too_long sg_raw "$D" 9c 00 00 00 00 00 00 00 13 88 00 00 40 01 00 00
+want_rc write_atomic_too_long 5
+# EXTENDED COPY (LID1) within the LU: 300 blocks from LBA 3000 to LBA 6000 (several
+# segments of sg_xcopy's 128 blocks), then the copy results.
+# sg_xcopy wants the disk's sg node (it maps a block device to one through sysfs by major
+# and minor, which fails here).
+SGDEV="$(ls "/sys/block/$DEV/device/scsi_generic" 2>/dev/null | head -n 1)"
+XD="$D"; [ -n "$SGDEV" ] && [ -c "/dev/$SGDEV" ] && XD="/dev/$SGDEV"
+info "sg_xcopy device: $XD"
+read_blocks 3000 300 /tmp/xsrc
+chk xcopy sg_xcopy if="$XD" of="$XD" bs=512 skip=3000 seek=6000 count=300 list_id=5 \
+    id_usage=hold; want_rc xcopy 0
+read_blocks 6000 300 /tmp/xdst; strict && ! same /tmp/xsrc /tmp/xdst && fail "xcopy data wrong"
+chk copy_results sg_copy_results --status --list_id=5 "$D"; want_rc copy_results 0
+want copy_results "[Cc]ompleted"
+chk copy_params sg_copy_results --params "$D"; want_rc copy_params 0
+want copy_params "[Mm]aximum segment length: 67108864"
+# A raw EXTENDED COPY whose destination lies past the end (sg_xcopy would refuse to send it):
+# header (LIST ID USAGE 11b, 64 bytes of CSCDs, 28 of segments), two identification CSCDs
+# with the LU's NAA from VPD 83h, one block -> block segment of 8 blocks to LBA 1FFFEh.
+sg_vpd -p di -r "$D" > /tmp/vpd83 2>/dev/null
+xcscd() {
+    printf '\344\000\000\000\001\003\000\010'
+    dd if=/tmp/vpd83 bs=1 skip=8 count=8 2>/dev/null
+    dd if=/dev/zero bs=1 count=14 2>/dev/null
+    printf '\002\000'
+}
+{ printf '\000\030\000\100\000\000\000\000\000\000\000\034\000\000\000\000'
+  xcscd; xcscd
+  printf '\002\000\000\030\000\000\000\001\000\000\000\010'
+  printf '\000\000\000\000\000\000\000\000\000\000\000\000\000\001\377\376'; } > /tmp/xlist
+chk xcopy_out_of_range sg_raw -s 108 -i /tmp/xlist "$D" 83 00 00 00 00 00 00 00 00 00 00 00 00 6c 00 00
+want_rc xcopy_out_of_range 22
+# PERSISTENT RESERVE OUT REGISTER AND MOVE: hand a Write Exclusive reservation to another
+# (absent) I_T nexus, see it there, take it back by PREEMPT.
+chk pr_move_register sg_persist --out --register --param-sark=0x1234 "$D"
+want_rc pr_move_register 0
+chk pr_move_reserve sg_persist --out --reserve --param-rk=0x1234 --prout-type=1 "$D"
+want_rc pr_move_reserve 0
+chk pr_register_move sg_persist --out --register-move --param-rk=0x1234 --param-sark=0x5678 \
+    --relative-target-port=1 --transport-id=sas,3000565553000001 "$D"
+want_rc pr_register_move 0
+chk pr_moved sg_persist -r "$D"; want_rc pr_moved 0; want pr_moved "Key=0x5678"
+chk pr_moved_write sg_raw -s 512 -i /tmp/A "$D" 2a 00 00 00 0c e4 00 00 01 00
+want_rc pr_moved_write 24
+chk pr_preempt_back sg_persist --out --preempt --param-rk=0x1234 --param-sark=0x5678 \
+    --prout-type=1 "$D"
+want_rc pr_preempt_back 0
+chk pr_move_clear sg_persist --out --clear --param-rk=0x1234 "$D"; want_rc pr_move_clear 0
+# SANITIZE: OVERWRITE with a one-block pattern, BLOCK ERASE (deallocates), EXIT FAILURE MODE.
+chk sanitize_overwrite sg_sanitize --quick --wait --overwrite --pattern=/tmp/C "$D"
+want_rc sanitize_overwrite 0
+read_blocks 7000 1 /tmp/r; strict && ! same /tmp/r /tmp/C && fail "sanitize overwrite data wrong"
+chk sanitize_block sg_sanitize --quick --wait --block "$D"; want_rc sanitize_block 0
+read_blocks 7000 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "block erase did not zero"
+chk lba_status_sanitized sg_get_lba_status --lba=7000 "$D"
+want lba_status_sanitized "deallocated"
+# With IMMED (--early: sg_sanitize returns once the command completed): the erase runs on the
+# daemon's own thread and the LU reports NOT READY, SANITIZE IN PROGRESS until it is done.
+write_blocks 7000 1 /tmp/A
+chk sanitize_immed sg_sanitize --quick --early --block "$D"; want_rc sanitize_immed 0
+i=0
+while ! sg_turs "$D" >/dev/null 2>&1; do
+    i=$((i + 1)); [ $i -ge 100 ] && { fail "not ready 20 s after SANITIZE with IMMED"; break; }
+    usleep 200000
+done
+read_blocks 7000 1 /tmp/r; strict && ! same /tmp/r /tmp/Z1 && fail "IMMED block erase did not zero"
+chk sanitize_exit sg_sanitize --quick --wait --fail "$D"; want_rc sanitize_exit 0
+chk sanitize_crypto sg_sanitize --quick --wait --crypto "$D"; want_rc sanitize_crypto 5
 
 # --- a file system on top: mkfs, fstrim -------------------------------------------------
 chk mkfs mkfs.ext4 -F -q -E lazy_itable_init=0,lazy_journal_init=0 "$D"; want_rc mkfs 0

@@ -177,3 +177,23 @@ fn fuzz(
     }
     good
 }
+
+/// Every opcode on the REPORT LUNS well-known LU: only INQUIRY, REPORT LUNS, REQUEST SENSE and
+/// TEST UNIT READY succeed; nothing panics.
+#[test]
+fn every_opcode_on_the_well_known_lu() {
+    let bus = fuzz_bus();
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for op in 0..=255u8 {
+        for _ in 0..20 {
+            let mut cdb: Vec<u8> = (0..16).map(|_| biased_byte(&mut rng, false)).collect();
+            cdb[0] = op;
+            let (out, _) = bus.run(0, crate::scsi::bus::REPORT_LUNS_WLUN, &cdb, &[0; 64], 512);
+            if out.status == status::GOOD {
+                assert!(matches!(op, 0x00 | 0x03 | 0x12 | 0xa0), "opcode {op:#04x}");
+            } else {
+                assert_eq!(out.status, status::CHECK_CONDITION);
+            }
+        }
+    }
+}

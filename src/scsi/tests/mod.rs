@@ -2,6 +2,7 @@
 //! layer drives it.
 
 mod basic;
+mod extra;
 mod fuzz;
 mod inquiry;
 mod io;
@@ -11,6 +12,7 @@ mod opcodes;
 mod provisioning;
 mod reservations;
 mod sbc;
+mod xcopy;
 
 use std::{
     io as stdio,
