@@ -10,9 +10,11 @@
 
 pub mod error;
 pub mod listener;
+pub mod management;
 pub mod monitor;
 pub mod open;
 pub mod preflight;
+pub mod readiness;
 pub mod spawn;
 
 use std::process::ExitCode;
