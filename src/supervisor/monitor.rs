@@ -208,11 +208,16 @@ fn confine_self(
     if config.sandbox.seccomp == SeccompMode::Trap {
         sigsys::install().map_err(SandboxError::SigsysHandler)?;
     }
-    sandbox::seccomp::install(ThreadRole::Supervisor, config.sandbox.seccomp)?;
+    let role = if mgmt.is_some() {
+        ThreadRole::SupervisorManagement
+    } else {
+        ThreadRole::Supervisor
+    };
+    sandbox::seccomp::install(role, config.sandbox.seccomp)?;
     let names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     info!(
         "supervisor confined: {} only, no_new_privs, not dumpable, no core dumps, \
-         {files} files, no locked memory, {}{}, seccomp={:?}",
+         {files} files, no locked memory, {}{}, seccomp={:?} (role {role})",
         names.join(","),
         outcome.description,
         if image_dirs.is_empty() {

@@ -32,7 +32,7 @@ use log::{info, warn};
 use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags},
-    sys::socket::{self, ControlMessageOwned, MsgFlags},
+    sys::socket::{self, ControlMessageOwned, MsgFlags, SockFlag},
 };
 use serde_json::Value;
 
@@ -338,17 +338,21 @@ impl Server {
 
     fn accept(&mut self) {
         loop {
-            let stream = match self.listener.as_unix_listener().accept() {
-                Ok((s, _)) => s,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Non-blocking from the start (no separate fcntl/ioctl for each client).
+            let stream = match socket::accept4(
+                self.listener.as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            ) {
+                // SAFETY: accept4 returned a new descriptor that nothing else owns.
+                Ok(fd) => UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }),
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR | Errno::ECONNABORTED) => continue,
                 Err(e) => {
                     warn!("management socket: accept: {e}");
                     return;
                 }
             };
             let refuse = |stream: &UnixStream, e: RpcError| {
-                let _ = stream.set_nonblocking(true);
                 let _ = (&*stream).write(&error_line(&Value::Null, &e));
             };
             let caller = match peer::caller(stream.as_fd()) {
@@ -372,9 +376,6 @@ impl Server {
                         format!("{MAX_CLIENTS} management clients are connected already"),
                     ),
                 );
-                continue;
-            }
-            if stream.set_nonblocking(true).is_err() {
                 continue;
             }
             log::debug!("management client connected: {caller}");
