@@ -27,10 +27,13 @@ pub enum ThreadRole {
     WorkerVring,
     /// A thread of the `--aio=threads` pool (`aio-N`): file I/O and a completion eventfd.
     WorkerAio,
+    /// The worker's end of the fd broker (`vus-broker`): messages and fds from and to the
+    /// supervisor.
+    WorkerBroker,
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 9] = [
+    pub const ALL: [ThreadRole; 10] = [
         ThreadRole::Supervisor,
         ThreadRole::SupervisorManagement,
         ThreadRole::SupervisorRestart,
@@ -40,6 +43,7 @@ impl ThreadRole {
         ThreadRole::WorkerProtocol,
         ThreadRole::WorkerVring,
         ThreadRole::WorkerAio,
+        ThreadRole::WorkerBroker,
     ];
 
     /// The policy file stem (`seccomp/<arch>/<name>.json`).
@@ -54,6 +58,7 @@ impl ThreadRole {
             ThreadRole::WorkerProtocol => "worker-protocol",
             ThreadRole::WorkerVring => "worker-vring",
             ThreadRole::WorkerAio => "worker-aio",
+            ThreadRole::WorkerBroker => "worker-broker",
         }
     }
 

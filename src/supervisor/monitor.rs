@@ -35,8 +35,9 @@ use nix::{
 };
 
 use super::{
+    broker::{BrokerEvent, Services},
     error::PrivsepError,
-    management::{self, NoWorker, Server},
+    management::{self, Server},
     readiness::Readiness,
     spawn::{spawn_worker, Plan, Resources, Worker},
 };
@@ -463,9 +464,10 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut services = Services::default();
     loop {
         let (ending, last_seccomp_line, stopping) =
-            supervise(&sfd, &mut worker, mgmt.as_mut(), &readiness)
+            supervise(&sfd, &mut worker, &mut services, mgmt.as_mut(), &readiness)
                 .map_err(PrivsepError::Supervise)?;
         let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
         report(
@@ -519,6 +521,7 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
 fn supervise(
     sfd: &SignalFd,
     worker: &mut Worker,
+    services: &mut Services,
     mut mgmt: Option<&mut Server>,
     readiness: &Readiness,
 ) -> io::Result<(Ending, Option<String>, bool)> {
@@ -534,18 +537,17 @@ fn supervise(
                 .unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let (signals, output, mgmt_events) = {
-            let mut fds = vec![
-                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
-                PollFd::new(
-                    worker.stderr.as_fd(),
-                    if stderr_open {
-                        PollFlags::POLLIN
-                    } else {
-                        PollFlags::empty()
-                    },
-                ),
-            ];
+        let (signals, output, broker, mgmt_events) = {
+            let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let broker_open = !worker.broker.is_closed();
+            if broker_open {
+                fds.push(PollFd::new(worker.broker.fd(), PollFlags::POLLIN));
+            }
+            if stderr_open {
+                fds.push(PollFd::new(worker.stderr.as_fd(), PollFlags::POLLIN));
+            }
+            // The management socket and its clients come last.
+            let first_mgmt = fds.len();
             if let Some(m) = mgmt.as_deref() {
                 fds.extend(m.poll_fds());
             }
@@ -555,15 +557,31 @@ fn supervise(
                 Err(e) => return Err(e.into()),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            let mgmt_events: Vec<PollFlags> = fds[2..]
+            let broker = broker_open && ready(&fds[1]);
+            let output = stderr_open && ready(&fds[first_mgmt - 1]);
+            let mgmt_events: Vec<PollFlags> = fds[first_mgmt..]
                 .iter()
                 .map(|f| f.revents().unwrap_or(PollFlags::empty()))
                 .collect();
-            (ready(&fds[0]), stderr_open && ready(&fds[1]), mgmt_events)
+            (ready(&fds[0]), output, broker, mgmt_events)
         };
+        if broker {
+            for event in worker.broker.read_events() {
+                // Replies to management calls go back to the client that made them.
+                let event = match (event, mgmt.as_deref_mut()) {
+                    (BrokerEvent::Reply { id, body, .. }, Some(m)) if m.is_waiting(id) => {
+                        m.on_reply(id, management::link::reply(body));
+                        continue;
+                    }
+                    (event, _) => event,
+                };
+                services.handle(&mut worker.broker, event);
+            }
+        }
         if let Some(m) = mgmt.as_deref_mut() {
             if mgmt_events.iter().any(|r| !r.is_empty()) {
-                m.on_poll(&mgmt_events, &mut NoWorker);
+                let mut link = management::link::BrokerLink(&mut worker.broker);
+                m.on_poll(&mgmt_events, &mut link);
             }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {

@@ -13,6 +13,7 @@
 //! (Prometheus), [`client`] (the `ctl` side).
 
 pub mod client;
+pub mod link;
 pub mod methods;
 pub mod peer;
 pub mod protocol;
@@ -500,6 +501,11 @@ impl Server {
             };
             self.clients[i].send(&line);
         }
+    }
+
+    /// Whether broker request `broker_id` is a management call waiting for its reply.
+    pub fn is_waiting(&self, broker_id: u64) -> bool {
+        self.waiting.contains_key(&broker_id)
     }
 
     /// The worker's reply to request `broker_id` (`Err`: its error message). Returns false
