@@ -107,6 +107,26 @@ impl LunConfig {
             pr_file: None,
         }
     }
+
+    /// The unit serial number used when none is configured: `VUS-T000-L00000`-style, unique per
+    /// daemon and stable across restarts.
+    pub fn default_serial(&self) -> String {
+        format!("VUS-T{:03}-L{:05}", self.target, self.lun)
+    }
+
+    /// The WWN used when none is configured: an NAA 3 ("locally assigned") identifier hashed
+    /// from the source path and the address, so that the guest's `/dev/disk/by-id` names
+    /// survive daemon restarts but differ between images.
+    pub fn default_wwn(&self) -> u64 {
+        // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = self.source.as_os_str().as_encoded_bytes().iter();
+        for &b in bytes.chain(&[self.target]).chain(&self.lun.to_be_bytes()) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (3 << 60) | (hash >> 4)
+    }
 }
 
 /// Which engine runs the request queues' I/O (`--aio`).

@@ -6,7 +6,16 @@
 //! here), REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as its data, everything else fails
 //! with that sense.
 
-use std::{collections::BTreeMap, io, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::RawFd,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
+    time::{Duration, Instant},
+};
 
 use super::{
     cdb::{opcode, Cdb},
@@ -17,12 +26,32 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
-use crate::block::BlockBackend;
+
+type Targets = BTreeMap<u8, BTreeMap<u16, Arc<LogicalUnit>>>;
 
 /// Configured targets and their LUNs.
+///
+/// LUNs come and go while the queues run (runtime management): the table is behind a
+/// read-write lock that a command holds only to look its LU up (each LU is an `Arc`), never
+/// while it runs. A command whose I/O goes to an engine carries its LU in the [`IoPlan`]
+/// (`unit`) until it is completed: [`ScsiBus::remove_lun`] takes the LU out of the table, so new
+/// commands get LOGICAL UNIT NOT SUPPORTED, and [`wait_unused`] then waits for those
+/// references to go before the backend is dropped.
 #[derive(Default)]
 pub struct ScsiBus {
-    targets: BTreeMap<u8, BTreeMap<u16, LogicalUnit>>,
+    targets: RwLock<Targets>,
+    /// Bumped at every removal: queue workers compare it to release what they hold for
+    /// removed LUNs (their io_uring's fixed file).
+    generation: AtomicU64,
+    /// The fixed-file slots of removed LUNs (see [`LogicalUnit::fixed_file`]).
+    released_fixed_files: Mutex<Vec<u32>>,
+}
+
+/// Why a LUN could not be added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error("LUN {0}:{1} already exists")]
+    AddressInUse(u8, u16),
 }
 
 impl ScsiBus {
@@ -30,23 +59,116 @@ impl ScsiBus {
         Self::default()
     }
 
-    /// Adds a LU. The configuration has been validated, so there are no duplicates; a duplicate
-    /// would replace the earlier LU.
+    fn read(&self) -> RwLockReadGuard<'_, Targets> {
+        // Plain maps of `Arc`s: a panic elsewhere cannot leave them inconsistent.
+        self.targets.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Targets> {
+        self.targets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a LU while the bus is being built. The configuration has been validated, so there
+    /// are no duplicates; a duplicate would replace the earlier LU.
     pub fn add_lun(&mut self, target: u8, lun: u16, mut lu: LogicalUnit) {
         lu.set_address(target, lun);
-        self.targets.entry(target).or_default().insert(lun, lu);
+        self.targets
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target)
+            .or_default()
+            .insert(lun, Arc::new(lu));
+    }
+
+    /// Adds a LU to the running bus (runtime management). The other LUs of the target report
+    /// REPORTED LUNS DATA HAS CHANGED.
+    pub fn insert_lun(
+        &self,
+        target: u8,
+        lun: u16,
+        mut lu: LogicalUnit,
+    ) -> Result<Arc<LogicalUnit>, BusError> {
+        lu.set_address(target, lun);
+        let lu = Arc::new(lu);
+        let mut targets = self.write();
+        let luns = targets.entry(target).or_default();
+        if luns.contains_key(&lun) {
+            return Err(BusError::AddressInUse(target, lun));
+        }
+        for other in luns.values() {
+            other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+        }
+        luns.insert(lun, lu.clone());
+        Ok(lu)
+    }
+
+    /// Takes a LU off the running bus: from now on its address answers LOGICAL UNIT NOT
+    /// SUPPORTED (and a target left without LUNs, BAD TARGET). Commands already holding it
+    /// finish; [`wait_unused`] waits for them. The other LUs of the target report REPORTED
+    /// LUNS DATA HAS CHANGED.
+    pub fn remove_lun(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
+        let lu = {
+            let mut targets = self.write();
+            let luns = targets.get_mut(&target)?;
+            let lu = luns.remove(&lun)?;
+            if luns.is_empty() {
+                targets.remove(&target);
+            } else {
+                for other in luns.values() {
+                    other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+                }
+            }
+            lu
+        };
+        if let Some(slot) = lu.fixed_file() {
+            self.released_fixed_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(slot);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        Some(lu)
+    }
+
+    /// Changes with every removal (see [`ScsiBus::released_fixed_files`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The fixed-file slots of every LU removed so far: an engine that registered them must
+    /// let go of their files (so that the file is really closed, its lock released).
+    pub fn released_fixed_files(&self) -> Vec<u32> {
+        self.released_fixed_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn has_target(&self, target: u8) -> bool {
-        self.targets.contains_key(&target)
+        self.read().contains_key(&target)
     }
 
     pub fn lun_exists(&self, target: u8, lun: u16) -> bool {
         self.lookup(target, lun).is_some()
     }
 
-    fn lookup(&self, target: u8, lun: u16) -> Option<&LogicalUnit> {
-        self.targets.get(&target)?.get(&lun)
+    /// The LU at an address.
+    pub fn lookup(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
+        self.read().get(&target)?.get(&lun).cloned()
+    }
+
+    /// Every LU with its address, in address order.
+    pub fn luns(&self) -> Vec<((u8, u16), Arc<LogicalUnit>)> {
+        self.read()
+            .iter()
+            .flat_map(|(&t, luns)| luns.iter().map(move |(&l, lu)| ((t, l), lu.clone())))
+            .collect()
+    }
+
+    fn for_each_lu(&self, mut f: impl FnMut(&LogicalUnit)) {
+        for lu in self.read().values().flat_map(|luns| luns.values()) {
+            f(lu);
+        }
     }
 
     /// Executes one command from the virtio-scsi HBA ([`HBA_NEXUS`]). `cdb` is the request's
@@ -117,32 +239,35 @@ impl ScsiBus {
         caller_io: bool,
     ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
-        match self.lookup(target, lun) {
-            Some(lu) if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS => {
-                lu.prepare(&parsed, data_out, data_in, caller_io)
+        if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS {
+            if let Some(lu) = self.lookup(target, lun) {
+                let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io);
+                if let Prepared::Io(plan) = &mut prepared {
+                    plan.unit = Some(lu);
+                }
+                return prepared;
             }
-            _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
         }
+        Prepared::Done(self.execute(target, lun, cdb, data_out, data_in))
     }
 
     /// Runs a plan from [`ScsiBus::prepare`] with the backend's synchronous methods.
-    pub fn run_sync(&self, target: u8, lun: u16, plan: &IoPlan<'_>) -> io::Result<()> {
-        match self.lookup(target, lun) {
+    pub fn run_sync(&self, plan: &IoPlan<'_>) -> io::Result<()> {
+        match &plan.unit {
             Some(lu) => lu.run_sync(plan),
             None => Err(io::ErrorKind::NotFound.into()),
         }
     }
 
-    /// The answer to a command whose [`IoPlan`] finished with `result`.
+    /// The answer to a command whose [`IoPlan`] (of LU `unit`) finished with `result`.
     pub fn complete(
         &self,
-        target: u8,
-        lun: u16,
+        unit: Option<&LogicalUnit>,
         meta: IoMeta,
         result: io::Result<()>,
     ) -> CmdOutput {
-        match self.lookup(target, lun) {
-            Some(lu) => lu.complete_io(meta, result),
+        match unit {
+            Some(lu) => lu.finish_io(meta, result),
             None => CmdOutput::check_condition(Sense::LUN_NOT_SUPPORTED),
         }
     }
@@ -154,12 +279,23 @@ impl ScsiBus {
             .map(|lu| lu.gate.writes_in_flight())
     }
 
-    /// Every LUN's backend, for engines that register files up front.
-    pub fn backends(&self) -> impl Iterator<Item = &Arc<dyn BlockBackend>> {
-        self.targets
-            .values()
-            .flat_map(|luns| luns.values())
-            .map(|lu| &lu.backend)
+    /// The files an io_uring may register up front (fixed files), in slot order: every LU
+    /// whose backend has a file io_uring handles correctly (not FUSE) is given its slot
+    /// ([`LogicalUnit::fixed_file`]), which its plans name from now on. Called once, when
+    /// the rings are made; LUNs added later have no slot (their I/O runs synchronously on
+    /// the queue thread under io_uring).
+    pub fn assign_fixed_files(&self) -> Vec<RawFd> {
+        let mut files = Vec::new();
+        self.for_each_lu(|lu| {
+            if !lu.backend.uring_safe() {
+                return;
+            }
+            if let Some(fd) = lu.backend.raw_fd() {
+                lu.set_fixed_file(files.len() as u32);
+                files.push(fd);
+            }
+        });
+        files
     }
 
     /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.
@@ -173,7 +309,7 @@ impl ScsiBus {
     /// REPORTED LUNS DATA HAS CHANGED for every LU of `target` (after LUNs were added or
     /// removed).
     pub fn report_luns_changed(&self, target: u8) {
-        if let Some(luns) = self.targets.get(&target) {
+        if let Some(luns) = self.read().get(&target) {
             for lu in luns.values() {
                 lu.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
             }
@@ -183,7 +319,7 @@ impl ScsiBus {
     /// I_T NEXUS RESET (SAM-5 6.3.4): every LU of the target reports I_T NEXUS LOSS OCCURRED
     /// to the HBA's nexus and drops its SPC-2 reservation.
     pub fn reset_target(&self, target: u8) {
-        if let Some(luns) = self.targets.get(&target) {
+        if let Some(luns) = self.read().get(&target) {
             log::info!("{target}: target reset");
             for lu in luns.values() {
                 lu.nexus_loss(HBA_NEXUS);
@@ -194,23 +330,18 @@ impl ScsiBus {
     /// Device reset (guest reboot, driver reload): every LU is as if powered on again, with a
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED unit attention and default mode pages.
     pub fn reset_all(&self) {
-        for lu in self.targets.values().flat_map(|luns| luns.values()) {
-            lu.power_on_reset();
-        }
+        self.for_each_lu(|lu| lu.power_on_reset());
     }
 
     /// Flushes every writable LU; all are attempted, the first error is returned.
     pub fn flush_all(&self) -> io::Result<()> {
         let mut first_err = None;
-        for lu in self.targets.values().flat_map(|luns| luns.values()) {
-            if lu.read_only() {
-                continue;
-            }
-            if let Err(e) = lu.backend.flush() {
+        self.for_each_lu(|lu| {
+            if let Err(e) = lu.flush() {
                 log::warn!("{}: flush failed: {e}", lu.name);
                 first_err.get_or_insert(e);
             }
-        }
+        });
         first_err.map_or(Ok(()), Err)
     }
 
@@ -223,7 +354,7 @@ impl ScsiBus {
         let luns: Vec<u16> = match cdb.byte(2) {
             // 00h: all logical units; 02h: all, including well-known LUs (we have none).
             0x00 | 0x02 => self
-                .targets
+                .read()
                 .get(&target)
                 .map(|luns| luns.keys().copied().collect())
                 .unwrap_or_default(),
@@ -243,6 +374,24 @@ impl ScsiBus {
             buf.extend_from_slice(&encode_lun(lun));
         }
         Ok(respond(data_in, &buf, alloc_len))
+    }
+}
+
+/// Waits until nobody but the caller holds `lu` (the commands that were using it when it was
+/// removed have completed), at most `timeout`; true when that happened. Dropping the caller's
+/// reference then drops the backend: its file is closed, its lock released.
+pub fn wait_unused(lu: &Arc<LogicalUnit>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if Arc::strong_count(lu) == 1 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
 }
 

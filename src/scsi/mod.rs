@@ -11,6 +11,7 @@
 //! - [`inquiry`], [`mode`], [`capacity`], [`io`], [`verify`], [`compare_write`],
 //!   [`provisioning`], [`lba_status`], [`media`], [`reservations`], [`opcodes`]: command groups.
 //! - [`cdb`], [`sense`]: CDB field access and sense data encoding.
+//! - [`stats`]: per-LUN statistics (operations, bytes, errors, latency histograms).
 //!
 //! The model is QEMU's `scsi-disk`, which is what Linux guests are tested against.
 
@@ -29,6 +30,7 @@ pub mod opcodes;
 pub mod provisioning;
 pub mod reservations;
 pub mod sense;
+pub mod stats;
 pub mod verify;
 
 #[cfg(test)]
@@ -37,7 +39,7 @@ mod tests;
 /// The data buffers of a command (they live in [`crate::block::sg`]).
 pub use crate::block::sg as data;
 pub use crate::block::sg::{DataIn, DataOut, SgList};
-pub use bus::ScsiBus;
+pub use bus::{wait_unused, BusError, ScsiBus};
 pub use io::{IoKind, IoMeta, IoPlan, Prepared};
 pub use lun::{LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
 pub use sense::Sense;

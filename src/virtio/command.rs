@@ -110,12 +110,12 @@ impl PendingIo<'_> {
     /// Runs the I/O on this thread and completes the command; returns the used length. The
     /// synchronous path of every engine (`--aio=sync`'s inline engine takes nothing).
     pub fn run_inline(&self, bus: &ScsiBus) -> u32 {
-        self.finish(bus, bus.run_sync(self.target, self.lun, &self.plan))
+        self.finish(bus, bus.run_sync(&self.plan))
     }
 
     /// Completes the command with the I/O's result; returns the used length.
     pub fn finish(&self, bus: &ScsiBus, result: std::io::Result<()>) -> u32 {
-        let out = bus.complete(self.target, self.lun, self.plan.meta, result);
+        let out = bus.complete(self.plan.unit.as_deref(), self.plan.meta, result);
         self.reply.respond(&out, &self.response)
     }
 }

@@ -291,6 +291,31 @@ impl UringEngine {
         true
     }
 
+    /// The fixed-file slot to run I/O on `fd` with: the plan's own slot (the LU's, given at
+    /// start-up), and only while the ring still holds that very descriptor there. Never a
+    /// lookup by descriptor number alone: a LUN added at runtime may get the number of a
+    /// removed LUN's file, whose slot must never serve it.
+    fn fixed_slot(&self, fd: RawFd, fixed: Option<u32>) -> Option<u32> {
+        let slot = fixed?;
+        (fd >= 0 && self.files.get(slot as usize) == Some(&fd)).then_some(slot)
+    }
+
+    /// Lets go of the file in fixed slot `slot` (its LUN was removed): the ring no longer keeps
+    /// it open, so closing the LUN's descriptor really closes the file (and releases its
+    /// lock). I/O still in flight on it keeps the file until it completes (the kernel holds
+    /// a reference per request).
+    pub fn release_file(&mut self, slot: u32) -> io::Result<()> {
+        let Some(fd) = self.files.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        if *fd < 0 {
+            return Ok(());
+        }
+        self.ring.submitter().register_files_update(slot, &[-1])?;
+        *fd = -1;
+        Ok(())
+    }
+
     /// The registered buffer holding all of `[ptr, ptr + len)`, if any.
     fn fixed_buffer(&self, ptr: usize, len: usize) -> Option<u16> {
         let i = self.buffers.partition_point(|&(start, _)| start <= ptr);
@@ -324,14 +349,18 @@ impl UringEngine {
 }
 
 impl Engine for UringEngine {
-    fn accepts(&self, fd: RawFd) -> bool {
-        self.files.contains(&fd)
+    fn accepts(&self, fd: RawFd, fixed: Option<u32>) -> bool {
+        self.fixed_slot(fd, fixed).is_some()
+    }
+
+    fn release_fixed_file(&mut self, slot: u32) -> io::Result<()> {
+        self.release_file(slot)
     }
 
     fn push(&mut self, op: &Op) -> bool {
-        let fd = match self.files.iter().position(|&f| f == op.fd) {
-            Some(i) => types::Fixed(i as u32),
-            // Not registered (cannot happen for LUN files): the caller runs it synchronously.
+        let fd = match self.fixed_slot(op.fd, op.fixed) {
+            Some(i) => types::Fixed(i),
+            // Not registered (a LUN added at runtime): the caller runs it synchronously.
             None => return false,
         };
         // One segment inside registered guest memory: READ_FIXED/WRITE_FIXED skip pinning the
@@ -521,6 +550,7 @@ mod tests {
         let op = Op {
             kind: IoKind::Read,
             fd,
+            fixed: e.files.iter().position(|&f| f == fd).map(|i| i as u32),
             iov: &iov,
             iovcnt: 1,
             offset: 0,
