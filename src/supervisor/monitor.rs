@@ -569,8 +569,9 @@ fn supervise(
             for event in worker.broker.read_events() {
                 // Replies to management calls go back to the client that made them.
                 let event = match (event, mgmt.as_deref_mut()) {
-                    (BrokerEvent::Reply { id, body, .. }, Some(m)) if m.is_waiting(id) => {
-                        m.on_reply(id, management::link::reply(body));
+                    (BrokerEvent::Reply { id, body, fds }, Some(m)) if m.is_waiting(id) => {
+                        let mut link = management::link::BrokerLink(&mut worker.broker);
+                        m.on_reply(id, body, fds, &mut link);
                         continue;
                     }
                     (event, _) => event,

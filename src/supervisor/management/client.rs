@@ -235,6 +235,34 @@ fn size_text(bytes: u64) -> String {
     }
 }
 
+/// The upper bound of the latency bucket holding the `pct`th percentile, for people ("-"
+/// without commands).
+fn percentile(hist: &[u64], pct: u64) -> String {
+    let total: u64 = hist.iter().sum();
+    if total == 0 {
+        return "-".into();
+    }
+    let want = (total * pct).div_ceil(100);
+    let mut seen = 0;
+    for (i, n) in hist.iter().enumerate() {
+        seen += n;
+        if seen >= want {
+            return match super::link::bucket_le(i) {
+                Some(_) if i + 1 < hist.len() => {
+                    let us = 1u64 << i;
+                    if us >= 1000 {
+                        format!("{} ms", us / 1000)
+                    } else {
+                        format!("{us} us")
+                    }
+                }
+                _ => "longer".into(),
+            };
+        }
+    }
+    "-".into()
+}
+
 /// The result for people.
 pub fn human(cmd: &CtlCommand, r: &Value) -> String {
     let s = |v: &Value| match v {
@@ -290,22 +318,34 @@ pub fn human(cmd: &CtlCommand, r: &Value) -> String {
             prometheus: true, ..
         } => s(&r["text"]),
         CtlCommand::Stats { .. } => {
-            let mut out = String::new();
+            let mut out = format!(
+                "{:<9} {:<6} {:>12} {:>14} {:>8} {:>10} {:>10} {:>9}\n",
+                "LUN", "KIND", "COMMANDS", "BYTES", "ERRORS", "P50<=", "P99<=", "IN-FLIGHT"
+            );
             for l in r["luns"].as_array().into_iter().flatten() {
-                out += &format!("LUN {}:{}\n", l["target"], l["lun"]);
-                for (k, v) in l.as_object().into_iter().flatten() {
-                    if k == "target" || k == "lun" {
-                        continue;
-                    }
-                    match v {
-                        Value::Object(inner) => {
-                            out += &format!("  {k}:\n");
-                            for (ik, iv) in inner {
-                                out += &format!("    {ik:<20} {}\n", s(iv));
-                            }
-                        }
-                        v => out += &format!("  {k:<22} {}\n", s(v)),
-                    }
+                for kind in ["read", "write", "other"] {
+                    let k = &l[kind];
+                    let hist: Vec<u64> = k["latency-us"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|v| v.as_u64().unwrap_or(0))
+                        .collect();
+                    out += &format!(
+                        "{:<9} {:<6} {:>12} {:>14} {:>8} {:>10} {:>10} {:>9}\n",
+                        format!("{}:{}", l["target"], l["lun"]),
+                        kind,
+                        s(&k["ops"]),
+                        s(&k["bytes"]),
+                        s(&k["errors"]),
+                        percentile(&hist, 50),
+                        percentile(&hist, 99),
+                        if kind == "read" {
+                            s(&l["in-flight"])
+                        } else {
+                            String::new()
+                        },
+                    );
                 }
             }
             out
@@ -372,5 +412,13 @@ mod tests {
             "{text}"
         );
         assert_eq!(size_text(512), "512 B");
+        let mut h = [0u64; 32];
+        h[3] = 98;
+        h[12] = 2;
+        assert_eq!(
+            (percentile(&h, 50), percentile(&h, 99)),
+            ("8 us".into(), "4 ms".into())
+        );
+        assert_eq!(percentile(&[0; 32], 50), "-");
     }
 }

@@ -40,14 +40,17 @@ pub enum WorkerCall {
     Resize(Address),
     SetReadOnly(Address, bool),
     Flush(Address),
-    /// Statistics of one LUN, or of all.
-    Stats(Option<Address>),
+    /// Statistics of one LUN, or a page of all of them after `after`.
+    Stats {
+        address: Option<Address>,
+        after: Option<Address>,
+    },
 }
 
 impl WorkerCall {
     /// Whether the call changes something (such calls are logged with the caller).
     pub fn mutates(&self) -> bool {
-        !matches!(self, WorkerCall::Stats(_) | WorkerCall::Flush(_))
+        !matches!(self, WorkerCall::Stats { .. } | WorkerCall::Flush(_))
     }
 }
 
@@ -181,8 +184,10 @@ pub enum Then {
     Resized(Address),
     ReadOnly(Address, bool),
     Flushed(Address),
+    /// Statistics; `pages`: what earlier pages brought.
     Stats {
         prometheus: bool,
+        pages: Vec<Value>,
     },
 }
 
@@ -311,9 +316,15 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
                 }
             };
             Ok(Outcome::Forward {
-                call: WorkerCall::Stats(a),
+                call: WorkerCall::Stats {
+                    address: a,
+                    after: None,
+                },
                 fds: Vec::new(),
-                then: Then::Stats { prometheus },
+                then: Then::Stats {
+                    prometheus,
+                    pages: Vec::new(),
+                },
             })
         }
         other => Err(RpcError::new(
@@ -497,9 +508,9 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
 pub fn finish(
     table: &mut Table,
     then: Then,
-    answer: Result<Value, String>,
+    answer: Result<Value, RpcError>,
 ) -> Result<Value, RpcError> {
-    let worker_err = |e: String| RpcError::new(code::WORKER, e);
+    let worker_err = |e: RpcError| e;
     match then {
         Then::Added { address, opened } => {
             match answer {
@@ -547,8 +558,13 @@ pub fn finish(
             Ok(json!({}))
         }
         Then::Flushed(_) => answer.map(|_| json!({})).map_err(worker_err),
-        Then::Stats { prometheus } => {
-            let v = answer.map_err(worker_err)?;
+        Then::Stats {
+            prometheus,
+            mut pages,
+        } => {
+            let v = answer?;
+            pages.extend(v["luns"].as_array().into_iter().flatten().cloned());
+            let v = json!({ "luns": pages });
             if prometheus {
                 Ok(json!({ "text": stats::prometheus(&v) }))
             } else {
@@ -777,7 +793,7 @@ mod tests {
         let e = f.error("remove-lun", json!({"lun": "0:1"}));
         assert_eq!(e.code, code::BUSY);
         // The worker refuses: nothing is recorded, the image is released.
-        let e = finish(&mut f.table, then, Err("no".into())).unwrap_err();
+        let e = finish(&mut f.table, then, Err(RpcError::new(code::WORKER, "no"))).unwrap_err();
         assert_eq!(e.code, code::WORKER);
         assert!(!f.table.luns.contains_key(&Address { target: 0, lun: 1 }));
         drop(fds);
@@ -846,7 +862,7 @@ mod tests {
         else {
             panic!()
         };
-        finish(&mut f.table, then, Err("x".into())).unwrap_err();
+        finish(&mut f.table, then, Err(RpcError::new(code::WORKER, "x"))).unwrap_err();
         assert!(
             !f.table.luns[&Address { target: 0, lun: 0 }]
                 .config

@@ -43,6 +43,7 @@ use self::{
     protocol::{code, error_line, ok_line, Line, LineReader, RpcError},
 };
 use super::listener::{self, ListenError, Listener};
+use crate::broker::Body;
 use crate::config::{ListenSpec, ManagementConfig};
 
 pub use methods::LunState;
@@ -201,7 +202,7 @@ struct Waiting {
     id: Option<Value>,
     method: String,
     caller: Caller,
-    mutates: bool,
+    call: WorkerCall,
     then: Then,
 }
 
@@ -469,7 +470,7 @@ impl Server {
                                 id: req.id,
                                 method: req.method,
                                 caller,
-                                mutates,
+                                call,
                                 then,
                             },
                         );
@@ -477,11 +478,10 @@ impl Server {
                     }
                     Err(e) => {
                         // Undo the mark the method made (nothing reached the worker).
+                        let e =
+                            RpcError::new(code::WORKER, format!("cannot reach the worker: {e}"));
                         let _ = methods::finish(&mut self.table, then, Err(e.clone()));
-                        Err(RpcError::new(
-                            code::WORKER,
-                            format!("cannot reach the worker: {e}"),
-                        ))
+                        Err(e)
                     }
                 }
             }
@@ -508,14 +508,81 @@ impl Server {
         self.waiting.contains_key(&broker_id)
     }
 
-    /// The worker's reply to request `broker_id` (`Err`: its error message). Returns false
-    /// when the request was not the management's.
-    pub fn on_reply(&mut self, broker_id: u64, answer: Result<Value, String>) -> bool {
+    /// The worker's reply to request `broker_id`, which [`Self::is_waiting`] for. A page of
+    /// statistics with more to come asks for the next one through `link`.
+    pub fn on_reply(
+        &mut self,
+        broker_id: u64,
+        body: Body,
+        fds: Vec<OwnedFd>,
+        link: &mut dyn WorkerLink,
+    ) {
         let Some(w) = self.waiting.remove(&broker_id) else {
-            return false;
+            return;
         };
+        let (answer, w) = match link::answer(&w.call, body, fds) {
+            link::Answer::Done(v) => (Ok(v), w),
+            link::Answer::Failed(e) => (Err(e), w),
+            link::Answer::More { page, next } => {
+                let Waiting {
+                    client,
+                    id,
+                    method,
+                    caller,
+                    call,
+                    then,
+                } = w;
+                let Then::Stats {
+                    prometheus,
+                    mut pages,
+                } = then
+                else {
+                    let w = Waiting {
+                        client,
+                        id,
+                        method,
+                        caller,
+                        call,
+                        then,
+                    };
+                    let e = RpcError::new(code::WORKER, "a statistics page for another call");
+                    return self.complete(w, Err(e));
+                };
+                pages.extend(page);
+                let w = Waiting {
+                    client,
+                    id,
+                    method,
+                    caller,
+                    call: WorkerCall::Stats {
+                        address: None,
+                        after: Some(next),
+                    },
+                    then: Then::Stats { prometheus, pages },
+                };
+                match link.send(&w.call, &[]) {
+                    Ok(next_id) => {
+                        self.waiting.insert(next_id, w);
+                        return;
+                    }
+                    Err(e) => (
+                        Err(RpcError::new(
+                            code::WORKER,
+                            format!("cannot reach the worker: {e}"),
+                        )),
+                        w,
+                    ),
+                }
+            }
+        };
+        self.complete(w, answer);
+    }
+
+    /// Records a call's outcome and answers its client.
+    fn complete(&mut self, w: Waiting, answer: Result<Value, RpcError>) {
+        let mutates = w.call.mutates();
         let result = methods::finish(&mut self.table, w.then, answer);
-        if w.mutates {
+        if mutates {
             match &result {
                 Ok(v) => info!("management: {} by {}: done: {v}", w.method, w.caller),
                 Err(e) => warn!(
@@ -536,7 +603,6 @@ impl Server {
             }
         }
         self.reap();
-        true
     }
 
     /// The worker ended: every call waiting for it fails (what it did before it died is
@@ -545,7 +611,10 @@ impl Server {
     pub fn worker_gone(&mut self, luns: Option<Vec<(crate::config::LunConfig, u64)>>) {
         let ids: Vec<u64> = self.waiting.keys().copied().collect();
         for id in ids {
-            self.on_reply(id, Err("the worker ended before answering".into()));
+            if let Some(w) = self.waiting.remove(&id) {
+                let e = RpcError::new(code::WORKER, "the worker ended before answering");
+                self.complete(w, Err(e));
+            }
         }
         if let Some(luns) = luns {
             self.table = Table::new(luns);

@@ -1,91 +1,96 @@
-//! The Prometheus text exposition (format 0.0.4) of the worker's per-LUN statistics.
+//! The Prometheus text exposition (format 0.0.4) of the per-LUN statistics that `stats`
+//! returns as JSON (`{"luns": [{"target", "lun", "in-flight", "read"|"write"|"other": {"ops",
+//! "bytes", "errors", "latency-us": [32 log2 buckets]}}]}`, made by
+//! [`super::link::stats_json`]).
 //!
-//! The worker answers `stats` with `{"luns": [{"target": T, "lun": L, <counters>...}]}`. Every
-//! number becomes a sample `vhost_user_scsi_lun_<name>{target="T",lun="L"}`; an object of
-//! numbers (e.g. a latency histogram `{"le_1000": n, ...}` or per-kind counts) becomes one
-//! metric with the key as a second label. Names are sanitised to `[a-z0-9_]`, so nothing the
-//! worker says can break the exposition's syntax.
+//! Metrics (labels `target`, `lun`, and `kind` = read, write or other):
+//! `vhost_user_scsi_lun_commands_total`, `vhost_user_scsi_lun_bytes_total`,
+//! `vhost_user_scsi_lun_errors_total` (counters), `vhost_user_scsi_lun_in_flight` (gauge) and
+//! `vhost_user_scsi_lun_latency_seconds` (a histogram without `_sum`: the worker counts buckets,
+//! not time).
 
-use std::{collections::BTreeMap, fmt::Write};
+use std::fmt::Write;
 
 use serde_json::Value;
 
-const PREFIX: &str = "vhost_user_scsi_lun_";
+use super::link::bucket_le;
 
-fn metric_name(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect()
-}
-
-fn label_value(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .map(|c| match c {
-            '\\' | '"' => '_',
-            c => c,
-        })
-        .collect()
-}
-
-fn number(v: &Value) -> Option<String> {
-    match v {
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(u8::from(*b).to_string()),
-        _ => None,
-    }
-}
+const KINDS: [&str; 3] = ["read", "write", "other"];
 
 /// The exposition of a `stats` result.
 pub fn prometheus(stats: &Value) -> String {
-    // metric -> lines, so that each metric's samples are grouped under one TYPE line.
-    let mut metrics: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let empty = Vec::new();
-    let luns = stats
+    let luns: Vec<(u64, u64, &Value)> = stats
         .get("luns")
         .and_then(Value::as_array)
-        .unwrap_or(&empty);
-    for lun in luns {
-        let Some(obj) = lun.as_object() else { continue };
-        let (Some(t), Some(l)) = (
-            obj.get("target").and_then(Value::as_u64),
-            obj.get("lun").and_then(Value::as_u64),
-        ) else {
-            continue;
-        };
-        for (key, v) in obj {
-            if key == "target" || key == "lun" {
-                continue;
-            }
-            let name = format!("{PREFIX}{}", metric_name(key));
-            if let Some(n) = number(v) {
-                metrics
-                    .entry(name)
-                    .or_default()
-                    .push(format!("{{target=\"{t}\",lun=\"{l}\"}} {n}"));
-            } else if let Some(inner) = v.as_object() {
-                for (k, v) in inner {
-                    if let Some(n) = number(v) {
-                        metrics.entry(name.clone()).or_default().push(format!(
-                            "{{target=\"{t}\",lun=\"{l}\",key=\"{}\"}} {n}",
-                            label_value(k)
-                        ));
-                    }
-                }
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(|l| Some((l.get("target")?.as_u64()?, l.get("lun")?.as_u64()?, l)))
+        .collect();
+    let mut out = String::new();
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    for (name, field, help) in [
+        ("commands_total", "ops", "Commands completed."),
+        (
+            "bytes_total",
+            "bytes",
+            "Bytes transferred by commands that succeeded.",
+        ),
+        (
+            "errors_total",
+            "errors",
+            "Commands that ended with CHECK CONDITION.",
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP vhost_user_scsi_lun_{name} {help}");
+        let _ = writeln!(out, "# TYPE vhost_user_scsi_lun_{name} counter");
+        for (t, l, s) in &luns {
+            for kind in KINDS {
+                let _ = writeln!(
+                    out,
+                    "vhost_user_scsi_lun_{name}{{target=\"{t}\",lun=\"{l}\",kind=\"{kind}\"}} {}",
+                    n(&s[kind][field])
+                );
             }
         }
     }
-    let mut out = String::new();
-    for (name, samples) in metrics {
-        let _ = writeln!(out, "# TYPE {name} untyped");
-        for s in samples {
-            let _ = writeln!(out, "{name}{s}");
+    let _ = writeln!(
+        out,
+        "# HELP vhost_user_scsi_lun_in_flight Commands in flight (queue depth)."
+    );
+    let _ = writeln!(out, "# TYPE vhost_user_scsi_lun_in_flight gauge");
+    for (t, l, s) in &luns {
+        let _ = writeln!(
+            out,
+            "vhost_user_scsi_lun_in_flight{{target=\"{t}\",lun=\"{l}\"}} {}",
+            n(&s["in-flight"])
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vhost_user_scsi_lun_latency_seconds Command completion latency."
+    );
+    let _ = writeln!(out, "# TYPE vhost_user_scsi_lun_latency_seconds histogram");
+    for (t, l, s) in &luns {
+        for kind in KINDS {
+            let labels = format!("target=\"{t}\",lun=\"{l}\",kind=\"{kind}\"");
+            let buckets = s[kind]["latency-us"].as_array().unwrap_or(&empty);
+            let mut total: u64 = 0;
+            for (i, b) in buckets.iter().enumerate() {
+                total = total.saturating_add(n(b));
+                let le = match bucket_le(i) {
+                    Some(le) if i + 1 < buckets.len() => format!("{le:e}"),
+                    _ => "+Inf".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "vhost_user_scsi_lun_latency_seconds_bucket{{{labels},le=\"{le}\"}} {total}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "vhost_user_scsi_lun_latency_seconds_count{{{labels}}} {total}"
+            );
         }
     }
     out
@@ -94,27 +99,45 @@ pub fn prometheus(stats: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::broker::manage::{LunAddress, LunStats, OpStats, LATENCY_BUCKETS};
 
     #[test]
     fn exposition() {
-        let text = prometheus(&json!({"luns": [
-            {"target": 0, "lun": 1, "read_ops": 5, "read-bytes": 2560,
-             "latency": {"le_100us": 3, "+Inf\"\n": 5}, "name": "x"},
-            {"target": 0, "lun": 2, "read_ops": 7},
-            {"lun": 9},
-        ]}));
-        assert_eq!(
-            text,
-            "# TYPE vhost_user_scsi_lun_latency untyped\n\
-             vhost_user_scsi_lun_latency{target=\"0\",lun=\"1\",key=\"+Inf_\"} 5\n\
-             vhost_user_scsi_lun_latency{target=\"0\",lun=\"1\",key=\"le_100us\"} 3\n\
-             # TYPE vhost_user_scsi_lun_read_bytes untyped\n\
-             vhost_user_scsi_lun_read_bytes{target=\"0\",lun=\"1\"} 2560\n\
-             # TYPE vhost_user_scsi_lun_read_ops untyped\n\
-             vhost_user_scsi_lun_read_ops{target=\"0\",lun=\"1\"} 5\n\
-             vhost_user_scsi_lun_read_ops{target=\"0\",lun=\"2\"} 7\n"
-        );
-        assert_eq!(prometheus(&json!({})), "");
+        let mut read = OpStats {
+            ops: 5,
+            bytes: 2560,
+            errors: 1,
+            latency_us: [0; LATENCY_BUCKETS],
+        };
+        read.latency_us[0] = 1;
+        read.latency_us[3] = 4;
+        let s = LunStats {
+            address: LunAddress::new(0, 1),
+            read,
+            write: OpStats::default(),
+            other: OpStats::default(),
+            in_flight: 3,
+        };
+        let v = serde_json::json!({ "luns": [super::super::link::stats_json(&s)] });
+        let text = prometheus(&v);
+        for line in [
+            "vhost_user_scsi_lun_commands_total{target=\"0\",lun=\"1\",kind=\"read\"} 5",
+            "vhost_user_scsi_lun_bytes_total{target=\"0\",lun=\"1\",kind=\"read\"} 2560",
+            "vhost_user_scsi_lun_errors_total{target=\"0\",lun=\"1\",kind=\"write\"} 0",
+            "vhost_user_scsi_lun_in_flight{target=\"0\",lun=\"1\"} 3",
+            "vhost_user_scsi_lun_latency_seconds_bucket{target=\"0\",lun=\"1\",kind=\"read\",le=\"1e-6\"} 1",
+            "vhost_user_scsi_lun_latency_seconds_bucket{target=\"0\",lun=\"1\",kind=\"read\",le=\"4e-6\"} 1",
+            "vhost_user_scsi_lun_latency_seconds_bucket{target=\"0\",lun=\"1\",kind=\"read\",le=\"8e-6\"} 5",
+            "vhost_user_scsi_lun_latency_seconds_bucket{target=\"0\",lun=\"1\",kind=\"read\",le=\"+Inf\"} 5",
+            "vhost_user_scsi_lun_latency_seconds_count{target=\"0\",lun=\"1\",kind=\"read\"} 5",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        // Every sample line is `name{labels} value`.
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let (_, value) = l.rsplit_once(' ').unwrap();
+            value.parse::<u64>().unwrap();
+        }
+        assert!(!prometheus(&serde_json::json!({})).contains("} "));
     }
 }
