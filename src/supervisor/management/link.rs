@@ -8,9 +8,8 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use serde_json::{json, Value};
 
 use super::{
-    methods::WorkerCall,
+    call::{WorkerCall, WorkerLink},
     protocol::{code, RpcError},
-    WorkerLink,
 };
 use crate::{
     broker::{

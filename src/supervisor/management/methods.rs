@@ -15,6 +15,7 @@ use std::{
 
 use serde_json::{json, Map, Value};
 
+pub use super::call::WorkerCall;
 use super::{
     peer::Caller,
     protocol::{address_param, bool_param, code, only_params, RpcError},
@@ -24,35 +25,6 @@ use crate::{
     config::{cli::parse_lun, ctl::Address, CacheMode, LunConfig, MAX_LUN},
     supervisor::open::{self, RuntimeLun},
 };
-
-/// What the supervisor asks the worker to do (the fd-broker message is made from it by
-/// [`super::link`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WorkerCall {
-    /// Serve a new LUN. Descriptors: the source's (none for `null://`), then the `pr-file`'s.
-    AddLun {
-        config: LunConfig,
-        pr_file: bool,
-    },
-    /// Stop serving a LUN once its requests in flight are done; the worker closes its files.
-    RemoveLun(Address),
-    /// Re-read the source's size (CAPACITY DATA HAS CHANGED for the initiators).
-    Resize(Address),
-    SetReadOnly(Address, bool),
-    Flush(Address),
-    /// Statistics of one LUN, or a page of all of them after `after`.
-    Stats {
-        address: Option<Address>,
-        after: Option<Address>,
-    },
-}
-
-impl WorkerCall {
-    /// Whether the call changes something (such calls are logged with the caller).
-    pub fn mutates(&self) -> bool {
-        !matches!(self, WorkerCall::Stats { .. } | WorkerCall::Flush(_))
-    }
-}
 
 /// Where a LUN stands in the supervisor's record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

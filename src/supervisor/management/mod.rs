@@ -12,6 +12,7 @@
 //! [`methods`] (what each method does, the supervisor's record of the LUNs), [`stats`]
 //! (Prometheus), [`client`] (the `ctl` side).
 
+pub mod call;
 pub mod client;
 pub mod link;
 pub mod methods;
@@ -38,7 +39,8 @@ use nix::{
 use serde_json::Value;
 
 use self::{
-    methods::{Context, LunEntry, Outcome, Table, Then, WorkerCall},
+    call::WorkerCall,
+    methods::{Context, LunEntry, Outcome, Table, Then},
     peer::{Access, Caller},
     protocol::{code, error_line, ok_line, Line, LineReader, RpcError},
 };
@@ -46,6 +48,7 @@ use super::listener::{self, ListenError, Listener};
 use crate::broker::Body;
 use crate::config::{ListenSpec, ManagementConfig};
 
+pub use call::{NoWorker, WorkerLink};
 pub use methods::LunState;
 
 /// Clients connected at once; one more is told so and closed.
@@ -59,21 +62,6 @@ const MAX_OUTPUT: usize = 16 << 20;
 /// Descriptors the server may hold besides the listener: clients, passed descriptors, LUNs
 /// being added (for the supervisor's RLIMIT_NOFILE).
 pub const FD_BUDGET: u64 = (MAX_CLIENTS * (1 + MAX_PASSED_FDS) + 2 * MAX_CALLS_PER_CLIENT) as u64;
-
-/// The supervisor's way to the worker: sends a call with its descriptors and returns the
-/// broker's id of the request, whose reply is then given to [`Server::on_reply`].
-pub trait WorkerLink {
-    fn send(&mut self, call: &WorkerCall, fds: &[BorrowedFd<'_>]) -> Result<u64, String>;
-}
-
-/// No worker to ask (between a worker's end and its restart).
-pub struct NoWorker;
-
-impl WorkerLink for NoWorker {
-    fn send(&mut self, _: &WorkerCall, _: &[BorrowedFd<'_>]) -> Result<u64, String> {
-        Err("the worker is not running".into())
-    }
-}
 
 /// Why the management socket could not be set up.
 #[derive(Debug, thiserror::Error)]
