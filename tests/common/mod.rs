@@ -278,10 +278,8 @@ pub fn ask_as(path: &std::path::Path, uid: u32, gid: u32, request: &[u8]) -> Res
     }
     let mut pipe = [0; 2];
     // SAFETY: pipe2 fills the two-element array.
-    assert_eq!(
-        unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) },
-        0
-    );
+    let piped = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(piped, 0);
     let mut answer = vec![0u8; 4096];
     // SAFETY: between fork and _exit the child only makes async-signal-safe system calls on
     // memory prepared before the fork (the address, the request, the answer buffer).
