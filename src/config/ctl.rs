@@ -61,7 +61,7 @@ pub enum CtlCommand {
     SetReadonly {
         #[arg(value_name = "TARGET:LUN", value_parser = parse_address)]
         address: Address,
-        #[arg(value_name = "on|off", value_parser = parse_on_off)]
+        #[arg(value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
         read_only: bool,
     },
     /// Write a LUN's cached data to stable storage.
