@@ -1,0 +1,323 @@
+//! The worker's side of runtime management: the supervisor's [`ManageRequest`]s, received over
+//! the fd broker, applied to the running bus.
+//!
+//! Runs on the broker thread, between messages: it never waits for the supervisor. What it
+//! waits for is bounded: a removal waits for the commands still using the LUN
+//! ([`REMOVE_DRAIN`]); a LUN whose commands outlast that stays off the bus and is dropped at
+//! a later message, once they are gone.
+
+use std::{fs::File, os::fd::OwnedFd, sync::Arc, time::Duration};
+
+use log::{info, warn};
+
+use super::vhost_user::ScsiBackend;
+use crate::{
+    block::{BlockBackend, FileBackend, NullBackend},
+    broker::manage::{
+        AddLun, Backing, FailureCode, LunAddress, LunState, LunStats, ManageReply, ManageRequest,
+        OpStats, WireCache, MAX_LIST_PAGE, MAX_STATS_PAGE,
+    },
+    scsi::{
+        sense::Sense, stats::ClassSnapshot, wait_unused, BusError, LogicalUnit, LunOptions, PrFile,
+    },
+    virtio::{events::Event, LunAddress as WireLun},
+};
+
+/// How long a removal waits for the commands in flight on the LUN.
+pub const REMOVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// Applies management requests to the bus of `backend`.
+pub struct Manager {
+    backend: Arc<ScsiBackend>,
+    /// Removed LUNs whose commands had not all finished when the removal replied: dropped
+    /// (file closed) once they have.
+    draining: Vec<Arc<LogicalUnit>>,
+}
+
+impl Manager {
+    pub fn new(backend: Arc<ScsiBackend>) -> Self {
+        Self {
+            backend,
+            draining: Vec::new(),
+        }
+    }
+
+    /// Carries out one request that came with `fds`; the reply says what happened (nothing,
+    /// when it failed).
+    pub fn handle(&mut self, request: ManageRequest, fds: Vec<OwnedFd>) -> ManageReply {
+        self.draining.retain(|lu| Arc::strong_count(lu) > 1);
+        if let Err(e) = request.check(fds.len()) {
+            return ManageReply::failed(FailureCode::Invalid, e.to_string());
+        }
+        match request {
+            ManageRequest::AddLun(add) => self.add(&add, fds),
+            ManageRequest::RemoveLun { address } => self.remove(address),
+            ManageRequest::Resize { address } => {
+                self.with_lun(address, |m, lu| m.resize(address, lu))
+            }
+            ManageRequest::SetReadOnly { address, read_only } => {
+                self.with_lun(address, |m, lu| {
+                    lu.set_read_only(read_only);
+                    // Linux re-reads the WP bit (MODE SENSE) when told the mode parameters
+                    // changed.
+                    lu.mode_parameters_changed();
+                    let sense = Sense::MODE_PARAMETERS_CHANGED;
+                    m.backend.raise_event(Event::param_changed(
+                        wire(address),
+                        sense.asc,
+                        sense.ascq,
+                    ));
+                    ManageReply::Done
+                })
+            }
+            ManageRequest::Flush { address } => self.with_lun(address, |_, lu| match lu.flush() {
+                Ok(()) => ManageReply::Done,
+                Err(e) => ManageReply::failed(FailureCode::Io, format!("flush of {address}: {e}")),
+            }),
+            ManageRequest::Stats { address, after } => self.stats(address, after),
+            ManageRequest::List { after } => self.list(after),
+        }
+    }
+
+    fn with_lun(
+        &mut self,
+        address: LunAddress,
+        f: impl FnOnce(&mut Self, &LogicalUnit) -> ManageReply,
+    ) -> ManageReply {
+        match self.backend.bus().lookup(address.target, address.lun) {
+            Some(lu) => f(self, &lu),
+            None => no_such_lun(address),
+        }
+    }
+
+    fn add(&mut self, add: &AddLun, fds: Vec<OwnedFd>) -> ManageReply {
+        let address = add.address;
+        if self.backend.bus().lun_exists(address.target, address.lun) {
+            return ManageReply::failed(
+                FailureCode::AddressInUse,
+                format!("LUN {address} already exists"),
+            );
+        }
+        let mut fds = fds.into_iter();
+        let backend: Arc<dyn BlockBackend> = match add.backing {
+            Backing::Null { size } => Arc::new(NullBackend::new(size)),
+            Backing::File => {
+                let Some(fd) = fds.next() else {
+                    return ManageReply::failed(FailureCode::Invalid, "no image fd");
+                };
+                match FileBackend::new(File::from(fd), add.cache == WireCache::None) {
+                    Ok(b) => Arc::new(b),
+                    Err(e) => {
+                        return ManageReply::failed(
+                            FailureCode::Io,
+                            format!("LUN {address}: image unusable: {e}"),
+                        )
+                    }
+                }
+            }
+        };
+        let size = backend.size();
+        if size < u64::from(add.block_size) {
+            return ManageReply::failed(
+                FailureCode::Io,
+                format!(
+                    "LUN {address}: {size} bytes is less than one {}-byte block",
+                    add.block_size
+                ),
+            );
+        }
+        let pr_file = if add.pr_file {
+            let Some(fd) = fds.next() else {
+                return ManageReply::failed(FailureCode::Invalid, "no pr-file fd");
+            };
+            match FileBackend::new(File::from(fd), false) {
+                Ok(b) => Some(PrFile(Arc::new(b))),
+                Err(e) => {
+                    return ManageReply::failed(
+                        FailureCode::Io,
+                        format!("LUN {address}: pr-file unusable: {e}"),
+                    )
+                }
+            }
+        } else {
+            None
+        };
+        let opts = LunOptions {
+            read_only: add.read_only,
+            serial: add.serial.clone(),
+            wwn: add.wwn,
+            block_size: add.block_size,
+            physical_block_size: add.phys_block_size.unwrap_or(0),
+            discard: add.discard,
+            pr_file,
+        };
+        let lu = LogicalUnit::new(backend, opts);
+        match self
+            .backend
+            .bus()
+            .insert_lun(address.target, address.lun, lu)
+        {
+            Ok(_) => {}
+            Err(BusError::AddressInUse(..)) => {
+                return ManageReply::failed(
+                    FailureCode::AddressInUse,
+                    format!("LUN {address} already exists"),
+                )
+            }
+        }
+        info!(
+            "LUN {address} added: {} ({size} bytes, {}-byte blocks, {})",
+            add.source,
+            add.block_size,
+            if add.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            }
+        );
+        self.backend.raise_event(Event::lun_added(wire(address)));
+        ManageReply::Done
+    }
+
+    fn remove(&mut self, address: LunAddress) -> ManageReply {
+        let Some(lu) = self.backend.bus().remove_lun(address.target, address.lun) else {
+            return no_such_lun(address);
+        };
+        // The guest stops sending to it; new commands already get LOGICAL UNIT NOT SUPPORTED.
+        self.backend.raise_event(Event::lun_removed(wire(address)));
+        self.backend.release_removed_files();
+        if !wait_unused(&lu, REMOVE_DRAIN) {
+            let left = Arc::strong_count(&lu) - 1;
+            warn!(
+                "LUN {address} removed, but {left} command(s) still hold it after \
+                 {REMOVE_DRAIN:?}: its file is closed when they end"
+            );
+            self.draining.push(lu);
+            return ManageReply::failed(
+                FailureCode::Busy,
+                format!(
+                    "LUN {address} is off the bus, but {left} command(s) still use it; its \
+                     file is closed when they end"
+                ),
+            );
+        }
+        // Busy queues may have let go of the file since.
+        self.backend.release_removed_files();
+        drop(lu);
+        info!("LUN {address} removed; its file is closed");
+        ManageReply::Done
+    }
+
+    fn resize(&mut self, address: LunAddress, lu: &LogicalUnit) -> ManageReply {
+        let blocks = lu.block_count();
+        match lu.resize() {
+            Ok((old_size, new_size)) => {
+                if lu.block_count() != blocks {
+                    info!("LUN {address} resized: {old_size} -> {new_size} bytes");
+                    let sense = Sense::CAPACITY_DATA_CHANGED;
+                    self.backend.raise_event(Event::param_changed(
+                        wire(address),
+                        sense.asc,
+                        sense.ascq,
+                    ));
+                }
+                ManageReply::Resized { old_size, new_size }
+            }
+            Err(e) => ManageReply::failed(
+                FailureCode::Io,
+                format!("LUN {address}: cannot read its size: {e}"),
+            ),
+        }
+    }
+
+    fn stats(&self, address: Option<LunAddress>, after: Option<LunAddress>) -> ManageReply {
+        let bus = self.backend.bus();
+        if let Some(address) = address {
+            return match bus.lookup(address.target, address.lun) {
+                Some(lu) => ManageReply::Stats {
+                    luns: vec![lun_stats(address, &lu)],
+                    more: false,
+                },
+                None => no_such_lun(address),
+            };
+        }
+        let (page, more) = page(bus.luns(), after, MAX_STATS_PAGE);
+        ManageReply::Stats {
+            luns: page.iter().map(|(a, lu)| lun_stats(*a, lu)).collect(),
+            more,
+        }
+    }
+
+    fn list(&self, after: Option<LunAddress>) -> ManageReply {
+        let (page, more) = page(self.backend.bus().luns(), after, MAX_LIST_PAGE);
+        ManageReply::List {
+            luns: page
+                .iter()
+                .map(|(address, lu)| {
+                    let (serial, wwn) = lu.identity();
+                    LunState {
+                        address: *address,
+                        size: lu.size(),
+                        block_size: lu.block_size(),
+                        read_only: lu.read_only(),
+                        serial: serial.to_owned(),
+                        wwn,
+                        in_flight: in_flight(lu),
+                    }
+                })
+                .collect(),
+            more,
+        }
+    }
+}
+
+type Lus = Vec<((u8, u16), Arc<LogicalUnit>)>;
+
+/// The LUNs after `after`, at most `max`, and whether more follow.
+fn page(
+    luns: Lus,
+    after: Option<LunAddress>,
+    max: usize,
+) -> (Vec<(LunAddress, Arc<LogicalUnit>)>, bool) {
+    let mut rest = luns
+        .into_iter()
+        .map(|((t, l), lu)| (LunAddress::new(t, l), lu))
+        .filter(|(a, _)| after.map_or(true, |after| *a > after))
+        .peekable();
+    let page: Vec<_> = rest.by_ref().take(max).collect();
+    let more = rest.peek().is_some();
+    (page, more)
+}
+
+/// Commands holding the LU besides the bus table and the caller's reference.
+fn in_flight(lu: &Arc<LogicalUnit>) -> u64 {
+    Arc::strong_count(lu).saturating_sub(2) as u64
+}
+
+fn lun_stats(address: LunAddress, lu: &Arc<LogicalUnit>) -> LunStats {
+    let s = lu.stats();
+    let op = |c: ClassSnapshot| OpStats {
+        ops: c.ops,
+        bytes: c.bytes,
+        errors: c.errors,
+        latency_us: c.latency_us,
+    };
+    LunStats {
+        address,
+        read: op(s.read),
+        write: op(s.write),
+        other: op(s.other),
+        in_flight: in_flight(lu),
+    }
+}
+
+fn wire(a: LunAddress) -> WireLun {
+    WireLun {
+        target: a.target,
+        lun: a.lun,
+    }
+}
+
+fn no_such_lun(address: LunAddress) -> ManageReply {
+    ManageReply::failed(FailureCode::NoSuchLun, format!("no LUN {address}"))
+}
