@@ -321,3 +321,228 @@ fn wire(a: LunAddress) -> WireLun {
 fn no_such_lun(address: LunAddress) -> ManageReply {
     ManageReply::failed(FailureCode::NoSuchLun, format!("no LUN {address}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write,
+        os::fd::{AsRawFd, OwnedFd},
+    };
+
+    use super::*;
+    use crate::{
+        broker::manage::{ManageError, MAX_LIST_PAGE},
+        config::LunConfig,
+        scsi::ScsiBus,
+    };
+
+    fn manager() -> Manager {
+        Manager::new(Arc::new(ScsiBackend::new(Arc::new(ScsiBus::new()), 1, 16)))
+    }
+
+    fn request(m: &mut Manager, req: ManageRequest, fds: Vec<OwnedFd>) -> ManageReply {
+        let reply = m.handle(req.clone(), fds);
+        // Whatever the worker says passes the supervisor's check of hostile replies.
+        assert_eq!(reply.check(&req, 0), Ok(()), "{reply:?}");
+        reply
+    }
+
+    fn add_null(target: u8, lun: u16) -> ManageRequest {
+        let c = LunConfig::new(target, lun, "null://1M");
+        ManageRequest::AddLun(AddLun::from_config(&c, Backing::Null { size: 1 << 20 }))
+    }
+
+    /// flock(2) on `fd` without waiting: false when another open file holds the lock.
+    fn try_lock(fd: &impl AsRawFd) -> bool {
+        // SAFETY: flock only takes a descriptor and flags.
+        unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    }
+
+    #[test]
+    fn add_resize_remove_a_file_lun() {
+        let mut m = manager();
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(1 << 20).unwrap();
+        // As the supervisor hands it over: open and locked.
+        let file = img.reopen().unwrap();
+        assert!(try_lock(&file));
+        let c = LunConfig::new(0, 2, img.path());
+        let add = ManageRequest::AddLun(AddLun::from_config(&c, Backing::File));
+        assert!(matches!(
+            request(&mut m, add.clone(), vec![]),
+            ManageReply::Failed {
+                code: FailureCode::Invalid,
+                ..
+            }
+        ));
+        assert_eq!(
+            request(&mut m, add.clone(), vec![file.into()]),
+            ManageReply::Done
+        );
+        let bus = m.backend.bus().clone();
+        assert_eq!(bus.lookup(0, 2).unwrap().size(), 1 << 20);
+        assert_eq!(m.backend.pending_events(), (1, false), "rescan event");
+        // The same address again.
+        let again = img.reopen().unwrap();
+        assert!(matches!(
+            request(&mut m, add, vec![again.into()]),
+            ManageReply::Failed {
+                code: FailureCode::AddressInUse,
+                ..
+            }
+        ));
+
+        // Grow the file, resize.
+        img.as_file().set_len(3 << 20).unwrap();
+        let address = LunAddress::new(0, 2);
+        assert_eq!(
+            request(&mut m, ManageRequest::Resize { address }, vec![]),
+            ManageReply::Resized {
+                old_size: 1 << 20,
+                new_size: 3 << 20
+            }
+        );
+        assert_eq!(bus.lookup(0, 2).unwrap().block_count(), 6144);
+        assert_eq!(m.backend.pending_events(), (2, false), "param change event");
+        // Unchanged size: no event.
+        request(&mut m, ManageRequest::Resize { address }, vec![]);
+        assert_eq!(m.backend.pending_events(), (2, false));
+
+        // Read-only, flush.
+        let ro = ManageRequest::SetReadOnly {
+            address,
+            read_only: true,
+        };
+        assert_eq!(request(&mut m, ro, vec![]), ManageReply::Done);
+        assert!(bus.lookup(0, 2).unwrap().read_only());
+        assert_eq!(
+            request(&mut m, ManageRequest::Flush { address }, vec![]),
+            ManageReply::Done
+        );
+
+        // While served, the image stays locked; removed, it is closed and unlocked.
+        let other = img.reopen().unwrap();
+        assert!(!try_lock(&other));
+        let rm = ManageRequest::RemoveLun { address };
+        assert_eq!(request(&mut m, rm.clone(), vec![]), ManageReply::Done);
+        assert!(
+            try_lock(&other),
+            "the image is still open (and locked) after the removal"
+        );
+        assert!(bus.lookup(0, 2).is_none());
+        assert_eq!(m.backend.pending_events(), (4, false), "removed event");
+        assert!(matches!(
+            request(&mut m, rm, vec![]),
+            ManageReply::Failed {
+                code: FailureCode::NoSuchLun,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn an_unusable_image_is_refused_and_nothing_changes() {
+        let mut m = manager();
+        let mut small = tempfile::tempfile().unwrap();
+        small.write_all(&[0; 100]).unwrap();
+        let c = LunConfig::new(0, 0, "/small");
+        let add = ManageRequest::AddLun(AddLun::from_config(&c, Backing::File));
+        assert!(matches!(
+            request(&mut m, add, vec![small.into()]),
+            ManageReply::Failed {
+                code: FailureCode::Io,
+                ..
+            }
+        ));
+        // A pipe is no image.
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let add = ManageRequest::AddLun(AddLun::from_config(&c, Backing::File));
+        assert!(matches!(
+            request(&mut m, add, vec![r]),
+            ManageReply::Failed {
+                code: FailureCode::Io,
+                ..
+            }
+        ));
+        assert!(m.backend.bus().luns().is_empty());
+        assert_eq!(m.backend.pending_events(), (0, false));
+    }
+
+    #[test]
+    fn list_and_stats_come_in_bounded_pages() {
+        let mut m = manager();
+        let n = MAX_LIST_PAGE as u16 + 6;
+        for l in 0..n {
+            assert_eq!(request(&mut m, add_null(1, l), vec![]), ManageReply::Done);
+        }
+        // More events than the backlog holds, with no guest listening: missed.
+        assert!(m.backend.pending_events().1);
+
+        let first = ManageRequest::List { after: None };
+        let ManageReply::List { luns, more } = request(&mut m, first, vec![]) else {
+            panic!("not a list")
+        };
+        assert_eq!((luns.len(), more), (MAX_LIST_PAGE, true));
+        assert_eq!(luns[0].serial, "VUS-T001-L00000");
+        assert_eq!(luns[0].size, 1 << 20);
+        let next = ManageRequest::List {
+            after: Some(luns.last().unwrap().address),
+        };
+        let ManageReply::List { luns, more } = request(&mut m, next, vec![]) else {
+            panic!("not a list")
+        };
+        assert_eq!((luns.len(), more), (6, false));
+
+        let mut seen = 0;
+        let mut after = None;
+        loop {
+            let req = ManageRequest::Stats {
+                address: None,
+                after,
+            };
+            let ManageReply::Stats { luns, more } = request(&mut m, req, vec![]) else {
+                panic!("not stats")
+            };
+            assert!(luns.len() <= MAX_STATS_PAGE);
+            seen += luns.len();
+            after = luns.last().map(|s| s.address);
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen, usize::from(n));
+        let one = ManageRequest::Stats {
+            address: Some(LunAddress::new(1, 3)),
+            after: None,
+        };
+        let ManageReply::Stats { luns, .. } = request(&mut m, one, vec![]) else {
+            panic!("not stats")
+        };
+        assert_eq!(luns[0].address, LunAddress::new(1, 3));
+        assert_eq!(luns[0].in_flight, 0);
+    }
+
+    #[test]
+    fn requests_that_do_not_check_out_change_nothing() {
+        let mut m = manager();
+        let rm = ManageRequest::RemoveLun {
+            address: LunAddress::new(0, 0),
+        };
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let reply = m.handle(rm.clone(), vec![r]);
+        assert!(matches!(
+            reply,
+            ManageReply::Failed {
+                code: FailureCode::Invalid,
+                ..
+            }
+        ));
+        assert_eq!(
+            rm.check(1),
+            Err(ManageError::BadFds {
+                expected: 0,
+                got: 1
+            })
+        );
+    }
+}
