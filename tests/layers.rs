@@ -26,7 +26,7 @@ const LAYERS: &[&str] = &[
     "sandbox",
     // The pure-Rust iSCSI initiator (a storage transport under `block`).
     "iscsi",
-    // The supervisor<->worker channel: messages and fd passing.
+    // The supervisor <-> worker message channel (fd broker).
     "broker",
     // Bytes on disk: BlockBackend, scatter-gather lists, file/null backends, I/O engines.
     "block",

@@ -10,12 +10,15 @@ use std::{fs::File, os::fd::OwnedFd, sync::Arc, time::Duration};
 
 use log::{info, warn};
 
-use super::vhost_user::ScsiBackend;
+use super::{broker::ManageHandler, vhost_user::ScsiBackend};
 use crate::{
     block::{BlockBackend, FileBackend, NullBackend},
-    broker::manage::{
-        AddLun, Backing, FailureCode, LunAddress, LunState, LunStats, ManageReply, ManageRequest,
-        OpStats, WireCache, MAX_LIST_PAGE, MAX_STATS_PAGE,
+    broker::{
+        manage::{
+            AddLun, Backing, FailureCode, LunAddress, LunState, LunStats, ManageMsg, ManageReply,
+            ManageRequest, OpStats, WireCache, MAX_LIST_PAGE, MAX_STATS_PAGE,
+        },
+        Body,
     },
     scsi::{
         sense::Sense, stats::ClassSnapshot, wait_unused, BusError, LogicalUnit, LunOptions, PrFile,
@@ -25,6 +28,19 @@ use crate::{
 
 /// How long a removal waits for the commands in flight on the LUN.
 pub const REMOVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// The broker thread's handler for `Body::Manage`: requests go to a [`Manager`] of `backend`,
+/// its replies go back; a reply in a request's place is refused.
+pub fn handler(backend: Arc<ScsiBackend>) -> ManageHandler {
+    let mut manager = Manager::new(backend);
+    Box::new(move |msg, fds| match msg {
+        ManageMsg::Request(request) => (
+            Body::Manage(ManageMsg::Reply(manager.handle(request, fds))),
+            Vec::new(),
+        ),
+        ManageMsg::Reply(_) => (Body::error("a management reply is no request"), Vec::new()),
+    })
+}
 
 /// Applies management requests to the bus of `backend`.
 pub struct Manager {
@@ -520,6 +536,76 @@ mod tests {
         };
         assert_eq!(luns[0].address, LunAddress::new(1, 3));
         assert_eq!(luns[0].in_flight, 0);
+    }
+
+    /// The supervisor's side of the exchange, as it will run it: a request over the broker
+    /// socketpair (the image fd attached), the worker's broker thread running it, the reply
+    /// back with the request's id, checked as hostile input.
+    #[test]
+    fn the_broker_thread_runs_management_requests() {
+        use std::os::{fd::AsFd, unix::net::UnixStream};
+
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+        use crate::broker::{recv, send, Envelope, Kind};
+
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let (sup, worker_end) = (UnixStream::from(a), UnixStream::from(b));
+        let backend = Arc::new(ScsiBackend::new(Arc::new(ScsiBus::new()), 1, 16));
+        let handlers = super::super::broker::Handlers {
+            manage: Some(handler(backend.clone())),
+        };
+        let _handle = super::super::broker::start(worker_end, handlers).unwrap();
+
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(1 << 20).unwrap();
+        let c = LunConfig::new(3, 7, img.path());
+        let add = ManageRequest::AddLun(AddLun::from_config(&c, Backing::File));
+        let exchange = |id: u64, req: &ManageRequest, fds: &[std::os::fd::BorrowedFd<'_>]| {
+            let env = Envelope {
+                id,
+                kind: Kind::Request,
+                body: Body::Manage(ManageMsg::Request(req.clone())),
+            };
+            send(&sup, &env, fds).unwrap();
+            let (reply, fds) = recv(&sup).unwrap().unwrap();
+            assert_eq!((reply.id, reply.kind), (id, Kind::Reply));
+            let Body::Manage(ManageMsg::Reply(r)) = reply.body else {
+                panic!("{:?}", reply.body)
+            };
+            r.check(req, fds.len()).unwrap();
+            r
+        };
+        let image = img.reopen().unwrap();
+        assert_eq!(exchange(1, &add, &[image.as_fd()]), ManageReply::Done);
+        drop(image);
+        assert_eq!(backend.bus().lookup(3, 7).unwrap().size(), 1 << 20);
+        let list = ManageRequest::List { after: None };
+        let ManageReply::List { luns, more } = exchange(2, &list, &[]) else {
+            panic!("not a list")
+        };
+        assert_eq!((luns.len(), more), (1, false));
+        assert_eq!(luns[0].address, LunAddress::new(3, 7));
+        let rm = ManageRequest::RemoveLun {
+            address: LunAddress::new(3, 7),
+        };
+        assert_eq!(exchange(3, &rm, &[]), ManageReply::Done);
+        assert!(backend.bus().lookup(3, 7).is_none());
+        // A reply where a request belongs is refused, not obeyed.
+        let env = Envelope {
+            id: 4,
+            kind: Kind::Request,
+            body: Body::Manage(ManageMsg::Reply(ManageReply::Done)),
+        };
+        send(&sup, &env, &[]).unwrap();
+        let (reply, _) = recv(&sup).unwrap().unwrap();
+        assert!(matches!(reply.body, Body::Error { .. }), "{reply:?}");
     }
 
     #[test]
