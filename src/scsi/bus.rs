@@ -152,6 +152,15 @@ impl ScsiBus {
         self.lookup(target, lun).is_some()
     }
 
+    /// One look at the table for a command: `Err(())` when the target does not exist, else its
+    /// LU at `lun` if there is one.
+    #[allow(clippy::result_unit_err)]
+    pub fn find(&self, target: u8, lun: u16) -> Result<Option<Arc<LogicalUnit>>, ()> {
+        let targets = self.read();
+        let luns = targets.get(&target).ok_or(())?;
+        Ok(luns.get(&lun).cloned())
+    }
+
     /// The LU at an address.
     pub fn lookup(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
         self.read().get(&target)?.get(&lun).cloned()
@@ -238,9 +247,26 @@ impl ScsiBus {
         data_in: &DataIn<'a>,
         caller_io: bool,
     ) -> Prepared<'a> {
+        let lu = self.lookup(target, lun);
+        self.prepare_found(lu, target, lun, cdb, data_out, data_in, caller_io)
+    }
+
+    /// [`ScsiBus::prepare`] for a command whose LU the caller looked up already
+    /// ([`ScsiBus::find`]; `None`: no LU at that address).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_found<'a>(
+        &self,
+        lu: Option<Arc<LogicalUnit>>,
+        target: u8,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &DataOut<'a>,
+        data_in: &DataIn<'a>,
+        caller_io: bool,
+    ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
         if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS {
-            if let Some(lu) = self.lookup(target, lun) {
+            if let Some(lu) = lu {
                 let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io);
                 if let Prepared::Io(plan) = &mut prepared {
                     plan.unit = Some(lu);

@@ -388,6 +388,11 @@ impl LogicalUnit {
         Ok((old, new))
     }
 
+    /// MODE PARAMETERS CHANGED for every I_T nexus (the write protection changed at runtime).
+    pub fn mode_parameters_changed(&self) {
+        self.establish_ua(None, Sense::MODE_PARAMETERS_CHANGED);
+    }
+
     /// Makes every completed write durable.
     pub fn flush(&self) -> io::Result<()> {
         if self.read_only() {

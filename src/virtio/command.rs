@@ -152,7 +152,10 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
         }
     };
 
-    let Some(addr) = LunAddress::decode(&req.lun).filter(|a| bus.has_target(a.target)) else {
+    // One look at the bus's table: the target (BAD_TARGET without it) and the LU.
+    let found =
+        LunAddress::decode(&req.lun).and_then(|a| Some((a, bus.find(a.target, a.lun).ok()?)));
+    let Some((addr, lu)) = found else {
         debug!(
             "command {:#04x} for {:02x?}: no such target",
             req.cdb[0], req.lun
@@ -185,7 +188,8 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
     };
     // Checked in place: the request is only moved (boxed) in the rare case that it has to wait
     // for the caller to drain.
-    match bus.prepare(
+    match bus.prepare_found(
+        lu,
         addr.target,
         addr.lun,
         &req.cdb,

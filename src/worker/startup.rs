@@ -22,7 +22,7 @@ use nix::{sys::prctl, unistd};
 
 use super::{
     assemble::{self, OpenedLun},
-    broker,
+    broker, manage,
     serve::{self, ServeOptions},
     vhost_user::ScsiBackend,
 };
@@ -198,9 +198,20 @@ fn worker_main(
     #[cfg(debug_assertions)]
     sandbox::probe::run_in_main();
 
-    // The broker thread, under the filters like every thread. The handle goes to whoever
-    // needs the supervisor at runtime; the thread lives until the process ends.
-    let _broker = match broker::start(broker, broker::Handlers::default()) {
+    // The bus's backend: served over vhost-user, changed at runtime by management requests.
+    let backend = Arc::new(
+        ScsiBackend::new(bus, config.num_queues, config.queue_size)
+            .with_io_config(config.io.clone())
+            .with_rings(rings)
+            .allow_unsealed_memory(config.allow_unsealed_memory),
+    );
+    // The broker thread, under the filters like every thread; it runs the supervisor's
+    // management requests on the bus. The handle goes to whoever needs the supervisor at
+    // runtime; the thread lives until the process ends.
+    let handlers = broker::Handlers {
+        manage: Some(manage::handler(backend.clone())),
+    };
+    let _broker = match broker::start(broker, handlers) {
         Ok(handle) => handle,
         Err(e) => {
             log::error!("cannot start the fd broker thread: {e}");
@@ -209,12 +220,6 @@ fn worker_main(
     };
 
     // Serve.
-    let backend = Arc::new(
-        ScsiBackend::new(bus, config.num_queues, config.queue_size)
-            .with_io_config(config.io.clone())
-            .with_rings(rings)
-            .allow_unsealed_memory(config.allow_unsealed_memory),
-    );
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };

@@ -615,6 +615,57 @@ mod tests {
         assert_eq!(complete(&mut e, 10), -libc::EBADF);
     }
 
+    /// A removed LUN's slot (runtime management): the plan must name the slot, and the slot
+    /// must still hold that very descriptor; once released, the ring no longer keeps the file
+    /// open (closing ours really closes it: its lock goes) and the slot serves nothing, not
+    /// even a new file that got the old descriptor number.
+    #[test]
+    fn a_released_fixed_file_is_closed_and_serves_no_successor() {
+        fn lock(f: &std::fs::File) -> bool {
+            // SAFETY: flock only takes a descriptor and flags.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        }
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(4096).unwrap();
+        let kept = img.reopen().unwrap();
+        let released = img.reopen().unwrap();
+        assert!(lock(&kept) && !lock(&released));
+        let mut a = UringEngine::new(8, &[kept.as_raw_fd()], false).unwrap();
+        let mut b = UringEngine::new(8, &[released.as_raw_fd()], false).unwrap();
+        let (kept_fd, released_fd) = (kept.as_raw_fd(), released.as_raw_fd());
+        assert!(a.accepts(kept_fd, Some(0)));
+        assert!(!a.accepts(kept_fd, None), "runtime LUNs have no slot");
+        assert!(!a.accepts(kept_fd, Some(1)), "the kick slot is no LUN's");
+        assert!(!a.accepts(released_fd, Some(0)), "another descriptor");
+
+        // `b` releases its slot, `a` does not; our descriptors are closed in both cases.
+        b.release_file(0).unwrap();
+        b.release_file(0).unwrap();
+        assert!(!b.accepts(released_fd, Some(0)));
+        drop(kept);
+        let probe = img.reopen().unwrap();
+        assert!(
+            !lock(&probe),
+            "the ring still holds the unreleased file (and its lock)"
+        );
+        a.release_file(0).unwrap();
+        assert!(lock(&probe), "released: the file is closed, its lock gone");
+        // A successor under the old number is not served through the old slot.
+        let successor = img.reopen().unwrap();
+        assert!(!a.accepts(successor.as_raw_fd(), Some(0)));
+        let op = Op {
+            kind: IoKind::Read,
+            fd: successor.as_raw_fd(),
+            fixed: Some(0),
+            iov: std::ptr::null(),
+            iovcnt: 0,
+            offset: 0,
+            user_data: 1,
+        };
+        assert!(!a.push(&op), "pushed onto a released slot");
+        drop(released);
+    }
+
     /// Operations other than ours are refused by the ring itself, fixed file or not: a
     /// compromised thread cannot open a file or make a socket through it.
     #[test]

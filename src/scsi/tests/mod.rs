@@ -5,6 +5,7 @@ mod basic;
 mod fuzz;
 mod inquiry;
 mod io;
+mod live;
 mod mode;
 mod opcodes;
 mod provisioning;
