@@ -575,3 +575,24 @@ fn bad_management_options_fail_before_anything_exists() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     let _ = Path::new(m);
 }
+
+/// `--restart-worker=on-failure`: a worker that dies takes the LUNs added at run time with it
+/// (their files closed and unlocked); the restarted worker serves the configuration's LUNs,
+/// `list` says so, and the LUN can be added again.
+#[test]
+fn a_restarted_worker_serves_the_configured_luns_again() {
+    let m = Managed::start(&["--restart-worker", "on-failure"]);
+    let img = m.image("b.img", 1 << 20);
+    let spec = format!("0:1={}", img.display());
+    m.ctl_json(&["add-lun", "--lun", &spec]);
+    assert_eq!(m.list()["luns"].as_array().unwrap().len(), 2);
+    let worker = worker_of(m.daemon.pid());
+    // SAFETY: kill(2) on the worker of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+    m.wait_for("(restart 1 in the current window)");
+    wait_until("the record to go back to the configuration", || {
+        m.list()["luns"].as_array().unwrap().len() == 1
+    });
+    let again = m.ctl_json(&["add-lun", "--lun", &spec]);
+    assert_eq!(again["lun"], 1);
+}
