@@ -4,6 +4,7 @@
 //! validation live in [`crate::config::cli`] (command line) and [`crate::config::file`] (TOML).
 
 pub mod cli;
+pub mod ctl;
 pub mod error;
 pub mod file;
 pub mod lun;
@@ -203,6 +204,8 @@ pub struct Origins {
     pub listen: String,
     /// The option that gave `--socket-group` (command line or file key); empty without one.
     pub socket_group: String,
+    /// The option that gave `--management-socket`; empty without one.
+    pub management: String,
     /// For each of [`Config::luns`], in the same order: its position among the LUNs as written
     /// (file LUNs first, then `--lun` options) and its origin.
     pub luns: Vec<(usize, String)>,
@@ -241,8 +244,25 @@ pub struct Config {
     pub log: LogConfig,
     /// Privilege separation and confinement.
     pub sandbox: SandboxConfig,
+    /// The management socket (`--management-socket`), if any.
+    pub management: Option<ManagementConfig>,
+    /// Readiness file written once every socket exists and every LUN is open (`--pidfile`).
+    pub pidfile: Option<PathBuf>,
     /// Where each setting was written.
     pub origins: Origins,
+}
+
+/// The runtime management socket (`--management-socket`, `--management-group`, `--image-dir`):
+/// JSON-RPC 2.0 on a unix socket of the supervisor (docs/management.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementConfig {
+    /// Created 0600 (0660 with a group), removed at exit.
+    pub socket: PathBuf,
+    /// Members of this group may use the socket too (checked with SO_PEERCRED/SO_PEERGROUPS).
+    pub group: Option<String>,
+    /// The only directories `add-lun` may open sources and `pr-file`s in (by path); without
+    /// any, a LUN can only be added by passing an open descriptor.
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// How the worker is isolated from the host's file system and namespaces (`--sandbox`).
