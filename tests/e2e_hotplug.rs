@@ -12,6 +12,7 @@
 //! `VUS_E2E_SKIP=1` skips (prints SKIPPED). Serial logs are kept in
 //! `target/e2e-cache/logs/hotplug-*.log`.
 
+#[allow(dead_code, unused_imports)]
 mod common;
 
 use std::{
