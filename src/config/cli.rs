@@ -108,7 +108,8 @@ options override the file. With neither --socket-path nor --fd, systemd socket a
     version,
     about = "vhost-user-scsi device server for QEMU's vhost-user-scsi-pci",
     after_help = LUN_HELP,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 pub struct Args {
     /// `ctl`: talk to a running daemon's management socket instead of serving.
