@@ -146,6 +146,14 @@ impl EventQueue {
         (b.events.len(), b.missed)
     }
 
+    /// Waits for a delivery under way (another thread may be between taking a buffer and
+    /// returning it): the ring is being stopped, and the position reported to the front-end
+    /// must not count a buffer that was taken but not returned. Deliveries after this find
+    /// the ring stopped.
+    pub fn quiesce(&self) {
+        drop(self.lock());
+    }
+
     /// Forgets every pending event (device reset: the guest driver starts over and scans).
     pub fn clear(&self) {
         *self.lock() = Backlog::default();

@@ -488,6 +488,8 @@ impl VhostUserBackend for ScsiBackend {
                 }
             }
             None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control_busy)),
+            // The broker thread may be delivering an event into it right now.
+            None if queue_index as usize == EVENT_QUEUE => self.events.quiesce(),
             None => {}
         }
         Ok(())
