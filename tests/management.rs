@@ -573,5 +573,52 @@ fn bad_management_options_fail_before_anything_exists() {
         "vhost-user-scsi: error: --image-dir needs --management-socket (or management-socket in --config)"
     );
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
-    let _ = Path::new(m);
+}
+
+/// `--restart-worker=on-failure`: a worker that dies takes the LUNs added at run time with it
+/// (their files closed and unlocked); the restarted worker serves the configuration's LUNs,
+/// `list` says so, and the LUN can be added again.
+#[test]
+fn a_restarted_worker_serves_the_configured_luns_again() {
+    let m = Managed::start(&["--restart-worker", "on-failure"]);
+    let img = m.image("b.img", 1 << 20);
+    let spec = format!("0:1={}", img.display());
+    m.ctl_json(&["add-lun", "--lun", &spec]);
+    assert_eq!(m.list()["luns"].as_array().unwrap().len(), 2);
+    let worker = worker_of(m.daemon.pid());
+    // SAFETY: kill(2) on the worker of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+    m.wait_for("(restart 1 in the current window)");
+    wait_until("the record to go back to the configuration", || {
+        m.list()["luns"].as_array().unwrap().len() == 1
+    });
+    let again = m.ctl_json(&["add-lun", "--lun", &spec]);
+    assert_eq!(again["lun"], 1);
+}
+
+/// `size=` and `pr-file=` work at run time as at start-up: the confined supervisor creates
+/// both in the image directory (mode 0600), then serves the new image.
+#[test]
+fn add_lun_creates_size_images_and_pr_files_in_the_image_dir() {
+    let m = Managed::start(&[]);
+    let img = m.images.join("new.img");
+    let pr = m.images.join("new.pr");
+    let spec = format!("0:5={},size=8M,pr-file={}", img.display(), pr.display());
+    let added = m.ctl_json(&["add-lun", "--lun", &spec]);
+    assert_eq!(added["size"], 8 << 20);
+    for p in [&img, &pr] {
+        let meta = std::fs::metadata(p).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o600, "{}", p.display());
+    }
+    assert_eq!(m.list()["luns"][1]["pr-file"], pr.display().to_string());
+    // A pr-file outside the image directories is refused like a source.
+    let other = m.image("other.img", 1 << 20);
+    let out = m.ctl(&[
+        "add-lun",
+        "--lun",
+        &format!("0:6={},pr-file=/tmp/vus-mgmt-test.pr", other.display()),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(code -32003)"));
+    assert!(!Path::new("/tmp/vus-mgmt-test.pr").exists());
 }

@@ -108,7 +108,8 @@ options override the file. With neither --socket-path nor --fd, systemd socket a
     version,
     about = "vhost-user-scsi device server for QEMU's vhost-user-scsi-pci",
     after_help = LUN_HELP,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 pub struct Args {
     /// `ctl`: talk to a running daemon's management socket instead of serving.
@@ -1189,6 +1190,128 @@ mod tests {
         assert_eq!(c.origins.luns, [(0, format!("--lun {img}"))]);
         // Nothing was created.
         assert!(!Path::new(&sock).exists());
+    }
+
+    #[test]
+    fn management_options_from_both_places() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 1 << 20);
+        let sock = f.sock();
+        let c = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &img,
+            "--management-socket",
+            &f.path("m.sock").display().to_string(),
+            "--image-dir",
+            &f.dir.path().display().to_string(),
+            "--pidfile",
+            &f.path("p.pid").display().to_string(),
+        ]);
+        let m = c.management.expect("management");
+        assert_eq!(m.socket, f.path("m.sock"));
+        assert_eq!(m.image_dirs, [f.dir.path().to_owned()]);
+        assert_eq!(m.group, None);
+        assert_eq!(c.pidfile, Some(f.path("p.pid")));
+        assert_eq!(c.origins.management, "--management-socket");
+        // The file's keys, relative to its directory; --image-dir adds to its list.
+        std::fs::create_dir(f.path("imgs")).unwrap();
+        let file = f.write(
+            "v.toml",
+            "management-socket = \"m2.sock\"\nimage-dir = [\"imgs\"]\npidfile = \"v.pid\"\n",
+        );
+        let c = serve(&["--socket-path", &sock, "--lun", &img, "--config", &file]);
+        let m = c.management.unwrap();
+        assert_eq!(m.socket, f.path("m2.sock"));
+        assert_eq!(m.image_dirs, [f.path("imgs")]);
+        assert_eq!(c.pidfile, Some(f.path("v.pid")));
+        assert!(c.origins.management.ends_with("management-socket"));
+        // Options that need the socket, and the same path twice.
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &img,
+                "--management-group",
+                "x"
+            ]),
+            "--management-group needs --management-socket (or management-socket in --config)"
+        );
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &img,
+                "--management-socket",
+                &sock
+            ]),
+            "--socket-path and --management-socket (the same path) cannot be used together"
+        );
+    }
+
+    #[test]
+    fn ctl_is_a_subcommand() {
+        let c = parse_from([
+            "vhost-user-scsi",
+            "ctl",
+            "--management-socket",
+            "/m",
+            "list",
+        ])
+        .unwrap();
+        let Command::Ctl(args) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(args.management_socket, PathBuf::from("/m"));
+        assert_eq!(args.command, super::super::ctl::CtlCommand::List);
+        let c = parse_from([
+            "vhost-user-scsi",
+            "ctl",
+            "--management-socket",
+            "/m",
+            "--json",
+            "set-readonly",
+            "1:2",
+            "off",
+        ])
+        .unwrap();
+        let Command::Ctl(args) = c else { panic!() };
+        assert!(args.json);
+        assert!(matches!(
+            args.command,
+            super::super::ctl::CtlCommand::SetReadonly {
+                read_only: false,
+                ..
+            }
+        ));
+        for bad in [
+            &["vhost-user-scsi", "ctl", "list"][..],
+            &[
+                "vhost-user-scsi",
+                "ctl",
+                "--management-socket",
+                "/m",
+                "resize",
+                "x",
+            ],
+            &[
+                "vhost-user-scsi",
+                "--num-queues",
+                "2",
+                "ctl",
+                "--management-socket",
+                "/m",
+                "list",
+            ],
+        ] {
+            assert!(
+                matches!(parse_from(bad.iter().copied()), Err(CliError::Usage(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::{MAX_LUN, MAX_TARGET};
 
 /// `vhost-user-scsi ctl ...`.
 #[derive(ClapArgs, Debug, Clone, PartialEq, Eq)]
+#[command(disable_help_subcommand = true)]
 pub struct CtlArgs {
     /// The daemon's management socket (its --management-socket).
     #[arg(long, value_name = "PATH")]
@@ -21,7 +22,7 @@ pub struct CtlArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Seconds to wait for the answer [default: 30].
+    /// Seconds to wait for the answer.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub timeout: u64,
 
@@ -61,7 +62,7 @@ pub enum CtlCommand {
     SetReadonly {
         #[arg(value_name = "TARGET:LUN", value_parser = parse_address)]
         address: Address,
-        #[arg(value_name = "on|off", value_parser = parse_on_off)]
+        #[arg(value_name = "on|off", value_parser = parse_on_off, action = clap::ArgAction::Set)]
         read_only: bool,
     },
     /// Write a LUN's cached data to stable storage.

@@ -131,8 +131,9 @@ impl Table {
                     "phys-block-size": c.phys_block_size.unwrap_or(c.block_size.bytes()),
                     "cache": match c.cache { CacheMode::None => "none", CacheMode::Writeback => "writeback" },
                     "discard": c.discard,
-                    "serial": c.serial,
-                    "wwn": c.wwn.map(|w| format!("0x{w:016x}")),
+                    // What the guest sees: the configured identities or the derived defaults.
+                    "serial": c.serial.clone().unwrap_or_else(|| c.default_serial()),
+                    "wwn": format!("0x{:016x}", c.wwn.unwrap_or_else(|| c.default_wwn())),
                     "pr-file": c.pr_file.as_ref().map(|p| p.display().to_string()),
                     "state": e.state.name(),
                     "origin": if e.runtime { "add-lun" } else { "configuration" },

@@ -57,6 +57,8 @@ pub const MAX_CLIENTS: usize = 16;
 const MAX_CALLS_PER_CLIENT: usize = 8;
 /// Descriptors a client may have passed and not yet used.
 const MAX_PASSED_FDS: usize = 4;
+/// Reads of 8 KiB from one client per wake-up.
+const READ_BATCH: usize = 16;
 /// Answers not yet read by a client; past this the client is dropped.
 const MAX_OUTPUT: usize = 16 << 20;
 /// Descriptors the server may hold besides the listener: clients, passed descriptors, LUNs
@@ -125,10 +127,15 @@ impl Client {
         }
     }
 
-    /// Reads what is there (bytes and passed descriptors).
+    /// Reads what is there (bytes and passed descriptors), at most [`READ_BATCH`] reads per
+    /// wake-up: a client that keeps writing cannot hold the supervisor in this loop, nor queue
+    /// more lines than one batch holds.
     fn receive(&mut self) {
         let mut buf = [0u8; 8192];
-        loop {
+        for _ in 0..READ_BATCH {
+            if self.eof || self.dead {
+                return;
+            }
             let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; MAX_PASSED_FDS]);
             let (n, fds, truncated) = {
                 let mut iov = [IoSliceMut::new(&mut buf)];
@@ -289,14 +296,21 @@ impl Server {
         self.table.luns.values()
     }
 
-    /// Descriptors to poll: the listener, then each client (reading, and writing while it has
-    /// unsent answers).
+    /// Whether client `c` is polled: not once it hung up with nothing left to send (a closed
+    /// socket reports POLLHUP whatever is asked, and its calls may still be with the worker:
+    /// polling it would spin until they come back).
+    fn polled(c: &Client) -> bool {
+        !c.eof || !c.out.is_empty()
+    }
+
+    /// Descriptors to poll: the listener, then each client [`Self::polled`] (reading, and
+    /// writing while it has unsent answers).
     pub fn poll_fds(&self) -> Vec<PollFd<'_>> {
         let mut fds = vec![PollFd::new(
             self.listener.as_unix_listener().as_fd(),
             PollFlags::POLLIN,
         )];
-        for c in &self.clients {
+        for c in self.clients.iter().filter(|c| Self::polled(c)) {
             let mut ev = PollFlags::empty();
             if !c.eof {
                 ev |= PollFlags::POLLIN;
@@ -309,18 +323,20 @@ impl Server {
         fds
     }
 
-    /// Handles what `poll` reported for [`Self::poll_fds`] (same order).
+    /// Handles what `poll` reported for [`Self::poll_fds`] (same order; nothing may change
+    /// the clients in between).
     pub fn on_poll(&mut self, revents: &[PollFlags], link: &mut dyn WorkerLink) {
-        let ready = |i: usize| revents.get(i).is_some_and(|r| !r.is_empty());
-        // Clients first (the listener's new ones are not in `revents` yet).
-        for i in 0..self.clients.len() {
-            if ready(i + 1) {
+        let polled: Vec<usize> = (0..self.clients.len())
+            .filter(|&i| Self::polled(&self.clients[i]))
+            .collect();
+        for (slot, i) in polled.into_iter().enumerate() {
+            if revents.get(slot + 1).is_some_and(|r| !r.is_empty()) {
                 self.clients[i].receive();
                 self.serve_lines(i, link);
                 self.clients[i].flush();
             }
         }
-        if ready(0) {
+        if revents.first().is_some_and(|r| !r.is_empty()) {
             self.accept();
         }
         self.reap();
