@@ -248,11 +248,14 @@ impl ScsiBus {
         caller_io: bool,
     ) -> Prepared<'a> {
         let lu = self.lookup(target, lun);
-        self.prepare_found(lu, target, lun, cdb, data_out, data_in, caller_io)
+        let now = Instant::now();
+        self.prepare_found(lu, target, lun, cdb, data_out, data_in, caller_io, now)
     }
 
     /// [`ScsiBus::prepare`] for a command whose LU the caller looked up already
-    /// ([`ScsiBus::find`]; `None`: no LU at that address).
+    /// ([`ScsiBus::find`]; `None`: no LU at that address) and that arrived at `arrived` (its
+    /// latency counts from there; a queue reads the clock once for the chains it pops
+    /// together).
     #[allow(clippy::too_many_arguments)]
     pub fn prepare_found<'a>(
         &self,
@@ -263,11 +266,12 @@ impl ScsiBus {
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
         caller_io: bool,
+        arrived: Instant,
     ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
         if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS {
             if let Some(lu) = lu {
-                let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io);
+                let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io, arrived);
                 if let Prepared::Io(plan) = &mut prepared {
                     plan.unit = Some(lu);
                 }
@@ -292,8 +296,20 @@ impl ScsiBus {
         meta: IoMeta,
         result: io::Result<()>,
     ) -> CmdOutput {
+        self.complete_at(unit, meta, result, Instant::now())
+    }
+
+    /// [`ScsiBus::complete`] for an operation that finished at `now` (one clock reading for a
+    /// batch of completions).
+    pub fn complete_at(
+        &self,
+        unit: Option<&LogicalUnit>,
+        meta: IoMeta,
+        result: io::Result<()>,
+        now: Instant,
+    ) -> CmdOutput {
         match unit {
-            Some(lu) => lu.finish_io(meta, result),
+            Some(lu) => lu.finish_io(meta, result, now),
             None => CmdOutput::check_condition(Sense::LUN_NOT_SUPPORTED),
         }
     }

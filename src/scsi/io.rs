@@ -279,10 +279,16 @@ impl LogicalUnit {
 
     /// The answer to a command prepared by [`LogicalUnit::prepare`] whose backend operation
     /// finished with `result`, counted in the statistics.
-    pub(crate) fn finish_io(&self, meta: IoMeta, result: std::io::Result<()>) -> CmdOutput {
+    /// `now`: when the operation finished (one reading serves a batch of completions).
+    pub(crate) fn finish_io(
+        &self,
+        meta: IoMeta,
+        result: std::io::Result<()>,
+        now: Instant,
+    ) -> CmdOutput {
         let out = self.complete_io(meta, result);
         if let Some(start) = meta.start {
-            self.record(meta.opcode, &out, start);
+            self.record(meta.opcode, &out, start, now);
         }
         out
     }
@@ -372,12 +378,12 @@ impl LogicalUnit {
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
         caller_io: bool,
+        arrived: Instant,
     ) -> Prepared<'a> {
-        let start = Instant::now();
         let mut prepared = self.prepare_unrecorded(cdb, data_out, data_in, caller_io);
         match &mut prepared {
-            Prepared::Done(out) => self.record(cdb.opcode(), out, start),
-            Prepared::Io(plan) => plan.meta.start = Some(start),
+            Prepared::Done(out) => self.record(cdb.opcode(), out, arrived, Instant::now()),
+            Prepared::Io(plan) => plan.meta.start = Some(arrived),
             Prepared::DrainFirst => {}
         }
         prepared
@@ -497,14 +503,14 @@ mod tests {
             c[13] = 1;
             let cdb = Cdb::new(&c);
             assert!(matches!(
-                lu.prepare(&cdb, &out, &none, true),
+                lu.prepare(&cdb, &out, &none, true, Instant::now()),
                 Prepared::DrainFirst
             ));
         }
 
         let exclusive = lu.exclusive_write().unwrap();
         assert!(matches!(
-            lu.prepare(&write, &out, &none, true),
+            lu.prepare(&write, &out, &none, true, Instant::now()),
             Prepared::DrainFirst
         ));
         assert_eq!(lu.gate.writes_in_flight(), 0);
@@ -515,7 +521,7 @@ mod tests {
                 let mut buf = vec![0u8; 1024];
                 let mut out = SgList::new();
                 out.push(VolatileSlice::from(&mut buf[..]));
-                match lu.prepare(&write, &out, &SgList::new(), false) {
+                match lu.prepare(&write, &out, &SgList::new(), false, Instant::now()) {
                     Prepared::Io(plan) => plan.write.is_some(),
                     _ => false,
                 }
@@ -532,7 +538,7 @@ mod tests {
         assert_eq!(lu.gate.writes_in_flight(), 0);
 
         // No exclusive holder: planned at once, even with I/O in flight.
-        match lu.prepare(&write, &out, &none, true) {
+        match lu.prepare(&write, &out, &none, true, Instant::now()) {
             Prepared::Io(plan) => {
                 assert!(plan.write.is_some());
                 assert_eq!(lu.gate.writes_in_flight(), 1);

@@ -406,13 +406,13 @@ impl LogicalUnit {
         self.counters.snapshot()
     }
 
-    /// Counts a finished command.
-    pub(super) fn record(&self, op: u8, out: &CmdOutput, start: Instant) {
+    /// Counts a command that arrived at `start` and finished at `end`.
+    pub(super) fn record(&self, op: u8, out: &CmdOutput, start: Instant, end: Instant) {
         self.counters.record(
             OpClass::of(op),
             u64::from(out.transferred),
             out.status != super::status::GOOD,
-            start.elapsed(),
+            end.saturating_duration_since(start),
         );
     }
 
@@ -597,7 +597,7 @@ impl LogicalUnit {
                 .dispatch(nexus, cdb, data_out, data_in)
                 .unwrap_or_else(|sense| self.check_condition(sense)),
         };
-        self.record(cdb.opcode(), &out, start);
+        self.record(cdb.opcode(), &out, start, Instant::now());
         out
     }
 

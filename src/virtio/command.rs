@@ -1,5 +1,7 @@
 //! Request queues: one virtio-scsi command per chain, executed against the [`ScsiBus`].
 
+use std::time::Instant;
+
 use log::{debug, warn};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
@@ -14,7 +16,7 @@ use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 /// Executes the command in one request chain; returns the used length (response header plus
 /// data-in bytes written).
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
-    match start_command(bus, chain, false) {
+    match start_command(bus, chain, false, Instant::now()) {
         Started::Done(used) => used,
         Started::Io(io) => io.run_inline(bus),
         // Not answered to a caller without I/O in flight.
@@ -31,19 +33,23 @@ pub struct Command<'a> {
     data_in: SgList<'a>,
     response: SgList<'a>,
     reply: ReplyShape,
+    /// When it was popped (its latency counts from there).
+    arrived: Instant,
 }
 
 impl<'a> Command<'a> {
     /// Checks the command and runs it, or plans its I/O. `caller_io`: the caller still has I/O
     /// of its own in flight (see [`ScsiBus::prepare`]).
     pub fn start(self: Box<Self>, bus: &ScsiBus, caller_io: bool) -> Started<'a> {
-        match bus.prepare(
+        match bus.prepare_found(
+            bus.lookup(self.target, self.lun),
             self.target,
             self.lun,
             &self.cdb,
             &self.data_out,
             &self.data_in,
             caller_io,
+            self.arrived,
         ) {
             Prepared::Done(out) => Started::Done(self.reply.respond(&out, &self.response)),
             Prepared::Io(plan) => Started::Io(PendingIo {
@@ -137,8 +143,13 @@ pub enum Started<'a> {
 /// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
 /// [`Started::Io`], everything else is executed and answered now. `caller_io`: the caller
 /// still has I/O of its own in flight; a command that would wait for it comes back as
-/// [`Started::DrainFirst`] (see [`ScsiBus::prepare`]).
-pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) -> Started<'a> {
+/// [`Started::DrainFirst`] (see [`ScsiBus::prepare`]). `arrived`: when the chain was popped.
+pub fn start_command<'a>(
+    bus: &ScsiBus,
+    chain: SplitChain<'a>,
+    caller_io: bool,
+    arrived: Instant,
+) -> Started<'a> {
     let req = match parse_cmd_request(chain) {
         Ok(req) => req,
         Err((e @ RequestError::ShortRequestHeader(_), Some(response))) => {
@@ -196,6 +207,7 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
         &req.data_out,
         &req.data_in,
         caller_io,
+        arrived,
     ) {
         Prepared::Done(out) => Started::Done(reply.respond(&out, &req.response)),
         Prepared::Io(plan) => Started::Io(PendingIo {
@@ -213,6 +225,7 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
             data_in: req.data_in,
             response: req.response,
             reply,
+            arrived,
         })),
     }
 }

@@ -146,6 +146,14 @@ impl EventQueue {
         (b.events.len(), b.missed)
     }
 
+    /// Waits for a delivery under way (another thread may be between taking a buffer and
+    /// returning it): the ring is being stopped, and the position reported to the front-end
+    /// must not count a buffer that was taken but not returned. Deliveries after this find
+    /// the ring stopped.
+    pub fn quiesce(&self) {
+        drop(self.lock());
+    }
+
     /// Forgets every pending event (device reset: the guest driver starts over and scans).
     pub fn clear(&self) {
         *self.lock() = Backlog::default();
@@ -313,21 +321,12 @@ mod tests {
         assert_eq!(event_at(&ring, bufs[1].1).0, VIRTIO_SCSI_T_TRANSPORT_RESET);
         assert_eq!(q.pending(), (0, false));
 
-        // Missed with nothing else to say: NO_EVENT | EVENTS_MISSED.
+        // A device reset forgets the backlog and the loss (the driver scans anyway).
         for l in 0..=MAX_BACKLOG as u16 {
             q.raise(Event::lun_added(lun(l)));
         }
         q.clear();
         assert_eq!(q.pending(), (0, false));
-        for l in 0..=MAX_BACKLOG as u16 {
-            q.raise(Event::lun_added(lun(l)));
-        }
-        // Deliver the kept ones into new buffers, leaving "missed" pending alone.
-        let _ = ring.take_used();
-        let more = post(&mut ring, MAX_BACKLOG - 2, EVENT_SIZE as u32);
-        assert_eq!(deliver(&q, &ring).used, MAX_BACKLOG);
-        assert!(!q.pending().1);
-        drop(more);
     }
 
     #[test]

@@ -473,10 +473,12 @@ impl QueueWorker {
         let mut used_any = false;
         let mut drain_error = None;
         let mut chains = std::mem::take(&mut self.chains);
+        // One clock reading for the chains popped together: they were all waiting by now.
+        let arrived = Instant::now();
         for chain in chains.drain(..) {
             let head = chain.head_index();
             let mut started = match split_chain(mem, chain) {
-                Ok(split) => Ok(start_command(bus, split, self.inflight > 0)),
+                Ok(split) => Ok(start_command(bus, split, self.inflight > 0, arrived)),
                 Err(e) => Err(e),
             };
             if let Ok(Started::DrainFirst(command)) = started {
@@ -632,6 +634,8 @@ impl QueueWorker {
         // front-end removed the memory holding it): one lost here would stay "in flight" for
         // ever and hold up the teardown. The first such error is reported after the loop.
         let mut ring_error = None;
+        // One clock reading for the completions reaped together.
+        let now = Instant::now();
         for &(user_data, res) in &done {
             let index = user_data as usize;
             let Some(slot) = self.slots.get_mut(index).filter(|s| s.mem.is_some()) else {
@@ -639,7 +643,7 @@ impl QueueWorker {
                 continue;
             };
             let result = io_result(slot, res);
-            let out = bus.complete(slot.unit.as_deref(), slot.meta, result);
+            let out = bus.complete_at(slot.unit.as_deref(), slot.meta, result, now);
             let used = slot
                 .reply
                 .respond_with(&out, |header| write_raw(&slot.response, header));

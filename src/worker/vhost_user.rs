@@ -488,6 +488,8 @@ impl VhostUserBackend for ScsiBackend {
                 }
             }
             None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control_busy)),
+            // The broker thread may be delivering an event into it right now.
+            None if queue_index as usize == EVENT_QUEUE => self.events.quiesce(),
             None => {}
         }
         Ok(())
@@ -673,7 +675,24 @@ impl VringT<GuestMemory> for ScsiVring {
         self.0.set_queue_ready(ready)
     }
     fn set_kick(&self, file: Option<File>) {
-        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"))
+        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"));
+        // One kick of our own: the queue's thread looks at the ring once it is registered,
+        // whatever the guest does. After a reconnection the guest's event buffers are already
+        // posted and it will not kick for them again; this is when we learn the new event
+        // queue and deliver the events raised meanwhile. (A look at any other ring finds what
+        // a kick would have found: nothing, or requests to serve.)
+        if let Some(kick) = self.0.get_ref().get_kick() {
+            let one = 1u64;
+            // SAFETY: writes the 8 bytes of `one` to the kick eventfd the vring holds.
+            let ret = unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            if ret < 0 {
+                let e = io::Error::last_os_error();
+                // A full counter: the ring is kicked already.
+                if !would_block(&e) {
+                    warn!("cannot kick the new kick fd: {e}");
+                }
+            }
+        }
     }
     fn read_kick(&self) -> io::Result<bool> {
         match self.0.read_kick() {
@@ -721,6 +740,20 @@ mod tests {
 
     fn open_fds() -> usize {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// A new kick fd is kicked once by us: after a reconnection, the event queue's thread must
+    /// look at buffers the guest posted before (and will not kick for again).
+    #[test]
+    fn a_new_kick_fd_is_kicked_once() {
+        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+        let vring = ScsiVring::new(GuestMemoryAtomic::new(GuestMemoryMmap::new()), 16).unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        // SAFETY: a duplicate of an eventfd we own, handed over as the vring's own.
+        let file = unsafe { File::from_raw_fd(libc::dup(kick.as_raw_fd())) };
+        vring.set_kick(Some(file));
+        assert_eq!(kick.read().unwrap(), 1);
+        assert!(kick.read().is_err(), "kicked more than once");
     }
 
     /// Regression (fuzz/vhost_user: EMFILE after ~6600 connections; fixed with issue 19):
