@@ -13,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use log::{info, warn};
+use log::info;
 
 /// Why readiness could not be announced.
 #[derive(Debug, thiserror::Error)]
@@ -128,14 +128,7 @@ impl Readiness {
 impl Drop for Readiness {
     fn drop(&mut self) {
         if let Some((path, dev, ino)) = &self.pidfile {
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if m.dev() == *dev && m.ino() == *ino => {
-                    if let Err(e) = std::fs::remove_file(path) {
-                        warn!("cannot remove {}: {e}", path.display());
-                    }
-                }
-                _ => {}
-            }
+            super::listener::remove_if_ours(path, *dev, *ino, "pid file");
         }
     }
 }

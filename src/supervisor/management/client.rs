@@ -5,11 +5,10 @@
 //! could not be asked (no socket, refused, no answer in time).
 
 use std::{
-    fs::OpenOptions,
     io::{self, BufRead, BufReader, IoSlice},
     os::{
         fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
-        unix::{fs::OpenOptionsExt, net::UnixStream},
+        unix::net::UnixStream,
     },
     process::ExitCode,
     time::Duration,
@@ -98,26 +97,17 @@ fn dup_inherited(fd: RawFd) -> Result<OwnedFd, CtlError> {
     Ok(fd.try_clone_to_owned()?)
 }
 
-/// `--pass-fd`: opens the SPEC's source with this client's permissions, read-only or read-write
-/// (and `O_DIRECT` for `cache=none`) as the SPEC says.
+/// `--pass-fd`: opens the SPEC's source with this client's permissions, the way the daemon
+/// would open it (read-only or read-write, `O_DIRECT` for `cache=none`).
 fn open_here(spec: &str) -> Result<OwnedFd, CtlError> {
     let lun = parse_lun(spec).map_err(|e| CtlError::Spec {
         spec: spec.to_owned(),
         message: e.to_string(),
     })?;
-    let c = lun.config;
-    let mut flags = libc::O_CLOEXEC | libc::O_NOCTTY;
-    if c.cache == crate::config::CacheMode::None {
-        flags |= libc::O_DIRECT;
-    }
-    OpenOptions::new()
-        .read(true)
-        .write(!c.read_only)
-        .custom_flags(flags)
-        .open(&c.source)
+    crate::supervisor::open::open_file(&lun.config)
         .map(OwnedFd::from)
         .map_err(|error| CtlError::OpenSource {
-            path: c.source.display().to_string(),
+            path: lun.config.source.display().to_string(),
             error,
         })
 }
