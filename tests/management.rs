@@ -622,3 +622,33 @@ fn add_lun_creates_size_images_and_pr_files_in_the_image_dir() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("(code -32003)"));
     assert!(!Path::new("/tmp/vus-mgmt-test.pr").exists());
 }
+
+/// The worker sends statistics in pages (16 LUNs at most): with 40 LUNs the supervisor
+/// gathers every page before it answers, in address order. `null://` LUNs open nothing.
+#[test]
+fn stats_of_many_luns_come_in_pages() {
+    let m = Managed::start(&[]);
+    let mut c = m.connect();
+    for lun in 1..40 {
+        let a = c.call("add-lun", json!({ "spec": format!("2:{lun}=null://1M") }));
+        assert_eq!(a["result"]["lun"], lun, "{a}");
+    }
+    let a = c.call("stats", json!({}));
+    let luns = a["result"]["luns"].as_array().unwrap();
+    assert_eq!(luns.len(), 40, "{a}");
+    let addresses: Vec<(u64, u64)> = luns
+        .iter()
+        .map(|l| (l["target"].as_u64().unwrap(), l["lun"].as_u64().unwrap()))
+        .collect();
+    let mut sorted = addresses.clone();
+    sorted.sort();
+    assert_eq!(addresses, sorted);
+    let text = c.call("stats", json!({"format": "prometheus"}));
+    let text = text["result"]["text"].as_str().unwrap();
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("vhost_user_scsi_lun_in_flight{"))
+            .count(),
+        40
+    );
+}

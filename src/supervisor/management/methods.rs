@@ -325,6 +325,16 @@ pub fn allowed_path(path: &Path, dirs: &[PathBuf], what: &str) -> Result<PathBuf
             path.display()
         )));
     }
+    let cannot = |e: std::io::Error| {
+        RpcError::new(
+            code::CANNOT_OPEN,
+            format!(
+                "{what} {}: {}",
+                path.display(),
+                crate::config::error::io_msg(&e)
+            ),
+        )
+    };
     // A file that does not exist yet (a pr-file, a size= image): its directory's real path.
     let real = match std::fs::canonicalize(path) {
         Ok(p) => p,
@@ -335,30 +345,9 @@ pub fn allowed_path(path: &Path, dirs: &[PathBuf], what: &str) -> Result<PathBuf
                     path.display()
                 )));
             };
-            match std::fs::canonicalize(parent) {
-                Ok(p) => p.join(name),
-                Err(e) => {
-                    return Err(RpcError::new(
-                        code::CANNOT_OPEN,
-                        format!(
-                            "{what} {}: {}",
-                            path.display(),
-                            crate::config::error::io_msg(&e)
-                        ),
-                    ))
-                }
-            }
+            std::fs::canonicalize(parent).map_err(cannot)?.join(name)
         }
-        Err(e) => {
-            return Err(RpcError::new(
-                code::CANNOT_OPEN,
-                format!(
-                    "{what} {}: {}",
-                    path.display(),
-                    crate::config::error::io_msg(&e)
-                ),
-            ))
-        }
+        Err(e) => return Err(cannot(e)),
     };
     if dirs.iter().any(|d| real.starts_with(d) && real != *d) {
         Ok(real)

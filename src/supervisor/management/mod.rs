@@ -528,54 +528,29 @@ impl Server {
             link::Answer::Done(v) => (Ok(v), w),
             link::Answer::Failed(e) => (Err(e), w),
             link::Answer::More { page, next } => {
-                let Waiting {
-                    client,
-                    id,
-                    method,
-                    caller,
-                    call,
-                    then,
-                } = w;
-                let Then::Stats {
-                    prometheus,
-                    mut pages,
-                } = then
-                else {
-                    let w = Waiting {
-                        client,
-                        id,
-                        method,
-                        caller,
-                        call,
-                        then,
-                    };
-                    let e = RpcError::new(code::WORKER, "a statistics page for another call");
-                    return self.complete(w, Err(e));
-                };
-                pages.extend(page);
-                let w = Waiting {
-                    client,
-                    id,
-                    method,
-                    caller,
-                    call: WorkerCall::Stats {
+                let mut w = w;
+                if let Then::Stats { pages, .. } = &mut w.then {
+                    pages.extend(page);
+                    w.call = WorkerCall::Stats {
                         address: None,
                         after: Some(next),
-                    },
-                    then: Then::Stats { prometheus, pages },
-                };
-                match link.send(&w.call, &[]) {
-                    Ok(next_id) => {
-                        self.waiting.insert(next_id, w);
-                        return;
+                    };
+                    match link.send(&w.call, &[]) {
+                        Ok(next_id) => {
+                            self.waiting.insert(next_id, w);
+                            return;
+                        }
+                        Err(e) => (
+                            Err(RpcError::new(
+                                code::WORKER,
+                                format!("cannot reach the worker: {e}"),
+                            )),
+                            w,
+                        ),
                     }
-                    Err(e) => (
-                        Err(RpcError::new(
-                            code::WORKER,
-                            format!("cannot reach the worker: {e}"),
-                        )),
-                        w,
-                    ),
+                } else {
+                    let e = RpcError::new(code::WORKER, "a statistics page for another call");
+                    (Err(e), w)
                 }
             }
         };
