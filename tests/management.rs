@@ -652,3 +652,64 @@ fn stats_of_many_luns_come_in_pages() {
         40
     );
 }
+
+/// `ctl add-lun --fd N` passes a descriptor the client inherited (how a management tool that
+/// opened the image, like libvirt, hands it over); a read-only one for a writable LUN is
+/// refused with the reason, and nothing is added.
+#[test]
+fn add_lun_from_an_inherited_descriptor() {
+    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    let m = Managed::start(&[]);
+    let outside = tempfile::tempdir().unwrap();
+    let path = outside.path().join("inherited.img");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let run = |file: std::fs::File, spec: &str| {
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["ctl", "--management-socket"])
+            .arg(&m.socket)
+            .args(["add-lun", "--lun", spec, "--fd", &fd.to_string()]);
+        // SAFETY: only dup2 (async-signal-safe) between fork and exec, onto the same number,
+        // which clears FD_CLOEXEC for the child alone.
+        unsafe {
+            cmd.pre_exec(move || {
+                let tmp = libc::dup(fd);
+                if tmp < 0 || libc::dup2(tmp, fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(tmp);
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        drop(file);
+        out
+    };
+    let out = run(std::fs::File::open(&path).unwrap(), "0:7=inherited");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not open read-write") && err.contains("-32002"),
+        "{err}"
+    );
+    assert_eq!(m.list()["luns"].as_array().unwrap().len(), 1);
+    let rw = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let out = run(rw, "0:7=inherited");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = &m.list()["luns"][1];
+    assert_eq!(
+        (l["source"].clone(), l["passed-fd"].clone()),
+        (json!("inherited"), json!(true))
+    );
+}
