@@ -167,7 +167,8 @@ fn dir_of(p: &std::path::Path) -> &std::path::Path {
 /// (to signal a worker running as another user; with `--image-dir` also CAP_DAC_OVERRIDE and
 /// CAP_DAC_READ_SEARCH, for `add-lun` to open images owned by others there, as at start-up),
 /// no_new_privs, Landlock (removing its socket files and pid file; reading, writing and
-/// creating files under the `--image-dir`s only) and the `supervisor` seccomp role.
+/// creating files under the `--image-dir`s only) and the `supervisor` seccomp role
+/// (`supervisor-management` when it serves a management socket).
 fn confine_self(
     config: &Config,
     res: &Resources,
