@@ -214,11 +214,11 @@ pub(crate) fn open_pr_path(path: &Path, create: bool) -> Result<File, OwnOpenErr
 }
 
 /// Opens, locks (exclusively) and sizes `lun.pr_file`, if any, waiting at most `grace` for its
-/// lock; also returns a second descriptor of the file (for passing it on).
+/// lock.
 fn open_pr_file_within(
     lun: &LunConfig,
     grace: std::time::Duration,
-) -> Result<Option<(PrFile, File)>, OpenError> {
+) -> Result<Option<PrFile>, OpenError> {
     let Some(path) = &lun.pr_file else {
         return Ok(None);
     };
@@ -260,13 +260,12 @@ fn open_pr_file_within(
     if meta.len() < PR_FILE_SIZE {
         file.set_len(PR_FILE_SIZE).map_err(error)?;
     }
-    let copy = file.try_clone().map_err(error)?;
     let backend = FileBackend::new(file, false).map_err(error)?;
     log::info!(
         "LUN {target}:{lun_no}: persistent reservations kept in {}",
         path.display()
     );
-    Ok(Some((PrFile(Arc::new(backend)), copy)))
+    Ok(Some(PrFile(Arc::new(backend))))
 }
 
 /// How long a lock held by someone else may take to go away before the image counts as in use.
@@ -370,7 +369,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
 }
 
 fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
-    open_lun(lun, None, LOCK_GRACE).map(|o| o.lun)
+    open_lun(lun, None, LOCK_GRACE)
 }
 
 /// A LUN opened at run time (`add-lun`): the LUN, and second descriptors of its files (the
@@ -386,7 +385,27 @@ pub struct RuntimeLun {
 /// descriptor a management client passed (`lun.source` is then only its name). Locks without
 /// waiting for another holder: the supervisor's loop must not stall on a busy image.
 pub fn open_runtime(lun: &LunConfig, file: Option<File>) -> Result<RuntimeLun, OpenError> {
-    open_lun(lun, file, std::time::Duration::ZERO)
+    let opened = open_lun(lun, file, std::time::Duration::ZERO)?;
+    let files = [
+        opened.backend.raw_fd(),
+        opened.pr_file.as_ref().and_then(|p| p.0.raw_fd()),
+    ];
+    let fds = files
+        .into_iter()
+        .flatten()
+        .map(|fd| {
+            // SAFETY: `fd` belongs to one of `opened`'s backends, alive for this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            fd.try_clone_to_owned().map(File::from)
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|error| OpenError::Backend {
+            target: lun.target,
+            lun: lun.lun,
+            path: lun.source.clone(),
+            error,
+        })?;
+    Ok(RuntimeLun { lun: opened, fds })
 }
 
 /// Checks that a passed descriptor was opened the way `lun` says (read-write for a writable
@@ -423,26 +442,15 @@ fn open_lun(
     lun: &LunConfig,
     passed: Option<File>,
     grace: std::time::Duration,
-) -> Result<RuntimeLun, OpenError> {
+) -> Result<OpenedLun, OpenError> {
     let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
-    let pr = |fds: &mut Vec<File>| -> Result<Option<PrFile>, OpenError> {
-        Ok(open_pr_file_within(lun, grace)?.map(|(pr, copy)| {
-            fds.push(copy);
-            pr
-        }))
-    };
     if passed.is_none() {
         if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
             log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
-            let mut fds = Vec::new();
-            let pr_file = pr(&mut fds)?;
-            return Ok(RuntimeLun {
-                lun: OpenedLun {
-                    config: lun.clone(),
-                    backend: Arc::new(crate::block::NullBackend::new(size)),
-                    pr_file,
-                },
-                fds,
+            return Ok(OpenedLun {
+                config: lun.clone(),
+                backend: Arc::new(crate::block::NullBackend::new(size)),
+                pr_file: open_pr_file_within(lun, grace)?,
             });
         }
     }
@@ -476,14 +484,14 @@ fn open_lun(
         });
     }
 
-    let backend_error = |error| OpenError::Backend {
-        target,
-        lun: lun_no,
-        path: path.clone(),
-        error,
-    };
-    let mut fds = vec![file.try_clone().map_err(backend_error)?];
-    let backend = FileBackend::new(file, lun.cache == CacheMode::None).map_err(backend_error)?;
+    let backend = FileBackend::new(file, lun.cache == CacheMode::None).map_err(|error| {
+        OpenError::Backend {
+            target,
+            lun: lun_no,
+            path: path.clone(),
+            error,
+        }
+    })?;
     let size = backend.size();
     let block_size = lun.block_size.bytes();
     if size < u64::from(block_size) {
@@ -520,14 +528,11 @@ fn open_lun(
             path.display()
         );
     }
-    let pr_file = pr(&mut fds)?;
-    Ok(RuntimeLun {
-        lun: OpenedLun {
-            config: lun.clone(),
-            backend: Arc::new(backend),
-            pr_file,
-        },
-        fds,
+    let pr_file = open_pr_file_within(lun, grace)?;
+    Ok(OpenedLun {
+        config: lun.clone(),
+        backend: Arc::new(backend),
+        pr_file,
     })
 }
 

@@ -435,15 +435,12 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
     } else {
         None
     };
-    let opened = open::open_runtime(&config, file)
+    let mut opened = open::open_runtime(&config, file)
         .map_err(|e| RpcError::new(code::CANNOT_OPEN, e.to_string()))?;
     let size = opened.lun.backend.size();
-    let fds = opened
-        .fds
-        .iter()
-        .map(File::try_clone)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| RpcError::new(code::INTERNAL_ERROR, format!("dup: {e}")))?;
+    // The copies go to the worker; the supervisor's own stay open (and locked) until it
+    // answered.
+    let fds = std::mem::take(&mut opened.fds);
     ctx.table.luns.insert(
         address,
         LunEntry {
