@@ -713,3 +713,45 @@ fn add_lun_from_an_inherited_descriptor() {
         (json!("inherited"), json!(true))
     );
 }
+
+/// At most 16 clients at once: the 17th is told why and closed; once one leaves, the next is
+/// served. Five passed descriptors where 4 may wait unused: the extra ones are closed and said so.
+#[test]
+fn clients_and_passed_descriptors_are_bounded() {
+    let m = Managed::start(&[]);
+    let mut clients: Vec<Client> = (0..16).map(|_| m.connect()).collect();
+    // Each is accepted (and served) before the next comes.
+    for c in &mut clients {
+        assert!(c.call("list", json!({}))["result"].is_object());
+    }
+    let mut extra = m.connect();
+    let a = extra.answer();
+    assert_eq!(error_code(&a), -32011, "{a}");
+    let mut rest = String::new();
+    assert_eq!(extra.reader.read_line(&mut rest).unwrap(), 0, "then closed");
+    clients.pop();
+    wait_until("a free client slot", || {
+        let mut c = m.connect();
+        c.send_raw(b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"list\"}\n");
+        c.answer().get("result").is_some()
+    });
+
+    let c = &mut clients[0];
+    let files: Vec<std::fs::File> = (0..5).map(|_| tempfile::tempfile().unwrap()).collect();
+    let fds: Vec<i32> = files.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+    let line = b"{\"jsonrpc\":\"2.0\",\"id\":8,\"method\":\"list\"}\n";
+    let iov = [std::io::IoSlice::new(line)];
+    let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+    nix::sys::socket::sendmsg::<()>(
+        std::os::fd::AsRawFd::as_raw_fd(&c.stream),
+        &iov,
+        &cmsg,
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    let a = c.answer();
+    assert_eq!(error_code(&a), -32011, "{a}");
+    assert!(a["id"].is_null());
+    assert_eq!(c.answer()["id"], 8, "the request itself is still answered");
+}
