@@ -12,6 +12,7 @@ use std::{
     os::unix::{
         fs::{MetadataExt, PermissionsExt},
         net::{UnixDatagram, UnixStream},
+        process::CommandExt,
     },
     path::{Path, PathBuf},
     process::{Command, Output},
@@ -318,6 +319,21 @@ fn peer_credentials_refuse_other_users() {
             .unwrap()
             .contains("uid 65534"),
         "{a}"
+    );
+    // ctl says why, not "broken pipe".
+    let out = Command::new(BIN)
+        .args(["ctl", "--management-socket"])
+        .arg(&m.socket)
+        .arg("list")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("permission denied") && err.contains("(code -32010)"),
+        "{err}"
     );
     m.wait_for("management connection from pid");
     assert!(
@@ -658,7 +674,7 @@ fn stats_of_many_luns_come_in_pages() {
 /// refused with the reason, and nothing is added.
 #[test]
 fn add_lun_from_an_inherited_descriptor() {
-    use std::os::{fd::AsRawFd, unix::process::CommandExt};
+    use std::os::fd::AsRawFd;
     let m = Managed::start(&[]);
     let outside = tempfile::tempdir().unwrap();
     let path = outside.path().join("inherited.img");

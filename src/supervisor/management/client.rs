@@ -5,7 +5,7 @@
 //! could not be asked (no socket, refused, no answer in time).
 
 use std::{
-    io::{self, BufRead, BufReader, IoSlice},
+    io::{self, BufRead, BufReader, IoSlice, Read as _},
     os::{
         fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
         unix::net::UnixStream,
@@ -44,6 +44,8 @@ pub enum CtlError {
     },
     #[error("the daemon closed the connection without answering")]
     NoAnswer,
+    #[error("no answer within {0} s (--timeout)")]
+    Timeout(u64),
     #[error("the daemon's answer is not JSON-RPC: {0}")]
     BadAnswer(String),
 }
@@ -142,21 +144,37 @@ pub fn call(
         } else {
             &[]
         };
-        sent += socket::sendmsg::<()>(
+        match socket::sendmsg::<()>(
             stream.as_raw_fd(),
             &iov,
             cmsgs,
             MsgFlags::MSG_NOSIGNAL,
             None,
-        )
-        .map_err(io::Error::from)?;
+        ) {
+            Ok(n) => sent += n,
+            // Refused at once (credentials, too many clients): the reason is waiting to be read.
+            Err(nix::errno::Errno::EPIPE | nix::errno::Errno::ECONNRESET) => break,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => return Err(CtlError::Timeout(timeout.as_secs())),
+            Err(e) => return Err(io::Error::from(e).into()),
+        }
     }
     let mut reader = BufReader::new(&stream).take(MAX_LINE as u64 * 256);
     let mut answer = Vec::new();
     loop {
         answer.clear();
-        if reader.read_until(b'\n', &mut answer)? == 0 {
-            return Err(CtlError::NoAnswer);
+        match reader.read_until(b'\n', &mut answer) {
+            Ok(0) => return Err(CtlError::NoAnswer),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(CtlError::Timeout(timeout.as_secs()))
+            }
+            Err(e) => return Err(e.into()),
         }
         let v: Value =
             serde_json::from_slice(&answer).map_err(|e| CtlError::BadAnswer(e.to_string()))?;
@@ -166,8 +184,6 @@ pub fn call(
         }
     }
 }
-
-use std::io::Read as _;
 
 /// Runs `vhost-user-scsi ctl ...`.
 pub fn run(args: &CtlArgs) -> ExitCode {
