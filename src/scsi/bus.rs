@@ -271,9 +271,14 @@ impl ScsiBus {
         let parsed = Cdb::new(cdb);
         if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS {
             if let Some(lu) = lu {
-                let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io, arrived);
-                if let Prepared::Io(plan) = &mut prepared {
-                    plan.unit = Some(lu);
+                let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io);
+                match &mut prepared {
+                    Prepared::Done(out) => lu.record(parsed.opcode(), out, arrived, Instant::now()),
+                    Prepared::Io(plan) => {
+                        plan.meta.start = Some(arrived);
+                        plan.unit = Some(lu);
+                    }
+                    Prepared::DrainFirst => {}
                 }
                 return prepared;
             }

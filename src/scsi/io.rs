@@ -378,23 +378,6 @@ impl LogicalUnit {
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
         caller_io: bool,
-        arrived: Instant,
-    ) -> Prepared<'a> {
-        let mut prepared = self.prepare_unrecorded(cdb, data_out, data_in, caller_io);
-        match &mut prepared {
-            Prepared::Done(out) => self.record(cdb.opcode(), out, arrived, Instant::now()),
-            Prepared::Io(plan) => plan.meta.start = Some(arrived),
-            Prepared::DrainFirst => {}
-        }
-        prepared
-    }
-
-    fn prepare_unrecorded<'a>(
-        &self,
-        cdb: &Cdb,
-        data_out: &DataOut<'a>,
-        data_in: &DataIn<'a>,
-        caller_io: bool,
     ) -> Prepared<'a> {
         let op = cdb.opcode();
         let is_read = matches!(
@@ -503,14 +486,14 @@ mod tests {
             c[13] = 1;
             let cdb = Cdb::new(&c);
             assert!(matches!(
-                lu.prepare(&cdb, &out, &none, true, Instant::now()),
+                lu.prepare(&cdb, &out, &none, true),
                 Prepared::DrainFirst
             ));
         }
 
         let exclusive = lu.exclusive_write().unwrap();
         assert!(matches!(
-            lu.prepare(&write, &out, &none, true, Instant::now()),
+            lu.prepare(&write, &out, &none, true),
             Prepared::DrainFirst
         ));
         assert_eq!(lu.gate.writes_in_flight(), 0);
@@ -521,7 +504,7 @@ mod tests {
                 let mut buf = vec![0u8; 1024];
                 let mut out = SgList::new();
                 out.push(VolatileSlice::from(&mut buf[..]));
-                match lu.prepare(&write, &out, &SgList::new(), false, Instant::now()) {
+                match lu.prepare(&write, &out, &SgList::new(), false) {
                     Prepared::Io(plan) => plan.write.is_some(),
                     _ => false,
                 }
@@ -538,7 +521,7 @@ mod tests {
         assert_eq!(lu.gate.writes_in_flight(), 0);
 
         // No exclusive holder: planned at once, even with I/O in flight.
-        match lu.prepare(&write, &out, &none, true, Instant::now()) {
+        match lu.prepare(&write, &out, &none, true) {
             Prepared::Io(plan) => {
                 assert!(plan.write.is_some());
                 assert_eq!(lu.gate.writes_in_flight(), 1);
