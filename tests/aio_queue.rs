@@ -21,7 +21,7 @@ use std::{
 use ring::{execute, file_bus};
 use vhost_user_scsi::{
     block::engine::{Engine, Op},
-    scsi::{IoKind, ScsiBus},
+    scsi::{wait_unused, IoKind, ScsiBus},
     virtio::queue::QueueWorker,
 };
 use vm_memory::GuestAddressSpace;
@@ -582,4 +582,40 @@ fn a_failed_deallocation_is_reported() {
     assert_eq!(medium(&img, 7), block(0x5a));
     let (status, _) = unmap_failing(libc::EIO);
     assert_eq!(status.0, 2, "CHECK CONDITION");
+}
+
+/// Runtime removal of a LUN (management) while a WRITE to it is in the engine: the LUN leaves
+/// the bus at once (a new command gets LOGICAL UNIT NOT SUPPORTED), the WRITE in flight still
+/// lands and is answered GOOD, and only then does nobody hold the LU (its file can close).
+#[test]
+fn removal_drains_io_in_the_engine() {
+    let (bus, img) = file_bus();
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.hold = true);
+    let mut ring = Ring::new(64);
+    let (_, write) = push_out(&mut ring, 0, &write_fua(3, 1), &block(0x5c));
+    let run = spawn_run(worker(&hold), &bus, &ring);
+    wait_for("the WRITE in the engine", || hold.submitted() == 1);
+
+    let lu = bus.remove_lun(0, 0).expect("LUN 0:0 removed");
+    let (out, _) = execute(&bus, &rw10(0x28, 3, 1), &[], 512);
+    assert_eq!(
+        (out.status, out.sense.get(2), out.sense.get(12)),
+        (2, Some(&0x05), Some(&0x25)),
+        "LOGICAL UNIT NOT SUPPORTED after removal: {out:02x?}"
+    );
+    assert!(
+        !wait_unused(&lu, Duration::from_millis(200)),
+        "the LU was let go while its WRITE was in the engine"
+    );
+    hold.release();
+    let (_, ok) = run.join().unwrap();
+    assert!(ok);
+    assert_eq!(
+        status(&ring, &write),
+        (0, 0),
+        "the WRITE in flight is answered GOOD"
+    );
+    assert_eq!(medium(&img, 3), block(0x5c));
+    assert!(wait_unused(&lu, Duration::from_secs(5)));
 }

@@ -27,6 +27,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use vus_test_support::e2e::system_qemu;
+
 const IMAGE_SIZE: u64 = 64 << 20;
 const BOOT_TIMEOUT_SECS: u32 = 240;
 
@@ -38,29 +40,6 @@ fn log_dir() -> PathBuf {
     let d = repo().join("target/e2e-cache/logs");
     fs::create_dir_all(&d).unwrap();
     d
-}
-
-/// The system QEMU from tests/e2e/setup.sh.
-fn system_qemu() -> String {
-    let out = Command::new("bash")
-        .arg(repo().join("tests/e2e/setup.sh"))
-        .arg("--no-backports")
-        .stdin(Stdio::null())
-        .output()
-        .expect("cannot run tests/e2e/setup.sh");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "setup.sh failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.len() >= 3 && f[0] == "E2E-QEMU" && f[1] == "system").then(|| f[2].to_string())
-        })
-        .unwrap_or_else(|| panic!("setup.sh reported no system QEMU:\n{stdout}"))
 }
 
 /// One guest command: exit status and normalized output.

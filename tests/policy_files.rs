@@ -269,6 +269,45 @@ fn worker_roles_deny_the_dangerous_syscalls() {
                 );
             }
         }
+        // The supervisor with a management socket: everything the supervisor may, plus
+        // accepting clients and opening the LUNs add-lun names (openat, under Landlock's
+        // --image-dir rules); still no new sockets, programs, processes or signals.
+        let sup: Vec<&Value> = rules(&roles["supervisor"], "supervisor").iter().collect();
+        let mgmt = rules(&roles["supervisor-management"], "supervisor-management");
+        for rule in &sup {
+            assert!(
+                mgmt.contains(rule),
+                "{arch}/supervisor-management lacks the supervisor's {rule}"
+            );
+        }
+        for rule in mgmt {
+            let name = rule["syscall"].as_str().unwrap();
+            for forbidden in [
+                "execve",
+                "socket",
+                "connect",
+                "bind",
+                "listen",
+                "clone",
+                "clone3",
+                "fork",
+                "ptrace",
+                "kill",
+                "tkill",
+                "tgkill",
+                "pidfd_open",
+                "setuid",
+                "setresuid",
+                "unshare",
+                "setns",
+                "mount",
+            ] {
+                assert_ne!(
+                    name, forbidden,
+                    "{arch}/supervisor-management allows {name}"
+                );
+            }
+        }
         // The supervisor never creates anything.
         for rule in rules(&roles["supervisor"], "supervisor") {
             let name = rule["syscall"].as_str().unwrap();

@@ -7,6 +7,7 @@ use std::{fs::File, sync::Arc};
 pub mod config;
 pub mod iscsi_login;
 pub mod iscsi_pdu;
+pub mod management;
 pub mod scsi_cdb;
 pub mod vhost_user;
 pub mod virtio_request;

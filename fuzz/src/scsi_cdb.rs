@@ -39,8 +39,8 @@ fn execute(bus: &ScsiBus, target: u8, lun: u16, cdb: &[u8], data_out: &mut [u8],
                 plan.offset,
                 plan.bufs.len()
             );
-            let result = bus.run_sync(target, lun, &plan);
-            bus.complete(target, lun, plan.meta, result)
+            let result = bus.run_sync(&plan);
+            bus.complete(plan.unit.as_deref(), plan.meta, result)
         }
     };
     let room = if data_out.is_empty() {

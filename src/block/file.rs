@@ -12,6 +12,7 @@ use std::{
         fd::{AsRawFd, RawFd},
         unix::fs::FileTypeExt,
     },
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use nix::{
@@ -52,7 +53,9 @@ pub struct FileBackend {
     file: File,
     kind: Kind,
     direct: bool,
-    size: u64,
+    /// Size in bytes: read at opening, again on [`BlockBackend::refresh_size`] (runtime
+    /// resize).
+    size: AtomicU64,
     /// The file lives on a FUSE file system (see [`BlockBackend::uring_safe`]).
     fuse: bool,
     /// Untorn writes the kernel offers for this file (direct I/O only).
@@ -63,22 +66,17 @@ impl FileBackend {
     /// Wraps an open file. `direct` says whether it was opened with `O_DIRECT`.
     pub fn new(file: File, direct: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
-        let (kind, size) = if meta.file_type().is_block_device() {
-            let mut size: u64 = 0;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`.
-            let ret = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
-            if ret < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            (Kind::BlockDevice, size)
+        let kind = if meta.file_type().is_block_device() {
+            Kind::BlockDevice
         } else if meta.file_type().is_file() {
-            (Kind::RegularFile, meta.len())
+            Kind::RegularFile
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file or block device",
             ));
         };
+        let size = current_size(&file, kind)?;
         let fuse = on_fuse(&file)?;
         // RWF_ATOMIC needs direct I/O (Linux 6.11+: ext4, XFS, block devices that report a
         // unit); buffered untorn writes are not offered.
@@ -87,7 +85,7 @@ impl FileBackend {
             file,
             kind,
             direct,
-            size,
+            size: AtomicU64::new(size),
             fuse,
             atomic,
         })
@@ -221,6 +219,22 @@ impl FileBackend {
     }
 }
 
+/// The size of `file` now: `fstat` for an image, BLKGETSIZE64 for a block device.
+fn current_size(file: &File, kind: Kind) -> io::Result<u64> {
+    match kind {
+        Kind::RegularFile => Ok(file.metadata()?.len()),
+        Kind::BlockDevice => {
+            let mut size: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`.
+            let ret = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(size)
+        }
+    }
+}
+
 /// A heap buffer aligned for direct I/O, used when guest buffers are not.
 struct AlignedBuf {
     ptr: *mut u8,
@@ -285,7 +299,13 @@ fn on_fuse(file: &File) -> io::Result<bool> {
 
 impl BlockBackend for FileBackend {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> io::Result<u64> {
+        let size = current_size(&self.file, self.kind)?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn read_at(&self, bufs: &SgList<'_>, offset: u64) -> io::Result<()> {
@@ -303,7 +323,7 @@ impl BlockBackend for FileBackend {
             .or_else(|e| {
                 // The aligned range may run past the end of the file; what we need may not.
                 if e.kind() == io::ErrorKind::UnexpectedEof
-                    && offset + bufs.len() as u64 <= self.size
+                    && offset + bufs.len() as u64 <= self.size()
                 {
                     Ok(())
                 } else {
@@ -468,7 +488,7 @@ impl BlockBackend for FileBackend {
             Kind::RegularFile => nix::sys::stat::fstat(&self.file)
                 .ok()
                 .map(|st| (st.st_blocks as u64).saturating_mul(512)),
-            Kind::BlockDevice => Some(self.size),
+            Kind::BlockDevice => Some(self.size()),
         }
     }
 }

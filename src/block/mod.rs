@@ -92,6 +92,13 @@ pub trait BlockBackend: Send + Sync {
     /// Current size in bytes.
     fn size(&self) -> u64;
 
+    /// Reads the size of the storage again (it was grown or shrunk underneath: a runtime
+    /// resize) and returns it; [`BlockBackend::size`] reports it from now on. The default: the
+    /// size cannot change.
+    fn refresh_size(&self) -> io::Result<u64> {
+        Ok(self.size())
+    }
+
     /// Fills every byte of `bufs` from `offset`. A read past the end is an error
     /// (`UnexpectedEof`), never a short success; an error after part of the transfer says how
     /// much succeeded ([`partial_failure`]), as for writes.

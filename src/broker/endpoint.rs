@@ -219,7 +219,9 @@ mod tests {
             "broker-test",
             || {},
             |body, fds| match body {
-                Body::Manage(ManageMsg::Ping) => (body, fds),
+                Body::Manage(ManageMsg::Request(crate::broker::manage::ManageRequest::List {
+                    after: None,
+                })) => (body, fds),
                 other => (Body::error(format!("unexpected {other:?}")), Vec::new()),
             },
         )
@@ -255,7 +257,9 @@ mod tests {
         let ping = Envelope {
             id: 99,
             kind: Kind::Request,
-            body: Body::Manage(ManageMsg::Ping),
+            body: Body::Manage(ManageMsg::Request(
+                crate::broker::manage::ManageRequest::List { after: None },
+            )),
         };
         send(&sup, &ping, &[file.as_fd()]).unwrap();
         let (reply, fds) = recv(&sup).unwrap().unwrap();

@@ -73,9 +73,9 @@ pub use super::lun::*;
 use crate::{
     config::file::{self as config_file, FileConfig, FileLun},
     config::{
-        AioMode, Config, IoConfig, LandlockMode, ListenSpec, LogConfig, LunConfig, Origins,
-        RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN, MAX_QUEUE_SIZE,
-        MAX_REQUEST_QUEUES,
+        AioMode, Config, IoConfig, LandlockMode, ListenSpec, LogConfig, LunConfig,
+        ManagementConfig, Origins, RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN,
+        MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES,
     },
 };
 
@@ -115,9 +115,15 @@ options override the file. With neither --socket-path nor --fd, systemd socket a
     name = "vhost-user-scsi",
     version,
     about = "vhost-user-scsi device server for QEMU's vhost-user-scsi-pci",
-    after_help = LUN_HELP
+    after_help = LUN_HELP,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 pub struct Args {
+    /// `ctl`: talk to a running daemon's management socket instead of serving.
+    #[command(subcommand)]
+    pub subcommand: Option<Subcommands>,
+
     /// Create a vhost-user socket at PATH and listen on it.
     #[arg(long, value_name = "PATH")]
     pub socket_path: Option<PathBuf>,
@@ -237,6 +243,35 @@ pub struct Args {
     /// Print the seccomp program of ROLE as compiled for --seccomp (default kill) and exit.
     #[arg(long, value_name = "ROLE")]
     pub print_seccomp_policy: Option<String>,
+
+    /// Create a management socket at PATH (mode 0600): JSON-RPC 2.0 to list, add, remove and
+    /// resize LUNs and read statistics at run time (`vhost-user-scsi ctl`,
+    /// docs/management.md).
+    #[arg(long, value_name = "PATH")]
+    pub management_socket: Option<PathBuf>,
+
+    /// Make the management socket 0660 root:GROUP: members of GROUP may manage the daemon too
+    /// (their credentials are checked on every connection).
+    #[arg(long, value_name = "GROUP")]
+    pub management_group: Option<String>,
+
+    /// A directory add-lun may open images (and pr-files) in, by path (repeatable); the
+    /// supervisor's Landlock ruleset allows these and nothing else. Without one, add-lun only
+    /// takes descriptors passed by the client.
+    #[arg(long = "image-dir", value_name = "DIR")]
+    pub image_dirs: Vec<PathBuf>,
+
+    /// Write the daemon's pid to PATH once every socket exists and every LUN is open (removed
+    /// at exit). Under systemd (NOTIFY_SOCKET) READY=1 is sent at the same point.
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+}
+
+/// The daemon's subcommands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Subcommands {
+    /// Manage a running daemon through its --management-socket.
+    Ctl(super::ctl::CtlArgs),
 }
 
 /// What the program should do.
@@ -250,6 +285,8 @@ pub enum Command {
     Serve(Config),
     /// Print the embedded seccomp program of a thread role (`--print-seccomp-policy`) and exit.
     PrintSeccompPolicy { role: String, mode: SeccompMode },
+    /// `vhost-user-scsi ctl ...`: one call on a running daemon's management socket.
+    Ctl(super::ctl::CtlArgs),
 }
 
 /// Parses the process's own command line; see [`parse_from`].
@@ -305,6 +342,9 @@ fn clap_one_line(e: &clap::Error) -> String {
 pub fn parse_config(args: Args) -> Result<Command, CliError> {
     if args.print_capabilities {
         return Ok(Command::PrintCapabilities);
+    }
+    if let Some(Subcommands::Ctl(ctl)) = args.subcommand {
+        return Ok(Command::Ctl(ctl));
     }
     let sandbox = sandbox_config(&args)?;
     if let Some(role) = args.print_seccomp_policy {
@@ -365,6 +405,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         specs.push((origin, config));
     }
     let (luns, lun_origins) = finish_luns(specs)?;
+    let (management, management_origin) = management_config(&args, &file_cfg, &file_key)?;
 
     Ok(Command::Serve(Config {
         listen,
@@ -381,12 +422,72 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
             syslog: args.syslog || file_cfg.syslog == Some(true),
         },
         sandbox,
+        management,
+        pidfile: args.pidfile.clone().or_else(|| file_cfg.pidfile.clone()),
         origins: Origins {
             listen: listen_origin,
             socket_group: socket_group_origin,
+            management: management_origin,
             luns: lun_origins,
         },
     }))
+}
+
+/// `--management-socket`, `--management-group`, `--image-dir` (command line over file; image
+/// directories from both). The group and the directories are looked at by the preflight.
+fn management_config(
+    args: &Args,
+    file: &FileConfig,
+    file_key: &dyn Fn(&str) -> String,
+) -> Result<(Option<ManagementConfig>, String), CliError> {
+    let (socket, origin) = match (&args.management_socket, &file.management_socket) {
+        (Some(p), _) => (Some(p.clone()), "--management-socket".to_owned()),
+        (None, Some(p)) => (Some(p.clone()), file_key("management-socket")),
+        (None, None) => (None, String::new()),
+    };
+    let group = args
+        .management_group
+        .clone()
+        .or_else(|| file.management_group.clone());
+    let mut image_dirs = file.image_dir.clone();
+    image_dirs.extend(args.image_dirs.iter().cloned());
+    let Some(socket) = socket else {
+        if group.is_some() {
+            return Err(CliError::NeedsManagement {
+                option: "--management-group".into(),
+            });
+        }
+        if !image_dirs.is_empty() {
+            return Err(CliError::NeedsManagement {
+                option: "--image-dir".into(),
+            });
+        }
+        return Ok((None, origin));
+    };
+    if let Some(g) = &group {
+        if g.is_empty() || g.contains(['\0', ':', '/', '\n']) {
+            return Err(CliError::SocketGroup {
+                origin: "--management-group".into(),
+                group: g.clone(),
+                error: SocketGroupError::Invalid,
+            });
+        }
+    }
+    if socket.as_os_str().is_empty() {
+        return Err(CliError::InvalidValue {
+            option: origin,
+            value: String::new(),
+            expected: "a socket path",
+        });
+    }
+    Ok((
+        Some(ManagementConfig {
+            socket,
+            group,
+            image_dirs,
+        }),
+        origin,
+    ))
 }
 
 /// The data-path options: `--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`,
@@ -1151,6 +1252,8 @@ mod tests {
                     syslog: false,
                 },
                 sandbox: SandboxConfig::default(),
+                management: None,
+                pidfile: None,
                 origins: Origins::default(),
             }
         );
@@ -1158,6 +1261,128 @@ mod tests {
         assert_eq!(c.origins.luns, [(0, format!("--lun {img}"))]);
         // Nothing was created.
         assert!(!Path::new(&sock).exists());
+    }
+
+    #[test]
+    fn management_options_from_both_places() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 1 << 20);
+        let sock = f.sock();
+        let c = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &img,
+            "--management-socket",
+            &f.path("m.sock").display().to_string(),
+            "--image-dir",
+            &f.dir.path().display().to_string(),
+            "--pidfile",
+            &f.path("p.pid").display().to_string(),
+        ]);
+        let m = c.management.expect("management");
+        assert_eq!(m.socket, f.path("m.sock"));
+        assert_eq!(m.image_dirs, [f.dir.path().to_owned()]);
+        assert_eq!(m.group, None);
+        assert_eq!(c.pidfile, Some(f.path("p.pid")));
+        assert_eq!(c.origins.management, "--management-socket");
+        // The file's keys, relative to its directory; --image-dir adds to its list.
+        std::fs::create_dir(f.path("imgs")).unwrap();
+        let file = f.write(
+            "v.toml",
+            "management-socket = \"m2.sock\"\nimage-dir = [\"imgs\"]\npidfile = \"v.pid\"\n",
+        );
+        let c = serve(&["--socket-path", &sock, "--lun", &img, "--config", &file]);
+        let m = c.management.unwrap();
+        assert_eq!(m.socket, f.path("m2.sock"));
+        assert_eq!(m.image_dirs, [f.path("imgs")]);
+        assert_eq!(c.pidfile, Some(f.path("v.pid")));
+        assert!(c.origins.management.ends_with("management-socket"));
+        // Options that need the socket, and the same path twice.
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &img,
+                "--management-group",
+                "x"
+            ]),
+            "--management-group needs --management-socket (or management-socket in --config)"
+        );
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &img,
+                "--management-socket",
+                &sock
+            ]),
+            "--socket-path and --management-socket (the same path) cannot be used together"
+        );
+    }
+
+    #[test]
+    fn ctl_is_a_subcommand() {
+        let c = parse_from([
+            "vhost-user-scsi",
+            "ctl",
+            "--management-socket",
+            "/m",
+            "list",
+        ])
+        .unwrap();
+        let Command::Ctl(args) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(args.management_socket, PathBuf::from("/m"));
+        assert_eq!(args.command, super::super::ctl::CtlCommand::List);
+        let c = parse_from([
+            "vhost-user-scsi",
+            "ctl",
+            "--management-socket",
+            "/m",
+            "--json",
+            "set-readonly",
+            "1:2",
+            "off",
+        ])
+        .unwrap();
+        let Command::Ctl(args) = c else { panic!() };
+        assert!(args.json);
+        assert!(matches!(
+            args.command,
+            super::super::ctl::CtlCommand::SetReadonly {
+                read_only: false,
+                ..
+            }
+        ));
+        for bad in [
+            &["vhost-user-scsi", "ctl", "list"][..],
+            &[
+                "vhost-user-scsi",
+                "ctl",
+                "--management-socket",
+                "/m",
+                "resize",
+                "x",
+            ],
+            &[
+                "vhost-user-scsi",
+                "--num-queues",
+                "2",
+                "ctl",
+                "--management-socket",
+                "/m",
+                "list",
+            ],
+        ] {
+            assert!(
+                matches!(parse_from(bad.iter().copied()), Err(CliError::Usage(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -213,6 +213,15 @@ pub enum CliError {
     },
     #[error("no LUNs configured: give at least one --lun (or [[lun]] in --config)")]
     NoLuns,
+    #[error("{option} needs --management-socket (or management-socket in --config)")]
+    NeedsManagement { option: String },
+    #[error("{origin} {}: {}", .path.display(), io_msg(.error))]
+    Path {
+        origin: String,
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
     #[error(transparent)]
     ConfigFile(#[from] ConfigFileError),
 }

@@ -10,6 +10,10 @@
 //! log-level = "info"
 //! syslog = false
 //! exit-on-disconnect = false
+//! management-socket = "/run/vus/vm1.mgmt"   # runtime control (docs/management.md)
+//! management-group = "vus-admin"           # optional
+//! image-dir = ["/var/lib/images"]           # where add-lun may open images by path
+//! pidfile = "/run/vus/vm1.pid"             # written once serving
 //!
 //! [[lun]]
 //! target = 0                # optional, default 0
@@ -57,6 +61,11 @@ pub struct FileConfig {
     pub syslog: Option<bool>,
     pub exit_on_disconnect: Option<bool>,
     pub allow_unsealed_memory: Option<bool>,
+    pub management_socket: Option<PathBuf>,
+    pub management_group: Option<String>,
+    #[serde(default)]
+    pub image_dir: Vec<PathBuf>,
+    pub pidfile: Option<PathBuf>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<FileLun>,
 }
@@ -81,6 +90,15 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
         }
     };
     if let Some(p) = cfg.socket_path.as_mut() {
+        resolve(p);
+    }
+    if let Some(p) = cfg.management_socket.as_mut() {
+        resolve(p);
+    }
+    if let Some(p) = cfg.pidfile.as_mut() {
+        resolve(p);
+    }
+    for p in &mut cfg.image_dir {
         resolve(p);
     }
     for lun in &mut cfg.luns {

@@ -4,6 +4,7 @@
 //! validation live in [`crate::config::cli`] (command line) and [`crate::config::file`] (TOML).
 
 pub mod cli;
+pub mod ctl;
 pub mod error;
 pub mod file;
 pub mod lun;
@@ -125,6 +126,26 @@ impl LunConfig {
             pr_file: None,
         }
     }
+
+    /// The unit serial number used when none is configured: `VUS-T000-L00000`-style, unique per
+    /// daemon and stable across restarts.
+    pub fn default_serial(&self) -> String {
+        format!("VUS-T{:03}-L{:05}", self.target, self.lun)
+    }
+
+    /// The WWN used when none is configured: an NAA 3 ("locally assigned") identifier hashed
+    /// from the source path and the address, so that the guest's `/dev/disk/by-id` names
+    /// survive daemon restarts but differ between images.
+    pub fn default_wwn(&self) -> u64 {
+        // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let bytes = self.source.as_os_str().as_encoded_bytes().iter();
+        for &b in bytes.chain(&[self.target]).chain(&self.lun.to_be_bytes()) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (3 << 60) | (hash >> 4)
+    }
 }
 
 /// Which engine runs the request queues' I/O (`--aio`).
@@ -202,6 +223,8 @@ pub struct Origins {
     pub listen: String,
     /// The option that gave `--socket-group` (command line or file key); empty without one.
     pub socket_group: String,
+    /// The option that gave `--management-socket`; empty without one.
+    pub management: String,
     /// For each of [`Config::luns`], in the same order: its position among the LUNs as written
     /// (file LUNs first, then `--lun` options) and its origin.
     pub luns: Vec<(usize, String)>,
@@ -240,8 +263,25 @@ pub struct Config {
     pub log: LogConfig,
     /// Privilege separation and confinement.
     pub sandbox: SandboxConfig,
+    /// The management socket (`--management-socket`), if any.
+    pub management: Option<ManagementConfig>,
+    /// Readiness file written once every socket exists and every LUN is open (`--pidfile`).
+    pub pidfile: Option<PathBuf>,
     /// Where each setting was written.
     pub origins: Origins,
+}
+
+/// The runtime management socket (`--management-socket`, `--management-group`, `--image-dir`):
+/// JSON-RPC 2.0 on a unix socket of the supervisor (docs/management.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementConfig {
+    /// Created 0600 (0660 with a group), removed at exit.
+    pub socket: PathBuf,
+    /// Members of this group may use the socket too (checked with SO_PEERCRED/SO_PEERGROUPS).
+    pub group: Option<String>,
+    /// The only directories `add-lun` may open sources and `pr-file`s in (by path); without
+    /// any, a LUN can only be added by passing an open descriptor.
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// How the worker is isolated from the host's file system and namespaces (`--sandbox`).

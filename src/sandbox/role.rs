@@ -8,6 +8,10 @@ use std::fmt;
 pub enum ThreadRole {
     /// The supervisor (parent) after set-up.
     Supervisor,
+    /// The supervisor with a management socket (`--management-socket`): `supervisor` plus
+    /// accepting clients, reading their credentials and passed descriptors, and opening and
+    /// locking the LUNs `add-lun` names (Landlock keeps those under `--image-dir`).
+    SupervisorManagement,
     /// The `--restart-worker=on-failure` supervisor: a deny list (EPERM) that every worker it
     /// creates inherits below its own filters (exec, ptrace, kill, setns, modules, BPF, ...).
     SupervisorRestart,
@@ -29,8 +33,9 @@ pub enum ThreadRole {
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 9] = [
+    pub const ALL: [ThreadRole; 10] = [
         ThreadRole::Supervisor,
+        ThreadRole::SupervisorManagement,
         ThreadRole::SupervisorRestart,
         ThreadRole::WorkerEnosys,
         ThreadRole::WorkerMain,
@@ -45,6 +50,7 @@ impl ThreadRole {
     pub fn name(self) -> &'static str {
         match self {
             ThreadRole::Supervisor => "supervisor",
+            ThreadRole::SupervisorManagement => "supervisor-management",
             ThreadRole::SupervisorRestart => "supervisor-restart",
             ThreadRole::WorkerEnosys => "worker-enosys",
             ThreadRole::WorkerMain => "worker-main",

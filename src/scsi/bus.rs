@@ -6,7 +6,16 @@
 //! here), REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as its data, everything else fails
 //! with that sense.
 
-use std::{collections::BTreeMap, io, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::RawFd,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
+    },
+    time::{Duration, Instant},
+};
 
 use super::{
     cdb::{opcode, Cdb},
@@ -17,12 +26,32 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
-use crate::block::BlockBackend;
+
+type Targets = BTreeMap<u8, BTreeMap<u16, Arc<LogicalUnit>>>;
 
 /// Configured targets and their LUNs.
+///
+/// LUNs come and go while the queues run (runtime management): the table is behind a
+/// read-write lock that a command holds only to look its LU up (each LU is an `Arc`), never
+/// while it runs. A command whose I/O goes to an engine carries its LU in the [`IoPlan`]
+/// (`unit`) until it is completed: [`ScsiBus::remove_lun`] takes the LU out of the table, so new
+/// commands get LOGICAL UNIT NOT SUPPORTED, and [`wait_unused`] then waits for those
+/// references to go before the backend is dropped.
 #[derive(Default)]
 pub struct ScsiBus {
-    targets: BTreeMap<u8, BTreeMap<u16, LogicalUnit>>,
+    targets: RwLock<Targets>,
+    /// Bumped at every removal: queue workers compare it to release what they hold for
+    /// removed LUNs (their io_uring's fixed file).
+    generation: AtomicU64,
+    /// The fixed-file slots of removed LUNs (see [`LogicalUnit::fixed_file`]).
+    released_fixed_files: Mutex<Vec<u32>>,
+}
+
+/// Why a LUN could not be added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error("LUN {0}:{1} already exists")]
+    AddressInUse(u8, u16),
 }
 
 impl ScsiBus {
@@ -30,28 +59,130 @@ impl ScsiBus {
         Self::default()
     }
 
-    /// Adds a LU. The configuration has been validated, so there are no duplicates; a duplicate
-    /// would replace the earlier LU.
+    fn read(&self) -> RwLockReadGuard<'_, Targets> {
+        // Plain maps of `Arc`s: a panic elsewhere cannot leave them inconsistent.
+        self.targets.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Targets> {
+        self.targets.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a LU while the bus is being built. The configuration has been validated, so there
+    /// are no duplicates; a duplicate would replace the earlier LU.
     pub fn add_lun(&mut self, target: u8, lun: u16, mut lu: LogicalUnit) {
         lu.set_address(target, lun);
-        self.targets.entry(target).or_default().insert(lun, lu);
+        self.targets
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target)
+            .or_default()
+            .insert(lun, Arc::new(lu));
+    }
+
+    /// Adds a LU to the running bus (runtime management). The other LUs of the target report
+    /// REPORTED LUNS DATA HAS CHANGED.
+    pub fn insert_lun(
+        &self,
+        target: u8,
+        lun: u16,
+        mut lu: LogicalUnit,
+    ) -> Result<Arc<LogicalUnit>, BusError> {
+        lu.set_address(target, lun);
+        let lu = Arc::new(lu);
+        let mut targets = self.write();
+        let luns = targets.entry(target).or_default();
+        if luns.contains_key(&lun) {
+            return Err(BusError::AddressInUse(target, lun));
+        }
+        for other in luns.values() {
+            other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+        }
+        luns.insert(lun, lu.clone());
+        Ok(lu)
+    }
+
+    /// Takes a LU off the running bus: from now on its address answers LOGICAL UNIT NOT
+    /// SUPPORTED (and a target left without LUNs, BAD TARGET). Commands already holding it
+    /// finish; [`wait_unused`] waits for them. The other LUs of the target report REPORTED
+    /// LUNS DATA HAS CHANGED.
+    pub fn remove_lun(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
+        let lu = {
+            let mut targets = self.write();
+            let luns = targets.get_mut(&target)?;
+            let lu = luns.remove(&lun)?;
+            if luns.is_empty() {
+                targets.remove(&target);
+            } else {
+                for other in luns.values() {
+                    other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+                }
+            }
+            lu
+        };
+        if let Some(slot) = lu.fixed_file() {
+            self.released_fixed_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(slot);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        Some(lu)
+    }
+
+    /// Changes with every removal (see [`ScsiBus::released_fixed_files`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The fixed-file slots of every LU removed so far: an engine that registered them must
+    /// let go of their files (so that the file is really closed, its lock released).
+    pub fn released_fixed_files(&self) -> Vec<u32> {
+        self.released_fixed_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn has_target(&self, target: u8) -> bool {
-        self.targets.contains_key(&target)
+        self.read().contains_key(&target)
     }
 
     pub fn lun_exists(&self, target: u8, lun: u16) -> bool {
         self.lookup(target, lun).is_some()
     }
 
-    fn lookup(&self, target: u8, lun: u16) -> Option<&LogicalUnit> {
-        self.targets.get(&target)?.get(&lun)
+    /// One look at the table for a command: `Err(())` when the target does not exist, else its
+    /// LU at `lun` if there is one.
+    #[allow(clippy::result_unit_err)]
+    pub fn find(&self, target: u8, lun: u16) -> Result<Option<Arc<LogicalUnit>>, ()> {
+        let targets = self.read();
+        let luns = targets.get(&target).ok_or(())?;
+        Ok(luns.get(&lun).cloned())
+    }
+
+    /// The LU at an address.
+    pub fn lookup(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
+        self.read().get(&target)?.get(&lun).cloned()
+    }
+
+    /// Every LU with its address, in address order.
+    pub fn luns(&self) -> Vec<((u8, u16), Arc<LogicalUnit>)> {
+        self.read()
+            .iter()
+            .flat_map(|(&t, luns)| luns.iter().map(move |(&l, lu)| ((t, l), lu.clone())))
+            .collect()
+    }
+
+    fn for_each_lu(&self, mut f: impl FnMut(&LogicalUnit)) {
+        for lu in self.read().values().flat_map(|luns| luns.values()) {
+            f(lu);
+        }
     }
 
     /// The LU at `target:lun`, for the management layer (medium changes:
     /// [`LogicalUnit::change_medium`], [`LogicalUnit::eject`], [`LogicalUnit::load`]).
-    pub fn logical_unit(&self, target: u8, lun: u16) -> Option<&LogicalUnit> {
+    pub fn logical_unit(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
         self.lookup(target, lun)
     }
 
@@ -106,7 +237,7 @@ impl ScsiBus {
             // admission checks.
             Some(lu) if cdb.opcode() == opcode::EXTENDED_COPY => {
                 lu.admit_as(nexus, &cdb).unwrap_or_else(|| {
-                    self.extended_copy(lu, nexus, &cdb, data_out)
+                    self.extended_copy(&lu, nexus, &cdb, data_out)
                         .unwrap_or_else(|sense| lu.check_condition(sense))
                 })
             }
@@ -133,41 +264,85 @@ impl ScsiBus {
         data_in: &DataIn<'a>,
         caller_io: bool,
     ) -> Prepared<'a> {
+        let lu = self.lookup(target, lun);
+        let now = Instant::now();
+        self.prepare_found(lu, target, lun, cdb, data_out, data_in, caller_io, now)
+    }
+
+    /// [`ScsiBus::prepare`] for a command whose LU the caller looked up already
+    /// ([`ScsiBus::find`]; `None`: no LU at that address) and that arrived at `arrived` (its
+    /// latency counts from there; a queue reads the clock once for the chains it pops
+    /// together).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_found<'a>(
+        &self,
+        lu: Option<Arc<LogicalUnit>>,
+        target: u8,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &DataOut<'a>,
+        data_in: &DataIn<'a>,
+        caller_io: bool,
+        arrived: Instant,
+    ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
         let op = parsed.opcode();
-        match self.lookup(target, lun) {
-            Some(lu)
-                if !parsed.is_truncated()
-                    && op != opcode::REPORT_LUNS
-                    && op != opcode::EXTENDED_COPY =>
-            {
-                lu.prepare(&parsed, data_out, data_in, caller_io)
+        if !parsed.is_truncated() && op != opcode::REPORT_LUNS {
+            if let Some(lu) = lu {
+                if op == opcode::EXTENDED_COPY {
+                    // EXTENDED COPY waits on the destination's write gate, which an exclusive
+                    // holder (COMPARE AND WRITE …) keeps until the caller's own writes are done.
+                    if caller_io {
+                        return Prepared::DrainFirst;
+                    }
+                    let out = self.execute(target, lun, cdb, data_out, data_in);
+                    lu.record(op, &out, arrived, Instant::now());
+                    return Prepared::Done(out);
+                }
+                let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io);
+                match &mut prepared {
+                    Prepared::Done(out) => lu.record(op, out, arrived, Instant::now()),
+                    Prepared::Io(plan) => {
+                        plan.meta.start = Some(arrived);
+                        plan.unit = Some(lu);
+                    }
+                    Prepared::DrainFirst => {}
+                }
+                return prepared;
             }
-            // EXTENDED COPY waits on the destination's write gate, which an exclusive holder
-            // (COMPARE AND WRITE …) keeps until the caller's own writes are done.
-            Some(_) if caller_io && op == opcode::EXTENDED_COPY => Prepared::DrainFirst,
-            _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
         }
+        Prepared::Done(self.execute(target, lun, cdb, data_out, data_in))
     }
 
     /// Runs a plan from [`ScsiBus::prepare`] with the backend's synchronous methods.
-    pub fn run_sync(&self, target: u8, lun: u16, plan: &IoPlan<'_>) -> io::Result<()> {
-        match self.lookup(target, lun) {
+    pub fn run_sync(&self, plan: &IoPlan<'_>) -> io::Result<()> {
+        match &plan.unit {
             Some(lu) => lu.run_sync(plan),
             None => Err(io::ErrorKind::NotFound.into()),
         }
     }
 
-    /// The answer to a command whose [`IoPlan`] finished with `result`.
+    /// The answer to a command whose [`IoPlan`] (of LU `unit`) finished with `result`.
     pub fn complete(
         &self,
-        target: u8,
-        lun: u16,
+        unit: Option<&LogicalUnit>,
         meta: IoMeta,
         result: io::Result<()>,
     ) -> CmdOutput {
-        match self.lookup(target, lun) {
-            Some(lu) => lu.complete_io(meta, result),
+        self.complete_at(unit, meta, result, Instant::now())
+    }
+
+    /// [`ScsiBus::complete`] for an operation that finished at `now` (one clock reading for a
+    /// batch of completions).
+    pub fn complete_at(
+        &self,
+        unit: Option<&LogicalUnit>,
+        meta: IoMeta,
+        result: io::Result<()>,
+        now: Instant,
+    ) -> CmdOutput {
+        match unit {
+            Some(lu) => lu.finish_io(meta, result, now),
             None => CmdOutput::check_condition(Sense::LUN_NOT_SUPPORTED),
         }
     }
@@ -180,16 +355,33 @@ impl ScsiBus {
     }
 
     /// Every LU of every target (EXTENDED COPY looks its copy targets up here at copy time).
-    pub(super) fn logical_units(&self) -> impl Iterator<Item = &LogicalUnit> {
-        self.targets.values().flat_map(|luns| luns.values())
+    pub(super) fn logical_units(&self) -> Vec<Arc<LogicalUnit>> {
+        self.read()
+            .values()
+            .flat_map(|luns| luns.values().cloned())
+            .collect()
     }
 
-    /// Every LUN's backend, for engines that register files up front.
-    pub fn backends(&self) -> impl Iterator<Item = Arc<dyn BlockBackend>> + '_ {
-        self.targets
-            .values()
-            .flat_map(|luns| luns.values())
-            .map(|lu| lu.backend().into_owned())
+    /// The files an io_uring may register up front (fixed files), in slot order: every LU
+    /// whose backend has a file io_uring handles correctly (not FUSE) is given its slot
+    /// ([`LogicalUnit::fixed_file`]), which its plans name from now on. Called once, when
+    /// the rings are made; LUNs added later have no slot (their I/O runs synchronously on
+    /// the queue thread under io_uring).
+    pub fn assign_fixed_files(&self) -> Vec<RawFd> {
+        let mut files = Vec::new();
+        self.for_each_lu(|lu| {
+            // A removable LU's medium can change under a queued I/O: it never goes to an
+            // engine (its plans carry no fd), so it gets no slot either.
+            let backend = lu.backend();
+            if lu.removable() || !backend.uring_safe() {
+                return;
+            }
+            if let Some(fd) = backend.raw_fd() {
+                lu.set_fixed_file(files.len() as u32);
+                files.push(fd);
+            }
+        });
+        files
     }
 
     /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.
@@ -203,7 +395,7 @@ impl ScsiBus {
     /// REPORTED LUNS DATA HAS CHANGED for every LU of `target` (after LUNs were added or
     /// removed).
     pub fn report_luns_changed(&self, target: u8) {
-        if let Some(luns) = self.targets.get(&target) {
+        if let Some(luns) = self.read().get(&target) {
             for lu in luns.values() {
                 lu.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
             }
@@ -213,7 +405,7 @@ impl ScsiBus {
     /// I_T NEXUS RESET (SAM-5 6.3.4): every LU of the target reports I_T NEXUS LOSS OCCURRED
     /// to the HBA's nexus and drops its SPC-2 reservation.
     pub fn reset_target(&self, target: u8) {
-        if let Some(luns) = self.targets.get(&target) {
+        if let Some(luns) = self.read().get(&target) {
             log::info!("{target}: target reset");
             for lu in luns.values() {
                 lu.nexus_loss(HBA_NEXUS);
@@ -224,23 +416,18 @@ impl ScsiBus {
     /// Device reset (guest reboot, driver reload): every LU is as if powered on again, with a
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED unit attention and default mode pages.
     pub fn reset_all(&self) {
-        for lu in self.targets.values().flat_map(|luns| luns.values()) {
-            lu.power_on_reset();
-        }
+        self.for_each_lu(|lu| lu.power_on_reset());
     }
 
     /// Flushes every writable LU; all are attempted, the first error is returned.
     pub fn flush_all(&self) -> io::Result<()> {
         let mut first_err = None;
-        for lu in self.targets.values().flat_map(|luns| luns.values()) {
-            if lu.read_only() {
-                continue;
-            }
-            if let Err(e) = lu.backend().flush() {
+        self.for_each_lu(|lu| {
+            if let Err(e) = lu.flush() {
                 log::warn!("{}: flush failed: {e}", lu.name);
                 first_err.get_or_insert(e);
             }
-        }
+        });
         first_err.map_or(Ok(()), Err)
     }
 
@@ -251,7 +438,7 @@ impl ScsiBus {
             return Err(Sense::invalid_cdb_field(6, Some(7)));
         }
         let configured = || -> Vec<u16> {
-            self.targets
+            self.read()
                 .get(&target)
                 .map(|luns| luns.keys().copied().collect())
                 .unwrap_or_default()
@@ -309,6 +496,24 @@ fn report_luns_wlun(cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
         opcode::REQUEST_SENSE => Ok(request_sense_response(&Sense::NO_SENSE, cdb, data_in)),
         opcode::TEST_UNIT_READY => Ok(CmdOutput::good(0)),
         _ => Err(Sense::INVALID_OPCODE),
+    }
+}
+
+/// Waits until nobody but the caller holds `lu` (the commands that were using it when it was
+/// removed have completed), at most `timeout`; true when that happened. Dropping the caller's
+/// reference then drops the backend: its file is closed, its lock released.
+pub fn wait_unused(lu: &Arc<LogicalUnit>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if Arc::strong_count(lu) == 1 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
     }
 }
 

@@ -5,6 +5,8 @@
 //! fails such requests with VIRTIO_SCSI_S_OVERRUN); we report CHECK CONDITION, ILLEGAL REQUEST,
 //! INVALID FIELD IN CDB pointing at the transfer length, and never touch memory past the buffer.
 
+use std::{sync::Arc, time::Instant};
+
 use vm_memory::VolatileSlice;
 
 pub use crate::block::IoKind;
@@ -26,6 +28,9 @@ pub struct IoMeta {
     pub lba: u64,
     /// Bytes to move (0 for a flush).
     pub len: usize,
+    /// When the command arrived (its latency is counted from there); `None` for plans that
+    /// never reach the statistics (run inside a command's own handler).
+    pub start: Option<Instant>,
 }
 
 /// A READ, WRITE or SYNCHRONIZE CACHE that passed every check: the backend operation to run.
@@ -43,6 +48,14 @@ pub struct IoPlan<'a> {
     /// (COMPARE AND WRITE waits for it). Whoever runs the plan keeps it until the result has
     /// been passed to [`crate::scsi::ScsiBus::complete`], then drops it.
     pub write: Option<WriteInFlight>,
+    /// The backend's slot among the io_uring rings' fixed files (see
+    /// [`LogicalUnit::fixed_file`]): an engine runs the plan on that slot only when it holds
+    /// `fd`. A LUN added at runtime has none.
+    pub fixed: Option<u32>,
+    /// The LU the plan belongs to (set by [`crate::scsi::ScsiBus::prepare`]): it stays alive,
+    /// its backend open, until the plan is completed, even when the LUN is removed meanwhile
+    /// (a removal waits for exactly these references to go).
+    pub unit: Option<Arc<LogicalUnit>>,
 }
 
 impl<'a> IoPlan<'a> {
@@ -241,11 +254,14 @@ impl LogicalUnit {
                 opcode: cdb.opcode(),
                 lba,
                 len: bufs.len(),
+                start: None,
             },
             offset,
             bufs,
             fd,
             write: None,
+            fixed: fd.and(self.fixed_file()),
+            unit: None,
         })
     }
 
@@ -267,6 +283,22 @@ impl LogicalUnit {
             // have; should it ever come, the guest retries.
             Prepared::DrainFirst => CmdOutput::busy(),
         }
+    }
+
+    /// The answer to a command prepared by [`LogicalUnit::prepare`] whose backend operation
+    /// finished with `result`, counted in the statistics.
+    /// `now`: when the operation finished (one reading serves a batch of completions).
+    pub(crate) fn finish_io(
+        &self,
+        meta: IoMeta,
+        result: std::io::Result<()>,
+        now: Instant,
+    ) -> CmdOutput {
+        let out = self.complete_io(meta, result);
+        if let Some(start) = meta.start {
+            self.record(meta.opcode, &out, start, now);
+        }
+        out
     }
 
     /// The command's answer once its backend operation finished with `result`.
@@ -420,7 +452,6 @@ impl LogicalUnit {
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::Duration};
-
     use vm_memory::VolatileSlice;
 
     use super::*;

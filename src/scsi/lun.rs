@@ -16,7 +16,7 @@ use std::{
     collections::{BTreeMap, VecDeque},
     fmt, io,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
         Arc, Condvar, Mutex, MutexGuard, RwLock,
     },
     time::{Duration, Instant},
@@ -28,6 +28,7 @@ use super::{
     reservations::PrState,
     respond,
     sense::Sense,
+    stats::{LunCounters, OpClass, StatsSnapshot},
     CmdOutput, CmdResult, DataIn, DataOut,
 };
 use crate::{
@@ -326,7 +327,17 @@ pub struct LogicalUnit {
     io_error_log: RateLimit,
     /// SANITIZE and copy-result state ([`super::extra`]).
     pub(super) extra: Arc<super::extra_state::ExtraState>,
+    /// Writes refused (DATA PROTECT, MODE SENSE's WP bit): configured, or set at runtime.
+    read_only: AtomicBool,
+    /// The backend's slot among the io_uring rings' fixed files ([`NO_FIXED_FILE`]: none; a
+    /// LUN added at runtime, or a backend io_uring must not serve).
+    fixed_file: AtomicU32,
+    /// Commands, bytes, errors, latencies.
+    pub(super) counters: LunCounters,
 }
+
+/// [`LogicalUnit::fixed_file`] of a LUN without one.
+const NO_FIXED_FILE: u32 = u32::MAX;
 
 impl LogicalUnit {
     pub fn new(backend: Arc<dyn BlockBackend>, mut opts: LunOptions) -> Self {
@@ -365,7 +376,6 @@ impl LogicalUnit {
             medium: Mutex::new(Medium::default()),
             medium_ready: AtomicBool::new(true),
             retired: Mutex::new(Vec::new()),
-            opts,
             discard,
             name: "?:?".to_string(),
             unit_attentions: Mutex::new(BTreeMap::new()),
@@ -379,6 +389,10 @@ impl LogicalUnit {
             pr_active: AtomicBool::new(pr_active),
             io_error_log: RateLimit::new(IO_ERROR_LOG_BURST, IO_ERROR_LOG_WINDOW),
             extra: Default::default(),
+            read_only: AtomicBool::new(opts.read_only),
+            fixed_file: AtomicU32::new(NO_FIXED_FILE),
+            counters: LunCounters::default(),
+            opts,
         }
     }
 
@@ -404,7 +418,87 @@ impl LogicalUnit {
     }
 
     pub fn read_only(&self) -> bool {
-        self.opts.read_only
+        self.read_only.load(Ordering::Relaxed)
+    }
+
+    /// Refuses writes from now on (DATA PROTECT), or allows them again. Commands already
+    /// admitted finish as they started.
+    pub fn set_read_only(&self, read_only: bool) {
+        if self.read_only.swap(read_only, Ordering::Relaxed) != read_only {
+            log::info!(
+                "{}: now {}",
+                self.name,
+                if read_only { "read-only" } else { "read-write" }
+            );
+        }
+    }
+
+    /// The backend's slot among the io_uring rings' fixed files, if it has one.
+    pub fn fixed_file(&self) -> Option<u32> {
+        match self.fixed_file.load(Ordering::Relaxed) {
+            NO_FIXED_FILE => None,
+            slot => Some(slot),
+        }
+    }
+
+    /// Records the backend's slot among the rings' fixed files (at start-up, when the rings are
+    /// made over the LUN files).
+    pub fn set_fixed_file(&self, slot: u32) {
+        self.fixed_file.store(slot, Ordering::Relaxed);
+    }
+
+    /// The backend's size in bytes as served now.
+    pub fn size(&self) -> u64 {
+        self.backend().size()
+    }
+
+    /// Unit serial number and NAA identifier.
+    pub fn identity(&self) -> (&str, u64) {
+        (&self.opts.serial, self.opts.wwn)
+    }
+
+    /// Reads the backend's size again (runtime resize); returns (old, new) in bytes. When the
+    /// capacity in blocks changed, every I_T nexus gets CAPACITY DATA HAS CHANGED.
+    pub fn resize(&self) -> io::Result<(u64, u64)> {
+        let backend = self.backend();
+        let old = backend.size();
+        let new = backend.refresh_size()?;
+        if new < u64::from(self.opts.block_size) {
+            log::warn!(
+                "{}: resized to {new} bytes, less than one block: every access fails",
+                self.name
+            );
+        }
+        self.check_capacity_change();
+        Ok((old, new))
+    }
+
+    /// MODE PARAMETERS CHANGED for every I_T nexus (the write protection changed at runtime).
+    pub fn mode_parameters_changed(&self) {
+        self.establish_ua(None, Sense::MODE_PARAMETERS_CHANGED);
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&self) -> io::Result<()> {
+        if self.read_only() {
+            return Ok(());
+        }
+        self.backend().flush()
+    }
+
+    /// The statistics so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Counts a command that arrived at `start` and finished at `end`.
+    pub(super) fn record(&self, op: u8, out: &CmdOutput, start: Instant, end: Instant) {
+        self.counters.record(
+            OpClass::of(op),
+            u64::from(out.transferred),
+            out.status != super::status::GOOD,
+            end.saturating_duration_since(start),
+        );
     }
 
     pub fn device_type(&self) -> DeviceType {
@@ -555,7 +649,7 @@ impl LogicalUnit {
     /// DATA PROTECT for a read-only LUN (WRITE PROTECTED) or after the control mode page's SWP
     /// was set (LOGICAL UNIT SOFTWARE WRITE PROTECTED).
     pub(super) fn check_writable(&self) -> Result<(), Sense> {
-        if self.opts.read_only {
+        if self.read_only() {
             Err(Sense::WRITE_PROTECTED)
         } else if self.swp.load(Ordering::Relaxed) {
             Err(Sense::SOFTWARE_WRITE_PROTECTED)
@@ -619,11 +713,15 @@ impl LogicalUnit {
         data_out: &DataOut<'_>,
         data_in: &DataIn<'_>,
     ) -> CmdOutput {
-        if let Some(out) = self.admit_as(nexus, cdb) {
-            return out;
-        }
-        self.dispatch(nexus, cdb, data_out, data_in)
-            .unwrap_or_else(|sense| self.check_condition(sense))
+        let start = Instant::now();
+        let out = match self.admit_as(nexus, cdb) {
+            Some(out) => out,
+            None => self
+                .dispatch(nexus, cdb, data_out, data_in)
+                .unwrap_or_else(|sense| self.check_condition(sense)),
+        };
+        self.record(cdb.opcode(), &out, start, Instant::now());
+        out
     }
 
     /// The checks every command goes through before its handler (also for the asynchronous

@@ -16,6 +16,7 @@
 //! - [`extra`]: LOG SENSE, READ DEFECT DATA, SANITIZE, WRITE ATOMIC, RECEIVE COPY RESULTS;
 //!   [`xcopy`]: EXTENDED COPY between LUs, run by the bus.
 //! - [`cdb`], [`sense`]: CDB field access and sense data encoding.
+//! - [`stats`]: per-LUN statistics (operations, bytes, errors, latency histograms).
 //!
 //! The model is QEMU's `scsi-disk`, which is what Linux guests are tested against.
 
@@ -37,6 +38,7 @@ pub mod opcodes;
 pub mod provisioning;
 pub mod reservations;
 pub mod sense;
+pub mod stats;
 pub mod verify;
 pub mod xcopy;
 
@@ -46,7 +48,7 @@ mod tests;
 /// The data buffers of a command (they live in [`crate::block::sg`]).
 pub use crate::block::sg as data;
 pub use crate::block::sg::{DataIn, DataOut, SgList};
-pub use bus::ScsiBus;
+pub use bus::{wait_unused, BusError, ScsiBus};
 pub use io::{IoKind, IoMeta, IoPlan, Prepared};
 pub use lun::{DeviceType, LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
 pub use media::{MediumError, MediumState};

@@ -12,6 +12,8 @@
 //! never passes through guest memory. Writes to the destination hold its write gate, so a
 //! COMPARE AND WRITE or WRITE ATOMIC there stays atomic.
 
+use std::sync::Arc;
+
 use super::{
     bus::ScsiBus,
     cdb::{be16, be32, be64, service_action as sa, Cdb},
@@ -168,11 +170,13 @@ impl From<Sense> for SegmentError {
 
 impl ScsiBus {
     /// The LU whose NAA designator (VPD 83h) is `wwn`, on any target of the bus.
-    fn lun_by_wwn(&self, wwn: u64) -> Option<&LogicalUnit> {
+    fn lun_by_wwn(&self, wwn: u64) -> Option<Arc<LogicalUnit>> {
         if wwn == 0 {
             return None;
         }
-        self.logical_units().find(|lu| lu.opts.wwn == wwn)
+        self.logical_units()
+            .into_iter()
+            .find(|lu| lu.opts.wwn == wwn)
     }
 
     /// EXTENDED COPY (LID1) received by `manager` on `nexus`; the admission checks (unit
@@ -254,7 +258,7 @@ impl ScsiBus {
         };
         // DISK BLOCK LENGTH (bytes 29..31 of the CSCD) must be the LU's, or the initiator
         // computed the segment for another device.
-        for (at, given, lu) in [(src_at, src_bl, src), (dst_at, dst_bl, dst)] {
+        for (at, given, lu) in [(src_at, src_bl, &src), (dst_at, dst_bl, &dst)] {
             if given != lu.block_size() {
                 return Err(Sense::invalid_param_field((at + 29) as u16, Some(7)).into());
             }
@@ -281,7 +285,7 @@ impl ScsiBus {
         if bytes == 0 {
             return Ok(0);
         }
-        if std::ptr::eq(src, dst) && src_off < dst_off + bytes && dst_off < src_off + bytes {
+        if Arc::ptr_eq(&src, &dst) && src_off < dst_off + bytes && dst_off < src_off + bytes {
             // Overlapping ranges of one LU: neither copy direction is safe in chunks.
             // 26h/0Ch INVALID OPERATION FOR COPY SOURCE OR DESTINATION.
             return Err(Sense::new(super::sense::key::ILLEGAL_REQUEST, 0x26, 0x0c)

@@ -243,7 +243,12 @@ mod tests {
         assert!(fds.is_empty());
 
         let id = broker
-            .send_request(Body::Manage(ManageMsg::Ping), &[])
+            .send_request(
+                Body::Manage(ManageMsg::Request(
+                    crate::broker::manage::ManageRequest::List { after: None },
+                )),
+                &[],
+            )
             .unwrap();
         let (got, _) = recv(&worker).unwrap().unwrap();
         assert_eq!((got.id, got.kind), (id, Kind::Request));
@@ -259,7 +264,15 @@ mod tests {
         .unwrap();
         match broker.read_events().as_slice() {
             [BrokerEvent::Reply { id: got, body, .. }] => {
-                assert_eq!((*got, body), (id, &Body::Manage(ManageMsg::Ping)));
+                assert_eq!(
+                    (*got, body),
+                    (
+                        id,
+                        &Body::Manage(ManageMsg::Request(
+                            crate::broker::manage::ManageRequest::List { after: None }
+                        ))
+                    )
+                );
             }
             other => panic!("{other:?}"),
         }

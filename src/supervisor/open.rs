@@ -213,8 +213,12 @@ pub(crate) fn open_pr_path(path: &Path, create: bool) -> Result<File, OwnOpenErr
     Ok(file)
 }
 
-/// Opens, locks (exclusively) and sizes `lun.pr_file`, if any.
-fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
+/// Opens, locks (exclusively) and sizes `lun.pr_file`, if any, waiting at most `grace` for its
+/// lock.
+fn open_pr_file_within(
+    lun: &LunConfig,
+    grace: std::time::Duration,
+) -> Result<Option<PrFile>, OpenError> {
     let Some(path) = &lun.pr_file else {
         return Ok(None);
     };
@@ -235,7 +239,7 @@ fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
             error: e,
         },
     })?;
-    flock(&file, libc::LOCK_EX).map_err(|e| {
+    flock_within(&file, libc::LOCK_EX, grace).map_err(|e| {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             OpenError::PrFileLocked {
                 target,
@@ -271,9 +275,9 @@ fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
 /// is gone. A restart (systemd `Restart=`, a libvirt hook) must not fail on that.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// `flock(op | LOCK_NB)`, retried for [`LOCK_GRACE`] while another holder has it.
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    let deadline = std::time::Instant::now() + LOCK_GRACE;
+/// `flock(op | LOCK_NB)`, retried for `grace` while another holder has it.
+fn flock_within(file: &File, op: libc::c_int, grace: std::time::Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + grace;
     loop {
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
@@ -365,23 +369,105 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
 }
 
 fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
-    let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
-    if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
-        log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
-        return Ok(OpenedLun {
-            config: lun.clone(),
-            backend: Arc::new(crate::block::NullBackend::new(size)),
-            pr_file: open_pr_file(lun)?,
-        });
+    open_lun(lun, None, LOCK_GRACE)
+}
+
+/// A LUN opened at run time (`add-lun`): the LUN, and second descriptors of its files (the
+/// source's, then the `pr-file`'s) that share their open files and locks, for passing to the
+/// worker.
+#[derive(Debug)]
+pub struct RuntimeLun {
+    pub lun: OpenedLun,
+    pub fds: Vec<File>,
+}
+
+/// Opens a LUN at run time: by path (the supervisor checked that it may), or from `file`, a
+/// descriptor a management client passed (`lun.source` is then only its name). Locks without
+/// waiting for another holder: the supervisor's loop must not stall on a busy image.
+pub fn open_runtime(lun: &LunConfig, file: Option<File>) -> Result<RuntimeLun, OpenError> {
+    let opened = open_lun(lun, file, std::time::Duration::ZERO)?;
+    let files = [
+        opened.backend.raw_fd(),
+        opened.pr_file.as_ref().and_then(|p| p.0.raw_fd()),
+    ];
+    let fds = files
+        .into_iter()
+        .flatten()
+        .map(|fd| {
+            // SAFETY: `fd` belongs to one of `opened`'s backends, alive for this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            fd.try_clone_to_owned().map(File::from)
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|error| OpenError::Backend {
+            target: lun.target,
+            lun: lun.lun,
+            path: lun.source.clone(),
+            error,
+        })?;
+    Ok(RuntimeLun { lun: opened, fds })
+}
+
+/// Checks that a passed descriptor was opened the way `lun` says (read-write for a writable
+/// LUN): the worker cannot reopen it.
+fn check_passed(lun: &LunConfig, file: &File) -> Result<(), OpenError> {
+    // SAFETY: F_GETFL only reads the open file's status flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    let error = |error| OpenError::Open {
+        target: lun.target,
+        lun: lun.lun,
+        path: lun.source.clone(),
+        error,
+    };
+    if flags < 0 {
+        return Err(error(io::Error::last_os_error()));
     }
-    let file = open_source(lun)?;
+    let mode = flags & libc::O_ACCMODE;
+    if mode == libc::O_WRONLY || (!lun.read_only && mode != libc::O_RDWR) {
+        return Err(error(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the passed descriptor is not open read-write (add readonly, or open it O_RDWR)",
+        )));
+    }
+    if lun.cache == CacheMode::None && flags & libc::O_DIRECT == 0 {
+        return Err(error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cache=none needs a descriptor opened with O_DIRECT",
+        )));
+    }
+    Ok(())
+}
+
+fn open_lun(
+    lun: &LunConfig,
+    passed: Option<File>,
+    grace: std::time::Duration,
+) -> Result<OpenedLun, OpenError> {
+    let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
+    if passed.is_none() {
+        if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
+            log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
+            return Ok(OpenedLun {
+                config: lun.clone(),
+                backend: Arc::new(crate::block::NullBackend::new(size)),
+                pr_file: open_pr_file_within(lun, grace)?,
+            });
+        }
+    }
+    let file = match passed {
+        Some(f) => {
+            check_passed(lun, &f)?;
+            f
+        }
+        None => open_source(lun)?,
+    };
 
     let op = if lun.read_only {
         libc::LOCK_SH
     } else {
         libc::LOCK_EX
     };
-    if let Err(error) = flock(&file, op) {
+    if let Err(error) = flock_within(&file, op, grace) {
         return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
             OpenError::Locked {
                 target,
@@ -442,7 +528,7 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
             path.display()
         );
     }
-    let pr_file = open_pr_file(lun)?;
+    let pr_file = open_pr_file_within(lun, grace)?;
     Ok(OpenedLun {
         config: lun.clone(),
         backend: Arc::new(backend),

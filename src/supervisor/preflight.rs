@@ -12,7 +12,7 @@ use super::{listener, open};
 use crate::config::{
     cli::{null_source_size, systemd_env},
     error::{CliError, LunError, OwnFileError},
-    Config, ListenSpec, LunConfig,
+    Config, ListenSpec, LunConfig, ManagementConfig,
 };
 
 /// Removes the `LISTEN_*` variables from the environment when systemd socket activation names
@@ -58,6 +58,16 @@ pub fn check(config: &Config) -> Result<(), CliError> {
             listener::check_listening_socket(fd).map_err(CliError::SystemdFd)?;
         }
     }
+    if let Some(m) = &config.management {
+        check_management(config, m)?;
+    }
+    if let Some(p) = &config.pidfile {
+        parent_dir_exists(p).map_err(|error| CliError::Path {
+            origin: "--pidfile".into(),
+            path: p.clone(),
+            error,
+        })?;
+    }
     // In the order the LUNs were written, so that the first problem reported is the first one
     // in the configuration.
     let mut luns: Vec<(usize, String, &LunConfig)> = config
@@ -74,6 +84,43 @@ pub fn check(config: &Config) -> Result<(), CliError> {
         check_source(lun)
             .and_then(|()| check_pr_file(lun))
             .map_err(|error| CliError::Lun { origin, error })?;
+    }
+    Ok(())
+}
+
+/// The management socket can be created, its group exists, every `--image-dir` is a directory.
+fn check_management(config: &Config, m: &ManagementConfig) -> Result<(), CliError> {
+    if let ListenSpec::SocketPath(p) = &config.listen {
+        if p == &m.socket {
+            return Err(CliError::Conflict {
+                first: config.origins.listen.clone(),
+                second: format!("{} (the same path)", config.origins.management),
+            });
+        }
+    }
+    listener::check_socket_path(&m.socket).map_err(|error| CliError::SocketPath {
+        origin: config.origins.management.clone(),
+        path: m.socket.clone(),
+        error,
+    })?;
+    if let Some(group) = &m.group {
+        listener::resolve_group(group).map_err(|error| CliError::SocketGroup {
+            origin: "--management-group".into(),
+            group: group.clone(),
+            error,
+        })?;
+    }
+    for dir in &m.image_dirs {
+        let error = |error| CliError::Path {
+            origin: "--image-dir".into(),
+            path: dir.clone(),
+            error,
+        };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(error(io::Error::from_raw_os_error(libc::ENOTDIR))),
+            Err(e) => return Err(error(e)),
+        }
     }
     Ok(())
 }

@@ -10,6 +10,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, RawFd},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,7 +30,7 @@ use crate::{
         },
         partial_failure,
     },
-    scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
+    scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PendingIo, ReplyShape, Started},
         request::split_chain,
@@ -72,6 +73,9 @@ struct Slot {
     /// dropped, which happens when the slot is completed or reaped (also in `Drop`), or with
     /// the slot itself.
     write: Option<WriteInFlight>,
+    /// The LU the command belongs to: kept (its backend open) until the command is completed,
+    /// even when the LUN is removed meanwhile.
+    unit: Option<Arc<LogicalUnit>>,
 }
 
 // SAFETY: the raw pointers point into guest memory mapped by `mem`, which the slot keeps alive;
@@ -92,6 +96,7 @@ impl Slot {
                 opcode: 0,
                 lba: 0,
                 len: 0,
+                start: None,
             },
             reply: ReplyShape {
                 data_in: false,
@@ -100,6 +105,7 @@ impl Slot {
             fd: -1,
             offset: 0,
             write: None,
+            unit: None,
         }
     }
 
@@ -107,6 +113,7 @@ impl Slot {
     fn release(&mut self) {
         self.write = None;
         self.mem = None;
+        self.unit = None;
     }
 }
 
@@ -133,6 +140,8 @@ pub struct QueueWorker {
     teardown_deadline: Option<Instant>,
     /// Which queue this is (log messages).
     queue: usize,
+    /// The bus generation whose removed LUNs' fixed files the engine has let go of.
+    bus_generation: u64,
 }
 
 impl QueueWorker {
@@ -198,6 +207,7 @@ impl QueueWorker {
             registered: None,
             teardown_deadline: None,
             queue: 0,
+            bus_generation: 0,
         }
     }
 
@@ -254,6 +264,8 @@ impl QueueWorker {
                 for slot in &mut self.slots {
                     std::mem::forget(slot.mem.take());
                     slot.write = None;
+                    // Its file too: the kernel may still be using it.
+                    std::mem::forget(slot.unit.take());
                 }
                 std::mem::forget(self.registered.take());
                 break;
@@ -306,6 +318,7 @@ impl QueueWorker {
         // the I/O in flight is slow must not wait for it.
         let mut watch_kick = true;
         self.ring_stopped = false;
+        self.release_removed_files(bus);
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
@@ -313,6 +326,7 @@ impl QueueWorker {
             if event_idx {
                 vring.disable_notification()?;
             }
+            self.release_removed_files(bus);
             let mut used_any = self.pop_and_start(bus, vring, mem)?;
             self.submit()?;
             used_any |= self.reap(bus, vring)?;
@@ -344,6 +358,25 @@ impl QueueWorker {
             };
             if self.engine.wait(kick).map_err(QueueError::Engine)? && !self.engine.kick_edges() {
                 watch_kick = false;
+            }
+        }
+    }
+
+    /// Lets the engine go of the files of LUNs removed from the bus since the last look (one
+    /// atomic load when nothing changed): a removed LUN's file is then really closed once its
+    /// last command completed. (The kernel keeps the file for I/O still in flight on it.)
+    pub fn release_removed_files(&mut self, bus: &ScsiBus) {
+        let generation = bus.generation();
+        if generation == self.bus_generation {
+            return;
+        }
+        self.bus_generation = generation;
+        for slot in bus.released_fixed_files() {
+            if let Err(e) = self.engine.release_fixed_file(slot) {
+                warn!(
+                    "request queue {}: cannot release a removed LUN's file from its io_uring: {e}",
+                    self.queue
+                );
             }
         }
     }
@@ -440,10 +473,12 @@ impl QueueWorker {
         let mut used_any = false;
         let mut drain_error = None;
         let mut chains = std::mem::take(&mut self.chains);
+        // One clock reading for the chains popped together: they were all waiting by now.
+        let arrived = Instant::now();
         for chain in chains.drain(..) {
             let head = chain.head_index();
             let mut started = match split_chain(mem, chain) {
-                Ok(split) => Ok(start_command(bus, split, self.inflight > 0)),
+                Ok(split) => Ok(start_command(bus, split, self.inflight > 0, arrived)),
                 Err(e) => Err(e),
             };
             if let Ok(Started::DrainFirst(command)) = started {
@@ -526,7 +561,7 @@ impl QueueWorker {
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
             return false;
         };
-        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd) {
+        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd, io.plan.fixed) {
             return false;
         }
         let slot = &mut self.slots[index as usize];
@@ -553,6 +588,7 @@ impl QueueWorker {
         let op = Op {
             kind: slot.meta.kind,
             fd,
+            fixed: io.plan.fixed,
             iov: slot.iov.as_ptr(),
             iovcnt: slot.iov.len(),
             offset: slot.offset,
@@ -567,6 +603,7 @@ impl QueueWorker {
             return false;
         }
         self.slots[index as usize].write = io.plan.write.take();
+        self.slots[index as usize].unit = io.plan.unit.take();
         self.free.pop();
         self.inflight += 1;
         // Let the device start on this one while the rest of the ring is parsed: holding a
@@ -597,6 +634,8 @@ impl QueueWorker {
         // front-end removed the memory holding it): one lost here would stay "in flight" for
         // ever and hold up the teardown. The first such error is reported after the loop.
         let mut ring_error = None;
+        // One clock reading for the completions reaped together.
+        let now = Instant::now();
         for &(user_data, res) in &done {
             let index = user_data as usize;
             let Some(slot) = self.slots.get_mut(index).filter(|s| s.mem.is_some()) else {
@@ -604,7 +643,7 @@ impl QueueWorker {
                 continue;
             };
             let result = io_result(slot, res);
-            let out = bus.complete(slot.target, slot.lun, slot.meta, result);
+            let out = bus.complete_at(slot.unit.as_deref(), slot.meta, result, now);
             let used = slot
                 .reply
                 .respond_with(&out, |header| write_raw(&slot.response, header));

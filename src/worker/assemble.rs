@@ -48,8 +48,8 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
             serial: config
                 .serial
                 .clone()
-                .unwrap_or_else(|| default_serial(&config)),
-            wwn: config.wwn.unwrap_or_else(|| default_wwn(&config)),
+                .unwrap_or_else(|| config.default_serial()),
+            wwn: config.wwn.unwrap_or_else(|| config.default_wwn()),
             block_size: config.block_size.bytes(),
             discard: config.discard,
             physical_block_size: config.phys_block_size.unwrap_or(0),
@@ -58,24 +58,6 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
         bus.add_lun(config.target, config.lun, LogicalUnit::new(backend, opts));
     }
     bus
-}
-
-/// `VUS-T000-L00000`-style serial: unique per daemon and stable across restarts.
-fn default_serial(lun: &LunConfig) -> String {
-    format!("VUS-T{:03}-L{:05}", lun.target, lun.lun)
-}
-
-/// An NAA 3 ("locally assigned") identifier hashed from the source path and the address, so
-/// that the guest's `/dev/disk/by-id` names survive daemon restarts but differ between images.
-fn default_wwn(lun: &LunConfig) -> u64 {
-    // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = lun.source.as_os_str().as_encoded_bytes().iter();
-    for &b in bytes.chain(&[lun.target]).chain(&lun.lun.to_be_bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (3 << 60) | (hash >> 4)
 }
 
 #[cfg(test)]
@@ -89,11 +71,11 @@ mod tests {
     #[test]
     fn default_identities_are_stable_and_distinct() {
         let a = lun("/img/a", 0, 0);
-        assert_eq!(default_serial(&a), "VUS-T000-L00000");
-        assert_eq!(default_serial(&lun("/x", 12, 345)), "VUS-T012-L00345");
-        assert_eq!(default_wwn(&a), default_wwn(&a.clone()));
-        assert_eq!(default_wwn(&a) >> 60, 3);
-        assert_ne!(default_wwn(&a), default_wwn(&lun("/img/b", 0, 0)));
-        assert_ne!(default_wwn(&a), default_wwn(&lun("/img/a", 0, 1)));
+        assert_eq!(a.default_serial(), "VUS-T000-L00000");
+        assert_eq!(lun("/x", 12, 345).default_serial(), "VUS-T012-L00345");
+        assert_eq!(a.default_wwn(), a.clone().default_wwn());
+        assert_eq!(a.default_wwn() >> 60, 3);
+        assert_ne!(a.default_wwn(), lun("/img/b", 0, 0).default_wwn());
+        assert_ne!(a.default_wwn(), lun("/img/a", 0, 1).default_wwn());
     }
 }

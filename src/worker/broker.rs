@@ -37,8 +37,6 @@ pub fn start(sock: UnixStream, mut handlers: Handlers) -> std::io::Result<Broker
             crate::sandbox::probe::run_in_thread(ThreadRole::WorkerBroker);
         },
         move |body, fds| match body {
-            // Answered here: the supervisor's liveness check works without a handler.
-            Body::Manage(msg) if msg == ManageMsg::Ping => (Body::Manage(msg), Vec::new()),
             Body::Manage(msg) => match handlers.manage.as_mut() {
                 Some(handle) => handle(msg, fds),
                 None => (

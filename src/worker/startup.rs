@@ -22,7 +22,7 @@ use nix::{sys::prctl, unistd};
 
 use super::{
     assemble::{self, OpenedLun},
-    broker,
+    broker, manage,
     serve::{self, ServeOptions},
     vhost_user::ScsiBackend,
 };
@@ -31,6 +31,7 @@ use crate::{
     config::Config,
     logging::relay,
     sandbox::{self, SandboxError, WorkerJail},
+    scsi::ScsiBus,
 };
 
 /// Exit code when serving failed after setup.
@@ -65,20 +66,15 @@ pub struct Inherited<'a> {
 }
 
 /// One io_uring per request queue for `--aio=io-uring`, over the LUN files io_uring handles
-/// correctly (not FUSE: its I/O then runs synchronously). Made while the worker is still
-/// unfiltered: once the seccomp filters are in, no thread may create a ring (a fresh ring
-/// would run any operation unseen by seccomp). None when io_uring is refused: the queues use
-/// the thread pool, started now by `with_io_config`'s caller below.
-fn make_rings(res: &Inherited<'_>, config: &Config) -> Vec<UringEngine> {
+/// correctly (not FUSE: its I/O then runs synchronously), each LU given its fixed-file slot.
+/// Made while the worker is still unfiltered: once the seccomp filters are in, no thread may
+/// create a ring (a fresh ring would run any operation unseen by seccomp). None when io_uring
+/// is refused: the queues use the thread pool, started now by `with_io_config`'s caller below.
+fn make_rings(bus: &ScsiBus, config: &Config) -> Vec<UringEngine> {
     if config.io.aio != AioMode::IoUring {
         return Vec::new();
     }
-    let files: Vec<RawFd> = res
-        .luns
-        .iter()
-        .filter(|l| l.backend.uring_safe())
-        .filter_map(|l| l.backend.raw_fd())
-        .collect();
+    let files = bus.assign_fixed_files();
     match UringEngine::for_queues(
         config.num_queues,
         config.queue_size,
@@ -193,17 +189,29 @@ fn worker_main(
         return Ok(sandbox::EXIT_SANDBOX);
     }
     drop(sync);
-    // The request queues' rings, made, restricted and enabled now: no role installed below
-    // allows io_uring_setup.
-    let rings = make_rings(res, config);
+    // The bus (memory only), then the request queues' rings over its files, made, restricted
+    // and enabled now: no role installed below allows io_uring_setup.
+    let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
+    let rings = make_rings(&bus, config);
     // Step 6.
     sandbox::install_main_filters(jail.seccomp)?;
     #[cfg(debug_assertions)]
     sandbox::probe::run_in_main();
 
-    // The broker thread, under the filters like every thread. The handle goes to whoever
-    // needs the supervisor at runtime; the thread lives until the process ends.
-    let _broker = match broker::start(broker, broker::Handlers::default()) {
+    // The bus's backend: served over vhost-user, changed at runtime by management requests.
+    let backend = Arc::new(
+        ScsiBackend::new(bus, config.num_queues, config.queue_size)
+            .with_io_config(config.io.clone())
+            .with_rings(rings)
+            .allow_unsealed_memory(config.allow_unsealed_memory),
+    );
+    // The broker thread, under the filters like every thread; it runs the supervisor's
+    // management requests on the bus. The handle goes to whoever needs the supervisor at
+    // runtime; the thread lives until the process ends.
+    let handlers = broker::Handlers {
+        manage: Some(manage::handler(backend.clone())),
+    };
+    let _broker = match broker::start(broker, handlers) {
         Ok(handle) => handle,
         Err(e) => {
             log::error!("cannot start the fd broker thread: {e}");
@@ -212,13 +220,6 @@ fn worker_main(
     };
 
     // Serve.
-    let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
-    let backend = Arc::new(
-        ScsiBackend::new(bus, config.num_queues, config.queue_size)
-            .with_io_config(config.io.clone())
-            .with_rings(rings)
-            .allow_unsealed_memory(config.allow_unsealed_memory),
-    );
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };

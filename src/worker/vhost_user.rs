@@ -39,6 +39,7 @@ use crate::{
     virtio::{
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
+        events::{Event, EventQueue},
         queue::{QueueError, QueueWorker, TEARDOWN_DRAIN},
         request::{split_chain, SplitChain},
     },
@@ -129,6 +130,11 @@ pub struct ScsiBackend {
     /// registers each in its thread's epoll as a raw fd and never closes it (63 fds per
     /// connection with 62 queues): closed at disconnect, once the queue threads are joined.
     exit_fds: Mutex<Vec<RawFd>>,
+    /// Device events (LUNs added, removed, resized) waiting for the guest's event buffers.
+    events: EventQueue,
+    /// This connection's event queue, once the guest posted buffers on it: events raised by
+    /// runtime management are delivered from the raising thread.
+    event_vring: Mutex<Option<ScsiVring>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,6 +157,8 @@ impl ScsiBackend {
             tables: Mutex::new(Vec::new()),
             exit_fds: Mutex::new(Vec::new()),
             allow_unsealed_memory: false,
+            events: EventQueue::new(),
+            event_vring: Mutex::new(None),
         }
     }
 
@@ -211,6 +219,56 @@ impl ScsiBackend {
         &self.bus
     }
 
+    /// Tells the guest about a device event (a LUN added, removed, resized) on the event
+    /// queue: now if it has a buffer posted, else when it posts one (bounded backlog, then
+    /// EVENTS_MISSED).
+    pub fn raise_event(&self, event: Event) {
+        self.events.raise(event);
+        let vring = lock(&self.event_vring).clone();
+        if let Some(vring) = vring {
+            self.deliver_events(&vring);
+        }
+    }
+
+    /// Events waiting for a guest buffer, and whether some were dropped (diagnostics, tests).
+    pub fn pending_events(&self) -> (usize, bool) {
+        self.events.pending()
+    }
+
+    fn deliver_events(&self, vring: &ScsiVring) {
+        let Ok(mem) = self.memory() else {
+            return;
+        };
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        if let Err(e) = self.events.deliver(vring, &mem, event_idx) {
+            warn!("event queue: {e}");
+        }
+    }
+
+    /// Makes every engine let go of the files of LUNs removed from the bus: the rings between
+    /// connections and those of idle queues now, busy queues at their next request or
+    /// completion (they look on their own).
+    pub fn release_removed_files(&self) {
+        let released = self.bus.released_fixed_files();
+        for ring in &self.rings {
+            if let Some(ring) = lock(ring).as_mut() {
+                for &slot in &released {
+                    if let Err(e) = ring.release_file(slot) {
+                        warn!("cannot release a removed LUN's file from an io_uring: {e}");
+                    }
+                }
+            }
+        }
+        for worker in &self.workers {
+            // Held while the queue serves a batch, which then does this itself.
+            if let Ok(mut w) = worker.try_lock() {
+                if let Some(w) = w.as_mut() {
+                    w.release_removed_files(&self.bus);
+                }
+            }
+        }
+    }
+
     /// Forgets the previous front-end's memory and closes what its connection left, and takes
     /// the queues' rings back for the next connection's threads (called between connections,
     /// on the main thread, after the connection's `VhostUserDaemon` was dropped: its queue
@@ -236,6 +294,7 @@ impl ScsiBackend {
                 Err(e) => warn!("request queue {q}: its io_uring cannot be reused: {e}"),
             }
         }
+        *lock(&self.event_vring) = None;
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.tables).clear();
         for fd in std::mem::take(&mut *lock(&self.exit_fds)) {
@@ -348,6 +407,9 @@ impl VhostUserBackend for ScsiBackend {
         // A virtio reset is a guest reboot or driver reload: every LUN sees a power-on reset.
         debug!("device reset");
         self.bus.reset_all();
+        // The driver starts over and scans the bus: earlier events mean nothing to it.
+        self.events.clear();
+        *lock(&self.event_vring) = None;
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -426,6 +488,8 @@ impl VhostUserBackend for ScsiBackend {
                 }
             }
             None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control_busy)),
+            // The broker thread may be delivering an event into it right now.
+            None if queue_index as usize == EVENT_QUEUE => self.events.quiesce(),
             None => {}
         }
         Ok(())
@@ -463,8 +527,12 @@ impl VhostUserBackend for ScsiBackend {
                 self.process_queue(vring, |chain| handle_control(&self.bus, &chain))?
             }
             // Event-queue buffers stay with us until there is an event to report (hotplug,
-            // capacity change): the guest expects them to be held, not returned empty.
-            (0, EVENT_QUEUE) => {}
+            // capacity change): the guest expects them to be held, not returned empty. Events
+            // raised while it had none posted go out now.
+            (0, EVENT_QUEUE) => {
+                *lock(&self.event_vring) = Some(vring.clone());
+                self.deliver_events(vring);
+            }
             (_, 0) => self.process_request_queue(vring, thread_id - 1)?,
             _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
         }
@@ -607,7 +675,24 @@ impl VringT<GuestMemory> for ScsiVring {
         self.0.set_queue_ready(ready)
     }
     fn set_kick(&self, file: Option<File>) {
-        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"))
+        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"));
+        // One kick of our own: the queue's thread looks at the ring once it is registered,
+        // whatever the guest does. After a reconnection the guest's event buffers are already
+        // posted and it will not kick for them again; this is when we learn the new event
+        // queue and deliver the events raised meanwhile. (A look at any other ring finds what
+        // a kick would have found: nothing, or requests to serve.)
+        if let Some(kick) = self.0.get_ref().get_kick() {
+            let one = 1u64;
+            // SAFETY: writes the 8 bytes of `one` to the kick eventfd the vring holds.
+            let ret = unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            if ret < 0 {
+                let e = io::Error::last_os_error();
+                // A full counter: the ring is kicked already.
+                if !would_block(&e) {
+                    warn!("cannot kick the new kick fd: {e}");
+                }
+            }
+        }
     }
     fn read_kick(&self) -> io::Result<bool> {
         match self.0.read_kick() {
@@ -655,6 +740,20 @@ mod tests {
 
     fn open_fds() -> usize {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// A new kick fd is kicked once by us: after a reconnection, the event queue's thread must
+    /// look at buffers the guest posted before (and will not kick for again).
+    #[test]
+    fn a_new_kick_fd_is_kicked_once() {
+        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+        let vring = ScsiVring::new(GuestMemoryAtomic::new(GuestMemoryMmap::new()), 16).unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        // SAFETY: a duplicate of an eventfd we own, handed over as the vring's own.
+        let file = unsafe { File::from_raw_fd(libc::dup(kick.as_raw_fd())) };
+        vring.set_kick(Some(file));
+        assert_eq!(kick.read().unwrap(), 1);
+        assert!(kick.read().is_err(), "kicked more than once");
     }
 
     /// Regression (fuzz/vhost_user: EMFILE after ~6600 connections; fixed with issue 19):

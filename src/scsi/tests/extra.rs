@@ -423,7 +423,7 @@ fn write_atomic_excludes_other_writes() {
         !atomic.is_finished(),
         "WRITE ATOMIC must wait for the write in flight"
     );
-    bus.run_sync(0, 0, &plan).unwrap();
+    bus.run_sync(&plan).unwrap();
     drop(plan);
     assert_eq!(atomic.join().unwrap().status, status::GOOD);
     assert_eq!(backend.inner.bytes(0, 512), vec![2u8; 512]);

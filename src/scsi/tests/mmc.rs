@@ -624,8 +624,8 @@ fn io_planned_before_the_medium_goes_fails_not_ready() {
         assert_eq!(plan.fd, None);
         let lu = bus.logical_unit(0, 0).unwrap();
         lu.change_medium(None, false).unwrap();
-        let result = bus.run_sync(0, 0, &plan);
-        bus.complete(0, 0, plan.meta, result)
+        let result = bus.run_sync(&plan);
+        bus.complete(plan.unit.as_deref(), plan.meta, result)
     });
     assert_sense(&out, 0x2, 0x3a, 0x00);
     assert_eq!(mem.bytes(0, 512), pattern(0, 512));

@@ -6,6 +6,7 @@ mod extra;
 mod fuzz;
 mod inquiry;
 mod io;
+mod live;
 mod mmc;
 mod mode;
 mod opcodes;
