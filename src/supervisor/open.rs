@@ -142,7 +142,7 @@ pub(crate) fn open_file(lun: &LunConfig) -> io::Result<File> {
         .read(true)
         .write(!lun.read_only)
         .custom_flags(flags)
-        .open(&lun.source)
+        .open(lun.path())
 }
 
 /// What a file found at the path of a `pr-file` or `size=` image must be: owned by the
@@ -301,7 +301,7 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
     let error = |error| OpenError::Create {
         target: lun.target,
         lun: lun.lun,
-        path: lun.source.clone(),
+        path: lun.path().to_owned(),
         error,
     };
     // O_EXCL: never through a symbolic link; an existing path is checked when it is opened.
@@ -310,11 +310,11 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&lun.source)
+        .open(lun.path())
     {
         Ok(file) => {
             file.set_len(size).map_err(error)?;
-            log::info!("created {} ({size} bytes, sparse)", lun.source.display());
+            log::info!("created {} ({size} bytes, sparse)", lun.path().display());
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -328,7 +328,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
         target: lun.target,
         lun: lun.lun,
         what: "size= image",
-        path: lun.source.clone(),
+        path: lun.path().to_owned(),
         error,
     };
     let file = open_file(lun).map_err(|error| {
@@ -338,13 +338,13 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
             OpenError::DirectUnsupported {
                 target: lun.target,
                 lun: lun.lun,
-                path: lun.source.clone(),
+                path: lun.path().to_owned(),
             }
         } else {
             OpenError::Open {
                 target: lun.target,
                 lun: lun.lun,
-                path: lun.source.clone(),
+                path: lun.path().to_owned(),
                 error,
             }
         }
@@ -354,7 +354,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
         let meta = file.metadata().map_err(|error| OpenError::Open {
             target: lun.target,
             lun: lun.lun,
-            path: lun.source.clone(),
+            path: lun.path().to_owned(),
             error,
         })?;
         if meta.is_file() {
@@ -365,7 +365,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
 }
 
 fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
-    let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
+    let (target, lun_no, path) = (lun.target, lun.lun, lun.path().to_owned());
     if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
         log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
         return Ok(OpenedLun {

@@ -65,7 +65,12 @@ fn default_serial(lun: &LunConfig) -> String {
 fn default_wwn(lun: &LunConfig) -> u64 {
     // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = lun.source.as_os_str().as_encoded_bytes().iter();
+    let text = lun.source.to_string();
+    let bytes = match lun.source.path() {
+        Some(p) => p.as_os_str().as_encoded_bytes(),
+        None => text.as_bytes(),
+    }
+    .iter();
     for &b in bytes.chain(&[lun.target]).chain(&lun.lun.to_be_bytes()) {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
