@@ -23,10 +23,12 @@ pub enum ThreadRole {
     WorkerVring,
     /// A thread of the `--aio=threads` pool (`aio-N`): file I/O and a completion eventfd.
     WorkerAio,
+    /// An iSCSI LUN's thread (`vus-iscsi`, `block::iscsi`): PDUs on its connected socket.
+    WorkerIscsi,
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 8] = [
+    pub const ALL: [ThreadRole; 9] = [
         ThreadRole::Supervisor,
         ThreadRole::SupervisorRestart,
         ThreadRole::WorkerEnosys,
@@ -35,6 +37,7 @@ impl ThreadRole {
         ThreadRole::WorkerProtocol,
         ThreadRole::WorkerVring,
         ThreadRole::WorkerAio,
+        ThreadRole::WorkerIscsi,
     ];
 
     /// The policy file stem (`seccomp/<arch>/<name>.json`).
@@ -48,6 +51,7 @@ impl ThreadRole {
             ThreadRole::WorkerProtocol => "worker-protocol",
             ThreadRole::WorkerVring => "worker-vring",
             ThreadRole::WorkerAio => "worker-aio",
+            ThreadRole::WorkerIscsi => "worker-iscsi",
         }
     }
 

@@ -17,12 +17,17 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
-use crate::block::BlockBackend;
+use crate::block::{
+    iscsi::{Passthrough, PassthroughOutput},
+    BlockBackend,
+};
 
 /// Configured targets and their LUNs.
 #[derive(Default)]
 pub struct ScsiBus {
     targets: BTreeMap<u8, BTreeMap<u16, LogicalUnit>>,
+    /// LUNs whose commands run elsewhere (iSCSI): everything but REPORT LUNS is forwarded.
+    passthrough: BTreeMap<(u8, u16), Arc<dyn Passthrough>>,
 }
 
 impl ScsiBus {
@@ -37,12 +42,18 @@ impl ScsiBus {
         self.targets.entry(target).or_default().insert(lun, lu);
     }
 
+    /// Adds a passthrough LU (an iSCSI target's LUN).
+    pub fn add_passthrough(&mut self, target: u8, lun: u16, lu: Arc<dyn Passthrough>) {
+        self.targets.entry(target).or_default();
+        self.passthrough.insert((target, lun), lu);
+    }
+
     pub fn has_target(&self, target: u8) -> bool {
         self.targets.contains_key(&target)
     }
 
     pub fn lun_exists(&self, target: u8, lun: u16) -> bool {
-        self.lookup(target, lun).is_some()
+        self.lookup(target, lun).is_some() || self.passthrough.contains_key(&(target, lun))
     }
 
     fn lookup(&self, target: u8, lun: u16) -> Option<&LogicalUnit> {
@@ -73,6 +84,7 @@ impl ScsiBus {
         data_out: &DataOut<'_>,
         data_in: &DataIn<'_>,
     ) -> CmdOutput {
+        let raw_cdb = cdb;
         let parsed = Cdb::new(cdb);
         if parsed.is_truncated() {
             log::warn!(
@@ -91,6 +103,19 @@ impl ScsiBus {
             return self
                 .report_luns(target, &cdb, data_in)
                 .unwrap_or_else(CmdOutput::check_condition);
+        }
+        if let Some(p) = self.passthrough.get(&(target, lun)) {
+            let len = passthrough_cdb_len(raw_cdb);
+            let PassthroughOutput {
+                status,
+                sense,
+                transferred,
+            } = p.execute(&raw_cdb[..len], data_out, data_in);
+            return CmdOutput {
+                status,
+                sense,
+                transferred,
+            };
         }
         match self.lookup(target, lun) {
             Some(lu) => lu.execute_as(nexus, &cdb, data_out, data_in),
@@ -162,7 +187,8 @@ impl ScsiBus {
             .map(|lu| &lu.backend)
     }
 
-    /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.
+    /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next. (A
+    /// passthrough LU's commands complete on their own: the target keeps its state.)
     pub fn reset_lun(&self, target: u8, lun: u16) {
         if let Some(lu) = self.lookup(target, lun) {
             log::info!("{target}:{lun}: logical unit reset");
@@ -222,11 +248,20 @@ impl ScsiBus {
         }
         let luns: Vec<u16> = match cdb.byte(2) {
             // 00h: all logical units; 02h: all, including well-known LUs (we have none).
-            0x00 | 0x02 => self
-                .targets
-                .get(&target)
-                .map(|luns| luns.keys().copied().collect())
-                .unwrap_or_default(),
+            0x00 | 0x02 => {
+                let mut luns: Vec<u16> = self
+                    .targets
+                    .get(&target)
+                    .map(|luns| luns.keys().copied().collect())
+                    .unwrap_or_default();
+                luns.extend(
+                    self.passthrough
+                        .range((target, 0)..=(target, u16::MAX))
+                        .map(|((_, l), _)| *l),
+                );
+                luns.sort_unstable();
+                luns
+            }
             // 01h: well-known logical units only.
             0x01 => Vec::new(),
             _ => return Err(Sense::invalid_cdb_field(2, Some(7))),
@@ -244,6 +279,21 @@ impl ScsiBus {
         }
         Ok(respond(data_in, &buf, alloc_len))
     }
+}
+
+/// How many bytes of the guest's CDB area a passthrough command sends: the opcode group's
+/// length, `8 + ADDITIONAL CDB LENGTH` for variable-length CDBs (7Fh), 16 for the vendor
+/// specific and reserved groups; never more than supplied.
+pub fn passthrough_cdb_len(raw: &[u8]) -> usize {
+    let Some(&op) = raw.first() else {
+        return 0;
+    };
+    let len = match super::cdb::cdb_len(op) {
+        Some(n) => n,
+        None if op == 0x7f => 8 + usize::from(raw.get(7).copied().unwrap_or(0)),
+        None => 16,
+    };
+    len.min(raw.len())
 }
 
 /// Single-level LUN: peripheral device addressing below 256, flat space addressing above.

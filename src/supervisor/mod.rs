@@ -9,6 +9,7 @@
 //! `--restart-worker` policy allows.
 
 pub mod error;
+pub mod iscsi;
 pub mod listener;
 pub mod monitor;
 pub mod open;

@@ -36,6 +36,7 @@ use nix::{
 
 use super::{
     error::PrivsepError,
+    open::LunBackend,
     spawn::{spawn_worker, Plan, Resources, Worker},
 };
 use crate::{
@@ -327,6 +328,20 @@ fn size_memlock(config: &Config) -> Result<(), PrivsepError> {
     Ok(())
 }
 
+/// The first worker has the iSCSI LUNs' logged-in connections: the supervisor closes its
+/// copies (a restarted worker asks for fresh ones over the fd broker) and forgets their numbers,
+/// which the next worker must not inherit once they are reused.
+fn release_iscsi_connections(res: &mut Resources) {
+    for lun in &res.luns {
+        if let LunBackend::Iscsi(h) = &lun.backend {
+            if let Some(fd) = h.raw_fd() {
+                res.lun_fds.retain(|&f| f != fd);
+            }
+            drop(h.take());
+        }
+    }
+}
+
 /// Set-up, then the supervision loop. Returns the exit code.
 pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     // Before anything is opened: no core of this process (it holds the LUNs) ever.
@@ -373,6 +388,9 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         worker_layers(&plan.jail)
     );
     let mut res = Some(res);
+    if let Some(r) = &mut res {
+        release_iscsi_connections(r);
+    }
     if config.sandbox.restart == RestartPolicy::Never {
         if let Some(r) = &mut res {
             // The worker holds the LUNs now (and their locks); the supervisor needs none of them.

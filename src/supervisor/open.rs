@@ -30,7 +30,7 @@ use crate::{
     block::{BlockBackend, FileBackend},
     config::{
         error::{io_msg, OwnFileError},
-        CacheMode, LunConfig,
+        CacheMode, LunConfig, LunSource,
     },
     scsi::PrFile,
 };
@@ -111,6 +111,14 @@ pub enum OpenError {
         #[source]
         error: io::Error,
     },
+    #[error("LUN {target}:{lun} ({source_text}): {error}")]
+    Iscsi {
+        target: u8,
+        lun: u16,
+        source_text: String,
+        #[source]
+        error: super::iscsi::IscsiSetupError,
+    },
     #[error(
         "LUN {target}:{lun}: {} is too small: {size} bytes, less than one {block_size}-byte block",
         .path.display()
@@ -124,7 +132,8 @@ pub enum OpenError {
     },
 }
 
-pub use crate::worker::assemble::OpenedLun;
+use super::iscsi::IscsiPortal;
+pub use crate::worker::assemble::{LunBackend, OpenedLun};
 
 /// Opens `lun.source` the way `lun` says (read-only or read-write, `O_DIRECT` for
 /// `cache=none`), close-on-exec, without locking. Never creates or truncates anything.
@@ -370,7 +379,7 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
         log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
         return Ok(OpenedLun {
             config: lun.clone(),
-            backend: Arc::new(crate::block::NullBackend::new(size)),
+            backend: LunBackend::Block(Arc::new(crate::block::NullBackend::new(size))),
             pr_file: open_pr_file(lun)?,
         });
     }
@@ -445,7 +454,7 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
     let pr_file = open_pr_file(lun)?;
     Ok(OpenedLun {
         config: lun.clone(),
-        backend: Arc::new(backend),
+        backend: LunBackend::Block(Arc::new(backend)),
         pr_file,
     })
 }
@@ -453,7 +462,38 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
 /// Opens and locks every LUN's source, in order. On error, whatever was opened so far is
 /// closed again (and its lock released).
 pub fn open_luns(luns: &[LunConfig]) -> Result<Vec<OpenedLun>, OpenError> {
-    luns.iter().map(open_one).collect()
+    Ok(open_all(luns)?.0)
+}
+
+/// An iSCSI LUN's portal as the supervisor keeps it (for reconnections), with its address.
+pub type IscsiLunPortal = ((u8, u16), IscsiPortal);
+
+/// [`open_luns`], logging in to the iSCSI LUNs as well (docs/iscsi.md): also returns what the
+/// supervisor keeps of each iSCSI LUN to log in again.
+pub fn open_all(luns: &[LunConfig]) -> Result<(Vec<OpenedLun>, Vec<IscsiLunPortal>), OpenError> {
+    let mut opened = Vec::with_capacity(luns.len());
+    let mut portals = Vec::new();
+    for lun in luns {
+        match &lun.source {
+            LunSource::Iscsi(src) => {
+                let (handover, portal) =
+                    super::iscsi::open_iscsi(lun, src).map_err(|error| OpenError::Iscsi {
+                        target: lun.target,
+                        lun: lun.lun,
+                        source_text: src.to_string(),
+                        error,
+                    })?;
+                opened.push(OpenedLun {
+                    config: lun.clone(),
+                    backend: LunBackend::Iscsi(handover),
+                    pr_file: None,
+                });
+                portals.push(((lun.target, lun.lun), portal));
+            }
+            LunSource::Path(_) => opened.push(open_one(lun)?),
+        }
+    }
+    Ok((opened, portals))
 }
 
 #[cfg(test)]
@@ -482,12 +522,12 @@ mod tests {
         let mut c = lun(&path, false);
         c.create_size = Some(4 << 20);
         let opened = open_luns(std::slice::from_ref(&c)).unwrap();
-        assert_eq!(opened[0].backend.size(), 4 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 4 << 20);
         drop(opened);
         // An existing image is never resized.
         c.create_size = Some(8 << 20);
         let opened = open_luns(std::slice::from_ref(&c)).unwrap();
-        assert_eq!(opened[0].backend.size(), 4 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 4 << 20);
     }
 
     /// The checks hold at opening time too (a link planted after the preflight checks).
@@ -536,7 +576,7 @@ mod tests {
         let p = image(dir.path(), "a.img", 1 << 20);
         let opened = open_luns(&[lun(&p, false)]).unwrap();
         assert_eq!(opened.len(), 1);
-        assert_eq!(opened[0].backend.size(), 1 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 1 << 20);
         assert_eq!(opened[0].config.source, p);
     }
 
@@ -683,7 +723,7 @@ mod tests {
         l.cache = CacheMode::None;
         // tmpfs refuses O_DIRECT; other file systems accept it. Either outcome is well-formed.
         match open_luns(&[l]) {
-            Ok(v) => assert_eq!(v[0].backend.size(), 4096),
+            Ok(v) => assert_eq!(v[0].backend.block().unwrap().size(), 4096),
             Err(e) => assert!(matches!(e, OpenError::DirectUnsupported { .. }), "{e}"),
         }
     }

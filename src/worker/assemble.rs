@@ -4,33 +4,61 @@
 use std::sync::Arc;
 
 use crate::{
-    block::BlockBackend,
+    block::{
+        iscsi::{IscsiHandover, IscsiLun, Reconnect},
+        BlockBackend,
+    },
     config::LunConfig,
     scsi::{LogicalUnit, LunOptions, PrFile, ScsiBus},
 };
+
+/// What serves a LUN in the worker.
+#[derive(Clone)]
+pub enum LunBackend {
+    /// Bytes on the host: an image, a block device, `null://`; SCSI is emulated.
+    Block(Arc<dyn BlockBackend>),
+    /// A LUN of an iSCSI target, logged in to by the supervisor; SCSI passes through.
+    Iscsi(IscsiHandover),
+}
+
+impl LunBackend {
+    /// The byte store of an emulated LUN.
+    pub fn block(&self) -> Option<&Arc<dyn BlockBackend>> {
+        match self {
+            LunBackend::Block(b) => Some(b),
+            LunBackend::Iscsi(_) => None,
+        }
+    }
+}
 
 /// A LUN with its backend open and locked (by the supervisor's `open`), as the worker gets it.
 /// Cloning shares the open files: a restarted worker builds its bus from the same ones.
 #[derive(Clone)]
 pub struct OpenedLun {
     pub config: LunConfig,
-    pub backend: Arc<dyn BlockBackend>,
+    pub backend: LunBackend,
     /// The open and locked `pr-file`, if configured.
     pub pr_file: Option<PrFile>,
 }
 
 impl std::fmt::Debug for OpenedLun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedLun")
-            .field("config", &self.config)
-            .field("size", &self.backend.size())
-            .field("pr_file", &self.pr_file.is_some())
-            .finish()
+        let mut d = f.debug_struct("OpenedLun");
+        d.field("config", &self.config);
+        match &self.backend {
+            LunBackend::Block(b) => d.field("size", &b.size()),
+            LunBackend::Iscsi(h) => d.field("iscsi", h),
+        };
+        d.field("pr_file", &self.pr_file.is_some()).finish()
     }
 }
 
-/// Builds the bus that the queue threads share.
-pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
+/// Builds the bus that the queue threads share, starting a thread per iSCSI LUN
+/// (`reconnect_for` gives each its way to a fresh connection).
+pub fn build_bus(
+    luns: Vec<OpenedLun>,
+    mut reconnect_for: impl FnMut(&LunConfig) -> Box<dyn Reconnect>,
+) -> std::io::Result<ScsiBus> {
     let mut bus = ScsiBus::new();
     for OpenedLun {
         config,
@@ -38,6 +66,14 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
         pr_file,
     } in luns
     {
+        let backend = match backend {
+            LunBackend::Block(b) => b,
+            LunBackend::Iscsi(h) => {
+                let lu = IscsiLun::start(&h, reconnect_for(&config))?;
+                bus.add_passthrough(config.target, config.lun, lu);
+                continue;
+            }
+        };
         let opts = LunOptions {
             read_only: config.read_only,
             serial: config
@@ -52,7 +88,14 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
         };
         bus.add_lun(config.target, config.lun, LogicalUnit::new(backend, opts));
     }
-    bus
+    Ok(bus)
+}
+
+/// The [`Reconnect`] of a worker without an fd broker (tests): never a new connection.
+pub fn no_reconnect(_: &LunConfig) -> Box<dyn Reconnect> {
+    Box::new(|_: &crate::iscsi::login::SessionParams| {
+        Err("no fd broker: cannot ask the supervisor for a new connection".to_owned())
+    })
 }
 
 /// `VUS-T000-L00000`-style serial: unique per daemon and stable across restarts.

@@ -74,8 +74,9 @@ fn make_rings(res: &Inherited<'_>, config: &Config) -> Vec<UringEngine> {
     let files: Vec<RawFd> = res
         .luns
         .iter()
-        .filter(|l| l.backend.uring_safe())
-        .filter_map(|l| l.backend.raw_fd())
+        .filter_map(|l| l.backend.block())
+        .filter(|b| b.uring_safe())
+        .filter_map(|b| b.raw_fd())
         .collect();
     match UringEngine::for_queues(
         config.num_queues,
@@ -200,7 +201,13 @@ fn worker_main(
     sandbox::probe::run_in_main();
 
     // Serve. `broker` stays open for the fd-broker protocol to come.
-    let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
+    let bus = match assemble::build_bus(res.luns.to_vec(), assemble::no_reconnect) {
+        Ok(bus) => Arc::new(bus),
+        Err(e) => {
+            log::error!("worker: cannot start the iSCSI LUN threads: {e}");
+            return Ok(i32::from(EXIT_RUNTIME));
+        }
+    };
     let backend = Arc::new(
         ScsiBackend::new(bus, config.num_queues, config.queue_size)
             .with_io_config(config.io.clone())
