@@ -136,6 +136,12 @@ pub enum LunError {
          give USER@ only and put the CHAP secret in the file named by chap-secret-file="
     )]
     IscsiPassword,
+    #[error("chap-secret-file {}: {}", .path.display(), io_msg(.error))]
+    ChapSecretFile {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
     #[error("option '{0}' does not apply to an iscsi:// LUN")]
     NotForIscsi(&'static str),
     #[error("option '{0}' applies only to an iscsi:// LUN")]

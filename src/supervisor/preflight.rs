@@ -174,6 +174,18 @@ pub fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
     Ok(())
 }
 
+/// An iSCSI LUN: its CHAP secret file can be opened (its content is read at the login, which
+/// the supervisor's `open` does; the network is not looked at here).
+fn check_iscsi(src: &crate::config::IscsiSource) -> Result<(), LunError> {
+    if let Some(path) = &src.chap_secret_file {
+        std::fs::File::open(path).map_err(|error| LunError::ChapSecretFile {
+            path: path.clone(),
+            error,
+        })?;
+    }
+    Ok(())
+}
+
 /// A `null://SIZE` LUN (no storage, for benchmarks) must be whole blocks.
 fn check_null_size(lun: &LunConfig, size: u64) -> Result<(), LunError> {
     if size % u64::from(lun.block_size.bytes()) != 0 {
@@ -189,6 +201,9 @@ fn check_null_size(lun: &LunConfig, size: u64) -> Result<(), LunError> {
 /// Checks that the source exists, is a regular file or block device that can be opened as
 /// configured, and (for files) holds at least one block. Opens and closes it; creates nothing.
 pub fn check_source(lun: &LunConfig) -> Result<(), LunError> {
+    if let Some(src) = lun.source.iscsi() {
+        return check_iscsi(src);
+    }
     let path = &lun.path().to_owned();
     if let Some(size) = null_source_size(path) {
         return check_null_size(lun, size?);
