@@ -319,3 +319,111 @@ fn commands_on_several_queues_at_once() {
         );
     }
 }
+
+/// Writes in flight on the daemon's iSCSI LUN while the connection goes away (`cut`) and
+/// comes back: every write completes GOOD (reissued on the new connection) and the backing
+/// file holds every one of them.
+fn writes_survive(test: &str, cut: impl FnOnce(&mut Tgtd)) {
+    let Some((mut t, path)) = target(test, true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let (mut daemon, mut vm) = daemon_and_vm(&lun_arg(&t, 1, Some(&secret), ""));
+    const BLOCKS: u16 = 64;
+    let size = usize::from(BLOCKS) * BLOCK;
+    let mut expect = Vec::new();
+    // A first batch completes normally.
+    for i in 0..8u32 {
+        let data = pattern(size, 0x40 + i as u8);
+        vm.scsi(
+            l00(),
+            &cdb::write10(i * u32::from(BLOCKS), BLOCKS),
+            &[&data],
+            &[],
+        )
+        .assert_good();
+        expect.push((i * u32::from(BLOCKS), data));
+    }
+    // A second batch is in flight when the connection goes.
+    let mut subs = Vec::new();
+    for i in 8..24u32 {
+        let data = pattern(size, 0x40 + i as u8);
+        let header = vm.cmd_header(l00(), &cdb::write10(i * u32::from(BLOCKS), BLOCKS));
+        subs.push(vm.submit(
+            2,
+            &[
+                Seg::out(&header),
+                Seg::out(&data),
+                Seg::inp(RESP_HEADER_SIZE as u32),
+            ],
+        ));
+        expect.push((i * u32::from(BLOCKS), data));
+    }
+    cut(&mut t);
+    let used = vm.wait_used(2, subs.len());
+    assert_eq!(used.len(), subs.len());
+    for sub in &subs {
+        let resp = CmdResp::parse(&vm.writable(sub).concat()).expect("a response");
+        assert_eq!(
+            (resp.response, resp.status),
+            (0, 0),
+            "a write in flight failed: {resp:?}"
+        );
+    }
+    // And the LUN keeps serving.
+    for i in 24..28u32 {
+        let data = pattern(size, 0x40 + i as u8);
+        vm.scsi(
+            l00(),
+            &cdb::write10(i * u32::from(BLOCKS), BLOCKS),
+            &[&data],
+            &[],
+        )
+        .assert_good();
+        expect.push((i * u32::from(BLOCKS), data));
+    }
+    for (lba, data) in expect {
+        assert!(
+            file_bytes(&path, u64::from(lba) * BLOCK as u64, data.len()) == data,
+            "write at LBA {lba} lost"
+        );
+    }
+    let log = daemon.log();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("block::iscsi") || l.contains("supervisor::iscsi"))
+    {
+        println!("{l}");
+    }
+    assert!(log.contains("connection lost"), "{log}");
+    assert!(log.contains("logged in again"), "{log}");
+    assert!(!log.contains(SECRET));
+    daemon.assert_alive();
+}
+
+fn l00() -> [u8; 8] {
+    lun(0, 0)
+}
+
+#[test]
+fn tgtd_restart_under_writes() {
+    writes_survive("tgtd_restart_under_writes", |t| t.restart());
+}
+
+#[test]
+fn connection_cut_under_writes() {
+    writes_survive("connection_cut_under_writes", |t| {
+        // tgtd drops the session's connection (as a network cut would end it).
+        let out = t.adm(&["--op", "show", "--mode", "conn", "--tid", "1"]);
+        let sid = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Session: "))
+            .unwrap_or_else(|| panic!("no session in {out}"))
+            .trim()
+            .to_owned();
+        t.adm(&[
+            "--op", "delete", "--mode", "conn", "--tid", "1", "--sid", &sid, "--cid", "0",
+        ]);
+    });
+}

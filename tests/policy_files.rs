@@ -14,6 +14,8 @@ const ARCHES: &[(&str, TargetArch)] = &[
 const WORKER_ROLES: &[&str] = &[
     "worker-main",
     "worker-aio",
+    "worker-broker",
+    "worker-iscsi",
     "worker-protocol",
     "worker-signals",
     "worker-vring",

@@ -40,6 +40,7 @@ use nix::{
 };
 
 use super::sg::SgList;
+use crate::broker::{endpoint::BrokerHandle, iscsi::IscsiMsg, Body};
 use crate::iscsi::{
     login::SessionParams,
     recovery::Backoff,
@@ -183,6 +184,27 @@ impl<F: FnMut(&SessionParams) -> Result<Connection, String> + Send> Reconnect fo
     fn reconnect(&mut self, lost: &SessionParams) -> Result<Connection, String> {
         self(lost)
     }
+}
+
+/// The worker's [`Reconnect`]: asks the supervisor over the fd broker for a fresh connection to
+/// LUN `target:lun`'s target ([`IscsiMsg::Reconnect`]); blocks until it answers.
+pub fn broker_reconnect(handle: BrokerHandle, target: u8, lun: u16) -> Box<dyn Reconnect> {
+    Box::new(move |_: &SessionParams| -> Result<Connection, String> {
+        let (body, mut fds) = handle
+            .request(Body::Iscsi(IscsiMsg::Reconnect { target, lun }), &[])
+            .map_err(|e| e.to_string())?;
+        match body {
+            Body::Iscsi(IscsiMsg::Connected { params }) if fds.len() == 1 => {
+                let fd = fds.pop().expect("one fd");
+                Ok((TcpStream::from(fd), params))
+            }
+            Body::Error { message } => Err(message),
+            other => Err(format!(
+                "unexpected broker reply with {} fd(s): {other:?}",
+                fds.len()
+            )),
+        }
+    })
 }
 
 /// The outcome the LUN thread sends back for one command.

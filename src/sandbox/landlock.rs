@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd,
-    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus,
-    Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, PathBeneath,
+    PathFd, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
+    RulesetStatus, Scope, ABI,
 };
 
 use crate::config::LandlockMode;
@@ -101,10 +101,13 @@ pub fn restrict_worker(mode: LandlockMode) -> Result<LandlockOutcome, LandlockEr
 }
 
 /// The supervisor: no file-system access except removing entries of `socket_dir` (its socket
-/// file at exit), no TCP bind/connect.
+/// file at exit) and reading `read_files` (the iSCSI LUNs' CHAP secret files, read for each
+/// login), no TCP bind, TCP connect only to `connect_ports` (the iSCSI LUNs' portals).
 pub fn restrict_supervisor(
     mode: LandlockMode,
     socket_dir: Option<&Path>,
+    connect_ports: &[u16],
+    read_files: &[&Path],
 ) -> Result<LandlockOutcome, LandlockError> {
     if mode == LandlockMode::Off {
         return Ok(off());
@@ -122,6 +125,20 @@ pub fn restrict_supervisor(
         })?;
         ruleset = ruleset
             .add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))
+            .map_err(LandlockError::Ruleset)?;
+    }
+    for &file in read_files {
+        let fd = PathFd::new(file).map_err(|error| LandlockError::RulePath {
+            path: file.to_owned(),
+            error,
+        })?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, AccessFs::ReadFile))
+            .map_err(LandlockError::Ruleset)?;
+    }
+    for &port in connect_ports {
+        ruleset = ruleset
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
             .map_err(LandlockError::Ruleset)?;
     }
     let status = ruleset

@@ -8,6 +8,9 @@ use std::fmt;
 pub enum ThreadRole {
     /// The supervisor (parent) after set-up.
     Supervisor,
+    /// The supervisor of a daemon with iSCSI LUNs: `supervisor` plus what logging in again
+    /// for the worker needs (TCP sockets, reading the CHAP secret files).
+    SupervisorIscsi,
     /// The `--restart-worker=on-failure` supervisor: a deny list (EPERM) that every worker it
     /// creates inherits below its own filters (exec, ptrace, kill, setns, modules, BPF, ...).
     SupervisorRestart,
@@ -23,13 +26,17 @@ pub enum ThreadRole {
     WorkerVring,
     /// A thread of the `--aio=threads` pool (`aio-N`): file I/O and a completion eventfd.
     WorkerAio,
+    /// The worker's end of the fd broker (`vus-broker`): messages and fds from and to the
+    /// supervisor.
+    WorkerBroker,
     /// An iSCSI LUN's thread (`vus-iscsi`, `block::iscsi`): PDUs on its connected socket.
     WorkerIscsi,
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 9] = [
+    pub const ALL: [ThreadRole; 11] = [
         ThreadRole::Supervisor,
+        ThreadRole::SupervisorIscsi,
         ThreadRole::SupervisorRestart,
         ThreadRole::WorkerEnosys,
         ThreadRole::WorkerMain,
@@ -37,6 +44,7 @@ impl ThreadRole {
         ThreadRole::WorkerProtocol,
         ThreadRole::WorkerVring,
         ThreadRole::WorkerAio,
+        ThreadRole::WorkerBroker,
         ThreadRole::WorkerIscsi,
     ];
 
@@ -44,6 +52,7 @@ impl ThreadRole {
     pub fn name(self) -> &'static str {
         match self {
             ThreadRole::Supervisor => "supervisor",
+            ThreadRole::SupervisorIscsi => "supervisor-iscsi",
             ThreadRole::SupervisorRestart => "supervisor-restart",
             ThreadRole::WorkerEnosys => "worker-enosys",
             ThreadRole::WorkerMain => "worker-main",
@@ -51,6 +60,7 @@ impl ThreadRole {
             ThreadRole::WorkerProtocol => "worker-protocol",
             ThreadRole::WorkerVring => "worker-vring",
             ThreadRole::WorkerAio => "worker-aio",
+            ThreadRole::WorkerBroker => "worker-broker",
             ThreadRole::WorkerIscsi => "worker-iscsi",
         }
     }

@@ -10,20 +10,22 @@
 //! (same ISID, TSIH 0), with short timeouts: the supervisor's loop is single-threaded.
 
 use std::{
+    collections::HashMap,
     io::Read,
     net::{SocketAddr, TcpStream, ToSocketAddrs},
-    os::fd::AsFd,
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use zeroize::Zeroizing;
 
 use crate::{
     block::iscsi::{Connection, IscsiHandover},
+    broker::{iscsi::IscsiMsg, Body},
     config::{IscsiDigest, IscsiSource, LunConfig},
     iscsi::{
-        login::{self, Chap, DigestPolicy, LoginConfig, LoginError, Secret, SessionParams},
+        login::{self, Chap, DigestPolicy, LoginConfig, LoginError, Secret},
         recovery,
         session::{DataRef, ScsiResult, Session},
     },
@@ -127,13 +129,6 @@ impl IscsiPortal {
             IscsiSetupError::from,
         ))
     }
-
-    /// A reconnection for the worker: a new login reinstating `lost` (same ISID, TSIH 0).
-    pub fn reconnect(&self, lost: &SessionParams) -> Result<Connection, IscsiSetupError> {
-        let mut me = self.clone();
-        me.isid = lost.isid;
-        me.login(RECONNECT_TIMEOUT)
-    }
 }
 
 fn digest(d: IscsiDigest) -> DigestPolicy {
@@ -201,10 +196,15 @@ pub type Capacity = (u64, u32);
 pub fn check_lun(
     conn: Connection,
     src: &IscsiSource,
+    timeout: Duration,
 ) -> Result<(Connection, Capacity), IscsiSetupError> {
     let lun = src.lun;
     let check = |reason: String| IscsiSetupError::Check { lun, reason };
     let (stream, params) = conn;
+    // Bounded: the supervisor must not hang on a target that stops answering.
+    stream
+        .set_read_timeout(Some(timeout))
+        .map_err(|e| check(e.to_string()))?;
     let mut s: Session<TcpStream> =
         Session::new(stream, params).map_err(|e| check(e.to_string()))?;
     let absent = |r: &ScsiResult| r.status == 2 && sense_key_asc(&r.sense) == (0x05, 0x25);
@@ -275,8 +275,11 @@ pub fn check_lun(
         let bs = u32::from_be_bytes(cap[4..8].try_into().unwrap_or_default());
         (u64::from(last) + 1, bs)
     };
-    let conn = s.into_parts().map_err(|e| check(e.to_string()))?;
-    Ok((conn, capacity))
+    let (stream, params) = s.into_parts().map_err(|e| check(e.to_string()))?;
+    stream
+        .set_read_timeout(None)
+        .map_err(|e| check(e.to_string()))?;
+    Ok(((stream, params), capacity))
 }
 
 /// Start-up: log in to an `iscsi://` LUN and check it. Returns the handover for the worker and
@@ -287,7 +290,7 @@ pub fn open_iscsi(
 ) -> Result<(IscsiHandover, IscsiPortal), IscsiSetupError> {
     let portal = IscsiPortal::resolve(src)?;
     let conn = portal.login(STARTUP_TIMEOUT)?;
-    let ((stream, params), (blocks, block_size)) = check_lun(conn, src)?;
+    let ((stream, params), (blocks, block_size)) = check_lun(conn, src, STARTUP_TIMEOUT)?;
     log::info!(
         "LUN {}:{}: {src} ({} bytes, {block_size}-byte blocks, header digest {}, data digest {}, \
          MaxBurstLength {}, passthrough)",
@@ -304,6 +307,77 @@ pub fn open_iscsi(
     );
     let handover = IscsiHandover::new(src.lun, src.to_string(), stream, params);
     Ok((handover, portal))
+}
+
+/// An iSCSI LUN's portal as the supervisor keeps it (for reconnections), with its address.
+pub type IscsiLunPortal = ((u8, u16), IscsiPortal);
+
+/// The supervisor's service to the worker: fresh connections for its iSCSI LUNs.
+#[derive(Debug, Default)]
+pub struct Reconnector {
+    luns: Vec<IscsiLunPortal>,
+    /// When each LUN last got a login attempt: a worker asking in a loop gets an error until
+    /// [`MIN_INTERVAL`] has passed (each attempt holds up the single-threaded supervisor for up
+    /// to [`RECONNECT_TIMEOUT`] twice).
+    last: HashMap<(u8, u16), Instant>,
+}
+
+/// Shortest interval between two logins for one LUN.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(500);
+
+impl Reconnector {
+    pub fn new(luns: Vec<IscsiLunPortal>) -> Self {
+        Self {
+            luns,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Answers one [`IscsiMsg`] from the worker: a reconnection gets one login attempt (no
+    /// waiting here: the worker backs off between requests).
+    pub fn serve(&mut self, msg: IscsiMsg) -> (Body, Vec<OwnedFd>) {
+        let IscsiMsg::Reconnect { target, lun } = msg else {
+            return (Body::error("not a request"), Vec::new());
+        };
+        let Some((_, portal)) = self.luns.iter().find(|(a, _)| *a == (target, lun)) else {
+            return (
+                Body::error(format!("LUN {target}:{lun} is not an iSCSI LUN")),
+                Vec::new(),
+            );
+        };
+        let now = Instant::now();
+        if let Some(t) = self.last.get(&(target, lun)) {
+            if now.duration_since(*t) < MIN_INTERVAL {
+                return (
+                    Body::error("reconnection attempts too close together"),
+                    Vec::new(),
+                );
+            }
+        }
+        self.last.insert((target, lun), now);
+        // The new I_T nexus's unit attentions are consumed here, as at start-up: the worker
+        // reissues its commands, which must not fail on them.
+        let conn = portal
+            .login(RECONNECT_TIMEOUT)
+            .and_then(|c| check_lun(c, &portal.source, RECONNECT_TIMEOUT));
+        match conn {
+            Ok(((stream, params), _)) => {
+                log::info!(
+                    "LUN {target}:{lun}: logged in again to {} for the worker",
+                    portal.source
+                );
+                (
+                    Body::Iscsi(IscsiMsg::Connected { params }),
+                    vec![OwnedFd::from(stream)],
+                )
+            }
+            Err(e) => {
+                let msg = format!("LUN {target}:{lun} ({}): {e}", portal.source);
+                log::warn!("{msg}");
+                (Body::error(msg), Vec::new())
+            }
+        }
+    }
 }
 
 #[cfg(test)]

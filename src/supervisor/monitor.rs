@@ -35,6 +35,7 @@ use nix::{
 };
 
 use super::{
+    broker::Services,
     error::PrivsepError,
     open::LunBackend,
     spawn::{spawn_worker, Plan, Resources, Worker},
@@ -169,7 +170,21 @@ fn confine_self(config: &Config, res: &Resources) -> Result<(), SandboxError> {
         }),
         _ => None,
     };
-    let outcome = landlock::restrict_supervisor(config.sandbox.landlock, socket_dir)?;
+    // iSCSI LUNs: the supervisor logs in again when the worker loses a connection.
+    let iscsi: Vec<&crate::config::IscsiSource> = config
+        .luns
+        .iter()
+        .filter_map(|l| l.source.iscsi())
+        .collect();
+    let mut ports: Vec<u16> = iscsi.iter().map(|s| s.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let secrets: Vec<&std::path::Path> = iscsi
+        .iter()
+        .filter_map(|s| s.chap_secret_file.as_deref())
+        .collect();
+    let outcome =
+        landlock::restrict_supervisor(config.sandbox.landlock, socket_dir, &ports, &secrets)?;
     // It never opens, creates or locks anything again.
     let files = limits::bound(
         Resource::RLIMIT_NOFILE,
@@ -179,11 +194,22 @@ fn confine_self(config: &Config, res: &Resources) -> Result<(), SandboxError> {
     if config.sandbox.seccomp == SeccompMode::Trap {
         sigsys::install().map_err(SandboxError::SigsysHandler)?;
     }
-    sandbox::seccomp::install(ThreadRole::Supervisor, config.sandbox.seccomp)?;
+    let role = if iscsi.is_empty() {
+        ThreadRole::Supervisor
+    } else {
+        ThreadRole::SupervisorIscsi
+    };
+    sandbox::seccomp::install(role, config.sandbox.seccomp)?;
     info!(
         "supervisor confined: CAP_KILL only, no_new_privs, not dumpable, no core dumps, \
-         {files} files, no locked memory, {}, seccomp={:?}",
-        outcome.description, config.sandbox.seccomp
+         {files} files, no locked memory, {}{}, seccomp={:?} ({role})",
+        outcome.description,
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!(" (TCP connect to ports {ports:?} only, for iSCSI logins)")
+        },
+        config.sandbox.seccomp
     );
     Ok(())
 }
@@ -412,9 +438,14 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut services = Services {
+        iscsi: super::iscsi::Reconnector::new(
+            res.as_ref().map(|r| r.iscsi.clone()).unwrap_or_default(),
+        ),
+    };
     loop {
         let (ending, last_seccomp_line, stopping) =
-            supervise(&sfd, &mut worker).map_err(PrivsepError::Supervise)?;
+            supervise(&sfd, &mut worker, &mut services).map_err(PrivsepError::Supervise)?;
         let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
         report(
             worker.pid,
@@ -460,7 +491,11 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
 /// Waits for the worker to end, relaying its output and forwarding termination signals.
 /// Returns how it ended, its last line when that was a SIGSYS report (to be trusted or not
 /// by [`trusted_report`]), and whether a stop had been requested.
-fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<String>, bool)> {
+fn supervise(
+    sfd: &SignalFd,
+    worker: &mut Worker,
+    services: &mut Services,
+) -> io::Result<(Ending, Option<String>, bool)> {
     let mut relay = Relay::new(worker.pid);
     let mut stderr_open = true;
     let mut stopping = false;
@@ -473,8 +508,12 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 .unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let (signals, output) = {
+        let (signals, output, broker) = {
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let broker_open = !worker.broker.is_closed();
+            if broker_open {
+                fds.push(PollFd::new(worker.broker.fd(), PollFlags::POLLIN));
+            }
             if stderr_open {
                 fds.push(PollFd::new(worker.stderr.as_fd(), PollFlags::POLLIN));
             }
@@ -484,8 +523,15 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 Err(e) => return Err(e.into()),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+            let broker = broker_open && ready(&fds[1]);
+            let output = stderr_open && fds.last().is_some_and(ready);
+            (ready(&fds[0]), output, broker)
         };
+        if broker {
+            for event in worker.broker.read_events() {
+                services.handle(&mut worker.broker, event);
+            }
+        }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             warn!(
                 "worker {} did not stop within {} s; killing it",

@@ -132,7 +132,7 @@ pub enum OpenError {
     },
 }
 
-use super::iscsi::IscsiPortal;
+pub use super::iscsi::IscsiLunPortal;
 pub use crate::worker::assemble::{LunBackend, OpenedLun};
 
 /// Opens `lun.source` the way `lun` says (read-only or read-write, `O_DIRECT` for
@@ -464,9 +464,6 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
 pub fn open_luns(luns: &[LunConfig]) -> Result<Vec<OpenedLun>, OpenError> {
     Ok(open_all(luns)?.0)
 }
-
-/// An iSCSI LUN's portal as the supervisor keeps it (for reconnections), with its address.
-pub type IscsiLunPortal = ((u8, u16), IscsiPortal);
 
 /// [`open_luns`], logging in to the iSCSI LUNs as well (docs/iscsi.md): also returns what the
 /// supervisor keeps of each iSCSI LUN to log in again.
