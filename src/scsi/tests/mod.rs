@@ -7,6 +7,7 @@ mod inquiry;
 mod io;
 mod mode;
 mod opcodes;
+mod passthrough;
 mod provisioning;
 mod reservations;
 mod sbc;
