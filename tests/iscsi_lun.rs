@@ -427,3 +427,52 @@ fn connection_cut_under_writes() {
         ]);
     });
 }
+
+/// `--restart-worker=on-failure`: the first worker had the start-up connection; a restarted
+/// worker gets a fresh one from the supervisor (over the fd broker) and serves the same LUN
+/// with its data.
+#[test]
+fn a_restarted_worker_gets_a_new_connection() {
+    let Some((t, path)) = target("a_restarted_worker_gets_a_new_connection", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let mut d = Daemon::start(
+        &[],
+        &[
+            "--lun",
+            &lun_arg(&t, 1, Some(&secret), ""),
+            "--restart-worker",
+            "on-failure",
+        ],
+    );
+    let data = pattern(8 * BLOCK, 0x3c);
+    {
+        let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+        vm.clear_unit_attention(l00());
+        vm.scsi(l00(), &cdb::write10(40, 8), &[&data], &[])
+            .assert_good();
+    }
+    let first = worker_of(d.pid());
+    // SAFETY: kill(2) on a process we started (the worker under our supervisor).
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while worker_of(d.pid()) == first {
+        assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(l00());
+    let r = vm.scsi(l00(), &cdb::read10(40, 8), &[], &[8 * BLOCK as u32]);
+    r.assert_good();
+    assert!(r.data == data, "the restarted worker reads other data");
+    let data2 = pattern(8 * BLOCK, 0x3d);
+    vm.scsi(l00(), &cdb::write10(48, 8), &[&data2], &[])
+        .assert_good();
+    assert!(file_bytes(&path, 48 * BLOCK as u64, data2.len()) == data2);
+    let log = d.log();
+    assert!(log.contains("logged in again"), "{log}");
+    assert!(!log.contains(SECRET));
+    d.assert_alive();
+}
