@@ -318,6 +318,12 @@ fn commands_on_several_queues_at_once() {
             "LBA {lba}"
         );
     }
+    // A queue thread sends the whole batch it popped before it waits for answers.
+    let log = daemon.log();
+    assert!(
+        log.contains("8 commands outstanding"),
+        "no batch of commands outstanding together:\n{log}"
+    );
 }
 
 /// Writes in flight on the daemon's iSCSI LUN while the connection goes away (`cut`) and

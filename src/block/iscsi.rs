@@ -4,8 +4,8 @@
 //! One thread per iSCSI LUN (`vus-iscsi`, seccomp role `worker-iscsi`) owns the
 //! [`Session`] (it is not `Sync`) and the socket: it reads nothing but the socket and an eventfd,
 //! writes PDUs with `writev`, and never creates or connects a socket. The request-queue threads
-//! hand it commands through a channel ([`IscsiLun::execute`], which blocks the calling queue
-//! thread until the target answered) and wake it with the eventfd; it polls the socket and the
+//! hand it commands through a channel ([`Passthrough::submit`]: a queue thread submits every
+//! command of the batch it popped, then waits for each [`Ticket`]) and wake it with the eventfd; it polls the socket and the
 //! eventfd, starts new commands (many outstanding within the CmdSN window) and answers each
 //! caller when its status arrives. Status, sense data and residuals come back as the target sent
 //! them.
@@ -33,7 +33,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use nix::{
     poll::{PollFd, PollFlags, PollTimeout},
     sys::eventfd::{EfdFlags, EventFd},
@@ -103,13 +103,89 @@ impl PassthroughOutput {
     }
 }
 
+/// A command handed to a passthrough LU: answered already, or on its way ([`Ticket`]).
+#[derive(Debug)]
+pub enum Submitted {
+    Ready(PassthroughOutput),
+    Waiting(Ticket),
+}
+
+impl Submitted {
+    /// The answer, waiting for it if need be; data-in lands in `data_in`.
+    pub fn wait(self, data_in: &SgList<'_>) -> PassthroughOutput {
+        match self {
+            Submitted::Ready(out) => out,
+            Submitted::Waiting(t) => t.wait(data_in),
+        }
+    }
+}
+
+/// A command the LUN thread has (or will have) sent to the target. Waiting for it is the
+/// only way to learn its answer; dropping it without waiting leaves the command to complete
+/// unanswered.
+#[derive(Debug)]
+pub struct Ticket {
+    answer: Receiver<Outcome>,
+    data_out_len: usize,
+}
+
+impl Ticket {
+    /// Blocks until the target answered (or the command was given up with BUSY); copies the
+    /// data-in into `data_in`.
+    pub fn wait(self, data_in: &SgList<'_>) -> PassthroughOutput {
+        match self.answer.recv() {
+            Ok(Outcome::Done(Ok(r), buffer)) => {
+                let transferred = if !data_in.is_empty() {
+                    let n = r.data_in_len.min(data_in.len());
+                    if let Some(b) = &buffer {
+                        data_in.copy_from(&b[..n.min(b.len())]);
+                    }
+                    n
+                } else {
+                    match r.residual {
+                        crate::iscsi::session::Residual::Underflow(u) => {
+                            self.data_out_len.saturating_sub(u as usize)
+                        }
+                        _ => self.data_out_len,
+                    }
+                };
+                if r.response != 0 {
+                    // Target failure (RFC 7143 §11.4.3): INTERNAL TARGET FAILURE.
+                    return PassthroughOutput::check_condition(0x04, 0x44, 0x00);
+                }
+                PassthroughOutput {
+                    status: r.status,
+                    sense: r.sense,
+                    transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
+                }
+            }
+            // Aborted by a task management function, or rejected: ABORTED COMMAND, which
+            // initiators retry.
+            Ok(Outcome::Done(Err(_), _)) => PassthroughOutput::check_condition(0x0b, 0x00, 0x00),
+            Ok(Outcome::Busy) => PassthroughOutput::busy(),
+            // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
+            Err(_) => PassthroughOutput::check_condition(0x04, 0x08, 0x00),
+        }
+    }
+}
+
 /// A logical unit whose commands are executed elsewhere (an iSCSI target's LUN): the SCSI bus
 /// answers REPORT LUNS itself and forwards everything else.
 pub trait Passthrough: Send + Sync {
-    /// Runs `cdb` with one of `data_out` / `data_in` (the other is empty); blocks until the
-    /// answer is there.
-    fn execute(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>)
-        -> PassthroughOutput;
+    /// Sends `cdb` with one of `data_out` / `data_in` (the other is empty) on its way without
+    /// waiting for the answer (several commands may be outstanding: a queue thread submits a
+    /// whole batch, then collects the answers).
+    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted;
+
+    /// Runs `cdb` and waits for the answer.
+    fn execute(
+        &self,
+        cdb: &[u8],
+        data_out: &SgList<'_>,
+        data_in: &SgList<'_>,
+    ) -> PassthroughOutput {
+        self.submit(cdb, data_out, data_in).wait(data_in)
+    }
 
     /// What backs it, for logs.
     fn describe(&self) -> &str;
@@ -208,6 +284,7 @@ pub fn broker_reconnect(handle: BrokerHandle, target: u8, lun: u16) -> Box<dyn R
 }
 
 /// The outcome the LUN thread sends back for one command.
+#[derive(Debug)]
 enum Outcome {
     Done(Result<ScsiResult, TaskError>, Option<Vec<u8>>),
     Busy,
@@ -248,6 +325,7 @@ impl IscsiLun {
             sending: None,
             reconnect,
             backoff: None,
+            max_outstanding: 0,
         };
         if let Some((stream, params)) = initial {
             match Session::new(stream, params) {
@@ -276,16 +354,11 @@ impl IscsiLun {
 }
 
 impl Passthrough for IscsiLun {
-    fn execute(
-        &self,
-        cdb: &[u8],
-        data_out: &SgList<'_>,
-        data_in: &SgList<'_>,
-    ) -> PassthroughOutput {
+    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
         let len = data_out.len().max(data_in.len());
         if len > MAX_TRANSFER {
             // INVALID FIELD IN CDB: what the Block Limits page's maximum would have said.
-            return PassthroughOutput::check_condition(0x05, 0x24, 0x00);
+            return Submitted::Ready(PassthroughOutput::check_condition(0x05, 0x24, 0x00));
         }
         let data = if !data_out.is_empty() {
             let mut v = vec![0u8; data_out.len()];
@@ -305,40 +378,12 @@ impl Passthrough for IscsiLun {
         };
         if self.tx.send(req).is_err() || self.wake.write(1).is_err() {
             // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
-            return PassthroughOutput::check_condition(0x04, 0x08, 0x00);
+            return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
         }
-        match answer.recv() {
-            Ok(Outcome::Done(Ok(r), buffer)) => {
-                let transferred = if !data_in.is_empty() {
-                    let n = r.data_in_len.min(data_in.len());
-                    if let Some(b) = &buffer {
-                        data_in.copy_from(&b[..n.min(b.len())]);
-                    }
-                    n
-                } else {
-                    match r.residual {
-                        crate::iscsi::session::Residual::Underflow(u) => {
-                            data_out.len().saturating_sub(u as usize)
-                        }
-                        _ => data_out.len(),
-                    }
-                };
-                if r.response != 0 {
-                    // Target failure (RFC 7143 §11.4.3): INTERNAL TARGET FAILURE.
-                    return PassthroughOutput::check_condition(0x04, 0x44, 0x00);
-                }
-                PassthroughOutput {
-                    status: r.status,
-                    sense: r.sense,
-                    transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
-                }
-            }
-            // Aborted by a task management function, or rejected: ABORTED COMMAND, which
-            // initiators retry.
-            Ok(Outcome::Done(Err(_), _)) => PassthroughOutput::check_condition(0x0b, 0x00, 0x00),
-            Ok(Outcome::Busy) => PassthroughOutput::busy(),
-            Err(_) => PassthroughOutput::check_condition(0x04, 0x08, 0x00),
-        }
+        Submitted::Waiting(Ticket {
+            answer,
+            data_out_len: data_out.len(),
+        })
     }
 
     fn describe(&self) -> &str {
@@ -370,6 +415,8 @@ struct LunThread {
     sending: Option<Pending>,
     reconnect: Box<dyn Reconnect>,
     backoff: Option<Backoff>,
+    /// Most commands outstanding at once so far (logged at each new power of two).
+    max_outstanding: usize,
 }
 
 impl LunThread {
@@ -419,6 +466,13 @@ impl LunThread {
             match started {
                 Ok(tag) => {
                     self.pending.insert(tag.0, Pending { reply, since });
+                    let n = self.pending.len();
+                    if n > self.max_outstanding {
+                        self.max_outstanding = n;
+                        if n.is_power_of_two() {
+                            debug!("{}: {n} commands outstanding", self.name);
+                        }
+                    }
                 }
                 Err(SessionError::InvalidRequest(what)) => {
                     // Not sent (a CDB the session cannot carry): ILLEGAL REQUEST.

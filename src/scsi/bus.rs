@@ -8,6 +8,7 @@
 
 use std::{collections::BTreeMap, io, sync::Arc};
 
+use super::io::passthrough_output;
 use super::{
     cdb::{opcode, Cdb},
     inquiry::{self, PERIPHERAL_NO_LUN},
@@ -17,10 +18,7 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
-use crate::block::{
-    iscsi::{Passthrough, PassthroughOutput},
-    BlockBackend,
-};
+use crate::block::{iscsi::Passthrough, BlockBackend};
 
 /// Configured targets and their LUNs.
 #[derive(Default)]
@@ -106,16 +104,7 @@ impl ScsiBus {
         }
         if let Some(p) = self.passthrough.get(&(target, lun)) {
             let len = passthrough_cdb_len(raw_cdb);
-            let PassthroughOutput {
-                status,
-                sense,
-                transferred,
-            } = p.execute(&raw_cdb[..len], data_out, data_in);
-            return CmdOutput {
-                status,
-                sense,
-                transferred,
-            };
+            return passthrough_output(p.execute(&raw_cdb[..len], data_out, data_in));
         }
         match self.lookup(target, lun) {
             Some(lu) => lu.execute_as(nexus, &cdb, data_out, data_in),
@@ -142,10 +131,14 @@ impl ScsiBus {
         caller_io: bool,
     ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
+        let local = parsed.is_truncated() || parsed.opcode() == opcode::REPORT_LUNS;
+        if let Some(p) = self.passthrough.get(&(target, lun)).filter(|_| !local) {
+            // Sent now, answered later: the caller may submit more before it waits.
+            let len = passthrough_cdb_len(cdb);
+            return Prepared::Passthrough(p.submit(&cdb[..len], data_out, data_in));
+        }
         match self.lookup(target, lun) {
-            Some(lu) if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS => {
-                lu.prepare(&parsed, data_out, data_in, caller_io)
-            }
+            Some(lu) if !local => lu.prepare(&parsed, data_out, data_in, caller_io),
             _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
         }
     }

@@ -439,6 +439,9 @@ impl QueueWorker {
         }
         let mut used_any = false;
         let mut drain_error = None;
+        // Commands on their way to passthrough LUs (iSCSI): all of the batch's are sent before
+        // any answer is awaited, so that they are outstanding at the target together.
+        let mut passthrough = Vec::new();
         let mut chains = std::mem::take(&mut self.chains);
         for chain in chains.drain(..) {
             let head = chain.head_index();
@@ -458,6 +461,10 @@ impl QueueWorker {
             let used = match started {
                 Ok(Started::Done(used)) => Some(used),
                 Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
+                Ok(Started::Passthrough(p)) => {
+                    passthrough.push((head, p));
+                    None
+                }
                 // Not answered to a caller without I/O in flight.
                 Ok(Started::DrainFirst(_)) => Some(0),
                 Err(e) => {
@@ -471,6 +478,14 @@ impl QueueWorker {
             }
         }
         self.chains = chains;
+        if !passthrough.is_empty() {
+            // The engine's I/O of this batch runs meanwhile.
+            self.submit()?;
+            for (head, p) in passthrough {
+                vring.add_used(head, p.finish())?;
+                used_any = true;
+            }
+        }
         match drain_error {
             Some(e) => Err(e),
             None => Ok(used_any),

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::{
-    block::iscsi::{Passthrough, PassthroughOutput},
+    block::iscsi::{Passthrough, PassthroughOutput, Submitted},
     scsi::bus::passthrough_cdb_len,
 };
 
@@ -16,12 +16,17 @@ struct Fake {
 }
 
 impl Passthrough for Fake {
-    fn execute(
-        &self,
-        cdb: &[u8],
-        data_out: &SgList<'_>,
-        data_in: &SgList<'_>,
-    ) -> PassthroughOutput {
+    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
+        Submitted::Ready(self.answer(cdb, data_out, data_in))
+    }
+
+    fn describe(&self) -> &str {
+        "fake"
+    }
+}
+
+impl Fake {
+    fn answer(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> PassthroughOutput {
         let mut out = vec![0u8; data_out.len()];
         data_out.copy_to(&mut out);
         self.seen.lock().unwrap().push((cdb.to_vec(), out));
@@ -38,10 +43,6 @@ impl Passthrough for Fake {
             sense: Vec::new(),
             transferred: n as u32,
         }
-    }
-
-    fn describe(&self) -> &str {
-        "fake"
     }
 }
 
