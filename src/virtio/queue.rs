@@ -8,6 +8,7 @@
 //! vectors are reused, so a warmed-up queue allocates nothing per request here.
 
 use std::{
+    collections::VecDeque,
     io,
     os::fd::{AsRawFd, RawFd},
     time::{Duration, Instant},
@@ -31,7 +32,7 @@ use crate::{
     },
     scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
     virtio::{
-        command::{start_command, PendingIo, ReplyShape, Started},
+        command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
         request::split_chain,
     },
 };
@@ -40,6 +41,10 @@ type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 /// Whatever virtqueue type serves the queue (the daemon's `ScsiVring`, a test's `VringRwLock`).
 pub trait Vring: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>> {}
 impl<T: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>>> Vring for T {}
+
+/// Most passthrough (iSCSI) commands one `pop_and_start` sends before it lets the engine's
+/// completions and the event loop have their turn.
+const PASSTHROUGH_ROUND: usize = 1024;
 
 /// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists run synchronously.
 const MAX_IOVECS: usize = 1024;
@@ -313,7 +318,7 @@ impl QueueWorker {
             if event_idx {
                 vring.disable_notification()?;
             }
-            let mut used_any = self.pop_and_start(bus, vring, mem)?;
+            let mut used_any = self.pop_and_start(bus, vring, mem, event_idx)?;
             self.submit()?;
             used_any |= self.reap(bus, vring)?;
             if used_any && (!event_idx || vring.needs_notification()?) {
@@ -414,11 +419,49 @@ impl QueueWorker {
 
     /// Pops as many chains as there are free slots and starts them; true when some were
     /// answered at once (used-ring entries were added).
+    ///
+    /// Commands for passthrough LUs (iSCSI) are sent to their LU as they are popped and
+    /// answered in order: while one is awaited, the others are outstanding at the target; each
+    /// answer is published (and the guest notified) at once, and requests the guest added
+    /// meanwhile are popped and sent before the next wait, so the guest's queue depth keeps
+    /// reaching the target (at most [`PASSTHROUGH_ROUND`] commands per call, then the engine's
+    /// completions and the event loop get their turn).
     fn pop_and_start(
         &mut self,
         bus: &ScsiBus,
         vring: &impl Vring,
         mem: &MemGuard,
+        event_idx: bool,
+    ) -> Result<bool, QueueError> {
+        let mut passthrough = VecDeque::new();
+        let mut popped = 0usize;
+        let mut used_any = self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+        while let Some((head, p)) = passthrough.pop_front() {
+            if self.unsubmitted > 0 {
+                // The engine's I/O popped with it runs meanwhile.
+                self.submit()?;
+            }
+            vring.add_used(head, p.finish())?;
+            used_any = true;
+            if !event_idx || vring.needs_notification()? {
+                vring.signal_used_queue().map_err(QueueError::Notify)?;
+            }
+            if popped < PASSTHROUGH_ROUND && !self.ring_stopped {
+                self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+            }
+        }
+        Ok(used_any)
+    }
+
+    /// Pops the chains available (up to the free slots) and starts them; passthrough commands
+    /// join `passthrough` to be finished by the caller. True when used-ring entries were added.
+    fn pop_some<'m>(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &'m MemGuard,
+        passthrough: &mut VecDeque<(u16, PassthroughReply<'m>)>,
+        popped: &mut usize,
     ) -> Result<bool, QueueError> {
         if self.free.is_empty() {
             return Ok(false);
@@ -437,11 +480,9 @@ impl QueueWorker {
                 Err(e) => return Err(e.into()),
             }
         }
+        *popped += self.chains.len();
         let mut used_any = false;
         let mut drain_error = None;
-        // Commands on their way to passthrough LUs (iSCSI): all of the batch's are sent before
-        // any answer is awaited, so that they are outstanding at the target together.
-        let mut passthrough = Vec::new();
         let mut chains = std::mem::take(&mut self.chains);
         for chain in chains.drain(..) {
             let head = chain.head_index();
@@ -462,7 +503,7 @@ impl QueueWorker {
                 Ok(Started::Done(used)) => Some(used),
                 Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
                 Ok(Started::Passthrough(p)) => {
-                    passthrough.push((head, p));
+                    passthrough.push_back((head, p));
                     None
                 }
                 // Not answered to a caller without I/O in flight.
@@ -478,14 +519,6 @@ impl QueueWorker {
             }
         }
         self.chains = chains;
-        if !passthrough.is_empty() {
-            // The engine's I/O of this batch runs meanwhile.
-            self.submit()?;
-            for (head, p) in passthrough {
-                vring.add_used(head, p.finish())?;
-                used_any = true;
-            }
-        }
         match drain_error {
             Some(e) => Err(e),
             None => Ok(used_any),
