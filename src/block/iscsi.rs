@@ -26,6 +26,7 @@ use std::{
     net::TcpStream,
     os::fd::{AsFd, AsRawFd},
     sync::{
+        atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
         Arc, Mutex,
     },
@@ -58,6 +59,11 @@ pub const GIVE_UP: Duration = Duration::from_secs(20);
 /// Largest data transfer of one passthrough command (the bounce buffer): larger requests are
 /// refused with INVALID FIELD IN CDB instead of allocating what a hostile guest asks for.
 pub const MAX_TRANSFER: usize = 32 << 20;
+
+/// Most bounce-buffer bytes of one LUN's commands in flight together. A guest can point many
+/// descriptors at the same pages, so its memory size does not bound this; beyond it commands
+/// are answered BUSY (the guest retries them when earlier ones completed).
+pub const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
 
 /// SAM status codes used here.
 mod status {
@@ -127,6 +133,34 @@ impl Submitted {
 pub struct Ticket {
     answer: Receiver<Outcome>,
     data_out_len: usize,
+    _bytes: InFlight,
+}
+
+/// A command's share of its LUN's [`MAX_IN_FLIGHT_BYTES`], given back when dropped.
+#[derive(Debug)]
+struct InFlight {
+    counter: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn take(counter: &Arc<AtomicUsize>, bytes: usize) -> Option<Self> {
+        let before = counter.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > MAX_IN_FLIGHT_BYTES && before > 0 {
+            counter.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self {
+            counter: counter.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl Ticket {
@@ -302,6 +336,8 @@ pub struct IscsiLun {
     tx: Sender<Request>,
     wake: Arc<EventFd>,
     description: String,
+    /// Bounce-buffer bytes of the commands in flight.
+    in_flight: Arc<AtomicUsize>,
 }
 
 impl IscsiLun {
@@ -349,6 +385,7 @@ impl IscsiLun {
             tx,
             wake,
             description: handover.description.clone(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         }))
     }
 }
@@ -360,6 +397,9 @@ impl Passthrough for IscsiLun {
             // INVALID FIELD IN CDB: what the Block Limits page's maximum would have said.
             return Submitted::Ready(PassthroughOutput::check_condition(0x05, 0x24, 0x00));
         }
+        let Some(bytes) = InFlight::take(&self.in_flight, len) else {
+            return Submitted::Ready(PassthroughOutput::busy());
+        };
         let data = if !data_out.is_empty() {
             let mut v = vec![0u8; data_out.len()];
             data_out.copy_to(&mut v);
@@ -383,6 +423,7 @@ impl Passthrough for IscsiLun {
         Submitted::Waiting(Ticket {
             answer,
             data_out_len: data_out.len(),
+            _bytes: bytes,
         })
     }
 
@@ -630,5 +671,26 @@ impl LunThread {
 fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<Vec<u8>>) {
     if let Some(p) = pending.remove(&c.tag.0) {
         let _ = p.reply.send(Outcome::Done(c.outcome, c.buffer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_in_flight_are_bounded_and_given_back() {
+        let c = Arc::new(AtomicUsize::new(0));
+        let a = InFlight::take(&c, MAX_IN_FLIGHT_BYTES - 10).expect("room");
+        assert!(InFlight::take(&c, 11).is_none(), "over the bound");
+        let b = InFlight::take(&c, 10).expect("exactly the bound");
+        drop(a);
+        assert_eq!(c.load(Ordering::Acquire), 10);
+        // One command alone always goes (a large one cannot starve).
+        drop(b);
+        let big = InFlight::take(&c, MAX_IN_FLIGHT_BYTES * 2);
+        assert!(big.is_some());
+        drop(big);
+        assert_eq!(c.load(Ordering::Acquire), 0);
     }
 }
