@@ -482,3 +482,38 @@ fn a_restarted_worker_gets_a_new_connection() {
     assert!(!log.contains(SECRET));
     d.assert_alive();
 }
+
+/// The iSCSI LUN thread's seccomp role (worker-iscsi) kills what it has no business doing: a
+/// debug-build probe (`VHOST_USER_SCSI_PROBE=WHAT@iscsi`, src/sandbox/probe.rs) attempts one
+/// forbidden action right after the thread stacked its role.
+#[test]
+fn the_iscsi_thread_cannot_open_connect_or_exec() {
+    let Some((t, _path)) = target("the_iscsi_thread_cannot_open_connect_or_exec", false) else {
+        return;
+    };
+    for what in ["socket", "connect", "open", "execve", "mmap-exec", "setuid"] {
+        let dir = tempfile::tempdir().unwrap();
+        // Bounded: a probe that is not killed leaves a daemon serving.
+        let out = Command::new("timeout")
+            .args(["-s", "KILL", "30", env!("CARGO_BIN_EXE_vhost-user-scsi")])
+            .arg("--socket-path")
+            .arg(dir.path().join("vus.sock"))
+            .arg("--lun")
+            .arg(lun_arg(&t, 1, None, ""))
+            .env("VHOST_USER_SCSI_PROBE", format!("{what}@iscsi"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + libc::SIGSYS),
+            "{what}@iscsi: exit status\n{log}"
+        );
+        assert!(log.contains("killed by SIGSYS"), "{what}@iscsi\n{log}");
+        assert!(
+            !log.contains("probe "),
+            "{what}@iscsi returned instead of dying\n{log}"
+        );
+    }
+}
