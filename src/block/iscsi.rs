@@ -541,6 +541,7 @@ impl LunThread {
         while let Some(c) = session.try_completion() {
             complete(&mut self.pending, c);
         }
+        take_events(session, &self.name)?;
         if session.has_buffered_input() {
             session.receive_one()?;
             return Ok(());
@@ -564,6 +565,7 @@ impl LunThread {
             while let Some(c) = session.try_completion() {
                 complete(&mut self.pending, c);
             }
+            take_events(session, &self.name)?;
         }
         Ok(())
     }
@@ -665,6 +667,19 @@ impl LunThread {
         let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
         let _ = self.wake.read();
     }
+}
+
+/// Takes the session's asynchronous messages (§11.9; kept until taken, so a target sending
+/// many must not grow memory). A logout request is served by moving to a new connection (the
+/// commands in flight are reissued there).
+fn take_events(session: &mut Session<TcpStream>, name: &str) -> Result<(), SessionError> {
+    for ev in session.take_events() {
+        debug!("{name}: asynchronous event {} from the target", ev.event);
+        if ev.event == 1 {
+            return Err(SessionError::Dropped(1));
+        }
+    }
+    Ok(())
 }
 
 /// Answers the caller of a completed command.
