@@ -117,6 +117,14 @@ pub enum Submitted {
 }
 
 impl Submitted {
+    /// Whether the answer is in ([`Submitted::wait`] will not block).
+    pub fn is_ready(&mut self) -> bool {
+        match self {
+            Submitted::Ready(_) => true,
+            Submitted::Waiting(t) => t.is_ready(),
+        }
+    }
+
     /// The answer, waiting for it if need be; data-in lands in `data_in`.
     pub fn wait(self, data_in: &SgList<'_>) -> PassthroughOutput {
         match self {
@@ -132,6 +140,8 @@ impl Submitted {
 #[derive(Debug)]
 pub struct Ticket {
     answer: Receiver<Outcome>,
+    /// The answer, once [`Ticket::is_ready`] saw it (`Err`: the LUN thread is gone).
+    got: Option<Result<Outcome, mpsc::RecvError>>,
     data_out_len: usize,
     _bytes: InFlight,
 }
@@ -164,10 +174,26 @@ impl Drop for InFlight {
 }
 
 impl Ticket {
+    /// Whether the answer is in (then [`Ticket::wait`] returns at once).
+    pub fn is_ready(&mut self) -> bool {
+        if self.got.is_none() {
+            self.got = match self.answer.try_recv() {
+                Ok(o) => Some(Ok(o)),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some(Err(mpsc::RecvError)),
+            };
+        }
+        self.got.is_some()
+    }
+
     /// Blocks until the target answered (or the command was given up with BUSY); copies the
     /// data-in into `data_in`.
-    pub fn wait(self, data_in: &SgList<'_>) -> PassthroughOutput {
-        match self.answer.recv() {
+    pub fn wait(mut self, data_in: &SgList<'_>) -> PassthroughOutput {
+        let answer = match self.got.take() {
+            Some(a) => a,
+            None => self.answer.recv(),
+        };
+        match answer {
             Ok(Outcome::Done(Ok(r), buffer)) => {
                 let transferred = if !data_in.is_empty() {
                     let n = r.data_in_len.min(data_in.len());
@@ -422,6 +448,7 @@ impl Passthrough for IscsiLun {
         }
         Submitted::Waiting(Ticket {
             answer,
+            got: None,
             data_out_len: data_out.len(),
             _bytes: bytes,
         })

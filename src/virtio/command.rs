@@ -76,6 +76,11 @@ pub struct PassthroughReply<'a> {
 }
 
 impl PassthroughReply<'_> {
+    /// Whether the answer is in ([`PassthroughReply::finish`] will not block).
+    pub fn is_ready(&mut self) -> bool {
+        self.submitted.is_ready()
+    }
+
     /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
     /// returns the used length.
     pub fn finish(self) -> u32 {

@@ -420,9 +420,10 @@ impl QueueWorker {
     /// Pops as many chains as there are free slots and starts them; true when some were
     /// answered at once (used-ring entries were added).
     ///
-    /// Commands for passthrough LUs (iSCSI) are sent to their LU as they are popped and
-    /// answered in order: while one is awaited, the others are outstanding at the target; each
-    /// answer is published (and the guest notified) at once, and requests the guest added
+    /// Commands for passthrough LUs (iSCSI) are sent to their LU as they are popped; every
+    /// answer already in is published, in any order, else the oldest is awaited (the others
+    /// stay outstanding at the target meanwhile); answers are published (and the guest
+    /// notified) at once, and requests the guest added
     /// meanwhile are popped and sent before the next wait, so the guest's queue depth keeps
     /// reaching the target (at most [`PASSTHROUGH_ROUND`] commands per call, then the engine's
     /// completions and the event loop get their turn).
@@ -436,12 +437,29 @@ impl QueueWorker {
         let mut passthrough = VecDeque::new();
         let mut popped = 0usize;
         let mut used_any = self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
-        while let Some((head, p)) = passthrough.pop_front() {
+        while !passthrough.is_empty() {
             if self.unsubmitted > 0 {
-                // The engine's I/O popped with it runs meanwhile.
+                // The engine's I/O popped with them runs meanwhile.
                 self.submit()?;
             }
-            vring.add_used(head, p.finish())?;
+            // Every command whose answer is in, in any order; if none is, wait for the oldest.
+            let mut answered = false;
+            let mut i = 0;
+            while i < passthrough.len() {
+                if passthrough[i].1.is_ready() {
+                    if let Some((head, p)) = passthrough.remove(i) {
+                        vring.add_used(head, p.finish())?;
+                        answered = true;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if !answered {
+                if let Some((head, p)) = passthrough.pop_front() {
+                    vring.add_used(head, p.finish())?;
+                }
+            }
             used_any = true;
             if !event_idx || vring.needs_notification()? {
                 vring.signal_used_queue().map_err(QueueError::Notify)?;
