@@ -9,12 +9,18 @@
 # With --repeat N the passes alternate N times (ours, QEMU's, ours, ...) and each row is the
 # median run, with the spread (iops_min, iops_max): TCG guests on a shared host are noisy.
 #
+# With --iscsi, IMG is the backing file of a LUN of a tgtd started for the run (127.0.0.1, a
+# free port): our daemon serves it as `--lun 0:0=iscsi://...` (its own initiator, the
+# supervisor's login) and QEMU's pass opens the same LUN with its libiscsi driver
+# (`-drive file=iscsi://...`, package qemu-block-extra) on virtio-scsi + scsi-hd; rows are
+# labelled guest-vus-iscsi-* and guest-qemu-iscsi-*.
+#
 #   benches/guest.sh --image IMG --out DIR [--runtime S] [--qemu BIN] [--accel tcg|kvm]
-#                    [--repeat N]
+#                    [--repeat N] [--iscsi]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-IMG="" OUT="" RUNTIME=5 QEMU=qemu-system-x86_64 ACCEL=tcg REPEAT=1
+IMG="" OUT="" RUNTIME=5 QEMU=qemu-system-x86_64 ACCEL=tcg REPEAT=1 ISCSI=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --image) IMG=$2; shift 2 ;;
@@ -23,6 +29,7 @@ while [ $# -gt 0 ]; do
         --qemu) QEMU=$2; shift 2 ;;
         --accel) ACCEL=$2; shift 2 ;;
         --repeat) REPEAT=$2; shift 2 ;;
+        --iscsi) ISCSI=1; shift ;;
         *) echo "usage: $0 --image IMG --out DIR [--runtime S] [--qemu BIN] [--accel A]" \
                 "[--repeat N]" >&2
            exit 2 ;;
@@ -39,7 +46,17 @@ BASE="$E2E_CACHE/initramfs-$(e2e_kver).cpio.gz"
 e2e_locked "$E2E_CACHE/initramfs.lock" tests/e2e/build-initramfs.sh "$BASE" >&2
 FIO=$(command -v fio)
 STAGE=$(mktemp -d)
-trap 'rm -rf "$STAGE"; [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null || true' EXIT
+TGTD_PID=""
+stop_tgtd() { # tgtd ignores SIGTERM (docs/iscsi.md, "tgtd quirks")
+    [ -n "$TGTD_PID" ] || return 0
+    tgtadm -C "$TGTD_CTL" --lld iscsi --op update --mode target --tid 1 -n state -v offline || true
+    tgtadm -C "$TGTD_CTL" --lld iscsi --op delete --mode target --tid 1 --force || true
+    tgtadm -C "$TGTD_CTL" --op delete --mode system || true
+    sleep 1
+    kill -9 "$TGTD_PID" 2>/dev/null || true
+    rm -f "/var/run/tgtd/socket.$TGTD_CTL" "/var/run/tgtd/socket.$TGTD_CTL.lock"
+}
+trap 'rm -rf "$STAGE"; [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null; stop_tgtd' EXIT
 VDS=${VUS_BENCH_VDS:-$(command -v vhost-device-scsi || true)}
 mkdir -p "$STAGE/usr/bin" "$STAGE/e2e"
 cp -L "$FIO" "$STAGE/usr/bin/fio"
@@ -99,6 +116,33 @@ vhost_user_pass() {
 
 ROWS=$OUT/guest-runs.jsonl
 : > "$ROWS"
+if [ "$ISCSI" = 1 ]; then
+    command -v tgtd >/dev/null || { echo "--iscsi needs tgtd (apt-get install tgt)" >&2; exit 2; }
+    PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    TGTD_CTL=$((3000 + $$ % 1000))
+    IQN=iqn.2026-01.org.vhost-user-scsi:bench
+    tgtd -f -C "$TGTD_CTL" --iscsi "portal=127.0.0.1:$PORT" > "$OUT/tgtd.log" 2>&1 &
+    TGTD_PID=$!
+    for _ in $(seq 100); do
+        tgtadm -C "$TGTD_CTL" --lld iscsi --op show --mode target >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+    adm() { tgtadm -C "$TGTD_CTL" --lld iscsi "$@"; }
+    adm --op new --mode target --tid 1 -T "$IQN"
+    adm --op new --mode logicalunit --tid 1 --lun 1 -b "$IMG"
+    adm --op bind --mode target --tid 1 -I ALL
+    URL="iscsi://127.0.0.1:$PORT/$IQN/1"
+    echo "tgtd $(tgtd --version 2>&1 | head -n1) on 127.0.0.1:$PORT, LUN 1 = $IMG" >&2
+    for rep in $(seq "$REPEAT"); do
+        # shellcheck disable=SC2086
+        vhost_user_pass guest-vus-iscsi "vus-iscsi-$rep" "" "$DAEMON" --socket-path "$SOCK" \
+            --lun "0:0=$URL" --exit-on-disconnect ${VUS_BENCH_DAEMON_ARGS:-} >> "$ROWS"
+        "${GUEST[@]}" --builtin "$URL" --log "$OUT/guest-qemu-iscsi-$rep.log" >&2 || true
+        parse "$OUT/guest-qemu-iscsi-$rep.log" guest-qemu-iscsi >> "$ROWS"
+    done
+    VDS=""
+    REPEAT=0
+fi
 for rep in $(seq "$REPEAT"); do
     # shellcheck disable=SC2086
     vhost_user_pass guest-vus "vus-$rep" "" "$DAEMON" --socket-path "$SOCK" --lun "0:0=$IMG" \

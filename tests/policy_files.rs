@@ -1,7 +1,12 @@
 //! Static checks of `seccomp/<arch>/<role>.json`, and proof that the binary installs exactly
 //! what the files say (`--print-seccomp-policy` against a fresh compile of each file).
 
-use std::{collections::BTreeMap, fs, path::PathBuf, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::PathBuf,
+    process::Command,
+};
 
 use seccompiler::{compile_from_json, TargetArch};
 use serde_json::Value;
@@ -15,6 +20,7 @@ const WORKER_ROLES: &[&str] = &[
     "worker-main",
     "worker-aio",
     "worker-broker",
+    "worker-iscsi",
     "worker-protocol",
     "worker-signals",
     "worker-vring",
@@ -308,6 +314,29 @@ fn worker_roles_deny_the_dangerous_syscalls() {
                 );
             }
         }
+        // A daemon with both a management socket and iSCSI LUNs: exactly the union of the two
+        // roles (filters only narrow when stacked, so the union is a file of its own).
+        let strip = |r: &Value| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("comment");
+            r.to_string()
+        };
+        let union: BTreeSet<String> = ["supervisor-management", "supervisor-iscsi"]
+            .iter()
+            .flat_map(|role| rules(&roles[*role], role).iter().map(strip))
+            .collect();
+        let both: BTreeSet<String> = rules(
+            &roles["supervisor-management-iscsi"],
+            "supervisor-management-iscsi",
+        )
+        .iter()
+        .map(strip)
+        .collect();
+        assert_eq!(
+            both, union,
+            "{arch}/supervisor-management-iscsi is not the union of supervisor-management and \
+             supervisor-iscsi"
+        );
         // The supervisor never creates anything.
         for rule in rules(&roles["supervisor"], "supervisor") {
             let name = rule["syscall"].as_str().unwrap();

@@ -1,12 +1,13 @@
 //! Logical-unit storage backends.
 //!
 //! A backend is the byte store behind one LUN: a raw image file or a block device today, an iSCSI
-//! target later. It is opened by the parent process and handed to the worker as an open file, so
+//! target ([`iscsi`], a passthrough LUN rather than a byte store). It is opened by the parent process and handed to the worker as an open file, so
 //! nothing here ever takes a path. The SCSI emulation in [`crate::scsi`] talks only to this trait.
 
 pub mod copy;
 pub mod engine;
 pub mod file;
+pub mod iscsi;
 pub mod null;
 pub mod sg;
 

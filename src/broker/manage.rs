@@ -166,7 +166,7 @@ impl AddLun {
     pub fn from_config(config: &LunConfig, backing: Backing) -> Self {
         Self {
             address: LunAddress::new(config.target, config.lun),
-            source: truncate(&config.source.as_os_str().to_string_lossy(), MAX_SOURCE_LEN),
+            source: truncate(&config.source.to_string(), MAX_SOURCE_LEN),
             backing,
             read_only: config.read_only,
             serial: config
@@ -217,7 +217,7 @@ impl AddLun {
                 WireCache::Writeback => CacheMode::Writeback,
             },
             pr_file: self.pr_file.then(|| PathBuf::from("(pr-file fd)")),
-            ..LunConfig::new(self.address.target, self.address.lun, &self.source)
+            ..LunConfig::new(self.address.target, self.address.lun, self.source.as_str())
         }
     }
 

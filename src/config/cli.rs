@@ -33,6 +33,13 @@
 //!
 //! Booleans also accept `yes|no` and `true|false`. An option may be given once per `--lun`.
 //!
+//! `SOURCE` may also be `iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN`: a LUN on an iSCSI target,
+//! logged in to by the supervisor (docs/iscsi.md). Its options are `initiator-name=IQN`,
+//! `chap-secret-file=PATH` (the CHAP secret for USER, read by the supervisor; required with
+//! USER and only with it), `header-digest=` and `data-digest=` (`crc32c`, required from the
+//! target, or `none`, the default); the options above describe an emulated disk and are
+//! refused. A password in the URL (`USER:PASSWORD@`) is refused and never echoed.
+//!
 //! LUNs given without an address are numbered on target 0: in order of appearance (config
 //! file LUNs first, then `--lun`s), each takes the lowest LUN number not used by any explicitly
 //! addressed LUN nor by an earlier auto-numbered one.
@@ -104,6 +111,11 @@ LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
   type=disk|cdrom    cdrom: serve an ISO image as a CD/DVD-ROM drive (read-only,
                      2048-byte blocks, removable; default disk)
   removable[=on|off] the medium can be ejected and changed (default off; on for cdrom)
+iSCSI LUNs: SOURCE = iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN (port 3260 by default),
+  logged in to by the supervisor; guest commands pass through to the target's LUN.
+  initiator-name=IQN     our iSCSI name
+  chap-secret-file=PATH  CHAP secret of USER (never on the command line; required with USER)
+  header-digest=crc32c|none, data-digest=crc32c|none   CRC32C required, or none (default)
 LUNs without TARGET:LUN= take the lowest free LUN number on target 0, in order.
 --config FILE (TOML): its LUNs come first, --lun options are appended; scalar command-line
 options override the file. With neither --socket-path nor --fd, systemd socket activation
@@ -388,7 +400,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
             "{} [[lun]] #{} ({})",
             file_path.unwrap_or(Path::new("")).display(),
             i + 1,
-            lun.source.display()
+            super::lun::redact_arg(&lun.source.to_string_lossy())
         );
         let config = file_lun(lun).map_err(|error| CliError::Lun {
             origin: origin.clone(),
@@ -397,7 +409,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         specs.push((origin, config));
     }
     for arg in &args.luns {
-        let origin = format!("--lun {arg}");
+        let origin = format!("--lun {}", super::lun::redact_arg(arg));
         let config = parse_lun(arg).map_err(|error| CliError::Lun {
             origin: origin.clone(),
             error,
@@ -1017,7 +1029,7 @@ mod tests {
         assert!(!path.exists(), "validation must not create the image");
         c.create_size = Some(1000);
         assert!(check_source(&c).is_err(), "size must be whole blocks");
-        c.source = dir.path().join("missing-dir/new.img");
+        c.source = dir.path().join("missing-dir/new.img").into();
         c.create_size = Some(1 << 20);
         assert!(check_source(&c).is_err(), "parent directory must exist");
     }
@@ -1145,6 +1157,104 @@ mod tests {
     }
 
     #[test]
+    fn iscsi_sources() {
+        use crate::config::{IscsiDigest, LunSource};
+        let s = lun("1:2=iscsi://127.0.0.1/iqn.2026-01.org.example:disk/3");
+        let LunSource::Iscsi(i) = &s.config.source else {
+            panic!("not iscsi: {s:?}")
+        };
+        assert_eq!(s.address, Some((1, 2)));
+        assert_eq!((i.host.as_str(), i.port, i.lun), ("127.0.0.1", 3260, 3));
+        assert_eq!(i.target_iqn, "iqn.2026-01.org.example:disk");
+        assert_eq!(i.user, None);
+        assert_eq!(i.initiator_name, crate::config::DEFAULT_INITIATOR_NAME);
+        let s = lun(
+            "iscsi://bob@[::1]:3261/iqn.2026-01.org.example:d/16383,initiator-name=iqn.2026-01.org.example:vm,\
+             chap-secret-file=/etc/s,header-digest=crc32c,data-digest=none",
+        );
+        let i = s.config.source.iscsi().unwrap();
+        assert_eq!((i.host.as_str(), i.port, i.lun), ("::1", 3261, 16383));
+        assert_eq!(i.user.as_deref(), Some("bob"));
+        assert_eq!(i.initiator_name, "iqn.2026-01.org.example:vm");
+        assert_eq!(i.chap_secret_file.as_deref(), Some(Path::new("/etc/s")));
+        assert_eq!(i.header_digest, IscsiDigest::Crc32c);
+        assert_eq!(i.data_digest, IscsiDigest::None);
+        assert_eq!(
+            s.config.source.to_string(),
+            "iscsi://bob@[::1]:3261/iqn.2026-01.org.example:d/16383"
+        );
+    }
+
+    #[test]
+    fn iscsi_errors_never_echo_a_password() {
+        let arg = "iscsi://bob:hunter2@h/iqn.2026-01.org.example:d/0";
+        let msg = match parse_from([
+            "vhost-user-scsi",
+            "--socket-path",
+            "/tmp/x.sock",
+            "--lun",
+            arg,
+        ]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("password in the URL is refused"), "{msg}");
+        assert!(msg.contains("bob:<redacted>@h"), "{msg}");
+        for (arg, want) in [
+            ("iscsi://h", "no target name"),
+            ("iscsi://h/iqn.2026-01.org.example:d", "no LUN number"),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/x",
+                "the LUN must be a number",
+            ),
+            ("iscsi://h/iqn.2026-01.org.example:d/16384", "0 to 16383"),
+            (
+                "iscsi://h:0/iqn.2026-01.org.example:d/0",
+                "port must be a number",
+            ),
+            (
+                "iscsi://h:99999/iqn.2026-01.org.example:d/0",
+                "port must be a number",
+            ),
+            ("iscsi:///iqn.2026-01.org.example:d/0", "no host"),
+            ("iscsi://[zz]/iqn.2026-01.org.example:d/0", "IPv6"),
+            ("iscsi://h/Disk/0", "not an iSCSI name"),
+            (
+                "iscsi://u@h/iqn.2026-01.org.example:d/0",
+                "without chap-secret-file",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,chap-secret-file=/s",
+                "needs a CHAP user name",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,ro",
+                "'readonly' does not apply",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,size=1G",
+                "'size' does not apply",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,header-digest=md5",
+                "crc32c or none",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,initiator-name=Bad",
+                "invalid initiator-name",
+            ),
+            (
+                "/img/a,data-digest=crc32c",
+                "applies only to an iscsi:// LUN",
+            ),
+        ] {
+            let e = lun_err(arg);
+            assert!(e.contains(want), "{arg}: {e}");
+        }
+    }
+
+    #[test]
     fn address_and_source_errors() {
         assert_eq!(lun_err(""), "no source given");
         assert_eq!(lun_err("0:0="), "no source given");
@@ -1224,7 +1334,7 @@ mod tests {
         c.luns
             .iter()
             .map(|l| {
-                let name = l.source.file_name().unwrap().to_string_lossy().into_owned();
+                let name = l.path().file_name().unwrap().to_string_lossy().into_owned();
                 (l.target, l.lun, name)
             })
             .collect()

@@ -32,9 +32,16 @@
 //! [[lun]]
 //! source = "/var/lib/images/install.iso"
 //! type = "cdrom"            # or "disk" (the default): read-only, 2048-byte blocks, removable
+//!
+//! [[lun]]                   # a LUN on an iSCSI target (docs/iscsi.md)
+//! source = "iscsi://chapuser@192.0.2.10:3260/iqn.2026-01.com.example:disk/0"
+//! initiator-name = "iqn.2026-01.com.example:vm1"
+//! chap-secret-file = "/etc/vus/vm1.chap"   # the secret, read by the supervisor
+//! header-digest = "crc32c"  # or "none" (default)
+//! data-digest = "none"
 //! ```
 //!
-//! Unknown keys are errors. Relative paths (`socket-path`, `source`, `pr-file`) are relative to the
+//! Unknown keys are errors. Relative paths (`socket-path`, `source`, `pr-file`, `chap-secret-file`) are relative to the
 //! directory holding the file. How the file combines with command-line options is described in
 //! [`crate::config::cli`]. This module only reads and parses; validation of the values is shared with
 //! the command line and lives in [`crate::config::cli`].
@@ -102,7 +109,16 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
         resolve(p);
     }
     for lun in &mut cfg.luns {
-        resolve(&mut lun.source);
+        // URLs are not paths.
+        let url = lun.source.to_str().is_some_and(|s| {
+            s.starts_with(super::lun::ISCSI_SCHEME) || s.starts_with(super::lun::NULL_SCHEME)
+        });
+        if !url {
+            resolve(&mut lun.source);
+        }
+        if let Some(p) = lun.chap_secret_file.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = lun.pr_file.as_mut() {
             resolve(p);
         }
@@ -147,6 +163,27 @@ pr-file = "disk1.pr"
 "#;
 
     #[test]
+    fn iscsi_lun_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[lun]]\nsource = \"iscsi://u@10.0.0.1/iqn.2026-01.org.example:d/1\"\n\
+             chap-secret-file = \"chap\"\nheader-digest = \"crc32c\"\n",
+        )
+        .unwrap();
+        let cfg = load(&path).unwrap();
+        let spec = cfg.luns[0].validate().unwrap();
+        let i = spec.config.source.iscsi().expect("an iSCSI source");
+        assert_eq!(i.portal(), "10.0.0.1:3260");
+        assert_eq!(
+            i.chap_secret_file.as_deref(),
+            Some(dir.path().join("chap").as_path())
+        );
+        assert_eq!(i.header_digest, crate::config::IscsiDigest::Crc32c);
+    }
+
+    #[test]
     fn parses_example() {
         let cfg = parse_str(EXAMPLE, Path::new("x.toml")).unwrap();
         assert_eq!(cfg.socket_path, Some(PathBuf::from("/run/vus/vm1.sock")));
@@ -170,6 +207,7 @@ pr-file = "disk1.pr"
                 size: None,
                 phys_block_size: None,
                 pr_file: None,
+                ..Default::default()
             }
         );
         assert_eq!(

@@ -76,13 +76,140 @@ pub enum LunType {
     Cdrom,
 }
 
+/// What backs a LUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LunSource {
+    /// A regular file (raw image), a block device, or `null://SIZE`.
+    Path(PathBuf),
+    /// A LUN on an iSCSI target (`iscsi://...`), logged in to by the supervisor.
+    Iscsi(IscsiSource),
+}
+
+impl LunSource {
+    /// The path of a file or device source; `None` for an iSCSI LUN.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            LunSource::Path(p) => Some(p),
+            LunSource::Iscsi(_) => None,
+        }
+    }
+
+    pub fn iscsi(&self) -> Option<&IscsiSource> {
+        match self {
+            LunSource::Iscsi(i) => Some(i),
+            LunSource::Path(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LunSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LunSource::Path(p) => write!(f, "{}", p.display()),
+            LunSource::Iscsi(i) => i.fmt(f),
+        }
+    }
+}
+
+impl From<PathBuf> for LunSource {
+    fn from(p: PathBuf) -> Self {
+        LunSource::Path(p)
+    }
+}
+
+impl From<String> for LunSource {
+    fn from(p: String) -> Self {
+        LunSource::Path(p.into())
+    }
+}
+
+impl From<&str> for LunSource {
+    fn from(p: &str) -> Self {
+        LunSource::Path(p.into())
+    }
+}
+
+impl From<&PathBuf> for LunSource {
+    fn from(p: &PathBuf) -> Self {
+        LunSource::Path(p.clone())
+    }
+}
+
+impl From<&std::path::Path> for LunSource {
+    fn from(p: &std::path::Path) -> Self {
+        LunSource::Path(p.into())
+    }
+}
+
+impl PartialEq<PathBuf> for LunSource {
+    fn eq(&self, other: &PathBuf) -> bool {
+        self.path() == Some(other.as_path())
+    }
+}
+
+/// A digest setting of an iSCSI LUN (`header-digest=`, `data-digest=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IscsiDigest {
+    /// No digest.
+    #[default]
+    None,
+    /// CRC32C, required: the login fails if the target refuses it.
+    Crc32c,
+}
+
+/// The default iSCSI initiator name (`initiator-name=` overrides it).
+pub const DEFAULT_INITIATOR_NAME: &str = "iqn.2026-01.org.vhost-user-scsi:initiator";
+
+/// Default iSCSI port (RFC 7143 §13.8... the well-known port 3260).
+pub const ISCSI_DEFAULT_PORT: u16 = 3260;
+
+/// An iSCSI LUN: `iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN` and its options. Holds no secret:
+/// only the path of the file that holds the CHAP secret, which the supervisor reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiSource {
+    /// Host name or address as written (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub target_iqn: String,
+    /// The LUN on the target (0-16383).
+    pub lun: u16,
+    /// CHAP user name; with it `chap_secret_file` is required.
+    pub user: Option<String>,
+    pub initiator_name: String,
+    pub chap_secret_file: Option<PathBuf>,
+    pub header_digest: IscsiDigest,
+    pub data_digest: IscsiDigest,
+}
+
+impl IscsiSource {
+    /// `HOST:PORT` as a socket-address string (IPv6 in brackets).
+    pub fn portal(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for IscsiSource {
+    /// The source as written, without options (never a secret: there is none in it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("iscsi://")?;
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        write!(f, "{}/{}/{}", self.portal(), self.target_iqn, self.lun)
+    }
+}
+
 /// One logical unit, as configured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunConfig {
     pub target: u8,
     pub lun: u16,
-    /// A regular file (raw image) or a block device.
-    pub source: PathBuf,
+    /// What backs it.
+    pub source: LunSource,
     /// `type=disk|cdrom`.
     pub lun_type: LunType,
     /// `removable`: the medium can be ejected and changed (RMB = 1); always so for a CD-ROM.
@@ -106,9 +233,15 @@ pub struct LunConfig {
 }
 
 impl LunConfig {
+    /// The path of a file, device or `null://` source (empty for an iSCSI LUN, which the
+    /// callers of this never see: they dispatch on [`LunSource`] first).
+    pub fn path(&self) -> &std::path::Path {
+        self.source.path().unwrap_or(std::path::Path::new(""))
+    }
+
     /// LUN `target:lun` backed by `source` with every option at its default (read-write,
     /// 512-byte blocks, discard on, cache=writeback, derived serial and WWN).
-    pub fn new(target: u8, lun: u16, source: impl Into<PathBuf>) -> Self {
+    pub fn new(target: u8, lun: u16, source: impl Into<LunSource>) -> Self {
         Self {
             target,
             lun,
@@ -139,7 +272,12 @@ impl LunConfig {
     pub fn default_wwn(&self) -> u64 {
         // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        let bytes = self.source.as_os_str().as_encoded_bytes().iter();
+        let text = self.source.to_string();
+        let bytes = match self.source.path() {
+            Some(p) => p.as_os_str().as_encoded_bytes(),
+            None => text.as_bytes(),
+        }
+        .iter();
         for &b in bytes.chain(&[self.target]).chain(&self.lun.to_be_bytes()) {
             hash ^= u64::from(b);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);

@@ -17,6 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::io::passthrough_output;
 use super::{
     cdb::{opcode, Cdb},
     inquiry::{self, PERIPHERAL_NO_LUN},
@@ -26,6 +27,7 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
+use crate::block::iscsi::Passthrough;
 
 type Targets = BTreeMap<u8, BTreeMap<u16, Arc<LogicalUnit>>>;
 
@@ -45,6 +47,9 @@ pub struct ScsiBus {
     generation: AtomicU64,
     /// The fixed-file slots of removed LUNs (see [`LogicalUnit::fixed_file`]).
     released_fixed_files: Mutex<Vec<u32>>,
+    /// LUNs whose commands run elsewhere (iSCSI): everything but REPORT LUNS is forwarded.
+    /// Fixed when the bus is built (management adds and removes emulated LUNs only).
+    passthrough: BTreeMap<(u8, u16), Arc<dyn Passthrough>>,
 }
 
 /// Why a LUN could not be added.
@@ -92,7 +97,7 @@ impl ScsiBus {
         let lu = Arc::new(lu);
         let mut targets = self.write();
         let luns = targets.entry(target).or_default();
-        if luns.contains_key(&lun) {
+        if luns.contains_key(&lun) || self.passthrough.contains_key(&(target, lun)) {
             return Err(BusError::AddressInUse(target, lun));
         }
         for other in luns.values() {
@@ -111,7 +116,12 @@ impl ScsiBus {
             let mut targets = self.write();
             let luns = targets.get_mut(&target)?;
             let lu = luns.remove(&lun)?;
-            if luns.is_empty() {
+            let passthrough_left = self
+                .passthrough
+                .range((target, 0)..=(target, u16::MAX))
+                .next()
+                .is_some();
+            if luns.is_empty() && !passthrough_left {
                 targets.remove(&target);
             } else {
                 for other in luns.values() {
@@ -144,12 +154,22 @@ impl ScsiBus {
             .clone()
     }
 
+    /// Adds a passthrough LU (an iSCSI target's LUN).
+    pub fn add_passthrough(&mut self, target: u8, lun: u16, lu: Arc<dyn Passthrough>) {
+        self.targets
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(target)
+            .or_default();
+        self.passthrough.insert((target, lun), lu);
+    }
+
     pub fn has_target(&self, target: u8) -> bool {
         self.read().contains_key(&target)
     }
 
     pub fn lun_exists(&self, target: u8, lun: u16) -> bool {
-        self.lookup(target, lun).is_some()
+        self.lookup(target, lun).is_some() || self.passthrough.contains_key(&(target, lun))
     }
 
     /// One look at the table for a command: `Err(())` when the target does not exist, else its
@@ -210,6 +230,7 @@ impl ScsiBus {
         data_out: &DataOut<'_>,
         data_in: &DataIn<'_>,
     ) -> CmdOutput {
+        let raw_cdb = cdb;
         let parsed = Cdb::new(cdb);
         if parsed.is_truncated() {
             log::warn!(
@@ -231,6 +252,10 @@ impl ScsiBus {
         }
         if lun == REPORT_LUNS_WLUN && self.has_target(target) {
             return report_luns_wlun(&cdb, data_in).unwrap_or_else(CmdOutput::check_condition);
+        }
+        if let Some(p) = self.passthrough.get(&(target, lun)) {
+            let len = passthrough_cdb_len(raw_cdb);
+            return passthrough_output(p.execute(&raw_cdb[..len], data_out, data_in));
         }
         match self.lookup(target, lun) {
             // EXTENDED COPY reaches other LUs: the bus runs it, after the receiving LU's
@@ -287,7 +312,13 @@ impl ScsiBus {
     ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
         let op = parsed.opcode();
-        if !parsed.is_truncated() && op != opcode::REPORT_LUNS {
+        let local = parsed.is_truncated() || op == opcode::REPORT_LUNS;
+        if let Some(p) = self.passthrough.get(&(target, lun)).filter(|_| !local) {
+            // Sent now, answered later: the caller may submit more before it waits.
+            let len = passthrough_cdb_len(cdb);
+            return Prepared::Passthrough(p.submit(&cdb[..len], data_out, data_in));
+        }
+        if !local {
             if let Some(lu) = lu {
                 if op == opcode::EXTENDED_COPY {
                     // EXTENDED COPY waits on the destination's write gate, which an exclusive
@@ -306,7 +337,7 @@ impl ScsiBus {
                         plan.meta.start = Some(arrived);
                         plan.unit = Some(lu);
                     }
-                    Prepared::DrainFirst => {}
+                    Prepared::DrainFirst | Prepared::Passthrough(_) => {}
                 }
                 return prepared;
             }
@@ -384,7 +415,8 @@ impl ScsiBus {
         files
     }
 
-    /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.
+    /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next. (A
+    /// passthrough LU's commands complete on their own: the target keeps its state.)
     pub fn reset_lun(&self, target: u8, lun: u16) {
         if let Some(lu) = self.lookup(target, lun) {
             log::info!("{target}:{lun}: logical unit reset");
@@ -438,10 +470,18 @@ impl ScsiBus {
             return Err(Sense::invalid_cdb_field(6, Some(7)));
         }
         let configured = || -> Vec<u16> {
-            self.read()
+            let mut luns: Vec<u16> = self
+                .read()
                 .get(&target)
                 .map(|luns| luns.keys().copied().collect())
-                .unwrap_or_default()
+                .unwrap_or_default();
+            luns.extend(
+                self.passthrough
+                    .range((target, 0)..=(target, u16::MAX))
+                    .map(|((_, l), _)| *l),
+            );
+            luns.sort_unstable();
+            luns
         };
         let luns: Vec<u16> = match cdb.byte(2) {
             // 00h: all logical units except well-known ones.
@@ -515,6 +555,21 @@ pub fn wait_unused(lu: &Arc<LogicalUnit>, timeout: Duration) -> bool {
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(10));
     }
+}
+
+/// How many bytes of the guest's CDB area a passthrough command sends: the opcode group's
+/// length, `8 + ADDITIONAL CDB LENGTH` for variable-length CDBs (7Fh), 16 for the vendor
+/// specific and reserved groups; never more than supplied.
+pub fn passthrough_cdb_len(raw: &[u8]) -> usize {
+    let Some(&op) = raw.first() else {
+        return 0;
+    };
+    let len = match super::cdb::cdb_len(op) {
+        Some(n) => n,
+        None if op == 0x7f => 8 + usize::from(raw.get(7).copied().unwrap_or(0)),
+        None => 16,
+    };
+    len.min(raw.len())
 }
 
 /// Single-level LUN: peripheral device addressing below 256, flat space addressing above, and

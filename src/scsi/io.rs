@@ -80,6 +80,18 @@ pub enum Prepared<'a> {
     /// exclusively). Complete that I/O, then prepare the command again. Only answered to a
     /// caller that said it has I/O in flight.
     DrainFirst,
+    /// A passthrough LU (iSCSI) has the command: wait for its answer (data-in lands in the
+    /// command's data-in list) with [`crate::block::iscsi::Submitted::wait`].
+    Passthrough(crate::block::iscsi::Submitted),
+}
+
+/// A passthrough LU's answer as the bus gives it.
+pub fn passthrough_output(o: crate::block::iscsi::PassthroughOutput) -> CmdOutput {
+    CmdOutput {
+        status: o.status,
+        sense: o.sense,
+        transferred: o.transferred,
+    }
 }
 
 /// Scratch buffer size for the few paths that must look at data (VERIFY with BYTCHK).
@@ -282,6 +294,8 @@ impl LogicalUnit {
             // Only answered to a caller with I/O in flight, which the synchronous paths never
             // have; should it ever come, the guest retries.
             Prepared::DrainFirst => CmdOutput::busy(),
+            // Emulated LUs never answer this; a passthrough answer without its data-in list.
+            Prepared::Passthrough(s) => passthrough_output(s.wait(&SgList::new())),
         }
     }
 

@@ -95,7 +95,7 @@ impl LogicalUnit {
                 plan.meta.len = transferred;
                 Some(plan)
             }
-            Prepared::Done(_) | Prepared::DrainFirst => None,
+            Prepared::Done(_) | Prepared::DrainFirst | Prepared::Passthrough(_) => None,
         }
     }
 

@@ -152,7 +152,10 @@ impl SupervisorBroker {
 /// The supervisor's services to its workers and the routing of replies; lives as long as the
 /// supervisor (across worker restarts).
 #[derive(Debug, Default)]
-pub struct Services {}
+pub struct Services {
+    /// The iSCSI LUNs' portals, for the worker's reconnection requests.
+    pub iscsi: super::iscsi::Reconnector,
+}
 
 impl Services {
     /// Handles one broker event of the current worker.
@@ -174,6 +177,9 @@ impl Services {
     /// A worker's request. Nothing is served yet: iSCSI reconnects (issue 12) and the
     /// management forwarding (issue 13) add their cases here.
     fn on_worker_request(&mut self, body: Body, _fds: Vec<OwnedFd>) -> (Body, Vec<OwnedFd>) {
+        if let Body::Iscsi(msg) = body {
+            return self.iscsi.serve(msg);
+        }
         let what = match &body {
             Body::Iscsi(_) => "iscsi",
             Body::Manage(_) => "manage",

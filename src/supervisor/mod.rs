@@ -10,6 +10,7 @@
 
 pub mod broker;
 pub mod error;
+pub mod iscsi;
 pub mod listener;
 pub mod management;
 pub mod monitor;

@@ -38,6 +38,7 @@ use super::{
     broker::{BrokerEvent, Services},
     error::PrivsepError,
     management::{self, Server},
+    open::LunBackend,
     readiness::Readiness,
     spawn::{spawn_worker, Plan, Resources, Worker},
 };
@@ -193,10 +194,29 @@ fn confine_self(
     }
     remove_dirs.extend(mgmt.and_then(|m| m.path()).map(dir_of));
     remove_dirs.extend(readiness.pidfile_dir());
-    let outcome =
-        landlock::restrict_supervisor(config.sandbox.landlock, &remove_dirs, &image_dirs)?;
-    // Without a management socket it never opens, creates or locks anything again; with one,
-    // its clients and the LUNs they add need a bounded number more.
+    // iSCSI LUNs: the supervisor logs in again when the worker loses a connection.
+    let iscsi: Vec<&crate::config::IscsiSource> = config
+        .luns
+        .iter()
+        .filter_map(|l| l.source.iscsi())
+        .collect();
+    let mut ports: Vec<u16> = iscsi.iter().map(|s| s.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let secrets: Vec<&std::path::Path> = iscsi
+        .iter()
+        .filter_map(|s| s.chap_secret_file.as_deref())
+        .collect();
+    let outcome = landlock::restrict_supervisor(
+        config.sandbox.landlock,
+        &remove_dirs,
+        &image_dirs,
+        &ports,
+        &secrets,
+    )?;
+    // Without a management socket it never opens, creates or locks anything again (iSCSI
+    // logins only read their secret files); with one, its clients and the LUNs they add need
+    // a bounded number more.
     let files = limits::bound(
         Resource::RLIMIT_NOFILE,
         limits::supervisor_nofile(highest_fd())
@@ -210,16 +230,17 @@ fn confine_self(
     if config.sandbox.seccomp == SeccompMode::Trap {
         sigsys::install().map_err(SandboxError::SigsysHandler)?;
     }
-    let role = if mgmt.is_some() {
-        ThreadRole::SupervisorManagement
-    } else {
-        ThreadRole::Supervisor
+    let role = match (mgmt.is_some(), !iscsi.is_empty()) {
+        (false, false) => ThreadRole::Supervisor,
+        (true, false) => ThreadRole::SupervisorManagement,
+        (false, true) => ThreadRole::SupervisorIscsi,
+        (true, true) => ThreadRole::SupervisorManagementIscsi,
     };
     sandbox::seccomp::install(role, config.sandbox.seccomp)?;
     let names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     info!(
         "supervisor confined: {} only, no_new_privs, not dumpable, no core dumps, \
-         {files} files, no locked memory, {}{}, seccomp={:?} (role {role})",
+         {files} files, no locked memory, {}{}{}, seccomp={:?} (role {role})",
         names.join(","),
         outcome.description,
         if image_dirs.is_empty() {
@@ -233,6 +254,11 @@ fn confine_self(
                     .collect::<Vec<_>>()
                     .join(", ")
             )
+        },
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!(" (TCP connect to ports {ports:?} only, for iSCSI logins)")
         },
         config.sandbox.seccomp
     );
@@ -379,6 +405,20 @@ fn size_memlock(config: &Config) -> Result<(), PrivsepError> {
     Ok(())
 }
 
+/// The first worker has the iSCSI LUNs' logged-in connections: the supervisor closes its
+/// copies (a restarted worker asks for fresh ones over the fd broker) and forgets their numbers,
+/// which the next worker must not inherit once they are reused.
+fn release_iscsi_connections(res: &mut Resources) {
+    for lun in &res.luns {
+        if let LunBackend::Iscsi(h) = &lun.backend {
+            if let Some(fd) = h.raw_fd() {
+                res.lun_fds.retain(|&f| f != fd);
+            }
+            drop(h.take());
+        }
+    }
+}
+
 /// Set-up, then the supervision loop. Returns the exit code.
 pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     // Before anything is opened: no core of this process (it holds the LUNs) ever.
@@ -438,6 +478,9 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     // Every socket exists, every LUN is open, the worker is jailed and serving.
     let readiness = Readiness::announce(config.pidfile.as_deref())?;
     let mut res = Some(res);
+    if let Some(r) = &mut res {
+        release_iscsi_connections(r);
+    }
     if config.sandbox.restart == RestartPolicy::Never {
         if let Some(r) = &mut res {
             // The worker holds the LUNs now (and their locks); the supervisor needs none of them.
@@ -465,7 +508,11 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
-    let mut services = Services::default();
+    let mut services = Services {
+        iscsi: super::iscsi::Reconnector::new(
+            res.as_ref().map(|r| r.iscsi.clone()).unwrap_or_default(),
+        ),
+    };
     loop {
         let (ending, last_seccomp_line, stopping) =
             supervise(&sfd, &mut worker, &mut services, mgmt.as_mut(), &readiness)

@@ -30,7 +30,7 @@ use crate::{
     block::{BlockBackend, FileBackend},
     config::{
         error::{io_msg, OwnFileError},
-        CacheMode, LunConfig,
+        CacheMode, LunConfig, LunSource,
     },
     scsi::PrFile,
 };
@@ -111,6 +111,14 @@ pub enum OpenError {
         #[source]
         error: io::Error,
     },
+    #[error("LUN {target}:{lun} ({source_text}): {error}")]
+    Iscsi {
+        target: u8,
+        lun: u16,
+        source_text: String,
+        #[source]
+        error: super::iscsi::IscsiSetupError,
+    },
     #[error(
         "LUN {target}:{lun}: {} is too small: {size} bytes, less than one {block_size}-byte block",
         .path.display()
@@ -124,7 +132,8 @@ pub enum OpenError {
     },
 }
 
-pub use crate::worker::assemble::OpenedLun;
+pub use super::iscsi::IscsiLunPortal;
+pub use crate::worker::assemble::{LunBackend, OpenedLun};
 
 /// Opens `lun.source` the way `lun` says (read-only or read-write, `O_DIRECT` for
 /// `cache=none`), close-on-exec, without locking. Never creates or truncates anything.
@@ -142,7 +151,7 @@ pub(crate) fn open_file(lun: &LunConfig) -> io::Result<File> {
         .read(true)
         .write(!lun.read_only)
         .custom_flags(flags)
-        .open(&lun.source)
+        .open(lun.path())
 }
 
 /// What a file found at the path of a `pr-file` or `size=` image must be: owned by the
@@ -305,7 +314,7 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
     let error = |error| OpenError::Create {
         target: lun.target,
         lun: lun.lun,
-        path: lun.source.clone(),
+        path: lun.path().to_owned(),
         error,
     };
     // O_EXCL: never through a symbolic link; an existing path is checked when it is opened.
@@ -314,11 +323,11 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&lun.source)
+        .open(lun.path())
     {
         Ok(file) => {
             file.set_len(size).map_err(error)?;
-            log::info!("created {} ({size} bytes, sparse)", lun.source.display());
+            log::info!("created {} ({size} bytes, sparse)", lun.path().display());
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -332,7 +341,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
         target: lun.target,
         lun: lun.lun,
         what: "size= image",
-        path: lun.source.clone(),
+        path: lun.path().to_owned(),
         error,
     };
     let file = open_file(lun).map_err(|error| {
@@ -342,13 +351,13 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
             OpenError::DirectUnsupported {
                 target: lun.target,
                 lun: lun.lun,
-                path: lun.source.clone(),
+                path: lun.path().to_owned(),
             }
         } else {
             OpenError::Open {
                 target: lun.target,
                 lun: lun.lun,
-                path: lun.source.clone(),
+                path: lun.path().to_owned(),
                 error,
             }
         }
@@ -358,7 +367,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
         let meta = file.metadata().map_err(|error| OpenError::Open {
             target: lun.target,
             lun: lun.lun,
-            path: lun.source.clone(),
+            path: lun.path().to_owned(),
             error,
         })?;
         if meta.is_file() {
@@ -387,7 +396,7 @@ pub struct RuntimeLun {
 pub fn open_runtime(lun: &LunConfig, file: Option<File>) -> Result<RuntimeLun, OpenError> {
     let opened = open_lun(lun, file, std::time::Duration::ZERO)?;
     let files = [
-        opened.backend.raw_fd(),
+        opened.backend.block().and_then(|b| b.raw_fd()),
         opened.pr_file.as_ref().and_then(|p| p.0.raw_fd()),
     ];
     let fds = files
@@ -402,7 +411,7 @@ pub fn open_runtime(lun: &LunConfig, file: Option<File>) -> Result<RuntimeLun, O
         .map_err(|error| OpenError::Backend {
             target: lun.target,
             lun: lun.lun,
-            path: lun.source.clone(),
+            path: lun.path().to_owned(),
             error,
         })?;
     Ok(RuntimeLun { lun: opened, fds })
@@ -416,7 +425,7 @@ fn check_passed(lun: &LunConfig, file: &File) -> Result<(), OpenError> {
     let error = |error| OpenError::Open {
         target: lun.target,
         lun: lun.lun,
-        path: lun.source.clone(),
+        path: lun.path().to_owned(),
         error,
     };
     if flags < 0 {
@@ -443,13 +452,13 @@ fn open_lun(
     passed: Option<File>,
     grace: std::time::Duration,
 ) -> Result<OpenedLun, OpenError> {
-    let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
+    let (target, lun_no, path) = (lun.target, lun.lun, lun.path().to_owned());
     if passed.is_none() {
         if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
             log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
             return Ok(OpenedLun {
                 config: lun.clone(),
-                backend: Arc::new(crate::block::NullBackend::new(size)),
+                backend: LunBackend::Block(Arc::new(crate::block::NullBackend::new(size))),
                 pr_file: open_pr_file_within(lun, grace)?,
             });
         }
@@ -531,7 +540,7 @@ fn open_lun(
     let pr_file = open_pr_file_within(lun, grace)?;
     Ok(OpenedLun {
         config: lun.clone(),
-        backend: Arc::new(backend),
+        backend: LunBackend::Block(Arc::new(backend)),
         pr_file,
     })
 }
@@ -539,7 +548,35 @@ fn open_lun(
 /// Opens and locks every LUN's source, in order. On error, whatever was opened so far is
 /// closed again (and its lock released).
 pub fn open_luns(luns: &[LunConfig]) -> Result<Vec<OpenedLun>, OpenError> {
-    luns.iter().map(open_one).collect()
+    Ok(open_all(luns)?.0)
+}
+
+/// [`open_luns`], logging in to the iSCSI LUNs as well (docs/iscsi.md): also returns what the
+/// supervisor keeps of each iSCSI LUN to log in again.
+pub fn open_all(luns: &[LunConfig]) -> Result<(Vec<OpenedLun>, Vec<IscsiLunPortal>), OpenError> {
+    let mut opened = Vec::with_capacity(luns.len());
+    let mut portals = Vec::new();
+    for lun in luns {
+        match &lun.source {
+            LunSource::Iscsi(src) => {
+                let (handover, portal) =
+                    super::iscsi::open_iscsi(lun, src).map_err(|error| OpenError::Iscsi {
+                        target: lun.target,
+                        lun: lun.lun,
+                        source_text: src.to_string(),
+                        error,
+                    })?;
+                opened.push(OpenedLun {
+                    config: lun.clone(),
+                    backend: LunBackend::Iscsi(handover),
+                    pr_file: None,
+                });
+                portals.push(((lun.target, lun.lun), portal));
+            }
+            LunSource::Path(_) => opened.push(open_one(lun)?),
+        }
+    }
+    Ok((opened, portals))
 }
 
 #[cfg(test)]
@@ -568,12 +605,12 @@ mod tests {
         let mut c = lun(&path, false);
         c.create_size = Some(4 << 20);
         let opened = open_luns(std::slice::from_ref(&c)).unwrap();
-        assert_eq!(opened[0].backend.size(), 4 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 4 << 20);
         drop(opened);
         // An existing image is never resized.
         c.create_size = Some(8 << 20);
         let opened = open_luns(std::slice::from_ref(&c)).unwrap();
-        assert_eq!(opened[0].backend.size(), 4 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 4 << 20);
     }
 
     /// The checks hold at opening time too (a link planted after the preflight checks).
@@ -622,7 +659,7 @@ mod tests {
         let p = image(dir.path(), "a.img", 1 << 20);
         let opened = open_luns(&[lun(&p, false)]).unwrap();
         assert_eq!(opened.len(), 1);
-        assert_eq!(opened[0].backend.size(), 1 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 1 << 20);
         assert_eq!(opened[0].config.source, p);
     }
 
@@ -769,7 +806,7 @@ mod tests {
         l.cache = CacheMode::None;
         // tmpfs refuses O_DIRECT; other file systems accept it. Either outcome is well-formed.
         match open_luns(&[l]) {
-            Ok(v) => assert_eq!(v[0].backend.size(), 4096),
+            Ok(v) => assert_eq!(v[0].backend.block().unwrap().size(), 4096),
             Err(e) => assert!(matches!(e, OpenError::DirectUnsupported { .. }), "{e}"),
         }
     }

@@ -46,6 +46,8 @@ pub struct Resources {
     pub listener: Listener,
     /// `/dev/null`, for the worker's stdin and stdout.
     pub dev_null: File,
+    /// What the supervisor keeps of each iSCSI LUN to log in again (no secret).
+    pub iscsi: Vec<open::IscsiLunPortal>,
 }
 
 /// Open descriptors of this process, from `/proc/self/fd` (the directory's own fd excluded).
@@ -64,7 +66,7 @@ impl Resources {
     /// Opens the LUNs and the listening socket (the supervisor's only use of paths).
     pub fn open(config: &Config) -> Result<Self, PrivsepError> {
         let before = open_fds().map_err(PrivsepError::ListFds)?;
-        let luns = open::open_luns(&config.luns)?;
+        let (luns, iscsi) = open::open_all(&config.luns)?;
         let lun_fds = open_fds()
             .map_err(PrivsepError::ListFds)?
             .into_iter()
@@ -81,6 +83,7 @@ impl Resources {
             lun_fds,
             listener,
             dev_null,
+            iscsi,
         })
     }
 }

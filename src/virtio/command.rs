@@ -19,6 +19,7 @@ pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
     match start_command(bus, chain, false, Instant::now()) {
         Started::Done(used) => used,
         Started::Io(io) => io.run_inline(bus),
+        Started::Passthrough(p) => p.finish(),
         // Not answered to a caller without I/O in flight.
         Started::DrainFirst(_) => 0,
     }
@@ -60,7 +61,37 @@ impl<'a> Command<'a> {
                 reply: self.reply,
             }),
             Prepared::DrainFirst => Started::DrainFirst(self),
+            Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
+                submitted,
+                data_in: self.data_in,
+                response: self.response,
+                reply: self.reply,
+            }),
         }
+    }
+}
+
+/// A command a passthrough LU (iSCSI) has on its way: [`PassthroughReply::finish`] waits for
+/// the answer and writes the response. A queue thread starts every command of its batch before
+/// it finishes any, so that they are outstanding at the target together.
+pub struct PassthroughReply<'a> {
+    submitted: crate::block::iscsi::Submitted,
+    data_in: SgList<'a>,
+    response: SgList<'a>,
+    reply: ReplyShape,
+}
+
+impl PassthroughReply<'_> {
+    /// Whether the answer is in ([`PassthroughReply::finish`] will not block).
+    pub fn is_ready(&mut self) -> bool {
+        self.submitted.is_ready()
+    }
+
+    /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
+    /// returns the used length.
+    pub fn finish(self) -> u32 {
+        let out = crate::scsi::io::passthrough_output(self.submitted.wait(&self.data_in));
+        self.reply.respond(&out, &self.response)
     }
 }
 
@@ -138,6 +169,8 @@ pub enum Started<'a> {
     /// then [`Command::start`] the command again. (Boxed: rare, and it keeps the common
     /// variants' moves small.)
     DrainFirst(Box<Command<'a>>),
+    /// On its way to a passthrough LU: finish it (after starting the rest of the batch).
+    Passthrough(PassthroughReply<'a>),
 }
 
 /// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
@@ -214,6 +247,12 @@ pub fn start_command<'a>(
             target: addr.target,
             lun: addr.lun,
             plan,
+            response: req.response,
+            reply,
+        }),
+        Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
+            submitted,
+            data_in: req.data_in,
             response: req.response,
             reply,
         }),

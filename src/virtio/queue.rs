@@ -8,6 +8,7 @@
 //! vectors are reused, so a warmed-up queue allocates nothing per request here.
 
 use std::{
+    collections::VecDeque,
     io,
     os::fd::{AsRawFd, RawFd},
     sync::Arc,
@@ -32,7 +33,7 @@ use crate::{
     },
     scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
     virtio::{
-        command::{start_command, PendingIo, ReplyShape, Started},
+        command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
         request::split_chain,
     },
 };
@@ -41,6 +42,10 @@ type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 /// Whatever virtqueue type serves the queue (the daemon's `ScsiVring`, a test's `VringRwLock`).
 pub trait Vring: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>> {}
 impl<T: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>>> Vring for T {}
+
+/// Most passthrough (iSCSI) commands one `pop_and_start` sends before it lets the engine's
+/// completions and the event loop have their turn.
+const PASSTHROUGH_ROUND: usize = 1024;
 
 /// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists run synchronously.
 const MAX_IOVECS: usize = 1024;
@@ -327,7 +332,7 @@ impl QueueWorker {
                 vring.disable_notification()?;
             }
             self.release_removed_files(bus);
-            let mut used_any = self.pop_and_start(bus, vring, mem)?;
+            let mut used_any = self.pop_and_start(bus, vring, mem, event_idx)?;
             self.submit()?;
             used_any |= self.reap(bus, vring)?;
             if used_any && (!event_idx || vring.needs_notification()?) {
@@ -447,11 +452,67 @@ impl QueueWorker {
 
     /// Pops as many chains as there are free slots and starts them; true when some were
     /// answered at once (used-ring entries were added).
+    ///
+    /// Commands for passthrough LUs (iSCSI) are sent to their LU as they are popped; every
+    /// answer already in is published, in any order, else the oldest is awaited (the others
+    /// stay outstanding at the target meanwhile); answers are published (and the guest
+    /// notified) at once, and requests the guest added
+    /// meanwhile are popped and sent before the next wait, so the guest's queue depth keeps
+    /// reaching the target (at most [`PASSTHROUGH_ROUND`] commands per call, then the engine's
+    /// completions and the event loop get their turn).
     fn pop_and_start(
         &mut self,
         bus: &ScsiBus,
         vring: &impl Vring,
         mem: &MemGuard,
+        event_idx: bool,
+    ) -> Result<bool, QueueError> {
+        let mut passthrough = VecDeque::new();
+        let mut popped = 0usize;
+        let mut used_any = self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+        while !passthrough.is_empty() {
+            if self.unsubmitted > 0 {
+                // The engine's I/O popped with them runs meanwhile.
+                self.submit()?;
+            }
+            // Every command whose answer is in, in any order; if none is, wait for the oldest.
+            let mut answered = false;
+            let mut i = 0;
+            while i < passthrough.len() {
+                if passthrough[i].1.is_ready() {
+                    if let Some((head, p)) = passthrough.remove(i) {
+                        vring.add_used(head, p.finish())?;
+                        answered = true;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if !answered {
+                if let Some((head, p)) = passthrough.pop_front() {
+                    vring.add_used(head, p.finish())?;
+                }
+            }
+            used_any = true;
+            if !event_idx || vring.needs_notification()? {
+                vring.signal_used_queue().map_err(QueueError::Notify)?;
+            }
+            if popped < PASSTHROUGH_ROUND && !self.ring_stopped {
+                self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+            }
+        }
+        Ok(used_any)
+    }
+
+    /// Pops the chains available (up to the free slots) and starts them; passthrough commands
+    /// join `passthrough` to be finished by the caller. True when used-ring entries were added.
+    fn pop_some<'m>(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &'m MemGuard,
+        passthrough: &mut VecDeque<(u16, PassthroughReply<'m>)>,
+        popped: &mut usize,
     ) -> Result<bool, QueueError> {
         if self.free.is_empty() {
             return Ok(false);
@@ -470,6 +531,7 @@ impl QueueWorker {
                 Err(e) => return Err(e.into()),
             }
         }
+        *popped += self.chains.len();
         let mut used_any = false;
         let mut drain_error = None;
         let mut chains = std::mem::take(&mut self.chains);
@@ -493,6 +555,10 @@ impl QueueWorker {
             let used = match started {
                 Ok(Started::Done(used)) => Some(used),
                 Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
+                Ok(Started::Passthrough(p)) => {
+                    passthrough.push_back((head, p));
+                    None
+                }
                 // Not answered to a caller without I/O in flight.
                 Ok(Started::DrainFirst(_)) => Some(0),
                 Err(e) => {

@@ -3,7 +3,10 @@
 //! own requests. Worker threads that need the supervisor (an iSCSI LUN after a connection
 //! loss) hold a [`BrokerHandle`].
 
-use std::os::{fd::OwnedFd, unix::net::UnixStream};
+use std::{
+    os::{fd::OwnedFd, unix::net::UnixStream},
+    sync::{Arc, Mutex},
+};
 
 use crate::{
     broker::{endpoint, manage::ManageMsg, Body},
@@ -50,4 +53,18 @@ pub fn start(sock: UnixStream, mut handlers: Handlers) -> std::io::Result<Broker
         },
     )?;
     Ok(handle)
+}
+
+/// A management handler that is installed later (the worker starts its broker thread before
+/// the bus it manages is served): requests that arrive before then are refused.
+pub fn deferred(slot: Arc<Mutex<Option<ManageHandler>>>) -> ManageHandler {
+    Box::new(
+        move |msg, fds| match slot.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            Some(handle) => handle(msg, fds),
+            None => (
+                Body::error("the worker is still starting; try again"),
+                Vec::new(),
+            ),
+        },
+    )
 }

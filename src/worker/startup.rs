@@ -14,7 +14,7 @@ use std::{
         fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
         unix::net::{UnixListener, UnixStream},
     },
-    sync::Arc,
+    sync::{Arc, Mutex},
 };
 
 use log::{info, warn};
@@ -191,27 +191,22 @@ fn worker_main(
     drop(sync);
     // The bus (memory only), then the request queues' rings over its files, made, restricted
     // and enabled now: no role installed below allows io_uring_setup.
-    let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
+    let mut bus = assemble::build_bus(res.luns);
     let rings = make_rings(&bus, config);
     // Step 6.
     sandbox::install_main_filters(jail.seccomp)?;
     #[cfg(debug_assertions)]
     sandbox::probe::run_in_main();
 
-    // The bus's backend: served over vhost-user, changed at runtime by management requests.
-    let backend = Arc::new(
-        ScsiBackend::new(bus, config.num_queues, config.queue_size)
-            .with_io_config(config.io.clone())
-            .with_rings(rings)
-            .allow_unsealed_memory(config.allow_unsealed_memory),
-    );
     // The broker thread, under the filters like every thread; it runs the supervisor's
-    // management requests on the bus. The handle goes to whoever needs the supervisor at
-    // runtime; the thread lives until the process ends.
+    // management requests on the bus (once the bus is served: `manage` is filled in below) and
+    // carries the iSCSI LUN threads' requests for fresh connections. The thread lives until
+    // the process ends.
+    let manage: Arc<Mutex<Option<broker::ManageHandler>>> = Arc::default();
     let handlers = broker::Handlers {
-        manage: Some(manage::handler(backend.clone())),
+        manage: Some(broker::deferred(manage.clone())),
     };
-    let _broker = match broker::start(broker, handlers) {
+    let broker = match broker::start(broker, handlers) {
         Ok(handle) => handle,
         Err(e) => {
             log::error!("cannot start the fd broker thread: {e}");
@@ -220,6 +215,20 @@ fn worker_main(
     };
 
     // Serve.
+    if let Err(e) = assemble::start_iscsi_luns(&mut bus, res.luns, |lun| {
+        crate::block::iscsi::broker_reconnect(broker.clone(), lun.target, lun.lun)
+    }) {
+        log::error!("worker: cannot start the iSCSI LUN threads: {e}");
+        return Ok(i32::from(EXIT_RUNTIME));
+    }
+    // The bus's backend: served over vhost-user, changed at runtime by management requests.
+    let backend = Arc::new(
+        ScsiBackend::new(Arc::new(bus), config.num_queues, config.queue_size)
+            .with_io_config(config.io.clone())
+            .with_rings(rings)
+            .allow_unsealed_memory(config.allow_unsealed_memory),
+    );
+    *manage.lock().unwrap_or_else(|p| p.into_inner()) = Some(manage::handler(backend.clone()));
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };

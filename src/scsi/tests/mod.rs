@@ -10,6 +10,7 @@ mod live;
 mod mmc;
 mod mode;
 mod opcodes;
+mod passthrough;
 mod provisioning;
 mod reservations;
 mod sbc;

@@ -383,7 +383,7 @@ fn aptpl_state_survives_a_worker_restart() {
     };
     let opened = crate::supervisor::open::open_luns(&[config]).unwrap();
     let start_worker = || {
-        let bus = crate::worker::assemble::build_bus(opened.clone());
+        let bus = crate::worker::assemble::build_bus(&opened);
         assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x29, 0x00);
         bus
     };

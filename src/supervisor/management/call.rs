@@ -12,7 +12,7 @@ use crate::config::{ctl::Address, LunConfig};
 pub enum WorkerCall {
     /// Serve a new LUN. Descriptors: the source's (none for `null://`), then the `pr-file`'s.
     AddLun {
-        config: LunConfig,
+        config: Box<LunConfig>,
         pr_file: bool,
     },
     /// Stop serving a LUN once its requests in flight are done; the worker closes its files.

@@ -109,7 +109,7 @@ fn open_here(spec: &str) -> Result<OwnedFd, CtlError> {
     crate::supervisor::open::open_file(&lun.config)
         .map(OwnedFd::from)
         .map_err(|error| CtlError::OpenSource {
-            path: lun.config.source.display().to_string(),
+            path: lun.config.source.to_string(),
             error,
         })
 }

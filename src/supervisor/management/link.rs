@@ -31,7 +31,11 @@ fn wire(a: Address) -> LunAddress {
 pub fn request(call: &WorkerCall) -> ManageRequest {
     match call {
         WorkerCall::AddLun { config, .. } => {
-            let backing = match crate::block::null::null_source_size(&config.source) {
+            let null = config
+                .source
+                .path()
+                .and_then(crate::block::null::null_source_size);
+            let backing = match null {
                 Some(Ok(size)) => Backing::Null { size },
                 _ => Backing::File,
             };
@@ -181,7 +185,7 @@ mod tests {
     fn requests_carry_the_call() {
         let c = LunConfig::new(0, 3, "null://1M");
         match request(&WorkerCall::AddLun {
-            config: c,
+            config: Box::new(c),
             pr_file: false,
         }) {
             ManageRequest::AddLun(add) => {
@@ -193,7 +197,7 @@ mod tests {
         }
         let c = LunConfig::new(1, 2, "/img/x.img");
         let ManageRequest::AddLun(add) = request(&WorkerCall::AddLun {
-            config: c,
+            config: Box::new(c),
             pr_file: false,
         }) else {
             panic!()

@@ -105,6 +105,12 @@ impl Table {
             .luns
             .get_mut(&a)
             .ok_or_else(|| RpcError::new(code::UNKNOWN_LUN, format!("no LUN {a}")))?;
+        if e.config.source.iscsi().is_some() {
+            return Err(RpcError::new(
+                code::UNSUPPORTED,
+                format!("LUN {a} is an iSCSI LUN: it is changed on its target, not here"),
+            ));
+        }
         if e.state != LunState::Online {
             return Err(RpcError::new(
                 code::BUSY,
@@ -124,7 +130,7 @@ impl Table {
                 json!({
                     "target": a.target,
                     "lun": a.lun,
-                    "source": c.source.display().to_string(),
+                    "source": c.source.to_string(),
                     "size": e.size,
                     "read-only": c.read_only,
                     "block-size": c.block_size.bytes(),
@@ -391,11 +397,17 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
             code::DUPLICATE,
             format!(
                 "LUN {address} already exists (source {})",
-                other.config.source.display()
+                other.config.source
             ),
         ));
     }
-    let null = crate::block::null::null_source_size(&config.source);
+    let Some(source) = config.source.path().map(Path::to_path_buf) else {
+        return Err(RpcError::new(
+            code::UNSUPPORTED,
+            "iSCSI LUNs are configured at start-up (--lun / TOML), not added at run time",
+        ));
+    };
+    let null = crate::block::null::null_source_size(&source);
     if passed && (config.create_size.is_some() || null.is_some()) {
         return Err(RpcError::invalid_params(
             "a passed descriptor is the source: size= and null:// do not apply",
@@ -404,11 +416,11 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
     if let Some(Err(e)) = &null {
         return Err(RpcError::invalid_params(format!(
             "{}: {e}",
-            config.source.display()
+            source.display()
         )));
     }
     if !passed && null.is_none() {
-        config.source = allowed_path(&config.source, ctx.image_dirs, "source")?;
+        config.source = allowed_path(&source, ctx.image_dirs, "source")?.into();
     }
     if let Some(pr) = &config.pr_file {
         let pr = allowed_path(pr, ctx.image_dirs, "pr-file")?;
@@ -453,7 +465,10 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
     );
     let pr_file = config.pr_file.is_some();
     Ok(Outcome::Forward {
-        call: WorkerCall::AddLun { config, pr_file },
+        call: WorkerCall::AddLun {
+            config: Box::new(config),
+            pr_file,
+        },
         fds,
         then: Then::Added {
             address,

@@ -34,6 +34,9 @@ pub mod code {
     pub const PERMISSION_DENIED: i64 = -32010;
     /// Too many connections or calls in flight.
     pub const TOO_MANY: i64 = -32011;
+    /// The LUN's kind does not support that at run time (iSCSI LUNs: only configured at
+    /// start-up, docs/iscsi.md).
+    pub const UNSUPPORTED: i64 = -32012;
 }
 
 /// A JSON-RPC error object.
