@@ -12,12 +12,14 @@ use std::{
     os::fd::RawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
+        Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
 use super::io::passthrough_output;
+use arc_swap::{ArcSwap, Guard};
+
 use super::{
     cdb::{opcode, Cdb},
     inquiry::{self, PERIPHERAL_NO_LUN},
@@ -33,15 +35,19 @@ type Targets = BTreeMap<u8, BTreeMap<u16, Arc<LogicalUnit>>>;
 
 /// Configured targets and their LUNs.
 ///
-/// LUNs come and go while the queues run (runtime management): the table is behind a
-/// read-write lock that a command holds only to look its LU up (each LU is an `Arc`), never
-/// while it runs. A command whose I/O goes to an engine carries its LU in the [`IoPlan`]
-/// (`unit`) until it is completed: [`ScsiBus::remove_lun`] takes the LU out of the table, so new
-/// commands get LOGICAL UNIT NOT SUPPORTED, and [`wait_unused`] then waits for those
-/// references to go before the backend is dropped.
+/// LUNs come and go while the queues run (runtime management): the table is published
+/// read-copy-update style (`ArcSwap`): a command loads it once to look its LU up (each LU is
+/// an `Arc`; loading takes no lock and writes no shared cache line), a change builds a new
+/// table and swaps it in. A command whose I/O goes to an engine carries its LU in the
+/// [`IoPlan`] (`unit`) until it is completed: [`ScsiBus::remove_lun`] publishes a table without
+/// the LU, so new commands get LOGICAL UNIT NOT SUPPORTED, and [`wait_unused`] then waits for
+/// the references still held (commands, and readers of the old table) to go before the
+/// backend is dropped.
 #[derive(Default)]
 pub struct ScsiBus {
-    targets: RwLock<Targets>,
+    targets: ArcSwap<Targets>,
+    /// Serializes the changes (each copies the table it replaces).
+    changing: Mutex<()>,
     /// Bumped at every removal: queue workers compare it to release what they hold for
     /// removed LUNs (their io_uring's fixed file).
     generation: AtomicU64,
@@ -64,25 +70,27 @@ impl ScsiBus {
         Self::default()
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Targets> {
-        // Plain maps of `Arc`s: a panic elsewhere cannot leave them inconsistent.
-        self.targets.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> Guard<Arc<Targets>> {
+        self.targets.load()
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Targets> {
-        self.targets.write().unwrap_or_else(|p| p.into_inner())
+    /// Publishes the table `change` makes of a copy of the current one; returns what
+    /// `change` returned.
+    fn change<R>(&self, change: impl FnOnce(&mut Targets) -> R) -> R {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = Targets::clone(&self.targets.load());
+        let result = change(&mut table);
+        // The old table goes now (or with its last reader): its LU references with it.
+        drop(self.targets.swap(Arc::new(table)));
+        result
     }
 
     /// Adds a LU while the bus is being built. The configuration has been validated, so there
     /// are no duplicates; a duplicate would replace the earlier LU.
     pub fn add_lun(&mut self, target: u8, lun: u16, mut lu: LogicalUnit) {
         lu.set_address(target, lun);
-        self.targets
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(target)
-            .or_default()
-            .insert(lun, Arc::new(lu));
+        let lu = Arc::new(lu);
+        self.change(|t| t.entry(target).or_default().insert(lun, lu));
     }
 
     /// Adds a LU to the running bus (runtime management). The other LUs of the target report
@@ -95,15 +103,17 @@ impl ScsiBus {
     ) -> Result<Arc<LogicalUnit>, BusError> {
         lu.set_address(target, lun);
         let lu = Arc::new(lu);
-        let mut targets = self.write();
-        let luns = targets.entry(target).or_default();
-        if luns.contains_key(&lun) || self.passthrough.contains_key(&(target, lun)) {
-            return Err(BusError::AddressInUse(target, lun));
-        }
-        for other in luns.values() {
-            other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
-        }
-        luns.insert(lun, lu.clone());
+        self.change(|targets| {
+            let luns = targets.entry(target).or_default();
+            if luns.contains_key(&lun) || self.passthrough.contains_key(&(target, lun)) {
+                return Err(BusError::AddressInUse(target, lun));
+            }
+            for other in luns.values() {
+                other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+            }
+            luns.insert(lun, lu.clone());
+            Ok(())
+        })?;
         Ok(lu)
     }
 
@@ -112,8 +122,7 @@ impl ScsiBus {
     /// finish; [`wait_unused`] waits for them. The other LUs of the target report REPORTED
     /// LUNS DATA HAS CHANGED.
     pub fn remove_lun(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
-        let lu = {
-            let mut targets = self.write();
+        let lu = self.change(|targets| {
             let luns = targets.get_mut(&target)?;
             let lu = luns.remove(&lun)?;
             let passthrough_left = self
@@ -128,8 +137,8 @@ impl ScsiBus {
                     other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
                 }
             }
-            lu
-        };
+            Some(lu)
+        })?;
         if let Some(slot) = lu.fixed_file() {
             self.released_fixed_files
                 .lock()
@@ -156,11 +165,9 @@ impl ScsiBus {
 
     /// Adds a passthrough LU (an iSCSI target's LUN).
     pub fn add_passthrough(&mut self, target: u8, lun: u16, lu: Arc<dyn Passthrough>) {
-        self.targets
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(target)
-            .or_default();
+        self.change(|t| {
+            t.entry(target).or_default();
+        });
         self.passthrough.insert((target, lun), lu);
     }
 
