@@ -131,12 +131,17 @@ impl AioMode {
     }
 }
 
-/// Data-path tuning (`--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`, `--aio-threads`).
+/// Data-path tuning (`--aio`, `--poll-us`, `--poll-max-us`, `--submit-batch`, `--queue-cpus`,
+/// `--aio-threads`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IoConfig {
     pub aio: AioMode,
-    /// Busy-poll for completions and new requests this long before sleeping (0: never).
-    pub poll_us: u32,
+    /// `--poll-us`: busy-poll for completions and new requests exactly this long before
+    /// sleeping (0: never). `None` (the default): adaptive polling, see `poll_max_us`.
+    pub poll_us: Option<u32>,
+    /// `--poll-max-us`: the longest an adaptive poll window grows (QEMU's `poll-max-ns`); 0
+    /// turns adaptive polling off.
+    pub poll_max_us: u32,
     /// Submit queued I/O once this many commands are waiting in the engine (1: each at once).
     pub submit_batch: u32,
     /// CPUs to pin request-queue threads to, round robin (empty: no pinning).
@@ -150,11 +155,17 @@ pub struct IoConfig {
     pub memlock_limit: Option<u64>,
 }
 
+/// Default `--poll-max-us`: longer than a 4 KiB O_DIRECT read takes on a virtual disk (~50 µs
+/// here), so that the completion of a QD1 request is caught by polling rather than by a
+/// wake-up (docs/benchmarks.md, "Polling"); QEMU's iothreads default to 32 µs.
+pub const DEFAULT_POLL_MAX_US: u32 = 64;
+
 impl Default for IoConfig {
     fn default() -> Self {
         Self {
             aio: AioMode::default(),
-            poll_us: 0,
+            poll_us: None,
+            poll_max_us: DEFAULT_POLL_MAX_US,
             submit_batch: 1,
             queue_cpus: Vec::new(),
             aio_threads: 8,

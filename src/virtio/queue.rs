@@ -32,6 +32,7 @@ use crate::{
     scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PendingIo, ReplyShape, Started},
+        poll::{PollPolicy, Poller},
         request::split_chain,
     },
 };
@@ -118,7 +119,11 @@ pub struct QueueWorker {
     inflight: usize,
     done: Vec<(u64, i32)>,
     chains: Vec<DescriptorChain<MemGuard>>,
-    poll: Duration,
+    /// How long to spin before sleeping (`--poll-us`, `--poll-max-us`).
+    poller: Poller,
+    /// When the queue last ran out of work and went back to the event loop (adaptive
+    /// polling measures how long the guest's next request took).
+    idle_since: Option<Instant>,
     /// `--submit-batch`: operations pushed to the engine before it is told to start them.
     submit_batch: u32,
     /// Operations pushed since the last submit.
@@ -167,7 +172,7 @@ impl QueueWorker {
             info!("request queues use the {} engine", engine.name());
         }
         let mut worker = Self::with_engine_batching(engine, depth as u16, config.submit_batch);
-        worker.poll = Duration::from_micros(u64::from(config.poll_us));
+        worker.poller = Poller::new(PollPolicy::from_options(config.poll_us, config.poll_max_us));
         worker.register_buffers = config.register_buffers && !inline;
         worker.queue = queue;
         Ok(worker)
@@ -190,7 +195,8 @@ impl QueueWorker {
             inflight: 0,
             done: Vec::with_capacity(depth),
             chains: Vec::with_capacity(depth),
-            poll: Duration::ZERO,
+            poller: Poller::new(PollPolicy::Never),
+            idle_since: None,
             submit_batch: submit_batch.max(1),
             unsubmitted: 0,
             ring_stopped: false,
@@ -309,6 +315,10 @@ impl QueueWorker {
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
+        if let Some(since) = self.idle_since.take() {
+            // The guest's request came this long after the queue went idle (epoll and a kick).
+            self.poller.requested(since.elapsed());
+        }
         loop {
             if event_idx {
                 vring.disable_notification()?;
@@ -324,14 +334,32 @@ impl QueueWorker {
                 if self.ring_stopped {
                     return Ok(());
                 }
-                // Idle: back to the event loop unless a request raced with re-enabling.
+                // Idle: spin a moment for the guest's next request (notifications still off
+                // with EVENT_IDX, so it need not kick), then back to the event loop unless a
+                // request raced with re-enabling.
+                let start = self.poller.adaptive().then(Instant::now);
+                if self.spin(vring, mem, self.poller.request_window()) != Spun::Nothing {
+                    if let Some(start) = start {
+                        self.poller.requested(start.elapsed());
+                    }
+                    continue;
+                }
                 if !event_idx || !vring.enable_notification()? {
+                    self.idle_since = start;
                     return Ok(());
                 }
                 continue;
             }
-            if self.busy_poll(vring, mem) {
-                continue;
+            let start = self.poller.adaptive().then(Instant::now);
+            match self.spin(vring, mem, self.poller.completion_window()) {
+                Spun::Completion => {
+                    if let Some(start) = start {
+                        self.poller.completed(start.elapsed());
+                    }
+                    continue;
+                }
+                Spun::Request => continue,
+                Spun::Nothing => {}
             }
             // Sleep until an I/O completes or, if a slot is free, the guest kicks.
             let kick = if self.free.is_empty() || !watch_kick {
@@ -342,8 +370,12 @@ impl QueueWorker {
                 }
                 kick_fd(vring)
             };
-            if self.engine.wait(kick).map_err(QueueError::Engine)? && !self.engine.kick_edges() {
+            let kicked = self.engine.wait(kick).map_err(QueueError::Engine)?;
+            if kicked && !self.engine.kick_edges() {
                 watch_kick = false;
+            }
+            if let (false, Some(start)) = (kicked, start) {
+                self.poller.completed(start.elapsed());
             }
         }
     }
@@ -395,18 +427,21 @@ impl QueueWorker {
         Ok(())
     }
 
-    /// Spins up to `--poll-us` for a completion or a new request; true when one came.
-    fn busy_poll(&mut self, vring: &impl Vring, mem: &MemGuard) -> bool {
-        if self.poll.is_zero() {
-            return false;
+    /// Spins up to `window` for a completion or a new request (when a slot is free).
+    fn spin(&mut self, vring: &impl Vring, mem: &MemGuard, window: Duration) -> Spun {
+        if window.is_zero() {
+            return Spun::Nothing;
         }
-        let deadline = Instant::now() + self.poll;
+        let deadline = Instant::now() + window;
         loop {
-            if self.engine.ready() || (!self.free.is_empty() && has_avail(vring, mem)) {
-                return true;
+            if self.inflight > 0 && self.engine.ready() {
+                return Spun::Completion;
+            }
+            if !self.free.is_empty() && has_avail(vring, mem) {
+                return Spun::Request;
             }
             if Instant::now() >= deadline {
-                return false;
+                return Spun::Nothing;
             }
             std::hint::spin_loop();
         }
@@ -629,6 +664,14 @@ impl QueueWorker {
     pub fn set_teardown_deadline(&mut self, deadline: Instant) {
         self.teardown_deadline = Some(deadline);
     }
+}
+
+/// What a spin before sleeping saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Spun {
+    Completion,
+    Request,
+    Nothing,
 }
 
 /// How long the disconnect waits for the queues' I/O in flight: the listener must be ready for
