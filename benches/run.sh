@@ -2,15 +2,17 @@
 # The benchmark suite in one command (not part of tests/run.sh: it takes minutes).
 #
 #   benches/run.sh [--runtime S] [--quick] [--guest | --guest-only] [--qemu BIN] [--accel A]
-#                  [--repeat N] [--out DIR]
+#                  [--repeat N] [--pagecache] [--out DIR]
 #
 # 1. Host bench: benches/host.rs acts as the vhost-user front-end over the daemon's real socket
 #    (null LUN = protocol overhead; file LUN with cache=none on each --aio engine), and fio runs on
 #    the same file with the same engine (io_uring), queue depth and O_DIRECT: the limit.
-# 2. Guest bench (--guest, or --guest-only without the host bench): fio inside a QEMU guest
-#    (--qemu, --accel; default TCG) on our LUN, on QEMU's built-in virtio-scsi + scsi-hd over
-#    the same image, and on vhost-device-scsi when installed (benches/guest.sh); --repeat N
-#    (default 3) alternates the passes N times and reports each row's median run.
+# 2. Guest bench (--guest, or --guest-only without the host bench): fio O_DIRECT inside a QEMU
+#    guest (--qemu, --accel; default TCG) on our LUN with cache=none and on QEMU's built-in
+#    virtio-scsi + scsi-hd over the same image with cache=none,aio=native and aio=io_uring (with
+#    --pagecache also both on the page cache), and on vhost-device-scsi when installed
+#    (benches/guest.sh); --repeat N (default 3) alternates the passes N times and reports each
+#    row's median run.
 # Results: DIR/results.jsonl, results.md (table with ratios), results.svg (plot), machine.txt.
 # Default DIR: target/bench-results/<timestamp>.
 set -euo pipefail
@@ -24,6 +26,7 @@ HOST=1
 QEMU_BIN=qemu-system-x86_64
 ACCEL=tcg
 REPEAT=3
+PAGECACHE=""
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,9 +37,10 @@ while [ $# -gt 0 ]; do
         --qemu) QEMU_BIN=$2; shift 2 ;;
         --accel) ACCEL=$2; shift 2 ;;
         --repeat) REPEAT=$2; shift 2 ;;
+        --pagecache) PAGECACHE=--pagecache; shift ;;
         --out) OUT=$2; shift 2 ;;
         *) echo "usage: $0 [--runtime S] [--quick] [--guest | --guest-only] [--qemu BIN]" \
-                "[--accel A] [--repeat N] [--out DIR]" >&2
+                "[--accel A] [--repeat N] [--pagecache] [--out DIR]" >&2
            exit 2 ;;
     esac
 done
@@ -169,7 +173,7 @@ fi
 if [ "$GUEST" = 1 ]; then
     echo "== guest bench"
     bash benches/guest.sh --image "$IMG" --out "$OUT" --runtime "$RUNTIME" --qemu "$QEMU_BIN" \
-        --accel "$ACCEL" --repeat "$REPEAT" | tee -a "$RESULTS"
+        --accel "$ACCEL" --repeat "$REPEAT" ${PAGECACHE:+"$PAGECACHE"} | tee -a "$RESULTS"
 fi
 
 python3 benches/report.py "$OUT"
