@@ -128,6 +128,10 @@ pub struct QueueWorker {
     submit_batch: u32,
     /// Operations pushed since the last submit.
     unsubmitted: u32,
+    /// The command being started is the last one of this pass over the ring: its I/O is
+    /// handed to the kernel together with the wait that follows (one `io_uring_enter` instead
+    /// of two at QD1), or before the spin.
+    last_of_pass: bool,
     /// The front-end stopped the ring (GET_VRING_BASE) during this `run`.
     ring_stopped: bool,
     /// `--register-buffers`: whether to register guest memory with the engine, and the memory
@@ -199,6 +203,7 @@ impl QueueWorker {
             idle_since: None,
             submit_batch: submit_batch.max(1),
             unsubmitted: 0,
+            last_of_pass: false,
             ring_stopped: false,
             register_buffers: false,
             registered: None,
@@ -323,8 +328,8 @@ impl QueueWorker {
             if event_idx {
                 vring.disable_notification()?;
             }
+            // The pass's last I/O (if queued) is submitted with the wait or before the spin.
             let mut used_any = self.pop_and_start(bus, vring, mem)?;
-            self.submit()?;
             used_any |= self.reap(bus, vring)?;
             if used_any && (!event_idx || vring.needs_notification()?) {
                 vring.signal_used_queue().map_err(QueueError::Notify)?;
@@ -351,7 +356,11 @@ impl QueueWorker {
                 continue;
             }
             let start = self.poller.adaptive().then(Instant::now);
-            match self.spin(vring, mem, self.poller.completion_window()) {
+            let window = self.poller.completion_window();
+            if !window.is_zero() {
+                self.submit()?;
+            }
+            match self.spin(vring, mem, window) {
                 Spun::Completion => {
                     if let Some(start) = start {
                         self.poller.completed(start.elapsed());
@@ -365,11 +374,19 @@ impl QueueWorker {
             let kick = if self.free.is_empty() || !watch_kick {
                 None
             } else {
+                // Kicks so far announced requests this pass has taken (or the check below
+                // finds); a later one wakes the wait.
+                self.engine.forget_seen_kicks();
                 if event_idx && vring.enable_notification()? {
+                    continue;
+                }
+                if !event_idx && has_avail(vring, mem) {
                     continue;
                 }
                 kick_fd(vring)
             };
+            // Every engine's wait submits what is queued first.
+            self.unsubmitted = 0;
             let kicked = self.engine.wait(kick).map_err(QueueError::Engine)?;
             if kicked && !self.engine.kick_edges() {
                 watch_kick = false;
@@ -479,7 +496,9 @@ impl QueueWorker {
         let mut used_any = false;
         let mut drain_error = None;
         let mut chains = std::mem::take(&mut self.chains);
-        for chain in chains.drain(..) {
+        let count = chains.len();
+        for (i, chain) in chains.drain(..).enumerate() {
+            self.last_of_pass = i + 1 == count;
             let head = chain.head_index();
             let mut started = match split_chain(mem, chain) {
                 Ok(split) => Ok(start_command(bus, split, self.inflight > 0)),
@@ -612,7 +631,7 @@ impl QueueWorker {
         // whole pass back costs more latency than the system call saves (see
         // docs/benchmarks.md).
         self.unsubmitted += 1;
-        if self.unsubmitted >= self.submit_batch {
+        if self.unsubmitted >= self.submit_batch && !self.last_of_pass {
             // An error here shows again at the end-of-pass submit, which reports it.
             let _ = self.submit();
         }
