@@ -15,12 +15,22 @@
 //!   been wasted). QEMU's default shrink resets to 0; halving keeps one slow outlier among fast
 //!   completions from costing the next five their polling.
 //!
+//! A spin yields the CPU at every turn; when a yield lets another thread run (it takes 20 µs
+//! or more) the host has no CPU to spare: the spin stops and polling pauses for half a second,
+//! since spinning would delay whoever produces the awaited event (a vCPU, the client) on a CPU
+//! it needs.
+//!
 //! An idle queue therefore spins at most once, for at most the maximum, after its last request,
 //! and sleeps in epoll until the guest kicks; the first request after a long pause halves the
 //! window again. Nothing spins while no request arrives: the queue thread only runs when
 //! the guest kicks it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long polling stays off after a spin found the CPU contended: long enough that a loaded
+/// host sees at most a spin or two per second per queue, short enough that polling is back soon
+/// after the load goes.
+const CONTENDED_PAUSE: Duration = Duration::from_millis(500);
 
 /// Where a window starts growing (QEMU: "start polling at 4 microseconds").
 const POLL_START: Duration = Duration::from_micros(4);
@@ -90,6 +100,8 @@ pub struct Poller {
     completion: PollWindow,
     /// Waiting for the guest's next request (nothing in flight).
     request: PollWindow,
+    /// Polling is off until then: a spin found the CPU wanted by another thread.
+    paused_until: Option<Instant>,
 }
 
 impl Poller {
@@ -98,6 +110,7 @@ impl Poller {
             policy,
             completion: PollWindow::default(),
             request: PollWindow::default(),
+            paused_until: None,
         }
     }
 
@@ -120,12 +133,41 @@ impl Poller {
         match self.policy {
             PollPolicy::Never => Duration::ZERO,
             PollPolicy::Fixed(window) => window,
+            PollPolicy::Adaptive { .. } if self.paused_until.is_some() => Duration::ZERO,
             PollPolicy::Adaptive { .. } => source.get(),
+        }
+    }
+
+    /// Whether polling is paused (contention), ending the pause when it is over.
+    fn paused(&mut self) -> bool {
+        match self.paused_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                self.paused_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The CPU was taken by another thread while spinning: no polling for a while (adaptive
+    /// only), and the windows start again from nothing. Polling on a CPU that something else
+    /// needs delays the very thread (a vCPU, the submitting client) whose event it waits for,
+    /// and a thread that spins loses the scheduler's preference for threads that sleep: on a
+    /// loaded host its wake-ups then wait for a whole round of the run queue.
+    pub fn contended(&mut self) {
+        if self.adaptive() {
+            self.completion = PollWindow::default();
+            self.request = PollWindow::default();
+            self.paused_until = Some(Instant::now() + CONTENDED_PAUSE);
         }
     }
 
     /// A completion came `waited` after the queue started waiting for one.
     pub fn completed(&mut self, waited: Duration) {
+        if self.paused() {
+            return;
+        }
         if let PollPolicy::Adaptive { max } = self.policy {
             self.completion.adjust(waited, max);
         }
@@ -133,6 +175,9 @@ impl Poller {
 
     /// A request came `waited` after the queue ran out of work.
     pub fn requested(&mut self, waited: Duration) {
+        if self.paused() {
+            return;
+        }
         if let PollPolicy::Adaptive { max } = self.policy {
             self.request.adjust(waited, max);
         }
@@ -199,6 +244,20 @@ mod tests {
         let mut never = Poller::new(PollPolicy::Never);
         never.requested(us(1));
         assert_eq!(never.request_window(), Duration::ZERO);
+        let mut contended = Poller::new(PollPolicy::from_options(None, 64));
+        for _ in 0..4 {
+            contended.completed(us(50));
+        }
+        contended.contended();
+        assert_eq!(contended.completion_window(), Duration::ZERO);
+        // Paused: short waits do not bring polling back yet.
+        contended.completed(us(50));
+        assert_eq!(contended.completion_window(), Duration::ZERO);
+        contended.paused_until = Some(Instant::now());
+        contended.completed(us(50));
+        assert_eq!(contended.completion_window(), us(4));
+        fixed.contended();
+        assert_eq!(fixed.completion_window(), us(50));
         let mut adaptive = Poller::new(PollPolicy::from_options(None, 64));
         adaptive.requested(us(3));
         assert_eq!(adaptive.request_window(), us(4));

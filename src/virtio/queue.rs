@@ -464,7 +464,14 @@ impl QueueWorker {
             // is): on a loaded host a spinning queue thread otherwise holds the CPU that the
             // thread about to submit the next request, or the vCPU, needs. With a plain spin,
             // QD1 fell from 7,500 to 125-460 IOPS here under load (docs/benchmarks.md).
+            let before = Instant::now();
             std::thread::yield_now();
+            if before.elapsed() >= CONTENDED && self.poller.adaptive() {
+                // Another thread had this CPU meanwhile: CPUs are scarce, and spinning takes
+                // one from whoever produces the next event. Sleep, and spin less next time.
+                self.poller.contended();
+                return Spun::Nothing;
+            }
         }
     }
 
@@ -688,6 +695,10 @@ impl QueueWorker {
         self.teardown_deadline = Some(deadline);
     }
 }
+
+/// A `sched_yield` that took this long gave the CPU to another thread: the host has no CPU to
+/// spare for polling (an uncontended one returns in about a microsecond).
+const CONTENDED: Duration = Duration::from_micros(20);
 
 /// What a spin before sleeping saw.
 #[derive(Debug, PartialEq, Eq)]
