@@ -27,7 +27,8 @@ for arg in "$@"; do
 done
 
 BP_PREFIX="${E2E_QEMU_BACKPORTS_DIR:-/opt/qemu-backports}"
-PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs cpio kmod util-linux gzip sg3-utils python3-fusepy tgt python3-seccomp)
+# fio and valgrind: benches/ (the guest bench's fio, the host bench's reference; callgrind profiles).
+PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs cpio kmod util-linux gzip sg3-utils python3-fusepy tgt python3-seccomp fio valgrind)
 
 SUDO=""
 if [[ $EUID -ne 0 ]]; then
