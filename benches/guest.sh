@@ -8,7 +8,8 @@
 # no O_DIRECT mode). Prints one JSON line per row (labels guest-vus-*, guest-qemu-native-*,
 # guest-qemu-uring-*, guest-vus-pc-*, guest-qemu-pc-*, guest-vds-*), as benches/report.py
 # expects; each row carries the guest's virtio interrupts per I/O (irq_per_io, from the guest's
-# /proc/interrupts, ramp included).
+# /proc/interrupts) and the disk requests per fio I/O (req_per_io, /sys/block/sda/stat: above 1
+# when the guest splits a transfer), both over the run and its ramp.
 #
 # With --repeat N the passes alternate N times (ours, QEMU native, QEMU io_uring, ours, ...) and
 # each row is the median run, with the spread (iops_min, iops_max): TCG guests on a shared host
@@ -63,6 +64,7 @@ import json, re, sys
 log, prefix, runtime = sys.argv[1:]
 text = open(log, errors="replace").read().replace("\r", "")
 irqs = {m.group(1): int(m.group(2)) for m in re.finditer(r"BENCH-IRQS (\S+) (\d+)", text)}
+reqs = {m.group(1): int(m.group(2)) for m in re.finditer(r"BENCH-REQUESTS (\S+) (\d+)", text)}
 for m in re.finditer(r"BENCH-JSON-BEGIN (\S+)\n(.*?)BENCH-JSON-END", text, re.S):
     label, body = m.group(1), m.group(2)
     body = body[body.index("{"):body.rindex("}") + 1]
@@ -81,7 +83,10 @@ for m in re.finditer(r"BENCH-JSON-BEGIN (\S+)\n(.*?)BENCH-JSON-END", text, re.S)
                       "errors": int(bool(errors)),
                       # I/Os over runtime + the 1 s ramp, which the interrupt count includes.
                       "irq_per_io": round(irqs[label] / max(d["iops"] * (int(runtime) + 1), 1), 3)
-                      if label in irqs else None}))
+                      if label in irqs else None,
+                      # Disk requests per fio I/O: above 1 when the guest splits a transfer.
+                      "req_per_io": round(reqs[label] / max(d["iops"] * (int(runtime) + 1), 1), 2)
+                      if label in reqs else None}))
 PY
 }
 

@@ -16,6 +16,8 @@ REFS = {
     "file-threads-randread-qd32": "fio-randread-qd32",
     "file-sync-randread-qd32": "fio-randread-qd32",
     "file-uring-randread-qd1": "fio-randread-qd1",
+    "file-uring-randread-qd1-event": "fio-randread-qd1",
+    "file-uring-randread-qd1-event-nopoll": "fio-randread-qd1",
     "file-uring-randwrite-qd32": "fio-randwrite-qd32",
     "file-uring-read-1m-qd8": "fio-read-1m-qd8",
     "file-uring-randread-qd32-q2": "fio-randread-qd32-j2",
@@ -66,16 +68,19 @@ def headline(by_label):
     if not any(f"guest-vus-{row}" in by_label for row in GUEST_ROWS):
         return []
     out = ["## Guest, matched O_DIRECT: ours cache=none vs QEMU virtio-scsi-pci + scsi-hd cache=none",
-           "", "IOPS: median of the runs (spread); irq/IO: the guest's virtio interrupts per I/O.", "",
-           "| row | ours | irq/IO | QEMU aio=native | irq/IO | ratio | QEMU aio=io_uring | irq/IO | ratio |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "", "IOPS: median of the runs (spread); irq/IO: the guest's virtio interrupts per I/O; "
+           "req/IO: disk requests per fio I/O (above 1: the guest split it).", "",
+           "| row | ours | irq/IO | req/IO | QEMU aio=native | irq/IO | req/IO | ratio | QEMU aio=io_uring | irq/IO | req/IO | ratio |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in GUEST_ROWS:
         ours = by_label.get(f"guest-vus-{row}")
         native = by_label.get(f"guest-qemu-native-{row}")
         uring = by_label.get(f"guest-qemu-uring-{row}")
-        irq = lambda r: "—" if not r or r.get("irq_per_io") is None else f"{r['irq_per_io']:.2f}"
-        out.append(f"| {row} | {cell(ours)} | {irq(ours)} | {cell(native)} | {irq(native)} | "
-                   f"{ratio(ours, native)} | {cell(uring)} | {irq(uring)} | {ratio(ours, uring)} |")
+        def per_io(r, key):
+            return "—" if not r or r.get(key) is None else f"{r[key]:.2f}"
+        cols = lambda r: f"{cell(r)} | {per_io(r, 'irq_per_io')} | {per_io(r, 'req_per_io')}"
+        out.append(f"| {row} | {cols(ours)} | {cols(native)} | {ratio(ours, native)} | "
+                   f"{cols(uring)} | {ratio(ours, uring)} |")
     return out + [""]
 
 

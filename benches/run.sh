@@ -93,9 +93,10 @@ stop_daemon() {
 }
 trap stop_daemon EXIT
 
-# ours LABEL LUNSPEC AIO RW BS QD QUEUES
+# ours LABEL LUNSPEC AIO RW BS QD QUEUES [WAIT]: WAIT is the client's (poll, or event: it
+# sleeps on the call eventfd, as fio sleeps in io_uring_enter)
 ours() {
-    local label=$1 lun=$2 aio=$3 rw=$4 bs=$5 qd=$6 queues=$7
+    local label=$1 lun=$2 aio=$3 rw=$4 bs=$5 qd=$6 queues=$7 wait=${8:-poll}
     # The previous daemon's processes may still hold the image's lock for a moment after it
     # exited ("is in use"): start again until the socket appears.
     for _ in $(seq 20); do
@@ -114,7 +115,7 @@ ours() {
         sleep 0.25
     done
     "$HOST_BENCH" --socket "$SOCK" --rw "$rw" --bs "$bs" --qd "$qd" --queues "$queues" \
-        --runtime "$RUNTIME" --label "$label" --json | tee -a "$RESULTS"
+        --runtime "$RUNTIME" --wait "$wait" --label "$label" --json | tee -a "$RESULTS"
     stop_daemon
 }
 
@@ -157,6 +158,10 @@ ours file-threads-randread-qd32 "$FILE" threads randread 4096 32 1
 ours file-sync-randread-qd32 "$FILE" sync randread 4096 32 1
 fio_ref fio-randread-qd1 randread 4096 1 1
 ours file-uring-randread-qd1 "$FILE" io-uring randread 4096 1 1
+# Default options (adaptive polling) with a client that sleeps like fio, and without polling.
+ours file-uring-randread-qd1-event "$FILE" io-uring randread 4096 1 1 event
+[ "$QUICK" = 1 ] || DAEMON_ARGS="$DAEMON_ARGS --poll-us 0" \
+    ours file-uring-randread-qd1-event-nopoll "$FILE" io-uring randread 4096 1 1 event
 if [ "$QUICK" != 1 ]; then
     fio_ref fio-randwrite-qd32 randwrite 4096 32 1
     ours file-uring-randwrite-qd32 "$FILE" io-uring randwrite 4096 32 1
