@@ -1161,6 +1161,7 @@ fn an_idle_daemon_does_not_spin_after_a_burst_of_io() {
             (*ticks > was).then(|| format!("{name}[{tid}]: {}", ticks - was))
         })
         .collect();
+    eprintln!("idle: {used} ticks in {idle:?}; the burst of {requests} requests: {burst} ticks");
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     // 2 % of one CPU over the idle period: a spinning thread uses ~100 %.
