@@ -320,9 +320,14 @@ impl QueueWorker {
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
-        if let Some(since) = self.idle_since.take() {
+        if let Some(since) = self.idle_since {
             // The guest's request came this long after the queue went idle (epoll and a kick).
-            self.poller.requested(since.elapsed());
+            // A wake-up without one (a kick the spin already served) says nothing: the wait
+            // goes on until a request is really there.
+            if has_avail(vring, mem) {
+                self.idle_since = None;
+                self.poller.requested(since.elapsed());
+            }
         }
         loop {
             if event_idx {
@@ -344,13 +349,17 @@ impl QueueWorker {
                 // request raced with re-enabling.
                 let start = self.poller.adaptive().then(Instant::now);
                 if self.spin(vring, mem, self.poller.request_window()) != Spun::Nothing {
-                    if let Some(start) = start {
+                    // Measured from when the queue first went idle, if a wake-up without a
+                    // request came in between.
+                    if let Some(start) = self.idle_since.take().or(start) {
                         self.poller.requested(start.elapsed());
                     }
                     continue;
                 }
                 if !event_idx || !vring.enable_notification()? {
-                    self.idle_since = start;
+                    if self.idle_since.is_none() {
+                        self.idle_since = start;
+                    }
                     return Ok(());
                 }
                 continue;
