@@ -458,7 +458,8 @@ impl QueueWorker {
         if window.is_zero() {
             return Spun::Nothing;
         }
-        let deadline = Instant::now() + window;
+        let mut last = Instant::now();
+        let deadline = last + window;
         loop {
             if self.inflight > 0 && self.engine.ready() {
                 return Spun::Completion;
@@ -466,16 +467,20 @@ impl QueueWorker {
             if !self.free.is_empty() && has_avail(vring, mem) {
                 return Spun::Request;
             }
-            if Instant::now() >= deadline {
+            if last >= deadline {
                 return Spun::Nothing;
             }
             // Give the CPU to any thread waiting for it (sched_yield returns at once when none
             // is): on a loaded host a spinning queue thread otherwise holds the CPU that the
             // thread about to submit the next request, or the vCPU, needs. With a plain spin,
             // QD1 fell from 7,500 to 125-460 IOPS here under load (docs/benchmarks.md).
-            let before = Instant::now();
             std::thread::yield_now();
-            if before.elapsed() >= CONTENDED && self.poller.adaptive() {
+            // A turn this long means another thread had the CPU meanwhile (in the yield, or by
+            // preempting the spin anywhere in the turn).
+            let now = Instant::now();
+            let turn = now.saturating_duration_since(last);
+            last = now;
+            if turn >= CONTENDED && self.poller.adaptive() {
                 // Another thread had this CPU meanwhile: CPUs are scarce, and spinning takes
                 // one from whoever produces the next event. Sleep, and spin less next time.
                 self.poller.contended();
@@ -705,8 +710,9 @@ impl QueueWorker {
     }
 }
 
-/// A `sched_yield` that took this long gave the CPU to another thread: the host has no CPU to
-/// spare for polling (an uncontended one returns in about a microsecond).
+/// A turn of the spin (one check and one `sched_yield`) that took this long gave the CPU to
+/// another thread: the host has no CPU to spare for polling (an uncontended turn takes about a
+/// microsecond).
 const CONTENDED: Duration = Duration::from_micros(20);
 
 /// What a spin before sleeping saw.
