@@ -155,10 +155,15 @@ pub struct IoConfig {
     pub memlock_limit: Option<u64>,
 }
 
-/// Default `--poll-max-us`: longer than a 4 KiB O_DIRECT read takes on a virtual disk (~50 µs
-/// here), so that the completion of a QD1 request is caught by polling rather than by a
-/// wake-up (docs/benchmarks.md, "Polling"); QEMU's iothreads default to 32 µs.
-pub const DEFAULT_POLL_MAX_US: u32 = 64;
+/// Default `--poll-max-us`: 0, no polling. Adaptive polling did not pay on the 2-CPU machine it
+/// was measured on (QD1 0.4–0.7× of no polling on the host bench and in a TCG guest, A/B in
+/// docs/benchmarks.md), so it is opt-in until a quiet or KVM host shows a gain; then
+/// [`SUGGESTED_POLL_MAX_US`] is the value to make the default.
+pub const DEFAULT_POLL_MAX_US: u32 = 0;
+/// The maximum to use with adaptive polling: longer than a 4 KiB O_DIRECT read takes on a
+/// virtual disk (25–55 µs here), so that a QD1 completion is caught by polling rather than by a
+/// wake-up; QEMU's iothreads default to 32 µs.
+pub const SUGGESTED_POLL_MAX_US: u32 = 64;
 
 impl Default for IoConfig {
     fn default() -> Self {

@@ -20,6 +20,9 @@
 //! since spinning would delay whoever produces the awaited event (a vCPU, the client) on a CPU
 //! it needs.
 //!
+//! Off by default (`--poll-max-us 0`): on the shared 2-CPU machine it was measured on it did
+//! not pay (docs/benchmarks.md, "Polling").
+//!
 //! An idle queue therefore spins at most once, for at most the maximum, after its last request,
 //! and sleeps in epoll until the guest kicks; the first request after a long pause halves the
 //! window again. Nothing spins while no request arrives: the queue thread only runs when
