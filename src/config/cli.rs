@@ -195,10 +195,18 @@ pub struct Args {
     #[arg(long, value_name = "ENGINE")]
     pub aio: Option<String>,
 
-    /// Busy-poll for completions and new requests for up to US microseconds before sleeping
-    /// [default: 0, never].
+    /// Busy-poll for completions and new requests for exactly US microseconds before every
+    /// sleep, instead of the adaptive window; 0 never polls [default: adaptive, see
+    /// --poll-max-us].
     #[arg(long, value_name = "US")]
     pub poll_us: Option<u32>,
+
+    /// Adaptive polling: a queue spins before sleeping only while its waits are short (its
+    /// window grows from 4 µs while the awaited event arrives within US µs, and halves when it
+    /// does not; it pauses when the CPU is contended), so an idle queue sleeps at once; 64 is
+    /// a good value; 0 turns polling off [default: 0].
+    #[arg(long, value_name = "US")]
+    pub poll_max_us: Option<u32>,
 
     /// Pin request-queue threads to these CPUs, round robin (e.g. 2,3 or 0-3) [default: no
     /// pinning].
@@ -502,7 +510,7 @@ fn management_config(
     ))
 }
 
-/// The data-path options: `--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`,
+/// The data-path options: `--aio`, `--poll-us`, `--poll-max-us`, `--submit-batch`, `--queue-cpus`,
 /// `--aio-threads`.
 fn io_config(args: &Args) -> Result<IoConfig, CliError> {
     let mut io = IoConfig::default();
@@ -513,8 +521,21 @@ fn io_config(args: &Args) -> Result<IoConfig, CliError> {
             expected: "io-uring, threads or sync",
         })?;
     }
-    if let Some(us) = args.poll_us {
-        io.poll_us = us;
+    io.poll_us = args.poll_us;
+    for (option, value) in [
+        ("--poll-us", args.poll_us),
+        ("--poll-max-us", args.poll_max_us),
+    ] {
+        if value.is_some_and(|us| us > 1_000_000) {
+            return Err(CliError::InvalidValue {
+                option: option.into(),
+                value: value.unwrap_or_default().to_string(),
+                expected: "0 to 1000000 (microseconds)",
+            });
+        }
+    }
+    if let Some(us) = args.poll_max_us {
+        io.poll_max_us = us;
     }
     io.register_buffers = args.register_buffers;
     if let Some(v) = &args.memlock_limit {

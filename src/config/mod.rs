@@ -309,12 +309,17 @@ impl AioMode {
     }
 }
 
-/// Data-path tuning (`--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`, `--aio-threads`).
+/// Data-path tuning (`--aio`, `--poll-us`, `--poll-max-us`, `--submit-batch`, `--queue-cpus`,
+/// `--aio-threads`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IoConfig {
     pub aio: AioMode,
-    /// Busy-poll for completions and new requests this long before sleeping (0: never).
-    pub poll_us: u32,
+    /// `--poll-us`: busy-poll for completions and new requests exactly this long before
+    /// sleeping (0: never). `None` (the default): adaptive polling, see `poll_max_us`.
+    pub poll_us: Option<u32>,
+    /// `--poll-max-us`: the longest an adaptive poll window grows (QEMU's `poll-max-ns`); 0
+    /// turns adaptive polling off.
+    pub poll_max_us: u32,
     /// Submit queued I/O once this many commands are waiting in the engine (1: each at once).
     pub submit_batch: u32,
     /// CPUs to pin request-queue threads to, round robin (empty: no pinning).
@@ -328,11 +333,22 @@ pub struct IoConfig {
     pub memlock_limit: Option<u64>,
 }
 
+/// Default `--poll-max-us`: 0, no polling. Adaptive polling did not pay on the 2-CPU machine it
+/// was measured on (QD1 0.4–0.7× of no polling on the host bench and in a TCG guest, A/B in
+/// docs/benchmarks.md), so it is opt-in until a quiet or KVM host shows a gain; then
+/// [`SUGGESTED_POLL_MAX_US`] is the value to make the default.
+pub const DEFAULT_POLL_MAX_US: u32 = 0;
+/// The maximum to use with adaptive polling: longer than a 4 KiB O_DIRECT read takes on a
+/// virtual disk (25–55 µs here), so that a QD1 completion is caught by polling rather than by a
+/// wake-up; QEMU's iothreads default to 32 µs.
+pub const SUGGESTED_POLL_MAX_US: u32 = 64;
+
 impl Default for IoConfig {
     fn default() -> Self {
         Self {
             aio: AioMode::default(),
-            poll_us: 0,
+            poll_us: None,
+            poll_max_us: DEFAULT_POLL_MAX_US,
             submit_batch: 1,
             queue_cpus: Vec::new(),
             aio_threads: 8,

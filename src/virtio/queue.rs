@@ -34,6 +34,7 @@ use crate::{
     scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
+        poll::{PollPolicy, Poller},
         request::split_chain,
     },
 };
@@ -130,11 +131,19 @@ pub struct QueueWorker {
     inflight: usize,
     done: Vec<(u64, i32)>,
     chains: Vec<DescriptorChain<MemGuard>>,
-    poll: Duration,
+    /// How long to spin before sleeping (`--poll-us`, `--poll-max-us`).
+    poller: Poller,
+    /// When the queue last ran out of work and went back to the event loop (adaptive
+    /// polling measures how long the guest's next request took).
+    idle_since: Option<Instant>,
     /// `--submit-batch`: operations pushed to the engine before it is told to start them.
     submit_batch: u32,
     /// Operations pushed since the last submit.
     unsubmitted: u32,
+    /// The command being started is the last one of this pass over the ring: its I/O is
+    /// handed to the kernel together with the wait that follows (one `io_uring_enter` instead
+    /// of two at QD1), or before the spin.
+    last_of_pass: bool,
     /// The front-end stopped the ring (GET_VRING_BASE) during this `run`.
     ring_stopped: bool,
     /// `--register-buffers`: whether to register guest memory with the engine, and the memory
@@ -181,7 +190,7 @@ impl QueueWorker {
             info!("request queues use the {} engine", engine.name());
         }
         let mut worker = Self::with_engine_batching(engine, depth as u16, config.submit_batch);
-        worker.poll = Duration::from_micros(u64::from(config.poll_us));
+        worker.poller = Poller::new(PollPolicy::from_options(config.poll_us, config.poll_max_us));
         worker.register_buffers = config.register_buffers && !inline;
         worker.queue = queue;
         Ok(worker)
@@ -204,9 +213,11 @@ impl QueueWorker {
             inflight: 0,
             done: Vec::with_capacity(depth),
             chains: Vec::with_capacity(depth),
-            poll: Duration::ZERO,
+            poller: Poller::new(PollPolicy::Never),
+            idle_since: None,
             submit_batch: submit_batch.max(1),
             unsubmitted: 0,
+            last_of_pass: false,
             ring_stopped: false,
             register_buffers: false,
             registered: None,
@@ -327,13 +338,22 @@ impl QueueWorker {
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
+        if let Some(since) = self.idle_since {
+            // The guest's request came this long after the queue went idle (epoll and a kick).
+            // A wake-up without one (a kick the spin already served) says nothing: the wait
+            // goes on until a request is really there.
+            if has_avail(vring, mem) {
+                self.idle_since = None;
+                self.poller.requested(since.elapsed());
+            }
+        }
         loop {
             if event_idx {
                 vring.disable_notification()?;
             }
             self.release_removed_files(bus);
+            // The pass's last I/O (if queued) is submitted with the wait or before the spin.
             let mut used_any = self.pop_and_start(bus, vring, mem, event_idx)?;
-            self.submit()?;
             used_any |= self.reap(bus, vring)?;
             if used_any && (!event_idx || vring.needs_notification()?) {
                 vring.signal_used_queue().map_err(QueueError::Notify)?;
@@ -343,26 +363,64 @@ impl QueueWorker {
                 if self.ring_stopped {
                     return Ok(());
                 }
-                // Idle: back to the event loop unless a request raced with re-enabling.
+                // Idle: spin a moment for the guest's next request (notifications still off
+                // with EVENT_IDX, so it need not kick), then back to the event loop unless a
+                // request raced with re-enabling.
+                let start = self.poller.adaptive().then(Instant::now);
+                if self.spin(vring, mem, self.poller.request_window()) != Spun::Nothing {
+                    // Measured from when the queue first went idle, if a wake-up without a
+                    // request came in between.
+                    if let Some(start) = self.idle_since.take().or(start) {
+                        self.poller.requested(start.elapsed());
+                    }
+                    continue;
+                }
                 if !event_idx || !vring.enable_notification()? {
+                    if self.idle_since.is_none() {
+                        self.idle_since = start;
+                    }
                     return Ok(());
                 }
                 continue;
             }
-            if self.busy_poll(vring, mem) {
-                continue;
+            let start = self.poller.adaptive().then(Instant::now);
+            let window = self.poller.completion_window();
+            if !window.is_zero() {
+                self.submit()?;
+            }
+            match self.spin(vring, mem, window) {
+                Spun::Completion => {
+                    if let Some(start) = start {
+                        self.poller.completed(start.elapsed());
+                    }
+                    continue;
+                }
+                Spun::Request => continue,
+                Spun::Nothing => {}
             }
             // Sleep until an I/O completes or, if a slot is free, the guest kicks.
             let kick = if self.free.is_empty() || !watch_kick {
                 None
             } else {
+                // Kicks so far announced requests this pass has taken (or the check below
+                // finds); a later one wakes the wait.
+                self.engine.forget_seen_kicks();
                 if event_idx && vring.enable_notification()? {
+                    continue;
+                }
+                if !event_idx && has_avail(vring, mem) {
                     continue;
                 }
                 kick_fd(vring)
             };
-            if self.engine.wait(kick).map_err(QueueError::Engine)? && !self.engine.kick_edges() {
+            // Every engine's wait submits what is queued first.
+            self.unsubmitted = 0;
+            let kicked = self.engine.wait(kick).map_err(QueueError::Engine)?;
+            if kicked && !self.engine.kick_edges() {
                 watch_kick = false;
+            }
+            if let (false, Some(start)) = (kicked, start) {
+                self.poller.completed(start.elapsed());
             }
         }
     }
@@ -433,20 +491,39 @@ impl QueueWorker {
         Ok(())
     }
 
-    /// Spins up to `--poll-us` for a completion or a new request; true when one came.
-    fn busy_poll(&mut self, vring: &impl Vring, mem: &MemGuard) -> bool {
-        if self.poll.is_zero() {
-            return false;
+    /// Spins up to `window` for a completion or a new request (when a slot is free).
+    fn spin(&mut self, vring: &impl Vring, mem: &MemGuard, window: Duration) -> Spun {
+        if window.is_zero() {
+            return Spun::Nothing;
         }
-        let deadline = Instant::now() + self.poll;
+        let mut last = Instant::now();
+        let deadline = last + window;
         loop {
-            if self.engine.ready() || (!self.free.is_empty() && has_avail(vring, mem)) {
-                return true;
+            if self.inflight > 0 && self.engine.ready() {
+                return Spun::Completion;
             }
-            if Instant::now() >= deadline {
-                return false;
+            if !self.free.is_empty() && has_avail(vring, mem) {
+                return Spun::Request;
             }
-            std::hint::spin_loop();
+            if last >= deadline {
+                return Spun::Nothing;
+            }
+            // Give the CPU to any thread waiting for it (sched_yield returns at once when none
+            // is): on a loaded host a spinning queue thread otherwise holds the CPU that the
+            // thread about to submit the next request, or the vCPU, needs. With a plain spin,
+            // QD1 fell from 7,500 to 125-460 IOPS here under load (docs/benchmarks.md).
+            std::thread::yield_now();
+            // A turn this long means another thread had the CPU meanwhile (in the yield, or by
+            // preempting the spin anywhere in the turn).
+            let now = Instant::now();
+            let turn = now.saturating_duration_since(last);
+            last = now;
+            if turn >= CONTENDED && self.poller.adaptive() {
+                // Another thread had this CPU meanwhile: CPUs are scarce, and spinning takes
+                // one from whoever produces the next event. Sleep, and spin less next time.
+                self.poller.contended();
+                return Spun::Nothing;
+            }
         }
     }
 
@@ -537,7 +614,9 @@ impl QueueWorker {
         let mut chains = std::mem::take(&mut self.chains);
         // One clock reading for the chains popped together: they were all waiting by now.
         let arrived = Instant::now();
-        for chain in chains.drain(..) {
+        let count = chains.len();
+        for (i, chain) in chains.drain(..).enumerate() {
+            self.last_of_pass = i + 1 == count;
             let head = chain.head_index();
             let mut started = match split_chain(mem, chain) {
                 Ok(split) => Ok(start_command(bus, split, self.inflight > 0, arrived)),
@@ -676,7 +755,7 @@ impl QueueWorker {
         // whole pass back costs more latency than the system call saves (see
         // docs/benchmarks.md).
         self.unsubmitted += 1;
-        if self.unsubmitted >= self.submit_batch {
+        if self.unsubmitted >= self.submit_batch && !self.last_of_pass {
             // An error here shows again at the end-of-pass submit, which reports it.
             let _ = self.submit();
         }
@@ -734,6 +813,19 @@ impl QueueWorker {
     pub fn set_teardown_deadline(&mut self, deadline: Instant) {
         self.teardown_deadline = Some(deadline);
     }
+}
+
+/// A turn of the spin (one check and one `sched_yield`) that took this long gave the CPU to
+/// another thread: the host has no CPU to spare for polling (an uncontended turn takes about a
+/// microsecond).
+const CONTENDED: Duration = Duration::from_micros(20);
+
+/// What a spin before sleeping saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Spun {
+    Completion,
+    Request,
+    Nothing,
 }
 
 /// How long the disconnect waits for the queues' I/O in flight: the listener must be ready for

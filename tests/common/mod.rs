@@ -237,6 +237,35 @@ impl Drop for Daemon {
     }
 }
 
+/// CPU time (user + system, in clock ticks) of each live thread of `pid`, by thread id and
+/// name, from /proc/PID/task/*/stat (fields 14 and 15).
+#[allow(dead_code)] // not every test binary measures CPU time
+pub fn thread_cpu_ticks(pid: libc::pid_t) -> Vec<(libc::pid_t, String, u64)> {
+    let mut threads = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread just exited
+        };
+        // The name is in parentheses and may hold spaces: fields are counted after it (the
+        // state is field 3).
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| -> u64 { fields[i - 3].parse().expect("stat field") };
+        let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        threads.push((
+            tid,
+            stat[open + 1..close].to_string(),
+            field(14) + field(15),
+        ));
+    }
+    threads
+}
+
 /// The worker: the supervisor's child named `vus-worker` (waits for it, bounded).
 #[allow(dead_code)] // not every test binary looks for the worker
 pub fn worker_of(supervisor: libc::pid_t) -> libc::pid_t {

@@ -15,6 +15,8 @@
 #   --accel A        QEMU accelerator (default tcg: nested KVM guests hang on this host)
 #   --device-props P extra properties for vhost-user-scsi-pci (e.g. param_change=off,
 #                    which some back-ends need; ours does not)
+#   --drive-opts O   -drive cache/aio options of --builtin images (default cache=writeback;
+#                    the bench uses cache=none,aio=native and cache=none,aio=io_uring)
 #   --kernel FILE    guest kernel (default: /boot/vmlinuz-<newest with modules>)
 #   --initrd FILE    initramfs (default: built/cached by build-initramfs.sh
 #                    under target/e2e-cache/)
@@ -38,13 +40,14 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 QEMU=qemu-system-x86_64 ACCEL=tcg DEVICE_PROPS="" KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
-REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
+DRIVE_OPTS=cache=writeback REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
 BOOT_CD=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --qemu) QEMU="$2"; shift ;;
         --accel) ACCEL="$2"; shift ;;
         --device-props) DEVICE_PROPS=",$2"; shift ;;
+        --drive-opts) DRIVE_OPTS="$2"; shift ;;
         --kernel) KERNEL="$2"; shift ;;
         --initrd) INITRD="$2"; shift ;;
         --log) LOG="$2"; shift ;;
@@ -124,7 +127,7 @@ else
                 ARGS+=(-drive "file=${imgs[$i]#removable:},format=raw,if=none,id=d$i,cache=writeback"
                        -device "scsi-hd,drive=d$i,$addr,removable=on") ;;
             *)
-                ARGS+=(-drive "file=${imgs[$i]},format=raw,if=none,id=d$i,cache=writeback,discard=unmap"
+                ARGS+=(-drive "file=${imgs[$i]},format=raw,if=none,id=d$i,$DRIVE_OPTS,discard=unmap"
                        -device "scsi-hd,drive=d$i,$addr") ;;
         esac
     done

@@ -86,6 +86,10 @@ pub trait Engine: Send {
     /// it (GET_VRING_BASE comes first), and the new eventfd may get the same fd number. Called
     /// from the vhost-user thread (under the queue's lock), so it must not enter the kernel.
     fn forget_kick(&mut self) {}
+    /// Forgets kicks seen so far: the caller has just taken every request the guest had
+    /// published and re-checks the ring after this, so a wait need not wake for those kicks
+    /// again (at QD1 that wake-up was an extra `io_uring_enter` per I/O).
+    fn forget_seen_kicks(&mut self) {}
     /// Whether [`Engine::wait`] reports each kick once (edge-triggered) rather than for as long
     /// as the kick is readable; only then can a queue keep watching it after it fired.
     fn kick_edges(&self) -> bool {

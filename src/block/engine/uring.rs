@@ -497,6 +497,13 @@ impl Engine for UringEngine {
         true
     }
 
+    fn forget_seen_kicks(&mut self) {
+        // Completions stay (moved to `pending`); only the kick note goes. A poll the kernel
+        // ended is re-armed at the next wait either way (`kick_armed` is None).
+        self.collect();
+        self.kick_fired = false;
+    }
+
     fn forget_kick(&mut self) {
         // Called from the vhost-user thread, which must not enter the kernel for the queue:
         // the queue thread re-arms (and re-registers the kick slot) at its next wait.
@@ -744,6 +751,52 @@ mod tests {
         assert!(!kicked(&mut e), "fired again without a new kick");
         kick.write(1).unwrap();
         assert!(kicked(&mut e), "second kick");
+    }
+
+    /// A kick the queue has already acted on does not end the next wait: the wait that follows
+    /// it sleeps until the I/O completes (one `io_uring_enter` for submission and wait at QD1),
+    /// while a kick after the forgetting still wakes it.
+    #[test]
+    fn forgotten_kicks_do_not_end_a_wait() {
+        let lun = filled(0x11);
+        let fd = lun.as_raw_fd();
+        let mut e = UringEngine::new(8, &[fd], false).unwrap();
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        e.arm_kick(kick.as_raw_fd());
+        e.submit().unwrap();
+        kick.write(1).unwrap();
+        sleep(Duration::from_millis(30));
+        e.forget_seen_kicks();
+        let mut buf = vec![0u8; 512];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let op = Op {
+            kind: IoKind::Read,
+            fd,
+            iov: &iov,
+            iovcnt: 1,
+            offset: 0,
+            user_data: 3,
+            fixed: Some(0),
+        };
+        assert!(e.push(&op));
+        // Not submitted yet: the wait submits it and sleeps until it completes.
+        assert!(
+            !e.wait(Some(kick.as_raw_fd())).unwrap(),
+            "woke for an old kick"
+        );
+        let mut out = Vec::new();
+        e.reap(&mut out);
+        assert_eq!(out, [(3, 512)]);
+        assert!(buf.iter().all(|&b| b == 0x11));
+        // A new kick still ends a wait.
+        kick.write(1).unwrap();
+        assert!(
+            e.wait(Some(kick.as_raw_fd())).unwrap(),
+            "a new kick was missed"
+        );
     }
 
     /// A kick eventfd replaced under the same fd number (GET_VRING_BASE, then SET_VRING_KICK)
