@@ -399,7 +399,9 @@ impl QueueWorker {
                 Spun::Nothing => {}
             }
             // Sleep until an I/O completes or, if a slot is free, the guest kicks.
-            let kick = if self.free.is_empty() || !watch_kick {
+            // A stopped ring (GET_VRING_BASE) only waits for what is in flight: its avail
+            // entries would make the checks below go round without ever sleeping.
+            let kick = if self.free.is_empty() || !watch_kick || self.ring_stopped {
                 None
             } else {
                 // Kicks so far announced requests this pass has taken (or the check below
@@ -502,7 +504,8 @@ impl QueueWorker {
             if self.inflight > 0 && self.engine.ready() {
                 return Spun::Completion;
             }
-            if !self.free.is_empty() && has_avail(vring, mem) {
+            // A stopped ring takes nothing new: its avail entries are no reason to go round.
+            if !self.free.is_empty() && !self.ring_stopped && has_avail(vring, mem) {
                 return Spun::Request;
             }
             if last >= deadline {
