@@ -24,6 +24,7 @@ use std::{
 pub use super::reservations::{Nexus, PrFile, HBA_NEXUS};
 use super::{
     cdb::{opcode, service_action as sa, Cdb},
+    hold::HoldOrder,
     reservations::PrState,
     respond,
     sense::Sense,
@@ -31,6 +32,7 @@ use super::{
 };
 use crate::{
     block::{failure_details, BlockBackend},
+    config::EnospcPolicy,
     logging::RateLimit,
 };
 
@@ -253,6 +255,10 @@ pub struct LogicalUnit {
     pub(super) pr_active: AtomicBool,
     /// Bounds the log lines of failed I/O (a full or failing disk fails every command).
     io_error_log: RateLimit,
+    /// `enospc=`: what a write that finds the storage full does.
+    enospc: EnospcPolicy,
+    /// Under `enospc=hold`: the order of the LU's held requests (see [`super::hold`]).
+    pub(super) hold: Arc<HoldOrder>,
 }
 
 impl LogicalUnit {
@@ -290,7 +296,20 @@ impl LogicalUnit {
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(pr_active),
             io_error_log: RateLimit::new(IO_ERROR_LOG_BURST, IO_ERROR_LOG_WINDOW),
+            enospc: EnospcPolicy::Report,
+            hold: Arc::default(),
         }
+    }
+
+    /// Sets the `enospc=` policy (the default is [`EnospcPolicy::Report`]).
+    pub fn set_enospc(&mut self, policy: EnospcPolicy) {
+        self.enospc = policy;
+    }
+
+    /// The held-request order when the LU holds writes that find the storage full
+    /// (`enospc=hold`); `None` when it reports them.
+    pub fn hold_order(&self) -> Option<&Arc<HoldOrder>> {
+        (self.enospc == EnospcPolicy::Hold).then_some(&self.hold)
     }
 
     pub(super) fn set_address(&mut self, target: u8, lun: u16) {

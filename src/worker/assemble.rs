@@ -50,7 +50,9 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
             physical_block_size: config.phys_block_size.unwrap_or(0),
             pr_file,
         };
-        bus.add_lun(config.target, config.lun, LogicalUnit::new(backend, opts));
+        let mut lu = LogicalUnit::new(backend, opts);
+        lu.set_enospc(config.enospc);
+        bus.add_lun(config.target, config.lun, lu);
     }
     bus
 }
