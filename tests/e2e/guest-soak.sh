@@ -5,6 +5,8 @@
 # Kernel command line parameters:
 #   e2e.disks=T:L,...    the disks to exercise (default 0:0)
 #   e2e.region=MIB       size of one fio job's region (default 8)
+#   e2e.discard=T:L,...  disks whose job regions are discarded first (thin images: their blocks
+#                        are allocated again by the next job, so ENOSPC can strike again)
 #   e2e.wait=SECONDS     how long to wait for the disks (default 60)
 #
 # On every disk, in parallel, for ever (the host ends it): one fio job after the other, each on
@@ -25,6 +27,7 @@
 
 DISKS="$(cmdline_get e2e.disks 0:0 | tr ',' ' ')"
 REGION="$(cmdline_get e2e.region 8)"
+DISCARD=" $(cmdline_get e2e.discard '' | tr ',' ' ') "
 WAIT="$(cmdline_get e2e.wait 60)"
 
 # fio_job DEV REGION SEED [extra fio options]
@@ -70,8 +73,9 @@ soak_disk() {
         n=$((n + 1))
         r=$((n % regions))
         seed="$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')"
-        # Fresh blocks each time (thin images allocate again: ENOSPC can strike again).
-        blkdiscard -o "$((r * REGION * 1048576))" -l "$((REGION * 1048576))" "$dev" 2>/dev/null
+        case "$DISCARD" in
+            *" $tl "*) blkdiscard -o "$((r * REGION * 1048576))" -l "$((REGION * 1048576))" "$dev" ;;
+        esac
         fio_job "$dev" "$r" "$seed" --verify_backlog=16 > "$out" 2>&1
         rc=$?
         class="$(classify $rc "$out")"

@@ -6,12 +6,16 @@
 #                     [--short] [--keep]
 #
 #   --duration SECS   how long faults are injected (default 600; env SOAK_DURATION)
-#   --interval SECS   time between two faults (default 30; env SOAK_INTERVAL)
+#   --interval SECS   time from the guest's recovery (its next completed job) to the next fault
+#                     (default 30; env SOAK_INTERVAL)
 #   --faults LIST     the schedule, used round-robin (default, env SOAK_FAULTS:
 #                     eio,enospc,reset,kill-worker,kill-qemu)
 #   --qemu BIN        QEMU (default: the QEMU 10 backport if installed, else from PATH)
-#   --short           --duration 100 --interval 15: every fault once, under 2 minutes of faults
+#   --rounds N        inject at least N rounds of the schedule, however long that takes
+#                     (default 0; env SOAK_ROUNDS)
+#   --short           --duration 0 --rounds 1 --interval 5: every fault once (about 3 minutes)
 #   --keep            keep the work directory (logs) after a passing run
+#   env SOAK_DAEMON_ARGS: more daemon options (e.g. "--log-level debug", "--aio threads")
 #
 # The LUNs:
 #   0:0  an image on a FUSE file system that fails a 1 MiB range with EIO on demand
@@ -22,8 +26,8 @@
 # with reconnect, so that it comes back to a restarted worker.
 #
 # Faults (one per interval, in schedule order):
-#   eio          LUN 0:0's range [16 MiB, 17 MiB) fails with EIO for 8 s (guest I/O errors expected
-#                on 0:0 only)
+#   eio          LUN 0:0's first 56 MiB (every job region) fail with EIO for 8 s (guest I/O
+#                errors expected, on 0:0 only)
 #   enospc       the tmpfs of LUN 1:0 is filled for 8 s, then the filler removed (enospc=hold:
 #                the guest's writes stall, no error)
 #   reset        system_reset on QEMU's monitor (the guest reboots; its virtio device is reset)
@@ -33,7 +37,9 @@
 #
 # Report: operations (fio reads and writes of the jobs that completed), faults injected, jobs
 # per disk and class, errors the guest saw (jobs with I/O errors, kernel I/O error lines),
-# data mismatches, seccomp kills, worker restarts, guest stalls (no job completed for 90 s).
+# data mismatches, seccomp kills, worker restarts, guest stalls (no job completed within 90 s of
+# a fault: QEMU is then restarted and the run goes on), how long the guest took to complete a
+# job again after each fault.
 # Exits non-zero when an invariant breaks: a data mismatch (in a job, or in the re-verification
 # after a boot), a seccomp kill, the daemon dying or not exiting 0 on SIGTERM, a guest that
 # made no progress by the end. I/O errors on 1:0 (hold) and 2:0 are reported, not judged: a
@@ -46,6 +52,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 DURATION="${SOAK_DURATION:-600}"
 INTERVAL="${SOAK_INTERVAL:-30}"
 FAULTS="${SOAK_FAULTS:-eio,enospc,reset,kill-worker,kill-qemu}"
+ROUNDS="${SOAK_ROUNDS:-0}"
 QEMU="${SOAK_QEMU:-}"
 KEEP=0
 WINDOW=8
@@ -56,9 +63,10 @@ while [[ $# -gt 0 ]]; do
         --interval) INTERVAL="$2"; shift ;;
         --faults) FAULTS="$2"; shift ;;
         --qemu) QEMU="$2"; shift ;;
-        --short) DURATION=100; INTERVAL=15 ;;
+        --rounds) ROUNDS="$2"; shift ;;
+        --short) DURATION=0; ROUNDS=1; INTERVAL=5 ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,45p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
     shift
@@ -108,7 +116,7 @@ truncate -s 64M "$work/full/disk.img"
 audit_before="$(dmesg 2>/dev/null | grep -c 'type=1326' || true)"
 "$bin" --socket-path "$work/vus.sock" --num-queues 2 --restart-worker on-failure \
     --lun "0:0=$work/eio/disk.img" --lun "1:0=$work/full/disk.img,enospc=hold" \
-    --lun "2:0=$work/plain.img" > "$work/daemon.log" 2>&1 &
+    --lun "2:0=$work/plain.img" ${SOAK_DAEMON_ARGS:-} > "$work/daemon.log" 2>&1 &
 daemon=$!
 for _ in $(seq 100); do [[ -S "$work/vus.sock" ]] && break; sleep 0.1; done
 [[ -S "$work/vus.sock" ]] || e2e_die "no socket: $(tail -n 20 "$work/daemon.log")"
@@ -125,7 +133,7 @@ start_qemu() {
     "$QEMU" -accel tcg -m 512 -smp 2 -nographic -nodefaults \
         -serial "file:$work/serial.$boots.log" -monitor "unix:$work/monitor.sock,server=on,wait=off" \
         -kernel "$(e2e_kernel)" -initrd "$initrd" \
-        -append "console=ttyS0 panic=-1 quiet e2e.script=guest-soak.sh e2e.disks=0:0,1:0,2:0" \
+        -append "console=ttyS0 panic=-1 quiet e2e.script=guest-soak.sh e2e.disks=0:0,1:0,2:0 e2e.discard=1:0" \
         -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
         -chardev "socket,id=vus,path=$work/vus.sock,$reconnect" \
         -device vhost-user-scsi-pci,chardev=vus </dev/null >"$work/qemu.$boots.log" 2>&1 &
@@ -156,20 +164,26 @@ for _ in $(seq 120); do [[ $(jobs_done) -ge 3 ]] && break; sleep 1; done
 # --- the schedule ----------------------------------------------------------------------------
 IFS=, read -r -a schedule <<<"$FAULTS"
 declare -A injected=()
-faults=0 stalls=0 restarts_seen=0
+declare -a recovery=()
+faults=0 stalls=0
+# wait_progress N: until the guest completed more than N jobs (at most $STALL s); prints how
+# long it took.
+wait_progress() {
+    local t0 now
+    t0=$(date +%s)
+    while [[ $(jobs_done) -le $1 ]]; do
+        now=$(date +%s)
+        (( now - t0 < STALL )) || return 1
+        kill -0 "$daemon" 2>/dev/null || e2e_die "the daemon died: $(tail -n 30 "$work/daemon.log")"
+        sleep 1
+    done
+    echo $(( $(date +%s) - t0 ))
+}
 start=$(date +%s)
-last_jobs=$(jobs_done) last_progress=$start
-while (( $(date +%s) - start < DURATION )); do
+while (( $(date +%s) - start < DURATION || faults < ROUNDS * ${#schedule[@]} )); do
     sleep "$INTERVAL"
     kill -0 "$daemon" 2>/dev/null || e2e_die "the daemon died: $(tail -n 30 "$work/daemon.log")"
     now=$(date +%s) jobs=$(jobs_done)
-    if [[ $jobs -gt $last_jobs ]]; then last_jobs=$jobs last_progress=$now; fi
-    if (( now - last_progress > STALL )); then
-        stalls=$((stalls + 1))
-        e2e_log "guest stalled: no job completed for $((now - last_progress)) s; restarting QEMU"
-        kill -9 "$qemu" 2>/dev/null || true; wait "$qemu" 2>/dev/null || true
-        start_qemu; last_progress=$now
-    fi
     kind="${schedule[$((faults % ${#schedule[@]}))]}"
     faults=$((faults + 1))
     injected[$kind]=$(( ${injected[$kind]:-0} + 1 ))
@@ -177,7 +191,7 @@ while (( $(date +%s) - start < DURATION )); do
     echo "FAULT $faults +$((now - start))s $kind" >> "$work/faults.log"
     case "$kind" in
         eio)
-            echo "$((16 << 20)) $((1 << 20))" > "$work/eio/.faults"
+            echo "0 $((56 << 20))" > "$work/eio/.faults"
             sleep "$WINDOW"
             printf '\n' > "$work/eio/.faults" ;;
         enospc)
@@ -187,20 +201,28 @@ while (( $(date +%s) - start < DURATION )); do
         reset) monitor system_reset ;;
         kill-worker)
             w="$(worker_pid)"
-            [[ -n "$w" ]] && kill -9 "$w"
-            restarts_seen=$((restarts_seen + 1)) ;;
+            [[ -n "$w" ]] && kill -9 "$w" ;;
         kill-qemu)
             kill -9 "$qemu" 2>/dev/null || true; wait "$qemu" 2>/dev/null || true
             start_qemu ;;
         *) e2e_die "unknown fault $kind" ;;
     esac
+    # The next fault only once the guest works again (a TCG boot takes ~20 s).
+    if took=$(wait_progress "$(jobs_done)"); then
+        recovery+=("$kind:${took}s")
+    else
+        stalls=$((stalls + 1))
+        recovery+=("$kind:STALL")
+        e2e_log "guest stalled after $kind: no job completed for $STALL s; restarting QEMU"
+        kill -9 "$qemu" 2>/dev/null || true; wait "$qemu" 2>/dev/null || true
+        start_qemu
+        wait_progress "$(jobs_done)" >/dev/null || e2e_die "the guest makes no progress after a new QEMU"
+    fi
 done
 
-# The guest must make progress after the last fault.
-target=$(( $(jobs_done) + 3 ))
-for _ in $(seq "$STALL"); do [[ $(jobs_done) -ge $target ]] && break; sleep 1; done
+# The guest must still make progress at the end.
 progress_ok=1
-[[ $(jobs_done) -ge $target ]] || progress_ok=0
+wait_progress "$(jobs_done)" >/dev/null || progress_ok=0
 
 kill -9 "$qemu" 2>/dev/null || true; wait "$qemu" 2>/dev/null || true; qemu=""
 supervisor_pid=$daemon
@@ -225,7 +247,7 @@ restarts=$(grep -c 'worker .* started (restart' "$work/daemon.log" || true)
 kernel_errors=$(count 'I/O error|critical|blk_update_request|Buffer I/O')
 
 echo "== soak report ($(date -u +%FT%TZ), $QEMU, $boots QEMU start(s))"
-echo "duration: $DURATION s of faults, one every $INTERVAL s"
+echo "duration: $(( $(date +%s) - start )) s of faults, one $INTERVAL s after the guest recovered from the previous"
 printf 'faults injected: %d (' "$faults"
 for k in "${schedule[@]}"; do printf '%s %d ' "$k" "${injected[$k]:-0}"; done
 echo ")"
@@ -237,13 +259,14 @@ echo "guest kernel I/O error lines: $kernel_errors"
 echo "data mismatches: $mismatches"
 echo "seccomp kills: $seccomp_kills"
 echo "worker restarts: $restarts (kills injected: ${injected[kill-worker]:-0})"
-echo "guest stalls (no job for $STALL s): $stalls; progress after the last fault: $([[ $progress_ok -eq 1 ]] && echo yes || echo NO)"
+echo "guest stalls (no job for $STALL s after a fault; QEMU restarted): $stalls; progress at the end: $([[ $progress_ok -eq 1 ]] && echo yes || echo NO)"
+echo "time to the guest's next completed job after each fault: ${recovery[*]}"
 echo "daemon exit status after SIGTERM: $status"
-echo "daemon WARN/ERROR lines: $(grep -cE ' (WARN|ERROR) ' "$work/daemon.log" || true)"
+echo "daemon WARN/ERROR lines: $(grep -cE '\[(WARN|ERROR) ' "$work/daemon.log" || true)"
 
 # Errors on LUNs that should never see one: 2:0 always; 1:0 (hold) only around a reset/kill,
 # where a held write is answered SPACE ALLOCATION FAILED (ring stop) or the guest's fio died.
-unexpected=$(grep -E '^SOAK-JOB: tl=(1|2):0 .*class=ioerr' <<<"$log" | wc -l)
+unexpected=$(count '^SOAK-JOB: tl=(1|2):0 .*class=ioerr')
 echo "I/O-error jobs on 1:0 and 2:0 (allowed only next to resets and kills): $unexpected"
 
 fail=0
