@@ -78,6 +78,7 @@ if [[ -z "$QEMU" ]]; then
     [[ -x /opt/qemu-backports/bin/qemu-system-x86_64 ]] && QEMU=/opt/qemu-backports/bin/qemu-system-x86_64
 fi
 skip() { echo "SKIPPED: $*"; exit 0; }
+[[ "${VUS_E2E_SKIP:-0}" != 1 ]] || skip "VUS_E2E_SKIP=1"
 [[ $(id -u) -eq 0 ]] || skip "not root (the soak mounts a tmpfs and a FUSE file system)"
 [[ -e /dev/fuse ]] || skip "no /dev/fuse"
 /usr/bin/python3 -c 'import fusepy' 2>/dev/null || skip "Debian's python3-fusepy is not installed"
