@@ -151,6 +151,25 @@ fn allocates(kind: IoKind) -> bool {
     matches!(kind, IoKind::Write { .. } | IoKind::Deallocate { .. })
 }
 
+/// A ticket in its LU's order when an I/O of `kind` for `target:lun` that ended with `result`
+/// found the storage full on an `enospc=hold` LU, i.e. must be held; logs the LU's first hold.
+fn hold_ticket(
+    bus: &ScsiBus,
+    target: u8,
+    lun: u16,
+    kind: IoKind,
+    result: &io::Result<()>,
+) -> Option<HoldTicket> {
+    if !allocates(kind) || !no_space(result) {
+        return None;
+    }
+    let ticket = bus.hold_order(target, lun)?.take_ticket();
+    if ticket.order().held() == 1 {
+        warn!("{target}:{lun}: storage full; holding writes until it has room (enospc=hold)");
+    }
+    Some(ticket)
+}
+
 impl Held {
     /// Keeps the command in `slot` (whose I/O just finished with `result`) if it found its
     /// storage full on an `enospc=hold` LU; true when kept (the caller must then not answer it
@@ -162,21 +181,13 @@ impl Held {
         slot: &Slot,
         result: &io::Result<()>,
     ) -> bool {
-        if !allocates(slot.meta.kind) || !no_space(result) {
-            return false;
+        match hold_ticket(bus, slot.target, slot.lun, slot.meta.kind, result) {
+            Some(ticket) => {
+                self.push(index, ticket);
+                true
+            }
+            None => false,
         }
-        let Some(order) = bus.hold_order(slot.target, slot.lun) else {
-            return false;
-        };
-        let ticket = order.take_ticket();
-        if ticket.order().held() == 1 {
-            warn!(
-                "{}:{}: storage full; holding writes until it has room (enospc=hold)",
-                slot.target, slot.lun
-            );
-        }
-        self.push(index, ticket);
-        true
     }
 
     fn push(&mut self, slot: u32, ticket: HoldTicket) {
@@ -233,20 +244,10 @@ impl QueueWorker {
         io: &mut PendingIo<'_>,
         result: &io::Result<()>,
     ) -> bool {
-        if !allocates(io.plan.meta.kind) || !no_space(result) {
-            return false;
+        match hold_ticket(bus, io.target, io.lun, io.plan.meta.kind, result) {
+            Some(ticket) => self.park(head, mem, io, ticket),
+            None => false,
         }
-        let Some(order) = bus.hold_order(io.target, io.lun) else {
-            return false;
-        };
-        let ticket = order.take_ticket();
-        if ticket.order().held() == 1 {
-            warn!(
-                "{}:{}: storage full; holding writes until it has room (enospc=hold)",
-                io.target, io.lun
-            );
-        }
-        self.park(head, mem, io, ticket)
     }
 
     /// Moves `io` into a free slot as a held command. False (the ticket is dropped) when no slot
