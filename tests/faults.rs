@@ -451,3 +451,46 @@ fn unmap_without_hole_punching_writes_zeroes() {
         fs::write(&fs.backing, pattern()).expect("restore backing file");
     }
 }
+
+/// `enospc=hold` across request queues: a write that would succeed on its own, sent on another
+/// queue after a write of the same blocks was held, is held behind it (the LUN's order is shared)
+/// and the image ends with the later write's data over the earlier one's.
+#[test]
+fn held_writes_keep_their_order_across_queues() {
+    let fs = match Tmpfs::mount(2 * MIB) {
+        Ok(fs) => fs,
+        Err(why) => return skip(&why),
+    };
+    fs.fill(64 * 1024);
+    let lun_spec = format!("0:0={},enospc=hold", fs.image().display());
+    let mut daemon = Daemon::start(&[], &["--lun", &lun_spec, "--num-queues", "2"]);
+    let mut vm = TestVm::connect(
+        &daemon.socket,
+        VmOptions {
+            request_queues: 2,
+            event_idx: true,
+        },
+    );
+    let l = lun(0, 0);
+    vm.clear_unit_attention(l);
+    let first = vus_test_support::frontend::pattern(MIB, 0x51);
+    let second = vus_test_support::frontend::pattern(4096, 0x52);
+    let w1 = vm.submit_scsi(2, l, &cdb::write10(0, (MIB / BLOCK) as u16), &[&first], &[]);
+    vm.assert_no_completion(2, Duration::from_millis(500));
+    let w2 = vm.submit_scsi(3, l, &cdb::write10(0, 8), &[&second], &[]);
+    vm.assert_no_completion(3, Duration::from_millis(1500));
+    fs.make_room();
+    let len = vm.complete(&w1);
+    vm.reply(&w1, len).assert_good();
+    let len = vm.complete(&w2);
+    vm.reply(&w2, len).assert_good();
+    let mut expected = first.clone();
+    expected[..4096].copy_from_slice(&second);
+    assert!(
+        fs::read(fs.image()).unwrap()[..MIB] == expected[..],
+        "the later write must end on top"
+    );
+    daemon.assert_alive();
+    drop(vm);
+    daemon.terminate();
+}
