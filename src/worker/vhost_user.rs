@@ -187,17 +187,17 @@ impl ScsiBackend {
             let Some(handler) = handlers.get(1 + q) else {
                 continue;
             };
-            if let Err(e) =
-                handler.register_listener(timer.as_raw_fd(), EventSet::IN, self.retry_event(q))
-            {
-                warn!("request queue {q}: cannot watch its retry timer: {e}");
+            for fd in timer.fds() {
+                if let Err(e) = handler.register_listener(fd, EventSet::IN, self.retry_event(q)) {
+                    warn!("request queue {q}: cannot watch its retry timer: {e}");
+                }
             }
         }
     }
 
     /// Retries every command held for lack of space (`enospc=hold`) now, on every queue (the
     /// management interface's "space was freed"); returns at once, the retries run on the
-    /// queue threads.
+    /// queue threads. Any thread may call it: it only `write`s to eventfds.
     pub fn retry_held(&self) {
         for timer in self.retry_timers.iter().flat_map(|t| t.iter()) {
             timer.fire_now();

@@ -10,8 +10,8 @@
 //! path that works for every engine and backend): oldest ticket of the LU first, the rest of
 //! the LU's list waiting while it still fails. They happen when the queue's [`RetryTimer`]
 //! fires: armed after each pass that leaves something held, [`RETRY_MIN`] after a pass that made
-//! progress, doubling to [`RETRY_MAX`] while nothing does; fired at once by
-//! [`RetryTimer::fire_now`] (the management interface's "retry now", another queue's progress).
+//! progress, doubling to [`RETRY_MAX`] while nothing does; or at once when its bell rings
+//! ([`RetryTimer::fire_now`]: the management interface's "retry now", another queue's progress).
 //! A retry that succeeds answers the command GOOD; one that fails otherwise answers with that
 //! error, as without the policy.
 //!
@@ -44,29 +44,44 @@ pub const RETRY_MIN: Duration = Duration::from_millis(100);
 /// Longest wait between two retries while nothing succeeds.
 pub const RETRY_MAX: Duration = Duration::from_secs(1);
 
-/// A queue's retry clock: a `timerfd` the queue thread's event loop watches (registered by
-/// `worker::serve` for each connection). Its expiry makes the queue retry its held commands.
+/// A queue's retry clock: a `timerfd` for the periodic retries and an eventfd to ring for a
+/// retry now, both watched by the queue thread's event loop (registered by `worker::serve` for
+/// each connection, under the same event number). Either makes the queue retry its held
+/// commands. Ringing the bell is a `write`, which every thread role may do, so any thread can
+/// ask for a retry (the management interface's broker thread included).
 #[derive(Debug)]
 pub struct RetryTimer {
     fd: OwnedFd,
+    bell: OwnedFd,
+}
+
+/// `fd` as an owned fd, or the error the call that returned it left.
+fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl RetryTimer {
-    /// A disarmed timer (CLOCK_MONOTONIC, non-blocking, close-on-exec).
+    /// A disarmed timer (CLOCK_MONOTONIC, non-blocking, close-on-exec) and its bell.
     pub fn new() -> io::Result<Self> {
-        // SAFETY: plain system call; the fd returned is checked and owned at once.
-        let fd = unsafe {
+        // SAFETY: plain system calls; each fd returned is checked and owned at once.
+        let fd = owned(unsafe {
             libc::timerfd_create(
                 libc::CLOCK_MONOTONIC,
                 libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
             )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just created and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Self { fd })
+        })?;
+        // SAFETY: as above.
+        let bell = owned(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+        Ok(Self { fd, bell })
+    }
+
+    /// The fds the queue thread's event loop watches.
+    pub fn fds(&self) -> [RawFd; 2] {
+        [self.fd.as_raw_fd(), self.bell.as_raw_fd()]
     }
 
     /// Fires once, `after` from now (replacing any earlier setting).
@@ -91,24 +106,22 @@ impl RetryTimer {
         Ok(())
     }
 
-    /// Makes the queue retry its held commands now (from any thread).
+    /// Makes the queue retry its held commands now (from any thread): rings the bell.
     pub fn fire_now(&self) {
-        if let Err(e) = self.arm(Duration::ZERO) {
-            warn!("cannot wake a request queue's retries: {e}");
-        }
+        let one = 1u64;
+        // SAFETY: writes the 8 bytes of `one` to the eventfd; non-blocking (a full counter
+        // means the queue has a retry pending anyway).
+        unsafe { libc::write(self.bell.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    /// Consumes an expiry, so that the (level-triggered) event loop does not see it again.
+    /// Consumes an expiry and a ring, so that the (level-triggered) event loop does not see
+    /// them again.
     pub fn consume(&self) {
-        let mut n = 0u64;
-        // SAFETY: reads at most 8 bytes into `n`; the fd is non-blocking.
-        unsafe { libc::read(self.fd.as_raw_fd(), (&mut n as *mut u64).cast(), 8) };
-    }
-}
-
-impl AsRawFd for RetryTimer {
-    fn as_raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        for fd in self.fds() {
+            let mut n = 0u64;
+            // SAFETY: reads at most 8 bytes into `n`; the fds are non-blocking.
+            unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+        }
     }
 }
 
