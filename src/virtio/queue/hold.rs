@@ -438,3 +438,35 @@ fn run_held(bus: &ScsiBus, slot: &Slot) -> io::Result<()> {
     };
     bus.run_sync(slot.target, slot.lun, &plan)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether any of the timer's fds polls readable (what wakes the queue thread's epoll).
+    fn readable(t: &RetryTimer) -> bool {
+        let mut pfds = t.fds().map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // SAFETY: two valid pollfds for the duration of the call.
+        unsafe { libc::poll(pfds.as_mut_ptr(), 2, 0) > 0 }
+    }
+
+    #[test]
+    fn the_timer_and_the_bell_wake_the_queue_until_consumed() {
+        let t = RetryTimer::new().unwrap();
+        assert!(!readable(&t));
+        t.fire_now();
+        assert!(readable(&t), "a ring wakes the queue at once");
+        t.consume();
+        assert!(!readable(&t));
+        t.arm(Duration::from_millis(20)).unwrap();
+        assert!(!readable(&t));
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(readable(&t), "the timer expired");
+        t.consume();
+        assert!(!readable(&t), "one expiry, not periodic");
+    }
+}
