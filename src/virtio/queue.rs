@@ -354,8 +354,9 @@ impl QueueWorker {
                 vring.signal_used_queue().map_err(QueueError::Notify)?;
             }
             if self.inflight == 0 {
-                // A stopped ring takes nothing new: what was in flight has completed.
-                if self.ring_stopped {
+                // A stopped ring takes nothing new: what was in flight has completed. Nor does a
+                // queue whose slots are all held (enospc=hold): its retry timer brings it back.
+                if self.ring_stopped || self.free.is_empty() {
                     return Ok(());
                 }
                 // Idle: back to the event loop unless a request raced with re-enabling.
