@@ -267,7 +267,7 @@ echo "operations (jobs that completed): reads $(sum_ios reads), writes $(sum_ios
 for tl in 0:0 1:0 2:0; do
     echo "LUN $tl: jobs ok $(count "^SOAK-JOB: tl=$tl .*class=ok"), with I/O errors $(count "^SOAK-JOB: tl=$tl .*class=ioerr"), mismatches $(count "^SOAK-JOB: tl=$tl .*class=mismatch"); re-verified after a boot: ok $(count "^SOAK-VERIFY: tl=$tl .*class=ok"), I/O errors $(count "^SOAK-VERIFY: tl=$tl .*class=ioerr"), mismatches $(count "^SOAK-VERIFY: tl=$tl .*class=mismatch")"
 done
-echo "guest kernel I/O error lines: $kernel_errors"
+echo "guest kernel I/O error lines: $kernel_errors (space allocation errors, i.e. a full storage reported: $(count 'critical space allocation error'))"
 echo "data mismatches: $mismatches"
 echo "seccomp kills: $seccomp_kills"
 echo "worker restarts: $restarts (kills injected: ${injected[kill-worker]:-0})"
