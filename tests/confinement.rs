@@ -151,6 +151,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
     // The fd table: the pre-opened set plus what the front-end sent.
     let mut images = 0;
     let mut pipes = 0;
+    let mut timers = 0;
     for entry in fs::read_dir(format!("/proc/{worker}/fd")).unwrap() {
         let entry = entry.unwrap();
         let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
@@ -161,6 +162,8 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
         match (fd, target.as_str()) {
             (0 | 1, "/dev/null") => {}
             (2, t) if t.starts_with("pipe:") => pipes += 1,
+            // The request queues' retry timers (enospc=hold).
+            (_, "anon_inode:[timerfd]") => timers += 1,
             (_, t) if d.images.iter().any(|i| Path::new(t) == i) => images += 1,
             (_, t)
                 if t.starts_with("socket:")
@@ -172,6 +175,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
         }
     }
     assert_eq!((images, pipes), (2, 1));
+    assert_eq!(timers, 2, "one retry timer per request queue");
     assert_eq!(rings_of(worker), 2, "one io_uring per request queue");
 
     // The mount namespace shows nothing of the host: one empty tmpfs.

@@ -361,7 +361,15 @@ impl BlockBackend for FileBackend {
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.kind {
-            Kind::RegularFile => self.fallocate(PUNCH_HOLE, offset, len),
+            // A file system that cannot punch holes (some FUSE file systems, vfat) still has to
+            // read the range back as zeroes (we report LBPRZ): zeroed instead.
+            Kind::RegularFile => {
+                self.fallocate(PUNCH_HOLE, offset, len)
+                    .or_else(|e| match unsupported(&e) {
+                        true => zero_range(self.file.as_raw_fd(), offset, len),
+                        false => Err(e),
+                    })
+            }
             Kind::BlockDevice => self.block_ioctl(BLKDISCARD, offset, len),
         }
     }
@@ -507,13 +515,51 @@ pub const PUNCH_HOLE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL
 
 /// Zeroes a range of an image file where holes cannot be punched (also used by the queue
 /// worker when an engine's hole punch was refused).
+/// Where the file system has no `fallocate` either (FUSE file systems without it), zeroes are
+/// written.
 pub(crate) fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    fallocate(
-        fd,
-        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-        offset,
-        len,
-    )
+    let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    match fallocate(fd, mode, offset, len) {
+        Err(e) if unsupported(&e) => write_zero_bytes(fd, offset, len),
+        other => other,
+    }
+}
+
+/// The file system does not implement the `fallocate` mode asked for.
+fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS))
+}
+
+/// Writes zeroes over `[offset, offset + len)` with `pwritev2`, 1 MiB at a time from a buffer
+/// aligned for `O_DIRECT`.
+fn write_zero_bytes(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    const ALIGN: usize = 4096;
+    let buf = vec![0u8; CHUNK.min(len as usize) + ALIGN];
+    let skip = buf.as_ptr().align_offset(ALIGN);
+    let zeroes = &buf[skip..skip + CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = zeroes.len().min((len - done) as usize);
+        let iov = libc::iovec {
+            iov_base: zeroes.as_ptr() as *mut libc::c_void,
+            iov_len: n,
+        };
+        let at = (offset + done) as libc::off_t;
+        // SAFETY: one iovec over `zeroes`, which outlives the call; the kernel only reads it.
+        let ret = unsafe { libc::pwritev2(fd, &iov, 1, at, 0) };
+        match ret {
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(super::partial_failure(done, e));
+                }
+            }
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            r => done += r as u64,
+        }
+    }
+    Ok(())
 }
 
 /// `fallocate(2)` on `fd`.

@@ -23,6 +23,7 @@
 //! | `phys-block-size=N` | power of two, 512–32768, at least `block-size` | `block-size` |
 //! | `discard` | bare, or `=on\|off` | on |
 //! | `cache=M` | `none` (`O_DIRECT`) or `writeback` | writeback |
+//! | `enospc=P` | `report` (SPACE ALLOCATION FAILED WRITE PROTECT) or `hold` (keep and retry the write) | report |
 //! | `size=SIZE` | create a missing source as a sparse image | none |
 //! | `pr-file=PATH` | persistent reservation state file (created 0600 when missing) | none |
 //! | `type=T` | `disk` or `cdrom` (an ISO image: read-only, 2048-byte blocks, removable) | disk |
@@ -106,6 +107,8 @@ LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
                      block-size (default block-size)
   discard[=on|off]   pass UNMAP through to the backing file (default on)
   cache=none|writeback   none = O_DIRECT (default writeback)
+  enospc=report|hold a write failing for lack of space: report it to the guest (default), or
+                     hold it and retry until space is available (the guest's I/O stalls)
   size=SIZE          create a missing SOURCE as a sparse image of SIZE (512M, 1G ...)
   pr-file=PATH       keep persistent reservations (APTPL) in PATH, created 0600 if missing
   type=disk|cdrom    cdrom: serve an ISO image as a CD/DVD-ROM drive (read-only,
@@ -879,7 +882,7 @@ fn finish_luns(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BlockSize, CacheMode};
+    use crate::config::{BlockSize, CacheMode, EnospcPolicy};
     // What main does after parsing: the supervisor's preflight checks (files, sockets).
     use crate::supervisor::preflight::{self, check_source};
     use std::{
@@ -972,6 +975,7 @@ mod tests {
         assert!(!c.read_only && c.discard);
         assert_eq!(c.block_size, BlockSize::B512);
         assert_eq!(c.cache, CacheMode::Writeback);
+        assert_eq!(c.enospc, EnospcPolicy::Report);
         assert_eq!((c.serial.as_deref(), c.wwn), (None, None));
     }
 
@@ -1057,7 +1061,7 @@ mod tests {
 
     #[test]
     fn all_options() {
-        let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none,phys-block-size=8192,pr-file=/var/lib/x,,1.pr").config;
+        let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none,enospc=hold,phys-block-size=8192,pr-file=/var/lib/x,,1.pr").config;
         assert_eq!(
             c,
             LunConfig {
@@ -1073,6 +1077,7 @@ mod tests {
                 phys_block_size: Some(8192),
                 discard: false,
                 cache: CacheMode::None,
+                enospc: EnospcPolicy::Hold,
                 create_size: None,
                 pr_file: Some("/var/lib/x,1.pr".into()),
             }
@@ -1117,6 +1122,10 @@ mod tests {
         assert_eq!(
             lun_err("a,cache=directsync"),
             "invalid cache 'directsync': expected none or writeback"
+        );
+        assert_eq!(
+            lun_err("a,enospc=stop"),
+            "invalid enospc 'stop': expected report or hold"
         );
         assert_eq!(
             lun_err("a,block-size=1024"),

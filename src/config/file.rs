@@ -22,6 +22,7 @@
 //! read-only = false
 //! discard = true
 //! cache = "writeback"       # or "none" (O_DIRECT)
+//! enospc = "report"         # or "hold": keep and retry writes that found the storage full
 //! block-size = 512          # or 4096
 //! phys-block-size = 4096    # optional, default: block-size
 //! serial = "DISK0"
@@ -152,6 +153,7 @@ source = "/var/lib/images/disk0.img"
 read-only = false
 discard = true
 cache = "writeback"
+enospc = "hold"
 block-size = 512
 serial = "DISK0"
 wwn = "0x5000000000000001"
@@ -201,6 +203,7 @@ pr-file = "disk1.pr"
                 read_only: Some(false),
                 discard: Some(true),
                 cache: Some("writeback".into()),
+                enospc: Some("hold".into()),
                 block_size: Some(512.into()),
                 serial: Some("DISK0".into()),
                 wwn: Some("0x5000000000000001".into()),

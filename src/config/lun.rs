@@ -14,8 +14,8 @@ use std::{
 use serde::{Deserialize, Deserializer};
 
 use super::{
-    error::LunError, BlockSize, CacheMode, IscsiDigest, IscsiSource, LunConfig, LunSource, LunType,
-    DEFAULT_INITIATOR_NAME, ISCSI_DEFAULT_PORT, MAX_LUN,
+    error::LunError, BlockSize, CacheMode, EnospcPolicy, IscsiDigest, IscsiSource, LunConfig,
+    LunSource, LunType, DEFAULT_INITIATOR_NAME, ISCSI_DEFAULT_PORT, MAX_LUN,
 };
 
 /// Longest unit serial number accepted (as QEMU's scsi-disk).
@@ -59,6 +59,8 @@ pub struct LunFields {
     pub read_only: Option<bool>,
     pub discard: Option<bool>,
     pub cache: Option<String>,
+    /// What a write failing with ENOSPC does: `report` or `hold`.
+    pub enospc: Option<String>,
     pub block_size: Option<Number>,
     pub serial: Option<String>,
     pub wwn: Option<String>,
@@ -121,6 +123,7 @@ impl LunFields {
                 "block-size" => "block-size",
                 "phys-block-size" => "phys-block-size",
                 "cache" => "cache",
+                "enospc" => "enospc",
                 "size" => "size",
                 "pr-file" => "pr-file",
                 "type" => "type",
@@ -155,6 +158,7 @@ impl LunFields {
                 "block-size" => lun.block_size = Some(number(need()?)),
                 "phys-block-size" => lun.phys_block_size = Some(number(need()?)),
                 "cache" => lun.cache = Some(need()?),
+                "enospc" => lun.enospc = Some(need()?),
                 "size" => lun.size = Some(need()?),
                 "pr-file" => lun.pr_file = Some(PathBuf::from(need()?)),
                 "type" => lun.lun_type = Some(need()?),
@@ -205,6 +209,9 @@ impl LunFields {
         c.discard = self.discard.unwrap_or(true);
         if let Some(v) = &self.cache {
             c.cache = parse_cache(v)?;
+        }
+        if let Some(v) = &self.enospc {
+            c.enospc = parse_enospc(v)?;
         }
         if let Some(n) = &self.block_size {
             c.block_size = block_size_from(n.value, &n.text)?;
@@ -689,6 +696,18 @@ pub(crate) fn parse_number(v: &str) -> u64 {
         parse_decimal(v)
     } else {
         0
+    }
+}
+
+pub(crate) fn parse_enospc(value: &str) -> Result<EnospcPolicy, LunError> {
+    match value {
+        "report" => Ok(EnospcPolicy::Report),
+        "hold" => Ok(EnospcPolicy::Hold),
+        _ => Err(LunError::InvalidValue {
+            option: "enospc",
+            value: value.to_owned(),
+            expected: "report or hold",
+        }),
     }
 }
 

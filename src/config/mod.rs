@@ -46,6 +46,19 @@ pub enum CacheMode {
     Writeback,
 }
 
+/// What a LUN does when a write fails because its storage is full (ENOSPC, EDQUOT): `enospc=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnospcPolicy {
+    /// Fail the command with CHECK CONDITION, DATA PROTECT, SPACE ALLOCATION FAILED WRITE
+    /// PROTECT (27h/07h); the guest sees an I/O error and writes succeed again once space is
+    /// freed.
+    #[default]
+    Report,
+    /// Keep the failed writes (unanswered) and retry them until space is available, as QEMU's
+    /// `werror=enospc` does; the guest sees them stall, not fail (docs/reliability.md).
+    Hold,
+}
+
 /// Logical block size a LUN reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlockSize {
@@ -225,6 +238,8 @@ pub struct LunConfig {
     pub phys_block_size: Option<u32>,
     pub discard: bool,
     pub cache: CacheMode,
+    /// `enospc=report|hold`.
+    pub enospc: EnospcPolicy,
     /// Create `source` as a sparse image of this many bytes when it does not exist (`size=`).
     pub create_size: Option<u64>,
     /// Persistent reservation state file (`pr-file=`): with it, APTPL is supported and the
@@ -255,6 +270,7 @@ impl LunConfig {
             phys_block_size: None,
             discard: true,
             cache: CacheMode::default(),
+            enospc: EnospcPolicy::default(),
             create_size: None,
             pr_file: None,
         }

@@ -385,6 +385,12 @@ impl ScsiBus {
         }
     }
 
+    /// The held-request order of a LUN under `enospc=hold`; `None` for an unknown LUN or one
+    /// that reports a full storage (see [`super::hold`]).
+    pub fn hold_order(&self, target: u8, lun: u16) -> Option<Arc<super::HoldOrder>> {
+        self.lookup(target, lun)?.hold_order().cloned()
+    }
+
     /// Writes to a LUN currently registered with its write gate (planned and not yet
     /// completed); `None` for an unknown LUN. For diagnostics and tests: 0 when idle.
     pub fn writes_in_flight(&self, target: u8, lun: u16) -> Option<usize> {

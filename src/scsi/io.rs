@@ -425,6 +425,16 @@ impl LogicalUnit {
         if let Some(out) = self.admit(cdb) {
             return Prepared::Done(out);
         }
+        // enospc=hold: while writes of this LU are held, the commands that write but cannot be
+        // held (they run here, synchronously: COMPARE AND WRITE, ORWRITE, UNMAP, WRITE SAME)
+        // would overtake them; they are answered BUSY, which the initiator retries.
+        if self.hold.holding()
+            && (is_unmap
+                || is_write_same
+                || matches!(op, opcode::COMPARE_AND_WRITE | opcode::ORWRITE_16))
+        {
+            return Prepared::Done(CmdOutput::busy());
+        }
         if is_unmap || is_write_same {
             let prepared = if is_unmap {
                 self.prepare_unmap(cdb, data_out, caller_io)

@@ -25,6 +25,7 @@ use std::{
 pub use super::reservations::{Nexus, PrFile, HBA_NEXUS};
 use super::{
     cdb::{opcode, service_action as sa, Cdb},
+    hold::HoldOrder,
     reservations::PrState,
     respond,
     sense::Sense,
@@ -33,6 +34,7 @@ use super::{
 };
 use crate::{
     block::{failure_details, BlockBackend},
+    config::EnospcPolicy,
     logging::RateLimit,
 };
 
@@ -334,6 +336,10 @@ pub struct LogicalUnit {
     fixed_file: AtomicU32,
     /// Commands, bytes, errors, latencies.
     pub(super) counters: LunCounters,
+    /// `enospc=`: what a write that finds the storage full does.
+    enospc: EnospcPolicy,
+    /// Under `enospc=hold`: the order of the LU's held requests (see [`super::hold`]).
+    pub(super) hold: Arc<HoldOrder>,
 }
 
 /// [`LogicalUnit::fixed_file`] of a LUN without one.
@@ -392,8 +398,21 @@ impl LogicalUnit {
             read_only: AtomicBool::new(opts.read_only),
             fixed_file: AtomicU32::new(NO_FIXED_FILE),
             counters: LunCounters::default(),
+            enospc: EnospcPolicy::Report,
+            hold: Arc::default(),
             opts,
         }
+    }
+
+    /// Sets the `enospc=` policy (the default is [`EnospcPolicy::Report`]).
+    pub fn set_enospc(&mut self, policy: EnospcPolicy) {
+        self.enospc = policy;
+    }
+
+    /// The held-request order when the LU holds writes that find the storage full
+    /// (`enospc=hold`); `None` when it reports them.
+    pub fn hold_order(&self) -> Option<&Arc<HoldOrder>> {
+        (self.enospc == EnospcPolicy::Hold).then_some(&self.hold)
     }
 
     pub(super) fn set_address(&mut self, target: u8, lun: u16) {

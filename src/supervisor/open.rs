@@ -521,7 +521,7 @@ fn open_lun(
         );
     }
     log::info!(
-        "LUN {target}:{lun_no}: {} ({size} bytes, {block_size}-byte blocks, {}, cache={}, discard={})",
+        "LUN {target}:{lun_no}: {} ({size} bytes, {block_size}-byte blocks, {}, cache={}, discard={}{})",
         path.display(),
         if lun.read_only { "read-only" } else { "read-write" },
         match lun.cache {
@@ -529,6 +529,10 @@ fn open_lun(
             CacheMode::Writeback => "writeback",
         },
         if lun.discard { "on" } else { "off" },
+        match lun.enospc {
+            crate::config::EnospcPolicy::Report => "",
+            crate::config::EnospcPolicy::Hold => ", enospc=hold",
+        },
     );
     if backend.on_fuse() {
         log::info!(

@@ -23,6 +23,9 @@ use vm_memory::{
     MemoryRegionAddress, VolatileSlice,
 };
 
+mod hold;
+pub use hold::{RetryTimer, RETRY_MAX, RETRY_MIN};
+
 use crate::{
     block::{
         engine::{
@@ -115,6 +118,33 @@ impl Slot {
         }
     }
 
+    /// Takes `io`'s command: where its data and response header are in guest memory (kept
+    /// mapped by a guard on `mem`), what completing it needs. Its write-gate registration
+    /// stays with `io` until the caller moves it in.
+    fn fill(&mut self, head: u16, mem: &MemGuard, io: &PendingIo<'_>) {
+        self.iov.clear();
+        self.iov
+            .extend(io.plan.bufs.segments().iter().map(|s| libc::iovec {
+                iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                iov_len: s.len(),
+            }));
+        self.response.clear();
+        self.response.extend(
+            io.response
+                .segments()
+                .iter()
+                .map(|s| (s.ptr_guard_mut().as_ptr(), s.len())),
+        );
+        self.head = head;
+        self.mem = Some(mem.clone());
+        self.target = io.target;
+        self.lun = io.lun;
+        self.meta = io.plan.meta;
+        self.reply = io.reply;
+        self.fd = io.plan.fd.unwrap_or(-1);
+        self.offset = io.plan.offset;
+    }
+
     /// The slot's command is over: lets go of guest memory and the write gate.
     fn release(&mut self) {
         self.write = None;
@@ -156,6 +186,8 @@ pub struct QueueWorker {
     queue: usize,
     /// The bus generation whose removed LUNs' fixed files the engine has let go of.
     bus_generation: u64,
+    /// `enospc=hold`: the commands kept unanswered until their storage has room (see `hold`).
+    held: hold::Held,
 }
 
 impl QueueWorker {
@@ -224,6 +256,7 @@ impl QueueWorker {
             teardown_deadline: None,
             queue: 0,
             bus_generation: 0,
+            held: hold::Held::default(),
         }
     }
 
@@ -249,6 +282,7 @@ impl QueueWorker {
     /// memory: the guards must not go before), but only until the teardown deadline: what is
     /// still in flight then keeps its guest memory mapped for good (leaked).
     fn abandon_in_flight(&mut self) {
+        self.forget_held();
         // The kernel may still be writing guest memory: wait before the guards go, but only so
         // long (bounded teardown).
         let deadline = self
@@ -359,8 +393,9 @@ impl QueueWorker {
                 vring.signal_used_queue().map_err(QueueError::Notify)?;
             }
             if self.inflight == 0 {
-                // A stopped ring takes nothing new: what was in flight has completed.
-                if self.ring_stopped {
+                // A stopped ring takes nothing new: what was in flight has completed. Nor does a
+                // queue whose slots are all held (enospc=hold): its retry timer brings it back.
+                if self.ring_stopped || self.free.is_empty() {
                     return Ok(());
                 }
                 // Idle: spin a moment for the guest's next request (notifications still off
@@ -694,11 +729,16 @@ impl QueueWorker {
         mem: &MemGuard,
         mut io: PendingIo<'_>,
     ) -> Option<u32> {
-        if self.queue_io(head, mem, &mut io) {
+        // enospc=hold: behind the LU's held writes, or held itself when it finds no room.
+        if self.hold_behind(bus, head, mem, &mut io) || self.queue_io(head, mem, &mut io) {
             None
         } else {
             // The engine cannot take it: the one synchronous fallback.
-            Some(io.run_inline(bus))
+            let result = bus.run_sync(&io.plan);
+            if self.hold_failed(bus, head, mem, &mut io, &result) {
+                return None;
+            }
+            Some(io.finish(bus, result))
         }
     }
 
@@ -713,26 +753,7 @@ impl QueueWorker {
             return false;
         }
         let slot = &mut self.slots[index as usize];
-        slot.iov.clear();
-        slot.iov.extend(segments.iter().map(|s| libc::iovec {
-            iov_base: s.ptr_guard_mut().as_ptr().cast(),
-            iov_len: s.len(),
-        }));
-        slot.response.clear();
-        slot.response.extend(
-            io.response
-                .segments()
-                .iter()
-                .map(|s| (s.ptr_guard_mut().as_ptr(), s.len())),
-        );
-        slot.head = head;
-        slot.mem = Some(mem.clone());
-        slot.target = io.target;
-        slot.lun = io.lun;
-        slot.meta = io.plan.meta;
-        slot.reply = io.reply;
-        slot.fd = fd;
-        slot.offset = io.plan.offset;
+        slot.fill(head, mem, io);
         let op = Op {
             kind: slot.meta.kind,
             fd,
@@ -791,6 +812,11 @@ impl QueueWorker {
                 continue;
             };
             let result = io_result(slot, res);
+            if self.held.hold_failed(bus, index as u32, slot, &result) {
+                // Kept (enospc=hold): still not answered, but no longer in the engine.
+                self.inflight -= 1;
+                continue;
+            }
             let out = bus.complete_at(slot.unit.as_deref(), slot.meta, result, now);
             let used = slot
                 .reply

@@ -90,11 +90,9 @@ pub fn build_bus(luns: &[OpenedLun]) -> ScsiBus {
             physical_block_size: config.phys_block_size.unwrap_or(0),
             pr_file: pr_file.clone(),
         };
-        bus.add_lun(
-            config.target,
-            config.lun,
-            LogicalUnit::new(backend.clone(), opts),
-        );
+        let mut lu = LogicalUnit::new(backend.clone(), opts);
+        lu.set_enospc(config.enospc);
+        bus.add_lun(config.target, config.lun, lu);
     }
     bus
 }

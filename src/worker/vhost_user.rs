@@ -18,7 +18,7 @@ use std::{
 use log::{debug, warn};
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{
-    VhostUserBackend, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
+    VhostUserBackend, VringEpollHandler, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
 };
 use virtio_bindings::{
     virtio_config::VIRTIO_F_VERSION_1,
@@ -40,7 +40,7 @@ use crate::{
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
         events::{Event, EventQueue},
-        queue::{QueueError, QueueWorker, TEARDOWN_DRAIN},
+        queue::{QueueError, QueueWorker, RetryTimer, TEARDOWN_DRAIN},
         request::{split_chain, SplitChain},
     },
 };
@@ -135,6 +135,13 @@ pub struct ScsiBackend {
     /// This connection's event queue, once the guest posted buffers on it: events raised by
     /// runtime management are delivered from the raising thread.
     event_vring: Mutex<Option<ScsiVring>>,
+    /// Per request queue: its retry timer (`enospc=hold`: held commands are retried when it
+    /// fires), registered in the queue thread's epoll for each connection
+    /// ([`ScsiBackend::register_retry_timers`]). `None` when they could not be made.
+    retry_timers: Option<Arc<[RetryTimer]>>,
+    /// Per request queue: its vring for this connection, kept so that a ring stop can answer
+    /// the commands the queue holds ([`QueueWorker::give_up_held`]).
+    vrings: Vec<Mutex<Option<ScsiVring>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -159,7 +166,58 @@ impl ScsiBackend {
             allow_unsealed_memory: false,
             events: EventQueue::new(),
             event_vring: Mutex::new(None),
+            retry_timers: (0..num_request_queues)
+                .map(|_| RetryTimer::new())
+                .collect::<io::Result<Vec<_>>>()
+                .map(Arc::from)
+                .map_err(|e| {
+                    warn!("no retry timers for enospc=hold (retries only at a ring stop): {e}")
+                })
+                .ok(),
+            vrings: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
         }
+    }
+
+    /// The epoll event number of request queue `q`'s retry timer: past every queue and the
+    /// exit event, which vhost-user-backend reserves.
+    fn retry_event(&self, q: usize) -> u64 {
+        (FIXED_QUEUES + usize::from(self.num_request_queues) + 1 + q) as u64
+    }
+
+    /// Registers each request queue's retry timer in its thread's epoll (`handlers`: the new
+    /// connection's, thread 0 serving the control and event queues, thread `1 + q` request
+    /// queue `q`).
+    pub fn register_retry_timers(&self, handlers: &[Arc<VringEpollHandler<Arc<ScsiBackend>>>]) {
+        let Some(timers) = &self.retry_timers else {
+            return;
+        };
+        for (q, timer) in timers.iter().enumerate() {
+            let Some(handler) = handlers.get(1 + q) else {
+                continue;
+            };
+            for fd in timer.fds() {
+                if let Err(e) = handler.register_listener(fd, EventSet::IN, self.retry_event(q)) {
+                    warn!("request queue {q}: cannot watch its retry timer: {e}");
+                }
+            }
+        }
+    }
+
+    /// Retries every command held for lack of space (`enospc=hold`) now, on every queue (the
+    /// management interface's "space was freed"); returns at once, the retries run on the
+    /// queue threads. Any thread may call it: it only `write`s to eventfds.
+    pub fn retry_held(&self) {
+        for timer in self.retry_timers.iter().flat_map(|t| t.iter()) {
+            timer.fire_now();
+        }
+    }
+
+    /// Commands held for lack of space (`enospc=hold`) on every queue not serving right now.
+    pub fn held(&self) -> usize {
+        self.workers
+            .iter()
+            .filter_map(|w| w.try_lock().ok().and_then(|w| w.as_ref().map(|w| w.held())))
+            .sum()
     }
 
     /// Accepts guest memory that cannot be (or is not) sealed against shrinking
@@ -194,8 +252,14 @@ impl ScsiBackend {
         self
     }
 
-    /// Serves request queue `index` with its asynchronous worker.
-    fn process_request_queue(&self, vring: &ScsiVring, index: usize) -> Result<(), BackendError> {
+    /// Serves request queue `index` with its asynchronous worker, retrying its held commands
+    /// first when `retry` (its retry timer fired).
+    fn process_request_queue(
+        &self,
+        vring: &ScsiVring,
+        index: usize,
+        retry: bool,
+    ) -> Result<(), BackendError> {
         let slot = self.workers.get(index).ok_or(BackendError::UnknownQueue(
             (FIXED_QUEUES + index) as u16,
             index + 1,
@@ -203,15 +267,23 @@ impl ScsiBackend {
         let mut worker = slot.lock().unwrap_or_else(|e| e.into_inner());
         if worker.is_none() {
             let ring = self.rings.get(index).and_then(|r| lock(r).take());
-            let w = QueueWorker::new(&self.io, ring, self.queue_size, index)
+            let mut w = QueueWorker::new(&self.io, ring, self.queue_size, index)
                 .map_err(|e| BackendError::Engine(QueueError::Engine(e)))?;
+            if let Some(timers) = &self.retry_timers {
+                w.set_retry_timers(timers.clone(), index);
+            }
             *worker = Some(w);
+            if let Some(v) = self.vrings.get(index) {
+                *lock(v) = Some(vring.clone());
+            }
         }
         let mem = self.memory()?;
         let event_idx = self.event_idx.load(Ordering::Acquire);
         worker
             .as_mut()
-            .map_or(Ok(()), |w| w.run(&self.bus, vring, &mem, event_idx))
+            .map_or(Ok(()), |w| {
+                w.run_and_retry(&self.bus, vring, &mem, event_idx, retry)
+            })
             .map_err(BackendError::Engine)
     }
 
@@ -295,6 +367,9 @@ impl ScsiBackend {
             }
         }
         *lock(&self.event_vring) = None;
+        for v in &self.vrings {
+            *lock(v) = None;
+        }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.tables).clear();
         for fd in std::mem::take(&mut *lock(&self.exit_fds)) {
@@ -484,6 +559,10 @@ impl VhostUserBackend for ScsiBackend {
                     // under the same fd number, which the engine could not tell apart.
                     if let Some(w) = lock(worker).as_mut() {
                         w.forget_kick();
+                        // Held commands (enospc=hold) cannot stay in flight across a stop.
+                        if let Some(vring) = self.vrings.get(q).and_then(|v| lock(v).clone()) {
+                            w.give_up_held(&self.bus, &vring);
+                        }
                     }
                 }
             }
@@ -518,6 +597,25 @@ impl VhostUserBackend for ScsiBackend {
         if evset != EventSet::IN {
             return Err(BackendError::UnexpectedEvent(evset).into());
         }
+        // A request queue's retry timer (enospc=hold): retry what that queue holds, if anything
+        // (the timer may have fired before this connection, or after the ring stopped).
+        let first_timer = self.retry_event(0);
+        if u64::from(device_event) >= first_timer {
+            let q = (u64::from(device_event) - first_timer) as usize;
+            if let Some(timer) = self.retry_timers.as_ref().and_then(|t| t.get(q)) {
+                timer.consume();
+            }
+            let holds = self
+                .workers
+                .get(q)
+                .is_some_and(|w| lock(w).as_ref().is_some_and(|w| w.held() > 0));
+            if holds {
+                if let Some(vring) = vrings.first() {
+                    self.process_request_queue(vring, q, true)?;
+                }
+            }
+            return Ok(());
+        }
         let vring = vrings
             .get(usize::from(device_event))
             .ok_or(BackendError::UnknownQueue(device_event, thread_id))?;
@@ -533,7 +631,7 @@ impl VhostUserBackend for ScsiBackend {
                 *lock(&self.event_vring) = Some(vring.clone());
                 self.deliver_events(vring);
             }
-            (_, 0) => self.process_request_queue(vring, thread_id - 1)?,
+            (_, 0) => self.process_request_queue(vring, thread_id - 1, false)?,
             _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
         }
         Ok(())

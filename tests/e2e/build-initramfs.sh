@@ -5,6 +5,8 @@
 #
 # Usage: build-initramfs.sh OUT.cpio.gz
 #   E2E_KVER selects the guest kernel version (default: newest installed).
+#   E2E_EXTRA_BINARIES: more "name:path" binaries to copy (the soak's fio: about 80 MiB
+#   with its libraries, so only in the soak's own initramfs).
 #
 # Cached by content: OUT.key holds a hash of every input; if it matches, the
 # existing OUT is kept.
@@ -95,6 +97,8 @@ resolve_bin() {
     return 1
 }
 
+# shellcheck disable=SC2206 # word splitting wanted: a list of name:path specs
+BINARIES+=(${E2E_EXTRA_BINARIES:-})
 declare -a BIN_FILES=()
 for b in "${BINARIES[@]}"; do
     if p="$(resolve_bin "$b")"; then
@@ -116,7 +120,7 @@ key="$( {
     echo "kver=$KVER"
     sha256sum "$E2E_DIR/build-initramfs.sh" "$E2E_DIR/init.sh" "$E2E_DIR/guest-workload.sh" \
         "$E2E_DIR/guest-sg3.sh" "$E2E_DIR/guest-cdboot.sh" "$E2E_DIR/guest-hotplug.sh" \
-        "$E2E_DIR/guest-lib.sh"
+        "$E2E_DIR/guest-soak.sh" "$E2E_DIR/guest-lib.sh"
     for f in "$BUSYBOX" "${BIN_FILES[@]}" "${LIB_FILES[@]}" "${MOD_FILES[@]}" /etc/mke2fs.conf; do
         [[ -e "$f" ]] && stat -L -c '%n %s %Y' "$f"
     done
@@ -172,6 +176,7 @@ install -m 0755 "$E2E_DIR/guest-workload.sh" e2e/guest-workload.sh
 install -m 0755 "$E2E_DIR/guest-sg3.sh" e2e/guest-sg3.sh
 install -m 0755 "$E2E_DIR/guest-cdboot.sh" e2e/guest-cdboot.sh
 install -m 0755 "$E2E_DIR/guest-hotplug.sh" e2e/guest-hotplug.sh
+install -m 0755 "$E2E_DIR/guest-soak.sh" e2e/guest-soak.sh
 install -m 0644 "$E2E_DIR/guest-lib.sh" e2e/guest-lib.sh
 echo "$KVER" > e2e/kver
 

@@ -378,6 +378,7 @@ fn aptpl_state_survives_a_worker_restart() {
         phys_block_size: None,
         discard: true,
         cache: CacheMode::Writeback,
+        enospc: Default::default(),
         create_size: None,
         pr_file: Some(dir.path().join("lun.pr")),
     };
