@@ -143,6 +143,8 @@ impl Slot {
         self.reply = io.reply;
         self.fd = io.plan.fd.unwrap_or(-1);
         self.offset = io.plan.offset;
+        // The LU the command runs on (a held command is retried and answered through it).
+        self.unit = io.plan.unit.clone();
     }
 
     /// The slot's command is over: lets go of guest memory and the write gate.
