@@ -193,20 +193,11 @@ where
 mod tests {
     use std::os::fd::AsFd;
 
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-
     use super::*;
     use crate::broker::manage::ManageMsg;
 
     fn pair() -> (UnixStream, UnixStream) {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        (UnixStream::from(a), UnixStream::from(b))
+        crate::broker::socket_pair().unwrap()
     }
 
     /// Requests from worker threads get their own replies, even when answered out of order;

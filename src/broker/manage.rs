@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::config::{lun::MAX_SERIAL_LEN, BlockSize, CacheMode, LunConfig, LunType, MAX_LUN};
+use crate::config::{
+    lun::MAX_SERIAL_LEN, BlockSize, CacheMode, EnospcPolicy, LunConfig, LunType, MAX_LUN,
+};
 
 /// Most LUN statistics in one [`ManageReply::Stats`] page.
 pub const MAX_STATS_PAGE: usize = 16;
@@ -158,6 +160,9 @@ pub struct AddLun {
     /// `removable`: the medium can be ejected (INQUIRY RMB = 1).
     #[serde(default)]
     pub removable: bool,
+    /// `enospc=hold`: writes that find the storage full wait for room instead of failing.
+    #[serde(default)]
+    pub enospc_hold: bool,
 }
 
 impl AddLun {
@@ -184,6 +189,7 @@ impl AddLun {
             pr_file: config.pr_file.is_some(),
             cdrom: config.lun_type == LunType::Cdrom,
             removable: config.removable,
+            enospc_hold: config.enospc == EnospcPolicy::Hold,
         }
     }
 
@@ -210,6 +216,11 @@ impl AddLun {
                 LunType::Disk
             },
             removable: self.removable || self.cdrom,
+            enospc: if self.enospc_hold {
+                EnospcPolicy::Hold
+            } else {
+                EnospcPolicy::Report
+            },
             phys_block_size: self.phys_block_size,
             discard: self.discard,
             cache: match self.cache {

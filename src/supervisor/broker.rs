@@ -196,20 +196,11 @@ impl Services {
 mod tests {
     use std::os::fd::AsFd;
 
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-
     use super::*;
     use crate::broker::{iscsi::IscsiMsg, manage::ManageMsg};
 
     fn pair() -> (UnixStream, UnixStream) {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        (UnixStream::from(a), UnixStream::from(b))
+        crate::broker::socket_pair().unwrap()
     }
 
     /// A worker's request is answered (with an error until a service exists), garbage is

@@ -94,25 +94,15 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// A connected `SOCK_SEQPACKET` pair (message boundaries kept); `UnixStream` is only used for
 /// read/write on it.
-fn seqpacket_pair() -> io::Result<(UnixStream, UnixStream)> {
-    let (a, b) = socket::socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
-    Ok((UnixStream::from(a), UnixStream::from(b)))
-}
-
 /// Fresh channels for the next worker.
 fn channels(res: &Resources) -> Result<Channels, PrivsepError> {
     Ok(Channels {
         stderr: pipe().map_err(PrivsepError::Pipe)?,
-        sync: seqpacket_pair().map_err(|error| PrivsepError::SocketPair {
+        sync: crate::broker::socket_pair().map_err(|error| PrivsepError::SocketPair {
             what: "set-up",
             error,
         })?,
-        broker: seqpacket_pair().map_err(|error| PrivsepError::SocketPair {
+        broker: crate::broker::socket_pair().map_err(|error| PrivsepError::SocketPair {
             what: "fd broker",
             error,
         })?,

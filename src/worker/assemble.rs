@@ -73,28 +73,39 @@ pub fn build_bus(luns: &[OpenedLun]) -> ScsiBus {
         let LunBackend::Block(backend) = backend else {
             continue;
         };
-        let opts = LunOptions {
-            device_type: match config.lun_type {
-                LunType::Disk => DeviceType::Disk,
-                LunType::Cdrom => DeviceType::Cdrom,
-            },
-            removable: config.removable,
-            read_only: config.read_only,
-            serial: config
-                .serial
-                .clone()
-                .unwrap_or_else(|| config.default_serial()),
-            wwn: config.wwn.unwrap_or_else(|| config.default_wwn()),
-            block_size: config.block_size.bytes(),
-            discard: config.discard,
-            physical_block_size: config.phys_block_size.unwrap_or(0),
-            pr_file: pr_file.clone(),
-        };
-        let mut lu = LogicalUnit::new(backend.clone(), opts);
-        lu.set_enospc(config.enospc);
+        let lu = logical_unit(config, backend.clone(), pr_file.clone());
         bus.add_lun(config.target, config.lun, lu);
     }
     bus
+}
+
+/// The logical unit `config` describes, over `backend`: identities (configured or derived),
+/// device type, block sizes, `enospc=` policy.
+pub fn logical_unit(
+    config: &LunConfig,
+    backend: Arc<dyn BlockBackend>,
+    pr_file: Option<PrFile>,
+) -> LogicalUnit {
+    let opts = LunOptions {
+        device_type: match config.lun_type {
+            LunType::Disk => DeviceType::Disk,
+            LunType::Cdrom => DeviceType::Cdrom,
+        },
+        removable: config.removable,
+        read_only: config.read_only,
+        serial: config
+            .serial
+            .clone()
+            .unwrap_or_else(|| config.default_serial()),
+        wwn: config.wwn.unwrap_or_else(|| config.default_wwn()),
+        block_size: config.block_size.bytes(),
+        discard: config.discard,
+        physical_block_size: config.phys_block_size.unwrap_or(0),
+        pr_file,
+    };
+    let mut lu = LogicalUnit::new(backend, opts);
+    lu.set_enospc(config.enospc);
+    lu
 }
 
 /// Starts a thread per iSCSI LUN (`reconnect_for` gives each its way to a fresh connection)

@@ -165,22 +165,7 @@ impl Manager {
         } else {
             None
         };
-        let opts = LunOptions {
-            device_type: if add.cdrom {
-                DeviceType::Cdrom
-            } else {
-                DeviceType::Disk
-            },
-            removable: add.removable || add.cdrom,
-            read_only: add.read_only,
-            serial: add.serial.clone(),
-            wwn: add.wwn,
-            block_size: add.block_size,
-            physical_block_size: add.phys_block_size.unwrap_or(0),
-            discard: add.discard,
-            pr_file,
-        };
-        let lu = LogicalUnit::new(backend, opts);
+        let lu = super::assemble::logical_unit(&add.to_config(), backend, pr_file);
         match self
             .backend
             .bus()
@@ -558,18 +543,9 @@ mod tests {
     fn the_broker_thread_runs_management_requests() {
         use std::os::{fd::AsFd, unix::net::UnixStream};
 
-        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        use crate::broker::{recv, send, socket_pair, Envelope, Kind};
 
-        use crate::broker::{recv, send, Envelope, Kind};
-
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        let (sup, worker_end) = (UnixStream::from(a), UnixStream::from(b));
+        let (sup, worker_end): (UnixStream, UnixStream) = socket_pair().unwrap();
         let backend = Arc::new(ScsiBackend::new(Arc::new(ScsiBus::new()), 1, 16));
         let handlers = super::super::broker::Handlers {
             manage: Some(handler(backend.clone())),

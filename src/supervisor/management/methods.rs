@@ -672,6 +672,30 @@ mod tests {
     }
 
     #[test]
+    fn iscsi_luns_are_not_changed_at_run_time() {
+        let mut f = Fixture::new();
+        let e = f.error(
+            "add-lun",
+            json!({"spec": "1:0=iscsi://127.0.0.1/iqn.2026-01.org.example:t/0"}),
+        );
+        assert_eq!(e.code, code::UNSUPPORTED, "{}", e.message);
+        assert!(e.message.contains("iSCSI"), "{}", e.message);
+        // A configured iSCSI LUN is listed but not removed or resized from here.
+        let source = crate::config::lun::parse_iscsi_url(
+            "iscsi://127.0.0.1/iqn.2026-01.org.example:t/0",
+        )
+        .unwrap();
+        f.table = Table::new([(
+            LunConfig::new(2, 0, crate::config::LunSource::Iscsi(source)),
+            0,
+        )]);
+        for method in ["remove-lun", "resize"] {
+            let e = f.error(method, json!({"lun": "2:0"}));
+            assert_eq!(e.code, code::UNSUPPORTED, "{method}: {}", e.message);
+        }
+    }
+
+    #[test]
     fn add_lun_refusals_change_nothing() {
         let mut f = Fixture::new();
         let img = f.image("b.img", 1 << 20);
