@@ -681,10 +681,9 @@ mod tests {
         assert_eq!(e.code, code::UNSUPPORTED, "{}", e.message);
         assert!(e.message.contains("iSCSI"), "{}", e.message);
         // A configured iSCSI LUN is listed but not removed or resized from here.
-        let source = crate::config::lun::parse_iscsi_url(
-            "iscsi://127.0.0.1/iqn.2026-01.org.example:t/0",
-        )
-        .unwrap();
+        let source =
+            crate::config::lun::parse_iscsi_url("iscsi://127.0.0.1/iqn.2026-01.org.example:t/0")
+                .unwrap();
         f.table = Table::new([(
             LunConfig::new(2, 0, crate::config::LunSource::Iscsi(source)),
             0,
