@@ -5,10 +5,7 @@
 use std::{
     fs::File,
     io::{self, Read, Write},
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
-        unix::net::UnixStream,
-    },
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     path::PathBuf,
 };
 
@@ -18,7 +15,6 @@ use nix::{
     sys::{
         prctl,
         signal::{self, Signal},
-        socket::{self, AddressFamily, SockFlag, SockType},
         wait,
     },
     unistd::{self, Pid},

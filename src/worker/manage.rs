@@ -21,8 +21,7 @@ use crate::{
         Body,
     },
     scsi::{
-        sense::Sense, stats::ClassSnapshot, wait_unused, BusError, DeviceType, LogicalUnit,
-        LunOptions, PrFile,
+        sense::Sense, stats::ClassSnapshot, wait_unused, BusError, DeviceType, LogicalUnit, PrFile,
     },
     virtio::{events::Event, LunAddress as WireLun},
 };

@@ -682,8 +682,7 @@ mod tests {
         assert!(e.message.contains("iSCSI"), "{}", e.message);
         // A configured iSCSI LUN is listed but not removed or resized from here.
         let source =
-            crate::config::lun::parse_iscsi_url("iscsi://127.0.0.1/iqn.2026-01.org.example:t/0")
-                .unwrap();
+            crate::config::lun::parse_iscsi_url("127.0.0.1/iqn.2026-01.org.example:t/0").unwrap();
         f.table = Table::new([(
             LunConfig::new(2, 0, crate::config::LunSource::Iscsi(source)),
             0,
