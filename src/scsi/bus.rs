@@ -537,15 +537,7 @@ const PERIPHERAL_WLUN: u8 = 0x1e;
 /// OPERATION CODE.
 fn report_luns_wlun(cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
     match cdb.opcode() {
-        opcode::INQUIRY => {
-            let (evpd, page, alloc_len) = inquiry::parse_cdb(cdb)?;
-            let buf = if evpd {
-                inquiry::wlun_vpd(page)?
-            } else {
-                inquiry::standard_data(PERIPHERAL_WLUN)
-            };
-            Ok(respond(data_in, &buf, alloc_len))
-        }
+        opcode::INQUIRY => inquiry_without_lu(cdb, data_in, PERIPHERAL_WLUN, inquiry::wlun_vpd),
         opcode::REQUEST_SENSE => Ok(request_sense_response(&Sense::NO_SENSE, cdb, data_in)),
         opcode::TEST_UNIT_READY => Ok(CmdOutput::good(0)),
         _ => Err(Sense::INVALID_OPCODE),
@@ -598,18 +590,27 @@ pub fn encode_lun(lun: u16) -> [u8; 8] {
     }
 }
 
+/// INQUIRY at an address with no emulated LU behind it (the REPORT LUNS well-known LU, an
+/// unconfigured LUN): standard data of `peripheral`, or the VPD pages `vpd` knows.
+fn inquiry_without_lu(
+    cdb: &Cdb,
+    data_in: &DataIn<'_>,
+    peripheral: u8,
+    vpd: fn(u8) -> Result<Vec<u8>, Sense>,
+) -> CmdResult {
+    let (evpd, page, alloc_len) = inquiry::parse_cdb(cdb)?;
+    let buf = if evpd {
+        vpd(page)?
+    } else {
+        inquiry::standard_data(peripheral)
+    };
+    Ok(respond(data_in, &buf, alloc_len))
+}
+
 /// A command for a LUN that is not configured (or a target that does not exist).
 fn no_lun(cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
     match cdb.opcode() {
-        opcode::INQUIRY => {
-            let (evpd, page, alloc_len) = inquiry::parse_cdb(cdb)?;
-            let buf = if evpd {
-                inquiry::no_lun_vpd(page)?
-            } else {
-                inquiry::standard_data(PERIPHERAL_NO_LUN)
-            };
-            Ok(respond(data_in, &buf, alloc_len))
-        }
+        opcode::INQUIRY => inquiry_without_lu(cdb, data_in, PERIPHERAL_NO_LUN, inquiry::no_lun_vpd),
         opcode::REQUEST_SENSE => Ok(request_sense_response(
             &Sense::LUN_NOT_SUPPORTED,
             cdb,
