@@ -14,7 +14,7 @@ use std::{
         fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd},
         unix::net::{UnixListener, UnixStream},
     },
-    sync::{Arc, Mutex},
+    sync::Arc,
 };
 
 use log::{info, warn};
@@ -202,7 +202,7 @@ fn worker_main(
     // management requests on the bus (once the bus is served: `manage` is filled in below) and
     // carries the iSCSI LUN threads' requests for fresh connections. The thread lives until
     // the process ends.
-    let manage: Arc<Mutex<Option<broker::ManageHandler>>> = Arc::default();
+    let manage: Arc<broker::ManageSlot> = Arc::default();
     let handlers = broker::Handlers {
         manage: Some(broker::deferred(manage.clone())),
     };
@@ -228,7 +228,7 @@ fn worker_main(
             .with_rings(rings)
             .allow_unsealed_memory(config.allow_unsealed_memory),
     );
-    *manage.lock().unwrap_or_else(|p| p.into_inner()) = Some(manage::handler(backend.clone()));
+    manage.install(manage::handler(backend.clone()));
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };
