@@ -12,6 +12,7 @@ pub mod broker;
 pub mod error;
 pub mod iscsi;
 pub mod listener;
+pub mod luns;
 pub mod management;
 pub mod monitor;
 pub mod open;

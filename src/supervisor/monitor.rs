@@ -37,6 +37,7 @@ use nix::{
 use super::{
     broker::{BrokerEvent, Services},
     error::PrivsepError,
+    luns::{LunSet, Retained},
     management::{self, Server},
     open::LunBackend,
     readiness::Readiness,
@@ -320,14 +321,29 @@ fn filter_for_restarts(mode: SeccompMode) -> Result<(), SandboxError> {
 /// once the first worker is jailed it keeps only the capabilities a restart needs and bounds
 /// its files (it is already not dumpable, without core dumps, under no_new_privs and the
 /// `supervisor-restart` deny list).
-fn confine_for_restarts(jail: &WorkerJail) -> Result<(), SandboxError> {
+fn confine_for_restarts(
+    jail: &WorkerJail,
+    config: &Config,
+    mgmt: bool,
+    lun_fds: usize,
+) -> Result<(), SandboxError> {
     let keep = restart_capabilities(jail);
     scaps::keep_only(&keep)?;
     prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
-    // Every worker inherits this limit and can only lower it: at least the worker's.
+    // Every worker inherits this limit and can only lower it: at least the worker's. With a
+    // management socket, its clients and the LUNs added at run time (kept open here for the
+    // next worker, `supervisor::luns`) need room in both.
+    let (own, added) = if mgmt {
+        (management::FD_BUDGET, management::RETAINED_LUN_FDS)
+    } else {
+        (0, 0)
+    };
     let files = limits::bound(
         Resource::RLIMIT_NOFILE,
-        limits::supervisor_nofile(highest_fd()).max(jail.max_files),
+        (limits::supervisor_nofile(highest_fd()) + own + added as u64).max(
+            jail.max_files
+                .max(limits::worker_nofile(config, lun_fds + added)),
+        ),
     )?;
     let names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     info!(
@@ -448,6 +464,7 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             max_files: limits::worker_nofile(&config, res.lun_fds.len()),
             max_threads: limits::worker_threads(&config),
         },
+        restarted: false,
     };
     #[cfg(debug_assertions)]
     sandbox::probe::prepare(unistd::getpid().as_raw());
@@ -457,14 +474,15 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         filter_for_restarts(config.sandbox.seccomp).map_err(PrivsepError::Confine)?;
     }
 
-    // What the daemon was started with (and what a restarted worker serves again).
+    // What the daemon was started with (a restarted worker serves what it became:
+    // `supervisor::luns`).
     let initial: Vec<(LunConfig, u64)> = res
         .luns
         .iter()
         .map(|l| (l.config.clone(), l.backend.size()))
         .collect();
     let mut mgmt = match &config.management {
-        Some(m) => Some(Server::bind(m, initial.clone()).map_err(PrivsepError::Management)?),
+        Some(m) => Some(Server::bind(m, initial).map_err(PrivsepError::Management)?),
         None => None,
     };
 
@@ -502,7 +520,13 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         #[cfg(debug_assertions)]
         sandbox::probe::run_in_supervisor();
     } else {
-        confine_for_restarts(&plan.jail).map_err(PrivsepError::Confine)?;
+        confine_for_restarts(
+            &plan.jail,
+            &config,
+            mgmt.is_some(),
+            res.as_ref().map_or(0, |r| r.lun_fds.len()),
+        )
+        .map_err(PrivsepError::Confine)?;
         #[cfg(debug_assertions)]
         sandbox::probe::run_in_supervisor();
     }
@@ -513,10 +537,25 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             res.as_ref().map(|r| r.iscsi.clone()).unwrap_or_default(),
         ),
     };
+    let restarts_on = config.sandbox.restart == RestartPolicy::OnFailure;
     loop {
-        let (ending, last_seccomp_line, stopping) =
-            supervise(&sfd, &mut worker, &mut services, mgmt.as_mut(), &readiness)
-                .map_err(PrivsepError::Supervise)?;
+        // With restarts, the management socket's confirmed changes shape the next worker.
+        let mut retained = match (&mut res, restarts_on) {
+            (Some(r), true) => Retained::Restarts(LunSet {
+                luns: &mut r.luns,
+                fds: &mut r.lun_fds,
+            }),
+            _ => Retained::None,
+        };
+        let (ending, last_seccomp_line, stopping) = supervise(
+            &sfd,
+            &mut worker,
+            &mut services,
+            mgmt.as_mut(),
+            &mut retained,
+            &readiness,
+        )
+        .map_err(PrivsepError::Supervise)?;
         let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
         report(
             worker.pid,
@@ -531,8 +570,17 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             && !ending.seccomp_violation()
             && ending != Ending::Exited(sandbox::EXIT_SANDBOX);
         if let Some(m) = &mut mgmt {
-            // A restarted worker serves what the daemon was started with.
-            m.worker_gone(Some(initial.clone()));
+            // Calls in flight fail; the record and the retained LUN set stay as they were.
+            m.worker_gone();
+            let changes = m.take_changes();
+            let mut retained = match (&mut res, restarts_on) {
+                (Some(r), true) => Retained::Restarts(LunSet {
+                    luns: &mut r.luns,
+                    fds: &mut r.lun_fds,
+                }),
+                _ => Retained::None,
+            };
+            retained.apply_all(changes);
         }
         if !may_restart {
             drop(res);
@@ -550,11 +598,11 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             return Ok(ExitCode::from(ending.exit_code()));
         }
         restarts.push_back(now);
-        worker = spawn_worker(
-            res.as_ref().expect("resources kept for restarts"),
-            &config,
-            &mut plan,
-        )?;
+        let res_now = res.as_ref().expect("resources kept for restarts");
+        // LUNs added or removed at run time change what the worker holds.
+        plan.jail.max_files = limits::worker_nofile(&config, res_now.lun_fds.len());
+        plan.restarted = true;
+        worker = spawn_worker(res_now, &config, &mut plan)?;
         info!(
             "worker {} started (restart {} in the current window)",
             worker.pid,
@@ -571,6 +619,7 @@ fn supervise(
     worker: &mut Worker,
     services: &mut Services,
     mut mgmt: Option<&mut Server>,
+    retained: &mut Retained<'_>,
     readiness: &Readiness,
 ) -> io::Result<(Ending, Option<String>, bool)> {
     let mut relay = Relay::new(worker.pid);
@@ -632,6 +681,7 @@ fn supervise(
                 let mut link = management::link::BrokerLink(&mut worker.broker);
                 m.on_poll(&mgmt_events, &mut link);
             }
+            retained.apply_all(m.take_changes());
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             warn!(

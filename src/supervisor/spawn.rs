@@ -115,6 +115,8 @@ fn channels(res: &Resources) -> Result<Channels, PrivsepError> {
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub jail: WorkerJail,
+    /// The worker replaces one that failed (`--restart-worker=on-failure`).
+    pub restarted: bool,
 }
 
 fn is_root() -> bool {
@@ -239,6 +241,7 @@ pub fn spawn_worker(
             luns: &res.luns,
             lun_fds: &res.lun_fds,
             dev_null: res.dev_null.as_fd(),
+            restarted: plan.restarted,
         };
         worker_process(&inherited, config, &plan.jail, ch);
     }

@@ -140,6 +140,13 @@ impl EventQueue {
         }
     }
 
+    /// Tells the guest, with the next delivery, that events were lost (a restarted worker:
+    /// the dead one's backlog is gone). Linux then rescans the bus, adding the LUNs it does not
+    /// know and removing those that are gone.
+    pub fn report_missed(&self) {
+        self.lock().missed = true;
+    }
+
     /// Events waiting (tests, diagnostics).
     pub fn pending(&self) -> (usize, bool) {
         let b = self.lock();

@@ -63,6 +63,9 @@ pub struct Inherited<'a> {
     pub lun_fds: &'a [RawFd],
     /// `/dev/null`, for the worker's stdin and stdout.
     pub dev_null: BorrowedFd<'a>,
+    /// This worker replaces one that failed: the guest missed whatever events that one had
+    /// not delivered.
+    pub restarted: bool,
 }
 
 /// One io_uring per request queue for `--aio=io-uring`, over the LUN files io_uring handles
@@ -96,6 +99,20 @@ fn make_rings(bus: &ScsiBus, config: &Config) -> Vec<UringEngine> {
     }
 }
 
+/// The inherited LUNs, owned by the worker. `luns` lies in this process's copy of the
+/// supervisor's memory, which the worker never drops: references counted there would keep each
+/// configured LUN's file open (and locked) in the worker after a `remove-lun` took it off the
+/// bus. Moving them out gives every one exactly one owner, the returned vector.
+fn own_luns(luns: &[OpenedLun]) -> Vec<OpenedLun> {
+    luns.iter()
+        // SAFETY: each element is read once, and the originals are never read or dropped
+        // again: only `worker_main` has them (through `Inherited`), it calls this first and
+        // uses the result from then on, and the worker ends with `process::exit` (no
+        // destructor runs on the supervisor's objects).
+        .map(|l| unsafe { std::ptr::read(l) })
+        .collect()
+}
+
 /// The worker, from the moment `clone` returned 0. Never returns.
 pub fn worker_process(res: &Inherited<'_>, config: &Config, jail: &WorkerJail, ch: Channels) -> ! {
     relay::become_worker();
@@ -123,6 +140,8 @@ fn worker_main(
         broker: (broker_parent, broker),
         listener,
     } = ch;
+    // From here on only `luns` is used, never `res.luns`.
+    let luns = own_luns(res.luns);
     // Step 1: standard streams, then everything outside the pre-opened set goes.
     let null = res.dev_null;
     unistd::dup2_stdin(null)
@@ -191,7 +210,7 @@ fn worker_main(
     drop(sync);
     // The bus (memory only), then the request queues' rings over its files, made, restricted
     // and enabled now: no role installed below allows io_uring_setup.
-    let mut bus = assemble::build_bus(res.luns);
+    let mut bus = assemble::build_bus(&luns);
     let rings = make_rings(&bus, config);
     // Step 6.
     sandbox::install_main_filters(jail.seccomp)?;
@@ -215,12 +234,14 @@ fn worker_main(
     };
 
     // Serve.
-    if let Err(e) = assemble::start_iscsi_luns(&mut bus, res.luns, |lun| {
+    if let Err(e) = assemble::start_iscsi_luns(&mut bus, &luns, |lun| {
         crate::block::iscsi::broker_reconnect(broker.clone(), lun.target, lun.lun)
     }) {
         log::error!("worker: cannot start the iSCSI LUN threads: {e}");
         return Ok(i32::from(EXIT_RUNTIME));
     }
+    // The bus holds the LUNs now: a removed one's file closes when the bus lets go of it.
+    drop(luns);
     // The bus's backend: served over vhost-user, changed at runtime by management requests.
     let backend = Arc::new(
         ScsiBackend::new(Arc::new(bus), config.num_queues, config.queue_size)
@@ -228,6 +249,11 @@ fn worker_main(
             .with_rings(rings)
             .allow_unsealed_memory(config.allow_unsealed_memory),
     );
+    if res.restarted {
+        // The dead worker's undelivered events are gone, and LUNs may have been added or
+        // removed since the guest last looked: EVENTS_MISSED makes Linux rescan the bus.
+        backend.report_missed_events();
+    }
     manage.install(manage::handler(backend.clone()));
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,

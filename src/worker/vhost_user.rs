@@ -302,6 +302,13 @@ impl ScsiBackend {
         }
     }
 
+    /// The guest is to be told that events were missed (a restarted worker: the events the
+    /// dead one had not delivered are lost, and the LUN set may differ from what the guest
+    /// last heard of).
+    pub fn report_missed_events(&self) {
+        self.events.report_missed();
+    }
+
     /// Events waiting for a guest buffer, and whether some were dropped (diagnostics, tests).
     pub fn pending_events(&self) -> (usize, bool) {
         self.events.pending()

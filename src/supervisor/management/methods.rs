@@ -23,7 +23,10 @@ use super::{
 };
 use crate::{
     config::{cli::parse_lun, ctl::Address, CacheMode, LunConfig, MAX_LUN},
-    supervisor::open::{self, RuntimeLun},
+    supervisor::{
+        luns::Change,
+        open::{self, RuntimeLun},
+    },
 };
 
 /// Where a LUN stands in the supervisor's record.
@@ -63,6 +66,9 @@ pub struct LunEntry {
 #[derive(Debug, Default)]
 pub struct Table {
     pub luns: BTreeMap<Address, LunEntry>,
+    /// Changes the worker confirmed, for the LUN set a restarted worker gets
+    /// ([`crate::supervisor::luns`]); taken by [`super::Server::take_changes`].
+    pub changes: Vec<Change>,
 }
 
 fn addr(config: &LunConfig) -> Address {
@@ -90,7 +96,10 @@ impl Table {
                 )
             })
             .collect();
-        Self { luns }
+        Self {
+            luns,
+            changes: Vec::new(),
+        }
     }
 
     /// The lowest free LUN number on target 0 (how a `--lun` without an address is numbered).
@@ -494,8 +503,9 @@ pub fn finish(
                     if let Some(e) = e {
                         e.state = LunState::Online;
                     }
-                    // The worker holds its own descriptors now; ours close here.
-                    drop(opened);
+                    // The worker holds its own descriptors now; ours are kept for a restarted
+                    // worker, or closed when nothing restarts.
+                    table.changes.push(Change::Added(Box::new(opened.lun)));
                     Ok(json!({"target": address.target, "lun": address.lun, "size": size}))
                 }
                 Err(e) => {
@@ -507,6 +517,10 @@ pub fn finish(
         Then::Removed(a) => match answer {
             Ok(_) => {
                 table.luns.remove(&a);
+                table.changes.push(Change::Removed {
+                    target: a.target,
+                    lun: a.lun,
+                });
                 Ok(json!({}))
             }
             Err(e) => {
@@ -521,6 +535,10 @@ pub fn finish(
             if let (Some(size), Some(e)) = (size, table.luns.get_mut(&a)) {
                 e.size = size;
             }
+            table.changes.push(Change::Resized {
+                target: a.target,
+                lun: a.lun,
+            });
             Ok(json!({ "size": size }))
         }
         Then::ReadOnly(a, ro) => {
@@ -529,6 +547,11 @@ pub fn finish(
             if let Some(e) = table.luns.get_mut(&a) {
                 e.config.read_only = ro;
             }
+            table.changes.push(Change::ReadOnly {
+                target: a.target,
+                lun: a.lun,
+                read_only: ro,
+            });
             Ok(json!({}))
         }
         Then::Flushed(_) => answer.map(|_| json!({})).map_err(worker_err),

@@ -64,6 +64,10 @@ const MAX_OUTPUT: usize = 16 << 20;
 /// Descriptors the server may hold besides the listener: clients, passed descriptors, LUNs
 /// being added (for the supervisor's RLIMIT_NOFILE).
 pub const FD_BUDGET: u64 = (MAX_CLIENTS * (1 + MAX_PASSED_FDS) + 2 * MAX_CALLS_PER_CLIENT) as u64;
+/// Descriptors of LUNs added at run time that a supervisor restarting workers keeps open for
+/// the next one (`supervisor::luns`): 256 LUNs with a `pr-file` each. Past it, `add-lun` fails
+/// to open (EMFILE, -32002).
+pub const RETAINED_LUN_FDS: usize = 512;
 
 /// Why the management socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -584,10 +588,10 @@ impl Server {
         self.reap();
     }
 
-    /// The worker ended: every call waiting for it fails (what it did before it died is
-    /// unknown; the record keeps the LUNs as they were), and the record becomes `luns` (what a
-    /// restarted worker serves), if given.
-    pub fn worker_gone(&mut self, luns: Option<Vec<(crate::config::LunConfig, u64)>>) {
+    /// The worker ended: every call waiting for it fails and changes nothing in the record
+    /// (what the worker did before it died is lost with it: a restarted worker is made from
+    /// the supervisor's LUN set, which follows the record, [`crate::supervisor::luns`]).
+    pub fn worker_gone(&mut self) {
         let ids: Vec<u64> = self.waiting.keys().copied().collect();
         for id in ids {
             if let Some(w) = self.waiting.remove(&id) {
@@ -595,9 +599,12 @@ impl Server {
                 self.complete(w, Err(e));
             }
         }
-        if let Some(luns) = luns {
-            self.table = Table::new(luns);
-        }
+    }
+
+    /// The changes the worker confirmed since the last call, in order (for the LUN set a
+    /// restarted worker gets).
+    pub fn take_changes(&mut self) -> Vec<crate::supervisor::luns::Change> {
+        std::mem::take(&mut self.table.changes)
     }
 
     /// Drops clients that are gone, and those that hung up once their answers are out.
