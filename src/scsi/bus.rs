@@ -48,14 +48,31 @@ pub struct ScsiBus {
     targets: ArcSwap<Targets>,
     /// Serializes the changes (each copies the table it replaces).
     changing: Mutex<()>,
-    /// Bumped at every removal: queue workers compare it to release what they hold for
-    /// removed LUNs (their io_uring's fixed file).
+    /// Bumped whenever the fixed-file table changes (a LUN with a slot added or removed):
+    /// queue workers compare it to bring their io_uring's registered files up to date.
     generation: AtomicU64,
-    /// The fixed-file slots of removed LUNs (see [`LogicalUnit::fixed_file`]).
-    released_fixed_files: Mutex<Vec<u32>>,
+    /// What the rings' fixed-file slots should hold (see [`LogicalUnit::fixed_file`]).
+    fixed: Mutex<FixedFiles>,
     /// LUNs whose commands run elsewhere (iSCSI): everything but REPORT LUNS is forwarded.
     /// Fixed when the bus is built (management adds and removes emulated LUNs only).
     passthrough: BTreeMap<(u8, u16), Arc<dyn Passthrough>>,
+}
+
+/// Spare fixed-file slots the rings are made with, for LUNs added at run time (the rings are
+/// made before the seccomp filters, their table cannot grow afterwards). A slot is used once:
+/// a removed LUN's slot is never given to another (a ring that has not yet let go of the old
+/// file must never serve a new LUN from it), so the first this many LUNs added during a
+/// worker's life use io_uring, later ones run synchronously on the queue thread.
+pub const SPARE_FIXED_FILES: usize = 64;
+
+/// The fixed-file table the rings follow.
+#[derive(Debug, Default)]
+struct FixedFiles {
+    /// By slot: the descriptor the slot should hold, -1 for none (a spare, or a removed
+    /// LUN's). Empty until the rings are made ([`ScsiBus::assign_fixed_files`]).
+    table: Vec<RawFd>,
+    /// The next spare slot to give.
+    next_spare: usize,
 }
 
 /// Why a LUN could not be added.
@@ -108,12 +125,16 @@ impl ScsiBus {
             if luns.contains_key(&lun) || self.passthrough.contains_key(&(target, lun)) {
                 return Err(BusError::AddressInUse(target, lun));
             }
+            // Its slot before anyone sees it: its plans name it from the first command
+            // (an engine whose ring does not hold the file yet runs them synchronously).
+            self.give_spare_slot(&lu);
             for other in luns.values() {
                 other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
             }
             luns.insert(lun, lu.clone());
             Ok(())
         })?;
+        self.generation.fetch_add(1, Ordering::Release);
         Ok(lu)
     }
 
@@ -140,27 +161,59 @@ impl ScsiBus {
             Some(lu)
         })?;
         if let Some(slot) = lu.fixed_file() {
-            self.released_fixed_files
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(slot);
+            if let Some(fd) = self.fixed().table.get_mut(slot as usize) {
+                *fd = -1;
+            }
         }
         self.generation.fetch_add(1, Ordering::Release);
         Some(lu)
     }
 
-    /// Changes with every removal (see [`ScsiBus::released_fixed_files`]).
+    fn fixed(&self) -> std::sync::MutexGuard<'_, FixedFiles> {
+        self.fixed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives a LU added at run time the next spare fixed-file slot, if the rings were made,
+    /// its file suits io_uring and a spare is left.
+    fn give_spare_slot(&self, lu: &LogicalUnit) {
+        let backend = lu.backend();
+        if lu.removable() || !backend.uring_safe() {
+            return;
+        }
+        let Some(fd) = backend.raw_fd() else {
+            return;
+        };
+        let mut fixed = self.fixed();
+        let slot = fixed.next_spare;
+        if fixed.table.is_empty() {
+            return;
+        }
+        if slot >= fixed.table.len() {
+            if slot == fixed.table.len() {
+                log::warn!(
+                    "no spare io_uring slot left ({SPARE_FIXED_FILES} LUNs were added since the \
+                     worker started): LUNs added from now on run their I/O synchronously on \
+                     the queue threads"
+                );
+                fixed.next_spare += 1;
+            }
+            return;
+        }
+        fixed.table[slot] = fd;
+        fixed.next_spare += 1;
+        lu.set_fixed_file(slot as u32);
+    }
+
+    /// Changes with every change of the fixed-file table (see [`ScsiBus::fixed_files`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// The fixed-file slots of every LU removed so far: an engine that registered them must
-    /// let go of their files (so that the file is really closed, its lock released).
-    pub fn released_fixed_files(&self) -> Vec<u32> {
-        self.released_fixed_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// What each fixed-file slot should hold now, by slot (-1: nothing): an engine brings its
+    /// registered files to this (registering added LUNs' files, letting go of removed ones',
+    /// so that a removed LUN's file is really closed and its lock released).
+    pub fn fixed_files(&self) -> Vec<RawFd> {
+        self.fixed().table.clone()
     }
 
     /// Adds a passthrough LU (an iSCSI target's LUN).
@@ -408,9 +461,8 @@ impl ScsiBus {
 
     /// The files an io_uring may register up front (fixed files), in slot order: every LU
     /// whose backend has a file io_uring handles correctly (not FUSE) is given its slot
-    /// ([`LogicalUnit::fixed_file`]), which its plans name from now on. Called once, when
-    /// the rings are made; LUNs added later have no slot (their I/O runs synchronously on
-    /// the queue thread under io_uring).
+    /// ([`LogicalUnit::fixed_file`]), which its plans name from now on; [`SPARE_FIXED_FILES`]
+    /// empty slots follow, for LUNs added later. Called once, when the rings are made.
     pub fn assign_fixed_files(&self) -> Vec<RawFd> {
         let mut files = Vec::new();
         self.for_each_lu(|lu| {
@@ -425,6 +477,11 @@ impl ScsiBus {
                 files.push(fd);
             }
         });
+        let mut fixed = self.fixed();
+        fixed.next_spare = files.len();
+        files.resize(files.len() + SPARE_FIXED_FILES, -1);
+        fixed.table = files.clone();
+
         files
     }
 

@@ -370,7 +370,7 @@ impl QueueWorker {
         // the I/O in flight is slow must not wait for it.
         let mut watch_kick = true;
         self.ring_stopped = false;
-        self.release_removed_files(bus);
+        self.sync_fixed_files(bus);
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
@@ -387,7 +387,7 @@ impl QueueWorker {
             if event_idx {
                 vring.disable_notification()?;
             }
-            self.release_removed_files(bus);
+            self.sync_fixed_files(bus);
             // The pass's last I/O (if queued) is submitted with the wait or before the spin.
             let mut used_any = self.pop_and_start(bus, vring, mem, event_idx)?;
             used_any |= self.reap(bus, vring)?;
@@ -464,22 +464,22 @@ impl QueueWorker {
         }
     }
 
-    /// Lets the engine go of the files of LUNs removed from the bus since the last look (one
-    /// atomic load when nothing changed): a removed LUN's file is then really closed once its
-    /// last command completed. (The kernel keeps the file for I/O still in flight on it.)
-    pub fn release_removed_files(&mut self, bus: &ScsiBus) {
+    /// Brings the engine's registered files up to the bus's fixed-file table when it changed
+    /// since the last look (one atomic load when nothing changed): LUNs added at run time are
+    /// served by the engine, and a removed LUN's file is really closed once its last command
+    /// completed. (The kernel keeps the file for I/O still in flight on it.)
+    pub fn sync_fixed_files(&mut self, bus: &ScsiBus) {
         let generation = bus.generation();
         if generation == self.bus_generation {
             return;
         }
         self.bus_generation = generation;
-        for slot in bus.released_fixed_files() {
-            if let Err(e) = self.engine.release_fixed_file(slot) {
-                warn!(
-                    "request queue {}: cannot release a removed LUN's file from its io_uring: {e}",
-                    self.queue
-                );
-            }
+        if let Err(e) = self.engine.sync_fixed_files(&bus.fixed_files()) {
+            warn!(
+                "request queue {}: cannot update its io_uring's files (LUNs added or removed): \
+                 {e}",
+                self.queue
+            );
         }
     }
 

@@ -188,6 +188,8 @@ impl Manager {
                 "read-write"
             }
         );
+        // Its file into the rings' spare slot (idle rings now, busy queues at their next look).
+        self.backend.sync_fixed_files();
         self.backend.raise_event(Event::lun_added(wire(address)));
         ManageReply::Done
     }
@@ -198,7 +200,7 @@ impl Manager {
         };
         // The guest stops sending to it; new commands already get LOGICAL UNIT NOT SUPPORTED.
         self.backend.raise_event(Event::lun_removed(wire(address)));
-        self.backend.release_removed_files();
+        self.backend.sync_fixed_files();
         if !wait_unused(&lu, REMOVE_DRAIN) {
             let left = Arc::strong_count(&lu) - 1;
             warn!(
@@ -215,7 +217,7 @@ impl Manager {
             );
         }
         // Busy queues may have let go of the file since.
-        self.backend.release_removed_files();
+        self.backend.sync_fixed_files();
         drop(lu);
         info!("LUN {address} removed; its file is closed");
         ManageReply::Done

@@ -324,17 +324,16 @@ impl ScsiBackend {
         }
     }
 
-    /// Makes every engine let go of the files of LUNs removed from the bus: the rings between
+    /// Brings every engine's registered files up to the bus's fixed-file table (the files of
+    /// LUNs added at run time registered, those of removed LUNs let go of): the rings between
     /// connections and those of idle queues now, busy queues at their next request or
     /// completion (they look on their own).
-    pub fn release_removed_files(&self) {
-        let released = self.bus.released_fixed_files();
+    pub fn sync_fixed_files(&self) {
+        let table = self.bus.fixed_files();
         for ring in &self.rings {
             if let Some(ring) = lock(ring).as_mut() {
-                for &slot in &released {
-                    if let Err(e) = ring.release_file(slot) {
-                        warn!("cannot release a removed LUN's file from an io_uring: {e}");
-                    }
+                if let Err(e) = ring.sync_files(&table) {
+                    warn!("cannot update an io_uring's files (LUNs added or removed): {e}");
                 }
             }
         }
@@ -342,7 +341,7 @@ impl ScsiBackend {
             // Held while the queue serves a batch, which then does this itself.
             if let Ok(mut w) = worker.try_lock() {
                 if let Some(w) = w.as_mut() {
-                    w.release_removed_files(&self.bus);
+                    w.sync_fixed_files(&self.bus);
                 }
             }
         }

@@ -95,9 +95,10 @@ pub trait Engine: Send {
     fn kick_edges(&self) -> bool {
         false
     }
-    /// Lets go of registered (fixed) file `slot`: its LUN was removed. Engines that register
-    /// no files have nothing to do (the default).
-    fn release_fixed_file(&mut self, _slot: u32) -> io::Result<()> {
+    /// Brings the registered (fixed) files to `table` (by slot; -1: nothing): LUNs added at
+    /// run time get theirs, removed LUNs' files are let go of. Engines that register no files
+    /// have nothing to do (the default).
+    fn sync_fixed_files(&mut self, _table: &[RawFd]) -> io::Result<()> {
         Ok(())
     }
     fn name(&self) -> &'static str;

@@ -300,6 +300,23 @@ impl UringEngine {
         (fd >= 0 && self.files.get(slot as usize) == Some(&fd)).then_some(slot)
     }
 
+    /// Brings the LUN slots to `table` (by slot, -1: nothing; the kick slot is not in it):
+    /// registers the files of LUNs added at run time in their spare slots and lets go of
+    /// removed LUNs' files ([`Self::release_file`]). A slot is given once (never reused), so
+    /// comparing descriptor numbers is enough.
+    pub fn sync_files(&mut self, table: &[RawFd]) -> io::Result<()> {
+        let n = table.len().min(self.files.len());
+        for (slot, &fd) in table[..n].iter().enumerate() {
+            if self.files[slot] != fd {
+                self.ring
+                    .submitter()
+                    .register_files_update(slot as u32, &[fd])?;
+                self.files[slot] = fd;
+            }
+        }
+        Ok(())
+    }
+
     /// Lets go of the file in fixed slot `slot` (its LUN was removed): the ring no longer keeps
     /// it open, so closing the LUN's descriptor really closes the file (and releases its
     /// lock). I/O still in flight on it keeps the file until it completes (the kernel holds
@@ -353,14 +370,15 @@ impl Engine for UringEngine {
         self.fixed_slot(fd, fixed).is_some()
     }
 
-    fn release_fixed_file(&mut self, slot: u32) -> io::Result<()> {
-        self.release_file(slot)
+    fn sync_fixed_files(&mut self, table: &[RawFd]) -> io::Result<()> {
+        self.sync_files(table)
     }
 
     fn push(&mut self, op: &Op) -> bool {
         let fd = match self.fixed_slot(op.fd, op.fixed) {
             Some(i) => types::Fixed(i),
-            // Not registered (a LUN added at runtime): the caller runs it synchronously.
+            // Not registered (a LUN added at run time once the spare slots ran out, or whose
+            // slot this ring has not taken up yet): the caller runs it synchronously.
             None => return false,
         };
         // One segment inside registered guest memory: READ_FIXED/WRITE_FIXED skip pinning the
@@ -620,6 +638,29 @@ mod tests {
         assert!(e.push_entry(&entry));
         e.submit().unwrap();
         assert_eq!(complete(&mut e, 10), -libc::EBADF);
+    }
+
+    /// LUNs added at run time: their files enter the ring's spare slots, and removed LUNs'
+    /// leave, by following the bus's table; the kick slot after them is untouched.
+    #[test]
+    fn spare_slots_take_added_files_and_let_removed_ones_go() {
+        let a = tempfile::tempfile().unwrap();
+        let b = tempfile::tempfile().unwrap();
+        let (fa, fb) = (a.as_raw_fd(), b.as_raw_fd());
+        let Ok(mut ring) = UringEngine::new(8, &[fa, -1], false) else {
+            eprintln!("SKIPPED: io_uring unavailable");
+            return;
+        };
+        assert_eq!(ring.kick_slot(), 2, "the kick follows the spares");
+        assert!(!ring.accepts(fb, Some(1)));
+        ring.sync_files(&[fa, fb]).unwrap();
+        assert!(ring.accepts(fa, Some(0)) && ring.accepts(fb, Some(1)));
+        ring.sync_files(&[-1, fb]).unwrap();
+        assert!(!ring.accepts(fa, Some(0)), "removed");
+        assert!(ring.accepts(fb, Some(1)));
+        // Idempotent: nothing to do is nothing done.
+        ring.sync_files(&[-1, fb]).unwrap();
+        assert!(!ring.accepts(fb, Some(2)), "the kick slot is no LUN's");
     }
 
     /// A removed LUN's slot (runtime management): the plan must name the slot, and the slot

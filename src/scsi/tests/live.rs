@@ -145,3 +145,40 @@ fn statistics_count_commands_bytes_and_errors() {
     assert_eq!(histogram, s.read.ops);
     assert!(s.other.ops >= before.other.ops);
 }
+
+/// LUNs added once the rings exist take spare fixed-file slots, each slot once: a removed
+/// LUN's slot is emptied and never given again (a ring may still hold the old file there);
+/// when the spares are used up, added LUNs get none (their I/O runs synchronously).
+#[test]
+fn added_luns_take_spare_fixed_file_slots_once() {
+    use crate::{block::FileBackend, scsi::bus::SPARE_FIXED_FILES};
+    let lu = || {
+        let f = tempfile::tempfile().unwrap();
+        f.set_len(1 << 20).unwrap();
+        LogicalUnit::new(Arc::new(FileBackend::new(f, false).unwrap()), opts())
+    };
+    let bus = ScsiBus::new();
+    bus.insert_lun(0, 0, lu()).unwrap();
+    assert_eq!(bus.lookup(0, 0).unwrap().fixed_file(), None, "no rings yet");
+    let table = bus.assign_fixed_files();
+    assert_eq!(table.len(), 1 + SPARE_FIXED_FILES);
+    assert!(table[1..].iter().all(|&fd| fd == -1));
+
+    let before = bus.generation();
+    let a = bus.insert_lun(0, 1, lu()).unwrap();
+    assert_eq!(a.fixed_file(), Some(1));
+    assert_eq!(bus.fixed_files()[1], a.backend().raw_fd().unwrap());
+    assert!(bus.generation() > before, "engines are told to look");
+    drop(a);
+    bus.remove_lun(0, 1).unwrap();
+    assert_eq!(bus.fixed_files()[1], -1, "the removed LUN's file leaves");
+    let b = bus.insert_lun(0, 1, lu()).unwrap();
+    assert_eq!(b.fixed_file(), Some(2), "a slot is never given twice");
+    for l in 2..SPARE_FIXED_FILES as u16 {
+        let x = bus.insert_lun(0, l, lu()).unwrap();
+        assert_eq!(x.fixed_file(), Some(u32::from(l) + 1));
+    }
+    let late = bus.insert_lun(0, 1000, lu()).unwrap();
+    assert_eq!(late.fixed_file(), None, "the spares are used up");
+    assert_eq!(bus.fixed_files().len(), 1 + SPARE_FIXED_FILES);
+}
