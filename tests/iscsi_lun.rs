@@ -517,3 +517,94 @@ fn the_iscsi_thread_cannot_open_connect_or_exec() {
         );
     }
 }
+
+/// remove-lun of an iSCSI LUN (management socket): the guest's commands to it get LOGICAL
+/// UNIT NOT SUPPORTED, the other LUN of the target carries on, the LUN's thread closes its
+/// connection (tgtd sees the session go), and `list` no longer shows it; with
+/// `--restart-worker=on-failure` a restarted worker does not log in to it again.
+#[test]
+fn an_iscsi_lun_is_removed_at_run_time() {
+    let Some((t, _path)) = target("an_iscsi_lun_is_removed_at_run_time", false) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mgmt = dir.path().join("mgmt.sock");
+    let mut d = Daemon::start(
+        &[Disk {
+            addr: "0:1",
+            size: 1 << 20,
+            readonly: false,
+        }],
+        &[
+            "--lun",
+            &lun_arg(&t, 1, None, ""),
+            "--management-socket",
+            mgmt.to_str().unwrap(),
+            "--restart-worker",
+            "on-failure",
+        ],
+    );
+    let sessions = || t.adm(&["--mode", "conn", "--op", "show", "--tid", "1"]);
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(l00());
+    vm.scsi(l00(), &cdb::read10(0, 1), &[], &[BLOCK as u32])
+        .assert_good();
+    assert!(sessions().contains("Connection"), "{}", sessions());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .args(["ctl", "--management-socket", mgmt.to_str().unwrap()])
+        .args(["remove-lun", "0:0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed LUN 0:0"
+    );
+    let gone = vm.scsi(l00(), &cdb::test_unit_ready(), &[], &[]);
+    assert_eq!(
+        gone.sense_key_asc(),
+        (SENSE_ILLEGAL_REQUEST, 0x25),
+        "{gone:?}"
+    );
+    vm.clear_unit_attention(lun(0, 1));
+    vm.scsi(lun(0, 1), &cdb::read10(0, 1), &[], &[BLOCK as u32])
+        .assert_good();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sessions().contains("Connection") {
+        assert!(
+            Instant::now() < deadline,
+            "the connection stayed: {}\n{}",
+            sessions(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // A restarted worker serves the file LUN only, and logs in nowhere.
+    drop(vm);
+    let first = worker_of(d.pid());
+    // SAFETY: kill(2) on a process we started (the worker under our supervisor).
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("(restart 1 in the current window)") {
+        assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 1));
+    let gone = vm.scsi(l00(), &cdb::test_unit_ready(), &[], &[]);
+    assert_eq!(
+        gone.sense_key_asc(),
+        (SENSE_ILLEGAL_REQUEST, 0x25),
+        "{gone:?}"
+    );
+    assert!(!sessions().contains("Connection"), "{}", sessions());
+    assert!(!d.log().contains("logged in again"), "{}", d.log());
+    d.assert_alive();
+}

@@ -416,6 +416,17 @@ impl IscsiLun {
     }
 }
 
+impl Drop for IscsiLun {
+    /// The LUN is gone (removed, or the worker ends): the thread is told at once (it may be
+    /// waiting on its socket), finishes what it has and closes the connection.
+    fn drop(&mut self) {
+        // The sender goes first, so that the woken thread finds every sender gone.
+        let (none, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, none));
+        let _ = self.wake.write(1);
+    }
+}
+
 impl Passthrough for IscsiLun {
     fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
         let len = data_out.len().max(data_in.len());
@@ -489,10 +500,25 @@ struct LunThread {
 
 impl LunThread {
     fn run(&mut self) {
+        // Since when every sender is gone (the LUN was removed): the commands already sent are
+        // finished (for at most GIVE_UP), then the connection is closed.
+        let mut closing: Option<Instant> = None;
         loop {
-            if !self.take_requests() {
-                info!("{}: LUN thread ends", self.name);
-                return;
+            if !self.take_requests() && closing.is_none() {
+                closing = Some(Instant::now());
+            }
+            if let Some(since) = closing {
+                let busy = self.pending.len() + self.queued.len();
+                if busy == 0 || self.session.is_none() || since.elapsed() > GIVE_UP {
+                    if busy > 0 {
+                        warn!(
+                            "{}: {busy} command(s) not finished when the LUN went; given up",
+                            self.name
+                        );
+                    }
+                    info!("{}: LUN thread ends; its connection is closed", self.name);
+                    return;
+                }
             }
             if self.session.is_none() {
                 self.reconnect_once();

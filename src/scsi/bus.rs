@@ -54,9 +54,13 @@ pub struct ScsiBus {
     /// What the rings' fixed-file slots should hold (see [`LogicalUnit::fixed_file`]).
     fixed: Mutex<FixedFiles>,
     /// LUNs whose commands run elsewhere (iSCSI): everything but REPORT LUNS is forwarded.
-    /// Fixed when the bus is built (management adds and removes emulated LUNs only).
-    passthrough: BTreeMap<(u8, u16), Arc<dyn Passthrough>>,
+    /// Published like the table (a command loads it once; changes are made under
+    /// `changing`, inside [`ScsiBus::change`]).
+    passthrough: ArcSwap<Passthroughs>,
 }
+
+/// The passthrough LUs by address.
+type Passthroughs = BTreeMap<(u8, u16), Arc<dyn Passthrough>>;
 
 /// Spare fixed-file slots the rings are made with, for LUNs added at run time (the rings are
 /// made before the seccomp filters, their table cannot grow afterwards). A slot is used once:
@@ -122,7 +126,7 @@ impl ScsiBus {
         let lu = Arc::new(lu);
         self.change(|targets| {
             let luns = targets.entry(target).or_default();
-            if luns.contains_key(&lun) || self.passthrough.contains_key(&(target, lun)) {
+            if luns.contains_key(&lun) || self.passthrough.load().contains_key(&(target, lun)) {
                 return Err(BusError::AddressInUse(target, lun));
             }
             // Its slot before anyone sees it: its plans name it from the first command
@@ -148,6 +152,7 @@ impl ScsiBus {
             let lu = luns.remove(&lun)?;
             let passthrough_left = self
                 .passthrough
+                .load()
                 .range((target, 0)..=(target, u16::MAX))
                 .next()
                 .is_some();
@@ -216,12 +221,60 @@ impl ScsiBus {
         self.fixed().table.clone()
     }
 
-    /// Adds a passthrough LU (an iSCSI target's LUN).
+    /// Adds a passthrough LU (an iSCSI target's LUN) while the bus is being built.
     pub fn add_passthrough(&mut self, target: u8, lun: u16, lu: Arc<dyn Passthrough>) {
-        self.change(|t| {
-            t.entry(target).or_default();
-        });
-        self.passthrough.insert((target, lun), lu);
+        // Validated configuration: no duplicates.
+        let _ = self.insert_passthrough(target, lun, lu);
+    }
+
+    /// Adds a passthrough LU to the running bus (runtime management). The other LUs of the
+    /// target report REPORTED LUNS DATA HAS CHANGED.
+    pub fn insert_passthrough(
+        &self,
+        target: u8,
+        lun: u16,
+        lu: Arc<dyn Passthrough>,
+    ) -> Result<(), BusError> {
+        self.change(|targets| {
+            let luns = targets.entry(target).or_default();
+            let mut map = Passthroughs::clone(&self.passthrough.load());
+            if luns.contains_key(&lun) || map.contains_key(&(target, lun)) {
+                return Err(BusError::AddressInUse(target, lun));
+            }
+            for other in luns.values() {
+                other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+            }
+            map.insert((target, lun), lu);
+            self.passthrough.store(Arc::new(map));
+            Ok(())
+        })
+    }
+
+    /// Takes a passthrough LU off the running bus: its address answers LOGICAL UNIT NOT
+    /// SUPPORTED from now on (a target left without LUNs, BAD TARGET). Commands already sent
+    /// hold their own answer channel; the LU's thread ends once every holder let go. The other
+    /// LUs of the target report REPORTED LUNS DATA HAS CHANGED.
+    pub fn remove_passthrough(&self, target: u8, lun: u16) -> Option<Arc<dyn Passthrough>> {
+        self.change(|targets| {
+            let mut map = Passthroughs::clone(&self.passthrough.load());
+            let lu = map.remove(&(target, lun))?;
+            let others = map.range((target, 0)..=(target, u16::MAX)).next().is_some();
+            self.passthrough.store(Arc::new(map));
+            let emulated = targets.get(&target).is_some_and(|l| !l.is_empty());
+            if !emulated && !others {
+                targets.remove(&target);
+            } else if let Some(luns) = targets.get(&target) {
+                for other in luns.values() {
+                    other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+                }
+            }
+            Some(lu)
+        })
+    }
+
+    /// Whether `target:lun` is a passthrough LU.
+    pub fn is_passthrough(&self, target: u8, lun: u16) -> bool {
+        self.passthrough.load().contains_key(&(target, lun))
     }
 
     pub fn has_target(&self, target: u8) -> bool {
@@ -229,7 +282,7 @@ impl ScsiBus {
     }
 
     pub fn lun_exists(&self, target: u8, lun: u16) -> bool {
-        self.lookup(target, lun).is_some() || self.passthrough.contains_key(&(target, lun))
+        self.lookup(target, lun).is_some() || self.is_passthrough(target, lun)
     }
 
     /// One look at the table for a command: `Err(())` when the target does not exist, else its
@@ -313,7 +366,7 @@ impl ScsiBus {
         if lun == REPORT_LUNS_WLUN && self.has_target(target) {
             return report_luns_wlun(&cdb, data_in).unwrap_or_else(CmdOutput::check_condition);
         }
-        if let Some(p) = self.passthrough.get(&(target, lun)) {
+        if let Some(p) = self.passthrough.load().get(&(target, lun)) {
             let len = passthrough_cdb_len(raw_cdb);
             return passthrough_output(p.execute(&raw_cdb[..len], data_out, data_in));
         }
@@ -373,7 +426,12 @@ impl ScsiBus {
         let parsed = Cdb::new(cdb);
         let op = parsed.opcode();
         let local = parsed.is_truncated() || op == opcode::REPORT_LUNS;
-        if let Some(p) = self.passthrough.get(&(target, lun)).filter(|_| !local) {
+        if let Some(p) = self
+            .passthrough
+            .load()
+            .get(&(target, lun))
+            .filter(|_| !local)
+        {
             // Sent now, answered later: the caller may submit more before it waits.
             let len = passthrough_cdb_len(cdb);
             return Prepared::Passthrough(p.submit(&cdb[..len], data_out, data_in));
@@ -547,6 +605,7 @@ impl ScsiBus {
                 .unwrap_or_default();
             luns.extend(
                 self.passthrough
+                    .load()
                     .range((target, 0)..=(target, u16::MAX))
                     .map(|((_, l), _)| *l),
             );

@@ -195,7 +195,20 @@ impl Manager {
     }
 
     fn remove(&mut self, address: LunAddress) -> ManageReply {
-        let Some(lu) = self.backend.bus().remove_lun(address.target, address.lun) else {
+        let bus = self.backend.bus();
+        if let Some(p) = bus.remove_passthrough(address.target, address.lun) {
+            // An iSCSI LUN: its thread finishes the commands already sent, then closes the
+            // connection (`block::iscsi`), once the last reference goes (ours, here; readers
+            // of the old table let go at once).
+            self.backend.raise_event(Event::lun_removed(wire(address)));
+            info!(
+                "LUN {address} removed ({}); its connection closes once the commands already \
+                 sent are answered",
+                p.describe()
+            );
+            return ManageReply::Done;
+        }
+        let Some(lu) = bus.remove_lun(address.target, address.lun) else {
             return no_such_lun(address);
         };
         // The guest stops sending to it; new commands already get LOGICAL UNIT NOT SUPPORTED.

@@ -109,12 +109,14 @@ impl Table {
             .find(|a| !self.luns.contains_key(a))
     }
 
-    fn online(&mut self, a: Address) -> Result<&mut LunEntry, RpcError> {
+    /// The LUN at `a`, if no other call is changing it; an iSCSI LUN only for `remove-lun`
+    /// (`iscsi`): its size and protection are the target's.
+    fn online(&mut self, a: Address, iscsi: bool) -> Result<&mut LunEntry, RpcError> {
         let e = self
             .luns
             .get_mut(&a)
             .ok_or_else(|| RpcError::new(code::UNKNOWN_LUN, format!("no LUN {a}")))?;
-        if e.config.source.iscsi().is_some() {
+        if !iscsi && e.config.source.iscsi().is_some() {
             return Err(RpcError::new(
                 code::UNSUPPORTED,
                 format!("LUN {a} is an iSCSI LUN: it is changed on its target, not here"),
@@ -232,7 +234,7 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
      -> Result<Outcome, RpcError> {
         only_params(params, &["lun"])?;
         let a = address_param(params)?;
-        table.online(a)?.state = LunState::Busy(state);
+        table.online(a, state == "removing")?.state = LunState::Busy(state);
         let (call, then) = make(a);
         Ok(Outcome::Forward {
             call,
@@ -274,7 +276,7 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
                 ));
             }
             let ro = bool_param(params, "read-only", false)?;
-            ctx.table.online(a)?.state = LunState::Busy("changing");
+            ctx.table.online(a, false)?.state = LunState::Busy("changing");
             Ok(Outcome::Forward {
                 call: WorkerCall::SetReadOnly(a, ro),
                 fds: Vec::new(),
@@ -695,7 +697,7 @@ mod tests {
     }
 
     #[test]
-    fn iscsi_luns_are_not_changed_at_run_time() {
+    fn iscsi_luns_are_removed_but_not_changed_at_run_time() {
         let mut f = Fixture::new();
         let e = f.error(
             "add-lun",
@@ -703,17 +705,28 @@ mod tests {
         );
         assert_eq!(e.code, code::UNSUPPORTED, "{}", e.message);
         assert!(e.message.contains("iSCSI"), "{}", e.message);
-        // A configured iSCSI LUN is listed but not removed or resized from here.
+        // A configured iSCSI LUN is listed and may be removed, but not resized or
+        // write-protected from here (that is the target's business).
         let source =
             crate::config::lun::parse_iscsi_url("127.0.0.1/iqn.2026-01.org.example:t/0").unwrap();
         f.table = Table::new([(
             LunConfig::new(2, 0, crate::config::LunSource::Iscsi(source)),
             0,
         )]);
-        for method in ["remove-lun", "resize"] {
-            let e = f.error(method, json!({"lun": "2:0"}));
+        for (method, params) in [
+            ("resize", json!({"lun": "2:0"})),
+            ("set-readonly", json!({"lun": "2:0", "read-only": true})),
+        ] {
+            let e = f.error(method, params);
             assert_eq!(e.code, code::UNSUPPORTED, "{method}: {}", e.message);
         }
+        let Outcome::Forward { call, then, .. } = f.call("remove-lun", json!({"lun": "2:0"}))
+        else {
+            panic!("remove-lun of an iSCSI LUN not forwarded");
+        };
+        assert!(matches!(call, WorkerCall::RemoveLun(_)), "{call:?}");
+        finish(&mut f.table, then, Ok(json!({}))).unwrap();
+        assert!(f.table.luns.is_empty());
     }
 
     #[test]
