@@ -82,7 +82,9 @@ fn assert_threads_confined(
         assert_eq!(st["Seccomp"], "2", "{comm}");
         // worker-enosys + worker-main, plus the thread's own role.
         let expected = match comm.as_str() {
-            "vus-worker" => 2,
+            // vus-spawn (with a management socket) starts iSCSI LUN threads: worker-main
+            // only, like the main thread (worker::spawner).
+            "vus-worker" | "vus-spawn" => 2,
             "signals" | "vus-broker" | "vhost-user-scsi" | "vring_worker" => 3,
             // The aio pool (--aio=threads, or a queue whose io_uring was refused) stacks
             // worker-aio; started by a vring worker it has that role below it too.

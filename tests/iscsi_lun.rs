@@ -551,21 +551,9 @@ fn an_iscsi_lun_is_removed_at_run_time() {
         .assert_good();
     assert!(sessions().contains("Connection"), "{}", sessions());
 
-    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
-        .args(["ctl", "--management-socket", mgmt.to_str().unwrap()])
-        .args(["remove-lun", "0:0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "removed LUN 0:0"
-    );
+    let (ok, said) = ctl(&mgmt, &["remove-lun", "0:0"]);
+    assert!(ok, "{said}\n{}", d.log());
+    assert_eq!(said.trim(), "removed LUN 0:0");
     let gone = vm.scsi(l00(), &cdb::test_unit_ready(), &[], &[]);
     assert_eq!(
         gone.sense_key_asc(),
@@ -606,5 +594,138 @@ fn an_iscsi_lun_is_removed_at_run_time() {
     );
     assert!(!sessions().contains("Connection"), "{}", sessions());
     assert!(!d.log().contains("logged in again"), "{}", d.log());
+    d.assert_alive();
+}
+
+/// `vhost-user-scsi ctl --management-socket SOCKET ARGS`: (success, stdout then stderr).
+fn ctl(socket: &Path, args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .arg("ctl")
+        .arg("--management-socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// add-lun of an iscsi:// source at run time: the supervisor logs in (CHAP, its secret read
+/// from a file in an --image-dir, never in the log) at an --iscsi-portal, hands the connection
+/// to the worker, which passes the guest's commands through (INQUIRY and data from tgtd);
+/// a portal not allowed is refused before any connection (-32003); remove-lun closes the
+/// session again.
+#[test]
+fn an_iscsi_lun_is_added_at_run_time() {
+    let Some((t, path)) = target("an_iscsi_lun_is_added_at_run_time", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let images = std::fs::canonicalize(dir.path()).unwrap();
+    let secret = secret_file(&images, SECRET);
+    let mgmt = images.join("mgmt.sock");
+    let portal = format!("127.0.0.1:{}", t.port);
+    let mut d = Daemon::start(
+        &[Disk {
+            addr: "0:1",
+            size: 1 << 20,
+            readonly: false,
+        }],
+        &[
+            "--management-socket",
+            mgmt.to_str().unwrap(),
+            "--image-dir",
+            images.to_str().unwrap(),
+            "--iscsi-portal",
+            &portal,
+        ],
+    );
+    let sessions = || t.adm(&["--mode", "conn", "--op", "show", "--tid", "1"]);
+    // Another port of the same host: not allowed, and nothing is connected.
+    let elsewhere = format!(
+        "0:0=iscsi://{USER}@127.0.0.1:{}/{IQN}/1,chap-secret-file={}",
+        free_port(),
+        secret.display()
+    );
+    let (ok, said) = ctl(&mgmt, &["add-lun", "--lun", &elsewhere]);
+    assert!(!ok && said.contains("(code -32003)"), "{said}");
+    assert!(
+        said.contains("is not one this daemon may connect to"),
+        "{said}"
+    );
+
+    let (ok, said) = ctl(
+        &mgmt,
+        &["add-lun", "--lun", &lun_arg(&t, 1, Some(&secret), "")],
+    );
+    assert!(ok, "{said}\n{}", d.log());
+    assert_eq!(said.trim(), "added LUN 0:0 (8.0 MiB)");
+    assert!(sessions().contains("Connection"), "{}", sessions());
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(l00());
+    // Passed through: tgtd's INQUIRY and capacity.
+    let r = vm.scsi(l00(), &cdb::inquiry(96), &[], &[96]);
+    r.assert_good();
+    assert_eq!(&r.data[8..11], b"IET", "{:?}", &r.data[8..16]);
+    let r = vm.scsi(l00(), &cdb::read_capacity10(), &[], &[8]);
+    r.assert_good();
+    let last = u32::from_be_bytes(r.data[..4].try_into().unwrap());
+    assert_eq!(u64::from(last) + 1, LUN_SIZE / BLOCK as u64);
+    io_of_many_sizes(&mut vm, &path, 0x5a);
+    // The emulated LUN beside it is untouched.
+    vm.clear_unit_attention(lun(0, 1));
+    vm.scsi(lun(0, 1), &cdb::read10(0, 1), &[], &[BLOCK as u32])
+        .assert_good();
+
+    let (ok, said) = ctl(&mgmt, &["remove-lun", "0:0"]);
+    assert!(ok, "{said}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sessions().contains("Connection") {
+        assert!(
+            Instant::now() < deadline,
+            "the connection stayed\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = d.log();
+    assert!(!log.contains(SECRET), "{log}");
+    assert!(log.contains("(role supervisor-management-iscsi)"), "{log}");
+    d.assert_alive();
+}
+
+/// A daemon with a management socket and no iSCSI portal at all (none configured, no
+/// --iscsi-portal) keeps the supervisor-management seccomp role, which cannot connect: add-lun
+/// of an iscsi:// source is refused (-32003) and names the option.
+#[test]
+fn without_an_iscsi_portal_add_lun_of_iscsi_is_refused() {
+    let Some((t, _path)) = target("without_an_iscsi_portal_add_lun_of_iscsi_is_refused", false)
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mgmt = dir.path().join("mgmt.sock");
+    let mut d = Daemon::start(
+        &[Disk {
+            addr: "0:1",
+            size: 1 << 20,
+            readonly: false,
+        }],
+        &["--management-socket", mgmt.to_str().unwrap()],
+    );
+    let (ok, said) = ctl(&mgmt, &["add-lun", "--lun", &lun_arg(&t, 1, None, "")]);
+    assert!(!ok && said.contains("(code -32003)"), "{said}");
+    assert!(said.contains("--iscsi-portal"), "{said}");
+    assert!(!t
+        .adm(&["--mode", "conn", "--op", "show", "--tid", "1"])
+        .contains("Connection"));
+    let log = d.log();
+    assert!(log.contains("(role supervisor-management)"), "{log}");
     d.assert_alive();
 }

@@ -113,7 +113,7 @@ pub enum ManageRequest {
 }
 
 /// The storage behind a LUN being added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Backing {
     /// An image or block device, open (and locked) by the supervisor: the first fd. Opened
@@ -121,6 +121,13 @@ pub enum Backing {
     File,
     /// `null://SIZE`: no storage, no fd.
     Null { size: u64 },
+    /// LUN `target_lun` of an iSCSI target the supervisor logged in to: the fd is the
+    /// connection, in the full feature phase, idle; `params` its negotiated state (checked
+    /// again by the worker's `Session::new`). No secret crosses.
+    Iscsi {
+        target_lun: u16,
+        params: Box<crate::iscsi::login::SessionParams>,
+    },
 }
 
 /// Cache mode on the wire.
@@ -195,7 +202,10 @@ impl AddLun {
 
     /// How many fds must accompany the message.
     pub fn fd_count(&self) -> usize {
-        usize::from(self.backing == Backing::File) + usize::from(self.pr_file)
+        usize::from(matches!(
+            self.backing,
+            Backing::File | Backing::Iscsi { .. }
+        )) + usize::from(self.pr_file)
     }
 
     /// The worker's view as a [`LunConfig`] (serial and WWN explicit; `pr_file` names no path,
@@ -241,6 +251,15 @@ impl AddLun {
         if let Backing::Null { size } = self.backing {
             if size == 0 || size > MAX_NULL_SIZE {
                 return invalid(format!("null size {size} out of range"));
+            }
+        }
+        if let Backing::Iscsi { target_lun, .. } = &self.backing {
+            if *target_lun > MAX_LUN || self.pr_file || self.cdrom || self.removable {
+                return invalid(
+                    "an iSCSI LUN is passed through: a LUN number up to 16383, no pr-file, \
+                     no CD-ROM"
+                        .to_string(),
+                );
             }
         }
         check_serial(&self.serial)?;

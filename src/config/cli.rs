@@ -284,6 +284,13 @@ pub struct Args {
     #[arg(long = "image-dir", value_name = "DIR")]
     pub image_dirs: Vec<PathBuf>,
 
+    /// An iSCSI portal HOST[:PORT] (port 3260 by default) add-lun may log in to (repeatable),
+    /// besides the portals of the iscsi:// LUNs configured at start-up; resolved at start-up,
+    /// and the supervisor's Landlock ruleset allows connecting to its port. Without any, add-lun
+    /// takes iscsi:// sources at the configured LUNs' portals only.
+    #[arg(long = "iscsi-portal", value_name = "HOST:PORT")]
+    pub iscsi_portals: Vec<String>,
+
     /// Write the daemon's pid to PATH once every socket exists and every LUN is open (removed
     /// at exit). Under systemd (NOTIFY_SOCKET) READY=1 is sent at the same point.
     #[arg(long, value_name = "PATH")]
@@ -456,6 +463,32 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
     }))
 }
 
+/// `HOST[:PORT]` (`[V6]:PORT` for an IPv6 address; port 3260 when absent): the host as
+/// written (lower case) and the port.
+pub fn parse_portal(s: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']')?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            Some(_) => return None,
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok().filter(|&p| p != 0)?,
+        None => 3260,
+    };
+    if host.is_empty() || host.contains(['/', '@', ' ', '\0']) {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
+
 /// `--management-socket`, `--management-group`, `--image-dir` (command line over file; image
 /// directories from both). The group and the directories are looked at by the preflight.
 fn management_config(
@@ -474,7 +507,24 @@ fn management_config(
         .or_else(|| file.management_group.clone());
     let mut image_dirs = file.image_dir.clone();
     image_dirs.extend(args.image_dirs.iter().cloned());
+    let iscsi_portals = file
+        .iscsi_portal
+        .iter()
+        .chain(&args.iscsi_portals)
+        .map(|p| {
+            parse_portal(p).ok_or_else(|| CliError::InvalidValue {
+                option: "--iscsi-portal".into(),
+                value: p.clone(),
+                expected: "HOST[:PORT], e.g. 192.0.2.1:3260 or [2001:db8::1]:3260",
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let Some(socket) = socket else {
+        if !iscsi_portals.is_empty() {
+            return Err(CliError::NeedsManagement {
+                option: "--iscsi-portal".into(),
+            });
+        }
         if group.is_some() {
             return Err(CliError::NeedsManagement {
                 option: "--management-group".into(),
@@ -508,6 +558,7 @@ fn management_config(
             socket,
             group,
             image_dirs,
+            iscsi_portals,
         }),
         origin,
     ))
@@ -2278,5 +2329,42 @@ source = "b.img"   # relative to the file
         assert_eq!(parse_level("trace"), Some(LevelFilter::Trace));
         assert_eq!(parse_level("verbose"), None);
         assert_eq!(parse_level(""), None);
+    }
+}
+
+#[cfg(test)]
+mod portal_tests {
+    use super::parse_portal;
+
+    #[test]
+    fn iscsi_portals_parse_with_a_default_port() {
+        assert_eq!(
+            parse_portal("192.0.2.1:3261"),
+            Some(("192.0.2.1".into(), 3261))
+        );
+        assert_eq!(
+            parse_portal("SAN.example"),
+            Some(("san.example".into(), 3260))
+        );
+        assert_eq!(
+            parse_portal("[2001:db8::1]:860"),
+            Some(("2001:db8::1".into(), 860))
+        );
+        assert_eq!(
+            parse_portal("[2001:db8::1]"),
+            Some(("2001:db8::1".into(), 3260))
+        );
+        for bad in [
+            "",
+            ":3260",
+            "h:0",
+            "h:x",
+            "2001:db8::1",
+            "[::1",
+            "[::1]x",
+            "a/b:1",
+        ] {
+            assert_eq!(parse_portal(bad), None, "{bad}");
+        }
     }
 }

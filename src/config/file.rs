@@ -13,6 +13,7 @@
 //! management-socket = "/run/vus/vm1.mgmt"   # runtime control (docs/management.md)
 //! management-group = "vus-admin"           # optional
 //! image-dir = ["/var/lib/images"]           # where add-lun may open images by path
+//! iscsi-portal = ["192.0.2.1:3260"]         # where add-lun may log in to iSCSI targets
 //! pidfile = "/run/vus/vm1.pid"             # written once serving
 //!
 //! [[lun]]
@@ -73,6 +74,8 @@ pub struct FileConfig {
     pub management_group: Option<String>,
     #[serde(default)]
     pub image_dir: Vec<PathBuf>,
+    #[serde(default)]
+    pub iscsi_portal: Vec<String>,
     pub pidfile: Option<PathBuf>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<FileLun>,

@@ -452,6 +452,9 @@ pub struct ManagementConfig {
     /// The only directories `add-lun` may open sources and `pr-file`s in (by path); without
     /// any, a LUN can only be added by passing an open descriptor.
     pub image_dirs: Vec<PathBuf>,
+    /// The iSCSI portals (host, port) `add-lun` may log in to, besides those of the configured
+    /// iSCSI LUNs (`--iscsi-portal`).
+    pub iscsi_portals: Vec<(String, u16)>,
 }
 
 /// How the worker is isolated from the host's file system and namespaces (`--sandbox`).

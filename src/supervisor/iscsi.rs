@@ -333,6 +333,13 @@ impl Reconnector {
         }
     }
 
+    /// An iSCSI LUN added at run time (replacing what an earlier LUN at its address had).
+    pub fn add(&mut self, lun: IscsiLunPortal) {
+        self.luns.retain(|(a, _)| *a != lun.0);
+        self.last.remove(&lun.0);
+        self.luns.push(lun);
+    }
+
     /// Answers one [`IscsiMsg`] from the worker: a reconnection gets one login attempt (no
     /// waiting here: the worker backs off between requests).
     pub fn serve(&mut self, msg: IscsiMsg) -> (Body, Vec<OwnedFd>) {

@@ -41,6 +41,13 @@ pub enum Change {
         lun: u16,
         read_only: bool,
     },
+    /// An iSCSI LUN added at run time: where the worker's reconnections log in (for the
+    /// supervisor's `Reconnector`, with or without restarts; nothing to apply here).
+    Portal {
+        target: u8,
+        lun: u16,
+        portal: Box<super::iscsi::IscsiPortal>,
+    },
 }
 
 /// The descriptors a LUN's files use in this process (its source's and its `pr-file`'s).
@@ -98,6 +105,7 @@ pub fn apply(res: &mut LunSet<'_>, change: Change) {
                 res.luns[i].config.read_only = read_only;
             }
         }
+        Change::Portal { .. } => {}
     }
 }
 

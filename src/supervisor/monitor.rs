@@ -202,6 +202,8 @@ fn confine_self(
         .filter_map(|l| l.source.iscsi())
         .collect();
     let mut ports: Vec<u16> = iscsi.iter().map(|s| s.port).collect();
+    // add-lun's iSCSI portals (those of the configured LUNs and each --iscsi-portal).
+    ports.extend(mgmt.map(|m| m.iscsi_ports()).unwrap_or_default());
     ports.sort_unstable();
     ports.dedup();
     let secrets: Vec<&std::path::Path> = iscsi
@@ -231,7 +233,8 @@ fn confine_self(
     if config.sandbox.seccomp == SeccompMode::Trap {
         sigsys::install().map_err(SandboxError::SigsysHandler)?;
     }
-    let role = match (mgmt.is_some(), !iscsi.is_empty()) {
+    // With a management socket that may log in to iSCSI portals, the role that connects.
+    let role = match (mgmt.is_some(), !ports.is_empty()) {
         (false, false) => ThreadRole::Supervisor,
         (true, false) => ThreadRole::SupervisorManagement,
         (false, true) => ThreadRole::SupervisorIscsi,
@@ -572,7 +575,10 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         if let Some(m) = &mut mgmt {
             // Calls in flight fail; the record and the retained LUN set stay as they were.
             m.worker_gone();
-            let changes = m.take_changes();
+            let mut changes = m.take_changes();
+            for portal in Server::iscsi_portals_added(&mut changes) {
+                services.iscsi.add(portal);
+            }
             let mut retained = match (&mut res, restarts_on) {
                 (Some(r), true) => Retained::Restarts(LunSet {
                     luns: &mut r.luns,
@@ -681,7 +687,11 @@ fn supervise(
                 let mut link = management::link::BrokerLink(&mut worker.broker);
                 m.on_poll(&mgmt_events, &mut link);
             }
-            retained.apply_all(m.take_changes());
+            let mut changes = m.take_changes();
+            for portal in Server::iscsi_portals_added(&mut changes) {
+                services.iscsi.add(portal);
+            }
+            retained.apply_all(changes);
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             warn!(

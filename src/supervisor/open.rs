@@ -388,6 +388,8 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
 pub struct RuntimeLun {
     pub lun: OpenedLun,
     pub fds: Vec<File>,
+    /// An iSCSI LUN's portal, for the worker's reconnections (`None` for files).
+    pub iscsi_portal: Option<Box<super::iscsi::IscsiPortal>>,
 }
 
 /// Opens a LUN at run time: by path (the supervisor checked that it may), or from `file`, a
@@ -414,7 +416,11 @@ pub fn open_runtime(lun: &LunConfig, file: Option<File>) -> Result<RuntimeLun, O
             path: lun.path().to_owned(),
             error,
         })?;
-    Ok(RuntimeLun { lun: opened, fds })
+    Ok(RuntimeLun {
+        lun: opened,
+        fds,
+        iscsi_portal: None,
+    })
 }
 
 /// Checks that a passed descriptor was opened the way `lun` says (read-write for a writable

@@ -10,10 +10,14 @@ use std::{fs::File, os::fd::OwnedFd, sync::Arc, time::Duration};
 
 use log::{info, warn};
 
-use super::{broker::ManageHandler, vhost_user::ScsiBackend};
+use super::{broker::ManageHandler, spawner::IscsiStarter, vhost_user::ScsiBackend};
 use crate::{
-    block::{BlockBackend, FileBackend, NullBackend},
+    block::{
+        iscsi::{broker_reconnect, IscsiHandover},
+        BlockBackend, FileBackend, NullBackend,
+    },
     broker::{
+        endpoint::BrokerHandle,
         manage::{
             AddLun, Backing, FailureCode, LunAddress, LunState, LunStats, ManageMsg, ManageReply,
             ManageRequest, OpStats, WireCache, MAX_LIST_PAGE, MAX_STATS_PAGE,
@@ -31,8 +35,9 @@ pub const REMOVE_DRAIN: Duration = Duration::from_secs(30);
 
 /// The broker thread's handler for `Body::Manage`: requests go to a [`Manager`] of `backend`,
 /// its replies go back; a reply in a request's place is refused.
-pub fn handler(backend: Arc<ScsiBackend>) -> ManageHandler {
+pub fn handler(backend: Arc<ScsiBackend>, iscsi: Option<IscsiRuntime>) -> ManageHandler {
     let mut manager = Manager::new(backend);
+    manager.iscsi = iscsi;
     Box::new(move |msg, fds| match msg {
         ManageMsg::Request(request) => (
             Body::Manage(ManageMsg::Reply(manager.handle(request, fds))),
@@ -42,12 +47,21 @@ pub fn handler(backend: Arc<ScsiBackend>) -> ManageHandler {
     })
 }
 
+/// What iSCSI LUNs added at run time need in the worker: the thread that starts their LUN
+/// threads, and the broker for their reconnections.
+pub struct IscsiRuntime {
+    pub starter: IscsiStarter,
+    pub broker: BrokerHandle,
+}
+
 /// Applies management requests to the bus of `backend`.
 pub struct Manager {
     backend: Arc<ScsiBackend>,
     /// Removed LUNs whose commands had not all finished when the removal replied: dropped
     /// (file closed) once they have.
     draining: Vec<Arc<LogicalUnit>>,
+    /// None: iSCSI LUNs cannot be added (no management socket, tests).
+    iscsi: Option<IscsiRuntime>,
 }
 
 impl Manager {
@@ -55,7 +69,56 @@ impl Manager {
         Self {
             backend,
             draining: Vec::new(),
+            iscsi: None,
         }
+    }
+
+    /// `add-lun` of an iSCSI LUN: a LUN thread on the connection the supervisor logged in,
+    /// then the passthrough LU on the bus.
+    fn add_iscsi(
+        &mut self,
+        add: &AddLun,
+        target_lun: u16,
+        params: &crate::iscsi::login::SessionParams,
+        fd: OwnedFd,
+    ) -> ManageReply {
+        let address = add.address;
+        let Some(rt) = &self.iscsi else {
+            return ManageReply::failed(
+                FailureCode::Unsupported,
+                "this worker cannot start iSCSI LUNs at run time",
+            );
+        };
+        let handover = IscsiHandover::new(
+            target_lun,
+            add.source.clone(),
+            std::net::TcpStream::from(fd),
+            params.clone(),
+        );
+        let reconnect = broker_reconnect(rt.broker.clone(), address.target, address.lun);
+        let lu = match rt.starter.start_lun(handover, reconnect) {
+            Ok(lu) => lu,
+            Err(e) => {
+                return ManageReply::failed(
+                    FailureCode::Io,
+                    format!("LUN {address}: cannot start its iSCSI thread: {e}"),
+                )
+            }
+        };
+        if let Err(BusError::AddressInUse(..)) =
+            self.backend
+                .bus()
+                .insert_passthrough(address.target, address.lun, lu)
+        {
+            // The LU just made goes with the error: its thread ends, the connection closes.
+            return ManageReply::failed(
+                FailureCode::AddressInUse,
+                format!("LUN {address} already exists"),
+            );
+        }
+        info!("LUN {address} added: {} (passthrough)", add.source);
+        self.backend.raise_event(Event::lun_added(wire(address)));
+        ManageReply::Done
     }
 
     /// Carries out one request that came with `fds`; the reply says what happened (nothing,
@@ -122,6 +185,15 @@ impl Manager {
         }
         let mut fds = fds.into_iter();
         let backend: Arc<dyn BlockBackend> = match add.backing {
+            Backing::Iscsi {
+                target_lun,
+                ref params,
+            } => {
+                let Some(fd) = fds.next() else {
+                    return ManageReply::failed(FailureCode::Invalid, "no connection fd");
+                };
+                return self.add_iscsi(add, target_lun, params, fd);
+            }
             Backing::Null { size } => Arc::new(NullBackend::new(size)),
             Backing::File => {
                 let Some(fd) = fds.next() else {
@@ -562,7 +634,7 @@ mod tests {
         let (sup, worker_end): (UnixStream, UnixStream) = socket_pair().unwrap();
         let backend = Arc::new(ScsiBackend::new(Arc::new(ScsiBus::new()), 1, 16));
         let handlers = super::super::broker::Handlers {
-            manage: Some(handler(backend.clone())),
+            manage: Some(handler(backend.clone(), None)),
         };
         let _handle = super::super::broker::start(worker_end, handlers).unwrap();
 

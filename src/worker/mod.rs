@@ -5,5 +5,6 @@ pub mod broker;
 pub mod guest_memory;
 pub mod manage;
 pub mod serve;
+pub mod spawner;
 pub mod startup;
 pub mod vhost_user;

@@ -254,7 +254,22 @@ fn worker_main(
         // removed since the guest last looked: EVENTS_MISSED makes Linux rescan the bus.
         backend.report_missed_events();
     }
-    manage.install(manage::handler(backend.clone()));
+    // iSCSI LUNs added at run time get their threads from a thread under worker-main only
+    // (`worker::spawner`), started now, from the main thread.
+    let iscsi = match config.management {
+        Some(_) => match super::spawner::IscsiStarter::start() {
+            Ok(starter) => Some(manage::IscsiRuntime {
+                starter,
+                broker: broker.clone(),
+            }),
+            Err(e) => {
+                warn!("cannot start the thread for iSCSI LUNs added at run time: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    manage.install(manage::handler(backend.clone(), iscsi));
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };

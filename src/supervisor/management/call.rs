@@ -10,10 +10,13 @@ use crate::config::{ctl::Address, LunConfig};
 /// [`super::link`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WorkerCall {
-    /// Serve a new LUN. Descriptors: the source's (none for `null://`), then the `pr-file`'s.
+    /// Serve a new LUN. Descriptors: the source's (none for `null://`; the logged-in
+    /// connection for `iscsi://`, with its negotiated `iscsi` parameters), then the
+    /// `pr-file`'s.
     AddLun {
         config: Box<LunConfig>,
         pr_file: bool,
+        iscsi: Option<Box<crate::iscsi::login::SessionParams>>,
     },
     /// Stop serving a LUN once its requests in flight are done; the worker closes its files.
     RemoveLun(Address),

@@ -30,13 +30,17 @@ fn wire(a: Address) -> LunAddress {
 /// The broker request for `call`.
 pub fn request(call: &WorkerCall) -> ManageRequest {
     match call {
-        WorkerCall::AddLun { config, .. } => {
+        WorkerCall::AddLun { config, iscsi, .. } => {
             let null = config
                 .source
                 .path()
                 .and_then(crate::block::null::null_source_size);
-            let backing = match null {
-                Some(Ok(size)) => Backing::Null { size },
+            let backing = match (null, iscsi, config.source.iscsi()) {
+                (_, Some(params), Some(src)) => Backing::Iscsi {
+                    target_lun: src.lun,
+                    params: params.clone(),
+                },
+                (Some(Ok(size)), ..) => Backing::Null { size },
                 _ => Backing::File,
             };
             ManageRequest::AddLun(AddLun::from_config(config, backing))
@@ -187,6 +191,7 @@ mod tests {
         match request(&WorkerCall::AddLun {
             config: Box::new(c),
             pr_file: false,
+            iscsi: None,
         }) {
             ManageRequest::AddLun(add) => {
                 assert_eq!(add.backing, Backing::Null { size: 1 << 20 });
@@ -199,10 +204,11 @@ mod tests {
         let ManageRequest::AddLun(add) = request(&WorkerCall::AddLun {
             config: Box::new(c),
             pr_file: false,
+            iscsi: None,
         }) else {
             panic!()
         };
-        assert_eq!((add.backing, add.fd_count()), (Backing::File, 1));
+        assert_eq!((&add.backing, add.fd_count()), (&Backing::File, 1));
     }
 
     #[test]

@@ -206,6 +206,8 @@ pub struct Context<'a> {
     pub caller: &'a Caller,
     /// Descriptors the client passed (SCM_RIGHTS), oldest first.
     pub fds: &'a mut VecDeque<OwnedFd>,
+    /// The iSCSI portals `add-lun` may log in to.
+    pub iscsi: &'a super::iscsi::IscsiAllow,
 }
 
 /// Every method, for `METHOD_NOT_FOUND`'s message and the docs.
@@ -413,10 +415,34 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
         ));
     }
     let Some(source) = config.source.path().map(Path::to_path_buf) else {
-        return Err(RpcError::new(
-            code::UNSUPPORTED,
-            "iSCSI LUNs are configured at start-up (--lun / TOML), not added at run time",
-        ));
+        // An iSCSI source: the supervisor logs in (super::iscsi), the worker gets the
+        // connection.
+        let dirs = ctx.image_dirs;
+        let l = super::iscsi::login(ctx.iscsi, config, address, |p| {
+            allowed_path(p, dirs, "chap-secret-file")
+        })?;
+        ctx.table.luns.insert(
+            address,
+            LunEntry {
+                config: l.config.clone(),
+                size: l.size,
+                state: LunState::Adding,
+                runtime: true,
+                passed_fd: false,
+            },
+        );
+        return Ok(Outcome::Forward {
+            call: WorkerCall::AddLun {
+                config: Box::new(l.config),
+                pr_file: false,
+                iscsi: Some(Box::new(l.params)),
+            },
+            fds: vec![File::from(OwnedFd::from(l.stream))],
+            then: Then::Added {
+                address,
+                opened: Box::new(l.retained),
+            },
+        });
     };
     let null = crate::block::null::null_source_size(&source);
     if passed && (config.create_size.is_some() || null.is_some()) {
@@ -479,6 +505,7 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
         call: WorkerCall::AddLun {
             config: Box::new(config),
             pr_file,
+            iscsi: None,
         },
         fds,
         then: Then::Added {
@@ -501,12 +528,22 @@ pub fn finish(
             match answer {
                 Ok(_) => {
                     let e = table.luns.get_mut(&address);
-                    let size = opened.lun.backend.size();
+                    // As recorded when it was opened (an iSCSI LUN's backend has no size).
+                    let mut size = opened.lun.backend.size();
                     if let Some(e) = e {
                         e.state = LunState::Online;
+                        size = e.size;
                     }
                     // The worker holds its own descriptors now; ours are kept for a restarted
                     // worker, or closed when nothing restarts.
+                    let opened = *opened;
+                    if let Some(portal) = opened.iscsi_portal {
+                        table.changes.push(Change::Portal {
+                            target: address.target,
+                            lun: address.lun,
+                            portal,
+                        });
+                    }
                     table.changes.push(Change::Added(Box::new(opened.lun)));
                     Ok(json!({"target": address.target, "lun": address.lun, "size": size}))
                 }
@@ -630,6 +667,7 @@ mod tests {
                     image_dirs: &self.dirs,
                     caller: &caller,
                     fds: &mut self.fds,
+                    iscsi: &super::super::iscsi::IscsiAllow::default(),
                 },
                 method,
                 &params,
@@ -703,8 +741,11 @@ mod tests {
             "add-lun",
             json!({"spec": "1:0=iscsi://127.0.0.1/iqn.2026-01.org.example:t/0"}),
         );
-        assert_eq!(e.code, code::UNSUPPORTED, "{}", e.message);
-        assert!(e.message.contains("iSCSI"), "{}", e.message);
+        // No portal allowed (none configured, no --iscsi-portal): refused before any
+        // connection, naming the option; nothing recorded.
+        assert_eq!(e.code, code::PATH_NOT_ALLOWED, "{}", e.message);
+        assert!(e.message.contains("--iscsi-portal"), "{}", e.message);
+        assert_eq!(f.table.luns.len(), 1);
         // A configured iSCSI LUN is listed and may be removed, but not resized or
         // write-protected from here (that is the target's business).
         let source =
@@ -809,7 +850,10 @@ mod tests {
         else {
             panic!("not forwarded")
         };
-        let WorkerCall::AddLun { config, pr_file } = &call else {
+        let WorkerCall::AddLun {
+            config, pr_file, ..
+        } = &call
+        else {
             panic!("{call:?}")
         };
         assert_eq!((config.target, config.lun, *pr_file), (0, 1, false));

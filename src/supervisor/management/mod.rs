@@ -14,6 +14,7 @@
 
 pub mod call;
 pub mod client;
+pub mod iscsi;
 pub mod link;
 pub mod methods;
 pub mod peer;
@@ -81,6 +82,12 @@ pub enum ManagementError {
         group: String,
         #[source]
         error: crate::config::error::SocketGroupError,
+    },
+    #[error("--iscsi-portal {portal}: cannot resolve it: {}", crate::config::error::io_msg(.error))]
+    IscsiPortal {
+        portal: String,
+        #[source]
+        error: io::Error,
     },
     #[error("--image-dir {}: {}", .path.display(), crate::config::error::io_msg(.error))]
     ImageDir {
@@ -214,6 +221,8 @@ pub struct Server {
     next_token: u64,
     table: Table,
     waiting: HashMap<u64, Waiting>,
+    /// The iSCSI portals `add-lun` may log in to (resolved at start-up).
+    iscsi: iscsi::IscsiAllow,
 }
 
 impl Server {
@@ -245,6 +254,9 @@ impl Server {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let luns: Vec<(crate::config::LunConfig, u64)> = luns.into_iter().collect();
+        let iscsi = iscsi::IscsiAllow::new(luns.iter().map(|(c, _)| c), &config.iscsi_portals)
+            .map_err(|(portal, error)| ManagementError::IscsiPortal { portal, error })?;
         let listener = listener::listen(
             &ListenSpec::SocketPath(config.socket.clone()),
             config.group.as_deref(),
@@ -282,12 +294,39 @@ impl Server {
             next_token: 0,
             table: Table::new(luns),
             waiting: HashMap::new(),
+            iscsi,
         })
     }
 
     /// The socket's path (its directory must stay writable for removal at exit).
     pub fn path(&self) -> Option<&std::path::Path> {
         self.listener.owned_path()
+    }
+
+    /// The TCP ports of the iSCSI portals `add-lun` may log in to (the supervisor's Landlock
+    /// ruleset allows connecting to them).
+    pub fn iscsi_ports(&self) -> Vec<u16> {
+        self.iscsi.ports()
+    }
+
+    /// Takes the portals of iSCSI LUNs added at run time out of `changes` (for the
+    /// supervisor's reconnection service), leaving the rest.
+    pub fn iscsi_portals_added(
+        changes: &mut Vec<crate::supervisor::luns::Change>,
+    ) -> Vec<crate::supervisor::iscsi::IscsiLunPortal> {
+        let mut portals = Vec::new();
+        changes.retain_mut(|c| match c {
+            crate::supervisor::luns::Change::Portal {
+                target,
+                lun,
+                portal,
+            } => {
+                portals.push(((*target, *lun), (**portal).clone()));
+                false
+            }
+            _ => true,
+        });
+        portals
     }
 
     /// The `--image-dir`s, canonical (the supervisor's Landlock ruleset allows them).
@@ -451,6 +490,7 @@ impl Server {
                 image_dirs: &self.image_dirs,
                 caller: &caller,
                 fds: &mut client.fds,
+                iscsi: &self.iscsi,
             },
             &req.method,
             &req.params,
