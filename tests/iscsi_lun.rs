@@ -729,3 +729,61 @@ fn without_an_iscsi_portal_add_lun_of_iscsi_is_refused() {
     assert!(log.contains("(role supervisor-management)"), "{log}");
     d.assert_alive();
 }
+
+/// `--restart-worker=on-failure`: an iSCSI LUN added at run time is served again by a
+/// restarted worker, which gets a fresh connection from the supervisor (the portal the add
+/// used) like a configured LUN's, with the data written before the crash.
+#[test]
+fn an_iscsi_lun_added_at_run_time_survives_a_worker_restart() {
+    let Some((t, path)) = target(
+        "an_iscsi_lun_added_at_run_time_survives_a_worker_restart",
+        false,
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mgmt = dir.path().join("mgmt.sock");
+    let portal = format!("127.0.0.1:{}", t.port);
+    let mut d = Daemon::start(
+        &[Disk {
+            addr: "0:1",
+            size: 1 << 20,
+            readonly: false,
+        }],
+        &[
+            "--management-socket",
+            mgmt.to_str().unwrap(),
+            "--iscsi-portal",
+            &portal,
+            "--restart-worker",
+            "on-failure",
+        ],
+    );
+    let (ok, said) = ctl(&mgmt, &["add-lun", "--lun", &lun_arg(&t, 1, None, "")]);
+    assert!(ok, "{said}\n{}", d.log());
+    let data = pattern(8 * BLOCK, 0x6e);
+    {
+        let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+        vm.clear_unit_attention(l00());
+        vm.scsi(l00(), &cdb::write10(24, 8), &[&data], &[])
+            .assert_good();
+    }
+    let first = worker_of(d.pid());
+    // SAFETY: kill(2) on a process we started (the worker under our supervisor).
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.log().contains("(restart 1 in the current window)") {
+        assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(l00());
+    let r = vm.scsi(l00(), &cdb::read10(24, 8), &[], &[8 * BLOCK as u32]);
+    r.assert_good();
+    assert!(r.data == data, "the restarted worker reads other data");
+    assert!(file_bytes(&path, 24 * BLOCK as u64, data.len()) == data);
+    assert!(d.log().contains("logged in again"), "{}", d.log());
+    let (ok, said) = ctl(&mgmt, &["list"]);
+    assert!(ok && said.contains("iscsi://"), "{said}");
+    d.assert_alive();
+}

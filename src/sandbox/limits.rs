@@ -99,13 +99,28 @@ pub fn worker_nofile(config: &Config, lun_fds: usize) -> u64 {
     32 + lun_fds as u64 + 2 * per_connection
 }
 
-/// Threads the worker may run: main and signal threads, and per connection (two at once during
-/// a reconnect) the protocol thread, one vring thread per queue and the aio pool of each
-/// request queue.
+/// iSCSI LUNs that may be added at run time (each has a thread in the worker) on top of the
+/// configured ones; past this, `add-lun` of an iSCSI source fails to start its thread.
+pub const RUNTIME_ISCSI_THREADS: u64 = 32;
+
+/// Threads the worker may run: main and signal threads, one per configured iSCSI LUN, with a
+/// management socket the spawning thread and [`RUNTIME_ISCSI_THREADS`], and per connection
+/// (two at once during a reconnect) the protocol thread, one vring thread per queue and the aio
+/// pool of each request queue.
 pub fn worker_threads(config: &Config) -> u64 {
     let queues = u64::from(config.num_queues);
     let per_connection = 1 + (queues + 1) + queues * config.io.aio_threads as u64;
-    8 + 2 * per_connection
+    let iscsi = config
+        .luns
+        .iter()
+        .filter(|l| l.source.iscsi().is_some())
+        .count() as u64;
+    let management = if config.management.is_some() {
+        1 + RUNTIME_ISCSI_THREADS
+    } else {
+        0
+    };
+    8 + iscsi + management + 2 * per_connection
 }
 
 /// Open files the supervisor may hold: what it has now plus room for a restart's channels.
