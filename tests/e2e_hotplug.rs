@@ -121,6 +121,51 @@ fn unlocked(path: &Path) -> bool {
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
+/// The guest (`tests/e2e/guest-hotplug.sh`) on `daemon`'s socket; `append`: more of its
+/// kernel command line.
+fn start_guest(qemu: &str, daemon: &Daemon, name: &str, append: &str) -> Guest {
+    let log = log_dir().join(format!("{name}-{}.log", std::process::id()));
+    let child = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/run-guest.sh"
+        ))
+        .args(["--qemu", qemu, "--phase", "hotplug", "--disks", "0:0"])
+        .args(["--timeout", &GUEST_TIMEOUT_SECS.to_string()])
+        .args([
+            "--append",
+            format!("e2e.script=guest-hotplug.sh {append}").trim(),
+        ])
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--log")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run tests/e2e/run-guest.sh");
+    Guest {
+        child: Some(child),
+        log,
+    }
+}
+
+/// Waits for the guest to end and checks it passed.
+fn guest_passed(mut guest: Guest, daemon: &mut Daemon) {
+    let out = guest.child.take().unwrap().wait_with_output().unwrap();
+    let serial = guest.serial();
+    assert!(
+        out.status.success(),
+        "guest failed ({})\n{}{}\n--- serial ---\n{serial}\n--- daemon ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    daemon.assert_alive();
+}
+
 #[test]
 fn guest_sees_a_lun_added_grown_and_removed() {
     if std::env::var("VUS_E2E_SKIP").as_deref() == Ok("1") {
@@ -150,28 +195,7 @@ fn guest_sees_a_lun_added_grown_and_removed() {
         ],
     );
 
-    let log = log_dir().join(format!("hotplug-{}.log", std::process::id()));
-    let child = Command::new("bash")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/e2e/run-guest.sh"
-        ))
-        .args(["--qemu", &qemu, "--phase", "hotplug", "--disks", "0:0"])
-        .args(["--timeout", &GUEST_TIMEOUT_SECS.to_string()])
-        .args(["--append", "e2e.script=guest-hotplug.sh"])
-        .arg("--socket")
-        .arg(&daemon.socket)
-        .arg("--log")
-        .arg(&log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("cannot run tests/e2e/run-guest.sh");
-    let mut guest = Guest {
-        child: Some(child),
-        log,
-    };
+    let mut guest = start_guest(&qemu, &daemon, "hotplug", "");
 
     guest.wait_step("ready", &daemon);
     let spec = format!("0:1={}", added.display());
@@ -191,18 +215,7 @@ fn guest_sees_a_lun_added_grown_and_removed() {
 
     ctl(&mgmt, &["remove-lun", "0:1"], &daemon);
     guest.wait_step("removed", &daemon);
-
-    let out = guest.child.take().unwrap().wait_with_output().unwrap();
-    let serial = guest.serial();
-    assert!(
-        out.status.success(),
-        "guest failed ({})\n{}{}\n--- serial ---\n{serial}\n--- daemon ---\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        daemon.log()
-    );
-    daemon.assert_alive();
+    guest_passed(guest, &mut daemon);
 
     // The image the guest formatted, released by the daemon.
     assert!(unlocked(&added), "the removed image is still locked");
@@ -214,6 +227,77 @@ fn guest_sees_a_lun_added_grown_and_removed() {
     assert!(
         fsck.status.success(),
         "e2fsck -fn of the image the guest formatted: {}\n{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit: {status}\n{}", daemon.log());
+}
+
+/// The same with an iSCSI LUN added at run time (a real tgtd; no resize: its size is the
+/// target's): the guest sees the disk appear, makes a file system on it and reads it back
+/// through the daemon's passthrough, sees it go at remove-lun while I/O on 0:0 carries on; on
+/// the host, the file system in tgtd's backing file is clean and the session is closed.
+#[test]
+fn guest_sees_an_iscsi_lun_added_and_removed() {
+    use vus_test_support::tgtd::{Tgtd, LUN_SIZE};
+    if std::env::var("VUS_E2E_SKIP").as_deref() == Ok("1") {
+        println!("SKIPPED: e2e (VUS_E2E_SKIP=1)");
+        return;
+    }
+    let Some(mut t) = Tgtd::start("guest_sees_an_iscsi_lun_added_and_removed") else {
+        return;
+    };
+    const IQN: &str = "iqn.2026-01.org.vhost-user-scsi:hotplug";
+    let backing = t.add_target(1, IQN);
+    let qemu = system_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let mgmt = dir.path().join("mgmt.sock");
+    let portal = format!("127.0.0.1:{}", t.port);
+    let mut daemon = Daemon::start(
+        &[Disk {
+            addr: "0:0",
+            size: BASE_SIZE,
+            readonly: false,
+        }],
+        &[
+            "--management-socket",
+            mgmt.to_str().unwrap(),
+            "--iscsi-portal",
+            &portal,
+        ],
+    );
+    let mut guest = start_guest(&qemu, &daemon, "hotplug-iscsi", "e2e.resize=0");
+    guest.wait_step("ready", &daemon);
+    let spec = format!("0:1=iscsi://{portal}/{IQN}/1");
+    ctl(&mgmt, &["add-lun", "--lun", &spec], &daemon);
+    let step = guest.wait_step("added", &daemon);
+    assert_eq!(field(&step, "sectors"), (LUN_SIZE / 512).to_string());
+    guest.wait_step("resized skipped", &daemon);
+    ctl(&mgmt, &["remove-lun", "0:1"], &daemon);
+    guest.wait_step("removed", &daemon);
+    guest_passed(guest, &mut daemon);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while t
+        .adm(&["--mode", "conn", "--op", "show", "--tid", "1"])
+        .contains("Connection")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the session stayed\n{}",
+            daemon.log()
+        );
+        sleep(Duration::from_millis(50));
+    }
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&backing)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn of the iSCSI LUN the guest formatted: {}\n{}",
         fsck.status,
         String::from_utf8_lossy(&fsck.stdout)
     );

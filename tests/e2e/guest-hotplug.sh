@@ -14,13 +14,15 @@
 #      0:0 carries on without an error           -> E2E-HP: removed
 #   E2E-RESULT: PASS phase=P nonce=NONCE, or E2E-RESULT: FAIL ... lines.
 #
-# Kernel command line: e2e.phase, e2e.nonce (echoed), e2e.wait=SECONDS per step (default 90).
+# Kernel command line: e2e.phase, e2e.nonce (echoed), e2e.wait=SECONDS per step (default 90),
+# e2e.resize=0 to skip step 3 (an iSCSI LUN: its size is the target's).
 
 . /e2e/guest-lib.sh
 
 PHASE="$(cmdline_get e2e.phase 1)"
 NONCE="$(cmdline_get e2e.nonce none)"
 WAIT="$(cmdline_get e2e.wait 90)"
+RESIZE="$(cmdline_get e2e.resize 1)"
 FAILS=0
 
 fail() {
@@ -97,7 +99,9 @@ fi
 say "added dev=$DEV sectors=$SECTORS sha256=$WANT"
 
 # 3. Grown and resized by the host.
-if wait_until "$WAIT" size_is_not "$DEV" "$SECTORS"; then
+if [ "$RESIZE" = 0 ]; then
+    say "resized skipped"
+elif wait_until "$WAIT" size_is_not "$DEV" "$SECTORS"; then
     say "resized sectors=$(cat "/sys/block/$DEV/size")"
 else
     fail "size of $DEV still $SECTORS sectors"

@@ -109,9 +109,14 @@ impl Table {
             .find(|a| !self.luns.contains_key(a))
     }
 
-    /// The LUN at `a`, if no other call is changing it; an iSCSI LUN only for `remove-lun`
-    /// (`iscsi`): its size and protection are the target's.
-    fn online(&mut self, a: Address, iscsi: bool) -> Result<&mut LunEntry, RpcError> {
+    /// The LUN at `a`, if no other call is changing it and it is not an iSCSI LUN (its size and
+    /// protection are the target's).
+    fn online(&mut self, a: Address) -> Result<&mut LunEntry, RpcError> {
+        self.online_for(a, false)
+    }
+
+    /// [`Self::online`], an iSCSI LUN too when `iscsi` (`remove-lun`).
+    fn online_for(&mut self, a: Address, iscsi: bool) -> Result<&mut LunEntry, RpcError> {
         let e = self
             .luns
             .get_mut(&a)
@@ -236,7 +241,7 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
      -> Result<Outcome, RpcError> {
         only_params(params, &["lun"])?;
         let a = address_param(params)?;
-        table.online(a, state == "removing")?.state = LunState::Busy(state);
+        table.online_for(a, state == "removing")?.state = LunState::Busy(state);
         let (call, then) = make(a);
         Ok(Outcome::Forward {
             call,
@@ -278,7 +283,7 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
                 ));
             }
             let ro = bool_param(params, "read-only", false)?;
-            ctx.table.online(a, false)?.state = LunState::Busy("changing");
+            ctx.table.online(a)?.state = LunState::Busy("changing");
             Ok(Outcome::Forward {
                 call: WorkerCall::SetReadOnly(a, ro),
                 fds: Vec::new(),
