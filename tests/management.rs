@@ -944,3 +944,35 @@ fn an_added_lun_uses_io_uring_and_its_removal_releases_the_slot() {
     drop(vm);
     m.daemon.assert_alive();
 }
+
+/// With a management socket the worker runs `vus-spawn` (it starts the threads of iSCSI LUNs
+/// added at run time): filtered like the main thread (worker-enosys + worker-main, no role of
+/// its own, so that the threads it starts carry only theirs), no_new_privs, no capabilities.
+#[test]
+fn the_spawning_thread_is_confined_like_the_main_thread() {
+    let m = Managed::start(&[]);
+    let worker = worker_of(m.daemon.pid());
+    let status = |tid: &str| {
+        std::fs::read_to_string(format!("/proc/{worker}/task/{tid}/status")).unwrap_or_default()
+    };
+    let field = |st: &str, key: &str| {
+        st.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let mut spawn = None;
+    wait_until("the vus-spawn thread", || {
+        spawn = std::fs::read_dir(format!("/proc/{worker}/task"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| status(&e.file_name().to_string_lossy()))
+            .find(|st| field(st, "Name") == "vus-spawn");
+        spawn.is_some()
+    });
+    let st = spawn.unwrap();
+    assert_eq!(field(&st, "Seccomp"), "2", "{st}");
+    assert_eq!(field(&st, "Seccomp_filters"), "2", "{st}");
+    assert_eq!(field(&st, "NoNewPrivs"), "1", "{st}");
+    assert_eq!(field(&st, "CapEff"), "0000000000000000", "{st}");
+}
