@@ -356,3 +356,27 @@ fn created_files_refuse_symlinks_and_foreign_files() {
     std::fs::remove_file(&link).unwrap();
     d.assert_only(&["a.img", "victim"]);
 }
+
+/// An `--iscsi-portal` that does not resolve is refused before the vhost-user and management
+/// sockets exist (`.invalid` never resolves, RFC 6761).
+#[test]
+fn unresolvable_iscsi_portal_creates_no_socket() {
+    let d = Dir::new();
+    let disk = d.image("disk.img");
+    let mgmt = d.path("mgmt.sock").display().to_string();
+    let e = fails(&[
+        "--socket-path",
+        &d.sock(),
+        "--lun",
+        &format!("0:0={disk}"),
+        "--management-socket",
+        &mgmt,
+        "--iscsi-portal",
+        "portal.invalid:3260",
+    ]);
+    assert!(
+        e.contains("--iscsi-portal portal.invalid:3260: cannot resolve it"),
+        "{e}"
+    );
+    d.assert_only(&["disk.img"]);
+}

@@ -243,6 +243,13 @@ pub enum CliError {
         #[source]
         error: io::Error,
     },
+    #[error("{option} {portal}: cannot resolve it: {}", io_msg(.error))]
+    Unresolvable {
+        option: String,
+        portal: String,
+        #[source]
+        error: io::Error,
+    },
     #[error(transparent)]
     ConfigFile(#[from] ConfigFileError),
 }

@@ -110,6 +110,18 @@ fn check_management(config: &Config, m: &ManagementConfig) -> Result<(), CliErro
             error,
         })?;
     }
+    // Resolved again when the management server starts (before the supervisor's confinement);
+    // checked here so that a name that does not resolve is one clear error before the
+    // vhost-user socket exists.
+    for (host, port) in &m.iscsi_portals {
+        if let Err(e) = std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port)) {
+            return Err(CliError::Unresolvable {
+                option: "--iscsi-portal".into(),
+                portal: format!("{host}:{port}"),
+                error: e,
+            });
+        }
+    }
     for dir in &m.image_dirs {
         let error = |error| CliError::Path {
             origin: "--image-dir".into(),
