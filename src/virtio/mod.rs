@@ -7,6 +7,7 @@
 pub mod command;
 pub mod config_space;
 pub mod control;
+pub mod inflight;
 pub mod queue;
 pub mod request;
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! vectors are reused, so a warmed-up queue allocates nothing per request here.
 
 use std::{
+    collections::VecDeque,
     io,
     os::fd::{AsRawFd, RawFd},
     time::{Duration, Instant},
@@ -15,9 +16,9 @@ use std::{
 
 use log::{info, warn};
 use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{desc::split::Descriptor, DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
-    GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
+    GuestAddress, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress, VolatileSlice,
 };
 
@@ -32,6 +33,7 @@ use crate::{
     scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PendingIo, ReplyShape, Started},
+        inflight::{HeadChain, InflightQueue},
         request::split_chain,
     },
 };
@@ -40,6 +42,133 @@ type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 /// Whatever virtqueue type serves the queue (the daemon's `ScsiVring`, a test's `VringRwLock`).
 pub trait Vring: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>> {}
 impl<T: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>>> Vring for T {}
+
+/// A chain to serve: popped from the avail ring, or resubmitted from the inflight region (the
+/// previous back-end popped it and never answered).
+pub enum Chain {
+    Popped(DescriptorChain<MemGuard>),
+    Resubmitted(HeadChain<MemGuard>),
+}
+
+impl Chain {
+    pub fn head_index(&self) -> u16 {
+        match self {
+            Chain::Popped(c) => c.head_index(),
+            Chain::Resubmitted(c) => c.head_index(),
+        }
+    }
+}
+
+impl Iterator for Chain {
+    type Item = Descriptor;
+    fn next(&mut self) -> Option<Descriptor> {
+        match self {
+            Chain::Popped(c) => c.next(),
+            Chain::Resubmitted(c) => c.next(),
+        }
+    }
+}
+
+/// A queue's inflight tracking (vhost-user INFLIGHT_SHMFD, [`super::inflight`]).
+#[derive(Default)]
+pub struct Tracking {
+    queue: Option<InflightQueue>,
+    /// Which SET_INFLIGHT_FD `queue` came from (0: none yet); see [`Tracking::set`].
+    generation: u64,
+    /// `queue.start` has run for this region.
+    started: bool,
+    /// Heads left to resubmit, in pop order.
+    resubmit: VecDeque<u16>,
+}
+
+impl Tracking {
+    /// The SET_INFLIGHT_FD this queue's tracking comes from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Tracks requests in `queue` from now on (the front-end handed over region number
+    /// `generation`); what it says was left in flight is resubmitted before anything new.
+    pub fn set(&mut self, queue: Option<InflightQueue>, generation: u64) {
+        *self = Tracking {
+            queue,
+            generation,
+            ..Tracking::default()
+        };
+    }
+
+    /// This queue's part of the region, if any.
+    pub fn queue(&self) -> Option<&InflightQueue> {
+        self.queue.as_ref()
+    }
+
+    /// The next chain to resubmit, before anything is popped from the avail ring.
+    pub fn next_resubmit(&mut self, vring: &impl Vring, mem: &MemGuard) -> Option<Chain> {
+        let head = self.resubmit.pop_front()?;
+        Some(Chain::Resubmitted(resubmitted_chain(vring, mem, head)))
+    }
+
+    /// On the queue's first use with this region: reads what the previous back-end left in
+    /// flight, and moves the avail position past it (the front-end's ring base is the last
+    /// answered request, which skips requests answered out of order).
+    pub fn start(&mut self, vring: &impl Vring) -> Result<(), QueueError> {
+        let Some(q) = self.queue.as_mut().filter(|_| !self.started) else {
+            return Ok(());
+        };
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
+        }
+        let used = vring.queue_used_idx()?;
+        let start = q.start(used);
+        self.started = true;
+        if start.resumed {
+            vring.set_queue_next_avail(used.wrapping_add(start.resubmit.len() as u16));
+        }
+        if !start.resubmit.is_empty() {
+            info!(
+                "resubmitting {} request(s) the previous back-end left in flight",
+                start.resubmit.len()
+            );
+        }
+        self.resubmit = start.resubmit.into();
+        Ok(())
+    }
+
+    pub fn popped(&mut self, head: u16) {
+        if let Some(q) = self.queue.as_mut() {
+            q.popped(head);
+        }
+    }
+}
+
+/// Publishes `head`'s used element, recording it in the inflight region around it (the same
+/// order as libvhost-user: mark the batch head, publish, clear the mark, record used idx).
+pub fn publish_used(
+    vring: &impl Vring,
+    inflight: Option<&InflightQueue>,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    let Some(q) = inflight else {
+        return vring.add_used(head, len);
+    };
+    q.before_used(head);
+    vring.add_used(head, len)?;
+    q.after_used(head, vring.get_ref().get_queue().next_used());
+    Ok(())
+}
+
+/// The chain whose head is `head`, walked from the queue's descriptor table.
+fn resubmitted_chain(vring: &impl Vring, mem: &MemGuard, head: u16) -> HeadChain<MemGuard> {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    HeadChain::new(
+        mem.clone(),
+        GuestAddress(queue.desc_table()),
+        queue.size(),
+        head,
+    )
+}
 
 /// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists run synchronously.
 const MAX_IOVECS: usize = 1024;
@@ -117,7 +246,9 @@ pub struct QueueWorker {
     free: Vec<u32>,
     inflight: usize,
     done: Vec<(u64, i32)>,
-    chains: Vec<DescriptorChain<MemGuard>>,
+    chains: Vec<Chain>,
+    /// Inflight tracking, when the front-end shares a region.
+    tracking: Tracking,
     poll: Duration,
     /// `--submit-batch`: operations pushed to the engine before it is told to start them.
     submit_batch: u32,
@@ -190,6 +321,7 @@ impl QueueWorker {
             inflight: 0,
             done: Vec::with_capacity(depth),
             chains: Vec::with_capacity(depth),
+            tracking: Tracking::default(),
             poll: Duration::ZERO,
             submit_batch: submit_batch.max(1),
             unsubmitted: 0,
@@ -281,6 +413,19 @@ impl QueueWorker {
         }
     }
 
+    /// Tracks this queue's requests in `queue` (a part of the front-end's inflight region) from
+    /// now on; what the region says was left in flight is resubmitted before the next new
+    /// request. Called before the first `run` and whenever the front-end hands over a region
+    /// again (SET_INFLIGHT_FD), which it does only while the ring is stopped.
+    pub fn set_inflight(&mut self, queue: Option<InflightQueue>, generation: u64) {
+        self.tracking.set(queue, generation);
+    }
+
+    /// The SET_INFLIGHT_FD the tracking comes from (0: none).
+    pub fn inflight_generation(&self) -> u64 {
+        self.tracking.generation()
+    }
+
     /// The ring is being stopped (GET_VRING_BASE): a new kick eventfd may follow.
     pub fn forget_kick(&mut self) {
         self.engine.forget_kick();
@@ -309,6 +454,7 @@ impl QueueWorker {
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
+        self.tracking.start(vring)?;
         loop {
             if event_idx {
                 vring.disable_notification()?;
@@ -323,6 +469,11 @@ impl QueueWorker {
                 // A stopped ring takes nothing new: what was in flight has completed.
                 if self.ring_stopped {
                     return Ok(());
+                }
+                // Resubmissions beyond the free slots go before any return to the event loop
+                // (the guest will not kick for them).
+                if !self.tracking.resubmit.is_empty() {
+                    continue;
                 }
                 // Idle: back to the event loop unless a request raced with re-enabling.
                 if !event_idx || !vring.enable_notification()? {
@@ -423,11 +574,29 @@ impl QueueWorker {
         if self.free.is_empty() {
             return Ok(false);
         }
-        let room = self.free.len();
+        let mut room = self.free.len();
+        if !self.tracking.resubmit.is_empty() {
+            if !vring.get_ref().get_queue().ready() {
+                self.ring_stopped = true;
+                return Ok(false);
+            }
+            while room > 0 {
+                let Some(chain) = self.tracking.next_resubmit(vring, mem) else {
+                    break;
+                };
+                self.chains.push(chain);
+                room -= 1;
+            }
+        }
         {
             let mut state = vring.get_mut();
             match state.get_queue_mut().iter(mem.clone()) {
-                Ok(iter) => self.chains.extend(iter.take(room)),
+                Ok(iter) => {
+                    for chain in iter.take(room) {
+                        self.tracking.popped(chain.head_index());
+                        self.chains.push(Chain::Popped(chain));
+                    }
+                }
                 // GET_VRING_BASE stopped the ring: take nothing new, but let what is in flight
                 // complete (`stop_vring` waits for it before the base is reported).
                 Err(virtio_queue::Error::QueueNotReady) => {
@@ -466,7 +635,7 @@ impl QueueWorker {
                 }
             };
             if let Some(used) = used {
-                vring.add_used(head, used)?;
+                publish_used(vring, self.tracking.queue.as_ref(), head, used)?;
                 used_any = true;
             }
         }
@@ -612,7 +781,7 @@ impl QueueWorker {
             slot.release();
             self.free.push(index as u32);
             self.inflight -= 1;
-            if let Err(e) = vring.add_used(head, used) {
+            if let Err(e) = publish_used(vring, self.tracking.queue.as_ref(), head, used) {
                 ring_error.get_or_insert(e);
             }
         }

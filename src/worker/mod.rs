@@ -2,6 +2,7 @@
 
 pub mod assemble;
 pub mod guest_memory;
+pub mod inflight;
 pub mod serve;
 pub mod startup;
 pub mod vhost_user;

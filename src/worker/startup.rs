@@ -22,6 +22,7 @@ use nix::{sys::prctl, unistd};
 
 use super::{
     assemble::{self, OpenedLun},
+    inflight::{InflightMemfd, QueueShape},
     serve::{self, ServeOptions},
     vhost_user::ScsiBackend,
 };
@@ -194,6 +195,14 @@ fn worker_main(
     // The request queues' rings, made, restricted and enabled now: no role installed below
     // allows io_uring_setup.
     let rings = make_rings(res, config);
+    // The inflight region handed out to front-ends (GET_INFLIGHT_FD), likewise made now: no
+    // role may create a file.
+    let inflight = InflightMemfd::create(QueueShape {
+        num_queues: 2 + config.num_queues,
+        max_queue_size: config.queue_size,
+    })
+    .map_err(|e| warn!("inflight I/O tracking is off: cannot create its memfd: {e}"))
+    .ok();
     // Step 6.
     sandbox::install_main_filters(jail.seccomp)?;
     #[cfg(debug_assertions)]
@@ -201,12 +210,14 @@ fn worker_main(
 
     // Serve. `broker` stays open for the fd-broker protocol to come.
     let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
-    let backend = Arc::new(
-        ScsiBackend::new(bus, config.num_queues, config.queue_size)
-            .with_io_config(config.io.clone())
-            .with_rings(rings)
-            .allow_unsealed_memory(config.allow_unsealed_memory),
-    );
+    let mut backend = ScsiBackend::new(bus, config.num_queues, config.queue_size)
+        .with_io_config(config.io.clone())
+        .with_rings(rings)
+        .allow_unsealed_memory(config.allow_unsealed_memory);
+    if let Some(memfd) = inflight {
+        backend = backend.with_inflight_memfd(memfd);
+    }
+    let backend = Arc::new(backend);
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };

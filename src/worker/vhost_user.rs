@@ -16,7 +16,9 @@ use std::{
 };
 
 use log::{debug, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
+};
 use vhost_user_backend::{
     VhostUserBackend, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
 };
@@ -25,7 +27,7 @@ use virtio_bindings::{
     virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
     virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG},
 };
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
 use vmm_sys_util::{
     epoll::EventSet,
@@ -36,12 +38,14 @@ use crate::{
     block::engine::{uring::UringEngine, AioMode, IoConfig},
     sandbox::seccomp::{self, ThreadRole},
     scsi::ScsiBus,
+    virtio::inflight::InflightQueue,
     virtio::{
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
-        queue::{QueueError, QueueWorker, TEARDOWN_DRAIN},
+        queue::{publish_used, Chain, QueueError, QueueWorker, Tracking, TEARDOWN_DRAIN},
         request::{split_chain, SplitChain},
     },
+    worker::inflight::{InflightMemfd, InflightRegion, QueueShape},
 };
 
 /// Name of the vhost-user protocol thread (vhost-user-backend names it after the daemon,
@@ -115,8 +119,13 @@ pub struct ScsiBackend {
     /// (`--aio=io-uring`), while no queue worker holds it. A queue worker takes it for its
     /// connection and [`ScsiBackend::disconnect`] puts it back.
     rings: Vec<Mutex<Option<UringEngine>>>,
-    /// Locked while the control queue's batch runs (see `stop_vring`).
-    control_busy: Mutex<()>,
+    /// The control queue's inflight tracking; locked while its batch runs (see `stop_vring`).
+    control: Mutex<Tracking>,
+    /// The memfd handed out with GET_INFLIGHT_FD (made at start-up); without it the
+    /// INFLIGHT_SHMFD protocol feature is not offered.
+    inflight_memfd: Option<InflightMemfd>,
+    /// The region the front-end handed over with SET_INFLIGHT_FD, for this connection.
+    inflight: Mutex<InflightState>,
     /// `--allow-unsealed-memory`.
     allow_unsealed_memory: bool,
     /// Every memory table this connection installed that somebody may still use: the current
@@ -147,11 +156,40 @@ impl ScsiBackend {
             io: IoConfig::default(),
             workers: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
             rings: Vec::new(),
-            control_busy: Mutex::new(()),
+            control: Mutex::new(Tracking::default()),
+            inflight_memfd: None,
+            inflight: Mutex::new(InflightState::default()),
             tables: Mutex::new(Vec::new()),
             exit_fds: Mutex::new(Vec::new()),
             allow_unsealed_memory: false,
         }
+    }
+
+    /// Offers inflight I/O tracking (`INFLIGHT_SHMFD`) with `memfd` as the region handed out
+    /// ([`super::inflight`]).
+    pub fn with_inflight_memfd(mut self, memfd: InflightMemfd) -> Self {
+        self.inflight_memfd = Some(memfd);
+        self
+    }
+
+    /// The device's queue count and largest queue size.
+    pub fn queue_shape(&self) -> QueueShape {
+        QueueShape {
+            num_queues: FIXED_QUEUES as u16 + self.num_request_queues,
+            max_queue_size: self.queue_size,
+        }
+    }
+
+    /// The current region's part for vhost queue `index`, if the current region is newer than
+    /// `seen` (the generation a queue's tracking comes from).
+    fn inflight_update(&self, index: usize, seen: u64) -> Option<(Option<InflightQueue>, u64)> {
+        let state = lock(&self.inflight);
+        (state.generation != seen).then(|| {
+            (
+                state.current.as_ref().and_then(|r| r.queue(index)),
+                state.generation,
+            )
+        })
     }
 
     /// Accepts guest memory that cannot be (or is not) sealed against shrinking
@@ -199,6 +237,13 @@ impl ScsiBackend {
                 .map_err(|e| BackendError::Engine(QueueError::Engine(e)))?;
             *worker = Some(w);
         }
+        if let Some(w) = worker.as_mut() {
+            if let Some((queue, generation)) =
+                self.inflight_update(FIXED_QUEUES + index, w.inflight_generation())
+            {
+                w.set_inflight(queue, generation);
+            }
+        }
         let mem = self.memory()?;
         let event_idx = self.event_idx.load(Ordering::Acquire);
         worker
@@ -238,6 +283,13 @@ impl ScsiBackend {
         }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.tables).clear();
+        // The queue workers (and their parts of the region) are gone: unmapped here.
+        lock(&self.control).set(None, 0);
+        {
+            let mut state = lock(&self.inflight);
+            state.current = None;
+            state.retired.clear();
+        }
         for fd in std::mem::take(&mut *lock(&self.exit_fds)) {
             // SAFETY: `fd` is the read end of an exit event created in `exit_event`, which
             // vhost-user-backend turned into a raw fd and only ever registered in the epoll of a
@@ -261,22 +313,33 @@ impl ScsiBackend {
     fn process_queue(
         &self,
         vring: &ScsiVring,
+        tracking: &mut Tracking,
         mut handle: impl FnMut(SplitChain<'_>) -> u32,
     ) -> Result<(), BackendError> {
         let event_idx = self.event_idx.load(Ordering::Acquire);
+        tracking.start(vring).map_err(BackendError::Engine)?;
         loop {
             if event_idx {
                 vring.disable_notification().map_err(BackendError::Queue)?;
             }
             let mem = self.memory()?;
-            let chains: Vec<DescriptorChain<MemGuard>> =
-                match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-                    Ok(iter) => iter.collect(),
-                    // GET_VRING_BASE stopped the ring while a kick was being handled: nothing
-                    // more to take. (An error here would end the queue thread for good.)
-                    Err(virtio_queue::Error::QueueNotReady) => return Ok(()),
-                    Err(e) => return Err(BackendError::Queue(e)),
-                };
+            let mut chains: Vec<Chain> = Vec::new();
+            while let Some(chain) = tracking.next_resubmit(vring, &mem) {
+                chains.push(chain);
+            }
+            match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+                Ok(iter) => {
+                    for chain in iter {
+                        tracking.popped(chain.head_index());
+                        chains.push(Chain::Popped(chain));
+                    }
+                }
+                // GET_VRING_BASE stopped the ring while a kick was being handled: nothing
+                // more to take. (An error here would end the queue thread for good.)
+                Err(virtio_queue::Error::QueueNotReady) if chains.is_empty() => return Ok(()),
+                Err(virtio_queue::Error::QueueNotReady) => {}
+                Err(e) => return Err(BackendError::Queue(e)),
+            }
             let any = !chains.is_empty();
             for chain in chains {
                 let head = chain.head_index();
@@ -287,8 +350,7 @@ impl ScsiBackend {
                         0
                     }
                 };
-                vring
-                    .add_used(head, used_len)
+                publish_used(vring, tracking.queue(), head, used_len)
                     .map_err(BackendError::Queue)?;
             }
             if any && (!event_idx || vring.needs_notification().map_err(BackendError::Queue)?) {
@@ -341,6 +403,11 @@ impl VhostUserBackend for ScsiBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | if self.inflight_memfd.is_some() {
+                VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            } else {
+                VhostUserProtocolFeatures::empty()
+            }
     }
 
     fn reset_device(&self) {
@@ -402,6 +469,45 @@ impl VhostUserBackend for ScsiBackend {
         checked
     }
 
+    fn get_inflight_fd(&self, req: &VhostUserInflight) -> io::Result<(VhostUserInflight, File)> {
+        enter_backend_thread_role();
+        let memfd = self.inflight_memfd.as_ref().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::Unsupported, "inflight tracking not offered")
+        })?;
+        memfd.get(req).map_err(|e| {
+            warn!("GET_INFLIGHT_FD refused: {e}");
+            e.into()
+        })
+    }
+
+    fn set_inflight_fd(&self, req: &VhostUserInflight, file: File) -> io::Result<()> {
+        enter_backend_thread_role();
+        if self.inflight_memfd.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "inflight tracking not offered",
+            ));
+        }
+        let region = InflightRegion::map(req, &file, self.queue_shape()).map_err(|e| {
+            warn!("SET_INFLIGHT_FD refused: {e}");
+            io::Error::from(e)
+        })?;
+        let mut state = lock(&self.inflight);
+        // Regions only this list still holds are unmapped here, on the protocol thread; those
+        // a queue's tracking still uses wait for the next change or the disconnect.
+        state.retired.retain(|r| Arc::strong_count(r) > 1);
+        if let Some(old) = state.current.take() {
+            state.retired.push(old);
+        }
+        state.current = Some(Arc::new(region));
+        state.generation += 1;
+        debug!(
+            "inflight region {}: {} queues of {}, {} bytes",
+            state.generation, req.num_queues, req.queue_size, req.mmap_size
+        );
+        Ok(())
+    }
+
     fn queues_per_thread(&self) -> Vec<u64> {
         enter_backend_thread_role();
         let fixed = (1u64 << CONTROL_QUEUE) | (1u64 << EVENT_QUEUE);
@@ -425,7 +531,7 @@ impl VhostUserBackend for ScsiBackend {
                     }
                 }
             }
-            None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control_busy)),
+            None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control)),
             None => {}
         }
         Ok(())
@@ -459,8 +565,15 @@ impl VhostUserBackend for ScsiBackend {
             .ok_or(BackendError::UnknownQueue(device_event, thread_id))?;
         match (thread_id, usize::from(device_event)) {
             (0, CONTROL_QUEUE) => {
-                let _serving = lock(&self.control_busy);
-                self.process_queue(vring, |chain| handle_control(&self.bus, &chain))?
+                let mut tracking = lock(&self.control);
+                if let Some((queue, generation)) =
+                    self.inflight_update(CONTROL_QUEUE, tracking.generation())
+                {
+                    tracking.set(queue, generation);
+                }
+                self.process_queue(vring, &mut tracking, |chain| {
+                    handle_control(&self.bus, &chain)
+                })?
             }
             // Event-queue buffers stay with us until there is an event to report (hotplug,
             // capacity change): the guest expects them to be held, not returned empty.
@@ -470,6 +583,18 @@ impl VhostUserBackend for ScsiBackend {
         }
         Ok(())
     }
+}
+
+/// The inflight region of the connection (SET_INFLIGHT_FD).
+#[derive(Default)]
+struct InflightState {
+    current: Option<Arc<InflightRegion>>,
+    /// Counts SET_INFLIGHT_FD requests: a queue whose tracking comes from an older one takes
+    /// its part of `current` before its next batch.
+    generation: u64,
+    /// Replaced regions a queue's tracking may still hold: the last reference is dropped here
+    /// (protocol or main thread), never on a queue thread, whose role has no `munmap`.
+    retired: Vec<Arc<InflightRegion>>,
 }
 
 /// `fstatfs(2)` magic of the anonymous-inode filesystem: eventfds (and epoll, timerfd …) live
@@ -607,7 +732,18 @@ impl VringT<GuestMemory> for ScsiVring {
         self.0.set_queue_ready(ready)
     }
     fn set_kick(&self, file: Option<File>) {
-        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"))
+        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"));
+        // Look at the ring once it starts, without waiting for the guest: after a worker
+        // restart, requests resubmitted from the inflight region (and ones the guest made
+        // available while nobody served the queue) would otherwise wait for a kick that the
+        // guest, waiting for them, never sends. (libvhost-user does the same.) An extra look
+        // at a ring with nothing new costs one empty batch; EAGAIN means one is pending anyway.
+        if let Some(kick) = self.0.get_ref().get_kick() {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to the kick eventfd the vring owns
+            // (checked to be an eventfd and made non-blocking by `ring_fd`).
+            let _ = unsafe { libc::write(kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+        }
     }
     fn read_kick(&self) -> io::Result<bool> {
         match self.0.read_kick() {
