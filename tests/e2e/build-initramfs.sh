@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the e2e guest initramfs: busybox + e2fsprogs + util-linux discard tools
 # + sg3-utils (optional) + the virtio-scsi/sd/ext4 kernel modules + /init +
-# the guest workloads (guest-workload.sh, guest-sg3.sh).
+# the guest workloads (guest-workload.sh, guest-sg3.sh, guest-restart.sh).
 #
 # Usage: build-initramfs.sh OUT.cpio.gz
 #   E2E_KVER selects the guest kernel version (default: newest installed).
@@ -106,7 +106,7 @@ mapfile -t LIB_FILES < <(for b in "${BIN_FILES[@]}"; do ldd "$b"; done \
 key="$( {
     echo "kver=$KVER"
     sha256sum "$E2E_DIR/build-initramfs.sh" "$E2E_DIR/init.sh" "$E2E_DIR/guest-workload.sh" \
-        "$E2E_DIR/guest-sg3.sh" "$E2E_DIR/guest-lib.sh"
+        "$E2E_DIR/guest-sg3.sh" "$E2E_DIR/guest-restart.sh" "$E2E_DIR/guest-lib.sh"
     for f in "$BUSYBOX" "${BIN_FILES[@]}" "${LIB_FILES[@]}" "${MOD_FILES[@]}" /etc/mke2fs.conf; do
         [[ -e "$f" ]] && stat -L -c '%n %s %Y' "$f"
     done
@@ -160,6 +160,7 @@ done
 install -m 0755 "$E2E_DIR/init.sh" init
 install -m 0755 "$E2E_DIR/guest-workload.sh" e2e/guest-workload.sh
 install -m 0755 "$E2E_DIR/guest-sg3.sh" e2e/guest-sg3.sh
+install -m 0755 "$E2E_DIR/guest-restart.sh" e2e/guest-restart.sh
 install -m 0644 "$E2E_DIR/guest-lib.sh" e2e/guest-lib.sh
 echo "$KVER" > e2e/kver
 

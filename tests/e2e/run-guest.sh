@@ -24,6 +24,8 @@
 #   --nodiscard      discard failures in the guest are not fatal
 #   --append STR     extra kernel command line
 #   --socket-wait S  wait up to S seconds for the socket to appear (default 10)
+#   --reconnect-ms M QEMU reconnects to the socket M ms after losing it (chardev
+#                    reconnect-ms, QEMU >= 9.2): a restarted worker is taken back
 #   --no-log-on-failure  don't copy the serial log to stderr on failure
 #
 # Exits 0 only if the log contains "E2E-RESULT: PASS phase=N nonce=NONCE" and
@@ -33,6 +35,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 QEMU=qemu-system-x86_64 ACCEL=tcg DEVICE_PROPS="" KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
 REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
+RECONNECT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --qemu) QEMU="$2"; shift ;;
@@ -51,8 +54,9 @@ while [[ $# -gt 0 ]]; do
         --append) EXTRA="$2"; shift ;;
         --nodiscard) NODISCARD=1 ;;
         --socket-wait) SOCKET_WAIT="$2"; shift ;;
+        --reconnect-ms) RECONNECT=",reconnect-ms=$2"; shift ;;
         --no-log-on-failure) QUIET_LOG=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
     shift
@@ -94,7 +98,7 @@ if [[ -n "$SOCK" ]]; then
     [[ -S "$SOCK" ]] || e2e_die "vhost-user socket $SOCK does not exist"
     # QEMU defaults on purpose (num_queues = vCPUs, no param_change=off, ...).
     # shellcheck disable=SC2054
-    ARGS+=(-chardev "socket,id=vus,path=$SOCK" -device "vhost-user-scsi-pci,chardev=vus$DEVICE_PROPS")
+    ARGS+=(-chardev "socket,id=vus,path=$SOCK$RECONNECT" -device "vhost-user-scsi-pci,chardev=vus$DEVICE_PROPS")
 else
     # shellcheck disable=SC2054
     ARGS+=(-device virtio-scsi-pci,id=scsi0)
