@@ -15,7 +15,7 @@ use std::{
     },
 };
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
@@ -501,9 +501,9 @@ impl VhostUserBackend for ScsiBackend {
         }
         state.current = Some(Arc::new(region));
         state.generation += 1;
-        debug!(
-            "inflight region {}: {} queues of {}, {} bytes",
-            state.generation, req.num_queues, req.queue_size, req.mmap_size
+        info!(
+            "inflight region from the front-end: {} queues of {} descriptors, {} bytes",
+            req.num_queues, req.queue_size, req.mmap_size
         );
         Ok(())
     }
@@ -667,6 +667,14 @@ impl<'a> VringStateMutGuard<'a, GuestMemory> for ScsiVring {
     type G = <VringRwLock as VringStateMutGuard<'a, GuestMemory>>::G;
 }
 
+/// Adds one to the counter of eventfd `fd` (a kick or call fd `ring_fd` accepted: an eventfd,
+/// non-blocking). EAGAIN (counter at its maximum) means one is pending anyway.
+fn signal_eventfd(fd: RawFd) {
+    let one = 1u64.to_ne_bytes();
+    // SAFETY: writes 8 bytes from a live buffer to an eventfd the vring owns.
+    let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
+}
+
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
 }
@@ -739,10 +747,7 @@ impl VringT<GuestMemory> for ScsiVring {
         // guest, waiting for them, never sends. (libvhost-user does the same.) An extra look
         // at a ring with nothing new costs one empty batch; EAGAIN means one is pending anyway.
         if let Some(kick) = self.0.get_ref().get_kick() {
-            let one = 1u64.to_ne_bytes();
-            // SAFETY: writes 8 bytes from a live buffer to the kick eventfd the vring owns
-            // (checked to be an eventfd and made non-blocking by `ring_fd`).
-            let _ = unsafe { libc::write(kick.as_raw_fd(), one.as_ptr().cast(), one.len()) };
+            signal_eventfd(kick.as_raw_fd());
         }
     }
     fn read_kick(&self) -> io::Result<bool> {
@@ -753,7 +758,14 @@ impl VringT<GuestMemory> for ScsiVring {
         }
     }
     fn set_call(&self, file: Option<File>) {
-        self.0.set_call(ring_fd(file, "SET_VRING_CALL"))
+        self.0.set_call(ring_fd(file, "SET_VRING_CALL"));
+        // Interrupt the guest once: a worker that died between publishing a used element and
+        // signalling it left the guest waiting for a notification nobody would send (its
+        // driver never looks at the used ring on its own). The driver checks the used ring
+        // and finds nothing new, or what was never signalled. (libvhost-user does the same.)
+        if let Some(call) = self.0.get_ref().get_call() {
+            signal_eventfd(call.as_raw_fd());
+        }
     }
     fn set_err(&self, file: Option<File>) {
         self.0.set_err(ring_fd(file, "SET_VRING_ERR"))
