@@ -574,20 +574,26 @@ impl QueueWorker {
         if self.free.is_empty() {
             return Ok(false);
         }
-        let mut room = self.free.len();
+        let mut used_any = false;
         if !self.tracking.resubmit.is_empty() {
             if !vring.get_ref().get_queue().ready() {
                 self.ring_stopped = true;
                 return Ok(false);
             }
-            while room > 0 {
+            // Started before anything is popped, and on their own: a bad avail index (the
+            // front-end's) must not keep them from being answered.
+            for _ in 0..self.free.len() {
                 let Some(chain) = self.tracking.next_resubmit(vring, mem) else {
                     break;
                 };
                 self.chains.push(chain);
-                room -= 1;
+            }
+            used_any |= self.start_chains(bus, vring, mem)?;
+            if self.free.is_empty() || !self.tracking.resubmit.is_empty() {
+                return Ok(used_any);
             }
         }
+        let room = self.free.len();
         {
             let mut state = vring.get_mut();
             match state.get_queue_mut().iter(mem.clone()) {
@@ -601,11 +607,21 @@ impl QueueWorker {
                 // complete (`stop_vring` waits for it before the base is reported).
                 Err(virtio_queue::Error::QueueNotReady) => {
                     self.ring_stopped = true;
-                    return Ok(false);
+                    return Ok(used_any);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(self.start_chains(bus, vring, mem)? || used_any)
+    }
+
+    /// Starts every chain in `self.chains`; true when some were answered at once.
+    fn start_chains(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &MemGuard,
+    ) -> Result<bool, QueueError> {
         let mut used_any = false;
         let mut drain_error = None;
         let mut chains = std::mem::take(&mut self.chains);

@@ -323,24 +323,31 @@ impl ScsiBackend {
                 vring.disable_notification().map_err(BackendError::Queue)?;
             }
             let mem = self.memory()?;
+            // Resubmitted chains first, on their own: a bad avail index (the front-end's) must
+            // not keep them from being answered.
             let mut chains: Vec<Chain> = Vec::new();
             while let Some(chain) = tracking.next_resubmit(vring, &mem) {
                 chains.push(chain);
             }
-            match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-                Ok(iter) => {
-                    for chain in iter {
-                        tracking.popped(chain.head_index());
-                        chains.push(Chain::Popped(chain));
+            let mut any = !chains.is_empty();
+            if chains.is_empty() {
+                match vring.get_mut().get_queue_mut().iter(mem.clone()) {
+                    Ok(iter) => {
+                        for chain in iter {
+                            tracking.popped(chain.head_index());
+                            chains.push(Chain::Popped(chain));
+                        }
                     }
+                    // GET_VRING_BASE stopped the ring while a kick was being handled: nothing
+                    // more to take. (An error here would end the queue thread for good.)
+                    Err(virtio_queue::Error::QueueNotReady) => return Ok(()),
+                    Err(e) => return Err(BackendError::Queue(e)),
                 }
-                // GET_VRING_BASE stopped the ring while a kick was being handled: nothing
-                // more to take. (An error here would end the queue thread for good.)
-                Err(virtio_queue::Error::QueueNotReady) if chains.is_empty() => return Ok(()),
-                Err(virtio_queue::Error::QueueNotReady) => {}
-                Err(e) => return Err(BackendError::Queue(e)),
+                any = !chains.is_empty();
             }
-            let any = !chains.is_empty();
+            let resubmitted = chains
+                .first()
+                .is_some_and(|c| matches!(c, Chain::Resubmitted(_)));
             for chain in chains {
                 let head = chain.head_index();
                 let used_len = match split_chain(&mem, chain) {
@@ -355,6 +362,10 @@ impl ScsiBackend {
             }
             if any && (!event_idx || vring.needs_notification().map_err(BackendError::Queue)?) {
                 vring.signal_used_queue().map_err(BackendError::Notify)?;
+            }
+            // Then the avail ring, in the next pass.
+            if resubmitted {
+                continue;
             }
             if !event_idx || !vring.enable_notification().map_err(BackendError::Queue)? {
                 return Ok(());
