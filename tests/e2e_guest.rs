@@ -180,12 +180,20 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(socket: &Path, images: &[PathBuf], log: PathBuf, extra: &[&str]) -> Daemon {
+    /// `lun_opts` is appended to every `--lun` (`,cache=none` ...), `extra` to the options.
+    fn start(
+        socket: &Path,
+        images: &[PathBuf],
+        log: PathBuf,
+        lun_opts: &str,
+        extra: &[&str],
+    ) -> Daemon {
         let bin = env!("CARGO_BIN_EXE_vhost-user-scsi");
         let mut cmd = Command::new(bin);
         cmd.arg("--socket-path").arg(socket).args(extra);
         for (tl, img) in DISKS.iter().zip(images) {
-            cmd.arg("--lun").arg(format!("{tl}={}", img.display()));
+            cmd.arg("--lun")
+                .arg(format!("{tl}={}{lun_opts}", img.display()));
         }
         let f = fs::File::create(&log).unwrap();
         cmd.stdin(Stdio::null())
@@ -411,7 +419,7 @@ fn run_daemon_e2e(name: &str) {
     let socket = tmp.path().join("vus.sock");
     let logs = log_dir();
     let daemon_log = logs.join(format!("{name}-daemon.log"));
-    let mut daemon = Daemon::start(&socket, &images, daemon_log.clone(), &[]);
+    let mut daemon = Daemon::start(&socket, &images, daemon_log.clone(), "", &[]);
     let backend = Backend::Daemon { socket: &socket };
     let ctx = || {
         format!(
@@ -543,11 +551,14 @@ fn e2e_worker_killed_under_writes() {
         let daemon_log = logs.join(format!("restart-{round}-daemon.log"));
         let serial = logs.join(format!("restart-{round}-guest.log"));
         let _ = fs::remove_file(&serial);
+        // O_DIRECT on the host too, and the thread pool: every write spends a while in flight
+        // in the daemon, so that kills find some there (what inflight tracking is for).
         let mut daemon = Daemon::start(
             &socket,
             &images,
             daemon_log.clone(),
-            &["--restart-worker", "on-failure"],
+            ",cache=none",
+            &["--restart-worker", "on-failure", "--aio", "threads"],
         );
         let timeout = 240 + seconds;
         let guest = Command::new("bash")
@@ -555,7 +566,10 @@ fn e2e_worker_killed_under_writes() {
             .args(["--qemu", &qemu, "--disks", "0:0", "--reconnect-ms", "100"])
             .args(["--timeout", &timeout.to_string(), "--no-log-on-failure"])
             .arg("--append")
-            .arg(format!("e2e.script=guest-restart.sh e2e.seconds={seconds}"))
+            .arg(format!(
+                "e2e.script=guest-restart.sh e2e.seconds={seconds} e2e.writers=8 e2e.blocks=16 \
+                 e2e.bs=256"
+            ))
             .arg("--socket")
             .arg(&socket)
             .arg("--log")
@@ -714,7 +728,7 @@ fn the_printed_qemu_options_attach_qemu() {
     let images = make_images(tmp.path());
     let socket = tmp.path().join("vus.sock");
     let daemon_log = tmp.path().join("daemon.log");
-    let daemon = Daemon::start(&socket, &images, daemon_log.clone(), &[]);
+    let daemon = Daemon::start(&socket, &images, daemon_log.clone(), "", &[]);
     let log = daemon.log_text();
     let printed = log
         .lines()

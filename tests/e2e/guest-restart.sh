@@ -1,7 +1,7 @@
 #!/bin/sh
 # e2e guest workload for worker restarts (busybox sh; e2e.script=guest-restart.sh).
 #
-# Several writers keep O_DIRECT writes of random 64 KiB blocks in flight on the first disk for
+# Several writers keep O_DIRECT writes of random blocks in flight on the first disk for
 # e2e.seconds while the host SIGKILLs the daemon's worker (tests/e2e_guest.rs,
 # e2e_worker_killed_under_writes). Every write is timed; afterwards every block is read back
 # and compared with the checksum of the last data written there.
@@ -10,7 +10,8 @@
 #   e2e.nonce=STR      echoed in the result line
 #   e2e.disks=T:L,...  the first one is written (default 0:0)
 #   e2e.writers=N      concurrent writers (default 4)
-#   e2e.blocks=N       64 KiB blocks per writer (default 64; writers cycle over theirs)
+#   e2e.blocks=N       blocks per writer (default 64; writers cycle over theirs)
+#   e2e.bs=K           block size in KiB (default 64)
 #   e2e.seconds=S      how long to write (default 30)
 #
 # Output lines parsed by the host:
@@ -26,6 +27,7 @@ TL="$(cmdline_get e2e.disks 0:0 | cut -d, -f1)"
 WRITERS="$(cmdline_get e2e.writers 4)"
 BLOCKS="$(cmdline_get e2e.blocks 64)"
 SECONDS_="$(cmdline_get e2e.seconds 30)"
+BS=$(($(cmdline_get e2e.bs 64) * 1024))
 FAILS=0
 fail() {
     FAILS=$((FAILS + 1))
@@ -52,10 +54,10 @@ while [ $w -lt "$WRITERS" ]; do
             now=$(uptime_s)
             [ "${now%.*}" -ge "$end" ] && break
             off=$((w * BLOCKS + n % BLOCKS))
-            dd if=/dev/urandom of=/tmp/data$w bs=65536 count=1 2>/dev/null
+            dd if=/dev/urandom of=/tmp/data$w bs=$BS count=1 2>/dev/null
             sum=$(sha256sum < /tmp/data$w | cut -c1-64)
             t0=$(uptime_s)
-            if ! dd if=/tmp/data$w of="/dev/$dev" bs=65536 seek=$off count=1 oflag=direct \
+            if ! dd if=/tmp/data$w of="/dev/$dev" bs=$BS seek=$off count=1 oflag=direct \
                 conv=notrunc 2>/tmp/err$w; then
                 echo "E2E-IOERR: write w=$w block=$off: $(tr '\n' ' ' < /tmp/err$w)"
                 sum=unknown
@@ -89,7 +91,7 @@ checked=0
 bad=0
 while read -r off sum; do
     [ "$sum" = unknown ] && continue
-    got=$(dd if="/dev/$dev" bs=65536 skip="$off" count=1 iflag=direct 2>/tmp/rerr | sha256sum | cut -c1-64)
+    got=$(dd if="/dev/$dev" bs=$BS skip="$off" count=1 iflag=direct 2>/tmp/rerr | sha256sum | cut -c1-64)
     if [ "$got" != "$sum" ]; then
         bad=$((bad + 1))
         echo "e2e: block $off: read $got, wrote $sum"
