@@ -150,6 +150,8 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
     // The fd table: the pre-opened set plus what the front-end sent.
     let mut images = 0;
     let mut pipes = 0;
+    // The inflight region handed out with GET_INFLIGHT_FD, made at start-up (worker::inflight).
+    let mut inflight = 0;
     for entry in fs::read_dir(format!("/proc/{worker}/fd")).unwrap() {
         let entry = entry.unwrap();
         let fd: i32 = entry.file_name().to_str().unwrap().parse().unwrap();
@@ -161,6 +163,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
             (0 | 1, "/dev/null") => {}
             (2, t) if t.starts_with("pipe:") => pipes += 1,
             (_, t) if d.images.iter().any(|i| Path::new(t) == i) => images += 1,
+            (_, t) if t.starts_with("/memfd:vus-inflight") => inflight += 1,
             (_, t)
                 if t.starts_with("socket:")
                     || t == "anon_inode:[eventfd]"
@@ -170,7 +173,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
             (fd, t) => panic!("worker holds unexpected fd {fd} -> {t}"),
         }
     }
-    assert_eq!((images, pipes), (2, 1));
+    assert_eq!((images, pipes, inflight), (2, 1, 1));
     assert_eq!(rings_of(worker), 2, "one io_uring per request queue");
 
     // The mount namespace shows nothing of the host: one empty tmpfs.

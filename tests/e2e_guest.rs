@@ -40,6 +40,8 @@ const IMAGE_SIZE: u64 = 64 << 20;
 /// SCSI target:lun of each image, in image order.
 const DISKS: [&str; 2] = ["0:0", "1:0"];
 const BOOT_TIMEOUT_SECS: u32 = 180;
+/// Latency of every request to the slow disk of `e2e_worker_killed_under_writes`.
+const SLOW_MS: u32 = 40;
 
 /// Guests run one at a time: two TCG guests on a 2-core machine would only
 /// slow each other down (and share apt / the initramfs cache).
@@ -551,13 +553,22 @@ fn e2e_worker_killed_under_writes() {
         let daemon_log = logs.join(format!("restart-{round}-daemon.log"));
         let serial = logs.join(format!("restart-{round}-guest.log"));
         let _ = fs::remove_file(&serial);
-        // O_DIRECT on the host too, and the thread pool: every write spends a while in flight
-        // in the daemon, so that kills find some there (what inflight tracking is for).
+        // The written disk is slow storage (faultfs with a delay on every request, served by
+        // the thread pool): writes spend a while in flight in the daemon, many at a time and
+        // finishing out of order, so that kills find some there (what inflight tracking is
+        // for). Without FUSE, a plain image: kills then rarely find I/O in flight.
+        let slow = common::FaultFs::mount(&vec![0u8; IMAGE_SIZE as usize], true, SLOW_MS)
+            .map_err(|why| println!("round {round}: no slow disk ({why}); a plain image"))
+            .ok();
+        let served = match &slow {
+            Some(fs) => vec![fs.image(), images[1].clone()],
+            None => images.clone(),
+        };
         let mut daemon = Daemon::start(
             &socket,
-            &images,
+            &served,
             daemon_log.clone(),
-            ",cache=none",
+            "",
             &["--restart-worker", "on-failure", "--aio", "threads"],
         );
         let timeout = 240 + seconds;
@@ -567,8 +578,8 @@ fn e2e_worker_killed_under_writes() {
             .args(["--timeout", &timeout.to_string(), "--no-log-on-failure"])
             .arg("--append")
             .arg(format!(
-                "e2e.script=guest-restart.sh e2e.seconds={seconds} e2e.writers=8 e2e.blocks=16 \
-                 e2e.bs=256"
+                "e2e.script=guest-restart.sh e2e.seconds={seconds} e2e.writers=6 e2e.blocks=32 \
+                 e2e.bs=128"
             ))
             .arg("--socket")
             .arg(&socket)
