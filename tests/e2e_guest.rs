@@ -601,25 +601,33 @@ fn e2e_worker_killed_under_writes() {
                 fs::read_to_string(&daemon_log).unwrap_or_default()
             )
         };
-        // Kill only once the writers run.
+        // Kill only once the writers run; the guest's clock (uptime) at that line, and ours
+        // when we saw it, line the kills up with the guest's writes (to within the polling).
         let deadline = Instant::now() + Duration::from_secs(200);
-        while !fs::read_to_string(&serial)
-            .unwrap_or_default()
-            .contains("E2E-WRITING")
-        {
+        let (writing_seen, writing_uptime) = loop {
+            let text = fs::read_to_string(&serial).unwrap_or_default();
+            if let Some(u) = text
+                .lines()
+                .find_map(|l| l.trim_end().strip_prefix("E2E-WRITING uptime="))
+                .and_then(|u| u.parse::<f64>().ok())
+            {
+                break (Instant::now(), u);
+            }
             assert!(
                 Instant::now() < deadline,
                 "{}",
                 context("the guest never started writing")
             );
-            sleep(Duration::from_millis(200));
-        }
+            sleep(Duration::from_millis(20));
+        };
         let supervisor = daemon.pid() as libc::pid_t;
+        let mut kill_uptimes = Vec::new();
         for _ in 0..kills {
             sleep(Duration::from_millis(jitter_ms(2000, 5000)));
             let worker = common::worker_of(supervisor);
             // SAFETY: kill(2) of our own daemon's worker process.
             assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+            kill_uptimes.push(writing_uptime + writing_seen.elapsed().as_secs_f64());
             // The supervisor starts the next one on the same listener.
             let deadline = Instant::now() + Duration::from_secs(10);
             while common::worker_of(supervisor) == worker {
@@ -660,16 +668,38 @@ fn e2e_worker_killed_under_writes() {
                     .ok()
             })
             .sum();
+        // Per kill: how long the writes in progress at that moment went on after it (the
+        // guest's stall), next to the typical write.
+        let writes: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.strip_prefix("E2E-W: ")?.split_whitespace();
+                Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+            })
+            .collect();
+        let stalls: Vec<String> = kill_uptimes
+            .iter()
+            .map(|&k| {
+                writes
+                    .iter()
+                    .filter(|&&(s, e)| s <= k && k < e)
+                    .map(|&(_, e)| e - k)
+                    .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+                    .map_or("-".into(), |v| format!("{v:.2}"))
+            })
+            .collect();
+        let mut lat: Vec<f64> = writes.iter().map(|&(s, e)| e - s).collect();
+        lat.sort_by(f64::total_cmp);
+        let median = lat.get(lat.len() / 2).copied().unwrap_or(0.0);
         let report = format!(
-            "round {round}: {kills} kills, {resubmitted} requests resubmitted; {}; {}; {}",
+            "round {round}: {kills} kills, {resubmitted} requests resubmitted; stall after each \
+             kill (s): {}; median write {median:.2} s; {}; {}; {}",
+            stalls.join(" "),
             line("E2E-STALL:"),
             line("E2E-VERIFY:"),
             line("E2E-DMESG:")
         );
         println!("{report}");
-        for slow in text.lines().filter(|l| l.starts_with("E2E-SLOW:")) {
-            println!("  {slow}");
-        }
         summary.push(report);
         let log_text = daemon.log_text();
         match daemon.terminate(10) {

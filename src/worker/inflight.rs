@@ -137,8 +137,8 @@ impl InflightMemfd {
     }
 }
 
-/// A checked, mapped inflight region (unmapped on drop: keep the last reference off the queue
-/// threads, whose role has no `munmap`).
+/// A checked, mapped inflight region (unmapped on drop; the backend keeps replaced ones until
+/// no queue uses them, so that happens on the protocol or main thread).
 pub struct InflightRegion {
     ptr: NonNull<u8>,
     len: usize,

@@ -603,8 +603,8 @@ struct InflightState {
     /// Counts SET_INFLIGHT_FD requests: a queue whose tracking comes from an older one takes
     /// its part of `current` before its next batch.
     generation: u64,
-    /// Replaced regions a queue's tracking may still hold: the last reference is dropped here
-    /// (protocol or main thread), never on a queue thread, whose role has no `munmap`.
+    /// Replaced regions a queue's tracking may still hold (until its next batch): kept so that
+    /// they are unmapped here, on the protocol or main thread, as memory tables are.
     retired: Vec<Arc<InflightRegion>>,
 }
 

@@ -15,7 +15,8 @@
 #   e2e.seconds=S      how long to write (default 30)
 #
 # Output lines parsed by the host:
-#   E2E-WRITING                                  the writers have started
+#   E2E-WRITING uptime=S                         the writers have started (guest uptime)
+#   E2E-W: START END                             one per write (guest uptime, seconds)
 #   E2E-STALL: max=S p99=S writes=N over1s=N top=S,S,S,S,S   per-write latency (seconds)
 #   E2E-IOERR: ...                               a write or read the kernel failed
 #   E2E-RESULT: PASS phase=1 nonce=NONCE | FAIL phase=1 nonce=NONCE reason
@@ -43,8 +44,9 @@ while ! dev="$(dev_for "$TL")"; do
 done
 echo "e2e: disk $TL is /dev/$dev"
 
-end=$(awk -v u="$(uptime_s)" -v s="$SECONDS_" 'BEGIN { printf "%d", u + s }')
-echo "E2E-WRITING"
+start=$(uptime_s)
+end=$(awk -v u="$start" -v s="$SECONDS_" 'BEGIN { printf "%d", u + s }')
+echo "E2E-WRITING uptime=$start"
 w=0
 while [ $w -lt "$WRITERS" ]; do
     (
@@ -80,6 +82,8 @@ p99=$(awk -v n="$writes" 'NR == int(n * 0.99) + 1 { print; exit }' /tmp/lat)
 over1=$(awk '$1 >= 1 { c++ } END { print c + 0 }' /tmp/lat)
 top=$(tail -n 5 /tmp/lat | tr '\n' ',' | sed 's/,$//')
 echo "E2E-STALL: max=$max p99=$p99 writes=$writes over1s=$over1 top=$top"
+# Every write's start and end (guest uptime): the host lines them up with its kills.
+awk '{ printf "E2E-W: %s %s\n", $3, $4 }' /tmp/all | sort -n -k2
 # The stalls as they happened: writes slower than 0.5 s, by start time.
 awk '$4 - $3 >= 0.5 { printf "E2E-SLOW: start=%s secs=%.2f block=%s\n", $3, $4 - $3, $1 }' /tmp/all \
     | sort -t= -k2 -n
