@@ -405,3 +405,74 @@ fn hostile_inflight_regions_end_the_connection_not_the_worker() {
     assert!(!log.contains("SIGSYS"), "{log}");
     assert!(log.contains("SET_INFLIGHT_FD refused"), "{log}");
 }
+
+/// A live worker keeps the record as it goes: after its answers, the region says version 1,
+/// nothing in flight, the used ring's idx, and each head's pop order.
+#[test]
+fn a_live_worker_records_pops_and_clears_them_when_answered() {
+    let d = Daemon::start(&disk(), &["--num-queues", "1", "--queue-size", "128"]);
+    let (info, region_file) = get_region(&d);
+    let region = map_region(&region_file, info.mmap_size);
+    let mem = memfd_guest_memory(&[(0, REGION_SIZE), (REGION_SIZE, REGION_SIZE)]);
+    let mut fe = connect(&d);
+    fe.set_inflight_fd(&info, region_file.as_raw_fd())
+        .expect("SET_INFLIGHT_FD");
+    set_mem_table(&mut fe, &mem);
+    let mut rings: Vec<SplitRing> = (0..3u64)
+        .map(|q| {
+            SplitRing::new(
+                q * 0x4000,
+                q * 0x4000 + 0x800,
+                q * 0x4000 + 0x1000,
+                QUEUE_SIZE,
+            )
+        })
+        .collect();
+    let fds: Vec<_> = rings
+        .iter()
+        .enumerate()
+        .map(|(q, r)| setup_vring(&mut fe, &mem, q, r, 0x4000))
+        .collect();
+    let ring = &mut rings[2];
+    let mut heads = Vec::new();
+    for i in 0..5u32 {
+        let (head, _) = write_chain(
+            &mem,
+            ring,
+            0x10_0000 + u64::from(i) * 0x4000,
+            8 * i,
+            &pattern(BLOCK, i as u8),
+        );
+        ring.publish(&mem, head);
+        heads.push(head);
+    }
+    fds[2].0.write(1).unwrap();
+    wait_used(&mem, ring, 5, &d);
+    let part = 2 * PART;
+    assert_eq!(
+        region.read_obj::<u16>(GuestAddress(part + 8)).unwrap(),
+        1,
+        "version"
+    );
+    assert_eq!(
+        region.read_obj::<u16>(GuestAddress(part + 14)).unwrap(),
+        5,
+        "used_idx"
+    );
+    let mut counters = Vec::new();
+    for &h in &heads {
+        let at = part + 16 + 16 * u64::from(h);
+        assert_eq!(
+            region.read_obj::<u8>(GuestAddress(at)).unwrap(),
+            0,
+            "head {h} still marked"
+        );
+        counters.push(region.read_obj::<u64>(GuestAddress(at + 8)).unwrap());
+    }
+    assert_eq!(counters, vec![0, 1, 2, 3, 4], "pop order");
+    // The last published head is the batch head.
+    assert_eq!(
+        region.read_obj::<u16>(GuestAddress(part + 12)).unwrap(),
+        heads[4]
+    );
+}
