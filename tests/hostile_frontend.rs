@@ -229,6 +229,16 @@ fn every_request_code_is_answered_or_refused() {
                 checked += 1;
             }
         }
+        // Inflight tracking is offered and acked by the handshake now, and GET/SET_INFLIGHT_FD
+        // are implemented; still none of these shapes is a well-formed request (24 bytes, and
+        // exactly one fd for SET), so each ends the connection. Well-formed hostile ones are
+        // tests/inflight.rs's.
+        if code == req::GET_INFLIGHT_FD || code == req::SET_INFLIGHT_FD {
+            assert!(
+                !outcome.contains('a'),
+                "a malformed inflight request (code {code}) was not refused: {outcome}"
+            );
+        }
         if code > req::LAST_KNOWN {
             assert!(
                 !outcome.contains('a'),
