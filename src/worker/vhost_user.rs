@@ -10,7 +10,7 @@ use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
 };
@@ -126,6 +126,8 @@ pub struct ScsiBackend {
     inflight_memfd: Option<InflightMemfd>,
     /// The region the front-end handed over with SET_INFLIGHT_FD, for this connection.
     inflight: Mutex<InflightState>,
+    /// `inflight`'s generation, read by the queues before every batch without the lock.
+    inflight_generation: AtomicU64,
     /// `--allow-unsealed-memory`.
     allow_unsealed_memory: bool,
     /// Every memory table this connection installed that somebody may still use: the current
@@ -159,6 +161,7 @@ impl ScsiBackend {
             control: Mutex::new(Tracking::default()),
             inflight_memfd: None,
             inflight: Mutex::new(InflightState::default()),
+            inflight_generation: AtomicU64::new(0),
             tables: Mutex::new(Vec::new()),
             exit_fds: Mutex::new(Vec::new()),
             allow_unsealed_memory: false,
@@ -183,6 +186,9 @@ impl ScsiBackend {
     /// The current region's part for vhost queue `index`, if the current region is newer than
     /// `seen` (the generation a queue's tracking comes from).
     fn inflight_update(&self, index: usize, seen: u64) -> Option<(Option<InflightQueue>, u64)> {
+        if self.inflight_generation.load(Ordering::Acquire) == seen {
+            return None;
+        }
         let state = lock(&self.inflight);
         (state.generation != seen).then(|| {
             (
@@ -512,6 +518,8 @@ impl VhostUserBackend for ScsiBackend {
         }
         state.current = Some(Arc::new(region));
         state.generation += 1;
+        self.inflight_generation
+            .store(state.generation, Ordering::Release);
         info!(
             "inflight region from the front-end: {} queues of {} descriptors, {} bytes",
             req.num_queues, req.queue_size, req.mmap_size
