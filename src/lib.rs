@@ -7,6 +7,7 @@
 //! - [`sandbox`]: confinement primitives (namespaces, uid/gid, capabilities, Landlock, per-thread
 //!   seccomp roles compiled from `seccomp/<arch>/*.json`).
 //! - [`iscsi`]: a pure-Rust iSCSI initiator (a storage transport for `block`).
+//! - [`broker`]: the supervisor <-> worker message channel (fds over SCM_RIGHTS).
 //! - [`block`]: bytes on disk: the `BlockBackend` trait, file and null backends, the I/O engines.
 //! - [`scsi`]: SCSI target emulation (SPC/SBC commands, sense data), transport independent.
 //! - [`virtio`]: virtio-scsi wire formats, descriptor-chain parsing (hostile input), the queue
@@ -16,6 +17,7 @@
 //!   worker.
 
 pub mod block;
+pub mod broker;
 pub mod config;
 pub mod iscsi;
 pub mod logging;

@@ -83,7 +83,7 @@ fn assert_threads_confined(
         // worker-enosys + worker-main, plus the thread's own role.
         let expected = match comm.as_str() {
             "vus-worker" => 2,
-            "signals" | "vhost-user-scsi" | "vring_worker" => 3,
+            "signals" | "vus-broker" | "vhost-user-scsi" | "vring_worker" => 3,
             // The aio pool (--aio=threads, or a queue whose io_uring was refused) stacks
             // worker-aio; started by a vring worker it has that role below it too.
             pool if pool.starts_with("aio-") => 3,
@@ -140,6 +140,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
     let roles = assert_threads_confined(worker, 0, &d.log());
     assert_eq!(roles.get("vus-worker"), Some(&1));
     assert_eq!(roles.get("signals"), Some(&1));
+    assert_eq!(roles.get("vus-broker"), Some(&1));
     assert_eq!(roles.get("vhost-user-scsi"), Some(&1));
     assert_eq!(
         roles.get("vring_worker"),
@@ -551,12 +552,13 @@ fn aio_pool_threads_stack_their_own_role() {
 }
 
 /// Where each probe runs: the place, and the arguments that make that thread exist.
-const PLACES: [(&str, &[&str]); 5] = [
+const PLACES: [(&str, &[&str]); 6] = [
     ("main", &[]),
     ("vring", &[]),
     ("protocol", &[]),
     ("aio", &["--aio", "threads"]),
     ("signals", &[]),
+    ("broker", &[]),
 ];
 
 /// Tightening the proofs (issue 11): each probe here is a syscall `worker-main` lets through
@@ -571,7 +573,7 @@ fn each_role_kills_what_only_wider_roles_need() {
         // The protocol role accepts: the protocol thread is started by an accepting thread
         // already under it (issue 11 item 6).
         ("accept", &["main", "protocol"]),
-        ("recvmsg", &["main", "protocol"]),
+        ("recvmsg", &["main", "protocol", "broker"]),
         ("io-uring-enter", &["main", "vring"]),
         ("io-uring-register-update", &["main", "vring"]),
         ("fallocate-punch", &["main", "vring", "aio"]),

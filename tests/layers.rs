@@ -26,6 +26,8 @@ const LAYERS: &[&str] = &[
     "sandbox",
     // The pure-Rust iSCSI initiator (a storage transport under `block`).
     "iscsi",
+    // The supervisor <-> worker message channel (fd broker).
+    "broker",
     // Bytes on disk: BlockBackend, scatter-gather lists, file/null backends, I/O engines.
     "block",
     // SCSI semantics.

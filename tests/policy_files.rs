@@ -14,6 +14,7 @@ const ARCHES: &[(&str, TargetArch)] = &[
 const WORKER_ROLES: &[&str] = &[
     "worker-main",
     "worker-aio",
+    "worker-broker",
     "worker-protocol",
     "worker-signals",
     "worker-vring",

@@ -262,6 +262,7 @@ pub fn run_in_thread(role: ThreadRole) {
         ThreadRole::WorkerProtocol => run("protocol"),
         ThreadRole::WorkerAio => run("aio"),
         ThreadRole::WorkerSignals => run("signals"),
+        ThreadRole::WorkerBroker => run("broker"),
         _ => {}
     }
 }

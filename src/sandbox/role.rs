@@ -23,10 +23,13 @@ pub enum ThreadRole {
     WorkerVring,
     /// A thread of the `--aio=threads` pool (`aio-N`): file I/O and a completion eventfd.
     WorkerAio,
+    /// The worker's end of the fd broker (`vus-broker`): messages and fds from and to the
+    /// supervisor.
+    WorkerBroker,
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 8] = [
+    pub const ALL: [ThreadRole; 9] = [
         ThreadRole::Supervisor,
         ThreadRole::SupervisorRestart,
         ThreadRole::WorkerEnosys,
@@ -35,6 +38,7 @@ impl ThreadRole {
         ThreadRole::WorkerProtocol,
         ThreadRole::WorkerVring,
         ThreadRole::WorkerAio,
+        ThreadRole::WorkerBroker,
     ];
 
     /// The policy file stem (`seccomp/<arch>/<name>.json`).
@@ -48,6 +52,7 @@ impl ThreadRole {
             ThreadRole::WorkerProtocol => "worker-protocol",
             ThreadRole::WorkerVring => "worker-vring",
             ThreadRole::WorkerAio => "worker-aio",
+            ThreadRole::WorkerBroker => "worker-broker",
         }
     }
 

@@ -8,6 +8,7 @@
 //! stderr, forwards SIGTERM/SIGINT, reaps and reports the worker, and restarts it where the
 //! `--restart-worker` policy allows.
 
+pub mod broker;
 pub mod error;
 pub mod listener;
 pub mod monitor;

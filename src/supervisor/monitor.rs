@@ -35,6 +35,7 @@ use nix::{
 };
 
 use super::{
+    broker::Services,
     error::PrivsepError,
     spawn::{spawn_worker, Plan, Resources, Worker},
 };
@@ -394,9 +395,10 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
+    let mut services = Services::default();
     loop {
         let (ending, last_seccomp_line, stopping) =
-            supervise(&sfd, &mut worker).map_err(PrivsepError::Supervise)?;
+            supervise(&sfd, &mut worker, &mut services).map_err(PrivsepError::Supervise)?;
         let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
         report(
             worker.pid,
@@ -442,7 +444,11 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
 /// Waits for the worker to end, relaying its output and forwarding termination signals.
 /// Returns how it ended, its last line when that was a SIGSYS report (to be trusted or not
 /// by [`trusted_report`]), and whether a stop had been requested.
-fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<String>, bool)> {
+fn supervise(
+    sfd: &SignalFd,
+    worker: &mut Worker,
+    services: &mut Services,
+) -> io::Result<(Ending, Option<String>, bool)> {
     let mut relay = Relay::new(worker.pid);
     let mut stderr_open = true;
     let mut stopping = false;
@@ -455,8 +461,12 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 .unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let (signals, output) = {
+        let (signals, output, broker) = {
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
+            let broker_open = !worker.broker.is_closed();
+            if broker_open {
+                fds.push(PollFd::new(worker.broker.fd(), PollFlags::POLLIN));
+            }
             if stderr_open {
                 fds.push(PollFd::new(worker.stderr.as_fd(), PollFlags::POLLIN));
             }
@@ -466,8 +476,15 @@ fn supervise(sfd: &SignalFd, worker: &mut Worker) -> io::Result<(Ending, Option<
                 Err(e) => return Err(e.into()),
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-            (ready(&fds[0]), fds.get(1).is_some_and(ready))
+            let broker = broker_open && ready(&fds[1]);
+            let output = stderr_open && fds.last().is_some_and(ready);
+            (ready(&fds[0]), output, broker)
         };
+        if broker {
+            for event in worker.broker.read_events() {
+                services.handle(&mut worker.broker, event);
+            }
+        }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             warn!(
                 "worker {} did not stop within {} s; killing it",

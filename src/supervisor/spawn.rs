@@ -25,6 +25,7 @@ use nix::{
 };
 
 use super::{
+    broker::SupervisorBroker,
     error::PrivsepError,
     listener::{self, Listener},
     open::{self, OpenedLun},
@@ -147,7 +148,7 @@ pub struct Worker {
     /// Read end of its stderr.
     pub stderr: OwnedFd,
     /// Supervisor end of the fd broker.
-    pub broker: UnixStream,
+    pub broker: SupervisorBroker,
 }
 
 /// `pidfd_open(2)` of our own unreaped child (its pid cannot be reused before we reap it).
@@ -283,8 +284,14 @@ pub fn spawn_worker(
             warn!("cannot remove the chroot directory {}: {e}", dir.display());
         }
     }
+    let result = result.and_then(|()| {
+        SupervisorBroker::new(broker).map_err(|error| PrivsepError::SocketPair {
+            what: "fd broker",
+            error,
+        })
+    });
     let (error, pidfd) = match (result, pidfd) {
-        (Ok(()), Ok(pidfd)) => {
+        (Ok(broker), Ok(pidfd)) => {
             return Ok(Worker {
                 pid,
                 pidfd,
@@ -293,7 +300,7 @@ pub fn spawn_worker(
             })
         }
         (Err(e), pidfd) => (e, pidfd.ok()),
-        (Ok(()), Err(e)) => (PrivsepError::Pidfd(e), None),
+        (Ok(_), Err(e)) => (PrivsepError::Pidfd(e), None),
     };
     // The worker is dead or useless: make sure it is gone, relay what it said, and reap it.
     // Through its pidfd where there is one (kill(2) is refused to an on-failure supervisor);

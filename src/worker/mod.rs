@@ -1,6 +1,7 @@
 //! The jailed worker process: the vhost-user backend, the serving loop and the bus it serves.
 
 pub mod assemble;
+pub mod broker;
 pub mod guest_memory;
 pub mod inflight;
 pub mod serve;

@@ -22,6 +22,7 @@ use nix::{sys::prctl, unistd};
 
 use super::{
     assemble::{self, OpenedLun},
+    broker,
     inflight::{InflightMemfd, QueueShape},
     serve::{self, ServeOptions},
     vhost_user::ScsiBackend,
@@ -46,8 +47,9 @@ pub struct Channels {
     pub stderr: (OwnedFd, OwnedFd),
     /// Set-up handshake (supervisor end, worker end).
     pub sync: (UnixStream, UnixStream),
-    /// The fd broker (supervisor end, worker end): SCM_RIGHTS for hotplug and iSCSI reconnects.
-    /// No protocol yet; the worker holds its end from the start so that none has to be opened.
+    /// The fd broker (supervisor end, worker end): messages and fds (SCM_RIGHTS) for
+    /// management and iSCSI reconnects ([`crate::broker`]); the worker holds its end from the
+    /// start so that none has to be opened.
     pub broker: (UnixStream, UnixStream),
     /// A duplicate of the listening socket for the worker (never unlinks anything).
     pub listener: UnixListener,
@@ -208,7 +210,17 @@ fn worker_main(
     #[cfg(debug_assertions)]
     sandbox::probe::run_in_main();
 
-    // Serve. `broker` stays open for the fd-broker protocol to come.
+    // The broker thread, under the filters like every thread. The handle goes to whoever
+    // needs the supervisor at runtime; the thread lives until the process ends.
+    let _broker = match broker::start(broker, broker::Handlers::default()) {
+        Ok(handle) => handle,
+        Err(e) => {
+            log::error!("cannot start the fd broker thread: {e}");
+            return Ok(i32::from(EXIT_RUNTIME));
+        }
+    };
+
+    // Serve.
     let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
     let mut backend = ScsiBackend::new(bus, config.num_queues, config.queue_size)
         .with_io_config(config.io.clone())
@@ -222,7 +234,6 @@ fn worker_main(
         exit_on_disconnect: config.exit_on_disconnect,
     };
     let result = serve::serve(&listener, backend, &opts);
-    drop(broker);
     Ok(match result {
         Ok(()) => 0,
         Err(e) => {
