@@ -406,7 +406,9 @@ fn run_queue(
         let used = ring.used_idx().load(Ordering::Acquire);
         if used == last_used {
             if o.poll {
-                std::hint::spin_loop();
+                // A polling driver whose CPU is shared: let the daemon's threads run when they
+                // are waiting for this CPU (the machine has two, shared by everything).
+                std::thread::yield_now();
                 ring.used_event()
                     .store(last_used.wrapping_add(0x8000), Ordering::Release);
             } else {

@@ -2,15 +2,17 @@
 # The benchmark suite in one command (not part of tests/run.sh: it takes minutes).
 #
 #   benches/run.sh [--runtime S] [--quick] [--guest | --guest-only] [--qemu BIN] [--accel A]
-#                  [--repeat N] [--out DIR]
+#                  [--repeat N] [--pagecache] [--out DIR]
 #
 # 1. Host bench: benches/host.rs acts as the vhost-user front-end over the daemon's real socket
 #    (null LUN = protocol overhead; file LUN with cache=none on each --aio engine), and fio runs on
 #    the same file with the same engine (io_uring), queue depth and O_DIRECT: the limit.
-# 2. Guest bench (--guest, or --guest-only without the host bench): fio inside a QEMU guest
-#    (--qemu, --accel; default TCG) on our LUN, on QEMU's built-in virtio-scsi + scsi-hd over
-#    the same image, and on vhost-device-scsi when installed (benches/guest.sh); --repeat N
-#    (default 3) alternates the passes N times and reports each row's median run.
+# 2. Guest bench (--guest, or --guest-only without the host bench): fio O_DIRECT inside a QEMU
+#    guest (--qemu, --accel; default TCG) on our LUN with cache=none and on QEMU's built-in
+#    virtio-scsi + scsi-hd over the same image with cache=none,aio=native and aio=io_uring (with
+#    --pagecache also both on the page cache), and on vhost-device-scsi when installed
+#    (benches/guest.sh); --repeat N (default 3) alternates the passes N times and reports each
+#    row's median run.
 # Results: DIR/results.jsonl, results.md (table with ratios), results.svg (plot), machine.txt.
 # Default DIR: target/bench-results/<timestamp>.
 set -euo pipefail
@@ -24,6 +26,7 @@ HOST=1
 QEMU_BIN=qemu-system-x86_64
 ACCEL=tcg
 REPEAT=3
+PAGECACHE=""
 OUT=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -34,9 +37,10 @@ while [ $# -gt 0 ]; do
         --qemu) QEMU_BIN=$2; shift 2 ;;
         --accel) ACCEL=$2; shift 2 ;;
         --repeat) REPEAT=$2; shift 2 ;;
+        --pagecache) PAGECACHE=--pagecache; shift ;;
         --out) OUT=$2; shift 2 ;;
         *) echo "usage: $0 [--runtime S] [--quick] [--guest | --guest-only] [--qemu BIN]" \
-                "[--accel A] [--repeat N] [--out DIR]" >&2
+                "[--accel A] [--repeat N] [--pagecache] [--out DIR]" >&2
            exit 2 ;;
     esac
 done
@@ -89,9 +93,10 @@ stop_daemon() {
 }
 trap stop_daemon EXIT
 
-# ours LABEL LUNSPEC AIO RW BS QD QUEUES
+# ours LABEL LUNSPEC AIO RW BS QD QUEUES [WAIT]: WAIT is the client's (poll, or event: it
+# sleeps on the call eventfd, as fio sleeps in io_uring_enter)
 ours() {
-    local label=$1 lun=$2 aio=$3 rw=$4 bs=$5 qd=$6 queues=$7
+    local label=$1 lun=$2 aio=$3 rw=$4 bs=$5 qd=$6 queues=$7 wait=${8:-poll}
     # The previous daemon's processes may still hold the image's lock for a moment after it
     # exited ("is in use"): start again until the socket appears.
     for _ in $(seq 20); do
@@ -110,7 +115,7 @@ ours() {
         sleep 0.25
     done
     "$HOST_BENCH" --socket "$SOCK" --rw "$rw" --bs "$bs" --qd "$qd" --queues "$queues" \
-        --runtime "$RUNTIME" --label "$label" --json | tee -a "$RESULTS"
+        --runtime "$RUNTIME" --wait "$wait" --label "$label" --json | tee -a "$RESULTS"
     stop_daemon
 }
 
@@ -153,6 +158,10 @@ ours file-threads-randread-qd32 "$FILE" threads randread 4096 32 1
 ours file-sync-randread-qd32 "$FILE" sync randread 4096 32 1
 fio_ref fio-randread-qd1 randread 4096 1 1
 ours file-uring-randread-qd1 "$FILE" io-uring randread 4096 1 1
+# With a client that sleeps like fio: default options (no polling), and adaptive polling.
+ours file-uring-randread-qd1-event "$FILE" io-uring randread 4096 1 1 event
+[ "$QUICK" = 1 ] || DAEMON_ARGS="$DAEMON_ARGS --poll-max-us 64" \
+    ours file-uring-randread-qd1-event-poll "$FILE" io-uring randread 4096 1 1 event
 if [ "$QUICK" != 1 ]; then
     fio_ref fio-randwrite-qd32 randwrite 4096 32 1
     ours file-uring-randwrite-qd32 "$FILE" io-uring randwrite 4096 32 1
@@ -169,7 +178,7 @@ fi
 if [ "$GUEST" = 1 ]; then
     echo "== guest bench"
     bash benches/guest.sh --image "$IMG" --out "$OUT" --runtime "$RUNTIME" --qemu "$QEMU_BIN" \
-        --accel "$ACCEL" --repeat "$REPEAT" | tee -a "$RESULTS"
+        --accel "$ACCEL" --repeat "$REPEAT" ${PAGECACHE:+"$PAGECACHE"} | tee -a "$RESULTS"
 fi
 
 python3 benches/report.py "$OUT"

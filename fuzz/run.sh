@@ -33,7 +33,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(virtio_request scsi_cdb vhost_user config iscsi_pdu iscsi_login)
+    targets=(virtio_request scsi_cdb vhost_user config iscsi_pdu iscsi_login management)
 fi
 
 skip() {

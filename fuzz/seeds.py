@@ -237,3 +237,28 @@ write("iscsi_pdu", "login_and_text", b"\0" + max_data + login_ok
                              ("CHAP_C", "0b" + "QUJD"), ("MaxBurstLength", "0x100000"))))
 write("iscsi_pdu", "data_in_r2t_async", b"\0" + max_data + pdu(0x25, 0x81, bytes(512))
       + pdu(0x31, 0x80) + pdu(0x32, 0x80, b"x" * 12))
+
+
+# ---- management: repeated [chunk length][chunk] of a client's byte stream
+def chunks(text):
+    data = text.encode()
+    out = b""
+    while data:
+        out += bytes([min(len(data), 200)]) + data[:200]
+        data = data[200:]
+    return out
+
+
+mgmt = [
+    '{"jsonrpc":"2.0","id":1,"method":"list"}\n',
+    '{"jsonrpc":"2.0","id":2,"method":"add-lun","params":{"spec":"0:1=null://1M"}}\n'
+    '{"jsonrpc":"2.0","id":3,"method":"resize","params":{"lun":"0:1"}}\n'
+    '{"jsonrpc":"2.0","id":4,"method":"set-readonly","params":{"lun":"0:1","read-only":true}}\n'
+    '{"jsonrpc":"2.0","id":5,"method":"stats","params":{"format":"prometheus"}}\n'
+    '{"jsonrpc":"2.0","id":6,"method":"remove-lun","params":{"lun":"0:1"}}\n',
+    '{"jsonrpc":"2.0","id":7,"method":"add-lun","params":{"spec":"/etc/passwd,pr-file=/x","fd":true}}\n'
+    '{bad json\n[1]\n{"jsonrpc":"2.0","id":{},"method":"x"}\n',
+]
+for i, s in enumerate(mgmt):
+    write("management", f"session{i}", chunks(s))
+write("management", "oversized", bytes([255]) + b"x" * 255 + (bytes([255]) + b"y" * 255) * 300 + bytes([2]) + b"\n\n")

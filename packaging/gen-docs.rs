@@ -48,6 +48,24 @@ fn man_page(out: &mut Vec<u8>) -> io::Result<()> {
         }
         writeln!(out, ".fi")?;
     }
+    // `vhost-user-scsi ctl`, the management client (docs/management.md): its help, as printed.
+    if let Some(ctl) = cmd.find_subcommand("ctl") {
+        writeln!(out, ".SH \"MANAGEMENT CLIENT\"")?;
+        writeln!(out, ".nf")?;
+        let help = ctl
+            .clone()
+            .bin_name("vhost-user-scsi ctl")
+            .render_long_help()
+            .to_string();
+        for line in help.lines() {
+            let line = line.replace('\\', "\\e");
+            if line.starts_with('.') || line.starts_with('\'') {
+                write!(out, "\\&")?;
+            }
+            writeln!(out, "{line}")?;
+        }
+        writeln!(out, ".fi")?;
+    }
     writeln!(out, ".SH CAPABILITIES")?;
     writeln!(
         out,

@@ -36,6 +36,7 @@ fn main() -> ExitCode {
                 Err(e) => setup_error(e),
             };
         }
+        Ok(Command::Ctl(args)) => return privsep::management::client::run(&args),
         Ok(Command::Serve(config)) => config,
         Err(e) => return setup_error(e),
     };

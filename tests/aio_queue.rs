@@ -18,10 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ring::{execute, file_bus};
+use ring::{execute, file_bus, file_bus_with};
 use vhost_user_scsi::{
     block::engine::{Engine, Op},
-    scsi::{IoKind, ScsiBus},
+    config::EnospcPolicy,
+    scsi::{wait_unused, IoKind, ScsiBus},
     virtio::queue::QueueWorker,
 };
 use vm_memory::GuestAddressSpace;
@@ -582,4 +583,103 @@ fn a_failed_deallocation_is_reported() {
     assert_eq!(medium(&img, 7), block(0x5a));
     let (status, _) = unmap_failing(libc::EIO);
     assert_eq!(status.0, 2, "CHECK CONDITION");
+}
+
+/// Runtime removal of a LUN (management) while a WRITE to it is in the engine: the LUN leaves
+/// the bus at once (a new command gets LOGICAL UNIT NOT SUPPORTED), the WRITE in flight still
+/// lands and is answered GOOD, and only then does nobody hold the LU (its file can close).
+#[test]
+fn removal_drains_io_in_the_engine() {
+    let (bus, img) = file_bus();
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.hold = true);
+    let mut ring = Ring::new(64);
+    let (_, write) = push_out(&mut ring, 0, &write_fua(3, 1), &block(0x5c));
+    let run = spawn_run(worker(&hold), &bus, &ring);
+    wait_for("the WRITE in the engine", || hold.submitted() == 1);
+
+    let lu = bus.remove_lun(0, 0).expect("LUN 0:0 removed");
+    let (out, _) = execute(&bus, &rw10(0x28, 3, 1), &[], 512);
+    assert_eq!(
+        (out.status, out.sense.get(2), out.sense.get(12)),
+        (2, Some(&0x05), Some(&0x25)),
+        "LOGICAL UNIT NOT SUPPORTED after removal: {out:02x?}"
+    );
+    assert!(
+        !wait_unused(&lu, Duration::from_millis(200)),
+        "the LU was let go while its WRITE was in the engine"
+    );
+    hold.release();
+    let (_, ok) = run.join().unwrap();
+    assert!(ok);
+    assert_eq!(
+        status(&ring, &write),
+        (0, 0),
+        "the WRITE in flight is answered GOOD"
+    );
+    assert_eq!(medium(&img, 3), block(0x5c));
+    assert!(wait_unused(&lu, Duration::from_secs(5)));
+}
+
+/// `enospc=hold` with every slot of a queue held and more requests waiting in the ring: the
+/// queue goes back to its event loop (it spun there for ever, holding the queue, so that no
+/// retry could ever run), answers nothing meanwhile, and once a retry finds room it answers
+/// the held writes GOOD and serves the rest.
+#[test]
+fn a_queue_whose_slots_are_all_held_returns_to_its_event_loop() {
+    let (bus, img) = file_bus_with(|lu| lu.set_enospc(EnospcPolicy::Hold));
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.errno = Some(libc::ENOSPC));
+    let w = QueueWorker::with_engine(
+        Box::new(HoldEngine {
+            shared: hold.clone(),
+            queued: Vec::new(),
+        }),
+        2,
+    );
+    let mut ring = Ring::new(64);
+    let reqs: Vec<Req> = (0..4u8)
+        .map(|n| {
+            push_out(
+                &mut ring,
+                u64::from(n),
+                &write_fua(u32::from(n), 1),
+                &block(n + 1),
+            )
+            .1
+        })
+        .collect();
+    let (tx, rx) = mpsc::channel();
+    {
+        let bus = bus.clone();
+        let vring = ring.vring.clone();
+        let mem = ring.mem.clone();
+        thread::spawn(move || {
+            let mut w = w;
+            let ok = w.run(&bus, &vring, &mem.memory(), true).is_ok();
+            let _ = tx.send((w, ok));
+        });
+    }
+    let (mut w, ok) = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the queue must return while all its slots are held");
+    assert!(ok);
+    assert_eq!(w.held(), 2);
+    assert_eq!(w.in_flight(), 0);
+    assert_eq!(ring.used_pending(), 0, "nothing is answered while held");
+    assert_eq!(bus.hold_order(0, 0).map(|o| o.held()), Some(2));
+
+    // Room again (retries run through the backend, whose file is fine; the engine too).
+    hold.set(|s| s.errno = None);
+    let guard = ring.mem.memory();
+    w.run_and_retry(&bus, &ring.vring, &guard, true, true)
+        .unwrap();
+    let used = ring.take_used();
+    assert_eq!(used.len(), 4, "{used:?}");
+    for (n, r) in reqs.iter().enumerate() {
+        assert_eq!(status(&ring, r), (0, 0), "request {n}");
+        assert_eq!(medium(&img, n as u64), block(n as u8 + 1));
+    }
+    assert_eq!(w.held(), 0);
+    assert_eq!(bus.hold_order(0, 0).map(|o| o.held()), Some(0));
 }

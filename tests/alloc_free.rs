@@ -77,7 +77,7 @@ fn steady_state_allocations(aio: AioMode, write_every: u64) -> Option<u64> {
         aio_threads: 2,
         ..IoConfig::default()
     };
-    let files: Vec<_> = bus.backends().filter_map(|b| b.raw_fd()).collect();
+    let files = bus.assign_fixed_files();
     // The worker makes its rings at start-up; none here (io_uring unavailable) means the
     // thread pool.
     let ring_engine = (aio == AioMode::IoUring)

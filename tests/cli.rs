@@ -209,6 +209,8 @@ fn bad_data_path_options() {
         ("--submit-batch", "5000"),
         ("--aio-threads", "0"),
         ("--queue-cpus", "3-1"),
+        ("--poll-us", "2000000"),
+        ("--poll-max-us", "2000000"),
     ] {
         let e = fails(&["--socket-path", &d.sock(), "--lun", &img, option, value]);
         assert!(

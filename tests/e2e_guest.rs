@@ -182,20 +182,19 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// `lun_opts` is appended to every `--lun` (`,cache=none` ...), `extra` to the options.
-    fn start(
-        socket: &Path,
-        images: &[PathBuf],
-        log: PathBuf,
-        lun_opts: &str,
-        extra: &[&str],
-    ) -> Daemon {
+    fn start(socket: &Path, images: &[PathBuf], log: PathBuf) -> Daemon {
+        let sources: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+        Self::start_sources(socket, &sources, log, &[])
+    }
+
+    /// `sources[i]` serves `DISKS[i]` (an image path or an `iscsi://` URL); `extra` are more
+    /// daemon options.
+    fn start_sources(socket: &Path, sources: &[String], log: PathBuf, extra: &[&str]) -> Daemon {
         let bin = env!("CARGO_BIN_EXE_vhost-user-scsi");
         let mut cmd = Command::new(bin);
         cmd.arg("--socket-path").arg(socket).args(extra);
-        for (tl, img) in DISKS.iter().zip(images) {
-            cmd.arg("--lun")
-                .arg(format!("{tl}={}{lun_opts}", img.display()));
+        for (tl, src) in DISKS.iter().zip(sources) {
+            cmd.arg("--lun").arg(format!("{tl}={src}"));
         }
         let f = fs::File::create(&log).unwrap();
         cmd.stdin(Stdio::null())
@@ -395,6 +394,12 @@ fn make_images(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn run_daemon_e2e(name: &str) {
+    run_daemon_e2e_with(name, false)
+}
+
+/// `iscsi`: the second disk (1:0) is a LUN of a tgtd started for the test (its backing file
+/// is the image checked afterwards), reached through the daemon's own initiator.
+fn run_daemon_e2e_with(name: &str, iscsi: bool) {
     if skip_requested() {
         return;
     }
@@ -420,8 +425,38 @@ fn run_daemon_e2e(name: &str) {
     let images = make_images(tmp.path());
     let socket = tmp.path().join("vus.sock");
     let logs = log_dir();
+    let name = if iscsi {
+        format!("{name}-iscsi")
+    } else {
+        name.to_owned()
+    };
+    let name = name.as_str();
     let daemon_log = logs.join(format!("{name}-daemon.log"));
-    let mut daemon = Daemon::start(&socket, &images, daemon_log.clone(), "", &[]);
+    let mut sources: Vec<String> = images.iter().map(|p| p.display().to_string()).collect();
+    let mut _tgtd = None;
+    if iscsi {
+        let Some(mut t) = vus_test_support::tgtd::Tgtd::start(name) else {
+            return;
+        };
+        let iqn = "iqn.2026-01.org.vhost-user-scsi:e2e";
+        t.create_target(1, iqn, &images[1]);
+        // UNMAP passes through to tgtd, which offers it with thin provisioning on.
+        t.adm(&[
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--params",
+            "thin_provisioning=1",
+        ]);
+        sources[1] = format!("iscsi://127.0.0.1:{}/{iqn}/1", t.port);
+        _tgtd = Some(t);
+    }
+    let mut daemon = Daemon::start_sources(&socket, &sources, daemon_log.clone(), &[]);
     let backend = Backend::Daemon { socket: &socket };
     let ctx = || {
         format!(
@@ -565,11 +600,11 @@ fn e2e_worker_killed_under_writes() {
             Some(fs) => vec![fs.image(), images[1].clone()],
             None => images.clone(),
         };
-        let mut daemon = Daemon::start(
+        let served: Vec<String> = served.iter().map(|p| p.display().to_string()).collect();
+        let mut daemon = Daemon::start_sources(
             &socket,
             &served,
             daemon_log.clone(),
-            "",
             &["--restart-worker", "on-failure", "--aio", "threads"],
         );
         let timeout = 240 + seconds;
@@ -728,6 +763,14 @@ fn e2e_worker_killed_under_writes() {
     assert_eq!(failed, 0, "{failed} of {rounds} rounds failed");
 }
 
+/// Debian's QEMU with one image LUN (0:0) and one iSCSI LUN (1:0, a tgtd LUN through the
+/// daemon's initiator), default sandbox: ext4 and checksummed files on both, verified on the
+/// host in the image and in tgtd's backing file.
+#[test]
+fn e2e_qemu_system_iscsi_lun() {
+    run_daemon_e2e_with("system", true);
+}
+
 /// Same workload on QEMU's built-in virtio-scsi: validates the harness itself.
 #[test]
 #[ignore]
@@ -787,7 +830,7 @@ fn the_printed_qemu_options_attach_qemu() {
     let images = make_images(tmp.path());
     let socket = tmp.path().join("vus.sock");
     let daemon_log = tmp.path().join("daemon.log");
-    let daemon = Daemon::start(&socket, &images, daemon_log.clone(), "", &[]);
+    let daemon = Daemon::start(&socket, &images, daemon_log.clone());
     let log = daemon.log_text();
     let printed = log
         .lines()

@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::fs;
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
 use common::*;
 
@@ -135,4 +135,283 @@ fn a_half_failed_transfer_is_never_good() {
             fs::write(&fs.backing, &expected).expect("restore backing file");
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ENOSPC: an image on a size-limited tmpfs that fills up.
+// ---------------------------------------------------------------------------------------------
+
+const SENSE_DATA_PROTECT: u8 = 0x07;
+const MIB: usize = 1 << 20;
+
+/// A tmpfs of `size` bytes holding a sparse image (`image()`, 8 MiB: far more than fits) and a
+/// file that takes the rest of the room (`filler`), so that writes to unallocated blocks of the
+/// image fail with ENOSPC until [`Tmpfs::make_room`].
+struct Tmpfs {
+    mnt: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: usize) -> Result<Self, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root (mounting a tmpfs needs it)".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let mnt = dir.path().join("mnt");
+        fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0755"),
+                "tmpfs",
+            ])
+            .arg(&mnt)
+            .status()
+            .map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("mount -t tmpfs failed: {status}"));
+        }
+        let fs = Tmpfs { mnt, _dir: dir };
+        let image = fs::File::create(fs.image()).map_err(|e| e.to_string())?;
+        image.set_len(8 * MIB as u64).map_err(|e| e.to_string())?;
+        Ok(fs)
+    }
+
+    fn image(&self) -> PathBuf {
+        self.mnt.join("disk.img")
+    }
+
+    /// Fills the file system, then frees `room` bytes of it.
+    fn fill(&self, room: usize) {
+        use std::io::Write;
+        let path = self.mnt.join("filler");
+        let mut f = fs::File::create(&path).expect("filler");
+        let chunk = vec![0xffu8; 4096];
+        let mut len = 0u64;
+        while f.write_all(&chunk).is_ok() {
+            len += chunk.len() as u64;
+        }
+        f.set_len(len.saturating_sub(room as u64))
+            .expect("shrink the filler");
+    }
+
+    /// Frees the room the filler takes.
+    fn make_room(&self) {
+        fs::remove_file(self.mnt.join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+    }
+}
+
+/// CHECK CONDITION, DATA PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT (27h/07h).
+fn assert_no_space(r: &ScsiReply, what: &str) {
+    assert_eq!(r.status, STATUS_CHECK_CONDITION, "{what}: {r:?}");
+    r.assert_check_condition(SENSE_DATA_PROTECT, 0x27);
+    assert_eq!(r.sense[13], 0x07, "{what}: ASCQ: {r:?}");
+}
+
+/// `enospc=report` (the default): a write that finds the storage full fails with the
+/// thin-provisioning sense, and succeeds once room was made, with no restart.
+#[test]
+fn a_full_storage_is_reported_then_writes_recover() {
+    for aio in ["io-uring", "threads", "sync"] {
+        let fs = match Tmpfs::mount(2 * MIB) {
+            Ok(fs) => fs,
+            Err(why) => return skip(&why),
+        };
+        fs.fill(0);
+        let lun_spec = format!("0:0={}", fs.image().display());
+        let mut daemon = Daemon::start(&[], &["--lun", &lun_spec, "--aio", aio]);
+        let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+        let l = lun(0, 0);
+        vm.clear_unit_attention(l);
+        let data = vus_test_support::frontend::pattern(MIB, 0x31);
+        let r = vm.scsi(l, &cdb::write10(0, (MIB / BLOCK) as u16), &[&data], &[]);
+        assert_no_space(&r, &format!("--aio {aio}"));
+
+        fs.make_room();
+        let r = vm.scsi(l, &cdb::write10(0, (MIB / BLOCK) as u16), &[&data], &[]);
+        r.assert_good();
+        let r = vm.scsi(l, &cdb::read10(0, (MIB / BLOCK) as u16), &[], &[MIB as u32]);
+        r.assert_good();
+        assert!(r.data[..MIB] == data[..], "--aio {aio}: read back differs");
+        assert!(
+            fs::read(fs.image()).unwrap()[..MIB] == data[..],
+            "--aio {aio}: image"
+        );
+        daemon.assert_alive();
+        drop(vm);
+        daemon.terminate();
+    }
+}
+
+/// `enospc=hold`: a write that finds the storage full is not answered; a later write to the
+/// same blocks and a SYNCHRONIZE CACHE queue behind it (the later write could succeed on its
+/// own: its blocks were allocated by the first write's partial progress), reads go on; once room
+/// was made they all complete GOOD, in order, without a restart, and the image holds the later
+/// write's data over the first's.
+#[test]
+fn a_full_storage_holds_writes_until_room_is_made() {
+    for aio in ["io-uring", "threads", "sync"] {
+        let fs = match Tmpfs::mount(2 * MIB) {
+            Ok(fs) => fs,
+            Err(why) => return skip(&why),
+        };
+        // Room for the first 64 KiB of the first write only.
+        fs.fill(64 * 1024);
+        let lun_spec = format!("0:0={},enospc=hold", fs.image().display());
+        let mut daemon = Daemon::start(&[], &["--lun", &lun_spec, "--aio", aio]);
+        let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+        let l = lun(0, 0);
+        vm.clear_unit_attention(l);
+        let what = format!("--aio {aio}");
+        let first = vus_test_support::frontend::pattern(MIB, 0x41);
+        let second = vus_test_support::frontend::pattern(4096, 0x42);
+        let w1 = vm.submit_scsi(2, l, &cdb::write10(0, (MIB / BLOCK) as u16), &[&first], &[]);
+        let w2 = vm.submit_scsi(2, l, &cdb::write10(0, 8), &[&second], &[]);
+        let sync = vm.submit_scsi(2, l, &cdb::sync_cache10(), &[], &[]);
+        // Reads of the same LUN go on meanwhile.
+        let read = vm.submit_scsi(2, l, &cdb::read10(4096, 8), &[], &[4096]);
+        let used = vm.wait_used(2, 1);
+        assert_eq!(
+            used[0].0,
+            u32::from(read.head),
+            "{what}: the read must not wait"
+        );
+        vm.reply(&read, used[0].1).assert_good();
+        vm.assert_no_completion(2, Duration::from_millis(1500));
+        daemon.assert_alive();
+        assert!(
+            daemon.log().contains("holding writes"),
+            "{what}: {}",
+            daemon.log()
+        );
+
+        fs.make_room();
+        let used = vm.wait_used(2, 3);
+        let heads: Vec<u32> = used.iter().map(|u| u.0).collect();
+        assert_eq!(
+            heads,
+            [w1.head, w2.head, sync.head].map(u32::from),
+            "{what}: held commands complete in order"
+        );
+        for (sub, (_, len)) in [&w1, &w2, &sync].into_iter().zip(&used) {
+            vm.reply(sub, *len).assert_good();
+        }
+        let mut expected = first.clone();
+        expected[..4096].copy_from_slice(&second);
+        let r = vm.scsi(l, &cdb::read10(0, (MIB / BLOCK) as u16), &[], &[MIB as u32]);
+        r.assert_good();
+        assert!(r.data[..MIB] == expected[..], "{what}: read back differs");
+        assert!(
+            fs::read(fs.image()).unwrap()[..MIB] == expected[..],
+            "{what}: image"
+        );
+
+        // Held at a ring stop: answered with the thin-provisioning sense (the front-end must get
+        // a ring with nothing in flight), never left pending nor completed GOOD.
+        fs.fill(0);
+        let w3 = vm.submit_scsi(2, l, &cdb::write10(8192, 64), &[&first[..32768]], &[]);
+        vm.assert_no_completion(2, Duration::from_millis(500));
+        vm.stop_queues();
+        let len = vm.complete(&w3);
+        assert_no_space(&vm.reply(&w3, len), &format!("{what}, ring stop"));
+        daemon.assert_alive();
+        drop(vm);
+        daemon.terminate();
+    }
+}
+
+/// UNMAP on a file system that can neither punch holes nor zero ranges (faultfs implements no
+/// `fallocate`, like some FUSE file systems): the blocks still read back zero (we report LBPRZ),
+/// GOOD, on every engine; it failed with a WRITE ERROR the guest logged as a DISCARD I/O error
+/// (found by the soak).
+#[test]
+fn unmap_without_hole_punching_writes_zeroes() {
+    let fs = match FaultFs::mount(&pattern(), false, 0) {
+        Ok(fs) => fs,
+        Err(why) => return skip(&why),
+    };
+    for aio in ["io-uring", "threads", "sync"] {
+        let lun_spec = format!("0:0={}", fs.image().display());
+        let mut daemon = Daemon::start(&[], &["--lun", &lun_spec, "--aio", aio]);
+        let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+        let l = lun(0, 0);
+        vm.clear_unit_attention(l);
+        // One range (an engine may run it) and two (the synchronous path).
+        for ranges in [&[(64u64, 16u32)][..], &[(256, 8), (512, 24)][..]] {
+            let list = cdb::unmap_list(ranges);
+            let r = vm.scsi(l, &cdb::unmap(list.len()), &[&list], &[]);
+            r.assert_good();
+            for &(lba, blocks) in ranges {
+                let len = blocks as usize * BLOCK;
+                let r = vm.scsi(
+                    l,
+                    &cdb::read10(lba as u32, blocks as u16),
+                    &[],
+                    &[len as u32],
+                );
+                r.assert_good();
+                assert!(
+                    r.data[..len].iter().all(|&b| b == 0),
+                    "--aio {aio}: lba {lba}"
+                );
+            }
+        }
+        daemon.assert_alive();
+        drop(vm);
+        daemon.terminate();
+        fs::write(&fs.backing, pattern()).expect("restore backing file");
+    }
+}
+
+/// `enospc=hold` across request queues: a write that would succeed on its own, sent on another
+/// queue after a write of the same blocks was held, is held behind it (the LUN's order is shared)
+/// and the image ends with the later write's data over the earlier one's.
+#[test]
+fn held_writes_keep_their_order_across_queues() {
+    let fs = match Tmpfs::mount(2 * MIB) {
+        Ok(fs) => fs,
+        Err(why) => return skip(&why),
+    };
+    fs.fill(64 * 1024);
+    let lun_spec = format!("0:0={},enospc=hold", fs.image().display());
+    let mut daemon = Daemon::start(&[], &["--lun", &lun_spec, "--num-queues", "2"]);
+    let mut vm = TestVm::connect(
+        &daemon.socket,
+        VmOptions {
+            request_queues: 2,
+            event_idx: true,
+        },
+    );
+    let l = lun(0, 0);
+    vm.clear_unit_attention(l);
+    let first = vus_test_support::frontend::pattern(MIB, 0x51);
+    let second = vus_test_support::frontend::pattern(4096, 0x52);
+    let w1 = vm.submit_scsi(2, l, &cdb::write10(0, (MIB / BLOCK) as u16), &[&first], &[]);
+    vm.assert_no_completion(2, Duration::from_millis(500));
+    let w2 = vm.submit_scsi(3, l, &cdb::write10(0, 8), &[&second], &[]);
+    vm.assert_no_completion(3, Duration::from_millis(1500));
+    fs.make_room();
+    let len = vm.complete(&w1);
+    vm.reply(&w1, len).assert_good();
+    let len = vm.complete(&w2);
+    vm.reply(&w2, len).assert_good();
+    let mut expected = first.clone();
+    expected[..4096].copy_from_slice(&second);
+    assert!(
+        fs::read(fs.image()).unwrap()[..MIB] == expected[..],
+        "the later write must end on top"
+    );
+    daemon.assert_alive();
+    drop(vm);
+    daemon.terminate();
 }

@@ -5,7 +5,10 @@
 
 mod common;
 
-use std::{os::unix::fs::MetadataExt, time::Duration};
+use std::{
+    os::unix::fs::MetadataExt,
+    time::{Duration, Instant},
+};
 
 use common::{cdb::pr, *};
 use vhost::vhost_user::{
@@ -1092,4 +1095,81 @@ fn registered_buffers_carry_io() {
         Ok("threads") => assert!(refused && !registered, "{log}"),
         Ok(_) => assert!(!registered, "{log}"),
     }
+}
+
+/// Adaptive polling spins only while requests keep coming: after a burst of I/O, a daemon with
+/// no guest I/O uses no CPU. A queue thread that kept spinning would use every
+/// tick of the idle period (~300 in 3 s); the whole worker may use a few (the signal thread,
+/// timer ticks, the poll window after the last request).
+#[test]
+fn an_idle_daemon_does_not_spin_after_a_burst_of_io() {
+    let mut daemon = Daemon::start(&one_disk(), &["--poll-max-us", "64"]);
+    let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    let worker = worker_of(daemon.pid());
+    let total = |threads: &[(libc::pid_t, String, u64)]| threads.iter().map(|t| t.2).sum::<u64>();
+    let data = pattern(8 * 512, 0x6b);
+    vm.scsi(lun(0, 0), &cdb::write10(0, 8), &[&data], &[])
+        .assert_good();
+
+    // The burst: QD1 READs back to back (the request and completion windows grow), then
+    // batches of 16 in flight, for a second.
+    let before_burst = total(&thread_cpu_ticks(worker));
+    let end = Instant::now() + Duration::from_secs(1);
+    let mut requests = 0;
+    while Instant::now() < end {
+        for _ in 0..50 {
+            let r = vm.scsi(lun(0, 0), &cdb::read10(0, 8), &[], &[4096]);
+            r.assert_good();
+        }
+        let subs: Vec<_> = (0..16u32)
+            .map(|i| {
+                let header = vm.cmd_header(lun(0, 0), &cdb::read10(i % 8, 1));
+                vm.submit(
+                    2,
+                    &[
+                        Seg::out(&header),
+                        Seg::inp(RESP_HEADER_SIZE as u32),
+                        Seg::inp(512),
+                    ],
+                )
+            })
+            .collect();
+        assert_eq!(vm.wait_used(2, subs.len()).len(), subs.len());
+        requests += 66;
+    }
+    let burst = total(&thread_cpu_ticks(worker)) - before_burst;
+    // The measurement itself works: serving the burst took CPU time.
+    assert!(
+        burst > 0,
+        "{requests} requests took no CPU time?\n{}",
+        daemon.log()
+    );
+
+    // Idle: whatever the last request left (a window, an epoll wake-up) settles first.
+    std::thread::sleep(Duration::from_millis(200));
+    let idle_start = thread_cpu_ticks(worker);
+    let idle = Duration::from_secs(3);
+    std::thread::sleep(idle);
+    let idle_end = thread_cpu_ticks(worker);
+    let used = total(&idle_end).saturating_sub(total(&idle_start));
+    // The threads that used any (the queue threads are `vring_worker`s).
+    let per_thread: Vec<String> = idle_end
+        .iter()
+        .filter_map(|(tid, name, ticks)| {
+            let was = idle_start.iter().find(|t| t.0 == *tid).map_or(0, |t| t.2);
+            (*ticks > was).then(|| format!("{name}[{tid}]: {}", ticks - was))
+        })
+        .collect();
+    eprintln!("idle: {used} ticks in {idle:?}; the burst of {requests} requests: {burst} ticks");
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    // 2 % of one CPU over the idle period: a spinning thread uses ~100 %.
+    let allowed = idle.as_secs() * hz / 50;
+    assert!(
+        used <= allowed,
+        "the worker used {used} ticks of CPU in {idle:?} without guest I/O (allowed {allowed}; \
+         the burst of {requests} requests used {burst}): {per_thread:?}"
+    );
+    daemon.assert_alive();
 }

@@ -1,7 +1,12 @@
 //! Static checks of `seccomp/<arch>/<role>.json`, and proof that the binary installs exactly
 //! what the files say (`--print-seccomp-policy` against a fresh compile of each file).
 
-use std::{collections::BTreeMap, fs, path::PathBuf, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    path::PathBuf,
+    process::Command,
+};
 
 use seccompiler::{compile_from_json, TargetArch};
 use serde_json::Value;
@@ -15,6 +20,7 @@ const WORKER_ROLES: &[&str] = &[
     "worker-main",
     "worker-aio",
     "worker-broker",
+    "worker-iscsi",
     "worker-protocol",
     "worker-signals",
     "worker-vring",
@@ -214,10 +220,11 @@ fn worker_roles_deny_the_dangerous_syscalls() {
                     assert_eq!(rule["args"][0]["val"], 1, "SECCOMP_SET_MODE_FILTER only");
                 }
                 if name == "clone3" {
-                    // Both sit on worker-enosys, which turns clone3 into ENOSYS; worker-protocol
-                    // starts the protocol thread (worker::serve::accept_confined).
+                    // All sit on worker-enosys, which turns clone3 into ENOSYS; worker-protocol
+                    // starts the protocol thread (worker::serve::accept_confined), worker-vring
+                    // the thread of a SANITIZE with IMMED (scsi::extra).
                     assert!(
-                        ["worker-main", "worker-protocol"].contains(&role),
+                        ["worker-main", "worker-protocol", "worker-vring"].contains(&role),
                         "{arch}/{role}: clone3 only where worker-enosys turns it into ENOSYS"
                     );
                 }
@@ -268,6 +275,68 @@ fn worker_roles_deny_the_dangerous_syscalls() {
                 );
             }
         }
+        // The supervisor with a management socket: everything the supervisor may, plus
+        // accepting clients and opening the LUNs add-lun names (openat, under Landlock's
+        // --image-dir rules); still no new sockets, programs, processes or signals.
+        let sup: Vec<&Value> = rules(&roles["supervisor"], "supervisor").iter().collect();
+        let mgmt = rules(&roles["supervisor-management"], "supervisor-management");
+        for rule in &sup {
+            assert!(
+                mgmt.contains(rule),
+                "{arch}/supervisor-management lacks the supervisor's {rule}"
+            );
+        }
+        for rule in mgmt {
+            let name = rule["syscall"].as_str().unwrap();
+            for forbidden in [
+                "execve",
+                "socket",
+                "connect",
+                "bind",
+                "listen",
+                "clone",
+                "clone3",
+                "fork",
+                "ptrace",
+                "kill",
+                "tkill",
+                "tgkill",
+                "pidfd_open",
+                "setuid",
+                "setresuid",
+                "unshare",
+                "setns",
+                "mount",
+            ] {
+                assert_ne!(
+                    name, forbidden,
+                    "{arch}/supervisor-management allows {name}"
+                );
+            }
+        }
+        // A daemon with both a management socket and iSCSI LUNs: exactly the union of the two
+        // roles (filters only narrow when stacked, so the union is a file of its own).
+        let strip = |r: &Value| {
+            let mut r = r.clone();
+            r.as_object_mut().unwrap().remove("comment");
+            r.to_string()
+        };
+        let union: BTreeSet<String> = ["supervisor-management", "supervisor-iscsi"]
+            .iter()
+            .flat_map(|role| rules(&roles[*role], role).iter().map(strip))
+            .collect();
+        let both: BTreeSet<String> = rules(
+            &roles["supervisor-management-iscsi"],
+            "supervisor-management-iscsi",
+        )
+        .iter()
+        .map(strip)
+        .collect();
+        assert_eq!(
+            both, union,
+            "{arch}/supervisor-management-iscsi is not the union of supervisor-management and \
+             supervisor-iscsi"
+        );
         // The supervisor never creates anything.
         for rule in rules(&roles["supervisor"], "supervisor") {
             let name = rule["syscall"].as_str().unwrap();

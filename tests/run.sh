@@ -3,7 +3,8 @@
 #   1. install what the tests need (Debian packages, Rust components) when missing,
 #   2. formatting and lint gates,
 #   3. unit tests, integration tests over the real socket, end-to-end tests with real QEMU guests.
-# Long runs (benchmarks, soak, fuzzing) are not part of this script.
+# Long runs (benchmarks, the long soak, long fuzzing) are not part of this script; their short
+# passes are.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,6 +42,10 @@ VUS_TEST_DAEMON_ARGS="--poll-us 50 --submit-batch 8" \
 # registrations count against the same account's RLIMIT_MEMLOCK (8 MiB by default).
 echo "== cargo test --test frontend (--register-buffers)"
 VUS_TEST_DAEMON_ARGS="--register-buffers" cargo test --test frontend -- --test-threads=1
+# The soak, one round of every fault (EIO, ENOSPC under enospc=hold, guest reset, worker and
+# QEMU killed) under a guest's fio verify loop: about 3.5 minutes (docs/reliability.md, "Soak").
+echo "== tests/e2e/soak.sh --short"
+bash tests/e2e/soak.sh --short
 bash fuzz/run.sh --short  # replays the fuzz corpora, then ~20 s of fuzzing per target (SKIPPED without the toolchain support)
 
 # The Debian package (release build), its units and policies, the packaged daemon serving a

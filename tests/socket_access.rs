@@ -12,7 +12,6 @@
 mod common;
 
 use std::{
-    ffi::CString,
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
     process::{Command, Stdio},
@@ -41,46 +40,7 @@ fn is_root() -> bool {
 /// Connects to `path` from a forked child running as uid `uid`, gid `gid`, no supplementary
 /// groups. Returns 0 when connect(2) succeeded, else its errno.
 fn connect_as(path: &Path, uid: u32, gid: u32) -> i32 {
-    let cpath = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: a zeroed sockaddr_un is valid; the path fits (checked below).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = cpath.as_bytes_with_nul();
-    assert!(bytes.len() <= addr.sun_path.len());
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: between fork and _exit the child only makes async-signal-safe system calls on
-    // memory prepared before the fork.
-    unsafe {
-        let pid = libc::fork();
-        assert!(pid >= 0, "fork");
-        if pid == 0 {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(gid, gid, gid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
-            {
-                libc::_exit(200);
-            }
-            let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
-            if s < 0 {
-                libc::_exit(201);
-            }
-            let r = libc::connect(
-                s,
-                (&addr as *const libc::sockaddr_un).cast(),
-                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            );
-            let code = if r == 0 { 0 } else { *libc::__errno_location() };
-            libc::_exit(code);
-        }
-        let mut status = 0;
-        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
-        assert!(libc::WIFEXITED(status));
-        let code = libc::WEXITSTATUS(status);
-        assert!(code < 200, "child could not become {uid}:{gid} ({code})");
-        code
-    }
+    ask_as(path, uid, gid, b"").err().unwrap_or(0)
 }
 
 /// Lets everyone traverse the socket's directory (the test's tempdir is 0700).

@@ -10,7 +10,7 @@ use std::path::Path;
 use vhost_user_scsi::config::{
     file::parse_str,
     lun::{LunFields, LunSpec, MAX_SERIAL_LEN},
-    BlockSize, MAX_LUN,
+    BlockSize, LunSource, MAX_LUN,
 };
 
 fn check(spec: &LunSpec) {
@@ -18,7 +18,25 @@ fn check(spec: &LunSpec) {
     if let Some((_, lun)) = spec.address {
         assert!(lun <= MAX_LUN, "LUN {lun} accepted");
     }
-    assert!(!c.source.as_os_str().is_empty(), "empty source accepted");
+    match &c.source {
+        LunSource::Path(p) => assert!(!p.as_os_str().is_empty(), "empty source accepted"),
+        LunSource::Iscsi(i) => {
+            assert!(
+                !i.host.is_empty() && i.port != 0,
+                "iSCSI portal {i} accepted"
+            );
+            assert!(i.lun <= MAX_LUN, "iSCSI LUN {} accepted", i.lun);
+            assert_eq!(
+                i.user.is_some(),
+                i.chap_secret_file.is_some(),
+                "CHAP user without secret file or the reverse accepted: {i}"
+            );
+            assert!(
+                !i.user.as_deref().unwrap_or("").contains(':'),
+                "a USER:PASSWORD URL accepted"
+            );
+        }
+    }
     if let Some(s) = &c.serial {
         assert!(
             s.len() <= MAX_SERIAL_LEN,

@@ -7,6 +7,7 @@ use std::{fs::File, sync::Arc};
 pub mod config;
 pub mod iscsi_login;
 pub mod iscsi_pdu;
+pub mod management;
 pub mod scsi_cdb;
 pub mod vhost_user;
 pub mod virtio_request;
@@ -85,6 +86,8 @@ pub fn bus(image: &File) -> ScsiBus {
         Arc::new(FileBackend::new(f, false).expect("image backend"))
     };
     let opts = |serial: &str, ro: bool, bs: u32, pbs: u32| LunOptions {
+        device_type: Default::default(),
+        removable: false,
         read_only: ro,
         serial: serial.into(),
         wwn: 0x3000_0000_0000_0001,

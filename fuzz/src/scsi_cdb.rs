@@ -26,6 +26,8 @@ fn execute(bus: &ScsiBus, target: u8, lun: u16, cdb: &[u8], data_out: &mut [u8],
         Prepared::Done(out) => out,
         // Only asked of a caller that has I/O of its own in flight; this one never has.
         Prepared::DrainFirst => panic!("DrainFirst without I/O in flight for CDB {cdb:02x?}"),
+        // This bus has no passthrough (iSCSI) LU.
+        Prepared::Passthrough(_) => panic!("passthrough answer without a passthrough LU"),
         Prepared::Io(plan) => {
             // Never a block outside the LUN: the plan's extent lies within the backend.
             let size = if (target, lun) == (0, 1) {
@@ -39,8 +41,8 @@ fn execute(bus: &ScsiBus, target: u8, lun: u16, cdb: &[u8], data_out: &mut [u8],
                 plan.offset,
                 plan.bufs.len()
             );
-            let result = bus.run_sync(target, lun, &plan);
-            bus.complete(target, lun, plan.meta, result)
+            let result = bus.run_sync(&plan);
+            bus.complete(plan.unit.as_deref(), plan.meta, result)
         }
     };
     let room = if data_out.is_empty() {

@@ -57,3 +57,8 @@ fn iscsi_pdu() {
 fn iscsi_login() {
     replay("iscsi_login", vhost_user_scsi_fuzz::iscsi_login::run);
 }
+
+#[test]
+fn management() {
+    replay("management", vhost_user_scsi_fuzz::management::run);
+}

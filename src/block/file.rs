@@ -12,6 +12,7 @@ use std::{
         fd::{AsRawFd, RawFd},
         unix::fs::FileTypeExt,
     },
+    sync::atomic::{AtomicU64, Ordering},
 };
 
 use nix::{
@@ -21,7 +22,7 @@ use nix::{
 
 use super::{
     sg::{SgList, SG_INLINE},
-    BlockBackend, IoKind,
+    AtomicUnit, BlockBackend, IoKind,
 };
 
 /// `_IO(0x12, 119)`: discard a byte range of a block device.
@@ -52,38 +53,41 @@ pub struct FileBackend {
     file: File,
     kind: Kind,
     direct: bool,
-    size: u64,
+    /// Size in bytes: read at opening, again on [`BlockBackend::refresh_size`] (runtime
+    /// resize).
+    size: AtomicU64,
     /// The file lives on a FUSE file system (see [`BlockBackend::uring_safe`]).
     fuse: bool,
+    /// Untorn writes the kernel offers for this file (direct I/O only).
+    atomic: Option<AtomicUnit>,
 }
 
 impl FileBackend {
     /// Wraps an open file. `direct` says whether it was opened with `O_DIRECT`.
     pub fn new(file: File, direct: bool) -> io::Result<Self> {
         let meta = file.metadata()?;
-        let (kind, size) = if meta.file_type().is_block_device() {
-            let mut size: u64 = 0;
-            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`.
-            let ret = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
-            if ret < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            (Kind::BlockDevice, size)
+        let kind = if meta.file_type().is_block_device() {
+            Kind::BlockDevice
         } else if meta.file_type().is_file() {
-            (Kind::RegularFile, meta.len())
+            Kind::RegularFile
         } else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file or block device",
             ));
         };
+        let size = current_size(&file, kind)?;
         let fuse = on_fuse(&file)?;
+        // RWF_ATOMIC needs direct I/O (Linux 6.11+: ext4, XFS, block devices that report a
+        // unit); buffered untorn writes are not offered.
+        let atomic = if direct { atomic_unit(&file) } else { None };
         Ok(Self {
             file,
             kind,
             direct,
-            size,
+            size: AtomicU64::new(size),
             fuse,
+            atomic,
         })
     }
 
@@ -215,6 +219,22 @@ impl FileBackend {
     }
 }
 
+/// The size of `file` now: `fstat` for an image, BLKGETSIZE64 for a block device.
+fn current_size(file: &File, kind: Kind) -> io::Result<u64> {
+    match kind {
+        Kind::RegularFile => Ok(file.metadata()?.len()),
+        Kind::BlockDevice => {
+            let mut size: u64 = 0;
+            // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to `size`.
+            let ret = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64, &mut size) };
+            if ret < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(size)
+        }
+    }
+}
+
 /// A heap buffer aligned for direct I/O, used when guest buffers are not.
 struct AlignedBuf {
     ptr: *mut u8,
@@ -249,6 +269,29 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// The untorn-write unit `statx(STATX_WRITE_ATOMIC)` reports for `file`, if it reports one.
+fn atomic_unit(file: &File) -> Option<AtomicUnit> {
+    // SAFETY: an all-zero `statx` is a valid value of this plain C struct.
+    let mut st: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: the empty path with AT_EMPTY_PATH names `file` itself; statx writes one struct
+    // through the pointer, which points to `st`.
+    let ret = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_WRITE_ATOMIC,
+            &mut st,
+        )
+    };
+    let supported = ret == 0
+        && st.stx_mask & libc::STATX_WRITE_ATOMIC != 0
+        && st.stx_attributes & libc::STATX_ATTR_WRITE_ATOMIC as u64 != 0;
+    let (min, max) = (st.stx_atomic_write_unit_min, st.stx_atomic_write_unit_max);
+    (supported && min.is_power_of_two() && max.is_power_of_two() && max >= min)
+        .then_some(AtomicUnit { min, max })
+}
+
 /// Whether `file` is on a FUSE file system (`fstatfs`).
 fn on_fuse(file: &File) -> io::Result<bool> {
     Ok(statfs::fstatfs(file)?.filesystem_type() == FUSE_SUPER_MAGIC)
@@ -256,7 +299,13 @@ fn on_fuse(file: &File) -> io::Result<bool> {
 
 impl BlockBackend for FileBackend {
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    fn refresh_size(&self) -> io::Result<u64> {
+        let size = current_size(&self.file, self.kind)?;
+        self.size.store(size, Ordering::Relaxed);
+        Ok(size)
     }
 
     fn read_at(&self, bufs: &SgList<'_>, offset: u64) -> io::Result<()> {
@@ -274,7 +323,7 @@ impl BlockBackend for FileBackend {
             .or_else(|e| {
                 // The aligned range may run past the end of the file; what we need may not.
                 if e.kind() == io::ErrorKind::UnexpectedEof
-                    && offset + bufs.len() as u64 <= self.size
+                    && offset + bufs.len() as u64 <= self.size()
                 {
                     Ok(())
                 } else {
@@ -312,7 +361,15 @@ impl BlockBackend for FileBackend {
 
     fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
         match self.kind {
-            Kind::RegularFile => self.fallocate(PUNCH_HOLE, offset, len),
+            // A file system that cannot punch holes (some FUSE file systems, vfat) still has to
+            // read the range back as zeroes (we report LBPRZ): zeroed instead.
+            Kind::RegularFile => {
+                self.fallocate(PUNCH_HOLE, offset, len)
+                    .or_else(|e| match unsupported(&e) {
+                        true => zero_range(self.file.as_raw_fd(), offset, len),
+                        false => Err(e),
+                    })
+            }
             Kind::BlockDevice => self.block_ioctl(BLKDISCARD, offset, len),
         }
     }
@@ -390,6 +447,58 @@ impl BlockBackend for FileBackend {
         };
         Ok((true, hole.clamp(offset + 1, end) - offset))
     }
+
+    fn atomic_write_unit(&self) -> Option<AtomicUnit> {
+        self.atomic
+    }
+
+    /// One `pwritev2(RWF_ATOMIC)` of the whole range from an aligned bounce buffer (direct I/O
+    /// alignment, and a single segment whatever the file system's segment limit).
+    fn write_untorn(&self, bufs: &SgList<'_>, offset: u64, fua: bool) -> io::Result<()> {
+        let len = bufs.len();
+        if !self.atomic.is_some_and(|u| u.fits(offset, len as u64)) {
+            return Err(io::ErrorKind::Unsupported.into());
+        }
+        let mut bounce = AlignedBuf::new(len)?;
+        let data = &mut bounce.as_mut_slice()[..len];
+        bufs.copy_to(data);
+        let iov = [libc::iovec {
+            iov_base: data.as_mut_ptr().cast(),
+            iov_len: len,
+        }];
+        let flags = libc::RWF_ATOMIC | if fua { libc::RWF_DSYNC } else { 0 };
+        // SAFETY: the iovec points into `bounce`, live and `len` bytes long for the call.
+        let ret = unsafe {
+            libc::pwritev2(
+                self.file.as_raw_fd(),
+                iov.as_ptr(),
+                1,
+                offset as libc::off_t,
+                flags,
+            )
+        };
+        match ret {
+            n if n < 0 => Err(io::Error::last_os_error()),
+            n if n as usize == len => Ok(()),
+            // An atomic write is never short; if it were, say so rather than retry half.
+            _ => Err(io::Error::from(io::ErrorKind::WriteZero)),
+        }
+    }
+
+    /// Image files only: `copy_file_range(2)` needs regular files on both ends.
+    fn copy_fd(&self) -> Option<RawFd> {
+        (self.kind == Kind::RegularFile).then(|| self.file.as_raw_fd())
+    }
+
+    /// `st_blocks` of an image file (`fstat`); a block device is wholly allocated.
+    fn allocated_bytes(&self) -> Option<u64> {
+        match self.kind {
+            Kind::RegularFile => nix::sys::stat::fstat(&self.file)
+                .ok()
+                .map(|st| (st.st_blocks as u64).saturating_mul(512)),
+            Kind::BlockDevice => Some(self.size()),
+        }
+    }
 }
 
 impl FileBackend {
@@ -406,13 +515,51 @@ pub const PUNCH_HOLE: libc::c_int = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL
 
 /// Zeroes a range of an image file where holes cannot be punched (also used by the queue
 /// worker when an engine's hole punch was refused).
+/// Where the file system has no `fallocate` either (FUSE file systems without it), zeroes are
+/// written.
 pub(crate) fn zero_range(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
-    fallocate(
-        fd,
-        libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE,
-        offset,
-        len,
-    )
+    let mode = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    match fallocate(fd, mode, offset, len) {
+        Err(e) if unsupported(&e) => write_zero_bytes(fd, offset, len),
+        other => other,
+    }
+}
+
+/// The file system does not implement the `fallocate` mode asked for.
+fn unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS))
+}
+
+/// Writes zeroes over `[offset, offset + len)` with `pwritev2`, 1 MiB at a time from a buffer
+/// aligned for `O_DIRECT`.
+fn write_zero_bytes(fd: RawFd, offset: u64, len: u64) -> io::Result<()> {
+    const CHUNK: usize = 1 << 20;
+    const ALIGN: usize = 4096;
+    let buf = vec![0u8; CHUNK.min(len as usize) + ALIGN];
+    let skip = buf.as_ptr().align_offset(ALIGN);
+    let zeroes = &buf[skip..skip + CHUNK.min(len as usize)];
+    let mut done = 0u64;
+    while done < len {
+        let n = zeroes.len().min((len - done) as usize);
+        let iov = libc::iovec {
+            iov_base: zeroes.as_ptr() as *mut libc::c_void,
+            iov_len: n,
+        };
+        let at = (offset + done) as libc::off_t;
+        // SAFETY: one iovec over `zeroes`, which outlives the call; the kernel only reads it.
+        let ret = unsafe { libc::pwritev2(fd, &iov, 1, at, 0) };
+        match ret {
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(super::partial_failure(done, e));
+                }
+            }
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            r => done += r as u64,
+        }
+    }
+    Ok(())
 }
 
 /// `fallocate(2)` on `fd`.
@@ -505,5 +652,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let err = FileBackend::new(File::open(dir.path()).unwrap(), false).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// `statx(STATX_WRITE_ATOMIC)` decides: buffered files never get a unit; a direct-I/O file
+    /// on a file system and device with untorn writes does, and `write_untorn` then writes (a
+    /// write outside the unit is refused before the kernel sees it).
+    #[test]
+    fn untorn_writes_only_where_statx_reports_a_unit() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let buffered = FileBackend::new(image(1 << 20), false).unwrap();
+        assert_eq!(buffered.atomic_write_unit(), None);
+        let mut data = [0x42u8; 4096];
+        let mut sg = SgList::new();
+        sg.push(VolatileSlice::from(&mut data[..]));
+        assert_eq!(
+            buffered.write_untorn(&sg, 0, false).unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
+        // VUS_TEST_ATOMIC_DIR: a directory on a file system with untorn writes (XFS 6.16+ with
+        // reflink does them in software), for the path the temporary directory cannot reach.
+        let dir = match std::env::var_os("VUS_TEST_ATOMIC_DIR") {
+            Some(d) => tempfile::tempdir_in(d).unwrap(),
+            None => tempfile::tempdir().unwrap(),
+        };
+        let path = dir.path().join("direct.img");
+        File::create(&path).unwrap().set_len(1 << 20).unwrap();
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        else {
+            eprintln!("SKIPPED: no O_DIRECT on the temporary directory's file system");
+            return;
+        };
+        let direct = FileBackend::new(file, true).unwrap();
+        let Some(unit) = direct.atomic_write_unit() else {
+            eprintln!("SKIPPED: the host reports no untorn-write unit for direct I/O here");
+            return;
+        };
+        let len = unit.min.max(4096).min(unit.max) as usize;
+        let mut data = vec![0x42u8; len];
+        let mut sg = SgList::new();
+        sg.push(VolatileSlice::from(&mut data[..]));
+        eprintln!("untorn-write unit here: {unit:?}");
+        direct.write_untorn(&sg, len as u64, true).unwrap();
+        // Misaligned for its length: not sent as an untorn write.
+        assert_eq!(
+            direct.write_untorn(&sg, 512, false).unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
+        let mut back = vec![0u8; len];
+        let mut f = File::open(&path).unwrap();
+        f.seek(SeekFrom::Start(len as u64)).unwrap();
+        f.read_exact(&mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 0x42));
     }
 }

@@ -1,11 +1,13 @@
 //! Logical-unit storage backends.
 //!
 //! A backend is the byte store behind one LUN: a raw image file or a block device today, an iSCSI
-//! target later. It is opened by the parent process and handed to the worker as an open file, so
+//! target ([`iscsi`], a passthrough LUN rather than a byte store). It is opened by the parent process and handed to the worker as an open file, so
 //! nothing here ever takes a path. The SCSI emulation in [`crate::scsi`] talks only to this trait.
 
+pub mod copy;
 pub mod engine;
 pub mod file;
+pub mod iscsi;
 pub mod null;
 pub mod sg;
 
@@ -33,6 +35,25 @@ pub enum IoKind {
     Deallocate {
         bytes: u64,
     },
+}
+
+/// The untorn-write unit of a file or device (`statx(STATX_WRITE_ATOMIC)`): a write of a
+/// power-of-two length between `min` and `max` bytes, at an offset that is a multiple of its
+/// length, is not torn by a crash when issued with `RWF_ATOMIC`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtomicUnit {
+    pub min: u32,
+    pub max: u32,
+}
+
+impl AtomicUnit {
+    /// Whether a write of `len` bytes at `offset` can be one untorn write.
+    pub fn fits(&self, offset: u64, len: u64) -> bool {
+        len.is_power_of_two()
+            && len >= u64::from(self.min)
+            && len <= u64::from(self.max)
+            && offset % len == 0
+    }
 }
 
 /// An I/O error that struck after the first `done` bytes of a transfer had succeeded, carried
@@ -71,6 +92,13 @@ pub fn failure_details(e: &io::Error) -> (u64, Option<i32>) {
 pub trait BlockBackend: Send + Sync {
     /// Current size in bytes.
     fn size(&self) -> u64;
+
+    /// Reads the size of the storage again (it was grown or shrunk underneath: a runtime
+    /// resize) and returns it; [`BlockBackend::size`] reports it from now on. The default: the
+    /// size cannot change.
+    fn refresh_size(&self) -> io::Result<u64> {
+        Ok(self.size())
+    }
 
     /// Fills every byte of `bufs` from `offset`. A read past the end is an error
     /// (`UnexpectedEof`), never a short success; an error after part of the transfer says how
@@ -123,5 +151,29 @@ pub trait BlockBackend: Send + Sync {
     /// at least 1) share that status. The default: everything is mapped.
     fn lba_status(&self, _offset: u64, len: u64) -> io::Result<(bool, u64)> {
         Ok((true, len))
+    }
+
+    /// The file [`copy::copy_range`] may hand to `copy_file_range(2)` (a regular file), if
+    /// any; otherwise a copy to or from this backend goes through its read and write methods.
+    fn copy_fd(&self) -> Option<RawFd> {
+        None
+    }
+
+    /// The untorn writes the host guarantees for this backend (`RWF_ATOMIC`), if any.
+    fn atomic_write_unit(&self) -> Option<AtomicUnit> {
+        None
+    }
+
+    /// Writes `bufs` at `offset` as one untorn write: after a crash the range holds either
+    /// all old or all new data. Only for a range that [`AtomicUnit::fits`] the backend's unit;
+    /// `Unsupported` where the backend has none.
+    fn write_untorn(&self, _bufs: &SgList<'_>, _offset: u64, _fua: bool) -> io::Result<()> {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    /// Bytes of host storage the backend occupies (allocated blocks of an image file), if it
+    /// can tell (LOG SENSE, logical block provisioning page).
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
     }
 }

@@ -193,20 +193,11 @@ where
 mod tests {
     use std::os::fd::AsFd;
 
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-
     use super::*;
     use crate::broker::manage::ManageMsg;
 
     fn pair() -> (UnixStream, UnixStream) {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        (UnixStream::from(a), UnixStream::from(b))
+        crate::broker::socket_pair().unwrap()
     }
 
     /// Requests from worker threads get their own replies, even when answered out of order;
@@ -219,7 +210,9 @@ mod tests {
             "broker-test",
             || {},
             |body, fds| match body {
-                Body::Manage(ManageMsg::Ping) => (body, fds),
+                Body::Manage(ManageMsg::Request(crate::broker::manage::ManageRequest::List {
+                    after: None,
+                })) => (body, fds),
                 other => (Body::error(format!("unexpected {other:?}")), Vec::new()),
             },
         )
@@ -255,7 +248,9 @@ mod tests {
         let ping = Envelope {
             id: 99,
             kind: Kind::Request,
-            body: Body::Manage(ManageMsg::Ping),
+            body: Body::Manage(ManageMsg::Request(
+                crate::broker::manage::ManageRequest::List { after: None },
+            )),
         };
         send(&sup, &ping, &[file.as_fd()]).unwrap();
         let (reply, fds) = recv(&sup).unwrap().unwrap();

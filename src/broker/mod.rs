@@ -105,6 +105,18 @@ impl From<Errno> for BrokerError {
     }
 }
 
+/// A fresh `SOCK_SEQPACKET` socketpair (close-on-exec): the broker's channel, and the
+/// supervisor's set-up channel with each worker.
+pub fn socket_pair() -> std::io::Result<(UnixStream, UnixStream)> {
+    let (a, b) = socket::socketpair(
+        socket::AddressFamily::Unix,
+        socket::SockType::SeqPacket,
+        None,
+        socket::SockFlag::SOCK_CLOEXEC,
+    )?;
+    Ok((UnixStream::from(a), UnixStream::from(b)))
+}
+
 /// Encodes an envelope, refusing what the other side would refuse.
 pub fn encode(env: &Envelope) -> Result<Vec<u8>, BrokerError> {
     let bytes = serde_json::to_vec(env).map_err(|e| BrokerError::Malformed(e.to_string()))?;
@@ -200,19 +212,10 @@ pub fn recv(sock: &UnixStream) -> Result<Option<(Envelope, Vec<OwnedFd>)>, Broke
 mod tests {
     use std::os::fd::AsFd;
 
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-
     use super::*;
 
     fn pair() -> (UnixStream, UnixStream) {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        (UnixStream::from(a), UnixStream::from(b))
+        socket_pair().unwrap()
     }
 
     fn request(id: u64) -> Envelope {

@@ -23,10 +23,23 @@
 //! | `phys-block-size=N` | power of two, 512–32768, at least `block-size` | `block-size` |
 //! | `discard` | bare, or `=on\|off` | on |
 //! | `cache=M` | `none` (`O_DIRECT`) or `writeback` | writeback |
+//! | `enospc=P` | `report` (SPACE ALLOCATION FAILED WRITE PROTECT) or `hold` (keep and retry the write) | report |
 //! | `size=SIZE` | create a missing source as a sparse image | none |
 //! | `pr-file=PATH` | persistent reservation state file (created 0600 when missing) | none |
+//! | `type=T` | `disk` or `cdrom` (an ISO image: read-only, 2048-byte blocks, removable) | disk |
+//! | `removable` | bare, or `=on\|off`: the medium can be ejected (RMB = 1) | off (on for cdrom) |
+//!
+//! A `type=cdrom` LUN refuses what contradicts it (a `block-size` other than 2048, `readonly=off`,
+//! `size=`, `phys-block-size`, `discard=on`, `removable=off`) with one error naming the option.
 //!
 //! Booleans also accept `yes|no` and `true|false`. An option may be given once per `--lun`.
+//!
+//! `SOURCE` may also be `iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN`: a LUN on an iSCSI target,
+//! logged in to by the supervisor (docs/iscsi.md). Its options are `initiator-name=IQN`,
+//! `chap-secret-file=PATH` (the CHAP secret for USER, read by the supervisor; required with
+//! USER and only with it), `header-digest=` and `data-digest=` (`crc32c`, required from the
+//! target, or `none`, the default); the options above describe an emulated disk and are
+//! refused. A password in the URL (`USER:PASSWORD@`) is refused and never echoed.
 //!
 //! LUNs given without an address are numbered on target 0: in order of appearance (config
 //! file LUNs first, then `--lun`s), each takes the lowest LUN number not used by any explicitly
@@ -68,9 +81,9 @@ pub use super::lun::*;
 use crate::{
     config::file::{self as config_file, FileConfig, FileLun},
     config::{
-        AioMode, Config, IoConfig, LandlockMode, ListenSpec, LogConfig, LunConfig, Origins,
-        RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN, MAX_QUEUE_SIZE,
-        MAX_REQUEST_QUEUES,
+        AioMode, Config, IoConfig, LandlockMode, ListenSpec, LogConfig, LunConfig,
+        ManagementConfig, Origins, RestartPolicy, SandboxConfig, SandboxMode, SeccompMode, MAX_LUN,
+        MAX_QUEUE_SIZE, MAX_REQUEST_QUEUES,
     },
 };
 
@@ -94,8 +107,18 @@ LUN syntax: --lun [TARGET:LUN=]SOURCE[,OPTION]...
                      block-size (default block-size)
   discard[=on|off]   pass UNMAP through to the backing file (default on)
   cache=none|writeback   none = O_DIRECT (default writeback)
+  enospc=report|hold a write failing for lack of space: report it to the guest (default), or
+                     hold it and retry until space is available (the guest's I/O stalls)
   size=SIZE          create a missing SOURCE as a sparse image of SIZE (512M, 1G ...)
   pr-file=PATH       keep persistent reservations (APTPL) in PATH, created 0600 if missing
+  type=disk|cdrom    cdrom: serve an ISO image as a CD/DVD-ROM drive (read-only,
+                     2048-byte blocks, removable; default disk)
+  removable[=on|off] the medium can be ejected and changed (default off; on for cdrom)
+iSCSI LUNs: SOURCE = iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN (port 3260 by default),
+  logged in to by the supervisor; guest commands pass through to the target's LUN.
+  initiator-name=IQN     our iSCSI name
+  chap-secret-file=PATH  CHAP secret of USER (never on the command line; required with USER)
+  header-digest=crc32c|none, data-digest=crc32c|none   CRC32C required, or none (default)
 LUNs without TARGET:LUN= take the lowest free LUN number on target 0, in order.
 --config FILE (TOML): its LUNs come first, --lun options are appended; scalar command-line
 options override the file. With neither --socket-path nor --fd, systemd socket activation
@@ -107,9 +130,15 @@ options override the file. With neither --socket-path nor --fd, systemd socket a
     name = "vhost-user-scsi",
     version,
     about = "vhost-user-scsi device server for QEMU's vhost-user-scsi-pci",
-    after_help = LUN_HELP
+    after_help = LUN_HELP,
+    args_conflicts_with_subcommands = true,
+    disable_help_subcommand = true
 )]
 pub struct Args {
+    /// `ctl`: talk to a running daemon's management socket instead of serving.
+    #[command(subcommand)]
+    pub subcommand: Option<Subcommands>,
+
     /// Create a vhost-user socket at PATH and listen on it.
     #[arg(long, value_name = "PATH")]
     pub socket_path: Option<PathBuf>,
@@ -169,10 +198,18 @@ pub struct Args {
     #[arg(long, value_name = "ENGINE")]
     pub aio: Option<String>,
 
-    /// Busy-poll for completions and new requests for up to US microseconds before sleeping
-    /// [default: 0, never].
+    /// Busy-poll for completions and new requests for exactly US microseconds before every
+    /// sleep, instead of the adaptive window; 0 never polls [default: adaptive, see
+    /// --poll-max-us].
     #[arg(long, value_name = "US")]
     pub poll_us: Option<u32>,
+
+    /// Adaptive polling: a queue spins before sleeping only while its waits are short (its
+    /// window grows from 4 µs while the awaited event arrives within US µs, and halves when it
+    /// does not; it pauses when the CPU is contended), so an idle queue sleeps at once; 64 is
+    /// a good value; 0 turns polling off [default: 0].
+    #[arg(long, value_name = "US")]
+    pub poll_max_us: Option<u32>,
 
     /// Pin request-queue threads to these CPUs, round robin (e.g. 2,3 or 0-3) [default: no
     /// pinning].
@@ -229,6 +266,35 @@ pub struct Args {
     /// Print the seccomp program of ROLE as compiled for --seccomp (default kill) and exit.
     #[arg(long, value_name = "ROLE")]
     pub print_seccomp_policy: Option<String>,
+
+    /// Create a management socket at PATH (mode 0600): JSON-RPC 2.0 to list, add, remove and
+    /// resize LUNs and read statistics at run time (`vhost-user-scsi ctl`,
+    /// docs/management.md).
+    #[arg(long, value_name = "PATH")]
+    pub management_socket: Option<PathBuf>,
+
+    /// Make the management socket 0660 root:GROUP: members of GROUP may manage the daemon too
+    /// (their credentials are checked on every connection).
+    #[arg(long, value_name = "GROUP")]
+    pub management_group: Option<String>,
+
+    /// A directory add-lun may open images (and pr-files) in, by path (repeatable); the
+    /// supervisor's Landlock ruleset allows these and nothing else. Without one, add-lun only
+    /// takes descriptors passed by the client.
+    #[arg(long = "image-dir", value_name = "DIR")]
+    pub image_dirs: Vec<PathBuf>,
+
+    /// Write the daemon's pid to PATH once every socket exists and every LUN is open (removed
+    /// at exit). Under systemd (NOTIFY_SOCKET) READY=1 is sent at the same point.
+    #[arg(long, value_name = "PATH")]
+    pub pidfile: Option<PathBuf>,
+}
+
+/// The daemon's subcommands.
+#[derive(clap::Subcommand, Debug, Clone, PartialEq, Eq)]
+pub enum Subcommands {
+    /// Manage a running daemon through its --management-socket.
+    Ctl(super::ctl::CtlArgs),
 }
 
 /// What the program should do.
@@ -242,6 +308,8 @@ pub enum Command {
     Serve(Config),
     /// Print the embedded seccomp program of a thread role (`--print-seccomp-policy`) and exit.
     PrintSeccompPolicy { role: String, mode: SeccompMode },
+    /// `vhost-user-scsi ctl ...`: one call on a running daemon's management socket.
+    Ctl(super::ctl::CtlArgs),
 }
 
 /// Parses the process's own command line; see [`parse_from`].
@@ -298,6 +366,9 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
     if args.print_capabilities {
         return Ok(Command::PrintCapabilities);
     }
+    if let Some(Subcommands::Ctl(ctl)) = args.subcommand {
+        return Ok(Command::Ctl(ctl));
+    }
     let sandbox = sandbox_config(&args)?;
     if let Some(role) = args.print_seccomp_policy {
         return Ok(Command::PrintSeccompPolicy {
@@ -340,7 +411,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
             "{} [[lun]] #{} ({})",
             file_path.unwrap_or(Path::new("")).display(),
             i + 1,
-            lun.source.display()
+            super::lun::redact_arg(&lun.source.to_string_lossy())
         );
         let config = file_lun(lun).map_err(|error| CliError::Lun {
             origin: origin.clone(),
@@ -349,7 +420,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         specs.push((origin, config));
     }
     for arg in &args.luns {
-        let origin = format!("--lun {arg}");
+        let origin = format!("--lun {}", super::lun::redact_arg(arg));
         let config = parse_lun(arg).map_err(|error| CliError::Lun {
             origin: origin.clone(),
             error,
@@ -357,6 +428,7 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
         specs.push((origin, config));
     }
     let (luns, lun_origins) = finish_luns(specs)?;
+    let (management, management_origin) = management_config(&args, &file_cfg, &file_key)?;
 
     Ok(Command::Serve(Config {
         listen,
@@ -373,15 +445,75 @@ pub fn parse_config(args: Args) -> Result<Command, CliError> {
             syslog: args.syslog || file_cfg.syslog == Some(true),
         },
         sandbox,
+        management,
+        pidfile: args.pidfile.clone().or_else(|| file_cfg.pidfile.clone()),
         origins: Origins {
             listen: listen_origin,
             socket_group: socket_group_origin,
+            management: management_origin,
             luns: lun_origins,
         },
     }))
 }
 
-/// The data-path options: `--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`,
+/// `--management-socket`, `--management-group`, `--image-dir` (command line over file; image
+/// directories from both). The group and the directories are looked at by the preflight.
+fn management_config(
+    args: &Args,
+    file: &FileConfig,
+    file_key: &dyn Fn(&str) -> String,
+) -> Result<(Option<ManagementConfig>, String), CliError> {
+    let (socket, origin) = match (&args.management_socket, &file.management_socket) {
+        (Some(p), _) => (Some(p.clone()), "--management-socket".to_owned()),
+        (None, Some(p)) => (Some(p.clone()), file_key("management-socket")),
+        (None, None) => (None, String::new()),
+    };
+    let group = args
+        .management_group
+        .clone()
+        .or_else(|| file.management_group.clone());
+    let mut image_dirs = file.image_dir.clone();
+    image_dirs.extend(args.image_dirs.iter().cloned());
+    let Some(socket) = socket else {
+        if group.is_some() {
+            return Err(CliError::NeedsManagement {
+                option: "--management-group".into(),
+            });
+        }
+        if !image_dirs.is_empty() {
+            return Err(CliError::NeedsManagement {
+                option: "--image-dir".into(),
+            });
+        }
+        return Ok((None, origin));
+    };
+    if let Some(g) = &group {
+        if g.is_empty() || g.contains(['\0', ':', '/', '\n']) {
+            return Err(CliError::SocketGroup {
+                origin: "--management-group".into(),
+                group: g.clone(),
+                error: SocketGroupError::Invalid,
+            });
+        }
+    }
+    if socket.as_os_str().is_empty() {
+        return Err(CliError::InvalidValue {
+            option: origin,
+            value: String::new(),
+            expected: "a socket path",
+        });
+    }
+    Ok((
+        Some(ManagementConfig {
+            socket,
+            group,
+            image_dirs,
+        }),
+        origin,
+    ))
+}
+
+/// The data-path options: `--aio`, `--poll-us`, `--poll-max-us`, `--submit-batch`, `--queue-cpus`,
 /// `--aio-threads`.
 fn io_config(args: &Args) -> Result<IoConfig, CliError> {
     let mut io = IoConfig::default();
@@ -392,8 +524,21 @@ fn io_config(args: &Args) -> Result<IoConfig, CliError> {
             expected: "io-uring, threads or sync",
         })?;
     }
-    if let Some(us) = args.poll_us {
-        io.poll_us = us;
+    io.poll_us = args.poll_us;
+    for (option, value) in [
+        ("--poll-us", args.poll_us),
+        ("--poll-max-us", args.poll_max_us),
+    ] {
+        if value.is_some_and(|us| us > 1_000_000) {
+            return Err(CliError::InvalidValue {
+                option: option.into(),
+                value: value.unwrap_or_default().to_string(),
+                expected: "0 to 1000000 (microseconds)",
+            });
+        }
+    }
+    if let Some(us) = args.poll_max_us {
+        io.poll_max_us = us;
     }
     io.register_buffers = args.register_buffers;
     if let Some(v) = &args.memlock_limit {
@@ -737,7 +882,7 @@ fn finish_luns(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BlockSize, CacheMode};
+    use crate::config::{BlockSize, CacheMode, EnospcPolicy};
     // What main does after parsing: the supervisor's preflight checks (files, sockets).
     use crate::supervisor::preflight::{self, check_source};
     use std::{
@@ -761,6 +906,67 @@ mod tests {
     }
 
     #[test]
+    fn cdrom_and_removable() {
+        let c = lun("/iso/install.iso,type=cdrom").config;
+        assert_eq!(c.lun_type, crate::config::LunType::Cdrom);
+        assert_eq!(c.block_size, BlockSize::B2048);
+        assert!(c.read_only && c.removable && !c.discard);
+        // What a CD-ROM is anyway may be spelled out.
+        let same = lun("/iso/install.iso,type=cdrom,block-size=2048,ro,removable=on,discard=off");
+        assert_eq!(same.config, c);
+        assert_eq!(lun("a,type=disk").config, lun("a").config);
+        let d = lun("a,removable").config;
+        assert!(d.removable && !d.read_only);
+        assert_eq!(d.block_size, BlockSize::B512);
+        assert!(!lun("a,removable=off").config.removable);
+        assert!(
+            lun("a,removable,type=disk,block-size=4096,ro")
+                .config
+                .removable
+        );
+        // One clear error for each contradiction.
+        for (arg, msg) in [
+            (
+                "a,type=cdrom,block-size=512",
+                "block-size cannot be used with type=cdrom: a CD-ROM's logical blocks are 2048 bytes",
+            ),
+            (
+                "a,type=cdrom,block-size=4096",
+                "block-size cannot be used with type=cdrom: a CD-ROM's logical blocks are 2048 bytes",
+            ),
+            (
+                "a,type=cdrom,readonly=off",
+                "readonly=off cannot be used with type=cdrom: a CD-ROM is read-only",
+            ),
+            (
+                "a,type=cdrom,size=1G",
+                "size cannot be used with type=cdrom: an ISO image is never created empty",
+            ),
+            (
+                "a,type=cdrom,phys-block-size=4096",
+                "phys-block-size cannot be used with type=cdrom: a CD-ROM's blocks are 2048 bytes",
+            ),
+            (
+                "a,type=cdrom,discard",
+                "discard=on cannot be used with type=cdrom: a CD-ROM is read-only",
+            ),
+            (
+                "a,type=cdrom,removable=off",
+                "removable=off cannot be used with type=cdrom: a CD-ROM's medium is always removable",
+            ),
+            (
+                "a,block-size=2048",
+                "invalid block-size '2048': expected 512 or 4096 (2048 is a type=cdrom LUN's)",
+            ),
+            ("a,type=dvd", "invalid type 'dvd': expected disk or cdrom"),
+            ("a,type", "option 'type' needs a value"),
+            ("a,removable=maybe", "invalid removable 'maybe': expected on or off"),
+        ] {
+            assert_eq!(lun_err(arg), msg, "{arg}");
+        }
+    }
+
+    #[test]
     fn bare_source_gets_defaults() {
         let s = lun("/img/a.img");
         assert_eq!(s.address, None);
@@ -769,6 +975,7 @@ mod tests {
         assert!(!c.read_only && c.discard);
         assert_eq!(c.block_size, BlockSize::B512);
         assert_eq!(c.cache, CacheMode::Writeback);
+        assert_eq!(c.enospc, EnospcPolicy::Report);
         assert_eq!((c.serial.as_deref(), c.wwn), (None, None));
     }
 
@@ -847,20 +1054,22 @@ mod tests {
         assert!(!path.exists(), "validation must not create the image");
         c.create_size = Some(1000);
         assert!(check_source(&c).is_err(), "size must be whole blocks");
-        c.source = dir.path().join("missing-dir/new.img");
+        c.source = dir.path().join("missing-dir/new.img").into();
         c.create_size = Some(1 << 20);
         assert!(check_source(&c).is_err(), "parent directory must exist");
     }
 
     #[test]
     fn all_options() {
-        let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none,phys-block-size=8192,pr-file=/var/lib/x,,1.pr").config;
+        let c = lun("1:2=/dev/sdz,ro,serial=DISK 0-x,wwn=0x5000000000000001,block-size=4096,discard=off,cache=none,enospc=hold,phys-block-size=8192,pr-file=/var/lib/x,,1.pr").config;
         assert_eq!(
             c,
             LunConfig {
                 target: 1,
                 lun: 2,
                 source: "/dev/sdz".into(),
+                lun_type: crate::config::LunType::Disk,
+                removable: false,
                 read_only: true,
                 serial: Some("DISK 0-x".into()),
                 wwn: Some(0x5000_0000_0000_0001),
@@ -868,6 +1077,7 @@ mod tests {
                 phys_block_size: Some(8192),
                 discard: false,
                 cache: CacheMode::None,
+                enospc: EnospcPolicy::Hold,
                 create_size: None,
                 pr_file: Some("/var/lib/x,1.pr".into()),
             }
@@ -912,6 +1122,10 @@ mod tests {
         assert_eq!(
             lun_err("a,cache=directsync"),
             "invalid cache 'directsync': expected none or writeback"
+        );
+        assert_eq!(
+            lun_err("a,enospc=stop"),
+            "invalid enospc 'stop': expected report or hold"
         );
         assert_eq!(
             lun_err("a,block-size=1024"),
@@ -970,6 +1184,104 @@ mod tests {
         }
         // '=' inside a value is fine: only the first one splits key and value.
         assert_eq!(lun("a,serial=a=b").config.serial.as_deref(), Some("a=b"));
+    }
+
+    #[test]
+    fn iscsi_sources() {
+        use crate::config::{IscsiDigest, LunSource};
+        let s = lun("1:2=iscsi://127.0.0.1/iqn.2026-01.org.example:disk/3");
+        let LunSource::Iscsi(i) = &s.config.source else {
+            panic!("not iscsi: {s:?}")
+        };
+        assert_eq!(s.address, Some((1, 2)));
+        assert_eq!((i.host.as_str(), i.port, i.lun), ("127.0.0.1", 3260, 3));
+        assert_eq!(i.target_iqn, "iqn.2026-01.org.example:disk");
+        assert_eq!(i.user, None);
+        assert_eq!(i.initiator_name, crate::config::DEFAULT_INITIATOR_NAME);
+        let s = lun(
+            "iscsi://bob@[::1]:3261/iqn.2026-01.org.example:d/16383,initiator-name=iqn.2026-01.org.example:vm,\
+             chap-secret-file=/etc/s,header-digest=crc32c,data-digest=none",
+        );
+        let i = s.config.source.iscsi().unwrap();
+        assert_eq!((i.host.as_str(), i.port, i.lun), ("::1", 3261, 16383));
+        assert_eq!(i.user.as_deref(), Some("bob"));
+        assert_eq!(i.initiator_name, "iqn.2026-01.org.example:vm");
+        assert_eq!(i.chap_secret_file.as_deref(), Some(Path::new("/etc/s")));
+        assert_eq!(i.header_digest, IscsiDigest::Crc32c);
+        assert_eq!(i.data_digest, IscsiDigest::None);
+        assert_eq!(
+            s.config.source.to_string(),
+            "iscsi://bob@[::1]:3261/iqn.2026-01.org.example:d/16383"
+        );
+    }
+
+    #[test]
+    fn iscsi_errors_never_echo_a_password() {
+        let arg = "iscsi://bob:hunter2@h/iqn.2026-01.org.example:d/0";
+        let msg = match parse_from([
+            "vhost-user-scsi",
+            "--socket-path",
+            "/tmp/x.sock",
+            "--lun",
+            arg,
+        ]) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("accepted"),
+        };
+        assert!(!msg.contains("hunter2"), "{msg}");
+        assert!(msg.contains("password in the URL is refused"), "{msg}");
+        assert!(msg.contains("bob:<redacted>@h"), "{msg}");
+        for (arg, want) in [
+            ("iscsi://h", "no target name"),
+            ("iscsi://h/iqn.2026-01.org.example:d", "no LUN number"),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/x",
+                "the LUN must be a number",
+            ),
+            ("iscsi://h/iqn.2026-01.org.example:d/16384", "0 to 16383"),
+            (
+                "iscsi://h:0/iqn.2026-01.org.example:d/0",
+                "port must be a number",
+            ),
+            (
+                "iscsi://h:99999/iqn.2026-01.org.example:d/0",
+                "port must be a number",
+            ),
+            ("iscsi:///iqn.2026-01.org.example:d/0", "no host"),
+            ("iscsi://[zz]/iqn.2026-01.org.example:d/0", "IPv6"),
+            ("iscsi://h/Disk/0", "not an iSCSI name"),
+            (
+                "iscsi://u@h/iqn.2026-01.org.example:d/0",
+                "without chap-secret-file",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,chap-secret-file=/s",
+                "needs a CHAP user name",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,ro",
+                "'readonly' does not apply",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,size=1G",
+                "'size' does not apply",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,header-digest=md5",
+                "crc32c or none",
+            ),
+            (
+                "iscsi://h/iqn.2026-01.org.example:d/0,initiator-name=Bad",
+                "invalid initiator-name",
+            ),
+            (
+                "/img/a,data-digest=crc32c",
+                "applies only to an iscsi:// LUN",
+            ),
+        ] {
+            let e = lun_err(arg);
+            assert!(e.contains(want), "{arg}: {e}");
+        }
     }
 
     #[test]
@@ -1052,7 +1364,7 @@ mod tests {
         c.luns
             .iter()
             .map(|l| {
-                let name = l.source.file_name().unwrap().to_string_lossy().into_owned();
+                let name = l.path().file_name().unwrap().to_string_lossy().into_owned();
                 (l.target, l.lun, name)
             })
             .collect()
@@ -1080,6 +1392,8 @@ mod tests {
                     syslog: false,
                 },
                 sandbox: SandboxConfig::default(),
+                management: None,
+                pidfile: None,
                 origins: Origins::default(),
             }
         );
@@ -1087,6 +1401,128 @@ mod tests {
         assert_eq!(c.origins.luns, [(0, format!("--lun {img}"))]);
         // Nothing was created.
         assert!(!Path::new(&sock).exists());
+    }
+
+    #[test]
+    fn management_options_from_both_places() {
+        let f = Fixture::new();
+        let img = f.image("a.img", 1 << 20);
+        let sock = f.sock();
+        let c = serve(&[
+            "--socket-path",
+            &sock,
+            "--lun",
+            &img,
+            "--management-socket",
+            &f.path("m.sock").display().to_string(),
+            "--image-dir",
+            &f.dir.path().display().to_string(),
+            "--pidfile",
+            &f.path("p.pid").display().to_string(),
+        ]);
+        let m = c.management.expect("management");
+        assert_eq!(m.socket, f.path("m.sock"));
+        assert_eq!(m.image_dirs, [f.dir.path().to_owned()]);
+        assert_eq!(m.group, None);
+        assert_eq!(c.pidfile, Some(f.path("p.pid")));
+        assert_eq!(c.origins.management, "--management-socket");
+        // The file's keys, relative to its directory; --image-dir adds to its list.
+        std::fs::create_dir(f.path("imgs")).unwrap();
+        let file = f.write(
+            "v.toml",
+            "management-socket = \"m2.sock\"\nimage-dir = [\"imgs\"]\npidfile = \"v.pid\"\n",
+        );
+        let c = serve(&["--socket-path", &sock, "--lun", &img, "--config", &file]);
+        let m = c.management.unwrap();
+        assert_eq!(m.socket, f.path("m2.sock"));
+        assert_eq!(m.image_dirs, [f.path("imgs")]);
+        assert_eq!(c.pidfile, Some(f.path("v.pid")));
+        assert!(c.origins.management.ends_with("management-socket"));
+        // Options that need the socket, and the same path twice.
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &img,
+                "--management-group",
+                "x"
+            ]),
+            "--management-group needs --management-socket (or management-socket in --config)"
+        );
+        assert_eq!(
+            error(&[
+                "--socket-path",
+                &sock,
+                "--lun",
+                &img,
+                "--management-socket",
+                &sock
+            ]),
+            "--socket-path and --management-socket (the same path) cannot be used together"
+        );
+    }
+
+    #[test]
+    fn ctl_is_a_subcommand() {
+        let c = parse_from([
+            "vhost-user-scsi",
+            "ctl",
+            "--management-socket",
+            "/m",
+            "list",
+        ])
+        .unwrap();
+        let Command::Ctl(args) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(args.management_socket, PathBuf::from("/m"));
+        assert_eq!(args.command, super::super::ctl::CtlCommand::List);
+        let c = parse_from([
+            "vhost-user-scsi",
+            "ctl",
+            "--management-socket",
+            "/m",
+            "--json",
+            "set-readonly",
+            "1:2",
+            "off",
+        ])
+        .unwrap();
+        let Command::Ctl(args) = c else { panic!() };
+        assert!(args.json);
+        assert!(matches!(
+            args.command,
+            super::super::ctl::CtlCommand::SetReadonly {
+                read_only: false,
+                ..
+            }
+        ));
+        for bad in [
+            &["vhost-user-scsi", "ctl", "list"][..],
+            &[
+                "vhost-user-scsi",
+                "ctl",
+                "--management-socket",
+                "/m",
+                "resize",
+                "x",
+            ],
+            &[
+                "vhost-user-scsi",
+                "--num-queues",
+                "2",
+                "ctl",
+                "--management-socket",
+                "/m",
+                "list",
+            ],
+        ] {
+            assert!(
+                matches!(parse_from(bad.iter().copied()), Err(CliError::Usage(_))),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -121,6 +121,11 @@ pub enum LunError {
          of two multiple of it)"
     )]
     PhysBelowLogical { phys: u32, block: u32 },
+    #[error("{option} cannot be used with type=cdrom: {reason}")]
+    CdromOption {
+        option: &'static str,
+        reason: &'static str,
+    },
     #[error("pr-file {}: {}", .path.display(), io_msg(.error))]
     PrFile {
         path: PathBuf,
@@ -129,6 +134,27 @@ pub enum LunError {
     },
     #[error("pr-file {} is {kind}, not a regular file", .path.display())]
     PrFileNotRegular { path: PathBuf, kind: &'static str },
+    #[error("invalid iscsi:// source: {0} (expected iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN)")]
+    IscsiUrl(&'static str),
+    #[error(
+        "iscsi:// source: a password in the URL is refused (it would show in the process list); \
+         give USER@ only and put the CHAP secret in the file named by chap-secret-file="
+    )]
+    IscsiPassword,
+    #[error("chap-secret-file {}: {}", .path.display(), io_msg(.error))]
+    ChapSecretFile {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    #[error("option '{0}' does not apply to an iscsi:// LUN")]
+    NotForIscsi(&'static str),
+    #[error("option '{0}' applies only to an iscsi:// LUN")]
+    OnlyForIscsi(&'static str),
+    #[error("iscsi:// source: chap-secret-file= needs a CHAP user name (iscsi://USER@HOST/...)")]
+    ChapSecretWithoutUser,
+    #[error("iscsi:// source: CHAP user '{0}' given without chap-secret-file=")]
+    ChapUserWithoutSecret(String),
     #[error("pr-file {} is the LUN's own source", .path.display())]
     PrFileIsSource { path: PathBuf },
     #[error("pr-file {} is already used by {other}", .path.display())]
@@ -208,6 +234,15 @@ pub enum CliError {
     },
     #[error("no LUNs configured: give at least one --lun (or [[lun]] in --config)")]
     NoLuns,
+    #[error("{option} needs --management-socket (or management-socket in --config)")]
+    NeedsManagement { option: String },
+    #[error("{origin} {}: {}", .path.display(), io_msg(.error))]
+    Path {
+        origin: String,
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
     #[error(transparent)]
     ConfigFile(#[from] ConfigFileError),
 }

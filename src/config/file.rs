@@ -10,6 +10,10 @@
 //! log-level = "info"
 //! syslog = false
 //! exit-on-disconnect = false
+//! management-socket = "/run/vus/vm1.mgmt"   # runtime control (docs/management.md)
+//! management-group = "vus-admin"           # optional
+//! image-dir = ["/var/lib/images"]           # where add-lun may open images by path
+//! pidfile = "/run/vus/vm1.pid"             # written once serving
 //!
 //! [[lun]]
 //! target = 0                # optional, default 0
@@ -18,14 +22,27 @@
 //! read-only = false
 //! discard = true
 //! cache = "writeback"       # or "none" (O_DIRECT)
+//! enospc = "report"         # or "hold": keep and retry writes that found the storage full
 //! block-size = 512          # or 4096
 //! phys-block-size = 4096    # optional, default: block-size
 //! serial = "DISK0"
 //! wwn = "0x5000000000000001"
 //! pr-file = "/var/lib/vus/disk0.pr"   # optional: persistent reservations survive restarts
+//! removable = false         # optional: true makes the medium ejectable (RMB = 1)
+//!
+//! [[lun]]
+//! source = "/var/lib/images/install.iso"
+//! type = "cdrom"            # or "disk" (the default): read-only, 2048-byte blocks, removable
+//!
+//! [[lun]]                   # a LUN on an iSCSI target (docs/iscsi.md)
+//! source = "iscsi://chapuser@192.0.2.10:3260/iqn.2026-01.com.example:disk/0"
+//! initiator-name = "iqn.2026-01.com.example:vm1"
+//! chap-secret-file = "/etc/vus/vm1.chap"   # the secret, read by the supervisor
+//! header-digest = "crc32c"  # or "none" (default)
+//! data-digest = "none"
 //! ```
 //!
-//! Unknown keys are errors. Relative paths (`socket-path`, `source`, `pr-file`) are relative to the
+//! Unknown keys are errors. Relative paths (`socket-path`, `source`, `pr-file`, `chap-secret-file`) are relative to the
 //! directory holding the file. How the file combines with command-line options is described in
 //! [`crate::config::cli`]. This module only reads and parses; validation of the values is shared with
 //! the command line and lives in [`crate::config::cli`].
@@ -52,6 +69,11 @@ pub struct FileConfig {
     pub syslog: Option<bool>,
     pub exit_on_disconnect: Option<bool>,
     pub allow_unsealed_memory: Option<bool>,
+    pub management_socket: Option<PathBuf>,
+    pub management_group: Option<String>,
+    #[serde(default)]
+    pub image_dir: Vec<PathBuf>,
+    pub pidfile: Option<PathBuf>,
     #[serde(default, rename = "lun")]
     pub luns: Vec<FileLun>,
 }
@@ -78,8 +100,26 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
     if let Some(p) = cfg.socket_path.as_mut() {
         resolve(p);
     }
+    if let Some(p) = cfg.management_socket.as_mut() {
+        resolve(p);
+    }
+    if let Some(p) = cfg.pidfile.as_mut() {
+        resolve(p);
+    }
+    for p in &mut cfg.image_dir {
+        resolve(p);
+    }
     for lun in &mut cfg.luns {
-        resolve(&mut lun.source);
+        // URLs are not paths.
+        let url = lun.source.to_str().is_some_and(|s| {
+            s.starts_with(super::lun::ISCSI_SCHEME) || s.starts_with(super::lun::NULL_SCHEME)
+        });
+        if !url {
+            resolve(&mut lun.source);
+        }
+        if let Some(p) = lun.chap_secret_file.as_mut() {
+            resolve(p);
+        }
         if let Some(p) = lun.pr_file.as_mut() {
             resolve(p);
         }
@@ -113,6 +153,7 @@ source = "/var/lib/images/disk0.img"
 read-only = false
 discard = true
 cache = "writeback"
+enospc = "hold"
 block-size = 512
 serial = "DISK0"
 wwn = "0x5000000000000001"
@@ -122,6 +163,27 @@ source = "disk1.img"
 phys-block-size = 4096
 pr-file = "disk1.pr"
 "#;
+
+    #[test]
+    fn iscsi_lun_in_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[[lun]]\nsource = \"iscsi://u@10.0.0.1/iqn.2026-01.org.example:d/1\"\n\
+             chap-secret-file = \"chap\"\nheader-digest = \"crc32c\"\n",
+        )
+        .unwrap();
+        let cfg = load(&path).unwrap();
+        let spec = cfg.luns[0].validate().unwrap();
+        let i = spec.config.source.iscsi().expect("an iSCSI source");
+        assert_eq!(i.portal(), "10.0.0.1:3260");
+        assert_eq!(
+            i.chap_secret_file.as_deref(),
+            Some(dir.path().join("chap").as_path())
+        );
+        assert_eq!(i.header_digest, crate::config::IscsiDigest::Crc32c);
+    }
 
     #[test]
     fn parses_example() {
@@ -136,15 +198,19 @@ pr-file = "disk1.pr"
                 target: Some(0),
                 lun: Some(0),
                 source: "/var/lib/images/disk0.img".into(),
+                lun_type: None,
+                removable: None,
                 read_only: Some(false),
                 discard: Some(true),
                 cache: Some("writeback".into()),
+                enospc: Some("hold".into()),
                 block_size: Some(512.into()),
                 serial: Some("DISK0".into()),
                 wwn: Some("0x5000000000000001".into()),
                 size: None,
                 phys_block_size: None,
                 pr_file: None,
+                ..Default::default()
             }
         );
         assert_eq!(
@@ -155,6 +221,24 @@ pr-file = "disk1.pr"
                 pr_file: Some("disk1.pr".into()),
                 ..Default::default()
             }
+        );
+    }
+
+    #[test]
+    fn cdrom_and_removable_keys() {
+        let text = "[[lun]]\nsource = \"a.iso\"\ntype = \"cdrom\"\n\n\
+                    [[lun]]\nsource = \"b.img\"\nremovable = true\n\n\
+                    [[lun]]\nsource = \"c.iso\"\ntype = \"cdrom\"\nread-only = false\n";
+        let cfg = parse_str(text, Path::new("x.toml")).unwrap();
+        assert_eq!(cfg.luns[0].lun_type.as_deref(), Some("cdrom"));
+        assert_eq!(cfg.luns[1].removable, Some(true));
+        let a = cfg.luns[0].validate().unwrap().config;
+        assert!(a.read_only && a.removable && a.block_size.bytes() == 2048);
+        assert!(cfg.luns[1].validate().unwrap().config.removable);
+        // The same validation as --lun, so the same message.
+        assert_eq!(
+            cfg.luns[2].validate().unwrap_err().to_string(),
+            "readonly=off cannot be used with type=cdrom: a CD-ROM is read-only"
         );
     }
 

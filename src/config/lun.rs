@@ -13,7 +13,10 @@ use std::{
 
 use serde::{Deserialize, Deserializer};
 
-use super::{error::LunError, BlockSize, CacheMode, LunConfig, MAX_LUN};
+use super::{
+    error::LunError, BlockSize, CacheMode, EnospcPolicy, IscsiDigest, IscsiSource, LunConfig,
+    LunSource, LunType, DEFAULT_INITIATOR_NAME, ISCSI_DEFAULT_PORT, MAX_LUN,
+};
 
 /// Longest unit serial number accepted (as QEMU's scsi-disk).
 pub const MAX_SERIAL_LEN: usize = 36;
@@ -49,9 +52,15 @@ pub struct LunFields {
     pub target: Option<u64>,
     pub lun: Option<u64>,
     pub source: PathBuf,
+    /// `disk` (the default) or `cdrom`.
+    #[serde(rename = "type")]
+    pub lun_type: Option<String>,
+    pub removable: Option<bool>,
     pub read_only: Option<bool>,
     pub discard: Option<bool>,
     pub cache: Option<String>,
+    /// What a write failing with ENOSPC does: `report` or `hold`.
+    pub enospc: Option<String>,
     pub block_size: Option<Number>,
     pub serial: Option<String>,
     pub wwn: Option<String>,
@@ -60,6 +69,13 @@ pub struct LunFields {
     pub phys_block_size: Option<Number>,
     /// Persistent reservation state file.
     pub pr_file: Option<PathBuf>,
+    /// iSCSI only: our initiator name (IQN).
+    pub initiator_name: Option<String>,
+    /// iSCSI only: the file holding the CHAP secret (read by the supervisor).
+    pub chap_secret_file: Option<PathBuf>,
+    /// iSCSI only: `crc32c` or `none`.
+    pub header_digest: Option<String>,
+    pub data_digest: Option<String>,
 }
 
 impl LunFields {
@@ -107,8 +123,15 @@ impl LunFields {
                 "block-size" => "block-size",
                 "phys-block-size" => "phys-block-size",
                 "cache" => "cache",
+                "enospc" => "enospc",
                 "size" => "size",
                 "pr-file" => "pr-file",
+                "type" => "type",
+                "removable" => "removable",
+                "initiator-name" => "initiator-name",
+                "chap-secret-file" => "chap-secret-file",
+                "header-digest" => "header-digest",
+                "data-digest" => "data-digest",
                 _ => return Err(LunError::UnknownOption(key.to_owned())),
             };
             if !seen.insert(canonical) {
@@ -135,8 +158,17 @@ impl LunFields {
                 "block-size" => lun.block_size = Some(number(need()?)),
                 "phys-block-size" => lun.phys_block_size = Some(number(need()?)),
                 "cache" => lun.cache = Some(need()?),
+                "enospc" => lun.enospc = Some(need()?),
                 "size" => lun.size = Some(need()?),
                 "pr-file" => lun.pr_file = Some(PathBuf::from(need()?)),
+                "type" => lun.lun_type = Some(need()?),
+                "removable" => {
+                    lun.removable = Some(value.map_or(Ok(true), |v| parse_bool("removable", v))?)
+                }
+                "initiator-name" => lun.initiator_name = Some(need()?),
+                "chap-secret-file" => lun.chap_secret_file = Some(PathBuf::from(need()?)),
+                "header-digest" => lun.header_digest = Some(need()?),
+                "data-digest" => lun.data_digest = Some(need()?),
                 _ => unreachable!(),
             }
         }
@@ -154,12 +186,32 @@ impl LunFields {
         if self.source.as_os_str().is_empty() {
             return Err(LunError::EmptySource);
         }
-        let mut spec = new_spec(address, self.source.clone());
+        if let Some(url) = self
+            .source
+            .to_str()
+            .and_then(|s| s.strip_prefix(ISCSI_SCHEME))
+        {
+            return self.validate_iscsi(address, url);
+        }
+        for (set, name) in [
+            (self.initiator_name.is_some(), "initiator-name"),
+            (self.chap_secret_file.is_some(), "chap-secret-file"),
+            (self.header_digest.is_some(), "header-digest"),
+            (self.data_digest.is_some(), "data-digest"),
+        ] {
+            if set {
+                return Err(LunError::OnlyForIscsi(name));
+            }
+        }
+        let mut spec = new_spec(address, LunSource::Path(self.source.clone()));
         let c = &mut spec.config;
         c.read_only = self.read_only.unwrap_or(false);
         c.discard = self.discard.unwrap_or(true);
         if let Some(v) = &self.cache {
             c.cache = parse_cache(v)?;
+        }
+        if let Some(v) = &self.enospc {
+            c.enospc = parse_enospc(v)?;
         }
         if let Some(n) = &self.block_size {
             c.block_size = block_size_from(n.value, &n.text)?;
@@ -179,8 +231,253 @@ impl LunFields {
         if let Some(p) = &self.pr_file {
             c.pr_file = Some(parse_pr_file(p)?);
         }
+        if let Some(v) = &self.lun_type {
+            c.lun_type = parse_lun_type(v)?;
+        }
+        c.removable = self.removable.unwrap_or(false);
+        if c.lun_type == LunType::Cdrom {
+            self.apply_cdrom(c)?;
+        } else if c.block_size == BlockSize::B2048 {
+            return Err(LunError::InvalidValue {
+                option: "block-size",
+                value: "2048".to_owned(),
+                expected: "512 or 4096 (2048 is a type=cdrom LUN's)",
+            });
+        }
         check_block_sizes(c)?;
         Ok(spec)
+    }
+
+    /// A CD-ROM: read-only, 2048-byte blocks, removable, nothing to create or deallocate.
+    /// Options that contradict that are refused rather than silently overridden.
+    fn apply_cdrom(&self, c: &mut LunConfig) -> Result<(), LunError> {
+        let conflict = |option, reason| Err(LunError::CdromOption { option, reason });
+        if self.block_size.is_some() && c.block_size != BlockSize::B2048 {
+            return conflict("block-size", "a CD-ROM's logical blocks are 2048 bytes");
+        }
+        if self.read_only == Some(false) {
+            return conflict("readonly=off", "a CD-ROM is read-only");
+        }
+        if self.size.is_some() {
+            return conflict("size", "an ISO image is never created empty");
+        }
+        if self.phys_block_size.is_some() {
+            return conflict("phys-block-size", "a CD-ROM's blocks are 2048 bytes");
+        }
+        if self.discard == Some(true) {
+            return conflict("discard=on", "a CD-ROM is read-only");
+        }
+        if self.removable == Some(false) {
+            return conflict("removable=off", "a CD-ROM's medium is always removable");
+        }
+        c.block_size = BlockSize::B2048;
+        c.read_only = true;
+        c.removable = true;
+        c.discard = false;
+        Ok(())
+    }
+}
+
+impl LunFields {
+    /// An `iscsi://` source (`url` is what follows the scheme) with its options. The options
+    /// that describe an emulated disk (block sizes, serial, WWN, cache, discard, size,
+    /// pr-file, readonly) are refused: the target's LUN answers for itself.
+    fn validate_iscsi(&self, address: Option<(u8, u16)>, url: &str) -> Result<LunSpec, LunError> {
+        for (set, name) in [
+            (self.read_only.is_some(), "readonly"),
+            (self.discard.is_some(), "discard"),
+            (self.cache.is_some(), "cache"),
+            (self.block_size.is_some(), "block-size"),
+            (self.serial.is_some(), "serial"),
+            (self.wwn.is_some(), "wwn"),
+            (self.size.is_some(), "size"),
+            (self.phys_block_size.is_some(), "phys-block-size"),
+            (self.pr_file.is_some(), "pr-file"),
+        ] {
+            if set {
+                return Err(LunError::NotForIscsi(name));
+            }
+        }
+        let mut src = parse_iscsi_url(url)?;
+        if let Some(n) = &self.initiator_name {
+            src.initiator_name = check_iqn("initiator-name", n)?;
+        }
+        if let Some(p) = &self.chap_secret_file {
+            if p.as_os_str().is_empty() {
+                return Err(LunError::InvalidValue {
+                    option: "chap-secret-file",
+                    value: String::new(),
+                    expected: "a file path",
+                });
+            }
+            src.chap_secret_file = Some(p.clone());
+        }
+        if let Some(v) = &self.header_digest {
+            src.header_digest = parse_digest("header-digest", v)?;
+        }
+        if let Some(v) = &self.data_digest {
+            src.data_digest = parse_digest("data-digest", v)?;
+        }
+        match (&src.user, &src.chap_secret_file) {
+            (Some(u), None) => return Err(LunError::ChapUserWithoutSecret(u.clone())),
+            (None, Some(_)) => return Err(LunError::ChapSecretWithoutUser),
+            _ => {}
+        }
+        Ok(new_spec(address, LunSource::Iscsi(src)))
+    }
+}
+
+/// Scheme of an iSCSI LUN's source.
+pub const ISCSI_SCHEME: &str = "iscsi://";
+
+/// Longest iSCSI name (RFC 7143 §4.2.7.1: 223 bytes).
+const MAX_ISCSI_NAME: usize = 223;
+
+/// Parses `[USER@]HOST[:PORT]/TARGET-IQN/LUN` (after `iscsi://`). A `USER:PASSWORD@` is refused
+/// without echoing it.
+pub fn parse_iscsi_url(url: &str) -> Result<IscsiSource, LunError> {
+    let (authority, path) = url
+        .split_once('/')
+        .ok_or(LunError::IscsiUrl("no target name"))?;
+    let (user, hostport) = match authority.rsplit_once('@') {
+        Some((u, h)) => {
+            if u.contains(':') {
+                return Err(LunError::IscsiPassword);
+            }
+            if u.is_empty() || u.len() > 255 || !u.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(LunError::IscsiUrl(
+                    "the CHAP user name must be 1 to 255 printable characters",
+                ));
+            }
+            (Some(u.to_owned()), h)
+        }
+        None => (None, authority),
+    };
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (h, after) = rest
+            .split_once(']')
+            .ok_or(LunError::IscsiUrl("unclosed '[' in the host"))?;
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(LunError::IscsiUrl(
+                "not an IPv6 address between '[' and ']'",
+            ));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or(LunError::IscsiUrl("junk after ']'"))?,
+            ),
+        };
+        (h.to_owned(), port)
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h.to_owned(), Some(p)),
+            None => (hostport.to_owned(), None),
+        }
+    };
+    if host.is_empty() {
+        return Err(LunError::IscsiUrl("no host"));
+    }
+    if !host.contains(':')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_')
+    {
+        return Err(LunError::IscsiUrl("the host must be a name or an address"));
+    }
+    let port = match port {
+        None => ISCSI_DEFAULT_PORT,
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|n| *n != 0 && p.bytes().all(|b| b.is_ascii_digit()))
+            .ok_or(LunError::IscsiUrl(
+                "the port must be a number from 1 to 65535",
+            ))?,
+    };
+    let (target, lun) = path
+        .rsplit_once('/')
+        .ok_or(LunError::IscsiUrl("no LUN number after the target name"))?;
+    if target.is_empty() {
+        return Err(LunError::IscsiUrl("no target name"));
+    }
+    let target_iqn = check_iqn("target name", target).map_err(|_| {
+        LunError::IscsiUrl("the target name is not an iSCSI name (iqn., eui., naa.)")
+    })?;
+    if lun.is_empty() || !lun.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(LunError::IscsiUrl("the LUN must be a number"));
+    }
+    let lun = u16::try_from(parse_decimal(lun))
+        .ok()
+        .filter(|l| *l <= MAX_LUN)
+        .ok_or(LunError::IscsiUrl("the LUN must be 0 to 16383"))?;
+    Ok(IscsiSource {
+        host,
+        port,
+        target_iqn,
+        lun,
+        user,
+        initiator_name: DEFAULT_INITIATOR_NAME.to_owned(),
+        chap_secret_file: None,
+        header_digest: IscsiDigest::None,
+        data_digest: IscsiDigest::None,
+    })
+}
+
+/// An iSCSI name (RFC 7143 §4.2.7): `iqn.`, `eui.` or `naa.` and the characters stringprep
+/// leaves (lower case letters, digits, '.', '-', ':'), at most 223 bytes.
+fn check_iqn(option: &'static str, v: &str) -> Result<String, LunError> {
+    let ok = v.len() <= MAX_ISCSI_NAME
+        && ["iqn.", "eui.", "naa."].iter().any(|p| v.starts_with(p))
+        && v.len() > 4
+        && v.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-' | b':')
+        });
+    if ok {
+        Ok(v.to_owned())
+    } else {
+        Err(LunError::InvalidValue {
+            option,
+            value: v.to_owned(),
+            expected:
+                "an iSCSI name: iqn./eui./naa. then lower-case letters, digits, '.', '-', ':'",
+        })
+    }
+}
+
+fn parse_digest(option: &'static str, v: &str) -> Result<IscsiDigest, LunError> {
+    match v {
+        "none" => Ok(IscsiDigest::None),
+        "crc32c" => Ok(IscsiDigest::Crc32c),
+        _ => Err(LunError::InvalidValue {
+            option,
+            value: v.to_owned(),
+            expected: "crc32c or none",
+        }),
+    }
+}
+
+/// The text of a `--lun` argument fit for messages and logs: a `USER:PASSWORD@` in an
+/// `iscsi://` source (refused anyway) is shown as `USER:<redacted>@`.
+pub fn redact_arg(arg: &str) -> String {
+    let Some(start) = arg.find(ISCSI_SCHEME) else {
+        return arg.to_owned();
+    };
+    let auth_start = start + ISCSI_SCHEME.len();
+    let rest = &arg[auth_start..];
+    let auth_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..auth_end];
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!(
+                "{}{user}:<redacted>@{host}{}",
+                &arg[..auth_start],
+                &rest[auth_end..]
+            )
+        }
+        _ => arg.to_owned(),
     }
 }
 
@@ -193,7 +490,7 @@ pub struct LunSpec {
     pub config: LunConfig,
 }
 
-pub(crate) fn new_spec(address: Option<(u8, u16)>, source: PathBuf) -> LunSpec {
+pub(crate) fn new_spec(address: Option<(u8, u16)>, source: LunSource) -> LunSpec {
     let (target, lun) = address.unwrap_or((0, 0));
     LunSpec {
         address,
@@ -326,9 +623,24 @@ pub(crate) fn check_serial(value: &str) -> Result<String, LunError> {
     Ok(value.to_owned())
 }
 
+/// A `type=` value.
+pub(crate) fn parse_lun_type(value: &str) -> Result<LunType, LunError> {
+    match value {
+        "disk" => Ok(LunType::Disk),
+        "cdrom" => Ok(LunType::Cdrom),
+        _ => Err(LunError::InvalidValue {
+            option: "type",
+            value: value.to_owned(),
+            expected: "disk or cdrom",
+        }),
+    }
+}
+
+/// A `block-size=` value; 2048 is only valid with `type=cdrom` (checked by `validate`).
 pub(crate) fn block_size_from(n: u64, value: &str) -> Result<BlockSize, LunError> {
     match n {
         512 => Ok(BlockSize::B512),
+        2048 => Ok(BlockSize::B2048),
         4096 => Ok(BlockSize::B4096),
         _ => Err(LunError::InvalidValue {
             option: "block-size",
@@ -384,6 +696,18 @@ pub(crate) fn parse_number(v: &str) -> u64 {
         parse_decimal(v)
     } else {
         0
+    }
+}
+
+pub(crate) fn parse_enospc(value: &str) -> Result<EnospcPolicy, LunError> {
+    match value {
+        "report" => Ok(EnospcPolicy::Report),
+        "hold" => Ok(EnospcPolicy::Hold),
+        _ => Err(LunError::InvalidValue {
+            option: "enospc",
+            value: value.to_owned(),
+            expected: "report or hold",
+        }),
     }
 }
 

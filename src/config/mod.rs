@@ -4,6 +4,7 @@
 //! validation live in [`crate::config::cli`] (command line) and [`crate::config::file`] (TOML).
 
 pub mod cli;
+pub mod ctl;
 pub mod error;
 pub mod file;
 pub mod lun;
@@ -45,11 +46,26 @@ pub enum CacheMode {
     Writeback,
 }
 
+/// What a LUN does when a write fails because its storage is full (ENOSPC, EDQUOT): `enospc=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EnospcPolicy {
+    /// Fail the command with CHECK CONDITION, DATA PROTECT, SPACE ALLOCATION FAILED WRITE
+    /// PROTECT (27h/07h); the guest sees an I/O error and writes succeed again once space is
+    /// freed.
+    #[default]
+    Report,
+    /// Keep the failed writes (unanswered) and retry them until space is available, as QEMU's
+    /// `werror=enospc` does; the guest sees them stall, not fail (docs/reliability.md).
+    Hold,
+}
+
 /// Logical block size a LUN reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BlockSize {
     #[default]
     B512,
+    /// A CD-ROM's (`type=cdrom`), and only there.
+    B2048,
     B4096,
 }
 
@@ -57,8 +73,146 @@ impl BlockSize {
     pub fn bytes(self) -> u32 {
         match self {
             BlockSize::B512 => 512,
+            BlockSize::B2048 => 2048,
             BlockSize::B4096 => 4096,
         }
+    }
+}
+
+/// The kind of device a LUN is (`type=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LunType {
+    /// A direct-access block device (SBC).
+    #[default]
+    Disk,
+    /// A CD/DVD-ROM drive serving an ISO image (MMC): read-only, 2048-byte blocks, removable.
+    Cdrom,
+}
+
+/// What backs a LUN.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LunSource {
+    /// A regular file (raw image), a block device, or `null://SIZE`.
+    Path(PathBuf),
+    /// A LUN on an iSCSI target (`iscsi://...`), logged in to by the supervisor.
+    Iscsi(IscsiSource),
+}
+
+impl LunSource {
+    /// The path of a file or device source; `None` for an iSCSI LUN.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            LunSource::Path(p) => Some(p),
+            LunSource::Iscsi(_) => None,
+        }
+    }
+
+    pub fn iscsi(&self) -> Option<&IscsiSource> {
+        match self {
+            LunSource::Iscsi(i) => Some(i),
+            LunSource::Path(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LunSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LunSource::Path(p) => write!(f, "{}", p.display()),
+            LunSource::Iscsi(i) => i.fmt(f),
+        }
+    }
+}
+
+impl From<PathBuf> for LunSource {
+    fn from(p: PathBuf) -> Self {
+        LunSource::Path(p)
+    }
+}
+
+impl From<String> for LunSource {
+    fn from(p: String) -> Self {
+        LunSource::Path(p.into())
+    }
+}
+
+impl From<&str> for LunSource {
+    fn from(p: &str) -> Self {
+        LunSource::Path(p.into())
+    }
+}
+
+impl From<&PathBuf> for LunSource {
+    fn from(p: &PathBuf) -> Self {
+        LunSource::Path(p.clone())
+    }
+}
+
+impl From<&std::path::Path> for LunSource {
+    fn from(p: &std::path::Path) -> Self {
+        LunSource::Path(p.into())
+    }
+}
+
+impl PartialEq<PathBuf> for LunSource {
+    fn eq(&self, other: &PathBuf) -> bool {
+        self.path() == Some(other.as_path())
+    }
+}
+
+/// A digest setting of an iSCSI LUN (`header-digest=`, `data-digest=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IscsiDigest {
+    /// No digest.
+    #[default]
+    None,
+    /// CRC32C, required: the login fails if the target refuses it.
+    Crc32c,
+}
+
+/// The default iSCSI initiator name (`initiator-name=` overrides it).
+pub const DEFAULT_INITIATOR_NAME: &str = "iqn.2026-01.org.vhost-user-scsi:initiator";
+
+/// Default iSCSI port (RFC 7143 §13.8... the well-known port 3260).
+pub const ISCSI_DEFAULT_PORT: u16 = 3260;
+
+/// An iSCSI LUN: `iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN` and its options. Holds no secret:
+/// only the path of the file that holds the CHAP secret, which the supervisor reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IscsiSource {
+    /// Host name or address as written (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+    pub target_iqn: String,
+    /// The LUN on the target (0-16383).
+    pub lun: u16,
+    /// CHAP user name; with it `chap_secret_file` is required.
+    pub user: Option<String>,
+    pub initiator_name: String,
+    pub chap_secret_file: Option<PathBuf>,
+    pub header_digest: IscsiDigest,
+    pub data_digest: IscsiDigest,
+}
+
+impl IscsiSource {
+    /// `HOST:PORT` as a socket-address string (IPv6 in brackets).
+    pub fn portal(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Display for IscsiSource {
+    /// The source as written, without options (never a secret: there is none in it).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("iscsi://")?;
+        if let Some(u) = &self.user {
+            write!(f, "{u}@")?;
+        }
+        write!(f, "{}/{}/{}", self.portal(), self.target_iqn, self.lun)
     }
 }
 
@@ -67,8 +221,12 @@ impl BlockSize {
 pub struct LunConfig {
     pub target: u8,
     pub lun: u16,
-    /// A regular file (raw image) or a block device.
-    pub source: PathBuf,
+    /// What backs it.
+    pub source: LunSource,
+    /// `type=disk|cdrom`.
+    pub lun_type: LunType,
+    /// `removable`: the medium can be ejected and changed (RMB = 1); always so for a CD-ROM.
+    pub removable: bool,
     pub read_only: bool,
     /// Unit serial number (VPD 80h); defaults to a value derived from target and LUN.
     pub serial: Option<String>,
@@ -80,6 +238,8 @@ pub struct LunConfig {
     pub phys_block_size: Option<u32>,
     pub discard: bool,
     pub cache: CacheMode,
+    /// `enospc=report|hold`.
+    pub enospc: EnospcPolicy,
     /// Create `source` as a sparse image of this many bytes when it does not exist (`size=`).
     pub create_size: Option<u64>,
     /// Persistent reservation state file (`pr-file=`): with it, APTPL is supported and the
@@ -88,13 +248,21 @@ pub struct LunConfig {
 }
 
 impl LunConfig {
+    /// The path of a file, device or `null://` source (empty for an iSCSI LUN, which the
+    /// callers of this never see: they dispatch on [`LunSource`] first).
+    pub fn path(&self) -> &std::path::Path {
+        self.source.path().unwrap_or(std::path::Path::new(""))
+    }
+
     /// LUN `target:lun` backed by `source` with every option at its default (read-write,
     /// 512-byte blocks, discard on, cache=writeback, derived serial and WWN).
-    pub fn new(target: u8, lun: u16, source: impl Into<PathBuf>) -> Self {
+    pub fn new(target: u8, lun: u16, source: impl Into<LunSource>) -> Self {
         Self {
             target,
             lun,
             source: source.into(),
+            lun_type: LunType::Disk,
+            removable: false,
             read_only: false,
             serial: None,
             wwn: None,
@@ -102,9 +270,35 @@ impl LunConfig {
             phys_block_size: None,
             discard: true,
             cache: CacheMode::default(),
+            enospc: EnospcPolicy::default(),
             create_size: None,
             pr_file: None,
         }
+    }
+
+    /// The unit serial number used when none is configured: `VUS-T000-L00000`-style, unique per
+    /// daemon and stable across restarts.
+    pub fn default_serial(&self) -> String {
+        format!("VUS-T{:03}-L{:05}", self.target, self.lun)
+    }
+
+    /// The WWN used when none is configured: an NAA 3 ("locally assigned") identifier hashed
+    /// from the source path and the address, so that the guest's `/dev/disk/by-id` names
+    /// survive daemon restarts but differ between images.
+    pub fn default_wwn(&self) -> u64 {
+        // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let text = self.source.to_string();
+        let bytes = match self.source.path() {
+            Some(p) => p.as_os_str().as_encoded_bytes(),
+            None => text.as_bytes(),
+        }
+        .iter();
+        for &b in bytes.chain(&[self.target]).chain(&self.lun.to_be_bytes()) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        (3 << 60) | (hash >> 4)
     }
 }
 
@@ -131,12 +325,17 @@ impl AioMode {
     }
 }
 
-/// Data-path tuning (`--aio`, `--poll-us`, `--submit-batch`, `--queue-cpus`, `--aio-threads`).
+/// Data-path tuning (`--aio`, `--poll-us`, `--poll-max-us`, `--submit-batch`, `--queue-cpus`,
+/// `--aio-threads`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IoConfig {
     pub aio: AioMode,
-    /// Busy-poll for completions and new requests this long before sleeping (0: never).
-    pub poll_us: u32,
+    /// `--poll-us`: busy-poll for completions and new requests exactly this long before
+    /// sleeping (0: never). `None` (the default): adaptive polling, see `poll_max_us`.
+    pub poll_us: Option<u32>,
+    /// `--poll-max-us`: the longest an adaptive poll window grows (QEMU's `poll-max-ns`); 0
+    /// turns adaptive polling off.
+    pub poll_max_us: u32,
     /// Submit queued I/O once this many commands are waiting in the engine (1: each at once).
     pub submit_batch: u32,
     /// CPUs to pin request-queue threads to, round robin (empty: no pinning).
@@ -150,11 +349,22 @@ pub struct IoConfig {
     pub memlock_limit: Option<u64>,
 }
 
+/// Default `--poll-max-us`: 0, no polling. Adaptive polling did not pay on the 2-CPU machine it
+/// was measured on (QD1 0.4–0.7× of no polling on the host bench and in a TCG guest, A/B in
+/// docs/benchmarks.md), so it is opt-in until a quiet or KVM host shows a gain; then
+/// [`SUGGESTED_POLL_MAX_US`] is the value to make the default.
+pub const DEFAULT_POLL_MAX_US: u32 = 0;
+/// The maximum to use with adaptive polling: longer than a 4 KiB O_DIRECT read takes on a
+/// virtual disk (25–55 µs here), so that a QD1 completion is caught by polling rather than by a
+/// wake-up; QEMU's iothreads default to 32 µs.
+pub const SUGGESTED_POLL_MAX_US: u32 = 64;
+
 impl Default for IoConfig {
     fn default() -> Self {
         Self {
             aio: AioMode::default(),
-            poll_us: 0,
+            poll_us: None,
+            poll_max_us: DEFAULT_POLL_MAX_US,
             submit_batch: 1,
             queue_cpus: Vec::new(),
             aio_threads: 8,
@@ -183,6 +393,8 @@ pub struct Origins {
     pub listen: String,
     /// The option that gave `--socket-group` (command line or file key); empty without one.
     pub socket_group: String,
+    /// The option that gave `--management-socket`; empty without one.
+    pub management: String,
     /// For each of [`Config::luns`], in the same order: its position among the LUNs as written
     /// (file LUNs first, then `--lun` options) and its origin.
     pub luns: Vec<(usize, String)>,
@@ -221,8 +433,25 @@ pub struct Config {
     pub log: LogConfig,
     /// Privilege separation and confinement.
     pub sandbox: SandboxConfig,
+    /// The management socket (`--management-socket`), if any.
+    pub management: Option<ManagementConfig>,
+    /// Readiness file written once every socket exists and every LUN is open (`--pidfile`).
+    pub pidfile: Option<PathBuf>,
     /// Where each setting was written.
     pub origins: Origins,
+}
+
+/// The runtime management socket (`--management-socket`, `--management-group`, `--image-dir`):
+/// JSON-RPC 2.0 on a unix socket of the supervisor (docs/management.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementConfig {
+    /// Created 0600 (0660 with a group), removed at exit.
+    pub socket: PathBuf,
+    /// Members of this group may use the socket too (checked with SO_PEERCRED/SO_PEERGROUPS).
+    pub group: Option<String>,
+    /// The only directories `add-lun` may open sources and `pr-file`s in (by path); without
+    /// any, a LUN can only be added by passing an open descriptor.
+    pub image_dirs: Vec<PathBuf>,
 }
 
 /// How the worker is isolated from the host's file system and namespaces (`--sandbox`).

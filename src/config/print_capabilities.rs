@@ -29,6 +29,8 @@ pub const DEVICE_TYPE: &str = "scsi";
 /// - `reconnect`: after the front-end disconnects, the daemon waits for the next connection.
 /// - `exit-on-disconnect`: `--exit-on-disconnect` turns `reconnect` off.
 /// - `syslog`: `--syslog` logs to the system log instead of stderr.
+/// - `cdrom`: `--lun ...,type=cdrom` serves an ISO image as a CD/DVD-ROM drive.
+/// - `removable`: `--lun ...,removable` serves a disk with a removable medium (RMB = 1).
 pub const FEATURES: &[&str] = &[
     "read-only",
     "multiqueue",
@@ -42,6 +44,8 @@ pub const FEATURES: &[&str] = &[
     "reconnect",
     "exit-on-disconnect",
     "syslog",
+    "cdrom",
+    "removable",
 ];
 
 #[derive(Serialize)]

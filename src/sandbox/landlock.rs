@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use landlock::{
-    Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, PathBeneath, PathFd,
-    RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus,
-    Scope, ABI,
+    Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, PathBeneath,
+    PathFd, RestrictionStatus, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetError,
+    RulesetStatus, Scope, ABI,
 };
 
 use crate::config::LandlockMode;
@@ -100,11 +100,17 @@ pub fn restrict_worker(mode: LandlockMode) -> Result<LandlockOutcome, LandlockEr
     Ok(describe(&status))
 }
 
-/// The supervisor: no file-system access except removing entries of `socket_dir` (its socket
-/// file at exit), no TCP bind/connect.
+/// The supervisor: no file-system access except removing entries of `remove_dirs` (its socket
+/// files and pid file at exit), reading `read_files` (the iSCSI LUNs' CHAP secret files, read
+/// for each login) and, under `image_dirs` (`--image-dir`, for the management socket's
+/// `add-lun`), reading, writing, creating and truncating regular files; no TCP bind, TCP
+/// connect only to `connect_ports` (the iSCSI LUNs' portals).
 pub fn restrict_supervisor(
     mode: LandlockMode,
-    socket_dir: Option<&Path>,
+    remove_dirs: &[&Path],
+    image_dirs: &[&Path],
+    connect_ports: &[u16],
+    read_files: &[&Path],
 ) -> Result<LandlockOutcome, LandlockError> {
     if mode == LandlockMode::Off {
         return Ok(off());
@@ -115,13 +121,36 @@ pub fn restrict_supervisor(
         .and_then(|r| r.handle_access(AccessNet::from_all(TARGET_ABI)))
         .and_then(|r| r.create())
         .map_err(LandlockError::Ruleset)?;
-    if let Some(dir) = socket_dir {
+    let image_rights = AccessFs::ReadFile
+        | AccessFs::WriteFile
+        | AccessFs::MakeReg
+        | AccessFs::Truncate
+        | AccessFs::IoctlDev;
+    let rules = remove_dirs
+        .iter()
+        .map(|d| (*d, AccessFs::RemoveFile.into()))
+        .chain(image_dirs.iter().map(|d| (*d, image_rights)));
+    for (dir, rights) in rules {
         let fd = PathFd::new(dir).map_err(|error| LandlockError::RulePath {
             path: dir.to_owned(),
             error,
         })?;
         ruleset = ruleset
-            .add_rule(PathBeneath::new(fd, AccessFs::RemoveFile))
+            .add_rule(PathBeneath::new(fd, rights))
+            .map_err(LandlockError::Ruleset)?;
+    }
+    for &file in read_files {
+        let fd = PathFd::new(file).map_err(|error| LandlockError::RulePath {
+            path: file.to_owned(),
+            error,
+        })?;
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(fd, AccessFs::ReadFile))
+            .map_err(LandlockError::Ruleset)?;
+    }
+    for &port in connect_ports {
+        ruleset = ruleset
+            .add_rule(NetPort::new(port, AccessNet::ConnectTcp))
             .map_err(LandlockError::Ruleset)?;
     }
     let status = ruleset

@@ -261,6 +261,7 @@ pub fn run_in_thread(role: ThreadRole) {
         ThreadRole::WorkerVring => run("vring"),
         ThreadRole::WorkerProtocol => run("protocol"),
         ThreadRole::WorkerAio => run("aio"),
+        ThreadRole::WorkerIscsi => run("iscsi"),
         ThreadRole::WorkerSignals => run("signals"),
         ThreadRole::WorkerBroker => run("broker"),
         _ => {}

@@ -8,6 +8,18 @@ use std::fmt;
 pub enum ThreadRole {
     /// The supervisor (parent) after set-up.
     Supervisor,
+    /// The supervisor with a management socket (`--management-socket`): `supervisor` plus
+    /// accepting clients, reading their credentials and passed descriptors, and opening and
+    /// locking the LUNs `add-lun` names (Landlock keeps those under `--image-dir`).
+    SupervisorManagement,
+    /// The supervisor of a daemon with iSCSI LUNs: `supervisor` plus what logging in again
+    /// for the worker needs (TCP sockets, reading the CHAP secret files).
+    SupervisorIscsi,
+    /// A supervisor with both a management socket and iSCSI LUNs: the union of
+    /// `supervisor-management` and `supervisor-iscsi` (seccomp filters only narrow when
+    /// stacked, so the union is a file of its own; `tests/policy_files.rs` checks it is exactly
+    /// that union).
+    SupervisorManagementIscsi,
     /// The `--restart-worker=on-failure` supervisor: a deny list (EPERM) that every worker it
     /// creates inherits below its own filters (exec, ptrace, kill, setns, modules, BPF, ...).
     SupervisorRestart,
@@ -26,11 +38,16 @@ pub enum ThreadRole {
     /// The worker's end of the fd broker (`vus-broker`): messages and fds from and to the
     /// supervisor.
     WorkerBroker,
+    /// An iSCSI LUN's thread (`vus-iscsi`, `block::iscsi`): PDUs on its connected socket.
+    WorkerIscsi,
 }
 
 impl ThreadRole {
-    pub const ALL: [ThreadRole; 9] = [
+    pub const ALL: [ThreadRole; 13] = [
         ThreadRole::Supervisor,
+        ThreadRole::SupervisorManagement,
+        ThreadRole::SupervisorIscsi,
+        ThreadRole::SupervisorManagementIscsi,
         ThreadRole::SupervisorRestart,
         ThreadRole::WorkerEnosys,
         ThreadRole::WorkerMain,
@@ -39,12 +56,16 @@ impl ThreadRole {
         ThreadRole::WorkerVring,
         ThreadRole::WorkerAio,
         ThreadRole::WorkerBroker,
+        ThreadRole::WorkerIscsi,
     ];
 
     /// The policy file stem (`seccomp/<arch>/<name>.json`).
     pub fn name(self) -> &'static str {
         match self {
             ThreadRole::Supervisor => "supervisor",
+            ThreadRole::SupervisorManagement => "supervisor-management",
+            ThreadRole::SupervisorIscsi => "supervisor-iscsi",
+            ThreadRole::SupervisorManagementIscsi => "supervisor-management-iscsi",
             ThreadRole::SupervisorRestart => "supervisor-restart",
             ThreadRole::WorkerEnosys => "worker-enosys",
             ThreadRole::WorkerMain => "worker-main",
@@ -53,6 +74,7 @@ impl ThreadRole {
             ThreadRole::WorkerVring => "worker-vring",
             ThreadRole::WorkerAio => "worker-aio",
             ThreadRole::WorkerBroker => "worker-broker",
+            ThreadRole::WorkerIscsi => "worker-iscsi",
         }
     }
 

@@ -40,7 +40,7 @@ pub enum SeccompError {
         #[source]
         error: io::Error,
     },
-    #[error("unknown seccomp role '{0}' (roles: supervisor, supervisor-restart, worker-enosys, worker-main, worker-signals, worker-protocol, worker-vring, worker-aio, worker-broker)")]
+    #[error("unknown seccomp role '{0}' (roles: supervisor, supervisor-management, supervisor-restart, worker-enosys, worker-main, worker-signals, worker-protocol, worker-vring, worker-aio, worker-broker)")]
     UnknownRole(String),
     #[error("--seccomp=none has no program to print")]
     NoneMode,

@@ -165,6 +165,7 @@ pub fn syscall_name(nr: i64) -> &'static str {
         SYS_fdatasync,
         SYS_fsync,
         SYS_fallocate,
+        SYS_copy_file_range,
         SYS_epoll_ctl,
         SYS_epoll_pwait,
         SYS_eventfd2,

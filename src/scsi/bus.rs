@@ -6,7 +6,19 @@
 //! here), REQUEST SENSE returns LOGICAL UNIT NOT SUPPORTED as its data, everything else fails
 //! with that sense.
 
-use std::{collections::BTreeMap, io, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    io,
+    os::fd::RawFd,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use super::io::passthrough_output;
+use arc_swap::{ArcSwap, Guard};
 
 use super::{
     cdb::{opcode, Cdb},
@@ -17,12 +29,40 @@ use super::{
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut, MAX_RESPONSE_LEN,
 };
-use crate::block::BlockBackend;
+use crate::block::iscsi::Passthrough;
+
+type Targets = BTreeMap<u8, BTreeMap<u16, Arc<LogicalUnit>>>;
 
 /// Configured targets and their LUNs.
+///
+/// LUNs come and go while the queues run (runtime management): the table is published
+/// read-copy-update style (`ArcSwap`): a command loads it once to look its LU up (each LU is
+/// an `Arc`; loading takes no lock and writes no shared cache line), a change builds a new
+/// table and swaps it in. A command whose I/O goes to an engine carries its LU in the
+/// [`IoPlan`] (`unit`) until it is completed: [`ScsiBus::remove_lun`] publishes a table without
+/// the LU, so new commands get LOGICAL UNIT NOT SUPPORTED, and [`wait_unused`] then waits for
+/// the references still held (commands, and readers of the old table) to go before the
+/// backend is dropped.
 #[derive(Default)]
 pub struct ScsiBus {
-    targets: BTreeMap<u8, BTreeMap<u16, LogicalUnit>>,
+    targets: ArcSwap<Targets>,
+    /// Serializes the changes (each copies the table it replaces).
+    changing: Mutex<()>,
+    /// Bumped at every removal: queue workers compare it to release what they hold for
+    /// removed LUNs (their io_uring's fixed file).
+    generation: AtomicU64,
+    /// The fixed-file slots of removed LUNs (see [`LogicalUnit::fixed_file`]).
+    released_fixed_files: Mutex<Vec<u32>>,
+    /// LUNs whose commands run elsewhere (iSCSI): everything but REPORT LUNS is forwarded.
+    /// Fixed when the bus is built (management adds and removes emulated LUNs only).
+    passthrough: BTreeMap<(u8, u16), Arc<dyn Passthrough>>,
+}
+
+/// Why a LUN could not be added.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BusError {
+    #[error("LUN {0}:{1} already exists")]
+    AddressInUse(u8, u16),
 }
 
 impl ScsiBus {
@@ -30,23 +70,147 @@ impl ScsiBus {
         Self::default()
     }
 
-    /// Adds a LU. The configuration has been validated, so there are no duplicates; a duplicate
-    /// would replace the earlier LU.
+    fn read(&self) -> Guard<Arc<Targets>> {
+        self.targets.load()
+    }
+
+    /// Publishes the table `change` makes of a copy of the current one; returns what
+    /// `change` returned.
+    fn change<R>(&self, change: impl FnOnce(&mut Targets) -> R) -> R {
+        let _one_at_a_time = self.changing.lock().unwrap_or_else(|p| p.into_inner());
+        let mut table = Targets::clone(&self.targets.load());
+        let result = change(&mut table);
+        // The old table goes now (or with its last reader): its LU references with it.
+        drop(self.targets.swap(Arc::new(table)));
+        result
+    }
+
+    /// Adds a LU while the bus is being built. The configuration has been validated, so there
+    /// are no duplicates; a duplicate would replace the earlier LU.
     pub fn add_lun(&mut self, target: u8, lun: u16, mut lu: LogicalUnit) {
         lu.set_address(target, lun);
-        self.targets.entry(target).or_default().insert(lun, lu);
+        let lu = Arc::new(lu);
+        self.change(|t| t.entry(target).or_default().insert(lun, lu));
+    }
+
+    /// Adds a LU to the running bus (runtime management). The other LUs of the target report
+    /// REPORTED LUNS DATA HAS CHANGED.
+    pub fn insert_lun(
+        &self,
+        target: u8,
+        lun: u16,
+        mut lu: LogicalUnit,
+    ) -> Result<Arc<LogicalUnit>, BusError> {
+        lu.set_address(target, lun);
+        let lu = Arc::new(lu);
+        self.change(|targets| {
+            let luns = targets.entry(target).or_default();
+            if luns.contains_key(&lun) || self.passthrough.contains_key(&(target, lun)) {
+                return Err(BusError::AddressInUse(target, lun));
+            }
+            for other in luns.values() {
+                other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+            }
+            luns.insert(lun, lu.clone());
+            Ok(())
+        })?;
+        Ok(lu)
+    }
+
+    /// Takes a LU off the running bus: from now on its address answers LOGICAL UNIT NOT
+    /// SUPPORTED (and a target left without LUNs, BAD TARGET). Commands already holding it
+    /// finish; [`wait_unused`] waits for them. The other LUs of the target report REPORTED
+    /// LUNS DATA HAS CHANGED.
+    pub fn remove_lun(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
+        let lu = self.change(|targets| {
+            let luns = targets.get_mut(&target)?;
+            let lu = luns.remove(&lun)?;
+            let passthrough_left = self
+                .passthrough
+                .range((target, 0)..=(target, u16::MAX))
+                .next()
+                .is_some();
+            if luns.is_empty() && !passthrough_left {
+                targets.remove(&target);
+            } else {
+                for other in luns.values() {
+                    other.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
+                }
+            }
+            Some(lu)
+        })?;
+        if let Some(slot) = lu.fixed_file() {
+            self.released_fixed_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(slot);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        Some(lu)
+    }
+
+    /// Changes with every removal (see [`ScsiBus::released_fixed_files`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The fixed-file slots of every LU removed so far: an engine that registered them must
+    /// let go of their files (so that the file is really closed, its lock released).
+    pub fn released_fixed_files(&self) -> Vec<u32> {
+        self.released_fixed_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Adds a passthrough LU (an iSCSI target's LUN).
+    pub fn add_passthrough(&mut self, target: u8, lun: u16, lu: Arc<dyn Passthrough>) {
+        self.change(|t| {
+            t.entry(target).or_default();
+        });
+        self.passthrough.insert((target, lun), lu);
     }
 
     pub fn has_target(&self, target: u8) -> bool {
-        self.targets.contains_key(&target)
+        self.read().contains_key(&target)
     }
 
     pub fn lun_exists(&self, target: u8, lun: u16) -> bool {
-        self.lookup(target, lun).is_some()
+        self.lookup(target, lun).is_some() || self.passthrough.contains_key(&(target, lun))
     }
 
-    fn lookup(&self, target: u8, lun: u16) -> Option<&LogicalUnit> {
-        self.targets.get(&target)?.get(&lun)
+    /// One look at the table for a command: `Err(())` when the target does not exist, else its
+    /// LU at `lun` if there is one.
+    #[allow(clippy::result_unit_err)]
+    pub fn find(&self, target: u8, lun: u16) -> Result<Option<Arc<LogicalUnit>>, ()> {
+        let targets = self.read();
+        let luns = targets.get(&target).ok_or(())?;
+        Ok(luns.get(&lun).cloned())
+    }
+
+    /// The LU at an address.
+    pub fn lookup(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
+        self.read().get(&target)?.get(&lun).cloned()
+    }
+
+    /// Every LU with its address, in address order.
+    pub fn luns(&self) -> Vec<((u8, u16), Arc<LogicalUnit>)> {
+        self.read()
+            .iter()
+            .flat_map(|(&t, luns)| luns.iter().map(move |(&l, lu)| ((t, l), lu.clone())))
+            .collect()
+    }
+
+    fn for_each_lu(&self, mut f: impl FnMut(&LogicalUnit)) {
+        for lu in self.read().values().flat_map(|luns| luns.values()) {
+            f(lu);
+        }
+    }
+
+    /// The LU at `target:lun`, for the management layer (medium changes:
+    /// [`LogicalUnit::change_medium`], [`LogicalUnit::eject`], [`LogicalUnit::load`]).
+    pub fn logical_unit(&self, target: u8, lun: u16) -> Option<Arc<LogicalUnit>> {
+        self.lookup(target, lun)
     }
 
     /// Executes one command from the virtio-scsi HBA ([`HBA_NEXUS`]). `cdb` is the request's
@@ -73,6 +237,7 @@ impl ScsiBus {
         data_out: &DataOut<'_>,
         data_in: &DataIn<'_>,
     ) -> CmdOutput {
+        let raw_cdb = cdb;
         let parsed = Cdb::new(cdb);
         if parsed.is_truncated() {
             log::warn!(
@@ -92,7 +257,22 @@ impl ScsiBus {
                 .report_luns(target, &cdb, data_in)
                 .unwrap_or_else(CmdOutput::check_condition);
         }
+        if lun == REPORT_LUNS_WLUN && self.has_target(target) {
+            return report_luns_wlun(&cdb, data_in).unwrap_or_else(CmdOutput::check_condition);
+        }
+        if let Some(p) = self.passthrough.get(&(target, lun)) {
+            let len = passthrough_cdb_len(raw_cdb);
+            return passthrough_output(p.execute(&raw_cdb[..len], data_out, data_in));
+        }
         match self.lookup(target, lun) {
+            // EXTENDED COPY reaches other LUs: the bus runs it, after the receiving LU's
+            // admission checks.
+            Some(lu) if cdb.opcode() == opcode::EXTENDED_COPY => {
+                lu.admit_as(nexus, &cdb).unwrap_or_else(|| {
+                    self.extended_copy(&lu, nexus, &cdb, data_out)
+                        .unwrap_or_else(|sense| lu.check_condition(sense))
+                })
+            }
             Some(lu) => lu.execute_as(nexus, &cdb, data_out, data_in),
             None => no_lun(&cdb, data_in).unwrap_or_else(CmdOutput::check_condition),
         }
@@ -116,35 +296,99 @@ impl ScsiBus {
         data_in: &DataIn<'a>,
         caller_io: bool,
     ) -> Prepared<'a> {
+        let lu = self.lookup(target, lun);
+        let now = Instant::now();
+        self.prepare_found(lu, target, lun, cdb, data_out, data_in, caller_io, now)
+    }
+
+    /// [`ScsiBus::prepare`] for a command whose LU the caller looked up already
+    /// ([`ScsiBus::find`]; `None`: no LU at that address) and that arrived at `arrived` (its
+    /// latency counts from there; a queue reads the clock once for the chains it pops
+    /// together).
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_found<'a>(
+        &self,
+        lu: Option<Arc<LogicalUnit>>,
+        target: u8,
+        lun: u16,
+        cdb: &[u8],
+        data_out: &DataOut<'a>,
+        data_in: &DataIn<'a>,
+        caller_io: bool,
+        arrived: Instant,
+    ) -> Prepared<'a> {
         let parsed = Cdb::new(cdb);
-        match self.lookup(target, lun) {
-            Some(lu) if !parsed.is_truncated() && parsed.opcode() != opcode::REPORT_LUNS => {
-                lu.prepare(&parsed, data_out, data_in, caller_io)
-            }
-            _ => Prepared::Done(self.execute(target, lun, cdb, data_out, data_in)),
+        let op = parsed.opcode();
+        let local = parsed.is_truncated() || op == opcode::REPORT_LUNS;
+        if let Some(p) = self.passthrough.get(&(target, lun)).filter(|_| !local) {
+            // Sent now, answered later: the caller may submit more before it waits.
+            let len = passthrough_cdb_len(cdb);
+            return Prepared::Passthrough(p.submit(&cdb[..len], data_out, data_in));
         }
+        if !local {
+            if let Some(lu) = lu {
+                if op == opcode::EXTENDED_COPY {
+                    // EXTENDED COPY waits on the destination's write gate, which an exclusive
+                    // holder (COMPARE AND WRITE …) keeps until the caller's own writes are done.
+                    if caller_io {
+                        return Prepared::DrainFirst;
+                    }
+                    let out = self.execute(target, lun, cdb, data_out, data_in);
+                    lu.record(op, &out, arrived, Instant::now());
+                    return Prepared::Done(out);
+                }
+                let mut prepared = lu.prepare(&parsed, data_out, data_in, caller_io);
+                match &mut prepared {
+                    Prepared::Done(out) => lu.record(op, out, arrived, Instant::now()),
+                    Prepared::Io(plan) => {
+                        plan.meta.start = Some(arrived);
+                        plan.unit = Some(lu);
+                    }
+                    Prepared::DrainFirst | Prepared::Passthrough(_) => {}
+                }
+                return prepared;
+            }
+        }
+        Prepared::Done(self.execute(target, lun, cdb, data_out, data_in))
     }
 
     /// Runs a plan from [`ScsiBus::prepare`] with the backend's synchronous methods.
-    pub fn run_sync(&self, target: u8, lun: u16, plan: &IoPlan<'_>) -> io::Result<()> {
-        match self.lookup(target, lun) {
+    pub fn run_sync(&self, plan: &IoPlan<'_>) -> io::Result<()> {
+        match &plan.unit {
             Some(lu) => lu.run_sync(plan),
             None => Err(io::ErrorKind::NotFound.into()),
         }
     }
 
-    /// The answer to a command whose [`IoPlan`] finished with `result`.
+    /// The answer to a command whose [`IoPlan`] (of LU `unit`) finished with `result`.
     pub fn complete(
         &self,
-        target: u8,
-        lun: u16,
+        unit: Option<&LogicalUnit>,
         meta: IoMeta,
         result: io::Result<()>,
     ) -> CmdOutput {
-        match self.lookup(target, lun) {
-            Some(lu) => lu.complete_io(meta, result),
+        self.complete_at(unit, meta, result, Instant::now())
+    }
+
+    /// [`ScsiBus::complete`] for an operation that finished at `now` (one clock reading for a
+    /// batch of completions).
+    pub fn complete_at(
+        &self,
+        unit: Option<&LogicalUnit>,
+        meta: IoMeta,
+        result: io::Result<()>,
+        now: Instant,
+    ) -> CmdOutput {
+        match unit {
+            Some(lu) => lu.finish_io(meta, result, now),
             None => CmdOutput::check_condition(Sense::LUN_NOT_SUPPORTED),
         }
+    }
+
+    /// The held-request order of a LUN under `enospc=hold`; `None` for an unknown LUN or one
+    /// that reports a full storage (see [`super::hold`]).
+    pub fn hold_order(&self, target: u8, lun: u16) -> Option<Arc<super::HoldOrder>> {
+        self.lookup(target, lun)?.hold_order().cloned()
     }
 
     /// Writes to a LUN currently registered with its write gate (planned and not yet
@@ -154,15 +398,38 @@ impl ScsiBus {
             .map(|lu| lu.gate.writes_in_flight())
     }
 
-    /// Every LUN's backend, for engines that register files up front.
-    pub fn backends(&self) -> impl Iterator<Item = &Arc<dyn BlockBackend>> {
-        self.targets
+    /// Every LU of every target (EXTENDED COPY looks its copy targets up here at copy time).
+    pub(super) fn logical_units(&self) -> Vec<Arc<LogicalUnit>> {
+        self.read()
             .values()
-            .flat_map(|luns| luns.values())
-            .map(|lu| &lu.backend)
+            .flat_map(|luns| luns.values().cloned())
+            .collect()
     }
 
-    /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next.
+    /// The files an io_uring may register up front (fixed files), in slot order: every LU
+    /// whose backend has a file io_uring handles correctly (not FUSE) is given its slot
+    /// ([`LogicalUnit::fixed_file`]), which its plans name from now on. Called once, when
+    /// the rings are made; LUNs added later have no slot (their I/O runs synchronously on
+    /// the queue thread under io_uring).
+    pub fn assign_fixed_files(&self) -> Vec<RawFd> {
+        let mut files = Vec::new();
+        self.for_each_lu(|lu| {
+            // A removable LU's medium can change under a queued I/O: it never goes to an
+            // engine (its plans carry no fd), so it gets no slot either.
+            let backend = lu.backend();
+            if lu.removable() || !backend.uring_safe() {
+                return;
+            }
+            if let Some(fd) = backend.raw_fd() {
+                lu.set_fixed_file(files.len() as u32);
+                files.push(fd);
+            }
+        });
+        files
+    }
+
+    /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next. (A
+    /// passthrough LU's commands complete on their own: the target keeps its state.)
     pub fn reset_lun(&self, target: u8, lun: u16) {
         if let Some(lu) = self.lookup(target, lun) {
             log::info!("{target}:{lun}: logical unit reset");
@@ -173,7 +440,7 @@ impl ScsiBus {
     /// REPORTED LUNS DATA HAS CHANGED for every LU of `target` (after LUNs were added or
     /// removed).
     pub fn report_luns_changed(&self, target: u8) {
-        if let Some(luns) = self.targets.get(&target) {
+        if let Some(luns) = self.read().get(&target) {
             for lu in luns.values() {
                 lu.establish_ua(None, Sense::REPORTED_LUNS_CHANGED);
             }
@@ -183,7 +450,7 @@ impl ScsiBus {
     /// I_T NEXUS RESET (SAM-5 6.3.4): every LU of the target reports I_T NEXUS LOSS OCCURRED
     /// to the HBA's nexus and drops its SPC-2 reservation.
     pub fn reset_target(&self, target: u8) {
-        if let Some(luns) = self.targets.get(&target) {
+        if let Some(luns) = self.read().get(&target) {
             log::info!("{target}: target reset");
             for lu in luns.values() {
                 lu.nexus_loss(HBA_NEXUS);
@@ -194,23 +461,18 @@ impl ScsiBus {
     /// Device reset (guest reboot, driver reload): every LU is as if powered on again, with a
     /// POWER ON, RESET, OR BUS DEVICE RESET OCCURRED unit attention and default mode pages.
     pub fn reset_all(&self) {
-        for lu in self.targets.values().flat_map(|luns| luns.values()) {
-            lu.power_on_reset();
-        }
+        self.for_each_lu(|lu| lu.power_on_reset());
     }
 
     /// Flushes every writable LU; all are attempted, the first error is returned.
     pub fn flush_all(&self) -> io::Result<()> {
         let mut first_err = None;
-        for lu in self.targets.values().flat_map(|luns| luns.values()) {
-            if lu.read_only() {
-                continue;
-            }
-            if let Err(e) = lu.backend.flush() {
+        self.for_each_lu(|lu| {
+            if let Err(e) = lu.flush() {
                 log::warn!("{}: flush failed: {e}", lu.name);
                 first_err.get_or_insert(e);
             }
-        }
+        });
         first_err.map_or(Ok(()), Err)
     }
 
@@ -220,15 +482,31 @@ impl ScsiBus {
         if alloc_len < 16 {
             return Err(Sense::invalid_cdb_field(6, Some(7)));
         }
-        let luns: Vec<u16> = match cdb.byte(2) {
-            // 00h: all logical units; 02h: all, including well-known LUs (we have none).
-            0x00 | 0x02 => self
-                .targets
+        let configured = || -> Vec<u16> {
+            let mut luns: Vec<u16> = self
+                .read()
                 .get(&target)
                 .map(|luns| luns.keys().copied().collect())
-                .unwrap_or_default(),
-            // 01h: well-known logical units only.
-            0x01 => Vec::new(),
+                .unwrap_or_default();
+            luns.extend(
+                self.passthrough
+                    .range((target, 0)..=(target, u16::MAX))
+                    .map(|((_, l), _)| *l),
+            );
+            luns.sort_unstable();
+            luns
+        };
+        let luns: Vec<u16> = match cdb.byte(2) {
+            // 00h: all logical units except well-known ones.
+            0x00 => configured(),
+            // 01h: well-known logical units only: the REPORT LUNS well-known LU.
+            0x01 => vec![REPORT_LUNS_WLUN],
+            // 02h: all, including the well-known LU.
+            0x02 => {
+                let mut all = configured();
+                all.push(REPORT_LUNS_WLUN);
+                all
+            }
             _ => return Err(Sense::invalid_cdb_field(2, Some(7))),
         };
         // Only build what can be returned: up to 16384 LUNs would exceed MAX_RESPONSE_LEN.
@@ -246,28 +524,93 @@ impl ScsiBus {
     }
 }
 
-/// Single-level LUN: peripheral device addressing below 256, flat space addressing above.
+/// The REPORT LUNS well-known logical unit (SPC-5 8.2), as the `lun` the bus is given:
+/// extended logical unit addressing, well-known LU 01h (`C1 01` in the first two LUN bytes).
+/// Ordinary LUNs are below 4000h, so it collides with none.
+pub const REPORT_LUNS_WLUN: u16 = 0xc101;
+
+/// Peripheral device type 1Eh, qualifier 0: a well-known logical unit (SPC-5 table 149).
+const PERIPHERAL_WLUN: u8 = 0x1e;
+
+/// The REPORT LUNS well-known LU (SPC-5 8.2): it processes INQUIRY, REPORT LUNS (answered
+/// above, for every LUN), REQUEST SENSE and TEST UNIT READY; anything else is INVALID COMMAND
+/// OPERATION CODE.
+fn report_luns_wlun(cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
+    match cdb.opcode() {
+        opcode::INQUIRY => inquiry_without_lu(cdb, data_in, PERIPHERAL_WLUN, inquiry::wlun_vpd),
+        opcode::REQUEST_SENSE => Ok(request_sense_response(&Sense::NO_SENSE, cdb, data_in)),
+        opcode::TEST_UNIT_READY => Ok(CmdOutput::good(0)),
+        _ => Err(Sense::INVALID_OPCODE),
+    }
+}
+
+/// Waits until nobody but the caller holds `lu` (the commands that were using it when it was
+/// removed have completed), at most `timeout`; true when that happened. Dropping the caller's
+/// reference then drops the backend: its file is closed, its lock released.
+pub fn wait_unused(lu: &Arc<LogicalUnit>, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(50);
+    loop {
+        if Arc::strong_count(lu) == 1 {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+}
+
+/// How many bytes of the guest's CDB area a passthrough command sends: the opcode group's
+/// length, `8 + ADDITIONAL CDB LENGTH` for variable-length CDBs (7Fh), 16 for the vendor
+/// specific and reserved groups; never more than supplied.
+pub fn passthrough_cdb_len(raw: &[u8]) -> usize {
+    let Some(&op) = raw.first() else {
+        return 0;
+    };
+    let len = match super::cdb::cdb_len(op) {
+        Some(n) => n,
+        None if op == 0x7f => 8 + usize::from(raw.get(7).copied().unwrap_or(0)),
+        None => 16,
+    };
+    len.min(raw.len())
+}
+
+/// Single-level LUN: peripheral device addressing below 256, flat space addressing above, and
+/// the well-known REPORT LUNS LU in extended addressing.
 pub fn encode_lun(lun: u16) -> [u8; 8] {
     let [hi, lo] = lun.to_be_bytes();
-    if lun < 256 {
+    if lun == REPORT_LUNS_WLUN {
+        [hi, lo, 0, 0, 0, 0, 0, 0]
+    } else if lun < 256 {
         [0, lo, 0, 0, 0, 0, 0, 0]
     } else {
         [0x40 | (hi & 0x3f), lo, 0, 0, 0, 0, 0, 0]
     }
 }
 
+/// INQUIRY at an address with no emulated LU behind it (the REPORT LUNS well-known LU, an
+/// unconfigured LUN): standard data of `peripheral`, or the VPD pages `vpd` knows.
+fn inquiry_without_lu(
+    cdb: &Cdb,
+    data_in: &DataIn<'_>,
+    peripheral: u8,
+    vpd: fn(u8) -> Result<Vec<u8>, Sense>,
+) -> CmdResult {
+    let (evpd, page, alloc_len) = inquiry::parse_cdb(cdb)?;
+    let buf = if evpd {
+        vpd(page)?
+    } else {
+        inquiry::standard_data(peripheral)
+    };
+    Ok(respond(data_in, &buf, alloc_len))
+}
+
 /// A command for a LUN that is not configured (or a target that does not exist).
 fn no_lun(cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
     match cdb.opcode() {
-        opcode::INQUIRY => {
-            let (evpd, page, alloc_len) = inquiry::parse_cdb(cdb)?;
-            let buf = if evpd {
-                inquiry::no_lun_vpd(page)?
-            } else {
-                inquiry::standard_data(PERIPHERAL_NO_LUN)
-            };
-            Ok(respond(data_in, &buf, alloc_len))
-        }
+        opcode::INQUIRY => inquiry_without_lu(cdb, data_in, PERIPHERAL_NO_LUN, inquiry::no_lun_vpd),
         opcode::REQUEST_SENSE => Ok(request_sense_response(
             &Sense::LUN_NOT_SUPPORTED,
             cdb,

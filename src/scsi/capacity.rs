@@ -48,7 +48,7 @@ impl LogicalUnit {
         b[13] = self.physical_block_exponent();
         if self.discard {
             b[14] = 0x80; // LBPME
-            if self.backend.discard_zeroes() {
+            if self.backend().discard_zeroes() {
                 b[14] |= 0x40; // LBPRZ
             }
         }

@@ -25,14 +25,26 @@ pub mod opcode {
     pub const VERIFY_10: u8 = 0x2f;
     pub const PRE_FETCH_10: u8 = 0x34;
     pub const SYNCHRONIZE_CACHE_10: u8 = 0x35;
+    pub const READ_DEFECT_DATA_10: u8 = 0x37;
     pub const WRITE_SAME_10: u8 = 0x41;
     pub const UNMAP: u8 = 0x42;
+    pub const SANITIZE: u8 = 0x48;
+    pub const LOG_SENSE: u8 = 0x4d;
     pub const MODE_SELECT_10: u8 = 0x55;
     pub const RESERVE_10: u8 = 0x56;
     pub const RELEASE_10: u8 = 0x57;
     pub const MODE_SENSE_10: u8 = 0x5a;
+    pub const READ_TOC_PMA_ATIP: u8 = 0x43;
+    pub const GET_CONFIGURATION: u8 = 0x46;
+    pub const GET_EVENT_STATUS_NOTIFICATION: u8 = 0x4a;
+    pub const READ_DISC_INFORMATION: u8 = 0x51;
+    pub const READ_TRACK_INFORMATION: u8 = 0x52;
     pub const PERSISTENT_RESERVE_IN: u8 = 0x5e;
     pub const PERSISTENT_RESERVE_OUT: u8 = 0x5f;
+    /// EXTENDED COPY; LID1 is service action 00h.
+    pub const EXTENDED_COPY: u8 = 0x83;
+    /// RECEIVE COPY RESULTS (LID1 service actions 00h COPY STATUS, 03h OPERATING PARAMETERS).
+    pub const RECEIVE_COPY_RESULTS: u8 = 0x84;
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const ORWRITE_16: u8 = 0x8b;
     pub const READ_16: u8 = 0x88;
@@ -42,6 +54,7 @@ pub mod opcode {
     pub const PRE_FETCH_16: u8 = 0x90;
     pub const SYNCHRONIZE_CACHE_16: u8 = 0x91;
     pub const WRITE_SAME_16: u8 = 0x93;
+    pub const WRITE_ATOMIC_16: u8 = 0x9c;
     /// SERVICE ACTION IN(16); READ CAPACITY(16) is its service action 10h.
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     pub const REPORT_LUNS: u8 = 0xa0;
@@ -51,6 +64,9 @@ pub mod opcode {
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_AND_VERIFY_12: u8 = 0xae;
     pub const VERIFY_12: u8 = 0xaf;
+    pub const READ_DVD_STRUCTURE: u8 = 0xad;
+    pub const MECHANISM_STATUS: u8 = 0xbd;
+    pub const READ_DEFECT_DATA_12: u8 = 0xb7;
 }
 
 /// Service actions.
@@ -59,6 +75,16 @@ pub mod service_action {
     pub const GET_LBA_STATUS: u16 = 0x12;
     pub const REPORT_SUPPORTED_OPERATION_CODES: u16 = 0x0c;
     pub const REPORT_SUPPORTED_TMFS: u16 = 0x0d;
+    /// EXTENDED COPY (LID1).
+    pub const EXTENDED_COPY_LID1: u16 = 0x00;
+    /// RECEIVE COPY RESULTS service actions (LID1).
+    pub const COPY_STATUS: u16 = 0x00;
+    pub const OPERATING_PARAMETERS: u16 = 0x03;
+    /// SANITIZE service actions (SBC-4 table 52).
+    pub const SANITIZE_OVERWRITE: u16 = 0x01;
+    pub const SANITIZE_BLOCK_ERASE: u16 = 0x02;
+    pub const SANITIZE_CRYPTO_ERASE: u16 = 0x03;
+    pub const SANITIZE_EXIT_FAILURE_MODE: u16 = 0x1f;
 }
 
 /// Largest CDB we look at (virtio-scsi's default CDB area).

@@ -20,7 +20,7 @@ impl LogicalUnit {
     fn read_medium(&self, cdb: &Cdb, lba: u64, offset: u64, buf: &mut [u8]) -> Result<(), Sense> {
         let mut sg = SgList::new();
         sg.push(VolatileSlice::from(buf));
-        self.backend
+        self.backend()
             .read_at(&sg, offset)
             .map_err(|e| self.io_error(cdb, IoOp::Compare, lba, &e))
     }
@@ -35,7 +35,7 @@ impl LogicalUnit {
     ) -> Result<(), Sense> {
         let mut sg = SgList::new();
         sg.push(VolatileSlice::from(buf));
-        self.backend
+        self.backend()
             .write_at(&sg, offset, self.write_through(fua))
             .map_err(|e| self.io_error(cdb, IoOp::Write, lba, &e))
     }

@@ -43,14 +43,24 @@ const PAGE_SUPPORTED: u8 = 0x00;
 const PAGE_SERIAL: u8 = 0x80;
 const PAGE_DEVICE_ID: u8 = 0x83;
 const PAGE_EXTENDED_INQUIRY: u8 = 0x86;
+const PAGE_THIRD_PARTY_COPY: u8 = 0x8f;
 const PAGE_BLOCK_LIMITS: u8 = 0xb0;
 const PAGE_BLOCK_CHARACTERISTICS: u8 = 0xb1;
 const PAGE_PROVISIONING: u8 = 0xb2;
 
-/// Standard INQUIRY data (SPC-5 6.7.2) with the given first byte.
+/// Standard INQUIRY data (SPC-5 6.7.2) with the given first byte, of a disk.
 pub fn standard_data(peripheral: u8) -> Vec<u8> {
+    standard_data_of(peripheral, false, 0x0600)
+}
+
+/// Standard INQUIRY data: `rmb` (removable medium), `command_set` the version descriptor of
+/// the device type's command set standard (SBC-4 0600h, MMC-6 04E0h).
+pub fn standard_data_of(peripheral: u8, rmb: bool, command_set: u16) -> Vec<u8> {
     let mut b = vec![0u8; STANDARD_LEN];
     b[0] = peripheral;
+    if rmb {
+        b[1] = 0x80;
+    }
     // VERSION 06h (SPC-4), as Linux LIO reports, not 07h (SPC-5): some initiator tools reject
     // 07h, and nothing an initiator does depends on 07h. The version descriptors below still
     // name SPC-5 and SBC-4 (docs/scsi.md, "INQUIRY VERSION").
@@ -61,9 +71,9 @@ pub fn standard_data(peripheral: u8) -> Vec<u8> {
     b[8..16].copy_from_slice(VENDOR);
     b[16..32].copy_from_slice(PRODUCT);
     b[32..36].copy_from_slice(REVISION);
-    // Version descriptors (bytes 58..74, SPC-5 table 148): SAM-6, SPC-5, SBC-4 (no version
-    // claimed).
-    for (i, v) in [0x00c0u16, 0x05c0, 0x0600].into_iter().enumerate() {
+    // Version descriptors (bytes 58..74, SPC-5 table 148): SAM-6, SPC-5, SBC-4 or MMC-6 (no
+    // version claimed).
+    for (i, v) in [0x00c0u16, 0x05c0, command_set].into_iter().enumerate() {
         put_be16(&mut b, 58 + 2 * i, v);
     }
     b
@@ -92,6 +102,15 @@ fn vpd_page(peripheral: u8, page: u8, payload: &[u8]) -> Vec<u8> {
     b
 }
 
+/// VPD pages of the REPORT LUNS well-known LU: the supported-pages list only (SPC-5 8.2 asks
+/// for no others).
+pub fn wlun_vpd(page: u8) -> Result<Vec<u8>, Sense> {
+    match page {
+        PAGE_SUPPORTED => Ok(vpd_page(0x1e, page, &[PAGE_SUPPORTED])),
+        _ => Err(Sense::invalid_cdb_field(2, Some(7))),
+    }
+}
+
 /// The VPD page for an unconfigured LUN: only the supported-pages list, listing itself.
 pub fn no_lun_vpd(page: u8) -> Result<Vec<u8>, Sense> {
     match page {
@@ -106,7 +125,20 @@ impl LogicalUnit {
         let buf = if evpd {
             self.vpd(page)?
         } else {
-            standard_data(PERIPHERAL_DISK)
+            let command_set = if self.is_cdrom() {
+                super::mmc::VERSION_MMC6
+            } else {
+                0x0600
+            };
+            let mut b = standard_data_of(
+                self.device_type().peripheral(),
+                self.removable(),
+                command_set,
+            );
+            if !self.is_cdrom() {
+                b[5] |= 0x08; // 3PC: EXTENDED COPY is supported (scsi::xcopy)
+            }
+            b
         };
         Ok(respond(data_in, &buf, alloc_len))
     }
@@ -126,13 +158,16 @@ impl LogicalUnit {
         if !self.serial_bytes().is_empty() {
             pages.push(PAGE_SERIAL);
         }
-        pages.extend_from_slice(&[
-            PAGE_DEVICE_ID,
-            PAGE_EXTENDED_INQUIRY,
-            PAGE_BLOCK_LIMITS,
-            PAGE_BLOCK_CHARACTERISTICS,
-            PAGE_PROVISIONING,
-        ]);
+        pages.extend_from_slice(&[PAGE_DEVICE_ID, PAGE_EXTENDED_INQUIRY]);
+        if !self.is_cdrom() {
+            // SBC-4 pages and third-party copy; a CD-ROM has none (as QEMU's scsi-cd).
+            pages.extend_from_slice(&[
+                PAGE_THIRD_PARTY_COPY,
+                PAGE_BLOCK_LIMITS,
+                PAGE_BLOCK_CHARACTERISTICS,
+                PAGE_PROVISIONING,
+            ]);
+        }
         pages
     }
 
@@ -153,6 +188,7 @@ impl LogicalUnit {
                 p
             }
             PAGE_BLOCK_LIMITS => self.block_limits(),
+            PAGE_THIRD_PARTY_COPY => super::limits::third_party_copy_vpd(self.block_size()),
             PAGE_BLOCK_CHARACTERISTICS => {
                 let mut p = vec![0u8; 0x3c];
                 put_be16(&mut p, 0, 1); // MEDIUM ROTATION RATE: non-rotating medium
@@ -160,7 +196,7 @@ impl LogicalUnit {
             }
             _ => self.logical_block_provisioning(),
         };
-        Ok(vpd_page(PERIPHERAL_DISK, page, &payload))
+        Ok(vpd_page(self.device_type().peripheral(), page, &payload))
     }
 
     /// VPD 83h designators: NAA (from the WWN), T10 vendor ID (vendor + serial), relative target
@@ -202,6 +238,13 @@ impl LogicalUnit {
             p[28] = 0x80;
         }
         put_be64(&mut p, 32, u64::from(MAX_WRITE_SAME_BYTES / bs));
+        // WRITE ATOMIC(16) (scsi::extra): MAXIMUM ATOMIC TRANSFER LENGTH; ATOMIC ALIGNMENT and
+        // ATOMIC TRANSFER LENGTH GRANULARITY 0 (none required); MAXIMUM ATOMIC TRANSFER
+        // LENGTH WITH ATOMIC BOUNDARY; MAXIMUM ATOMIC BOUNDARY SIZE.
+        let atomic = super::limits::AtomicLimits::new(bs);
+        put_be32(&mut p, 40, atomic.max_atomic);
+        put_be32(&mut p, 52, atomic.max_with_boundary);
+        put_be32(&mut p, 56, atomic.max_boundary);
         p
     }
 
@@ -212,7 +255,7 @@ impl LogicalUnit {
             // LBPU, LBPWS, LBPWS10; LBPRZ = 1 only where deallocated blocks read back as zeroes
             // (holes in an image file; BLKDISCARD on a device promises nothing).
             p[1] = 0xe0;
-            if self.backend.discard_zeroes() {
+            if self.backend().discard_zeroes() {
                 p[1] |= 0x04;
             }
             p[2] = 0x02; // PROVISIONING TYPE: thin

@@ -5,6 +5,8 @@
 //! fails such requests with VIRTIO_SCSI_S_OVERRUN); we report CHECK CONDITION, ILLEGAL REQUEST,
 //! INVALID FIELD IN CDB pointing at the transfer length, and never touch memory past the buffer.
 
+use std::{sync::Arc, time::Instant};
+
 use vm_memory::VolatileSlice;
 
 pub use crate::block::IoKind;
@@ -26,6 +28,9 @@ pub struct IoMeta {
     pub lba: u64,
     /// Bytes to move (0 for a flush).
     pub len: usize,
+    /// When the command arrived (its latency is counted from there); `None` for plans that
+    /// never reach the statistics (run inside a command's own handler).
+    pub start: Option<Instant>,
 }
 
 /// A READ, WRITE or SYNCHRONIZE CACHE that passed every check: the backend operation to run.
@@ -43,6 +48,14 @@ pub struct IoPlan<'a> {
     /// (COMPARE AND WRITE waits for it). Whoever runs the plan keeps it until the result has
     /// been passed to [`crate::scsi::ScsiBus::complete`], then drops it.
     pub write: Option<WriteInFlight>,
+    /// The backend's slot among the io_uring rings' fixed files (see
+    /// [`LogicalUnit::fixed_file`]): an engine runs the plan on that slot only when it holds
+    /// `fd`. A LUN added at runtime has none.
+    pub fixed: Option<u32>,
+    /// The LU the plan belongs to (set by [`crate::scsi::ScsiBus::prepare`]): it stays alive,
+    /// its backend open, until the plan is completed, even when the LUN is removed meanwhile
+    /// (a removal waits for exactly these references to go).
+    pub unit: Option<Arc<LogicalUnit>>,
 }
 
 impl<'a> IoPlan<'a> {
@@ -67,6 +80,18 @@ pub enum Prepared<'a> {
     /// exclusively). Complete that I/O, then prepare the command again. Only answered to a
     /// caller that said it has I/O in flight.
     DrainFirst,
+    /// A passthrough LU (iSCSI) has the command: wait for its answer (data-in lands in the
+    /// command's data-in list) with [`crate::block::iscsi::Submitted::wait`].
+    Passthrough(crate::block::iscsi::Submitted),
+}
+
+/// A passthrough LU's answer as the bus gives it.
+pub fn passthrough_output(o: crate::block::iscsi::PassthroughOutput) -> CmdOutput {
+    CmdOutput {
+        status: o.status,
+        sense: o.sense,
+        transferred: o.transferred,
+    }
 }
 
 /// Scratch buffer size for the few paths that must look at data (VERIFY with BYTCHK).
@@ -226,28 +251,39 @@ impl LogicalUnit {
         offset: u64,
         bufs: SgList<'a>,
     ) -> Prepared<'a> {
-        let fd = self.backend.async_fd(kind, &bufs, offset);
+        // A removable medium can be changed while I/O runs: an engine keeps only the raw fd,
+        // which the old backend would close under it. Its I/O runs through the backend's own
+        // methods instead, which hold a reference for the call (CD-ROM reads are not the
+        // daemon's hot path).
+        let fd = if self.removable() {
+            None
+        } else {
+            self.backend().async_fd(kind, &bufs, offset)
+        };
         Prepared::Io(IoPlan {
             meta: IoMeta {
                 kind,
                 opcode: cdb.opcode(),
                 lba,
                 len: bufs.len(),
+                start: None,
             },
             offset,
             bufs,
             fd,
             write: None,
+            fixed: fd.and(self.fixed_file()),
+            unit: None,
         })
     }
 
     /// Runs a plan with the backend's synchronous methods.
     pub(crate) fn run_sync(&self, plan: &IoPlan<'_>) -> std::io::Result<()> {
         match plan.meta.kind {
-            IoKind::Read => self.backend.read_at(&plan.bufs, plan.offset),
-            IoKind::Write { fua } => self.backend.write_at(&plan.bufs, plan.offset, fua),
-            IoKind::Flush => self.backend.flush(),
-            IoKind::Deallocate { bytes } => self.backend.write_zeroes(plan.offset, bytes),
+            IoKind::Read => self.backend().read_at(&plan.bufs, plan.offset),
+            IoKind::Write { fua } => self.backend().write_at(&plan.bufs, plan.offset, fua),
+            IoKind::Flush => self.backend().flush(),
+            IoKind::Deallocate { bytes } => self.backend().write_zeroes(plan.offset, bytes),
         }
     }
 
@@ -258,7 +294,25 @@ impl LogicalUnit {
             // Only answered to a caller with I/O in flight, which the synchronous paths never
             // have; should it ever come, the guest retries.
             Prepared::DrainFirst => CmdOutput::busy(),
+            // Emulated LUs never answer this; a passthrough answer without its data-in list.
+            Prepared::Passthrough(s) => passthrough_output(s.wait(&SgList::new())),
         }
+    }
+
+    /// The answer to a command prepared by [`LogicalUnit::prepare`] whose backend operation
+    /// finished with `result`, counted in the statistics.
+    /// `now`: when the operation finished (one reading serves a batch of completions).
+    pub(crate) fn finish_io(
+        &self,
+        meta: IoMeta,
+        result: std::io::Result<()>,
+        now: Instant,
+    ) -> CmdOutput {
+        let out = self.complete_io(meta, result);
+        if let Some(start) = meta.start {
+            self.record(meta.opcode, &out, start, now);
+        }
+        out
     }
 
     /// The command's answer once its backend operation finished with `result`.
@@ -304,7 +358,7 @@ impl LogicalUnit {
             let chunk = (len - done).min(COMPARE_CHUNK as u64) as usize;
             let mut sg = SgList::new();
             sg.push(VolatileSlice::from(&mut medium[..chunk]));
-            self.backend
+            self.backend()
                 .read_at(&sg, offset + done)
                 .map_err(|e| self.io_error(cdb, IoOp::Verify, r.lba + done / bs, &e))?;
             drop(sg);
@@ -371,6 +425,16 @@ impl LogicalUnit {
         if let Some(out) = self.admit(cdb) {
             return Prepared::Done(out);
         }
+        // enospc=hold: while writes of this LU are held, the commands that write but cannot be
+        // held (they run here, synchronously: COMPARE AND WRITE, ORWRITE, UNMAP, WRITE SAME)
+        // would overtake them; they are answered BUSY, which the initiator retries.
+        if self.hold.holding()
+            && (is_unmap
+                || is_write_same
+                || matches!(op, opcode::COMPARE_AND_WRITE | opcode::ORWRITE_16))
+        {
+            return Prepared::Done(CmdOutput::busy());
+        }
         if is_unmap || is_write_same {
             let prepared = if is_unmap {
                 self.prepare_unmap(cdb, data_out, caller_io)
@@ -379,9 +443,17 @@ impl LogicalUnit {
             };
             return prepared.unwrap_or_else(|sense| Prepared::Done(self.check_condition(sense)));
         }
-        // COMPARE AND WRITE and ORWRITE take the write gate exclusively, waiting for every
-        // write in flight, the caller's own too.
-        if caller_io && matches!(op, opcode::COMPARE_AND_WRITE | opcode::ORWRITE_16) {
+        // COMPARE AND WRITE, ORWRITE, WRITE ATOMIC and SANITIZE take the write gate
+        // exclusively, waiting for every write in flight, the caller's own too.
+        if caller_io
+            && matches!(
+                op,
+                opcode::COMPARE_AND_WRITE
+                    | opcode::ORWRITE_16
+                    | opcode::WRITE_ATOMIC_16
+                    | opcode::SANITIZE
+            )
+        {
             return Prepared::DrainFirst;
         }
         if !(is_read || is_write || is_sync) {
@@ -404,7 +476,6 @@ impl LogicalUnit {
 #[cfg(test)]
 mod tests {
     use std::{sync::Arc, time::Duration};
-
     use vm_memory::VolatileSlice;
 
     use super::*;
@@ -415,6 +486,8 @@ mod tests {
         let lu = LogicalUnit::new(
             Arc::new(NullBackend::new(1 << 20)),
             LunOptions {
+                device_type: Default::default(),
+                removable: false,
                 read_only: false,
                 serial: "S".into(),
                 wwn: 0,

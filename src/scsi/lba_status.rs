@@ -29,7 +29,7 @@ impl LogicalUnit {
         }
         let bs = u64::from(self.block_size());
         let (mapped, bytes) = self
-            .backend
+            .backend()
             .lba_status(lba * bs, max * bs)
             .map_err(|e| self.io_error(cdb, IoOp::LbaStatus, lba, &e))?;
         let run = if mapped {

@@ -12,11 +12,12 @@
 //! testable ([`super::ScsiBus::execute_as`]).
 
 use std::{
+    borrow::Cow,
     collections::{BTreeMap, VecDeque},
     fmt, io,
     sync::{
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
-        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, Condvar, Mutex, MutexGuard, RwLock,
     },
     time::{Duration, Instant},
 };
@@ -24,13 +25,16 @@ use std::{
 pub use super::reservations::{Nexus, PrFile, HBA_NEXUS};
 use super::{
     cdb::{opcode, service_action as sa, Cdb},
+    hold::HoldOrder,
     reservations::PrState,
     respond,
     sense::Sense,
+    stats::{LunCounters, OpClass, StatsSnapshot},
     CmdOutput, CmdResult, DataIn, DataOut,
 };
 use crate::{
     block::{failure_details, BlockBackend},
+    config::EnospcPolicy,
     logging::RateLimit,
 };
 
@@ -38,7 +42,7 @@ use crate::{
 /// ones are dropped past this).
 const MAX_PENDING_UAS: usize = 8;
 /// How long COMPARE AND WRITE waits for writes already in flight before answering BUSY.
-const EXCLUSIVE_WAIT: Duration = Duration::from_secs(5);
+pub(super) const EXCLUSIVE_WAIT: Duration = Duration::from_secs(5);
 
 /// The backend operation that failed, for sense data and log messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,15 +73,38 @@ impl IoOp {
     }
 }
 
+/// The kind of device a LUN is (INQUIRY PERIPHERAL DEVICE TYPE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceType {
+    /// Direct-access block device (SBC-4), type 00h.
+    #[default]
+    Disk,
+    /// CD/DVD device (MMC-6), type 05h: read-only, 2048-byte blocks, always removable.
+    Cdrom,
+}
+
+impl DeviceType {
+    /// PERIPHERAL QUALIFIER 000b and the PERIPHERAL DEVICE TYPE.
+    pub fn peripheral(self) -> u8 {
+        match self {
+            DeviceType::Disk => 0x00,
+            DeviceType::Cdrom => 0x05,
+        }
+    }
+}
+
 /// Per-LUN settings, from the validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LunOptions {
+    pub device_type: DeviceType,
+    /// RMB = 1: the medium can be ejected and changed (always so for a CD-ROM).
+    pub removable: bool,
     pub read_only: bool,
     /// Unit serial number (VPD 80h, T10 vendor ID designator).
     pub serial: String,
     /// NAA identifier (VPD 83h); 0 leaves the NAA designator out.
     pub wwn: u64,
-    /// Logical block size in bytes: 512 or 4096.
+    /// Logical block size in bytes: 512 or 4096 (a disk), 2048 (a CD-ROM).
     pub block_size: u32,
     /// Physical block size reported (READ CAPACITY(16) exponent, VPD B0h granularity): 0 means
     /// the logical block size; otherwise a power of two multiple of it, at most 32 KiB.
@@ -221,13 +248,60 @@ impl WriteGate {
     }
 }
 
+/// Media event codes of GET EVENT STATUS NOTIFICATION's media class (MMC-6).
+pub(super) mod media_event {
+    pub const NO_CHANGE: u8 = 0;
+    pub const EJECT_REQUEST: u8 = 1;
+    pub const NEW_MEDIA: u8 = 2;
+    pub const MEDIA_REMOVAL: u8 = 3;
+}
+
+/// Tray and lock state of a removable LU.
+#[derive(Debug, Default)]
+pub(super) struct Medium {
+    /// Ejected (START STOP UNIT with LOEJ, or the host).
+    pub tray_open: bool,
+    /// No medium loaded (the host removed it).
+    pub empty: bool,
+    /// PREVENT ALLOW MEDIUM REMOVAL: removal is prevented.
+    pub locked: bool,
+    /// The media event GET EVENT STATUS NOTIFICATION reports next (then consumed).
+    pub event: u8,
+}
+
+impl Medium {
+    pub(super) fn ready(&self) -> bool {
+        !self.tray_open && !self.empty
+    }
+}
+
+/// Where a LU's backend lives: fixed for the LU's life, or swappable (a removable medium).
+/// A fixed one is read without any shared write (no lock, no reference count), so queue
+/// threads of a busy LU do not contend on it.
+enum MediumSlot {
+    Fixed(Arc<dyn BlockBackend>),
+    Removable(RwLock<Arc<dyn BlockBackend>>),
+}
+
 /// Failed I/O logged per LUN and window (the rest is counted and reported with the next line).
 const IO_ERROR_LOG_BURST: u32 = 5;
 const IO_ERROR_LOG_WINDOW: Duration = Duration::from_secs(60);
 
 /// A logical unit: a backend plus the SCSI-visible state around it.
 pub struct LogicalUnit {
-    pub(super) backend: Arc<dyn BlockBackend>,
+    /// The medium's backend. Swapped only by [`LogicalUnit::change_medium`] (a removable LU);
+    /// read through [`LogicalUnit::backend`], which for a removable LU hands out a reference
+    /// that keeps the old medium open for the commands still using it.
+    backend: MediumSlot,
+    /// Tray, lock and media events of a removable LU (unused otherwise).
+    pub(super) medium: Mutex<Medium>,
+    /// Fast path of the admission check: false while a removable LU has no medium to access.
+    pub(super) medium_ready: AtomicBool,
+    /// Backends a medium change replaced while commands still held them (see
+    /// [`LogicalUnit::change_medium`]): the LU keeps a reference so that the last one is never
+    /// dropped, and the file never closed, on a queue thread (whose seccomp role has no
+    /// `close`); a later change releases them on its caller's thread once unused.
+    pub(super) retired: Mutex<Vec<Arc<dyn BlockBackend>>>,
     pub(super) opts: LunOptions,
     /// Thin provisioning is on: configured and the backend can deallocate.
     pub(super) discard: bool,
@@ -245,7 +319,7 @@ pub struct LogicalUnit {
     /// Stopped by START STOP UNIT (START = 0): media access is NOT READY until started.
     pub(super) stopped: AtomicBool,
     /// The capacity (in blocks) the initiators were last told about.
-    reported_blocks: AtomicU64,
+    pub(super) reported_blocks: AtomicU64,
     pub(super) gate: Arc<WriteGate>,
     /// Persistent reservations and SPC-2 reservations.
     pub(super) pr: Mutex<PrState>,
@@ -253,11 +327,35 @@ pub struct LogicalUnit {
     pub(super) pr_active: AtomicBool,
     /// Bounds the log lines of failed I/O (a full or failing disk fails every command).
     io_error_log: RateLimit,
+    /// SANITIZE and copy-result state ([`super::extra`]).
+    pub(super) extra: Arc<super::extra_state::ExtraState>,
+    /// Writes refused (DATA PROTECT, MODE SENSE's WP bit): configured, or set at runtime.
+    read_only: AtomicBool,
+    /// The backend's slot among the io_uring rings' fixed files ([`NO_FIXED_FILE`]: none; a
+    /// LUN added at runtime, or a backend io_uring must not serve).
+    fixed_file: AtomicU32,
+    /// Commands, bytes, errors, latencies.
+    pub(super) counters: LunCounters,
+    /// `enospc=`: what a write that finds the storage full does.
+    enospc: EnospcPolicy,
+    /// Under `enospc=hold`: the order of the LU's held requests (see [`super::hold`]).
+    pub(super) hold: Arc<HoldOrder>,
 }
+
+/// [`LogicalUnit::fixed_file`] of a LUN without one.
+const NO_FIXED_FILE: u32 = u32::MAX;
 
 impl LogicalUnit {
     pub fn new(backend: Arc<dyn BlockBackend>, mut opts: LunOptions) -> Self {
-        if !matches!(opts.block_size, 512 | 4096) {
+        if opts.device_type == DeviceType::Cdrom {
+            // MMC: 2048-byte blocks, no writing, always removable (the configuration refuses
+            // anything else; this keeps a LU that was built by hand consistent too).
+            opts.block_size = 2048;
+            opts.read_only = true;
+            opts.removable = true;
+            opts.discard = false;
+            opts.physical_block_size = 0;
+        } else if !matches!(opts.block_size, 512 | 4096) {
             log::warn!(
                 "unsupported logical block size {}, using 512",
                 opts.block_size
@@ -276,8 +374,14 @@ impl LogicalUnit {
         let pr_active = pr.is_active();
         let blocks = backend.size() / u64::from(opts.block_size);
         Self {
-            backend,
-            opts,
+            backend: if opts.removable {
+                MediumSlot::Removable(RwLock::new(backend))
+            } else {
+                MediumSlot::Fixed(backend)
+            },
+            medium: Mutex::new(Medium::default()),
+            medium_ready: AtomicBool::new(true),
+            retired: Mutex::new(Vec::new()),
             discard,
             name: "?:?".to_string(),
             unit_attentions: Mutex::new(BTreeMap::new()),
@@ -290,7 +394,25 @@ impl LogicalUnit {
             pr: Mutex::new(pr),
             pr_active: AtomicBool::new(pr_active),
             io_error_log: RateLimit::new(IO_ERROR_LOG_BURST, IO_ERROR_LOG_WINDOW),
+            extra: Default::default(),
+            read_only: AtomicBool::new(opts.read_only),
+            fixed_file: AtomicU32::new(NO_FIXED_FILE),
+            counters: LunCounters::default(),
+            enospc: EnospcPolicy::Report,
+            hold: Arc::default(),
+            opts,
         }
+    }
+
+    /// Sets the `enospc=` policy (the default is [`EnospcPolicy::Report`]).
+    pub fn set_enospc(&mut self, policy: EnospcPolicy) {
+        self.enospc = policy;
+    }
+
+    /// The held-request order when the LU holds writes that find the storage full
+    /// (`enospc=hold`); `None` when it reports them.
+    pub fn hold_order(&self) -> Option<&Arc<HoldOrder>> {
+        (self.enospc == EnospcPolicy::Hold).then_some(&self.hold)
     }
 
     pub(super) fn set_address(&mut self, target: u8, lun: u16) {
@@ -311,11 +433,126 @@ impl LogicalUnit {
 
     /// Number of whole logical blocks in the backend (a partial last block is not exposed).
     pub fn block_count(&self) -> u64 {
-        self.backend.size() / u64::from(self.opts.block_size)
+        self.backend().size() / u64::from(self.opts.block_size)
     }
 
     pub fn read_only(&self) -> bool {
-        self.opts.read_only
+        self.read_only.load(Ordering::Relaxed)
+    }
+
+    /// Refuses writes from now on (DATA PROTECT), or allows them again. Commands already
+    /// admitted finish as they started.
+    pub fn set_read_only(&self, read_only: bool) {
+        if self.read_only.swap(read_only, Ordering::Relaxed) != read_only {
+            log::info!(
+                "{}: now {}",
+                self.name,
+                if read_only { "read-only" } else { "read-write" }
+            );
+        }
+    }
+
+    /// The backend's slot among the io_uring rings' fixed files, if it has one.
+    pub fn fixed_file(&self) -> Option<u32> {
+        match self.fixed_file.load(Ordering::Relaxed) {
+            NO_FIXED_FILE => None,
+            slot => Some(slot),
+        }
+    }
+
+    /// Records the backend's slot among the rings' fixed files (at start-up, when the rings are
+    /// made over the LUN files).
+    pub fn set_fixed_file(&self, slot: u32) {
+        self.fixed_file.store(slot, Ordering::Relaxed);
+    }
+
+    /// The backend's size in bytes as served now.
+    pub fn size(&self) -> u64 {
+        self.backend().size()
+    }
+
+    /// Unit serial number and NAA identifier.
+    pub fn identity(&self) -> (&str, u64) {
+        (&self.opts.serial, self.opts.wwn)
+    }
+
+    /// Reads the backend's size again (runtime resize); returns (old, new) in bytes. When the
+    /// capacity in blocks changed, every I_T nexus gets CAPACITY DATA HAS CHANGED.
+    pub fn resize(&self) -> io::Result<(u64, u64)> {
+        let backend = self.backend();
+        let old = backend.size();
+        let new = backend.refresh_size()?;
+        if new < u64::from(self.opts.block_size) {
+            log::warn!(
+                "{}: resized to {new} bytes, less than one block: every access fails",
+                self.name
+            );
+        }
+        self.check_capacity_change();
+        Ok((old, new))
+    }
+
+    /// MODE PARAMETERS CHANGED for every I_T nexus (the write protection changed at runtime).
+    pub fn mode_parameters_changed(&self) {
+        self.establish_ua(None, Sense::MODE_PARAMETERS_CHANGED);
+    }
+
+    /// Makes every completed write durable.
+    pub fn flush(&self) -> io::Result<()> {
+        if self.read_only() {
+            return Ok(());
+        }
+        self.backend().flush()
+    }
+
+    /// The statistics so far.
+    pub fn stats(&self) -> StatsSnapshot {
+        self.counters.snapshot()
+    }
+
+    /// Counts a command that arrived at `start` and finished at `end`.
+    pub(super) fn record(&self, op: u8, out: &CmdOutput, start: Instant, end: Instant) {
+        self.counters.record(
+            OpClass::of(op),
+            u64::from(out.transferred),
+            out.status != super::status::GOOD,
+            end.saturating_duration_since(start),
+        );
+    }
+
+    pub fn device_type(&self) -> DeviceType {
+        self.opts.device_type
+    }
+
+    pub fn removable(&self) -> bool {
+        self.opts.removable
+    }
+
+    pub(super) fn is_cdrom(&self) -> bool {
+        self.opts.device_type == DeviceType::Cdrom
+    }
+
+    /// The current medium's backend (for a removable LU, a reference to the one loaded when
+    /// the command started).
+    pub fn backend(&self) -> Cow<'_, Arc<dyn BlockBackend>> {
+        match &self.backend {
+            MediumSlot::Fixed(b) => Cow::Borrowed(b),
+            MediumSlot::Removable(slot) => {
+                Cow::Owned(slot.read().unwrap_or_else(|p| p.into_inner()).clone())
+            }
+        }
+    }
+
+    /// Replaces a removable medium's backend; returns the old one (a fixed LU keeps its
+    /// backend and gets `backend` back: callers check [`LogicalUnit::removable`] first).
+    pub(super) fn swap_backend(&self, backend: Arc<dyn BlockBackend>) -> Arc<dyn BlockBackend> {
+        match &self.backend {
+            MediumSlot::Fixed(_) => backend,
+            MediumSlot::Removable(slot) => {
+                let mut b = slot.write().unwrap_or_else(|p| p.into_inner());
+                std::mem::replace(&mut *b, backend)
+            }
+        }
     }
 
     // ---- unit attentions ------------------------------------------------------------------
@@ -368,6 +605,7 @@ impl LogicalUnit {
         self.d_sense.store(false, Ordering::Relaxed);
         self.swp.store(false, Ordering::Relaxed);
         self.stopped.store(false, Ordering::Relaxed);
+        self.medium_power_on();
         self.release_spc2_reservation(None);
         self.lock_ua().clear();
     }
@@ -430,7 +668,7 @@ impl LogicalUnit {
     /// DATA PROTECT for a read-only LUN (WRITE PROTECTED) or after the control mode page's SWP
     /// was set (LOGICAL UNIT SOFTWARE WRITE PROTECTED).
     pub(super) fn check_writable(&self) -> Result<(), Sense> {
-        if self.opts.read_only {
+        if self.read_only() {
             Err(Sense::WRITE_PROTECTED)
         } else if self.swp.load(Ordering::Relaxed) {
             Err(Sense::SOFTWARE_WRITE_PROTECTED)
@@ -464,6 +702,8 @@ impl LogicalUnit {
             IoOp::Read | IoOp::Verify | IoOp::Compare | IoOp::LbaStatus
         );
         let sense = match errno {
+            // The host removed the medium while the command ran (see `media::NoMedium`).
+            libc::ENOMEDIUM => return self.no_medium_sense(),
             libc::ENOSPC | libc::EDQUOT if is_write => Sense::SPACE_ALLOCATION_FAILED,
             // Transient host conditions: ABORTED COMMAND makes the guest retry.
             libc::ENOMEM | libc::EAGAIN | libc::EBUSY | libc::EINTR => Sense::IO_PROCESS_TERMINATED,
@@ -492,11 +732,15 @@ impl LogicalUnit {
         data_out: &DataOut<'_>,
         data_in: &DataIn<'_>,
     ) -> CmdOutput {
-        if let Some(out) = self.admit_as(nexus, cdb) {
-            return out;
-        }
-        self.dispatch(nexus, cdb, data_out, data_in)
-            .unwrap_or_else(|sense| self.check_condition(sense))
+        let start = Instant::now();
+        let out = match self.admit_as(nexus, cdb) {
+            Some(out) => out,
+            None => self
+                .dispatch(nexus, cdb, data_out, data_in)
+                .unwrap_or_else(|sense| self.check_condition(sense)),
+        };
+        self.record(cdb.opcode(), &out, start, Instant::now());
+        out
     }
 
     /// The checks every command goes through before its handler (also for the asynchronous
@@ -505,23 +749,39 @@ impl LogicalUnit {
         self.admit_as(HBA_NEXUS, cdb)
     }
 
-    fn admit_as(&self, nexus: Nexus, cdb: &Cdb) -> Option<CmdOutput> {
+    pub(super) fn admit_as(&self, nexus: Nexus, cdb: &Cdb) -> Option<CmdOutput> {
         let op = cdb.opcode();
         self.check_capacity_change();
         // SAM-5 5.14: INQUIRY, REPORT LUNS and REQUEST SENSE neither report nor clear a unit
         // attention (REQUEST SENSE returns it as its data instead); for everything else it
         // comes first, before any other check.
-        if !matches!(
-            op,
-            opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE
-        ) {
+        // MMC-6 adds GET CONFIGURATION and GET EVENT STATUS NOTIFICATION: an initiator polls
+        // media events with them whatever is pending.
+        let ua_exempt = match op {
+            opcode::INQUIRY | opcode::REPORT_LUNS | opcode::REQUEST_SENSE => true,
+            opcode::GET_CONFIGURATION | opcode::GET_EVENT_STATUS_NOTIFICATION => self.is_cdrom(),
+            _ => false,
+        };
+        if !ua_exempt {
             if let Some(ua) = self.take_unit_attention(nexus) {
                 return Some(self.check_condition(ua));
             }
         }
+        if self.is_cdrom() && !self.cdrom_implements(cdb) {
+            // What an installer asks of a drive that we do not answer is the first thing to
+            // look for when one fails on our CD-ROM.
+            log::debug!("{}: CD-ROM command {op:#04x} not implemented", self.name);
+            return Some(self.check_condition(Sense::INVALID_OPCODE));
+        }
         // SPC-5 5.13.1, table 69 (and SPC-2 5.5.1 for RESERVE/RELEASE).
         if self.pr_active.load(Ordering::Acquire) && self.reservation_conflict(nexus, cdb) {
             return Some(CmdOutput::reservation_conflict());
+        }
+        if !self.medium_ready.load(Ordering::Acquire) && needs_medium(cdb) {
+            return Some(self.check_condition(self.no_medium_sense()));
+        }
+        if let Some(sense) = self.sanitize_admission(cdb) {
+            return Some(self.check_condition(sense));
         }
         if self.stopped.load(Ordering::Relaxed) && needs_ready_medium(cdb) {
             return Some(self.check_condition(Sense::NOT_READY_START_REQUIRED));
@@ -602,16 +862,31 @@ impl LogicalUnit {
                 let _write = self.gate.shared(false);
                 self.write_same(cdb, data_out)
             }
-            _ => Err(Sense::INVALID_OPCODE),
+            opcode::READ_TOC_PMA_ATIP
+            | opcode::GET_CONFIGURATION
+            | opcode::GET_EVENT_STATUS_NOTIFICATION
+            | opcode::READ_DISC_INFORMATION
+            | opcode::READ_TRACK_INFORMATION
+            | opcode::READ_DVD_STRUCTURE
+            | opcode::MECHANISM_STATUS
+                if self.is_cdrom() =>
+            {
+                self.mmc_command(cdb, data_in)
+            }
+            _ => self.dispatch_extra(nexus, cdb, data_out, data_in),
         }
     }
 
     /// REQUEST SENSE (SPC-5 6.39): the oldest pending unit attention (consumed), else the
-    /// stopped state, else NO SENSE. Errors of earlier commands were already returned with
-    /// their CHECK CONDITION (autosense), so nothing else is ever pending.
+    /// medium or stopped state, else NO SENSE. Errors of earlier commands were already
+    /// returned with their CHECK CONDITION (autosense), so nothing else is ever pending.
     fn request_sense(&self, nexus: Nexus, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdOutput {
         let sense = self
             .take_unit_attention(nexus)
+            .or_else(|| self.sanitize_in_progress())
+            .or_else(|| {
+                (!self.medium_ready.load(Ordering::Acquire)).then(|| self.no_medium_sense())
+            })
             .or_else(|| {
                 self.stopped
                     .load(Ordering::Relaxed)
@@ -642,10 +917,40 @@ fn needs_ready_medium(cdb: &Cdb) -> bool {
         | WRITE_16 | WRITE_AND_VERIFY_10 | WRITE_AND_VERIFY_12 | WRITE_AND_VERIFY_16
         | VERIFY_10 | VERIFY_12 | VERIFY_16 | SYNCHRONIZE_CACHE_10 | SYNCHRONIZE_CACHE_16
         | WRITE_SAME_10 | WRITE_SAME_16 | UNMAP | COMPARE_AND_WRITE | ORWRITE_16 | SEEK_10
-        | PRE_FETCH_10 | PRE_FETCH_16 => true,
+        | PRE_FETCH_10 | PRE_FETCH_16 | WRITE_ATOMIC_16 | SANITIZE | EXTENDED_COPY
+        | READ_DEFECT_DATA_10 | READ_DEFECT_DATA_12 => true,
         SERVICE_ACTION_IN_16 => cdb.service_action() == sa::GET_LBA_STATUS,
         _ => false,
     }
+}
+
+/// Commands that fail with NOT READY, MEDIUM NOT PRESENT while a removable LU has no medium
+/// (SPC-5, MMC-6): everything but what describes or controls the device itself, as
+/// QEMU's scsi-cd.
+fn needs_medium(cdb: &Cdb) -> bool {
+    use opcode::*;
+    !matches!(
+        cdb.opcode(),
+        INQUIRY
+            | REPORT_LUNS
+            | REQUEST_SENSE
+            | MODE_SENSE_6
+            | MODE_SENSE_10
+            | MODE_SELECT_6
+            | MODE_SELECT_10
+            | RESERVE_6
+            | RESERVE_10
+            | RELEASE_6
+            | RELEASE_10
+            | PERSISTENT_RESERVE_IN
+            | PERSISTENT_RESERVE_OUT
+            | START_STOP_UNIT
+            | PREVENT_ALLOW_MEDIUM_REMOVAL
+            | MAINTENANCE_IN
+            | GET_CONFIGURATION
+            | GET_EVENT_STATUS_NOTIFICATION
+            | MECHANISM_STATUS
+    )
 }
 
 /// Encodes REQUEST SENSE parameter data in the format the DESC bit asks for.

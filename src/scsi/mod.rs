@@ -7,10 +7,16 @@
 //!
 //! Layout:
 //! - [`bus`]: targets and LUNs, command routing, REPORT LUNS and the "no such LUN" responses.
-//! - [`lun`]: one emulated direct-access block device: dispatch, unit attentions, REQUEST SENSE.
+//! - [`lun`]: one emulated logical unit (a disk, or a CD-ROM with `type=cdrom`): dispatch, unit
+//!   attentions, REQUEST SENSE.
+//! - [`mmc`]: the CD-ROM's multimedia commands (READ TOC, GET CONFIGURATION, ...);
+//!   [`media`]: the removable medium (tray, lock, eject/load, the host's medium change).
 //! - [`inquiry`], [`mode`], [`capacity`], [`io`], [`verify`], [`compare_write`],
 //!   [`provisioning`], [`lba_status`], [`media`], [`reservations`], [`opcodes`]: command groups.
+//! - [`extra`]: LOG SENSE, READ DEFECT DATA, SANITIZE, WRITE ATOMIC, RECEIVE COPY RESULTS;
+//!   [`xcopy`]: EXTENDED COPY between LUs, run by the bus.
 //! - [`cdb`], [`sense`]: CDB field access and sense data encoding.
+//! - [`stats`]: per-LUN statistics (operations, bytes, errors, latency histograms).
 //!
 //! The model is QEMU's `scsi-disk`, which is what Linux guests are tested against.
 
@@ -18,18 +24,24 @@ pub mod bus;
 pub mod capacity;
 pub mod cdb;
 pub mod compare_write;
+pub mod extra;
+pub mod extra_state;
+pub mod hold;
 pub mod inquiry;
 pub mod io;
 pub mod lba_status;
 pub mod limits;
 pub mod lun;
 pub mod media;
+pub mod mmc;
 pub mod mode;
 pub mod opcodes;
 pub mod provisioning;
 pub mod reservations;
 pub mod sense;
+pub mod stats;
 pub mod verify;
+pub mod xcopy;
 
 #[cfg(test)]
 mod tests;
@@ -37,9 +49,11 @@ mod tests;
 /// The data buffers of a command (they live in [`crate::block::sg`]).
 pub use crate::block::sg as data;
 pub use crate::block::sg::{DataIn, DataOut, SgList};
-pub use bus::ScsiBus;
+pub use bus::{wait_unused, BusError, ScsiBus};
+pub use hold::{HoldOrder, HoldTicket};
 pub use io::{IoKind, IoMeta, IoPlan, Prepared};
-pub use lun::{LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
+pub use lun::{DeviceType, LogicalUnit, LunOptions, Nexus, PrFile, WriteInFlight, HBA_NEXUS};
+pub use media::{MediumError, MediumState};
 pub use sense::Sense;
 
 /// SAM status codes.

@@ -1,5 +1,6 @@
 //! MODE SENSE(6/10) and MODE SELECT(6/10) (SPC-5 6.11-6.14) with the read-write error recovery
-//! (01h), caching (08h), control (0Ah) and informational exceptions control (1Ch) pages.
+//! (01h), caching (08h), control (0Ah) and informational exceptions control (1Ch) pages, and on
+//! a CD-ROM the capabilities and mechanical status page (2Ah, MMC-3; no block descriptor).
 //!
 //! Changeable parameters: WCE (caching; clearing it makes every write durable before it
 //! completes), D_SENSE (control; descriptor-format sense data) and SWP (control; software write
@@ -14,6 +15,7 @@ use std::sync::atomic::Ordering;
 use super::{
     cdb::{be16, be24, be32, opcode, put_be16, put_be32, put_be64, Cdb},
     lun::{IoOp, LogicalUnit, Nexus},
+    mmc::PAGE_CAPABILITIES,
     respond,
     sense::Sense,
     CmdOutput, CmdResult, DataIn, DataOut,
@@ -24,12 +26,14 @@ const PAGE_CACHING: u8 = 0x08;
 const PAGE_CONTROL: u8 = 0x0a;
 const PAGE_INFORMATIONAL_EXCEPTIONS: u8 = 0x1c;
 const PAGE_ALL: u8 = 0x3f;
-/// Pages in ascending order, as "all pages" returns them.
-const PAGES: [u8; 4] = [
+/// Pages in ascending order, as "all pages" returns them (2Ah, capabilities and mechanical
+/// status, only on a CD-ROM).
+const PAGES: [u8; 5] = [
     PAGE_RW_ERROR_RECOVERY,
     PAGE_CACHING,
     PAGE_CONTROL,
     PAGE_INFORMATIONAL_EXCEPTIONS,
+    PAGE_CAPABILITIES,
 ];
 
 /// WCE bit in byte 2 of the caching page.
@@ -100,6 +104,7 @@ impl LogicalUnit {
                 }
                 p
             }
+            PAGE_CAPABILITIES if self.is_cdrom() => self.capabilities_page(changeable),
             _ => return None,
         };
         let mut page = page;
@@ -144,7 +149,11 @@ impl LogicalUnit {
         if self.read_only() || self.swp.load(Ordering::Relaxed) {
             device_specific |= DEVICE_SPECIFIC_WP;
         }
-        let descriptor = if dbd {
+        if self.is_cdrom() {
+            // MMC-6: no device-specific parameter, no block descriptors (as QEMU).
+            device_specific = 0;
+        }
+        let descriptor = if dbd || self.is_cdrom() {
             Vec::new()
         } else {
             self.block_descriptor(llbaa)
@@ -246,7 +255,7 @@ impl LogicalUnit {
             }
             // Going write-through: what was cached so far must be durable too.
             if old && !wce && !self.read_only() {
-                self.backend
+                self.backend()
                     .flush()
                     .map_err(|e| self.io_error(cdb, IoOp::Flush, 0, &e))?;
             }

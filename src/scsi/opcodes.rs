@@ -42,6 +42,10 @@ const fn cmd_sa(opcode: u8, service_action: u16, usage: &'static [u8]) -> Comman
 const PR_IN_USAGE: &[u8] = &[0x5e, 0x1f, 0, 0, 0, 0, 0, FF, FF, 0];
 const PR_OUT_USAGE: &[u8] = &[0x5f, 0x1f, FF, 0, 0, FF, FF, FF, FF, 0];
 const LBA16: [u8; 12] = [FF; 12];
+/// SANITIZE: IMMED, ZNR, AUSE, SERVICE ACTION; PARAMETER LIST LENGTH.
+const SANITIZE_USAGE: &[u8] = &[0x48, 0xff, 0, 0, 0, 0, 0, FF, FF, 0];
+/// RECEIVE COPY RESULTS: SERVICE ACTION, LIST IDENTIFIER, ALLOCATION LENGTH.
+const RCR_USAGE: &[u8] = &[0x84, 0x1f, FF, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0];
 
 /// Builds a 16-byte usage mask: opcode, byte 1, LBA + length (bytes 2..14), bytes 14, 15.
 const fn u16b(opcode: u8, b1: u8, lba_len: [u8; 12], b14: u8) -> [u8; 16] {
@@ -92,10 +96,18 @@ pub const COMMANDS: &[CommandInfo] = &[
         &[0x35, 0x02, FF, FF, FF, FF, 0, FF, FF, 0],
     ),
     cmd(
+        op::READ_DEFECT_DATA_10,
+        &[0x37, 0, 0x1f, 0, 0, 0, 0, FF, FF, 0],
+    ),
+    cmd(
         op::WRITE_SAME_10,
         &[0x41, 0xe8, FF, FF, FF, FF, 0, FF, FF, 0],
     ),
     cmd(op::UNMAP, &[0x42, 0, 0, 0, 0, 0, 0, FF, FF, 0]),
+    cmd_sa(op::SANITIZE, sa::SANITIZE_OVERWRITE, SANITIZE_USAGE),
+    cmd_sa(op::SANITIZE, sa::SANITIZE_BLOCK_ERASE, SANITIZE_USAGE),
+    cmd_sa(op::SANITIZE, sa::SANITIZE_EXIT_FAILURE_MODE, SANITIZE_USAGE),
+    cmd(op::LOG_SENSE, &[0x4d, 0x01, FF, FF, 0, FF, FF, FF, FF, 0]),
     cmd(op::MODE_SELECT_10, &[0x55, 0x11, 0, 0, 0, 0, 0, FF, FF, 0]),
     cmd(op::RESERVE_10, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
     cmd(op::RELEASE_10, &[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
@@ -111,6 +123,18 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x04, PR_OUT_USAGE),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x05, PR_OUT_USAGE),
     cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x06, PR_OUT_USAGE),
+    cmd_sa(op::PERSISTENT_RESERVE_OUT, 0x07, PR_OUT_USAGE),
+    cmd_sa(
+        op::EXTENDED_COPY,
+        sa::EXTENDED_COPY_LID1,
+        &[0x83, 0x1f, 0, 0, 0, 0, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+    ),
+    cmd_sa(op::RECEIVE_COPY_RESULTS, sa::COPY_STATUS, RCR_USAGE),
+    cmd_sa(
+        op::RECEIVE_COPY_RESULTS,
+        sa::OPERATING_PARAMETERS,
+        RCR_USAGE,
+    ),
     cmd(op::READ_16, &u16b(0x88, 0xf8, LBA16, 0)),
     cmd(
         op::COMPARE_AND_WRITE,
@@ -125,6 +149,7 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(op::PRE_FETCH_16, &u16b(0x90, 0x02, LBA16, 0)),
     cmd(op::SYNCHRONIZE_CACHE_16, &u16b(0x91, 0x02, LBA16, 0)),
     cmd(op::WRITE_SAME_16, &u16b(0x93, 0xe9, LBA16, 0)),
+    cmd(op::WRITE_ATOMIC_16, &u16b(0x9c, 0xf8, LBA16, 0)),
     cmd_sa(
         op::SERVICE_ACTION_IN_16,
         sa::READ_CAPACITY_16,
@@ -167,6 +192,10 @@ pub const COMMANDS: &[CommandInfo] = &[
         op::VERIFY_12,
         &[0xaf, 0xf6, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
     ),
+    cmd(
+        op::READ_DEFECT_DATA_12,
+        &[0xb7, 0x1f, FF, FF, FF, FF, FF, FF, FF, FF, 0, 0],
+    ),
 ];
 
 /// SUPPORT field values.
@@ -176,10 +205,15 @@ const SUPPORT_STANDARD: u8 = 0b011;
 const TIMEOUTS_DESCRIPTOR: [u8; 12] = [0x00, 0x0a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
 
 impl LogicalUnit {
-    fn supported_commands(&self) -> impl Iterator<Item = &'static CommandInfo> + '_ {
+    /// The commands this LU implements, by opcode then service action.
+    fn supported_commands(&self) -> Vec<&'static CommandInfo> {
+        if self.is_cdrom() {
+            return self.cdrom_commands();
+        }
         COMMANDS
             .iter()
             .filter(move |c| c.opcode != op::UNMAP || self.discard)
+            .collect()
     }
 
     pub(super) fn report_supported_opcodes(&self, cdb: &Cdb, data_in: &DataIn<'_>) -> CmdResult {
@@ -188,6 +222,7 @@ impl LogicalUnit {
         let requested_op = cdb.byte(3);
         let requested_sa = cdb.be16(4);
         let alloc_len = cdb.be32(6) as usize;
+        let supported = self.supported_commands();
         let has_sa = |opcode: u8| {
             COMMANDS
                 .iter()
@@ -197,7 +232,7 @@ impl LogicalUnit {
         let buf = match options {
             0 => {
                 let mut b = vec![0u8; 4];
-                for c in self.supported_commands() {
+                for c in &supported {
                     b.push(c.opcode);
                     b.push(0);
                     b.extend_from_slice(&c.service_action.unwrap_or(0).to_be_bytes());
@@ -227,8 +262,8 @@ impl LogicalUnit {
                     2 => Some(requested_sa),
                     _ => has_sa(requested_op).then_some(requested_sa),
                 };
-                let found = self
-                    .supported_commands()
+                let found = supported
+                    .iter()
                     .find(|c| c.opcode == requested_op && c.service_action == want_sa);
                 match found {
                     Some(c) => {

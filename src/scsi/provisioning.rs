@@ -89,13 +89,13 @@ impl LogicalUnit {
         transferred: usize,
     ) -> Option<IoPlan<'a>> {
         let kind = IoKind::Deallocate { bytes };
-        self.backend.async_fd(kind, &SgList::new(), offset)?;
+        self.backend().async_fd(kind, &SgList::new(), offset)?;
         match self.plan(kind, cdb, lba, offset, SgList::new()) {
             Prepared::Io(mut plan) => {
                 plan.meta.len = transferred;
                 Some(plan)
             }
-            Prepared::Done(_) | Prepared::DrainFirst => None,
+            Prepared::Done(_) | Prepared::DrainFirst | Prepared::Passthrough(_) => None,
         }
     }
 
@@ -177,9 +177,9 @@ impl LogicalUnit {
 
     /// Discards a range; if the backend cannot (EOPNOTSUPP), zeroes it so LBPRZ stays true.
     fn deallocate(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        match self.backend.discard(offset, len) {
+        match self.backend().discard(offset, len) {
             Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
-                self.backend.write_zeroes(offset, len)
+                self.backend().write_zeroes(offset, len)
             }
             r => r,
         }
@@ -219,7 +219,7 @@ impl LogicalUnit {
             // UNMAP or not, zeroes are best written as zeroes: the backend deallocates where
             // it can and the range reads back zero either way. Without discard the LUN is
             // fully provisioned, so zeroes are written as data and stay allocated.
-            self.backend.write_zeroes(ws.offset, ws.len)
+            self.backend().write_zeroes(ws.offset, ws.len)
         } else {
             self.write_pattern(&ws.block, ws.offset, ws.len)
         };
@@ -305,7 +305,7 @@ impl LogicalUnit {
             let n = (len - done).min(pattern.len() as u64) as usize;
             let mut sg = SgList::new();
             sg.push(VolatileSlice::from(&mut pattern[..n]));
-            self.backend.write_at(&sg, offset + done, fua)?;
+            self.backend().write_at(&sg, offset + done, fua)?;
             done += n as u64;
         }
         Ok(())

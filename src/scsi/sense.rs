@@ -13,6 +13,7 @@ pub mod key {
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const UNIT_ATTENTION: u8 = 0x6;
     pub const DATA_PROTECT: u8 = 0x7;
+    pub const COPY_ABORTED: u8 = 0xa;
     pub const ABORTED_COMMAND: u8 = 0xb;
     pub const MISCOMPARE: u8 = 0xe;
 }
@@ -54,6 +55,9 @@ pub struct Sense {
     /// INFORMATION field (e.g. the LBA of a failed I/O or a miscompare offset).
     pub info: Option<u64>,
     pub field: Option<FieldPointer>,
+    /// Progress indication (SPC-5 4.4.2.4.4: sense-key specific bytes for NOT READY while an
+    /// operation such as SANITIZE runs), 0..=65535 of 65536.
+    pub progress: Option<u16>,
 }
 
 impl Sense {
@@ -64,6 +68,7 @@ impl Sense {
             ascq,
             info: None,
             field: None,
+            progress: None,
         }
     }
 
@@ -96,6 +101,35 @@ impl Sense {
     pub const NOT_READY_START_REQUIRED: Sense = Sense::new(key::NOT_READY, 0x04, 0x02);
     pub const SOFTWARE_WRITE_PROTECTED: Sense = Sense::new(key::DATA_PROTECT, 0x27, 0x02);
     pub const INVALID_RELEASE_OF_PR: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x26, 0x04);
+    /// MEDIUM NOT PRESENT - TRAY CLOSED: a removable LU with no medium loaded.
+    pub const MEDIUM_NOT_PRESENT_TRAY_CLOSED: Sense = Sense::new(key::NOT_READY, 0x3a, 0x01);
+    /// MEDIUM NOT PRESENT - TRAY OPEN: ejected (START STOP UNIT with LOEJ, or the host).
+    pub const MEDIUM_NOT_PRESENT_TRAY_OPEN: Sense = Sense::new(key::NOT_READY, 0x3a, 0x02);
+    /// The medium was removed by the host (as QEMU's scsi-cd reports a medium change first).
+    pub const UA_MEDIUM_NOT_PRESENT: Sense = Sense::new(key::UNIT_ATTENTION, 0x3a, 0x00);
+    /// NOT READY TO READY CHANGE, MEDIUM MAY HAVE CHANGED: a medium was loaded.
+    pub const MEDIUM_MAY_HAVE_CHANGED: Sense = Sense::new(key::UNIT_ATTENTION, 0x28, 0x00);
+    /// CANNOT READ MEDIUM - INCOMPATIBLE FORMAT: a DVD structure asked of a CD (MMC; QEMU
+    /// answers INCOMPATIBLE MEDIUM INSTALLED, 30h/00h).
+    pub const INCOMPATIBLE_FORMAT: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x30, 0x02);
+    /// MEDIUM REMOVAL PREVENTED (PREVENT ALLOW MEDIUM REMOVAL holds the medium).
+    pub const MEDIUM_REMOVAL_PREVENTED: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02);
+    /// MEDIUM REMOVAL PREVENTED with no medium: NOT READY (as QEMU's scsi-cd).
+    pub const NOT_READY_REMOVAL_PREVENTED: Sense = Sense::new(key::NOT_READY, 0x53, 0x02);
+    /// SBC-4 4.11: media access while a SANITIZE runs (with a progress indication).
+    pub const SANITIZE_IN_PROGRESS: Sense = Sense::new(key::NOT_READY, 0x04, 0x1b);
+    /// SBC-4 4.11.4: media access after a SANITIZE failed, until one succeeds or EXIT FAILURE
+    /// MODE.
+    pub const SANITIZE_FAILED: Sense = Sense::new(key::MEDIUM_ERROR, 0x31, 0x03);
+    /// SPC-5 6.4 (EXTENDED COPY): too many / unsupported descriptors, a CSCD that names no LU
+    /// of ours, an identified copy already running.
+    pub const TOO_MANY_TARGET_DESCRIPTORS: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x26, 0x06);
+    pub const UNSUPPORTED_TARGET_DESCRIPTOR: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x26, 0x07);
+    pub const TOO_MANY_SEGMENT_DESCRIPTORS: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x26, 0x08);
+    pub const UNSUPPORTED_SEGMENT_DESCRIPTOR: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x26, 0x09);
+    pub const INLINE_DATA_LENGTH_EXCEEDED: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x26, 0x0b);
+    pub const COPY_TARGET_NOT_REACHABLE: Sense = Sense::new(key::COPY_ABORTED, 0x0d, 0x02);
+    pub const OPERATION_IN_PROGRESS: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x00, 0x16);
 
     /// INVALID FIELD IN CDB pointing at `byte` (and `bit`, the field's most significant bit).
     pub fn invalid_cdb_field(byte: u16, bit: Option<u8>) -> Self {
@@ -118,6 +152,13 @@ impl Sense {
                 bit,
             }),
             ..Self::INVALID_FIELD_IN_PARAMETER_LIST
+        }
+    }
+
+    pub fn with_progress(self, progress: u16) -> Self {
+        Self {
+            progress: Some(progress),
+            ..self
         }
     }
 
@@ -144,6 +185,9 @@ impl Sense {
         if let Some(f) = self.field {
             b[15..18].copy_from_slice(&f.encode());
         }
+        if let Some(p) = self.progress {
+            b[15..18].copy_from_slice(&progress_bytes(p));
+        }
         b
     }
 
@@ -160,9 +204,20 @@ impl Sense {
             b.extend_from_slice(&f.encode());
             b.push(0);
         }
+        if let Some(p) = self.progress {
+            b.extend_from_slice(&[0x02, 0x06, 0x00, 0x00]);
+            b.extend_from_slice(&progress_bytes(p));
+            b.push(0);
+        }
         b[7] = (b.len() - 8) as u8;
         b
     }
+}
+
+/// Sense-key specific progress indication: SKSV, then the 16-bit PROGRESS INDICATION.
+fn progress_bytes(progress: u16) -> [u8; 3] {
+    let [hi, lo] = progress.to_be_bytes();
+    [0x80, hi, lo]
 }
 
 #[cfg(test)]

@@ -35,7 +35,7 @@ impl LogicalUnit {
             let n = (len - done).min(scratch.len() as u64) as usize;
             let mut sg = SgList::new();
             sg.push(VolatileSlice::from(&mut scratch[..n]));
-            self.backend
+            self.backend()
                 .read_at(&sg, offset + done)
                 .map_err(|e| self.io_error(cdb, IoOp::Verify, r.lba + done / bs, &e))?;
             done += n as u64;

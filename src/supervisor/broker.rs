@@ -152,7 +152,10 @@ impl SupervisorBroker {
 /// The supervisor's services to its workers and the routing of replies; lives as long as the
 /// supervisor (across worker restarts).
 #[derive(Debug, Default)]
-pub struct Services {}
+pub struct Services {
+    /// The iSCSI LUNs' portals, for the worker's reconnection requests.
+    pub iscsi: super::iscsi::Reconnector,
+}
 
 impl Services {
     /// Handles one broker event of the current worker.
@@ -174,6 +177,9 @@ impl Services {
     /// A worker's request. Nothing is served yet: iSCSI reconnects (issue 12) and the
     /// management forwarding (issue 13) add their cases here.
     fn on_worker_request(&mut self, body: Body, _fds: Vec<OwnedFd>) -> (Body, Vec<OwnedFd>) {
+        if let Body::Iscsi(msg) = body {
+            return self.iscsi.serve(msg);
+        }
         let what = match &body {
             Body::Iscsi(_) => "iscsi",
             Body::Manage(_) => "manage",
@@ -190,20 +196,11 @@ impl Services {
 mod tests {
     use std::os::fd::AsFd;
 
-    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
-
     use super::*;
     use crate::broker::{iscsi::IscsiMsg, manage::ManageMsg};
 
     fn pair() -> (UnixStream, UnixStream) {
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .unwrap();
-        (UnixStream::from(a), UnixStream::from(b))
+        crate::broker::socket_pair().unwrap()
     }
 
     /// A worker's request is answered (with an error until a service exists), garbage is
@@ -243,7 +240,12 @@ mod tests {
         assert!(fds.is_empty());
 
         let id = broker
-            .send_request(Body::Manage(ManageMsg::Ping), &[])
+            .send_request(
+                Body::Manage(ManageMsg::Request(
+                    crate::broker::manage::ManageRequest::List { after: None },
+                )),
+                &[],
+            )
             .unwrap();
         let (got, _) = recv(&worker).unwrap().unwrap();
         assert_eq!((got.id, got.kind), (id, Kind::Request));
@@ -259,7 +261,15 @@ mod tests {
         .unwrap();
         match broker.read_events().as_slice() {
             [BrokerEvent::Reply { id: got, body, .. }] => {
-                assert_eq!((*got, body), (id, &Body::Manage(ManageMsg::Ping)));
+                assert_eq!(
+                    (*got, body),
+                    (
+                        id,
+                        &Body::Manage(ManageMsg::Request(
+                            crate::broker::manage::ManageRequest::List { after: None }
+                        ))
+                    )
+                );
             }
             other => panic!("{other:?}"),
         }

@@ -65,6 +65,10 @@ pub enum PrivsepError {
     Confine(#[source] SandboxError),
     #[error("supervisor: {0}")]
     Supervise(#[source] io::Error),
+    #[error(transparent)]
+    Management(#[from] super::management::ManagementError),
+    #[error(transparent)]
+    Readiness(#[from] super::readiness::ReadinessError),
 }
 
 /// ", without a user namespace" where `--sandbox=namespace` was tried without one.

@@ -209,16 +209,21 @@ impl AsRawFd for Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         if let Some((path, dev, ino)) = &self.owned_path {
-            // Only remove the socket we bound, not one a later instance put in its place.
-            match std::fs::symlink_metadata(path) {
-                Ok(m) if m.dev() == *dev && m.ino() == *ino => {
-                    if let Err(e) = std::fs::remove_file(path) {
-                        log::warn!("cannot remove socket {}: {e}", path.display());
-                    }
-                }
-                _ => {}
+            remove_if_ours(path, *dev, *ino, "socket");
+        }
+    }
+}
+
+/// Removes `path` if it still names the file (device, inode) this process created, not one a
+/// later instance put in its place. `what` names it in the warning when removal fails.
+pub(crate) fn remove_if_ours(path: &Path, dev: u64, ino: u64, what: &str) {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.dev() == dev && m.ino() == ino => {
+            if let Err(e) = std::fs::remove_file(path) {
+                log::warn!("cannot remove {what} {}: {e}", path.display());
             }
         }
+        _ => {}
     }
 }
 

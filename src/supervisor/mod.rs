@@ -10,10 +10,13 @@
 
 pub mod broker;
 pub mod error;
+pub mod iscsi;
 pub mod listener;
+pub mod management;
 pub mod monitor;
 pub mod open;
 pub mod preflight;
+pub mod readiness;
 pub mod spawn;
 
 use std::process::ExitCode;

@@ -35,13 +35,16 @@ use nix::{
 };
 
 use super::{
-    broker::Services,
+    broker::{BrokerEvent, Services},
     error::PrivsepError,
+    management::{self, Server},
+    open::LunBackend,
+    readiness::Readiness,
     spawn::{spawn_worker, Plan, Resources, Worker},
 };
 use crate::{
     config::{
-        Config, ListenSpec, RestartPolicy, SandboxMode, SeccompMode, RESTART_BURST,
+        Config, ListenSpec, LunConfig, RestartPolicy, SandboxMode, SeccompMode, RESTART_BURST,
         RESTART_WINDOW_SECS,
     },
     logging::relay::{drain, Relay},
@@ -153,37 +156,111 @@ fn report(pid: libc::pid_t, ending: Ending, mode: SeccompMode, seccomp_report: O
     }
 }
 
+/// The directory of a file the supervisor created and removes at exit.
+fn dir_of(p: &std::path::Path) -> &std::path::Path {
+    match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    }
+}
+
 /// The supervisor confines itself once it will never create another worker: only CAP_KILL
-/// (to signal a worker running as another user), no_new_privs, Landlock (removing its socket
-/// file only) and the `supervisor` seccomp role.
-fn confine_self(config: &Config, res: &Resources) -> Result<(), SandboxError> {
-    scaps::keep_only(&[Capability::CAP_KILL])?;
+/// (to signal a worker running as another user; with `--image-dir` also CAP_DAC_OVERRIDE and
+/// CAP_DAC_READ_SEARCH, for `add-lun` to open images owned by others there, as at start-up),
+/// no_new_privs, Landlock (removing its socket files and pid file; reading, writing and
+/// creating files under the `--image-dir`s only) and the `supervisor` seccomp role
+/// (`supervisor-management` when it serves a management socket).
+fn confine_self(
+    config: &Config,
+    res: &Resources,
+    mgmt: Option<&Server>,
+    readiness: &Readiness,
+) -> Result<(), SandboxError> {
+    let image_dirs: Vec<&std::path::Path> = mgmt
+        .map(|m| m.image_dirs().iter().map(|p| p.as_path()).collect())
+        .unwrap_or_default();
+    let mut keep = vec![Capability::CAP_KILL];
+    if !image_dirs.is_empty() {
+        keep.extend([
+            Capability::CAP_DAC_OVERRIDE,
+            Capability::CAP_DAC_READ_SEARCH,
+        ]);
+    }
+    scaps::keep_only(&keep)?;
     prctl::set_no_new_privs().map_err(|e| SandboxError::NoNewPrivs(e.into()))?;
-    let socket_dir = match &config.listen {
-        ListenSpec::SocketPath(_) => res.listener.owned_path().and_then(|p| p.parent()).map(|p| {
-            if p.as_os_str().is_empty() {
-                std::path::Path::new(".")
-            } else {
-                p
-            }
-        }),
-        _ => None,
-    };
-    let outcome = landlock::restrict_supervisor(config.sandbox.landlock, socket_dir)?;
-    // It never opens, creates or locks anything again.
+    let mut remove_dirs = Vec::new();
+    if let ListenSpec::SocketPath(_) = &config.listen {
+        remove_dirs.extend(res.listener.owned_path().map(dir_of));
+    }
+    remove_dirs.extend(mgmt.and_then(|m| m.path()).map(dir_of));
+    remove_dirs.extend(readiness.pidfile_dir());
+    // iSCSI LUNs: the supervisor logs in again when the worker loses a connection.
+    let iscsi: Vec<&crate::config::IscsiSource> = config
+        .luns
+        .iter()
+        .filter_map(|l| l.source.iscsi())
+        .collect();
+    let mut ports: Vec<u16> = iscsi.iter().map(|s| s.port).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    let secrets: Vec<&std::path::Path> = iscsi
+        .iter()
+        .filter_map(|s| s.chap_secret_file.as_deref())
+        .collect();
+    let outcome = landlock::restrict_supervisor(
+        config.sandbox.landlock,
+        &remove_dirs,
+        &image_dirs,
+        &ports,
+        &secrets,
+    )?;
+    // Without a management socket it never opens, creates or locks anything again (iSCSI
+    // logins only read their secret files); with one, its clients and the LUNs they add need
+    // a bounded number more.
     let files = limits::bound(
         Resource::RLIMIT_NOFILE,
-        limits::supervisor_nofile(highest_fd()),
+        limits::supervisor_nofile(highest_fd())
+            + if mgmt.is_some() {
+                management::FD_BUDGET
+            } else {
+                0
+            },
     )?;
     limits::bound(Resource::RLIMIT_MEMLOCK, 0)?;
     if config.sandbox.seccomp == SeccompMode::Trap {
         sigsys::install().map_err(SandboxError::SigsysHandler)?;
     }
-    sandbox::seccomp::install(ThreadRole::Supervisor, config.sandbox.seccomp)?;
+    let role = match (mgmt.is_some(), !iscsi.is_empty()) {
+        (false, false) => ThreadRole::Supervisor,
+        (true, false) => ThreadRole::SupervisorManagement,
+        (false, true) => ThreadRole::SupervisorIscsi,
+        (true, true) => ThreadRole::SupervisorManagementIscsi,
+    };
+    sandbox::seccomp::install(role, config.sandbox.seccomp)?;
+    let names: Vec<String> = keep.iter().map(|c| c.to_string()).collect();
     info!(
-        "supervisor confined: CAP_KILL only, no_new_privs, not dumpable, no core dumps, \
-         {files} files, no locked memory, {}, seccomp={:?}",
-        outcome.description, config.sandbox.seccomp
+        "supervisor confined: {} only, no_new_privs, not dumpable, no core dumps, \
+         {files} files, no locked memory, {}{}{}, seccomp={:?} (role {role})",
+        names.join(","),
+        outcome.description,
+        if image_dirs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (files under {} only)",
+                image_dirs
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        if ports.is_empty() {
+            String::new()
+        } else {
+            format!(" (TCP connect to ports {ports:?} only, for iSCSI logins)")
+        },
+        config.sandbox.seccomp
     );
     Ok(())
 }
@@ -328,6 +405,20 @@ fn size_memlock(config: &Config) -> Result<(), PrivsepError> {
     Ok(())
 }
 
+/// The first worker has the iSCSI LUNs' logged-in connections: the supervisor closes its
+/// copies (a restarted worker asks for fresh ones over the fd broker) and forgets their numbers,
+/// which the next worker must not inherit once they are reused.
+fn release_iscsi_connections(res: &mut Resources) {
+    for lun in &res.luns {
+        if let LunBackend::Iscsi(h) = &lun.backend {
+            if let Some(fd) = h.raw_fd() {
+                res.lun_fds.retain(|&f| f != fd);
+            }
+            drop(h.take());
+        }
+    }
+}
+
 /// Set-up, then the supervision loop. Returns the exit code.
 pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     // Before anything is opened: no core of this process (it holds the LUNs) ever.
@@ -366,6 +457,17 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         filter_for_restarts(config.sandbox.seccomp).map_err(PrivsepError::Confine)?;
     }
 
+    // What the daemon was started with (and what a restarted worker serves again).
+    let initial: Vec<(LunConfig, u64)> = res
+        .luns
+        .iter()
+        .map(|l| (l.config.clone(), l.backend.size()))
+        .collect();
+    let mut mgmt = match &config.management {
+        Some(m) => Some(Server::bind(m, initial.clone()).map_err(PrivsepError::Management)?),
+        None => None,
+    };
+
     let mut worker = spawn_worker(&res, &config, &mut plan)?;
     info!(
         "worker {} started; its layers: sandbox={}, {}",
@@ -373,7 +475,12 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
         plan.jail.describe_root(),
         worker_layers(&plan.jail)
     );
+    // Every socket exists, every LUN is open, the worker is jailed and serving.
+    let readiness = Readiness::announce(config.pidfile.as_deref())?;
     let mut res = Some(res);
+    if let Some(r) = &mut res {
+        release_iscsi_connections(r);
+    }
     if config.sandbox.restart == RestartPolicy::Never {
         if let Some(r) = &mut res {
             // The worker holds the LUNs now (and their locks); the supervisor needs none of them.
@@ -385,7 +492,13 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             }
             r.lun_fds.clear();
         }
-        confine_self(&config, res.as_ref().expect("resources")).map_err(PrivsepError::Confine)?;
+        confine_self(
+            &config,
+            res.as_ref().expect("resources"),
+            mgmt.as_ref(),
+            &readiness,
+        )
+        .map_err(PrivsepError::Confine)?;
         #[cfg(debug_assertions)]
         sandbox::probe::run_in_supervisor();
     } else {
@@ -395,10 +508,15 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
     }
 
     let mut restarts: VecDeque<Instant> = VecDeque::new();
-    let mut services = Services::default();
+    let mut services = Services {
+        iscsi: super::iscsi::Reconnector::new(
+            res.as_ref().map(|r| r.iscsi.clone()).unwrap_or_default(),
+        ),
+    };
     loop {
         let (ending, last_seccomp_line, stopping) =
-            supervise(&sfd, &mut worker, &mut services).map_err(PrivsepError::Supervise)?;
+            supervise(&sfd, &mut worker, &mut services, mgmt.as_mut(), &readiness)
+                .map_err(PrivsepError::Supervise)?;
         let seccomp_report = trusted_report(config.sandbox.seccomp, ending, last_seccomp_line);
         report(
             worker.pid,
@@ -412,6 +530,10 @@ pub fn run(config: Config) -> Result<ExitCode, PrivsepError> {
             && !stopping
             && !ending.seccomp_violation()
             && ending != Ending::Exited(sandbox::EXIT_SANDBOX);
+        if let Some(m) = &mut mgmt {
+            // A restarted worker serves what the daemon was started with.
+            m.worker_gone(Some(initial.clone()));
+        }
         if !may_restart {
             drop(res);
             return Ok(ExitCode::from(ending.exit_code()));
@@ -448,6 +570,8 @@ fn supervise(
     sfd: &SignalFd,
     worker: &mut Worker,
     services: &mut Services,
+    mut mgmt: Option<&mut Server>,
+    readiness: &Readiness,
 ) -> io::Result<(Ending, Option<String>, bool)> {
     let mut relay = Relay::new(worker.pid);
     let mut stderr_open = true;
@@ -461,7 +585,7 @@ fn supervise(
                 .unwrap_or(PollTimeout::MAX),
             None => PollTimeout::NONE,
         };
-        let (signals, output, broker) = {
+        let (signals, output, broker, mgmt_events) = {
             let mut fds = vec![PollFd::new(sfd.as_fd(), PollFlags::POLLIN)];
             let broker_open = !worker.broker.is_closed();
             if broker_open {
@@ -470,6 +594,11 @@ fn supervise(
             if stderr_open {
                 fds.push(PollFd::new(worker.stderr.as_fd(), PollFlags::POLLIN));
             }
+            // The management socket and its clients come last.
+            let first_mgmt = fds.len();
+            if let Some(m) = mgmt.as_deref() {
+                fds.extend(m.poll_fds());
+            }
             match poll::poll(&mut fds, timeout) {
                 Ok(_) => {}
                 Err(Errno::EINTR) => continue,
@@ -477,12 +606,31 @@ fn supervise(
             }
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let broker = broker_open && ready(&fds[1]);
-            let output = stderr_open && fds.last().is_some_and(ready);
-            (ready(&fds[0]), output, broker)
+            let output = stderr_open && ready(&fds[first_mgmt - 1]);
+            let mgmt_events: Vec<PollFlags> = fds[first_mgmt..]
+                .iter()
+                .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+                .collect();
+            (ready(&fds[0]), output, broker, mgmt_events)
         };
         if broker {
             for event in worker.broker.read_events() {
+                // Replies to management calls go back to the client that made them.
+                let event = match (event, mgmt.as_deref_mut()) {
+                    (BrokerEvent::Reply { id, body, fds }, Some(m)) if m.is_waiting(id) => {
+                        let mut link = management::link::BrokerLink(&mut worker.broker);
+                        m.on_reply(id, body, fds, &mut link);
+                        continue;
+                    }
+                    (event, _) => event,
+                };
                 services.handle(&mut worker.broker, event);
+            }
+        }
+        if let Some(m) = mgmt.as_deref_mut() {
+            if mgmt_events.iter().any(|r| !r.is_empty()) {
+                let mut link = management::link::BrokerLink(&mut worker.broker);
+                m.on_poll(&mgmt_events, &mut link);
             }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -514,6 +662,7 @@ fn supervise(
                         worker.pid
                     );
                     stopping = true;
+                    readiness.stopping();
                     let _ = worker.signal(sig);
                     deadline.get_or_insert(Instant::now() + STOP_GRACE);
                 }

@@ -30,7 +30,7 @@ use crate::{
     block::{BlockBackend, FileBackend},
     config::{
         error::{io_msg, OwnFileError},
-        CacheMode, LunConfig,
+        CacheMode, LunConfig, LunSource,
     },
     scsi::PrFile,
 };
@@ -111,6 +111,14 @@ pub enum OpenError {
         #[source]
         error: io::Error,
     },
+    #[error("LUN {target}:{lun} ({source_text}): {error}")]
+    Iscsi {
+        target: u8,
+        lun: u16,
+        source_text: String,
+        #[source]
+        error: super::iscsi::IscsiSetupError,
+    },
     #[error(
         "LUN {target}:{lun}: {} is too small: {size} bytes, less than one {block_size}-byte block",
         .path.display()
@@ -124,7 +132,8 @@ pub enum OpenError {
     },
 }
 
-pub use crate::worker::assemble::OpenedLun;
+pub use super::iscsi::IscsiLunPortal;
+pub use crate::worker::assemble::{LunBackend, OpenedLun};
 
 /// Opens `lun.source` the way `lun` says (read-only or read-write, `O_DIRECT` for
 /// `cache=none`), close-on-exec, without locking. Never creates or truncates anything.
@@ -142,7 +151,7 @@ pub(crate) fn open_file(lun: &LunConfig) -> io::Result<File> {
         .read(true)
         .write(!lun.read_only)
         .custom_flags(flags)
-        .open(&lun.source)
+        .open(lun.path())
 }
 
 /// What a file found at the path of a `pr-file` or `size=` image must be: owned by the
@@ -213,8 +222,12 @@ pub(crate) fn open_pr_path(path: &Path, create: bool) -> Result<File, OwnOpenErr
     Ok(file)
 }
 
-/// Opens, locks (exclusively) and sizes `lun.pr_file`, if any.
-fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
+/// Opens, locks (exclusively) and sizes `lun.pr_file`, if any, waiting at most `grace` for its
+/// lock.
+fn open_pr_file_within(
+    lun: &LunConfig,
+    grace: std::time::Duration,
+) -> Result<Option<PrFile>, OpenError> {
     let Some(path) = &lun.pr_file else {
         return Ok(None);
     };
@@ -235,7 +248,7 @@ fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
             error: e,
         },
     })?;
-    flock(&file, libc::LOCK_EX).map_err(|e| {
+    flock_within(&file, libc::LOCK_EX, grace).map_err(|e| {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             OpenError::PrFileLocked {
                 target,
@@ -271,9 +284,9 @@ fn open_pr_file(lun: &LunConfig) -> Result<Option<PrFile>, OpenError> {
 /// is gone. A restart (systemd `Restart=`, a libvirt hook) must not fail on that.
 const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// `flock(op | LOCK_NB)`, retried for [`LOCK_GRACE`] while another holder has it.
-fn flock(file: &File, op: libc::c_int) -> io::Result<()> {
-    let deadline = std::time::Instant::now() + LOCK_GRACE;
+/// `flock(op | LOCK_NB)`, retried for `grace` while another holder has it.
+fn flock_within(file: &File, op: libc::c_int, grace: std::time::Duration) -> io::Result<()> {
+    let deadline = std::time::Instant::now() + grace;
     loop {
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
@@ -301,7 +314,7 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
     let error = |error| OpenError::Create {
         target: lun.target,
         lun: lun.lun,
-        path: lun.source.clone(),
+        path: lun.path().to_owned(),
         error,
     };
     // O_EXCL: never through a symbolic link; an existing path is checked when it is opened.
@@ -310,11 +323,11 @@ fn create_if_missing(lun: &LunConfig) -> Result<(), OpenError> {
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&lun.source)
+        .open(lun.path())
     {
         Ok(file) => {
             file.set_len(size).map_err(error)?;
-            log::info!("created {} ({size} bytes, sparse)", lun.source.display());
+            log::info!("created {} ({size} bytes, sparse)", lun.path().display());
             Ok(())
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
@@ -328,7 +341,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
         target: lun.target,
         lun: lun.lun,
         what: "size= image",
-        path: lun.source.clone(),
+        path: lun.path().to_owned(),
         error,
     };
     let file = open_file(lun).map_err(|error| {
@@ -338,13 +351,13 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
             OpenError::DirectUnsupported {
                 target: lun.target,
                 lun: lun.lun,
-                path: lun.source.clone(),
+                path: lun.path().to_owned(),
             }
         } else {
             OpenError::Open {
                 target: lun.target,
                 lun: lun.lun,
-                path: lun.source.clone(),
+                path: lun.path().to_owned(),
                 error,
             }
         }
@@ -354,7 +367,7 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
         let meta = file.metadata().map_err(|error| OpenError::Open {
             target: lun.target,
             lun: lun.lun,
-            path: lun.source.clone(),
+            path: lun.path().to_owned(),
             error,
         })?;
         if meta.is_file() {
@@ -365,23 +378,105 @@ fn open_source(lun: &LunConfig) -> Result<File, OpenError> {
 }
 
 fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
-    let (target, lun_no, path) = (lun.target, lun.lun, lun.source.clone());
-    if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
-        log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
-        return Ok(OpenedLun {
-            config: lun.clone(),
-            backend: Arc::new(crate::block::NullBackend::new(size)),
-            pr_file: open_pr_file(lun)?,
-        });
+    open_lun(lun, None, LOCK_GRACE)
+}
+
+/// A LUN opened at run time (`add-lun`): the LUN, and second descriptors of its files (the
+/// source's, then the `pr-file`'s) that share their open files and locks, for passing to the
+/// worker.
+#[derive(Debug)]
+pub struct RuntimeLun {
+    pub lun: OpenedLun,
+    pub fds: Vec<File>,
+}
+
+/// Opens a LUN at run time: by path (the supervisor checked that it may), or from `file`, a
+/// descriptor a management client passed (`lun.source` is then only its name). Locks without
+/// waiting for another holder: the supervisor's loop must not stall on a busy image.
+pub fn open_runtime(lun: &LunConfig, file: Option<File>) -> Result<RuntimeLun, OpenError> {
+    let opened = open_lun(lun, file, std::time::Duration::ZERO)?;
+    let files = [
+        opened.backend.block().and_then(|b| b.raw_fd()),
+        opened.pr_file.as_ref().and_then(|p| p.0.raw_fd()),
+    ];
+    let fds = files
+        .into_iter()
+        .flatten()
+        .map(|fd| {
+            // SAFETY: `fd` belongs to one of `opened`'s backends, alive for this borrow.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            fd.try_clone_to_owned().map(File::from)
+        })
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|error| OpenError::Backend {
+            target: lun.target,
+            lun: lun.lun,
+            path: lun.path().to_owned(),
+            error,
+        })?;
+    Ok(RuntimeLun { lun: opened, fds })
+}
+
+/// Checks that a passed descriptor was opened the way `lun` says (read-write for a writable
+/// LUN): the worker cannot reopen it.
+fn check_passed(lun: &LunConfig, file: &File) -> Result<(), OpenError> {
+    // SAFETY: F_GETFL only reads the open file's status flags.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    let error = |error| OpenError::Open {
+        target: lun.target,
+        lun: lun.lun,
+        path: lun.path().to_owned(),
+        error,
+    };
+    if flags < 0 {
+        return Err(error(io::Error::last_os_error()));
     }
-    let file = open_source(lun)?;
+    let mode = flags & libc::O_ACCMODE;
+    if mode == libc::O_WRONLY || (!lun.read_only && mode != libc::O_RDWR) {
+        return Err(error(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the passed descriptor is not open read-write (add readonly, or open it O_RDWR)",
+        )));
+    }
+    if lun.cache == CacheMode::None && flags & libc::O_DIRECT == 0 {
+        return Err(error(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "cache=none needs a descriptor opened with O_DIRECT",
+        )));
+    }
+    Ok(())
+}
+
+fn open_lun(
+    lun: &LunConfig,
+    passed: Option<File>,
+    grace: std::time::Duration,
+) -> Result<OpenedLun, OpenError> {
+    let (target, lun_no, path) = (lun.target, lun.lun, lun.path().to_owned());
+    if passed.is_none() {
+        if let Some(Ok(size)) = crate::block::null::null_source_size(&path) {
+            log::info!("LUN {target}:{lun_no}: null device of {size} bytes (no storage)");
+            return Ok(OpenedLun {
+                config: lun.clone(),
+                backend: LunBackend::Block(Arc::new(crate::block::NullBackend::new(size))),
+                pr_file: open_pr_file_within(lun, grace)?,
+            });
+        }
+    }
+    let file = match passed {
+        Some(f) => {
+            check_passed(lun, &f)?;
+            f
+        }
+        None => open_source(lun)?,
+    };
 
     let op = if lun.read_only {
         libc::LOCK_SH
     } else {
         libc::LOCK_EX
     };
-    if let Err(error) = flock(&file, op) {
+    if let Err(error) = flock_within(&file, op, grace) {
         return Err(if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
             OpenError::Locked {
                 target,
@@ -426,7 +521,7 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
         );
     }
     log::info!(
-        "LUN {target}:{lun_no}: {} ({size} bytes, {block_size}-byte blocks, {}, cache={}, discard={})",
+        "LUN {target}:{lun_no}: {} ({size} bytes, {block_size}-byte blocks, {}, cache={}, discard={}{})",
         path.display(),
         if lun.read_only { "read-only" } else { "read-write" },
         match lun.cache {
@@ -434,6 +529,10 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
             CacheMode::Writeback => "writeback",
         },
         if lun.discard { "on" } else { "off" },
+        match lun.enospc {
+            crate::config::EnospcPolicy::Report => "",
+            crate::config::EnospcPolicy::Hold => ", enospc=hold",
+        },
     );
     if backend.on_fuse() {
         log::info!(
@@ -442,10 +541,10 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
             path.display()
         );
     }
-    let pr_file = open_pr_file(lun)?;
+    let pr_file = open_pr_file_within(lun, grace)?;
     Ok(OpenedLun {
         config: lun.clone(),
-        backend: Arc::new(backend),
+        backend: LunBackend::Block(Arc::new(backend)),
         pr_file,
     })
 }
@@ -453,7 +552,35 @@ fn open_one(lun: &LunConfig) -> Result<OpenedLun, OpenError> {
 /// Opens and locks every LUN's source, in order. On error, whatever was opened so far is
 /// closed again (and its lock released).
 pub fn open_luns(luns: &[LunConfig]) -> Result<Vec<OpenedLun>, OpenError> {
-    luns.iter().map(open_one).collect()
+    Ok(open_all(luns)?.0)
+}
+
+/// [`open_luns`], logging in to the iSCSI LUNs as well (docs/iscsi.md): also returns what the
+/// supervisor keeps of each iSCSI LUN to log in again.
+pub fn open_all(luns: &[LunConfig]) -> Result<(Vec<OpenedLun>, Vec<IscsiLunPortal>), OpenError> {
+    let mut opened = Vec::with_capacity(luns.len());
+    let mut portals = Vec::new();
+    for lun in luns {
+        match &lun.source {
+            LunSource::Iscsi(src) => {
+                let (handover, portal) =
+                    super::iscsi::open_iscsi(lun, src).map_err(|error| OpenError::Iscsi {
+                        target: lun.target,
+                        lun: lun.lun,
+                        source_text: src.to_string(),
+                        error,
+                    })?;
+                opened.push(OpenedLun {
+                    config: lun.clone(),
+                    backend: LunBackend::Iscsi(handover),
+                    pr_file: None,
+                });
+                portals.push(((lun.target, lun.lun), portal));
+            }
+            LunSource::Path(_) => opened.push(open_one(lun)?),
+        }
+    }
+    Ok((opened, portals))
 }
 
 #[cfg(test)]
@@ -482,12 +609,12 @@ mod tests {
         let mut c = lun(&path, false);
         c.create_size = Some(4 << 20);
         let opened = open_luns(std::slice::from_ref(&c)).unwrap();
-        assert_eq!(opened[0].backend.size(), 4 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 4 << 20);
         drop(opened);
         // An existing image is never resized.
         c.create_size = Some(8 << 20);
         let opened = open_luns(std::slice::from_ref(&c)).unwrap();
-        assert_eq!(opened[0].backend.size(), 4 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 4 << 20);
     }
 
     /// The checks hold at opening time too (a link planted after the preflight checks).
@@ -536,7 +663,7 @@ mod tests {
         let p = image(dir.path(), "a.img", 1 << 20);
         let opened = open_luns(&[lun(&p, false)]).unwrap();
         assert_eq!(opened.len(), 1);
-        assert_eq!(opened[0].backend.size(), 1 << 20);
+        assert_eq!(opened[0].backend.block().unwrap().size(), 1 << 20);
         assert_eq!(opened[0].config.source, p);
     }
 
@@ -683,7 +810,7 @@ mod tests {
         l.cache = CacheMode::None;
         // tmpfs refuses O_DIRECT; other file systems accept it. Either outcome is well-formed.
         match open_luns(&[l]) {
-            Ok(v) => assert_eq!(v[0].backend.size(), 4096),
+            Ok(v) => assert_eq!(v[0].backend.block().unwrap().size(), 4096),
             Err(e) => assert!(matches!(e, OpenError::DirectUnsupported { .. }), "{e}"),
         }
     }

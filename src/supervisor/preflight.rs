@@ -12,7 +12,7 @@ use super::{listener, open};
 use crate::config::{
     cli::{null_source_size, systemd_env},
     error::{CliError, LunError, OwnFileError},
-    Config, ListenSpec, LunConfig,
+    Config, ListenSpec, LunConfig, ManagementConfig,
 };
 
 /// Removes the `LISTEN_*` variables from the environment when systemd socket activation names
@@ -58,6 +58,16 @@ pub fn check(config: &Config) -> Result<(), CliError> {
             listener::check_listening_socket(fd).map_err(CliError::SystemdFd)?;
         }
     }
+    if let Some(m) = &config.management {
+        check_management(config, m)?;
+    }
+    if let Some(p) = &config.pidfile {
+        parent_dir_exists(p).map_err(|error| CliError::Path {
+            origin: "--pidfile".into(),
+            path: p.clone(),
+            error,
+        })?;
+    }
     // In the order the LUNs were written, so that the first problem reported is the first one
     // in the configuration.
     let mut luns: Vec<(usize, String, &LunConfig)> = config
@@ -66,7 +76,7 @@ pub fn check(config: &Config) -> Result<(), CliError> {
         .enumerate()
         .map(|(i, lun)| match config.origins.luns.get(i) {
             Some((index, origin)) => (*index, origin.clone(), lun),
-            None => (i, lun.source.display().to_string(), lun),
+            None => (i, lun.source.to_string(), lun),
         })
         .collect();
     luns.sort_by_key(|(index, _, _)| *index);
@@ -74,6 +84,43 @@ pub fn check(config: &Config) -> Result<(), CliError> {
         check_source(lun)
             .and_then(|()| check_pr_file(lun))
             .map_err(|error| CliError::Lun { origin, error })?;
+    }
+    Ok(())
+}
+
+/// The management socket can be created, its group exists, every `--image-dir` is a directory.
+fn check_management(config: &Config, m: &ManagementConfig) -> Result<(), CliError> {
+    if let ListenSpec::SocketPath(p) = &config.listen {
+        if p == &m.socket {
+            return Err(CliError::Conflict {
+                first: config.origins.listen.clone(),
+                second: format!("{} (the same path)", config.origins.management),
+            });
+        }
+    }
+    listener::check_socket_path(&m.socket).map_err(|error| CliError::SocketPath {
+        origin: config.origins.management.clone(),
+        path: m.socket.clone(),
+        error,
+    })?;
+    if let Some(group) = &m.group {
+        listener::resolve_group(group).map_err(|error| CliError::SocketGroup {
+            origin: "--management-group".into(),
+            group: group.clone(),
+            error,
+        })?;
+    }
+    for dir in &m.image_dirs {
+        let error = |error| CliError::Path {
+            origin: "--image-dir".into(),
+            path: dir.clone(),
+            error,
+        };
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Err(error(io::Error::from_raw_os_error(libc::ENOTDIR))),
+            Err(e) => return Err(error(e)),
+        }
     }
     Ok(())
 }
@@ -95,7 +142,7 @@ fn file_kind(ft: std::fs::FileType) -> &'static str {
 /// Checks that a missing source can be created with `size=`: its directory exists, and the size
 /// is a whole number of blocks. Creates nothing (that is [`open`]'s job).
 fn check_creatable(lun: &LunConfig, size: u64) -> Result<(), LunError> {
-    let path = &lun.source;
+    let path = &lun.path().to_owned();
     let block_size = u64::from(lun.block_size.bytes());
     if size % block_size != 0 {
         return Err(LunError::InvalidValue {
@@ -161,7 +208,7 @@ pub fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
             kind,
         });
     }
-    if let Ok(src) = std::fs::metadata(&lun.source) {
+    if let Ok(src) = std::fs::metadata(lun.path()) {
         use std::os::unix::fs::MetadataExt;
         if (src.dev(), src.ino()) == (meta.dev(), meta.ino()) {
             return Err(LunError::PrFileIsSource { path: path.clone() });
@@ -171,6 +218,18 @@ pub fn check_pr_file(lun: &LunConfig) -> Result<(), LunError> {
         open::OwnOpenError::Io(e) => error(e),
         open::OwnOpenError::NotOurs(e) => not_ours(e),
     })?;
+    Ok(())
+}
+
+/// An iSCSI LUN: its CHAP secret file can be opened (its content is read at the login, which
+/// the supervisor's `open` does; the network is not looked at here).
+fn check_iscsi(src: &crate::config::IscsiSource) -> Result<(), LunError> {
+    if let Some(path) = &src.chap_secret_file {
+        std::fs::File::open(path).map_err(|error| LunError::ChapSecretFile {
+            path: path.clone(),
+            error,
+        })?;
+    }
     Ok(())
 }
 
@@ -189,7 +248,10 @@ fn check_null_size(lun: &LunConfig, size: u64) -> Result<(), LunError> {
 /// Checks that the source exists, is a regular file or block device that can be opened as
 /// configured, and (for files) holds at least one block. Opens and closes it; creates nothing.
 pub fn check_source(lun: &LunConfig) -> Result<(), LunError> {
-    let path = &lun.source;
+    if let Some(src) = lun.source.iscsi() {
+        return check_iscsi(src);
+    }
+    let path = &lun.path().to_owned();
     if let Some(size) = null_source_size(path) {
         return check_null_size(lun, size?);
     }

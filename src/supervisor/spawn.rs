@@ -5,10 +5,7 @@
 use std::{
     fs::File,
     io::{self, Read, Write},
-    os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
-        unix::net::UnixStream,
-    },
+    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
     path::PathBuf,
 };
 
@@ -18,7 +15,6 @@ use nix::{
     sys::{
         prctl,
         signal::{self, Signal},
-        socket::{self, AddressFamily, SockFlag, SockType},
         wait,
     },
     unistd::{self, Pid},
@@ -46,6 +42,8 @@ pub struct Resources {
     pub listener: Listener,
     /// `/dev/null`, for the worker's stdin and stdout.
     pub dev_null: File,
+    /// What the supervisor keeps of each iSCSI LUN to log in again (no secret).
+    pub iscsi: Vec<open::IscsiLunPortal>,
 }
 
 /// Open descriptors of this process, from `/proc/self/fd` (the directory's own fd excluded).
@@ -64,7 +62,7 @@ impl Resources {
     /// Opens the LUNs and the listening socket (the supervisor's only use of paths).
     pub fn open(config: &Config) -> Result<Self, PrivsepError> {
         let before = open_fds().map_err(PrivsepError::ListFds)?;
-        let luns = open::open_luns(&config.luns)?;
+        let (luns, iscsi) = open::open_all(&config.luns)?;
         let lun_fds = open_fds()
             .map_err(PrivsepError::ListFds)?
             .into_iter()
@@ -81,6 +79,7 @@ impl Resources {
             lun_fds,
             listener,
             dev_null,
+            iscsi,
         })
     }
 }
@@ -91,25 +90,15 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 /// A connected `SOCK_SEQPACKET` pair (message boundaries kept); `UnixStream` is only used for
 /// read/write on it.
-fn seqpacket_pair() -> io::Result<(UnixStream, UnixStream)> {
-    let (a, b) = socket::socketpair(
-        AddressFamily::Unix,
-        SockType::SeqPacket,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )?;
-    Ok((UnixStream::from(a), UnixStream::from(b)))
-}
-
 /// Fresh channels for the next worker.
 fn channels(res: &Resources) -> Result<Channels, PrivsepError> {
     Ok(Channels {
         stderr: pipe().map_err(PrivsepError::Pipe)?,
-        sync: seqpacket_pair().map_err(|error| PrivsepError::SocketPair {
+        sync: crate::broker::socket_pair().map_err(|error| PrivsepError::SocketPair {
             what: "set-up",
             error,
         })?,
-        broker: seqpacket_pair().map_err(|error| PrivsepError::SocketPair {
+        broker: crate::broker::socket_pair().map_err(|error| PrivsepError::SocketPair {
             what: "fd broker",
             error,
         })?,

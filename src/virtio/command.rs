@@ -1,5 +1,7 @@
 //! Request queues: one virtio-scsi command per chain, executed against the [`ScsiBus`].
 
+use std::time::Instant;
+
 use log::{debug, warn};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
@@ -14,9 +16,10 @@ use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 /// Executes the command in one request chain; returns the used length (response header plus
 /// data-in bytes written).
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
-    match start_command(bus, chain, false) {
+    match start_command(bus, chain, false, Instant::now()) {
         Started::Done(used) => used,
         Started::Io(io) => io.run_inline(bus),
+        Started::Passthrough(p) => p.finish(),
         // Not answered to a caller without I/O in flight.
         Started::DrainFirst(_) => 0,
     }
@@ -31,19 +34,23 @@ pub struct Command<'a> {
     data_in: SgList<'a>,
     response: SgList<'a>,
     reply: ReplyShape,
+    /// When it was popped (its latency counts from there).
+    arrived: Instant,
 }
 
 impl<'a> Command<'a> {
     /// Checks the command and runs it, or plans its I/O. `caller_io`: the caller still has I/O
     /// of its own in flight (see [`ScsiBus::prepare`]).
     pub fn start(self: Box<Self>, bus: &ScsiBus, caller_io: bool) -> Started<'a> {
-        match bus.prepare(
+        match bus.prepare_found(
+            bus.lookup(self.target, self.lun),
             self.target,
             self.lun,
             &self.cdb,
             &self.data_out,
             &self.data_in,
             caller_io,
+            self.arrived,
         ) {
             Prepared::Done(out) => Started::Done(self.reply.respond(&out, &self.response)),
             Prepared::Io(plan) => Started::Io(PendingIo {
@@ -54,7 +61,37 @@ impl<'a> Command<'a> {
                 reply: self.reply,
             }),
             Prepared::DrainFirst => Started::DrainFirst(self),
+            Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
+                submitted,
+                data_in: self.data_in,
+                response: self.response,
+                reply: self.reply,
+            }),
         }
+    }
+}
+
+/// A command a passthrough LU (iSCSI) has on its way: [`PassthroughReply::finish`] waits for
+/// the answer and writes the response. A queue thread starts every command of its batch before
+/// it finishes any, so that they are outstanding at the target together.
+pub struct PassthroughReply<'a> {
+    submitted: crate::block::iscsi::Submitted,
+    data_in: SgList<'a>,
+    response: SgList<'a>,
+    reply: ReplyShape,
+}
+
+impl PassthroughReply<'_> {
+    /// Whether the answer is in ([`PassthroughReply::finish`] will not block).
+    pub fn is_ready(&mut self) -> bool {
+        self.submitted.is_ready()
+    }
+
+    /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
+    /// returns the used length.
+    pub fn finish(self) -> u32 {
+        let out = crate::scsi::io::passthrough_output(self.submitted.wait(&self.data_in));
+        self.reply.respond(&out, &self.response)
     }
 }
 
@@ -110,12 +147,12 @@ impl PendingIo<'_> {
     /// Runs the I/O on this thread and completes the command; returns the used length. The
     /// synchronous path of every engine (`--aio=sync`'s inline engine takes nothing).
     pub fn run_inline(&self, bus: &ScsiBus) -> u32 {
-        self.finish(bus, bus.run_sync(self.target, self.lun, &self.plan))
+        self.finish(bus, bus.run_sync(&self.plan))
     }
 
     /// Completes the command with the I/O's result; returns the used length.
     pub fn finish(&self, bus: &ScsiBus, result: std::io::Result<()>) -> u32 {
-        let out = bus.complete(self.target, self.lun, self.plan.meta, result);
+        let out = bus.complete(self.plan.unit.as_deref(), self.plan.meta, result);
         self.reply.respond(&out, &self.response)
     }
 }
@@ -132,13 +169,20 @@ pub enum Started<'a> {
     /// then [`Command::start`] the command again. (Boxed: rare, and it keeps the common
     /// variants' moves small.)
     DrainFirst(Box<Command<'a>>),
+    /// On its way to a passthrough LU: finish it (after starting the rest of the batch).
+    Passthrough(PassthroughReply<'a>),
 }
 
 /// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
 /// [`Started::Io`], everything else is executed and answered now. `caller_io`: the caller
 /// still has I/O of its own in flight; a command that would wait for it comes back as
-/// [`Started::DrainFirst`] (see [`ScsiBus::prepare`]).
-pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) -> Started<'a> {
+/// [`Started::DrainFirst`] (see [`ScsiBus::prepare`]). `arrived`: when the chain was popped.
+pub fn start_command<'a>(
+    bus: &ScsiBus,
+    chain: SplitChain<'a>,
+    caller_io: bool,
+    arrived: Instant,
+) -> Started<'a> {
     let req = match parse_cmd_request(chain) {
         Ok(req) => req,
         Err((e @ RequestError::ShortRequestHeader(_), Some(response))) => {
@@ -152,7 +196,10 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
         }
     };
 
-    let Some(addr) = LunAddress::decode(&req.lun).filter(|a| bus.has_target(a.target)) else {
+    // One look at the bus's table: the target (BAD_TARGET without it) and the LU.
+    let found =
+        LunAddress::decode(&req.lun).and_then(|a| Some((a, bus.find(a.target, a.lun).ok()?)));
+    let Some((addr, lu)) = found else {
         debug!(
             "command {:#04x} for {:02x?}: no such target",
             req.cdb[0], req.lun
@@ -185,19 +232,27 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
     };
     // Checked in place: the request is only moved (boxed) in the rare case that it has to wait
     // for the caller to drain.
-    match bus.prepare(
+    match bus.prepare_found(
+        lu,
         addr.target,
         addr.lun,
         &req.cdb,
         &req.data_out,
         &req.data_in,
         caller_io,
+        arrived,
     ) {
         Prepared::Done(out) => Started::Done(reply.respond(&out, &req.response)),
         Prepared::Io(plan) => Started::Io(PendingIo {
             target: addr.target,
             lun: addr.lun,
             plan,
+            response: req.response,
+            reply,
+        }),
+        Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
+            submitted,
+            data_in: req.data_in,
             response: req.response,
             reply,
         }),
@@ -209,6 +264,7 @@ pub fn start_command<'a>(bus: &ScsiBus, chain: SplitChain<'a>, caller_io: bool) 
             data_in: req.data_in,
             response: req.response,
             reply,
+            arrived,
         })),
     }
 }

@@ -11,6 +11,7 @@ use std::{
     collections::VecDeque,
     io,
     os::fd::{AsRawFd, RawFd},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -22,6 +23,9 @@ use vm_memory::{
     MemoryRegionAddress, VolatileSlice,
 };
 
+mod hold;
+pub use hold::{RetryTimer, RETRY_MAX, RETRY_MIN};
+
 use crate::{
     block::{
         engine::{
@@ -30,10 +34,11 @@ use crate::{
         },
         partial_failure,
     },
-    scsi::{IoKind, IoMeta, ScsiBus, WriteInFlight},
+    scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
     virtio::{
-        command::{start_command, PendingIo, ReplyShape, Started},
+        command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
         inflight::{HeadChain, InflightQueue},
+        poll::{PollPolicy, Poller},
         request::split_chain,
     },
 };
@@ -170,6 +175,10 @@ fn resubmitted_chain(vring: &impl Vring, mem: &MemGuard, head: u16) -> HeadChain
     )
 }
 
+/// Most passthrough (iSCSI) commands one `pop_and_start` sends before it lets the engine's
+/// completions and the event loop have their turn.
+const PASSTHROUGH_ROUND: usize = 1024;
+
 /// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists run synchronously.
 const MAX_IOVECS: usize = 1024;
 
@@ -201,6 +210,9 @@ struct Slot {
     /// dropped, which happens when the slot is completed or reaped (also in `Drop`), or with
     /// the slot itself.
     write: Option<WriteInFlight>,
+    /// The LU the command belongs to: kept (its backend open) until the command is completed,
+    /// even when the LUN is removed meanwhile.
+    unit: Option<Arc<LogicalUnit>>,
 }
 
 // SAFETY: the raw pointers point into guest memory mapped by `mem`, which the slot keeps alive;
@@ -221,6 +233,7 @@ impl Slot {
                 opcode: 0,
                 lba: 0,
                 len: 0,
+                start: None,
             },
             reply: ReplyShape {
                 data_in: false,
@@ -229,13 +242,44 @@ impl Slot {
             fd: -1,
             offset: 0,
             write: None,
+            unit: None,
         }
+    }
+
+    /// Takes `io`'s command: where its data and response header are in guest memory (kept
+    /// mapped by a guard on `mem`), what completing it needs. Its write-gate registration
+    /// stays with `io` until the caller moves it in.
+    fn fill(&mut self, head: u16, mem: &MemGuard, io: &PendingIo<'_>) {
+        self.iov.clear();
+        self.iov
+            .extend(io.plan.bufs.segments().iter().map(|s| libc::iovec {
+                iov_base: s.ptr_guard_mut().as_ptr().cast(),
+                iov_len: s.len(),
+            }));
+        self.response.clear();
+        self.response.extend(
+            io.response
+                .segments()
+                .iter()
+                .map(|s| (s.ptr_guard_mut().as_ptr(), s.len())),
+        );
+        self.head = head;
+        self.mem = Some(mem.clone());
+        self.target = io.target;
+        self.lun = io.lun;
+        self.meta = io.plan.meta;
+        self.reply = io.reply;
+        self.fd = io.plan.fd.unwrap_or(-1);
+        self.offset = io.plan.offset;
+        // The LU the command runs on (a held command is retried and answered through it).
+        self.unit = io.plan.unit.clone();
     }
 
     /// The slot's command is over: lets go of guest memory and the write gate.
     fn release(&mut self) {
         self.write = None;
         self.mem = None;
+        self.unit = None;
     }
 }
 
@@ -249,11 +293,19 @@ pub struct QueueWorker {
     chains: Vec<Chain>,
     /// Inflight tracking, when the front-end shares a region.
     tracking: Tracking,
-    poll: Duration,
+    /// How long to spin before sleeping (`--poll-us`, `--poll-max-us`).
+    poller: Poller,
+    /// When the queue last ran out of work and went back to the event loop (adaptive
+    /// polling measures how long the guest's next request took).
+    idle_since: Option<Instant>,
     /// `--submit-batch`: operations pushed to the engine before it is told to start them.
     submit_batch: u32,
     /// Operations pushed since the last submit.
     unsubmitted: u32,
+    /// The command being started is the last one of this pass over the ring: its I/O is
+    /// handed to the kernel together with the wait that follows (one `io_uring_enter` instead
+    /// of two at QD1), or before the spin.
+    last_of_pass: bool,
     /// The front-end stopped the ring (GET_VRING_BASE) during this `run`.
     ring_stopped: bool,
     /// `--register-buffers`: whether to register guest memory with the engine, and the memory
@@ -264,6 +316,10 @@ pub struct QueueWorker {
     teardown_deadline: Option<Instant>,
     /// Which queue this is (log messages).
     queue: usize,
+    /// The bus generation whose removed LUNs' fixed files the engine has let go of.
+    bus_generation: u64,
+    /// `enospc=hold`: the commands kept unanswered until their storage has room (see `hold`).
+    held: hold::Held,
 }
 
 impl QueueWorker {
@@ -298,7 +354,7 @@ impl QueueWorker {
             info!("request queues use the {} engine", engine.name());
         }
         let mut worker = Self::with_engine_batching(engine, depth as u16, config.submit_batch);
-        worker.poll = Duration::from_micros(u64::from(config.poll_us));
+        worker.poller = Poller::new(PollPolicy::from_options(config.poll_us, config.poll_max_us));
         worker.register_buffers = config.register_buffers && !inline;
         worker.queue = queue;
         Ok(worker)
@@ -322,14 +378,18 @@ impl QueueWorker {
             done: Vec::with_capacity(depth),
             chains: Vec::with_capacity(depth),
             tracking: Tracking::default(),
-            poll: Duration::ZERO,
+            poller: Poller::new(PollPolicy::Never),
+            idle_since: None,
             submit_batch: submit_batch.max(1),
             unsubmitted: 0,
+            last_of_pass: false,
             ring_stopped: false,
             register_buffers: false,
             registered: None,
             teardown_deadline: None,
             queue: 0,
+            bus_generation: 0,
+            held: hold::Held::default(),
         }
     }
 
@@ -355,6 +415,7 @@ impl QueueWorker {
     /// memory: the guards must not go before), but only until the teardown deadline: what is
     /// still in flight then keeps its guest memory mapped for good (leaked).
     fn abandon_in_flight(&mut self) {
+        self.forget_held();
         // The kernel may still be writing guest memory: wait before the guards go, but only so
         // long (bounded teardown).
         let deadline = self
@@ -386,6 +447,8 @@ impl QueueWorker {
                 for slot in &mut self.slots {
                     std::mem::forget(slot.mem.take());
                     slot.write = None;
+                    // Its file too: the kernel may still be using it.
+                    std::mem::forget(slot.unit.take());
                 }
                 std::mem::forget(self.registered.take());
                 break;
@@ -451,23 +514,35 @@ impl QueueWorker {
         // the I/O in flight is slow must not wait for it.
         let mut watch_kick = true;
         self.ring_stopped = false;
+        self.release_removed_files(bus);
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
         self.tracking.start(vring)?;
+        if let Some(since) = self.idle_since {
+            // The guest's request came this long after the queue went idle (epoll and a kick).
+            // A wake-up without one (a kick the spin already served) says nothing: the wait
+            // goes on until a request is really there.
+            if has_avail(vring, mem) {
+                self.idle_since = None;
+                self.poller.requested(since.elapsed());
+            }
+        }
         loop {
             if event_idx {
                 vring.disable_notification()?;
             }
-            let mut used_any = self.pop_and_start(bus, vring, mem)?;
-            self.submit()?;
+            self.release_removed_files(bus);
+            // The pass's last I/O (if queued) is submitted with the wait or before the spin.
+            let mut used_any = self.pop_and_start(bus, vring, mem, event_idx)?;
             used_any |= self.reap(bus, vring)?;
             if used_any && (!event_idx || vring.needs_notification()?) {
                 vring.signal_used_queue().map_err(QueueError::Notify)?;
             }
             if self.inflight == 0 {
-                // A stopped ring takes nothing new: what was in flight has completed.
-                if self.ring_stopped {
+                // A stopped ring takes nothing new: what was in flight has completed. Nor does a
+                // queue whose slots are all held (enospc=hold): its retry timer brings it back.
+                if self.ring_stopped || self.free.is_empty() {
                     return Ok(());
                 }
                 // Resubmissions beyond the free slots go before any return to the event loop
@@ -475,26 +550,85 @@ impl QueueWorker {
                 if !self.tracking.resubmit.is_empty() {
                     continue;
                 }
-                // Idle: back to the event loop unless a request raced with re-enabling.
+                // Idle: spin a moment for the guest's next request (notifications still off
+                // with EVENT_IDX, so it need not kick), then back to the event loop unless a
+                // request raced with re-enabling.
+                let start = self.poller.adaptive().then(Instant::now);
+                if self.spin(vring, mem, self.poller.request_window()) != Spun::Nothing {
+                    // Measured from when the queue first went idle, if a wake-up without a
+                    // request came in between.
+                    if let Some(start) = self.idle_since.take().or(start) {
+                        self.poller.requested(start.elapsed());
+                    }
+                    continue;
+                }
                 if !event_idx || !vring.enable_notification()? {
+                    if self.idle_since.is_none() {
+                        self.idle_since = start;
+                    }
                     return Ok(());
                 }
                 continue;
             }
-            if self.busy_poll(vring, mem) {
-                continue;
+            let start = self.poller.adaptive().then(Instant::now);
+            let window = self.poller.completion_window();
+            if !window.is_zero() {
+                self.submit()?;
+            }
+            match self.spin(vring, mem, window) {
+                Spun::Completion => {
+                    if let Some(start) = start {
+                        self.poller.completed(start.elapsed());
+                    }
+                    continue;
+                }
+                Spun::Request => continue,
+                Spun::Nothing => {}
             }
             // Sleep until an I/O completes or, if a slot is free, the guest kicks.
-            let kick = if self.free.is_empty() || !watch_kick {
+            // A stopped ring (GET_VRING_BASE) only waits for what is in flight: its avail
+            // entries would make the checks below go round without ever sleeping.
+            let kick = if self.free.is_empty() || !watch_kick || self.ring_stopped {
                 None
             } else {
+                // Kicks so far announced requests this pass has taken (or the check below
+                // finds); a later one wakes the wait.
+                self.engine.forget_seen_kicks();
                 if event_idx && vring.enable_notification()? {
+                    continue;
+                }
+                if !event_idx && has_avail(vring, mem) {
                     continue;
                 }
                 kick_fd(vring)
             };
-            if self.engine.wait(kick).map_err(QueueError::Engine)? && !self.engine.kick_edges() {
+            // Every engine's wait submits what is queued first.
+            self.unsubmitted = 0;
+            let kicked = self.engine.wait(kick).map_err(QueueError::Engine)?;
+            if kicked && !self.engine.kick_edges() {
                 watch_kick = false;
+            }
+            if let (false, Some(start)) = (kicked, start) {
+                self.poller.completed(start.elapsed());
+            }
+        }
+    }
+
+    /// Lets the engine go of the files of LUNs removed from the bus since the last look (one
+    /// atomic load when nothing changed): a removed LUN's file is then really closed once its
+    /// last command completed. (The kernel keeps the file for I/O still in flight on it.)
+    pub fn release_removed_files(&mut self, bus: &ScsiBus) {
+        let generation = bus.generation();
+        if generation == self.bus_generation {
+            return;
+        }
+        self.bus_generation = generation;
+        for slot in bus.released_fixed_files() {
+            if let Err(e) = self.engine.release_fixed_file(slot) {
+                warn!(
+                    "request queue {}: cannot release a removed LUN's file from its io_uring: {e}",
+                    self.queue
+                );
             }
         }
     }
@@ -546,30 +680,106 @@ impl QueueWorker {
         Ok(())
     }
 
-    /// Spins up to `--poll-us` for a completion or a new request; true when one came.
-    fn busy_poll(&mut self, vring: &impl Vring, mem: &MemGuard) -> bool {
-        if self.poll.is_zero() {
-            return false;
+    /// Spins up to `window` for a completion or a new request (when a slot is free).
+    fn spin(&mut self, vring: &impl Vring, mem: &MemGuard, window: Duration) -> Spun {
+        if window.is_zero() {
+            return Spun::Nothing;
         }
-        let deadline = Instant::now() + self.poll;
+        let mut last = Instant::now();
+        let deadline = last + window;
         loop {
-            if self.engine.ready() || (!self.free.is_empty() && has_avail(vring, mem)) {
-                return true;
+            if self.inflight > 0 && self.engine.ready() {
+                return Spun::Completion;
             }
-            if Instant::now() >= deadline {
-                return false;
+            // A stopped ring takes nothing new: its avail entries are no reason to go round.
+            if !self.free.is_empty() && !self.ring_stopped && has_avail(vring, mem) {
+                return Spun::Request;
             }
-            std::hint::spin_loop();
+            if last >= deadline {
+                return Spun::Nothing;
+            }
+            // Give the CPU to any thread waiting for it (sched_yield returns at once when none
+            // is): on a loaded host a spinning queue thread otherwise holds the CPU that the
+            // thread about to submit the next request, or the vCPU, needs. With a plain spin,
+            // QD1 fell from 7,500 to 125-460 IOPS here under load (docs/benchmarks.md).
+            std::thread::yield_now();
+            // A turn this long means another thread had the CPU meanwhile (in the yield, or by
+            // preempting the spin anywhere in the turn).
+            let now = Instant::now();
+            let turn = now.saturating_duration_since(last);
+            last = now;
+            if turn >= CONTENDED && self.poller.adaptive() {
+                // Another thread had this CPU meanwhile: CPUs are scarce, and spinning takes
+                // one from whoever produces the next event. Sleep, and spin less next time.
+                self.poller.contended();
+                return Spun::Nothing;
+            }
         }
     }
 
     /// Pops as many chains as there are free slots and starts them; true when some were
     /// answered at once (used-ring entries were added).
+    ///
+    /// Commands for passthrough LUs (iSCSI) are sent to their LU as they are popped; every
+    /// answer already in is published, in any order, else the oldest is awaited (the others
+    /// stay outstanding at the target meanwhile); answers are published (and the guest
+    /// notified) at once, and requests the guest added
+    /// meanwhile are popped and sent before the next wait, so the guest's queue depth keeps
+    /// reaching the target (at most [`PASSTHROUGH_ROUND`] commands per call, then the engine's
+    /// completions and the event loop get their turn).
     fn pop_and_start(
         &mut self,
         bus: &ScsiBus,
         vring: &impl Vring,
         mem: &MemGuard,
+        event_idx: bool,
+    ) -> Result<bool, QueueError> {
+        let mut passthrough = VecDeque::new();
+        let mut popped = 0usize;
+        let mut used_any = self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+        while !passthrough.is_empty() {
+            if self.unsubmitted > 0 {
+                // The engine's I/O popped with them runs meanwhile.
+                self.submit()?;
+            }
+            // Every command whose answer is in, in any order; if none is, wait for the oldest.
+            let mut answered = false;
+            let mut i = 0;
+            while i < passthrough.len() {
+                if passthrough[i].1.is_ready() {
+                    if let Some((head, p)) = passthrough.remove(i) {
+                        publish_used(vring, self.tracking.queue(), head, p.finish())?;
+                        answered = true;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+            if !answered {
+                if let Some((head, p)) = passthrough.pop_front() {
+                    publish_used(vring, self.tracking.queue(), head, p.finish())?;
+                }
+            }
+            used_any = true;
+            if !event_idx || vring.needs_notification()? {
+                vring.signal_used_queue().map_err(QueueError::Notify)?;
+            }
+            if popped < PASSTHROUGH_ROUND && !self.ring_stopped {
+                self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+            }
+        }
+        Ok(used_any)
+    }
+
+    /// Pops the chains available (up to the free slots) and starts them; passthrough commands
+    /// join `passthrough` to be finished by the caller. True when used-ring entries were added.
+    fn pop_some<'m>(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &'m MemGuard,
+        passthrough: &mut VecDeque<(u16, PassthroughReply<'m>)>,
+        popped: &mut usize,
     ) -> Result<bool, QueueError> {
         if self.free.is_empty() {
             return Ok(false);
@@ -588,7 +798,7 @@ impl QueueWorker {
                 };
                 self.chains.push(chain);
             }
-            used_any |= self.start_chains(bus, vring, mem)?;
+            used_any |= self.start_chains(bus, vring, mem, passthrough, popped)?;
             if self.free.is_empty() || !self.tracking.resubmit.is_empty() {
                 return Ok(used_any);
             }
@@ -612,23 +822,31 @@ impl QueueWorker {
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(self.start_chains(bus, vring, mem)? || used_any)
+        Ok(self.start_chains(bus, vring, mem, passthrough, popped)? || used_any)
     }
 
-    /// Starts every chain in `self.chains`; true when some were answered at once.
-    fn start_chains(
+    /// Starts every chain in `self.chains` (passthrough commands join `passthrough`); true
+    /// when some were answered at once.
+    fn start_chains<'m>(
         &mut self,
         bus: &ScsiBus,
         vring: &impl Vring,
-        mem: &MemGuard,
+        mem: &'m MemGuard,
+        passthrough: &mut VecDeque<(u16, PassthroughReply<'m>)>,
+        popped: &mut usize,
     ) -> Result<bool, QueueError> {
+        *popped += self.chains.len();
         let mut used_any = false;
         let mut drain_error = None;
         let mut chains = std::mem::take(&mut self.chains);
-        for chain in chains.drain(..) {
+        // One clock reading for the chains popped together: they were all waiting by now.
+        let arrived = Instant::now();
+        let count = chains.len();
+        for (i, chain) in chains.drain(..).enumerate() {
+            self.last_of_pass = i + 1 == count;
             let head = chain.head_index();
             let mut started = match split_chain(mem, chain) {
-                Ok(split) => Ok(start_command(bus, split, self.inflight > 0)),
+                Ok(split) => Ok(start_command(bus, split, self.inflight > 0, arrived)),
                 Err(e) => Err(e),
             };
             if let Ok(Started::DrainFirst(command)) = started {
@@ -643,6 +861,10 @@ impl QueueWorker {
             let used = match started {
                 Ok(Started::Done(used)) => Some(used),
                 Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
+                Ok(Started::Passthrough(p)) => {
+                    passthrough.push_back((head, p));
+                    None
+                }
                 // Not answered to a caller without I/O in flight.
                 Ok(Started::DrainFirst(_)) => Some(0),
                 Err(e) => {
@@ -696,11 +918,16 @@ impl QueueWorker {
         mem: &MemGuard,
         mut io: PendingIo<'_>,
     ) -> Option<u32> {
-        if self.queue_io(head, mem, &mut io) {
+        // enospc=hold: behind the LU's held writes, or held itself when it finds no room.
+        if self.hold_behind(bus, head, mem, &mut io) || self.queue_io(head, mem, &mut io) {
             None
         } else {
             // The engine cannot take it: the one synchronous fallback.
-            Some(io.run_inline(bus))
+            let result = bus.run_sync(&io.plan);
+            if self.hold_failed(bus, head, mem, &mut io, &result) {
+                return None;
+            }
+            Some(io.finish(bus, result))
         }
     }
 
@@ -711,33 +938,15 @@ impl QueueWorker {
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
             return false;
         };
-        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd) {
+        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd, io.plan.fixed) {
             return false;
         }
         let slot = &mut self.slots[index as usize];
-        slot.iov.clear();
-        slot.iov.extend(segments.iter().map(|s| libc::iovec {
-            iov_base: s.ptr_guard_mut().as_ptr().cast(),
-            iov_len: s.len(),
-        }));
-        slot.response.clear();
-        slot.response.extend(
-            io.response
-                .segments()
-                .iter()
-                .map(|s| (s.ptr_guard_mut().as_ptr(), s.len())),
-        );
-        slot.head = head;
-        slot.mem = Some(mem.clone());
-        slot.target = io.target;
-        slot.lun = io.lun;
-        slot.meta = io.plan.meta;
-        slot.reply = io.reply;
-        slot.fd = fd;
-        slot.offset = io.plan.offset;
+        slot.fill(head, mem, io);
         let op = Op {
             kind: slot.meta.kind,
             fd,
+            fixed: io.plan.fixed,
             iov: slot.iov.as_ptr(),
             iovcnt: slot.iov.len(),
             offset: slot.offset,
@@ -752,13 +961,14 @@ impl QueueWorker {
             return false;
         }
         self.slots[index as usize].write = io.plan.write.take();
+        self.slots[index as usize].unit = io.plan.unit.take();
         self.free.pop();
         self.inflight += 1;
         // Let the device start on this one while the rest of the ring is parsed: holding a
         // whole pass back costs more latency than the system call saves (see
         // docs/benchmarks.md).
         self.unsubmitted += 1;
-        if self.unsubmitted >= self.submit_batch {
+        if self.unsubmitted >= self.submit_batch && !self.last_of_pass {
             // An error here shows again at the end-of-pass submit, which reports it.
             let _ = self.submit();
         }
@@ -782,6 +992,8 @@ impl QueueWorker {
         // front-end removed the memory holding it): one lost here would stay "in flight" for
         // ever and hold up the teardown. The first such error is reported after the loop.
         let mut ring_error = None;
+        // One clock reading for the completions reaped together.
+        let now = Instant::now();
         for &(user_data, res) in &done {
             let index = user_data as usize;
             let Some(slot) = self.slots.get_mut(index).filter(|s| s.mem.is_some()) else {
@@ -789,7 +1001,12 @@ impl QueueWorker {
                 continue;
             };
             let result = io_result(slot, res);
-            let out = bus.complete(slot.target, slot.lun, slot.meta, result);
+            if self.held.hold_failed(bus, index as u32, slot, &result) {
+                // Kept (enospc=hold): still not answered, but no longer in the engine.
+                self.inflight -= 1;
+                continue;
+            }
+            let out = bus.complete_at(slot.unit.as_deref(), slot.meta, result, now);
             let used = slot
                 .reply
                 .respond_with(&out, |header| write_raw(&slot.response, header));
@@ -814,6 +1031,19 @@ impl QueueWorker {
     pub fn set_teardown_deadline(&mut self, deadline: Instant) {
         self.teardown_deadline = Some(deadline);
     }
+}
+
+/// A turn of the spin (one check and one `sched_yield`) that took this long gave the CPU to
+/// another thread: the host has no CPU to spare for polling (an uncontended turn takes about a
+/// microsecond).
+const CONTENDED: Duration = Duration::from_micros(20);
+
+/// What a spin before sleeping saw.
+#[derive(Debug, PartialEq, Eq)]
+enum Spun {
+    Completion,
+    Request,
+    Nothing,
 }
 
 /// How long the disconnect waits for the queues' I/O in flight: the listener must be ready for

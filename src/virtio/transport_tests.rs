@@ -47,6 +47,8 @@ fn bus_with_lun(target: u8, lun: u16) -> (ScsiBus, tempfile::NamedTempFile) {
     img.as_file().set_len(1 << 20).unwrap();
     let backend = FileBackend::new(img.reopen().unwrap(), false).unwrap();
     let opts = LunOptions {
+        device_type: Default::default(),
+        removable: false,
         read_only: false,
         serial: "S".into(),
         wwn: 0x3000_0000_0000_0001,

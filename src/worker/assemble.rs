@@ -4,33 +4,65 @@
 use std::sync::Arc;
 
 use crate::{
-    block::BlockBackend,
-    config::LunConfig,
-    scsi::{LogicalUnit, LunOptions, PrFile, ScsiBus},
+    block::{
+        iscsi::{IscsiHandover, IscsiLun, Reconnect},
+        BlockBackend,
+    },
+    config::{LunConfig, LunType},
+    scsi::{DeviceType, LogicalUnit, LunOptions, PrFile, ScsiBus},
 };
+
+/// What serves a LUN in the worker.
+#[derive(Clone)]
+pub enum LunBackend {
+    /// Bytes on the host: an image, a block device, `null://`; SCSI is emulated.
+    Block(Arc<dyn BlockBackend>),
+    /// A LUN of an iSCSI target, logged in to by the supervisor; SCSI passes through.
+    Iscsi(IscsiHandover),
+}
+
+impl LunBackend {
+    /// The size in bytes of an emulated LUN; 0 for an iSCSI LUN (its size is the target's,
+    /// and can change there).
+    pub fn size(&self) -> u64 {
+        self.block().map_or(0, |b| b.size())
+    }
+
+    /// The byte store of an emulated LUN.
+    pub fn block(&self) -> Option<&Arc<dyn BlockBackend>> {
+        match self {
+            LunBackend::Block(b) => Some(b),
+            LunBackend::Iscsi(_) => None,
+        }
+    }
+}
 
 /// A LUN with its backend open and locked (by the supervisor's `open`), as the worker gets it.
 /// Cloning shares the open files: a restarted worker builds its bus from the same ones.
 #[derive(Clone)]
 pub struct OpenedLun {
     pub config: LunConfig,
-    pub backend: Arc<dyn BlockBackend>,
+    pub backend: LunBackend,
     /// The open and locked `pr-file`, if configured.
     pub pr_file: Option<PrFile>,
 }
 
 impl std::fmt::Debug for OpenedLun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenedLun")
-            .field("config", &self.config)
-            .field("size", &self.backend.size())
-            .field("pr_file", &self.pr_file.is_some())
-            .finish()
+        let mut d = f.debug_struct("OpenedLun");
+        d.field("config", &self.config);
+        match &self.backend {
+            LunBackend::Block(b) => d.field("size", &b.size()),
+            LunBackend::Iscsi(h) => d.field("iscsi", h),
+        };
+        d.field("pr_file", &self.pr_file.is_some()).finish()
     }
 }
 
-/// Builds the bus that the queue threads share.
-pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
+/// Builds the bus that the queue threads share, with the emulated LUNs only: memory and the
+/// LUNs' open files, nothing started (the worker builds it before its seccomp filters, to make
+/// the io_uring rings over its files). The iSCSI LUNs join with [`start_iscsi_luns`].
+pub fn build_bus(luns: &[OpenedLun]) -> ScsiBus {
     let mut bus = ScsiBus::new();
     for OpenedLun {
         config,
@@ -38,39 +70,66 @@ pub fn build_bus(luns: Vec<OpenedLun>) -> ScsiBus {
         pr_file,
     } in luns
     {
-        let opts = LunOptions {
-            read_only: config.read_only,
-            serial: config
-                .serial
-                .clone()
-                .unwrap_or_else(|| default_serial(&config)),
-            wwn: config.wwn.unwrap_or_else(|| default_wwn(&config)),
-            block_size: config.block_size.bytes(),
-            discard: config.discard,
-            physical_block_size: config.phys_block_size.unwrap_or(0),
-            pr_file,
+        let LunBackend::Block(backend) = backend else {
+            continue;
         };
-        bus.add_lun(config.target, config.lun, LogicalUnit::new(backend, opts));
+        let lu = logical_unit(config, backend.clone(), pr_file.clone());
+        bus.add_lun(config.target, config.lun, lu);
     }
     bus
 }
 
-/// `VUS-T000-L00000`-style serial: unique per daemon and stable across restarts.
-fn default_serial(lun: &LunConfig) -> String {
-    format!("VUS-T{:03}-L{:05}", lun.target, lun.lun)
+/// The logical unit `config` describes, over `backend`: identities (configured or derived),
+/// device type, block sizes, `enospc=` policy.
+pub fn logical_unit(
+    config: &LunConfig,
+    backend: Arc<dyn BlockBackend>,
+    pr_file: Option<PrFile>,
+) -> LogicalUnit {
+    let opts = LunOptions {
+        device_type: match config.lun_type {
+            LunType::Disk => DeviceType::Disk,
+            LunType::Cdrom => DeviceType::Cdrom,
+        },
+        removable: config.removable,
+        read_only: config.read_only,
+        serial: config
+            .serial
+            .clone()
+            .unwrap_or_else(|| config.default_serial()),
+        wwn: config.wwn.unwrap_or_else(|| config.default_wwn()),
+        block_size: config.block_size.bytes(),
+        discard: config.discard,
+        physical_block_size: config.phys_block_size.unwrap_or(0),
+        pr_file,
+    };
+    let mut lu = LogicalUnit::new(backend, opts);
+    lu.set_enospc(config.enospc);
+    lu
 }
 
-/// An NAA 3 ("locally assigned") identifier hashed from the source path and the address, so
-/// that the guest's `/dev/disk/by-id` names survive daemon restarts but differ between images.
-fn default_wwn(lun: &LunConfig) -> u64 {
-    // FNV-1a: tiny, deterministic across builds and platforms (unlike std's SipHash keys).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let bytes = lun.source.as_os_str().as_encoded_bytes().iter();
-    for &b in bytes.chain(&[lun.target]).chain(&lun.lun.to_be_bytes()) {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+/// Starts a thread per iSCSI LUN (`reconnect_for` gives each its way to a fresh connection)
+/// and puts the LUNs on the bus. Called once the worker's filters are in: the threads stack
+/// their own role on top.
+pub fn start_iscsi_luns(
+    bus: &mut ScsiBus,
+    luns: &[OpenedLun],
+    mut reconnect_for: impl FnMut(&LunConfig) -> Box<dyn Reconnect>,
+) -> std::io::Result<()> {
+    for lun in luns {
+        if let LunBackend::Iscsi(h) = &lun.backend {
+            let lu = IscsiLun::start(h, reconnect_for(&lun.config))?;
+            bus.add_passthrough(lun.config.target, lun.config.lun, lu);
+        }
     }
-    (3 << 60) | (hash >> 4)
+    Ok(())
+}
+
+/// The [`Reconnect`] of a worker without an fd broker (tests): never a new connection.
+pub fn no_reconnect(_: &LunConfig) -> Box<dyn Reconnect> {
+    Box::new(|_: &crate::iscsi::login::SessionParams| {
+        Err("no fd broker: cannot ask the supervisor for a new connection".to_owned())
+    })
 }
 
 #[cfg(test)]
@@ -84,11 +143,11 @@ mod tests {
     #[test]
     fn default_identities_are_stable_and_distinct() {
         let a = lun("/img/a", 0, 0);
-        assert_eq!(default_serial(&a), "VUS-T000-L00000");
-        assert_eq!(default_serial(&lun("/x", 12, 345)), "VUS-T012-L00345");
-        assert_eq!(default_wwn(&a), default_wwn(&a.clone()));
-        assert_eq!(default_wwn(&a) >> 60, 3);
-        assert_ne!(default_wwn(&a), default_wwn(&lun("/img/b", 0, 0)));
-        assert_ne!(default_wwn(&a), default_wwn(&lun("/img/a", 0, 1)));
+        assert_eq!(a.default_serial(), "VUS-T000-L00000");
+        assert_eq!(lun("/x", 12, 345).default_serial(), "VUS-T012-L00345");
+        assert_eq!(a.default_wwn(), a.clone().default_wwn());
+        assert_eq!(a.default_wwn() >> 60, 3);
+        assert_ne!(a.default_wwn(), lun("/img/b", 0, 0).default_wwn());
+        assert_ne!(a.default_wwn(), lun("/img/a", 0, 1).default_wwn());
     }
 }

@@ -3,7 +3,11 @@
 //! own requests. Worker threads that need the supervisor (an iSCSI LUN after a connection
 //! loss) hold a [`BrokerHandle`].
 
-use std::os::{fd::OwnedFd, unix::net::UnixStream};
+use std::{
+    os::{fd::OwnedFd, unix::net::UnixStream},
+    sync::{Arc, Condvar, Mutex},
+    time::Duration,
+};
 
 use crate::{
     broker::{endpoint, manage::ManageMsg, Body},
@@ -37,8 +41,6 @@ pub fn start(sock: UnixStream, mut handlers: Handlers) -> std::io::Result<Broker
             crate::sandbox::probe::run_in_thread(ThreadRole::WorkerBroker);
         },
         move |body, fds| match body {
-            // Answered here: the supervisor's liveness check works without a handler.
-            Body::Manage(msg) if msg == ManageMsg::Ping => (Body::Manage(msg), Vec::new()),
             Body::Manage(msg) => match handlers.manage.as_mut() {
                 Some(handle) => handle(msg, fds),
                 None => (
@@ -52,4 +54,47 @@ pub fn start(sock: UnixStream, mut handlers: Handlers) -> std::io::Result<Broker
         },
     )?;
     Ok(handle)
+}
+
+/// How long a management request that arrives while the worker is still starting waits for
+/// the handler. Start-up between the broker thread and the served bus takes milliseconds; the
+/// bound only matters if start-up fails, when the request gets an error instead of hanging.
+const STARTING_WAIT: Duration = Duration::from_secs(10);
+
+/// The slot for a management handler that is installed later: the worker starts its broker
+/// thread before the bus it manages is served (iSCSI LUN threads need the broker to start).
+#[derive(Default)]
+pub struct ManageSlot {
+    handler: Mutex<Option<ManageHandler>>,
+    installed: Condvar,
+}
+
+impl ManageSlot {
+    /// Installs the handler and wakes a request that waits for it.
+    pub fn install(&self, handler: ManageHandler) {
+        *self.handler.lock().unwrap_or_else(|p| p.into_inner()) = Some(handler);
+        self.installed.notify_all();
+    }
+}
+
+/// A management handler that runs the one installed in `slot`. A request that arrives before
+/// then (a client that connects as soon as the management socket exists, or right after a
+/// worker restart) waits for it rather than failing; it only fails if start-up does not
+/// finish within [`STARTING_WAIT`]. The broker thread is blocked meanwhile, which is safe:
+/// nothing between its start and the installation waits for a broker reply.
+pub fn deferred(slot: Arc<ManageSlot>) -> ManageHandler {
+    Box::new(move |msg, fds| {
+        let guard = slot.handler.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut guard, _) = slot
+            .installed
+            .wait_timeout_while(guard, STARTING_WAIT, |h| h.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        match guard.as_mut() {
+            Some(handle) => handle(msg, fds),
+            None => (
+                Body::error("the worker did not finish starting; try again"),
+                Vec::new(),
+            ),
+        }
+    })
 }

@@ -4,6 +4,7 @@ pub mod assemble;
 pub mod broker;
 pub mod guest_memory;
 pub mod inflight;
+pub mod manage;
 pub mod serve;
 pub mod startup;
 pub mod vhost_user;

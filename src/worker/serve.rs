@@ -246,6 +246,7 @@ pub fn serve(
         let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
         let mut daemon = VhostUserDaemon::new(PROTOCOL_THREAD_NAME.into(), backend.clone(), mem)
             .map_err(DaemonError::NewDaemon)?;
+        backend.register_retry_timers(&daemon.get_epoll_handlers());
         let expected_fd = lowest_free_fd(listener);
         accept_confined(&mut daemon, &mut vhost_listener)?;
         connections += 1;

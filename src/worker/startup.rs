@@ -24,6 +24,7 @@ use super::{
     assemble::{self, OpenedLun},
     broker,
     inflight::{InflightMemfd, QueueShape},
+    manage,
     serve::{self, ServeOptions},
     vhost_user::ScsiBackend,
 };
@@ -32,6 +33,7 @@ use crate::{
     config::Config,
     logging::relay,
     sandbox::{self, SandboxError, WorkerJail},
+    scsi::ScsiBus,
 };
 
 /// Exit code when serving failed after setup.
@@ -66,20 +68,15 @@ pub struct Inherited<'a> {
 }
 
 /// One io_uring per request queue for `--aio=io-uring`, over the LUN files io_uring handles
-/// correctly (not FUSE: its I/O then runs synchronously). Made while the worker is still
-/// unfiltered: once the seccomp filters are in, no thread may create a ring (a fresh ring
-/// would run any operation unseen by seccomp). None when io_uring is refused: the queues use
-/// the thread pool, started now by `with_io_config`'s caller below.
-fn make_rings(res: &Inherited<'_>, config: &Config) -> Vec<UringEngine> {
+/// correctly (not FUSE: its I/O then runs synchronously), each LU given its fixed-file slot.
+/// Made while the worker is still unfiltered: once the seccomp filters are in, no thread may
+/// create a ring (a fresh ring would run any operation unseen by seccomp). None when io_uring
+/// is refused: the queues use the thread pool, started now by `with_io_config`'s caller below.
+fn make_rings(bus: &ScsiBus, config: &Config) -> Vec<UringEngine> {
     if config.io.aio != AioMode::IoUring {
         return Vec::new();
     }
-    let files: Vec<RawFd> = res
-        .luns
-        .iter()
-        .filter(|l| l.backend.uring_safe())
-        .filter_map(|l| l.backend.raw_fd())
-        .collect();
+    let files = bus.assign_fixed_files();
     match UringEngine::for_queues(
         config.num_queues,
         config.queue_size,
@@ -194,9 +191,10 @@ fn worker_main(
         return Ok(sandbox::EXIT_SANDBOX);
     }
     drop(sync);
-    // The request queues' rings, made, restricted and enabled now: no role installed below
-    // allows io_uring_setup.
-    let rings = make_rings(res, config);
+    // The bus (memory only), then the request queues' rings over its files, made, restricted
+    // and enabled now: no role installed below allows io_uring_setup.
+    let mut bus = assemble::build_bus(res.luns);
+    let rings = make_rings(&bus, config);
     // The inflight region handed out to front-ends (GET_INFLIGHT_FD), likewise made now: no
     // role may create a file.
     let inflight = InflightMemfd::create(QueueShape {
@@ -210,9 +208,15 @@ fn worker_main(
     #[cfg(debug_assertions)]
     sandbox::probe::run_in_main();
 
-    // The broker thread, under the filters like every thread. The handle goes to whoever
-    // needs the supervisor at runtime; the thread lives until the process ends.
-    let _broker = match broker::start(broker, broker::Handlers::default()) {
+    // The broker thread, under the filters like every thread; it runs the supervisor's
+    // management requests on the bus (once the bus is served: `manage` is filled in below) and
+    // carries the iSCSI LUN threads' requests for fresh connections. The thread lives until
+    // the process ends.
+    let manage: Arc<broker::ManageSlot> = Arc::default();
+    let handlers = broker::Handlers {
+        manage: Some(broker::deferred(manage.clone())),
+    };
+    let broker = match broker::start(broker, handlers) {
         Ok(handle) => handle,
         Err(e) => {
             log::error!("cannot start the fd broker thread: {e}");
@@ -221,8 +225,14 @@ fn worker_main(
     };
 
     // Serve.
-    let bus = Arc::new(assemble::build_bus(res.luns.to_vec()));
-    let mut backend = ScsiBackend::new(bus, config.num_queues, config.queue_size)
+    if let Err(e) = assemble::start_iscsi_luns(&mut bus, res.luns, |lun| {
+        crate::block::iscsi::broker_reconnect(broker.clone(), lun.target, lun.lun)
+    }) {
+        log::error!("worker: cannot start the iSCSI LUN threads: {e}");
+        return Ok(i32::from(EXIT_RUNTIME));
+    }
+    // The bus's backend: served over vhost-user, changed at runtime by management requests.
+    let mut backend = ScsiBackend::new(Arc::new(bus), config.num_queues, config.queue_size)
         .with_io_config(config.io.clone())
         .with_rings(rings)
         .allow_unsealed_memory(config.allow_unsealed_memory);
@@ -230,6 +240,7 @@ fn worker_main(
         backend = backend.with_inflight_memfd(memfd);
     }
     let backend = Arc::new(backend);
+    manage.install(manage::handler(backend.clone()));
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };

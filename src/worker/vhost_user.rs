@@ -20,7 +20,7 @@ use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
 use vhost_user_backend::{
-    VhostUserBackend, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
+    VhostUserBackend, VringEpollHandler, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
 };
 use virtio_bindings::{
     virtio_config::VIRTIO_F_VERSION_1,
@@ -42,7 +42,10 @@ use crate::{
     virtio::{
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
-        queue::{publish_used, Chain, QueueError, QueueWorker, Tracking, TEARDOWN_DRAIN},
+        events::{Event, EventQueue},
+        queue::{
+            publish_used, Chain, QueueError, QueueWorker, RetryTimer, Tracking, TEARDOWN_DRAIN,
+        },
         request::{split_chain, SplitChain},
     },
     worker::inflight::{InflightMemfd, InflightRegion, QueueShape},
@@ -140,6 +143,18 @@ pub struct ScsiBackend {
     /// registers each in its thread's epoll as a raw fd and never closes it (63 fds per
     /// connection with 62 queues): closed at disconnect, once the queue threads are joined.
     exit_fds: Mutex<Vec<RawFd>>,
+    /// Device events (LUNs added, removed, resized) waiting for the guest's event buffers.
+    events: EventQueue,
+    /// This connection's event queue, once the guest posted buffers on it: events raised by
+    /// runtime management are delivered from the raising thread.
+    event_vring: Mutex<Option<ScsiVring>>,
+    /// Per request queue: its retry timer (`enospc=hold`: held commands are retried when it
+    /// fires), registered in the queue thread's epoll for each connection
+    /// ([`ScsiBackend::register_retry_timers`]). `None` when they could not be made.
+    retry_timers: Option<Arc<[RetryTimer]>>,
+    /// Per request queue: its vring for this connection, kept so that a ring stop can answer
+    /// the commands the queue holds ([`QueueWorker::give_up_held`]).
+    vrings: Vec<Mutex<Option<ScsiVring>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -165,6 +180,17 @@ impl ScsiBackend {
             tables: Mutex::new(Vec::new()),
             exit_fds: Mutex::new(Vec::new()),
             allow_unsealed_memory: false,
+            events: EventQueue::new(),
+            event_vring: Mutex::new(None),
+            retry_timers: (0..num_request_queues)
+                .map(|_| RetryTimer::new())
+                .collect::<io::Result<Vec<_>>>()
+                .map(Arc::from)
+                .map_err(|e| {
+                    warn!("no retry timers for enospc=hold (retries only at a ring stop): {e}")
+                })
+                .ok(),
+            vrings: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
         }
     }
 
@@ -196,6 +222,48 @@ impl ScsiBackend {
                 state.generation,
             )
         })
+    }
+
+    /// The epoll event number of request queue `q`'s retry timer: past every queue and the
+    /// exit event, which vhost-user-backend reserves.
+    fn retry_event(&self, q: usize) -> u64 {
+        (FIXED_QUEUES + usize::from(self.num_request_queues) + 1 + q) as u64
+    }
+
+    /// Registers each request queue's retry timer in its thread's epoll (`handlers`: the new
+    /// connection's, thread 0 serving the control and event queues, thread `1 + q` request
+    /// queue `q`).
+    pub fn register_retry_timers(&self, handlers: &[Arc<VringEpollHandler<Arc<ScsiBackend>>>]) {
+        let Some(timers) = &self.retry_timers else {
+            return;
+        };
+        for (q, timer) in timers.iter().enumerate() {
+            let Some(handler) = handlers.get(1 + q) else {
+                continue;
+            };
+            for fd in timer.fds() {
+                if let Err(e) = handler.register_listener(fd, EventSet::IN, self.retry_event(q)) {
+                    warn!("request queue {q}: cannot watch its retry timer: {e}");
+                }
+            }
+        }
+    }
+
+    /// Retries every command held for lack of space (`enospc=hold`) now, on every queue (the
+    /// management interface's "space was freed"); returns at once, the retries run on the
+    /// queue threads. Any thread may call it: it only `write`s to eventfds.
+    pub fn retry_held(&self) {
+        for timer in self.retry_timers.iter().flat_map(|t| t.iter()) {
+            timer.fire_now();
+        }
+    }
+
+    /// Commands held for lack of space (`enospc=hold`) on every queue not serving right now.
+    pub fn held(&self) -> usize {
+        self.workers
+            .iter()
+            .filter_map(|w| w.try_lock().ok().and_then(|w| w.as_ref().map(|w| w.held())))
+            .sum()
     }
 
     /// Accepts guest memory that cannot be (or is not) sealed against shrinking
@@ -230,8 +298,14 @@ impl ScsiBackend {
         self
     }
 
-    /// Serves request queue `index` with its asynchronous worker.
-    fn process_request_queue(&self, vring: &ScsiVring, index: usize) -> Result<(), BackendError> {
+    /// Serves request queue `index` with its asynchronous worker, retrying its held commands
+    /// first when `retry` (its retry timer fired).
+    fn process_request_queue(
+        &self,
+        vring: &ScsiVring,
+        index: usize,
+        retry: bool,
+    ) -> Result<(), BackendError> {
         let slot = self.workers.get(index).ok_or(BackendError::UnknownQueue(
             (FIXED_QUEUES + index) as u16,
             index + 1,
@@ -239,9 +313,15 @@ impl ScsiBackend {
         let mut worker = slot.lock().unwrap_or_else(|e| e.into_inner());
         if worker.is_none() {
             let ring = self.rings.get(index).and_then(|r| lock(r).take());
-            let w = QueueWorker::new(&self.io, ring, self.queue_size, index)
+            let mut w = QueueWorker::new(&self.io, ring, self.queue_size, index)
                 .map_err(|e| BackendError::Engine(QueueError::Engine(e)))?;
+            if let Some(timers) = &self.retry_timers {
+                w.set_retry_timers(timers.clone(), index);
+            }
             *worker = Some(w);
+            if let Some(v) = self.vrings.get(index) {
+                *lock(v) = Some(vring.clone());
+            }
         }
         if let Some(w) = worker.as_mut() {
             if let Some((queue, generation)) =
@@ -254,12 +334,64 @@ impl ScsiBackend {
         let event_idx = self.event_idx.load(Ordering::Acquire);
         worker
             .as_mut()
-            .map_or(Ok(()), |w| w.run(&self.bus, vring, &mem, event_idx))
+            .map_or(Ok(()), |w| {
+                w.run_and_retry(&self.bus, vring, &mem, event_idx, retry)
+            })
             .map_err(BackendError::Engine)
     }
 
     pub fn bus(&self) -> &Arc<ScsiBus> {
         &self.bus
+    }
+
+    /// Tells the guest about a device event (a LUN added, removed, resized) on the event
+    /// queue: now if it has a buffer posted, else when it posts one (bounded backlog, then
+    /// EVENTS_MISSED).
+    pub fn raise_event(&self, event: Event) {
+        self.events.raise(event);
+        let vring = lock(&self.event_vring).clone();
+        if let Some(vring) = vring {
+            self.deliver_events(&vring);
+        }
+    }
+
+    /// Events waiting for a guest buffer, and whether some were dropped (diagnostics, tests).
+    pub fn pending_events(&self) -> (usize, bool) {
+        self.events.pending()
+    }
+
+    fn deliver_events(&self, vring: &ScsiVring) {
+        let Ok(mem) = self.memory() else {
+            return;
+        };
+        let event_idx = self.event_idx.load(Ordering::Acquire);
+        if let Err(e) = self.events.deliver(vring, &mem, event_idx) {
+            warn!("event queue: {e}");
+        }
+    }
+
+    /// Makes every engine let go of the files of LUNs removed from the bus: the rings between
+    /// connections and those of idle queues now, busy queues at their next request or
+    /// completion (they look on their own).
+    pub fn release_removed_files(&self) {
+        let released = self.bus.released_fixed_files();
+        for ring in &self.rings {
+            if let Some(ring) = lock(ring).as_mut() {
+                for &slot in &released {
+                    if let Err(e) = ring.release_file(slot) {
+                        warn!("cannot release a removed LUN's file from an io_uring: {e}");
+                    }
+                }
+            }
+        }
+        for worker in &self.workers {
+            // Held while the queue serves a batch, which then does this itself.
+            if let Ok(mut w) = worker.try_lock() {
+                if let Some(w) = w.as_mut() {
+                    w.release_removed_files(&self.bus);
+                }
+            }
+        }
     }
 
     /// Forgets the previous front-end's memory and closes what its connection left, and takes
@@ -286,6 +418,10 @@ impl ScsiBackend {
                 // No new ring can be made in the jail: the queue uses the thread pool.
                 Err(e) => warn!("request queue {q}: its io_uring cannot be reused: {e}"),
             }
+        }
+        *lock(&self.event_vring) = None;
+        for v in &self.vrings {
+            *lock(v) = None;
         }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.tables).clear();
@@ -432,6 +568,9 @@ impl VhostUserBackend for ScsiBackend {
         // A virtio reset is a guest reboot or driver reload: every LUN sees a power-on reset.
         debug!("device reset");
         self.bus.reset_all();
+        // The driver starts over and scans the bus: earlier events mean nothing to it.
+        self.events.clear();
+        *lock(&self.event_vring) = None;
     }
 
     fn set_event_idx(&self, enabled: bool) {
@@ -547,10 +686,16 @@ impl VhostUserBackend for ScsiBackend {
                     // under the same fd number, which the engine could not tell apart.
                     if let Some(w) = lock(worker).as_mut() {
                         w.forget_kick();
+                        // Held commands (enospc=hold) cannot stay in flight across a stop.
+                        if let Some(vring) = self.vrings.get(q).and_then(|v| lock(v).clone()) {
+                            w.give_up_held(&self.bus, &vring);
+                        }
                     }
                 }
             }
             None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control)),
+            // The broker thread may be delivering an event into it right now.
+            None if queue_index as usize == EVENT_QUEUE => self.events.quiesce(),
             None => {}
         }
         Ok(())
@@ -579,6 +724,25 @@ impl VhostUserBackend for ScsiBackend {
         if evset != EventSet::IN {
             return Err(BackendError::UnexpectedEvent(evset).into());
         }
+        // A request queue's retry timer (enospc=hold): retry what that queue holds, if anything
+        // (the timer may have fired before this connection, or after the ring stopped).
+        let first_timer = self.retry_event(0);
+        if u64::from(device_event) >= first_timer {
+            let q = (u64::from(device_event) - first_timer) as usize;
+            if let Some(timer) = self.retry_timers.as_ref().and_then(|t| t.get(q)) {
+                timer.consume();
+            }
+            let holds = self
+                .workers
+                .get(q)
+                .is_some_and(|w| lock(w).as_ref().is_some_and(|w| w.held() > 0));
+            if holds {
+                if let Some(vring) = vrings.first() {
+                    self.process_request_queue(vring, q, true)?;
+                }
+            }
+            return Ok(());
+        }
         let vring = vrings
             .get(usize::from(device_event))
             .ok_or(BackendError::UnknownQueue(device_event, thread_id))?;
@@ -595,9 +759,13 @@ impl VhostUserBackend for ScsiBackend {
                 })?
             }
             // Event-queue buffers stay with us until there is an event to report (hotplug,
-            // capacity change): the guest expects them to be held, not returned empty.
-            (0, EVENT_QUEUE) => {}
-            (_, 0) => self.process_request_queue(vring, thread_id - 1)?,
+            // capacity change): the guest expects them to be held, not returned empty. Events
+            // raised while it had none posted go out now.
+            (0, EVENT_QUEUE) => {
+                *lock(&self.event_vring) = Some(vring.clone());
+                self.deliver_events(vring);
+            }
+            (_, 0) => self.process_request_queue(vring, thread_id - 1, false)?,
             _ => return Err(BackendError::UnknownQueue(device_event, thread_id).into()),
         }
         Ok(())
@@ -760,11 +928,14 @@ impl VringT<GuestMemory> for ScsiVring {
     }
     fn set_kick(&self, file: Option<File>) {
         self.0.set_kick(ring_fd(file, "SET_VRING_KICK"));
-        // Look at the ring once it starts, without waiting for the guest: after a worker
-        // restart, requests resubmitted from the inflight region (and ones the guest made
-        // available while nobody served the queue) would otherwise wait for a kick that the
-        // guest, waiting for them, never sends. (libvhost-user does the same.) An extra look
-        // at a ring with nothing new costs one empty batch; EAGAIN means one is pending anyway.
+        // One kick of our own: the queue's thread looks at the ring once it is registered,
+        // whatever the guest does. After a reconnection the guest's event buffers are already
+        // posted and it will not kick for them again (this is when we learn the new event
+        // queue and deliver the events raised meanwhile), and requests resubmitted from the
+        // inflight region (or made available while nobody served the queue) would otherwise
+        // wait for a kick that the guest, waiting for them, never sends. (libvhost-user does
+        // the same.) A look at any other ring finds what a kick would have found: nothing, or
+        // requests to serve; EAGAIN (a full counter) means the ring is kicked already.
         if let Some(kick) = self.0.get_ref().get_kick() {
             signal_eventfd(kick.as_raw_fd());
         }
@@ -822,6 +993,20 @@ mod tests {
 
     fn open_fds() -> usize {
         std::fs::read_dir("/proc/self/fd").unwrap().count()
+    }
+
+    /// A new kick fd is kicked once by us: after a reconnection, the event queue's thread must
+    /// look at buffers the guest posted before (and will not kick for again).
+    #[test]
+    fn a_new_kick_fd_is_kicked_once() {
+        use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+        let vring = ScsiVring::new(GuestMemoryAtomic::new(GuestMemoryMmap::new()), 16).unwrap();
+        let kick = EventFd::new(EFD_NONBLOCK).unwrap();
+        // SAFETY: a duplicate of an eventfd we own, handed over as the vring's own.
+        let file = unsafe { File::from_raw_fd(libc::dup(kick.as_raw_fd())) };
+        vring.set_kick(Some(file));
+        assert_eq!(kick.read().unwrap(), 1);
+        assert!(kick.read().is_err(), "kicked more than once");
     }
 
     /// Regression (fuzz/vhost_user: EMFILE after ~6600 connections; fixed with issue 19):

@@ -58,6 +58,16 @@ impl Daemon {
     }
 
     pub fn start_listening(disks: &[Disk], extra_args: &[&str], listen: Listen) -> Self {
+        Self::start_with_env(disks, extra_args, listen, &[])
+    }
+
+    /// [`Self::start_listening`] with `env` added to the daemon's environment.
+    pub fn start_with_env(
+        disks: &[Disk],
+        extra_args: &[&str],
+        listen: Listen,
+        env: &[(&str, &str)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vus.sock");
         let log = dir.path().join("daemon.log");
@@ -124,6 +134,7 @@ impl Daemon {
         }
         cmd.args(["--log-level", "debug"])
             .args(extra_args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file);
@@ -224,6 +235,35 @@ impl Drop for Daemon {
             }
         }
     }
+}
+
+/// CPU time (user + system, in clock ticks) of each live thread of `pid`, by thread id and
+/// name, from /proc/PID/task/*/stat (fields 14 and 15).
+#[allow(dead_code)] // not every test binary measures CPU time
+pub fn thread_cpu_ticks(pid: libc::pid_t) -> Vec<(libc::pid_t, String, u64)> {
+    let mut threads = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread just exited
+        };
+        // The name is in parentheses and may hold spaces: fields are counted after it (the
+        // state is field 3).
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let field = |i: usize| -> u64 { fields[i - 3].parse().expect("stat field") };
+        let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
+        threads.push((
+            tid,
+            stat[open + 1..close].to_string(),
+            field(14) + field(15),
+        ));
+    }
+    threads
 }
 
 /// The worker: the supervisor's child named `vus-worker` (waits for it, bounded).
@@ -331,5 +371,100 @@ impl Drop for FaultFs {
         let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Connects to the unix socket `path` from a forked child running as uid `uid`, gid `gid`, no
+/// supplementary groups; sends `request` (when empty: only connects) and reads what comes back until the
+/// peer closes or a newline arrives (at most 4 KiB). `Err(errno)` when `connect(2)` failed.
+#[allow(dead_code)] // not every test binary connects as another user
+pub fn ask_as(path: &std::path::Path, uid: u32, gid: u32, request: &[u8]) -> Result<Vec<u8>, i32> {
+    let cpath = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a zeroed sockaddr_un is valid; the path fits (checked below).
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = cpath.as_bytes_with_nul();
+    assert!(bytes.len() <= addr.sun_path.len());
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 fills the two-element array.
+    let piped = unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(piped, 0);
+    let mut answer = vec![0u8; 4096];
+    // SAFETY: between fork and _exit the child only makes async-signal-safe system calls on
+    // memory prepared before the fork (the address, the request, the answer buffer).
+    unsafe {
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork");
+        if pid == 0 {
+            libc::close(pipe[0]);
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(gid, gid, gid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                libc::_exit(200);
+            }
+            let s = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            if s < 0 {
+                libc::_exit(201);
+            }
+            let r = libc::connect(
+                s,
+                (&addr as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            if r != 0 {
+                libc::_exit(*libc::__errno_location());
+            }
+            if request.is_empty() {
+                // Connecting was the question.
+                libc::_exit(0);
+            }
+            // MSG_NOSIGNAL: a server that refused and closed already must not kill the child.
+            libc::send(
+                s,
+                request.as_ptr().cast(),
+                request.len(),
+                libc::MSG_NOSIGNAL,
+            );
+            // Up to the first newline (one JSON-RPC answer) or the peer's close.
+            let mut got = 0;
+            while got < answer.len() {
+                let n = libc::read(s, answer[got..].as_mut_ptr().cast(), answer.len() - got);
+                if n <= 0 {
+                    break;
+                }
+                let n = n as usize;
+                let done = answer[got..got + n].contains(&b'\n');
+                libc::write(pipe[1], answer[got..].as_ptr().cast(), n);
+                got += n;
+                if done {
+                    break;
+                }
+            }
+            libc::_exit(0);
+        }
+        libc::close(pipe[1]);
+        let mut out = Vec::new();
+        loop {
+            let n = libc::read(pipe[0], answer.as_mut_ptr().cast(), answer.len());
+            if n <= 0 {
+                break;
+            }
+            out.extend_from_slice(&answer[..n as usize]);
+        }
+        libc::close(pipe[0]);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFEXITED(status));
+        let code = libc::WEXITSTATUS(status);
+        assert!(code < 200, "child could not become {uid}:{gid} ({code})");
+        if code == 0 {
+            Ok(out)
+        } else {
+            Err(code)
+        }
     }
 }

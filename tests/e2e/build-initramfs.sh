@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Build the e2e guest initramfs: busybox + e2fsprogs + util-linux discard tools
-# + sg3-utils (optional) + the virtio-scsi/sd/ext4 kernel modules + /init +
-# the guest workloads (guest-workload.sh, guest-sg3.sh, guest-restart.sh).
+# + sg3-utils and eject (optional) + the virtio-scsi/sd/sr/ext4/isofs kernel modules + /init +
+# the guest workloads (guest-workload.sh, guest-sg3.sh, guest-cdboot.sh, guest-hotplug.sh,
+# guest-restart.sh).
 #
 # Usage: build-initramfs.sh OUT.cpio.gz
 #   E2E_KVER selects the guest kernel version (default: newest installed).
+#   E2E_EXTRA_BINARIES: more "name:path" binaries to copy (the soak's fio: about 80 MiB
+#   with its libraries, so only in the soak's own initramfs).
 #
 # Cached by content: OUT.key holds a hash of every input; if it matches, the
 # existing OUT is kept.
@@ -19,8 +22,8 @@ KVER="$(e2e_kver)"
 # skipped; dependencies missing from this list are added from modules.dep.
 MODULES=(crc64 crc64-rocksoft crct10dif_common crc-t10dif t10-pi
          virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci
-         scsi_common scsi_mod sd_mod sg virtio_scsi
-         jbd2 mbcache crc16 crc32c_generic libcrc32c ext4)
+         scsi_common scsi_mod sd_mod sg cdrom sr_mod virtio_scsi
+         jbd2 mbcache crc16 crc32c_generic libcrc32c ext4 isofs)
 
 # Host binaries copied with their shared libraries (first found wins).
 # "name:candidate1,candidate2"; optional ones are prefixed with '?'.
@@ -49,7 +52,16 @@ BINARIES=(mke2fs:/usr/sbin/mke2fs,/sbin/mke2fs
           ?sg_start:/usr/bin/sg_start
           ?sg_prevent:/usr/bin/sg_prevent
           ?sg_requests:/usr/bin/sg_requests
-          ?sg_raw:/usr/bin/sg_raw)
+          ?sg_raw:/usr/bin/sg_raw
+          # eject(1) of util-linux: CDROMEJECT / CDROMCLOSETRAY on a CD-ROM LUN.
+          ?eject:/usr/bin/eject
+
+          # Issue 14, second round: EXTENDED COPY, SANITIZE, LOG SENSE, READ DEFECT DATA.
+          ?sg_xcopy:/usr/bin/sg_xcopy
+          ?sg_copy_results:/usr/bin/sg_copy_results
+          ?sg_sanitize:/usr/bin/sg_sanitize
+          ?sg_logs:/usr/bin/sg_logs
+          ?sg_reassign:/usr/bin/sg_reassign)
 
 BUSYBOX="$(command -v busybox || true)"
 [[ -n "$BUSYBOX" ]] || e2e_die "busybox not found (apt-get install busybox-static)"
@@ -86,6 +98,8 @@ resolve_bin() {
     return 1
 }
 
+# shellcheck disable=SC2206 # word splitting wanted: a list of name:path specs
+BINARIES+=(${E2E_EXTRA_BINARIES:-})
 declare -a BIN_FILES=()
 for b in "${BINARIES[@]}"; do
     if p="$(resolve_bin "$b")"; then
@@ -106,7 +120,8 @@ mapfile -t LIB_FILES < <(for b in "${BIN_FILES[@]}"; do ldd "$b"; done \
 key="$( {
     echo "kver=$KVER"
     sha256sum "$E2E_DIR/build-initramfs.sh" "$E2E_DIR/init.sh" "$E2E_DIR/guest-workload.sh" \
-        "$E2E_DIR/guest-sg3.sh" "$E2E_DIR/guest-restart.sh" "$E2E_DIR/guest-lib.sh"
+        "$E2E_DIR/guest-sg3.sh" "$E2E_DIR/guest-cdboot.sh" "$E2E_DIR/guest-hotplug.sh" \
+        "$E2E_DIR/guest-soak.sh" "$E2E_DIR/guest-restart.sh" "$E2E_DIR/guest-lib.sh"
     for f in "$BUSYBOX" "${BIN_FILES[@]}" "${LIB_FILES[@]}" "${MOD_FILES[@]}" /etc/mke2fs.conf; do
         [[ -e "$f" ]] && stat -L -c '%n %s %Y' "$f"
     done
@@ -160,6 +175,9 @@ done
 install -m 0755 "$E2E_DIR/init.sh" init
 install -m 0755 "$E2E_DIR/guest-workload.sh" e2e/guest-workload.sh
 install -m 0755 "$E2E_DIR/guest-sg3.sh" e2e/guest-sg3.sh
+install -m 0755 "$E2E_DIR/guest-cdboot.sh" e2e/guest-cdboot.sh
+install -m 0755 "$E2E_DIR/guest-hotplug.sh" e2e/guest-hotplug.sh
+install -m 0755 "$E2E_DIR/guest-soak.sh" e2e/guest-soak.sh
 install -m 0755 "$E2E_DIR/guest-restart.sh" e2e/guest-restart.sh
 install -m 0644 "$E2E_DIR/guest-lib.sh" e2e/guest-lib.sh
 echo "$KVER" > e2e/kver

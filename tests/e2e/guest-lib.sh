@@ -9,11 +9,11 @@ cmdline_get() {
     echo "$2"
 }
 
-# dev_for T:L -> sdX, by matching the H:C:T:L name of /sys/block/sd*/device
-# (never assume probe order).
+# dev_for T:L -> sdX (or srX for a CD-ROM), by matching the H:C:T:L name of
+# /sys/block/sd*/device (never assume probe order).
 dev_for() {
     want_t="${1%:*}"; want_l="${1#*:}"
-    for d in /sys/block/sd*; do
+    for d in /sys/block/sd* /sys/block/sr*; do
         [ -e "$d/device" ] || continue
         hctl="$(basename "$(readlink "$d/device")")"
         t="$(echo "$hctl" | cut -d: -f3)"; l="$(echo "$hctl" | cut -d: -f4)"

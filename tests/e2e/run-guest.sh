@@ -4,7 +4,9 @@
 # Usage:
 #   run-guest.sh --socket SOCK [options]          vhost-user-scsi-pci (our daemon)
 #   run-guest.sh --builtin IMG0,IMG1 [options]    QEMU's built-in virtio-scsi + scsi-hd
-#                                                 (control run for the harness itself)
+#                                                 (control run for the harness itself);
+#                                                 cdrom:ISO attaches a scsi-cd instead,
+#                                                 removable:IMG a scsi-hd with removable=on
 # Options:
 #   --phase N        guest workload phase (1 or 2; default 1)
 #   --reboot         reboot the guest once inside the same QEMU after the workload
@@ -13,6 +15,8 @@
 #   --accel A        QEMU accelerator (default tcg: nested KVM guests hang on this host)
 #   --device-props P extra properties for vhost-user-scsi-pci (e.g. param_change=off,
 #                    which some back-ends need; ours does not)
+#   --drive-opts O   -drive cache/aio options of --builtin images (default cache=writeback;
+#                    the bench uses cache=none,aio=native and cache=none,aio=io_uring)
 #   --kernel FILE    guest kernel (default: /boot/vmlinuz-<newest with modules>)
 #   --initrd FILE    initramfs (default: built/cached by build-initramfs.sh
 #                    under target/e2e-cache/)
@@ -27,6 +31,10 @@
 #   --reconnect-ms M QEMU reconnects to the socket M ms after losing it (chardev
 #                    reconnect-ms, QEMU >= 9.2): a restarted worker is taken back
 #   --no-log-on-failure  don't copy the serial log to stderr on failure
+#   --boot-cd        boot the firmware (SeaBIOS) from the vhost-user-scsi device
+#                    (bootindex 0) instead of -kernel/-initrd: the kernel and its
+#                    command line come from the boot medium (make-boot-iso.sh);
+#                    needs --socket and --nonce
 #
 # Exits 0 only if the log contains "E2E-RESULT: PASS phase=N nonce=NONCE" and
 # no FAIL line. Prints the log on failure.
@@ -34,13 +42,15 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 QEMU=qemu-system-x86_64 ACCEL=tcg DEVICE_PROPS="" KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
-REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
+DRIVE_OPTS=cache=writeback REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
+BOOT_CD=0
 RECONNECT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --qemu) QEMU="$2"; shift ;;
         --accel) ACCEL="$2"; shift ;;
         --device-props) DEVICE_PROPS=",$2"; shift ;;
+        --drive-opts) DRIVE_OPTS="$2"; shift ;;
         --kernel) KERNEL="$2"; shift ;;
         --initrd) INITRD="$2"; shift ;;
         --log) LOG="$2"; shift ;;
@@ -56,7 +66,8 @@ while [[ $# -gt 0 ]]; do
         --socket-wait) SOCKET_WAIT="$2"; shift ;;
         --reconnect-ms) RECONNECT=",reconnect-ms=$2"; shift ;;
         --no-log-on-failure) QUIET_LOG=1 ;;
-        -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
+        --boot-cd) BOOT_CD=1 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
     shift
@@ -64,9 +75,10 @@ done
 [[ -n "$SOCK" || -n "$BUILTIN" ]] || e2e_die "need --socket SOCK or --builtin IMG0,IMG1"
 [[ -z "$SOCK" || -z "$BUILTIN" ]] || e2e_die "--socket and --builtin are exclusive"
 
+[[ $BOOT_CD -eq 0 || ( -n "$SOCK" && -n "$NONCE" ) ]] || e2e_die "--boot-cd needs --socket and --nonce"
 KERNEL="${KERNEL:-$(e2e_kernel)}"
 [[ -r "$KERNEL" ]] || e2e_die "kernel $KERNEL not readable"
-if [[ -z "$INITRD" ]]; then
+if [[ -z "$INITRD" && $BOOT_CD -eq 0 ]]; then
     INITRD="$E2E_CACHE/initramfs-$(e2e_kver).cpio.gz"
     e2e_locked "$E2E_CACHE/initramfs.lock" "$E2E_DIR/build-initramfs.sh" "$INITRD"
 fi
@@ -87,8 +99,12 @@ APPEND="console=ttyS0 panic=-1 quiet e2e.phase=$PHASE e2e.nonce=$NONCE e2e.disks
 # shellcheck disable=SC2054 # commas are QEMU option syntax
 ARGS=(-accel "$ACCEL" -m 512 -smp 2 -nographic -nodefaults
       -serial stdio -monitor none
-      -kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND"
       -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem)
+if [[ $BOOT_CD -eq 1 ]]; then
+    DEVICE_PROPS+=",bootindex=0"
+else
+    ARGS+=(-kernel "$KERNEL" -initrd "$INITRD" -append "$APPEND")
+fi
 # Without --reboot, a guest reboot (or a panic, panic=-1) ends QEMU instead of looping.
 [[ $REBOOT -eq 1 ]] || ARGS+=(-no-reboot)
 if [[ -n "$SOCK" ]]; then
@@ -106,8 +122,18 @@ else
     IFS=, read -r -a tls <<<"$DISKS"
     [[ ${#imgs[@]} -eq ${#tls[@]} ]] || e2e_die "--builtin needs one image per --disks entry"
     for i in "${!imgs[@]}"; do
-        ARGS+=(-drive "file=${imgs[$i]},format=raw,if=none,id=d$i,cache=writeback,discard=unmap"
-               -device "scsi-hd,drive=d$i,bus=scsi0.0,scsi-id=${tls[$i]%:*},lun=${tls[$i]#*:}")
+        addr="bus=scsi0.0,scsi-id=${tls[$i]%:*},lun=${tls[$i]#*:}"
+        case "${imgs[$i]}" in
+            cdrom:*)
+                ARGS+=(-drive "file=${imgs[$i]#cdrom:},format=raw,if=none,id=d$i,media=cdrom,readonly=on"
+                       -device "scsi-cd,drive=d$i,$addr") ;;
+            removable:*)
+                ARGS+=(-drive "file=${imgs[$i]#removable:},format=raw,if=none,id=d$i,cache=writeback"
+                       -device "scsi-hd,drive=d$i,$addr,removable=on") ;;
+            *)
+                ARGS+=(-drive "file=${imgs[$i]},format=raw,if=none,id=d$i,$DRIVE_OPTS,discard=unmap"
+                       -device "scsi-hd,drive=d$i,$addr") ;;
+        esac
     done
 fi
 

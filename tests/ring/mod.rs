@@ -15,10 +15,19 @@ use vhost_user_scsi::{
 /// A bus with one 1 MiB file LU (512-byte blocks, page cache) at 0:0, its power-on unit
 /// attention consumed.
 pub fn file_bus() -> (Arc<ScsiBus>, tempfile::NamedTempFile) {
+    file_bus_with(|_| {})
+}
+
+/// [`file_bus`] with the LU adjusted by `setup` before it joins the bus.
+pub fn file_bus_with(
+    setup: impl FnOnce(&mut LogicalUnit),
+) -> (Arc<ScsiBus>, tempfile::NamedTempFile) {
     let img = tempfile::NamedTempFile::new().unwrap();
     img.as_file().set_len(1 << 20).unwrap();
     let backend = FileBackend::new(img.reopen().unwrap(), false).unwrap();
     let opts = LunOptions {
+        device_type: Default::default(),
+        removable: false,
         read_only: false,
         serial: "S".into(),
         wwn: 0x3000_0000_0000_0001,
@@ -28,7 +37,9 @@ pub fn file_bus() -> (Arc<ScsiBus>, tempfile::NamedTempFile) {
         pr_file: None,
     };
     let mut bus = ScsiBus::new();
-    bus.add_lun(0, 0, LogicalUnit::new(Arc::new(backend), opts));
+    let mut lu = LogicalUnit::new(Arc::new(backend), opts);
+    setup(&mut lu);
+    bus.add_lun(0, 0, lu);
     let bus = Arc::new(bus);
     // TEST UNIT READY consumes POWER ON OCCURRED.
     let out = execute(&bus, &[0; 6], &[], 0).0;

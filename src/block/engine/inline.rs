@@ -11,7 +11,7 @@ use super::{Engine, Op};
 pub struct InlineEngine;
 
 impl Engine for InlineEngine {
-    fn accepts(&self, _fd: RawFd) -> bool {
+    fn accepts(&self, _fd: RawFd, _fixed: Option<u32>) -> bool {
         false
     }
 

@@ -39,6 +39,9 @@ pub use crate::config::{AioMode, IoConfig};
 pub struct Op {
     pub kind: IoKind,
     pub fd: RawFd,
+    /// The slot among registered (fixed) files that holds `fd`'s file, if the file was
+    /// registered (LUN files at start-up; a LUN added at runtime has none).
+    pub fixed: Option<u32>,
     pub iov: *const libc::iovec,
     pub iovcnt: usize,
     pub offset: u64,
@@ -51,9 +54,9 @@ unsafe impl Send for Op {}
 
 /// What every engine offers a queue worker.
 pub trait Engine: Send {
-    /// Whether this engine runs I/O on `fd` at all (io_uring only registered, fixed files);
-    /// when not, the request runs synchronously.
-    fn accepts(&self, _fd: RawFd) -> bool {
+    /// Whether this engine runs I/O on `fd` (registered as fixed file `fixed`, if it was) at
+    /// all (io_uring only registered, fixed files); when not, the request runs synchronously.
+    fn accepts(&self, _fd: RawFd, _fixed: Option<u32>) -> bool {
         true
     }
     /// Queues `op`; `false` when the engine's submission queue is full (call
@@ -83,10 +86,19 @@ pub trait Engine: Send {
     /// it (GET_VRING_BASE comes first), and the new eventfd may get the same fd number. Called
     /// from the vhost-user thread (under the queue's lock), so it must not enter the kernel.
     fn forget_kick(&mut self) {}
+    /// Forgets kicks seen so far: the caller has just taken every request the guest had
+    /// published and re-checks the ring after this, so a wait need not wake for those kicks
+    /// again (at QD1 that wake-up was an extra `io_uring_enter` per I/O).
+    fn forget_seen_kicks(&mut self) {}
     /// Whether [`Engine::wait`] reports each kick once (edge-triggered) rather than for as long
     /// as the kick is readable; only then can a queue keep watching it after it fired.
     fn kick_edges(&self) -> bool {
         false
+    }
+    /// Lets go of registered (fixed) file `slot`: its LUN was removed. Engines that register
+    /// no files have nothing to do (the default).
+    fn release_fixed_file(&mut self, _slot: u32) -> io::Result<()> {
+        Ok(())
     }
     fn name(&self) -> &'static str;
     /// An fd that polls readable when completions are ready (bounded waits at teardown);

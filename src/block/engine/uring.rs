@@ -291,6 +291,31 @@ impl UringEngine {
         true
     }
 
+    /// The fixed-file slot to run I/O on `fd` with: the plan's own slot (the LU's, given at
+    /// start-up), and only while the ring still holds that very descriptor there. Never a
+    /// lookup by descriptor number alone: a LUN added at runtime may get the number of a
+    /// removed LUN's file, whose slot must never serve it.
+    fn fixed_slot(&self, fd: RawFd, fixed: Option<u32>) -> Option<u32> {
+        let slot = fixed?;
+        (fd >= 0 && self.files.get(slot as usize) == Some(&fd)).then_some(slot)
+    }
+
+    /// Lets go of the file in fixed slot `slot` (its LUN was removed): the ring no longer keeps
+    /// it open, so closing the LUN's descriptor really closes the file (and releases its
+    /// lock). I/O still in flight on it keeps the file until it completes (the kernel holds
+    /// a reference per request).
+    pub fn release_file(&mut self, slot: u32) -> io::Result<()> {
+        let Some(fd) = self.files.get_mut(slot as usize) else {
+            return Ok(());
+        };
+        if *fd < 0 {
+            return Ok(());
+        }
+        self.ring.submitter().register_files_update(slot, &[-1])?;
+        *fd = -1;
+        Ok(())
+    }
+
     /// The registered buffer holding all of `[ptr, ptr + len)`, if any.
     fn fixed_buffer(&self, ptr: usize, len: usize) -> Option<u16> {
         let i = self.buffers.partition_point(|&(start, _)| start <= ptr);
@@ -324,14 +349,18 @@ impl UringEngine {
 }
 
 impl Engine for UringEngine {
-    fn accepts(&self, fd: RawFd) -> bool {
-        self.files.contains(&fd)
+    fn accepts(&self, fd: RawFd, fixed: Option<u32>) -> bool {
+        self.fixed_slot(fd, fixed).is_some()
+    }
+
+    fn release_fixed_file(&mut self, slot: u32) -> io::Result<()> {
+        self.release_file(slot)
     }
 
     fn push(&mut self, op: &Op) -> bool {
-        let fd = match self.files.iter().position(|&f| f == op.fd) {
-            Some(i) => types::Fixed(i as u32),
-            // Not registered (cannot happen for LUN files): the caller runs it synchronously.
+        let fd = match self.fixed_slot(op.fd, op.fixed) {
+            Some(i) => types::Fixed(i),
+            // Not registered (a LUN added at runtime): the caller runs it synchronously.
             None => return false,
         };
         // One segment inside registered guest memory: READ_FIXED/WRITE_FIXED skip pinning the
@@ -468,6 +497,13 @@ impl Engine for UringEngine {
         true
     }
 
+    fn forget_seen_kicks(&mut self) {
+        // Completions stay (moved to `pending`); only the kick note goes. A poll the kernel
+        // ended is re-armed at the next wait either way (`kick_armed` is None).
+        self.collect();
+        self.kick_fired = false;
+    }
+
     fn forget_kick(&mut self) {
         // Called from the vhost-user thread, which must not enter the kernel for the queue:
         // the queue thread re-arms (and re-registers the kick slot) at its next wait.
@@ -521,6 +557,7 @@ mod tests {
         let op = Op {
             kind: IoKind::Read,
             fd,
+            fixed: e.files.iter().position(|&f| f == fd).map(|i| i as u32),
             iov: &iov,
             iovcnt: 1,
             offset: 0,
@@ -583,6 +620,57 @@ mod tests {
         assert!(e.push_entry(&entry));
         e.submit().unwrap();
         assert_eq!(complete(&mut e, 10), -libc::EBADF);
+    }
+
+    /// A removed LUN's slot (runtime management): the plan must name the slot, and the slot
+    /// must still hold that very descriptor; once released, the ring no longer keeps the file
+    /// open (closing ours really closes it: its lock goes) and the slot serves nothing, not
+    /// even a new file that got the old descriptor number.
+    #[test]
+    fn a_released_fixed_file_is_closed_and_serves_no_successor() {
+        fn lock(f: &std::fs::File) -> bool {
+            // SAFETY: flock only takes a descriptor and flags.
+            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+        }
+        let img = tempfile::NamedTempFile::new().unwrap();
+        img.as_file().set_len(4096).unwrap();
+        let kept = img.reopen().unwrap();
+        let released = img.reopen().unwrap();
+        assert!(lock(&kept) && !lock(&released));
+        let mut a = UringEngine::new(8, &[kept.as_raw_fd()], false).unwrap();
+        let mut b = UringEngine::new(8, &[released.as_raw_fd()], false).unwrap();
+        let (kept_fd, released_fd) = (kept.as_raw_fd(), released.as_raw_fd());
+        assert!(a.accepts(kept_fd, Some(0)));
+        assert!(!a.accepts(kept_fd, None), "runtime LUNs have no slot");
+        assert!(!a.accepts(kept_fd, Some(1)), "the kick slot is no LUN's");
+        assert!(!a.accepts(released_fd, Some(0)), "another descriptor");
+
+        // `b` releases its slot, `a` does not; our descriptors are closed in both cases.
+        b.release_file(0).unwrap();
+        b.release_file(0).unwrap();
+        assert!(!b.accepts(released_fd, Some(0)));
+        drop(kept);
+        let probe = img.reopen().unwrap();
+        assert!(
+            !lock(&probe),
+            "the ring still holds the unreleased file (and its lock)"
+        );
+        a.release_file(0).unwrap();
+        assert!(lock(&probe), "released: the file is closed, its lock gone");
+        // A successor under the old number is not served through the old slot.
+        let successor = img.reopen().unwrap();
+        assert!(!a.accepts(successor.as_raw_fd(), Some(0)));
+        let op = Op {
+            kind: IoKind::Read,
+            fd: successor.as_raw_fd(),
+            fixed: Some(0),
+            iov: std::ptr::null(),
+            iovcnt: 0,
+            offset: 0,
+            user_data: 1,
+        };
+        assert!(!a.push(&op), "pushed onto a released slot");
+        drop(released);
     }
 
     /// Operations other than ours are refused by the ring itself, fixed file or not: a
@@ -663,6 +751,52 @@ mod tests {
         assert!(!kicked(&mut e), "fired again without a new kick");
         kick.write(1).unwrap();
         assert!(kicked(&mut e), "second kick");
+    }
+
+    /// A kick the queue has already acted on does not end the next wait: the wait that follows
+    /// it sleeps until the I/O completes (one `io_uring_enter` for submission and wait at QD1),
+    /// while a kick after the forgetting still wakes it.
+    #[test]
+    fn forgotten_kicks_do_not_end_a_wait() {
+        let lun = filled(0x11);
+        let fd = lun.as_raw_fd();
+        let mut e = UringEngine::new(8, &[fd], false).unwrap();
+        let kick = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        e.arm_kick(kick.as_raw_fd());
+        e.submit().unwrap();
+        kick.write(1).unwrap();
+        sleep(Duration::from_millis(30));
+        e.forget_seen_kicks();
+        let mut buf = vec![0u8; 512];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let op = Op {
+            kind: IoKind::Read,
+            fd,
+            iov: &iov,
+            iovcnt: 1,
+            offset: 0,
+            user_data: 3,
+            fixed: Some(0),
+        };
+        assert!(e.push(&op));
+        // Not submitted yet: the wait submits it and sleeps until it completes.
+        assert!(
+            !e.wait(Some(kick.as_raw_fd())).unwrap(),
+            "woke for an old kick"
+        );
+        let mut out = Vec::new();
+        e.reap(&mut out);
+        assert_eq!(out, [(3, 512)]);
+        assert!(buf.iter().all(|&b| b == 0x11));
+        // A new kick still ends a wait.
+        kick.write(1).unwrap();
+        assert!(
+            e.wait(Some(kick.as_raw_fd())).unwrap(),
+            "a new kick was missed"
+        );
     }
 
     /// A kick eventfd replaced under the same fd number (GET_VRING_BASE, then SET_VRING_KICK)

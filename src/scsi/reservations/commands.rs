@@ -143,24 +143,39 @@ impl LogicalUnit {
         data_out: &DataOut<'_>,
     ) -> CmdResult {
         let action = cdb.service_action();
-        if action > REGISTER_AND_IGNORE_EXISTING_KEY {
-            // REGISTER AND MOVE, REPLACE LOST RESERVATION, reserved.
+        if action > REGISTER_AND_MOVE {
+            // REPLACE LOST RESERVATION, reserved.
             return Err(Sense::invalid_cdb_field(1, Some(4)));
         }
         let scope = cdb.byte(2) >> 4;
         let rtype = cdb.byte(2) & 0x0f;
         let list_len = cdb.be32(5) as usize;
-        if list_len != PR_OUT_PARAM_LEN {
+        // REGISTER AND MOVE appends a TransportID (SPC-5 6.17.4); the others take exactly the
+        // basic 24 bytes (6.17.3).
+        let length_ok = if action == REGISTER_AND_MOVE {
+            register_move::list_len_ok(list_len)
+        } else {
+            list_len == PR_OUT_PARAM_LEN
+        };
+        if !length_ok {
             return Err(Sense::PARAMETER_LIST_LENGTH_ERROR);
         }
         if data_out.len() < list_len {
             return Err(Sense::invalid_cdb_field(5, Some(7)));
         }
+        let mut full = vec![0u8; list_len];
+        data_out.copy_to(&mut full);
         let mut p = [0u8; PR_OUT_PARAM_LEN];
-        data_out.copy_to(&mut p);
+        p.copy_from_slice(&full[..PR_OUT_PARAM_LEN]);
         let key = be64(&p, 0);
         let sa_key = be64(&p, 8);
         let flags = p[20];
+        if action == REGISTER_AND_MOVE {
+            let mut pr = self.lock_pr();
+            let mut next = pr.clone();
+            let outcome = next.register_and_move(nexus, &full)?;
+            return self.commit_pr(&mut pr, next, outcome, list_len);
+        }
         let register = matches!(action, REGISTER | REGISTER_AND_IGNORE_EXISTING_KEY);
         if flags & 0x08 != 0 {
             // SPEC_I_PT (SIP_C = 0).
@@ -174,7 +189,20 @@ impl LogicalUnit {
         }
         let mut next = pr.clone();
         let all_tg_pt = register && flags & 0x04 != 0;
-        match next.apply(nexus, action, scope, rtype, key, sa_key, all_tg_pt, aptpl)? {
+        let outcome = next.apply(nexus, action, scope, rtype, key, sa_key, all_tg_pt, aptpl)?;
+        self.commit_pr(&mut pr, next, outcome, list_len)
+    }
+
+    /// Makes `next` the state (saved first when it changed what persists) and raises the
+    /// outcome's unit attentions.
+    fn commit_pr(
+        &self,
+        pr: &mut MutexGuard<'_, PrState>,
+        next: PrState,
+        outcome: Outcome,
+        list_len: usize,
+    ) -> CmdResult {
+        match outcome {
             Outcome::Conflict => Ok(CmdOutput::reservation_conflict()),
             Outcome::Done(uas) => {
                 let changed = next.generation != pr.generation
@@ -189,9 +217,8 @@ impl LogicalUnit {
                         Sense::INTERNAL_TARGET_FAILURE
                     })?;
                 }
-                *pr = next;
+                **pr = next;
                 self.pr_active.store(pr.is_active(), Ordering::Release);
-                drop(pr);
                 for (n, sense) in uas {
                     self.establish_ua_for(n, sense);
                 }

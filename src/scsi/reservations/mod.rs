@@ -8,7 +8,9 @@
 //! is written (`pwritev2` with `RWF_DSYNC`) before the PERSISTENT RESERVE OUT that changed it
 //! completes.
 //!
-//! Not implemented: REGISTER AND MOVE and REPLACE LOST RESERVATION (INVALID FIELD IN CDB),
+//! REGISTER AND MOVE is in [`register_move`].
+//!
+//! Not implemented: REPLACE LOST RESERVATION (INVALID FIELD IN CDB),
 //! SPEC_I_PT (SIP_C = 0). CRH = 0: RESERVE / RELEASE conflict while any registration exists
 //! (SPC-2 5.5.1).
 
@@ -17,6 +19,7 @@ use std::collections::BTreeMap;
 use vm_memory::VolatileSlice;
 
 mod commands;
+mod register_move;
 
 use std::{fmt, sync::Arc};
 
@@ -73,6 +76,7 @@ pub mod pr_out {
     pub const PREEMPT: u16 = 0x04;
     pub const PREEMPT_AND_ABORT: u16 = 0x05;
     pub const REGISTER_AND_IGNORE_EXISTING_KEY: u16 = 0x06;
+    pub const REGISTER_AND_MOVE: u16 = 0x07;
 }
 use pr_out::*;
 
@@ -157,6 +161,11 @@ fn access_class(cdb: &Cdb) -> Access {
         | MAINTENANCE_IN
         | PERSISTENT_RESERVE_IN
         | PERSISTENT_RESERVE_OUT
+        | LOG_SENSE
+        | RECEIVE_COPY_RESULTS
+        // The copy manager itself is not accessed; each segment is checked against the
+        // reservations of its source and destination LUs (scsi::xcopy).
+        | EXTENDED_COPY
         | RESERVE_6
         | RESERVE_10
         | RELEASE_6
@@ -164,7 +173,8 @@ fn access_class(cdb: &Cdb) -> Access {
         SERVICE_ACTION_IN_16 if cdb.service_action() == sa::READ_CAPACITY_16 => Access::Allowed,
         SERVICE_ACTION_IN_16 => Access::Read,
         READ_6 | READ_10 | READ_12 | READ_16 | VERIFY_10 | VERIFY_12 | VERIFY_16 | PRE_FETCH_10
-        | PRE_FETCH_16 | MODE_SENSE_6 | MODE_SENSE_10 | SEEK_10 => Access::Read,
+        | PRE_FETCH_16 | MODE_SENSE_6 | MODE_SENSE_10 | SEEK_10 | READ_DEFECT_DATA_10
+        | READ_DEFECT_DATA_12 => Access::Read,
         // START STOP UNIT with START = 1 and POWER CONDITION 0, and ALLOW MEDIUM REMOVAL, are
         // allowed; stopping and PREVENT conflict.
         START_STOP_UNIT if cdb.byte(4) & 0xf1 == 0x01 => Access::Allowed,
@@ -181,6 +191,8 @@ fn access_class(cdb: &Cdb) -> Access {
         | UNMAP
         | COMPARE_AND_WRITE
         | ORWRITE_16
+        | WRITE_ATOMIC_16
+        | SANITIZE
         | SYNCHRONIZE_CACHE_10
         | SYNCHRONIZE_CACHE_16
         | MODE_SELECT_6

@@ -96,7 +96,7 @@ fn reset_all_restores_power_on_state() {
 #[test]
 fn unknown_opcodes_and_short_cdbs() {
     let (bus, _) = mem_bus();
-    for op in [0x4du8, 0x5c, 0x7f, 0xc0, 0xff, 0x9e, 0xa3] {
+    for op in [0x4cu8, 0x5c, 0x7f, 0xc0, 0xff, 0x9e, 0xa3] {
         let mut cdb = [0u8; 16];
         cdb[0] = op;
         cdb[1] = 0x1f; // a service action nobody implements
@@ -187,17 +187,21 @@ fn report_luns_lists_the_targets_luns() {
             "from LUN {lun}"
         );
     }
-    assert_eq!(bus.good(&report_luns(2, 4096), 4096), want);
+    // SELECT REPORT 02h: every LU and the REPORT LUNS well-known LU (C101h).
+    let mut all = want.clone();
+    all[3] = 40;
+    all.extend_from_slice(&[0xc1, 0x01, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(bus.good(&report_luns(2, 4096), 4096), all);
     // Target 1 has only LUN 1; LUN 0 is not configured there, REPORT LUNS still works.
     let (out, data) = bus.run(1, 0, &report_luns(0, 64), &[], 64);
     assert_eq!(
         &data[..out.transferred as usize],
         &[0, 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
     );
-    // Well-known LUs only: none.
+    // Well-known LUs only: the REPORT LUNS well-known LU.
     assert_eq!(
         bus.good(&report_luns(1, 4096), 4096),
-        [0, 0, 0, 0, 0, 0, 0, 0]
+        [0, 0, 0, 8, 0, 0, 0, 0, 0xc1, 0x01, 0, 0, 0, 0, 0, 0]
     );
     // Truncation keeps the full LUN LIST LENGTH.
     assert_eq!(bus.good(&report_luns(0, 16), 4096), &want[..16]);
@@ -290,4 +294,35 @@ fn concurrent_queues_share_the_bus() {
         t.join().unwrap();
     }
     assert_eq!(mem.bytes(301 * 512, 512), vec![4u8; 512]);
+}
+
+/// The REPORT LUNS well-known LU (SPC-5 8.2) at C101h: INQUIRY says "well-known LU" (device
+/// type 1Eh), TEST UNIT READY and REQUEST SENSE work, REPORT LUNS lists the target, other
+/// commands are not supported; on a target that does not exist it is not there either.
+#[test]
+fn report_luns_well_known_lu() {
+    use crate::scsi::bus::REPORT_LUNS_WLUN as W;
+    let bus = multi_lun_bus();
+    let (out, data) = bus.run(0, W, &[0x12, 0, 0, 0, 36, 0], &[], 36);
+    assert_eq!(out.status, status::GOOD);
+    assert_eq!(&data[..8], &[0x1e, 0x00, 0x06, 0x12, 69, 0x00, 0x00, 0x02]);
+    let (out, data) = bus.run(0, W, &[0x12, 1, 0, 0, 36, 0], &[], 36);
+    assert_eq!(out.transferred, 5);
+    assert_eq!(&data[..5], &[0x1e, 0x00, 0x00, 0x01, 0x00]);
+    assert_invalid_cdb(
+        &bus.run(0, W, &[0x12, 1, 0x83, 0, 36, 0], &[], 36).0,
+        2,
+        Some(7),
+    );
+    assert_eq!(bus.run(0, W, &TUR, &[], 0).0, CmdOutput::good(0));
+    let (out, data) = bus.run(0, W, &[0x03, 0, 0, 0, 18, 0], &[], 18);
+    assert_eq!(out.status, status::GOOD);
+    assert_eq!(&data[..3], &[0x70, 0, 0]);
+    let (out, data) = bus.run(1, W, &report_luns(0, 64), &[], 64);
+    assert_eq!(
+        &data[..out.transferred as usize],
+        &[0, 0, 0, 8, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0]
+    );
+    assert_sense(&bus.run(0, W, &read10(0, 1), &[], 512).0, 0x05, 0x20, 0x00);
+    assert_sense(&bus.run(2, W, &TUR, &[], 0).0, 0x05, 0x25, 0x00);
 }

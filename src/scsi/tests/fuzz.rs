@@ -41,7 +41,6 @@ fn fuzz_bus() -> ScsiBus {
 #[test]
 fn random_cdbs_never_panic() {
     let bus = fuzz_bus();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let addresses = [
         (0u8, 0u16),
         (0, 1),
@@ -52,8 +51,65 @@ fn random_cdbs_never_panic() {
         (2, 0),
         (3, 0),
     ];
+    let good = fuzz(&bus, &addresses, 50_000, |_, _| {});
+    bus.flush_all().unwrap();
+    // The biased bytes must reach the success paths of the data commands, not only errors.
+    for op in [
+        0x08u8, 0x28, 0x2a, 0x88, 0x8a, 0x12, 0x1a, 0x5a, 0x35, 0x41, 0x42, 0x93, 0xa0,
+    ] {
+        assert!(good[op as usize] > 0, "opcode {op:#04x} never succeeded");
+    }
+}
+
+/// A CD-ROM and a removable disk, with the host ejecting, loading and changing the CD-ROM's
+/// medium between the guest's commands.
+#[test]
+fn random_cdbs_on_removable_media_never_panic() {
+    let mut bus = ScsiBus::new();
+    let cdrom = LunOptions {
+        device_type: crate::scsi::DeviceType::Cdrom,
+        ..opts()
+    };
+    bus.add_lun(0, 0, LogicalUnit::new(MemBackend::new(64 * 1024), cdrom));
+    let removable = LunOptions {
+        removable: true,
+        ..opts()
+    };
+    bus.add_lun(
+        0,
+        1,
+        LogicalUnit::new(MemBackend::new(64 * 1024), removable),
+    );
+    let good = fuzz(&bus, &[(0, 0), (0, 1)], 30_000, |bus, rng| {
+        if rng.below(100) != 0 {
+            return;
+        }
+        let lu = bus.logical_unit(0, 0).unwrap();
+        match rng.below(4) {
+            0 => drop(lu.eject(rng.below(2) == 0)),
+            1 => drop(lu.load()),
+            2 => drop(lu.change_medium(None, true)),
+            _ => drop(lu.change_medium(Some(MemBackend::new(32 * 1024)), false)),
+        }
+    });
+    for op in [
+        0x28u8, 0x2a, 0x12, 0x5a, 0x43, 0x46, 0x4a, 0x51, 0x52, 0xad, 0xbd,
+    ] {
+        assert!(good[op as usize] > 0, "opcode {op:#04x} never succeeded");
+    }
+}
+
+/// Sends `iterations` random commands to random `addresses` of `bus` (running `between` after
+/// each); returns how many times each opcode succeeded.
+fn fuzz(
+    bus: &ScsiBus,
+    addresses: &[(u8, u16)],
+    iterations: u32,
+    mut between: impl FnMut(&ScsiBus, &mut XorShift),
+) -> [u32; 256] {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
     let mut good = [0u32; 256];
-    for i in 0..50_000u32 {
+    for i in 0..iterations {
         let (target, lun) = addresses[rng.below(addresses.len() as u64) as usize];
         let raw = rng.below(4) == 0;
         let cdb_len = if rng.below(8) == 0 { rng.below(33) } else { 32 } as usize;
@@ -117,12 +173,27 @@ fn random_cdbs_never_panic() {
             2 => bus.reset_all(),
             _ => {}
         }
+        between(bus, &mut rng);
     }
-    bus.flush_all().unwrap();
-    // The biased bytes must reach the success paths of the data commands, not only errors.
-    for op in [
-        0x08u8, 0x28, 0x2a, 0x88, 0x8a, 0x12, 0x1a, 0x5a, 0x35, 0x41, 0x42, 0x93, 0xa0,
-    ] {
-        assert!(good[op as usize] > 0, "opcode {op:#04x} never succeeded");
+    good
+}
+
+/// Every opcode on the REPORT LUNS well-known LU: only INQUIRY, REPORT LUNS, REQUEST SENSE and
+/// TEST UNIT READY succeed; nothing panics.
+#[test]
+fn every_opcode_on_the_well_known_lu() {
+    let bus = fuzz_bus();
+    let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+    for op in 0..=255u8 {
+        for _ in 0..20 {
+            let mut cdb: Vec<u8> = (0..16).map(|_| biased_byte(&mut rng, false)).collect();
+            cdb[0] = op;
+            let (out, _) = bus.run(0, crate::scsi::bus::REPORT_LUNS_WLUN, &cdb, &[0; 64], 512);
+            if out.status == status::GOOD {
+                assert!(matches!(op, 0x00 | 0x03 | 0x12 | 0xa0), "opcode {op:#04x}");
+            } else {
+                assert_eq!(out.status, status::CHECK_CONDITION);
+            }
+        }
     }
 }

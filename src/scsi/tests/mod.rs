@@ -2,14 +2,19 @@
 //! layer drives it.
 
 mod basic;
+mod extra;
 mod fuzz;
 mod inquiry;
 mod io;
+mod live;
+mod mmc;
 mod mode;
 mod opcodes;
+mod passthrough;
 mod provisioning;
 mod reservations;
 mod sbc;
+mod xcopy;
 
 use std::{
     io as stdio,
@@ -124,6 +129,8 @@ impl BlockBackend for MemBackend {
 
 pub fn opts() -> LunOptions {
     LunOptions {
+        device_type: super::DeviceType::Disk,
+        removable: false,
         read_only: false,
         serial: "SER123".to_string(),
         wwn: 0x5001_4050_0000_0001,

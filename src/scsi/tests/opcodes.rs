@@ -36,7 +36,7 @@ fn one_command() {
     assert_eq!(&bus.good(&rsoc(3, 0x9e, 0x10, 512), 512)[..2], &[0, 0x03]);
     assert_eq!(bus.good(&rsoc(2, 0x9e, 0x11, 512), 512), [0, 0x01, 0, 0]);
     // Unsupported commands.
-    assert_eq!(bus.good(&rsoc(1, 0x4d, 0, 512), 512), [0, 0x01, 0, 0]);
+    assert_eq!(bus.good(&rsoc(1, 0x4c, 0, 512), 512), [0, 0x01, 0, 0]);
     let mut o = opts();
     o.discard = false;
     let nodiscard = bus_with(MemBackend::new(4096), o);

@@ -88,7 +88,13 @@ fn parameter_and_cdb_errors() {
         0x1a,
         0x00,
     );
-    assert_invalid_cdb(&bus.cmd(&pr_out_cdb(7, 0, 24), &params, 0), 1, Some(4));
+    // REGISTER AND MOVE needs the 24 bytes and a TransportID.
+    assert_sense(
+        &bus.cmd(&pr_out_cdb(7, 0, 24), &params, 0),
+        0x05,
+        0x1a,
+        0x00,
+    );
     assert_invalid_cdb(&bus.cmd(&pr_out_cdb(8, 0, 24), &params, 0), 1, Some(4));
     assert_invalid_cdb(
         &bus.cmd(&[0x5e, 4, 0, 0, 0, 0, 0, 0x10, 0, 0], &[], 4096),
@@ -363,6 +369,8 @@ fn aptpl_state_survives_a_worker_restart() {
         target: 0,
         lun: 0,
         source: "null://1M".into(),
+        lun_type: crate::config::LunType::Disk,
+        removable: false,
         read_only: false,
         serial: None,
         wwn: None,
@@ -370,12 +378,13 @@ fn aptpl_state_survives_a_worker_restart() {
         phys_block_size: None,
         discard: true,
         cache: CacheMode::Writeback,
+        enospc: Default::default(),
         create_size: None,
         pr_file: Some(dir.path().join("lun.pr")),
     };
     let opened = crate::supervisor::open::open_luns(&[config]).unwrap();
     let start_worker = || {
-        let bus = crate::worker::assemble::build_bus(opened.clone());
+        let bus = crate::worker::assemble::build_bus(&opened);
         assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x29, 0x00);
         bus
     };
@@ -391,4 +400,100 @@ fn aptpl_state_survives_a_worker_restart() {
     assert_eq!(pr_in(&bus, 0, 0), keys);
     assert_eq!(pr_in(&bus, 0, 1), reservation);
     assert_eq!(pr_in(&bus, 0, 2)[3], 0x91, "PTPL_A restored");
+}
+
+/// REGISTER AND MOVE parameter list: key, service action key, UNREG / APTPL, relative target
+/// port, and the SAS TransportID of `dest` (as READ FULL STATUS reports it).
+fn move_params(key: u64, sa_key: u64, unreg: bool, rtpi: u16, dest: u32) -> Vec<u8> {
+    let mut p = key.to_be_bytes().to_vec();
+    p.extend_from_slice(&sa_key.to_be_bytes());
+    p.extend_from_slice(&[0, if unreg { 0x02 } else { 0 }]);
+    p.extend_from_slice(&rtpi.to_be_bytes());
+    p.extend_from_slice(&24u32.to_be_bytes());
+    let mut tid = vec![0x06, 0, 0, 0, 0x30, 0x00, 0x56, 0x55, 0x53];
+    tid.extend_from_slice(&dest.to_be_bytes()[1..]);
+    tid.resize(24, 0);
+    p.extend_from_slice(&tid);
+    p
+}
+
+fn register_and_move(bus: &ScsiBus, nexus: u32, params: &[u8]) -> CmdOutput {
+    run_as(
+        bus,
+        nexus,
+        &pr_out_cdb(0x07, 0, params.len() as u32),
+        params,
+        0,
+    )
+    .0
+}
+
+#[test]
+fn register_and_move_hands_the_reservation_over() {
+    let (bus, _) = two_nexus_bus();
+    good(pr_out(&bus, 0, REGISTER, 0, 0, 0xaa));
+    good(pr_out(&bus, 0, RESERVE, 1, 0xaa, 0));
+    let generation = pr_in(&bus, 0, 0)[..4].to_vec();
+    // Errors first: wrong key (conflict), SERVICE ACTION RESERVATION KEY 0, the same nexus,
+    // a TransportID that is not ours, another target port, lengths.
+    assert_eq!(
+        register_and_move(&bus, 0, &move_params(0xab, 0xbb, false, 1, 1)),
+        CONFLICT
+    );
+    assert_invalid_param(
+        &register_and_move(&bus, 0, &move_params(0xaa, 0, false, 1, 1)),
+        8,
+        Some(7),
+    );
+    assert_invalid_param(
+        &register_and_move(&bus, 0, &move_params(0xaa, 0xbb, false, 1, 0)),
+        24,
+        Some(7),
+    );
+    let mut foreign = move_params(0xaa, 0xbb, false, 1, 1);
+    foreign[28] = 0x50;
+    assert_invalid_param(&register_and_move(&bus, 0, &foreign), 24, Some(7));
+    assert_invalid_param(
+        &register_and_move(&bus, 0, &move_params(0xaa, 0xbb, false, 2, 1)),
+        18,
+        Some(7),
+    );
+    let p = move_params(0xaa, 0xbb, false, 1, 1);
+    let short = run_as(&bus, 0, &pr_out_cdb(0x07, 0, 24), &p, 0).0;
+    assert_sense(&short, 0x05, 0x1a, 0x00);
+    let mut bad_tid_len = p.clone();
+    bad_tid_len[23] = 20;
+    assert_sense(&register_and_move(&bus, 0, &bad_tid_len), 0x05, 0x1a, 0x00);
+    // A nexus that is registered but does not hold the reservation.
+    good(pr_out(&bus, 1, REGISTER, 0, 0, 0xcc));
+    assert_eq!(
+        register_and_move(&bus, 1, &move_params(0xcc, 0xdd, false, 1, 0)),
+        CONFLICT
+    );
+    // The move: nexus 1 now holds it with key BBh; nexus 0 stays registered (UNREG = 0).
+    good(register_and_move(&bus, 0, &p));
+    let res = pr_in(&bus, 0, 1);
+    assert_eq!(&res[8..16], &0xbbu64.to_be_bytes());
+    assert_eq!(res[21], 0x01, "type kept");
+    let keys = pr_in(&bus, 0, 0);
+    assert_eq!(&keys[4..8], &[0, 0, 0, 16]);
+    assert_ne!(keys[..4], generation[..]);
+    // Nexus 1 (holder) writes, nexus 0 (registered, Write Exclusive) does not.
+    good(run_as(&bus, 1, &write10(0, 1), &[0; 512], 0).0);
+    assert_eq!(run_as(&bus, 0, &write10(0, 1), &[0; 512], 0).0, CONFLICT);
+    // Back to nexus 0 with UNREG: nexus 1's registration goes.
+    good(register_and_move(
+        &bus,
+        1,
+        &move_params(0xbb, 0xee, true, 1, 0),
+    ));
+    let keys = pr_in(&bus, 0, 0);
+    assert_eq!(&keys[4..16], &[0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0xee]);
+    // All-registrants reservations have no single holder to move.
+    good(pr_out(&bus, 0, RELEASE, 1, 0xee, 0));
+    good(pr_out(&bus, 0, RESERVE, 7, 0xee, 0));
+    assert_eq!(
+        register_and_move(&bus, 0, &move_params(0xee, 0xff, false, 1, 1)),
+        CONFLICT
+    );
 }

@@ -665,12 +665,33 @@ impl TestVm {
         data_out: &[&[u8]],
         data_in: &[u32],
     ) -> ScsiReply {
+        let sub = self.submit_scsi(q, lun, cdb, data_out, data_in);
+        let used_len = self.complete(&sub);
+        self.reply(&sub, used_len)
+    }
+
+    /// Sends the command [`TestVm::scsi_on`] sends without waiting for it (several in flight
+    /// at once); [`TestVm::reply`] decodes its answer once it completed.
+    pub fn submit_scsi(
+        &mut self,
+        q: usize,
+        lun: [u8; 8],
+        cdb: &[u8],
+        data_out: &[&[u8]],
+        data_in: &[u32],
+    ) -> Submitted {
         let header = self.cmd_header(lun, cdb);
         let mut segs = vec![Seg::out(&header)];
         segs.extend(data_out.iter().map(|d| Seg::out(d)));
         segs.push(Seg::inp(RESP_HEADER_SIZE as u32));
         segs.extend(data_in.iter().map(|&n| Seg::inp(n)));
-        self.run_cmd(q, &segs)
+        self.submit(q, &segs)
+    }
+
+    /// The decoded answer of `sub`, which completed with `used_len`.
+    pub fn reply(&self, sub: &Submitted, used_len: u32) -> ScsiReply {
+        let writable: Vec<u8> = self.writable(sub).concat();
+        ScsiReply::parse(used_len, &writable)
     }
 
     /// [`TestVm::scsi_on`] on the first request queue.
@@ -689,8 +710,7 @@ impl TestVm {
     pub fn run_cmd(&mut self, q: usize, segs: &[Seg]) -> ScsiReply {
         let sub = self.submit(q, segs);
         let used_len = self.complete(&sub);
-        let writable: Vec<u8> = self.writable(&sub).concat();
-        ScsiReply::parse(used_len, &writable)
+        self.reply(&sub, used_len)
     }
 
     /// TEST UNIT READY, accepting (and consuming) at most one power-on/reset unit attention.

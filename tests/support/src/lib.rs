@@ -6,8 +6,10 @@
 //! - [`cdb`]: SCSI CDB and parameter-list builders;
 //! - [`ring`]: the driver side of a split virtqueue laid out in vm-memory guest memory, and
 //!   descriptor chains for code that takes descriptors directly;
+//! - [`tgtd`]: a real iSCSI target (tgtd) owned by one test;
 //! - [`frontend`]: the vhost-user front-end (memfd guest memory, the rust-vmm `vhost` front-end
-//!   driver, the handshake QEMU performs) and `TestVm`, a mini QEMU on top of it.
+//!   driver, the handshake QEMU performs) and `TestVm`, a mini QEMU on top of it;
+//! - [`e2e`]: the host side of the guest end-to-end tests (which QEMU to boot).
 //!
 //! This crate does not depend on the daemon crate (so the daemon's unit tests can use it without
 //! a dependency cycle), and its wire constants are written out from the specs (virtio 1.2 §2.7,
@@ -15,7 +17,9 @@
 //! daemon cannot make a test agree with it.
 
 pub mod cdb;
+pub mod e2e;
 pub mod frontend;
 pub mod ring;
 pub mod rng;
+pub mod tgtd;
 pub mod wire;

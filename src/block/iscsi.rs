@@ -1,0 +1,738 @@
+//! iSCSI passthrough LUNs: guest CDBs run on a LUN of an iSCSI target through the pure-Rust
+//! initiator ([`crate::iscsi`]), over a connection the supervisor logged in (docs/iscsi.md).
+//!
+//! One thread per iSCSI LUN (`vus-iscsi`, seccomp role `worker-iscsi`) owns the
+//! [`Session`] (it is not `Sync`) and the socket: it reads nothing but the socket and an eventfd,
+//! writes PDUs with `writev`, and never creates or connects a socket. The request-queue threads
+//! hand it commands through a channel ([`Passthrough::submit`]: a queue thread submits every
+//! command of the batch it popped, then waits for each [`Ticket`]) and wake it with the eventfd; it polls the socket and the
+//! eventfd, starts new commands (many outstanding within the CmdSN window) and answers each
+//! caller when its status arrives. Status, sense data and residuals come back as the target sent
+//! them.
+//!
+//! Data moves through a bounce buffer per command (guest memory is scattered; the session takes
+//! one contiguous buffer per command): one copy from or to guest memory on the queue thread,
+//! none between the buffer and the socket.
+//!
+//! Connection loss (ErrorRecoveryLevel 0): the commands that did not complete are kept
+//! ([`Session::take_outstanding`]), a fresh logged-in connection is asked for
+//! ([`Reconnect`]: the supervisor, over the fd broker), and they are reissued in CmdSN order.
+//! A command that waited [`GIVE_UP`] without a connection is completed with BUSY, which the
+//! guest retries; no command is ever completed GOOD unless the target said so.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io,
+    net::TcpStream,
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use log::{debug, info, warn};
+use nix::{
+    poll::{PollFd, PollFlags, PollTimeout},
+    sys::eventfd::{EfdFlags, EventFd},
+};
+
+use super::sg::SgList;
+use crate::broker::{endpoint::BrokerHandle, iscsi::IscsiMsg, Body};
+use crate::iscsi::{
+    login::SessionParams,
+    recovery::Backoff,
+    session::{Completion, Data, ScsiResult, Session, SessionError, TaskError},
+};
+
+/// A connection in the full feature phase and its parameters, as the supervisor hands it over.
+pub type Connection = (TcpStream, SessionParams);
+
+/// How long a command waits for a new connection before it is completed with BUSY (the guest
+/// retries it). Below Linux's default 30 s command timeout, so that the guest sees BUSY rather
+/// than aborting the command itself.
+pub const GIVE_UP: Duration = Duration::from_secs(20);
+
+/// Largest data transfer of one passthrough command (the bounce buffer): larger requests are
+/// refused with INVALID FIELD IN CDB instead of allocating what a hostile guest asks for.
+pub const MAX_TRANSFER: usize = 32 << 20;
+
+/// Most bounce-buffer bytes of one LUN's commands in flight together. A guest can point many
+/// descriptors at the same pages, so its memory size does not bound this; beyond it commands
+/// are answered BUSY (the guest retries them when earlier ones completed).
+pub const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
+
+/// SAM status codes used here.
+mod status {
+    pub const CHECK_CONDITION: u8 = 0x02;
+    pub const BUSY: u8 = 0x08;
+}
+
+/// Fixed-format sense data (SPC-5 4.4.3) for the few answers made here rather than by the target.
+fn fixed_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+    let mut s = vec![0u8; 18];
+    s[0] = 0x70;
+    s[2] = key;
+    s[7] = 10;
+    s[12] = asc;
+    s[13] = ascq;
+    s
+}
+
+/// The answer to one passthrough command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassthroughOutput {
+    pub status: u8,
+    pub sense: Vec<u8>,
+    /// Data bytes moved in the command's direction.
+    pub transferred: u32,
+}
+
+impl PassthroughOutput {
+    fn check_condition(key: u8, asc: u8, ascq: u8) -> Self {
+        Self {
+            status: status::CHECK_CONDITION,
+            sense: fixed_sense(key, asc, ascq),
+            transferred: 0,
+        }
+    }
+
+    fn busy() -> Self {
+        Self {
+            status: status::BUSY,
+            sense: Vec::new(),
+            transferred: 0,
+        }
+    }
+}
+
+/// A command handed to a passthrough LU: answered already, or on its way ([`Ticket`]).
+#[derive(Debug)]
+pub enum Submitted {
+    Ready(PassthroughOutput),
+    Waiting(Ticket),
+}
+
+impl Submitted {
+    /// Whether the answer is in ([`Submitted::wait`] will not block).
+    pub fn is_ready(&mut self) -> bool {
+        match self {
+            Submitted::Ready(_) => true,
+            Submitted::Waiting(t) => t.is_ready(),
+        }
+    }
+
+    /// The answer, waiting for it if need be; data-in lands in `data_in`.
+    pub fn wait(self, data_in: &SgList<'_>) -> PassthroughOutput {
+        match self {
+            Submitted::Ready(out) => out,
+            Submitted::Waiting(t) => t.wait(data_in),
+        }
+    }
+}
+
+/// A command the LUN thread has (or will have) sent to the target. Waiting for it is the
+/// only way to learn its answer; dropping it without waiting leaves the command to complete
+/// unanswered.
+#[derive(Debug)]
+pub struct Ticket {
+    answer: Receiver<Outcome>,
+    /// The answer, once [`Ticket::is_ready`] saw it (`Err`: the LUN thread is gone).
+    got: Option<Result<Outcome, mpsc::RecvError>>,
+    data_out_len: usize,
+    _bytes: InFlight,
+}
+
+/// A command's share of its LUN's [`MAX_IN_FLIGHT_BYTES`], given back when dropped.
+#[derive(Debug)]
+struct InFlight {
+    counter: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl InFlight {
+    fn take(counter: &Arc<AtomicUsize>, bytes: usize) -> Option<Self> {
+        let before = counter.fetch_add(bytes, Ordering::AcqRel);
+        if before.saturating_add(bytes) > MAX_IN_FLIGHT_BYTES && before > 0 {
+            counter.fetch_sub(bytes, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self {
+            counter: counter.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl Ticket {
+    /// Whether the answer is in (then [`Ticket::wait`] returns at once).
+    pub fn is_ready(&mut self) -> bool {
+        if self.got.is_none() {
+            self.got = match self.answer.try_recv() {
+                Ok(o) => Some(Ok(o)),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some(Err(mpsc::RecvError)),
+            };
+        }
+        self.got.is_some()
+    }
+
+    /// Blocks until the target answered (or the command was given up with BUSY); copies the
+    /// data-in into `data_in`.
+    pub fn wait(mut self, data_in: &SgList<'_>) -> PassthroughOutput {
+        let answer = match self.got.take() {
+            Some(a) => a,
+            None => self.answer.recv(),
+        };
+        match answer {
+            Ok(Outcome::Done(Ok(r), buffer)) => {
+                let transferred = if !data_in.is_empty() {
+                    let n = r.data_in_len.min(data_in.len());
+                    if let Some(b) = &buffer {
+                        data_in.copy_from(&b[..n.min(b.len())]);
+                    }
+                    n
+                } else {
+                    match r.residual {
+                        crate::iscsi::session::Residual::Underflow(u) => {
+                            self.data_out_len.saturating_sub(u as usize)
+                        }
+                        _ => self.data_out_len,
+                    }
+                };
+                if r.response != 0 {
+                    // Target failure (RFC 7143 §11.4.3): INTERNAL TARGET FAILURE.
+                    return PassthroughOutput::check_condition(0x04, 0x44, 0x00);
+                }
+                PassthroughOutput {
+                    status: r.status,
+                    sense: r.sense,
+                    transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
+                }
+            }
+            // Aborted by a task management function, or rejected: ABORTED COMMAND, which
+            // initiators retry.
+            Ok(Outcome::Done(Err(_), _)) => PassthroughOutput::check_condition(0x0b, 0x00, 0x00),
+            Ok(Outcome::Busy) => PassthroughOutput::busy(),
+            // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
+            Err(_) => PassthroughOutput::check_condition(0x04, 0x08, 0x00),
+        }
+    }
+}
+
+/// A logical unit whose commands are executed elsewhere (an iSCSI target's LUN): the SCSI bus
+/// answers REPORT LUNS itself and forwards everything else.
+pub trait Passthrough: Send + Sync {
+    /// Sends `cdb` with one of `data_out` / `data_in` (the other is empty) on its way without
+    /// waiting for the answer (several commands may be outstanding: a queue thread submits a
+    /// whole batch, then collects the answers).
+    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted;
+
+    /// Runs `cdb` and waits for the answer.
+    fn execute(
+        &self,
+        cdb: &[u8],
+        data_out: &SgList<'_>,
+        data_in: &SgList<'_>,
+    ) -> PassthroughOutput {
+        self.submit(cdb, data_out, data_in).wait(data_in)
+    }
+
+    /// What backs it, for logs.
+    fn describe(&self) -> &str;
+}
+
+/// What the supervisor gives the worker for one iSCSI LUN: the LUN number on the target and
+/// the logged-in connection (inherited like the LUN files; taken by the first worker only: a
+/// restarted worker asks for a fresh one).
+#[derive(Clone)]
+pub struct IscsiHandover {
+    /// The LUN on the target.
+    pub target_lun: u16,
+    /// `iscsi://...` as configured (no secret), for logs.
+    pub description: String,
+    /// The parameters of the first login (its ISID is reused for reinstatement).
+    pub params: SessionParams,
+    initial: Arc<Mutex<Option<TcpStream>>>,
+}
+
+impl IscsiHandover {
+    pub fn new(
+        target_lun: u16,
+        description: String,
+        stream: TcpStream,
+        params: SessionParams,
+    ) -> Self {
+        Self {
+            target_lun,
+            description,
+            params,
+            initial: Arc::new(Mutex::new(Some(stream))),
+        }
+    }
+
+    /// Takes the initial connection (once): the worker to use it, the supervisor to close its
+    /// copy once the first worker has it.
+    pub fn take(&self) -> Option<Connection> {
+        let s = self
+            .initial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()?;
+        Some((s, self.params.clone()))
+    }
+
+    /// The initial connection's descriptor while it has not been taken.
+    pub fn raw_fd(&self) -> Option<i32> {
+        self.initial
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|s| s.as_raw_fd())
+    }
+}
+
+impl std::fmt::Debug for IscsiHandover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IscsiHandover")
+            .field("target_lun", &self.target_lun)
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+/// Gets a fresh, logged-in connection that reinstates `lost` (same ISID, TSIH 0). Blocks;
+/// returns a one-line reason on failure (the caller retries with backoff).
+pub trait Reconnect: Send {
+    fn reconnect(&mut self, lost: &SessionParams) -> Result<Connection, String>;
+}
+
+impl<F: FnMut(&SessionParams) -> Result<Connection, String> + Send> Reconnect for F {
+    fn reconnect(&mut self, lost: &SessionParams) -> Result<Connection, String> {
+        self(lost)
+    }
+}
+
+/// The worker's [`Reconnect`]: asks the supervisor over the fd broker for a fresh connection to
+/// LUN `target:lun`'s target ([`IscsiMsg::Reconnect`]); blocks until it answers.
+pub fn broker_reconnect(handle: BrokerHandle, target: u8, lun: u16) -> Box<dyn Reconnect> {
+    Box::new(move |_: &SessionParams| -> Result<Connection, String> {
+        let (body, mut fds) = handle
+            .request(Body::Iscsi(IscsiMsg::Reconnect { target, lun }), &[])
+            .map_err(|e| e.to_string())?;
+        match body {
+            Body::Iscsi(IscsiMsg::Connected { params }) if fds.len() == 1 => {
+                let fd = fds.pop().expect("one fd");
+                Ok((TcpStream::from(fd), params))
+            }
+            Body::Error { message } => Err(message),
+            other => Err(format!(
+                "unexpected broker reply with {} fd(s): {other:?}",
+                fds.len()
+            )),
+        }
+    })
+}
+
+/// The outcome the LUN thread sends back for one command.
+#[derive(Debug)]
+enum Outcome {
+    Done(Result<ScsiResult, TaskError>, Option<Vec<u8>>),
+    Busy,
+}
+
+struct Request {
+    cdb: Vec<u8>,
+    data: Data<Vec<u8>>,
+    reply: SyncSender<Outcome>,
+    since: Instant,
+}
+
+/// The queue threads' handle on one iSCSI LUN's thread.
+pub struct IscsiLun {
+    tx: Sender<Request>,
+    wake: Arc<EventFd>,
+    description: String,
+    /// Bounce-buffer bytes of the commands in flight.
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl IscsiLun {
+    /// Starts the LUN's thread on `handover`'s connection (or, if it was taken already, on a
+    /// fresh one from `reconnect`).
+    pub fn start(handover: &IscsiHandover, reconnect: Box<dyn Reconnect>) -> io::Result<Arc<Self>> {
+        let wake = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+        )?);
+        let (tx, rx) = mpsc::channel();
+        let initial = handover.take();
+        let mut lt = LunThread {
+            rx,
+            wake: wake.clone(),
+            lun: u64::from(handover.target_lun),
+            name: handover.description.clone(),
+            session: None,
+            lost: handover.params.clone(),
+            pending: HashMap::new(),
+            queued: VecDeque::new(),
+            sending: None,
+            reconnect,
+            backoff: None,
+            max_outstanding: 0,
+        };
+        if let Some((stream, params)) = initial {
+            match Session::new(stream, params) {
+                Ok(s) => lt.session = Some(s),
+                Err(e) => warn!("{}: {e}; reconnecting", lt.name),
+            }
+        }
+        thread::Builder::new()
+            .name("vus-iscsi".into())
+            .spawn(move || {
+                crate::sandbox::seccomp::enter_role(
+                    crate::sandbox::seccomp::ThreadRole::WorkerIscsi,
+                );
+                #[cfg(debug_assertions)]
+                crate::sandbox::probe::run_in_thread(
+                    crate::sandbox::seccomp::ThreadRole::WorkerIscsi,
+                );
+                lt.run();
+            })?;
+        Ok(Arc::new(Self {
+            tx,
+            wake,
+            description: handover.description.clone(),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }))
+    }
+}
+
+impl Passthrough for IscsiLun {
+    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
+        let len = data_out.len().max(data_in.len());
+        if len > MAX_TRANSFER {
+            // INVALID FIELD IN CDB: what the Block Limits page's maximum would have said.
+            return Submitted::Ready(PassthroughOutput::check_condition(0x05, 0x24, 0x00));
+        }
+        let Some(bytes) = InFlight::take(&self.in_flight, len) else {
+            return Submitted::Ready(PassthroughOutput::busy());
+        };
+        let data = if !data_out.is_empty() {
+            let mut v = vec![0u8; data_out.len()];
+            data_out.copy_to(&mut v);
+            Data::Out(v)
+        } else if !data_in.is_empty() {
+            Data::In(vec![0u8; data_in.len()])
+        } else {
+            Data::None
+        };
+        let (reply, answer) = mpsc::sync_channel(1);
+        let req = Request {
+            cdb: cdb.to_vec(),
+            data,
+            reply,
+            since: Instant::now(),
+        };
+        if self.tx.send(req).is_err() || self.wake.write(1).is_err() {
+            // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
+            return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
+        }
+        Submitted::Waiting(Ticket {
+            answer,
+            got: None,
+            data_out_len: data_out.len(),
+            _bytes: bytes,
+        })
+    }
+
+    fn describe(&self) -> &str {
+        &self.description
+    }
+}
+
+struct Pending {
+    reply: SyncSender<Outcome>,
+    since: Instant,
+}
+
+/// The state of one LUN's thread.
+struct LunThread {
+    rx: Receiver<Request>,
+    wake: Arc<EventFd>,
+    lun: u64,
+    name: String,
+    session: Option<Session<TcpStream>>,
+    /// The parameters of the last session (for reinstatement).
+    lost: SessionParams,
+    /// Started commands by task tag.
+    pending: HashMap<u32, Pending>,
+    /// Commands waiting to be started (after a reconnection: reissues first, in CmdSN order,
+    /// then new ones).
+    queued: VecDeque<Request>,
+    /// The caller of the command being started, while `start` runs (a failure there leaves
+    /// the command among the session's outstanding ones, without a tag we know).
+    sending: Option<Pending>,
+    reconnect: Box<dyn Reconnect>,
+    backoff: Option<Backoff>,
+    /// Most commands outstanding at once so far (logged at each new power of two).
+    max_outstanding: usize,
+}
+
+impl LunThread {
+    fn run(&mut self) {
+        loop {
+            if !self.take_requests() {
+                info!("{}: LUN thread ends", self.name);
+                return;
+            }
+            if self.session.is_none() {
+                self.reconnect_once();
+                continue;
+            }
+            if let Err(e) = self.serve_once() {
+                self.connection_lost(e);
+            }
+        }
+    }
+
+    /// Moves new requests from the channel into `queued`; false once every sender is gone.
+    fn take_requests(&mut self) -> bool {
+        loop {
+            match self.rx.try_recv() {
+                Ok(r) => self.queued.push_back(r),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            }
+        }
+    }
+
+    /// One round with a live session: start what is queued, hand out completions, then wait
+    /// for the socket or a new request.
+    fn serve_once(&mut self) -> Result<(), SessionError> {
+        let session = self.session.as_mut().expect("serve_once with a session");
+        while let Some(req) = self.queued.pop_front() {
+            let Request {
+                cdb,
+                data,
+                reply,
+                since,
+            } = req;
+            self.sending = Some(Pending { reply, since });
+            let started = session.start(self.lun, &cdb, data);
+            let Some(Pending { reply, since }) = self.sending.take() else {
+                continue;
+            };
+            match started {
+                Ok(tag) => {
+                    self.pending.insert(tag.0, Pending { reply, since });
+                    let n = self.pending.len();
+                    if n > self.max_outstanding {
+                        self.max_outstanding = n;
+                        if n.is_power_of_two() {
+                            debug!("{}: {n} commands outstanding", self.name);
+                        }
+                    }
+                }
+                Err(SessionError::InvalidRequest(what)) => {
+                    // Not sent (a CDB the session cannot carry): ILLEGAL REQUEST.
+                    warn!("{}: command {:#04x} not sent: {what}", self.name, cdb[0]);
+                    let _ = reply.send(Outcome::Done(
+                        Ok(ScsiResult {
+                            response: 0,
+                            status: status::CHECK_CONDITION,
+                            sense: fixed_sense(0x05, 0x24, 0x00),
+                            residual: crate::iscsi::session::Residual::None,
+                            data_in_len: 0,
+                        }),
+                        None,
+                    ));
+                }
+                Err(e) => {
+                    // The command may or may not have reached the target: the session keeps
+                    // it among the outstanding ones (with its buffer) if it registered it;
+                    // `connection_lost` matches it to this caller.
+                    self.sending = Some(Pending { reply, since });
+                    return Err(e);
+                }
+            }
+        }
+        while let Some(c) = session.try_completion() {
+            complete(&mut self.pending, c);
+        }
+        take_events(session, &self.name)?;
+        if session.has_buffered_input() {
+            session.receive_one()?;
+            return Ok(());
+        }
+        let sock = session.stream().as_fd();
+        let mut fds = [
+            PollFd::new(sock, PollFlags::POLLIN),
+            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
+        ];
+        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(SessionError::Pdu(crate::iscsi::pdu::PduError::Io(e.into()))),
+        }
+        let sock_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
+        let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
+        if woken {
+            let _ = self.wake.read();
+        }
+        if sock_ready {
+            session.receive_one()?;
+            while let Some(c) = session.try_completion() {
+                complete(&mut self.pending, c);
+            }
+            take_events(session, &self.name)?;
+        }
+        Ok(())
+    }
+
+    /// The session failed: keep what did not complete, drop the connection.
+    fn connection_lost(&mut self, e: SessionError) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        warn!(
+            "{}: connection lost ({e}); {} command(s) to reissue on a new connection",
+            self.name,
+            session.outstanding()
+        );
+        while let Some(c) = session.try_completion() {
+            complete(&mut self.pending, c);
+        }
+        let mut reissue = VecDeque::new();
+        for o in session.take_outstanding() {
+            match self
+                .pending
+                .remove(&o.tag.0)
+                .or_else(|| self.sending.take())
+            {
+                Some(p) => reissue.push_back(Request {
+                    cdb: o.cdb,
+                    data: o.data,
+                    reply: p.reply,
+                    since: p.since,
+                }),
+                None => warn!("{}: outstanding task {:?} had no caller", self.name, o.tag),
+            }
+        }
+        // Anything still pending was never registered with the session (it failed while
+        // sending): its caller gets BUSY and retries.
+        for p in self
+            .pending
+            .drain()
+            .map(|(_, p)| p)
+            .chain(self.sending.take())
+        {
+            let _ = p.reply.send(Outcome::Busy);
+        }
+        self.lost = session.params().clone();
+        drop(session);
+        reissue.append(&mut self.queued);
+        self.queued = reissue;
+        self.backoff = Some(
+            Backoff::new(self.lost.default_time2wait)
+                .with_limits(Duration::from_millis(100), Duration::from_secs(2)),
+        );
+    }
+
+    /// Without a session: one reconnection attempt, then a backoff wait (on the eventfd, so
+    /// that new requests are collected), answering BUSY to commands that waited too long.
+    fn reconnect_once(&mut self) {
+        match self.reconnect.reconnect(&self.lost) {
+            Ok((stream, params)) => match Session::new(stream, params) {
+                Ok(s) => {
+                    info!(
+                        "{}: reconnected; reissuing {} command(s)",
+                        self.name,
+                        self.queued.len()
+                    );
+                    self.session = Some(s);
+                    self.backoff = None;
+                    return;
+                }
+                Err(e) => warn!("{}: new connection unusable: {e}", self.name),
+            },
+            Err(e) => warn!("{}: reconnection failed: {e}", self.name),
+        }
+        let now = Instant::now();
+        let (late, keep): (VecDeque<Request>, VecDeque<Request>) = std::mem::take(&mut self.queued)
+            .into_iter()
+            .partition(|r| now.duration_since(r.since) >= GIVE_UP);
+        self.queued = keep;
+        if !late.is_empty() {
+            warn!(
+                "{}: {} command(s) waited {}s for a connection: completed with BUSY (the guest \
+                 retries them)",
+                self.name,
+                late.len(),
+                GIVE_UP.as_secs()
+            );
+        }
+        for r in late {
+            let _ = r.reply.send(Outcome::Busy);
+        }
+        let delay = self
+            .backoff
+            .get_or_insert_with(|| {
+                Backoff::new(self.lost.default_time2wait)
+                    .with_limits(Duration::from_millis(100), Duration::from_secs(2))
+            })
+            .next_delay();
+        let mut fds = [PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+        let ms = u16::try_from(delay.as_millis()).unwrap_or(u16::MAX);
+        let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+        let _ = self.wake.read();
+    }
+}
+
+/// Takes the session's asynchronous messages (§11.9; kept until taken, so a target sending
+/// many must not grow memory). A logout request is served by moving to a new connection (the
+/// commands in flight are reissued there).
+fn take_events(session: &mut Session<TcpStream>, name: &str) -> Result<(), SessionError> {
+    for ev in session.take_events() {
+        debug!("{name}: asynchronous event {} from the target", ev.event);
+        if ev.event == 1 {
+            return Err(SessionError::Dropped(1));
+        }
+    }
+    Ok(())
+}
+
+/// Answers the caller of a completed command.
+fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<Vec<u8>>) {
+    if let Some(p) = pending.remove(&c.tag.0) {
+        let _ = p.reply.send(Outcome::Done(c.outcome, c.buffer));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_in_flight_are_bounded_and_given_back() {
+        let c = Arc::new(AtomicUsize::new(0));
+        let a = InFlight::take(&c, MAX_IN_FLIGHT_BYTES - 10).expect("room");
+        assert!(InFlight::take(&c, 11).is_none(), "over the bound");
+        let b = InFlight::take(&c, 10).expect("exactly the bound");
+        drop(a);
+        assert_eq!(c.load(Ordering::Acquire), 10);
+        // One command alone always goes (a large one cannot starve).
+        drop(b);
+        let big = InFlight::take(&c, MAX_IN_FLIGHT_BYTES * 2);
+        assert!(big.is_some());
+        drop(big);
+        assert_eq!(c.load(Ordering::Acquire), 0);
+    }
+}

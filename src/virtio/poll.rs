@@ -1,0 +1,269 @@
+//! How long a request-queue thread spins before it sleeps (`--poll-us`, `--poll-max-us`).
+//!
+//! Sleeping costs a wake-up per event: an interrupt, a context switch, on a virtual machine an
+//! inter-processor interrupt and its exits. At QD1 that is most of the gap between the daemon
+//! and fio on the same file. Spinning a little before sleeping hides it, but a thread that
+//! always spins burns a CPU while its guest does nothing.
+//!
+//! The adaptive policy is QEMU's (util/aio-posix.c, `adjust_polling_time`, one window per
+//! event source as in QEMU 10): each source the queue waits for (a completion while I/O is in
+//! flight; the guest's next request while the queue is idle) has its own window, which
+//! - stays as it is when the event came within it (polling worked),
+//! - grows (from 4 µs, doubling, up to the maximum) when the event came later but within the
+//!   maximum (polling a little longer would have caught it),
+//! - halves (to 0 below 4 µs) when the event took longer than the maximum (polling would have
+//!   been wasted). QEMU's default shrink resets to 0; halving keeps one slow outlier among fast
+//!   completions from costing the next five their polling.
+//!
+//! A spin yields the CPU at every turn; when a yield lets another thread run (it takes 20 µs
+//! or more) the host has no CPU to spare: the spin stops and polling pauses for half a second,
+//! since spinning would delay whoever produces the awaited event (a vCPU, the client) on a CPU
+//! it needs.
+//!
+//! Off by default (`--poll-max-us 0`): on the shared 2-CPU machine it was measured on it did
+//! not pay (docs/benchmarks.md, "Polling").
+//!
+//! An idle queue therefore spins at most once, for at most the maximum, after its last request,
+//! and sleeps in epoll until the guest kicks; the first request after a long pause halves the
+//! window again. Nothing spins while no request arrives: the queue thread only runs when
+//! the guest kicks it.
+
+use std::time::{Duration, Instant};
+
+/// How long polling stays off after a spin found the CPU contended: long enough that a loaded
+/// host sees at most a spin or two per second per queue, short enough that polling is back soon
+/// after the load goes.
+const CONTENDED_PAUSE: Duration = Duration::from_millis(500);
+
+/// Where a window starts growing (QEMU: "start polling at 4 microseconds").
+const POLL_START: Duration = Duration::from_micros(4);
+
+/// What `--poll-us` / `--poll-max-us` asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollPolicy {
+    /// Never spin (`--poll-us 0`, or `--poll-max-us 0`).
+    Never,
+    /// Always spin this long before sleeping (`--poll-us N`).
+    Fixed(Duration),
+    /// Spin only as long as events have recently been arriving (the default).
+    Adaptive { max: Duration },
+}
+
+impl PollPolicy {
+    /// The policy of `--poll-us` (an explicit window) or else `--poll-max-us`.
+    pub fn from_options(poll_us: Option<u32>, poll_max_us: u32) -> Self {
+        match poll_us {
+            Some(0) => Self::Never,
+            Some(us) => Self::Fixed(Duration::from_micros(u64::from(us))),
+            None if poll_max_us == 0 => Self::Never,
+            None => Self::Adaptive {
+                max: Duration::from_micros(u64::from(poll_max_us)),
+            },
+        }
+    }
+}
+
+/// One event source's adaptive window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PollWindow {
+    window: Duration,
+}
+
+impl PollWindow {
+    pub fn get(&self) -> Duration {
+        self.window
+    }
+
+    /// The event came `waited` after the queue started waiting for it (spinning and sleeping).
+    pub fn adjust(&mut self, waited: Duration, max: Duration) {
+        if waited <= self.window {
+            // Polling caught it: the sweet spot.
+        } else if waited > max {
+            // It would have taken longer than we are willing to spin.
+            self.window /= 2;
+            if self.window < POLL_START {
+                self.window = Duration::ZERO;
+            }
+        } else if self.window < max {
+            self.window = if self.window.is_zero() {
+                POLL_START
+            } else {
+                self.window * 2
+            }
+            .min(max);
+        }
+    }
+}
+
+/// The spin windows of one request queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Poller {
+    policy: PollPolicy,
+    /// Waiting for an I/O completion (I/O in flight).
+    completion: PollWindow,
+    /// Waiting for the guest's next request (nothing in flight).
+    request: PollWindow,
+    /// Polling is off until then: a spin found the CPU wanted by another thread.
+    paused_until: Option<Instant>,
+}
+
+impl Poller {
+    pub fn new(policy: PollPolicy) -> Self {
+        Self {
+            policy,
+            completion: PollWindow::default(),
+            request: PollWindow::default(),
+            paused_until: None,
+        }
+    }
+
+    /// Whether waits are timed at all (the policy adapts).
+    pub fn adaptive(&self) -> bool {
+        matches!(self.policy, PollPolicy::Adaptive { .. })
+    }
+
+    /// How long to spin for a completion before sleeping.
+    pub fn completion_window(&self) -> Duration {
+        self.window(self.completion)
+    }
+
+    /// How long to spin for the guest's next request before going back to the event loop.
+    pub fn request_window(&self) -> Duration {
+        self.window(self.request)
+    }
+
+    fn window(&self, source: PollWindow) -> Duration {
+        match self.policy {
+            PollPolicy::Never => Duration::ZERO,
+            PollPolicy::Fixed(window) => window,
+            PollPolicy::Adaptive { .. } if self.paused_until.is_some() => Duration::ZERO,
+            PollPolicy::Adaptive { .. } => source.get(),
+        }
+    }
+
+    /// Whether polling is paused (contention), ending the pause when it is over.
+    fn paused(&mut self) -> bool {
+        match self.paused_until {
+            Some(until) if Instant::now() < until => true,
+            Some(_) => {
+                self.paused_until = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// The CPU was taken by another thread while spinning: no polling for a while (adaptive
+    /// only), and the windows start again from nothing. Polling on a CPU that something else
+    /// needs delays the very thread (a vCPU, the submitting client) whose event it waits for,
+    /// and a thread that spins loses the scheduler's preference for threads that sleep: on a
+    /// loaded host its wake-ups then wait for a whole round of the run queue.
+    pub fn contended(&mut self) {
+        if self.adaptive() {
+            self.completion = PollWindow::default();
+            self.request = PollWindow::default();
+            self.paused_until = Some(Instant::now() + CONTENDED_PAUSE);
+        }
+    }
+
+    /// A completion came `waited` after the queue started waiting for one.
+    pub fn completed(&mut self, waited: Duration) {
+        if self.paused() {
+            return;
+        }
+        if let PollPolicy::Adaptive { max } = self.policy {
+            self.completion.adjust(waited, max);
+        }
+    }
+
+    /// A request came `waited` after the queue ran out of work.
+    pub fn requested(&mut self, waited: Duration) {
+        if self.paused() {
+            return;
+        }
+        if let PollPolicy::Adaptive { max } = self.policy {
+            self.request.adjust(waited, max);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: Duration = Duration::from_micros(64);
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn a_window_grows_while_events_come_within_the_maximum() {
+        let mut w = PollWindow::default();
+        let mut seen = Vec::new();
+        for _ in 0..7 {
+            w.adjust(us(50), MAX);
+            seen.push(w.get().as_micros());
+        }
+        assert_eq!(seen, [4, 8, 16, 32, 64, 64, 64]);
+        // Caught within the window: unchanged.
+        w.adjust(us(10), MAX);
+        assert_eq!(w.get(), MAX);
+    }
+
+    #[test]
+    fn a_window_halves_when_events_take_longer_than_the_maximum_and_reaches_zero() {
+        let mut w = PollWindow::default();
+        for _ in 0..5 {
+            w.adjust(us(50), MAX);
+        }
+        w.adjust(Duration::from_secs(3), MAX);
+        assert_eq!(w.get(), us(32));
+        for _ in 0..4 {
+            w.adjust(Duration::from_secs(3), MAX);
+        }
+        assert_eq!(w.get(), Duration::ZERO);
+        // An idle source never starts polling.
+        w.adjust(Duration::from_secs(3), MAX);
+        assert_eq!(w.get(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_options_pick_the_policy() {
+        assert_eq!(PollPolicy::from_options(Some(0), 64), PollPolicy::Never);
+        assert_eq!(PollPolicy::from_options(None, 0), PollPolicy::Never);
+        assert_eq!(
+            PollPolicy::from_options(Some(50), 64),
+            PollPolicy::Fixed(us(50))
+        );
+        assert_eq!(
+            PollPolicy::from_options(None, 64),
+            PollPolicy::Adaptive { max: MAX }
+        );
+        let mut fixed = Poller::new(PollPolicy::Fixed(us(50)));
+        fixed.completed(Duration::from_secs(1));
+        assert_eq!(fixed.completion_window(), us(50));
+        assert_eq!(fixed.request_window(), us(50));
+        let mut never = Poller::new(PollPolicy::Never);
+        never.requested(us(1));
+        assert_eq!(never.request_window(), Duration::ZERO);
+        let mut contended = Poller::new(PollPolicy::from_options(None, 64));
+        for _ in 0..4 {
+            contended.completed(us(50));
+        }
+        contended.contended();
+        assert_eq!(contended.completion_window(), Duration::ZERO);
+        // Paused: short waits do not bring polling back yet.
+        contended.completed(us(50));
+        assert_eq!(contended.completion_window(), Duration::ZERO);
+        contended.paused_until = Some(Instant::now());
+        contended.completed(us(50));
+        assert_eq!(contended.completion_window(), us(4));
+        fixed.contended();
+        assert_eq!(fixed.completion_window(), us(50));
+        let mut adaptive = Poller::new(PollPolicy::from_options(None, 64));
+        adaptive.requested(us(3));
+        assert_eq!(adaptive.request_window(), us(4));
+        assert_eq!(adaptive.completion_window(), Duration::ZERO);
+    }
+}

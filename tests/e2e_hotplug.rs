@@ -1,0 +1,222 @@
+//! End to end, runtime management with a live Linux guest (QEMU, TCG): the daemon starts with
+//! one LUN and a management socket; while the guest runs `tests/e2e/guest-hotplug.sh` (I/O on
+//! that LUN all along), the test, through `vhost-user-scsi ctl`:
+//!  1. adds 0:1 → the guest's kernel sees a new disk, which gets an ext4 file system;
+//!  2. grows its image and resizes it → the guest's `/sys/block/sdX/size` follows;
+//!  3. removes it → the disk disappears from the guest, whose I/O on 0:0 carries on without
+//!     an error;
+//!
+//! then checks on the host that the file system the guest wrote is clean (`e2fsck -fn`), that
+//! the removed image is unlocked, and that the daemon exits 0 on SIGTERM.
+//!
+//! `VUS_E2E_SKIP=1` skips (prints SKIPPED). Serial logs are kept in
+//! `target/e2e-cache/logs/hotplug-*.log`.
+
+#[allow(dead_code, unused_imports)]
+mod common;
+
+use std::{
+    fs,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::{Daemon, Disk};
+use vus_test_support::e2e::system_qemu;
+
+const MIB: u64 = 1 << 20;
+const BASE_SIZE: u64 = 64 * MIB;
+const ADDED_SIZE: u64 = 64 * MIB;
+const GROWN_SIZE: u64 = 96 * MIB;
+/// Boot plus every step (TCG on a shared 2-core machine).
+const GUEST_TIMEOUT_SECS: u64 = 420;
+const BIN: &str = env!("CARGO_BIN_EXE_vhost-user-scsi");
+
+fn log_dir() -> PathBuf {
+    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/e2e-cache/logs");
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The guest (run-guest.sh), killed if the test bails out.
+struct Guest {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Guest {
+    fn serial(&self) -> String {
+        fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .replace('\r', "")
+    }
+
+    /// Waits for the guest's `E2E-HP: <step> ...` line; returns its rest.
+    fn wait_step(&mut self, step: &str, daemon: &Daemon) -> String {
+        let prefix = format!("E2E-HP: {step}");
+        let deadline = Instant::now() + Duration::from_secs(GUEST_TIMEOUT_SECS);
+        loop {
+            let serial = self.serial();
+            if let Some(line) = serial.lines().find(|l| l.starts_with(&prefix)) {
+                println!("guest: {line}");
+                return line[prefix.len()..].trim().to_owned();
+            }
+            let ended = self.child.as_mut().unwrap().try_wait().unwrap();
+            if ended.is_some() || Instant::now() > deadline {
+                panic!(
+                    "guest never reported {step:?} (run-guest.sh: {ended:?})\n--- serial ---\n\
+                     {serial}\n--- daemon ---\n{}",
+                    daemon.log()
+                );
+            }
+            sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn ctl(socket: &Path, args: &[&str], daemon: &Daemon) -> Output {
+    let out = Command::new(BIN)
+        .arg("ctl")
+        .arg("--management-socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ctl {args:?}: {}\n{}{}\n--- daemon ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    println!(
+        "ctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+    out
+}
+
+fn field<'a>(rest: &'a str, key: &str) -> &'a str {
+    rest.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .unwrap_or_else(|| panic!("no {key}= in {rest:?}"))
+}
+
+fn unlocked(path: &Path) -> bool {
+    let f = fs::File::options().write(true).open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[test]
+fn guest_sees_a_lun_added_grown_and_removed() {
+    if std::env::var("VUS_E2E_SKIP").as_deref() == Ok("1") {
+        println!("SKIPPED: e2e (VUS_E2E_SKIP=1)");
+        return;
+    }
+    let qemu = system_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let images = fs::canonicalize(dir.path()).unwrap();
+    let mgmt = images.join("mgmt.sock");
+    let added = images.join("added.img");
+    fs::File::create(&added)
+        .unwrap()
+        .set_len(ADDED_SIZE)
+        .unwrap();
+    let mut daemon = Daemon::start(
+        &[Disk {
+            addr: "0:0",
+            size: BASE_SIZE,
+            readonly: false,
+        }],
+        &[
+            "--management-socket",
+            mgmt.to_str().unwrap(),
+            "--image-dir",
+            images.to_str().unwrap(),
+        ],
+    );
+
+    let log = log_dir().join(format!("hotplug-{}.log", std::process::id()));
+    let child = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/run-guest.sh"
+        ))
+        .args(["--qemu", &qemu, "--phase", "hotplug", "--disks", "0:0"])
+        .args(["--timeout", &GUEST_TIMEOUT_SECS.to_string()])
+        .args(["--append", "e2e.script=guest-hotplug.sh"])
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--log")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run tests/e2e/run-guest.sh");
+    let mut guest = Guest {
+        child: Some(child),
+        log,
+    };
+
+    guest.wait_step("ready", &daemon);
+    let spec = format!("0:1={}", added.display());
+    ctl(&mgmt, &["add-lun", "--lun", &spec], &daemon);
+    let step = guest.wait_step("added", &daemon);
+    assert_eq!(field(&step, "sectors"), (ADDED_SIZE / 512).to_string());
+
+    fs::File::options()
+        .write(true)
+        .open(&added)
+        .unwrap()
+        .set_len(GROWN_SIZE)
+        .unwrap();
+    ctl(&mgmt, &["resize", "0:1"], &daemon);
+    let step = guest.wait_step("resized", &daemon);
+    assert_eq!(field(&step, "sectors"), (GROWN_SIZE / 512).to_string());
+
+    ctl(&mgmt, &["remove-lun", "0:1"], &daemon);
+    guest.wait_step("removed", &daemon);
+
+    let out = guest.child.take().unwrap().wait_with_output().unwrap();
+    let serial = guest.serial();
+    assert!(
+        out.status.success(),
+        "guest failed ({})\n{}{}\n--- serial ---\n{serial}\n--- daemon ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    daemon.assert_alive();
+
+    // The image the guest formatted, released by the daemon.
+    assert!(unlocked(&added), "the removed image is still locked");
+    let fsck = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(&added)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "e2fsck -fn of the image the guest formatted: {}\n{}",
+        fsck.status,
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit: {status}\n{}", daemon.log());
+}

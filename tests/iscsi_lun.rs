@@ -1,0 +1,519 @@
+//! iSCSI-backed LUNs through the daemon: a real `tgtd` on 127.0.0.1 (tests/support's
+//! [`Tgtd`]), the real daemon binary with `--lun iscsi://...`, and the test front-end
+//! (`TestVm`) sending guest commands over the vhost-user socket. The data is checked against
+//! the tgtd LUN's backing file.
+//!
+//! Start-up errors (wrong secret, unknown target, unreachable portal, missing LUN) must end
+//! the daemon with status 2 and one error line naming the LUN, before the socket exists.
+//!
+//! Each test prints `SKIPPED: ...` and returns when tgtd is missing or does not start.
+
+#[allow(dead_code)]
+mod common;
+
+use std::{
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::*;
+use vus_test_support::tgtd::{free_port, Tgtd, BLOCK, LUN_SIZE};
+
+const IQN: &str = "iqn.2026-01.org.vhost-user-scsi:lun-test";
+const USER: &str = "vususer";
+const SECRET: &str = "s3cr3t-chap-passw0rd";
+
+fn file_bytes(path: &Path, off: u64, len: usize) -> Vec<u8> {
+    let f = std::fs::File::open(path).unwrap();
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, off).unwrap();
+    buf
+}
+
+/// A tgtd with target 1 (LUN 1 backed by a pattern file); CHAP required when `chap`.
+fn target(test: &str, chap: bool) -> Option<(Tgtd, PathBuf)> {
+    let mut t = Tgtd::start(test)?;
+    let path = t.add_target(1, IQN);
+    if chap {
+        t.add_account(1, USER, SECRET, false);
+    }
+    Some((t, path))
+}
+
+fn secret_file(dir: &Path, secret: &str) -> PathBuf {
+    let p = dir.join("chap.secret");
+    std::fs::write(&p, format!("{secret}\n")).unwrap();
+    p
+}
+
+/// `--lun 0:0=iscsi://...` for `t`'s target 1, LUN `lun`.
+fn lun_arg(t: &Tgtd, lun: u16, chap: Option<&Path>, opts: &str) -> String {
+    match chap {
+        Some(secret) => format!(
+            "0:0=iscsi://{USER}@127.0.0.1:{}/{IQN}/{lun},chap-secret-file={}{opts}",
+            t.port,
+            secret.display()
+        ),
+        None => format!("0:0=iscsi://127.0.0.1:{}/{IQN}/{lun}{opts}", t.port),
+    }
+}
+
+/// Runs the daemon to its end (it must fail at start-up); returns (status, stderr, socket
+/// existed).
+fn run_failing(lun: &str) -> (Option<i32>, String, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("vus.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .arg("--socket-path")
+        .arg(&sock)
+        .arg("--lun")
+        .arg(lun)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut socket_seen = false;
+    loop {
+        socket_seen |= sock.exists();
+        if let Some(_status) = child.try_wait().unwrap() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("daemon still running after 60 s with --lun {lun}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.code(), stderr, socket_seen || sock.exists())
+}
+
+fn assert_startup_error(lun: &str, want: &str) {
+    let (code, stderr, socket) = run_failing(lun);
+    assert_eq!(code, Some(2), "--lun {lun}: exit status\n{stderr}");
+    assert!(!socket, "--lun {lun}: the socket was created\n{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
+    assert_eq!(errors.len(), 1, "--lun {lun}: one error line\n{stderr}");
+    assert!(
+        (errors[0].contains("LUN 0:0") || errors[0].contains("--lun 0:0="))
+            && errors[0].contains(want),
+        "--lun {lun}: {:?} should name the LUN and say {want:?}",
+        errors[0]
+    );
+    assert!(!stderr.contains(SECRET), "the secret leaked: {stderr}");
+}
+
+#[test]
+fn startup_errors_exit_2_with_one_line() {
+    let Some((t, _path)) = target("startup_errors_exit_2_with_one_line", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = secret_file(dir.path(), "not-the-secret-at-all");
+    assert_startup_error(&lun_arg(&t, 1, Some(&wrong), ""), "authentication failed");
+    let good = dir.path().join("good.secret");
+    std::fs::write(&good, SECRET).unwrap();
+    assert_startup_error(
+        &format!(
+            "0:0=iscsi://{USER}@127.0.0.1:{}/iqn.2026-01.org.example:nobody/1,chap-secret-file={}",
+            t.port,
+            good.display()
+        ),
+        "not found",
+    );
+    assert_startup_error(
+        &format!(
+            "0:0=iscsi://{USER}@127.0.0.1:{}/{IQN}/7,chap-secret-file={}",
+            t.port,
+            good.display()
+        ),
+        "LUN 7 does not exist",
+    );
+    assert_startup_error(
+        &format!(
+            "0:0=iscsi://{USER}@127.0.0.1:{}/{IQN}/1,chap-secret-file={}",
+            t.port,
+            dir.path().join("missing").display()
+        ),
+        "chap-secret-file",
+    );
+    // Nothing listens on this port.
+    let port = free_port();
+    assert_startup_error(
+        &format!("0:0=iscsi://127.0.0.1:{port}/{IQN}/1"),
+        "cannot connect",
+    );
+    // A password in the URL never gets as far as the network, and is not echoed.
+    let (code, stderr, _) = run_failing(&format!(
+        "0:0=iscsi://{USER}:{SECRET}@127.0.0.1:{}/{IQN}/1",
+        t.port
+    ));
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("password in the URL is refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET), "{stderr}");
+}
+
+/// Reads and writes of many sizes through the daemon, verified against the backing file.
+fn io_of_many_sizes(vm: &mut TestVm, path: &Path, seed: u8) {
+    let l = lun(0, 0);
+    let mut lba = 0u32;
+    for blocks in [
+        1u16, 2, 7, 8, 15, 16, 17, 31, 64, 100, 128, 255, 256, 513, 1024, 2048,
+    ] {
+        let len = usize::from(blocks) * BLOCK;
+        let data = pattern(len, seed.wrapping_add(blocks as u8));
+        let r = vm.scsi(l, &cdb::write10(lba, blocks), &[&data], &[]);
+        r.assert_good();
+        assert_eq!(r.resid, 0);
+        assert!(
+            file_bytes(path, u64::from(lba) * BLOCK as u64, len) == data,
+            "backing file differs after a {blocks}-block write at LBA {lba}"
+        );
+        let r = vm.scsi(l, &cdb::read10(lba, blocks), &[], &[len as u32]);
+        r.assert_good();
+        assert_eq!(r.data_in_len(), len);
+        assert!(
+            r.data == data,
+            "read back differs ({blocks} blocks at LBA {lba})"
+        );
+        lba = (lba + u32::from(blocks)) % (LUN_SIZE as u32 / BLOCK as u32 - 2048);
+    }
+    let r = vm.scsi(l, &cdb::sync_cache10(), &[], &[]);
+    r.assert_good();
+    // A read of what tgtd wrote itself (the file's initial pattern) at the end of the LUN.
+    let last = (LUN_SIZE / BLOCK as u64) as u32 - 4;
+    let r = vm.scsi(l, &cdb::read10(last, 4), &[], &[4 * BLOCK as u32]);
+    r.assert_good();
+    assert!(r.data == file_bytes(path, u64::from(last) * BLOCK as u64, 4 * BLOCK));
+}
+
+/// Start the daemon on `lun_spec`, connect, and check what a guest sees first.
+fn daemon_and_vm(lun_spec: &str) -> (Daemon, TestVm) {
+    let daemon = Daemon::start(&[], &["--lun", lun_spec]);
+    let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+    vm.clear_unit_attention(lun(0, 0));
+    (daemon, vm)
+}
+
+fn check_identity(vm: &mut TestVm) {
+    let l = lun(0, 0);
+    // Passed through: tgtd's INQUIRY (vendor "IET").
+    let r = vm.scsi(l, &cdb::inquiry(96), &[], &[96]);
+    r.assert_good();
+    assert_eq!(r.data[0] & 0x1f, 0, "a direct-access device");
+    assert_eq!(
+        &r.data[8..11],
+        b"IET",
+        "INQUIRY comes from the target: {:?}",
+        &r.data[8..16]
+    );
+    // Passed through: the LUN's capacity.
+    let r = vm.scsi(l, &cdb::read_capacity10(), &[], &[8]);
+    r.assert_good();
+    let last = u32::from_be_bytes(r.data[..4].try_into().unwrap());
+    assert_eq!(u64::from(last) + 1, LUN_SIZE / BLOCK as u64);
+    // Answered locally: the guest's LUN numbering, not the target's (its LUN 1 is our 0:0).
+    let r = vm.scsi(l, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[], &[256]);
+    r.assert_good();
+    assert_eq!(u32::from_be_bytes(r.data[..4].try_into().unwrap()), 8);
+    assert_eq!(&r.data[8..16], &[0u8; 8]);
+    // Sense from the target, unchanged: a read beyond the end.
+    let r = vm.scsi(l, &cdb::read10(last + 1, 1), &[], &[512]);
+    r.assert_check_condition(0x05, 0x21);
+}
+
+#[test]
+fn io_through_the_daemon_with_chap() {
+    let Some((t, path)) = target("io_through_the_daemon_with_chap", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let (mut daemon, mut vm) = daemon_and_vm(&lun_arg(&t, 1, Some(&secret), ""));
+    check_identity(&mut vm);
+    io_of_many_sizes(&mut vm, &path, 0x11);
+    assert!(!daemon.log().contains(SECRET), "the secret is in the log");
+    daemon.assert_alive();
+}
+
+#[test]
+fn io_with_digests_and_small_bursts() {
+    let Some((t, path)) = target("io_with_digests_and_small_bursts", false) else {
+        return;
+    };
+    // tgtd agrees to digests only when the target lists them; small bursts make every large
+    // write go through R2Ts and Data-Out sequences, and reads through many Data-In PDUs.
+    t.set_param(1, "HeaderDigest", "CRC32C,None");
+    t.set_param(1, "DataDigest", "CRC32C,None");
+    t.set_param(1, "MaxBurstLength", "16384");
+    t.set_param(1, "FirstBurstLength", "8192");
+    t.set_param(1, "MaxRecvDataSegmentLength", "4096");
+    t.set_param(1, "InitialR2T", "No");
+    let (mut daemon, mut vm) = daemon_and_vm(&lun_arg(
+        &t,
+        1,
+        None,
+        ",header-digest=crc32c,data-digest=crc32c",
+    ));
+    assert!(
+        daemon
+            .log()
+            .contains("header digest CRC32C, data digest CRC32C"),
+        "{}",
+        daemon.log()
+    );
+    io_of_many_sizes(&mut vm, &path, 0x77);
+    daemon.assert_alive();
+}
+
+#[test]
+fn commands_on_several_queues_at_once() {
+    let Some((t, path)) = target("commands_on_several_queues_at_once", false) else {
+        return;
+    };
+    let daemon = Daemon::start(
+        &[],
+        &["--lun", &lun_arg(&t, 1, None, ""), "--num-queues", "4"],
+    );
+    let mut vm = TestVm::connect(
+        &daemon.socket,
+        VmOptions {
+            request_queues: 4,
+            ..VmOptions::default()
+        },
+    );
+    vm.clear_unit_attention(lun(0, 0));
+    // Many writes submitted on four queues before any completion is collected.
+    let mut expect = Vec::new();
+    for i in 0..32u32 {
+        let q = 2 + (i % 4) as usize;
+        let data = pattern(8 * BLOCK, i as u8);
+        let header = vm.cmd_header(lun(0, 0), &cdb::write10(i * 8, 8));
+        let sub = vm.submit(
+            q,
+            &[
+                Seg::out(&header),
+                Seg::out(&data),
+                Seg::inp(RESP_HEADER_SIZE as u32),
+            ],
+        );
+        drop(sub);
+        expect.push((i * 8, data));
+    }
+    for q in 2..6 {
+        let used = vm.wait_used(q, 8);
+        assert_eq!(used.len(), 8);
+    }
+    for (lba, data) in expect {
+        assert!(
+            file_bytes(&path, u64::from(lba) * BLOCK as u64, data.len()) == data,
+            "LBA {lba}"
+        );
+    }
+    // A queue thread sends the whole batch it popped before it waits for answers.
+    let log = daemon.log();
+    assert!(
+        log.contains("8 commands outstanding"),
+        "no batch of commands outstanding together:\n{log}"
+    );
+}
+
+/// Writes in flight on the daemon's iSCSI LUN while the connection goes away (`cut`) and
+/// comes back: every write completes GOOD (reissued on the new connection) and the backing
+/// file holds every one of them.
+fn writes_survive(test: &str, cut: impl FnOnce(&mut Tgtd)) {
+    let Some((mut t, path)) = target(test, true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let (mut daemon, mut vm) = daemon_and_vm(&lun_arg(&t, 1, Some(&secret), ""));
+    const BLOCKS: u16 = 64;
+    let size = usize::from(BLOCKS) * BLOCK;
+    let mut expect = Vec::new();
+    // A first batch completes normally.
+    for i in 0..8u32 {
+        let data = pattern(size, 0x40 + i as u8);
+        vm.scsi(
+            l00(),
+            &cdb::write10(i * u32::from(BLOCKS), BLOCKS),
+            &[&data],
+            &[],
+        )
+        .assert_good();
+        expect.push((i * u32::from(BLOCKS), data));
+    }
+    // A second batch is in flight when the connection goes.
+    let mut subs = Vec::new();
+    for i in 8..24u32 {
+        let data = pattern(size, 0x40 + i as u8);
+        let header = vm.cmd_header(l00(), &cdb::write10(i * u32::from(BLOCKS), BLOCKS));
+        subs.push(vm.submit(
+            2,
+            &[
+                Seg::out(&header),
+                Seg::out(&data),
+                Seg::inp(RESP_HEADER_SIZE as u32),
+            ],
+        ));
+        expect.push((i * u32::from(BLOCKS), data));
+    }
+    cut(&mut t);
+    let used = vm.wait_used(2, subs.len());
+    assert_eq!(used.len(), subs.len());
+    for sub in &subs {
+        let resp = CmdResp::parse(&vm.writable(sub).concat()).expect("a response");
+        assert_eq!(
+            (resp.response, resp.status),
+            (0, 0),
+            "a write in flight failed: {resp:?}"
+        );
+    }
+    // And the LUN keeps serving.
+    for i in 24..28u32 {
+        let data = pattern(size, 0x40 + i as u8);
+        vm.scsi(
+            l00(),
+            &cdb::write10(i * u32::from(BLOCKS), BLOCKS),
+            &[&data],
+            &[],
+        )
+        .assert_good();
+        expect.push((i * u32::from(BLOCKS), data));
+    }
+    for (lba, data) in expect {
+        assert!(
+            file_bytes(&path, u64::from(lba) * BLOCK as u64, data.len()) == data,
+            "write at LBA {lba} lost"
+        );
+    }
+    let log = daemon.log();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("block::iscsi") || l.contains("supervisor::iscsi"))
+    {
+        println!("{l}");
+    }
+    assert!(log.contains("connection lost"), "{log}");
+    assert!(log.contains("logged in again"), "{log}");
+    assert!(!log.contains(SECRET));
+    daemon.assert_alive();
+}
+
+fn l00() -> [u8; 8] {
+    lun(0, 0)
+}
+
+#[test]
+fn tgtd_restart_under_writes() {
+    writes_survive("tgtd_restart_under_writes", |t| t.restart());
+}
+
+#[test]
+fn connection_cut_under_writes() {
+    writes_survive("connection_cut_under_writes", |t| {
+        // tgtd drops the session's connection (as a network cut would end it).
+        let out = t.adm(&["--op", "show", "--mode", "conn", "--tid", "1"]);
+        let sid = out
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Session: "))
+            .unwrap_or_else(|| panic!("no session in {out}"))
+            .trim()
+            .to_owned();
+        t.adm(&[
+            "--op", "delete", "--mode", "conn", "--tid", "1", "--sid", &sid, "--cid", "0",
+        ]);
+    });
+}
+
+/// `--restart-worker=on-failure`: the first worker had the start-up connection; a restarted
+/// worker gets a fresh one from the supervisor (over the fd broker) and serves the same LUN
+/// with its data.
+#[test]
+fn a_restarted_worker_gets_a_new_connection() {
+    let Some((t, path)) = target("a_restarted_worker_gets_a_new_connection", true) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = secret_file(dir.path(), SECRET);
+    let mut d = Daemon::start(
+        &[],
+        &[
+            "--lun",
+            &lun_arg(&t, 1, Some(&secret), ""),
+            "--restart-worker",
+            "on-failure",
+        ],
+    );
+    let data = pattern(8 * BLOCK, 0x3c);
+    {
+        let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+        vm.clear_unit_attention(l00());
+        vm.scsi(l00(), &cdb::write10(40, 8), &[&data], &[])
+            .assert_good();
+    }
+    let first = worker_of(d.pid());
+    // SAFETY: kill(2) on a process we started (the worker under our supervisor).
+    assert_eq!(unsafe { libc::kill(first, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while worker_of(d.pid()) == first {
+        assert!(Instant::now() < deadline, "no new worker\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut vm = TestVm::connect(&d.socket, VmOptions::default());
+    vm.clear_unit_attention(l00());
+    let r = vm.scsi(l00(), &cdb::read10(40, 8), &[], &[8 * BLOCK as u32]);
+    r.assert_good();
+    assert!(r.data == data, "the restarted worker reads other data");
+    let data2 = pattern(8 * BLOCK, 0x3d);
+    vm.scsi(l00(), &cdb::write10(48, 8), &[&data2], &[])
+        .assert_good();
+    assert!(file_bytes(&path, 48 * BLOCK as u64, data2.len()) == data2);
+    let log = d.log();
+    assert!(log.contains("logged in again"), "{log}");
+    assert!(!log.contains(SECRET));
+    d.assert_alive();
+}
+
+/// The iSCSI LUN thread's seccomp role (worker-iscsi) kills what it has no business doing: a
+/// debug-build probe (`VHOST_USER_SCSI_PROBE=WHAT@iscsi`, src/sandbox/probe.rs) attempts one
+/// forbidden action right after the thread stacked its role.
+#[test]
+fn the_iscsi_thread_cannot_open_connect_or_exec() {
+    let Some((t, _path)) = target("the_iscsi_thread_cannot_open_connect_or_exec", false) else {
+        return;
+    };
+    for what in ["socket", "connect", "open", "execve", "mmap-exec", "setuid"] {
+        let dir = tempfile::tempdir().unwrap();
+        // Bounded: a probe that is not killed leaves a daemon serving.
+        let out = Command::new("timeout")
+            .args(["-s", "KILL", "30", env!("CARGO_BIN_EXE_vhost-user-scsi")])
+            .arg("--socket-path")
+            .arg(dir.path().join("vus.sock"))
+            .arg("--lun")
+            .arg(lun_arg(&t, 1, None, ""))
+            .env("VHOST_USER_SCSI_PROBE", format!("{what}@iscsi"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(128 + libc::SIGSYS),
+            "{what}@iscsi: exit status\n{log}"
+        );
+        assert!(log.contains("killed by SIGSYS"), "{what}@iscsi\n{log}");
+        assert!(
+            !log.contains("probe "),
+            "{what}@iscsi returned instead of dying\n{log}"
+        );
+    }
+}
