@@ -1,14 +1,11 @@
-//! The vhost-user backend: feature negotiation, the config space and the virtqueue loops.
-//!
-//! Queue layout (virtio-scsi): 0 = control, 1 = event, 2.. = request queues. Thread 0 serves the
-//! control and event queues; every request queue gets a thread of its own, so the guest's
-//! multiqueue spreads commands across host cores without any lock on the data path except
-//! the vring's own.
+//! The virtio-scsi device behind the vhost-user protocol: feature negotiation, the config space,
+//! the virtqueue loops, guest memory and the inflight region. It outlives connections; the
+//! request handler ([`super::handler`]) and the queue threads ([`super::event_loop`]) of each
+//! connection call into it.
 
 use std::{
     fs::File,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
@@ -19,9 +16,7 @@ use log::{debug, info, warn};
 use vhost::vhost_user::message::{
     VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
-use vhost_user_backend::{
-    VhostUserBackend, VringEpollHandler, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
-};
+use vhost_user_backend::VringT;
 use virtio_bindings::{
     virtio_config::VIRTIO_F_VERSION_1,
     virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
@@ -29,14 +24,10 @@ use virtio_bindings::{
 };
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
-use vmm_sys_util::{
-    epoll::EventSet,
-    event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier},
-};
+use vmm_sys_util::epoll::EventSet;
 
 use crate::{
     block::engine::{uring::UringEngine, AioMode, IoConfig},
-    sandbox::seccomp::{self, ThreadRole},
     scsi::ScsiBus,
     virtio::inflight::InflightQueue,
     virtio::{
@@ -51,28 +42,9 @@ use crate::{
     worker::inflight::{InflightMemfd, InflightRegion, QueueShape},
 };
 
-/// Name of the vhost-user protocol thread (vhost-user-backend names it after the daemon,
-/// [`super::serve`] creates the daemon).
-pub const PROTOCOL_THREAD_NAME: &str = "vhost-user-scsi";
-/// Name vhost-user-backend gives its virtqueue worker threads.
-pub const VRING_THREAD_NAME: &str = "vring_worker";
+use super::{event_loop::EventLoop, ScsiVring};
 
-/// The roles of the threads vhost-user-backend spawns for us (it offers no hook at thread
-/// start, so each stacks its role on its first callback into [`ScsiBackend`]).
-const BACKEND_THREAD_ROLES: &[(&str, ThreadRole)] = &[(VRING_THREAD_NAME, ThreadRole::WorkerVring)];
-
-/// The protocol thread inherits `worker-protocol` from the thread that accepted the connection
-/// (`super::serve::accept_confined`): it is in its role before its first message.
-const INHERITED_THREAD_ROLES: &[(&str, ThreadRole)] =
-    &[(PROTOCOL_THREAD_NAME, ThreadRole::WorkerProtocol)];
-
-/// Called at the start of every backend callback.
-fn enter_backend_thread_role() {
-    seccomp::inherited_role_by_thread_name(INHERITED_THREAD_ROLES);
-    seccomp::enter_role_by_thread_name(BACKEND_THREAD_ROLES);
-}
-
-/// Guest memory as the vhost-user-backend crate maps it (no dirty-page bitmap).
+/// Guest memory as the vrings see it (no dirty-page bitmap: dirty logging is not offered).
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
 type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 
@@ -139,10 +111,6 @@ pub struct ScsiBackend {
     /// fds is not in the data path's seccomp role. Released on the protocol thread (at the next
     /// table change) and on the main thread (at disconnect).
     tables: Mutex<Vec<Arc<GuestMemoryMmap>>>,
-    /// The read ends of this connection's queue-thread exit events. vhost-user-backend
-    /// registers each in its thread's epoll as a raw fd and never closes it (63 fds per
-    /// connection with 62 queues): closed at disconnect, once the queue threads are joined.
-    exit_fds: Mutex<Vec<RawFd>>,
     /// Device events (LUNs added, removed, resized) waiting for the guest's event buffers.
     events: EventQueue,
     /// This connection's event queue, once the guest posted buffers on it: events raised by
@@ -178,7 +146,6 @@ impl ScsiBackend {
             inflight: Mutex::new(InflightState::default()),
             inflight_generation: AtomicU64::new(0),
             tables: Mutex::new(Vec::new()),
-            exit_fds: Mutex::new(Vec::new()),
             allow_unsealed_memory: false,
             events: EventQueue::new(),
             event_vring: Mutex::new(None),
@@ -226,14 +193,14 @@ impl ScsiBackend {
 
     /// The epoll event number of request queue `q`'s retry timer: past every queue and the
     /// exit event, which vhost-user-backend reserves.
-    fn retry_event(&self, q: usize) -> u64 {
+    pub(super) fn retry_event(&self, q: usize) -> u64 {
         (FIXED_QUEUES + usize::from(self.num_request_queues) + 1 + q) as u64
     }
 
     /// Registers each request queue's retry timer in its thread's epoll (`handlers`: the new
     /// connection's, thread 0 serving the control and event queues, thread `1 + q` request
     /// queue `q`).
-    pub fn register_retry_timers(&self, handlers: &[Arc<VringEpollHandler<Arc<ScsiBackend>>>]) {
+    pub(super) fn register_retry_timers(&self, handlers: &[Arc<EventLoop>]) {
         let Some(timers) = &self.retry_timers else {
             return;
         };
@@ -432,13 +399,6 @@ impl ScsiBackend {
             state.current = None;
             state.retired.clear();
         }
-        for fd in std::mem::take(&mut *lock(&self.exit_fds)) {
-            // SAFETY: `fd` is the read end of an exit event created in `exit_event`, which
-            // vhost-user-backend turned into a raw fd and only ever registered in the epoll of a
-            // queue thread. That thread is joined and its epoll closed (the daemon was dropped):
-            // nobody else refers to the fd, and it is closed exactly once (taken from the list).
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
-        }
     }
 
     fn memory(&self) -> Result<MemGuard, BackendError> {
@@ -516,22 +476,18 @@ impl ScsiBackend {
     }
 }
 
-impl VhostUserBackend for ScsiBackend {
-    type Bitmap = ();
-    type Vring = ScsiVring;
-
-    fn num_queues(&self) -> usize {
-        enter_backend_thread_role();
+/// What the request handler ([`super::handler`]) and the queue threads
+/// ([`super::event_loop`]) call.
+impl ScsiBackend {
+    pub(super) fn num_queues(&self) -> usize {
         FIXED_QUEUES + usize::from(self.num_request_queues)
     }
 
-    fn max_queue_size(&self) -> usize {
-        enter_backend_thread_role();
+    pub(super) fn max_queue_size(&self) -> usize {
         usize::from(self.queue_size)
     }
 
-    fn features(&self) -> u64 {
-        enter_backend_thread_role();
+    pub(super) fn features(&self) -> u64 {
         1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_RING_F_EVENT_IDX
@@ -542,13 +498,11 @@ impl VhostUserBackend for ScsiBackend {
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
-    fn acked_features(&self, features: u64) {
-        enter_backend_thread_role();
+    pub(super) fn acked_features(&self, features: u64) {
         debug!("guest acked virtio features {features:#x}");
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        enter_backend_thread_role();
+    pub(super) fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // STATUS is not offered: the vhost crate does not implement SET/GET_STATUS, and QEMU
         // resets through RESET_DEVICE when STATUS is absent.
         VhostUserProtocolFeatures::MQ
@@ -563,8 +517,7 @@ impl VhostUserBackend for ScsiBackend {
             }
     }
 
-    fn reset_device(&self) {
-        enter_backend_thread_role();
+    pub(super) fn reset_device(&self) {
         // A virtio reset is a guest reboot or driver reload: every LUN sees a power-on reset.
         debug!("device reset");
         self.bus.reset_all();
@@ -573,21 +526,18 @@ impl VhostUserBackend for ScsiBackend {
         *lock(&self.event_vring) = None;
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        enter_backend_thread_role();
+    pub(super) fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Release);
     }
 
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        enter_backend_thread_role();
+    pub(super) fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         read_config(&self.config, offset, size).unwrap_or_else(|| {
             warn!("GET_CONFIG outside the config space: offset {offset}, size {size}");
             Vec::new()
         })
     }
 
-    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        enter_backend_thread_role();
+    pub(super) fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // sense_size and cdb_size are the only writable fields, and QEMU's vhost-user-scsi does
         // not let a guest change them either.
         warn!(
@@ -597,8 +547,7 @@ impl VhostUserBackend for ScsiBackend {
         Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 
-    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        enter_backend_thread_role();
+    pub(super) fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         let current = mem.memory().into_inner();
         // A region past the end of its file, or an unsealed memfd, would let the front-end
         // SIGBUS the worker (super::guest_memory). vhost-user-backend has already installed the
@@ -606,14 +555,15 @@ impl VhostUserBackend for ScsiBackend {
         // and notification accesses go through it): on refusal, take it out of there too (an
         // empty table: every access fails cleanly) and forget it (NoMemory); the front-end's
         // SET_MEM_TABLE / ADD_MEM_REG fails and this connection ends, only this one.
-        let checked = super::guest_memory::check_table(&*current, self.allow_unsealed_memory)
-            .map_err(|e| {
-                warn!("memory table refused, closing the connection: {e}");
-                mem.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .replace(GuestMemoryMmap::new());
-                io::Error::new(io::ErrorKind::InvalidInput, e)
-            });
+        let checked =
+            crate::worker::guest_memory::check_table(&*current, self.allow_unsealed_memory)
+                .map_err(|e| {
+                    warn!("memory table refused, closing the connection: {e}");
+                    mem.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .replace(GuestMemoryMmap::new());
+                    io::Error::new(io::ErrorKind::InvalidInput, e)
+                });
         {
             let mut tables = lock(&self.tables);
             // Tables only this list still holds are released here, on the protocol thread;
@@ -625,8 +575,10 @@ impl VhostUserBackend for ScsiBackend {
         checked
     }
 
-    fn get_inflight_fd(&self, req: &VhostUserInflight) -> io::Result<(VhostUserInflight, File)> {
-        enter_backend_thread_role();
+    pub(super) fn get_inflight_fd(
+        &self,
+        req: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, File)> {
         let memfd = self.inflight_memfd.as_ref().ok_or_else(|| {
             io::Error::new(io::ErrorKind::Unsupported, "inflight tracking not offered")
         })?;
@@ -636,8 +588,7 @@ impl VhostUserBackend for ScsiBackend {
         })
     }
 
-    fn set_inflight_fd(&self, req: &VhostUserInflight, file: File) -> io::Result<()> {
-        enter_backend_thread_role();
+    pub(super) fn set_inflight_fd(&self, req: &VhostUserInflight, file: File) -> io::Result<()> {
         if self.inflight_memfd.is_none() {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -666,16 +617,14 @@ impl VhostUserBackend for ScsiBackend {
         Ok(())
     }
 
-    fn queues_per_thread(&self) -> Vec<u64> {
-        enter_backend_thread_role();
+    pub(super) fn queues_per_thread(&self) -> Vec<u64> {
         let fixed = (1u64 << CONTROL_QUEUE) | (1u64 << EVENT_QUEUE);
         std::iter::once(fixed)
             .chain((0..self.num_request_queues).map(|q| 1u64 << (FIXED_QUEUES + usize::from(q))))
             .collect()
     }
 
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        enter_backend_thread_role();
+    pub(super) fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // GET_VRING_BASE must report a ring with nothing in flight. A queue's lock is held for
         // as long as its thread serves a batch (and an asynchronous worker only lets go once
         // every started command has completed): taking it waits for exactly that.
@@ -701,26 +650,13 @@ impl VhostUserBackend for ScsiBackend {
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        enter_backend_thread_role();
-        // Without an exit event, dropping the daemon would wait forever for the queue threads.
-        let (consumer, notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
-                .map_err(|e| warn!("cannot create a queue thread exit event: {e}"))
-                .ok()?;
-        // vhost-user-backend keeps only the raw number of the read end: remember it to close it.
-        lock(&self.exit_fds).push(consumer.as_raw_fd());
-        Some((consumer, notifier))
-    }
-
-    fn handle_event(
+    pub(super) fn handle_event(
         &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[ScsiVring],
         thread_id: usize,
     ) -> io::Result<()> {
-        enter_backend_thread_role();
         if evset != EventSet::IN {
             return Err(BackendError::UnexpectedEvent(evset).into());
         }
@@ -784,187 +720,12 @@ struct InflightState {
     retired: Vec<Arc<InflightRegion>>,
 }
 
-/// `fstatfs(2)` magic of the anonymous-inode filesystem: eventfds (and epoll, timerfd …) live
-/// there; pipes, sockets and files do not.
-const ANON_INODE_FS_MAGIC: i64 = 0x0904_1934;
-
-/// Why a kick/call/err fd from the front-end is not used.
-#[derive(Debug, thiserror::Error)]
-pub enum RingFdError {
-    #[error("not an eventfd (filesystem magic {0:#x})")]
-    NotAnEventFd(i64),
-    #[error("cannot inspect it: {0}")]
-    Inspect(io::Error),
-    #[error("cannot make it non-blocking: {0}")]
-    NonBlocking(io::Error),
-}
-
-/// Checks that `file` (a kick, call or err fd the front-end sent) is an eventfd and makes it
-/// non-blocking, so that no daemon thread ever blocks on it: a front-end that reads its own
-/// kick, or leaves its call counter at the maximum, then only gets EAGAIN on our side.
-/// (O_NONBLOCK is shared with the front-end's own descriptor; QEMU's are non-blocking anyway.)
-fn checked_ring_fd(file: &File) -> Result<(), RingFdError> {
-    let fd = file.as_raw_fd();
-    // SAFETY: `st` is a valid out-buffer for fstatfs on a descriptor we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
-        return Err(RingFdError::Inspect(io::Error::last_os_error()));
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    if magic != ANON_INODE_FS_MAGIC {
-        return Err(RingFdError::NotAnEventFd(magic));
-    }
-    // SAFETY: F_GETFL/F_SETFL only read and set the status flags of a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(RingFdError::NonBlocking(io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-/// A kick/call/err fd as the vring may keep it: refused ones are dropped with one log line
-/// (the queue then stays without that fd: never kicked, or never signalling).
-fn ring_fd(file: Option<File>, what: &str) -> Option<File> {
-    let file = file?;
-    match checked_ring_fd(&file) {
-        Ok(()) => Some(file),
-        Err(e) => {
-            warn!("{what} fd refused: {e}; the queue is left without it");
-            None
-        }
-    }
-}
-
-/// The virtqueue as vhost-user-backend keeps it, with the front-end's fds tamed: kick, call
-/// and err must be eventfds and are used non-blocking; a kick another reader consumed first
-/// is not an error, nor is a call counter at its maximum (the guest has a notification
-/// pending anyway).
-#[derive(Clone)]
-pub struct ScsiVring(VringRwLock);
-
-impl<'a> VringStateGuard<'a, GuestMemory> for ScsiVring {
-    type G = <VringRwLock as VringStateGuard<'a, GuestMemory>>::G;
-}
-
-impl<'a> VringStateMutGuard<'a, GuestMemory> for ScsiVring {
-    type G = <VringRwLock as VringStateMutGuard<'a, GuestMemory>>::G;
-}
-
-/// Adds one to the counter of eventfd `fd` (a kick or call fd `ring_fd` accepted: an eventfd,
-/// non-blocking). EAGAIN (counter at its maximum) means one is pending anyway.
-fn signal_eventfd(fd: RawFd) {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: writes 8 bytes from a live buffer to an eventfd the vring owns.
-    let _ = unsafe { libc::write(fd, one.as_ptr().cast(), one.len()) };
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-impl VringT<GuestMemory> for ScsiVring {
-    fn new(mem: GuestMemory, max_queue_size: u16) -> Result<Self, virtio_queue::Error> {
-        VringRwLock::new(mem, max_queue_size).map(ScsiVring)
-    }
-    fn get_ref(&self) -> <Self as VringStateGuard<'_, GuestMemory>>::G {
-        self.0.get_ref()
-    }
-    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, GuestMemory>>::G {
-        self.0.get_mut()
-    }
-    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
-        self.0.add_used(desc_index, len)
-    }
-    fn signal_used_queue(&self) -> io::Result<()> {
-        match self.0.signal_used_queue() {
-            Err(e) if would_block(&e) => Ok(()),
-            other => other,
-        }
-    }
-    fn enable_notification(&self) -> Result<bool, virtio_queue::Error> {
-        self.0.enable_notification()
-    }
-    fn disable_notification(&self) -> Result<(), virtio_queue::Error> {
-        self.0.disable_notification()
-    }
-    fn needs_notification(&self) -> Result<bool, virtio_queue::Error> {
-        self.0.needs_notification()
-    }
-    fn set_enabled(&self, enabled: bool) {
-        self.0.set_enabled(enabled)
-    }
-    fn set_queue_info(
-        &self,
-        desc_table: u64,
-        avail_ring: u64,
-        used_ring: u64,
-    ) -> Result<(), virtio_queue::Error> {
-        self.0.set_queue_info(desc_table, avail_ring, used_ring)
-    }
-    fn queue_next_avail(&self) -> u16 {
-        self.0.queue_next_avail()
-    }
-    fn set_queue_next_avail(&self, base: u16) {
-        self.0.set_queue_next_avail(base)
-    }
-    fn set_queue_next_used(&self, idx: u16) {
-        self.0.set_queue_next_used(idx)
-    }
-    fn queue_used_idx(&self) -> Result<u16, virtio_queue::Error> {
-        self.0.queue_used_idx()
-    }
-    fn set_queue_size(&self, num: u16) {
-        self.0.set_queue_size(num)
-    }
-    fn set_queue_event_idx(&self, enabled: bool) {
-        self.0.set_queue_event_idx(enabled)
-    }
-    fn set_queue_ready(&self, ready: bool) {
-        self.0.set_queue_ready(ready)
-    }
-    fn set_kick(&self, file: Option<File>) {
-        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"));
-        // One kick of our own: the queue's thread looks at the ring once it is registered,
-        // whatever the guest does. After a reconnection the guest's event buffers are already
-        // posted and it will not kick for them again (this is when we learn the new event
-        // queue and deliver the events raised meanwhile), and requests resubmitted from the
-        // inflight region (or made available while nobody served the queue) would otherwise
-        // wait for a kick that the guest, waiting for them, never sends. (libvhost-user does
-        // the same.) A look at any other ring finds what a kick would have found: nothing, or
-        // requests to serve; EAGAIN (a full counter) means the ring is kicked already.
-        if let Some(kick) = self.0.get_ref().get_kick() {
-            signal_eventfd(kick.as_raw_fd());
-        }
-    }
-    fn read_kick(&self) -> io::Result<bool> {
-        match self.0.read_kick() {
-            // Somebody else (the front-end itself) consumed the kick: look at the ring anyway.
-            Err(e) if would_block(&e) => Ok(self.0.get_ref().is_enabled()),
-            other => other,
-        }
-    }
-    fn set_call(&self, file: Option<File>) {
-        self.0.set_call(ring_fd(file, "SET_VRING_CALL"));
-        // Interrupt the guest once: a worker that died between publishing a used element and
-        // signalling it left the guest waiting for a notification nobody would send (its
-        // driver never looks at the used ring on its own). The driver checks the used ring
-        // and finds nothing new, or what was never signalled. (libvhost-user does the same.)
-        if let Some(call) = self.0.get_ref().get_call() {
-            signal_eventfd(call.as_raw_fd());
-        }
-    }
-    fn set_err(&self, file: Option<File>) {
-        self.0.set_err(ring_fd(file, "SET_VRING_ERR"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, os::fd::FromRawFd};
+    use std::{
+        fs::File,
+        os::fd::{AsRawFd, FromRawFd},
+    };
 
     use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestRegionMmap, MmapRegion};
 
@@ -1010,17 +771,15 @@ mod tests {
     }
 
     /// Regression (fuzz/vhost_user: EMFILE after ~6600 connections; fixed with issue 19):
-    /// every connection's daemon leaked one exit-event fd per queue thread (vhost-user-backend
-    /// keeps them as raw numbers and never closes them).
+    /// every connection leaked one exit-event fd per queue thread (vhost-user-backend's daemon
+    /// kept them as raw numbers and never closed them; our event loop owns its exit event).
     #[test]
     fn connections_leak_no_fds() {
         let backend = Arc::new(ScsiBackend::new(Arc::new(ScsiBus::new()), 2, 16));
         let connect = || {
-            let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-            let daemon =
-                vhost_user_backend::VhostUserDaemon::new("t".into(), backend.clone(), mem).unwrap();
+            let connection = super::super::Connection::new(backend.clone()).unwrap();
             // As worker::serve does at the end of a connection.
-            drop(daemon);
+            drop(connection);
             backend.disconnect();
         };
         connect();
