@@ -191,8 +191,8 @@ impl ScsiBackend {
         })
     }
 
-    /// The epoll event number of request queue `q`'s retry timer: past every queue and the
-    /// exit event, which vhost-user-backend reserves.
+    /// The epoll event number of request queue `q`'s retry timer: past the numbers
+    /// [`EventLoop::register_listener`] reserves for the queues.
     pub(super) fn retry_event(&self, q: usize) -> u64 {
         (FIXED_QUEUES + usize::from(self.num_request_queues) + 1 + q) as u64
     }
@@ -363,7 +363,7 @@ impl ScsiBackend {
 
     /// Forgets the previous front-end's memory and closes what its connection left, and takes
     /// the queues' rings back for the next connection's threads (called between connections,
-    /// on the main thread, after the connection's `VhostUserDaemon` was dropped: its queue
+    /// on the main thread, after the connection's [`super::Connection`] was dropped: its queue
     /// threads are joined).
     pub fn disconnect(&self) {
         // One deadline for all queues: the teardown is bounded as a whole.
@@ -547,14 +547,24 @@ impl ScsiBackend {
         Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 
+    /// Checks a memory table the front-end sent before anything uses it: a region past the end
+    /// of its file, or an unsealed memfd, would let the front-end SIGBUS the worker
+    /// ([`crate::worker::guest_memory`]).
+    pub(super) fn check_memory(&self, mem: &GuestMemoryMmap) -> io::Result<()> {
+        crate::worker::guest_memory::check_table(mem, self.allow_unsealed_memory).map_err(|e| {
+            warn!("memory table refused, closing the connection: {e}");
+            io::Error::new(io::ErrorKind::InvalidInput, e)
+        })
+    }
+
+    /// Takes the memory table installed in `mem` (shared with every vring) as the guest's.
     pub(super) fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         let current = mem.memory().into_inner();
-        // A region past the end of its file, or an unsealed memfd, would let the front-end
-        // SIGBUS the worker (super::guest_memory). vhost-user-backend has already installed the
-        // table in the GuestMemoryAtomic it shares with us and with every vring (whose used-ring
-        // and notification accesses go through it): on refusal, take it out of there too (an
-        // empty table: every access fails cleanly) and forget it (NoMemory); the front-end's
-        // SET_MEM_TABLE / ADD_MEM_REG fails and this connection ends, only this one.
+        // The request handler checked it before installing it ([`Self::check_memory`]); checked
+        // again here so that this entry point is safe on its own. On refusal the table is taken
+        // out of `mem` too (an empty table: every access fails cleanly) and forgotten
+        // (NoMemory); the front-end's SET_MEM_TABLE / ADD_MEM_REG fails and this connection
+        // ends, only this one.
         let checked =
             crate::worker::guest_memory::check_table(&*current, self.allow_unsealed_memory)
                 .map_err(|e| {
@@ -809,7 +819,7 @@ mod tests {
         for (file_len, region_len, offset) in [(0x1000, 0x10000, 0), (0x10000, 0x10000, 0x1000)] {
             let shared = table(file_len, region_len, offset);
             let err = backend.update_memory(shared.clone()).unwrap_err();
-            // Gone from the memory vhost-user-backend shares with the vrings too (their
+            // Gone from the memory the request handler shares with the vrings too (their
             // used-ring writes SIGBUSed while only our copy was forgotten: fuzz/vhost_user,
             // fuzz/regressions/vhost_user/sigbus-vring-after-refused-table).
             assert_eq!(shared.memory().num_regions(), 0);

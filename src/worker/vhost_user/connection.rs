@@ -1,8 +1,14 @@
+// Portions copyright 2019 Intel Corporation. All Rights Reserved.
+// Portions copyright 2019-2021 Alibaba Cloud. All rights reserved.
+// (from vhost-user-backend 0.24.0, rust-vmm; modified as the module documentation says)
+//
+// SPDX-License-Identifier: Apache-2.0
+
 //! One front-end connection: fresh vrings and queue threads, the protocol thread reading the
 //! front-end's messages, and their teardown. What vhost-user-backend's `VhostUserDaemon` did
 //! for us before we carried the request handler ([`super::handler`]); adapted from
-//! vhost-user-backend 0.24.0 `src/lib.rs` and `VhostUserHandler::new` (rust-vmm; Apache-2.0
-//! OR BSD-3-Clause), trimmed to a server that is handed an accepted connection.
+//! vhost-user-backend 0.24.0 `src/lib.rs` and `VhostUserHandler::new` (rust-vmm, Apache-2.0;
+//! copyright notices above), trimmed to a server that is handed an accepted connection.
 //!
 //! Threads, and the seccomp role each enters as its first action:
 //! - the queue threads (`vring_worker`, one per [`ScsiBackend::queues_per_thread`] entry,

@@ -1,9 +1,15 @@
+// Portions copyright 2019 Intel Corporation. All Rights Reserved.
+// Portions copyright 2019-2021 Alibaba Cloud. All rights reserved.
+// (from vhost-user-backend 0.24.0, rust-vmm; modified as the module documentation says)
+//
+// SPDX-License-Identifier: Apache-2.0
+
 //! The event loop of one queue thread: waits on its queues' kick eventfds (and on listeners
 //! the backend adds, such as a request queue's retry timer) and calls
 //! [`ScsiBackend::handle_event`] for each.
 //!
-//! Adapted from vhost-user-backend 0.24.0, `src/event_loop.rs` (rust-vmm; Apache-2.0 OR
-//! BSD-3-Clause; Copyright 2019 Intel Corporation, 2019-2021 Alibaba Cloud), whose constructor
+//! Adapted from vhost-user-backend 0.24.0, `src/event_loop.rs` (rust-vmm, Apache-2.0, like this
+//! project; copyright notices above), whose constructor
 //! and loop are private to that crate. Kept: the epoll set, the "ring started" event that makes
 //! a ring registered after a kick was sent get looked at anyway (no lost kick), and
 //! `register_listener` with the same reserved numbers. Changed: not generic (it serves

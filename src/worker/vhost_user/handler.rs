@@ -1,11 +1,17 @@
+// Portions copyright 2019 Intel Corporation. All Rights Reserved.
+// Portions copyright 2019-2021 Alibaba Cloud. All rights reserved.
+// (from vhost-user-backend 0.24.0, rust-vmm; modified as the module documentation says)
+//
+// SPDX-License-Identifier: Apache-2.0
+
 //! The vhost-user request handler: every message of the front-end, applied to the connection's
 //! vrings and queue threads and to [`ScsiBackend`]. `vhost`'s `BackendReqHandler` parses and
 //! checks the messages (sizes, fds, negotiated features) and calls this through
 //! `VhostUserBackendReqHandlerMut`; it runs on the connection's protocol thread (role
 //! `worker-protocol`).
 //!
-//! Adapted from vhost-user-backend 0.24.0, `src/handler.rs` (rust-vmm; Apache-2.0 OR
-//! BSD-3-Clause; Copyright 2019 Intel Corporation, 2019-2021 Alibaba Cloud), whose handler is
+//! Adapted from vhost-user-backend 0.24.0, `src/handler.rs` (rust-vmm, Apache-2.0, like this
+//! project; copyright notices above), whose handler is
 //! private to that crate and refuses GET/SET_INFLIGHT_FD. Changes:
 //! - GET_INFLIGHT_FD and SET_INFLIGHT_FD go to the backend (inflight I/O tracking,
 //!   [`crate::worker::inflight`]);
@@ -14,6 +20,8 @@
 //! - left out: dirty-page logging (SET_LOG_BASE; LOG_ALL and LOG_SHMFD are not offered),
 //!   postcopy, Xen, shared objects, GPU sockets, device-state transfer, the backend request
 //!   channel: each is refused;
+//! - a memory table is checked ([`ScsiBackend::check_memory`]: regions within their files,
+//!   sealed) before it is installed where the queue threads see it, not after;
 //! - typed errors; an inconsistent table (a vring address outside every region) is an error
 //!   reply, never a panic; locks that another thread poisoned are taken over, not unwrapped.
 
@@ -185,14 +193,23 @@ impl RequestHandler {
         }
     }
 
-    /// Installs `mem` as the guest memory the vrings and the backend see (the backend checks
-    /// it, and forgets it when refused: the request fails).
+    /// Installs `mem` as the guest memory the vrings and the backend see, once the backend has
+    /// checked it. A refused table is never visible to a queue thread (a region past the end
+    /// of its file would SIGBUS it); the vrings get an empty table instead, on which every
+    /// access fails cleanly, and the request fails (the connection ends).
     fn install_memory(&mut self, mem: GuestMemoryMmap) -> VhostUserResult<()> {
+        let checked = self.backend.check_memory(&mem);
+        let mem = if checked.is_ok() {
+            mem
+        } else {
+            GuestMemoryMmap::new()
+        };
         // The vrings see the new table at their next `memory()`.
         self.atomic_mem
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .replace(mem);
+        checked.map_err(VhostUserError::ReqHandlerError)?;
         self.backend
             .update_memory(self.atomic_mem.clone())
             .map_err(VhostUserError::ReqHandlerError)

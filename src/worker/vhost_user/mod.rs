@@ -15,8 +15,9 @@
 //! `VhostUserDaemon`: that crate's request handler refuses GET/SET_INFLIGHT_FD (inflight I/O
 //! tracking, which a worker restarted under a running VM needs) and is private, as is its
 //! event loop's constructor; and threads we spawn ourselves can enter their seccomp role as
-//! their first action. Both files say what they took from vhost-user-backend 0.24.0. We still
-//! use that crate's public vring types (`VringRwLock`, `VringT`).
+//! their first action. `handler`, `event_loop` and `connection` are adapted from
+//! vhost-user-backend 0.24.0 (Apache-2.0); each says what it took and changed. We still use
+//! that crate's public vring types (`VringRwLock`, `VringT`).
 //!
 //! Queue layout (virtio-scsi): 0 = control, 1 = event, 2.. = request queues. Thread 0 serves the
 //! control and event queues; every request queue gets a thread of its own, so the guest's
