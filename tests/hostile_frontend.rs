@@ -617,6 +617,26 @@ fn seccomp_filters_of(worker: libc::pid_t, comm: &str) -> Option<u32> {
     None
 }
 
+/// `Seccomp_filters` of every thread of `worker` named `comm`.
+fn seccomp_filters_of_all(worker: libc::pid_t, comm: &str) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{worker}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|t| {
+            let dir = t.ok()?.path();
+            if std::fs::read_to_string(dir.join("comm")).ok()?.trim_end() != comm {
+                return None;
+            }
+            std::fs::read_to_string(dir.join("status"))
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp_filters:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
 /// Issue 11 item 6: the protocol thread has a filter more than the worker's main thread
 /// (`worker-protocol`, inherited from the thread that accepted) from its start, before the
 /// front-end has sent a single message. Without it the first messages are parsed under
@@ -645,6 +665,21 @@ fn protocol_thread_is_confined_before_its_first_message() {
         main + 1,
         "protocol thread before any message: {protocol} filters, main thread {main}"
     );
+    // The queue threads stack `worker-vring` as their first statement (they are ours since the
+    // request handler is: worker::vhost_user::connection), not at their first kick, which
+    // this silent connection never sends.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let vring = seccomp_filters_of_all(s.worker, "vring_worker");
+        if !vring.is_empty() && vring.iter().all(|&n| n == main + 1) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "queue threads before any kick: {vring:?} filters, main thread {main}"
+        );
+        sleep(Duration::from_millis(10));
+    }
     drop(raw);
     s.still_serves("after a silent connection", 30);
 }
