@@ -603,18 +603,7 @@ fn allow_unsealed_memory_still_checks_the_size() {
 
 /// `Seccomp_filters` of the worker's thread named `comm`, if there is one.
 fn seccomp_filters_of(worker: libc::pid_t, comm: &str) -> Option<u32> {
-    for task in std::fs::read_dir(format!("/proc/{worker}/task")).ok()? {
-        let dir = task.ok()?.path();
-        if std::fs::read_to_string(dir.join("comm")).ok()?.trim_end() != comm {
-            continue;
-        }
-        let status = std::fs::read_to_string(dir.join("status")).ok()?;
-        return status
-            .lines()
-            .find_map(|l| l.strip_prefix("Seccomp_filters:"))
-            .and_then(|v| v.trim().parse().ok());
-    }
-    None
+    seccomp_filters_of_all(worker, comm).first().copied()
 }
 
 /// `Seccomp_filters` of every thread of `worker` named `comm`.
