@@ -127,11 +127,21 @@ UADDR = 0x7F0000000000
 Q = 2  # first request queue
 
 
-def handshake(mem_pages, region_size, ring=0):
+def inflight_msgs():
+    """GET_INFLIGHT_FD (31) for 4 queues of 16, then SET_INFLIGHT_FD (32) of a one-page
+    memfd (sealed, as the fuzz target makes every memfd): INFLIGHT_SHMFD must be acked."""
+    shape = struct.pack("<QQHHxxxx", 0, 0, 4, 16)
+    return (msg(31, shape, reply=2)
+            + msg(32, struct.pack("<QQHHxxxx", 4096, 0, 4, 16), fds=bytes([1]), reply=2))
+
+
+def handshake(mem_pages, region_size, ring=0, inflight=False):
+    protocol = 0x1 | 0x8 | 0x200 | (0x1000 if inflight else 0)
     return (msg(1) + msg(3) + msg(15)
-            + msg(16, struct.pack("<Q", 0x1 | 0x8 | 0x200))
+            + msg(16, struct.pack("<Q", protocol))
             + msg(2, struct.pack("<Q", (1 << 32) | (1 << 30)))
             + msg(17)
+            + (inflight_msgs() if inflight else b"")
             + msg(5, struct.pack("<II", 1, 0) + struct.pack("<QQQQ", 0, region_size, UADDR, 0),
                   fds=bytes([mem_pages]), reply=2)
             + msg(8, struct.pack("<II", Q, 16))
@@ -146,6 +156,7 @@ def handshake(mem_pages, region_size, ring=0):
 
 write("vhost_user", "handshake", handshake(16, 0x10000))
 write("vhost_user", "mem_table_larger_than_file", handshake(1, 0x10000, ring=0x8000))
+write("vhost_user", "inflight", handshake(16, 0x10000, inflight=True))
 write("vhost_user", "lying_size", msg(1) + msg(5, bytes(40), size=0xFFFF) + msg(24, bytes(12), flags=0x5))
 
 # ---- config: [mode: even --lun, odd TOML][text]

@@ -153,6 +153,8 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
     // The fd table: the pre-opened set plus what the front-end sent.
     let mut images = 0;
     let mut pipes = 0;
+    // The inflight region handed out with GET_INFLIGHT_FD, made at start-up (worker::inflight).
+    let mut inflight = 0;
     let mut timers = 0;
     for entry in fs::read_dir(format!("/proc/{worker}/fd")).unwrap() {
         let entry = entry.unwrap();
@@ -167,6 +169,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
             // The request queues' retry timers (enospc=hold).
             (_, "anon_inode:[timerfd]") => timers += 1,
             (_, t) if d.images.iter().any(|i| Path::new(t) == i) => images += 1,
+            (_, t) if t.starts_with("/memfd:vus-inflight") => inflight += 1,
             (_, t)
                 if t.starts_with("socket:")
                     || t == "anon_inode:[eventfd]"
@@ -176,7 +179,7 @@ fn every_worker_thread_is_confined_and_holds_only_its_fds() {
             (fd, t) => panic!("worker holds unexpected fd {fd} -> {t}"),
         }
     }
-    assert_eq!((images, pipes), (2, 1));
+    assert_eq!((images, pipes, inflight), (2, 1, 1));
     assert_eq!(timers, 2, "one retry timer per request queue");
     assert_eq!(rings_of(worker), 2, "one io_uring per request queue");
 

@@ -6,13 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    thread::sleep,
-    time::{Duration, Instant},
-};
+use std::{fs, path::PathBuf, process::Command, time::Duration};
 
 use common::*;
 
@@ -50,79 +44,6 @@ fn assert_first_bad(r: &ScsiReply, first_bad: u32, what: &str) {
     );
 }
 
-/// A mounted faultfs: `image()` is the file to serve, `.faults` sets the bad ranges.
-struct FaultFs {
-    child: Child,
-    mnt: PathBuf,
-    backing: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl FaultFs {
-    /// Mounts faultfs over a fresh backing file holding `pattern()`, or says why it cannot.
-    fn mount(direct_io: bool) -> Result<Self, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err("not root (mounting FUSE needs it)".into());
-        }
-        if !Path::new("/dev/fuse").exists() {
-            return Err("no /dev/fuse".into());
-        }
-        let python = "/usr/bin/python3";
-        let probe = Command::new(python).args(["-c", "import fusepy"]).output();
-        if !probe.is_ok_and(|o| o.status.success()) {
-            return Err("Debian's python3-fusepy is not installed".into());
-        }
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let backing = dir.path().join("backing.img");
-        let mnt = dir.path().join("mnt");
-        fs::write(&backing, pattern()).map_err(|e| e.to_string())?;
-        fs::create_dir(&mnt).map_err(|e| e.to_string())?;
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faults/faultfs.py");
-        let mut cmd = Command::new(python);
-        cmd.arg(script).arg(&backing).arg(&mnt);
-        if direct_io {
-            cmd.arg("--direct-io");
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| e.to_string())?;
-        let fs = FaultFs {
-            child,
-            mnt,
-            backing,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + TIMEOUT;
-        while !fs.image().exists() {
-            if Instant::now() > deadline {
-                return Err("faultfs did not mount".into());
-            }
-            sleep(Duration::from_millis(20));
-        }
-        Ok(fs)
-    }
-
-    fn image(&self) -> PathBuf {
-        self.mnt.join("disk.img")
-    }
-
-    /// Makes reads and writes touching `[start, start + len)` fail with EIO.
-    fn fail(&self, start: usize, len: usize) {
-        fs::write(self.mnt.join(".faults"), format!("{start} {len}\n")).expect("set faults");
-    }
-}
-
-impl Drop for FaultFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn skip(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
@@ -133,7 +54,7 @@ fn skip(why: &str) {
 /// half copied from the wrong offset and the write's second half never written.
 #[test]
 fn a_half_failed_transfer_is_never_good() {
-    let fs = match FaultFs::mount(true) {
+    let fs = match FaultFs::mount(&pattern(), true, 0) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };
@@ -415,7 +336,7 @@ fn a_full_storage_holds_writes_until_room_is_made() {
 /// (found by the soak).
 #[test]
 fn unmap_without_hole_punching_writes_zeroes() {
-    let fs = match FaultFs::mount(false) {
+    let fs = match FaultFs::mount(&pattern(), false, 0) {
         Ok(fs) => fs,
         Err(why) => return skip(&why),
     };

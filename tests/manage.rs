@@ -18,16 +18,16 @@ use std::{
     time::Duration,
 };
 
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
 use vhost_user_scsi::{
     block::{engine::IoConfig, FileBackend},
     broker::manage::{AddLun, Backing, LunAddress, ManageReply, ManageRequest},
     config::{AioMode, LunConfig},
     scsi::{DeviceType, LogicalUnit, LunOptions, ScsiBus},
-    worker::{manage::Manager, vhost_user::ScsiBackend},
+    worker::{
+        manage::Manager,
+        vhost_user::{Connection, ScsiBackend},
+    },
 };
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vus_test_support::{
     cdb,
     frontend::{Seg, Submitted, TestVm, VmOptions},
@@ -63,13 +63,13 @@ fn serve(bus: ScsiBus) -> Served {
             ..IoConfig::default()
         }),
     );
-    let mut listener = Listener::new(&socket, true).unwrap();
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let b = backend.clone();
     let thread = thread::spawn(move || {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new("vus-test".into(), b, mem).unwrap();
-        daemon.start(&mut listener).unwrap();
-        let _ = daemon.wait();
+        let mut connection = Connection::new(b).unwrap();
+        let (stream, _) = listener.accept().unwrap();
+        connection.start(stream).unwrap();
+        let _ = connection.wait();
     });
     Served {
         backend,

@@ -2,8 +2,10 @@
 //! flags, sizes (which may lie about the payload), payloads and attached descriptors (memfds
 //! of arbitrary sizes, so memory tables may describe more than the file holds; eventfds, some
 //! already signalled so that a queue thread wakes up), sent over a real unix socket to the
-//! daemon's own backend object served by vhost-user-backend's daemon, in this process, the way
-//! `worker::serve` serves one connection.
+//! daemon's own backend object served by its own vhost-user connection
+//! (`worker::vhost_user::Connection`: request handler, queue threads), in this process, the way
+//! `worker::serve` serves one connection. The backend offers inflight I/O tracking, so
+//! GET_INFLIGHT_FD and SET_INFLIGHT_FD (with the memfds the input describes) are reached too.
 //!
 //! Input: up to 32 times `[request u8][control u8][payload_len u16]{[size u32] if control &
 //! 0x40}{[flags u32] if control & 0x80}[one byte per fd][payload]`, control bits 0-1: number
@@ -17,23 +19,23 @@ use std::{
     io::Write,
     os::{
         fd::{AsRawFd, FromRawFd, OwnedFd},
-        unix::net::UnixStream,
+        unix::net::{UnixListener, UnixStream},
     },
     path::PathBuf,
     sync::{Arc, Mutex, OnceLock},
 };
 
 use crate::{bus, image, Cursor};
-use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
-use vhost_user_scsi::worker::vhost_user::ScsiBackend;
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vhost_user_scsi::worker::{
+    inflight::{InflightMemfd, QueueShape},
+    vhost_user::{Connection, ScsiBackend},
+};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 struct Server {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    listener: Listener,
+    listener: UnixListener,
     backend: Arc<ScsiBackend>,
 }
 
@@ -42,8 +44,15 @@ fn server() -> &'static Mutex<Server> {
     SERVER.get_or_init(|| {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("vus.sock");
-        let listener = Listener::new(&path, true).expect("listener");
-        let backend = Arc::new(ScsiBackend::new(Arc::new(bus(image())), 2, 16));
+        let listener = UnixListener::bind(&path).expect("listener");
+        // Made once, as the worker makes it at start-up (its descriptor stays open).
+        let memfd = InflightMemfd::create(QueueShape {
+            num_queues: 4,
+            max_queue_size: 16,
+        })
+        .expect("inflight memfd");
+        let backend =
+            Arc::new(ScsiBackend::new(Arc::new(bus(image())), 2, 16).with_inflight_memfd(memfd));
         Mutex::new(Server {
             _dir: dir,
             path,
@@ -90,13 +99,9 @@ pub fn run(data: &[u8]) {
     let fds_before = open_fds();
     let server = &mut *server;
     let client = UnixStream::connect(&server.path).expect("connect");
-    let mut daemon = VhostUserDaemon::new(
-        "vhost-user-scsi".into(),
-        server.backend.clone(),
-        GuestMemoryAtomic::new(GuestMemoryMmap::new()),
-    )
-    .expect("daemon");
-    daemon.start(&mut server.listener).expect("accept");
+    let mut daemon = Connection::new(server.backend.clone()).expect("connection");
+    let (stream, _) = server.listener.accept().expect("accept");
+    daemon.start(stream).expect("protocol thread");
 
     let mut c = Cursor::new(data);
     for _ in 0..32 {

@@ -19,7 +19,7 @@ pub const SYSTEMD_FIRST_FD: RawFd = 3;
 pub const MAX_TARGET: u8 = 255;
 /// Highest LUN we serve (single-level flat/peripheral addressing gives 14 bits).
 pub const MAX_LUN: u16 = 16383;
-/// Highest number of request queues (vhost-user-backend tracks queues in a u64 bitmask; control
+/// Highest number of request queues (the queue-to-thread map is a u64 bitmask per thread; control
 /// and event queues take two bits).
 pub const MAX_REQUEST_QUEUES: u16 = 62;
 /// Largest virtqueue size (virtio split-ring limit).

@@ -29,7 +29,8 @@ pub enum LimitsError {
     NotDumpable(#[source] io::Error),
 }
 
-/// Memory slots a front-end may add (vhost-user-backend's `MAX_MEM_SLOTS`): each is one fd.
+/// Memory slots a front-end may add (`worker::vhost_user::handler`'s `MAX_MEM_SLOTS`): each is
+/// one fd.
 const MAX_MEM_SLOTS: u64 = 509;
 
 /// Locked memory the worker keeps without `--register-buffers` (it locks nothing itself; this

@@ -29,7 +29,8 @@ pub enum ThreadRole {
     WorkerMain,
     /// The thread that takes SIGTERM/SIGINT (`sigwait`).
     WorkerSignals,
-    /// The vhost-user message handler (the thread vhost-user-backend names like the daemon).
+    /// The vhost-user message handler (the protocol thread, `vhost-user-scsi`, and the accepting
+    /// thread that starts it: `worker::serve`, `worker::vhost_user::connection`).
     WorkerProtocol,
     /// A virtqueue worker (`vring_worker`): the data path.
     WorkerVring,

@@ -5,9 +5,9 @@
 //!    to `clone`, whose flags can be checked) and then `worker-main`, the union of what every
 //!    worker thread needs, before it creates any thread.
 //! 2. Every thread it creates later inherits both and stacks its own narrower role as its first
-//!    action: the signal thread when it starts ([`enter_role`]), the vhost-user protocol thread
-//!    and the vring workers on their first backend callback ([`enter_role_by_thread_name`]),
-//!    because vhost-user-backend offers no hook at thread start.
+//!    action: the signal thread and the vring workers when they start ([`enter_role`]); the
+//!    vhost-user protocol thread is started by a thread already in its role and inherits it
+//!    ([`inherited_role_by_thread_name`] marks it so).
 //!
 //! Filters are installed with the raw `seccomp(2)` call (no `prctl(PR_SET_NO_NEW_PRIVS)`: that
 //! was set once by the sandbox), so stacking needs only `seccomp(SECCOMP_SET_MODE_FILTER)` in
@@ -142,28 +142,10 @@ pub fn enter_role(role: ThreadRole) {
     }
 }
 
-/// For threads spawned by code we do not own (vhost-user-backend's), which cannot stack a role
-/// when they start: called at the start of every callback such a thread runs, stacks the role
-/// that `roles` gives the calling thread's name, the first time it gets here. Threads named
-/// nowhere in `roles` (the main thread, which also runs some callbacks) keep what they have.
-pub fn enter_role_by_thread_name(roles: &[(&str, ThreadRole)]) {
-    if WORKER_MODE.get().is_none() || ROLE_ENTERED.with(Cell::get) {
-        return;
-    }
-    let current = std::thread::current();
-    let Some(&(_, role)) = roles.iter().find(|(name, _)| current.name() == Some(*name)) else {
-        return;
-    };
-    enter_role(role);
-    #[cfg(debug_assertions)]
-    crate::sandbox::probe::run_in_thread(role);
-}
-
-/// For a thread spawned by code we do not own from a thread that had already stacked `role`
-/// for it (the vhost-user protocol thread, started by the accepting thread): the filter is
-/// inherited, so nothing is installed (the role does not allow `seccomp`); the thread is only
-/// marked as being in its role, and in debug builds its probes run, the first time a callback
-/// gets here.
+/// For a thread started by a thread that had already stacked `role` for it (the vhost-user
+/// protocol thread, started by the accepting thread): the filter is inherited, so nothing is
+/// installed (the role does not allow `seccomp`); the thread is only marked as being in its
+/// role, and in debug builds its probes run. Called first thing in the thread.
 pub fn inherited_role_by_thread_name(roles: &[(&str, ThreadRole)]) {
     if WORKER_MODE.get().is_none() || ROLE_ENTERED.with(Cell::get) {
         return;

@@ -8,6 +8,7 @@ pub mod command;
 pub mod config_space;
 pub mod control;
 pub mod events;
+pub mod inflight;
 pub mod poll;
 pub mod queue;
 pub mod request;

@@ -17,9 +17,9 @@ use std::{
 
 use log::{info, warn};
 use vhost_user_backend::VringT;
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{desc::split::Descriptor, DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
-    GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
+    GuestAddress, GuestMemoryBackend, GuestMemoryLoadGuard, GuestMemoryMmap, GuestMemoryRegion,
     MemoryRegionAddress, VolatileSlice,
 };
 
@@ -37,6 +37,7 @@ use crate::{
     scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
     virtio::{
         command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
+        inflight::{HeadChain, InflightQueue},
         poll::{PollPolicy, Poller},
         request::split_chain,
     },
@@ -46,6 +47,133 @@ type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 /// Whatever virtqueue type serves the queue (the daemon's `ScsiVring`, a test's `VringRwLock`).
 pub trait Vring: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>> {}
 impl<T: VringT<vm_memory::GuestMemoryAtomic<GuestMemoryMmap>>> Vring for T {}
+
+/// A chain to serve: popped from the avail ring, or resubmitted from the inflight region (the
+/// previous back-end popped it and never answered).
+pub enum Chain {
+    Popped(DescriptorChain<MemGuard>),
+    Resubmitted(HeadChain<MemGuard>),
+}
+
+impl Chain {
+    pub fn head_index(&self) -> u16 {
+        match self {
+            Chain::Popped(c) => c.head_index(),
+            Chain::Resubmitted(c) => c.head_index(),
+        }
+    }
+}
+
+impl Iterator for Chain {
+    type Item = Descriptor;
+    fn next(&mut self) -> Option<Descriptor> {
+        match self {
+            Chain::Popped(c) => c.next(),
+            Chain::Resubmitted(c) => c.next(),
+        }
+    }
+}
+
+/// A queue's inflight tracking (vhost-user INFLIGHT_SHMFD, [`super::inflight`]).
+#[derive(Default)]
+pub struct Tracking {
+    queue: Option<InflightQueue>,
+    /// Which SET_INFLIGHT_FD `queue` came from (0: none yet); see [`Tracking::set`].
+    generation: u64,
+    /// `queue.start` has run for this region.
+    started: bool,
+    /// Heads left to resubmit, in pop order.
+    resubmit: VecDeque<u16>,
+}
+
+impl Tracking {
+    /// The SET_INFLIGHT_FD this queue's tracking comes from.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Tracks requests in `queue` from now on (the front-end handed over region number
+    /// `generation`); what it says was left in flight is resubmitted before anything new.
+    pub fn set(&mut self, queue: Option<InflightQueue>, generation: u64) {
+        *self = Tracking {
+            queue,
+            generation,
+            ..Tracking::default()
+        };
+    }
+
+    /// This queue's part of the region, if any.
+    pub fn queue(&self) -> Option<&InflightQueue> {
+        self.queue.as_ref()
+    }
+
+    /// The next chain to resubmit, before anything is popped from the avail ring.
+    pub fn next_resubmit(&mut self, vring: &impl Vring, mem: &MemGuard) -> Option<Chain> {
+        let head = self.resubmit.pop_front()?;
+        Some(Chain::Resubmitted(resubmitted_chain(vring, mem, head)))
+    }
+
+    /// On the queue's first use with this region: reads what the previous back-end left in
+    /// flight, and moves the avail position past it (the front-end's ring base is the last
+    /// answered request, which skips requests answered out of order).
+    pub fn start(&mut self, vring: &impl Vring) -> Result<(), QueueError> {
+        let Some(q) = self.queue.as_mut().filter(|_| !self.started) else {
+            return Ok(());
+        };
+        if !vring.get_ref().get_queue().ready() {
+            return Ok(());
+        }
+        let used = vring.queue_used_idx()?;
+        let start = q.start(used);
+        self.started = true;
+        if start.resumed {
+            vring.set_queue_next_avail(used.wrapping_add(start.resubmit.len() as u16));
+        }
+        if !start.resubmit.is_empty() {
+            info!(
+                "resubmitting {} request(s) the previous back-end left in flight",
+                start.resubmit.len()
+            );
+        }
+        self.resubmit = start.resubmit.into();
+        Ok(())
+    }
+
+    pub fn popped(&mut self, head: u16) {
+        if let Some(q) = self.queue.as_mut() {
+            q.popped(head);
+        }
+    }
+}
+
+/// Publishes `head`'s used element, recording it in the inflight region around it (the same
+/// order as libvhost-user: mark the batch head, publish, clear the mark, record used idx).
+pub fn publish_used(
+    vring: &impl Vring,
+    inflight: Option<&InflightQueue>,
+    head: u16,
+    len: u32,
+) -> Result<(), virtio_queue::Error> {
+    let Some(q) = inflight else {
+        return vring.add_used(head, len);
+    };
+    q.before_used(head);
+    vring.add_used(head, len)?;
+    q.after_used(head, vring.get_ref().get_queue().next_used());
+    Ok(())
+}
+
+/// The chain whose head is `head`, walked from the queue's descriptor table.
+fn resubmitted_chain(vring: &impl Vring, mem: &MemGuard, head: u16) -> HeadChain<MemGuard> {
+    let state = vring.get_ref();
+    let queue = state.get_queue();
+    HeadChain::new(
+        mem.clone(),
+        GuestAddress(queue.desc_table()),
+        queue.size(),
+        head,
+    )
+}
 
 /// Most passthrough (iSCSI) commands one `pop_and_start` sends before it lets the engine's
 /// completions and the event loop have their turn.
@@ -162,7 +290,9 @@ pub struct QueueWorker {
     free: Vec<u32>,
     inflight: usize,
     done: Vec<(u64, i32)>,
-    chains: Vec<DescriptorChain<MemGuard>>,
+    chains: Vec<Chain>,
+    /// Inflight tracking, when the front-end shares a region.
+    tracking: Tracking,
     /// How long to spin before sleeping (`--poll-us`, `--poll-max-us`).
     poller: Poller,
     /// When the queue last ran out of work and went back to the event loop (adaptive
@@ -247,6 +377,7 @@ impl QueueWorker {
             inflight: 0,
             done: Vec::with_capacity(depth),
             chains: Vec::with_capacity(depth),
+            tracking: Tracking::default(),
             poller: Poller::new(PollPolicy::Never),
             idle_since: None,
             submit_batch: submit_batch.max(1),
@@ -345,6 +476,19 @@ impl QueueWorker {
         }
     }
 
+    /// Tracks this queue's requests in `queue` (a part of the front-end's inflight region) from
+    /// now on; what the region says was left in flight is resubmitted before the next new
+    /// request. Called before the first `run` and whenever the front-end hands over a region
+    /// again (SET_INFLIGHT_FD), which it does only while the ring is stopped.
+    pub fn set_inflight(&mut self, queue: Option<InflightQueue>, generation: u64) {
+        self.tracking.set(queue, generation);
+    }
+
+    /// The SET_INFLIGHT_FD the tracking comes from (0: none).
+    pub fn inflight_generation(&self) -> u64 {
+        self.tracking.generation()
+    }
+
     /// The ring is being stopped (GET_VRING_BASE): a new kick eventfd may follow.
     pub fn forget_kick(&mut self) {
         self.engine.forget_kick();
@@ -374,6 +518,7 @@ impl QueueWorker {
         if self.register_buffers {
             self.track_memory(bus, vring, mem)?;
         }
+        self.tracking.start(vring)?;
         if let Some(since) = self.idle_since {
             // The guest's request came this long after the queue went idle (epoll and a kick).
             // A wake-up without one (a kick the spin already served) says nothing: the wait
@@ -399,6 +544,11 @@ impl QueueWorker {
                 // queue whose slots are all held (enospc=hold): its retry timer brings it back.
                 if self.ring_stopped || self.free.is_empty() {
                     return Ok(());
+                }
+                // Resubmissions beyond the free slots go before any return to the event loop
+                // (the guest will not kick for them).
+                if !self.tracking.resubmit.is_empty() {
+                    continue;
                 }
                 // Idle: spin a moment for the guest's next request (notifications still off
                 // with EVENT_IDX, so it need not kick), then back to the event loop unless a
@@ -598,7 +748,7 @@ impl QueueWorker {
             while i < passthrough.len() {
                 if passthrough[i].1.is_ready() {
                     if let Some((head, p)) = passthrough.remove(i) {
-                        vring.add_used(head, p.finish())?;
+                        publish_used(vring, self.tracking.queue(), head, p.finish())?;
                         answered = true;
                     }
                 } else {
@@ -607,7 +757,7 @@ impl QueueWorker {
             }
             if !answered {
                 if let Some((head, p)) = passthrough.pop_front() {
-                    vring.add_used(head, p.finish())?;
+                    publish_used(vring, self.tracking.queue(), head, p.finish())?;
                 }
             }
             used_any = true;
@@ -634,20 +784,57 @@ impl QueueWorker {
         if self.free.is_empty() {
             return Ok(false);
         }
+        let mut used_any = false;
+        if !self.tracking.resubmit.is_empty() {
+            if !vring.get_ref().get_queue().ready() {
+                self.ring_stopped = true;
+                return Ok(false);
+            }
+            // Started before anything is popped, and on their own: a bad avail index (the
+            // front-end's) must not keep them from being answered.
+            for _ in 0..self.free.len() {
+                let Some(chain) = self.tracking.next_resubmit(vring, mem) else {
+                    break;
+                };
+                self.chains.push(chain);
+            }
+            used_any |= self.start_chains(bus, vring, mem, passthrough, popped)?;
+            if self.free.is_empty() || !self.tracking.resubmit.is_empty() {
+                return Ok(used_any);
+            }
+        }
         let room = self.free.len();
         {
             let mut state = vring.get_mut();
             match state.get_queue_mut().iter(mem.clone()) {
-                Ok(iter) => self.chains.extend(iter.take(room)),
+                Ok(iter) => {
+                    for chain in iter.take(room) {
+                        self.tracking.popped(chain.head_index());
+                        self.chains.push(Chain::Popped(chain));
+                    }
+                }
                 // GET_VRING_BASE stopped the ring: take nothing new, but let what is in flight
                 // complete (`stop_vring` waits for it before the base is reported).
                 Err(virtio_queue::Error::QueueNotReady) => {
                     self.ring_stopped = true;
-                    return Ok(false);
+                    return Ok(used_any);
                 }
                 Err(e) => return Err(e.into()),
             }
         }
+        Ok(self.start_chains(bus, vring, mem, passthrough, popped)? || used_any)
+    }
+
+    /// Starts every chain in `self.chains` (passthrough commands join `passthrough`); true
+    /// when some were answered at once.
+    fn start_chains<'m>(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &'m MemGuard,
+        passthrough: &mut VecDeque<(u16, PassthroughReply<'m>)>,
+        popped: &mut usize,
+    ) -> Result<bool, QueueError> {
         *popped += self.chains.len();
         let mut used_any = false;
         let mut drain_error = None;
@@ -686,7 +873,7 @@ impl QueueWorker {
                 }
             };
             if let Some(used) = used {
-                vring.add_used(head, used)?;
+                publish_used(vring, self.tracking.queue.as_ref(), head, used)?;
                 used_any = true;
             }
         }
@@ -827,7 +1014,7 @@ impl QueueWorker {
             slot.release();
             self.free.push(index as u32);
             self.inflight -= 1;
-            if let Err(e) = vring.add_used(head, used) {
+            if let Err(e) = publish_used(vring, self.tracking.queue.as_ref(), head, used) {
                 ring_error.get_or_insert(e);
             }
         }

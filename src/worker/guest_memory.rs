@@ -1,7 +1,8 @@
 //! Checks on the guest memory a front-end shares (SET_MEM_TABLE, ADD_MEM_REG), run on the
 //! protocol thread before any queue may use a new table.
 //!
-//! vhost-user-backend maps each region before our `update_memory` hook runs; `mmap(2)` of a
+//! The request handler (`worker::vhost_user::handler`) maps each region, then has the table
+//! checked here before it installs it where a queue thread could touch it; `mmap(2)` of a
 //! shared file does not look at the file's size, so a region past the end of its file, or a file
 //! the front-end shrinks later, turns the first access into SIGBUS, which would end the worker
 //! and every other connection's service with it. So:

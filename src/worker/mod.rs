@@ -3,6 +3,7 @@
 pub mod assemble;
 pub mod broker;
 pub mod guest_memory;
+pub mod inflight;
 pub mod manage;
 pub mod serve;
 pub mod spawner;

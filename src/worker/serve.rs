@@ -1,7 +1,7 @@
 //! The serving loop: one vhost-user connection at a time on one listening socket, for as long
 //! as the daemon lives.
 //!
-//! Each connection gets a fresh `VhostUserDaemon` (fresh vring state and queue threads) while the
+//! Each connection gets a fresh [`Connection`] (fresh vring state and queue threads) while the
 //! LUNs and the listening socket stay. Re-using the listener instead of unlinking and re-binding
 //! the path means a reconnecting QEMU never races with a socket file that is briefly missing.
 //! SIGTERM/SIGINT are taken by a dedicated thread (`sigwait`), which shuts down the current
@@ -10,8 +10,8 @@
 use std::{
     io,
     os::{
-        fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
-        unix::net::UnixListener,
+        fd::AsFd,
+        unix::net::{UnixListener, UnixStream},
     },
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -30,11 +30,8 @@ use nix::{
         socket::{sockopt, GetSockOpt, UnixCredentials},
     },
 };
-use vhost::vhost_user::{Error as VhostUserError, Listener};
-use vhost_user_backend::{ShutdownHandle, VhostUserDaemon};
-use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 
-use crate::worker::vhost_user::ScsiBackend;
+use crate::worker::vhost_user::{Connection, ConnectionError, ScsiBackend, ShutdownHandle};
 
 /// Why serving stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -43,18 +40,18 @@ pub enum DaemonError {
     SignalMask(io::Error),
     #[error("cannot start the signal thread: {0}")]
     SignalThread(io::Error),
-    #[error("cannot duplicate the listening socket: {0}")]
-    DupListener(io::Error),
     #[error("cannot create an event fd: {0}")]
     EventFd(io::Error),
     #[error("cannot set up the vhost-user device: {0}")]
-    NewDaemon(vhost_user_backend::Error),
+    NewConnection(ConnectionError),
     #[error("cannot start the accepting thread: {0}")]
     AcceptThread(io::Error),
     #[error("the accepting thread panicked")]
     AcceptThreadPanicked,
     #[error("cannot accept a vhost-user connection: {0}")]
-    Accept(vhost_user_backend::Error),
+    Accept(io::Error),
+    #[error("cannot serve a vhost-user connection: {0}")]
+    Start(ConnectionError),
     #[error("waiting for a connection failed: {0}")]
     Poll(io::Error),
     #[error("flushing the LUNs failed: {0}")]
@@ -165,46 +162,24 @@ fn wait_for_connection(listener: &UnixListener, shutdown: &Shutdown) -> Result<b
     }
 }
 
-/// The fd number `accept(2)` will give the next connection: the lowest free one. Found by
-/// duplicating the listener (F_DUPFD_CLOEXEC from 0 takes the lowest free number) and closing
-/// the duplicate again.
-///
-/// vhost-user-backend accepts inside `VhostUserDaemon::start` and does not hand out the
-/// connection, so this is how the serving loop finds it to read the peer's credentials. Between
-/// connections no other thread of the worker opens or closes fds (the queue threads of the new
-/// daemon wait on their epoll sets, the signal thread in sigwait), so the number holds;
-/// [`peer_credentials`] still checks that it names a connected socket.
-fn lowest_free_fd(listener: &UnixListener) -> Option<RawFd> {
-    listener.try_clone().ok().map(|dup| dup.as_raw_fd())
-}
-
-/// SO_PEERCRED of the connection `accept(2)` gave `fd`: the front-end's pid, uid and gid as the
-/// kernel recorded them at `connect(2)` (they cannot be forged by the peer). `None` when `fd`
-/// is not a connected socket (then it was not the accepted connection).
-fn peer_credentials(fd: RawFd) -> Option<UnixCredentials> {
-    // SAFETY: `fd` is only borrowed for the two getsockopt calls below; if it is not open they
-    // fail with EBADF.
-    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-    // A listening socket also answers SO_PEERCRED (with its creator's credentials).
-    if sockopt::AcceptConn.get(&fd).ok()? {
-        return None;
-    }
-    sockopt::PeerCredentials.get(&fd).ok()
+/// SO_PEERCRED of an accepted connection: the front-end's pid, uid and gid as the kernel
+/// recorded them at `connect(2)` (they cannot be forged by the peer).
+fn peer_credentials(stream: &UnixStream) -> Option<UnixCredentials> {
+    sockopt::PeerCredentials.get(stream).ok()
 }
 
 /// Name of the short-lived thread that accepts a connection and starts its protocol thread.
 pub const ACCEPT_THREAD_NAME: &str = "vus-accept";
 
 /// Accepts the next connection and starts its protocol thread from a thread that has already
-/// stacked the `worker-protocol` role, so that the protocol thread (which vhost-user-backend
-/// spawns inside `start`, with no hook before its first message) inherits that role from its
-/// first instruction instead of running the message parser under `worker-main` until its first
-/// backend callback. `worker-protocol` therefore also allows what `start` needs: `accept4`, the
+/// stacked the `worker-protocol` role, so that the protocol thread inherits that role from its
+/// first instruction. `worker-protocol` therefore also allows what this needs: `accept4`, the
 /// `F_DUPFD_CLOEXEC` of the connection, `clone` of a thread and a new thread's start-up.
+/// `Ok(None)` when the pending connection went away before it was accepted.
 fn accept_confined(
-    daemon: &mut VhostUserDaemon<Arc<ScsiBackend>>,
-    listener: &mut Listener,
-) -> Result<(), DaemonError> {
+    connection: &mut Connection,
+    listener: &UnixListener,
+) -> Result<Option<UnixStream>, DaemonError> {
     thread::scope(|scope| {
         thread::Builder::new()
             .name(ACCEPT_THREAD_NAME.into())
@@ -213,7 +188,17 @@ fn accept_confined(
                 crate::sandbox::seccomp::enter_role(
                     crate::sandbox::seccomp::ThreadRole::WorkerProtocol,
                 );
-                daemon.start(listener).map_err(DaemonError::Accept)
+                let stream = match listener.accept() {
+                    Ok((stream, _)) => stream,
+                    // A non-blocking listener (adopted with --fd) whose peer gave up.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+                    Err(e) => return Err(DaemonError::Accept(e)),
+                };
+                // Blocking, whatever the listener is: Linux's accept(2) does not pass on
+                // O_NONBLOCK.
+                let peer = stream.try_clone().map_err(DaemonError::Accept)?;
+                connection.start(stream).map_err(DaemonError::Start)?;
+                Ok(Some(peer))
             })
             .map_err(DaemonError::AcceptThread)?
             .join()
@@ -236,21 +221,16 @@ pub fn serve(
     });
     spawn_signal_thread(shutdown.clone())?;
 
-    // The vhost crate's Listener owns its fd; give it a duplicate so that ours stays ours
-    // (and so that, in --fd mode, nothing ever unlinks a path).
-    let dup = listener.try_clone().map_err(DaemonError::DupListener)?;
-    let mut vhost_listener = Listener::from(dup);
-
     let mut connections: u64 = 0;
     while wait_for_connection(listener, &shutdown)? {
-        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon = VhostUserDaemon::new(PROTOCOL_THREAD_NAME.into(), backend.clone(), mem)
-            .map_err(DaemonError::NewDaemon)?;
-        backend.register_retry_timers(&daemon.get_epoll_handlers());
-        let expected_fd = lowest_free_fd(listener);
-        accept_confined(&mut daemon, &mut vhost_listener)?;
+        let mut daemon = Connection::new(backend.clone()).map_err(DaemonError::NewConnection)?;
+        let Some(peer) = accept_confined(&mut daemon, listener)? else {
+            continue;
+        };
         connections += 1;
-        match expected_fd.and_then(peer_credentials) {
+        let credentials = peer_credentials(&peer);
+        drop(peer);
+        match credentials {
             Some(c) => info!(
                 "front-end connected (connection {connections}): pid {} uid {} gid {}{}",
                 c.pid(),
@@ -275,17 +255,15 @@ pub fn serve(
         }
         match daemon.wait() {
             // A guest shutting down or QEMU exiting is the normal end of a connection.
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                VhostUserError::Disconnected | VhostUserError::PartialMessage,
-            )) => info!("front-end disconnected"),
+            Ok(()) => info!("front-end disconnected"),
+            Err(e) if e.is_disconnect() => info!("front-end disconnected"),
             Err(e) => warn!("front-end connection ended: {e}"),
         }
         *shutdown
             .connection
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
-        // Dropping the daemon stops and joins its queue threads (through their exit events).
+        // Dropping the connection stops and joins its queue threads (through their exit events).
         drop(daemon);
         backend.disconnect();
         if let Err(e) = backend.bus().flush_all() {

@@ -22,7 +22,9 @@ use nix::{sys::prctl, unistd};
 
 use super::{
     assemble::{self, OpenedLun},
-    broker, manage,
+    broker,
+    inflight::{InflightMemfd, QueueShape},
+    manage,
     serve::{self, ServeOptions},
     vhost_user::ScsiBackend,
 };
@@ -212,6 +214,14 @@ fn worker_main(
     // and enabled now: no role installed below allows io_uring_setup.
     let mut bus = assemble::build_bus(&luns);
     let rings = make_rings(&bus, config);
+    // The inflight region handed out to front-ends (GET_INFLIGHT_FD), likewise made now: no
+    // role may create a file.
+    let inflight = InflightMemfd::create(QueueShape {
+        num_queues: 2 + config.num_queues,
+        max_queue_size: config.queue_size,
+    })
+    .map_err(|e| warn!("inflight I/O tracking is off: cannot create its memfd: {e}"))
+    .ok();
     // Step 6.
     sandbox::install_main_filters(jail.seccomp)?;
     #[cfg(debug_assertions)]
@@ -243,12 +253,14 @@ fn worker_main(
     // The bus holds the LUNs now: a removed one's file closes when the bus lets go of it.
     drop(luns);
     // The bus's backend: served over vhost-user, changed at runtime by management requests.
-    let backend = Arc::new(
-        ScsiBackend::new(Arc::new(bus), config.num_queues, config.queue_size)
-            .with_io_config(config.io.clone())
-            .with_rings(rings)
-            .allow_unsealed_memory(config.allow_unsealed_memory),
-    );
+    let mut backend = ScsiBackend::new(Arc::new(bus), config.num_queues, config.queue_size)
+        .with_io_config(config.io.clone())
+        .with_rings(rings)
+        .allow_unsealed_memory(config.allow_unsealed_memory);
+    if let Some(memfd) = inflight {
+        backend = backend.with_inflight_memfd(memfd);
+    }
+    let backend = Arc::new(backend);
     if res.restarted {
         // The dead worker's undelivered events are gone, and LUNs may have been added or
         // removed since the guest last looked: EVENTS_MISSED makes Linux rescan the bus.

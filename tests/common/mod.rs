@@ -291,6 +291,89 @@ pub fn worker_of(supervisor: libc::pid_t) -> libc::pid_t {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Faulty and slow storage.
+// ---------------------------------------------------------------------------------------------
+
+/// A mounted faultfs (tests/faults/faultfs.py, a FUSE file system): `image()` is the file to serve, `.faults` sets the bad ranges.
+#[allow(dead_code)] // not every test binary mounts one
+pub struct FaultFs {
+    child: Child,
+    mnt: PathBuf,
+    pub backing: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+#[allow(dead_code)]
+impl FaultFs {
+    /// Mounts faultfs over a fresh backing file holding `content`, or says why it cannot. With
+    /// `delay_ms`, every read and write of the image takes at least that long (slow storage).
+    pub fn mount(content: &[u8], direct_io: bool, delay_ms: u32) -> Result<Self, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root (mounting FUSE needs it)".into());
+        }
+        if !std::path::Path::new("/dev/fuse").exists() {
+            return Err("no /dev/fuse".into());
+        }
+        let python = "/usr/bin/python3";
+        let probe = Command::new(python).args(["-c", "import fusepy"]).output();
+        if !probe.is_ok_and(|o| o.status.success()) {
+            return Err("Debian's python3-fusepy is not installed".into());
+        }
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let backing = dir.path().join("backing.img");
+        let mnt = dir.path().join("mnt");
+        fs::write(&backing, content).map_err(|e| e.to_string())?;
+        fs::create_dir(&mnt).map_err(|e| e.to_string())?;
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faults/faultfs.py");
+        let mut cmd = Command::new(python);
+        cmd.arg(script).arg(&backing).arg(&mnt);
+        if direct_io {
+            cmd.arg("--direct-io");
+        }
+        if delay_ms > 0 {
+            cmd.arg(format!("--delay-ms={delay_ms}"));
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let fs = FaultFs {
+            child,
+            mnt,
+            backing,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + TIMEOUT;
+        while !fs.image().exists() {
+            if Instant::now() > deadline {
+                return Err("faultfs did not mount".into());
+            }
+            sleep(Duration::from_millis(20));
+        }
+        Ok(fs)
+    }
+
+    pub fn image(&self) -> PathBuf {
+        self.mnt.join("disk.img")
+    }
+
+    /// Makes reads and writes touching `[start, start + len)` fail with EIO.
+    pub fn fail(&self, start: usize, len: usize) {
+        fs::write(self.mnt.join(".faults"), format!("{start} {len}\n")).expect("set faults");
+    }
+}
+
+impl Drop for FaultFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Connects to the unix socket `path` from a forked child running as uid `uid`, gid `gid`, no
 /// supplementary groups; sends `request` (when empty: only connects) and reads what comes back until the
 /// peer closes or a newline arrives (at most 4 KiB). `Err(errno)` when `connect(2)` failed.

@@ -28,6 +28,8 @@
 #   --nodiscard      discard failures in the guest are not fatal
 #   --append STR     extra kernel command line
 #   --socket-wait S  wait up to S seconds for the socket to appear (default 10)
+#   --reconnect-ms M QEMU reconnects to the socket M ms after losing it (chardev
+#                    reconnect-ms, QEMU >= 9.2): a restarted worker is taken back
 #   --no-log-on-failure  don't copy the serial log to stderr on failure
 #   --boot-cd        boot the firmware (SeaBIOS) from the vhost-user-scsi device
 #                    (bootindex 0) instead of -kernel/-initrd: the kernel and its
@@ -42,6 +44,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 QEMU=qemu-system-x86_64 ACCEL=tcg DEVICE_PROPS="" KERNEL="" INITRD="" LOG="" SOCK="" BUILTIN=""
 DRIVE_OPTS=cache=writeback REBOOT=0 PHASE=1 TIMEOUT=180 DISKS="0:0,1:0" NONCE="" EXTRA="" NODISCARD=0 QUIET_LOG=0 SOCKET_WAIT=10
 BOOT_CD=0
+RECONNECT=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --qemu) QEMU="$2"; shift ;;
@@ -61,9 +64,10 @@ while [[ $# -gt 0 ]]; do
         --append) EXTRA="$2"; shift ;;
         --nodiscard) NODISCARD=1 ;;
         --socket-wait) SOCKET_WAIT="$2"; shift ;;
+        --reconnect-ms) RECONNECT=",reconnect-ms=$2"; shift ;;
         --no-log-on-failure) QUIET_LOG=1 ;;
         --boot-cd) BOOT_CD=1 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
     shift
@@ -110,7 +114,7 @@ if [[ -n "$SOCK" ]]; then
     [[ -S "$SOCK" ]] || e2e_die "vhost-user socket $SOCK does not exist"
     # QEMU defaults on purpose (num_queues = vCPUs, no param_change=off, ...).
     # shellcheck disable=SC2054
-    ARGS+=(-chardev "socket,id=vus,path=$SOCK" -device "vhost-user-scsi-pci,chardev=vus$DEVICE_PROPS")
+    ARGS+=(-chardev "socket,id=vus,path=$SOCK$RECONNECT" -device "vhost-user-scsi-pci,chardev=vus$DEVICE_PROPS")
 else
     # shellcheck disable=SC2054
     ARGS+=(-device virtio-scsi-pci,id=scsi0)

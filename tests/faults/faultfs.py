@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """A FUSE file system that fails chosen byte ranges of one file: a real source of EIO for tests.
 
-Usage: faultfs.py BACKING_FILE MOUNTPOINT [--direct-io]
+Usage: faultfs.py BACKING_FILE MOUNTPOINT [--direct-io] [--delay-ms=N]
 
 The mount point shows one file, `disk.img`, whose bytes are BACKING_FILE's. Reads and writes
 that touch a range listed in the control file `MOUNTPOINT/.faults` fail with EIO (a read of a
@@ -9,6 +9,8 @@ FUSE request wholly or partly inside a bad range fails as a whole, the way a dis
 request that covers a bad sector). Write `START LENGTH` lines (bytes, decimal) to `.faults` to
 set the bad ranges; an empty write clears them. With --direct-io the kernel bypasses its page
 cache for the file (every guest read reaches this process), as `-o direct_io` does.
+With --delay-ms=N every read and write of the image takes at least N ms (slow storage: I/O
+stays in flight long enough for a test to catch it there; requests still run in parallel).
 Runs in the foreground until unmounted (`fusermount3 -u MOUNTPOINT` or `umount`).
 """
 import errno
@@ -16,6 +18,7 @@ import os
 import stat
 import sys
 import threading
+import time
 
 from fusepy import FUSE, FuseOSError, Operations
 
@@ -24,8 +27,9 @@ CONTROL = "/.faults"
 
 
 class FaultFs(Operations):
-    def __init__(self, backing):
+    def __init__(self, backing, delay=0.0):
         self.fd = os.open(backing, os.O_RDWR)
+        self.delay = delay
         self.bad = []
         self.guard = threading.Lock()
 
@@ -63,6 +67,8 @@ class FaultFs(Operations):
     def read(self, path, size, offset, fh):
         if path != IMAGE:
             return b""
+        if self.delay:
+            time.sleep(self.delay)
         if self._overlaps(offset, size):
             raise FuseOSError(errno.EIO)
         return os.pread(self.fd, size, offset)
@@ -77,6 +83,8 @@ class FaultFs(Operations):
             with self.guard:
                 self.bad = ranges
             return len(data)
+        if self.delay:
+            time.sleep(self.delay)
         if self._overlaps(offset, len(data)):
             raise FuseOSError(errno.EIO)
         return os.pwrite(self.fd, data, offset)
@@ -97,7 +105,11 @@ def main():
     options = dict(foreground=True, nothreads=False, allow_other=True)
     if "--direct-io" in sys.argv:
         options["direct_io"] = True
-    FUSE(FaultFs(args[0]), args[1], **options)
+    delay = 0.0
+    for a in sys.argv[1:]:
+        if a.startswith("--delay-ms="):
+            delay = int(a.split("=", 1)[1]) / 1000.0
+    FUSE(FaultFs(args[0], delay), args[1], **options)
 
 
 if __name__ == "__main__":

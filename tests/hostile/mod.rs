@@ -28,6 +28,8 @@ pub mod req {
     pub const SET_VRING_CALL: u32 = 13;
     pub const GET_PROTOCOL_FEATURES: u32 = 15;
     pub const SET_PROTOCOL_FEATURES: u32 = 16;
+    pub const GET_INFLIGHT_FD: u32 = 31;
+    pub const SET_INFLIGHT_FD: u32 = 32;
     pub const GPU_SET_SOCKET: u32 = 33;
     pub const REM_MEM_REG: u32 = 38;
     /// The highest code the specification assigns today (GET_SHMEM_CONFIG and friends).

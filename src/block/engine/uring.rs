@@ -7,7 +7,7 @@
 //! own, and the rings it can reach only read, write, sync and deallocate registered files and
 //! poll the kick eventfd registered in the slot after them.
 //!
-//! The rings outlive connections: a queue thread (vhost-user-backend's, new for every
+//! The rings outlive connections: a queue thread (`worker::vhost_user`'s, new for every
 //! connection) takes its queue's ring for the connection and the main thread recycles it at the
 //! disconnect ([`UringEngine::recycle`]). That is why they are not `IORING_SETUP_SINGLE_ISSUER`:
 //! such a ring takes submissions only from the task that enabled it, for the ring's whole life

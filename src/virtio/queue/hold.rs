@@ -382,7 +382,7 @@ impl QueueWorker {
         let head = slot.head;
         slot.release();
         self.free.push(index as u32);
-        vring.add_used(head, used)
+        super::publish_used(vring, self.tracking.queue(), head, used)
     }
 
     /// The ring is being stopped (GET_VRING_BASE) and this worker's thread is not serving it:

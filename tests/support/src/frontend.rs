@@ -179,6 +179,19 @@ pub fn setup_vring(
 ) -> (EventFd, EventFd) {
     mem.write_slice(&vec![0u8; ring_bytes], GuestAddress(ring.desc))
         .unwrap();
+    setup_vring_at(frontend, mem, q, ring, 0)
+}
+
+/// Sets up queue `q` over `ring` as it is in guest memory (not zeroed), starting at avail
+/// position `base`: what QEMU does when it reconnects to a restarted back-end (its base is the
+/// used ring's idx after a failed GET_VRING_BASE).
+pub fn setup_vring_at(
+    frontend: &mut Frontend,
+    mem: &GuestMemoryMmap,
+    q: usize,
+    ring: &SplitRing,
+    base: u16,
+) -> (EventFd, EventFd) {
     // SET_VRING_ADDR carries front-end (virtual) addresses, which the backend translates
     // through the memory table.
     let va = |gpa: u64| {
@@ -188,7 +201,7 @@ pub fn setup_vring(
     let kick = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
     let call = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).unwrap();
     frontend.set_vring_num(q, ring.size).expect("SET_VRING_NUM");
-    frontend.set_vring_base(q, 0).expect("SET_VRING_BASE");
+    frontend.set_vring_base(q, base).expect("SET_VRING_BASE");
     let addrs = VringConfigData {
         queue_max_size: ring.size,
         queue_size: ring.size,

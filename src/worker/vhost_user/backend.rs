@@ -1,72 +1,50 @@
-//! The vhost-user backend: feature negotiation, the config space and the virtqueue loops.
-//!
-//! Queue layout (virtio-scsi): 0 = control, 1 = event, 2.. = request queues. Thread 0 serves the
-//! control and event queues; every request queue gets a thread of its own, so the guest's
-//! multiqueue spreads commands across host cores without any lock on the data path except
-//! the vring's own.
+//! The virtio-scsi device behind the vhost-user protocol: feature negotiation, the config space,
+//! the virtqueue loops, guest memory and the inflight region. It outlives connections; the
+//! request handler ([`super::handler`]) and the queue threads ([`super::event_loop`]) of each
+//! connection call into it.
 
 use std::{
     fs::File,
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, RwLock,
     },
 };
 
-use log::{debug, warn};
-use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
-use vhost_user_backend::{
-    VhostUserBackend, VringEpollHandler, VringRwLock, VringStateGuard, VringStateMutGuard, VringT,
+use log::{debug, info, warn};
+use vhost::vhost_user::message::{
+    VhostUserInflight, VhostUserProtocolFeatures, VhostUserVirtioFeatures,
 };
+use vhost_user_backend::VringT;
 use virtio_bindings::{
     virtio_config::VIRTIO_F_VERSION_1,
     virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC},
     virtio_scsi::{VIRTIO_SCSI_F_CHANGE, VIRTIO_SCSI_F_HOTPLUG},
 };
-use virtio_queue::{DescriptorChain, QueueOwnedT};
+use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryLoadGuard, GuestMemoryMmap};
-use vmm_sys_util::{
-    epoll::EventSet,
-    event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier},
-};
+use vmm_sys_util::epoll::EventSet;
 
 use crate::{
     block::engine::{uring::UringEngine, AioMode, IoConfig},
-    sandbox::seccomp::{self, ThreadRole},
     scsi::ScsiBus,
+    virtio::inflight::InflightQueue,
     virtio::{
         config_space::{config_space, read_config, CONFIG_SPACE_SIZE},
         control::handle_control,
         events::{Event, EventQueue},
-        queue::{QueueError, QueueWorker, RetryTimer, TEARDOWN_DRAIN},
+        queue::{
+            publish_used, Chain, QueueError, QueueWorker, RetryTimer, Tracking, TEARDOWN_DRAIN,
+        },
         request::{split_chain, SplitChain},
     },
+    worker::inflight::{InflightMemfd, InflightRegion, QueueShape},
 };
 
-/// Name of the vhost-user protocol thread (vhost-user-backend names it after the daemon,
-/// [`super::serve`] creates the daemon).
-pub const PROTOCOL_THREAD_NAME: &str = "vhost-user-scsi";
-/// Name vhost-user-backend gives its virtqueue worker threads.
-pub const VRING_THREAD_NAME: &str = "vring_worker";
+use super::{event_loop::EventLoop, ScsiVring};
 
-/// The roles of the threads vhost-user-backend spawns for us (it offers no hook at thread
-/// start, so each stacks its role on its first callback into [`ScsiBackend`]).
-const BACKEND_THREAD_ROLES: &[(&str, ThreadRole)] = &[(VRING_THREAD_NAME, ThreadRole::WorkerVring)];
-
-/// The protocol thread inherits `worker-protocol` from the thread that accepted the connection
-/// (`super::serve::accept_confined`): it is in its role before its first message.
-const INHERITED_THREAD_ROLES: &[(&str, ThreadRole)] =
-    &[(PROTOCOL_THREAD_NAME, ThreadRole::WorkerProtocol)];
-
-/// Called at the start of every backend callback.
-fn enter_backend_thread_role() {
-    seccomp::inherited_role_by_thread_name(INHERITED_THREAD_ROLES);
-    seccomp::enter_role_by_thread_name(BACKEND_THREAD_ROLES);
-}
-
-/// Guest memory as the vhost-user-backend crate maps it (no dirty-page bitmap).
+/// Guest memory as the vrings see it (no dirty-page bitmap: dirty logging is not offered).
 pub type GuestMemory = GuestMemoryAtomic<GuestMemoryMmap>;
 type MemGuard = GuestMemoryLoadGuard<GuestMemoryMmap>;
 
@@ -116,8 +94,15 @@ pub struct ScsiBackend {
     /// (`--aio=io-uring`), while no queue worker holds it. A queue worker takes it for its
     /// connection and [`ScsiBackend::disconnect`] puts it back.
     rings: Vec<Mutex<Option<UringEngine>>>,
-    /// Locked while the control queue's batch runs (see `stop_vring`).
-    control_busy: Mutex<()>,
+    /// The control queue's inflight tracking; locked while its batch runs (see `stop_vring`).
+    control: Mutex<Tracking>,
+    /// The memfd handed out with GET_INFLIGHT_FD (made at start-up); without it the
+    /// INFLIGHT_SHMFD protocol feature is not offered.
+    inflight_memfd: Option<InflightMemfd>,
+    /// The region the front-end handed over with SET_INFLIGHT_FD, for this connection.
+    inflight: Mutex<InflightState>,
+    /// `inflight`'s generation, read by the queues before every batch without the lock.
+    inflight_generation: AtomicU64,
     /// `--allow-unsealed-memory`.
     allow_unsealed_memory: bool,
     /// Every memory table this connection installed that somebody may still use: the current
@@ -126,10 +111,6 @@ pub struct ScsiBackend {
     /// fds is not in the data path's seccomp role. Released on the protocol thread (at the next
     /// table change) and on the main thread (at disconnect).
     tables: Mutex<Vec<Arc<GuestMemoryMmap>>>,
-    /// The read ends of this connection's queue-thread exit events. vhost-user-backend
-    /// registers each in its thread's epoll as a raw fd and never closes it (63 fds per
-    /// connection with 62 queues): closed at disconnect, once the queue threads are joined.
-    exit_fds: Mutex<Vec<RawFd>>,
     /// Device events (LUNs added, removed, resized) waiting for the guest's event buffers.
     events: EventQueue,
     /// This connection's event queue, once the guest posted buffers on it: events raised by
@@ -160,9 +141,11 @@ impl ScsiBackend {
             io: IoConfig::default(),
             workers: (0..num_request_queues).map(|_| Mutex::new(None)).collect(),
             rings: Vec::new(),
-            control_busy: Mutex::new(()),
+            control: Mutex::new(Tracking::default()),
+            inflight_memfd: None,
+            inflight: Mutex::new(InflightState::default()),
+            inflight_generation: AtomicU64::new(0),
             tables: Mutex::new(Vec::new()),
-            exit_fds: Mutex::new(Vec::new()),
             allow_unsealed_memory: false,
             events: EventQueue::new(),
             event_vring: Mutex::new(None),
@@ -178,16 +161,46 @@ impl ScsiBackend {
         }
     }
 
-    /// The epoll event number of request queue `q`'s retry timer: past every queue and the
-    /// exit event, which vhost-user-backend reserves.
-    fn retry_event(&self, q: usize) -> u64 {
+    /// Offers inflight I/O tracking (`INFLIGHT_SHMFD`) with `memfd` as the region handed out
+    /// ([`super::inflight`]).
+    pub fn with_inflight_memfd(mut self, memfd: InflightMemfd) -> Self {
+        self.inflight_memfd = Some(memfd);
+        self
+    }
+
+    /// The device's queue count and largest queue size.
+    pub fn queue_shape(&self) -> QueueShape {
+        QueueShape {
+            num_queues: FIXED_QUEUES as u16 + self.num_request_queues,
+            max_queue_size: self.queue_size,
+        }
+    }
+
+    /// The current region's part for vhost queue `index`, if the current region is newer than
+    /// `seen` (the generation a queue's tracking comes from).
+    fn inflight_update(&self, index: usize, seen: u64) -> Option<(Option<InflightQueue>, u64)> {
+        if self.inflight_generation.load(Ordering::Acquire) == seen {
+            return None;
+        }
+        let state = lock(&self.inflight);
+        (state.generation != seen).then(|| {
+            (
+                state.current.as_ref().and_then(|r| r.queue(index)),
+                state.generation,
+            )
+        })
+    }
+
+    /// The epoll event number of request queue `q`'s retry timer: past the numbers
+    /// [`EventLoop::register_listener`] reserves for the queues.
+    pub(super) fn retry_event(&self, q: usize) -> u64 {
         (FIXED_QUEUES + usize::from(self.num_request_queues) + 1 + q) as u64
     }
 
     /// Registers each request queue's retry timer in its thread's epoll (`handlers`: the new
     /// connection's, thread 0 serving the control and event queues, thread `1 + q` request
     /// queue `q`).
-    pub fn register_retry_timers(&self, handlers: &[Arc<VringEpollHandler<Arc<ScsiBackend>>>]) {
+    pub(super) fn register_retry_timers(&self, handlers: &[Arc<EventLoop>]) {
         let Some(timers) = &self.retry_timers else {
             return;
         };
@@ -277,6 +290,13 @@ impl ScsiBackend {
                 *lock(v) = Some(vring.clone());
             }
         }
+        if let Some(w) = worker.as_mut() {
+            if let Some((queue, generation)) =
+                self.inflight_update(FIXED_QUEUES + index, w.inflight_generation())
+            {
+                w.set_inflight(queue, generation);
+            }
+        }
         let mem = self.memory()?;
         let event_idx = self.event_idx.load(Ordering::Acquire);
         worker
@@ -349,7 +369,7 @@ impl ScsiBackend {
 
     /// Forgets the previous front-end's memory and closes what its connection left, and takes
     /// the queues' rings back for the next connection's threads (called between connections,
-    /// on the main thread, after the connection's `VhostUserDaemon` was dropped: its queue
+    /// on the main thread, after the connection's [`super::Connection`] was dropped: its queue
     /// threads are joined).
     pub fn disconnect(&self) {
         // One deadline for all queues: the teardown is bounded as a whole.
@@ -378,12 +398,12 @@ impl ScsiBackend {
         }
         *self.mem.write().unwrap_or_else(|e| e.into_inner()) = None;
         lock(&self.tables).clear();
-        for fd in std::mem::take(&mut *lock(&self.exit_fds)) {
-            // SAFETY: `fd` is the read end of an exit event created in `exit_event`, which
-            // vhost-user-backend turned into a raw fd and only ever registered in the epoll of a
-            // queue thread. That thread is joined and its epoll closed (the daemon was dropped):
-            // nobody else refers to the fd, and it is closed exactly once (taken from the list).
-            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        // The queue workers (and their parts of the region) are gone: unmapped here.
+        lock(&self.control).set(None, 0);
+        {
+            let mut state = lock(&self.inflight);
+            state.current = None;
+            state.retired.clear();
         }
     }
 
@@ -401,23 +421,41 @@ impl ScsiBackend {
     fn process_queue(
         &self,
         vring: &ScsiVring,
+        tracking: &mut Tracking,
         mut handle: impl FnMut(SplitChain<'_>) -> u32,
     ) -> Result<(), BackendError> {
         let event_idx = self.event_idx.load(Ordering::Acquire);
+        tracking.start(vring).map_err(BackendError::Engine)?;
         loop {
             if event_idx {
                 vring.disable_notification().map_err(BackendError::Queue)?;
             }
             let mem = self.memory()?;
-            let chains: Vec<DescriptorChain<MemGuard>> =
+            // Resubmitted chains first, on their own: a bad avail index (the front-end's) must
+            // not keep them from being answered.
+            let mut chains: Vec<Chain> = Vec::new();
+            while let Some(chain) = tracking.next_resubmit(vring, &mem) {
+                chains.push(chain);
+            }
+            let mut any = !chains.is_empty();
+            if chains.is_empty() {
                 match vring.get_mut().get_queue_mut().iter(mem.clone()) {
-                    Ok(iter) => iter.collect(),
+                    Ok(iter) => {
+                        for chain in iter {
+                            tracking.popped(chain.head_index());
+                            chains.push(Chain::Popped(chain));
+                        }
+                    }
                     // GET_VRING_BASE stopped the ring while a kick was being handled: nothing
                     // more to take. (An error here would end the queue thread for good.)
                     Err(virtio_queue::Error::QueueNotReady) => return Ok(()),
                     Err(e) => return Err(BackendError::Queue(e)),
-                };
-            let any = !chains.is_empty();
+                }
+                any = !chains.is_empty();
+            }
+            let resubmitted = chains
+                .first()
+                .is_some_and(|c| matches!(c, Chain::Resubmitted(_)));
             for chain in chains {
                 let head = chain.head_index();
                 let used_len = match split_chain(&mem, chain) {
@@ -427,12 +465,15 @@ impl ScsiBackend {
                         0
                     }
                 };
-                vring
-                    .add_used(head, used_len)
+                publish_used(vring, tracking.queue(), head, used_len)
                     .map_err(BackendError::Queue)?;
             }
             if any && (!event_idx || vring.needs_notification().map_err(BackendError::Queue)?) {
                 vring.signal_used_queue().map_err(BackendError::Notify)?;
+            }
+            // Then the avail ring, in the next pass.
+            if resubmitted {
+                continue;
             }
             if !event_idx || !vring.enable_notification().map_err(BackendError::Queue)? {
                 return Ok(());
@@ -441,22 +482,18 @@ impl ScsiBackend {
     }
 }
 
-impl VhostUserBackend for ScsiBackend {
-    type Bitmap = ();
-    type Vring = ScsiVring;
-
-    fn num_queues(&self) -> usize {
-        enter_backend_thread_role();
+/// What the request handler ([`super::handler`]) and the queue threads
+/// ([`super::event_loop`]) call.
+impl ScsiBackend {
+    pub(super) fn num_queues(&self) -> usize {
         FIXED_QUEUES + usize::from(self.num_request_queues)
     }
 
-    fn max_queue_size(&self) -> usize {
-        enter_backend_thread_role();
+    pub(super) fn max_queue_size(&self) -> usize {
         usize::from(self.queue_size)
     }
 
-    fn features(&self) -> u64 {
-        enter_backend_thread_role();
+    pub(super) fn features(&self) -> u64 {
         1 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_RING_F_EVENT_IDX
@@ -467,13 +504,11 @@ impl VhostUserBackend for ScsiBackend {
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
-    fn acked_features(&self, features: u64) {
-        enter_backend_thread_role();
+    pub(super) fn acked_features(&self, features: u64) {
         debug!("guest acked virtio features {features:#x}");
     }
 
-    fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        enter_backend_thread_role();
+    pub(super) fn protocol_features(&self) -> VhostUserProtocolFeatures {
         // STATUS is not offered: the vhost crate does not implement SET/GET_STATUS, and QEMU
         // resets through RESET_DEVICE when STATUS is absent.
         VhostUserProtocolFeatures::MQ
@@ -481,10 +516,14 @@ impl VhostUserBackend for ScsiBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::RESET_DEVICE
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | if self.inflight_memfd.is_some() {
+                VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            } else {
+                VhostUserProtocolFeatures::empty()
+            }
     }
 
-    fn reset_device(&self) {
-        enter_backend_thread_role();
+    pub(super) fn reset_device(&self) {
         // A virtio reset is a guest reboot or driver reload: every LUN sees a power-on reset.
         debug!("device reset");
         self.bus.reset_all();
@@ -493,21 +532,18 @@ impl VhostUserBackend for ScsiBackend {
         *lock(&self.event_vring) = None;
     }
 
-    fn set_event_idx(&self, enabled: bool) {
-        enter_backend_thread_role();
+    pub(super) fn set_event_idx(&self, enabled: bool) {
         self.event_idx.store(enabled, Ordering::Release);
     }
 
-    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        enter_backend_thread_role();
+    pub(super) fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
         read_config(&self.config, offset, size).unwrap_or_else(|| {
             warn!("GET_CONFIG outside the config space: offset {offset}, size {size}");
             Vec::new()
         })
     }
 
-    fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
-        enter_backend_thread_role();
+    pub(super) fn set_config(&self, offset: u32, buf: &[u8]) -> io::Result<()> {
         // sense_size and cdb_size are the only writable fields, and QEMU's vhost-user-scsi does
         // not let a guest change them either.
         warn!(
@@ -517,23 +553,33 @@ impl VhostUserBackend for ScsiBackend {
         Err(io::Error::from_raw_os_error(libc::EPERM))
     }
 
-    fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
-        enter_backend_thread_role();
+    /// Checks a memory table the front-end sent before anything uses it: a region past the end
+    /// of its file, or an unsealed memfd, would let the front-end SIGBUS the worker
+    /// ([`crate::worker::guest_memory`]).
+    pub(super) fn check_memory(&self, mem: &GuestMemoryMmap) -> io::Result<()> {
+        crate::worker::guest_memory::check_table(mem, self.allow_unsealed_memory).map_err(|e| {
+            warn!("memory table refused, closing the connection: {e}");
+            io::Error::new(io::ErrorKind::InvalidInput, e)
+        })
+    }
+
+    /// Takes the memory table installed in `mem` (shared with every vring) as the guest's.
+    pub(super) fn update_memory(&self, mem: GuestMemory) -> io::Result<()> {
         let current = mem.memory().into_inner();
-        // A region past the end of its file, or an unsealed memfd, would let the front-end
-        // SIGBUS the worker (super::guest_memory). vhost-user-backend has already installed the
-        // table in the GuestMemoryAtomic it shares with us and with every vring (whose used-ring
-        // and notification accesses go through it): on refusal, take it out of there too (an
-        // empty table: every access fails cleanly) and forget it (NoMemory); the front-end's
-        // SET_MEM_TABLE / ADD_MEM_REG fails and this connection ends, only this one.
-        let checked = super::guest_memory::check_table(&*current, self.allow_unsealed_memory)
-            .map_err(|e| {
-                warn!("memory table refused, closing the connection: {e}");
-                mem.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .replace(GuestMemoryMmap::new());
-                io::Error::new(io::ErrorKind::InvalidInput, e)
-            });
+        // The request handler checked it before installing it ([`Self::check_memory`]); checked
+        // again here so that this entry point is safe on its own. On refusal the table is taken
+        // out of `mem` too (an empty table: every access fails cleanly) and forgotten
+        // (NoMemory); the front-end's SET_MEM_TABLE / ADD_MEM_REG fails and this connection
+        // ends, only this one.
+        let checked =
+            crate::worker::guest_memory::check_table(&*current, self.allow_unsealed_memory)
+                .map_err(|e| {
+                    warn!("memory table refused, closing the connection: {e}");
+                    mem.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .replace(GuestMemoryMmap::new());
+                    io::Error::new(io::ErrorKind::InvalidInput, e)
+                });
         {
             let mut tables = lock(&self.tables);
             // Tables only this list still holds are released here, on the protocol thread;
@@ -545,16 +591,56 @@ impl VhostUserBackend for ScsiBackend {
         checked
     }
 
-    fn queues_per_thread(&self) -> Vec<u64> {
-        enter_backend_thread_role();
+    pub(super) fn get_inflight_fd(
+        &self,
+        req: &VhostUserInflight,
+    ) -> io::Result<(VhostUserInflight, File)> {
+        let memfd = self.inflight_memfd.as_ref().ok_or_else(|| {
+            io::Error::new(io::ErrorKind::Unsupported, "inflight tracking not offered")
+        })?;
+        memfd.get(req).map_err(|e| {
+            warn!("GET_INFLIGHT_FD refused: {e}");
+            e.into()
+        })
+    }
+
+    pub(super) fn set_inflight_fd(&self, req: &VhostUserInflight, file: File) -> io::Result<()> {
+        if self.inflight_memfd.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "inflight tracking not offered",
+            ));
+        }
+        let region = InflightRegion::map(req, &file, self.queue_shape()).map_err(|e| {
+            warn!("SET_INFLIGHT_FD refused: {e}");
+            io::Error::from(e)
+        })?;
+        let mut state = lock(&self.inflight);
+        // Regions only this list still holds are unmapped here, on the protocol thread; those
+        // a queue's tracking still uses wait for the next change or the disconnect.
+        state.retired.retain(|r| Arc::strong_count(r) > 1);
+        if let Some(old) = state.current.take() {
+            state.retired.push(old);
+        }
+        state.current = Some(Arc::new(region));
+        state.generation += 1;
+        self.inflight_generation
+            .store(state.generation, Ordering::Release);
+        info!(
+            "inflight region from the front-end: {} queues of {} descriptors, {} bytes",
+            req.num_queues, req.queue_size, req.mmap_size
+        );
+        Ok(())
+    }
+
+    pub(super) fn queues_per_thread(&self) -> Vec<u64> {
         let fixed = (1u64 << CONTROL_QUEUE) | (1u64 << EVENT_QUEUE);
         std::iter::once(fixed)
             .chain((0..self.num_request_queues).map(|q| 1u64 << (FIXED_QUEUES + usize::from(q))))
             .collect()
     }
 
-    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
-        enter_backend_thread_role();
+    pub(super) fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
         // GET_VRING_BASE must report a ring with nothing in flight. A queue's lock is held for
         // as long as its thread serves a batch (and an asynchronous worker only lets go once
         // every started command has completed): taking it waits for exactly that.
@@ -572,7 +658,7 @@ impl VhostUserBackend for ScsiBackend {
                     }
                 }
             }
-            None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control_busy)),
+            None if queue_index as usize == CONTROL_QUEUE => drop(lock(&self.control)),
             // The broker thread may be delivering an event into it right now.
             None if queue_index as usize == EVENT_QUEUE => self.events.quiesce(),
             None => {}
@@ -580,26 +666,13 @@ impl VhostUserBackend for ScsiBackend {
         Ok(())
     }
 
-    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
-        enter_backend_thread_role();
-        // Without an exit event, dropping the daemon would wait forever for the queue threads.
-        let (consumer, notifier) =
-            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)
-                .map_err(|e| warn!("cannot create a queue thread exit event: {e}"))
-                .ok()?;
-        // vhost-user-backend keeps only the raw number of the read end: remember it to close it.
-        lock(&self.exit_fds).push(consumer.as_raw_fd());
-        Some((consumer, notifier))
-    }
-
-    fn handle_event(
+    pub(super) fn handle_event(
         &self,
         device_event: u16,
         evset: EventSet,
         vrings: &[ScsiVring],
         thread_id: usize,
     ) -> io::Result<()> {
-        enter_backend_thread_role();
         if evset != EventSet::IN {
             return Err(BackendError::UnexpectedEvent(evset).into());
         }
@@ -627,8 +700,15 @@ impl VhostUserBackend for ScsiBackend {
             .ok_or(BackendError::UnknownQueue(device_event, thread_id))?;
         match (thread_id, usize::from(device_event)) {
             (0, CONTROL_QUEUE) => {
-                let _serving = lock(&self.control_busy);
-                self.process_queue(vring, |chain| handle_control(&self.bus, &chain))?
+                let mut tracking = lock(&self.control);
+                if let Some((queue, generation)) =
+                    self.inflight_update(CONTROL_QUEUE, tracking.generation())
+                {
+                    tracking.set(queue, generation);
+                }
+                self.process_queue(vring, &mut tracking, |chain| {
+                    handle_control(&self.bus, &chain)
+                })?
             }
             // Event-queue buffers stay with us until there is an event to report (hotplug,
             // capacity change): the guest expects them to be held, not returned empty. Events
@@ -644,178 +724,24 @@ impl VhostUserBackend for ScsiBackend {
     }
 }
 
-/// `fstatfs(2)` magic of the anonymous-inode filesystem: eventfds (and epoll, timerfd …) live
-/// there; pipes, sockets and files do not.
-const ANON_INODE_FS_MAGIC: i64 = 0x0904_1934;
-
-/// Why a kick/call/err fd from the front-end is not used.
-#[derive(Debug, thiserror::Error)]
-pub enum RingFdError {
-    #[error("not an eventfd (filesystem magic {0:#x})")]
-    NotAnEventFd(i64),
-    #[error("cannot inspect it: {0}")]
-    Inspect(io::Error),
-    #[error("cannot make it non-blocking: {0}")]
-    NonBlocking(io::Error),
-}
-
-/// Checks that `file` (a kick, call or err fd the front-end sent) is an eventfd and makes it
-/// non-blocking, so that no daemon thread ever blocks on it: a front-end that reads its own
-/// kick, or leaves its call counter at the maximum, then only gets EAGAIN on our side.
-/// (O_NONBLOCK is shared with the front-end's own descriptor; QEMU's are non-blocking anyway.)
-fn checked_ring_fd(file: &File) -> Result<(), RingFdError> {
-    let fd = file.as_raw_fd();
-    // SAFETY: `st` is a valid out-buffer for fstatfs on a descriptor we own.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: see above.
-    if unsafe { libc::fstatfs(fd, &mut st) } < 0 {
-        return Err(RingFdError::Inspect(io::Error::last_os_error()));
-    }
-    #[allow(clippy::unnecessary_cast)]
-    let magic = st.f_type as i64;
-    if magic != ANON_INODE_FS_MAGIC {
-        return Err(RingFdError::NotAnEventFd(magic));
-    }
-    // SAFETY: F_GETFL/F_SETFL only read and set the status flags of a descriptor we own.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
-            return Err(RingFdError::NonBlocking(io::Error::last_os_error()));
-        }
-    }
-    Ok(())
-}
-
-/// A kick/call/err fd as the vring may keep it: refused ones are dropped with one log line
-/// (the queue then stays without that fd: never kicked, or never signalling).
-fn ring_fd(file: Option<File>, what: &str) -> Option<File> {
-    let file = file?;
-    match checked_ring_fd(&file) {
-        Ok(()) => Some(file),
-        Err(e) => {
-            warn!("{what} fd refused: {e}; the queue is left without it");
-            None
-        }
-    }
-}
-
-/// The virtqueue as vhost-user-backend keeps it, with the front-end's fds tamed: kick, call
-/// and err must be eventfds and are used non-blocking; a kick another reader consumed first
-/// is not an error, nor is a call counter at its maximum (the guest has a notification
-/// pending anyway).
-#[derive(Clone)]
-pub struct ScsiVring(VringRwLock);
-
-impl<'a> VringStateGuard<'a, GuestMemory> for ScsiVring {
-    type G = <VringRwLock as VringStateGuard<'a, GuestMemory>>::G;
-}
-
-impl<'a> VringStateMutGuard<'a, GuestMemory> for ScsiVring {
-    type G = <VringRwLock as VringStateMutGuard<'a, GuestMemory>>::G;
-}
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-impl VringT<GuestMemory> for ScsiVring {
-    fn new(mem: GuestMemory, max_queue_size: u16) -> Result<Self, virtio_queue::Error> {
-        VringRwLock::new(mem, max_queue_size).map(ScsiVring)
-    }
-    fn get_ref(&self) -> <Self as VringStateGuard<'_, GuestMemory>>::G {
-        self.0.get_ref()
-    }
-    fn get_mut(&self) -> <Self as VringStateMutGuard<'_, GuestMemory>>::G {
-        self.0.get_mut()
-    }
-    fn add_used(&self, desc_index: u16, len: u32) -> Result<(), virtio_queue::Error> {
-        self.0.add_used(desc_index, len)
-    }
-    fn signal_used_queue(&self) -> io::Result<()> {
-        match self.0.signal_used_queue() {
-            Err(e) if would_block(&e) => Ok(()),
-            other => other,
-        }
-    }
-    fn enable_notification(&self) -> Result<bool, virtio_queue::Error> {
-        self.0.enable_notification()
-    }
-    fn disable_notification(&self) -> Result<(), virtio_queue::Error> {
-        self.0.disable_notification()
-    }
-    fn needs_notification(&self) -> Result<bool, virtio_queue::Error> {
-        self.0.needs_notification()
-    }
-    fn set_enabled(&self, enabled: bool) {
-        self.0.set_enabled(enabled)
-    }
-    fn set_queue_info(
-        &self,
-        desc_table: u64,
-        avail_ring: u64,
-        used_ring: u64,
-    ) -> Result<(), virtio_queue::Error> {
-        self.0.set_queue_info(desc_table, avail_ring, used_ring)
-    }
-    fn queue_next_avail(&self) -> u16 {
-        self.0.queue_next_avail()
-    }
-    fn set_queue_next_avail(&self, base: u16) {
-        self.0.set_queue_next_avail(base)
-    }
-    fn set_queue_next_used(&self, idx: u16) {
-        self.0.set_queue_next_used(idx)
-    }
-    fn queue_used_idx(&self) -> Result<u16, virtio_queue::Error> {
-        self.0.queue_used_idx()
-    }
-    fn set_queue_size(&self, num: u16) {
-        self.0.set_queue_size(num)
-    }
-    fn set_queue_event_idx(&self, enabled: bool) {
-        self.0.set_queue_event_idx(enabled)
-    }
-    fn set_queue_ready(&self, ready: bool) {
-        self.0.set_queue_ready(ready)
-    }
-    fn set_kick(&self, file: Option<File>) {
-        self.0.set_kick(ring_fd(file, "SET_VRING_KICK"));
-        // One kick of our own: the queue's thread looks at the ring once it is registered,
-        // whatever the guest does. After a reconnection the guest's event buffers are already
-        // posted and it will not kick for them again; this is when we learn the new event
-        // queue and deliver the events raised meanwhile. (A look at any other ring finds what
-        // a kick would have found: nothing, or requests to serve.)
-        if let Some(kick) = self.0.get_ref().get_kick() {
-            let one = 1u64;
-            // SAFETY: writes the 8 bytes of `one` to the kick eventfd the vring holds.
-            let ret = unsafe { libc::write(kick.as_raw_fd(), (&one as *const u64).cast(), 8) };
-            if ret < 0 {
-                let e = io::Error::last_os_error();
-                // A full counter: the ring is kicked already.
-                if !would_block(&e) {
-                    warn!("cannot kick the new kick fd: {e}");
-                }
-            }
-        }
-    }
-    fn read_kick(&self) -> io::Result<bool> {
-        match self.0.read_kick() {
-            // Somebody else (the front-end itself) consumed the kick: look at the ring anyway.
-            Err(e) if would_block(&e) => Ok(self.0.get_ref().is_enabled()),
-            other => other,
-        }
-    }
-    fn set_call(&self, file: Option<File>) {
-        self.0.set_call(ring_fd(file, "SET_VRING_CALL"))
-    }
-    fn set_err(&self, file: Option<File>) {
-        self.0.set_err(ring_fd(file, "SET_VRING_ERR"))
-    }
+/// The inflight region of the connection (SET_INFLIGHT_FD).
+#[derive(Default)]
+struct InflightState {
+    current: Option<Arc<InflightRegion>>,
+    /// Counts SET_INFLIGHT_FD requests: a queue whose tracking comes from an older one takes
+    /// its part of `current` before its next batch.
+    generation: u64,
+    /// Replaced regions a queue's tracking may still hold (until its next batch): kept so that
+    /// they are unmapped here, on the protocol or main thread, as memory tables are.
+    retired: Vec<Arc<InflightRegion>>,
 }
 
 #[cfg(test)]
 mod tests {
-    use std::{fs::File, os::fd::FromRawFd};
+    use std::{
+        fs::File,
+        os::fd::{AsRawFd, FromRawFd},
+    };
 
     use vm_memory::{FileOffset, GuestAddress, GuestMemoryBackend, GuestRegionMmap, MmapRegion};
 
@@ -861,17 +787,15 @@ mod tests {
     }
 
     /// Regression (fuzz/vhost_user: EMFILE after ~6600 connections; fixed with issue 19):
-    /// every connection's daemon leaked one exit-event fd per queue thread (vhost-user-backend
-    /// keeps them as raw numbers and never closes them).
+    /// every connection leaked one exit-event fd per queue thread (vhost-user-backend's daemon
+    /// kept them as raw numbers and never closed them; our event loop owns its exit event).
     #[test]
     fn connections_leak_no_fds() {
         let backend = Arc::new(ScsiBackend::new(Arc::new(ScsiBus::new()), 2, 16));
         let connect = || {
-            let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-            let daemon =
-                vhost_user_backend::VhostUserDaemon::new("t".into(), backend.clone(), mem).unwrap();
+            let connection = super::super::Connection::new(backend.clone()).unwrap();
             // As worker::serve does at the end of a connection.
-            drop(daemon);
+            drop(connection);
             backend.disconnect();
         };
         connect();
@@ -901,7 +825,7 @@ mod tests {
         for (file_len, region_len, offset) in [(0x1000, 0x10000, 0), (0x10000, 0x10000, 0x1000)] {
             let shared = table(file_len, region_len, offset);
             let err = backend.update_memory(shared.clone()).unwrap_err();
-            // Gone from the memory vhost-user-backend shares with the vrings too (their
+            // Gone from the memory the request handler shares with the vrings too (their
             // used-ring writes SIGBUSed while only our copy was forgotten: fuzz/vhost_user,
             // fuzz/regressions/vhost_user/sigbus-vring-after-refused-table).
             assert_eq!(shared.memory().num_regions(), 0);
