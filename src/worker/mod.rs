@@ -4,6 +4,7 @@ pub mod assemble;
 pub mod broker;
 pub mod guest_memory;
 pub mod manage;
+mod medium;
 pub mod serve;
 pub mod startup;
 pub mod vhost_user;

@@ -89,6 +89,29 @@ fn request(cmd: &CtlCommand) -> Result<(&'static str, Value, Option<OwnedFd>), C
             }
             ("stats", p, None)
         }
+        CtlCommand::ChangeMedium {
+            address,
+            path,
+            fd,
+            force,
+        } => {
+            let file = fd.map(dup_inherited).transpose()?;
+            let mut p = json!({"lun": address.to_string(), "path": path});
+            if file.is_some() {
+                p["fd"] = json!(true);
+            }
+            if *force {
+                p["force"] = json!(true);
+            }
+            ("change-medium", p, file)
+        }
+        CtlCommand::Eject { address, force } => {
+            let mut p = json!({"lun": address.to_string()});
+            if *force {
+                p["force"] = json!(true);
+            }
+            ("eject", p, None)
+        }
     })
 }
 
@@ -295,7 +318,11 @@ pub fn human(cmd: &CtlCommand, r: &Value) -> String {
                     s(&l["block-size"]),
                     s(&l["cache"]),
                     s(&l["state"]),
-                    s(&l["source"]),
+                    if l["medium"] == "none" {
+                        "(no medium)".to_owned()
+                    } else {
+                        s(&l["source"])
+                    },
                 );
             }
             out
@@ -320,6 +347,11 @@ pub fn human(cmd: &CtlCommand, r: &Value) -> String {
             }
         ),
         CtlCommand::Flush { address } => format!("LUN {address}: flushed\n"),
+        CtlCommand::ChangeMedium { address, path, .. } => format!(
+            "LUN {address}: medium changed to {path} ({})\n",
+            size_text(r["size"].as_u64().unwrap_or(0))
+        ),
+        CtlCommand::Eject { address, .. } => format!("LUN {address}: medium ejected\n"),
         CtlCommand::Stats {
             prometheus: true, ..
         } => s(&r["text"]),

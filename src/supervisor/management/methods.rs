@@ -63,6 +63,8 @@ pub struct LunEntry {
 #[derive(Debug, Default)]
 pub struct Table {
     pub luns: BTreeMap<Address, LunEntry>,
+    /// Removable LUNs whose medium `eject` took out ([`super::medium`]).
+    pub ejected: std::collections::BTreeSet<Address>,
 }
 
 fn addr(config: &LunConfig) -> Address {
@@ -90,7 +92,10 @@ impl Table {
                 )
             })
             .collect();
-        Self { luns }
+        Self {
+            luns,
+            ..Self::default()
+        }
     }
 
     /// The lowest free LUN number on target 0 (how a `--lun` without an address is numbered).
@@ -100,7 +105,7 @@ impl Table {
             .find(|a| !self.luns.contains_key(a))
     }
 
-    fn online(&mut self, a: Address) -> Result<&mut LunEntry, RpcError> {
+    pub(super) fn online(&mut self, a: Address) -> Result<&mut LunEntry, RpcError> {
         let e = self
             .luns
             .get_mut(&a)
@@ -144,6 +149,9 @@ impl Table {
                     "state": e.state.name(),
                     "origin": if e.runtime { "add-lun" } else { "configuration" },
                     "passed-fd": e.passed_fd,
+                    "medium": c.removable.then(|| {
+                        if self.ejected.contains(a) { "none" } else { "loaded" }
+                    }),
                 })
             })
             .collect();
@@ -163,6 +171,8 @@ pub enum Then {
     Resized(Address),
     ReadOnly(Address, bool),
     Flushed(Address),
+    /// `change-medium`, `eject`.
+    Medium(Box<super::medium::Changed>),
     /// Statistics; `pages`: what earlier pages brought.
     Stats {
         prometheus: bool,
@@ -206,6 +216,8 @@ pub const METHODS: &[&str] = &[
     "set-readonly",
     "flush",
     "stats",
+    "change-medium",
+    "eject",
 ];
 
 /// Runs `method`.
@@ -237,6 +249,8 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
             Ok(Outcome::Answer(Ok(ctx.table.list())))
         }
         "add-lun" => add_lun(ctx, params),
+        "change-medium" => super::medium::change_medium(ctx, params),
+        "eject" => super::medium::eject(ctx, params),
         "remove-lun" => simple(ctx.table, "removing", |a| {
             (WorkerCall::RemoveLun(a), Then::Removed(a))
         }),
@@ -507,6 +521,7 @@ pub fn finish(
         Then::Removed(a) => match answer {
             Ok(_) => {
                 table.luns.remove(&a);
+                table.ejected.remove(&a);
                 Ok(json!({}))
             }
             Err(e) => {
@@ -532,6 +547,7 @@ pub fn finish(
             Ok(json!({}))
         }
         Then::Flushed(_) => answer.map(|_| json!({})).map_err(worker_err),
+        Then::Medium(changed) => super::medium::finish(table, *changed, answer),
         Then::Stats {
             prometheus,
             mut pages,
@@ -555,7 +571,7 @@ fn set_online(table: &mut Table, a: Address) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn me() -> Caller {
@@ -567,15 +583,17 @@ mod tests {
         }
     }
 
-    struct Fixture {
-        dir: tempfile::TempDir,
-        table: Table,
-        dirs: Vec<PathBuf>,
-        fds: VecDeque<OwnedFd>,
+    /// A record with one disk LUN at 0:0 over an image in an `--image-dir` (also used by
+    /// [`super::super::medium`]'s tests).
+    pub(crate) struct Fixture {
+        pub dir: tempfile::TempDir,
+        pub table: Table,
+        pub dirs: Vec<PathBuf>,
+        pub fds: VecDeque<OwnedFd>,
     }
 
     impl Fixture {
-        fn new() -> Self {
+        pub fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let real = std::fs::canonicalize(dir.path()).unwrap();
             let img = real.join("a.img");
@@ -588,13 +606,13 @@ mod tests {
             }
         }
 
-        fn image(&self, name: &str, size: u64) -> PathBuf {
+        pub fn image(&self, name: &str, size: u64) -> PathBuf {
             let p = self.dirs[0].join(name);
             File::create(&p).unwrap().set_len(size).unwrap();
             p
         }
 
-        fn call(&mut self, method: &str, params: Value) -> Outcome {
+        pub fn call(&mut self, method: &str, params: Value) -> Outcome {
             let caller = me();
             let Value::Object(params) = params else {
                 panic!()
@@ -611,7 +629,7 @@ mod tests {
             )
         }
 
-        fn error(&mut self, method: &str, params: Value) -> RpcError {
+        pub fn error(&mut self, method: &str, params: Value) -> RpcError {
             let before = format!("{:?}", self.table.list());
             match self.call(method, params) {
                 Outcome::Answer(Err(e)) => {

@@ -15,6 +15,7 @@
 pub mod call;
 pub mod client;
 pub mod link;
+pub mod medium;
 pub mod methods;
 pub mod peer;
 pub mod protocol;
@@ -613,5 +614,8 @@ impl Server {
 }
 
 fn is_mutating(method: &str) -> bool {
-    matches!(method, "add-lun" | "remove-lun" | "resize" | "set-readonly")
+    matches!(
+        method,
+        "add-lun" | "remove-lun" | "resize" | "set-readonly" | "change-medium" | "eject"
+    )
 }
