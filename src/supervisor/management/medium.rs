@@ -14,19 +14,28 @@
 //! after an eject. A worker started again after a failure serves the configured media again
 //! (the record is reset with it).
 
-use std::{fs::File, path::Path};
+use std::{collections::BTreeSet, fs::File, path::PathBuf};
 
 use serde_json::{json, Map, Value};
 
 use super::{
-    methods::{allowed_path, Context, LunState, Outcome, Table, Then},
+    call::WorkerCall,
     protocol::{address_param, bool_param, code, only_params, RpcError},
-    WorkerCall,
 };
 use crate::{
-    config::{ctl::Address, LunSource},
+    config::{ctl::Address, LunConfig, LunSource},
     supervisor::open::{self, RuntimeLun},
 };
+
+/// A `change-medium` or `eject` call, its parameters checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediumCall {
+    pub address: Address,
+    /// `change-medium`'s new image: a path to resolve, or (`passed`) only the name of the
+    /// descriptor that came with the request. `None`: `eject`.
+    pub image: Option<(PathBuf, bool)>,
+    pub force: bool,
+}
 
 /// What to record once the worker answered a medium change.
 #[derive(Debug)]
@@ -38,157 +47,134 @@ pub struct Changed {
     pub opened: Option<RuntimeLun>,
 }
 
-/// Marks `address` busy if it is a removable LUN that may be changed now.
-fn removable(table: &mut Table, address: Address) -> Result<(), RpcError> {
-    let e = table.online(address)?;
-    if !e.config.removable {
-        return Err(RpcError::new(
-            code::UNSUPPORTED,
-            format!(
-                "LUN {address} has no removable medium: only type=cdrom and removable LUNs \
-                 have one"
-            ),
-        ));
+/// The parameters of `change-medium` (`{"lun": "T:L", "path": PATH, "fd": false, "force":
+/// false}`; with `"fd": true` the image is the descriptor passed with the request and `path`
+/// only its name) or `eject` (`{"lun": "T:L", "force": false}`).
+pub fn parse(method: &str, params: &Map<String, Value>) -> Result<MediumCall, RpcError> {
+    let eject = method == "eject";
+    if eject {
+        only_params(params, &["lun", "force"])?;
+    } else {
+        only_params(params, &["lun", "path", "fd", "force"])?;
     }
-    e.state = LunState::Busy("changing medium");
-    Ok(())
-}
-
-/// `change-medium`: `{"lun": "T:L", "path": PATH, "fd": false, "force": false}`. With
-/// `"fd": true` the image is the descriptor passed with the request and `path` only its name.
-pub fn change_medium(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, RpcError> {
-    only_params(params, &["lun", "path", "fd", "force"])?;
     let address = address_param(params)?;
-    let passed = bool_param(params, "fd", false)?;
     let force = bool_param(params, "force", false)?;
+    if eject {
+        return Ok(MediumCall {
+            address,
+            image: None,
+            force,
+        });
+    }
+    let passed = bool_param(params, "fd", false)?;
     let path = match params.get("path") {
-        Some(Value::String(p)) if !p.is_empty() => Path::new(p),
+        Some(Value::String(p)) if !p.is_empty() => PathBuf::from(p),
         Some(_) => {
             return Err(RpcError::invalid_params(
                 "\"path\" must be a non-empty string",
             ))
         }
-        None if passed => Path::new("(passed descriptor)"),
+        None if passed => PathBuf::from("(passed descriptor)"),
         None => return Err(RpcError::invalid_params("missing \"path\": the new image")),
     };
-    let Some(entry) = ctx.table.luns.get(&address) else {
-        return Err(RpcError::new(
-            code::UNKNOWN_LUN,
-            format!("no LUN {address}"),
+    if !passed && crate::block::null::null_source_size(&path).is_some() {
+        return Err(RpcError::invalid_params(
+            "a medium is an image file or device, not null://",
         ));
-    };
-    let mut config = entry.config.clone();
-    // Only the medium changes: the LUN's pr-file stays the worker's, nothing is created.
-    config.pr_file = None;
-    config.create_size = None;
-    config.source = if passed {
-        LunSource::Path(path.to_path_buf())
-    } else {
-        if crate::block::null::null_source_size(path).is_some() {
-            return Err(RpcError::invalid_params(
-                "a medium is an image file or device, not null://",
-            ));
-        }
-        LunSource::Path(allowed_path(path, ctx.image_dirs, "medium")?)
-    };
-    // Refusals that need no file come first (and leave the descriptor unused).
-    removable(ctx.table, address)?;
-    let file = if passed {
-        match ctx.fds.pop_front() {
-            Some(fd) => Some(File::from(fd)),
-            None => {
-                set_online(ctx.table, address);
-                return Err(RpcError::invalid_params(
-                    "\"fd\": true, but no descriptor came with the request (SCM_RIGHTS)",
-                ));
-            }
-        }
-    } else {
-        None
-    };
-    let mut opened = match open::open_runtime(&config, file) {
-        Ok(o) => o,
-        Err(e) => {
-            set_online(ctx.table, address);
-            return Err(RpcError::new(code::CANNOT_OPEN, e.to_string()));
-        }
-    };
-    let fds = std::mem::take(&mut opened.fds);
-    Ok(Outcome::Forward {
-        call: WorkerCall::ChangeMedium {
-            address,
-            cache: Some(config.cache),
-            force,
-        },
-        fds,
-        then: Then::Medium(Box::new(Changed {
-            address,
-            source: Some(config.source),
-            opened: Some(opened),
-        })),
+    }
+    Ok(MediumCall {
+        address,
+        image: Some((path, passed)),
+        force,
     })
 }
 
-/// `eject`: `{"lun": "T:L", "force": false}`; the medium is taken out (the guest then gets NOT
-/// READY, MEDIUM NOT PRESENT) and its image closed.
-pub fn eject(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, RpcError> {
-    only_params(params, &["lun", "force"])?;
-    let address = address_param(params)?;
-    let force = bool_param(params, "force", false)?;
-    removable(ctx.table, address)?;
-    Ok(Outcome::Forward {
-        call: WorkerCall::ChangeMedium {
+/// Refuses a LUN without a removable medium.
+pub fn check_removable(address: Address, lun: &LunConfig) -> Result<(), RpcError> {
+    if lun.removable {
+        return Ok(());
+    }
+    Err(RpcError::new(
+        code::UNSUPPORTED,
+        format!(
+            "LUN {address} has no removable medium: only type=cdrom and removable LUNs have one"
+        ),
+    ))
+}
+
+/// What to ask the worker: for a change, the new medium `source` (a resolved path, or the
+/// name of the passed `file`) opened with `lun`'s options (read-only and a shared lock for a
+/// CD-ROM or a `readonly` LUN, `O_DIRECT` for `cache=none`; it must hold one block); the
+/// descriptors that go with the call; what to record once it is done.
+pub fn prepare(
+    call: &MediumCall,
+    lun: &LunConfig,
+    source: Option<LunSource>,
+    file: Option<File>,
+) -> Result<(WorkerCall, Vec<File>, Changed), RpcError> {
+    let address = call.address;
+    let Some(source) = source else {
+        let worker = WorkerCall::ChangeMedium {
             address,
             cache: None,
-            force,
-        },
-        fds: Vec::new(),
-        then: Then::Medium(Box::new(Changed {
+            force: call.force,
+        };
+        let changed = Changed {
             address,
             source: None,
             opened: None,
-        })),
-    })
+        };
+        return Ok((worker, Vec::new(), changed));
+    };
+    let mut config = lun.clone();
+    // Only the medium changes: the LUN's pr-file stays the worker's, nothing is created.
+    config.pr_file = None;
+    config.create_size = None;
+    config.source = source;
+    let mut opened = open::open_runtime(&config, file)
+        .map_err(|e| RpcError::new(code::CANNOT_OPEN, e.to_string()))?;
+    let fds = std::mem::take(&mut opened.fds);
+    let worker = WorkerCall::ChangeMedium {
+        address,
+        cache: Some(config.cache),
+        force: call.force,
+    };
+    let changed = Changed {
+        address,
+        source: Some(config.source),
+        opened: Some(opened),
+    };
+    Ok((worker, fds, changed))
 }
 
-fn set_online(table: &mut Table, a: Address) {
-    if let Some(e) = table.luns.get_mut(&a) {
-        e.state = LunState::Online;
-    }
-}
-
-/// Records the worker's answer to a medium change.
-pub fn finish(
-    table: &mut Table,
+/// Records a change the worker made in the LUN's `config` and `size` and in the set of
+/// `ejected` LUNs; the client's result.
+pub fn record(
     changed: Changed,
-    answer: Result<Value, RpcError>,
-) -> Result<Value, RpcError> {
+    entry: Option<(&mut LunConfig, &mut u64)>,
+    ejected: &mut BTreeSet<Address>,
+) -> Value {
     let Changed {
         address,
         source,
         opened,
     } = changed;
-    set_online(table, address);
-    answer?;
     // The worker holds its own descriptor now; ours closes here.
     let size = opened.map(|o| o.lun.backend.size());
-    let entry = table.luns.get_mut(&address);
-    match (source, entry) {
-        (Some(source), Some(e)) => {
-            e.config.source = source;
-            e.size = size.unwrap_or(0);
-            table.ejected.remove(&address);
+    match source {
+        Some(_) => ejected.remove(&address),
+        None => ejected.insert(address),
+    };
+    if let Some((config, s)) = entry {
+        *s = size.unwrap_or(0);
+        if let Some(source) = source {
+            config.source = source;
         }
-        (None, Some(e)) => {
-            e.size = 0;
-            table.ejected.insert(address);
-        }
-        (_, None) => {}
     }
-    Ok(match size {
+    match size {
         Some(size) => json!({ "size": size }),
         None => json!({}),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -197,7 +183,9 @@ mod tests {
 
     use serde_json::json;
 
-    use super::super::methods::{finish as finish_call, tests::Fixture, LunEntry};
+    use super::super::methods::{
+        finish as finish_call, tests::Fixture, LunEntry, LunState, Outcome,
+    };
     use super::*;
     use crate::config::{BlockSize, LunConfig, LunType};
 

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 pub use super::call::WorkerCall;
 use super::{
+    medium,
     peer::Caller,
     protocol::{address_param, bool_param, code, only_params, RpcError},
     stats,
@@ -105,7 +106,7 @@ impl Table {
             .find(|a| !self.luns.contains_key(a))
     }
 
-    pub(super) fn online(&mut self, a: Address) -> Result<&mut LunEntry, RpcError> {
+    fn online(&mut self, a: Address) -> Result<&mut LunEntry, RpcError> {
         let e = self
             .luns
             .get_mut(&a)
@@ -172,7 +173,7 @@ pub enum Then {
     ReadOnly(Address, bool),
     Flushed(Address),
     /// `change-medium`, `eject`.
-    Medium(Box<super::medium::Changed>),
+    Medium(Box<medium::Changed>),
     /// Statistics; `pages`: what earlier pages brought.
     Stats {
         prometheus: bool,
@@ -249,8 +250,7 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
             Ok(Outcome::Answer(Ok(ctx.table.list())))
         }
         "add-lun" => add_lun(ctx, params),
-        "change-medium" => super::medium::change_medium(ctx, params),
-        "eject" => super::medium::eject(ctx, params),
+        "change-medium" | "eject" => change_medium(ctx, method, params),
         "remove-lun" => simple(ctx.table, "removing", |a| {
             (WorkerCall::RemoveLun(a), Then::Removed(a))
         }),
@@ -491,6 +491,41 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
     })
 }
 
+/// `change-medium` and `eject` ([`medium`]): refusals that need no file first (so a passed
+/// descriptor stays unused), then the new medium is opened with the LUN's options.
+fn change_medium(
+    ctx: Context<'_>,
+    method: &str,
+    params: &Map<String, Value>,
+) -> Result<Outcome, RpcError> {
+    let call = medium::parse(method, params)?;
+    let a = call.address;
+    let entry = ctx.table.online(a)?;
+    medium::check_removable(a, &entry.config)?;
+    let config = entry.config.clone();
+    let (source, file) = match &call.image {
+        None => (None, None),
+        Some((path, false)) => (Some(allowed_path(path, ctx.image_dirs, "medium")?), None),
+        Some((name, true)) => {
+            let fd = ctx.fds.pop_front().ok_or_else(|| {
+                RpcError::invalid_params(
+                    "\"fd\": true, but no descriptor came with the request (SCM_RIGHTS)",
+                )
+            })?;
+            (Some(name.clone()), Some(File::from(fd)))
+        }
+    };
+    let (call, fds, changed) = medium::prepare(&call, &config, source.map(Into::into), file)?;
+    if let Some(e) = ctx.table.luns.get_mut(&a) {
+        e.state = LunState::Busy("changing medium");
+    }
+    Ok(Outcome::Forward {
+        call,
+        fds,
+        then: Then::Medium(Box::new(changed)),
+    })
+}
+
 /// Records the worker's answer to a forwarded call and makes the client's answer. `answer` is
 /// the worker's result (a JSON object) or its error message.
 pub fn finish(
@@ -547,7 +582,15 @@ pub fn finish(
             Ok(json!({}))
         }
         Then::Flushed(_) => answer.map(|_| json!({})).map_err(worker_err),
-        Then::Medium(changed) => super::medium::finish(table, *changed, answer),
+        Then::Medium(changed) => {
+            set_online(table, changed.address);
+            answer?;
+            let entry = table
+                .luns
+                .get_mut(&changed.address)
+                .map(|e| (&mut e.config, &mut e.size));
+            Ok(medium::record(*changed, entry, &mut table.ejected))
+        }
         Then::Stats {
             prometheus,
             mut pages,
