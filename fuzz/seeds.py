@@ -105,6 +105,19 @@ cdbs = {
     + cmd(0, bytes([0x1B, 0, 0, 0, 1, 0])) + cmd(0, bytes([0x2F, 0, 0, 0, 0, 0, 0, 0, 8, 0])),
     "mode_select": cmd(0, bytes([0x55, 0x10, 0, 0, 0, 0, 0, 0, 28, 0]), 0,
                        bytes(8) + bytes([0x08, 0x12, 0x04]) + bytes(17)),
+    # The CD-ROM at 1:1 (address 5) and the host changing its medium (address 6, one op byte).
+    "cdrom": cmd(5, bytes(6)) + cmd(5, bytes([0x12, 0, 0, 0, 255, 0]), 255)
+    + cmd(5, bytes([0x43, 0, 0, 0, 0, 0, 1, 0, 32, 0]), 32)
+    + cmd(5, bytes([0x46, 0, 0, 0, 0, 0, 0, 1, 0, 0]), 256)
+    + cmd(5, bytes([0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8, 0]), 8)
+    + cmd(5, bytes([0xBE, 0, 0, 0, 0, 16, 0, 0, 1, 0x10, 0, 0]), 2048)
+    + cmd(5, bytes([0xAC, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]), 24)
+    + cmd(5, bytes([0x23, 0, 0, 0, 0, 0, 0, 0, 12, 0]), 12)
+    + cmd(5, bytes([0x1E, 0, 0, 0, 1, 0])) + bytes([6, 2]) + cmd(5, bytes([0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8, 0]), 8)
+    + cmd(5, bytes([0x1E, 0, 0, 0, 0, 0])) + bytes([6, 2]) + cmd(5, bytes(6)) + cmd(5, bytes(6))
+    + cmd(5, bytes([0x28, 0, 0, 0, 0, 1, 0, 0, 2, 0]), 4096) + bytes([6, 0x83])
+    + cmd(5, bytes([0xBE, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0, 0]), 2048)
+    + cmd(5, bytes([0x1B, 0, 0, 0, 3, 0])) + bytes([6, 0]) + bytes([6, 1]) + cmd(5, bytes([0xBD] + [0] * 7 + [0, 8, 0, 0]), 8),
 }
 for name, data in cdbs.items():
     write("scsi_cdb", name, data)
