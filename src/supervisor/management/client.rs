@@ -440,6 +440,55 @@ mod tests {
     }
 
     #[test]
+    fn medium_requests_and_output() {
+        let a = Address { target: 0, lun: 1 };
+        let change = CtlCommand::ChangeMedium {
+            address: a,
+            path: "/img/b.iso".into(),
+            fd: None,
+            force: false,
+        };
+        let (m, p, fd) = request(&change).unwrap();
+        assert_eq!(
+            (m, p, fd.is_none()),
+            (
+                "change-medium",
+                json!({"lun": "0:1", "path": "/img/b.iso"}),
+                true
+            )
+        );
+        let forced = CtlCommand::Eject {
+            address: a,
+            force: true,
+        };
+        let (m, p, _) = request(&forced).unwrap();
+        assert_eq!((m, p), ("eject", json!({"lun": "0:1", "force": true})));
+        // --fd: a duplicate of the inherited descriptor goes with "fd": true.
+        let f = tempfile::tempfile().unwrap();
+        let with_fd = CtlCommand::ChangeMedium {
+            address: a,
+            path: "b.iso".into(),
+            fd: Some(std::os::fd::AsRawFd::as_raw_fd(&f)),
+            force: true,
+        };
+        let (_, p, fd) = request(&with_fd).unwrap();
+        assert_eq!(
+            p,
+            json!({"lun": "0:1", "path": "b.iso", "fd": true, "force": true})
+        );
+        assert!(fd.is_some());
+        assert_eq!(
+            human(&change, &json!({"size": 2 << 20})),
+            "LUN 0:1: medium changed to /img/b.iso (2.0 MiB)\n"
+        );
+        assert_eq!(human(&forced, &json!({})), "LUN 0:1: medium ejected\n");
+        let list = json!({"luns": [{"target": 0, "lun": 1, "size": 0, "read-only": true,
+            "block-size": 2048, "cache": "writeback", "state": "online", "source": "/i/a.iso",
+            "medium": "none"}]});
+        assert!(human(&CtlCommand::List, &list).contains("(no medium)"));
+    }
+
+    #[test]
     fn human_output() {
         let list = json!({"luns": [{"target": 0, "lun": 1, "size": 1048576, "read-only": false,
             "block-size": 512, "cache": "writeback", "state": "online", "source": "/i/a.img"}]});
