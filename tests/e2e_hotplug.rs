@@ -232,20 +232,13 @@ fn guest_sees_a_lun_added_grown_and_removed() {
     assert!(status.success(), "daemon exit: {status}\n{}", daemon.log());
 }
 
-/// An ISO 9660 image at `iso` whose `/which` holds `which`, padded with `pad` bytes of data
-/// (genisoimage, installed by tests/e2e/setup.sh).
+/// An ISO 9660 image at `iso` whose `/which` holds `which`, padded with `pad` bytes of data.
 fn make_iso(dir: &Path, iso: &Path, which: &str, pad: usize) {
     let root = dir.join(format!("{which}-root"));
     fs::create_dir_all(&root).unwrap();
     fs::write(root.join("which"), format!("{which}\n")).unwrap();
     fs::write(root.join("pad"), vec![0x5a; pad]).unwrap();
-    let st = Command::new("genisoimage")
-        .args(["-quiet", "-R", "-o"])
-        .arg(iso)
-        .arg(&root)
-        .status()
-        .expect("genisoimage (tests/e2e/setup.sh installs it)");
-    assert!(st.success(), "genisoimage failed: {st}");
+    vus_test_support::e2e::genisoimage(&root, iso, "VUSMEDIUM");
 }
 
 #[test]
