@@ -365,6 +365,52 @@ mod tests {
         );
     }
 
+    /// A removable disk's new medium is opened as the LUN is: read-write (and locked
+    /// exclusively) unless the LUN is read-only.
+    #[test]
+    fn a_removable_disk_gets_its_medium_opened_like_its_image() {
+        let mut f = Fixture::new();
+        let disk = f.image("d.img", 1 << 20);
+        let mut c = LunConfig::new(0, 2, &disk);
+        c.removable = true;
+        let entry = LunEntry {
+            config: c,
+            size: 1 << 20,
+            state: LunState::Online,
+            runtime: false,
+            passed_fd: false,
+        };
+        f.table.luns.insert(Address { target: 0, lun: 2 }, entry);
+        let next = f.image("e.img", 2 << 20);
+        let access = |f: &mut Fixture| {
+            let Outcome::Forward { fds, then, .. } =
+                f.call("change-medium", json!({"lun": "0:2", "path": next}))
+            else {
+                panic!("not forwarded")
+            };
+            let flags = nix::fcntl::fcntl(&fds[0], nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            // Exclusive for read-write: another exclusive lock fails meanwhile.
+            let other = File::open(&next).unwrap();
+            // SAFETY: flock on a descriptor we own.
+            let free = unsafe {
+                libc::flock(
+                    std::os::fd::AsRawFd::as_raw_fd(&other),
+                    libc::LOCK_SH | libc::LOCK_NB,
+                ) == 0
+            };
+            finish_call(&mut f.table, then, Err(RpcError::new(code::WORKER, "no"))).unwrap_err();
+            (flags & libc::O_ACCMODE, free)
+        };
+        assert_eq!(access(&mut f), (libc::O_RDWR, false));
+        f.table
+            .luns
+            .get_mut(&Address { target: 0, lun: 2 })
+            .unwrap()
+            .config
+            .read_only = true;
+        assert_eq!(access(&mut f), (libc::O_RDONLY, true));
+    }
+
     #[test]
     fn eject_records_no_medium_until_the_next_change() {
         let (mut f, b) = with_cdrom();
