@@ -271,6 +271,14 @@ mgmt = [
     '{"jsonrpc":"2.0","id":6,"method":"remove-lun","params":{"lun":"0:1"}}\n',
     '{"jsonrpc":"2.0","id":7,"method":"add-lun","params":{"spec":"/etc/passwd,pr-file=/x","fd":true}}\n'
     '{bad json\n[1]\n{"jsonrpc":"2.0","id":{},"method":"x"}\n',
+    # A removable LUN's medium: eject (forwarded), a change by path (no --image-dir) and by a
+    # descriptor that never came, then a fixed disk's (refused).
+    '{"jsonrpc":"2.0","id":8,"method":"add-lun","params":{"spec":"0:2=null://1M,removable"}}\n'
+    '{"jsonrpc":"2.0","id":9,"method":"eject","params":{"lun":"0:2","force":true}}\n'
+    '{"jsonrpc":"2.0","id":10,"method":"change-medium","params":{"lun":"0:2","path":"/img/b.iso"}}\n'
+    '{"jsonrpc":"2.0","id":11,"method":"change-medium","params":{"lun":"0:2","path":"b","fd":true}}\n'
+    '{"jsonrpc":"2.0","id":12,"method":"eject","params":{"lun":"0:0"}}\n'
+    '{"jsonrpc":"2.0","id":13,"method":"list"}\n',
 ]
 for i, s in enumerate(mgmt):
     write("management", f"session{i}", chunks(s))
