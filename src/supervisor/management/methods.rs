@@ -517,7 +517,7 @@ fn change_medium(
     };
     let (call, fds, changed) = medium::prepare(&call, &config, source.map(Into::into), file)?;
     if let Some(e) = ctx.table.luns.get_mut(&a) {
-        e.state = LunState::Busy("changing medium");
+        e.state = LunState::Busy("changing");
     }
     Ok(Outcome::Forward {
         call,
