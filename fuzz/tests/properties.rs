@@ -208,7 +208,7 @@ fn virtio_requests_touch_only_their_buffers_and_complete_once() {
             }
             let which = rng.below(LUNS.len() as u64) as usize;
             let ((target, lun), blocks) = LUNS[which];
-            let block = block_size(which as usize);
+            let block = block_size(which);
             let (cdb, len) = io_cdb(&mut rng, blocks.max(8));
             let writes = matches!(cdb[0], 0x2a | 0x8a | 0x93 | 0x89);
             let data_len = ((len * block).min(0x1800) as u32 + rng.below(3) as u32 * 100)
