@@ -105,6 +105,19 @@ cdbs = {
     + cmd(0, bytes([0x1B, 0, 0, 0, 1, 0])) + cmd(0, bytes([0x2F, 0, 0, 0, 0, 0, 0, 0, 8, 0])),
     "mode_select": cmd(0, bytes([0x55, 0x10, 0, 0, 0, 0, 0, 0, 28, 0]), 0,
                        bytes(8) + bytes([0x08, 0x12, 0x04]) + bytes(17)),
+    # The CD-ROM at 1:1 (address 5) and the host changing its medium (address 6, one op byte).
+    "cdrom": cmd(5, bytes(6)) + cmd(5, bytes([0x12, 0, 0, 0, 255, 0]), 255)
+    + cmd(5, bytes([0x43, 0, 0, 0, 0, 0, 1, 0, 32, 0]), 32)
+    + cmd(5, bytes([0x46, 0, 0, 0, 0, 0, 0, 1, 0, 0]), 256)
+    + cmd(5, bytes([0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8, 0]), 8)
+    + cmd(5, bytes([0xBE, 0, 0, 0, 0, 16, 0, 0, 1, 0x10, 0, 0]), 2048)
+    + cmd(5, bytes([0xAC, 0x10, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0]), 24)
+    + cmd(5, bytes([0x23, 0, 0, 0, 0, 0, 0, 0, 12, 0]), 12)
+    + cmd(5, bytes([0x1E, 0, 0, 0, 1, 0])) + bytes([6, 2]) + cmd(5, bytes([0x4A, 1, 0, 0, 0x10, 0, 0, 0, 8, 0]), 8)
+    + cmd(5, bytes([0x1E, 0, 0, 0, 0, 0])) + bytes([6, 2]) + cmd(5, bytes(6)) + cmd(5, bytes(6))
+    + cmd(5, bytes([0x28, 0, 0, 0, 0, 1, 0, 0, 2, 0]), 4096) + bytes([6, 0x83])
+    + cmd(5, bytes([0xBE, 0, 0, 0, 0, 0, 0, 0, 1, 0x10, 0, 0]), 2048)
+    + cmd(5, bytes([0x1B, 0, 0, 0, 3, 0])) + bytes([6, 0]) + bytes([6, 1]) + cmd(5, bytes([0xBD] + [0] * 7 + [0, 8, 0, 0]), 8),
 }
 for name, data in cdbs.items():
     write("scsi_cdb", name, data)
@@ -269,6 +282,14 @@ mgmt = [
     '{"jsonrpc":"2.0","id":6,"method":"remove-lun","params":{"lun":"0:1"}}\n',
     '{"jsonrpc":"2.0","id":7,"method":"add-lun","params":{"spec":"/etc/passwd,pr-file=/x","fd":true}}\n'
     '{bad json\n[1]\n{"jsonrpc":"2.0","id":{},"method":"x"}\n',
+    # A removable LUN's medium: eject (forwarded), a change by path (no --image-dir) and by a
+    # descriptor that never came, then a fixed disk's (refused).
+    '{"jsonrpc":"2.0","id":8,"method":"add-lun","params":{"spec":"0:2=null://1M,removable"}}\n'
+    '{"jsonrpc":"2.0","id":9,"method":"eject","params":{"lun":"0:2","force":true}}\n'
+    '{"jsonrpc":"2.0","id":10,"method":"change-medium","params":{"lun":"0:2","path":"/img/b.iso"}}\n'
+    '{"jsonrpc":"2.0","id":11,"method":"change-medium","params":{"lun":"0:2","path":"b","fd":true}}\n'
+    '{"jsonrpc":"2.0","id":12,"method":"eject","params":{"lun":"0:0"}}\n'
+    '{"jsonrpc":"2.0","id":13,"method":"list"}\n',
 ]
 for i, s in enumerate(mgmt):
     write("management", f"session{i}", chunks(s))

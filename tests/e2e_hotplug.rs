@@ -6,6 +6,12 @@
 //!  3. removes it → the disk disappears from the guest, whose I/O on 0:0 carries on without
 //!     an error;
 //!
+//! `guest_sees_the_cdrom_medium_changed_and_ejected` does the same for a `type=cdrom` LUN's
+//! medium (`tests/e2e/guest-medium.sh`): the guest mounts ISO A (which locks the tray), the
+//! host's `change-medium` is refused (-32020) and the guest gets an Eject Request event and
+//! unmounts; the change then goes through and the guest mounts ISO B; after `eject` the guest
+//! finds no medium. The medium loaded at run time is released once ejected.
+//!
 //! then checks on the host that the file system the guest wrote is clean (`e2fsck -fn`), that
 //! the removed image is unlocked, and that the daemon exits 0 on SIGTERM.
 //!
@@ -86,14 +92,18 @@ impl Drop for Guest {
     }
 }
 
-fn ctl(socket: &Path, args: &[&str], daemon: &Daemon) -> Output {
-    let out = Command::new(BIN)
+fn try_ctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
         .arg("ctl")
         .arg("--management-socket")
         .arg(socket)
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn ctl(socket: &Path, args: &[&str], daemon: &Daemon) -> Output {
+    let out = try_ctl(socket, args);
     assert!(
         out.status.success(),
         "ctl {args:?}: {}\n{}{}\n--- daemon ---\n{}",
@@ -116,7 +126,8 @@ fn field<'a>(rest: &'a str, key: &str) -> &'a str {
 }
 
 fn unlocked(path: &Path) -> bool {
-    let f = fs::File::options().write(true).open(path).unwrap();
+    // flock(2) does not care how the file is open: read-only is enough for an ISO.
+    let f = fs::File::open(path).unwrap();
     // SAFETY: flock on a descriptor we own.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
@@ -301,6 +312,130 @@ fn guest_sees_an_iscsi_lun_added_and_removed() {
         fsck.status,
         String::from_utf8_lossy(&fsck.stdout)
     );
+    let status = daemon.terminate();
+    assert!(status.success(), "daemon exit: {status}\n{}", daemon.log());
+}
+
+/// An ISO 9660 image at `iso` whose `/which` holds `which`, padded with `pad` bytes of data.
+fn make_iso(dir: &Path, iso: &Path, which: &str, pad: usize) {
+    let root = dir.join(format!("{which}-root"));
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("which"), format!("{which}\n")).unwrap();
+    fs::write(root.join("pad"), vec![0x5a; pad]).unwrap();
+    vus_test_support::e2e::genisoimage(&root, iso, "VUSMEDIUM");
+}
+
+#[test]
+fn guest_sees_the_cdrom_medium_changed_and_ejected() {
+    if std::env::var("VUS_E2E_SKIP").as_deref() == Ok("1") {
+        println!("SKIPPED: e2e (VUS_E2E_SKIP=1)");
+        return;
+    }
+    let qemu = system_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let images = fs::canonicalize(dir.path()).unwrap();
+    let mgmt = images.join("mgmt.sock");
+    let (a, b) = (images.join("a.iso"), images.join("b.iso"));
+    let nonce = std::process::id();
+    let (which_a, which_b) = (format!("A-{nonce}"), format!("B-{nonce}"));
+    make_iso(&images, &a, &which_a, 4096);
+    make_iso(&images, &b, &which_b, 1 << 20);
+    let cdrom = format!("0:1={},type=cdrom", a.display());
+    let mut daemon = Daemon::start(
+        &[Disk {
+            addr: "0:0",
+            size: BASE_SIZE,
+            readonly: false,
+        }],
+        &[
+            "--management-socket",
+            mgmt.to_str().unwrap(),
+            "--image-dir",
+            images.to_str().unwrap(),
+            "--lun",
+            &cdrom,
+        ],
+    );
+
+    let log = log_dir().join(format!("medium-{nonce}.log"));
+    let child = Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/e2e/run-guest.sh"
+        ))
+        .args(["--qemu", &qemu, "--phase", "medium", "--disks", "0:0"])
+        .args(["--timeout", &GUEST_TIMEOUT_SECS.to_string()])
+        .args(["--append", "e2e.script=guest-medium.sh e2e.cdrom=0:1"])
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .arg("--log")
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run tests/e2e/run-guest.sh");
+    let mut guest = Guest {
+        child: Some(child),
+        log,
+    };
+    let sectors = |iso: &Path| (fs::metadata(iso).unwrap().len() / 512).to_string();
+
+    // 1. Mounted in the guest, so locked in: the change is refused, the guest is asked to let
+    // go of the medium.
+    let step = guest.wait_step("mounted", &daemon);
+    assert_eq!(field(&step, "which"), which_a);
+    assert_eq!(field(&step, "sectors"), sectors(&a));
+    let b_text = b.to_str().unwrap();
+    let out = try_ctl(&mgmt, &["change-medium", "0:1", b_text]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1) && err.contains("-32020"),
+        "change-medium of a mounted CD-ROM: {}\n{err}",
+        out.status
+    );
+    assert!(!unlocked(&a), "A is still the medium");
+    // 2. The guest unmounted: the change goes through. (The guest's polling opens the drive,
+    // which locks it for that moment: a refusal then is retried.)
+    guest.wait_step("unmounted", &daemon);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = try_ctl(&mgmt, &["change-medium", "0:1", b_text]);
+        if out.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("-32020") && Instant::now() < deadline,
+            "change-medium after the guest unmounted: {}\n{err}\n{}",
+            out.status,
+            daemon.log()
+        );
+        sleep(Duration::from_millis(200));
+    }
+    // 3. The guest mounts B.
+    let step = guest.wait_step("changed", &daemon);
+    assert_eq!(field(&step, "which"), which_b);
+    assert_eq!(field(&step, "sectors"), sectors(&b));
+    // (A, the configured medium, stays open in the supervisor, which keeps the configured
+    // LUNs' files for a restarted worker; a medium loaded at run time is closed once replaced
+    // or ejected, checked below.)
+    // 4. Ejected: the guest finds no medium.
+    ctl(&mgmt, &["eject", "0:1"], &daemon);
+    guest.wait_step("ejected", &daemon);
+
+    let out = guest.child.take().unwrap().wait_with_output().unwrap();
+    let serial = guest.serial();
+    assert!(
+        out.status.success() && !serial.contains("E2E-RESULT: FAIL"),
+        "guest failed ({})\n{}{}\n--- serial ---\n{serial}\n--- daemon ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        daemon.log()
+    );
+    daemon.assert_alive();
+    assert!(unlocked(&b), "the ejected ISO is still locked");
     let status = daemon.terminate();
     assert!(status.success(), "daemon exit: {status}\n{}", daemon.log());
 }

@@ -201,13 +201,7 @@ fn make_iso(dir: &Path, iso: &Path) -> String {
         fs::write(root.join(name), data).unwrap();
         all.extend_from_slice(data);
     }
-    let st = Command::new("genisoimage")
-        .args(["-quiet", "-R", "-J", "-V", "VUSTEST", "-o"])
-        .arg(iso)
-        .arg(&root)
-        .status()
-        .expect("genisoimage (tests/e2e/setup.sh installs it)");
-    assert!(st.success(), "genisoimage failed: {st}");
+    vus_test_support::e2e::genisoimage(&root, iso, "VUSTEST");
     let out = Command::new("sha256sum")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -114,6 +114,30 @@ impl Managed {
             .unwrap()
     }
 
+    /// [`Self::ctl`] with `file` inherited by the child under its own number (for `--fd N`).
+    fn ctl_inheriting(&self, file: &std::fs::File, args: &[&str]) -> Output {
+        use std::os::fd::AsRawFd;
+        let fd = file.as_raw_fd();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("ctl")
+            .arg("--management-socket")
+            .arg(&self.socket)
+            .args(args);
+        // SAFETY: only dup2 (async-signal-safe) between fork and exec, onto the same number,
+        // which clears FD_CLOEXEC for the child alone.
+        unsafe {
+            cmd.pre_exec(move || {
+                let tmp = libc::dup(fd);
+                if tmp < 0 || libc::dup2(tmp, fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::close(tmp);
+                Ok(())
+            });
+        }
+        cmd.output().unwrap()
+    }
+
     fn ctl_json(&self, args: &[&str]) -> Value {
         let mut full = vec!["--json"];
         full.extend_from_slice(args);
@@ -760,26 +784,16 @@ fn add_lun_from_an_inherited_descriptor() {
         .set_len(1 << 20)
         .unwrap();
     let run = |file: std::fs::File, spec: &str| {
-        let fd = file.as_raw_fd();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["ctl", "--management-socket"])
-            .arg(&m.socket)
-            .args(["add-lun", "--lun", spec, "--fd", &fd.to_string()]);
-        // SAFETY: only dup2 (async-signal-safe) between fork and exec, onto the same number,
-        // which clears FD_CLOEXEC for the child alone.
-        unsafe {
-            cmd.pre_exec(move || {
-                let tmp = libc::dup(fd);
-                if tmp < 0 || libc::dup2(tmp, fd) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                libc::close(tmp);
-                Ok(())
-            });
-        }
-        let out = cmd.output().unwrap();
-        drop(file);
-        out
+        m.ctl_inheriting(
+            &file,
+            &[
+                "add-lun",
+                "--lun",
+                spec,
+                "--fd",
+                &file.as_raw_fd().to_string(),
+            ],
+        )
     };
     let out = run(std::fs::File::open(&path).unwrap(), "0:7=inherited");
     assert_eq!(out.status.code(), Some(1));
@@ -975,4 +989,93 @@ fn the_spawning_thread_is_confined_like_the_main_thread() {
     assert_eq!(field(&st, "Seccomp_filters"), "2", "{st}");
     assert_eq!(field(&st, "NoNewPrivs"), "1", "{st}");
     assert_eq!(field(&st, "CapEff"), "0000000000000000", "{st}");
+}
+/// `change-medium` and `eject` through the worker, on a CD-ROM added at run time: the new ISO
+/// is opened read-only and locked shared, the old one released; a passed descriptor works as
+/// a path does; a fixed disk and a missing image are refused, changing nothing.
+#[test]
+fn change_medium_and_eject_round_trip() {
+    use std::os::fd::AsRawFd;
+    let mut m = Managed::start(&[]);
+    let a = m.image("a.iso", 1 << 20);
+    let b = m.image("b.iso", 2 << 20);
+    let spec = format!("0:5={},type=cdrom", a.display());
+    m.ctl_json(&["add-lun", "--lun", &spec]);
+    let cd = |list: &Value| list["luns"][1].clone();
+    assert_eq!(cd(&m.list())["medium"], "loaded");
+    assert!(m.list()["luns"][0]["medium"].is_null());
+    // Shared-locked while served: a writer cannot take it.
+    let exclusive = |p: &Path| {
+        let f = std::fs::File::open(p).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+    };
+    assert!(!exclusive(&a));
+
+    let r = m.ctl_json(&["change-medium", "0:5", b.to_str().unwrap()]);
+    assert_eq!(r, json!({"size": 2 << 20}));
+    let l = cd(&m.list());
+    assert_eq!(
+        (l["source"].clone(), l["size"].clone()),
+        (json!(b), json!(2 << 20))
+    );
+    wait_until("the old medium's lock to go", || exclusive(&a));
+    assert!(!exclusive(&b));
+
+    // Refusals: a fixed disk, a missing image, outside the image directory.
+    let out = m.ctl(&["change-medium", "0:0", b.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-32012"));
+    let out = m.ctl(&["eject", "0:0"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no removable medium"));
+    let missing = m.images.join("missing.iso");
+    let out = m.ctl(&["change-medium", "0:5", missing.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-32002"));
+    let out = m.ctl(&["change-medium", "0:5", "/etc/hostname"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-32003"));
+    assert_eq!(cd(&m.list())["source"], json!(b));
+
+    let out = m.ctl(&["eject", "0:5"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "LUN 0:5: medium ejected\n"
+    );
+    assert_eq!(cd(&m.list())["medium"], "none");
+    let table = String::from_utf8_lossy(&m.ctl(&["list"]).stdout).into_owned();
+    assert!(table.contains("(no medium)"), "{table}");
+    wait_until("the ejected medium's lock to go", || exclusive(&b));
+
+    // A descriptor the client opened, from outside the image directory.
+    let outside = tempfile::tempdir().unwrap();
+    let c = outside.path().join("c.iso");
+    std::fs::File::create(&c).unwrap().set_len(1 << 20).unwrap();
+    let file = std::fs::File::open(&c).unwrap();
+    let fd = file.as_raw_fd().to_string();
+    let out = m.ctl_inheriting(
+        &file,
+        &["change-medium", "0:5", "installer.iso", "--fd", &fd],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let l = cd(&m.list());
+    assert_eq!(
+        (l["source"].clone(), l["medium"].clone()),
+        (json!("installer.iso"), json!("loaded"))
+    );
+    let log = m.daemon.log();
+    for what in ["change-medium", "eject"] {
+        assert!(
+            log.contains(&format!("management: {what} by pid")),
+            "{what}\n{log}"
+        );
+    }
+    assert!(
+        log.contains("LUN 0:5: medium changed by the management"),
+        "{log}"
+    );
+    m.daemon.assert_alive();
 }

@@ -14,7 +14,7 @@ pub mod virtio_request;
 
 use vhost_user_scsi::{
     block::{FileBackend, NullBackend},
-    scsi::{LogicalUnit, LunOptions, ScsiBus},
+    scsi::{DeviceType, LogicalUnit, LunOptions, ScsiBus},
 };
 
 /// Reads little-endian integers and byte strings off the front of the input; past the end
@@ -75,7 +75,9 @@ pub const NULL_SIZE: u64 = 16 << 20;
 /// The LUNs every request-path target runs against:
 /// - 0:0 a read-write image file with 512-byte blocks, discard on;
 /// - 0:1 a null LUN with 4096-byte blocks;
-/// - 1:0 the same image file, read-only, 4096-byte logical and 8 KiB physical blocks.
+/// - 1:0 the same image file, read-only, 4096-byte logical and 8 KiB physical blocks;
+/// - 1:1 a CD-ROM (`type=cdrom`: MMC, 2048-byte blocks, read-only, removable) whose medium is
+///   the same image file.
 ///
 /// Built afresh for every input (LUN state such as unit attentions, mode pages and
 /// reservations then never leaks from one input into the next, so crashes reproduce); the
@@ -107,7 +109,20 @@ pub fn bus(image: &File) -> ScsiBus {
         ),
     );
     bus.add_lun(1, 0, LogicalUnit::new(file(), opts("RO", true, 4096, 8192)));
+    let cdrom = LunOptions {
+        device_type: DeviceType::Cdrom,
+        removable: true,
+        discard: false,
+        ..opts("CD", true, 2048, 0)
+    };
+    bus.add_lun(1, 1, LogicalUnit::new(file(), cdrom));
     bus
+}
+
+/// A new medium for the CD-ROM at 1:1 (the same image, opened again as the management's
+/// `change-medium` hands the worker a new file).
+pub fn cdrom_medium(image: &File) -> Arc<FileBackend> {
+    Arc::new(FileBackend::new(image.try_clone().expect("dup image fd"), false).expect("medium"))
 }
 
 /// The image file every input's bus uses: created once per process, in a temp directory.

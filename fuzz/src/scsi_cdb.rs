@@ -1,14 +1,18 @@
 //! The CDB emulator, per LUN type: a sequence of commands (arbitrary CDB, data-out bytes and
 //! data-in buffer size) against a read-write image LUN, a null LUN, a read-only 4 KiB-block
-//! LUN and addresses with no LUN, through the same entry points the request queues use
-//! (`prepare`, then the synchronous run and `complete` for READ/WRITE/SYNCHRONIZE CACHE).
+//! LUN, a CD-ROM and addresses with no LUN, through the same entry points the request queues
+//! use (`prepare`, then the synchronous run and `complete` for READ/WRITE/SYNCHRONIZE CACHE),
+//! interleaved with the host's medium changes on the CD-ROM (the management's `change-medium`
+//! and `eject`).
 //!
-//! Input: repeated `[address u8][cdb_len u8][cdb][data_in_len u16][data_out_len u16][data_out]`.
+//! Input: repeated `[address u8][cdb_len u8][cdb][data_in_len u16][data_out_len u16][data_out]`;
+//! address 6 is instead `[6][host op u8]`: op & 3 = 0 eject (the tray), 1 load, 2 a new medium,
+//! 3 no medium; bit 7 forces past the guest's PREVENT ALLOW MEDIUM REMOVAL.
 //! Invariants: no panic; the data-in count never exceeds the buffer (and nothing is written past
 //! it); sense data is at most 252 bytes and present exactly with CHECK CONDITION; the image
 //! never changes size.
 
-use crate::{assert_image_size, bus, image, Cursor, IMAGE_SIZE, NULL_SIZE};
+use crate::{assert_image_size, bus, cdrom_medium, image, Cursor, IMAGE_SIZE, NULL_SIZE};
 use vhost_user_scsi::scsi::{status, Prepared, ScsiBus, SgList};
 use vm_memory::VolatileSlice;
 
@@ -68,6 +72,18 @@ fn execute(bus: &ScsiBus, target: u8, lun: u16, cdb: &[u8], data_out: &mut [u8],
     );
 }
 
+/// The host's side of the CD-ROM's medium: refusals (the guest's lock) are expected answers.
+fn host_medium_change(bus: &ScsiBus, op: u8) {
+    let lu = bus.logical_unit(1, 1).expect("the CD-ROM LUN");
+    let force = op & 0x80 != 0;
+    let _ = match op & 3 {
+        0 => lu.eject(force),
+        1 => lu.load(),
+        2 => lu.change_medium(Some(cdrom_medium(image())), force),
+        _ => lu.change_medium(None, force),
+    };
+}
+
 /// One input (the fuzz target's body; also replayed by `tests/corpus.rs`).
 pub fn run(data: &[u8]) {
     let bus = bus(image());
@@ -75,13 +91,19 @@ pub fn run(data: &[u8]) {
     let mut commands = 0;
     while !c.is_empty() && commands < 32 {
         commands += 1;
-        // Addresses: the three LUNs, a missing LUN on a present target, a missing target.
-        let (target, lun) = match c.u8() % 5 {
+        // Addresses: the LUNs, a missing LUN on a present target, a missing target; or the
+        // host changing the CD-ROM's medium.
+        let (target, lun) = match c.u8() % 7 {
             0 => (0, 0),
             1 => (0, 1),
             2 => (1, 0),
             3 => (0, 7),
-            _ => (9, 0),
+            4 => (9, 0),
+            5 => (1, 1),
+            _ => {
+                host_medium_change(&bus, c.u8());
+                continue;
+            }
         };
         let cdb_len = usize::from(c.u8()) % 33;
         let cdb = c.bytes(cdb_len).to_vec();

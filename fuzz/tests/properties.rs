@@ -30,13 +30,23 @@ impl Rng {
 }
 
 /// Addresses of the fuzz bus's LUNs (and two that do not exist), with their block counts.
-const LUNS: [((u8, u16), u64); 5] = [
+const LUNS: [((u8, u16), u64); 6] = [
     ((0, 0), 512),  // 256 KiB image, 512-byte blocks
     ((0, 1), 4096), // 16 MiB null LUN, 4 KiB blocks
     ((1, 0), 64),   // the image read-only, 4 KiB blocks
     ((0, 7), 0),    // no such LUN
     ((9, 0), 0),    // no such target
+    ((1, 1), 128),  // the image as a CD-ROM's medium, 2 KiB blocks
 ];
+
+/// The block size of `LUNS[which]`.
+fn block_size(which: usize) -> u64 {
+    match which {
+        0 => 512,
+        5 => 2048,
+        _ => 4096,
+    }
+}
 
 /// A medium-access CDB around the end of a LUN of `blocks` blocks, and its transfer length
 /// in blocks.
@@ -116,7 +126,7 @@ fn scsi_commands_stay_inside_their_lun_and_buffers() {
         for _ in 0..1 + rng.below(6) {
             let which = rng.below(LUNS.len() as u64);
             let (_, blocks) = LUNS[which as usize];
-            let block = if which == 0 { 512 } else { 4096 };
+            let block = block_size(which as usize);
             let (cdb, len) = io_cdb(&mut rng, blocks.max(8));
             let bytes = (len * block) as usize;
             // Buffers of the right size, or a bit short or long.
@@ -198,7 +208,7 @@ fn virtio_requests_touch_only_their_buffers_and_complete_once() {
             }
             let which = rng.below(LUNS.len() as u64) as usize;
             let ((target, lun), blocks) = LUNS[which];
-            let block = if which == 0 { 512 } else { 4096 };
+            let block = block_size(which);
             let (cdb, len) = io_cdb(&mut rng, blocks.max(8));
             let writes = matches!(cdb[0], 0x2a | 0x8a | 0x93 | 0x89);
             let data_len = ((len * block).min(0x1800) as u32 + rng.below(3) as u32 * 100)

@@ -110,6 +110,16 @@ pub enum ManageRequest {
     /// A page of the LUNs on the bus and their runtime state, in address order, starting after
     /// `after`. Answered [`ManageReply::List`].
     List { after: Option<LunAddress> },
+    /// Change a removable LUN's medium (docs/management.md `change-medium`, `eject`): with
+    /// `medium`, the new image follows as one fd, opened (and locked) by the supervisor with
+    /// that cache mode; without, the medium is taken out. A medium the guest locked in (PREVENT
+    /// ALLOW MEDIUM REMOVAL) is only changed with `force`, else [`FailureCode::MediumLocked`].
+    /// Answered [`ManageReply::Done`].
+    ChangeMedium {
+        address: LunAddress,
+        medium: Option<WireCache>,
+        force: bool,
+    },
 }
 
 /// The storage behind a LUN being added.
@@ -319,6 +329,8 @@ pub enum FailureCode {
     Busy,
     /// The worker cannot do that.
     Unsupported,
+    /// The guest prevents medium removal (a change without `force`).
+    MediumLocked,
 }
 
 /// Counters of one class of commands.
@@ -408,6 +420,16 @@ impl ManageRequest {
                     a.check()?;
                 }
             }
+            ManageRequest::ChangeMedium {
+                address, medium, ..
+            } => {
+                address.check()?;
+                let expected = usize::from(medium.is_some());
+                if fds != expected {
+                    return Err(ManageError::BadFds { expected, got: fds });
+                }
+                return Ok(());
+            }
         }
         no_fds()
     }
@@ -419,7 +441,8 @@ impl ManageRequest {
             ManageRequest::RemoveLun { address }
             | ManageRequest::Resize { address }
             | ManageRequest::SetReadOnly { address, .. }
-            | ManageRequest::Flush { address } => Some(*address),
+            | ManageRequest::Flush { address }
+            | ManageRequest::ChangeMedium { address, .. } => Some(*address),
             ManageRequest::Stats { address, .. } => *address,
             ManageRequest::List { .. } => None,
         }
@@ -454,7 +477,8 @@ impl ManageReply {
                 ManageRequest::AddLun(_)
                 | ManageRequest::RemoveLun { .. }
                 | ManageRequest::SetReadOnly { .. }
-                | ManageRequest::Flush { .. },
+                | ManageRequest::Flush { .. }
+                | ManageRequest::ChangeMedium { .. },
             )
             | (ManageReply::Resized { .. }, ManageRequest::Resize { .. }) => Ok(()),
             (ManageReply::Stats { luns, more }, ManageRequest::Stats { address, after }) => {
@@ -666,6 +690,50 @@ mod tests {
         };
         assert!(rm.check(0).is_ok());
         assert!(rm.check(1).is_err());
+    }
+
+    #[test]
+    fn medium_changes_carry_one_fd_or_none() {
+        let change = |medium| ManageRequest::ChangeMedium {
+            address: addr(0, 2),
+            medium,
+            force: false,
+        };
+        let load = change(Some(WireCache::Writeback));
+        assert_eq!(load.check(1), Ok(()));
+        assert_eq!(
+            load.check(0),
+            Err(ManageError::BadFds {
+                expected: 1,
+                got: 0
+            })
+        );
+        assert!(load.check(2).is_err());
+        let eject = change(None);
+        assert_eq!(eject.check(0), Ok(()));
+        assert!(eject.check(1).is_err());
+        let far = ManageRequest::ChangeMedium {
+            address: addr(0, MAX_LUN + 1),
+            medium: None,
+            force: true,
+        };
+        assert!(matches!(far.check(0), Err(ManageError::Invalid(_))));
+        assert_eq!(load.address(), Some(addr(0, 2)));
+        // Done answers it; another reply shape does not.
+        assert_eq!(ManageReply::Done.check(&eject, 0), Ok(()));
+        let resized = ManageReply::Resized {
+            old_size: 1,
+            new_size: 2,
+        };
+        assert!(resized.check(&eject, 0).is_err());
+        let locked = ManageReply::failed(FailureCode::MediumLocked, "locked");
+        assert_eq!(locked.check(&load, 0), Ok(()));
+        let text = serde_json::to_string(&ManageMsg::Request(load.clone())).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ManageMsg>(&text).unwrap(),
+            ManageMsg::Request(load),
+            "{text}"
+        );
     }
 
     #[test]

@@ -78,6 +78,30 @@ pub enum CtlCommand {
         #[arg(long)]
         prometheus: bool,
     },
+    /// Put a new medium (an ISO or image) into a type=cdrom or removable LUN, replacing the one
+    /// loaded. The daemon opens PATH (under one of its --image-dir directories) with the LUN's
+    /// options, unless a descriptor is passed.
+    ChangeMedium {
+        #[arg(value_name = "TARGET:LUN", value_parser = parse_address)]
+        address: Address,
+        /// The new image (with --fd, only a name shown by `list`).
+        #[arg(value_name = "PATH")]
+        path: String,
+        /// Pass this inherited, already open descriptor instead of the path.
+        #[arg(long, value_name = "FD")]
+        fd: Option<RawFd>,
+        /// Change it even though the guest prevents medium removal.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Take the medium out of a type=cdrom or removable LUN (the guest sees no medium).
+    Eject {
+        #[arg(value_name = "TARGET:LUN", value_parser = parse_address)]
+        address: Address,
+        /// Eject even though the guest prevents medium removal.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// A LUN address, `TARGET:LUN`.

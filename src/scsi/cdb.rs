@@ -17,6 +17,7 @@ pub mod opcode {
     pub const MODE_SENSE_6: u8 = 0x1a;
     pub const START_STOP_UNIT: u8 = 0x1b;
     pub const PREVENT_ALLOW_MEDIUM_REMOVAL: u8 = 0x1e;
+    pub const READ_FORMAT_CAPACITIES: u8 = 0x23;
     pub const READ_CAPACITY_10: u8 = 0x25;
     pub const READ_10: u8 = 0x28;
     pub const WRITE_10: u8 = 0x2a;
@@ -64,7 +65,9 @@ pub mod opcode {
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_AND_VERIFY_12: u8 = 0xae;
     pub const VERIFY_12: u8 = 0xaf;
+    pub const GET_PERFORMANCE: u8 = 0xac;
     pub const READ_DVD_STRUCTURE: u8 = 0xad;
+    pub const READ_CD: u8 = 0xbe;
     pub const MECHANISM_STATUS: u8 = 0xbd;
     pub const READ_DEFECT_DATA_12: u8 = 0xb7;
 }

@@ -152,7 +152,7 @@ fn fua(cdb: &Cdb) -> bool {
 }
 
 /// `len` bytes of the guest buffer, or the overrun error when it is shorter.
-fn guest_range<'a>(
+pub(super) fn guest_range<'a>(
     lu: &LogicalUnit,
     cdb: &Cdb,
     buf: &SgList<'a>,
@@ -287,7 +287,7 @@ impl LogicalUnit {
         }
     }
 
-    fn run_prepared(&self, prepared: Prepared<'_>) -> CmdOutput {
+    pub(super) fn run_prepared(&self, prepared: Prepared<'_>) -> CmdOutput {
         match prepared {
             Prepared::Done(out) => out,
             Prepared::Io(plan) => self.complete_io(plan.meta, self.run_sync(&plan)),

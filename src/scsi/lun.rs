@@ -869,10 +869,13 @@ impl LogicalUnit {
             | opcode::READ_TRACK_INFORMATION
             | opcode::READ_DVD_STRUCTURE
             | opcode::MECHANISM_STATUS
+            | opcode::GET_PERFORMANCE
+            | opcode::READ_CD
                 if self.is_cdrom() =>
             {
                 self.mmc_command(cdb, data_in)
             }
+            opcode::READ_FORMAT_CAPACITIES => self.read_format_capacities(cdb, data_in),
             _ => self.dispatch_extra(nexus, cdb, data_out, data_in),
         }
     }
@@ -950,6 +953,7 @@ fn needs_medium(cdb: &Cdb) -> bool {
             | GET_CONFIGURATION
             | GET_EVENT_STATUS_NOTIFICATION
             | MECHANISM_STATUS
+            | READ_FORMAT_CAPACITIES
     )
 }
 

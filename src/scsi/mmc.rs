@@ -1,7 +1,8 @@
 //! The CD-ROM LUN type (`type=cdrom`, MMC-6 peripheral device type 05h): the multimedia
 //! commands Linux's sr/cdrom drivers and Windows' cdrom.sys use to probe a drive and mount an
 //! ISO image: READ TOC/PMA/ATIP, GET CONFIGURATION, GET EVENT STATUS NOTIFICATION, READ DISC
-//! INFORMATION, MECHANISM STATUS (MMC-6), and the capabilities mode page 2Ah (MMC-3), plus
+//! INFORMATION, MECHANISM STATUS (MMC-6), and the capabilities mode page 2Ah (MMC-3) (READ CD,
+//! GET PERFORMANCE and READ FORMAT CAPACITIES are in [`super::mmc_read`]), plus
 //! which of the disk commands a CD-ROM also implements.
 //!
 //! The medium is one data track in one finalized session starting at LBA 0, a CD-ROM when it
@@ -62,6 +63,11 @@ pub const MMC_COMMANDS: &[CommandInfo] = &[
         usage: &[0x52, 0x03, FF, FF, FF, FF, 0, FF, FF, 0],
     },
     CommandInfo {
+        opcode: op::GET_PERFORMANCE,
+        service_action: None,
+        usage: &[0xac, 0x1f, FF, FF, FF, FF, 0, 0, FF, FF, FF, 0],
+    },
+    CommandInfo {
         opcode: op::READ_DVD_STRUCTURE,
         service_action: None,
         usage: &[0xad, 0x0f, FF, FF, FF, FF, FF, FF, FF, FF, 0xc0, 0],
@@ -70,6 +76,11 @@ pub const MMC_COMMANDS: &[CommandInfo] = &[
         opcode: op::MECHANISM_STATUS,
         service_action: None,
         usage: &[0xbd, 0, 0, 0, 0, 0, 0, 0, FF, FF, 0, 0],
+    },
+    CommandInfo {
+        opcode: op::READ_CD,
+        service_action: None,
+        usage: &[0xbe, 0x1e, FF, FF, FF, FF, FF, FF, FF, 0xfe, 0x07, 0],
     },
 ];
 
@@ -85,6 +96,7 @@ fn shared_with_disk(c: &CommandInfo) -> bool {
         | op::MODE_SENSE_6
         | op::START_STOP_UNIT
         | op::PREVENT_ALLOW_MEDIUM_REMOVAL
+        | op::READ_FORMAT_CAPACITIES
         | op::READ_CAPACITY_10
         | op::READ_10
         | op::SEEK_10
@@ -205,6 +217,8 @@ impl LogicalUnit {
             op::READ_TRACK_INFORMATION => self.read_track_information(cdb, data_in),
             op::READ_DVD_STRUCTURE => self.read_dvd_structure(cdb, data_in),
             op::MECHANISM_STATUS => self.mechanism_status(cdb, data_in),
+            op::GET_PERFORMANCE => self.get_performance(cdb, data_in),
+            op::READ_CD => self.read_cd(cdb, data_in),
             _ => Err(Sense::INVALID_OPCODE),
         }
     }

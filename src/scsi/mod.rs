@@ -34,6 +34,7 @@ pub mod limits;
 pub mod lun;
 pub mod media;
 pub mod mmc;
+pub mod mmc_read;
 pub mod mode;
 pub mod opcodes;
 pub mod provisioning;

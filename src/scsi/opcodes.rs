@@ -76,6 +76,10 @@ pub const COMMANDS: &[CommandInfo] = &[
     cmd(op::START_STOP_UNIT, &[0x1b, 0x01, 0, 0x0f, 0xf7, 0]),
     cmd(op::PREVENT_ALLOW_MEDIUM_REMOVAL, &[0x1e, 0, 0, 0, 0x03, 0]),
     cmd(
+        op::READ_FORMAT_CAPACITIES,
+        &[0x23, 0, 0, 0, 0, 0, 0, FF, FF, 0],
+    ),
+    cmd(
         op::READ_CAPACITY_10,
         &[0x25, 0, FF, FF, FF, FF, 0, 0, 0x01, 0],
     ),

@@ -112,6 +112,8 @@ impl Sense {
     /// CANNOT READ MEDIUM - INCOMPATIBLE FORMAT: a DVD structure asked of a CD (MMC; QEMU
     /// answers INCOMPATIBLE MEDIUM INSTALLED, 30h/00h).
     pub const INCOMPATIBLE_FORMAT: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x30, 0x02);
+    /// ILLEGAL MODE FOR THIS TRACK: READ CD of a sector type the (Mode 1 data) track is not.
+    pub const ILLEGAL_MODE_FOR_TRACK: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x64, 0x00);
     /// MEDIUM REMOVAL PREVENTED (PREVENT ALLOW MEDIUM REMOVAL holds the medium).
     pub const MEDIUM_REMOVAL_PREVENTED: Sense = Sense::new(key::ILLEGAL_REQUEST, 0x53, 0x02);
     /// MEDIUM REMOVAL PREVENTED with no medium: NOT READY (as QEMU's scsi-cd).

@@ -161,6 +161,13 @@ impl Manager {
             }),
             ManageRequest::Stats { address, after } => self.stats(address, after),
             ManageRequest::List { after } => self.list(after),
+            ManageRequest::ChangeMedium {
+                address,
+                medium,
+                force,
+            } => self.with_lun(address, |_, lu| {
+                super::medium::change(address, lu, medium, fds, force)
+            }),
         }
     }
 

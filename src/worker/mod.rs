@@ -5,6 +5,7 @@ pub mod broker;
 pub mod guest_memory;
 pub mod inflight;
 pub mod manage;
+mod medium;
 pub mod serve;
 pub mod spawner;
 pub mod startup;

@@ -2,7 +2,7 @@
 # Build the e2e guest initramfs: busybox + e2fsprogs + util-linux discard tools
 # + sg3-utils and eject (optional) + the virtio-scsi/sd/sr/ext4/isofs kernel modules + /init +
 # the guest workloads (guest-workload.sh, guest-sg3.sh, guest-cdboot.sh, guest-hotplug.sh,
-# guest-restart.sh).
+# guest-restart.sh, guest-medium.sh).
 #
 # Usage: build-initramfs.sh OUT.cpio.gz
 #   E2E_KVER selects the guest kernel version (default: newest installed).
@@ -121,7 +121,8 @@ key="$( {
     echo "kver=$KVER"
     sha256sum "$E2E_DIR/build-initramfs.sh" "$E2E_DIR/init.sh" "$E2E_DIR/guest-workload.sh" \
         "$E2E_DIR/guest-sg3.sh" "$E2E_DIR/guest-cdboot.sh" "$E2E_DIR/guest-hotplug.sh" \
-        "$E2E_DIR/guest-soak.sh" "$E2E_DIR/guest-restart.sh" "$E2E_DIR/guest-lib.sh"
+        "$E2E_DIR/guest-soak.sh" "$E2E_DIR/guest-restart.sh" "$E2E_DIR/guest-lib.sh" \
+        "$E2E_DIR/guest-medium.sh"
     for f in "$BUSYBOX" "${BIN_FILES[@]}" "${LIB_FILES[@]}" "${MOD_FILES[@]}" /etc/mke2fs.conf; do
         [[ -e "$f" ]] && stat -L -c '%n %s %Y' "$f"
     done
@@ -179,6 +180,7 @@ install -m 0755 "$E2E_DIR/guest-cdboot.sh" e2e/guest-cdboot.sh
 install -m 0755 "$E2E_DIR/guest-hotplug.sh" e2e/guest-hotplug.sh
 install -m 0755 "$E2E_DIR/guest-soak.sh" e2e/guest-soak.sh
 install -m 0755 "$E2E_DIR/guest-restart.sh" e2e/guest-restart.sh
+install -m 0755 "$E2E_DIR/guest-medium.sh" e2e/guest-medium.sh
 install -m 0644 "$E2E_DIR/guest-lib.sh" e2e/guest-lib.sh
 echo "$KVER" > e2e/kver
 

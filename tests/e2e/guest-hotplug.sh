@@ -37,15 +37,6 @@ finish() {
     exit 0
 }
 
-# wait_until SECONDS CMD...: polls CMD every 0.2 s; false when it never held.
-wait_until() {
-    n=$(($1 * 5)); shift
-    while ! "$@"; do
-        n=$((n - 1))
-        [ $n -le 0 ] && return 1
-        sleep 0.2
-    done
-}
 present() { dev_for "$1" >/dev/null && [ "$(cat "/sys/block/$(dev_for "$1")/size")" -gt 0 ]; }
 absent() { ! dev_for "$1" >/dev/null && [ ! -e "/dev/$2" ]; }
 size_is_not() { [ "$(cat "/sys/block/$1/size" 2>/dev/null)" != "$2" ]; }

@@ -21,3 +21,13 @@ dev_for() {
     done
     return 1
 }
+
+# wait_until SECONDS CMD...: polls CMD every 0.2 s; false when it never held.
+wait_until() {
+    n=$(($1 * 5)); shift
+    while ! "$@"; do
+        n=$((n - 1))
+        [ $n -le 0 ] && return 1
+        sleep 0.2
+    done
+}

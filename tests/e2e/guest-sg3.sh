@@ -244,6 +244,9 @@ chk release10 sg_raw "$D" 57 00 00 00 00 00 00 00 00 00; want_rc release10 0
 # --- errors: bad opcode, bad field, bad allocation length, write protect -----------------
 chk bad_opcode sg_raw "$D" c0 00 00 00 00 00; want_rc bad_opcode 9
 chk bad_field sg_raw -r 512 "$D" 28 20 00 00 00 00 00 00 01 00; want_rc bad_field 5
+# READ FORMAT CAPACITIES (MMC-6, sent to disks by Windows and UFI drivers): formatted, 512.
+chk format_capacities sg_raw -r 12 "$D" 23 00 00 00 00 00 00 00 0c 00
+want_rc format_capacities 0; want format_capacities "00 00 00 08 .. .. .. ..  02 00 02 00"
 chk bad_alloc_len sg_raw -r 64 "$D" a0 00 00 00 00 00 00 00 00 08 00 00; want_rc bad_alloc_len 5
 chk raw_readcap16 sg_raw -r 32 "$D" 9e 10 00 00 00 00 00 00 00 00 00 00 00 20 00 00
 want_rc raw_readcap16 0
@@ -404,6 +407,21 @@ if [ -n "$CD_TL" ]; then
         want_rc cd_dvd_structure_on_cd 5
         chk cd_mechanism sg_raw -r 8 "$SG" bd 00 00 00 00 00 00 00 00 08 00 00
         want_rc cd_mechanism 0; want cd_mechanism "00 00 00 00 00 01 00 00"
+        # READ CD of LBA 16, user data: the primary volume descriptor ("\1CD001"), as READ(10).
+        chk cd_read_cd sg_raw -r 2048 "$SG" be 00 00 00 00 10 00 00 01 10 00 00
+        want_rc cd_read_cd 0; want cd_read_cd "01 43 44 30 30 31 01 00"
+        chk cd_read_cd_raw sg_raw -r 2352 "$SG" be 00 00 00 00 10 00 00 01 f8 00 00
+        want_rc cd_read_cd_raw 5
+        chk cd_read_cd_audio sg_raw -r 2352 "$SG" be 04 00 00 00 10 00 00 01 10 00 00
+        want_rc cd_read_cd_audio 5; want cd_read_cd_audio "[Ii]llegal mode for this track"
+        # GET PERFORMANCE: one nominal read descriptor at 8800 kB/s.
+        chk cd_performance sg_raw -r 24 "$SG" ac 10 00 00 00 00 00 00 00 01 00 00
+        want_rc cd_performance 0; want cd_performance "00 00 00 14 00 00 00 00"
+        want cd_performance "00 00 22 60"
+        chk cd_format_capacities sg_raw -r 12 "$SG" 23 00 00 00 00 00 00 00 0c 00
+        want_rc cd_format_capacities 0; want cd_format_capacities "02 00 08 00"
+        chk cd_opcodes_mmc sg_opcodes "$SG"; want cd_opcodes_mmc "Read CD"
+        want cd_opcodes_mmc "Get performance"; want cd_opcodes_mmc "Read [Ff]ormat capacities"
         chk cd_page_2a sg_raw -r 30 "$SG" 5a 00 2a 00 00 00 00 00 1e 00; want_rc cd_page_2a 0
         want cd_page_2a "2a 14 3b 00 7f ff 2d 00"
         chk cd_write sg_raw -s 2048 -i /dev/zero "$SG" 2a 00 00 00 00 00 00 00 01 00

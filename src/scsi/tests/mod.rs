@@ -8,6 +8,7 @@ mod inquiry;
 mod io;
 mod live;
 mod mmc;
+mod mmc_read;
 mod mode;
 mod opcodes;
 mod passthrough;

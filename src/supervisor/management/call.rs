@@ -29,6 +29,14 @@ pub enum WorkerCall {
         address: Option<Address>,
         after: Option<Address>,
     },
+    /// Load a new medium into a removable LUN (`cache`: how its image, the one descriptor,
+    /// was opened) or, without `cache`, take the medium out; `force` overrides the guest's
+    /// PREVENT ALLOW MEDIUM REMOVAL.
+    ChangeMedium {
+        address: Address,
+        cache: Option<crate::config::CacheMode>,
+        force: bool,
+    },
 }
 
 impl WorkerCall {

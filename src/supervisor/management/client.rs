@@ -89,6 +89,29 @@ fn request(cmd: &CtlCommand) -> Result<(&'static str, Value, Option<OwnedFd>), C
             }
             ("stats", p, None)
         }
+        CtlCommand::ChangeMedium {
+            address,
+            path,
+            fd,
+            force,
+        } => {
+            let file = fd.map(dup_inherited).transpose()?;
+            let mut p = json!({"lun": address.to_string(), "path": path});
+            if file.is_some() {
+                p["fd"] = json!(true);
+            }
+            if *force {
+                p["force"] = json!(true);
+            }
+            ("change-medium", p, file)
+        }
+        CtlCommand::Eject { address, force } => {
+            let mut p = json!({"lun": address.to_string()});
+            if *force {
+                p["force"] = json!(true);
+            }
+            ("eject", p, None)
+        }
     })
 }
 
@@ -295,7 +318,11 @@ pub fn human(cmd: &CtlCommand, r: &Value) -> String {
                     s(&l["block-size"]),
                     s(&l["cache"]),
                     s(&l["state"]),
-                    s(&l["source"]),
+                    if l["medium"] == "none" {
+                        "(no medium)".to_owned()
+                    } else {
+                        s(&l["source"])
+                    },
                 );
             }
             out
@@ -320,6 +347,11 @@ pub fn human(cmd: &CtlCommand, r: &Value) -> String {
             }
         ),
         CtlCommand::Flush { address } => format!("LUN {address}: flushed\n"),
+        CtlCommand::ChangeMedium { address, path, .. } => format!(
+            "LUN {address}: medium changed to {path} ({})\n",
+            size_text(r["size"].as_u64().unwrap_or(0))
+        ),
+        CtlCommand::Eject { address, .. } => format!("LUN {address}: medium ejected\n"),
         CtlCommand::Stats {
             prometheus: true, ..
         } => s(&r["text"]),
@@ -405,6 +437,55 @@ mod tests {
             e.to_string().contains("cannot open /nonexistent/x.img"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn medium_requests_and_output() {
+        let a = Address { target: 0, lun: 1 };
+        let change = CtlCommand::ChangeMedium {
+            address: a,
+            path: "/img/b.iso".into(),
+            fd: None,
+            force: false,
+        };
+        let (m, p, fd) = request(&change).unwrap();
+        assert_eq!(
+            (m, p, fd.is_none()),
+            (
+                "change-medium",
+                json!({"lun": "0:1", "path": "/img/b.iso"}),
+                true
+            )
+        );
+        let forced = CtlCommand::Eject {
+            address: a,
+            force: true,
+        };
+        let (m, p, _) = request(&forced).unwrap();
+        assert_eq!((m, p), ("eject", json!({"lun": "0:1", "force": true})));
+        // --fd: a duplicate of the inherited descriptor goes with "fd": true.
+        let f = tempfile::tempfile().unwrap();
+        let with_fd = CtlCommand::ChangeMedium {
+            address: a,
+            path: "b.iso".into(),
+            fd: Some(std::os::fd::AsRawFd::as_raw_fd(&f)),
+            force: true,
+        };
+        let (_, p, fd) = request(&with_fd).unwrap();
+        assert_eq!(
+            p,
+            json!({"lun": "0:1", "path": "b.iso", "fd": true, "force": true})
+        );
+        assert!(fd.is_some());
+        assert_eq!(
+            human(&change, &json!({"size": 2 << 20})),
+            "LUN 0:1: medium changed to /img/b.iso (2.0 MiB)\n"
+        );
+        assert_eq!(human(&forced, &json!({})), "LUN 0:1: medium ejected\n");
+        let list = json!({"luns": [{"target": 0, "lun": 1, "size": 0, "read-only": true,
+            "block-size": 2048, "cache": "writeback", "state": "online", "source": "/i/a.iso",
+            "medium": "none"}]});
+        assert!(human(&CtlCommand::List, &list).contains("(no medium)"));
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
     broker::{
         manage::{
             AddLun, Backing, FailureCode, LunAddress, LunStats, ManageMsg, ManageReply,
-            ManageRequest, OpStats, LATENCY_BUCKETS,
+            ManageRequest, OpStats, WireCache, LATENCY_BUCKETS,
         },
         Body,
     },
@@ -56,6 +56,18 @@ pub fn request(call: &WorkerCall) -> ManageRequest {
             address: address.map(wire),
             after: after.map(wire),
         },
+        WorkerCall::ChangeMedium {
+            address,
+            cache,
+            force,
+        } => ManageRequest::ChangeMedium {
+            address: wire(*address),
+            medium: cache.map(|c| match c {
+                crate::config::CacheMode::None => WireCache::None,
+                crate::config::CacheMode::Writeback => WireCache::Writeback,
+            }),
+            force: *force,
+        },
     }
 }
 
@@ -92,6 +104,7 @@ fn failure(code: FailureCode, message: String) -> RpcError {
         FailureCode::AddressInUse => code::DUPLICATE,
         FailureCode::Invalid => code::INVALID_PARAMS,
         FailureCode::Busy => code::BUSY,
+        FailureCode::MediumLocked => code::MEDIUM_LOCKED,
         FailureCode::Io | FailureCode::Unsupported => code::WORKER,
     };
     RpcError::new(c, format!("the worker: {message}"))

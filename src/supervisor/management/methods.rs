@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 pub use super::call::WorkerCall;
 use super::{
+    medium,
     peer::Caller,
     protocol::{address_param, bool_param, code, only_params, RpcError},
     stats,
@@ -69,6 +70,8 @@ pub struct Table {
     /// Changes the worker confirmed, for the LUN set a restarted worker gets
     /// ([`crate::supervisor::luns`]); taken by [`super::Server::take_changes`].
     pub changes: Vec<Change>,
+    /// Removable LUNs whose medium `eject` took out ([`super::medium`]).
+    pub ejected: std::collections::BTreeSet<Address>,
 }
 
 fn addr(config: &LunConfig) -> Address {
@@ -98,7 +101,7 @@ impl Table {
             .collect();
         Self {
             luns,
-            changes: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -160,6 +163,9 @@ impl Table {
                     "state": e.state.name(),
                     "origin": if e.runtime { "add-lun" } else { "configuration" },
                     "passed-fd": e.passed_fd,
+                    "medium": c.removable.then(|| {
+                        if self.ejected.contains(a) { "none" } else { "loaded" }
+                    }),
                 })
             })
             .collect();
@@ -179,6 +185,8 @@ pub enum Then {
     Resized(Address),
     ReadOnly(Address, bool),
     Flushed(Address),
+    /// `change-medium`, `eject`.
+    Medium(Box<medium::Changed>),
     /// Statistics; `pages`: what earlier pages brought.
     Stats {
         prometheus: bool,
@@ -224,6 +232,8 @@ pub const METHODS: &[&str] = &[
     "set-readonly",
     "flush",
     "stats",
+    "change-medium",
+    "eject",
 ];
 
 /// Runs `method`.
@@ -255,6 +265,7 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
             Ok(Outcome::Answer(Ok(ctx.table.list())))
         }
         "add-lun" => add_lun(ctx, params),
+        "change-medium" | "eject" => change_medium(ctx, method, params),
         "remove-lun" => simple(ctx.table, "removing", |a| {
             (WorkerCall::RemoveLun(a), Then::Removed(a))
         }),
@@ -520,6 +531,41 @@ fn add_lun(ctx: Context<'_>, params: &Map<String, Value>) -> Result<Outcome, Rpc
     })
 }
 
+/// `change-medium` and `eject` ([`medium`]): refusals that need no file first (so a passed
+/// descriptor stays unused), then the new medium is opened with the LUN's options.
+fn change_medium(
+    ctx: Context<'_>,
+    method: &str,
+    params: &Map<String, Value>,
+) -> Result<Outcome, RpcError> {
+    let call = medium::parse(method, params)?;
+    let a = call.address;
+    let entry = ctx.table.online(a)?;
+    medium::check_removable(a, &entry.config)?;
+    let config = entry.config.clone();
+    let (source, file) = match &call.image {
+        None => (None, None),
+        Some((path, false)) => (Some(allowed_path(path, ctx.image_dirs, "medium")?), None),
+        Some((name, true)) => {
+            let fd = ctx.fds.pop_front().ok_or_else(|| {
+                RpcError::invalid_params(
+                    "\"fd\": true, but no descriptor came with the request (SCM_RIGHTS)",
+                )
+            })?;
+            (Some(name.clone()), Some(File::from(fd)))
+        }
+    };
+    let (call, fds, changed) = medium::prepare(&call, &config, source.map(Into::into), file)?;
+    if let Some(e) = ctx.table.luns.get_mut(&a) {
+        e.state = LunState::Busy("changing");
+    }
+    Ok(Outcome::Forward {
+        call,
+        fds,
+        then: Then::Medium(Box::new(changed)),
+    })
+}
+
 /// Records the worker's answer to a forwarded call and makes the client's answer. `answer` is
 /// the worker's result (a JSON object) or its error message.
 pub fn finish(
@@ -565,6 +611,7 @@ pub fn finish(
                     target: a.target,
                     lun: a.lun,
                 });
+                table.ejected.remove(&a);
                 Ok(json!({}))
             }
             Err(e) => {
@@ -599,6 +646,15 @@ pub fn finish(
             Ok(json!({}))
         }
         Then::Flushed(_) => answer.map(|_| json!({})).map_err(worker_err),
+        Then::Medium(changed) => {
+            set_online(table, changed.address);
+            answer?;
+            let entry = table
+                .luns
+                .get_mut(&changed.address)
+                .map(|e| (&mut e.config, &mut e.size));
+            Ok(medium::record(*changed, entry, &mut table.ejected))
+        }
         Then::Stats {
             prometheus,
             mut pages,
@@ -622,7 +678,7 @@ fn set_online(table: &mut Table, a: Address) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn me() -> Caller {
@@ -634,15 +690,17 @@ mod tests {
         }
     }
 
-    struct Fixture {
-        dir: tempfile::TempDir,
-        table: Table,
-        dirs: Vec<PathBuf>,
-        fds: VecDeque<OwnedFd>,
+    /// A record with one disk LUN at 0:0 over an image in an `--image-dir` (also used by
+    /// [`super::super::medium`]'s tests).
+    pub(crate) struct Fixture {
+        pub dir: tempfile::TempDir,
+        pub table: Table,
+        pub dirs: Vec<PathBuf>,
+        pub fds: VecDeque<OwnedFd>,
     }
 
     impl Fixture {
-        fn new() -> Self {
+        pub fn new() -> Self {
             let dir = tempfile::tempdir().unwrap();
             let real = std::fs::canonicalize(dir.path()).unwrap();
             let img = real.join("a.img");
@@ -655,13 +713,13 @@ mod tests {
             }
         }
 
-        fn image(&self, name: &str, size: u64) -> PathBuf {
+        pub fn image(&self, name: &str, size: u64) -> PathBuf {
             let p = self.dirs[0].join(name);
             File::create(&p).unwrap().set_len(size).unwrap();
             p
         }
 
-        fn call(&mut self, method: &str, params: Value) -> Outcome {
+        pub fn call(&mut self, method: &str, params: Value) -> Outcome {
             let caller = me();
             let Value::Object(params) = params else {
                 panic!()
@@ -679,7 +737,7 @@ mod tests {
             )
         }
 
-        fn error(&mut self, method: &str, params: Value) -> RpcError {
+        pub fn error(&mut self, method: &str, params: Value) -> RpcError {
             let before = format!("{:?}", self.table.list());
             match self.call(method, params) {
                 Outcome::Answer(Err(e)) => {

@@ -16,6 +16,7 @@ pub mod call;
 pub mod client;
 pub mod iscsi;
 pub mod link;
+pub mod medium;
 pub mod methods;
 pub mod peer;
 pub mod protocol;
@@ -660,5 +661,8 @@ impl Server {
 }
 
 fn is_mutating(method: &str) -> bool {
-    matches!(method, "add-lun" | "remove-lun" | "resize" | "set-readonly")
+    matches!(
+        method,
+        "add-lun" | "remove-lun" | "resize" | "set-readonly" | "change-medium" | "eject"
+    )
 }

@@ -37,6 +37,9 @@ pub mod code {
     /// The LUN's kind does not support that at run time (iSCSI LUNs: only configured at
     /// start-up, docs/iscsi.md).
     pub const UNSUPPORTED: i64 = -32012;
+    /// The guest prevents medium removal (PREVENT ALLOW MEDIUM REMOVAL): `change-medium` and
+    /// `eject` need `"force": true`.
+    pub const MEDIUM_LOCKED: i64 = -32020;
 }
 
 /// A JSON-RPC error object.
