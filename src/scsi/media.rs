@@ -1,7 +1,7 @@
 //! START STOP UNIT (SBC-4 5.25, MMC-6), PREVENT ALLOW MEDIUM REMOVAL (SBC-4 5.13, MMC-6),
 //! PRE-FETCH(10/16) (SBC-4 5.11, 5.12), and the removable medium: tray, lock, media
 //! events, and the host's side of a medium change ([`LogicalUnit::change_medium`],
-//! [`LogicalUnit::eject`], [`LogicalUnit::load`]).
+//! [`LogicalUnit::eject`], [`LogicalUnit::load`], [`LogicalUnit::without_medium`]).
 //!
 //! A removable LU (RMB = 1: `removable` disks and every CD-ROM) has a tray that is open or
 //! closed and a medium that is loaded or not. The medium is accessible when the tray is closed
@@ -20,7 +20,7 @@ use std::{
 use super::{
     cdb::Cdb,
     io::block_range,
-    lun::{media_event, IoOp, LogicalUnit, Medium},
+    lun::{media_event, IoOp, LogicalUnit, LunOptions, Medium},
     sense::Sense,
     CmdOutput, CmdResult, SgList,
 };
@@ -183,6 +183,21 @@ impl LogicalUnit {
         }
         self.set_ready(&m);
         Ok(())
+    }
+
+    /// A LU that starts with no medium loaded and the tray closed (as after power on): what a
+    /// worker restarted after the host ejected a removable LUN's medium serves. Commands that
+    /// need a medium get NOT READY, MEDIUM NOT PRESENT until [`LogicalUnit::change_medium`]
+    /// loads one; no unit attention or media event is raised (every I_T nexus gets the power-on
+    /// unit attention of a new LU first). Thin provisioning is off: no medium to ask.
+    pub fn without_medium(opts: LunOptions) -> Self {
+        let lu = Self::new(Arc::new(NoMedium), opts);
+        {
+            let mut m = lu.lock_medium();
+            m.empty = true;
+            lu.set_ready(&m);
+        }
+        lu
     }
 
     /// The host closes the tray; the medium (if one is loaded) becomes accessible again.

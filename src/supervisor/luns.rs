@@ -5,7 +5,9 @@
 //! daemon serves, so every change the management socket made and the worker confirmed is
 //! applied here too ([`apply`]): a LUN added at run time stays open in the supervisor (its copy
 //! of the files, and so its lock), a removed one is closed (its lock goes once the worker's copy
-//! goes too), a resize re-reads the size, `set-readonly` changes the configuration. A worker
+//! goes too), a resize re-reads the size, `set-readonly` changes the configuration, a medium
+//! change (`change-medium`, `eject`) replaces the LUN's medium with the supervisor's copy of the
+//! new one, or with none, and closes the old one (its lock goes once no worker holds it). A worker
 //! restarted after a crash then serves the LUNs as the operator left them, from the same open
 //! files. Without restarts the supervisor keeps no LUN (the worker holds them) and the changes
 //! are dropped ([`Retained::None`]).
@@ -14,7 +16,7 @@ use std::os::fd::RawFd;
 
 use log::{info, warn};
 
-use super::open::OpenedLun;
+use super::open::{LunBackend, OpenedLun};
 
 /// What the next worker inherits: the opened LUNs and their descriptors' numbers (the only
 /// descriptors it keeps), `spawn::Resources::{luns, lun_fds}`.
@@ -40,6 +42,14 @@ pub enum Change {
         target: u8,
         lun: u16,
         read_only: bool,
+    },
+    /// A removable LUN's new medium: the supervisor's own copy of its file (`change-medium`;
+    /// only its source and backend are used: the LUN keeps its pr-file and options), or none
+    /// (`eject`).
+    Medium {
+        target: u8,
+        lun: u16,
+        medium: Option<Box<OpenedLun>>,
     },
     /// An iSCSI LUN added at run time: where the worker's reconnections log in (for the
     /// supervisor's `Reconnector`, with or without restarts; nothing to apply here).
@@ -105,8 +115,48 @@ pub fn apply(res: &mut LunSet<'_>, change: Change) {
                 res.luns[i].config.read_only = read_only;
             }
         }
+        Change::Medium {
+            target,
+            lun,
+            medium,
+        } => {
+            // An unknown address drops (closes) the new medium.
+            if let Some(i) = find(res, target, lun) {
+                replace_medium(res, i, medium.map(|m| *m));
+            }
+        }
         Change::Portal { .. } => {}
     }
+}
+
+/// Puts `medium` (`None`: no medium) in LUN `i` and closes the one it replaces. The LUN keeps
+/// its configuration but the source, and its `pr-file`.
+fn replace_medium(res: &mut LunSet<'_>, i: usize, medium: Option<OpenedLun>) {
+    let retained = &mut res.luns[i];
+    let backend = match medium {
+        Some(m) => {
+            retained.config.source = m.config.source;
+            m.backend
+        }
+        None => LunBackend::NoMedium,
+    };
+    // The old medium's number goes before its file closes (the number may be reused for
+    // something the next worker must not inherit); the new one's file is already open.
+    if let Some(old) = retained.backend.block().and_then(|b| b.raw_fd()) {
+        res.fds.retain(|&fd| fd != old);
+    }
+    res.fds.extend(backend.block().and_then(|b| b.raw_fd()));
+    let old = std::mem::replace(&mut retained.backend, backend);
+    info!(
+        "LUN {}:{}: {} for restarts; the old medium is closed in the supervisor",
+        retained.config.target,
+        retained.config.lun,
+        match &retained.backend {
+            LunBackend::NoMedium => "no medium".to_owned(),
+            _ => format!("medium {}", retained.config.source),
+        }
+    );
+    drop(old);
 }
 
 /// Closes the supervisor's copy of LUN `i` and forgets its descriptor numbers (which may be
@@ -147,7 +197,7 @@ mod tests {
     use std::{fs::File, os::fd::AsRawFd, sync::Arc};
 
     use super::*;
-    use crate::{block::FileBackend, config::LunConfig, supervisor::open::LunBackend};
+    use crate::{block::FileBackend, config::LunConfig};
 
     fn file_lun(dir: &std::path::Path, target: u8, lun: u16, size: u64) -> (OpenedLun, RawFd) {
         let path = dir.join(format!("{target}-{lun}.img"));
@@ -217,6 +267,60 @@ mod tests {
         assert_eq!(luns[0].config.lun, 2);
         assert!(luns[0].config.read_only);
         assert_eq!(luns[0].backend.size(), 2 << 20);
+    }
+
+    /// `change-medium` swaps the retained medium for the supervisor's copy of the new one and
+    /// closes the old one; `eject` leaves none; the LUN's pr-file stays.
+    #[test]
+    fn a_medium_change_replaces_only_the_medium() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut luns, mut fds) = (Vec::new(), Vec::new());
+        let (mut cd, fd_a) = file_lun(dir.path(), 0, 1, 1 << 20);
+        let (pr, fd_pr) = file_lun(dir.path(), 9, 9, 4096);
+        let LunBackend::Block(pr) = pr.backend else {
+            unreachable!()
+        };
+        cd.pr_file = Some(crate::scsi::PrFile(pr));
+        let (b, fd_b) = file_lun(dir.path(), 0, 2, 2 << 20);
+        let (c, fd_c) = file_lun(dir.path(), 0, 3, 1 << 20);
+        let mut retained = Retained::Restarts(LunSet {
+            luns: &mut luns,
+            fds: &mut fds,
+        });
+        retained.apply_all([
+            Change::Added(Box::new(cd)),
+            Change::Medium {
+                target: 0,
+                lun: 1,
+                medium: Some(Box::new(b)),
+            },
+            // Unknown address: the new medium is closed.
+            Change::Medium {
+                target: 5,
+                lun: 5,
+                medium: Some(Box::new(c)),
+            },
+        ]);
+        assert_eq!(fds, vec![fd_pr, fd_b]);
+        assert!(!open(fd_a), "the replaced medium is closed");
+        assert!(!open(fd_c));
+        assert_eq!(luns[0].backend.size(), 2 << 20);
+        assert!(luns[0].config.source.to_string().ends_with("0-2.img"));
+        assert_eq!((luns[0].config.target, luns[0].config.lun), (0, 1));
+        Retained::Restarts(LunSet {
+            luns: &mut luns,
+            fds: &mut fds,
+        })
+        .apply_all([Change::Medium {
+            target: 0,
+            lun: 1,
+            medium: None,
+        }]);
+        assert_eq!(fds, vec![fd_pr]);
+        assert!(!open(fd_b), "the ejected medium is closed");
+        assert!(open(fd_pr), "the pr-file stays");
+        assert!(matches!(luns[0].backend, LunBackend::NoMedium));
+        assert!(luns[0].pr_file.is_some());
     }
 
     #[test]

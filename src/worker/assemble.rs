@@ -19,11 +19,14 @@ pub enum LunBackend {
     Block(Arc<dyn BlockBackend>),
     /// A LUN of an iSCSI target, logged in to by the supervisor; SCSI passes through.
     Iscsi(IscsiHandover),
+    /// A removable LUN whose medium the host ejected (`eject` on the management socket): a
+    /// worker restarted afterwards serves it empty ([`LogicalUnit::without_medium`]).
+    NoMedium,
 }
 
 impl LunBackend {
     /// The size in bytes of an emulated LUN; 0 for an iSCSI LUN (its size is the target's,
-    /// and can change there).
+    /// and can change there) and for an empty drive.
     pub fn size(&self) -> u64 {
         self.block().map_or(0, |b| b.size())
     }
@@ -32,7 +35,7 @@ impl LunBackend {
     pub fn block(&self) -> Option<&Arc<dyn BlockBackend>> {
         match self {
             LunBackend::Block(b) => Some(b),
-            LunBackend::Iscsi(_) => None,
+            LunBackend::Iscsi(_) | LunBackend::NoMedium => None,
         }
     }
 }
@@ -54,6 +57,7 @@ impl std::fmt::Debug for OpenedLun {
         match &self.backend {
             LunBackend::Block(b) => d.field("size", &b.size()),
             LunBackend::Iscsi(h) => d.field("iscsi", h),
+            LunBackend::NoMedium => d.field("medium", &"none"),
         };
         d.field("pr_file", &self.pr_file.is_some()).finish()
     }
@@ -70,10 +74,15 @@ pub fn build_bus(luns: &[OpenedLun]) -> ScsiBus {
         pr_file,
     } in luns
     {
-        let LunBackend::Block(backend) = backend else {
-            continue;
+        let lu = match backend {
+            LunBackend::Block(backend) => logical_unit(config, backend.clone(), pr_file.clone()),
+            LunBackend::NoMedium => {
+                let mut lu = LogicalUnit::without_medium(lun_options(config, pr_file.clone()));
+                lu.set_enospc(config.enospc);
+                lu
+            }
+            LunBackend::Iscsi(_) => continue,
         };
-        let lu = logical_unit(config, backend.clone(), pr_file.clone());
         bus.add_lun(config.target, config.lun, lu);
     }
     bus
@@ -86,7 +95,14 @@ pub fn logical_unit(
     backend: Arc<dyn BlockBackend>,
     pr_file: Option<PrFile>,
 ) -> LogicalUnit {
-    let opts = LunOptions {
+    let mut lu = LogicalUnit::new(backend, lun_options(config, pr_file));
+    lu.set_enospc(config.enospc);
+    lu
+}
+
+/// The options of the logical unit `config` describes.
+fn lun_options(config: &LunConfig, pr_file: Option<PrFile>) -> LunOptions {
+    LunOptions {
         device_type: match config.lun_type {
             LunType::Disk => DeviceType::Disk,
             LunType::Cdrom => DeviceType::Cdrom,
@@ -102,10 +118,7 @@ pub fn logical_unit(
         discard: config.discard,
         physical_block_size: config.phys_block_size.unwrap_or(0),
         pr_file,
-    };
-    let mut lu = LogicalUnit::new(backend, opts);
-    lu.set_enospc(config.enospc);
-    lu
+    }
 }
 
 /// Starts a thread per iSCSI LUN (`reconnect_for` gives each its way to a fresh connection)

@@ -554,6 +554,36 @@ fn host_changes_the_medium() {
     bus.good(&TUR, 0);
 }
 
+/// What a worker restarted after the host's eject serves: the LU starts empty with the tray
+/// closed; its first command gets only the power-on unit attention, then NOT READY, MEDIUM NOT
+/// PRESENT - TRAY CLOSED (no Media Removal event: the guest saw that before the restart); a
+/// medium loaded later arrives as after any eject.
+#[test]
+fn a_lu_starts_without_a_medium() {
+    let mut bus = ScsiBus::new();
+    bus.add_lun(0, 0, LogicalUnit::without_medium(cdrom_opts()));
+    assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x29, 0x00);
+    assert_sense(&bus.cmd(&TUR, &[], 0), 0x2, 0x3a, 0x01);
+    assert_sense(
+        &bus.cmd(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], &[], 2048),
+        0x2,
+        0x3a,
+        0x01,
+    );
+    assert_eq!(bus.good(&GESN_MEDIA, 8), [0, 4, 4, 0x10, 0, 0x00, 0, 0]);
+    let lu = bus.logical_unit(0, 0).unwrap();
+    let state = lu.medium_state();
+    assert!(state.removable && !state.loaded && !state.tray_open);
+    let new = MemBackend::new(2 << 20);
+    new.data.lock().unwrap()[..2048].fill(0xcd);
+    lu.change_medium(Some(new), false).unwrap();
+    assert_sense(&bus.cmd(&TUR, &[], 0), 0x6, 0x28, 0x00);
+    assert_eq!(
+        bus.good(&[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0], 2048),
+        vec![0xcd; 2048]
+    );
+}
+
 #[test]
 fn report_supported_operation_codes_of_a_cdrom() {
     let (bus, _) = cd_bus();

@@ -11,8 +11,10 @@
 //! unless `"force": true`.
 //!
 //! The record follows the worker's answer: `list` shows the new source, or `"medium": "none"`
-//! after an eject. A worker started again after a failure serves the configured media again
-//! (the record is reset with it).
+//! after an eject. The change is also one for the LUN set a restarted worker gets
+//! ([`crate::supervisor::luns::Change::Medium`]): the supervisor keeps its copy of the new
+//! medium (and closes the one it replaced), so a worker started again after a failure serves
+//! the medium the operator left, or none.
 
 use std::{collections::BTreeSet, fs::File, path::PathBuf};
 
@@ -24,7 +26,10 @@ use super::{
 };
 use crate::{
     config::{ctl::Address, LunConfig, LunSource},
-    supervisor::open::{self, RuntimeLun},
+    supervisor::{
+        luns::Change,
+        open::{self, RuntimeLun},
+    },
 };
 
 /// A `change-medium` or `eject` call, its parameters checked.
@@ -43,7 +48,8 @@ pub struct Changed {
     pub address: Address,
     /// The new medium's source (`None`: ejected).
     pub source: Option<LunSource>,
-    /// The supervisor's copy of the new image, closed once the worker has its own.
+    /// The supervisor's copy of the new image: kept for a restarted worker once the worker
+    /// has its own ([`record`]), closed if the change fails.
     pub opened: Option<RuntimeLun>,
 }
 
@@ -148,19 +154,25 @@ pub fn prepare(
 }
 
 /// Records a change the worker made in the LUN's `config` and `size` and in the set of
-/// `ejected` LUNs; the client's result.
+/// `ejected` LUNs; the client's result, and the change for the LUN set a restarted worker gets.
 pub fn record(
     changed: Changed,
     entry: Option<(&mut LunConfig, &mut u64)>,
     ejected: &mut BTreeSet<Address>,
-) -> Value {
+) -> (Value, Change) {
     let Changed {
         address,
         source,
         opened,
     } = changed;
-    // The worker holds its own descriptor now; ours closes here.
-    let size = opened.map(|o| o.lun.backend.size());
+    let size = opened.as_ref().map(|o| o.lun.backend.size());
+    // The worker holds its own descriptor now; ours goes to the retained LUN set (or is closed
+    // there when nothing restarts).
+    let change = Change::Medium {
+        target: address.target,
+        lun: address.lun,
+        medium: opened.map(|o| Box::new(o.lun)),
+    };
     match source {
         Some(_) => ejected.remove(&address),
         None => ejected.insert(address),
@@ -171,10 +183,11 @@ pub fn record(
             config.source = source;
         }
     }
-    match size {
+    let result = match size {
         Some(size) => json!({ "size": size }),
         None => json!({}),
-    }
+    };
+    (result, change)
 }
 
 #[cfg(test)]
@@ -344,6 +357,7 @@ mod tests {
         let entry = &f.table.luns[&CD];
         assert_eq!(entry.state, LunState::Online);
         assert!(entry.config.source.to_string().ends_with("a.iso"));
+        assert!(f.table.changes.is_empty(), "nothing for restarts either");
         // Again, and the worker agrees.
         let Outcome::Forward { then, .. } =
             f.call("change-medium", json!({"lun": "0:1", "path": b}))
@@ -352,6 +366,18 @@ mod tests {
         };
         let v = finish_call(&mut f.table, then, Ok(json!({}))).unwrap();
         assert_eq!(v, json!({"size": 2 << 20}));
+        // The supervisor's copy of the new medium, for a restarted worker.
+        match f.table.changes.as_slice() {
+            [Change::Medium {
+                target: 0,
+                lun: 1,
+                medium: Some(m),
+            }] => {
+                assert_eq!(m.backend.size(), 2 << 20);
+                assert_eq!(m.config.source.to_string(), b.display().to_string());
+            }
+            other => panic!("{other:?}"),
+        }
         let list = f.table.list();
         let cd = &list["luns"][1];
         assert_eq!(cd["source"], b.display().to_string());
@@ -433,6 +459,14 @@ mod tests {
             json!({})
         );
         assert_eq!(f.table.list()["luns"][1]["medium"], "none");
+        assert!(matches!(
+            f.table.changes.as_slice(),
+            [Change::Medium {
+                target: 0,
+                lun: 1,
+                medium: None
+            }]
+        ));
         // A passed descriptor: its name is the path given.
         f.fds.push_back(File::open(&b).unwrap().into());
         let Outcome::Forward { then, fds, .. } = f.call(

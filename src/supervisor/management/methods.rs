@@ -653,7 +653,9 @@ pub fn finish(
                 .luns
                 .get_mut(&changed.address)
                 .map(|e| (&mut e.config, &mut e.size));
-            Ok(medium::record(*changed, entry, &mut table.ejected))
+            let (result, change) = medium::record(*changed, entry, &mut table.ejected);
+            table.changes.push(change);
+            Ok(result)
         }
         Then::Stats {
             prometheus,
