@@ -990,6 +990,88 @@ fn the_spawning_thread_is_confined_like_the_main_thread() {
     assert_eq!(field(&st, "NoNewPrivs"), "1", "{st}");
     assert_eq!(field(&st, "CapEff"), "0000000000000000", "{st}");
 }
+/// Nobody holds a lock on `path` (an exclusive one is free; the file is opened read-only,
+/// which `flock(2)` does not mind).
+fn unlocked(path: &Path) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    // SAFETY: flock on a descriptor we own (closed, and the lock with it, on return).
+    unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::LOCK_EX | libc::LOCK_NB,
+        ) == 0
+    }
+}
+
+/// Kills the daemon's worker and waits for restart number `n` (`--restart-worker=on-failure`).
+fn kill_worker(m: &Managed, n: usize) {
+    let worker = worker_of(m.daemon.pid());
+    // SAFETY: kill(2) on the worker of the daemon this test started.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+    m.wait_for(&format!("(restart {n} in the current window)"));
+}
+
+/// With `--restart-worker=on-failure`, `change-medium` and `eject` are changes like the others:
+/// a worker restarted after a change serves the new ISO (its bytes and capacity, read from a
+/// front-end), one restarted after an eject serves the drive empty (NOT READY, MEDIUM NOT
+/// PRESENT). The supervisor keeps no copy of a medium once it was replaced: the configured ISO
+/// is unlocked after the change, the new one after the eject, and no restart locks them again.
+#[test]
+fn a_restarted_worker_serves_the_medium_the_operator_left() {
+    let isos = tempfile::tempdir().unwrap();
+    let a = isos.path().join("a.iso");
+    std::fs::write(&a, vec![b'A'; 1 << 20]).unwrap();
+    let spec = format!("0:3={},type=cdrom", a.display());
+    let m = Managed::start(&["--restart-worker", "on-failure", "--lun", &spec]);
+    let b = m.image("b.iso", 0);
+    std::fs::write(&b, vec![b'B'; 2 << 20]).unwrap();
+    let cd = lun(0, 3);
+    assert!(!unlocked(&a), "the configured ISO is served");
+
+    m.ctl_json(&["change-medium", "0:3", b.to_str().unwrap()]);
+    wait_until("the replaced configured ISO's lock to go", || unlocked(&a));
+    kill_worker(&m, 1);
+    assert_eq!(m.list()["luns"][1]["source"], json!(b));
+    let mut vm = TestVm::connect(&m.daemon.socket, VmOptions::default());
+    vm.clear_unit_attention(cd);
+    let inq = vm.scsi(cd, &cdb::inquiry(36), &[], &[36]);
+    inq.assert_good();
+    assert_eq!(&inq.data[..2], &[0x05, 0x80], "a removable CD-ROM");
+    let r = vm.scsi(cd, &cdb::read_capacity10(), &[], &[8]);
+    r.assert_good();
+    let last = u32::from_be_bytes(r.data[..4].try_into().unwrap());
+    assert_eq!(u64::from(last) + 1, (2 << 20) / 2048, "B's capacity");
+    let r = vm.scsi(cd, &cdb::read10(0, 1), &[], &[2048]);
+    r.assert_good();
+    assert_eq!(r.data, vec![b'B'; 2048], "B's bytes");
+    assert!(!unlocked(&b), "B is served");
+    assert!(
+        unlocked(&a),
+        "the restart did not lock the configured ISO again"
+    );
+    drop(vm);
+
+    m.ctl_json(&["eject", "0:3"]);
+    kill_worker(&m, 2);
+    wait_until("the ejected ISO's lock to go", || unlocked(&b));
+    assert_eq!(m.list()["luns"][1]["medium"], "none");
+    let mut vm = TestVm::connect(&m.daemon.socket, VmOptions::default());
+    let mut tur = vm.scsi(cd, &cdb::test_unit_ready(), &[], &[]);
+    // The first command may get the new LU's power-on unit attention.
+    if tur.sense_len > 0 && tur.sense_key_asc() == (SENSE_UNIT_ATTENTION, 0x29) {
+        tur = vm.scsi(cd, &cdb::test_unit_ready(), &[], &[]);
+    }
+    assert_eq!(tur.sense_key_asc(), (SENSE_NOT_READY, 0x3a), "{tur:?}");
+    let r = vm.scsi(cd, &cdb::read10(0, 1), &[], &[2048]);
+    assert_eq!(r.sense_key_asc(), (SENSE_NOT_READY, 0x3a), "{r:?}");
+    assert!(unlocked(&a) && unlocked(&b));
+    // The empty drive takes a medium again.
+    drop(vm);
+    let r = m.ctl_json(&["change-medium", "0:3", b.to_str().unwrap()]);
+    assert_eq!(r, json!({"size": 2 << 20}));
+    assert!(!unlocked(&b));
+}
+
 /// `change-medium` and `eject` through the worker, on a CD-ROM added at run time: the new ISO
 /// is opened read-only and locked shared, the old one released; a passed descriptor works as
 /// a path does; a fixed disk and a missing image are refused, changing nothing.
@@ -1005,11 +1087,7 @@ fn change_medium_and_eject_round_trip() {
     assert_eq!(cd(&m.list())["medium"], "loaded");
     assert!(m.list()["luns"][0]["medium"].is_null());
     // Shared-locked while served: a writer cannot take it.
-    let exclusive = |p: &Path| {
-        let f = std::fs::File::open(p).unwrap();
-        // SAFETY: flock on a descriptor we own.
-        unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
-    };
+    let exclusive = unlocked;
     assert!(!exclusive(&a));
 
     let r = m.ctl_json(&["change-medium", "0:5", b.to_str().unwrap()]);

@@ -31,6 +31,7 @@ pub const VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET: u32 = 5;
 pub const STATUS_GOOD: u8 = 0x00;
 pub const STATUS_CHECK_CONDITION: u8 = 0x02;
 
+pub const SENSE_NOT_READY: u8 = 0x02;
 pub const SENSE_ILLEGAL_REQUEST: u8 = 0x05;
 pub const SENSE_UNIT_ATTENTION: u8 = 0x06;
 pub const SENSE_DATA_PROTECT: u8 = 0x07;
