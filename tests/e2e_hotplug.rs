@@ -23,14 +23,13 @@ mod common;
 
 use std::{
     fs,
-    os::fd::AsRawFd,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
 
-use common::{Daemon, Disk};
+use common::{unlocked, Daemon, Disk};
 use vus_test_support::e2e::system_qemu;
 
 const MIB: u64 = 1 << 20;
@@ -123,13 +122,6 @@ fn field<'a>(rest: &'a str, key: &str) -> &'a str {
     rest.split_whitespace()
         .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or_else(|| panic!("no {key}= in {rest:?}"))
-}
-
-fn unlocked(path: &Path) -> bool {
-    // flock(2) does not care how the file is open: read-only is enough for an ISO.
-    let f = fs::File::open(path).unwrap();
-    // SAFETY: flock on a descriptor we own.
-    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// The guest (`tests/e2e/guest-hotplug.sh`) on `daemon`'s socket; `append`: more of its

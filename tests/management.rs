@@ -990,19 +990,6 @@ fn the_spawning_thread_is_confined_like_the_main_thread() {
     assert_eq!(field(&st, "NoNewPrivs"), "1", "{st}");
     assert_eq!(field(&st, "CapEff"), "0000000000000000", "{st}");
 }
-/// Nobody holds a lock on `path` (an exclusive one is free; the file is opened read-only,
-/// which `flock(2)` does not mind).
-fn unlocked(path: &Path) -> bool {
-    let f = std::fs::File::open(path).unwrap();
-    // SAFETY: flock on a descriptor we own (closed, and the lock with it, on return).
-    unsafe {
-        libc::flock(
-            std::os::fd::AsRawFd::as_raw_fd(&f),
-            libc::LOCK_EX | libc::LOCK_NB,
-        ) == 0
-    }
-}
-
 /// Kills the daemon's worker and waits for restart number `n` (`--restart-worker=on-failure`).
 fn kill_worker(m: &Managed, n: usize) {
     let worker = worker_of(m.daemon.pid());

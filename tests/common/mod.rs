@@ -266,6 +266,15 @@ pub fn thread_cpu_ticks(pid: libc::pid_t) -> Vec<(libc::pid_t, String, u64)> {
     threads
 }
 
+/// Nobody holds a `flock(2)` lock on `path`: an exclusive one is free (taken on a read-only
+/// descriptor, which `flock` does not mind, and let go when it closes on return).
+#[allow(dead_code)] // not every test binary checks locks
+pub fn unlocked(path: &std::path::Path) -> bool {
+    let f = File::open(path).unwrap();
+    // SAFETY: flock on a descriptor we own.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
 /// The worker: the supervisor's child named `vus-worker` (waits for it, bounded).
 #[allow(dead_code)] // not every test binary looks for the worker
 pub fn worker_of(supervisor: libc::pid_t) -> libc::pid_t {
