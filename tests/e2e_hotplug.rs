@@ -409,9 +409,9 @@ fn guest_sees_the_cdrom_medium_changed_and_ejected() {
     let step = guest.wait_step("changed", &daemon);
     assert_eq!(field(&step, "which"), which_b);
     assert_eq!(field(&step, "sectors"), sectors(&b));
-    // (A, the configured medium, stays open in the supervisor, which keeps the configured
-    // LUNs' files for a restarted worker; a medium loaded at run time is closed once replaced
-    // or ejected, checked below.)
+    // (A replaced medium is closed once no command uses it, the configured one too: without
+    // --restart-worker the supervisor keeps no LUN file, and with it it drops its copy of a
+    // replaced medium; checked below, once the eject released what the swap may have kept.)
     // 4. Ejected: the guest finds no medium.
     ctl(&mgmt, &["eject", "0:1"], &daemon);
     guest.wait_step("ejected", &daemon);
@@ -428,6 +428,7 @@ fn guest_sees_the_cdrom_medium_changed_and_ejected() {
     );
     daemon.assert_alive();
     assert!(unlocked(&b), "the ejected ISO is still locked");
+    assert!(unlocked(&a), "the replaced configured ISO is still locked");
     let status = daemon.terminate();
     assert!(status.success(), "daemon exit: {status}\n{}", daemon.log());
 }
