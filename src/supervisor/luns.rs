@@ -148,12 +148,17 @@ fn replace_medium(res: &mut LunSet<'_>, i: usize, medium: Option<OpenedLun>) {
     res.fds.extend(backend.block().and_then(|b| b.raw_fd()));
     let old = std::mem::replace(&mut retained.backend, backend);
     info!(
-        "LUN {}:{}: {} for restarts; the old medium is closed in the supervisor",
+        "LUN {}:{}: {} for restarts{}",
         retained.config.target,
         retained.config.lun,
         match &retained.backend {
             LunBackend::NoMedium => "no medium".to_owned(),
             _ => format!("medium {}", retained.config.source),
+        },
+        if old.block().is_some() {
+            "; the old one is closed in the supervisor"
+        } else {
+            ""
         }
     );
     drop(old);
