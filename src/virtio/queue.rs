@@ -24,7 +24,9 @@ use vm_memory::{
 };
 
 mod hold;
+mod used;
 pub use hold::{RetryTimer, RETRY_MAX, RETRY_MIN};
+use used::UsedBatch;
 
 use crate::{
     block::{
@@ -190,6 +192,9 @@ pub struct QueueWorker {
     bus_generation: u64,
     /// `enospc=hold`: the commands kept unanswered until their storage has room (see `hold`).
     held: hold::Held,
+    /// Answers not yet in the used ring: published (one used index store) and notified (at
+    /// most one call) per batch, before any sleep ([`used`]).
+    used: UsedBatch,
 }
 
 impl QueueWorker {
@@ -259,6 +264,7 @@ impl QueueWorker {
             queue: 0,
             bus_generation: 0,
             held: hold::Held::default(),
+            used: UsedBatch::with_capacity(depth),
         }
     }
 
@@ -389,11 +395,10 @@ impl QueueWorker {
             }
             self.release_removed_files(bus);
             // The pass's last I/O (if queued) is submitted with the wait or before the spin.
-            let mut used_any = self.pop_and_start(bus, vring, mem, event_idx)?;
-            used_any |= self.reap(bus, vring)?;
-            if used_any && (!event_idx || vring.needs_notification()?) {
-                vring.signal_used_queue().map_err(QueueError::Notify)?;
-            }
+            self.pop_and_start(bus, vring, mem, event_idx)?;
+            self.reap(bus, vring)?;
+            // The pass's answers: one used index store, at most one call.
+            self.used.flush(vring, mem, event_idx)?;
             if self.inflight == 0 {
                 // A stopped ring takes nothing new: what was in flight has completed. Nor does a
                 // queue whose slots are all held (enospc=hold): its retry timer brings it back.
@@ -499,7 +504,7 @@ impl QueueWorker {
             }
         }
         // Completed I/O is answered (and signalled) by `drain`.
-        self.drain(bus, vring)?;
+        self.drain(bus, vring, mem)?;
         let regions: Vec<(*mut u8, usize)> = mem
             .iter()
             .filter_map(|r| {
@@ -598,7 +603,7 @@ impl QueueWorker {
             while i < passthrough.len() {
                 if passthrough[i].1.is_ready() {
                     if let Some((head, p)) = passthrough.remove(i) {
-                        vring.add_used(head, p.finish())?;
+                        self.used.push(head, p.finish());
                         answered = true;
                     }
                 } else {
@@ -607,13 +612,11 @@ impl QueueWorker {
             }
             if !answered {
                 if let Some((head, p)) = passthrough.pop_front() {
-                    vring.add_used(head, p.finish())?;
+                    self.used.push(head, p.finish());
                 }
             }
             used_any = true;
-            if !event_idx || vring.needs_notification()? {
-                vring.signal_used_queue().map_err(QueueError::Notify)?;
-            }
+            self.used.flush(vring, mem, event_idx)?;
             if popped < PASSTHROUGH_ROUND && !self.ring_stopped {
                 self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
             }
@@ -665,7 +668,7 @@ impl QueueWorker {
             if let Ok(Started::DrainFirst(command)) = started {
                 // The command would block on a LU's write gate, which our own writes in flight
                 // hold: only this thread can complete them. Then it may wait.
-                match self.drain(bus, vring) {
+                match self.drain(bus, vring, mem) {
                     Ok(used) => used_any |= used,
                     Err(e) => drain_error = Some(e),
                 }
@@ -686,7 +689,7 @@ impl QueueWorker {
                 }
             };
             if let Some(used) = used {
-                vring.add_used(head, used)?;
+                self.used.push(head, used);
                 used_any = true;
             }
         }
@@ -699,7 +702,12 @@ impl QueueWorker {
 
     /// Completes every I/O in flight (waiting for the engine); true when used-ring entries
     /// were added.
-    fn drain(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
+    fn drain(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &MemGuard,
+    ) -> Result<bool, QueueError> {
         if self.inflight == 0 {
             return Ok(false);
         }
@@ -712,9 +720,10 @@ impl QueueWorker {
             }
             self.engine.wait(None).map_err(QueueError::Engine)?;
         }
-        // The guest may be waiting for these while the command that drained blocks.
-        if used_any {
-            vring.signal_used_queue().map_err(QueueError::Notify)?;
+        // The guest may be waiting for these (and the pass's answers before them) while the
+        // command that drained blocks: published and signalled now.
+        if self.used.publish(vring, mem)? {
+            self.used.signal(vring)?;
         }
         Ok(used_any)
     }
@@ -794,17 +803,13 @@ impl QueueWorker {
         self.engine.submit().map_err(QueueError::Engine)
     }
 
-    /// Completes every finished I/O; true when used-ring entries were added.
-    fn reap(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
+    /// Completes every finished I/O into the used batch; true when answers were added.
+    fn reap(&mut self, bus: &ScsiBus, _vring: &impl Vring) -> Result<bool, QueueError> {
         self.engine.reap(&mut self.done);
         if self.done.is_empty() {
             return Ok(false);
         }
         let mut done = std::mem::take(&mut self.done);
-        // Every completion is accounted for even when the used ring cannot take it (the
-        // front-end removed the memory holding it): one lost here would stay "in flight" for
-        // ever and hold up the teardown. The first such error is reported after the loop.
-        let mut ring_error = None;
         // One clock reading for the completions reaped together.
         let now = Instant::now();
         for &(user_data, res) in &done {
@@ -827,16 +832,13 @@ impl QueueWorker {
             slot.release();
             self.free.push(index as u32);
             self.inflight -= 1;
-            if let Err(e) = vring.add_used(head, used) {
-                ring_error.get_or_insert(e);
-            }
+            // Every completion is accounted for (slot freed, in flight counted down) even if
+            // the used ring turns out not to take it when the batch is published.
+            self.used.push(head, used);
         }
         done.clear();
         self.done = done;
-        match ring_error {
-            Some(e) => Err(e.into()),
-            None => Ok(true),
-        }
+        Ok(true)
     }
 
     /// Where the teardown of this worker stops waiting for its I/O (see [`TEARDOWN_DRAIN`]):
