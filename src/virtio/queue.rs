@@ -537,7 +537,8 @@ impl QueueWorker {
 
     /// Spins up to `window` for a completion or a new request (when a slot is free).
     fn spin(&mut self, vring: &impl Vring, mem: &MemGuard, window: Duration) -> Spun {
-        if window.is_zero() {
+        // Not on a CPU another task wanted since the last spin (see `virtio::poll`).
+        if window.is_zero() || self.poller.switched_out() {
             return Spun::Nothing;
         }
         let mut last = Instant::now();
