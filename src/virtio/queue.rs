@@ -369,6 +369,20 @@ impl QueueWorker {
         mem: &MemGuard,
         event_idx: bool,
     ) -> Result<(), QueueError> {
+        let served = self.serve(bus, vring, mem, event_idx);
+        // Answers collected before an error still reach the guest (the ring may be stopped
+        // before the next call).
+        let flushed = self.used.flush(vring, mem, event_idx);
+        served.and(flushed.map(|_| ()))
+    }
+
+    fn serve(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &MemGuard,
+        event_idx: bool,
+    ) -> Result<(), QueueError> {
         // Once the kick is seen readable it stays so until this call returns to the event loop
         // (which consumes it): watching it again with a level-triggered engine would spin, so
         // new requests are then picked up at every completion and by the event loop's next
