@@ -332,11 +332,17 @@ mod tests {
             })
         };
         pin(cpu);
-        while involuntary_switches().unwrap() == before {
+        // (A guard against a host where the two cannot share a CPU, not a timing condition.)
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while involuntary_switches().unwrap() == before && Instant::now() < give_up {
             std::thread::yield_now();
         }
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         hog.join().unwrap();
+        if involuntary_switches().unwrap() == before {
+            eprintln!("SKIPPED: this thread was never switched out for a thread on its CPU");
+            return;
+        }
         assert!(p.switched_out());
         assert_eq!(p.completion_window(), Duration::ZERO, "paused");
         assert!(!p.switched_out(), "no second look while paused");
