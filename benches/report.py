@@ -17,7 +17,7 @@ REFS = {
     "file-sync-randread-qd32": "fio-randread-qd32",
     "file-uring-randread-qd1": "fio-randread-qd1",
     "file-uring-randread-qd1-event": "fio-randread-qd1",
-    "file-uring-randread-qd1-event-poll": "fio-randread-qd1",
+    "file-uring-randread-qd1-event-nopoll": "fio-randread-qd1",
     "file-uring-randwrite-qd32": "fio-randwrite-qd32",
     "file-uring-read-1m-qd8": "fio-read-1m-qd8",
     "file-uring-randread-qd32-q2": "fio-randread-qd32-j2",

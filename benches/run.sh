@@ -158,10 +158,10 @@ ours file-threads-randread-qd32 "$FILE" threads randread 4096 32 1
 ours file-sync-randread-qd32 "$FILE" sync randread 4096 32 1
 fio_ref fio-randread-qd1 randread 4096 1 1
 ours file-uring-randread-qd1 "$FILE" io-uring randread 4096 1 1
-# With a client that sleeps like fio: default options (no polling), and adaptive polling.
+# With a client that sleeps like fio: default options (adaptive polling), and no polling.
 ours file-uring-randread-qd1-event "$FILE" io-uring randread 4096 1 1 event
-[ "$QUICK" = 1 ] || DAEMON_ARGS="$DAEMON_ARGS --poll-max-us 64" \
-    ours file-uring-randread-qd1-event-poll "$FILE" io-uring randread 4096 1 1 event
+[ "$QUICK" = 1 ] || DAEMON_ARGS="$DAEMON_ARGS --poll-max-us 0" \
+    ours file-uring-randread-qd1-event-nopoll "$FILE" io-uring randread 4096 1 1 event
 if [ "$QUICK" != 1 ]; then
     fio_ref fio-randwrite-qd32 randwrite 4096 32 1
     ours file-uring-randwrite-qd32 "$FILE" io-uring randwrite 4096 32 1

@@ -1097,13 +1097,14 @@ fn registered_buffers_carry_io() {
     }
 }
 
-/// Adaptive polling spins only while requests keep coming: after a burst of I/O, a daemon with
-/// no guest I/O uses no CPU. A queue thread that kept spinning would use every
+/// Adaptive polling (the default) spins only while requests keep coming: after a burst of I/O,
+/// a daemon with no guest I/O uses no CPU. A queue thread that kept spinning would use every
 /// tick of the idle period (~300 in 3 s); the whole worker may use a few (the signal thread,
 /// timer ticks, the poll window after the last request).
 #[test]
 fn an_idle_daemon_does_not_spin_after_a_burst_of_io() {
-    let mut daemon = Daemon::start(&one_disk(), &["--poll-max-us", "64"]);
+    // Default options: polling on.
+    let mut daemon = Daemon::start(&one_disk(), &[]);
     let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
     vm.clear_unit_attention(lun(0, 0));
     let worker = worker_of(daemon.pid());

@@ -206,8 +206,8 @@ pub struct Args {
 
     /// Adaptive polling: a queue spins before sleeping only while its waits are short (its
     /// window grows from 4 µs while the awaited event arrives within US µs, and halves when it
-    /// does not; it pauses when the CPU is contended), so an idle queue sleeps at once; 64 is
-    /// a good value; 0 turns polling off [default: 0].
+    /// does not; it pauses when another task wanted the queue thread's CPU), so an idle queue
+    /// sleeps at once; 0 turns polling off [default: 64].
     #[arg(long, value_name = "US")]
     pub poll_max_us: Option<u32>,
 

@@ -349,11 +349,11 @@ pub struct IoConfig {
     pub memlock_limit: Option<u64>,
 }
 
-/// Default `--poll-max-us`: 0, no polling. Adaptive polling did not pay on the 2-CPU machine it
-/// was measured on (QD1 0.4–0.7× of no polling on the host bench and in a TCG guest, A/B in
-/// docs/benchmarks.md), so it is opt-in until a quiet or KVM host shows a gain; then
-/// [`SUGGESTED_POLL_MAX_US`] is the value to make the default.
-pub const DEFAULT_POLL_MAX_US: u32 = 0;
+/// Default `--poll-max-us`: adaptive polling up to [`SUGGESTED_POLL_MAX_US`]. It was off for a
+/// while because it stalled a timer tick per I/O next to a sleeping client; that was polling on
+/// a CPU another task wanted, which the queue now notices (`virtio::poll`) and stops polling
+/// for (docs/benchmarks.md, "The polling stall").
+pub const DEFAULT_POLL_MAX_US: u32 = SUGGESTED_POLL_MAX_US;
 /// The maximum to use with adaptive polling: longer than a 4 KiB O_DIRECT read takes on a
 /// virtual disk (25–55 µs here), so that a QD1 completion is caught by polling rather than by a
 /// wake-up; QEMU's iothreads default to 32 µs.

@@ -15,13 +15,19 @@
 //!   been wasted). QEMU's default shrink resets to 0; halving keeps one slow outlier among fast
 //!   completions from costing the next five their polling.
 //!
-//! A spin yields the CPU at every turn; when a yield lets another thread run (it takes 20 µs
-//! or more) the host has no CPU to spare: the spin stops and polling pauses for half a second,
-//! since spinning would delay whoever produces the awaited event (a vCPU, the client) on a CPU
-//! it needs.
-//!
-//! Off by default (`--poll-max-us 0`): on the shared 2-CPU machine it was measured on it did
-//! not pay (docs/benchmarks.md, "Polling").
+//! Polling must never take a CPU that another task wants. A spinning thread that another task
+//! waits behind builds up that task's claim on the CPU (EEVDF): the moment the spinner is
+//! switched out — it yields, its slice ends, or the eventfd write that wakes the guest's
+//! thread (placed on the waker's CPU) reschedules it — the waiting task runs for a whole slice,
+//! until the next timer tick (4 ms at HZ=250), and the thread just woken waits behind it. At
+//! QD1 that was one tick per I/O (docs/benchmarks.md, "The polling stall"). So every spin
+//! first asks the kernel whether this thread was switched out while runnable since the last
+//! spin (`getrusage(RUSAGE_THREAD)`'s involuntary context switches, which count yields that let
+//! another task run and every preemption, wherever it happened), and a spin yields the CPU at
+//! every turn so that a task arriving meanwhile shows at once (a turn of 20 µs or more). Either
+//! sign pauses polling, for half a second at first and twice as long each time contention is
+//! found again soon after a pause (up to 8 s), since on such a host spinning delays whoever
+//! produces the awaited event (a vCPU, the client).
 //!
 //! An idle queue therefore spins at most once, for at most the maximum, after its last request,
 //! and sleeps in epoll until the guest kicks; the first request after a long pause halves the
@@ -34,6 +40,8 @@ use std::time::{Duration, Instant};
 /// host sees at most a spin or two per second per queue, short enough that polling is back soon
 /// after the load goes.
 const CONTENDED_PAUSE: Duration = Duration::from_millis(500);
+/// The longest pause, reached when contention is found again right after each pause.
+const CONTENDED_PAUSE_MAX: Duration = Duration::from_secs(8);
 
 /// Where a window starts growing (QEMU: "start polling at 4 microseconds").
 const POLL_START: Duration = Duration::from_micros(4);
@@ -105,6 +113,13 @@ pub struct Poller {
     request: PollWindow,
     /// Polling is off until then: a spin found the CPU wanted by another thread.
     paused_until: Option<Instant>,
+    /// The length of the last pause, and when it ended (contention again soon after doubles
+    /// the next one).
+    pause: Duration,
+    resumed_at: Option<Instant>,
+    /// This thread's involuntary context switches at the last look (`None`: look again before
+    /// comparing, e.g. after a pause).
+    switches: Option<i64>,
 }
 
 impl Poller {
@@ -114,6 +129,9 @@ impl Poller {
             completion: PollWindow::default(),
             request: PollWindow::default(),
             paused_until: None,
+            pause: Duration::ZERO,
+            resumed_at: None,
+            switches: None,
         }
     }
 
@@ -147,6 +165,9 @@ impl Poller {
             Some(until) if Instant::now() < until => true,
             Some(_) => {
                 self.paused_until = None;
+                self.resumed_at = Some(Instant::now());
+                // What happened during the pause says nothing about spinning.
+                self.switches = None;
                 false
             }
             None => false,
@@ -160,10 +181,40 @@ impl Poller {
     /// loaded host its wake-ups then wait for a whole round of the run queue.
     pub fn contended(&mut self) {
         if self.adaptive() {
+            let now = Instant::now();
+            // Contention again within twice the last pause of its end: it is the host's steady
+            // state, not a moment; pause longer.
+            let again = self
+                .resumed_at
+                .is_some_and(|at| now.saturating_duration_since(at) < self.pause * 2);
+            self.pause = if again {
+                (self.pause * 2).min(CONTENDED_PAUSE_MAX)
+            } else {
+                CONTENDED_PAUSE
+            };
             self.completion = PollWindow::default();
             self.request = PollWindow::default();
-            self.paused_until = Some(Instant::now() + CONTENDED_PAUSE);
+            self.paused_until = Some(now + self.pause);
+            self.switches = None;
         }
+    }
+
+    /// Before a spin (adaptive only): whether another task took this thread's CPU while it
+    /// was runnable since the last look — then polling pauses ([`Poller::contended`]) and the
+    /// caller should not spin. One `getrusage` per spin; none while polling is off or paused.
+    pub fn switched_out(&mut self) -> bool {
+        if !self.adaptive() || self.paused_until.is_some() {
+            return false;
+        }
+        let Some(now) = involuntary_switches() else {
+            return false;
+        };
+        let before = self.switches.replace(now);
+        if before.is_some_and(|b| now > b) {
+            self.contended();
+            return true;
+        }
+        false
     }
 
     /// A completion came `waited` after the queue started waiting for one.
@@ -185,6 +236,16 @@ impl Poller {
             self.request.adjust(waited, max);
         }
     }
+}
+
+/// The calling thread's involuntary context switches so far: times it was switched out while
+/// runnable (preempted, or a `sched_yield` that let another task run).
+fn involuntary_switches() -> Option<i64> {
+    // SAFETY: a zeroed rusage is a valid value for getrusage to fill in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: RUSAGE_THREAD fills `usage` for the calling thread.
+    let ret = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    (ret == 0).then_some(usage.ru_nivcsw)
 }
 
 #[cfg(test)]
@@ -226,6 +287,75 @@ mod tests {
         // An idle source never starts polling.
         w.adjust(Duration::from_secs(3), MAX);
         assert_eq!(w.get(), Duration::ZERO);
+    }
+
+    #[test]
+    fn pauses_grow_while_contention_comes_back_after_each() {
+        let mut p = Poller::new(PollPolicy::from_options(None, 64));
+        p.contended();
+        assert_eq!(p.pause, CONTENDED_PAUSE);
+        // The pause ends, and contention is found again at once: twice as long, up to the cap.
+        for want in [1, 2, 4, 8, 8] {
+            p.paused_until = Some(Instant::now());
+            assert!(!p.paused());
+            p.contended();
+            assert_eq!(p.pause, Duration::from_secs(want));
+        }
+        // Long after the last pause ended: back to the shortest.
+        p.paused_until = Some(Instant::now());
+        assert!(!p.paused());
+        p.resumed_at = Some(Instant::now() - Duration::from_secs(60));
+        p.contended();
+        assert_eq!(p.pause, CONTENDED_PAUSE);
+    }
+
+    #[test]
+    fn a_thread_switched_out_since_the_last_spin_stops_polling() {
+        let mut p = Poller::new(PollPolicy::from_options(None, 64));
+        for _ in 0..4 {
+            p.completed(us(50));
+        }
+        assert!(!p.switched_out(), "the first look only takes the count");
+        // Another thread spins on this thread's CPU (both pinned there) until this one, which
+        // stays runnable, has been switched out involuntarily at least once.
+        let before = involuntary_switches().unwrap();
+        // SAFETY: no preconditions.
+        let cpu = unsafe { libc::sched_getcpu() };
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hog = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin(cpu);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+            })
+        };
+        pin(cpu);
+        // (A guard against a host where the two cannot share a CPU, not a timing condition.)
+        let give_up = Instant::now() + Duration::from_secs(30);
+        while involuntary_switches().unwrap() == before && Instant::now() < give_up {
+            std::thread::yield_now();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        hog.join().unwrap();
+        if involuntary_switches().unwrap() == before {
+            eprintln!("SKIPPED: this thread was never switched out for a thread on its CPU");
+            return;
+        }
+        assert!(p.switched_out());
+        assert_eq!(p.completion_window(), Duration::ZERO, "paused");
+        assert!(!p.switched_out(), "no second look while paused");
+    }
+
+    fn pin(cpu: i32) {
+        // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes inside it and
+        // sched_setaffinity reads it for the calling thread.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu.max(0) as usize, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
     }
 
     #[test]

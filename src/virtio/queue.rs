@@ -24,7 +24,9 @@ use vm_memory::{
 };
 
 mod hold;
+mod used;
 pub use hold::{RetryTimer, RETRY_MAX, RETRY_MIN};
+use used::UsedBatch;
 
 use crate::{
     block::{
@@ -320,6 +322,9 @@ pub struct QueueWorker {
     bus_generation: u64,
     /// `enospc=hold`: the commands kept unanswered until their storage has room (see `hold`).
     held: hold::Held,
+    /// Answers not yet in the used ring: published (one used index store) and notified (at
+    /// most one call) per batch, before any sleep ([`used`]).
+    used: UsedBatch,
 }
 
 impl QueueWorker {
@@ -390,6 +395,7 @@ impl QueueWorker {
             queue: 0,
             bus_generation: 0,
             held: hold::Held::default(),
+            used: UsedBatch::with_capacity(depth),
         }
     }
 
@@ -507,6 +513,20 @@ impl QueueWorker {
         mem: &MemGuard,
         event_idx: bool,
     ) -> Result<(), QueueError> {
+        let served = self.serve(bus, vring, mem, event_idx);
+        // Answers collected before an error still reach the guest (the ring may be stopped
+        // before the next call).
+        let flushed = self.used.flush(vring, mem, event_idx, self.tracking.queue());
+        served.and(flushed.map(|_| ()))
+    }
+
+    fn serve(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &MemGuard,
+        event_idx: bool,
+    ) -> Result<(), QueueError> {
         // Once the kick is seen readable it stays so until this call returns to the event loop
         // (which consumes it): watching it again with a level-triggered engine would spin, so
         // new requests are then picked up at every completion and by the event loop's next
@@ -534,11 +554,10 @@ impl QueueWorker {
             }
             self.sync_fixed_files(bus);
             // The pass's last I/O (if queued) is submitted with the wait or before the spin.
-            let mut used_any = self.pop_and_start(bus, vring, mem, event_idx)?;
-            used_any |= self.reap(bus, vring)?;
-            if used_any && (!event_idx || vring.needs_notification()?) {
-                vring.signal_used_queue().map_err(QueueError::Notify)?;
-            }
+            self.pop_and_start(bus, vring, mem, event_idx)?;
+            self.reap(bus, vring)?;
+            // The pass's answers: one used index store, at most one call.
+            self.used.flush(vring, mem, event_idx, self.tracking.queue())?;
             if self.inflight == 0 {
                 // A stopped ring takes nothing new: what was in flight has completed. Nor does a
                 // queue whose slots are all held (enospc=hold): its retry timer brings it back.
@@ -649,7 +668,7 @@ impl QueueWorker {
             }
         }
         // Completed I/O is answered (and signalled) by `drain`.
-        self.drain(bus, vring)?;
+        self.drain(bus, vring, mem)?;
         let regions: Vec<(*mut u8, usize)> = mem
             .iter()
             .filter_map(|r| {
@@ -682,7 +701,8 @@ impl QueueWorker {
 
     /// Spins up to `window` for a completion or a new request (when a slot is free).
     fn spin(&mut self, vring: &impl Vring, mem: &MemGuard, window: Duration) -> Spun {
-        if window.is_zero() {
+        // Not on a CPU another task wanted since the last spin (see `virtio::poll`).
+        if window.is_zero() || self.poller.switched_out() {
             return Spun::Nothing;
         }
         let mut last = Instant::now();
@@ -748,7 +768,7 @@ impl QueueWorker {
             while i < passthrough.len() {
                 if passthrough[i].1.is_ready() {
                     if let Some((head, p)) = passthrough.remove(i) {
-                        publish_used(vring, self.tracking.queue(), head, p.finish())?;
+                        self.used.push(head, p.finish());
                         answered = true;
                     }
                 } else {
@@ -757,13 +777,11 @@ impl QueueWorker {
             }
             if !answered {
                 if let Some((head, p)) = passthrough.pop_front() {
-                    publish_used(vring, self.tracking.queue(), head, p.finish())?;
+                    self.used.push(head, p.finish());
                 }
             }
             used_any = true;
-            if !event_idx || vring.needs_notification()? {
-                vring.signal_used_queue().map_err(QueueError::Notify)?;
-            }
+            self.used.flush(vring, mem, event_idx, self.tracking.queue())?;
             if popped < PASSTHROUGH_ROUND && !self.ring_stopped {
                 self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
             }
@@ -852,7 +870,7 @@ impl QueueWorker {
             if let Ok(Started::DrainFirst(command)) = started {
                 // The command would block on a LU's write gate, which our own writes in flight
                 // hold: only this thread can complete them. Then it may wait.
-                match self.drain(bus, vring) {
+                match self.drain(bus, vring, mem) {
                     Ok(used) => used_any |= used,
                     Err(e) => drain_error = Some(e),
                 }
@@ -873,7 +891,7 @@ impl QueueWorker {
                 }
             };
             if let Some(used) = used {
-                publish_used(vring, self.tracking.queue.as_ref(), head, used)?;
+                self.used.push(head, used);
                 used_any = true;
             }
         }
@@ -886,7 +904,12 @@ impl QueueWorker {
 
     /// Completes every I/O in flight (waiting for the engine); true when used-ring entries
     /// were added.
-    fn drain(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
+    fn drain(
+        &mut self,
+        bus: &ScsiBus,
+        vring: &impl Vring,
+        mem: &MemGuard,
+    ) -> Result<bool, QueueError> {
         if self.inflight == 0 {
             return Ok(false);
         }
@@ -899,9 +922,10 @@ impl QueueWorker {
             }
             self.engine.wait(None).map_err(QueueError::Engine)?;
         }
-        // The guest may be waiting for these while the command that drained blocks.
-        if used_any {
-            vring.signal_used_queue().map_err(QueueError::Notify)?;
+        // The guest may be waiting for these (and the pass's answers before them) while the
+        // command that drained blocks: published and signalled now.
+        if self.used.publish(vring, mem, self.tracking.queue())? {
+            self.used.signal(vring)?;
         }
         Ok(used_any)
     }
@@ -981,17 +1005,13 @@ impl QueueWorker {
         self.engine.submit().map_err(QueueError::Engine)
     }
 
-    /// Completes every finished I/O; true when used-ring entries were added.
-    fn reap(&mut self, bus: &ScsiBus, vring: &impl Vring) -> Result<bool, QueueError> {
+    /// Completes every finished I/O into the used batch; true when answers were added.
+    fn reap(&mut self, bus: &ScsiBus, _vring: &impl Vring) -> Result<bool, QueueError> {
         self.engine.reap(&mut self.done);
         if self.done.is_empty() {
             return Ok(false);
         }
         let mut done = std::mem::take(&mut self.done);
-        // Every completion is accounted for even when the used ring cannot take it (the
-        // front-end removed the memory holding it): one lost here would stay "in flight" for
-        // ever and hold up the teardown. The first such error is reported after the loop.
-        let mut ring_error = None;
         // One clock reading for the completions reaped together.
         let now = Instant::now();
         for &(user_data, res) in &done {
@@ -1014,16 +1034,13 @@ impl QueueWorker {
             slot.release();
             self.free.push(index as u32);
             self.inflight -= 1;
-            if let Err(e) = publish_used(vring, self.tracking.queue.as_ref(), head, used) {
-                ring_error.get_or_insert(e);
-            }
+            // Every completion is accounted for (slot freed, in flight counted down) even if
+            // the used ring turns out not to take it when the batch is published.
+            self.used.push(head, used);
         }
         done.clear();
         self.done = done;
-        match ring_error {
-            Some(e) => Err(e.into()),
-            None => Ok(true),
-        }
+        Ok(true)
     }
 
     /// Where the teardown of this worker stops waiting for its I/O (see [`TEARDOWN_DRAIN`]):
