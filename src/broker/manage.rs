@@ -174,11 +174,8 @@ impl AddLun {
             source: truncate(&config.source.to_string(), MAX_SOURCE_LEN),
             backing,
             read_only: config.read_only,
-            serial: config
-                .serial
-                .clone()
-                .unwrap_or_else(|| config.default_serial()),
-            wwn: config.wwn.unwrap_or_else(|| config.default_wwn()),
+            serial: config.effective_serial(),
+            wwn: config.effective_wwn(),
             block_size: config.block_size.bytes(),
             phys_block_size: config.phys_block_size,
             discard: config.discard,

@@ -138,8 +138,8 @@ impl Table {
                     "cache": match c.cache { CacheMode::None => "none", CacheMode::Writeback => "writeback" },
                     "discard": c.discard,
                     // What the guest sees: the configured identities or the derived defaults.
-                    "serial": c.serial.clone().unwrap_or_else(|| c.default_serial()),
-                    "wwn": format!("0x{:016x}", c.wwn.unwrap_or_else(|| c.default_wwn())),
+                    "serial": c.effective_serial(),
+                    "wwn": format!("0x{:016x}", c.effective_wwn()),
                     "pr-file": c.pr_file.as_ref().map(|p| p.display().to_string()),
                     "state": e.state.name(),
                     "origin": if e.runtime { "add-lun" } else { "configuration" },
