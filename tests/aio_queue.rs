@@ -23,7 +23,7 @@ use vhost_user_scsi::{
     block::engine::{Engine, Op},
     config::EnospcPolicy,
     scsi::{wait_unused, IoKind, ScsiBus},
-    virtio::queue::QueueWorker,
+    virtio::queue::{QueueWorker, RetryTimer, RETRY_MIN},
 };
 use vm_memory::GuestAddressSpace;
 use vus_test_support::{
@@ -682,4 +682,69 @@ fn a_queue_whose_slots_are_all_held_returns_to_its_event_loop() {
     }
     assert_eq!(w.held(), 0);
     assert_eq!(bus.hold_order(0, 0).map(|o| o.held()), Some(0));
+}
+
+/// What is left of a retry timer's countdown (zero: not set, or expired).
+fn timer_left(timer: &RetryTimer) -> Duration {
+    // SAFETY: a zeroed itimerspec is valid; timerfd_gettime fills it from the timer's fd.
+    let mut spec: libc::itimerspec = unsafe { std::mem::zeroed() };
+    // SAFETY: the timerfd is open for the timer's lifetime; `spec` is a valid out pointer.
+    let r = unsafe { libc::timerfd_gettime(timer.fds()[0], &mut spec) };
+    assert_eq!(r, 0, "timerfd_gettime: {}", io::Error::last_os_error());
+    Duration::new(spec.it_value.tv_sec as u64, spec.it_value.tv_nsec as u32)
+}
+
+/// `enospc=hold`: the queue's retry timer is set when a write is held and then counts down
+/// while the queue keeps serving other requests; it is not set again at every pass. (It was:
+/// with the guest busy on other LUNs of the same queue, kicks every few milliseconds pushed
+/// the retry back for good, and the held writes stayed held long after the storage had room,
+/// found by the soak's enospc windows.)
+#[test]
+fn held_writes_are_retried_while_the_queue_stays_busy() {
+    let (bus, _img) = file_bus_with(|lu| lu.set_enospc(EnospcPolicy::Hold));
+    let hold = Arc::new(Hold::default());
+    hold.set(|s| s.errno = Some(libc::ENOSPC));
+    let mut w = worker(&hold);
+    let timers: Arc<[RetryTimer]> = Arc::from(vec![RetryTimer::new().unwrap()]);
+    w.set_retry_timers(timers.clone(), 0);
+    let mut ring = Ring::new(64);
+    let (_, held) = push_out(&mut ring, 0, &write_fua(0, 1), &block(7));
+    let guard = ring.mem.memory();
+    w.run_and_retry(&bus, &ring.vring, &guard, true, false)
+        .unwrap();
+    assert_eq!(w.held(), 1);
+    let first = timer_left(&timers[0]);
+    assert!(
+        first > Duration::ZERO && first <= RETRY_MIN,
+        "set for the first retry: {first:?}"
+    );
+    // The queue keeps working (reads are not held; this engine fails them too, which does
+    // not matter here: they are answered) while the timer runs.
+    for n in 1..4u64 {
+        thread::sleep(Duration::from_millis(5));
+        let read = push_read(&mut ring, n, 8);
+        w.run_and_retry(&bus, &ring.vring, &guard, true, false)
+            .unwrap();
+        assert_ne!(status(&ring, &read), (0xff, 0xff), "read {n} answered");
+    }
+    let left = timer_left(&timers[0]);
+    assert!(
+        left + Duration::from_millis(15) <= first,
+        "the timer was set again by the passes that followed: {first:?} then {left:?}"
+    );
+    // It fires; the retry answers the write once there is room.
+    hold.set(|s| s.errno = None);
+    let mut pfd = libc::pollfd {
+        fd: timers[0].fds()[0],
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    let fired = unsafe { libc::poll(&mut pfd, 1, 5_000) };
+    assert_eq!(fired, 1, "the retry timer never fired");
+    timers[0].consume();
+    w.run_and_retry(&bus, &ring.vring, &guard, true, true)
+        .unwrap();
+    assert_eq!(w.held(), 0);
+    assert_eq!(status(&ring, &held), (0, 0));
 }
