@@ -101,6 +101,9 @@ pub enum ManageRequest {
     },
     /// Make every completed write durable; answered [`ManageReply::Done`].
     Flush { address: LunAddress },
+    /// Retry the writes held for lack of space (`enospc=hold`) now, on every request queue
+    /// (the retries run on the queue threads; answered [`ManageReply::Done`] at once).
+    RetryHeld,
     /// Per-LUN statistics: of one LUN (`address`), or a page of every LUN's in address order,
     /// starting after `after`. Answered [`ManageReply::Stats`].
     Stats {
@@ -386,6 +389,7 @@ impl ManageRequest {
                     a.check()?;
                 }
             }
+            ManageRequest::RetryHeld => {}
         }
         no_fds()
     }
@@ -399,7 +403,7 @@ impl ManageRequest {
             | ManageRequest::SetReadOnly { address, .. }
             | ManageRequest::Flush { address } => Some(*address),
             ManageRequest::Stats { address, .. } => *address,
-            ManageRequest::List { .. } => None,
+            ManageRequest::List { .. } | ManageRequest::RetryHeld => None,
         }
     }
 }
@@ -432,7 +436,8 @@ impl ManageReply {
                 ManageRequest::AddLun(_)
                 | ManageRequest::RemoveLun { .. }
                 | ManageRequest::SetReadOnly { .. }
-                | ManageRequest::Flush { .. },
+                | ManageRequest::Flush { .. }
+                | ManageRequest::RetryHeld,
             )
             | (ManageReply::Resized { .. }, ManageRequest::Resize { .. }) => Ok(()),
             (ManageReply::Stats { luns, more }, ManageRequest::Stats { address, after }) => {

@@ -76,6 +76,7 @@ fn request(cmd: &CtlCommand) -> Result<(&'static str, Value, Option<OwnedFd>), C
             None,
         ),
         CtlCommand::Flush { address } => ("flush", json!({"lun": address.to_string()}), None),
+        CtlCommand::RetryHeld => ("retry-held", json!({}), None),
         CtlCommand::Stats {
             address,
             prometheus,
@@ -320,6 +321,7 @@ pub fn human(cmd: &CtlCommand, r: &Value) -> String {
             }
         ),
         CtlCommand::Flush { address } => format!("LUN {address}: flushed\n"),
+        CtlCommand::RetryHeld => "held writes are being retried\n".to_owned(),
         CtlCommand::Stats {
             prometheus: true, ..
         } => s(&r["text"]),

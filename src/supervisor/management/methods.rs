@@ -163,6 +163,7 @@ pub enum Then {
     Resized(Address),
     ReadOnly(Address, bool),
     Flushed(Address),
+    RetriedHeld,
     /// Statistics; `pages`: what earlier pages brought.
     Stats {
         prometheus: bool,
@@ -205,6 +206,7 @@ pub const METHODS: &[&str] = &[
     "resize",
     "set-readonly",
     "flush",
+    "retry-held",
     "stats",
 ];
 
@@ -254,6 +256,15 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
                 call: WorkerCall::Flush(a),
                 fds: Vec::new(),
                 then: Then::Flushed(a),
+            })
+        }
+        "retry-held" => {
+            // Not a change either: it only makes the worker retry what it holds sooner.
+            only_params(params, &[])?;
+            Ok(Outcome::Forward {
+                call: WorkerCall::RetryHeld,
+                fds: Vec::new(),
+                then: Then::RetriedHeld,
             })
         }
         "set-readonly" => {
@@ -531,7 +542,7 @@ pub fn finish(
             }
             Ok(json!({}))
         }
-        Then::Flushed(_) => answer.map(|_| json!({})).map_err(worker_err),
+        Then::Flushed(_) | Then::RetriedHeld => answer.map(|_| json!({})).map_err(worker_err),
         Then::Stats {
             prometheus,
             mut pages,
@@ -869,5 +880,31 @@ mod tests {
         };
         finish(&mut f.table, then, Ok(json!({}))).unwrap();
         assert!(f.table.luns.is_empty());
+    }
+
+    /// `retry-held` takes no parameters, goes to the worker whatever state the LUNs are in,
+    /// and changes nothing in the record.
+    #[test]
+    fn retry_held_is_forwarded_and_changes_nothing() {
+        let mut f = Fixture::new();
+        assert_eq!(
+            f.error("retry-held", json!({"lun": "0:0"})).code,
+            code::INVALID_PARAMS
+        );
+        let Outcome::Forward { .. } = f.call("resize", json!({"lun": "0:0"})) else {
+            panic!()
+        };
+        let before = format!("{:?}", f.table.list());
+        let Outcome::Forward { call, fds, then } = f.call("retry-held", json!({})) else {
+            panic!()
+        };
+        assert_eq!(call, WorkerCall::RetryHeld);
+        assert!(!call.mutates());
+        assert!(fds.is_empty());
+        assert_eq!(
+            finish(&mut f.table, then, Ok(json!({}))).unwrap(),
+            json!({})
+        );
+        assert_eq!(format!("{:?}", f.table.list()), before);
     }
 }
