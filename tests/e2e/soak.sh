@@ -316,10 +316,14 @@ while (( $(date +%s) - start < DURATION || faults < ROUNDS * ${#schedule[@]} ));
         iscsi-cut)
             kill -STOP "$tgtd" 2>/dev/null || true
             sleep 1
-            if ss -K dst 127.0.0.1 dport = ":$tgt_port" >/dev/null 2>&1 &&
-                ! ss -tn state established dst 127.0.0.1 dport = ":$tgt_port" | grep -q ESTAB; then
+            # The daemon's side of its connections (local address:port), before and after.
+            conns() { ss -Htn state established dst 127.0.0.1 dport = ":$tgt_port" | awk '{print $3}' | sort; }
+            before="$(conns)"
+            ss -K dst 127.0.0.1 dport = ":$tgt_port" >/dev/null 2>&1 || true
+            if [[ -n "$before" && -z "$(comm -12 <(echo "$before") <(conns))" ]]; then
                 kill -CONT "$tgtd"
             else
+                # ss -K cut nothing (a kernel without socket destroy): tgtd drops the session.
                 kill -CONT "$tgtd"
                 sid="$(tgtadm_ --op show --mode conn --tid 1 | sed -n 's/^ *Session: *//p' | head -n 1)"
                 if [[ -n "$sid" ]]; then
