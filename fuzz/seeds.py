@@ -279,7 +279,8 @@ mgmt = [
     '{"jsonrpc":"2.0","id":3,"method":"resize","params":{"lun":"0:1"}}\n'
     '{"jsonrpc":"2.0","id":4,"method":"set-readonly","params":{"lun":"0:1","read-only":true}}\n'
     '{"jsonrpc":"2.0","id":5,"method":"stats","params":{"format":"prometheus"}}\n'
-    '{"jsonrpc":"2.0","id":6,"method":"remove-lun","params":{"lun":"0:1"}}\n',
+    '{"jsonrpc":"2.0","id":6,"method":"remove-lun","params":{"lun":"0:1"}}\n'
+    '{"jsonrpc":"2.0","id":8,"method":"retry-held"}\n',
     '{"jsonrpc":"2.0","id":7,"method":"add-lun","params":{"spec":"/etc/passwd,pr-file=/x","fd":true}}\n'
     '{bad json\n[1]\n{"jsonrpc":"2.0","id":{},"method":"x"}\n',
     # A removable LUN's medium: eject (forwarded), a change by path (no --image-dir) and by a

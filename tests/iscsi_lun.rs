@@ -60,41 +60,18 @@ fn lun_arg(t: &Tgtd, lun: u16, chap: Option<&Path>, opts: &str) -> String {
     }
 }
 
-/// Runs the daemon to its end (it must fail at start-up); returns (status, stderr, socket
-/// existed).
-fn run_failing(lun: &str) -> (Option<i32>, String, bool) {
+/// The daemon with this one `--lun`, which must fail at start-up.
+fn run_failing(lun: &str) -> StartupFailure {
     let dir = tempfile::tempdir().unwrap();
-    let sock = dir.path().join("vus.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
-        .arg("--socket-path")
-        .arg(&sock)
-        .arg("--lun")
-        .arg(lun)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut socket_seen = false;
-    loop {
-        socket_seen |= sock.exists();
-        if let Some(_status) = child.try_wait().unwrap() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("daemon still running after 60 s with --lun {lun}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    (out.status.code(), stderr, socket_seen || sock.exists())
+    run_to_failure(&dir.path().join("vus.sock"), &["--lun", lun])
 }
 
 fn assert_startup_error(lun: &str, want: &str) {
-    let (code, stderr, socket) = run_failing(lun);
+    let StartupFailure {
+        code,
+        stderr,
+        socket_seen: socket,
+    } = run_failing(lun);
     assert_eq!(code, Some(2), "--lun {lun}: exit status\n{stderr}");
     assert!(!socket, "--lun {lun}: the socket was created\n{stderr}");
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).collect();
@@ -149,7 +126,7 @@ fn startup_errors_exit_2_with_one_line() {
         "cannot connect",
     );
     // A password in the URL never gets as far as the network, and is not echoed.
-    let (code, stderr, _) = run_failing(&format!(
+    let StartupFailure { code, stderr, .. } = run_failing(&format!(
         "0:0=iscsi://{USER}:{SECRET}@127.0.0.1:{}/{IQN}/1",
         t.port
     ));

@@ -572,17 +572,14 @@ fn bad_management_options_fail_before_anything_exists() {
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
+    let sock = dir.path().join("vus.sock");
     let run = |args: &[&str]| {
-        let out = Command::new(BIN)
-            .arg("--socket-path")
-            .arg(dir.path().join("vus.sock"))
-            .arg("--lun")
-            .arg(&img)
-            .args(args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2));
-        String::from_utf8_lossy(&out.stderr).trim_end().to_owned()
+        let mut all = vec!["--lun", img.to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = run_to_failure(&sock, &all);
+        assert_eq!(out.code, Some(2), "{}", out.stderr);
+        assert!(!out.socket_seen);
+        out.stderr.trim_end().to_owned()
     };
     let m = dir.path().join("m.sock");
     let m = m.to_str().unwrap();

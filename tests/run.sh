@@ -43,7 +43,8 @@ VUS_TEST_DAEMON_ARGS="--poll-us 50 --submit-batch 8" \
 echo "== cargo test --test frontend (--register-buffers)"
 VUS_TEST_DAEMON_ARGS="--register-buffers" cargo test --test frontend -- --test-threads=1
 # The soak, one round of every fault (EIO, ENOSPC under enospc=hold, guest reset, worker and
-# QEMU killed) under a guest's fio verify loop: about 3.5 minutes (docs/reliability.md, "Soak").
+# QEMU killed, iSCSI target restarted and connection cut) under a guest's fio verify loop: about
+# 4-5 minutes (docs/reliability.md, "Soak").
 echo "== tests/e2e/soak.sh --short"
 bash tests/e2e/soak.sh --short
 bash fuzz/run.sh --short  # replays the fuzz corpora, then ~20 s of fuzzing per target (SKIPPED without the toolchain support)

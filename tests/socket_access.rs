@@ -14,7 +14,6 @@ mod common;
 use std::{
     os::unix::fs::{MetadataExt, PermissionsExt},
     path::Path,
-    process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -99,23 +98,17 @@ fn unknown_socket_group_is_one_error_before_the_socket_exists() {
         .set_len(1 << 20)
         .unwrap();
     let sock = dir.path().join("s.sock");
-    let out = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
-        .arg("--socket-path")
-        .arg(&sock)
-        .arg("--lun")
-        .arg(&img)
-        .args(["--socket-group", "no-such-group-vus"])
-        .stdin(Stdio::null())
-        .env_remove("LISTEN_PID")
-        .env_remove("LISTEN_FDS")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let img = img.to_str().unwrap();
+    let out = run_to_failure(
+        &sock,
+        &["--lun", img, "--socket-group", "no-such-group-vus"],
+    );
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert_eq!(
-        stderr.trim_end(),
+        out.stderr.trim_end(),
         "vhost-user-scsi: error: --socket-group no-such-group-vus: no such group"
     );
+    assert!(!out.socket_seen);
     assert!(!sock.exists());
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }

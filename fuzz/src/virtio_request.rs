@@ -8,7 +8,9 @@
 //! 16 x 16 bytes][memory contents from 0x400]`. Flags bit 0: VIRTIO_RING_F_EVENT_IDX.
 //!
 //! Invariants: no panic; when every head is a valid index, each request gets exactly one
-//! used-ring entry, with a length no larger than its chain's writable bytes; guest memory
+//! used-ring entry, with a length no larger than its chain's writable bytes (in order on the
+//! inline engine; in any order on the thread pool, which `run_on` also drives for the property
+//! tests); guest memory
 //! changes only inside the writable buffers of the chains served and the used ring (checked
 //! when no writable buffer overlaps the rings or an indirect table, whose changes would make
 //! the chains the device sees differ from the ones computed beforehand); the image never
@@ -84,8 +86,16 @@ fn overlaps(a: &Range<u64>, b: &Range<u64>) -> bool {
     a.start < b.end && b.start < a.end
 }
 
-/// One input (the fuzz target's body; also replayed by `tests/corpus.rs`).
+/// One input (the fuzz target's body; also replayed by `tests/corpus.rs`), on the inline
+/// engine: deterministic, so that a crash reproduces.
 pub fn run(data: &[u8]) {
+    run_on(data, AioMode::Sync);
+}
+
+/// One input served by the engine `aio` selects: `Sync` (inline, completions in order) or
+/// `Threads` (the thread pool: completions in whatever order the I/O finishes, the shape the
+/// io_uring engine has too).
+pub fn run_on(data: &[u8], aio: AioMode) {
     let mut c = Cursor::new(data);
     let flags = c.u8();
     let event_idx = flags & 1 != 0;
@@ -113,7 +123,7 @@ pub fn run(data: &[u8]) {
     let vring = vring(&mem, event_idx);
     let bus = bus(image());
     let config = IoConfig {
-        aio: AioMode::Sync,
+        aio,
         ..IoConfig::default()
     };
     let mut worker = QueueWorker::new(&config, None, QUEUE_SIZE, 0).expect("worker");
@@ -133,7 +143,7 @@ pub fn run(data: &[u8]) {
     if result.is_err() || !all_heads_valid {
         return;
     }
-    // Exactly one completion per request (the inline engine completes each at once).
+    // Exactly one completion per request (`run` returns once nothing is in flight).
     let next_used = vring.get_ref().get_queue().next_used();
     assert_eq!(next_used, avail_idx, "used entries != requests");
     assert_eq!(expected.len(), usize::from(avail_idx));
@@ -162,13 +172,23 @@ pub fn run(data: &[u8]) {
     {
         return;
     }
-    // In order (the inline engine completes in order), each within its chain's room.
-    for (i, bufs) in expected.iter().enumerate() {
+    // Each request's entry names its head, once, within its chain's room; in order on the
+    // inline engine, which completes each command before taking the next.
+    let mut answered = vec![false; expected.len()];
+    for i in 0..expected.len() {
         let elem = &after[USED as usize + 4 + 8 * i..][..8];
         let id = u32::from_le_bytes(elem[..4].try_into().unwrap());
         let len = u32::from_le_bytes(elem[4..].try_into().unwrap());
-        assert_eq!(id, u32::from(heads[i]), "used entry {i} names another head");
-        let room: u64 = bufs.iter().map(|r| r.end - r.start).sum();
+        let j = if aio == AioMode::Sync {
+            i
+        } else {
+            (0..expected.len())
+                .find(|&j| !answered[j] && u32::from(heads[j]) == id)
+                .unwrap_or_else(|| panic!("used entry {i} names head {id}: none left to answer"))
+        };
+        assert_eq!(id, u32::from(heads[j]), "used entry {i} names another head");
+        answered[j] = true;
+        let room: u64 = expected[j].iter().map(|r| r.end - r.start).sum();
         assert!(
             u64::from(len) <= room,
             "used length {len} > writable {room}"

@@ -101,6 +101,9 @@ pub enum ManageRequest {
     },
     /// Make every completed write durable; answered [`ManageReply::Done`].
     Flush { address: LunAddress },
+    /// Retry the writes held for lack of space (`enospc=hold`) now, on every request queue
+    /// (the retries run on the queue threads; answered [`ManageReply::Done`] at once).
+    RetryHeld,
     /// Per-LUN statistics: of one LUN (`address`), or a page of every LUN's in address order,
     /// starting after `after`. Answered [`ManageReply::Stats`].
     Stats {
@@ -191,11 +194,8 @@ impl AddLun {
             source: truncate(&config.source.to_string(), MAX_SOURCE_LEN),
             backing,
             read_only: config.read_only,
-            serial: config
-                .serial
-                .clone()
-                .unwrap_or_else(|| config.default_serial()),
-            wwn: config.wwn.unwrap_or_else(|| config.default_wwn()),
+            serial: config.effective_serial(),
+            wwn: config.effective_wwn(),
             block_size: config.block_size.bytes(),
             phys_block_size: config.phys_block_size,
             discard: config.discard,
@@ -430,6 +430,7 @@ impl ManageRequest {
                 }
                 return Ok(());
             }
+            ManageRequest::RetryHeld => {}
         }
         no_fds()
     }
@@ -444,7 +445,7 @@ impl ManageRequest {
             | ManageRequest::Flush { address }
             | ManageRequest::ChangeMedium { address, .. } => Some(*address),
             ManageRequest::Stats { address, .. } => *address,
-            ManageRequest::List { .. } => None,
+            ManageRequest::List { .. } | ManageRequest::RetryHeld => None,
         }
     }
 }
@@ -478,7 +479,8 @@ impl ManageReply {
                 | ManageRequest::RemoveLun { .. }
                 | ManageRequest::SetReadOnly { .. }
                 | ManageRequest::Flush { .. }
-                | ManageRequest::ChangeMedium { .. },
+                | ManageRequest::ChangeMedium { .. }
+                | ManageRequest::RetryHeld,
             )
             | (ManageReply::Resized { .. }, ManageRequest::Resize { .. }) => Ok(()),
             (ManageReply::Stats { luns, more }, ManageRequest::Stats { address, after }) => {

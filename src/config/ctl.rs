@@ -70,6 +70,9 @@ pub enum CtlCommand {
         #[arg(value_name = "TARGET:LUN", value_parser = parse_address)]
         address: Address,
     },
+    /// Retry now the writes held because their storage was full (LUNs with enospc=hold),
+    /// e.g. right after freeing space; otherwise they are retried within a second.
+    RetryHeld,
     /// Per-LUN statistics (all LUNs without an address).
     Stats {
         #[arg(value_name = "TARGET:LUN", value_parser = parse_address)]

@@ -276,6 +276,17 @@ impl LunConfig {
         }
     }
 
+    /// The serial number the LUN reports: the configured one, else [`Self::default_serial`].
+    /// The one place that resolves it (start-up, add-lun on the wire, management listings).
+    pub fn effective_serial(&self) -> String {
+        self.serial.clone().unwrap_or_else(|| self.default_serial())
+    }
+
+    /// The WWN the LUN reports: the configured one, else [`Self::default_wwn`].
+    pub fn effective_wwn(&self) -> u64 {
+        self.wwn.unwrap_or_else(|| self.default_wwn())
+    }
+
     /// The unit serial number used when none is configured: `VUS-T000-L00000`-style, unique per
     /// daemon and stable across restarts.
     pub fn default_serial(&self) -> String {

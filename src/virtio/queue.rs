@@ -516,7 +516,9 @@ impl QueueWorker {
         let served = self.serve(bus, vring, mem, event_idx);
         // Answers collected before an error still reach the guest (the ring may be stopped
         // before the next call).
-        let flushed = self.used.flush(vring, mem, event_idx, self.tracking.queue());
+        let flushed = self
+            .used
+            .flush(vring, mem, event_idx, self.tracking.queue());
         served.and(flushed.map(|_| ()))
     }
 
@@ -557,7 +559,8 @@ impl QueueWorker {
             self.pop_and_start(bus, vring, mem, event_idx)?;
             self.reap(bus, vring)?;
             // The pass's answers: one used index store, at most one call.
-            self.used.flush(vring, mem, event_idx, self.tracking.queue())?;
+            self.used
+                .flush(vring, mem, event_idx, self.tracking.queue())?;
             if self.inflight == 0 {
                 // A stopped ring takes nothing new: what was in flight has completed. Nor does a
                 // queue whose slots are all held (enospc=hold): its retry timer brings it back.
@@ -781,7 +784,8 @@ impl QueueWorker {
                 }
             }
             used_any = true;
-            self.used.flush(vring, mem, event_idx, self.tracking.queue())?;
+            self.used
+                .flush(vring, mem, event_idx, self.tracking.queue())?;
             if popped < PASSTHROUGH_ROUND && !self.ring_stopped {
                 self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
             }

@@ -109,11 +109,8 @@ fn lun_options(config: &LunConfig, pr_file: Option<PrFile>) -> LunOptions {
         },
         removable: config.removable,
         read_only: config.read_only,
-        serial: config
-            .serial
-            .clone()
-            .unwrap_or_else(|| config.default_serial()),
-        wwn: config.wwn.unwrap_or_else(|| config.default_wwn()),
+        serial: config.effective_serial(),
+        wwn: config.effective_wwn(),
         block_size: config.block_size.bytes(),
         discard: config.discard,
         physical_block_size: config.phys_block_size.unwrap_or(0),

@@ -159,6 +159,11 @@ impl Manager {
                 Ok(()) => ManageReply::Done,
                 Err(e) => ManageReply::failed(FailureCode::Io, format!("flush of {address}: {e}")),
             }),
+            ManageRequest::RetryHeld => {
+                // Rings every request queue's retry bell; the retries run on the queue threads.
+                self.backend.retry_held();
+                ManageReply::Done
+            }
             ManageRequest::Stats { address, after } => self.stats(address, after),
             ManageRequest::List { after } => self.list(after),
             ManageRequest::ChangeMedium {

@@ -383,6 +383,56 @@ impl Drop for FaultFs {
     }
 }
 
+/// How a daemon that must fail at start-up ended: its exit code, its stderr, and whether its
+/// vhost-user socket existed at any moment it was watched.
+#[allow(dead_code)] // not every test binary checks start-up failures
+pub struct StartupFailure {
+    pub code: Option<i32>,
+    pub stderr: String,
+    pub socket_seen: bool,
+}
+
+/// Runs the daemon with `--socket-path SOCKET` and `args` until it exits (at most 60 s; it is
+/// expected to fail before serving), stdin closed and no socket activation, watching whether
+/// `socket` appears meanwhile.
+#[allow(dead_code)] // not every test binary checks start-up failures
+pub fn run_to_failure<S: AsRef<std::ffi::OsStr>>(
+    socket: &std::path::Path,
+    args: &[S],
+) -> StartupFailure {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vhost-user-scsi"))
+        .arg("--socket-path")
+        .arg(socket)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("LISTEN_PID")
+        .env_remove("LISTEN_FDS")
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut socket_seen = false;
+    loop {
+        socket_seen |= socket.exists();
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("daemon still running after 60 s");
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    StartupFailure {
+        code: out.status.code(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        socket_seen: socket_seen || socket.exists(),
+    }
+}
+
 /// Connects to the unix socket `path` from a forked child running as uid `uid`, gid `gid`, no
 /// supplementary groups; sends `request` (when empty: only connects) and reads what comes back until the
 /// peer closes or a newline arrives (at most 4 KiB). `Err(errno)` when `connect(2)` failed.

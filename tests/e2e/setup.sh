@@ -29,8 +29,9 @@ done
 BP_PREFIX="${E2E_QEMU_BACKPORTS_DIR:-/opt/qemu-backports}"
 # fio and valgrind: benches/ (the guest bench's fio, the host bench's reference; callgrind profiles).
 # qemu-block-extra: libiscsi driver, the iSCSI benchmark row (benches/guest.sh --iscsi).
+# iproute2: ss -K, how the soak cuts its iSCSI LUN's connection (tests/e2e/soak.sh iscsi-cut).
 PACKAGES=(qemu-system-x86 linux-image-amd64 busybox-static e2fsprogs cpio kmod util-linux gzip sg3-utils python3-fusepy tgt python3-seccomp genisoimage eject isolinux syslinux-common
-    qemu-block-extra fio valgrind)
+    qemu-block-extra fio valgrind iproute2)
 
 SUDO=""
 if [[ $EUID -ne 0 ]]; then

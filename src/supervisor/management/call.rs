@@ -24,6 +24,8 @@ pub enum WorkerCall {
     Resize(Address),
     SetReadOnly(Address, bool),
     Flush(Address),
+    /// Retry the writes held for lack of space (`enospc=hold`) now, on every queue.
+    RetryHeld,
     /// Statistics of one LUN, or a page of all of them after `after`.
     Stats {
         address: Option<Address>,
@@ -42,7 +44,10 @@ pub enum WorkerCall {
 impl WorkerCall {
     /// Whether the call changes something (such calls are logged with the caller).
     pub fn mutates(&self) -> bool {
-        !matches!(self, WorkerCall::Stats { .. } | WorkerCall::Flush(_))
+        !matches!(
+            self,
+            WorkerCall::Stats { .. } | WorkerCall::Flush(_) | WorkerCall::RetryHeld
+        )
     }
 }
 

@@ -76,6 +76,7 @@ fn request(cmd: &CtlCommand) -> Result<(&'static str, Value, Option<OwnedFd>), C
             None,
         ),
         CtlCommand::Flush { address } => ("flush", json!({"lun": address.to_string()}), None),
+        CtlCommand::RetryHeld => ("retry-held", json!({}), None),
         CtlCommand::Stats {
             address,
             prometheus,
@@ -352,6 +353,7 @@ pub fn human(cmd: &CtlCommand, r: &Value) -> String {
             size_text(r["size"].as_u64().unwrap_or(0))
         ),
         CtlCommand::Eject { address, .. } => format!("LUN {address}: medium ejected\n"),
+        CtlCommand::RetryHeld => "held writes are being retried\n".to_owned(),
         CtlCommand::Stats {
             prometheus: true, ..
         } => s(&r["text"]),

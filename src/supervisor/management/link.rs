@@ -52,6 +52,7 @@ pub fn request(call: &WorkerCall) -> ManageRequest {
             read_only: *ro,
         },
         WorkerCall::Flush(a) => ManageRequest::Flush { address: wire(*a) },
+        WorkerCall::RetryHeld => ManageRequest::RetryHeld,
         WorkerCall::Stats { address, after } => ManageRequest::Stats {
             address: address.map(wire),
             after: after.map(wire),

@@ -157,8 +157,8 @@ impl Table {
                     "cache": match c.cache { CacheMode::None => "none", CacheMode::Writeback => "writeback" },
                     "discard": c.discard,
                     // What the guest sees: the configured identities or the derived defaults.
-                    "serial": c.serial.clone().unwrap_or_else(|| c.default_serial()),
-                    "wwn": format!("0x{:016x}", c.wwn.unwrap_or_else(|| c.default_wwn())),
+                    "serial": c.effective_serial(),
+                    "wwn": format!("0x{:016x}", c.effective_wwn()),
                     "pr-file": c.pr_file.as_ref().map(|p| p.display().to_string()),
                     "state": e.state.name(),
                     "origin": if e.runtime { "add-lun" } else { "configuration" },
@@ -187,6 +187,7 @@ pub enum Then {
     Flushed(Address),
     /// `change-medium`, `eject`.
     Medium(Box<medium::Changed>),
+    RetriedHeld,
     /// Statistics; `pages`: what earlier pages brought.
     Stats {
         prometheus: bool,
@@ -231,6 +232,7 @@ pub const METHODS: &[&str] = &[
     "resize",
     "set-readonly",
     "flush",
+    "retry-held",
     "stats",
     "change-medium",
     "eject",
@@ -283,6 +285,15 @@ fn run(ctx: Context<'_>, method: &str, params: &Map<String, Value>) -> Result<Ou
                 call: WorkerCall::Flush(a),
                 fds: Vec::new(),
                 then: Then::Flushed(a),
+            })
+        }
+        "retry-held" => {
+            // Not a change either: it only makes the worker retry what it holds sooner.
+            only_params(params, &[])?;
+            Ok(Outcome::Forward {
+                call: WorkerCall::RetryHeld,
+                fds: Vec::new(),
+                then: Then::RetriedHeld,
             })
         }
         "set-readonly" => {
@@ -645,7 +656,7 @@ pub fn finish(
             });
             Ok(json!({}))
         }
-        Then::Flushed(_) => answer.map(|_| json!({})).map_err(worker_err),
+        Then::Flushed(_) | Then::RetriedHeld => answer.map(|_| json!({})).map_err(worker_err),
         Then::Medium(changed) => {
             set_online(table, changed.address);
             answer?;
@@ -1014,5 +1025,31 @@ pub(super) mod tests {
         };
         finish(&mut f.table, then, Ok(json!({}))).unwrap();
         assert!(f.table.luns.is_empty());
+    }
+
+    /// `retry-held` takes no parameters, goes to the worker whatever state the LUNs are in,
+    /// and changes nothing in the record.
+    #[test]
+    fn retry_held_is_forwarded_and_changes_nothing() {
+        let mut f = Fixture::new();
+        assert_eq!(
+            f.error("retry-held", json!({"lun": "0:0"})).code,
+            code::INVALID_PARAMS
+        );
+        let Outcome::Forward { .. } = f.call("resize", json!({"lun": "0:0"})) else {
+            panic!()
+        };
+        let before = format!("{:?}", f.table.list());
+        let Outcome::Forward { call, fds, then } = f.call("retry-held", json!({})) else {
+            panic!()
+        };
+        assert_eq!(call, WorkerCall::RetryHeld);
+        assert!(!call.mutates());
+        assert!(fds.is_empty());
+        assert_eq!(
+            finish(&mut f.table, then, Ok(json!({}))).unwrap(),
+            json!({})
+        );
+        assert_eq!(format!("{:?}", f.table.list()), before);
     }
 }

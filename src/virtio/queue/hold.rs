@@ -9,8 +9,10 @@
 //! Retries run on the queue thread, synchronously through the backend (rare, and the simplest
 //! path that works for every engine and backend): oldest ticket of the LU first, the rest of
 //! the LU's list waiting while it still fails. They happen when the queue's [`RetryTimer`]
-//! fires: armed after each pass that leaves something held, [`RETRY_MIN`] after a pass that made
-//! progress, doubling to [`RETRY_MAX`] while nothing does; or at once when its bell rings
+//! fires: armed once something is held and again after each retry pass that leaves something
+//! held, [`RETRY_MIN`] after a pass that made progress, doubling to [`RETRY_MAX`] while nothing
+//! does (never pushed back by the queue's other work: a timer re-armed at every kick would not
+//! fire while the guest keeps the queue busy with other LUNs); or at once when its bell rings
 //! ([`RetryTimer::fire_now`]: the management interface's "retry now", another queue's progress).
 //! A retry that succeeds answers the command GOOD; one that fails otherwise answers with that
 //! error, as without the policy.
@@ -135,6 +137,9 @@ struct Entry {
 pub(super) struct Held {
     entries: VecDeque<Entry>,
     delay: Duration,
+    /// The timer is set and has not fired (or rung) since: serving the queue must not set it
+    /// again, which would push the retry back for as long as requests keep coming.
+    armed: bool,
     /// Every request queue's timer (ours to re-arm, the others' to wake on progress) and which
     /// one is ours. `None`: no periodic retries (tests; the timers could not be made), only at
     /// a ring stop.
@@ -146,6 +151,7 @@ impl Default for Held {
         Self {
             entries: VecDeque::new(),
             delay: RETRY_MIN,
+            armed: false,
             timers: None,
         }
     }
@@ -205,7 +211,10 @@ impl Held {
 
     fn push(&mut self, slot: u32, ticket: HoldTicket) {
         if self.entries.is_empty() {
+            // A first hold: the timer may still be set from an earlier hold that ended before
+            // it fired (its expiry then finds nothing held); set it afresh.
             self.delay = RETRY_MIN;
+            self.armed = false;
         }
         self.entries.push_back(Entry { slot, ticket });
     }
@@ -292,14 +301,20 @@ impl QueueWorker {
         event_idx: bool,
         retry: bool,
     ) -> Result<(), QueueError> {
-        if retry && self.retry_held(bus, vring)? {
-            vring.signal_used_queue().map_err(QueueError::Notify)?;
+        if retry {
+            // The timer fired or the bell rang: this pass is the retry, the next needs a new
+            // setting.
+            self.held.armed = false;
+            if self.retry_held(bus, vring)? {
+                vring.signal_used_queue().map_err(QueueError::Notify)?;
+            }
         }
         let served = self.run(bus, vring, mem, event_idx);
         if let Some((timers, queue)) = &self.held.timers {
-            if !self.held.entries.is_empty() {
-                if let Err(e) = timers[*queue].arm(self.held.delay) {
-                    warn!("request queue {queue}: cannot arm its retry timer: {e}");
+            if !self.held.entries.is_empty() && !self.held.armed {
+                match timers[*queue].arm(self.held.delay) {
+                    Ok(()) => self.held.armed = true,
+                    Err(e) => warn!("request queue {queue}: cannot arm its retry timer: {e}"),
                 }
             }
         }
