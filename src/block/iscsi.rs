@@ -10,9 +10,14 @@
 //! caller when its status arrives. Status, sense data and residuals come back as the target sent
 //! them.
 //!
-//! Data moves through a bounce buffer per command (guest memory is scattered; the session takes
-//! one contiguous buffer per command): one copy from or to guest memory on the queue thread,
-//! none between the buffer and the socket.
+//! Data moves straight between guest memory and the socket ([`GuestBuf`]: the command's
+//! scatter-gather list as a [`TaskBuffer`]): Data-Out PDUs go out with one `writev` of their
+//! headers and the guest's segments, Data-In lands with one `readv` into them (after what the
+//! session's reader had already buffered). With a data digest, each PDU goes through a scratch
+//! buffer of one PDU instead, so that the digest is computed once over exactly what is sent or
+//! checked over exactly what is placed (the guest may change its memory at any time). The
+//! queue thread that submitted a command keeps its guest memory mapped until the answer is in
+//! ([`Ticket`] borrows the scatter-gather list and waits for the answer when dropped).
 //!
 //! Connection loss (ErrorRecoveryLevel 0): the commands that did not complete are kept
 //! ([`Session::take_outstanding`]), a fresh logged-in connection is asked for
@@ -23,8 +28,9 @@
 use std::{
     collections::{HashMap, VecDeque},
     io,
+    marker::PhantomData,
     net::TcpStream,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
@@ -43,6 +49,7 @@ use nix::{
 use super::sg::SgList;
 use crate::broker::{endpoint::BrokerHandle, iscsi::IscsiMsg, Body};
 use crate::iscsi::{
+    buffer::{Piece, TaskBuffer},
     login::SessionParams,
     recovery::Backoff,
     session::{Completion, Data, ScsiResult, Session, SessionError, TaskError},
@@ -56,14 +63,17 @@ pub type Connection = (TcpStream, SessionParams);
 /// than aborting the command itself.
 pub const GIVE_UP: Duration = Duration::from_secs(20);
 
-/// Largest data transfer of one passthrough command (the bounce buffer): larger requests are
-/// refused with INVALID FIELD IN CDB instead of allocating what a hostile guest asks for.
+/// Largest data transfer of one passthrough command: larger requests are refused with INVALID
+/// FIELD IN CDB (what the target's Block Limits would say; the initiator's lengths are 32-bit).
 pub const MAX_TRANSFER: usize = 32 << 20;
 
-/// Most bounce-buffer bytes of one LUN's commands in flight together. A guest can point many
+/// Most data bytes of one LUN's commands in flight together. A guest can point many
 /// descriptors at the same pages, so its memory size does not bound this; beyond it commands
 /// are answered BUSY (the guest retries them when earlier ones completed).
 pub const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
+
+/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`): longer lists go in several calls.
+const MAX_IOVECS: usize = 1024;
 
 /// SAM status codes used here.
 mod status {
@@ -111,12 +121,12 @@ impl PassthroughOutput {
 
 /// A command handed to a passthrough LU: answered already, or on its way ([`Ticket`]).
 #[derive(Debug)]
-pub enum Submitted {
+pub enum Submitted<'a> {
     Ready(PassthroughOutput),
-    Waiting(Ticket),
+    Waiting(Ticket<'a>),
 }
 
-impl Submitted {
+impl Submitted<'_> {
     /// Whether the answer is in ([`Submitted::wait`] will not block).
     pub fn is_ready(&mut self) -> bool {
         match self {
@@ -125,25 +135,41 @@ impl Submitted {
         }
     }
 
-    /// The answer, waiting for it if need be; data-in lands in `data_in`.
-    pub fn wait(self, data_in: &SgList<'_>) -> PassthroughOutput {
+    /// The answer, waiting for it if need be (data-in is in the guest's buffers by then).
+    pub fn wait(self) -> PassthroughOutput {
         match self {
             Submitted::Ready(out) => out,
-            Submitted::Waiting(t) => t.wait(data_in),
+            Submitted::Waiting(t) => t.wait(),
         }
     }
 }
 
-/// A command the LUN thread has (or will have) sent to the target. Waiting for it is the
-/// only way to learn its answer; dropping it without waiting leaves the command to complete
-/// unanswered.
+/// A command the LUN thread has (or will have) sent to the target, with the guest memory of
+/// its scatter-gather list (borrowed for `'a`: the LUN thread reads and writes it). Waiting
+/// for it is the only way to learn its answer; dropping it waits too, because the LUN thread
+/// may use that memory until the command is answered. (Leaking a ticket while its memory is
+/// unmapped would let the LUN thread write into whatever is mapped there next: nothing does.)
 #[derive(Debug)]
-pub struct Ticket {
+pub struct Ticket<'a> {
     answer: Receiver<Outcome>,
     /// The answer, once [`Ticket::is_ready`] saw it (`Err`: the LUN thread is gone).
     got: Option<Result<Outcome, mpsc::RecvError>>,
+    /// The answer was taken ([`Ticket::wait`]): nothing for `Drop` to wait for.
+    answered: bool,
     data_out_len: usize,
+    data_in_len: usize,
     _bytes: InFlight,
+    _guest: PhantomData<&'a ()>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.answered && self.got.is_none() {
+            // The LUN thread lets go of the guest's buffers before it answers (or it drops
+            // them with the command: then the channel is closed).
+            let _ = self.answer.recv();
+        }
+    }
 }
 
 /// A command's share of its LUN's [`MAX_IN_FLIGHT_BYTES`], given back when dropped.
@@ -173,7 +199,7 @@ impl Drop for InFlight {
     }
 }
 
-impl Ticket {
+impl Ticket<'_> {
     /// Whether the answer is in (then [`Ticket::wait`] returns at once).
     pub fn is_ready(&mut self) -> bool {
         if self.got.is_none() {
@@ -186,21 +212,18 @@ impl Ticket {
         self.got.is_some()
     }
 
-    /// Blocks until the target answered (or the command was given up with BUSY); copies the
-    /// data-in into `data_in`.
-    pub fn wait(mut self, data_in: &SgList<'_>) -> PassthroughOutput {
+    /// Blocks until the target answered (or the command was given up with BUSY); the data-in
+    /// is in the guest's buffers by then.
+    pub fn wait(mut self) -> PassthroughOutput {
         let answer = match self.got.take() {
             Some(a) => a,
             None => self.answer.recv(),
         };
+        self.answered = true;
         match answer {
-            Ok(Outcome::Done(Ok(r), buffer)) => {
-                let transferred = if !data_in.is_empty() {
-                    let n = r.data_in_len.min(data_in.len());
-                    if let Some(b) = &buffer {
-                        data_in.copy_from(&b[..n.min(b.len())]);
-                    }
-                    n
+            Ok(Outcome::Done(Ok(r))) => {
+                let transferred = if self.data_in_len > 0 {
+                    r.data_in_len.min(self.data_in_len)
                 } else {
                     match r.residual {
                         crate::iscsi::session::Residual::Underflow(u) => {
@@ -221,7 +244,7 @@ impl Ticket {
             }
             // Aborted by a task management function, or rejected: ABORTED COMMAND, which
             // initiators retry.
-            Ok(Outcome::Done(Err(_), _)) => PassthroughOutput::check_condition(0x0b, 0x00, 0x00),
+            Ok(Outcome::Done(Err(_))) => PassthroughOutput::check_condition(0x0b, 0x00, 0x00),
             Ok(Outcome::Busy) => PassthroughOutput::busy(),
             // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
             Err(_) => PassthroughOutput::check_condition(0x04, 0x08, 0x00),
@@ -234,8 +257,9 @@ impl Ticket {
 pub trait Passthrough: Send + Sync {
     /// Sends `cdb` with one of `data_out` / `data_in` (the other is empty) on its way without
     /// waiting for the answer (several commands may be outstanding: a queue thread submits a
-    /// whole batch, then collects the answers).
-    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted;
+    /// whole batch, then collects the answers). The data moves between the lists' memory and
+    /// the target until the answer is in.
+    fn submit<'a>(&self, cdb: &[u8], data_out: &SgList<'a>, data_in: &SgList<'a>) -> Submitted<'a>;
 
     /// Runs `cdb` and waits for the answer.
     fn execute(
@@ -244,7 +268,7 @@ pub trait Passthrough: Send + Sync {
         data_out: &SgList<'_>,
         data_in: &SgList<'_>,
     ) -> PassthroughOutput {
-        self.submit(cdb, data_out, data_in).wait(data_in)
+        self.submit(cdb, data_out, data_in).wait()
     }
 
     /// What backs it, for logs.
@@ -343,16 +367,188 @@ pub fn broker_reconnect(handle: BrokerHandle, target: u8, lun: u16) -> Box<dyn R
     })
 }
 
-/// The outcome the LUN thread sends back for one command.
+/// The outcome the LUN thread sends back for one command (it has let go of the command's
+/// guest memory by then).
 #[derive(Debug)]
 enum Outcome {
-    Done(Result<ScsiResult, TaskError>, Option<Vec<u8>>),
+    Done(Result<ScsiResult, TaskError>),
     Busy,
+}
+
+/// A command's data in guest memory: its scatter-gather list as (host address, length)
+/// segments, read and written by the LUN thread straight from and to the socket.
+/// The lengths are fixed when it is made (from the descriptor chain the queue thread
+/// resolved): the guest cannot change them afterwards, only the bytes.
+#[derive(Debug)]
+pub struct GuestBuf {
+    segs: Vec<(*mut u8, usize)>,
+    len: usize,
+}
+
+// SAFETY: the addresses point into guest memory that the submitting queue thread keeps mapped
+// until the command is answered (the `Ticket` borrows the scatter-gather list and waits for the
+// answer even when dropped); the LUN thread is the only one using them meanwhile, and it drops
+// the buffer before it answers.
+unsafe impl Send for GuestBuf {}
+
+fn out_of_range() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "range beyond the guest's buffer",
+    )
+}
+
+impl GuestBuf {
+    fn new(sg: &SgList<'_>) -> Self {
+        Self {
+            segs: sg
+                .segments()
+                .iter()
+                .map(|s| (s.ptr_guard_mut().as_ptr(), s.len()))
+                .collect(),
+            len: sg.len(),
+        }
+    }
+
+    /// Calls `f` with each (address, length) piece of bytes `[offset, offset + len)`, in order;
+    /// an error if the range is not within the buffer.
+    fn pieces(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(*mut u8, usize) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let end = offset.checked_add(len).ok_or_else(out_of_range)?;
+        if end > self.len {
+            return Err(out_of_range());
+        }
+        let mut skip = offset;
+        let mut want = len;
+        for &(ptr, n) in &self.segs {
+            if want == 0 {
+                break;
+            }
+            if skip >= n {
+                skip -= n;
+                continue;
+            }
+            let take = (n - skip).min(want);
+            // `skip < n`: within the segment.
+            f(ptr.wrapping_add(skip), take)?;
+            want -= take;
+            skip = 0;
+        }
+        Ok(())
+    }
+
+    /// The iovecs of bytes `[offset, offset + len)`, appended to `iov`.
+    fn iovecs(&self, offset: usize, len: usize, iov: &mut Vec<libc::iovec>) -> io::Result<()> {
+        self.pieces(offset, len, |ptr, n| {
+            iov.push(libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: n,
+            });
+            Ok(())
+        })
+    }
+}
+
+/// Runs `readv` or `writev` (`op`) over all of `iov` on `fd`, in calls of at most
+/// [`MAX_IOVECS`], until every byte moved (short transfers resume where they stopped).
+fn transfer_all(
+    fd: BorrowedFd<'_>,
+    iov: &mut [libc::iovec],
+    op: unsafe extern "C" fn(libc::c_int, *const libc::iovec, libc::c_int) -> libc::ssize_t,
+) -> io::Result<()> {
+    let mut idx = 0;
+    while idx < iov.len() {
+        if iov[idx].iov_len == 0 {
+            idx += 1;
+            continue;
+        }
+        let count = (iov.len() - idx).min(MAX_IOVECS);
+        // SAFETY: `iov[idx..idx + count]` are valid iovecs: our own slices (headers, padding,
+        // a receive buffer) or guest memory kept mapped while the command is outstanding (see
+        // `GuestBuf`); the kernel reads or writes only within them.
+        let r = unsafe { op(fd.as_raw_fd(), iov[idx..].as_ptr(), count as libc::c_int) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut n = r as usize;
+        while n > 0 && idx < iov.len() {
+            let l = iov[idx].iov_len;
+            if n >= l {
+                n -= l;
+                idx += 1;
+            } else {
+                iov[idx].iov_base = iov[idx].iov_base.cast::<u8>().wrapping_add(n).cast();
+                iov[idx].iov_len = l - n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl TaskBuffer for GuestBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn copy_out(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
+        let mut at = 0;
+        self.pieces(offset, dst.len(), |ptr, n| {
+            // SAFETY: a piece of guest memory kept mapped while the command is outstanding
+            // (see `GuestBuf`); read with volatile accesses since the guest may write it.
+            let s = unsafe { vm_memory::VolatileSlice::new(ptr, n) };
+            s.copy_to(&mut dst[at..at + n]);
+            at += n;
+            Ok(())
+        })
+    }
+
+    fn copy_in(&mut self, offset: usize, src: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        self.pieces(offset, src.len(), |ptr, n| {
+            // SAFETY: as in `copy_out`; written with volatile accesses.
+            let s = unsafe { vm_memory::VolatileSlice::new(ptr, n) };
+            s.copy_from(&src[at..at + n]);
+            at += n;
+            Ok(())
+        })
+    }
+
+    fn send(&self, fd: BorrowedFd<'_>, pieces: &[Piece<'_>]) -> io::Result<()> {
+        let mut iov = Vec::with_capacity(pieces.len() + self.segs.len());
+        for p in pieces {
+            match *p {
+                Piece::Bytes(b) => iov.push(libc::iovec {
+                    iov_base: b.as_ptr().cast_mut().cast(),
+                    iov_len: b.len(),
+                }),
+                Piece::Data { offset, len } => self.iovecs(offset, len, &mut iov)?,
+            }
+        }
+        transfer_all(fd, &mut iov, libc::writev)
+    }
+
+    fn recv(&mut self, fd: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<()> {
+        let mut iov = Vec::with_capacity(self.segs.len());
+        self.iovecs(offset, len, &mut iov)?;
+        transfer_all(fd, &mut iov, libc::readv)
+    }
 }
 
 struct Request {
     cdb: Vec<u8>,
-    data: Data<Vec<u8>>,
+    data: Data<GuestBuf>,
     reply: SyncSender<Outcome>,
     since: Instant,
 }
@@ -417,7 +613,7 @@ impl IscsiLun {
 }
 
 impl Passthrough for IscsiLun {
-    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
+    fn submit<'a>(&self, cdb: &[u8], data_out: &SgList<'a>, data_in: &SgList<'a>) -> Submitted<'a> {
         let len = data_out.len().max(data_in.len());
         if len > MAX_TRANSFER {
             // INVALID FIELD IN CDB: what the Block Limits page's maximum would have said.
@@ -427,11 +623,9 @@ impl Passthrough for IscsiLun {
             return Submitted::Ready(PassthroughOutput::busy());
         };
         let data = if !data_out.is_empty() {
-            let mut v = vec![0u8; data_out.len()];
-            data_out.copy_to(&mut v);
-            Data::Out(v)
+            Data::Out(GuestBuf::new(data_out))
         } else if !data_in.is_empty() {
-            Data::In(vec![0u8; data_in.len()])
+            Data::In(GuestBuf::new(data_in))
         } else {
             Data::None
         };
@@ -449,8 +643,11 @@ impl Passthrough for IscsiLun {
         Submitted::Waiting(Ticket {
             answer,
             got: None,
+            answered: false,
             data_out_len: data_out.len(),
+            data_in_len: data_in.len(),
             _bytes: bytes,
+            _guest: PhantomData,
         })
     }
 
@@ -470,7 +667,7 @@ struct LunThread {
     wake: Arc<EventFd>,
     lun: u64,
     name: String,
-    session: Option<Session<TcpStream>>,
+    session: Option<Session<TcpStream, GuestBuf>>,
     /// The parameters of the last session (for reinstatement).
     lost: SessionParams,
     /// Started commands by task tag.
@@ -545,16 +742,13 @@ impl LunThread {
                 Err(SessionError::InvalidRequest(what)) => {
                     // Not sent (a CDB the session cannot carry): ILLEGAL REQUEST.
                     warn!("{}: command {:#04x} not sent: {what}", self.name, cdb[0]);
-                    let _ = reply.send(Outcome::Done(
-                        Ok(ScsiResult {
-                            response: 0,
-                            status: status::CHECK_CONDITION,
-                            sense: fixed_sense(0x05, 0x24, 0x00),
-                            residual: crate::iscsi::session::Residual::None,
-                            data_in_len: 0,
-                        }),
-                        None,
-                    ));
+                    let _ = reply.send(Outcome::Done(Ok(ScsiResult {
+                        response: 0,
+                        status: status::CHECK_CONDITION,
+                        sense: fixed_sense(0x05, 0x24, 0x00),
+                        residual: crate::iscsi::session::Residual::None,
+                        data_in_len: 0,
+                    })));
                 }
                 Err(e) => {
                     // The command may or may not have reached the target: the session keeps
@@ -699,7 +893,7 @@ impl LunThread {
 /// Takes the session's asynchronous messages (§11.9; kept until taken, so a target sending
 /// many must not grow memory). A logout request is served by moving to a new connection (the
 /// commands in flight are reissued there).
-fn take_events(session: &mut Session<TcpStream>, name: &str) -> Result<(), SessionError> {
+fn take_events(session: &mut Session<TcpStream, GuestBuf>, name: &str) -> Result<(), SessionError> {
     for ev in session.take_events() {
         debug!("{name}: asynchronous event {} from the target", ev.event);
         if ev.event == 1 {
@@ -709,10 +903,11 @@ fn take_events(session: &mut Session<TcpStream>, name: &str) -> Result<(), Sessi
     Ok(())
 }
 
-/// Answers the caller of a completed command.
-fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<Vec<u8>>) {
+/// Answers the caller of a completed command (its guest buffer is let go of first).
+fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<GuestBuf>) {
+    drop(c.buffer);
     if let Some(p) = pending.remove(&c.tag.0) {
-        let _ = p.reply.send(Outcome::Done(c.outcome, c.buffer));
+        let _ = p.reply.send(Outcome::Done(c.outcome));
     }
 }
 

@@ -63,7 +63,6 @@ impl<'a> Command<'a> {
             Prepared::DrainFirst => Started::DrainFirst(self),
             Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
                 submitted,
-                data_in: self.data_in,
                 response: self.response,
                 reply: self.reply,
             }),
@@ -75,8 +74,7 @@ impl<'a> Command<'a> {
 /// the answer and writes the response. A queue thread starts every command of its batch before
 /// it finishes any, so that they are outstanding at the target together.
 pub struct PassthroughReply<'a> {
-    submitted: crate::block::iscsi::Submitted,
-    data_in: SgList<'a>,
+    submitted: crate::block::iscsi::Submitted<'a>,
     response: SgList<'a>,
     reply: ReplyShape,
 }
@@ -90,7 +88,7 @@ impl PassthroughReply<'_> {
     /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
     /// returns the used length.
     pub fn finish(self) -> u32 {
-        let out = crate::scsi::io::passthrough_output(self.submitted.wait(&self.data_in));
+        let out = crate::scsi::io::passthrough_output(self.submitted.wait());
         self.reply.respond(&out, &self.response)
     }
 }
@@ -252,7 +250,6 @@ pub fn start_command<'a>(
         }),
         Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
             submitted,
-            data_in: req.data_in,
             response: req.response,
             reply,
         }),

@@ -16,7 +16,7 @@ struct Fake {
 }
 
 impl Passthrough for Fake {
-    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
+    fn submit<'a>(&self, cdb: &[u8], data_out: &SgList<'a>, data_in: &SgList<'a>) -> Submitted<'a> {
         Submitted::Ready(self.answer(cdb, data_out, data_in))
     }
 
