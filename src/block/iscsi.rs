@@ -135,6 +135,15 @@ impl Submitted<'_> {
         }
     }
 
+    /// Whether the submitting thread's [`answer_wake`] eventfd is written when the answer is
+    /// in (an answer already given counts).
+    pub fn wakes(&self) -> bool {
+        match self {
+            Submitted::Ready(_) => true,
+            Submitted::Waiting(t) => t.wakes,
+        }
+    }
+
     /// The answer, waiting for it if need be (data-in is in the guest's buffers by then).
     pub fn wait(self) -> PassthroughOutput {
         match self {
@@ -156,6 +165,8 @@ pub struct Ticket<'a> {
     got: Option<Result<Outcome, mpsc::RecvError>>,
     /// The answer was taken ([`Ticket::wait`]): nothing for `Drop` to wait for.
     answered: bool,
+    /// The submitting thread's [`answer_wake`] is written when the answer is in.
+    wakes: bool,
     data_out_len: usize,
     data_in_len: usize,
     _bytes: InFlight,
@@ -549,8 +560,33 @@ impl TaskBuffer for GuestBuf {
 struct Request {
     cdb: Vec<u8>,
     data: Data<GuestBuf>,
-    reply: SyncSender<Outcome>,
-    since: Instant,
+    caller: Pending,
+}
+
+thread_local! {
+    /// The eventfd the LUN threads write after answering a command this thread submitted
+    /// (see [`answer_wake`]).
+    static ANSWER_WAKE: std::cell::RefCell<Option<Arc<EventFd>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// From now on, the LUN threads make the returned eventfd readable after answering a command
+/// this thread submits ([`Submitted::wakes`]): a request-queue thread waits on it together
+/// with its engine's completions, so that it publishes each answer as it arrives instead of
+/// blocking on one. Made once per thread (an `eventfd2`: call it where the thread's seccomp
+/// role allows it).
+pub fn answer_wake() -> io::Result<Arc<EventFd>> {
+    ANSWER_WAKE.with(|w| {
+        let mut w = w.borrow_mut();
+        if let Some(e) = &*w {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+        )?);
+        *w = Some(e.clone());
+        Ok(e)
+    })
 }
 
 /// The queue threads' handle on one iSCSI LUN's thread.
@@ -630,11 +666,16 @@ impl Passthrough for IscsiLun {
             Data::None
         };
         let (reply, answer) = mpsc::sync_channel(1);
+        let wake = ANSWER_WAKE.with(|w| w.borrow().clone());
+        let wakes = wake.is_some();
         let req = Request {
             cdb: cdb.to_vec(),
             data,
-            reply,
-            since: Instant::now(),
+            caller: Pending {
+                reply,
+                since: Instant::now(),
+                wake,
+            },
         };
         if self.tx.send(req).is_err() || self.wake.write(1).is_err() {
             // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
@@ -644,6 +685,7 @@ impl Passthrough for IscsiLun {
             answer,
             got: None,
             answered: false,
+            wakes,
             data_out_len: data_out.len(),
             data_in_len: data_in.len(),
             _bytes: bytes,
@@ -656,9 +698,21 @@ impl Passthrough for IscsiLun {
     }
 }
 
+/// Who waits for a command's answer.
 struct Pending {
     reply: SyncSender<Outcome>,
     since: Instant,
+    /// The submitting thread's [`answer_wake`], written after the answer is sent.
+    wake: Option<Arc<EventFd>>,
+}
+
+impl Pending {
+    fn answer(self, outcome: Outcome) {
+        let _ = self.reply.send(outcome);
+        if let Some(w) = &self.wake {
+            let _ = w.write(1);
+        }
+    }
 }
 
 /// The state of one LUN's thread.
@@ -717,20 +771,15 @@ impl LunThread {
     fn serve_once(&mut self) -> Result<(), SessionError> {
         let session = self.session.as_mut().expect("serve_once with a session");
         while let Some(req) = self.queued.pop_front() {
-            let Request {
-                cdb,
-                data,
-                reply,
-                since,
-            } = req;
-            self.sending = Some(Pending { reply, since });
+            let Request { cdb, data, caller } = req;
+            self.sending = Some(caller);
             let started = session.start(self.lun, &cdb, data);
-            let Some(Pending { reply, since }) = self.sending.take() else {
+            let Some(caller) = self.sending.take() else {
                 continue;
             };
             match started {
                 Ok(tag) => {
-                    self.pending.insert(tag.0, Pending { reply, since });
+                    self.pending.insert(tag.0, caller);
                     let n = self.pending.len();
                     if n > self.max_outstanding {
                         self.max_outstanding = n;
@@ -742,7 +791,7 @@ impl LunThread {
                 Err(SessionError::InvalidRequest(what)) => {
                     // Not sent (a CDB the session cannot carry): ILLEGAL REQUEST.
                     warn!("{}: command {:#04x} not sent: {what}", self.name, cdb[0]);
-                    let _ = reply.send(Outcome::Done(Ok(ScsiResult {
+                    caller.answer(Outcome::Done(Ok(ScsiResult {
                         response: 0,
                         status: status::CHECK_CONDITION,
                         sense: fixed_sense(0x05, 0x24, 0x00),
@@ -754,7 +803,7 @@ impl LunThread {
                     // The command may or may not have reached the target: the session keeps
                     // it among the outstanding ones (with its buffer) if it registered it;
                     // `connection_lost` matches it to this caller.
-                    self.sending = Some(Pending { reply, since });
+                    self.sending = Some(caller);
                     return Err(e);
                 }
             }
@@ -811,11 +860,10 @@ impl LunThread {
                 .remove(&o.tag.0)
                 .or_else(|| self.sending.take())
             {
-                Some(p) => reissue.push_back(Request {
+                Some(caller) => reissue.push_back(Request {
                     cdb: o.cdb,
                     data: o.data,
-                    reply: p.reply,
-                    since: p.since,
+                    caller,
                 }),
                 None => warn!("{}: outstanding task {:?} had no caller", self.name, o.tag),
             }
@@ -828,7 +876,7 @@ impl LunThread {
             .map(|(_, p)| p)
             .chain(self.sending.take())
         {
-            let _ = p.reply.send(Outcome::Busy);
+            p.answer(Outcome::Busy);
         }
         self.lost = session.params().clone();
         drop(session);
@@ -862,7 +910,7 @@ impl LunThread {
         let now = Instant::now();
         let (late, keep): (VecDeque<Request>, VecDeque<Request>) = std::mem::take(&mut self.queued)
             .into_iter()
-            .partition(|r| now.duration_since(r.since) >= GIVE_UP);
+            .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP);
         self.queued = keep;
         if !late.is_empty() {
             warn!(
@@ -874,7 +922,7 @@ impl LunThread {
             );
         }
         for r in late {
-            let _ = r.reply.send(Outcome::Busy);
+            r.caller.answer(Outcome::Busy);
         }
         let delay = self
             .backoff
@@ -907,7 +955,7 @@ fn take_events(session: &mut Session<TcpStream, GuestBuf>, name: &str) -> Result
 fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<GuestBuf>) {
     drop(c.buffer);
     if let Some(p) = pending.remove(&c.tag.0) {
-        let _ = p.reply.send(Outcome::Done(c.outcome));
+        p.answer(Outcome::Done(c.outcome));
     }
 }
 

@@ -85,6 +85,12 @@ impl PassthroughReply<'_> {
         self.submitted.is_ready()
     }
 
+    /// Whether the submitting thread's answer eventfd ([`crate::block::iscsi::answer_wake`])
+    /// is written when the answer is in.
+    pub fn wakes(&self) -> bool {
+        self.submitted.wakes()
+    }
+
     /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
     /// returns the used length.
     pub fn finish(self) -> u32 {

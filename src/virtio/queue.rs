@@ -16,6 +16,7 @@ use std::{
 };
 
 use log::{info, warn};
+use nix::sys::eventfd::EventFd;
 use vhost_user_backend::VringT;
 use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
@@ -190,6 +191,12 @@ pub struct QueueWorker {
     bus_generation: u64,
     /// `enospc=hold`: the commands kept unanswered until their storage has room (see `hold`).
     held: hold::Held,
+    /// This thread's answer eventfd for passthrough (iSCSI) commands, made when the first one
+    /// comes (`block::iscsi::answer_wake`); `None` before, or if it could not be made (then
+    /// the oldest answer is waited for alone).
+    answer_wake: Option<Arc<EventFd>>,
+    /// `answer_wake` could not be made (said once).
+    answer_wake_failed: bool,
 }
 
 impl QueueWorker {
@@ -259,6 +266,8 @@ impl QueueWorker {
             queue: 0,
             bus_generation: 0,
             held: hold::Held::default(),
+            answer_wake: None,
+            answer_wake_failed: false,
         }
     }
 
@@ -571,12 +580,13 @@ impl QueueWorker {
     /// answered at once (used-ring entries were added).
     ///
     /// Commands for passthrough LUs (iSCSI) are sent to their LU as they are popped; every
-    /// answer already in is published, in any order, else the oldest is awaited (the others
-    /// stay outstanding at the target meanwhile); answers are published (and the guest
-    /// notified) at once, and requests the guest added
-    /// meanwhile are popped and sent before the next wait, so the guest's queue depth keeps
-    /// reaching the target (at most [`PASSTHROUGH_ROUND`] commands per call, then the engine's
-    /// completions and the event loop get their turn).
+    /// answer already in is published, in any order, else the thread sleeps until an answer
+    /// (its answer eventfd, written by the LUN threads) or an engine completion comes, and
+    /// publishes that (the others stay outstanding at the target meanwhile); answers are
+    /// published (and the guest notified) at once, and requests the guest added meanwhile are
+    /// popped and sent before the next wait, so the guest's queue depth keeps reaching the
+    /// target (at most [`PASSTHROUGH_ROUND`] commands per call, then the event loop gets its
+    /// turn).
     fn pop_and_start(
         &mut self,
         bus: &ScsiBus,
@@ -587,6 +597,20 @@ impl QueueWorker {
         let mut passthrough = VecDeque::new();
         let mut popped = 0usize;
         let mut used_any = self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+        if !passthrough.is_empty() && self.answer_wake.is_none() && !self.answer_wake_failed {
+            // The commands popped so far do not write it; later ones do.
+            match crate::block::iscsi::answer_wake() {
+                Ok(w) => self.answer_wake = Some(w),
+                Err(e) => {
+                    warn!(
+                        "request queue {}: no answer eventfd for iSCSI commands ({e}); each \
+                         waits for the oldest answer",
+                        self.queue
+                    );
+                    self.answer_wake_failed = true;
+                }
+            }
+        }
         while !passthrough.is_empty() {
             if self.unsubmitted > 0 {
                 // The engine's I/O popped with them runs meanwhile.
@@ -606,6 +630,22 @@ impl QueueWorker {
                 }
             }
             if !answered {
+                let wake = self
+                    .answer_wake
+                    .clone()
+                    .filter(|_| passthrough.iter().all(|(_, p)| p.wakes()));
+                if let Some(wake) = wake {
+                    // Sleep until an answer or an engine completion is in; publish what the
+                    // engine completed, then go round for the answers.
+                    self.wait_for_answers(&wake)?;
+                    if self.reap(bus, vring)? {
+                        used_any = true;
+                        if !event_idx || vring.needs_notification()? {
+                            vring.signal_used_queue().map_err(QueueError::Notify)?;
+                        }
+                    }
+                    continue;
+                }
                 if let Some((head, p)) = passthrough.pop_front() {
                     vring.add_used(head, p.finish())?;
                 }
@@ -619,6 +659,53 @@ impl QueueWorker {
             }
         }
         Ok(used_any)
+    }
+
+    /// Sleeps until `wake` (an answer to a passthrough command) or, with I/O in flight, the
+    /// engine's completion fd is readable. Engines whose completions reach their fd only when
+    /// this thread enters the kernel (io_uring with COOP_TASKRUN) are looked at every
+    /// millisecond meanwhile.
+    fn wait_for_answers(&mut self, wake: &EventFd) -> Result<(), QueueError> {
+        let engine_fd = if self.inflight > 0 {
+            self.engine.completion_fd()
+        } else {
+            None
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                // A negative fd is ignored by poll.
+                fd: engine_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if self.inflight > 0 { 1 } else { -1 };
+        loop {
+            // SAFETY: two valid pollfds for the duration of the call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            if r >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(QueueError::Engine(e));
+            }
+        }
+        if fds[0].revents != 0 {
+            // Non-blocking: resets the counter (answers are then looked for one by one).
+            let _ = wake.read();
+        }
+        if self.inflight > 0 {
+            // Moves finished I/O to the completion queue (io_uring with COOP_TASKRUN) for the
+            // caller's reap.
+            let _ = self.engine.ready();
+        }
+        Ok(())
     }
 
     /// Pops the chains available (up to the free slots) and starts them; passthrough commands
