@@ -52,7 +52,7 @@ use crate::iscsi::{
     buffer::{Piece, TaskBuffer},
     login::SessionParams,
     recovery::Backoff,
-    session::{Completion, Data, ScsiResult, Session, SessionError, TaskError},
+    session::{Completion, Data, ScsiResult, Session, SessionError, TaskError, TaskTag},
 };
 
 /// A connection in the full feature phase and its parameters, as the supervisor hands it over.
@@ -99,25 +99,71 @@ pub struct PassthroughOutput {
     pub sense: Vec<u8>,
     /// Data bytes moved in the command's direction.
     pub transferred: u32,
+    /// The command was aborted by a task management function (ABORT TASK, ABORT TASK SET,
+    /// LOGICAL UNIT RESET) before it completed: it has no status (virtio-scsi answers
+    /// VIRTIO_SCSI_S_ABORTED).
+    pub aborted: bool,
 }
 
 impl PassthroughOutput {
-    fn check_condition(key: u8, asc: u8, ascq: u8) -> Self {
+    /// A completed command's answer.
+    pub fn new(status: u8, sense: Vec<u8>, transferred: u32) -> Self {
         Self {
-            status: status::CHECK_CONDITION,
-            sense: fixed_sense(key, asc, ascq),
-            transferred: 0,
+            status,
+            sense,
+            transferred,
+            aborted: false,
         }
     }
 
+    fn check_condition(key: u8, asc: u8, ascq: u8) -> Self {
+        Self::new(status::CHECK_CONDITION, fixed_sense(key, asc, ascq), 0)
+    }
+
     fn busy() -> Self {
+        Self::new(status::BUSY, Vec::new(), 0)
+    }
+
+    /// Aborted by a task management function; what a caller without an ABORTED response
+    /// sees is ABORTED COMMAND.
+    pub fn aborted() -> Self {
         Self {
-            status: status::BUSY,
-            sense: Vec::new(),
-            transferred: 0,
+            aborted: true,
+            ..Self::check_condition(0x0b, 0x00, 0x00)
         }
     }
 }
+
+/// A task management function for a passthrough LU, as the guest asked for it (virtio-scsi
+/// TMF subtypes), forwarded to the target (iSCSI Task Management Function Request, RFC 7143
+/// §11.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskManagement {
+    /// ABORT TASK: the command the guest submitted with this tag (virtio-scsi `id`).
+    AbortTask(u64),
+    /// ABORT TASK SET: every command of the LU from this initiator.
+    AbortTaskSet,
+    /// LOGICAL UNIT RESET.
+    LogicalUnitReset,
+}
+
+/// The target's answer to a [`TaskManagement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmfOutcome {
+    /// Carried out (for ABORT TASK also: the task was not there any more, having completed).
+    Complete,
+    /// The target refused it (function not supported, rejected, not authorized...).
+    Rejected,
+    /// The target does not know the LUN.
+    IncorrectLun,
+    /// Not carried out: the connection failed meanwhile (its commands are reissued on the next
+    /// one) or the LUN thread did not answer.
+    Failed,
+}
+
+/// How long a task management function waits for the LUN thread's answer: a reconnection
+/// (with its backoff) fits, a target that never answers does not hold the control queue.
+pub const TMF_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A command handed to a passthrough LU: answered already, or on its way ([`Ticket`]).
 #[derive(Debug)]
@@ -247,15 +293,18 @@ impl Ticket<'_> {
                     // Target failure (RFC 7143 §11.4.3): INTERNAL TARGET FAILURE.
                     return PassthroughOutput::check_condition(0x04, 0x44, 0x00);
                 }
-                PassthroughOutput {
-                    status: r.status,
-                    sense: r.sense,
-                    transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
-                }
+                PassthroughOutput::new(
+                    r.status,
+                    r.sense,
+                    u32::try_from(transferred).unwrap_or(u32::MAX),
+                )
             }
-            // Aborted by a task management function, or rejected: ABORTED COMMAND, which
-            // initiators retry.
-            Ok(Outcome::Done(Err(_))) => PassthroughOutput::check_condition(0x0b, 0x00, 0x00),
+            // Aborted by a task management function the guest asked for.
+            Ok(Outcome::Done(Err(TaskError::Aborted))) => PassthroughOutput::aborted(),
+            // Rejected by the target: ABORTED COMMAND, which initiators retry.
+            Ok(Outcome::Done(Err(TaskError::Rejected(_)))) => {
+                PassthroughOutput::check_condition(0x0b, 0x00, 0x00)
+            }
             Ok(Outcome::Busy) => PassthroughOutput::busy(),
             // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
             Err(_) => PassthroughOutput::check_condition(0x04, 0x08, 0x00),
@@ -270,7 +319,14 @@ pub trait Passthrough: Send + Sync {
     /// waiting for the answer (several commands may be outstanding: a queue thread submits a
     /// whole batch, then collects the answers). The data moves between the lists' memory and
     /// the target until the answer is in.
-    fn submit<'a>(&self, cdb: &[u8], data_out: &SgList<'a>, data_in: &SgList<'a>) -> Submitted<'a>;
+    /// `tag` is the guest's tag of the command (what an ABORT TASK names).
+    fn submit<'a>(
+        &self,
+        tag: u64,
+        cdb: &[u8],
+        data_out: &SgList<'a>,
+        data_in: &SgList<'a>,
+    ) -> Submitted<'a>;
 
     /// Runs `cdb` and waits for the answer.
     fn execute(
@@ -279,7 +335,13 @@ pub trait Passthrough: Send + Sync {
         data_out: &SgList<'_>,
         data_in: &SgList<'_>,
     ) -> PassthroughOutput {
-        self.submit(cdb, data_out, data_in).wait()
+        self.submit(0, cdb, data_out, data_in).wait()
+    }
+
+    /// Carries out a task management function at the target; the commands it ends are
+    /// answered aborted ([`PassthroughOutput::aborted`]) before this returns.
+    fn task_management(&self, _f: TaskManagement) -> TmfOutcome {
+        TmfOutcome::Rejected
     }
 
     /// What backs it, for logs.
@@ -563,6 +625,12 @@ struct Request {
     caller: Pending,
 }
 
+/// What the queue threads (and the control queue) send a LUN thread.
+enum Msg {
+    Command(Request),
+    Tmf(TaskManagement, SyncSender<TmfOutcome>),
+}
+
 thread_local! {
     /// The eventfd the LUN threads write after answering a command this thread submitted
     /// (see [`answer_wake`]).
@@ -591,7 +659,7 @@ pub fn answer_wake() -> io::Result<Arc<EventFd>> {
 
 /// The queue threads' handle on one iSCSI LUN's thread.
 pub struct IscsiLun {
-    tx: Sender<Request>,
+    tx: Sender<Msg>,
     wake: Arc<EventFd>,
     description: String,
     /// Bounce-buffer bytes of the commands in flight.
@@ -616,6 +684,7 @@ impl IscsiLun {
             lost: handover.params.clone(),
             pending: HashMap::new(),
             queued: VecDeque::new(),
+            tmfs: VecDeque::new(),
             sending: None,
             reconnect,
             backoff: None,
@@ -649,7 +718,13 @@ impl IscsiLun {
 }
 
 impl Passthrough for IscsiLun {
-    fn submit<'a>(&self, cdb: &[u8], data_out: &SgList<'a>, data_in: &SgList<'a>) -> Submitted<'a> {
+    fn submit<'a>(
+        &self,
+        tag: u64,
+        cdb: &[u8],
+        data_out: &SgList<'a>,
+        data_in: &SgList<'a>,
+    ) -> Submitted<'a> {
         let len = data_out.len().max(data_in.len());
         if len > MAX_TRANSFER {
             // INVALID FIELD IN CDB: what the Block Limits page's maximum would have said.
@@ -675,9 +750,10 @@ impl Passthrough for IscsiLun {
                 reply,
                 since: Instant::now(),
                 wake,
+                tag,
             },
         };
-        if self.tx.send(req).is_err() || self.wake.write(1).is_err() {
+        if self.tx.send(Msg::Command(req)).is_err() || self.wake.write(1).is_err() {
             // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
             return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
         }
@@ -696,6 +772,20 @@ impl Passthrough for IscsiLun {
     fn describe(&self) -> &str {
         &self.description
     }
+
+    fn task_management(&self, f: TaskManagement) -> TmfOutcome {
+        let (reply, answer) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Tmf(f, reply)).is_err() || self.wake.write(1).is_err() {
+            return TmfOutcome::Failed;
+        }
+        answer.recv_timeout(TMF_TIMEOUT).unwrap_or_else(|_| {
+            warn!(
+                "{}: no answer to {f:?} in {TMF_TIMEOUT:?}",
+                self.description
+            );
+            TmfOutcome::Failed
+        })
+    }
 }
 
 /// Who waits for a command's answer.
@@ -704,6 +794,8 @@ struct Pending {
     since: Instant,
     /// The submitting thread's [`answer_wake`], written after the answer is sent.
     wake: Option<Arc<EventFd>>,
+    /// The guest's tag of the command (what an ABORT TASK names).
+    tag: u64,
 }
 
 impl Pending {
@@ -717,7 +809,7 @@ impl Pending {
 
 /// The state of one LUN's thread.
 struct LunThread {
-    rx: Receiver<Request>,
+    rx: Receiver<Msg>,
     wake: Arc<EventFd>,
     lun: u64,
     name: String,
@@ -729,6 +821,8 @@ struct LunThread {
     /// Commands waiting to be started (after a reconnection: reissues first, in CmdSN order,
     /// then new ones).
     queued: VecDeque<Request>,
+    /// Task management functions to carry out (before the commands queued after them start).
+    tmfs: VecDeque<(TaskManagement, SyncSender<TmfOutcome>)>,
     /// The caller of the command being started, while `start` runs (a failure there leaves
     /// the command among the session's outstanding ones, without a tag we know).
     sending: Option<Pending>,
@@ -745,6 +839,11 @@ impl LunThread {
                 info!("{}: LUN thread ends", self.name);
                 return;
             }
+            while let Some((f, reply)) = self.tmfs.pop_front() {
+                let outcome = self.task_management(f);
+                info!("{}: {f:?} from the guest: {outcome:?}", self.name);
+                let _ = reply.send(outcome);
+            }
             if self.session.is_none() {
                 self.reconnect_once();
                 continue;
@@ -759,7 +858,8 @@ impl LunThread {
     fn take_requests(&mut self) -> bool {
         loop {
             match self.rx.try_recv() {
-                Ok(r) => self.queued.push_back(r),
+                Ok(Msg::Command(r)) => self.queued.push_back(r),
+                Ok(Msg::Tmf(f, reply)) => self.tmfs.push_back((f, reply)),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -838,6 +938,75 @@ impl LunThread {
             take_events(session, &self.name)?;
         }
         Ok(())
+    }
+
+    /// Carries out a task management function: commands not sent yet are answered aborted
+    /// here, those outstanding at the target by its Task Management Function Response (the
+    /// session terminates them when the function completed).
+    fn task_management(&mut self, f: TaskManagement) -> TmfOutcome {
+        match f {
+            TaskManagement::AbortTask(tag) => {
+                if let Some(i) = self.queued.iter().position(|r| r.caller.tag == tag) {
+                    if let Some(r) = self.queued.remove(i) {
+                        r.caller.answer(Outcome::Done(Err(TaskError::Aborted)));
+                    }
+                    return TmfOutcome::Complete;
+                }
+            }
+            TaskManagement::AbortTaskSet | TaskManagement::LogicalUnitReset => {
+                for r in self.queued.drain(..) {
+                    r.caller.answer(Outcome::Done(Err(TaskError::Aborted)));
+                }
+            }
+        }
+        // Without a connection nothing is outstanding at the target (the next login
+        // reinstates the session, which ends the old one's tasks there).
+        let Some(session) = self.session.as_mut() else {
+            return TmfOutcome::Complete;
+        };
+        let result = match f {
+            TaskManagement::AbortTask(tag) => {
+                let Some(itt) = self
+                    .pending
+                    .iter()
+                    .find(|(_, p)| p.tag == tag)
+                    .map(|(itt, _)| *itt)
+                    .filter(|itt| session.has_task(TaskTag(*itt)))
+                else {
+                    // Completed already (its answer is on its way or given): nothing to abort.
+                    return TmfOutcome::Complete;
+                };
+                info!("{}: {f:?} to the target", self.name);
+                session.abort_task(TaskTag(itt))
+            }
+            TaskManagement::AbortTaskSet | TaskManagement::LogicalUnitReset => {
+                info!("{}: {f:?} to the target", self.name);
+                if f == TaskManagement::AbortTaskSet {
+                    session.abort_task_set(self.lun)
+                } else {
+                    session.lun_reset(self.lun)
+                }
+            }
+        };
+        match result {
+            Ok(response) => {
+                // The terminated commands (and any that completed meanwhile) are answered now.
+                while let Some(c) = session.try_completion() {
+                    complete(&mut self.pending, c);
+                }
+                match response {
+                    // Function complete; task does not exist (it completed first).
+                    0 | 1 => TmfOutcome::Complete,
+                    2 => TmfOutcome::IncorrectLun,
+                    _ => TmfOutcome::Rejected,
+                }
+            }
+            Err(SessionError::InvalidRequest(_)) => TmfOutcome::Complete,
+            Err(e) => {
+                self.connection_lost(e);
+                TmfOutcome::Failed
+            }
+        }
     }
 
     /// The session failed: keep what did not complete, drop the connection.

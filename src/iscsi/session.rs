@@ -647,6 +647,20 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
         Ok(r)
     }
 
+    /// ABORT TASK SET (§11.5.1): every task of the LUN from this session is terminated.
+    pub fn abort_task_set(&mut self, lun: u64) -> Result<u8, SessionError> {
+        let r = self.task_mgmt(tmf::ABORT_TASK_SET, lun, RESERVED_TAG, self.p.cmd_sn)?;
+        if r == 0 {
+            self.terminate(|_, t| t.lun == lun);
+        }
+        Ok(r)
+    }
+
+    /// The task of `tag`, if it is outstanding.
+    pub fn has_task(&self, tag: TaskTag) -> bool {
+        self.tasks.contains_key(&tag.0)
+    }
+
     fn terminate(&mut self, which: impl Fn(u32, &Task<B>) -> bool) {
         let gone: Vec<u32> = self
             .tasks

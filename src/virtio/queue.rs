@@ -635,10 +635,35 @@ impl QueueWorker {
                     .clone()
                     .filter(|_| passthrough.iter().all(|(_, p)| p.wakes()));
                 if let Some(wake) = wake {
-                    // Sleep until an answer or an engine completion is in; publish what the
-                    // engine completed, then go round for the answers.
-                    self.wait_for_answers(&wake)?;
-                    if self.reap(bus, vring)? {
+                    // New requests end the wait too, when more may be taken: with
+                    // notifications on (EVENT_IDX) and none that raced with turning them on.
+                    let take_more =
+                        popped < PASSTHROUGH_ROUND && !self.ring_stopped && !self.free.is_empty();
+                    let mut kick = None;
+                    if take_more {
+                        let more = if event_idx {
+                            vring.enable_notification()?
+                        } else {
+                            has_avail(vring, mem)
+                        };
+                        if !more {
+                            kick = kick_fd(vring);
+                        }
+                    }
+                    // Sleep until an answer, an engine completion or a request is in; publish
+                    // what the engine completed and take the new requests, then go round for
+                    // the answers.
+                    if !take_more || kick.is_some() {
+                        self.wait_for_answers(&wake, kick)?;
+                    }
+                    if event_idx && take_more {
+                        vring.disable_notification()?;
+                    }
+                    let mut used = self.reap(bus, vring)?;
+                    if take_more {
+                        used |= self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+                    }
+                    if used {
                         used_any = true;
                         if !event_idx || vring.needs_notification()? {
                             vring.signal_used_queue().map_err(QueueError::Notify)?;
@@ -661,11 +686,12 @@ impl QueueWorker {
         Ok(used_any)
     }
 
-    /// Sleeps until `wake` (an answer to a passthrough command) or, with I/O in flight, the
+    /// Sleeps until `wake` (an answer to a passthrough command), the `kick` eventfd (a new
+    /// request; consumed here, since this call takes the requests) or, with I/O in flight, the
     /// engine's completion fd is readable. Engines whose completions reach their fd only when
     /// this thread enters the kernel (io_uring with COOP_TASKRUN) are looked at every
     /// millisecond meanwhile.
-    fn wait_for_answers(&mut self, wake: &EventFd) -> Result<(), QueueError> {
+    fn wait_for_answers(&mut self, wake: &EventFd, kick: Option<RawFd>) -> Result<(), QueueError> {
         let engine_fd = if self.inflight > 0 {
             self.engine.completion_fd()
         } else {
@@ -683,11 +709,16 @@ impl QueueWorker {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: kick.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let timeout = if self.inflight > 0 { 1 } else { -1 };
         loop {
-            // SAFETY: two valid pollfds for the duration of the call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
+            // SAFETY: three valid pollfds for the duration of the call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
             if r >= 0 {
                 break;
             }
@@ -699,6 +730,14 @@ impl QueueWorker {
         if fds[0].revents != 0 {
             // Non-blocking: resets the counter (answers are then looked for one by one).
             let _ = wake.read();
+        }
+        if let (Some(fd), true) = (kick, fds[2].revents & libc::POLLIN != 0) {
+            // The requests it announces are taken next; left readable, it would end every
+            // later wait at once. (The kick eventfd is non-blocking.)
+            let mut counter = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into our own buffer from the kick eventfd, which
+            // the vring owns and keeps open while this thread serves it.
+            let _ = unsafe { libc::read(fd, counter.as_mut_ptr().cast(), counter.len()) };
         }
         if self.inflight > 0 {
             // Moves finished I/O to the completion queue (io_uring with COOP_TASKRUN) for the
