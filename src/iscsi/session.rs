@@ -1453,6 +1453,168 @@ mod tests {
         assert_eq!(s.params().cmd_sn, 11);
     }
 
+    /// Scattered memory as the daemon's guest buffers are (safe here: `readv`/`writev` over
+    /// owned vectors).
+    struct Scattered(Vec<Vec<u8>>);
+
+    impl Scattered {
+        fn of(sizes: &[usize], fill: impl Fn(usize) -> u8) -> Self {
+            let mut at = 0;
+            Scattered(
+                sizes
+                    .iter()
+                    .map(|&n| {
+                        let v = (at..at + n).map(&fill).collect();
+                        at += n;
+                        v
+                    })
+                    .collect(),
+            )
+        }
+        fn flat(&self) -> Vec<u8> {
+            self.0.concat()
+        }
+        /// (segment, offset in it) of byte `at`.
+        fn locate(&self, mut at: usize) -> (usize, usize) {
+            for (i, s) in self.0.iter().enumerate() {
+                if at < s.len() {
+                    return (i, at);
+                }
+                at -= s.len();
+            }
+            (self.0.len(), 0)
+        }
+    }
+
+    impl TaskBuffer for Scattered {
+        fn len(&self) -> usize {
+            self.0.iter().map(Vec::len).sum()
+        }
+        fn copy_out(&self, offset: usize, dst: &mut [u8]) -> std::io::Result<()> {
+            let flat = self.flat();
+            dst.copy_from_slice(&flat[offset..offset + dst.len()]);
+            Ok(())
+        }
+        fn copy_in(&mut self, offset: usize, src: &[u8]) -> std::io::Result<()> {
+            for (k, &b) in src.iter().enumerate() {
+                let (i, o) = self.locate(offset + k);
+                self.0[i][o] = b;
+            }
+            Ok(())
+        }
+        fn send(
+            &self,
+            fd: std::os::fd::BorrowedFd<'_>,
+            pieces: &[Piece<'_>],
+        ) -> std::io::Result<()> {
+            let flat = self.flat();
+            let bytes: Vec<u8> = pieces
+                .iter()
+                .flat_map(|p| match *p {
+                    Piece::Bytes(b) => b.to_vec(),
+                    Piece::Data { offset, len } => flat[offset..offset + len].to_vec(),
+                })
+                .collect();
+            let mut done = 0;
+            while done < bytes.len() {
+                done += nix::sys::uio::writev(fd, &[std::io::IoSlice::new(&bytes[done..])])?;
+            }
+            Ok(())
+        }
+        fn recv(
+            &mut self,
+            fd: std::os::fd::BorrowedFd<'_>,
+            offset: usize,
+            len: usize,
+        ) -> std::io::Result<()> {
+            let mut done = 0;
+            while done < len {
+                let (i, o) = self.locate(offset + done);
+                let n = (self.0[i].len() - o).min(len - done);
+                let mut iov = [std::io::IoSliceMut::new(&mut self.0[i][o..o + n])];
+                let got = nix::sys::uio::readv(fd, &mut iov)?;
+                if got == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                done += got;
+            }
+            Ok(())
+        }
+    }
+
+    /// Scattered buffers without digests: Data-Out from their segments (immediate data, then
+    /// unsolicited PDUs batched into one `writev`, odd lengths with padding), Data-In into them
+    /// partly from the reader's buffer and partly straight from the socket; byte for byte.
+    #[test]
+    fn scattered_buffers_move_straight_to_and_from_the_socket() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut p = params();
+        p.header_digest = false;
+        p.data_digest = false;
+        p.max_send_data_segment_length = 998;
+        p.max_recv_data_segment_length = 262144;
+        p.initial_r2t = false;
+        let d = p.digests();
+        let mut s: Session<UnixStream, Scattered> = Session::new(a, p).unwrap();
+        let mut peer = Peer { s: b, d };
+        let pattern = |i: usize| (i * 7 + i / 251) as u8;
+        let out = Scattered::of(&[3, 509, 1, 2000, 7], pattern);
+        let tag = s
+            .start(0, &[0x2a, 0, 0, 0, 0, 0, 0, 0, 5, 0], Data::Out(out))
+            .unwrap();
+        let (cmd, mut got) = peer.recv();
+        let Bhs::ScsiCommand(c) = cmd else { panic!() };
+        assert_eq!((c.expected_data_len, got.len()), (2520, 998));
+        while got.len() < 2520 {
+            let (b, data) = peer.recv();
+            let Bhs::DataOut(o) = b else { panic!() };
+            assert_eq!(o.buffer_offset as usize, got.len());
+            assert!(data.len() <= 998);
+            got.extend(data);
+        }
+        assert!(got == (0..2520).map(pattern).collect::<Vec<_>>());
+        peer.send(
+            Bhs::ScsiResponse(ScsiResponse {
+                itt: tag.0,
+                stat_sn: 100,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 40,
+                ..Default::default()
+            }),
+            &[],
+        );
+        assert!(s.poll().unwrap().unwrap().outcome.is_ok());
+
+        // A read of 100,001 bytes in one Data-In PDU (padding 3): more than the reader's 64 KiB.
+        let sizes = [5, 49_995, 3, 1, 49_997];
+        let tag = s
+            .start(
+                0,
+                &[0x28, 0, 0, 0, 0, 0, 0, 0, 1, 0],
+                Data::In(Scattered::of(&sizes, |_| 0)),
+            )
+            .unwrap();
+        peer.recv();
+        let want: Vec<u8> = (0..100_001).map(|i| pattern(i + 3)).collect();
+        let mut peer_s = peer.s.try_clone().unwrap();
+        let sent = want.clone();
+        let writer = std::thread::spawn(move || {
+            let mut bhs = data_in(tag.0, 0, 0, true);
+            if let Bhs::DataIn(d) = &mut bhs {
+                d.stat_sn = 101;
+                d.exp_cmd_sn = 12;
+            }
+            pdu::write_pdu(&mut peer_s, d, &bhs, &[], &sent).unwrap();
+        });
+        // All of it on the socket first (it fits the socket buffer), so that the reader's
+        // first fill takes 64 KiB: part of the data is copied from there, the rest read
+        // straight into the segments.
+        writer.join().unwrap();
+        let c = s.poll().unwrap().unwrap();
+        assert_eq!(c.outcome.unwrap().data_in_len, 100_001);
+        assert!(c.buffer.unwrap().flat() == want);
+    }
+
     #[test]
     fn into_parts_refuses_a_busy_session() {
         let (mut s, _peer) = setup();
