@@ -764,3 +764,140 @@ fn an_iscsi_lun_added_at_run_time_survives_a_worker_restart() {
     assert!(ok && said.contains("iscsi://"), "{said}");
     d.assert_alive();
 }
+
+/// Waits (bounded) until the daemon's log contains `what`.
+fn wait_for_log(daemon: &Daemon, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !daemon.log().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "no {what:?} in the log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// SIGSTOP to tgtd until dropped (SIGCONT, also when the test fails: a stopped tgtd would
+/// hang its own teardown): while it is stopped the commands sent to it stay outstanding.
+struct Stopped(libc::pid_t);
+
+impl Stopped {
+    fn new(t: &Tgtd) -> Self {
+        let pid = t.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own, not yet reaped, child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+        Self(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `new` (the Tgtd outlives this guard).
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// Submits `n` READ(10)s of 8 blocks at `lba0`, `lba0 + 8`, ... on the first request queue
+/// without waiting; returns (chain, tag, lba) of each.
+fn submit_reads(vm: &mut TestVm, n: u32, lba0: u32) -> Vec<(Submitted, u64, u32)> {
+    (0..n)
+        .map(|i| {
+            let lba = lba0 + 8 * i;
+            let header = vm.cmd_header(l00(), &cdb::read10(lba, 8));
+            let tag = u64::from_le_bytes(header[8..16].try_into().unwrap());
+            let sub = vm.submit(
+                2,
+                &[
+                    Seg::out(&header),
+                    Seg::inp(RESP_HEADER_SIZE as u32),
+                    Seg::inp(8 * BLOCK as u32),
+                ],
+            );
+            (sub, tag, lba)
+        })
+        .collect()
+}
+
+/// Collects the answers of `reads`: each is either aborted (VIRTIO_SCSI_S_ABORTED, the target
+/// ended it) or completed with the file's data (it finished before the function reached the
+/// target); returns how many were aborted.
+fn collect_reads(vm: &mut TestVm, reads: &[(Submitted, u64, u32)], path: &Path) -> usize {
+    const VIRTIO_SCSI_S_ABORTED: u8 = 2;
+    let used = vm.wait_used(2, reads.len());
+    let mut aborted = 0;
+    for (head, len) in used {
+        let (sub, _, lba) = reads
+            .iter()
+            .find(|(s, _, _)| u32::from(s.head) == head)
+            .expect("a completion of one of the reads");
+        let r = vm.reply(sub, len);
+        if r.response == VIRTIO_SCSI_S_ABORTED {
+            aborted += 1;
+            continue;
+        }
+        r.assert_good();
+        assert!(
+            r.data[..8 * BLOCK] == file_bytes(path, u64::from(*lba) * BLOCK as u64, 8 * BLOCK),
+            "READ at {lba}"
+        );
+    }
+    aborted
+}
+
+/// Task management from the guest goes to the target (issue 12): with tgtd stopped, the
+/// guest's reads stay outstanding there; an ABORT TASK of one and then a LOGICAL UNIT RESET
+/// are sent to tgtd as iSCSI Task Management Function Requests (the daemon logs it), answered
+/// FUNCTION COMPLETE from tgtd's response once it runs again; every read is answered, aborted
+/// or with the file's data; and tgtd itself was reset (its next command reports the reset's
+/// unit attention, which a locally answered reset would not raise).
+#[test]
+fn task_management_is_forwarded_to_the_target() {
+    let Some((t, path)) = target("task_management_is_forwarded_to_the_target", false) else {
+        return;
+    };
+    let (mut daemon, mut vm) = daemon_and_vm(&lun_arg(&t, 1, None, ""));
+    vm.clear_unit_attention(l00());
+    let tmf_on = |vm: &mut TestVm, subtype: u32, tag: u64| {
+        let req = tmf_req(subtype, l00(), tag);
+        vm.submit(0, &[Seg::out(&req), Seg::inp(1)])
+    };
+    const ABORT_TASK: u32 = 0;
+
+    // ABORT TASK of the first of two reads outstanding at the stopped target.
+    let stopped = Stopped::new(&t);
+    let reads = submit_reads(&mut vm, 2, 0);
+    wait_for_log(&daemon, "2 commands outstanding");
+    let tmf = tmf_on(&mut vm, ABORT_TASK, reads[0].1);
+    wait_for_log(&daemon, &format!("AbortTask({}) to the target", reads[0].1));
+    drop(stopped);
+    vm.complete(&tmf);
+    assert_eq!(vm.writable(&tmf).concat(), [0], "FUNCTION COMPLETE");
+    let aborted = collect_reads(&mut vm, &reads, &path);
+    assert!(aborted <= 1, "only the read named was aborted");
+
+    // LOGICAL UNIT RESET with four reads outstanding.
+    let stopped = Stopped::new(&t);
+    let reads = submit_reads(&mut vm, 4, 64);
+    wait_for_log(&daemon, "4 commands outstanding");
+    let tmf = tmf_on(&mut vm, VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, 0);
+    wait_for_log(&daemon, "LogicalUnitReset to the target");
+    drop(stopped);
+    vm.complete(&tmf);
+    assert_eq!(vm.writable(&tmf).concat(), [0], "FUNCTION COMPLETE");
+    let aborted = collect_reads(&mut vm, &reads, &path);
+    println!("LUN RESET aborted {aborted} of 4 reads");
+    // The target was reset: POWER ON, RESET, OR BUS DEVICE RESET OCCURRED (29h).
+    let r = vm.scsi(l00(), &[0x00, 0, 0, 0, 0, 0], &[], &[]);
+    assert_eq!(r.status, STATUS_CHECK_CONDITION, "{r:?}");
+    assert_eq!(r.sense_key_asc(), (SENSE_UNIT_ATTENTION, 0x29), "{r:?}");
+    vm.clear_unit_attention(l00());
+    for l in daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("the target") || l.contains("passthrough LU"))
+    {
+        println!("{l}");
+    }
+    daemon.assert_alive();
+}

@@ -10,9 +10,14 @@
 //! caller when its status arrives. Status, sense data and residuals come back as the target sent
 //! them.
 //!
-//! Data moves through a bounce buffer per command (guest memory is scattered; the session takes
-//! one contiguous buffer per command): one copy from or to guest memory on the queue thread,
-//! none between the buffer and the socket.
+//! Data moves straight between guest memory and the socket ([`GuestBuf`]: the command's
+//! scatter-gather list as a [`TaskBuffer`]): Data-Out PDUs go out with one `writev` of their
+//! headers and the guest's segments, Data-In lands with one `readv` into them (after what the
+//! session's reader had already buffered). With a data digest, each PDU goes through a scratch
+//! buffer of one PDU instead, so that the digest is computed once over exactly what is sent or
+//! checked over exactly what is placed (the guest may change its memory at any time). The
+//! queue thread that submitted a command keeps its guest memory mapped until the answer is in
+//! ([`Ticket`] borrows the scatter-gather list and waits for the answer when dropped).
 //!
 //! Connection loss (ErrorRecoveryLevel 0): the commands that did not complete are kept
 //! ([`Session::take_outstanding`]), a fresh logged-in connection is asked for
@@ -23,8 +28,9 @@
 use std::{
     collections::{HashMap, VecDeque},
     io,
+    marker::PhantomData,
     net::TcpStream,
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::{
         atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
@@ -43,9 +49,10 @@ use nix::{
 use super::sg::SgList;
 use crate::broker::{endpoint::BrokerHandle, iscsi::IscsiMsg, Body};
 use crate::iscsi::{
+    buffer::{Piece, TaskBuffer},
     login::SessionParams,
     recovery::Backoff,
-    session::{Completion, Data, ScsiResult, Session, SessionError, TaskError},
+    session::{Completion, Data, ScsiResult, Session, SessionError, TaskError, TaskTag},
 };
 
 /// A connection in the full feature phase and its parameters, as the supervisor hands it over.
@@ -56,14 +63,17 @@ pub type Connection = (TcpStream, SessionParams);
 /// than aborting the command itself.
 pub const GIVE_UP: Duration = Duration::from_secs(20);
 
-/// Largest data transfer of one passthrough command (the bounce buffer): larger requests are
-/// refused with INVALID FIELD IN CDB instead of allocating what a hostile guest asks for.
+/// Largest data transfer of one passthrough command: larger requests are refused with INVALID
+/// FIELD IN CDB (what the target's Block Limits would say; the initiator's lengths are 32-bit).
 pub const MAX_TRANSFER: usize = 32 << 20;
 
-/// Most bounce-buffer bytes of one LUN's commands in flight together. A guest can point many
+/// Most data bytes of one LUN's commands in flight together. A guest can point many
 /// descriptors at the same pages, so its memory size does not bound this; beyond it commands
 /// are answered BUSY (the guest retries them when earlier ones completed).
 pub const MAX_IN_FLIGHT_BYTES: usize = 256 << 20;
+
+/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`): longer lists go in several calls.
+const MAX_IOVECS: usize = 1024;
 
 /// SAM status codes used here.
 mod status {
@@ -89,34 +99,80 @@ pub struct PassthroughOutput {
     pub sense: Vec<u8>,
     /// Data bytes moved in the command's direction.
     pub transferred: u32,
+    /// The command was aborted by a task management function (ABORT TASK, ABORT TASK SET,
+    /// LOGICAL UNIT RESET) before it completed: it has no status (virtio-scsi answers
+    /// VIRTIO_SCSI_S_ABORTED).
+    pub aborted: bool,
 }
 
 impl PassthroughOutput {
-    fn check_condition(key: u8, asc: u8, ascq: u8) -> Self {
+    /// A completed command's answer.
+    pub fn new(status: u8, sense: Vec<u8>, transferred: u32) -> Self {
         Self {
-            status: status::CHECK_CONDITION,
-            sense: fixed_sense(key, asc, ascq),
-            transferred: 0,
+            status,
+            sense,
+            transferred,
+            aborted: false,
         }
+    }
+
+    fn check_condition(key: u8, asc: u8, ascq: u8) -> Self {
+        Self::new(status::CHECK_CONDITION, fixed_sense(key, asc, ascq), 0)
     }
 
     fn busy() -> Self {
+        Self::new(status::BUSY, Vec::new(), 0)
+    }
+
+    /// Aborted by a task management function; what a caller without an ABORTED response
+    /// sees is ABORTED COMMAND.
+    pub fn aborted() -> Self {
         Self {
-            status: status::BUSY,
-            sense: Vec::new(),
-            transferred: 0,
+            aborted: true,
+            ..Self::check_condition(0x0b, 0x00, 0x00)
         }
     }
 }
 
-/// A command handed to a passthrough LU: answered already, or on its way ([`Ticket`]).
-#[derive(Debug)]
-pub enum Submitted {
-    Ready(PassthroughOutput),
-    Waiting(Ticket),
+/// A task management function for a passthrough LU, as the guest asked for it (virtio-scsi
+/// TMF subtypes), forwarded to the target (iSCSI Task Management Function Request, RFC 7143
+/// §11.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskManagement {
+    /// ABORT TASK: the command the guest submitted with this tag (virtio-scsi `id`).
+    AbortTask(u64),
+    /// ABORT TASK SET: every command of the LU from this initiator.
+    AbortTaskSet,
+    /// LOGICAL UNIT RESET.
+    LogicalUnitReset,
 }
 
-impl Submitted {
+/// The target's answer to a [`TaskManagement`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TmfOutcome {
+    /// Carried out (for ABORT TASK also: the task was not there any more, having completed).
+    Complete,
+    /// The target refused it (function not supported, rejected, not authorized...).
+    Rejected,
+    /// The target does not know the LUN.
+    IncorrectLun,
+    /// Not carried out: the connection failed meanwhile (its commands are reissued on the next
+    /// one) or the LUN thread did not answer.
+    Failed,
+}
+
+/// How long a task management function waits for the LUN thread's answer: a reconnection
+/// (with its backoff) fits, a target that never answers does not hold the control queue.
+pub const TMF_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A command handed to a passthrough LU: answered already, or on its way ([`Ticket`]).
+#[derive(Debug)]
+pub enum Submitted<'a> {
+    Ready(PassthroughOutput),
+    Waiting(Ticket<'a>),
+}
+
+impl Submitted<'_> {
     /// Whether the answer is in ([`Submitted::wait`] will not block).
     pub fn is_ready(&mut self) -> bool {
         match self {
@@ -125,25 +181,52 @@ impl Submitted {
         }
     }
 
-    /// The answer, waiting for it if need be; data-in lands in `data_in`.
-    pub fn wait(self, data_in: &SgList<'_>) -> PassthroughOutput {
+    /// Whether the submitting thread's [`answer_wake`] eventfd is written when the answer is
+    /// in (an answer already given counts).
+    pub fn wakes(&self) -> bool {
+        match self {
+            Submitted::Ready(_) => true,
+            Submitted::Waiting(t) => t.wakes,
+        }
+    }
+
+    /// The answer, waiting for it if need be (data-in is in the guest's buffers by then).
+    pub fn wait(self) -> PassthroughOutput {
         match self {
             Submitted::Ready(out) => out,
-            Submitted::Waiting(t) => t.wait(data_in),
+            Submitted::Waiting(t) => t.wait(),
         }
     }
 }
 
-/// A command the LUN thread has (or will have) sent to the target. Waiting for it is the
-/// only way to learn its answer; dropping it without waiting leaves the command to complete
-/// unanswered.
+/// A command the LUN thread has (or will have) sent to the target, with the guest memory of
+/// its scatter-gather list (borrowed for `'a`: the LUN thread reads and writes it). Waiting
+/// for it is the only way to learn its answer; dropping it waits too, because the LUN thread
+/// may use that memory until the command is answered. (Leaking a ticket while its memory is
+/// unmapped would let the LUN thread write into whatever is mapped there next: nothing does.)
 #[derive(Debug)]
-pub struct Ticket {
+pub struct Ticket<'a> {
     answer: Receiver<Outcome>,
     /// The answer, once [`Ticket::is_ready`] saw it (`Err`: the LUN thread is gone).
     got: Option<Result<Outcome, mpsc::RecvError>>,
+    /// The answer was taken ([`Ticket::wait`]): nothing for `Drop` to wait for.
+    answered: bool,
+    /// The submitting thread's [`answer_wake`] is written when the answer is in.
+    wakes: bool,
     data_out_len: usize,
+    data_in_len: usize,
     _bytes: InFlight,
+    _guest: PhantomData<&'a ()>,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if !self.answered && self.got.is_none() {
+            // The LUN thread lets go of the guest's buffers before it answers (or it drops
+            // them with the command: then the channel is closed).
+            let _ = self.answer.recv();
+        }
+    }
 }
 
 /// A command's share of its LUN's [`MAX_IN_FLIGHT_BYTES`], given back when dropped.
@@ -173,7 +256,7 @@ impl Drop for InFlight {
     }
 }
 
-impl Ticket {
+impl Ticket<'_> {
     /// Whether the answer is in (then [`Ticket::wait`] returns at once).
     pub fn is_ready(&mut self) -> bool {
         if self.got.is_none() {
@@ -186,21 +269,18 @@ impl Ticket {
         self.got.is_some()
     }
 
-    /// Blocks until the target answered (or the command was given up with BUSY); copies the
-    /// data-in into `data_in`.
-    pub fn wait(mut self, data_in: &SgList<'_>) -> PassthroughOutput {
+    /// Blocks until the target answered (or the command was given up with BUSY); the data-in
+    /// is in the guest's buffers by then.
+    pub fn wait(mut self) -> PassthroughOutput {
         let answer = match self.got.take() {
             Some(a) => a,
             None => self.answer.recv(),
         };
+        self.answered = true;
         match answer {
-            Ok(Outcome::Done(Ok(r), buffer)) => {
-                let transferred = if !data_in.is_empty() {
-                    let n = r.data_in_len.min(data_in.len());
-                    if let Some(b) = &buffer {
-                        data_in.copy_from(&b[..n.min(b.len())]);
-                    }
-                    n
+            Ok(Outcome::Done(Ok(r))) => {
+                let transferred = if self.data_in_len > 0 {
+                    r.data_in_len.min(self.data_in_len)
                 } else {
                     match r.residual {
                         crate::iscsi::session::Residual::Underflow(u) => {
@@ -213,15 +293,18 @@ impl Ticket {
                     // Target failure (RFC 7143 §11.4.3): INTERNAL TARGET FAILURE.
                     return PassthroughOutput::check_condition(0x04, 0x44, 0x00);
                 }
-                PassthroughOutput {
-                    status: r.status,
-                    sense: r.sense,
-                    transferred: u32::try_from(transferred).unwrap_or(u32::MAX),
-                }
+                PassthroughOutput::new(
+                    r.status,
+                    r.sense,
+                    u32::try_from(transferred).unwrap_or(u32::MAX),
+                )
             }
-            // Aborted by a task management function, or rejected: ABORTED COMMAND, which
-            // initiators retry.
-            Ok(Outcome::Done(Err(_), _)) => PassthroughOutput::check_condition(0x0b, 0x00, 0x00),
+            // Aborted by a task management function the guest asked for.
+            Ok(Outcome::Done(Err(TaskError::Aborted))) => PassthroughOutput::aborted(),
+            // Rejected by the target: ABORTED COMMAND, which initiators retry.
+            Ok(Outcome::Done(Err(TaskError::Rejected(_)))) => {
+                PassthroughOutput::check_condition(0x0b, 0x00, 0x00)
+            }
             Ok(Outcome::Busy) => PassthroughOutput::busy(),
             // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
             Err(_) => PassthroughOutput::check_condition(0x04, 0x08, 0x00),
@@ -234,8 +317,16 @@ impl Ticket {
 pub trait Passthrough: Send + Sync {
     /// Sends `cdb` with one of `data_out` / `data_in` (the other is empty) on its way without
     /// waiting for the answer (several commands may be outstanding: a queue thread submits a
-    /// whole batch, then collects the answers).
-    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted;
+    /// whole batch, then collects the answers). The data moves between the lists' memory and
+    /// the target until the answer is in.
+    /// `tag` is the guest's tag of the command (what an ABORT TASK names).
+    fn submit<'a>(
+        &self,
+        tag: u64,
+        cdb: &[u8],
+        data_out: &SgList<'a>,
+        data_in: &SgList<'a>,
+    ) -> Submitted<'a>;
 
     /// Runs `cdb` and waits for the answer.
     fn execute(
@@ -244,7 +335,13 @@ pub trait Passthrough: Send + Sync {
         data_out: &SgList<'_>,
         data_in: &SgList<'_>,
     ) -> PassthroughOutput {
-        self.submit(cdb, data_out, data_in).wait(data_in)
+        self.submit(0, cdb, data_out, data_in).wait()
+    }
+
+    /// Carries out a task management function at the target; the commands it ends are
+    /// answered aborted ([`PassthroughOutput::aborted`]) before this returns.
+    fn task_management(&self, _f: TaskManagement) -> TmfOutcome {
+        TmfOutcome::Rejected
     }
 
     /// What backs it, for logs.
@@ -343,23 +440,226 @@ pub fn broker_reconnect(handle: BrokerHandle, target: u8, lun: u16) -> Box<dyn R
     })
 }
 
-/// The outcome the LUN thread sends back for one command.
+/// The outcome the LUN thread sends back for one command (it has let go of the command's
+/// guest memory by then).
 #[derive(Debug)]
 enum Outcome {
-    Done(Result<ScsiResult, TaskError>, Option<Vec<u8>>),
+    Done(Result<ScsiResult, TaskError>),
     Busy,
+}
+
+/// A command's data in guest memory: its scatter-gather list as (host address, length)
+/// segments, read and written by the LUN thread straight from and to the socket.
+/// The lengths are fixed when it is made (from the descriptor chain the queue thread
+/// resolved): the guest cannot change them afterwards, only the bytes.
+#[derive(Debug)]
+pub struct GuestBuf {
+    segs: Vec<(*mut u8, usize)>,
+    len: usize,
+}
+
+// SAFETY: the addresses point into guest memory that the submitting queue thread keeps mapped
+// until the command is answered (the `Ticket` borrows the scatter-gather list and waits for the
+// answer even when dropped); the LUN thread is the only one using them meanwhile, and it drops
+// the buffer before it answers.
+unsafe impl Send for GuestBuf {}
+
+fn out_of_range() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "range beyond the guest's buffer",
+    )
+}
+
+impl GuestBuf {
+    fn new(sg: &SgList<'_>) -> Self {
+        Self {
+            segs: sg
+                .segments()
+                .iter()
+                .map(|s| (s.ptr_guard_mut().as_ptr(), s.len()))
+                .collect(),
+            len: sg.len(),
+        }
+    }
+
+    /// Calls `f` with each (address, length) piece of bytes `[offset, offset + len)`, in order;
+    /// an error if the range is not within the buffer.
+    fn pieces(
+        &self,
+        offset: usize,
+        len: usize,
+        mut f: impl FnMut(*mut u8, usize) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let end = offset.checked_add(len).ok_or_else(out_of_range)?;
+        if end > self.len {
+            return Err(out_of_range());
+        }
+        let mut skip = offset;
+        let mut want = len;
+        for &(ptr, n) in &self.segs {
+            if want == 0 {
+                break;
+            }
+            if skip >= n {
+                skip -= n;
+                continue;
+            }
+            let take = (n - skip).min(want);
+            // `skip < n`: within the segment.
+            f(ptr.wrapping_add(skip), take)?;
+            want -= take;
+            skip = 0;
+        }
+        Ok(())
+    }
+
+    /// The iovecs of bytes `[offset, offset + len)`, appended to `iov`.
+    fn iovecs(&self, offset: usize, len: usize, iov: &mut Vec<libc::iovec>) -> io::Result<()> {
+        self.pieces(offset, len, |ptr, n| {
+            iov.push(libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: n,
+            });
+            Ok(())
+        })
+    }
+}
+
+/// Runs `readv` or `writev` (`op`) over all of `iov` on `fd`, in calls of at most
+/// [`MAX_IOVECS`], until every byte moved (short transfers resume where they stopped).
+fn transfer_all(
+    fd: BorrowedFd<'_>,
+    iov: &mut [libc::iovec],
+    op: unsafe extern "C" fn(libc::c_int, *const libc::iovec, libc::c_int) -> libc::ssize_t,
+) -> io::Result<()> {
+    let mut idx = 0;
+    while idx < iov.len() {
+        if iov[idx].iov_len == 0 {
+            idx += 1;
+            continue;
+        }
+        let count = (iov.len() - idx).min(MAX_IOVECS);
+        // SAFETY: `iov[idx..idx + count]` are valid iovecs: our own slices (headers, padding,
+        // a receive buffer) or guest memory kept mapped while the command is outstanding (see
+        // `GuestBuf`); the kernel reads or writes only within them.
+        let r = unsafe { op(fd.as_raw_fd(), iov[idx..].as_ptr(), count as libc::c_int) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if r == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let mut n = r as usize;
+        while n > 0 && idx < iov.len() {
+            let l = iov[idx].iov_len;
+            if n >= l {
+                n -= l;
+                idx += 1;
+            } else {
+                iov[idx].iov_base = iov[idx].iov_base.cast::<u8>().wrapping_add(n).cast();
+                iov[idx].iov_len = l - n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
+impl TaskBuffer for GuestBuf {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn copy_out(&self, offset: usize, dst: &mut [u8]) -> io::Result<()> {
+        let mut at = 0;
+        self.pieces(offset, dst.len(), |ptr, n| {
+            // SAFETY: a piece of guest memory kept mapped while the command is outstanding
+            // (see `GuestBuf`); read with volatile accesses since the guest may write it.
+            let s = unsafe { vm_memory::VolatileSlice::new(ptr, n) };
+            s.copy_to(&mut dst[at..at + n]);
+            at += n;
+            Ok(())
+        })
+    }
+
+    fn copy_in(&mut self, offset: usize, src: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        self.pieces(offset, src.len(), |ptr, n| {
+            // SAFETY: as in `copy_out`; written with volatile accesses.
+            let s = unsafe { vm_memory::VolatileSlice::new(ptr, n) };
+            s.copy_from(&src[at..at + n]);
+            at += n;
+            Ok(())
+        })
+    }
+
+    fn send(&self, fd: BorrowedFd<'_>, pieces: &[Piece<'_>]) -> io::Result<()> {
+        let mut iov = Vec::with_capacity(pieces.len() + self.segs.len());
+        for p in pieces {
+            match *p {
+                Piece::Bytes(b) => iov.push(libc::iovec {
+                    iov_base: b.as_ptr().cast_mut().cast(),
+                    iov_len: b.len(),
+                }),
+                Piece::Data { offset, len } => self.iovecs(offset, len, &mut iov)?,
+            }
+        }
+        transfer_all(fd, &mut iov, libc::writev)
+    }
+
+    fn recv(&mut self, fd: BorrowedFd<'_>, offset: usize, len: usize) -> io::Result<()> {
+        let mut iov = Vec::with_capacity(self.segs.len());
+        self.iovecs(offset, len, &mut iov)?;
+        transfer_all(fd, &mut iov, libc::readv)
+    }
 }
 
 struct Request {
     cdb: Vec<u8>,
-    data: Data<Vec<u8>>,
-    reply: SyncSender<Outcome>,
-    since: Instant,
+    data: Data<GuestBuf>,
+    caller: Pending,
+}
+
+/// What the queue threads (and the control queue) send a LUN thread.
+enum Msg {
+    Command(Request),
+    Tmf(TaskManagement, SyncSender<TmfOutcome>),
+}
+
+thread_local! {
+    /// The eventfd the LUN threads write after answering a command this thread submitted
+    /// (see [`answer_wake`]).
+    static ANSWER_WAKE: std::cell::RefCell<Option<Arc<EventFd>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// From now on, the LUN threads make the returned eventfd readable after answering a command
+/// this thread submits ([`Submitted::wakes`]): a request-queue thread waits on it together
+/// with its engine's completions, so that it publishes each answer as it arrives instead of
+/// blocking on one. Made once per thread (an `eventfd2`: call it where the thread's seccomp
+/// role allows it).
+pub fn answer_wake() -> io::Result<Arc<EventFd>> {
+    ANSWER_WAKE.with(|w| {
+        let mut w = w.borrow_mut();
+        if let Some(e) = &*w {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
+        )?);
+        *w = Some(e.clone());
+        Ok(e)
+    })
 }
 
 /// The queue threads' handle on one iSCSI LUN's thread.
 pub struct IscsiLun {
-    tx: Sender<Request>,
+    tx: Sender<Msg>,
     wake: Arc<EventFd>,
     description: String,
     /// Bounce-buffer bytes of the commands in flight.
@@ -384,6 +684,7 @@ impl IscsiLun {
             lost: handover.params.clone(),
             pending: HashMap::new(),
             queued: VecDeque::new(),
+            tmfs: VecDeque::new(),
             sending: None,
             reconnect,
             backoff: None,
@@ -428,7 +729,13 @@ impl Drop for IscsiLun {
 }
 
 impl Passthrough for IscsiLun {
-    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
+    fn submit<'a>(
+        &self,
+        tag: u64,
+        cdb: &[u8],
+        data_out: &SgList<'a>,
+        data_in: &SgList<'a>,
+    ) -> Submitted<'a> {
         let len = data_out.len().max(data_in.len());
         if len > MAX_TRANSFER {
             // INVALID FIELD IN CDB: what the Block Limits page's maximum would have said.
@@ -438,50 +745,86 @@ impl Passthrough for IscsiLun {
             return Submitted::Ready(PassthroughOutput::busy());
         };
         let data = if !data_out.is_empty() {
-            let mut v = vec![0u8; data_out.len()];
-            data_out.copy_to(&mut v);
-            Data::Out(v)
+            Data::Out(GuestBuf::new(data_out))
         } else if !data_in.is_empty() {
-            Data::In(vec![0u8; data_in.len()])
+            Data::In(GuestBuf::new(data_in))
         } else {
             Data::None
         };
         let (reply, answer) = mpsc::sync_channel(1);
+        let wake = ANSWER_WAKE.with(|w| w.borrow().clone());
+        let wakes = wake.is_some();
         let req = Request {
             cdb: cdb.to_vec(),
             data,
-            reply,
-            since: Instant::now(),
+            caller: Pending {
+                reply,
+                since: Instant::now(),
+                wake,
+                tag,
+            },
         };
-        if self.tx.send(req).is_err() || self.wake.write(1).is_err() {
+        if self.tx.send(Msg::Command(req)).is_err() || self.wake.write(1).is_err() {
             // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
             return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
         }
         Submitted::Waiting(Ticket {
             answer,
             got: None,
+            answered: false,
+            wakes,
             data_out_len: data_out.len(),
+            data_in_len: data_in.len(),
             _bytes: bytes,
+            _guest: PhantomData,
         })
     }
 
     fn describe(&self) -> &str {
         &self.description
     }
+
+    fn task_management(&self, f: TaskManagement) -> TmfOutcome {
+        let (reply, answer) = mpsc::sync_channel(1);
+        if self.tx.send(Msg::Tmf(f, reply)).is_err() || self.wake.write(1).is_err() {
+            return TmfOutcome::Failed;
+        }
+        answer.recv_timeout(TMF_TIMEOUT).unwrap_or_else(|_| {
+            warn!(
+                "{}: no answer to {f:?} in {TMF_TIMEOUT:?}",
+                self.description
+            );
+            TmfOutcome::Failed
+        })
+    }
 }
 
+/// Who waits for a command's answer.
 struct Pending {
     reply: SyncSender<Outcome>,
     since: Instant,
+    /// The submitting thread's [`answer_wake`], written after the answer is sent.
+    wake: Option<Arc<EventFd>>,
+    /// The guest's tag of the command (what an ABORT TASK names).
+    tag: u64,
+}
+
+impl Pending {
+    fn answer(self, outcome: Outcome) {
+        let _ = self.reply.send(outcome);
+        if let Some(w) = &self.wake {
+            let _ = w.write(1);
+        }
+    }
 }
 
 /// The state of one LUN's thread.
 struct LunThread {
-    rx: Receiver<Request>,
+    rx: Receiver<Msg>,
     wake: Arc<EventFd>,
     lun: u64,
     name: String,
-    session: Option<Session<TcpStream>>,
+    session: Option<Session<TcpStream, GuestBuf>>,
     /// The parameters of the last session (for reinstatement).
     lost: SessionParams,
     /// Started commands by task tag.
@@ -489,6 +832,8 @@ struct LunThread {
     /// Commands waiting to be started (after a reconnection: reissues first, in CmdSN order,
     /// then new ones).
     queued: VecDeque<Request>,
+    /// Task management functions to carry out (before the commands queued after them start).
+    tmfs: VecDeque<(TaskManagement, SyncSender<TmfOutcome>)>,
     /// The caller of the command being started, while `start` runs (a failure there leaves
     /// the command among the session's outstanding ones, without a tag we know).
     sending: Option<Pending>,
@@ -520,6 +865,11 @@ impl LunThread {
                     return;
                 }
             }
+            while let Some((f, reply)) = self.tmfs.pop_front() {
+                let outcome = self.task_management(f);
+                info!("{}: {f:?} from the guest: {outcome:?}", self.name);
+                let _ = reply.send(outcome);
+            }
             if self.session.is_none() {
                 self.reconnect_once();
                 continue;
@@ -534,7 +884,8 @@ impl LunThread {
     fn take_requests(&mut self) -> bool {
         loop {
             match self.rx.try_recv() {
-                Ok(r) => self.queued.push_back(r),
+                Ok(Msg::Command(r)) => self.queued.push_back(r),
+                Ok(Msg::Tmf(f, reply)) => self.tmfs.push_back((f, reply)),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -546,20 +897,15 @@ impl LunThread {
     fn serve_once(&mut self) -> Result<(), SessionError> {
         let session = self.session.as_mut().expect("serve_once with a session");
         while let Some(req) = self.queued.pop_front() {
-            let Request {
-                cdb,
-                data,
-                reply,
-                since,
-            } = req;
-            self.sending = Some(Pending { reply, since });
+            let Request { cdb, data, caller } = req;
+            self.sending = Some(caller);
             let started = session.start(self.lun, &cdb, data);
-            let Some(Pending { reply, since }) = self.sending.take() else {
+            let Some(caller) = self.sending.take() else {
                 continue;
             };
             match started {
                 Ok(tag) => {
-                    self.pending.insert(tag.0, Pending { reply, since });
+                    self.pending.insert(tag.0, caller);
                     let n = self.pending.len();
                     if n > self.max_outstanding {
                         self.max_outstanding = n;
@@ -571,22 +917,19 @@ impl LunThread {
                 Err(SessionError::InvalidRequest(what)) => {
                     // Not sent (a CDB the session cannot carry): ILLEGAL REQUEST.
                     warn!("{}: command {:#04x} not sent: {what}", self.name, cdb[0]);
-                    let _ = reply.send(Outcome::Done(
-                        Ok(ScsiResult {
-                            response: 0,
-                            status: status::CHECK_CONDITION,
-                            sense: fixed_sense(0x05, 0x24, 0x00),
-                            residual: crate::iscsi::session::Residual::None,
-                            data_in_len: 0,
-                        }),
-                        None,
-                    ));
+                    caller.answer(Outcome::Done(Ok(ScsiResult {
+                        response: 0,
+                        status: status::CHECK_CONDITION,
+                        sense: fixed_sense(0x05, 0x24, 0x00),
+                        residual: crate::iscsi::session::Residual::None,
+                        data_in_len: 0,
+                    })));
                 }
                 Err(e) => {
                     // The command may or may not have reached the target: the session keeps
                     // it among the outstanding ones (with its buffer) if it registered it;
                     // `connection_lost` matches it to this caller.
-                    self.sending = Some(Pending { reply, since });
+                    self.sending = Some(caller);
                     return Err(e);
                 }
             }
@@ -623,6 +966,75 @@ impl LunThread {
         Ok(())
     }
 
+    /// Carries out a task management function: commands not sent yet are answered aborted
+    /// here, those outstanding at the target by its Task Management Function Response (the
+    /// session terminates them when the function completed).
+    fn task_management(&mut self, f: TaskManagement) -> TmfOutcome {
+        match f {
+            TaskManagement::AbortTask(tag) => {
+                if let Some(i) = self.queued.iter().position(|r| r.caller.tag == tag) {
+                    if let Some(r) = self.queued.remove(i) {
+                        r.caller.answer(Outcome::Done(Err(TaskError::Aborted)));
+                    }
+                    return TmfOutcome::Complete;
+                }
+            }
+            TaskManagement::AbortTaskSet | TaskManagement::LogicalUnitReset => {
+                for r in self.queued.drain(..) {
+                    r.caller.answer(Outcome::Done(Err(TaskError::Aborted)));
+                }
+            }
+        }
+        // Without a connection nothing is outstanding at the target (the next login
+        // reinstates the session, which ends the old one's tasks there).
+        let Some(session) = self.session.as_mut() else {
+            return TmfOutcome::Complete;
+        };
+        let result = match f {
+            TaskManagement::AbortTask(tag) => {
+                let Some(itt) = self
+                    .pending
+                    .iter()
+                    .find(|(_, p)| p.tag == tag)
+                    .map(|(itt, _)| *itt)
+                    .filter(|itt| session.has_task(TaskTag(*itt)))
+                else {
+                    // Completed already (its answer is on its way or given): nothing to abort.
+                    return TmfOutcome::Complete;
+                };
+                info!("{}: {f:?} to the target", self.name);
+                session.abort_task(TaskTag(itt))
+            }
+            TaskManagement::AbortTaskSet | TaskManagement::LogicalUnitReset => {
+                info!("{}: {f:?} to the target", self.name);
+                if f == TaskManagement::AbortTaskSet {
+                    session.abort_task_set(self.lun)
+                } else {
+                    session.lun_reset(self.lun)
+                }
+            }
+        };
+        match result {
+            Ok(response) => {
+                // The terminated commands (and any that completed meanwhile) are answered now.
+                while let Some(c) = session.try_completion() {
+                    complete(&mut self.pending, c);
+                }
+                match response {
+                    // Function complete; task does not exist (it completed first).
+                    0 | 1 => TmfOutcome::Complete,
+                    2 => TmfOutcome::IncorrectLun,
+                    _ => TmfOutcome::Rejected,
+                }
+            }
+            Err(SessionError::InvalidRequest(_)) => TmfOutcome::Complete,
+            Err(e) => {
+                self.connection_lost(e);
+                TmfOutcome::Failed
+            }
+        }
+    }
+
     /// The session failed: keep what did not complete, drop the connection.
     fn connection_lost(&mut self, e: SessionError) {
         let Some(mut session) = self.session.take() else {
@@ -643,11 +1055,10 @@ impl LunThread {
                 .remove(&o.tag.0)
                 .or_else(|| self.sending.take())
             {
-                Some(p) => reissue.push_back(Request {
+                Some(caller) => reissue.push_back(Request {
                     cdb: o.cdb,
                     data: o.data,
-                    reply: p.reply,
-                    since: p.since,
+                    caller,
                 }),
                 None => warn!("{}: outstanding task {:?} had no caller", self.name, o.tag),
             }
@@ -660,7 +1071,7 @@ impl LunThread {
             .map(|(_, p)| p)
             .chain(self.sending.take())
         {
-            let _ = p.reply.send(Outcome::Busy);
+            p.answer(Outcome::Busy);
         }
         self.lost = session.params().clone();
         drop(session);
@@ -694,7 +1105,7 @@ impl LunThread {
         let now = Instant::now();
         let (late, keep): (VecDeque<Request>, VecDeque<Request>) = std::mem::take(&mut self.queued)
             .into_iter()
-            .partition(|r| now.duration_since(r.since) >= GIVE_UP);
+            .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP);
         self.queued = keep;
         if !late.is_empty() {
             warn!(
@@ -706,7 +1117,7 @@ impl LunThread {
             );
         }
         for r in late {
-            let _ = r.reply.send(Outcome::Busy);
+            r.caller.answer(Outcome::Busy);
         }
         let delay = self
             .backoff
@@ -725,7 +1136,7 @@ impl LunThread {
 /// Takes the session's asynchronous messages (§11.9; kept until taken, so a target sending
 /// many must not grow memory). A logout request is served by moving to a new connection (the
 /// commands in flight are reissued there).
-fn take_events(session: &mut Session<TcpStream>, name: &str) -> Result<(), SessionError> {
+fn take_events(session: &mut Session<TcpStream, GuestBuf>, name: &str) -> Result<(), SessionError> {
     for ev in session.take_events() {
         debug!("{name}: asynchronous event {} from the target", ev.event);
         if ev.event == 1 {
@@ -735,10 +1146,11 @@ fn take_events(session: &mut Session<TcpStream>, name: &str) -> Result<(), Sessi
     Ok(())
 }
 
-/// Answers the caller of a completed command.
-fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<Vec<u8>>) {
+/// Answers the caller of a completed command (its guest buffer is let go of first).
+fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<GuestBuf>) {
+    drop(c.buffer);
     if let Some(p) = pending.remove(&c.tag.0) {
-        let _ = p.reply.send(Outcome::Done(c.outcome, c.buffer));
+        p.answer(Outcome::Done(c.outcome));
     }
 }
 

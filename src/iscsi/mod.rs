@@ -6,10 +6,13 @@
 //! - [`login`]: login (CHAP, operational negotiation, redirection), SendTargets discovery and the
 //!   serialisable [`login::SessionParams`] that lets a second process continue the session.
 //! - [`session`]: the full feature phase over a connected stream.
+//! - [`buffer`]: where a command's data lives (contiguous, or scattered and moved straight
+//!   between the socket and its segments).
 //! - [`recovery`]: connection loss at ErrorRecoveryLevel 0 (backoff, reinstatement, retries).
 //!
 //! See docs/iscsi.md for the design and how the daemon uses it.
 
+pub mod buffer;
 pub mod login;
 pub mod pdu;
 pub mod recovery;

@@ -1144,6 +1144,34 @@ pub fn write_pdu<W: Write>(
     Ok(())
 }
 
+/// Appends the header part of a PDU (BHS, AHS, header digest) announcing a data segment of
+/// `data_len` bytes to `out`: for a caller that sends the data segment itself (from scattered
+/// memory), followed by [`pad_len`] zero bytes and no data digest.
+pub fn encode_head_into(
+    out: &mut Vec<u8>,
+    digests: Digests,
+    bhs: &Bhs,
+    ahs: &[u8],
+    data_len: usize,
+) -> Result<(), PduError> {
+    if data_len > MAX_DATA_SEGMENT as usize {
+        return Err(PduError::DataSegmentTooLong {
+            len: u32::try_from(data_len).unwrap_or(u32::MAX),
+            max: MAX_DATA_SEGMENT,
+        });
+    }
+    if ahs.len() > MAX_AHS_LEN || ahs.len() % 4 != 0 {
+        return Err(PduError::BadAhs);
+    }
+    let raw = bhs.encode(ahs.len(), data_len as u32);
+    out.extend_from_slice(&raw);
+    out.extend_from_slice(ahs);
+    if digests.header {
+        out.extend_from_slice(&crc32c(&[&raw, ahs]).to_le_bytes());
+    }
+    Ok(())
+}
+
 /// `write_all` over several slices with vectored writes, handling short writes.
 fn write_all_parts<W: Write>(w: &mut W, parts: &[&[u8]]) -> io::Result<()> {
     let mut idx = 0;

@@ -404,19 +404,21 @@ impl ScsiBus {
     ) -> Prepared<'a> {
         let lu = self.lookup(target, lun);
         let now = Instant::now();
-        self.prepare_found(lu, target, lun, cdb, data_out, data_in, caller_io, now)
+        self.prepare_found(lu, target, lun, 0, cdb, data_out, data_in, caller_io, now)
     }
 
     /// [`ScsiBus::prepare`] for a command whose LU the caller looked up already
     /// ([`ScsiBus::find`]; `None`: no LU at that address) and that arrived at `arrived` (its
     /// latency counts from there; a queue reads the clock once for the chains it pops
-    /// together).
+    /// together). `tag` is the guest's tag of the command (a passthrough LU's ABORT TASK
+    /// names it).
     #[allow(clippy::too_many_arguments)]
     pub fn prepare_found<'a>(
         &self,
         lu: Option<Arc<LogicalUnit>>,
         target: u8,
         lun: u16,
+        tag: u64,
         cdb: &[u8],
         data_out: &DataOut<'a>,
         data_in: &DataIn<'a>,
@@ -434,7 +436,7 @@ impl ScsiBus {
         {
             // Sent now, answered later: the caller may submit more before it waits.
             let len = passthrough_cdb_len(cdb);
-            return Prepared::Passthrough(p.submit(&cdb[..len], data_out, data_in));
+            return Prepared::Passthrough(p.submit(tag, &cdb[..len], data_out, data_in));
         }
         if !local {
             if let Some(lu) = lu {
@@ -543,8 +545,31 @@ impl ScsiBus {
         files
     }
 
+    /// Forwards a task management function to the passthrough LU at `target:lun` (its
+    /// target carries it out); `None` if there is none there.
+    pub fn passthrough_task_management(
+        &self,
+        target: u8,
+        lun: u16,
+        f: crate::block::iscsi::TaskManagement,
+    ) -> Option<crate::block::iscsi::TmfOutcome> {
+        // A clone of the LU, not a guard on the table: the target may take seconds to answer.
+        let lu = self.passthrough.load().get(&(target, lun)).cloned();
+        lu.map(|p| p.task_management(f))
+    }
+
+    /// The passthrough LUNs of `target`.
+    pub fn passthrough_luns(&self, target: u8) -> Vec<u16> {
+        self.passthrough
+            .load()
+            .range((target, 0)..=(target, u16::MAX))
+            .map(|((_, l), _)| *l)
+            .collect()
+    }
+
     /// LOGICAL UNIT RESET: the LU reports BUS DEVICE RESET FUNCTION OCCURRED next. (A
-    /// passthrough LU's commands complete on their own: the target keeps its state.)
+    /// passthrough LU's reset is forwarded to its target:
+    /// [`ScsiBus::passthrough_task_management`].)
     pub fn reset_lun(&self, target: u8, lun: u16) {
         if let Some(lu) = self.lookup(target, lun) {
             log::info!("{target}:{lun}: logical unit reset");

@@ -82,7 +82,7 @@ pub enum Prepared<'a> {
     DrainFirst,
     /// A passthrough LU (iSCSI) has the command: wait for its answer (data-in lands in the
     /// command's data-in list) with [`crate::block::iscsi::Submitted::wait`].
-    Passthrough(crate::block::iscsi::Submitted),
+    Passthrough(crate::block::iscsi::Submitted<'a>),
 }
 
 /// A passthrough LU's answer as the bus gives it.
@@ -295,7 +295,7 @@ impl LogicalUnit {
             // have; should it ever come, the guest retries.
             Prepared::DrainFirst => CmdOutput::busy(),
             // Emulated LUs never answer this; a passthrough answer without its data-in list.
-            Prepared::Passthrough(s) => passthrough_output(s.wait(&SgList::new())),
+            Prepared::Passthrough(s) => passthrough_output(s.wait()),
         }
     }
 
@@ -546,10 +546,11 @@ mod tests {
                 let mut buf = vec![0u8; 1024];
                 let mut out = SgList::new();
                 out.push(VolatileSlice::from(&mut buf[..]));
-                match lu.prepare(&write, &out, &SgList::new(), false) {
+                let planned = match lu.prepare(&write, &out, &SgList::new(), false) {
                     Prepared::Io(plan) => plan.write.is_some(),
                     _ => false,
-                }
+                };
+                planned
             });
             std::thread::sleep(Duration::from_millis(50));
             assert!(!waiter.is_finished(), "the write did not wait");

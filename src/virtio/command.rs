@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use log::{debug, warn};
 use virtio_bindings::virtio_scsi::{
-    VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
+    VIRTIO_SCSI_S_ABORTED, VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_OK,
 };
 
 use super::{
@@ -29,6 +29,8 @@ pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
 pub struct Command<'a> {
     target: u8,
     lun: u16,
+    /// The guest's tag of the command.
+    id: u64,
     cdb: [u8; CDB_SIZE],
     data_out: SgList<'a>,
     data_in: SgList<'a>,
@@ -46,6 +48,7 @@ impl<'a> Command<'a> {
             bus.lookup(self.target, self.lun),
             self.target,
             self.lun,
+            self.id,
             &self.cdb,
             &self.data_out,
             &self.data_in,
@@ -63,7 +66,6 @@ impl<'a> Command<'a> {
             Prepared::DrainFirst => Started::DrainFirst(self),
             Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
                 submitted,
-                data_in: self.data_in,
                 response: self.response,
                 reply: self.reply,
             }),
@@ -75,8 +77,7 @@ impl<'a> Command<'a> {
 /// the answer and writes the response. A queue thread starts every command of its batch before
 /// it finishes any, so that they are outstanding at the target together.
 pub struct PassthroughReply<'a> {
-    submitted: crate::block::iscsi::Submitted,
-    data_in: SgList<'a>,
+    submitted: crate::block::iscsi::Submitted<'a>,
     response: SgList<'a>,
     reply: ReplyShape,
 }
@@ -87,10 +88,22 @@ impl PassthroughReply<'_> {
         self.submitted.is_ready()
     }
 
+    /// Whether the submitting thread's answer eventfd ([`crate::block::iscsi::answer_wake`])
+    /// is written when the answer is in.
+    pub fn wakes(&self) -> bool {
+        self.submitted.wakes()
+    }
+
     /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
     /// returns the used length.
     pub fn finish(self) -> u32 {
-        let out = crate::scsi::io::passthrough_output(self.submitted.wait(&self.data_in));
+        let answer = self.submitted.wait();
+        if answer.aborted {
+            // Ended by a task management function the guest sent (virtio 1.2, 5.6.6.1).
+            fail(&self.response, VIRTIO_SCSI_S_ABORTED);
+            return RESP_HEADER_SIZE as u32;
+        }
+        let out = crate::scsi::io::passthrough_output(answer);
         self.reply.respond(&out, &self.response)
     }
 }
@@ -236,6 +249,7 @@ pub fn start_command<'a>(
         lu,
         addr.target,
         addr.lun,
+        req.id,
         &req.cdb,
         &req.data_out,
         &req.data_in,
@@ -252,13 +266,13 @@ pub fn start_command<'a>(
         }),
         Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
             submitted,
-            data_in: req.data_in,
             response: req.response,
             reply,
         }),
         Prepared::DrainFirst => Started::DrainFirst(Box::new(Command {
             target: addr.target,
             lun: addr.lun,
+            id: req.id,
             cdb: req.cdb,
             data_out: req.data_out,
             data_in: req.data_in,

@@ -16,6 +16,7 @@ use std::{
 };
 
 use log::{info, warn};
+use nix::sys::eventfd::EventFd;
 use vhost_user_backend::VringT;
 use virtio_queue::{desc::split::Descriptor, DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
@@ -325,6 +326,12 @@ pub struct QueueWorker {
     /// Answers not yet in the used ring: published (one used index store) and notified (at
     /// most one call) per batch, before any sleep ([`used`]).
     used: UsedBatch,
+    /// This thread's answer eventfd for passthrough (iSCSI) commands, made when the first one
+    /// comes (`block::iscsi::answer_wake`); `None` before, or if it could not be made (then
+    /// the oldest answer is waited for alone).
+    answer_wake: Option<Arc<EventFd>>,
+    /// `answer_wake` could not be made (said once).
+    answer_wake_failed: bool,
 }
 
 impl QueueWorker {
@@ -396,6 +403,8 @@ impl QueueWorker {
             bus_generation: 0,
             held: hold::Held::default(),
             used: UsedBatch::with_capacity(depth),
+            answer_wake: None,
+            answer_wake_failed: false,
         }
     }
 
@@ -744,12 +753,13 @@ impl QueueWorker {
     /// answered at once (used-ring entries were added).
     ///
     /// Commands for passthrough LUs (iSCSI) are sent to their LU as they are popped; every
-    /// answer already in is published, in any order, else the oldest is awaited (the others
-    /// stay outstanding at the target meanwhile); answers are published (and the guest
-    /// notified) at once, and requests the guest added
-    /// meanwhile are popped and sent before the next wait, so the guest's queue depth keeps
-    /// reaching the target (at most [`PASSTHROUGH_ROUND`] commands per call, then the engine's
-    /// completions and the event loop get their turn).
+    /// answer already in is published, in any order, else the thread sleeps until an answer
+    /// (its answer eventfd, written by the LUN threads) or an engine completion comes, and
+    /// publishes that (the others stay outstanding at the target meanwhile); answers are
+    /// published (and the guest notified) at once, and requests the guest added meanwhile are
+    /// popped and sent before the next wait, so the guest's queue depth keeps reaching the
+    /// target (at most [`PASSTHROUGH_ROUND`] commands per call, then the event loop gets its
+    /// turn).
     fn pop_and_start(
         &mut self,
         bus: &ScsiBus,
@@ -760,6 +770,20 @@ impl QueueWorker {
         let mut passthrough = VecDeque::new();
         let mut popped = 0usize;
         let mut used_any = self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+        if !passthrough.is_empty() && self.answer_wake.is_none() && !self.answer_wake_failed {
+            // The commands popped so far do not write it; later ones do.
+            match crate::block::iscsi::answer_wake() {
+                Ok(w) => self.answer_wake = Some(w),
+                Err(e) => {
+                    warn!(
+                        "request queue {}: no answer eventfd for iSCSI commands ({e}); each \
+                         waits for the oldest answer",
+                        self.queue
+                    );
+                    self.answer_wake_failed = true;
+                }
+            }
+        }
         while !passthrough.is_empty() {
             if self.unsubmitted > 0 {
                 // The engine's I/O popped with them runs meanwhile.
@@ -779,6 +803,48 @@ impl QueueWorker {
                 }
             }
             if !answered {
+                let wake = self
+                    .answer_wake
+                    .clone()
+                    .filter(|_| passthrough.iter().all(|(_, p)| p.wakes()));
+                if let Some(wake) = wake {
+                    // New requests end the wait too, when more may be taken: with
+                    // notifications on (EVENT_IDX) and none that raced with turning them on.
+                    let take_more =
+                        popped < PASSTHROUGH_ROUND && !self.ring_stopped && !self.free.is_empty();
+                    let mut kick = None;
+                    if take_more {
+                        let more = if event_idx {
+                            vring.enable_notification()?
+                        } else {
+                            has_avail(vring, mem)
+                        };
+                        if !more {
+                            kick = kick_fd(vring);
+                        }
+                    }
+                    // Sleep until an answer, an engine completion or a request is in; publish
+                    // what the engine completed and take the new requests, then go round for
+                    // the answers.
+                    if !take_more || kick.is_some() {
+                        // Nothing stays collected across a sleep ([`used`]).
+                        used_any |=
+                            self.used
+                                .flush(vring, mem, event_idx, self.tracking.queue())?;
+                        self.wait_for_answers(&wake, kick)?;
+                    }
+                    if event_idx && take_more {
+                        vring.disable_notification()?;
+                    }
+                    self.reap(bus, vring)?;
+                    if take_more {
+                        self.pop_some(bus, vring, mem, &mut passthrough, &mut popped)?;
+                    }
+                    used_any |= self
+                        .used
+                        .flush(vring, mem, event_idx, self.tracking.queue())?;
+                    continue;
+                }
                 if let Some((head, p)) = passthrough.pop_front() {
                     self.used.push(head, p.finish());
                 }
@@ -791,6 +857,67 @@ impl QueueWorker {
             }
         }
         Ok(used_any)
+    }
+
+    /// Sleeps until `wake` (an answer to a passthrough command), the `kick` eventfd (a new
+    /// request; consumed here, since this call takes the requests) or, with I/O in flight, the
+    /// engine's completion fd is readable. Engines whose completions reach their fd only when
+    /// this thread enters the kernel (io_uring with COOP_TASKRUN) are looked at every
+    /// millisecond meanwhile.
+    fn wait_for_answers(&mut self, wake: &EventFd, kick: Option<RawFd>) -> Result<(), QueueError> {
+        let engine_fd = if self.inflight > 0 {
+            self.engine.completion_fd()
+        } else {
+            None
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: wake.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                // A negative fd is ignored by poll.
+                fd: engine_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: kick.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if self.inflight > 0 { 1 } else { -1 };
+        loop {
+            // SAFETY: three valid pollfds for the duration of the call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
+            if r >= 0 {
+                break;
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(QueueError::Engine(e));
+            }
+        }
+        if fds[0].revents != 0 {
+            // Non-blocking: resets the counter (answers are then looked for one by one).
+            let _ = wake.read();
+        }
+        if let (Some(fd), true) = (kick, fds[2].revents & libc::POLLIN != 0) {
+            // The requests it announces are taken next; left readable, it would end every
+            // later wait at once. (The kick eventfd is non-blocking.)
+            let mut counter = [0u8; 8];
+            // SAFETY: reads at most 8 bytes into our own buffer from the kick eventfd, which
+            // the vring owns and keeps open while this thread serves it.
+            let _ = unsafe { libc::read(fd, counter.as_mut_ptr().cast(), counter.len()) };
+        }
+        if self.inflight > 0 {
+            // Moves finished I/O to the completion queue (io_uring with COOP_TASKRUN) for the
+            // caller's reap.
+            let _ = self.engine.ready();
+        }
+        Ok(())
     }
 
     /// Pops the chains available (up to the free slots) and starts them; passthrough commands

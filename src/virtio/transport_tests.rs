@@ -321,6 +321,85 @@ fn control_queue_task_management_and_async_notification() {
     assert_eq!(control(&bus, &[9, 0, 0, 0], 1), (0, vec![0xee]));
 }
 
+/// A passthrough LU (what an iSCSI LUN looks like to the bus) that records the task management
+/// functions forwarded to it and answers them with `outcome`; its commands are answered
+/// aborted (as when a TMF ended them at the target).
+struct AbortingLu {
+    seen: std::sync::Mutex<Vec<crate::block::iscsi::TaskManagement>>,
+    outcome: std::sync::Mutex<crate::block::iscsi::TmfOutcome>,
+}
+
+impl crate::block::iscsi::Passthrough for AbortingLu {
+    fn submit<'a>(
+        &self,
+        _tag: u64,
+        _cdb: &[u8],
+        _data_out: &crate::scsi::SgList<'a>,
+        _data_in: &crate::scsi::SgList<'a>,
+    ) -> crate::block::iscsi::Submitted<'a> {
+        crate::block::iscsi::Submitted::Ready(crate::block::iscsi::PassthroughOutput::aborted())
+    }
+
+    fn describe(&self) -> &str {
+        "aborting"
+    }
+
+    fn task_management(
+        &self,
+        f: crate::block::iscsi::TaskManagement,
+    ) -> crate::block::iscsi::TmfOutcome {
+        self.seen.lock().unwrap().push(f);
+        *self.outcome.lock().unwrap()
+    }
+}
+
+#[test]
+fn passthrough_task_management_is_forwarded_and_aborted_commands_answered_aborted() {
+    use crate::block::iscsi::{TaskManagement as Tm, TmfOutcome};
+    let lu = Arc::new(AbortingLu {
+        seen: Default::default(),
+        outcome: std::sync::Mutex::new(TmfOutcome::Complete),
+    });
+    let mut bus = ScsiBus::new();
+    bus.add_passthrough(1, 2, lu.clone());
+    let here = LunAddress { target: 1, lun: 2 }.encode();
+    // ABORT TASK names the guest's tag (`id` 7); ABORT/CLEAR TASK SET, LUN RESET; an I_T
+    // NEXUS RESET resets each passthrough LUN of the target.
+    for subtype in [0, 1, 3, 5, 4] {
+        assert_eq!(
+            control(&bus, &tmf(subtype, here), 1),
+            (1, vec![0]),
+            "TMF {subtype}"
+        );
+    }
+    assert_eq!(
+        *lu.seen.lock().unwrap(),
+        [
+            Tm::AbortTask(7),
+            Tm::AbortTaskSet,
+            Tm::AbortTaskSet,
+            Tm::LogicalUnitReset,
+            Tm::LogicalUnitReset
+        ]
+    );
+    // The target's answer is the guest's: REJECTED (11), INCORRECT LUN (12), FAILURE (9).
+    for (outcome, code) in [
+        (TmfOutcome::Rejected, 11),
+        (TmfOutcome::IncorrectLun, 12),
+        (TmfOutcome::Failed, 9),
+    ] {
+        *lu.outcome.lock().unwrap() = outcome;
+        assert_eq!(
+            control(&bus, &tmf(5, here), 1),
+            (1, vec![code]),
+            "{outcome:?}"
+        );
+    }
+    // A command a TMF ended: VIRTIO_SCSI_S_ABORTED (2), no status, no data.
+    let (used, resp, _) = run_command(&bus, here, &cdb::read10(0, 1), &[], 512);
+    assert_eq!((used, resp[11], resp[10]), (RESP_HEADER_SIZE as u32, 2, 0));
+}
+
 /// A hostile guest: random chains (addresses in, across and outside guest memory, lengths up to
 /// 4 GiB, random directions and NEXT flags) carrying random headers, CDBs and LUN fields, fed to
 /// the request and control queues. Nothing may panic, every used length must fit the chain's

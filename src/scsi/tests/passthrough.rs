@@ -16,7 +16,13 @@ struct Fake {
 }
 
 impl Passthrough for Fake {
-    fn submit(&self, cdb: &[u8], data_out: &SgList<'_>, data_in: &SgList<'_>) -> Submitted {
+    fn submit<'a>(
+        &self,
+        _tag: u64,
+        cdb: &[u8],
+        data_out: &SgList<'a>,
+        data_in: &SgList<'a>,
+    ) -> Submitted<'a> {
         Submitted::Ready(self.answer(cdb, data_out, data_in))
     }
 
@@ -31,18 +37,14 @@ impl Fake {
         data_out.copy_to(&mut out);
         self.seen.lock().unwrap().push((cdb.to_vec(), out));
         if cdb[0] == 0x28 {
-            return PassthroughOutput {
-                status: status::CHECK_CONDITION,
-                sense: vec![0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x11, 0x00],
-                transferred: 0,
-            };
+            return PassthroughOutput::new(
+                status::CHECK_CONDITION,
+                vec![0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x11, 0x00],
+                0,
+            );
         }
         let n = data_in.copy_from(&[0xab; 4]);
-        PassthroughOutput {
-            status: status::GOOD,
-            sense: Vec::new(),
-            transferred: n as u32,
-        }
+        PassthroughOutput::new(status::GOOD, Vec::new(), n as u32)
     }
 }
 
