@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use vhost_user_scsi::{
     config::{LunConfig, MAX_LUN},
     supervisor::management::{
+        iscsi::IscsiAllow,
         methods::{self, Context, LunState, Outcome, Table},
         peer::Caller,
         protocol::{self, code, error_line, ok_line, Line, LineReader, RpcError, MAX_LINE},
@@ -69,6 +70,8 @@ pub fn run(data: &[u8]) {
                     image_dirs: &[],
                     caller: &caller,
                     fds: &mut fds,
+                    // No portal: an iSCSI add-lun is refused before anything connects.
+                    iscsi: &IscsiAllow::default(),
                 },
                 &req.method,
                 &req.params,
