@@ -876,7 +876,7 @@ impl QueueWorker {
     /// At QD1 a sleep costs each answer the LUN thread's eventfd write, a wake-up and an
     /// eventfd read here, on top of the target's round trip: polling catches the answer
     /// without them ([`AnswerWake`]: the LUN thread writes the eventfd only while this thread
-    /// sleeps). Nothing spins without a command outstanding.
+    /// sleeps). Nothing spins without a command outstanding, nor with more than one.
     fn await_answers(
         &mut self,
         vring: &impl Vring,
@@ -886,7 +886,14 @@ impl QueueWorker {
         passthrough: &mut VecDeque<(u16, PassthroughReply<'_>)>,
     ) -> Result<(), QueueError> {
         let start = self.poller.adaptive().then(Instant::now);
-        let window = self.poller.answer_window();
+        // Only for a lone command (QD1): with more outstanding, the wake-up is shared by the
+        // answers it brings, and the CPU a spin would take is the guest's (its vCPUs are busy
+        // submitting) or the LUN thread's.
+        let window = if passthrough.len() == 1 {
+            self.poller.answer_window()
+        } else {
+            Duration::ZERO
+        };
         let mut answered = || passthrough.iter_mut().any(|(_, p)| p.is_ready());
         match self.spin(vring, mem, window, kick.is_some(), &mut answered) {
             Spun::Completion => {
