@@ -901,3 +901,48 @@ fn task_management_is_forwarded_to_the_target() {
     }
     daemon.assert_alive();
 }
+
+/// Not a check but a measurement (`cargo test --release --test iscsi_lun qd1_latency --
+/// --ignored --nocapture`, with `VUS_TEST_BIN=target/release/vhost-user-scsi` to measure the
+/// optimised daemon): 4 KiB reads and writes one at a time (QD1) through the daemon to tgtd,
+/// as a guest's fio at iodepth 1 sends them, without a guest; prints the median and 99th
+/// percentile per command (docs/iscsi.md, "QD1 answer latency").
+#[test]
+#[ignore]
+fn qd1_latency() {
+    let Some((t, _path)) = target("qd1_latency", false) else {
+        return;
+    };
+    let (_daemon, mut vm) = daemon_and_vm(&lun_arg(&t, 1, None, ""));
+    let n: u32 = std::env::var("VUS_QD1_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4000);
+    let blocks = (LUN_SIZE / BLOCK as u64) as u32 / 8;
+    let data = pattern(4096, 3);
+    for write in [false, true] {
+        let mut took = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            // A scattered LBA sequence (fio's randread/randwrite).
+            let lba = (i.wrapping_mul(2_654_435_761) % blocks) * 8;
+            let start = Instant::now();
+            let r = if write {
+                vm.scsi(l00(), &cdb::write10(lba, 8), &[&data], &[])
+            } else {
+                vm.scsi(l00(), &cdb::read10(lba, 8), &[], &[4096])
+            };
+            took.push(start.elapsed());
+            r.assert_good();
+        }
+        took.sort();
+        let us = |q: usize| took[(took.len() - 1) * q / 100].as_secs_f64() * 1e6;
+        let mean = took.iter().sum::<Duration>().as_secs_f64() * 1e6 / f64::from(n);
+        println!(
+            "QD1-LATENCY {} n={n} mean={mean:.1}us p50={:.1}us p90={:.1}us p99={:.1}us",
+            if write { "write" } else { "read" },
+            us(50),
+            us(90),
+            us(99)
+        );
+    }
+}

@@ -32,7 +32,7 @@ use std::{
     net::TcpStream,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
         Arc, Mutex,
     },
@@ -634,8 +634,59 @@ enum Msg {
 thread_local! {
     /// The eventfd the LUN threads write after answering a command this thread submitted
     /// (see [`answer_wake`]).
-    static ANSWER_WAKE: std::cell::RefCell<Option<Arc<EventFd>>> =
+    static ANSWER_WAKE: std::cell::RefCell<Option<Arc<AnswerWake>>> =
         const { std::cell::RefCell::new(None) };
+}
+
+/// A request-queue thread's answer eventfd, and whether that thread sleeps on it.
+///
+/// The LUN thread writes the eventfd after an answer only while the queue thread is (about
+/// to be) asleep on it, as QEMU's `aio_notify` does with `notify_me`: a queue thread that
+/// spins on its answers (`virtio::queue`, adaptive polling) sees them without the write, and
+/// without the wake-up and the read that it would cost. No wake-up is lost: the queue thread
+/// raises `sleeping` and then looks at its answers once more before it sleeps; the LUN thread
+/// sends the answer and then looks at `sleeping`; a full fence between the two steps on
+/// each side means that at least one of them sees the other's first step.
+#[derive(Debug)]
+pub struct AnswerWake {
+    fd: EventFd,
+    sleeping: AtomicBool,
+}
+
+impl AnswerWake {
+    /// The eventfd to poll.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The queue thread is about to sleep on the eventfd: from now on every answer writes it.
+    /// The caller must look at its answers once more after this (an answer sent before it
+    /// may not have written the eventfd), then sleep, then call [`AnswerWake::awake`].
+    pub fn prepare_sleep(&self) {
+        self.sleeping.store(true, Ordering::Relaxed);
+        // Orders the store before the caller's look at its answers (see the type's comment).
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// The queue thread is awake (or did not sleep): answers stop writing the eventfd. When
+    /// the eventfd was seen `readable`, its count is taken, so that the next sleep is not
+    /// ended by it.
+    pub fn awake(&self, readable: bool) {
+        self.sleeping.store(false, Ordering::Relaxed);
+        if readable {
+            // Non-blocking: resets the counter (answers are then looked for one by one).
+            let _ = self.fd.read();
+        }
+    }
+
+    /// An answer was sent to the queue thread: wakes it if it sleeps.
+    fn notify(&self) {
+        // Orders the answer's send before the look at `sleeping` (see the type's comment).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.sleeping.load(Ordering::Relaxed) {
+            let _ = self.fd.write(1);
+        }
+    }
 }
 
 /// From now on, the LUN threads make the returned eventfd readable after answering a command
@@ -643,15 +694,16 @@ thread_local! {
 /// with its engine's completions, so that it publishes each answer as it arrives instead of
 /// blocking on one. Made once per thread (an `eventfd2`: call it where the thread's seccomp
 /// role allows it).
-pub fn answer_wake() -> io::Result<Arc<EventFd>> {
+pub fn answer_wake() -> io::Result<Arc<AnswerWake>> {
     ANSWER_WAKE.with(|w| {
         let mut w = w.borrow_mut();
         if let Some(e) = &*w {
             return Ok(e.clone());
         }
-        let e = Arc::new(EventFd::from_flags(
-            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-        )?);
+        let e = Arc::new(AnswerWake {
+            fd: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
+            sleeping: AtomicBool::new(false),
+        });
         *w = Some(e.clone());
         Ok(e)
     })
@@ -803,8 +855,9 @@ impl Passthrough for IscsiLun {
 struct Pending {
     reply: SyncSender<Outcome>,
     since: Instant,
-    /// The submitting thread's [`answer_wake`], written after the answer is sent.
-    wake: Option<Arc<EventFd>>,
+    /// The submitting thread's [`answer_wake`], written after the answer is sent if that
+    /// thread sleeps.
+    wake: Option<Arc<AnswerWake>>,
     /// The guest's tag of the command (what an ABORT TASK names).
     tag: u64,
 }
@@ -813,7 +866,7 @@ impl Pending {
     fn answer(self, outcome: Outcome) {
         let _ = self.reply.send(outcome);
         if let Some(w) = &self.wake {
-            let _ = w.write(1);
+            w.notify();
         }
     }
 }

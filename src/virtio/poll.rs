@@ -46,6 +46,13 @@ const CONTENDED_PAUSE_MAX: Duration = Duration::from_secs(8);
 /// Where a window starts growing (QEMU: "start polling at 4 microseconds").
 const POLL_START: Duration = Duration::from_micros(4);
 
+/// How much longer than `--poll-max-us` the window for a passthrough (iSCSI) answer may grow:
+/// the answer comes after a network round trip through the LUN thread and the target (about
+/// 50-150 µs to a tgtd on the same host, docs/iscsi.md "QD1 answer latency"), longer than a
+/// local disk's completion, and a sleep costs it two wake-ups (the LUN thread's eventfd
+/// write, this thread's poll) on top.
+const ANSWER_MAX_FACTOR: u32 = 4;
+
 /// What `--poll-us` / `--poll-max-us` asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PollPolicy {
@@ -111,6 +118,8 @@ pub struct Poller {
     completion: PollWindow,
     /// Waiting for the guest's next request (nothing in flight).
     request: PollWindow,
+    /// Waiting for an answer to a passthrough (iSCSI) command.
+    answer: PollWindow,
     /// Polling is off until then: a spin found the CPU wanted by another thread.
     paused_until: Option<Instant>,
     /// The length of the last pause, and when it ended (contention again soon after doubles
@@ -128,6 +137,7 @@ impl Poller {
             policy,
             completion: PollWindow::default(),
             request: PollWindow::default(),
+            answer: PollWindow::default(),
             paused_until: None,
             pause: Duration::ZERO,
             resumed_at: None,
@@ -148,6 +158,11 @@ impl Poller {
     /// How long to spin for the guest's next request before going back to the event loop.
     pub fn request_window(&self) -> Duration {
         self.window(self.request)
+    }
+
+    /// How long to spin for a passthrough command's answer before sleeping.
+    pub fn answer_window(&self) -> Duration {
+        self.window(self.answer)
     }
 
     fn window(&self, source: PollWindow) -> Duration {
@@ -194,6 +209,7 @@ impl Poller {
             };
             self.completion = PollWindow::default();
             self.request = PollWindow::default();
+            self.answer = PollWindow::default();
             self.paused_until = Some(now + self.pause);
             self.switches = None;
         }
@@ -224,6 +240,17 @@ impl Poller {
         }
         if let PollPolicy::Adaptive { max } = self.policy {
             self.completion.adjust(waited, max);
+        }
+    }
+
+    /// An answer to a passthrough command came `waited` after the queue started waiting for
+    /// one (its window may grow to [`ANSWER_MAX_FACTOR`] times the maximum).
+    pub fn answered(&mut self, waited: Duration) {
+        if self.paused() {
+            return;
+        }
+        if let PollPolicy::Adaptive { max } = self.policy {
+            self.answer.adjust(waited, max * ANSWER_MAX_FACTOR);
         }
     }
 
@@ -391,6 +418,24 @@ mod tests {
         assert_eq!(contended.completion_window(), us(4));
         fixed.contended();
         assert_eq!(fixed.completion_window(), us(50));
+        let mut answers = Poller::new(PollPolicy::from_options(None, 64));
+        for _ in 0..8 {
+            answers.answered(us(120));
+        }
+        assert_eq!(
+            answers.answer_window(),
+            us(128),
+            "beyond the maximum, to a round trip"
+        );
+        assert_eq!(answers.completion_window(), Duration::ZERO);
+        answers.answered(Duration::from_millis(1));
+        assert_eq!(
+            answers.answer_window(),
+            us(64),
+            "halves after a slow answer"
+        );
+        answers.contended();
+        assert_eq!(answers.answer_window(), Duration::ZERO);
         let mut adaptive = Poller::new(PollPolicy::from_options(None, 64));
         adaptive.requested(us(3));
         assert_eq!(adaptive.request_window(), us(4));

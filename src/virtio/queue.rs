@@ -16,7 +16,6 @@ use std::{
 };
 
 use log::{info, warn};
-use nix::sys::eventfd::EventFd;
 use vhost_user_backend::VringT;
 use virtio_queue::{desc::split::Descriptor, DescriptorChain, QueueOwnedT, QueueT};
 use vm_memory::{
@@ -35,6 +34,7 @@ use crate::{
             inline::InlineEngine, threads::ThreadEngine, uring::UringEngine, AioMode, Engine,
             IoConfig, Op,
         },
+        iscsi::AnswerWake,
         partial_failure,
     },
     scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
@@ -329,7 +329,7 @@ pub struct QueueWorker {
     /// This thread's answer eventfd for passthrough (iSCSI) commands, made when the first one
     /// comes (`block::iscsi::answer_wake`); `None` before, or if it could not be made (then
     /// the oldest answer is waited for alone).
-    answer_wake: Option<Arc<EventFd>>,
+    answer_wake: Option<Arc<AnswerWake>>,
     /// `answer_wake` could not be made (said once).
     answer_wake_failed: bool,
 }
@@ -585,7 +585,8 @@ impl QueueWorker {
                 // with EVENT_IDX, so it need not kick), then back to the event loop unless a
                 // request raced with re-enabling.
                 let start = self.poller.adaptive().then(Instant::now);
-                if self.spin(vring, mem, self.poller.request_window()) != Spun::Nothing {
+                let window = self.poller.request_window();
+                if self.spin(vring, mem, window, true, || false) != Spun::Nothing {
                     // Measured from when the queue first went idle, if a wake-up without a
                     // request came in between.
                     if let Some(start) = self.idle_since.take().or(start) {
@@ -606,7 +607,7 @@ impl QueueWorker {
             if !window.is_zero() {
                 self.submit()?;
             }
-            match self.spin(vring, mem, window) {
+            match self.spin(vring, mem, window, true, || false) {
                 Spun::Completion => {
                     if let Some(start) = start {
                         self.poller.completed(start.elapsed());
@@ -711,8 +712,16 @@ impl QueueWorker {
         Ok(())
     }
 
-    /// Spins up to `window` for a completion or a new request (when a slot is free).
-    fn spin(&mut self, vring: &impl Vring, mem: &MemGuard, window: Duration) -> Spun {
+    /// Spins up to `window` for a completion (of the engine, or `answered`: a passthrough
+    /// command's answer) or, when `watch_avail` and a slot is free, a new request.
+    fn spin(
+        &mut self,
+        vring: &impl Vring,
+        mem: &MemGuard,
+        window: Duration,
+        watch_avail: bool,
+        mut answered: impl FnMut() -> bool,
+    ) -> Spun {
         // Not on a CPU another task wanted since the last spin (see `virtio::poll`).
         if window.is_zero() || self.poller.switched_out() {
             return Spun::Nothing;
@@ -720,11 +729,11 @@ impl QueueWorker {
         let mut last = Instant::now();
         let deadline = last + window;
         loop {
-            if self.inflight > 0 && self.engine.ready() {
+            if (self.inflight > 0 && self.engine.ready()) || answered() {
                 return Spun::Completion;
             }
             // A stopped ring takes nothing new: its avail entries are no reason to go round.
-            if !self.free.is_empty() && !self.ring_stopped && has_avail(vring, mem) {
+            if watch_avail && !self.free.is_empty() && !self.ring_stopped && has_avail(vring, mem) {
                 return Spun::Request;
             }
             if last >= deadline {
@@ -831,7 +840,7 @@ impl QueueWorker {
                         used_any |=
                             self.used
                                 .flush(vring, mem, event_idx, self.tracking.queue())?;
-                        self.wait_for_answers(&wake, kick)?;
+                        self.await_answers(vring, mem, &wake, kick, &mut passthrough)?;
                     }
                     if event_idx && take_more {
                         vring.disable_notification()?;
@@ -859,12 +868,71 @@ impl QueueWorker {
         Ok(used_any)
     }
 
-    /// Sleeps until `wake` (an answer to a passthrough command), the `kick` eventfd (a new
-    /// request; consumed here, since this call takes the requests) or, with I/O in flight, the
-    /// engine's completion fd is readable. Engines whose completions reach their fd only when
-    /// this thread enters the kernel (io_uring with COOP_TASKRUN) are looked at every
-    /// millisecond meanwhile.
-    fn wait_for_answers(&mut self, wake: &EventFd, kick: Option<RawFd>) -> Result<(), QueueError> {
+    /// Waits for an answer to one of the `passthrough` commands, an engine completion or, with
+    /// a `kick` to watch, a new request: spins for them first as long as adaptive polling
+    /// says (the completion window of [`Poller`], which the answers' latency adjusts, and not
+    /// on a contended CPU), then sleeps ([`QueueWorker::wait_for_answers`]).
+    ///
+    /// At QD1 a sleep costs each answer the LUN thread's eventfd write, a wake-up and an
+    /// eventfd read here, on top of the target's round trip: polling catches the answer
+    /// without them ([`AnswerWake`]: the LUN thread writes the eventfd only while this thread
+    /// sleeps). Nothing spins without a command outstanding, nor with more than one.
+    fn await_answers(
+        &mut self,
+        vring: &impl Vring,
+        mem: &MemGuard,
+        wake: &AnswerWake,
+        kick: Option<RawFd>,
+        passthrough: &mut VecDeque<(u16, PassthroughReply<'_>)>,
+    ) -> Result<(), QueueError> {
+        let start = self.poller.adaptive().then(Instant::now);
+        // Only for a lone command (QD1): with more outstanding, the wake-up is shared by the
+        // answers it brings, and the CPU a spin would take is the guest's (its vCPUs are busy
+        // submitting) or the LUN thread's.
+        let window = if passthrough.len() == 1 {
+            self.poller.answer_window()
+        } else {
+            Duration::ZERO
+        };
+        let mut answered = || passthrough.iter_mut().any(|(_, p)| p.is_ready());
+        match self.spin(vring, mem, window, kick.is_some(), &mut answered) {
+            Spun::Completion => {
+                if let Some(start) = start {
+                    self.poller.answered(start.elapsed());
+                }
+                return Ok(());
+            }
+            Spun::Request => return Ok(()),
+            Spun::Nothing => {}
+        }
+        self.wait_for_answers(wake, kick, passthrough)?;
+        // A wake-up for a new request alone says nothing about how long answers take.
+        if let Some(start) = start {
+            if passthrough.iter_mut().any(|(_, p)| p.is_ready()) {
+                self.poller.answered(start.elapsed());
+            }
+        }
+        Ok(())
+    }
+
+    /// Sleeps until `wake` (an answer to one of the `passthrough` commands), the `kick`
+    /// eventfd (a new request; consumed here, since this call takes the requests) or, with
+    /// I/O in flight, the engine's completion fd is readable. Engines whose completions reach
+    /// their fd only when this thread enters the kernel (io_uring with COOP_TASKRUN) are
+    /// looked at every millisecond meanwhile.
+    fn wait_for_answers(
+        &mut self,
+        wake: &AnswerWake,
+        kick: Option<RawFd>,
+        passthrough: &mut VecDeque<(u16, PassthroughReply<'_>)>,
+    ) -> Result<(), QueueError> {
+        // From here on every answer writes the eventfd; one that came before may not have:
+        // looked for once more before sleeping (no lost wake-up, see [`AnswerWake`]).
+        wake.prepare_sleep();
+        if passthrough.iter_mut().any(|(_, p)| p.is_ready()) {
+            wake.awake(false);
+            return Ok(());
+        }
         let engine_fd = if self.inflight > 0 {
             self.engine.completion_fd()
         } else {
@@ -872,7 +940,7 @@ impl QueueWorker {
         };
         let mut fds = [
             libc::pollfd {
-                fd: wake.as_raw_fd(),
+                fd: wake.fd().as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -897,13 +965,11 @@ impl QueueWorker {
             }
             let e = io::Error::last_os_error();
             if e.kind() != io::ErrorKind::Interrupted {
+                wake.awake(false);
                 return Err(QueueError::Engine(e));
             }
         }
-        if fds[0].revents != 0 {
-            // Non-blocking: resets the counter (answers are then looked for one by one).
-            let _ = wake.read();
-        }
+        wake.awake(fds[0].revents != 0);
         if let (Some(fd), true) = (kick, fds[2].revents & libc::POLLIN != 0) {
             // The requests it announces are taken next; left readable, it would end every
             // later wait at once. (The kick eventfd is non-blocking.)

@@ -71,7 +71,12 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vus.sock");
         let log = dir.path().join("daemon.log");
-        let bin = env!("CARGO_BIN_EXE_vhost-user-scsi");
+        // VUS_TEST_BIN: another build of the daemon (a release build for the latency
+        // measurements of tests/iscsi_lun.rs `qd1_latency`, or an older one to compare with).
+        let bin_env = std::env::var("VUS_TEST_BIN").ok();
+        let bin = bin_env
+            .as_deref()
+            .unwrap_or(env!("CARGO_BIN_EXE_vhost-user-scsi"));
         // Kept open until the child is spawned; the child inherits its own copy.
         let mut inherited = None;
         let mut cmd = match listen {
