@@ -41,7 +41,7 @@ use crate::{
     virtio::{
         command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
         inflight::{HeadChain, InflightQueue},
-        poll::{PollPolicy, Poller},
+        poll::{PollPolicy, Poller, OFF_CPU_STRIKE},
         request::split_chain,
     },
 };
@@ -749,10 +749,11 @@ impl QueueWorker {
             let now = Instant::now();
             let turn = now.saturating_duration_since(last);
             last = now;
-            if turn >= CONTENDED && self.poller.adaptive() {
-                // Another thread had this CPU meanwhile: CPUs are scarce, and spinning takes
-                // one from whoever produces the next event. Sleep, and spin less next time.
-                self.poller.contended();
+            if turn >= OFF_CPU_STRIKE && self.poller.adaptive() {
+                // Another thread had this CPU meanwhile: spinning on may take it from whoever
+                // produces the next event. Sleep; a few of these soon after one another pause
+                // polling (`virtio::poll`).
+                self.poller.preempted();
                 return Spun::Nothing;
             }
         }
@@ -1246,11 +1247,6 @@ impl QueueWorker {
         self.teardown_deadline = Some(deadline);
     }
 }
-
-/// A turn of the spin (one check and one `sched_yield`) that took this long gave the CPU to
-/// another thread: the host has no CPU to spare for polling (an uncontended turn takes about a
-/// microsecond).
-const CONTENDED: Duration = Duration::from_micros(20);
 
 /// What a spin before sleeping saw.
 #[derive(Debug, PartialEq, Eq)]
