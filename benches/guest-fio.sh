@@ -5,6 +5,8 @@ arg() { for kv in $(cat /proc/cmdline); do case "$kv" in "$1"=*) echo "${kv#*=}"
 RUNTIME=$(arg e2e.runtime 5)
 NONCE=$(arg e2e.nonce none)
 PHASE=$(arg e2e.phase 1)
+# e2e.rows=LABEL,LABEL...: only these rows (benches/guest.sh --rows); default all.
+ROWS=$(arg e2e.rows all)
 for _ in $(seq 100); do [ -b /dev/sda ] && break; sleep 0.1; done
 [ -b /dev/sda ] || { echo "E2E-RESULT: FAIL no /dev/sda"; exit 1; }
 # Interrupts the guest took from virtio devices so far (every CPU's column of every virtio line:
@@ -17,6 +19,7 @@ disk_requests() { awk '{ print $1 + $5 }' /sys/block/sda/stat; }
 q=/sys/block/sda/queue
 echo "BENCH-QUEUE max_sectors_kb=$(cat $q/max_sectors_kb) max_segments=$(cat $q/max_segments) max_segment_size=$(cat $q/max_segment_size)"
 row() { # row LABEL RW BS QD
+    case ",$ROWS," in ",all,"|*",$1,"*) ;; *) return 0 ;; esac
     echo "BENCH-JSON-BEGIN $1"
     before=$(virtio_irqs)
     requests=$(disk_requests)

@@ -21,12 +21,15 @@
 # (`-drive file=iscsi://...`, package qemu-block-extra) on virtio-scsi + scsi-hd; rows are
 # labelled guest-vus-iscsi-* and guest-qemu-iscsi-*.
 #
+# With --rows LABEL,LABEL... only those rows run (e.g. randread-4k-qd1,randwrite-4k-qd1: the
+# labels of benches/guest-fio.sh), for a quicker look at a few rows.
+#
 #   benches/guest.sh --image IMG --out DIR [--runtime S] [--qemu BIN] [--accel tcg|kvm]
-#                    [--repeat N] [--iscsi] [--pagecache]
+#                    [--repeat N] [--iscsi] [--pagecache] [--rows LABELS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-IMG="" OUT="" RUNTIME=5 QEMU=qemu-system-x86_64 ACCEL=tcg REPEAT=1 ISCSI=0 PAGECACHE=0
+IMG="" OUT="" RUNTIME=5 QEMU=qemu-system-x86_64 ACCEL=tcg REPEAT=1 ISCSI=0 PAGECACHE=0 ONLY=all
 while [ $# -gt 0 ]; do
     case "$1" in
         --image) IMG=$2; shift 2 ;;
@@ -37,8 +40,9 @@ while [ $# -gt 0 ]; do
         --repeat) REPEAT=$2; shift 2 ;;
         --iscsi) ISCSI=1; shift ;;
         --pagecache) PAGECACHE=1; shift ;;
+        --rows) ONLY=$2; shift 2 ;;
         *) echo "usage: $0 --image IMG --out DIR [--runtime S] [--qemu BIN] [--accel A]" \
-                "[--repeat N] [--pagecache]" >&2
+                "[--repeat N] [--iscsi] [--pagecache] [--rows LABELS]" >&2
            exit 2 ;;
     esac
 done
@@ -108,7 +112,7 @@ PY
 }
 
 TIMEOUT=$((RUNTIME * 6 * 2 + 240))
-APPEND="e2e.script=guest-fio.sh e2e.runtime=$RUNTIME"
+APPEND="e2e.script=guest-fio.sh e2e.runtime=$RUNTIME e2e.rows=$ONLY"
 GUEST=(bash tests/e2e/run-guest.sh --qemu "$QEMU" --accel "$ACCEL" --disks 0:0 --initrd "$INITRD"
        --append "$APPEND" --timeout "$TIMEOUT")
 SOCK=$OUT/guest.sock
