@@ -9,6 +9,8 @@
 //!
 //! In unit tests the slices come from ordinary `Vec<u8>`s (`VolatileSlice: From<&mut [u8]>`).
 
+use std::mem::MaybeUninit;
+
 use vm_memory::VolatileSlice;
 
 /// Segments a list holds without a heap allocation. A 4 KiB READ or WRITE from a Linux guest
@@ -22,7 +24,10 @@ pub const SG_INLINE: usize = 8;
 /// Up to [`SG_INLINE`] segments live inline; more spill to the heap.
 #[derive(Clone)]
 pub struct SgList<'a> {
-    inline: [VolatileSlice<'a>; SG_INLINE],
+    /// The first `count` entries are initialized (when `spill` is empty). Left uninitialized
+    /// rather than filled with empty slices: a new list is made per header and data buffer of
+    /// every request, and filling costs as much as the list's size in stores.
+    inline: [MaybeUninit<VolatileSlice<'a>>; SG_INLINE],
     /// Segments in `inline` (when `spill` is empty).
     count: usize,
     /// Every segment once the list outgrew `inline`.
@@ -36,17 +41,24 @@ impl Default for SgList<'_> {
     }
 }
 
-/// A zero-length slice to fill unused inline entries (never handed out).
+/// The initialized part of a list's `inline` array: its first `count` entries.
 #[inline]
-fn empty_slice<'a>() -> VolatileSlice<'a> {
-    VolatileSlice::from(&mut [][..])
+fn initialized<'s, 'a>(
+    inline: &'s [MaybeUninit<VolatileSlice<'a>>; SG_INLINE],
+    count: usize,
+) -> &'s [VolatileSlice<'a>] {
+    let count = count.min(SG_INLINE);
+    // SAFETY: `SgList::push` initializes `inline[..count]` before it raises `count` (never
+    // above SG_INLINE), and `MaybeUninit<T>` has `T`'s layout, so the first `count` entries are
+    // valid `VolatileSlice`s borrowed for `'a`.
+    unsafe { std::slice::from_raw_parts(inline.as_ptr().cast(), count) }
 }
 
 impl<'a> SgList<'a> {
     #[inline]
     pub fn new() -> Self {
         Self {
-            inline: [empty_slice(); SG_INLINE],
+            inline: [MaybeUninit::uninit(); SG_INLINE],
             count: 0,
             spill: Vec::new(),
             len: 0,
@@ -63,11 +75,12 @@ impl<'a> SgList<'a> {
         if !self.spill.is_empty() {
             self.spill.push(slice);
         } else if self.count < SG_INLINE {
-            self.inline[self.count] = slice;
+            self.inline[self.count] = MaybeUninit::new(slice);
             self.count += 1;
         } else {
             self.spill.reserve(SG_INLINE * 2);
-            self.spill.extend_from_slice(&self.inline);
+            self.spill
+                .extend_from_slice(initialized(&self.inline, self.count));
             self.spill.push(slice);
         }
     }
@@ -86,10 +99,15 @@ impl<'a> SgList<'a> {
     #[inline]
     pub fn segments(&self) -> &[VolatileSlice<'a>] {
         if self.spill.is_empty() {
-            &self.inline[..self.count]
+            self.inline_segments()
         } else {
             &self.spill
         }
+    }
+
+    #[inline]
+    fn inline_segments(&self) -> &[VolatileSlice<'a>] {
+        initialized(&self.inline, self.count)
     }
 
     /// The sub-list covering bytes `[offset, offset + len)`, clamped to the list's end.

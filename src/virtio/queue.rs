@@ -39,10 +39,12 @@ use crate::{
     },
     scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
     virtio::{
-        command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
+        command::{
+            answer_unparsed, start_command, PassthroughReply, PendingIo, ReplyShape, Started,
+        },
         inflight::{HeadChain, InflightQueue},
         poll::{PollPolicy, Poller},
-        request::split_chain,
+        request::{parse_cmd_chain, CmdRequest, RequestError},
     },
 };
 
@@ -1060,18 +1062,21 @@ impl QueueWorker {
         for (i, chain) in chains.drain(..).enumerate() {
             self.last_of_pass = i + 1 == count;
             let head = chain.head_index();
-            let mut started = match split_chain(mem, chain) {
-                Ok(split) => Ok(start_command(bus, split, self.inflight > 0, arrived)),
-                Err(e) => Err(e),
+            // Parsed in place and only borrowed from here on (see `parse_cmd_chain`).
+            let mut req = CmdRequest::new();
+            let mut started = match parse_cmd_chain(mem, chain, &mut req) {
+                Ok(()) => Ok(start_command(bus, &req, self.inflight > 0, arrived)),
+                Err(RequestError::Chain(e)) => Err(e),
+                Err(e) => Ok(Started::Done(answer_unparsed(&req, &e))),
             };
-            if let Ok(Started::DrainFirst(command)) = started {
+            if let Ok(Started::DrainFirst) = started {
                 // The command would block on a LU's write gate, which our own writes in flight
                 // hold: only this thread can complete them. Then it may wait.
                 match self.drain(bus, vring, mem) {
                     Ok(used) => used_any |= used,
                     Err(e) => drain_error = Some(e),
                 }
-                started = Ok(command.start(bus, false));
+                started = Ok(start_command(bus, &req, false, arrived));
             }
             let used = match started {
                 Ok(Started::Done(used)) => Some(used),
@@ -1081,7 +1086,7 @@ impl QueueWorker {
                     None
                 }
                 // Not answered to a caller without I/O in flight.
-                Ok(Started::DrainFirst(_)) => Some(0),
+                Ok(Started::DrainFirst) => Some(0),
                 Err(e) => {
                     warn!("descriptor chain {head}: {e}; returned unanswered");
                     Some(0)
