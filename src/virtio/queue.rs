@@ -257,7 +257,7 @@ impl Slot {
     fn fill(&mut self, head: u16, mem: &MemGuard, io: &PendingIo<'_>) {
         self.iov.clear();
         self.iov
-            .extend(io.plan.bufs.segments().iter().map(|s| libc::iovec {
+            .extend(io.plan.bufs.segments().map(|s| libc::iovec {
                 iov_base: s.ptr_guard_mut().as_ptr().cast(),
                 iov_len: s.len(),
             }));
@@ -1160,11 +1160,10 @@ impl QueueWorker {
     /// Hands a command's I/O to the engine; false when the engine cannot take it (no file
     /// descriptor, too many segments, a file or an operation it refuses, no room).
     fn queue_io(&mut self, head: u16, mem: &MemGuard, io: &mut PendingIo<'_>) -> bool {
-        let segments = io.plan.bufs.segments();
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
             return false;
         };
-        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd, io.plan.fixed) {
+        if io.plan.bufs.segment_count() > MAX_IOVECS || !self.engine.accepts(fd, io.plan.fixed) {
             return false;
         }
         let slot = &mut self.slots[index as usize];
