@@ -183,7 +183,9 @@ struct CmdSink<'r, 'a> {
 
 impl<'a> ChainSink<'a> for CmdSink<'_, 'a> {
     fn readable(&mut self, slice: VolatileSlice<'a>) {
-        let take = (REQ_HEADER_SIZE - self.header_len).min(slice.len());
+        let take = REQ_HEADER_SIZE
+            .saturating_sub(self.header_len)
+            .min(slice.len());
         if take > 0 {
             if let Ok(head) = slice.subslice(0, take) {
                 self.header_len += head.copy_to(&mut self.header[self.header_len..]);
@@ -193,7 +195,9 @@ impl<'a> ChainSink<'a> for CmdSink<'_, 'a> {
     }
 
     fn writable(&mut self, slice: VolatileSlice<'a>) {
-        let take = (RESP_HEADER_SIZE - self.req.response.len()).min(slice.len());
+        let take = RESP_HEADER_SIZE
+            .saturating_sub(self.req.response.len())
+            .min(slice.len());
         if take > 0 {
             if let Ok(head) = slice.subslice(0, take) {
                 self.req.response.push(head);
