@@ -13,7 +13,7 @@ pub mod sg;
 
 use std::{io, os::fd::RawFd};
 
-pub use sg::SgList;
+pub use sg::{SgList, SgPrefix};
 
 pub use file::FileBackend;
 pub use null::NullBackend;

@@ -9,6 +9,8 @@
 //!
 //! In unit tests the slices come from ordinary `Vec<u8>`s (`VolatileSlice: From<&mut [u8]>`).
 
+use std::mem::MaybeUninit;
+
 use vm_memory::VolatileSlice;
 
 /// Segments a list holds without a heap allocation. A 4 KiB READ or WRITE from a Linux guest
@@ -22,7 +24,10 @@ pub const SG_INLINE: usize = 8;
 /// Up to [`SG_INLINE`] segments live inline; more spill to the heap.
 #[derive(Clone)]
 pub struct SgList<'a> {
-    inline: [VolatileSlice<'a>; SG_INLINE],
+    /// The first `count` entries are initialized (when `spill` is empty). Left uninitialized
+    /// rather than filled with empty slices: a new list is made per header and data buffer of
+    /// every request, and filling costs as much as the list's size in stores.
+    inline: [MaybeUninit<VolatileSlice<'a>>; SG_INLINE],
     /// Segments in `inline` (when `spill` is empty).
     count: usize,
     /// Every segment once the list outgrew `inline`.
@@ -36,17 +41,24 @@ impl Default for SgList<'_> {
     }
 }
 
-/// A zero-length slice to fill unused inline entries (never handed out).
+/// The initialized part of a list's `inline` array: its first `count` entries.
 #[inline]
-fn empty_slice<'a>() -> VolatileSlice<'a> {
-    VolatileSlice::from(&mut [][..])
+fn initialized<'s, 'a>(
+    inline: &'s [MaybeUninit<VolatileSlice<'a>>; SG_INLINE],
+    count: usize,
+) -> &'s [VolatileSlice<'a>] {
+    let count = count.min(SG_INLINE);
+    // SAFETY: `SgList::push` initializes `inline[..count]` before it raises `count` (never
+    // above SG_INLINE), and `MaybeUninit<T>` has `T`'s layout, so the first `count` entries are
+    // valid `VolatileSlice`s borrowed for `'a`.
+    unsafe { std::slice::from_raw_parts(inline.as_ptr().cast(), count) }
 }
 
 impl<'a> SgList<'a> {
     #[inline]
     pub fn new() -> Self {
         Self {
-            inline: [empty_slice(); SG_INLINE],
+            inline: [MaybeUninit::uninit(); SG_INLINE],
             count: 0,
             spill: Vec::new(),
             len: 0,
@@ -63,11 +75,12 @@ impl<'a> SgList<'a> {
         if !self.spill.is_empty() {
             self.spill.push(slice);
         } else if self.count < SG_INLINE {
-            self.inline[self.count] = slice;
+            self.inline[self.count] = MaybeUninit::new(slice);
             self.count += 1;
         } else {
             self.spill.reserve(SG_INLINE * 2);
-            self.spill.extend_from_slice(&self.inline);
+            self.spill
+                .extend_from_slice(initialized(&self.inline, self.count));
             self.spill.push(slice);
         }
     }
@@ -86,10 +99,15 @@ impl<'a> SgList<'a> {
     #[inline]
     pub fn segments(&self) -> &[VolatileSlice<'a>] {
         if self.spill.is_empty() {
-            &self.inline[..self.count]
+            self.inline_segments()
         } else {
             &self.spill
         }
+    }
+
+    #[inline]
+    fn inline_segments(&self) -> &[VolatileSlice<'a>] {
+        initialized(&self.inline, self.count)
     }
 
     /// The sub-list covering bytes `[offset, offset + len)`, clamped to the list's end.
@@ -145,6 +163,88 @@ impl<'a> SgList<'a> {
     }
 }
 
+/// The first `len` bytes of a list, borrowed: the guest memory a planned I/O moves (the guest's
+/// buffer may be longer than the transfer). A few words, where cutting a new list copied every
+/// segment and moved ~200 bytes with each hand-over of the plan.
+#[derive(Clone, Copy, Default)]
+pub struct SgPrefix<'a> {
+    list: Option<&'a SgList<'a>>,
+    len: usize,
+}
+
+impl<'a> SgPrefix<'a> {
+    /// The first `len` bytes of `list` (all of it when it is shorter).
+    #[inline]
+    pub fn new(list: &'a SgList<'a>, len: usize) -> Self {
+        Self {
+            list: Some(list),
+            len: len.min(list.len()),
+        }
+    }
+
+    /// All of `list`.
+    #[inline]
+    pub fn whole(list: &'a SgList<'a>) -> Self {
+        Self::new(list, list.len())
+    }
+
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The segments covering the prefix, the last one shortened where the prefix ends in it.
+    pub fn segments(&self) -> impl Iterator<Item = VolatileSlice<'a>> + 'a {
+        let mut left = self.len;
+        self.list
+            .map_or(&[][..], |l| l.segments())
+            .iter()
+            .map_while(move |s| {
+                if left == 0 {
+                    return None;
+                }
+                let take = s.len().min(left);
+                left -= take;
+                // Cannot fail: take <= s.len().
+                s.subslice(0, take).ok()
+            })
+    }
+
+    /// How many segments [`SgPrefix::segments`] yields.
+    pub fn segment_count(&self) -> usize {
+        let Some(list) = self.list else {
+            return 0;
+        };
+        if self.len == list.len() {
+            return list.segments().len();
+        }
+        let mut left = self.len;
+        list.segments()
+            .iter()
+            .take_while(|s| {
+                let more = left > 0;
+                left = left.saturating_sub(s.len());
+                more
+            })
+            .count()
+    }
+
+    /// Calls `f` with the prefix as a list: the borrowed list itself when the prefix is all of
+    /// it (the usual case), a list cut from it otherwise.
+    pub fn with_list<R>(&self, f: impl FnOnce(&SgList<'a>) -> R) -> R {
+        match self.list {
+            Some(list) if list.len() == self.len => f(list),
+            Some(list) => f(&list.range(0, self.len)),
+            None => f(&SgList::new()),
+        }
+    }
+}
+
 /// Device-to-guest data buffer (the writable part of the chain after the response header).
 pub type DataIn<'a> = SgList<'a>;
 /// Guest-to-device data buffer (the readable part of the chain after the request header).
@@ -176,6 +276,37 @@ mod tests {
         drop(r);
         assert_eq!(a, [1, 2, 3]);
         assert_eq!(b, [4, 5, 6, 7, 8]);
+    }
+
+    #[test]
+    fn prefixes_cut_the_last_segment() {
+        let mut a = vec![1u8; 3];
+        let mut b = vec![2u8; 5];
+        let mut sg = SgList::new();
+        sg.push(VolatileSlice::from(a.as_mut_slice()));
+        sg.push(VolatileSlice::from(b.as_mut_slice()));
+        let lens = |p: SgPrefix<'_>| p.segments().map(|s| s.len()).collect::<Vec<_>>();
+        for (len, want) in [
+            (0, vec![]),
+            (2, vec![2]),
+            (3, vec![3]),
+            (4, vec![3, 1]),
+            (8, vec![3, 5]),
+            (100, vec![3, 5]),
+        ] {
+            let p = SgPrefix::new(&sg, len);
+            assert_eq!(p.len(), len.min(8));
+            assert_eq!(lens(p), want, "prefix of {len}");
+            assert_eq!(p.segment_count(), want.len(), "prefix of {len}");
+            p.with_list(|l| {
+                assert_eq!(l.len(), p.len());
+                assert_eq!(l.segments().len(), want.len());
+            });
+        }
+        let empty = SgPrefix::default();
+        assert_eq!((empty.len(), empty.segment_count()), (0, 0));
+        assert_eq!(empty.segments().count(), 0);
+        assert_eq!(empty.with_list(|l| l.len()), 0);
     }
 
     #[test]

@@ -393,15 +393,15 @@ impl ScsiBus {
     /// is this command) is not started: the answer is [`Prepared::DrainFirst`], and the caller
     /// completes its I/O (writes among it hold the gate, and the exclusive holder waits for
     /// them) and prepares the command again.
-    pub fn prepare<'a>(
+    pub fn prepare<'r, 'a>(
         &self,
         target: u8,
         lun: u16,
         cdb: &[u8],
-        data_out: &DataOut<'a>,
-        data_in: &DataIn<'a>,
+        data_out: &'r DataOut<'a>,
+        data_in: &'r DataIn<'a>,
         caller_io: bool,
-    ) -> Prepared<'a> {
+    ) -> Prepared<'r, 'a> {
         let lu = self.lookup(target, lun);
         let now = Instant::now();
         self.prepare_found(lu, target, lun, 0, cdb, data_out, data_in, caller_io, now)
@@ -413,18 +413,18 @@ impl ScsiBus {
     /// together). `tag` is the guest's tag of the command (a passthrough LU's ABORT TASK
     /// names it).
     #[allow(clippy::too_many_arguments)]
-    pub fn prepare_found<'a>(
+    pub fn prepare_found<'r, 'a>(
         &self,
         lu: Option<Arc<LogicalUnit>>,
         target: u8,
         lun: u16,
         tag: u64,
         cdb: &[u8],
-        data_out: &DataOut<'a>,
-        data_in: &DataIn<'a>,
+        data_out: &'r DataOut<'a>,
+        data_in: &'r DataIn<'a>,
         caller_io: bool,
         arrived: Instant,
-    ) -> Prepared<'a> {
+    ) -> Prepared<'r, 'a> {
         let parsed = Cdb::new(cdb);
         let op = parsed.opcode();
         let local = parsed.is_truncated() || op == opcode::REPORT_LUNS;

@@ -15,7 +15,7 @@ use super::{
     cdb::{opcode, Cdb},
     lun::{IoOp, LogicalUnit, WriteInFlight, HBA_NEXUS},
     sense::Sense,
-    CmdOutput, CmdResult, DataIn, DataOut, SgList,
+    CmdOutput, CmdResult, DataIn, DataOut, SgList, SgPrefix,
 };
 
 /// What completing an [`IoPlan`] needs: plain data, so that an asynchronous engine can keep it
@@ -38,8 +38,9 @@ pub struct IoPlan<'a> {
     pub meta: IoMeta,
     /// Byte offset in the backend.
     pub offset: u64,
-    /// Exactly `meta.len` bytes of guest memory.
-    pub bufs: SgList<'a>,
+    /// Exactly `meta.len` bytes of guest memory: the front of the command's data buffer,
+    /// borrowed (`'a`) from whoever holds the request until the I/O is handed off.
+    pub bufs: SgPrefix<'a>,
     /// The file an asynchronous engine may `readv`/`writev`/`fdatasync` directly for this
     /// plan; `None` when only the backend's own methods can run it (null LUN, unaligned
     /// buffers under `O_DIRECT`).
@@ -58,23 +59,22 @@ pub struct IoPlan<'a> {
     pub unit: Option<Arc<LogicalUnit>>,
 }
 
-impl<'a> IoPlan<'a> {
+impl<'r> IoPlan<'r> {
     /// The plan as [`Prepared::Io`], registered with its LU's write gate.
-    pub(super) fn with_write(mut self, write: WriteInFlight) -> Prepared<'a> {
+    pub(super) fn with_write<'a>(mut self, write: WriteInFlight) -> Prepared<'r, 'a> {
         self.write = Some(write);
         Prepared::Io(self)
     }
 }
 
-/// The first half of a command split for asynchronous execution.
-// Scatter-gather lists are inline (no allocation per request): boxing them to shrink this type
-// would bring the allocation back.
-#[allow(clippy::large_enum_variant)]
-pub enum Prepared<'a> {
+/// The first half of a command split for asynchronous execution. `'r`: the command's data
+/// lists, which a plan borrows; `'a`: guest memory, which a passthrough command keeps using
+/// after the lists are gone.
+pub enum Prepared<'r, 'a> {
     /// Answered without backend I/O (errors, zero-length transfers, every other command).
     Done(CmdOutput),
     /// Run this, then [`crate::scsi::ScsiBus::complete`] it.
-    Io(IoPlan<'a>),
+    Io(IoPlan<'r>),
     /// Nothing was done: the command would have to wait for I/O the caller still has in flight
     /// (its writes hold the LU's write gate, which a COMPARE AND WRITE or ORWRITE waits to take
     /// exclusively). Complete that I/O, then prepare the command again. Only answered to a
@@ -151,6 +151,18 @@ fn fua(cdb: &Cdb) -> bool {
     cdb.opcode() >> 5 != 0 && cdb.bit(1, 0x08)
 }
 
+/// The first `len` bytes of the guest buffer, borrowed, or the overrun error when it is
+/// shorter.
+pub(super) fn guest_prefix<'r>(
+    lu: &LogicalUnit,
+    cdb: &Cdb,
+    buf: &'r SgList<'r>,
+    len: u64,
+    len_byte: u16,
+) -> Result<SgPrefix<'r>, Sense> {
+    guest_len(lu, cdb, buf, len, len_byte).map(|n| SgPrefix::new(buf, n))
+}
+
 /// `len` bytes of the guest buffer, or the overrun error when it is shorter.
 pub(super) fn guest_range<'a>(
     lu: &LogicalUnit,
@@ -159,8 +171,19 @@ pub(super) fn guest_range<'a>(
     len: u64,
     len_byte: u16,
 ) -> Result<(SgList<'a>, usize), Sense> {
+    guest_len(lu, cdb, buf, len, len_byte).map(|n| (buf.range(0, n), n))
+}
+
+/// `len` as a length within the guest buffer, or the overrun error when the buffer is shorter.
+fn guest_len(
+    lu: &LogicalUnit,
+    cdb: &Cdb,
+    buf: &SgList<'_>,
+    len: u64,
+    len_byte: u16,
+) -> Result<usize, Sense> {
     match usize::try_from(len) {
-        Ok(n) if n <= buf.len() => Ok((buf.range(0, n), n)),
+        Ok(n) if n <= buf.len() => Ok(n),
         _ => {
             log::warn!(
                 "{}: opcode {:#04x} wants {len} data bytes but the buffer has {}",
@@ -183,30 +206,30 @@ impl LogicalUnit {
     }
 
     /// READ: every check, then either an immediate answer or the backend read to run.
-    pub(super) fn prepare_read<'a>(
+    pub(super) fn prepare_read<'r, 'a>(
         &self,
         cdb: &Cdb,
-        data_in: &DataIn<'a>,
-    ) -> Result<Prepared<'a>, Sense> {
+        data_in: &'r DataIn<'a>,
+    ) -> Result<Prepared<'r, 'a>, Sense> {
         check_no_protection(cdb)?;
         let r = block_range(cdb);
         let (offset, len) = self.byte_range(r.lba, r.blocks)?;
         if len == 0 {
             return Ok(Prepared::Done(CmdOutput::good(0)));
         }
-        let (bufs, _) = guest_range(self, cdb, data_in, len, r.len_byte)?;
+        let bufs = guest_prefix(self, cdb, data_in, len, r.len_byte)?;
         Ok(self.plan(IoKind::Read, cdb, r.lba, offset, bufs))
     }
 
     /// WRITE / WRITE AND VERIFY: every check, then the backend write to run, registered with
     /// the write gate ([`Prepared::DrainFirst`] if that has to wait for a COMPARE AND WRITE
     /// while the caller has I/O in flight).
-    pub(super) fn prepare_write<'a>(
+    pub(super) fn prepare_write<'r, 'a>(
         &self,
         cdb: &Cdb,
-        data_out: &DataOut<'a>,
+        data_out: &'r DataOut<'a>,
         caller_io: bool,
-    ) -> Result<Prepared<'a>, Sense> {
+    ) -> Result<Prepared<'r, 'a>, Sense> {
         check_no_protection(cdb)?;
         self.check_writable()?;
         let r = block_range(cdb);
@@ -214,7 +237,7 @@ impl LogicalUnit {
         if len == 0 {
             return Ok(Prepared::Done(CmdOutput::good(0)));
         }
-        let (bufs, _) = guest_range(self, cdb, data_out, len, r.len_byte)?;
+        let bufs = guest_prefix(self, cdb, data_out, len, r.len_byte)?;
         // WRITE AND VERIFY has no FUA bit; "verified on the medium" means durable for us.
         let verify = matches!(
             cdb.opcode(),
@@ -234,23 +257,23 @@ impl LogicalUnit {
     /// SYNCHRONIZE CACHE(10/16): the range is checked, then the whole backend is flushed (a
     /// file has no cheaper way to make a sub-range durable). IMMED is honored by simply
     /// completing after the flush, which is always allowed.
-    pub(super) fn prepare_sync<'a>(&self, cdb: &Cdb) -> Result<Prepared<'a>, Sense> {
+    pub(super) fn prepare_sync<'r, 'a>(&self, cdb: &Cdb) -> Result<Prepared<'r, 'a>, Sense> {
         let r = block_range(cdb);
         self.byte_range(r.lba, r.blocks)?;
         if self.read_only() {
             return Ok(Prepared::Done(CmdOutput::good(0)));
         }
-        Ok(self.plan(IoKind::Flush, cdb, r.lba, 0, SgList::new()))
+        Ok(self.plan(IoKind::Flush, cdb, r.lba, 0, SgPrefix::default()))
     }
 
-    pub(super) fn plan<'a>(
+    pub(super) fn plan<'r, 'a>(
         &self,
         kind: IoKind,
         cdb: &Cdb,
         lba: u64,
         offset: u64,
-        bufs: SgList<'a>,
-    ) -> Prepared<'a> {
+        bufs: SgPrefix<'r>,
+    ) -> Prepared<'r, 'a> {
         // A removable medium can be changed while I/O runs: an engine keeps only the raw fd,
         // which the old backend would close under it. Its I/O runs through the backend's own
         // methods instead, which hold a reference for the call (CD-ROM reads are not the
@@ -258,7 +281,7 @@ impl LogicalUnit {
         let fd = if self.removable() {
             None
         } else {
-            self.backend().async_fd(kind, &bufs, offset)
+            bufs.with_list(|list| self.backend().async_fd(kind, list, offset))
         };
         Prepared::Io(IoPlan {
             meta: IoMeta {
@@ -280,14 +303,18 @@ impl LogicalUnit {
     /// Runs a plan with the backend's synchronous methods.
     pub(crate) fn run_sync(&self, plan: &IoPlan<'_>) -> std::io::Result<()> {
         match plan.meta.kind {
-            IoKind::Read => self.backend().read_at(&plan.bufs, plan.offset),
-            IoKind::Write { fua } => self.backend().write_at(&plan.bufs, plan.offset, fua),
+            IoKind::Read => plan
+                .bufs
+                .with_list(|bufs| self.backend().read_at(bufs, plan.offset)),
+            IoKind::Write { fua } => plan
+                .bufs
+                .with_list(|bufs| self.backend().write_at(bufs, plan.offset, fua)),
             IoKind::Flush => self.backend().flush(),
             IoKind::Deallocate { bytes } => self.backend().write_zeroes(plan.offset, bytes),
         }
     }
 
-    pub(super) fn run_prepared(&self, prepared: Prepared<'_>) -> CmdOutput {
+    pub(super) fn run_prepared(&self, prepared: Prepared<'_, '_>) -> CmdOutput {
         match prepared {
             Prepared::Done(out) => out,
             Prepared::Io(plan) => self.complete_io(plan.meta, self.run_sync(&plan)),
@@ -394,13 +421,13 @@ impl LogicalUnit {
     /// immediate answer), everything else runs now.
     /// `caller_io`: the caller has I/O of its own in flight; anything that would then block on
     /// the write gate (see [`super::lun::WriteGate`]) answers [`Prepared::DrainFirst`] instead.
-    pub(super) fn prepare<'a>(
+    pub(super) fn prepare<'r, 'a>(
         &self,
         cdb: &Cdb,
-        data_out: &DataOut<'a>,
-        data_in: &DataIn<'a>,
+        data_out: &'r DataOut<'a>,
+        data_in: &'r DataIn<'a>,
         caller_io: bool,
-    ) -> Prepared<'a> {
+    ) -> Prepared<'r, 'a> {
         let op = cdb.opcode();
         let is_read = matches!(
             op,

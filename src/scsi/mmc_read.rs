@@ -11,7 +11,7 @@
 
 use super::{
     cdb::{put_be32, Cdb},
-    io::guest_range,
+    io::guest_prefix,
     lun::LogicalUnit,
     respond,
     sense::Sense,
@@ -70,7 +70,7 @@ impl LogicalUnit {
         if len == 0 || main == 0 {
             return Ok(CmdOutput::good(0));
         }
-        let (bufs, _) = guest_range(self, cdb, data_in, len, 8)?;
+        let bufs = guest_prefix(self, cdb, data_in, len, 8)?;
         Ok(self.run_prepared(self.plan(IoKind::Read, cdb, lba, offset, bufs)))
     }
 

@@ -49,7 +49,7 @@ mod tests;
 
 /// The data buffers of a command (they live in [`crate::block::sg`]).
 pub use crate::block::sg as data;
-pub use crate::block::sg::{DataIn, DataOut, SgList};
+pub use crate::block::sg::{DataIn, DataOut, SgList, SgPrefix};
 pub use bus::{wait_unused, BusError, ScsiBus};
 pub use hold::{HoldOrder, HoldTicket};
 pub use io::{IoKind, IoMeta, IoPlan, Prepared};

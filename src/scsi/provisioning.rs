@@ -18,7 +18,7 @@ use super::{
     io::{block_range, IoKind, IoPlan, Prepared},
     lun::{IoOp, LogicalUnit},
     sense::Sense,
-    CmdOutput, CmdResult, DataOut, SgList,
+    CmdOutput, CmdResult, DataOut, SgList, SgPrefix,
 };
 
 /// One non-empty UNMAP range, checked against the capacity.
@@ -59,12 +59,12 @@ impl LogicalUnit {
 
     /// UNMAP for asynchronous engines: one range on a backend that can deallocate through an
     /// engine becomes an [`IoPlan`] holding the write gate; anything else runs now.
-    pub(super) fn prepare_unmap<'a>(
+    pub(super) fn prepare_unmap<'r, 'a>(
         &self,
         cdb: &Cdb,
-        data_out: &DataOut<'a>,
+        data_out: &'r DataOut<'a>,
         caller_io: bool,
-    ) -> Result<Prepared<'a>, Sense> {
+    ) -> Result<Prepared<'r, 'a>, Sense> {
         let (len, ranges) = self.unmap_ranges(cdb, data_out)?;
         let Some(write) = self.gate.shared(caller_io) else {
             return Ok(Prepared::DrainFirst);
@@ -80,17 +80,17 @@ impl LogicalUnit {
     }
 
     /// A deallocation an engine can run (`None` when only the backend's own methods can).
-    fn deallocation_plan<'a>(
+    fn deallocation_plan<'r>(
         &self,
         cdb: &Cdb,
         lba: u64,
         offset: u64,
         bytes: u64,
         transferred: usize,
-    ) -> Option<IoPlan<'a>> {
+    ) -> Option<IoPlan<'r>> {
         let kind = IoKind::Deallocate { bytes };
         self.backend().async_fd(kind, &SgList::new(), offset)?;
-        match self.plan(kind, cdb, lba, offset, SgList::new()) {
+        match self.plan(kind, cdb, lba, offset, SgPrefix::default()) {
             Prepared::Io(mut plan) => {
                 plan.meta.len = transferred;
                 Some(plan)
@@ -193,12 +193,12 @@ impl LogicalUnit {
     /// WRITE SAME for asynchronous engines: zeroes on a LUN with discard on, on a backend that
     /// can deallocate through an engine, become an [`IoPlan`] holding the write gate; any other
     /// pattern (written out block by block) runs now.
-    pub(super) fn prepare_write_same<'a>(
+    pub(super) fn prepare_write_same<'r, 'a>(
         &self,
         cdb: &Cdb,
-        data_out: &DataOut<'a>,
+        data_out: &'r DataOut<'a>,
         caller_io: bool,
-    ) -> Result<Prepared<'a>, Sense> {
+    ) -> Result<Prepared<'r, 'a>, Sense> {
         let ws = self.write_same_args(cdb, data_out)?;
         let Some(write) = self.gate.shared(caller_io) else {
             return Ok(Prepared::DrainFirst);

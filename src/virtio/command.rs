@@ -8,68 +8,39 @@ use virtio_bindings::virtio_scsi::{
 };
 
 use super::{
-    request::{parse_cmd_request, CmdResponse, RequestError, SplitChain, RESP_HEADER_SIZE},
-    LunAddress, CDB_SIZE,
+    request::{
+        parse_cmd_request, CmdRequest, CmdResponse, RequestError, SplitChain, RESP_HEADER_SIZE,
+    },
+    LunAddress,
 };
 use crate::scsi::{CmdOutput, IoPlan, Prepared, ScsiBus, SgList};
 
 /// Executes the command in one request chain; returns the used length (response header plus
 /// data-in bytes written).
 pub fn handle_command(bus: &ScsiBus, chain: SplitChain<'_>) -> u32 {
-    match start_command(bus, chain, false, Instant::now()) {
+    let mut req = CmdRequest::new();
+    if let Err(e) = parse_cmd_request(&chain, &mut req) {
+        return answer_unparsed(&req, &e);
+    }
+    match start_command(bus, &req, false, Instant::now()) {
         Started::Done(used) => used,
         Started::Io(io) => io.run_inline(bus),
         Started::Passthrough(p) => p.finish(),
         // Not answered to a caller without I/O in flight.
-        Started::DrainFirst(_) => 0,
+        Started::DrainFirst => 0,
     }
 }
 
-/// A parsed command for a target that exists, not started yet.
-pub struct Command<'a> {
-    target: u8,
-    lun: u16,
-    /// The guest's tag of the command.
-    id: u64,
-    cdb: [u8; CDB_SIZE],
-    data_out: SgList<'a>,
-    data_in: SgList<'a>,
-    response: SgList<'a>,
-    reply: ReplyShape,
-    /// When it was popped (its latency counts from there).
-    arrived: Instant,
-}
-
-impl<'a> Command<'a> {
-    /// Checks the command and runs it, or plans its I/O. `caller_io`: the caller still has I/O
-    /// of its own in flight (see [`ScsiBus::prepare`]).
-    pub fn start(self: Box<Self>, bus: &ScsiBus, caller_io: bool) -> Started<'a> {
-        match bus.prepare_found(
-            bus.lookup(self.target, self.lun),
-            self.target,
-            self.lun,
-            self.id,
-            &self.cdb,
-            &self.data_out,
-            &self.data_in,
-            caller_io,
-            self.arrived,
-        ) {
-            Prepared::Done(out) => Started::Done(self.reply.respond(&out, &self.response)),
-            Prepared::Io(plan) => Started::Io(PendingIo {
-                target: self.target,
-                lun: self.lun,
-                plan,
-                response: self.response,
-                reply: self.reply,
-            }),
-            Prepared::DrainFirst => Started::DrainFirst(self),
-            Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
-                submitted,
-                response: self.response,
-                reply: self.reply,
-            }),
-        }
+/// Answers a chain [`parse_cmd_chain`](super::request::parse_cmd_chain) refused (as far as
+/// it can be answered); returns the used length.
+pub fn answer_unparsed(req: &CmdRequest<'_>, e: &RequestError) -> u32 {
+    if let RequestError::ShortRequestHeader(_) = e {
+        warn!("request queue: {e}; answered VIRTIO_SCSI_S_FAILURE");
+        fail(&req.response, VIRTIO_SCSI_S_FAILURE);
+        RESP_HEADER_SIZE as u32
+    } else {
+        warn!("request queue: {e}; chain returned unanswered");
+        0
     }
 }
 
@@ -108,13 +79,14 @@ impl PassthroughReply<'_> {
     }
 }
 
-/// A command whose backend I/O is to run (possibly asynchronously).
-pub struct PendingIo<'a> {
+/// A command whose backend I/O is to run (possibly asynchronously). It borrows the parsed
+/// request (`'r`), which its caller keeps in place until the command is handed off.
+pub struct PendingIo<'r> {
     pub target: u8,
     pub lun: u16,
-    pub plan: IoPlan<'a>,
+    pub plan: IoPlan<'r>,
     /// Where the response header goes.
-    pub response: SgList<'a>,
+    pub response: &'r SgList<'r>,
     /// Direction and size of the guest's data buffer, for the residual count.
     pub reply: ReplyShape,
 }
@@ -166,49 +138,41 @@ impl PendingIo<'_> {
     /// Completes the command with the I/O's result; returns the used length.
     pub fn finish(&self, bus: &ScsiBus, result: std::io::Result<()>) -> u32 {
         let out = bus.complete(self.plan.unit.as_deref(), self.plan.meta, result);
-        self.reply.respond(&out, &self.response)
+        self.reply.respond(&out, self.response)
     }
 }
 
-/// The first half of a command: answered at once, or an I/O to run.
-// Scatter-gather lists are inline (no allocation per request): boxing them to shrink this type
-// would bring the allocation back.
+/// The first half of a command: answered at once, or an I/O to run. `'r`: the parsed request
+/// it borrows; `'a`: guest memory.
+// `Passthrough` is the large variant (its own copy of the response list); it is rare, and a
+// `Started` is built in place and taken apart where it is matched, so only a variant's payload
+// moves. Boxing it would add an allocation per passthrough command.
 #[allow(clippy::large_enum_variant)]
-pub enum Started<'a> {
+pub enum Started<'r, 'a> {
     /// Answered; the used length.
     Done(u32),
-    Io(PendingIo<'a>),
+    Io(PendingIo<'r>),
     /// Not started: the command would wait for the caller's own I/O in flight. Complete it,
-    /// then [`Command::start`] the command again. (Boxed: rare, and it keeps the common
-    /// variants' moves small.)
-    DrainFirst(Box<Command<'a>>),
+    /// then [`start_command`] the request again.
+    DrainFirst,
     /// On its way to a passthrough LU: finish it (after starting the rest of the batch).
     Passthrough(PassthroughReply<'a>),
 }
 
-/// Parses and checks one request chain; READ, WRITE and SYNCHRONIZE CACHE come back as
-/// [`Started::Io`], everything else is executed and answered now. `caller_io`: the caller
-/// still has I/O of its own in flight; a command that would wait for it comes back as
-/// [`Started::DrainFirst`] (see [`ScsiBus::prepare`]). `arrived`: when the chain was popped.
-pub fn start_command<'a>(
+/// Checks one parsed request ([`parse_cmd_chain`](super::request::parse_cmd_chain)); READ,
+/// WRITE and SYNCHRONIZE CACHE come back as [`Started::Io`], everything else is executed and
+/// answered now. `caller_io`: the caller still has I/O of its own in flight; a command that
+/// would wait for it comes back as [`Started::DrainFirst`] (see [`ScsiBus::prepare`]).
+/// `arrived`: when the chain was popped.
+///
+/// The request is borrowed, not moved: it is large, and the I/O of the common commands only
+/// needs to point into it until the caller has handed it to an engine.
+pub fn start_command<'r, 'a>(
     bus: &ScsiBus,
-    chain: SplitChain<'a>,
+    req: &'r CmdRequest<'a>,
     caller_io: bool,
     arrived: Instant,
-) -> Started<'a> {
-    let req = match parse_cmd_request(chain) {
-        Ok(req) => req,
-        Err((e @ RequestError::ShortRequestHeader(_), Some(response))) => {
-            warn!("request queue: {e}; answered VIRTIO_SCSI_S_FAILURE");
-            fail(&response, VIRTIO_SCSI_S_FAILURE);
-            return Started::Done(RESP_HEADER_SIZE as u32);
-        }
-        Err((e, _)) => {
-            warn!("request queue: {e}; chain returned unanswered");
-            return Started::Done(0);
-        }
-    };
-
+) -> Started<'r, 'a> {
     // One look at the bus's table: the target (BAD_TARGET without it) and the LU.
     let found =
         LunAddress::decode(&req.lun).and_then(|a| Some((a, bus.find(a.target, a.lun).ok()?)));
@@ -243,8 +207,6 @@ pub fn start_command<'a>(
             buffer_len: req.data_out.len(),
         }
     };
-    // Checked in place: the request is only moved (boxed) in the rare case that it has to wait
-    // for the caller to drain.
     match bus.prepare_found(
         lu,
         addr.target,
@@ -261,25 +223,17 @@ pub fn start_command<'a>(
             target: addr.target,
             lun: addr.lun,
             plan,
-            response: req.response,
+            response: &req.response,
             reply,
         }),
         Prepared::Passthrough(submitted) => Started::Passthrough(PassthroughReply {
             submitted,
-            response: req.response,
+            // Kept past the request (its answer is awaited after the rest of the batch
+            // started): the passthrough path's one copy of a list.
+            response: req.response.clone(),
             reply,
         }),
-        Prepared::DrainFirst => Started::DrainFirst(Box::new(Command {
-            target: addr.target,
-            lun: addr.lun,
-            id: req.id,
-            cdb: req.cdb,
-            data_out: req.data_out,
-            data_in: req.data_in,
-            response: req.response,
-            reply,
-            arrived,
-        })),
+        Prepared::DrainFirst => Started::DrainFirst,
     }
 }
 

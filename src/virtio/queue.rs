@@ -39,10 +39,12 @@ use crate::{
     },
     scsi::{IoKind, IoMeta, LogicalUnit, ScsiBus, WriteInFlight},
     virtio::{
-        command::{start_command, PassthroughReply, PendingIo, ReplyShape, Started},
+        command::{
+            answer_unparsed, start_command, PassthroughReply, PendingIo, ReplyShape, Started,
+        },
         inflight::{HeadChain, InflightQueue},
         poll::{PollPolicy, Poller, OFF_CPU_STRIKE},
-        request::split_chain,
+        request::{parse_cmd_chain, CmdRequest, RequestError},
     },
 };
 
@@ -255,7 +257,7 @@ impl Slot {
     fn fill(&mut self, head: u16, mem: &MemGuard, io: &PendingIo<'_>) {
         self.iov.clear();
         self.iov
-            .extend(io.plan.bufs.segments().iter().map(|s| libc::iovec {
+            .extend(io.plan.bufs.segments().map(|s| libc::iovec {
                 iov_base: s.ptr_guard_mut().as_ptr().cast(),
                 iov_len: s.len(),
             }));
@@ -1058,41 +1060,46 @@ impl QueueWorker {
         // One clock reading for the chains popped together: they were all waiting by now.
         let arrived = Instant::now();
         let count = chains.len();
-        for (i, chain) in chains.drain(..).enumerate() {
+        // Walked in place (a chain is a few words of iterator state plus its memory guard):
+        // moving each out of the vector was a copy per request. Dropped together below.
+        for (i, chain) in chains.iter_mut().enumerate() {
             self.last_of_pass = i + 1 == count;
             let head = chain.head_index();
-            let mut started = match split_chain(mem, chain) {
-                Ok(split) => Ok(start_command(bus, split, self.inflight > 0, arrived)),
-                Err(e) => Err(e),
+            // Parsed in place and only borrowed from here on (see `parse_cmd_chain`).
+            let mut req = CmdRequest::new();
+            let mut started = match parse_cmd_chain(mem, chain, &mut req) {
+                Ok(()) => start_command(bus, &req, self.inflight > 0, arrived),
+                Err(RequestError::Chain(e)) => {
+                    warn!("descriptor chain {head}: {e}; returned unanswered");
+                    Started::Done(0)
+                }
+                Err(e) => Started::Done(answer_unparsed(&req, &e)),
             };
-            if let Ok(Started::DrainFirst(command)) = started {
+            if let Started::DrainFirst = started {
                 // The command would block on a LU's write gate, which our own writes in flight
                 // hold: only this thread can complete them. Then it may wait.
                 match self.drain(bus, vring, mem) {
                     Ok(used) => used_any |= used,
                     Err(e) => drain_error = Some(e),
                 }
-                started = Ok(command.start(bus, false));
+                started = start_command(bus, &req, false, arrived);
             }
             let used = match started {
-                Ok(Started::Done(used)) => Some(used),
-                Ok(Started::Io(io)) => self.start_io(bus, head, mem, io),
-                Ok(Started::Passthrough(p)) => {
+                Started::Done(used) => Some(used),
+                Started::Io(io) => self.start_io(bus, head, mem, io),
+                Started::Passthrough(p) => {
                     passthrough.push_back((head, p));
                     None
                 }
                 // Not answered to a caller without I/O in flight.
-                Ok(Started::DrainFirst(_)) => Some(0),
-                Err(e) => {
-                    warn!("descriptor chain {head}: {e}; returned unanswered");
-                    Some(0)
-                }
+                Started::DrainFirst => Some(0),
             };
             if let Some(used) = used {
                 self.used.push(head, used);
                 used_any = true;
             }
         }
+        chains.clear();
         self.chains = chains;
         match drain_error {
             Some(e) => Err(e),
@@ -1156,11 +1163,10 @@ impl QueueWorker {
     /// Hands a command's I/O to the engine; false when the engine cannot take it (no file
     /// descriptor, too many segments, a file or an operation it refuses, no room).
     fn queue_io(&mut self, head: u16, mem: &MemGuard, io: &mut PendingIo<'_>) -> bool {
-        let segments = io.plan.bufs.segments();
         let (Some(fd), Some(&index)) = (io.plan.fd, self.free.last()) else {
             return false;
         };
-        if segments.len() > MAX_IOVECS || !self.engine.accepts(fd, io.plan.fixed) {
+        if io.plan.bufs.segment_count() > MAX_IOVECS || !self.engine.accepts(fd, io.plan.fixed) {
             return false;
         }
         let slot = &mut self.slots[index as usize];

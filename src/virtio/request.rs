@@ -9,7 +9,7 @@
 use std::fmt;
 
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
 
 use super::{CDB_SIZE, SENSE_SIZE};
 use crate::scsi::SgList;
@@ -57,6 +57,26 @@ pub struct SplitChain<'a> {
     pub writable: SgList<'a>,
 }
 
+/// Where [`walk_chain`] puts a chain's buffers, in chain order.
+trait ChainSink<'a> {
+    fn readable(&mut self, slice: VolatileSlice<'a>);
+    fn writable(&mut self, slice: VolatileSlice<'a>);
+    /// Whether any device-writable byte was seen (a readable descriptor may not follow).
+    fn has_writable(&self) -> bool;
+}
+
+impl<'a> ChainSink<'a> for SplitChain<'a> {
+    fn readable(&mut self, slice: VolatileSlice<'a>) {
+        self.readable.push(slice);
+    }
+    fn writable(&mut self, slice: VolatileSlice<'a>) {
+        self.writable.push(slice);
+    }
+    fn has_writable(&self) -> bool {
+        !self.writable.is_empty()
+    }
+}
+
 /// Resolves every descriptor of a chain into guest memory.
 pub fn split_chain<'a>(
     mem: &'a GuestMemoryMmap,
@@ -66,6 +86,16 @@ pub fn split_chain<'a>(
         readable: SgList::new(),
         writable: SgList::new(),
     };
+    walk_chain(mem, descriptors, &mut split)?;
+    Ok(split)
+}
+
+/// Resolves every descriptor of a chain into guest memory, handing the slices to `sink`.
+fn walk_chain<'a>(
+    mem: &'a GuestMemoryMmap,
+    descriptors: impl Iterator<Item = Descriptor>,
+    sink: &mut impl ChainSink<'a>,
+) -> Result<(), ChainError> {
     // virtio-queue's iterator stops quietly on loops, bad `next` indexes, unreadable
     // descriptors and chains over 4 GiB; the only trace is a last descriptor still flagged NEXT.
     let mut last_has_next = None;
@@ -76,23 +106,23 @@ pub fn split_chain<'a>(
             len: desc.len(),
         };
         let writable = desc.is_write_only();
-        if !writable && !split.writable.is_empty() {
+        if !writable && sink.has_writable() {
             return Err(ChainError::ReadableAfterWritable);
         }
         // `get_slices` walks region boundaries; any gap or overflow is an error item.
         for slice in mem.get_slices(GuestAddress(desc.addr().0), desc.len() as usize) {
             let slice = slice.map_err(|_| outside())?;
             if writable {
-                split.writable.push(slice);
+                sink.writable(slice);
             } else {
-                split.readable.push(slice);
+                sink.readable(slice);
             }
         }
     }
     match last_has_next {
         None => Err(ChainError::Empty),
         Some(true) => Err(ChainError::Truncated),
-        Some(false) => Ok(split),
+        Some(false) => Ok(()),
     }
 }
 
@@ -140,42 +170,142 @@ impl fmt::Display for RequestError {
     }
 }
 
-/// Decodes a command request from a split chain. On `ShortRequestHeader` the response area is
-/// still usable, so the caller can answer with `VIRTIO_SCSI_S_FAILURE`.
-// Scatter-gather lists are inline (no allocation per request): boxing them to shrink this type
-// would bring the allocation back.
-#[allow(clippy::result_large_err)]
-pub fn parse_cmd_request(
-    split: SplitChain<'_>,
-) -> Result<CmdRequest<'_>, (RequestError, Option<SgList<'_>>)> {
-    let SplitChain { readable, writable } = split;
-    if writable.len() < RESP_HEADER_SIZE {
-        return Err((RequestError::ShortResponseHeader(writable.len()), None));
+/// Cuts the headers off a chain's buffers as they come: the request header's bytes are read
+/// into `header`, the response header's slices go to `req.response`, the rest to the data
+/// lists. One pass, and no list is built twice (cutting whole lists apart afterwards copied
+/// each of them, ~200 bytes a list, several times per request).
+struct CmdSink<'r, 'a> {
+    req: &'r mut CmdRequest<'a>,
+    header: [u8; REQ_HEADER_SIZE],
+    /// Request-header bytes read so far.
+    header_len: usize,
+}
+
+impl<'a> ChainSink<'a> for CmdSink<'_, 'a> {
+    fn readable(&mut self, slice: VolatileSlice<'a>) {
+        let take = REQ_HEADER_SIZE
+            .saturating_sub(self.header_len)
+            .min(slice.len());
+        if take > 0 {
+            if let Ok(head) = slice.subslice(0, take) {
+                self.header_len += head.copy_to(&mut self.header[self.header_len..]);
+            }
+        }
+        push_from(&mut self.req.data_out, slice, take);
     }
-    let response = writable.range(0, RESP_HEADER_SIZE);
-    if readable.len() < REQ_HEADER_SIZE {
-        return Err((
-            RequestError::ShortRequestHeader(readable.len()),
-            Some(response),
-        ));
+
+    fn writable(&mut self, slice: VolatileSlice<'a>) {
+        let take = RESP_HEADER_SIZE
+            .saturating_sub(self.req.response.len())
+            .min(slice.len());
+        if take > 0 {
+            if let Ok(head) = slice.subslice(0, take) {
+                self.req.response.push(head);
+            }
+        }
+        push_from(&mut self.req.data_in, slice, take);
     }
-    let mut header = [0u8; REQ_HEADER_SIZE];
-    readable.copy_to(&mut header);
-    let mut lun = [0u8; 8];
-    lun.copy_from_slice(&header[0..8]);
-    let mut id = [0u8; 8];
-    id.copy_from_slice(&header[8..16]);
-    let mut cdb = [0u8; CDB_SIZE];
-    cdb.copy_from_slice(&header[19..19 + CDB_SIZE]);
-    Ok(CmdRequest {
-        lun,
-        id: u64::from_le_bytes(id),
-        task_attr: header[16],
-        cdb,
-        data_out: readable.range(REQ_HEADER_SIZE, usize::MAX),
-        data_in: writable.range(RESP_HEADER_SIZE, usize::MAX),
-        response,
-    })
+
+    fn has_writable(&self) -> bool {
+        !self.req.response.is_empty()
+    }
+}
+
+/// Appends `slice` without its first `skip` bytes (nothing when that is all of it).
+#[inline]
+fn push_from<'a>(list: &mut SgList<'a>, slice: VolatileSlice<'a>, skip: usize) {
+    if skip == 0 {
+        list.push(slice);
+    } else if skip < slice.len() {
+        // Cannot fail: skip < slice.len().
+        if let Ok(rest) = slice.offset(skip) {
+            list.push(rest);
+        }
+    }
+}
+
+impl CmdRequest<'_> {
+    /// An empty request for [`parse_cmd_chain`] to fill.
+    pub fn new() -> Self {
+        CmdRequest {
+            lun: [0; 8],
+            id: 0,
+            task_attr: 0,
+            cdb: [0; CDB_SIZE],
+            data_out: SgList::new(),
+            data_in: SgList::new(),
+            response: SgList::new(),
+        }
+    }
+}
+
+impl Default for CmdRequest<'_> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Resolves a request-queue chain into guest memory and decodes its command request into
+/// `req` (which must be new, see [`CmdRequest::new`]), in place: the request is large (three
+/// inline scatter-gather lists) and is neither moved nor copied on the way.
+///
+/// On `ShortRequestHeader` `req.response` is usable, so the caller can answer with
+/// `VIRTIO_SCSI_S_FAILURE`; on any other error there is nothing to answer.
+pub fn parse_cmd_chain<'a>(
+    mem: &'a GuestMemoryMmap,
+    descriptors: impl Iterator<Item = Descriptor>,
+    req: &mut CmdRequest<'a>,
+) -> Result<(), RequestError> {
+    let mut sink = CmdSink {
+        req,
+        header: [0; REQ_HEADER_SIZE],
+        header_len: 0,
+    };
+    walk_chain(mem, descriptors, &mut sink).map_err(RequestError::Chain)?;
+    sink.finish()
+}
+
+/// Decodes a command request from a split chain into `req` (which must be new), as
+/// [`parse_cmd_chain`] does from the descriptors.
+pub fn parse_cmd_request<'a>(
+    split: &SplitChain<'a>,
+    req: &mut CmdRequest<'a>,
+) -> Result<(), RequestError> {
+    let mut sink = CmdSink {
+        req,
+        header: [0; REQ_HEADER_SIZE],
+        header_len: 0,
+    };
+    for &slice in split.readable.segments() {
+        sink.readable(slice);
+    }
+    for &slice in split.writable.segments() {
+        sink.writable(slice);
+    }
+    sink.finish()
+}
+
+impl CmdSink<'_, '_> {
+    /// Checks that both headers are whole and decodes the request header.
+    fn finish(self) -> Result<(), RequestError> {
+        let req = self.req;
+        if req.response.len() < RESP_HEADER_SIZE {
+            // Short: then nothing went to data-in either.
+            return Err(RequestError::ShortResponseHeader(req.response.len()));
+        }
+        if self.header_len < REQ_HEADER_SIZE {
+            // Short: then nothing went to data-out either.
+            return Err(RequestError::ShortRequestHeader(self.header_len));
+        }
+        let header = &self.header;
+        req.lun.copy_from_slice(&header[0..8]);
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&header[8..16]);
+        req.id = u64::from_le_bytes(id);
+        req.task_attr = header[16];
+        req.cdb.copy_from_slice(&header[19..19 + CDB_SIZE]);
+        Ok(())
+    }
 }
 
 /// `struct virtio_scsi_cmd_resp`, ready to be written.

@@ -18,7 +18,10 @@ use vus_test_support::{
 use super::{
     command::handle_command,
     control::handle_control,
-    request::{parse_cmd_request, split_chain, ChainError, CmdResponse, RequestError},
+    request::{
+        parse_cmd_chain, parse_cmd_request, split_chain, ChainError, CmdRequest, CmdResponse,
+        RequestError,
+    },
     LunAddress,
 };
 use crate::{
@@ -131,35 +134,97 @@ fn command_request_header_is_decoded_field_by_field() {
         (0x11e, h.len() as u32 - 30, false),
         (0x4000, RESP_HEADER_SIZE as u32 + 512, true),
     ]);
-    let split = split_chain(&mem, descs.into_iter()).unwrap();
-    let req = parse_cmd_request(split).map_err(|(e, _)| e).unwrap();
-    assert_eq!(req.lun, [1, 3, 0x41, 0x2c, 0, 0, 0, 0]);
-    assert_eq!(req.id, 0x1122_3344_5566_7788);
-    assert_eq!(req.task_attr, 1);
-    assert_eq!(&req.cdb[..10], &[0x28, 0, 0, 0, 0, 8, 0, 0, 2, 0]);
-    assert!(req.cdb[10..].iter().all(|&b| b == 0));
-    assert_eq!(req.data_out.len(), 10);
-    assert_eq!(req.data_in.len(), 512);
+    let split = split_chain(&mem, descs.clone().into_iter()).unwrap();
+    let mut from_split = CmdRequest::new();
+    parse_cmd_request(&split, &mut from_split).unwrap();
+    // The queue's path: straight from the descriptors, headers cut as they come.
+    let mut req = CmdRequest::new();
+    parse_cmd_chain(&mem, descs.into_iter(), &mut req).unwrap();
+    for req in [&from_split, &req] {
+        assert_eq!(req.lun, [1, 3, 0x41, 0x2c, 0, 0, 0, 0]);
+        assert_eq!(req.id, 0x1122_3344_5566_7788);
+        assert_eq!(req.task_attr, 1);
+        assert_eq!(&req.cdb[..10], &[0x28, 0, 0, 0, 0, 8, 0, 0, 2, 0]);
+        assert!(req.cdb[10..].iter().all(|&b| b == 0));
+        assert_eq!(req.data_out.len(), 10);
+        let mut out = [0u8; 10];
+        assert_eq!(req.data_out.copy_to(&mut out), 10);
+        assert_eq!(out, [0xaa; 10]);
+        assert_eq!(req.data_in.len(), 512);
+        assert_eq!(req.response.len(), RESP_HEADER_SIZE);
+        // The response header and data-in share a descriptor: cut at the right byte.
+        assert_eq!(
+            req.response.segments()[0].ptr_guard().as_ptr() as usize + RESP_HEADER_SIZE,
+            req.data_in.segments()[0].ptr_guard().as_ptr() as usize
+        );
+    }
+}
+
+#[test]
+fn headers_split_over_many_descriptors_are_cut_exactly() {
+    let mem = memory();
+    let mut h = req_header(
+        [1, 0, 0x40, 0, 0, 0, 0, 0],
+        &[0x2a, 0, 0, 0, 0, 8, 0, 0, 1, 0],
+    );
+    h.extend((0..20).map(|i| i as u8));
+    mem.write_slice(&h, GuestAddress(0x100)).unwrap();
+    // Every byte boundary around both header ends: 1-byte descriptors, then the rest.
+    let mut descs: Vec<(u64, u32, bool)> = (0..REQ_HEADER_SIZE as u64 + 3)
+        .map(|i| (0x100 + i, 1, false))
+        .collect();
+    descs.push((0x100 + REQ_HEADER_SIZE as u64 + 3, 17, false));
+    descs.push((0x4000, RESP_HEADER_SIZE as u32 - 1, true));
+    descs.push((0x4000 + RESP_HEADER_SIZE as u64 - 1, 2, true));
+    descs.push((0x5000, 0, true));
+    descs.push((0x6000, 5, true));
+    let mut req = CmdRequest::new();
+    parse_cmd_chain(&mem, chain(&descs).into_iter(), &mut req).unwrap();
+    assert_eq!(req.cdb[0], 0x2a);
+    assert_eq!(req.data_out.len(), 20);
+    assert_eq!(req.data_out.segments().len(), 4);
+    let mut out = [0u8; 20];
+    req.data_out.copy_to(&mut out);
+    assert_eq!(out.to_vec(), (0..20).collect::<Vec<u8>>());
     assert_eq!(req.response.len(), RESP_HEADER_SIZE);
+    assert_eq!(req.response.segments().len(), 2);
+    assert_eq!(req.data_in.len(), 6);
+    assert_eq!(req.data_in.segments().len(), 2);
 }
 
 #[test]
 fn short_headers_are_reported_with_what_can_still_be_answered() {
     let mem = memory();
     let short_req = chain(&[(0, 50, false), (0x1000, RESP_HEADER_SIZE as u32, true)]);
-    let split = split_chain(&mem, short_req.into_iter()).unwrap();
-    match parse_cmd_request(split) {
-        Err((RequestError::ShortRequestHeader(50), Some(resp))) => {
-            assert_eq!(resp.len(), RESP_HEADER_SIZE)
-        }
-        _ => panic!("expected ShortRequestHeader with a response area"),
-    }
+    let split = split_chain(&mem, short_req.clone().into_iter()).unwrap();
+    let mut req = CmdRequest::new();
+    assert_eq!(
+        parse_cmd_request(&split, &mut req),
+        Err(RequestError::ShortRequestHeader(50))
+    );
+    assert_eq!(req.response.len(), RESP_HEADER_SIZE);
+    let mut req = CmdRequest::new();
+    assert_eq!(
+        parse_cmd_chain(&mem, short_req.into_iter(), &mut req),
+        Err(RequestError::ShortRequestHeader(50))
+    );
+    assert_eq!(req.response.len(), RESP_HEADER_SIZE);
     let short_resp = chain(&[(0, 51, false), (0x1000, 107, true)]);
-    let split = split_chain(&mem, short_resp.into_iter()).unwrap();
-    assert!(matches!(
-        parse_cmd_request(split),
-        Err((RequestError::ShortResponseHeader(107), None))
-    ));
+    let split = split_chain(&mem, short_resp.clone().into_iter()).unwrap();
+    assert_eq!(
+        parse_cmd_request(&split, &mut CmdRequest::new()),
+        Err(RequestError::ShortResponseHeader(107))
+    );
+    assert_eq!(
+        parse_cmd_chain(&mem, short_resp.into_iter(), &mut CmdRequest::new()),
+        Err(RequestError::ShortResponseHeader(107))
+    );
+    // Chain errors come first, as from `split_chain`.
+    let backwards = chain(&[(0x1000, RESP_HEADER_SIZE as u32, true), (0, 51, false)]);
+    assert_eq!(
+        parse_cmd_chain(&mem, backwards.into_iter(), &mut CmdRequest::new()),
+        Err(RequestError::Chain(ChainError::ReadableAfterWritable))
+    );
 }
 
 #[test]

@@ -25,7 +25,8 @@ fn removal_waits_for_commands_in_flight_and_new_ones_find_no_lun() {
     let mut buf = vec![0u8; 512];
     let mut din = SgList::new();
     din.push(VolatileSlice::from(&mut buf[..]));
-    let Prepared::Io(plan) = bus.prepare(0, 0, &read10(0, 1), &SgList::new(), &din, false) else {
+    let dout = SgList::new();
+    let Prepared::Io(plan) = bus.prepare(0, 0, &read10(0, 1), &dout, &din, false) else {
         panic!("READ not planned");
     };
     assert!(plan.unit.is_some());
@@ -128,7 +129,8 @@ fn statistics_count_commands_bytes_and_errors() {
     let mut buf = vec![0u8; 4096];
     let mut din = SgList::new();
     din.push(VolatileSlice::from(&mut buf[..]));
-    let Prepared::Io(plan) = bus.prepare(0, 0, &read10(8, 8), &SgList::new(), &din, false) else {
+    let dout = SgList::new();
+    let Prepared::Io(plan) = bus.prepare(0, 0, &read10(8, 8), &dout, &din, false) else {
         panic!("READ not planned");
     };
     let result = bus.run_sync(&plan);

@@ -36,7 +36,7 @@ use vm_memory::VolatileSlice;
 
 use super::{write_raw, MemGuard, QueueError, QueueWorker, Slot, Vring};
 use crate::{
-    block::{failure_details, IoKind, SgList},
+    block::{failure_details, IoKind, SgList, SgPrefix},
     scsi::{HoldTicket, IoPlan, ScsiBus},
     virtio::command::PendingIo,
 };
@@ -447,7 +447,7 @@ fn run_held(bus: &ScsiBus, slot: &Slot) -> io::Result<()> {
     let plan = IoPlan {
         meta: slot.meta,
         offset: slot.offset,
-        bufs,
+        bufs: SgPrefix::whole(&bufs),
         fd: None,
         fixed: None,
         write: None,
