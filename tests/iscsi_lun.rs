@@ -219,6 +219,46 @@ fn io_through_the_daemon_with_chap() {
     io_of_many_sizes(&mut vm, &path, 0x11);
     assert!(!daemon.log().contains(SECRET), "the secret is in the log");
     daemon.assert_alive();
+    // The daemon's exit (SIGTERM, the front-end still connected) logs out too.
+    t.set_debug(true);
+    let status = daemon.terminate();
+    assert!(status.success(), "{status}\n{}", daemon.log());
+    assert_logged_out(&t, &daemon);
+}
+
+/// Waits (bounded) until tgtd has no connection on target 1 left, then checks that the
+/// session ended with the daemon's Logout Request (RFC 7143 §11.14), not with a bare close of
+/// the socket (after which tgtd ends the session just as quickly): tgtd's debug messages,
+/// turned on by the caller before, show every PDU it queues, `iscsi_task_queue(..) STATSN
+/// EXPCMDSN OPCODE`, and 46 is an immediate Logout Request (06 | 40).
+fn assert_logged_out(t: &Tgtd, d: &Daemon) {
+    let sessions = || t.adm(&["--mode", "conn", "--op", "show", "--tid", "1"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sessions().contains("Connection") {
+        assert!(
+            Instant::now() < deadline,
+            "the connection stayed: {}\n{}",
+            sessions(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = t.log();
+    assert!(
+        log.contains("set debug to: 1"),
+        "tgtd's debug messages are off:\n{log}"
+    );
+    let logouts = log
+        .lines()
+        .filter(|l| l.contains("iscsi_task_queue(") && l.trim_end().ends_with(" 46"))
+        .count();
+    assert_eq!(
+        logouts,
+        1,
+        "tgtd saw {logouts} Logout Requests before the session went:\n{log}\n{}",
+        d.log()
+    );
+    assert!(d.log().contains(": logged out"), "{}", d.log());
 }
 
 #[test]
@@ -249,6 +289,21 @@ fn io_with_digests_and_small_bursts() {
     );
     io_of_many_sizes(&mut vm, &path, 0x77);
     daemon.assert_alive();
+    // A target that does not answer the logout does not hold the daemon's exit: the LUN
+    // thread gives up after 2 s (`LOGOUT_TIMEOUT`), well before the supervisor's 10 s grace
+    // would kill the worker.
+    let stopped = Stopped::new(&t);
+    let since = Instant::now();
+    let status = daemon.terminate();
+    let took = since.elapsed();
+    drop(stopped);
+    assert!(status.success(), "{status}\n{}", daemon.log());
+    assert!(took < Duration::from_secs(8), "exit took {took:?}");
+    assert!(
+        daemon.log().contains("no logout response in 2s"),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[test]
@@ -528,6 +583,7 @@ fn an_iscsi_lun_is_removed_at_run_time() {
         .assert_good();
     assert!(sessions().contains("Connection"), "{}", sessions());
 
+    t.set_debug(true);
     let (ok, said) = ctl(&mgmt, &["remove-lun", "0:0"]);
     assert!(ok, "{said}\n{}", d.log());
     assert_eq!(said.trim(), "removed LUN 0:0");
@@ -540,16 +596,7 @@ fn an_iscsi_lun_is_removed_at_run_time() {
     vm.clear_unit_attention(lun(0, 1));
     vm.scsi(lun(0, 1), &cdb::read10(0, 1), &[], &[BLOCK as u32])
         .assert_good();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sessions().contains("Connection") {
-        assert!(
-            Instant::now() < deadline,
-            "the connection stayed: {}\n{}",
-            sessions(),
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    assert_logged_out(&t, &d);
 
     // A restarted worker serves the file LUN only, and logs in nowhere.
     drop(vm);

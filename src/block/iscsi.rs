@@ -161,6 +161,11 @@ pub enum TmfOutcome {
     Failed,
 }
 
+/// How long a LUN thread that is closing its connection waits for the target's Logout
+/// Response (RFC 7143 §11.15) before it closes the socket anyway: a target that does not answer
+/// must not hold `remove-lun` or the worker's exit.
+pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How long a task management function waits for the LUN thread's answer: a reconnection
 /// (with its backoff) fits, a target that never answers does not hold the control queue.
 pub const TMF_TIMEOUT: Duration = Duration::from_secs(30);
@@ -342,6 +347,16 @@ pub trait Passthrough: Send + Sync {
     /// answered aborted ([`PassthroughOutput::aborted`]) before this returns.
     fn task_management(&self, _f: TaskManagement) -> TmfOutcome {
         TmfOutcome::Rejected
+    }
+
+    /// The LU is going away (the worker stops): finish the commands already sent and end
+    /// its connection cleanly, without waiting ([`Passthrough::wait_closed`] waits).
+    fn close(&self) {}
+
+    /// Waits until what [`Passthrough::close`] started is done, at most until `deadline`;
+    /// whether it is.
+    fn wait_closed(&self, _deadline: Instant) -> bool {
+        true
     }
 
     /// What backs it, for logs.
@@ -629,6 +644,8 @@ struct Request {
 enum Msg {
     Command(Request),
     Tmf(TaskManagement, SyncSender<TmfOutcome>),
+    /// Finish the commands already sent, log out and end ([`Passthrough::close`]).
+    Close,
 }
 
 thread_local! {
@@ -716,6 +733,8 @@ pub struct IscsiLun {
     description: String,
     /// Bounce-buffer bytes of the commands in flight.
     in_flight: Arc<AtomicUsize>,
+    /// Disconnected when the LUN thread has ended.
+    done: Mutex<Receiver<()>>,
 }
 
 impl IscsiLun {
@@ -726,6 +745,7 @@ impl IscsiLun {
             EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
         )?);
         let (tx, rx) = mpsc::channel();
+        let (running, done) = mpsc::channel();
         let initial = handover.take();
         let mut lt = LunThread {
             rx,
@@ -741,6 +761,7 @@ impl IscsiLun {
             reconnect,
             backoff: None,
             max_outstanding: 0,
+            _running: running,
         };
         if let Some((stream, params)) = initial {
             match Session::new(stream, params) {
@@ -765,6 +786,7 @@ impl IscsiLun {
             wake,
             description: handover.description.clone(),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            done: Mutex::new(done),
         }))
     }
 }
@@ -836,6 +858,25 @@ impl Passthrough for IscsiLun {
         &self.description
     }
 
+    fn close(&self) {
+        if self.tx.send(Msg::Close).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+
+    fn wait_closed(&self, deadline: Instant) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done.recv_timeout(left) {
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                // Nothing is ever sent.
+                Ok(()) => {}
+            }
+        }
+    }
+
     fn task_management(&self, f: TaskManagement) -> TmfOutcome {
         let (reply, answer) = mpsc::sync_channel(1);
         if self.tx.send(Msg::Tmf(f, reply)).is_err() || self.wake.write(1).is_err() {
@@ -894,6 +935,8 @@ struct LunThread {
     backoff: Option<Backoff>,
     /// Most commands outstanding at once so far (logged at each new power of two).
     max_outstanding: usize,
+    /// Dropped when the thread ends ([`Passthrough::wait_closed`] waits for that).
+    _running: Sender<()>,
 }
 
 impl LunThread {
@@ -914,6 +957,7 @@ impl LunThread {
                             self.name
                         );
                     }
+                    self.log_out();
                     info!("{}: LUN thread ends; its connection is closed", self.name);
                     return;
                 }
@@ -939,6 +983,7 @@ impl LunThread {
             match self.rx.try_recv() {
                 Ok(Msg::Command(r)) => self.queued.push_back(r),
                 Ok(Msg::Tmf(f, reply)) => self.tmfs.push_back((f, reply)),
+                Ok(Msg::Close) => return false,
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -1085,6 +1130,47 @@ impl LunThread {
                 self.connection_lost(e);
                 TmfOutcome::Failed
             }
+        }
+    }
+
+    /// The LUN is going: ends the session with a Logout Request (RFC 7143 §11.14, reason 0
+    /// "close the session") so that the target ends it at once rather than when it notices
+    /// the closed socket, waiting for the response at most [`LOGOUT_TIMEOUT`]; the socket is
+    /// closed either way. Commands still outstanding (given up after [`GIVE_UP`]) are ended
+    /// by the target with the session; their callers see the LUN gone.
+    fn log_out(&mut self) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        let deadline = Instant::now() + LOGOUT_TIMEOUT;
+        let result = session.logout_within(|stream| loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => return true,
+                Err(_) => return false,
+            }
+        });
+        match result {
+            Ok(r) if r.response == 0 => info!("{}: logged out", self.name),
+            Ok(r) => warn!(
+                "{}: the target answered the logout with response {} (closing anyway)",
+                self.name, r.response
+            ),
+            Err(SessionError::Idle) => warn!(
+                "{}: no logout response in {LOGOUT_TIMEOUT:?}; closing the connection",
+                self.name
+            ),
+            Err(e) => warn!("{}: logout failed ({e}); closing the connection", self.name),
+        }
+        // Commands the target answered while the logout was under way.
+        while let Some(c) = session.try_completion() {
+            complete(&mut self.pending, c);
         }
     }
 

@@ -166,6 +166,20 @@ impl Tgtd {
         self.try_adm(args).unwrap()
     }
 
+    /// What tgtd printed so far (its stdout and stderr, kept across restarts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tgtd.log")).unwrap_or_default()
+    }
+
+    /// Turns tgtd's debug messages on or off at run time (`tgtadm --mode sys --op update
+    /// --name debug`): with them on, [`Tgtd::log`] shows each PDU tgtd queues.
+    pub fn set_debug(&self, on: bool) {
+        let v = if on { "on" } else { "off" };
+        self.adm(&[
+            "--mode", "sys", "--op", "update", "--name", "debug", "-v", v,
+        ]);
+    }
+
     /// Creates target `tid` with LUN 1 backed by a new file of `LUN_SIZE` bytes filled with a
     /// pattern; returns the file path.
     pub fn add_target(&mut self, tid: u32, iqn: &str) -> PathBuf {
