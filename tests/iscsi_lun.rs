@@ -915,11 +915,24 @@ fn task_management_is_forwarded_to_the_target() {
         vm.submit(0, &[Seg::out(&req), Seg::inp(1)])
     };
     const ABORT_TASK: u32 = 0;
+    const QUERY_TASK: u32 = 6;
+    const QUERY_TASK_SET: u32 = 7;
+    let ask = |vm: &mut TestVm, subtype: u32, tag: u64| -> Vec<u8> {
+        let tmf = tmf_on(vm, subtype, tag);
+        vm.complete(&tmf);
+        vm.writable(&tmf).concat()
+    };
 
     // ABORT TASK of the first of two reads outstanding at the stopped target.
     let stopped = Stopped::new(&t);
     let reads = submit_reads(&mut vm, 2, 0);
     wait_for_log(&daemon, "2 commands outstanding");
+    // QUERY TASK / QUERY TASK SET, answered by the daemon (iSCSI has no such function; tgtd
+    // is stopped): FUNCTION SUCCEEDED (10) for a read outstanding, FUNCTION COMPLETE (0)
+    // for a tag that is not.
+    assert_eq!(ask(&mut vm, QUERY_TASK, reads[1].1), [10], "QUERY TASK");
+    assert_eq!(ask(&mut vm, QUERY_TASK, 0xdead_beef), [0], "QUERY TASK");
+    assert_eq!(ask(&mut vm, QUERY_TASK_SET, 0), [10], "QUERY TASK SET");
     let tmf = tmf_on(&mut vm, ABORT_TASK, reads[0].1);
     wait_for_log(&daemon, &format!("AbortTask({}) to the target", reads[0].1));
     drop(stopped);
@@ -927,6 +940,9 @@ fn task_management_is_forwarded_to_the_target() {
     assert_eq!(vm.writable(&tmf).concat(), [0], "FUNCTION COMPLETE");
     let aborted = collect_reads(&mut vm, &reads, &path);
     assert!(aborted <= 1, "only the read named was aborted");
+    // Answered: no longer in the task set.
+    assert_eq!(ask(&mut vm, QUERY_TASK, reads[1].1), [0], "QUERY TASK");
+    assert_eq!(ask(&mut vm, QUERY_TASK_SET, 0), [0], "QUERY TASK SET");
 
     // LOGICAL UNIT RESET with four reads outstanding.
     let stopped = Stopped::new(&t);

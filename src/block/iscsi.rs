@@ -145,13 +145,25 @@ pub enum TaskManagement {
     AbortTaskSet,
     /// LOGICAL UNIT RESET.
     LogicalUnitReset,
+    /// QUERY TASK: whether the command the guest submitted with this tag is still in the task
+    /// set. Answered by the LUN thread from the commands it has sent and not yet seen answered
+    /// (or not yet sent): iSCSI (RFC 7143) has no QUERY TASK function (RFC 7144 adds one,
+    /// behind an `iSCSIProtocolLevel` this initiator does not negotiate, and tgtd rejects it).
+    QueryTask(u64),
+    /// QUERY TASK SET: whether any command of the LU is in the task set (as [`QueryTask`]).
+    ///
+    /// [`QueryTask`]: TaskManagement::QueryTask
+    QueryTaskSet,
 }
 
 /// The target's answer to a [`TaskManagement`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TmfOutcome {
-    /// Carried out (for ABORT TASK also: the task was not there any more, having completed).
+    /// Carried out (for ABORT TASK also: the task was not there any more, having completed;
+    /// for QUERY TASK (SET): no such task in the task set).
     Complete,
+    /// QUERY TASK (SET): the task (a task) is in the task set (FUNCTION SUCCEEDED).
+    Succeeded,
     /// The target refused it (function not supported, rejected, not authorized...).
     Rejected,
     /// The target does not know the LUN.
@@ -1069,6 +1081,8 @@ impl LunThread {
     /// session terminates them when the function completed).
     fn task_management(&mut self, f: TaskManagement) -> TmfOutcome {
         match f {
+            TaskManagement::QueryTask(tag) => return self.query(|t| t == tag),
+            TaskManagement::QueryTaskSet => return self.query(|_| true),
             TaskManagement::AbortTask(tag) => {
                 if let Some(i) = self.queued.iter().position(|r| r.caller.tag == tag) {
                     if let Some(r) = self.queued.remove(i) {
@@ -1103,13 +1117,17 @@ impl LunThread {
                 info!("{}: {f:?} to the target", self.name);
                 session.abort_task(TaskTag(itt))
             }
-            TaskManagement::AbortTaskSet | TaskManagement::LogicalUnitReset => {
+            TaskManagement::AbortTaskSet => {
                 info!("{}: {f:?} to the target", self.name);
-                if f == TaskManagement::AbortTaskSet {
-                    session.abort_task_set(self.lun)
-                } else {
-                    session.lun_reset(self.lun)
-                }
+                session.abort_task_set(self.lun)
+            }
+            TaskManagement::LogicalUnitReset => {
+                info!("{}: {f:?} to the target", self.name);
+                session.lun_reset(self.lun)
+            }
+            // Answered above.
+            TaskManagement::QueryTask(_) | TaskManagement::QueryTaskSet => {
+                return TmfOutcome::Complete
             }
         };
         match result {
@@ -1130,6 +1148,26 @@ impl LunThread {
                 self.connection_lost(e);
                 TmfOutcome::Failed
             }
+        }
+    }
+
+    /// QUERY TASK (SET), answered here: whether a command whose guest tag `which` accepts is
+    /// in the task set, i.e. waiting to be sent or sent and not answered (answers already
+    /// received are handed out first). The target knows no more: a command it has answered
+    /// whose response is still on its way may be reported present, as SAM allows for a
+    /// task that completes while the query runs.
+    fn query(&mut self, which: impl Fn(u64) -> bool) -> TmfOutcome {
+        if let Some(session) = self.session.as_mut() {
+            while let Some(c) = session.try_completion() {
+                complete(&mut self.pending, c);
+            }
+        }
+        let present = self.queued.iter().any(|r| which(r.caller.tag))
+            || self.pending.values().any(|p| which(p.tag));
+        if present {
+            TmfOutcome::Succeeded
+        } else {
+            TmfOutcome::Complete
         }
     }
 
@@ -1296,6 +1334,111 @@ fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<GuestBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A LUN thread without a connection (its reconnection always fails).
+    fn idle_thread() -> LunThread {
+        let (_tx, rx) = mpsc::channel();
+        let (running, _done) = mpsc::channel();
+        let params = SessionParams {
+            initiator_name: "iqn.i".into(),
+            target_name: "iqn.t".into(),
+            discovery: false,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 1,
+            cid: 0,
+            target_portal_group_tag: Some(1),
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment_length: 8192,
+            max_send_data_segment_length: 8192,
+            first_burst_length: 8192,
+            max_burst_length: 16384,
+            immediate_data: true,
+            initial_r2t: true,
+            max_outstanding_r2t: 1,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+            error_recovery_level: 0,
+            default_time2wait: 2,
+            default_time2retain: 0,
+            cmd_sn: 10,
+            exp_stat_sn: 100,
+            exp_cmd_sn: 10,
+            max_cmd_sn: 40,
+            next_itt: 1,
+        };
+        LunThread {
+            rx,
+            wake: Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap()),
+            lun: 1,
+            name: "test".into(),
+            session: None,
+            lost: params,
+            pending: HashMap::new(),
+            queued: VecDeque::new(),
+            tmfs: VecDeque::new(),
+            sending: None,
+            reconnect: Box::new(|_: &SessionParams| -> Result<Connection, String> {
+                Err("no target".into())
+            }),
+            backoff: None,
+            max_outstanding: 0,
+            _running: running,
+        }
+    }
+
+    fn caller(tag: u64) -> (Pending, Receiver<Outcome>) {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let p = Pending {
+            reply,
+            since: Instant::now(),
+            wake: None,
+            tag,
+        };
+        (p, answer)
+    }
+
+    /// QUERY TASK (SET) is answered by the LUN thread from its own commands (iSCSI has no
+    /// such function): SUCCEEDED for a command waiting to be sent or sent and not answered,
+    /// COMPLETE otherwise; nothing is answered or aborted by a query.
+    #[test]
+    fn queries_are_answered_from_the_outstanding_commands() {
+        let mut lt = idle_thread();
+        assert_eq!(
+            lt.task_management(TaskManagement::QueryTaskSet),
+            TmfOutcome::Complete,
+            "nothing outstanding"
+        );
+        let (queued, queued_answer) = caller(7);
+        lt.queued.push_back(Request {
+            cdb: vec![0; 6],
+            data: Data::None,
+            caller: queued,
+        });
+        let (sent, sent_answer) = caller(9);
+        lt.pending.insert(42, sent);
+        for (f, want) in [
+            (TaskManagement::QueryTask(7), TmfOutcome::Succeeded),
+            (TaskManagement::QueryTask(9), TmfOutcome::Succeeded),
+            (TaskManagement::QueryTask(8), TmfOutcome::Complete),
+            (TaskManagement::QueryTaskSet, TmfOutcome::Succeeded),
+        ] {
+            assert_eq!(lt.task_management(f), want, "{f:?}");
+        }
+        assert_eq!((lt.queued.len(), lt.pending.len()), (1, 1));
+        assert!(queued_answer.try_recv().is_err() && sent_answer.try_recv().is_err());
+        // Answered: gone from the task set.
+        lt.pending.remove(&42).unwrap().answer(Outcome::Busy);
+        lt.queued.clear();
+        assert_eq!(
+            lt.task_management(TaskManagement::QueryTask(9)),
+            TmfOutcome::Complete
+        );
+        assert_eq!(
+            lt.task_management(TaskManagement::QueryTaskSet),
+            TmfOutcome::Complete
+        );
+    }
 
     #[test]
     fn bytes_in_flight_are_bounded_and_given_back() {
