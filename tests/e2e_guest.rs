@@ -311,6 +311,62 @@ fn guest_files(log: &str) -> Vec<GuestFile> {
         .collect()
 }
 
+/// The guest's resets of phase 1 (guest-workload.sh `lun_reset`: `sg_reset -d`, then
+/// `sg_reset -t`, on every disk, each followed by I/O that the rest of the workload and
+/// `check_images` verify). `iscsi`: the iSCSI LUN's address, whose device reset must have
+/// reached tgtd: the LUN thread sent it as an iSCSI LOGICAL UNIT RESET and tgtd answered
+/// FUNCTION COMPLETE (the daemon logs both). The target reset: Linux's virtio_scsi has no
+/// target, bus or host reset handler, so the kernel fails SG_SCSI_RESET_TARGET with EIO
+/// without sending anything; then nothing may have reached the daemon either. Should a guest
+/// kernel send it (an I_T NEXUS RESET), the daemon must have reset the iSCSI LUN at tgtd.
+fn check_guest_resets(guest: &str, daemon: &str, iscsi: Option<&str>) {
+    let resets: Vec<BTreeMap<&str, &str>> = guest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("E2E-RESET: "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .collect()
+        })
+        .collect();
+    let rc = |tl: &str, kind: &str| -> i32 {
+        resets
+            .iter()
+            .find(|r| r.get("tl") == Some(&tl) && r.get("kind") == Some(&kind))
+            .and_then(|r| r.get("rc")?.parse().ok())
+            .unwrap_or_else(|| panic!("no E2E-RESET line for {kind} reset of {tl}\n{guest}"))
+    };
+    for tl in DISKS {
+        assert_eq!(rc(tl, "device"), 0, "device reset of {tl}\n{guest}");
+    }
+    let Some(tl) = iscsi else {
+        return;
+    };
+    for what in [
+        "LogicalUnitReset to the target".to_string(),
+        format!("LogicalUnitReset of passthrough LU {tl}: Complete"),
+    ] {
+        assert!(
+            daemon.contains(&what),
+            "the guest's device reset did not reach tgtd: no {what:?} in the daemon log\n{daemon}"
+        );
+    }
+    if rc(tl, "target") == 0 {
+        let what = format!("I_T nexus reset: LUN reset of passthrough LU {tl}: Complete");
+        assert!(daemon.contains(&what), "no {what:?}\n{daemon}");
+        println!("target reset of {tl}: sent by the guest, LUN reset at tgtd");
+    } else {
+        assert!(
+            !daemon.contains("I_T nexus reset"),
+            "the guest's target reset failed, yet the daemon saw one\n{daemon}"
+        );
+        println!(
+            "target reset of {tl}: not sent by this guest kernel (virtio_scsi has no target \
+             reset handler: SG_SCSI_RESET_TARGET fails with EIO in the guest)"
+        );
+    }
+}
+
 fn sha256_file(p: &Path) -> String {
     let out = Command::new("sha256sum")
         .arg(p)
@@ -479,6 +535,7 @@ fn run_daemon_e2e_with(name: &str, iscsi: bool) {
             daemon.log_text()
         );
     }
+    check_guest_resets(&b1.log, &daemon.log_text(), iscsi.then_some(DISKS[1]));
     // Phase 2: a new QEMU process reconnects to the same daemon process.
     let b2 = boot(
         &qemu,

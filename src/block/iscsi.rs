@@ -145,13 +145,25 @@ pub enum TaskManagement {
     AbortTaskSet,
     /// LOGICAL UNIT RESET.
     LogicalUnitReset,
+    /// QUERY TASK: whether the command the guest submitted with this tag is still in the task
+    /// set. Answered by the LUN thread from the commands it has sent and not yet seen answered
+    /// (or not yet sent): iSCSI (RFC 7143) has no QUERY TASK function (RFC 7144 adds one,
+    /// behind an `iSCSIProtocolLevel` this initiator does not negotiate, and tgtd rejects it).
+    QueryTask(u64),
+    /// QUERY TASK SET: whether any command of the LU is in the task set (as [`QueryTask`]).
+    ///
+    /// [`QueryTask`]: TaskManagement::QueryTask
+    QueryTaskSet,
 }
 
 /// The target's answer to a [`TaskManagement`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TmfOutcome {
-    /// Carried out (for ABORT TASK also: the task was not there any more, having completed).
+    /// Carried out (for ABORT TASK also: the task was not there any more, having completed;
+    /// for QUERY TASK (SET): no such task in the task set).
     Complete,
+    /// QUERY TASK (SET): the task (a task) is in the task set (FUNCTION SUCCEEDED).
+    Succeeded,
     /// The target refused it (function not supported, rejected, not authorized...).
     Rejected,
     /// The target does not know the LUN.
@@ -160,6 +172,11 @@ pub enum TmfOutcome {
     /// one) or the LUN thread did not answer.
     Failed,
 }
+
+/// How long a LUN thread that is closing its connection waits for the target's Logout
+/// Response (RFC 7143 §11.15) before it closes the socket anyway: a target that does not answer
+/// must not hold `remove-lun` or the worker's exit.
+pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a task management function waits for the LUN thread's answer: a reconnection
 /// (with its backoff) fits, a target that never answers does not hold the control queue.
@@ -342,6 +359,16 @@ pub trait Passthrough: Send + Sync {
     /// answered aborted ([`PassthroughOutput::aborted`]) before this returns.
     fn task_management(&self, _f: TaskManagement) -> TmfOutcome {
         TmfOutcome::Rejected
+    }
+
+    /// The LU is going away (the worker stops): finish the commands already sent and end
+    /// its connection cleanly, without waiting ([`Passthrough::wait_closed`] waits).
+    fn close(&self) {}
+
+    /// Waits until what [`Passthrough::close`] started is done, at most until `deadline`;
+    /// whether it is.
+    fn wait_closed(&self, _deadline: Instant) -> bool {
+        true
     }
 
     /// What backs it, for logs.
@@ -629,6 +656,8 @@ struct Request {
 enum Msg {
     Command(Request),
     Tmf(TaskManagement, SyncSender<TmfOutcome>),
+    /// Finish the commands already sent, log out and end ([`Passthrough::close`]).
+    Close,
 }
 
 thread_local! {
@@ -716,6 +745,8 @@ pub struct IscsiLun {
     description: String,
     /// Bounce-buffer bytes of the commands in flight.
     in_flight: Arc<AtomicUsize>,
+    /// Disconnected when the LUN thread has ended.
+    done: Mutex<Receiver<()>>,
 }
 
 impl IscsiLun {
@@ -726,6 +757,7 @@ impl IscsiLun {
             EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
         )?);
         let (tx, rx) = mpsc::channel();
+        let (running, done) = mpsc::channel();
         let initial = handover.take();
         let mut lt = LunThread {
             rx,
@@ -741,6 +773,7 @@ impl IscsiLun {
             reconnect,
             backoff: None,
             max_outstanding: 0,
+            _running: running,
         };
         if let Some((stream, params)) = initial {
             match Session::new(stream, params) {
@@ -765,6 +798,7 @@ impl IscsiLun {
             wake,
             description: handover.description.clone(),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            done: Mutex::new(done),
         }))
     }
 }
@@ -836,6 +870,25 @@ impl Passthrough for IscsiLun {
         &self.description
     }
 
+    fn close(&self) {
+        if self.tx.send(Msg::Close).is_ok() {
+            let _ = self.wake.write(1);
+        }
+    }
+
+    fn wait_closed(&self, deadline: Instant) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done.recv_timeout(left) {
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                // Nothing is ever sent.
+                Ok(()) => {}
+            }
+        }
+    }
+
     fn task_management(&self, f: TaskManagement) -> TmfOutcome {
         let (reply, answer) = mpsc::sync_channel(1);
         if self.tx.send(Msg::Tmf(f, reply)).is_err() || self.wake.write(1).is_err() {
@@ -894,6 +947,8 @@ struct LunThread {
     backoff: Option<Backoff>,
     /// Most commands outstanding at once so far (logged at each new power of two).
     max_outstanding: usize,
+    /// Dropped when the thread ends ([`Passthrough::wait_closed`] waits for that).
+    _running: Sender<()>,
 }
 
 impl LunThread {
@@ -914,6 +969,7 @@ impl LunThread {
                             self.name
                         );
                     }
+                    self.log_out();
                     info!("{}: LUN thread ends; its connection is closed", self.name);
                     return;
                 }
@@ -939,6 +995,7 @@ impl LunThread {
             match self.rx.try_recv() {
                 Ok(Msg::Command(r)) => self.queued.push_back(r),
                 Ok(Msg::Tmf(f, reply)) => self.tmfs.push_back((f, reply)),
+                Ok(Msg::Close) => return false,
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -1024,6 +1081,8 @@ impl LunThread {
     /// session terminates them when the function completed).
     fn task_management(&mut self, f: TaskManagement) -> TmfOutcome {
         match f {
+            TaskManagement::QueryTask(tag) => return self.query(|t| t == tag),
+            TaskManagement::QueryTaskSet => return self.query(|_| true),
             TaskManagement::AbortTask(tag) => {
                 if let Some(i) = self.queued.iter().position(|r| r.caller.tag == tag) {
                     if let Some(r) = self.queued.remove(i) {
@@ -1058,13 +1117,17 @@ impl LunThread {
                 info!("{}: {f:?} to the target", self.name);
                 session.abort_task(TaskTag(itt))
             }
-            TaskManagement::AbortTaskSet | TaskManagement::LogicalUnitReset => {
+            TaskManagement::AbortTaskSet => {
                 info!("{}: {f:?} to the target", self.name);
-                if f == TaskManagement::AbortTaskSet {
-                    session.abort_task_set(self.lun)
-                } else {
-                    session.lun_reset(self.lun)
-                }
+                session.abort_task_set(self.lun)
+            }
+            TaskManagement::LogicalUnitReset => {
+                info!("{}: {f:?} to the target", self.name);
+                session.lun_reset(self.lun)
+            }
+            // Answered above.
+            TaskManagement::QueryTask(_) | TaskManagement::QueryTaskSet => {
+                return TmfOutcome::Complete
             }
         };
         match result {
@@ -1085,6 +1148,67 @@ impl LunThread {
                 self.connection_lost(e);
                 TmfOutcome::Failed
             }
+        }
+    }
+
+    /// QUERY TASK (SET), answered here: whether a command whose guest tag `which` accepts is
+    /// in the task set, i.e. waiting to be sent or sent and not answered (answers already
+    /// received are handed out first). The target knows no more: a command it has answered
+    /// whose response is still on its way may be reported present, as SAM allows for a
+    /// task that completes while the query runs.
+    fn query(&mut self, which: impl Fn(u64) -> bool) -> TmfOutcome {
+        if let Some(session) = self.session.as_mut() {
+            while let Some(c) = session.try_completion() {
+                complete(&mut self.pending, c);
+            }
+        }
+        let present = self.queued.iter().any(|r| which(r.caller.tag))
+            || self.pending.values().any(|p| which(p.tag));
+        if present {
+            TmfOutcome::Succeeded
+        } else {
+            TmfOutcome::Complete
+        }
+    }
+
+    /// The LUN is going: ends the session with a Logout Request (RFC 7143 §11.14, reason 0
+    /// "close the session") so that the target ends it at once rather than when it notices
+    /// the closed socket, waiting for the response at most [`LOGOUT_TIMEOUT`]; the socket is
+    /// closed either way. Commands still outstanding (given up after [`GIVE_UP`]) are ended
+    /// by the target with the session; their callers see the LUN gone.
+    fn log_out(&mut self) {
+        let Some(mut session) = self.session.take() else {
+            return;
+        };
+        let deadline = Instant::now() + LOGOUT_TIMEOUT;
+        let result = session.logout_within(|stream| loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let mut fds = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
+            let ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+            match nix::poll::poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) => return true,
+                Err(_) => return false,
+            }
+        });
+        match result {
+            Ok(r) if r.response == 0 => info!("{}: logged out", self.name),
+            Ok(r) => warn!(
+                "{}: the target answered the logout with response {} (closing anyway)",
+                self.name, r.response
+            ),
+            Err(SessionError::Idle) => warn!(
+                "{}: no logout response in {LOGOUT_TIMEOUT:?}; closing the connection",
+                self.name
+            ),
+            Err(e) => warn!("{}: logout failed ({e}); closing the connection", self.name),
+        }
+        // Commands the target answered while the logout was under way.
+        while let Some(c) = session.try_completion() {
+            complete(&mut self.pending, c);
         }
     }
 
@@ -1210,6 +1334,84 @@ fn complete(pending: &mut HashMap<u32, Pending>, c: Completion<GuestBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A LUN thread without a connection (its reconnection always fails).
+    fn idle_thread() -> LunThread {
+        let (_tx, rx) = mpsc::channel();
+        let (running, _done) = mpsc::channel();
+        let params = SessionParams::example();
+        LunThread {
+            rx,
+            wake: Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap()),
+            lun: 1,
+            name: "test".into(),
+            session: None,
+            lost: params,
+            pending: HashMap::new(),
+            queued: VecDeque::new(),
+            tmfs: VecDeque::new(),
+            sending: None,
+            reconnect: Box::new(|_: &SessionParams| -> Result<Connection, String> {
+                Err("no target".into())
+            }),
+            backoff: None,
+            max_outstanding: 0,
+            _running: running,
+        }
+    }
+
+    fn caller(tag: u64) -> (Pending, Receiver<Outcome>) {
+        let (reply, answer) = mpsc::sync_channel(1);
+        let p = Pending {
+            reply,
+            since: Instant::now(),
+            wake: None,
+            tag,
+        };
+        (p, answer)
+    }
+
+    /// QUERY TASK (SET) is answered by the LUN thread from its own commands (iSCSI has no
+    /// such function): SUCCEEDED for a command waiting to be sent or sent and not answered,
+    /// COMPLETE otherwise; nothing is answered or aborted by a query.
+    #[test]
+    fn queries_are_answered_from_the_outstanding_commands() {
+        let mut lt = idle_thread();
+        assert_eq!(
+            lt.task_management(TaskManagement::QueryTaskSet),
+            TmfOutcome::Complete,
+            "nothing outstanding"
+        );
+        let (queued, queued_answer) = caller(7);
+        lt.queued.push_back(Request {
+            cdb: vec![0; 6],
+            data: Data::None,
+            caller: queued,
+        });
+        let (sent, sent_answer) = caller(9);
+        lt.pending.insert(42, sent);
+        for (f, want) in [
+            (TaskManagement::QueryTask(7), TmfOutcome::Succeeded),
+            (TaskManagement::QueryTask(9), TmfOutcome::Succeeded),
+            (TaskManagement::QueryTask(8), TmfOutcome::Complete),
+            (TaskManagement::QueryTaskSet, TmfOutcome::Succeeded),
+        ] {
+            assert_eq!(lt.task_management(f), want, "{f:?}");
+        }
+        assert_eq!((lt.queued.len(), lt.pending.len()), (1, 1));
+        assert!(queued_answer.try_recv().is_err() && sent_answer.try_recv().is_err());
+        // Answered: gone from the task set.
+        lt.pending.remove(&42).unwrap().answer(Outcome::Busy);
+        lt.queued.clear();
+        assert_eq!(
+            lt.task_management(TaskManagement::QueryTask(9)),
+            TmfOutcome::Complete
+        );
+        assert_eq!(
+            lt.task_management(TaskManagement::QueryTaskSet),
+            TmfOutcome::Complete
+        );
+    }
 
     #[test]
     fn bytes_in_flight_are_bounded_and_given_back() {

@@ -176,6 +176,40 @@ pub struct SessionParams {
 }
 
 impl SessionParams {
+    /// The parameters of a made-up session (target "iqn.t", TSIH 1, CmdSN 10, ExpStatSN 100,
+    /// window up to 40, no digests), for unit tests that need a `Session` on a socket pair.
+    #[cfg(test)]
+    pub(crate) fn example() -> Self {
+        Self {
+            initiator_name: "iqn.i".into(),
+            target_name: "iqn.t".into(),
+            discovery: false,
+            isid: [0x80, 0, 0, 0, 0, 1],
+            tsih: 1,
+            cid: 0,
+            target_portal_group_tag: Some(1),
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment_length: 8192,
+            max_send_data_segment_length: 8192,
+            first_burst_length: 8192,
+            max_burst_length: 16384,
+            immediate_data: true,
+            initial_r2t: true,
+            max_outstanding_r2t: 1,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+            error_recovery_level: 0,
+            default_time2wait: 2,
+            default_time2retain: 0,
+            cmd_sn: 10,
+            exp_stat_sn: 100,
+            exp_cmd_sn: 10,
+            max_cmd_sn: 40,
+            next_itt: 1,
+        }
+    }
+
     /// Checks the invariants the session relies on (the values may come from another process).
     pub fn validate(&self) -> Result<(), LoginError> {
         let ok_len = |v: u32| (512..=pdu::MAX_DATA_SEGMENT).contains(&v);

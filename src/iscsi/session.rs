@@ -717,6 +717,19 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
     /// first; any left are terminated by the target and remain in
     /// [`Session::take_outstanding`].
     pub fn logout(&mut self) -> Result<LogoutInfo, SessionError> {
+        self.logout_within(|_| true)
+    }
+
+    /// [`Session::logout`] that waits for the Logout Response only as long as `ready` allows:
+    /// `ready` is called before each PDU that is not already buffered is read, and says
+    /// whether one is arriving (e.g. a `poll` of the socket until a deadline); `false` gives
+    /// up with [`SessionError::Idle`]. Either way the session is over afterwards (the request
+    /// was sent; nothing more may be). A target that stops halfway through a PDU still holds
+    /// the read: the stream's own timeouts bound that.
+    pub fn logout_within(
+        &mut self,
+        mut ready: impl FnMut(&S) -> bool,
+    ) -> Result<LogoutInfo, SessionError> {
         self.check()?;
         let itt = self.alloc_itt();
         let bhs = Bhs::LogoutRequest(pdu::LogoutRequest {
@@ -731,15 +744,21 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
         if let Err(e) = pdu::write_pdu(self.io.get_mut(), self.digests, &bhs, &[], &[]) {
             return self.fail(e.into());
         }
-        loop {
+        let result = loop {
             if let Some(r) = self.logout_response.take() {
-                self.logout_itt = None;
-                // The connection is gone after a logout; nothing more may be sent.
-                self.failed = true;
-                return Ok(r);
+                break Ok(r);
             }
-            self.receive_one()?;
-        }
+            if !self.has_buffered_input() && !ready(self.io.get_ref()) {
+                break Err(SessionError::Idle);
+            }
+            if let Err(e) = self.receive_one() {
+                break Err(e);
+            }
+        };
+        self.logout_itt = None;
+        // The connection is gone after a logout (or one given up on); nothing more may be sent.
+        self.failed = true;
+        result
     }
 
     /// Window update from any PDU carrying ExpCmdSN/MaxCmdSN (§3.2.2.1).
@@ -1347,32 +1366,9 @@ mod tests {
 
     fn params() -> SessionParams {
         SessionParams {
-            initiator_name: "iqn.i".into(),
-            target_name: "iqn.t".into(),
-            discovery: false,
-            isid: [0x80, 0, 0, 0, 0, 1],
-            tsih: 1,
-            cid: 0,
-            target_portal_group_tag: Some(1),
             header_digest: true,
             data_digest: true,
-            max_recv_data_segment_length: 8192,
-            max_send_data_segment_length: 8192,
-            first_burst_length: 8192,
-            max_burst_length: 16384,
-            immediate_data: true,
-            initial_r2t: true,
-            max_outstanding_r2t: 1,
-            data_pdu_in_order: true,
-            data_sequence_in_order: true,
-            error_recovery_level: 0,
-            default_time2wait: 2,
-            default_time2retain: 0,
-            cmd_sn: 10,
-            exp_stat_sn: 100,
-            exp_cmd_sn: 10,
-            max_cmd_sn: 40,
-            next_itt: 1,
+            ..SessionParams::example()
         }
     }
 
@@ -1983,5 +1979,60 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn logout_within_takes_the_answer_and_ends_the_session() {
+        let (mut s, mut peer) = setup();
+        // The answer is queued before the request goes (its ITT is the next one, 1).
+        peer.send(
+            Bhs::LogoutResponse(pdu::LogoutResponse {
+                response: 0,
+                itt: 1,
+                stat_sn: 100,
+                exp_cmd_sn: 10,
+                max_cmd_sn: 40,
+                time2wait: 2,
+                time2retain: 0,
+            }),
+            &[],
+        );
+        let mut asked = 0;
+        let r = s
+            .logout_within(|_| {
+                asked += 1;
+                true
+            })
+            .unwrap();
+        assert_eq!((r.response, r.time2wait), (0, 2));
+        assert_eq!(asked, 1, "asked once before the response was read");
+        let (req, _) = peer.recv();
+        let Bhs::LogoutRequest(l) = req else {
+            panic!("{req:?}")
+        };
+        assert!(l.immediate && l.reason == 0 && l.itt == 1 && l.cmd_sn == 10);
+        assert!(matches!(s.ping(), Err(SessionError::Failed)));
+    }
+
+    #[test]
+    fn logout_within_gives_up_on_a_silent_target() {
+        let (mut s, mut peer) = setup();
+        let r = s.logout_within(|stream| {
+            // What the daemon's LUN thread does: poll the socket until a deadline.
+            let mut fds = [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(stream),
+                nix::poll::PollFlags::POLLIN,
+            )];
+            matches!(
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(50u16)),
+                Ok(n) if n > 0
+            )
+        });
+        assert!(matches!(r, Err(SessionError::Idle)), "{r:?}");
+        let (req, _) = peer.recv();
+        assert!(matches!(req, Bhs::LogoutRequest(_)), "{req:?}");
+        // Over: nothing more is sent, a late answer is not read.
+        assert!(matches!(s.ping(), Err(SessionError::Failed)));
+        assert!(matches!(s.logout(), Err(SessionError::Failed)));
     }
 }

@@ -272,6 +272,17 @@ impl ScsiBus {
         })
     }
 
+    /// The worker stops: every passthrough LU is told to end its connection cleanly (an iSCSI
+    /// LU logs out), all at once, and waited for until `deadline`. Returns how many had not
+    /// finished by then (the process ends anyway).
+    pub fn close_passthroughs(&self, deadline: std::time::Instant) -> usize {
+        let map = self.passthrough.load();
+        for lu in map.values() {
+            lu.close();
+        }
+        map.values().filter(|lu| !lu.wait_closed(deadline)).count()
+    }
+
     /// Whether `target:lun` is a passthrough LU.
     pub fn is_passthrough(&self, target: u8, lun: u16) -> bool {
         self.passthrough.load().contains_key(&(target, lun))

@@ -8,16 +8,20 @@
 //! SET / CLEAR TASK SET and LOGICAL UNIT RESET are forwarded to it (an iSCSI Task Management
 //! Function Request), and the guest is answered from the target's response; the commands it
 //! ended are answered VIRTIO_SCSI_S_ABORTED. An I_T NEXUS RESET resets each passthrough LUN of
-//! the target (iSCSI has no I_T nexus reset function short of ending the session).
+//! the target (iSCSI has no I_T nexus reset function short of ending the session). QUERY TASK
+//! and QUERY TASK SET are answered by the LU's thread from the commands it has outstanding
+//! (iSCSI has no such function: `block::iscsi::TaskManagement::QueryTask`): FUNCTION
+//! SUCCEEDED when the task is there, FUNCTION COMPLETE when not.
 
 use log::{debug, info, warn};
 use virtio_bindings::virtio_scsi::{
     VIRTIO_SCSI_S_BAD_TARGET, VIRTIO_SCSI_S_FAILURE, VIRTIO_SCSI_S_FUNCTION_REJECTED,
-    VIRTIO_SCSI_S_INCORRECT_LUN, VIRTIO_SCSI_T_AN_QUERY, VIRTIO_SCSI_T_AN_SUBSCRIBE,
-    VIRTIO_SCSI_T_TMF, VIRTIO_SCSI_T_TMF_ABORT_TASK, VIRTIO_SCSI_T_TMF_ABORT_TASK_SET,
-    VIRTIO_SCSI_T_TMF_CLEAR_ACA, VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET,
-    VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET, VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET,
-    VIRTIO_SCSI_T_TMF_QUERY_TASK, VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
+    VIRTIO_SCSI_S_FUNCTION_SUCCEEDED, VIRTIO_SCSI_S_INCORRECT_LUN, VIRTIO_SCSI_T_AN_QUERY,
+    VIRTIO_SCSI_T_AN_SUBSCRIBE, VIRTIO_SCSI_T_TMF, VIRTIO_SCSI_T_TMF_ABORT_TASK,
+    VIRTIO_SCSI_T_TMF_ABORT_TASK_SET, VIRTIO_SCSI_T_TMF_CLEAR_ACA,
+    VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET, VIRTIO_SCSI_T_TMF_I_T_NEXUS_RESET,
+    VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET, VIRTIO_SCSI_T_TMF_QUERY_TASK,
+    VIRTIO_SCSI_T_TMF_QUERY_TASK_SET,
 };
 
 use super::{request::SplitChain, LunAddress};
@@ -80,6 +84,7 @@ pub fn handle_control(bus: &ScsiBus, chain: &SplitChain<'_>) -> u32 {
 fn tmf_response(outcome: TmfOutcome) -> u32 {
     match outcome {
         TmfOutcome::Complete => VIRTIO_SCSI_S_FUNCTION_COMPLETE,
+        TmfOutcome::Succeeded => VIRTIO_SCSI_S_FUNCTION_SUCCEEDED,
         TmfOutcome::Rejected => VIRTIO_SCSI_S_FUNCTION_REJECTED,
         TmfOutcome::IncorrectLun => VIRTIO_SCSI_S_INCORRECT_LUN,
         TmfOutcome::Failed => VIRTIO_SCSI_S_FAILURE,
@@ -104,6 +109,8 @@ fn task_management(bus: &ScsiBus, subtype: u32, raw_lun: &[u8; 8], id: u64) -> u
             Some(TaskManagement::AbortTaskSet)
         }
         VIRTIO_SCSI_T_TMF_LOGICAL_UNIT_RESET => Some(TaskManagement::LogicalUnitReset),
+        VIRTIO_SCSI_T_TMF_QUERY_TASK => Some(TaskManagement::QueryTask(id)),
+        VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => Some(TaskManagement::QueryTaskSet),
         _ => None,
     };
     if let Some(f) = forwarded {

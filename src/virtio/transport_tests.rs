@@ -460,6 +460,29 @@ fn passthrough_task_management_is_forwarded_and_aborted_commands_answered_aborte
             "{outcome:?}"
         );
     }
+    // QUERY TASK (6, the guest's tag) and QUERY TASK SET (7) go to the LU too (iSCSI has no
+    // such function: the LU's thread answers from what it has outstanding): FUNCTION
+    // SUCCEEDED (10) when the task is there, FUNCTION COMPLETE (0) when not.
+    lu.seen.lock().unwrap().clear();
+    for (outcome, code) in [(TmfOutcome::Succeeded, 10), (TmfOutcome::Complete, 0)] {
+        *lu.outcome.lock().unwrap() = outcome;
+        for subtype in [6, 7] {
+            assert_eq!(
+                control(&bus, &tmf(subtype, here), 1),
+                (1, vec![code]),
+                "TMF {subtype}: {outcome:?}"
+            );
+        }
+    }
+    assert_eq!(
+        *lu.seen.lock().unwrap(),
+        [
+            Tm::QueryTask(7),
+            Tm::QueryTaskSet,
+            Tm::QueryTask(7),
+            Tm::QueryTaskSet
+        ]
+    );
     // A command a TMF ended: VIRTIO_SCSI_S_ABORTED (2), no status, no data.
     let (used, resp, _) = run_command(&bus, here, &cdb::read10(0, 1), &[], 512);
     assert_eq!((used, resp[11], resp[10]), (RESP_HEADER_SIZE as u32, 2, 0));

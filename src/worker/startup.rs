@@ -285,7 +285,17 @@ fn worker_main(
     let opts = ServeOptions {
         exit_on_disconnect: config.exit_on_disconnect,
     };
-    let result = serve::serve(&listener, backend, &opts);
+    let result = serve::serve(&listener, backend.clone(), &opts);
+    // iSCSI LUNs log out (a target that does not answer is given up on after
+    // `LOGOUT_TIMEOUT`), so that the targets end their sessions now, not when they notice
+    // the closed sockets.
+    let deadline = std::time::Instant::now()
+        + crate::block::iscsi::LOGOUT_TIMEOUT
+        + std::time::Duration::from_secs(1);
+    let left = backend.bus().close_passthroughs(deadline);
+    if left > 0 {
+        warn!("{left} iSCSI LUN(s) had not logged out at exit");
+    }
     Ok(match result {
         Ok(()) => 0,
         Err(e) => {

@@ -16,6 +16,7 @@
 # Output lines parsed by the host (tests/e2e_guest.rs, run-guest.sh):
 #   E2E-DISK: tl=T:L dev=sdX hctl=H:C:T:L sectors=N
 #   E2E-FILE: phase=P tl=T:L path=/file sha256=HEX size=BYTES
+#   E2E-RESET: tl=T:L kind=device|target rc=STATUS  (sg_reset -d / -t, phase 1)
 #   E2E-RESULT: PASS phase=P nonce=NONCE
 #   E2E-RESULT: REBOOT phase=P nonce=NONCE             (first boot with e2e.reboot=1)
 #   E2E-RESULT: FAIL phase=P nonce=NONCE <reason>     (one per failure)
@@ -107,9 +108,16 @@ raw_io() { # raw_io DEV TL
 }
 
 # lun_reset DEV TL: a LOGICAL UNIT RESET task management function through the control queue
-# (SG_SCSI_RESET_DEVICE -> virtscsi_device_reset); the LUN must keep working afterwards.
+# (SG_SCSI_RESET_DEVICE -> virtscsi_device_reset), then a target reset (SG_SCSI_RESET_TARGET);
+# the LUN must keep working afterwards (the filesystem written next is verified, here and on
+# the host). Linux's virtio_scsi has no target (nor bus, nor host) reset handler, so the
+# kernel fails the target reset with EIO without sending anything: its exit status is
+# reported for the host to check either way (tests/e2e_guest.rs, E2E-RESET lines).
 lun_reset() {
     run sg_reset -d "/dev/$1" || { fail "LUN reset (TMF) failed on $2"; return; }
+    echo "E2E-RESET: tl=$2 kind=device rc=0"
+    run sg_reset -t "/dev/$1"
+    echo "E2E-RESET: tl=$2 kind=target rc=$?"
     run dd if="/dev/$1" of=/dev/null bs=4k count=16 iflag=direct \
         || fail "read after LUN reset failed on $2"
 }

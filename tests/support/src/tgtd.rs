@@ -166,6 +166,52 @@ impl Tgtd {
         self.try_adm(args).unwrap()
     }
 
+    /// What tgtd printed so far (its stdout and stderr, kept across restarts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("tgtd.log")).unwrap_or_default()
+    }
+
+    /// Turns tgtd's debug messages on or off at run time (`tgtadm --mode sys --op update
+    /// --name debug`): with them on, [`Tgtd::log`] shows each PDU tgtd queues.
+    pub fn set_debug(&self, on: bool) {
+        let v = if on { "on" } else { "off" };
+        self.adm(&[
+            "--mode", "sys", "--op", "update", "--name", "debug", "-v", v,
+        ]);
+    }
+
+    /// How many Logout Requests tgtd queued while its debug messages were on
+    /// ([`Tgtd::set_debug`]): each PDU it queues is logged as `iscsi_task_queue(..) STATSN
+    /// EXPCMDSN OPCODE`, and 46 is an immediate Logout Request (06 | 40). A session that ends
+    /// with a bare close of the socket has none (tgtd ends it just as quickly, so the session
+    /// list alone cannot tell).
+    pub fn logouts(&self) -> usize {
+        let log = self.log();
+        assert!(
+            log.contains("set debug to: 1"),
+            "tgtd's debug messages are off:\n{log}"
+        );
+        log.lines()
+            .filter(|l| l.contains("iscsi_task_queue(") && l.trim_end().ends_with(" 46"))
+            .count()
+    }
+
+    /// Waits (at most 10 s) until target `tid` has no connection left.
+    pub fn wait_no_connection(&self, tid: u32) -> Result<(), String> {
+        let t = tid.to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let conns = self.adm(&["--mode", "conn", "--op", "show", "--tid", &t]);
+            if !conns.contains("Connection") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("target {tid}'s connection stayed: {conns}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Creates target `tid` with LUN 1 backed by a new file of `LUN_SIZE` bytes filled with a
     /// pattern; returns the file path.
     pub fn add_target(&mut self, tid: u32, iqn: &str) -> PathBuf {
