@@ -777,6 +777,10 @@ struct Shared {
     sending: Option<Pending>,
     /// Most commands outstanding at once so far (logged at each new power of two).
     max_outstanding: usize,
+    /// Commands sent so far, and those of them sent by their request-queue thread (logged
+    /// when the LUN thread ends: whether the direct path runs).
+    started: u64,
+    direct: u64,
 }
 
 impl Shared {
@@ -788,6 +792,7 @@ impl Shared {
         match session.start(lun, &cdb, data) {
             Ok(tag) => {
                 self.pending.insert(tag.0, caller);
+                self.started += 1;
                 let n = self.pending.len();
                 if n > self.max_outstanding {
                     self.max_outstanding = n;
@@ -864,6 +869,8 @@ impl IscsiLun {
             queued: VecDeque::new(),
             sending: None,
             max_outstanding: 0,
+            started: 0,
+            direct: 0,
         }));
         let lun = u64::from(handover.target_lun);
         let mut lt = LunThread {
@@ -919,7 +926,12 @@ impl IscsiLun {
         if !g.direct_ok() {
             return Some(req);
         }
-        if let Err(e) = g.start(self.lun, &self.description, req) {
+        let before = g.started;
+        let res = g.start(self.lun, &self.description, req);
+        if g.started > before {
+            g.direct += 1;
+        }
+        if let Err(e) = res {
             // The LUN thread drops the connection and reissues the command (it is among the
             // session's outstanding ones, its caller in `sending`); it may be asleep in `poll`
             // on a socket that says nothing yet.
@@ -1075,7 +1087,11 @@ impl LunThread {
                             self.name
                         );
                     }
-                    info!("{}: LUN thread ends; its connection is closed", self.name);
+                    info!(
+                        "{}: LUN thread ends; its connection is closed ({} of {} commands sent \
+                         by their request-queue thread)",
+                        self.name, g.direct, g.started
+                    );
                     return;
                 }
             }
