@@ -580,6 +580,7 @@ fn an_iscsi_lun_is_removed_at_run_time() {
         direct > 0,
         "no command was sent by its queue thread: {line}"
     );
+    println!("{line}");
 
     // A restarted worker serves the file LUN only, and logs in nowhere.
     drop(vm);
