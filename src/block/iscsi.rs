@@ -1114,7 +1114,10 @@ impl LunThread {
             };
             drop(g);
             if wait {
-                self.wait_for_input();
+                if let Err(e) = self.wait_for_input() {
+                    let mut g = lock(&shared);
+                    self.connection_lost(&mut g, e);
+                }
             }
         }
     }
@@ -1160,9 +1163,9 @@ impl LunThread {
 
     /// Waits, without the lock, until the socket has something to read or the eventfd was
     /// written (a request or a TMF for the channel, or a queue thread's failed send).
-    fn wait_for_input(&mut self) {
+    fn wait_for_input(&mut self) -> Result<(), SessionError> {
         let Some(sock) = self.sock.as_ref() else {
-            return;
+            return Ok(());
         };
         let mut fds = [
             PollFd::new(sock.as_fd(), PollFlags::POLLIN),
@@ -1170,18 +1173,13 @@ impl LunThread {
         ];
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => {
-                // Not expected with valid descriptors; read the socket, which reports what
-                // is wrong with it (rather than spinning here).
-                warn!("{}: poll: {e}", self.name);
-                self.readable = true;
-                return;
-            }
+            Err(e) => return Err(SessionError::Pdu(crate::iscsi::pdu::PduError::Io(e.into()))),
         }
         self.readable = fds[0].revents().is_some_and(|r| !r.is_empty());
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             let _ = self.wake.read();
         }
+        Ok(())
     }
 
     /// Makes a new connection the session (under the lock).
