@@ -538,8 +538,10 @@ fn an_iscsi_lun_is_removed_at_run_time() {
     let sessions = || t.adm(&["--mode", "conn", "--op", "show", "--tid", "1"]);
     let mut vm = TestVm::connect(&d.socket, VmOptions::default());
     vm.clear_unit_attention(l00());
-    vm.scsi(l00(), &cdb::read10(0, 1), &[], &[BLOCK as u32])
-        .assert_good();
+    for i in 0..20 {
+        vm.scsi(l00(), &cdb::read10(i, 1), &[], &[BLOCK as u32])
+            .assert_good();
+    }
     assert!(sessions().contains("Connection"), "{}", sessions());
 
     t.set_debug(true);
@@ -556,6 +558,35 @@ fn an_iscsi_lun_is_removed_at_run_time() {
     vm.scsi(lun(0, 1), &cdb::read10(0, 1), &[], &[BLOCK as u32])
         .assert_good();
     assert_logged_out(&t, &d);
+    // The LUN thread's last words: how many commands their request-queue thread sent itself
+    // (an idle LUN thread leaves the lock free: one at a time, nearly all go directly).
+    let ended = || {
+        let log = d.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("LUN thread ends"))
+            .map(str::to_owned);
+        (line, log)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        match ended() {
+            (Some(l), _) => break l,
+            (None, log) => assert!(Instant::now() < deadline, "no end of the LUN thread\n{log}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let direct: u64 = line
+        .rsplit('(')
+        .next()
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"));
+    assert!(
+        direct > 0,
+        "no command was sent by its queue thread: {line}"
+    );
+    println!("{line}");
 
     // A restarted worker serves the file LUN only, and logs in nowhere.
     drop(vm);

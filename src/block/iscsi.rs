@@ -1,14 +1,19 @@
 //! iSCSI passthrough LUNs: guest CDBs run on a LUN of an iSCSI target through the pure-Rust
 //! initiator ([`crate::iscsi`]), over a connection the supervisor logged in (docs/iscsi.md).
 //!
-//! One thread per iSCSI LUN (`vus-iscsi`, seccomp role `worker-iscsi`) owns the
-//! [`Session`] (it is not `Sync`) and the socket: it reads nothing but the socket and an eventfd,
-//! writes PDUs with `writev`, and never creates or connects a socket. The request-queue threads
-//! hand it commands through a channel ([`Passthrough::submit`]: a queue thread submits every
-//! command of the batch it popped, then waits for each [`Ticket`]) and wake it with the eventfd; it polls the socket and the
-//! eventfd, starts new commands (many outstanding within the CmdSN window) and answers each
-//! caller when its status arrives. Status, sense data and residuals come back as the target sent
-//! them.
+//! One thread per iSCSI LUN (`vus-iscsi`, seccomp role `worker-iscsi`) is the only reader of
+//! the socket: it reads nothing but the socket and an eventfd, writes PDUs with `writev`, and
+//! never creates or connects a socket. The [`Session`] (not `Sync`) is behind the LUN's lock
+//! (`Shared`), which the LUN thread holds while it processes a PDU but not while it waits in
+//! `poll`. A request-queue thread ([`Passthrough::submit`]: it submits every command of the
+//! batch it popped, then waits for each [`Ticket`]) sends its command itself when the lock is
+//! free and the CmdSN window open: the SCSI Command PDU with its immediate and unsolicited data
+//! go out with one `writev` from that thread, without waking the LUN thread (a cross-CPU
+//! wake-up on the way to the target saved). Otherwise (lock busy, window closed, connection
+//! being re-established, commands to reissue) it hands the command to the LUN thread through
+//! a channel and wakes it with the eventfd, as before. The LUN thread answers R2Ts and pings,
+//! lands Data-In and answers each caller when its status arrives. Status, sense data and
+//! residuals come back as the target sent them.
 //!
 //! Data moves straight between guest memory and the socket ([`GuestBuf`]: the command's
 //! scatter-gather list as a [`TaskBuffer`]): Data-Out PDUs go out with one `writev` of their
@@ -34,7 +39,7 @@ use std::{
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
-        Arc, Mutex,
+        Arc, Mutex, MutexGuard, TryLockError,
     },
     thread,
     time::{Duration, Instant},
@@ -216,8 +221,9 @@ impl Submitted<'_> {
     }
 }
 
-/// A command the LUN thread has (or will have) sent to the target, with the guest memory of
-/// its scatter-gather list (borrowed for `'a`: the LUN thread reads and writes it). Waiting
+/// A command sent (or to be sent) to the target, by its submitting thread or the LUN thread,
+/// with the guest memory of its scatter-gather list (borrowed for `'a`: the LUN thread reads
+/// and writes it). Waiting
 /// for it is the only way to learn its answer; dropping it waits too, because the LUN thread
 /// may use that memory until the command is answered. (Leaking a ticket while its memory is
 /// unmapped would let the LUN thread write into whatever is mapped there next: nothing does.)
@@ -487,8 +493,9 @@ pub struct GuestBuf {
 
 // SAFETY: the addresses point into guest memory that the submitting queue thread keeps mapped
 // until the command is answered (the `Ticket` borrows the scatter-gather list and waits for the
-// answer even when dropped); the LUN thread is the only one using them meanwhile, and it drops
-// the buffer before it answers.
+// answer even when dropped); the buffer is used by one thread at a time (it lives in the session
+// behind the LUN's lock: the submitting thread sends from it there, the LUN thread reads into
+// and sends from it), and the LUN thread drops it before it answers.
 unsafe impl Send for GuestBuf {}
 
 fn out_of_range() -> io::Error {
@@ -738,10 +745,171 @@ pub fn answer_wake() -> io::Result<Arc<AnswerWake>> {
     })
 }
 
+/// The connection's socket as the session's stream: the session (under the LUN's lock) and the
+/// LUN thread's `poll` (without it) share the one socket.
+#[derive(Debug)]
+struct Conn(Arc<TcpStream>);
+
+impl io::Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self.0).read(buf)
+    }
+
+    fn read_vectored(&mut self, bufs: &mut [io::IoSliceMut<'_>]) -> io::Result<usize> {
+        (&*self.0).read_vectored(bufs)
+    }
+}
+
+impl io::Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        (&*self.0).write_vectored(bufs)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        (&*self.0).flush()
+    }
+}
+
+impl AsFd for Conn {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
+type IscsiSession = Session<Conn, GuestBuf>;
+
+/// What the LUN thread and the request-queue threads share under the LUN's lock.
+///
+/// A request-queue thread that finds the lock free, a healthy session with the CmdSN window
+/// open and no command waiting before its own sends its command itself
+/// ([`Shared::start`]: the SCSI Command PDU, immediate and unsolicited data, with the next
+/// CmdSN) and records its caller in `pending`, all under the lock, so that sending and
+/// recording are one step for every other sender (the LUN thread's reissues, Data-Out for
+/// R2Ts, NOP-Outs, TMFs) and for `LunThread::connection_lost`, which reissues what was sent
+/// and not answered. Otherwise it hands the command to the LUN thread as before (channel and
+/// eventfd). The LUN thread is the only reader of the socket: it holds the lock while it
+/// processes a PDU, not while it waits in `poll`.
+struct Shared {
+    session: Option<IscsiSession>,
+    /// Started commands by task tag.
+    pending: HashMap<u32, Pending>,
+    /// Commands waiting to be started by the LUN thread (after a reconnection: reissues first,
+    /// in CmdSN order, then new ones). Queue threads do not send past them.
+    queued: VecDeque<Request>,
+    /// The caller of the command whose start failed (a failure there leaves the command among
+    /// the session's outstanding ones, without a tag we know; the session is failed then, so
+    /// nothing else is started on it).
+    sending: Option<Pending>,
+    /// Most commands outstanding at once so far (logged at each new power of two).
+    max_outstanding: usize,
+    /// Commands sent so far, and those of them sent by their request-queue thread (logged
+    /// when the LUN thread ends: whether the direct path runs).
+    started: u64,
+    direct: u64,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            session: None,
+            pending: HashMap::new(),
+            queued: VecDeque::new(),
+            sending: None,
+            max_outstanding: 0,
+            started: 0,
+            direct: 0,
+        }
+    }
+
+    /// QUERY TASK (SET), answered here: whether a command whose guest tag `which` accepts is
+    /// in the task set, i.e. waiting to be sent or sent and not answered (answers already
+    /// received are handed out first). The target knows no more: a command it has answered
+    /// whose response is still on its way may be reported present, as SAM allows for a
+    /// task that completes while the query runs.
+    fn query(&mut self, which: impl Fn(u64) -> bool) -> TmfOutcome {
+        if let Some(session) = self.session.as_mut() {
+            while let Some(c) = session.try_completion() {
+                complete(&mut self.pending, c);
+            }
+        }
+        let present = self.queued.iter().any(|r| which(r.caller.tag))
+            || self.pending.values().any(|p| which(p.tag));
+        if present {
+            TmfOutcome::Succeeded
+        } else {
+            TmfOutcome::Complete
+        }
+    }
+
+    /// Starts `req` on the session (which must be there). `Err`: the session failed; the
+    /// caller is in `sending` until `LunThread::connection_lost` matches it.
+    fn start(&mut self, lun: u64, name: &str, req: Request) -> Result<(), SessionError> {
+        let session = self.session.as_mut().expect("start with a session");
+        let Request { cdb, data, caller } = req;
+        match session.start(lun, &cdb, data) {
+            Ok(tag) => {
+                self.pending.insert(tag.0, caller);
+                self.started += 1;
+                let n = self.pending.len();
+                if n > self.max_outstanding {
+                    self.max_outstanding = n;
+                    if n.is_power_of_two() {
+                        debug!("{name}: {n} commands outstanding");
+                    }
+                }
+                Ok(())
+            }
+            Err(SessionError::InvalidRequest(what)) => {
+                // Not sent (a CDB the session cannot carry): ILLEGAL REQUEST.
+                warn!("{name}: command {:#04x} not sent: {what}", cdb[0]);
+                caller.answer(Outcome::Done(Ok(ScsiResult {
+                    response: 0,
+                    status: status::CHECK_CONDITION,
+                    sense: fixed_sense(0x05, 0x24, 0x00),
+                    residual: crate::iscsi::session::Residual::None,
+                    data_in_len: 0,
+                })));
+                Ok(())
+            }
+            Err(e) => {
+                // The command may or may not have reached the target: the session keeps it
+                // among the outstanding ones (with its buffer) if it registered it;
+                // `connection_lost` matches it to this caller.
+                debug_assert!(self.sending.is_none(), "one failed start per session");
+                self.sending = Some(caller);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether a request-queue thread may send a command itself now: only the LUN thread
+    /// reads, so the window must be open (a closed one is waited for by reading), and
+    /// commands the LUN thread still has to (re)issue go first.
+    fn direct_ok(&self) -> bool {
+        self.queued.is_empty()
+            && self.sending.is_none()
+            && self
+                .session
+                .as_ref()
+                .is_some_and(|s| !s.is_failed() && s.window_open())
+    }
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic under the lock leaves the state as consistent as it was at a PDU boundary.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The queue threads' handle on one iSCSI LUN's thread.
 pub struct IscsiLun {
     tx: Sender<Msg>,
     wake: Arc<EventFd>,
+    shared: Arc<Mutex<Shared>>,
+    lun: u64,
     description: String,
     /// Bounce-buffer bytes of the commands in flight.
     in_flight: Arc<AtomicUsize>,
@@ -759,26 +927,25 @@ impl IscsiLun {
         let (tx, rx) = mpsc::channel();
         let (running, done) = mpsc::channel();
         let initial = handover.take();
+        let shared = Arc::new(Mutex::new(Shared::new()));
+        let lun = u64::from(handover.target_lun);
         let mut lt = LunThread {
             rx,
             wake: wake.clone(),
-            lun: u64::from(handover.target_lun),
+            shared: shared.clone(),
+            sock: None,
+            lun,
             name: handover.description.clone(),
-            session: None,
             lost: handover.params.clone(),
-            pending: HashMap::new(),
-            queued: VecDeque::new(),
             tmfs: VecDeque::new(),
-            sending: None,
             reconnect,
             backoff: None,
-            max_outstanding: 0,
             _running: running,
+            readable: false,
         };
         if let Some((stream, params)) = initial {
-            match Session::new(stream, params) {
-                Ok(s) => lt.session = Some(s),
-                Err(e) => warn!("{}: {e}; reconnecting", lt.name),
+            if let Err(e) = lt.install(&mut lock(&shared), stream, params) {
+                warn!("{}: {e}; reconnecting", lt.name);
             }
         }
         thread::Builder::new()
@@ -796,10 +963,41 @@ impl IscsiLun {
         Ok(Arc::new(Self {
             tx,
             wake,
+            shared,
+            lun,
             description: handover.description.clone(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             done: Mutex::new(done),
         }))
+    }
+
+    /// Sends `req` from this (request-queue) thread if the LUN's lock is free and the session
+    /// can take it now ([`Shared::direct_ok`]); gives it back otherwise, for the LUN thread.
+    fn try_direct(&self, req: Request) -> Option<Request> {
+        let mut g = match self.shared.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            // The LUN thread is processing a PDU (or another queue thread sends): rather
+            // than wait, hand the command over.
+            Err(TryLockError::WouldBlock) => return Some(req),
+        };
+        if !g.direct_ok() {
+            return Some(req);
+        }
+        let before = g.started;
+        let res = g.start(self.lun, &self.description, req);
+        if g.started > before {
+            g.direct += 1;
+        }
+        if let Err(e) = res {
+            // The LUN thread drops the connection and reissues the command (it is among the
+            // session's outstanding ones, its caller in `sending`); it may be asleep in `poll`
+            // on a socket that says nothing yet.
+            warn!("{}: sending a command failed: {e}", self.description);
+            drop(g);
+            let _ = self.wake.write(1);
+        }
+        None
     }
 }
 
@@ -850,9 +1048,11 @@ impl Passthrough for IscsiLun {
                 tag,
             },
         };
-        if self.tx.send(Msg::Command(req)).is_err() || self.wake.write(1).is_err() {
-            // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
-            return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
+        if let Some(req) = self.try_direct(req) {
+            if self.tx.send(Msg::Command(req)).is_err() || self.wake.write(1).is_err() {
+                // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
+                return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
+            }
         }
         Submitted::Waiting(Ticket {
             answer,
@@ -924,31 +1124,26 @@ impl Pending {
     }
 }
 
-/// The state of one LUN's thread.
+/// The state of one LUN's thread (what the queue threads also use is in [`Shared`]).
 struct LunThread {
     rx: Receiver<Msg>,
     wake: Arc<EventFd>,
+    shared: Arc<Mutex<Shared>>,
+    /// The session's socket, to wait on without the lock (only this thread replaces the
+    /// session).
+    sock: Option<Arc<TcpStream>>,
     lun: u64,
     name: String,
-    session: Option<Session<TcpStream, GuestBuf>>,
     /// The parameters of the last session (for reinstatement).
     lost: SessionParams,
-    /// Started commands by task tag.
-    pending: HashMap<u32, Pending>,
-    /// Commands waiting to be started (after a reconnection: reissues first, in CmdSN order,
-    /// then new ones).
-    queued: VecDeque<Request>,
     /// Task management functions to carry out (before the commands queued after them start).
     tmfs: VecDeque<(TaskManagement, SyncSender<TmfOutcome>)>,
-    /// The caller of the command being started, while `start` runs (a failure there leaves
-    /// the command among the session's outstanding ones, without a tag we know).
-    sending: Option<Pending>,
     reconnect: Box<dyn Reconnect>,
     backoff: Option<Backoff>,
-    /// Most commands outstanding at once so far (logged at each new power of two).
-    max_outstanding: usize,
     /// Dropped when the thread ends ([`Passthrough::wait_closed`] waits for that).
     _running: Sender<()>,
+    /// `poll` saw the socket readable: a PDU is to be read.
+    readable: bool,
 }
 
 impl LunThread {
@@ -957,43 +1152,61 @@ impl LunThread {
         // finished (for at most GIVE_UP), then the connection is closed.
         let mut closing: Option<Instant> = None;
         loop {
-            if !self.take_requests() && closing.is_none() {
+            let shared = self.shared.clone();
+            let mut g = lock(&shared);
+            if !self.take_requests(&mut g) && closing.is_none() {
                 closing = Some(Instant::now());
             }
             if let Some(since) = closing {
-                let busy = self.pending.len() + self.queued.len();
-                if busy == 0 || self.session.is_none() || since.elapsed() > GIVE_UP {
+                let busy = g.pending.len() + g.queued.len();
+                if busy == 0 || g.session.is_none() || since.elapsed() > GIVE_UP {
                     if busy > 0 {
                         warn!(
                             "{}: {busy} command(s) not finished when the LUN went; given up",
                             self.name
                         );
                     }
-                    self.log_out();
-                    info!("{}: LUN thread ends; its connection is closed", self.name);
+                    self.log_out(&mut g);
+                    info!(
+                        "{}: LUN thread ends; its connection is closed ({} of {} commands sent \
+                         by their request-queue thread)",
+                        self.name, g.direct, g.started
+                    );
                     return;
                 }
             }
             while let Some((f, reply)) = self.tmfs.pop_front() {
-                let outcome = self.task_management(f);
+                let outcome = self.task_management(&mut g, f);
                 info!("{}: {f:?} from the guest: {outcome:?}", self.name);
                 let _ = reply.send(outcome);
             }
-            if self.session.is_none() {
+            if g.session.is_none() {
+                drop(g);
                 self.reconnect_once();
                 continue;
             }
-            if let Err(e) = self.serve_once() {
-                self.connection_lost(e);
+            let wait = match self.serve_once(&mut g) {
+                Ok(wait) => wait,
+                Err(e) => {
+                    self.connection_lost(&mut g, e);
+                    false
+                }
+            };
+            drop(g);
+            if wait {
+                if let Err(e) = self.wait_for_input() {
+                    let mut g = lock(&shared);
+                    self.connection_lost(&mut g, e);
+                }
             }
         }
     }
 
     /// Moves new requests from the channel into `queued`; false once every sender is gone.
-    fn take_requests(&mut self) -> bool {
+    fn take_requests(&mut self, g: &mut Shared) -> bool {
         loop {
             match self.rx.try_recv() {
-                Ok(Msg::Command(r)) => self.queued.push_back(r),
+                Ok(Msg::Command(r)) => g.queued.push_back(r),
                 Ok(Msg::Tmf(f, reply)) => self.tmfs.push_back((f, reply)),
                 Ok(Msg::Close) => return false,
                 Err(TryRecvError::Empty) => return true,
@@ -1002,110 +1215,100 @@ impl LunThread {
         }
     }
 
-    /// One round with a live session: start what is queued, hand out completions, then wait
-    /// for the socket or a new request.
-    fn serve_once(&mut self) -> Result<(), SessionError> {
-        let session = self.session.as_mut().expect("serve_once with a session");
-        while let Some(req) = self.queued.pop_front() {
-            let Request { cdb, data, caller } = req;
-            self.sending = Some(caller);
-            let started = session.start(self.lun, &cdb, data);
-            let Some(caller) = self.sending.take() else {
-                continue;
-            };
-            match started {
-                Ok(tag) => {
-                    self.pending.insert(tag.0, caller);
-                    let n = self.pending.len();
-                    if n > self.max_outstanding {
-                        self.max_outstanding = n;
-                        if n.is_power_of_two() {
-                            debug!("{}: {n} commands outstanding", self.name);
-                        }
-                    }
-                }
-                Err(SessionError::InvalidRequest(what)) => {
-                    // Not sent (a CDB the session cannot carry): ILLEGAL REQUEST.
-                    warn!("{}: command {:#04x} not sent: {what}", self.name, cdb[0]);
-                    caller.answer(Outcome::Done(Ok(ScsiResult {
-                        response: 0,
-                        status: status::CHECK_CONDITION,
-                        sense: fixed_sense(0x05, 0x24, 0x00),
-                        residual: crate::iscsi::session::Residual::None,
-                        data_in_len: 0,
-                    })));
-                }
-                Err(e) => {
-                    // The command may or may not have reached the target: the session keeps
-                    // it among the outstanding ones (with its buffer) if it registered it;
-                    // `connection_lost` matches it to this caller.
-                    self.sending = Some(caller);
-                    return Err(e);
-                }
-            }
+    /// One round with a live session, under the lock: start what is queued, read one PDU if
+    /// one is there, hand out completions. `Ok(true)`: nothing more to do before the socket
+    /// or the eventfd says something.
+    fn serve_once(&mut self, g: &mut Shared) -> Result<bool, SessionError> {
+        if g.session.as_ref().is_some_and(|s| s.is_failed()) {
+            // A queue thread's send failed (it logged why).
+            return Err(SessionError::Failed);
+        }
+        while let Some(req) = g.queued.pop_front() {
+            g.start(self.lun, &self.name, req)?;
+        }
+        let Shared {
+            session, pending, ..
+        } = g;
+        let session = session.as_mut().expect("serve_once with a session");
+        let mut wait = true;
+        if std::mem::take(&mut self.readable) || session.has_buffered_input() {
+            session.receive_one()?;
+            wait = false;
         }
         while let Some(c) = session.try_completion() {
-            complete(&mut self.pending, c);
+            complete(pending, c);
         }
         take_events(session, &self.name)?;
-        if session.has_buffered_input() {
-            session.receive_one()?;
+        Ok(wait)
+    }
+
+    /// Waits, without the lock, until the socket has something to read or the eventfd was
+    /// written (a request or a TMF for the channel, or a queue thread's failed send).
+    fn wait_for_input(&mut self) -> Result<(), SessionError> {
+        let Some(sock) = self.sock.as_ref() else {
             return Ok(());
-        }
-        let sock = session.stream().as_fd();
+        };
         let mut fds = [
-            PollFd::new(sock, PollFlags::POLLIN),
+            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
         ];
         match nix::poll::poll(&mut fds, PollTimeout::NONE) {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(SessionError::Pdu(crate::iscsi::pdu::PduError::Io(e.into()))),
         }
-        let sock_ready = fds[0].revents().is_some_and(|r| !r.is_empty());
-        let woken = fds[1].revents().is_some_and(|r| !r.is_empty());
-        if woken {
+        self.readable = fds[0].revents().is_some_and(|r| !r.is_empty());
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             let _ = self.wake.read();
         }
-        if sock_ready {
-            session.receive_one()?;
-            while let Some(c) = session.try_completion() {
-                complete(&mut self.pending, c);
-            }
-            take_events(session, &self.name)?;
-        }
+        Ok(())
+    }
+
+    /// Makes a new connection the session (under the lock).
+    fn install(
+        &mut self,
+        g: &mut Shared,
+        stream: TcpStream,
+        params: SessionParams,
+    ) -> Result<(), SessionError> {
+        let sock = Arc::new(stream);
+        g.session = Some(Session::new(Conn(sock.clone()), params)?);
+        self.sock = Some(sock);
+        self.readable = false;
         Ok(())
     }
 
     /// Carries out a task management function: commands not sent yet are answered aborted
     /// here, those outstanding at the target by its Task Management Function Response (the
     /// session terminates them when the function completed).
-    fn task_management(&mut self, f: TaskManagement) -> TmfOutcome {
+    fn task_management(&mut self, g: &mut Shared, f: TaskManagement) -> TmfOutcome {
         match f {
-            TaskManagement::QueryTask(tag) => return self.query(|t| t == tag),
-            TaskManagement::QueryTaskSet => return self.query(|_| true),
+            TaskManagement::QueryTask(tag) => return g.query(|t| t == tag),
+            TaskManagement::QueryTaskSet => return g.query(|_| true),
             TaskManagement::AbortTask(tag) => {
-                if let Some(i) = self.queued.iter().position(|r| r.caller.tag == tag) {
-                    if let Some(r) = self.queued.remove(i) {
+                if let Some(i) = g.queued.iter().position(|r| r.caller.tag == tag) {
+                    if let Some(r) = g.queued.remove(i) {
                         r.caller.answer(Outcome::Done(Err(TaskError::Aborted)));
                     }
                     return TmfOutcome::Complete;
                 }
             }
             TaskManagement::AbortTaskSet | TaskManagement::LogicalUnitReset => {
-                for r in self.queued.drain(..) {
+                for r in g.queued.drain(..) {
                     r.caller.answer(Outcome::Done(Err(TaskError::Aborted)));
                 }
             }
         }
+        let Shared {
+            session, pending, ..
+        } = &mut *g;
         // Without a connection nothing is outstanding at the target (the next login
         // reinstates the session, which ends the old one's tasks there).
-        let Some(session) = self.session.as_mut() else {
+        let Some(session) = session.as_mut() else {
             return TmfOutcome::Complete;
         };
         let result = match f {
             TaskManagement::AbortTask(tag) => {
-                let Some(itt) = self
-                    .pending
+                let Some(itt) = pending
                     .iter()
                     .find(|(_, p)| p.tag == tag)
                     .map(|(itt, _)| *itt)
@@ -1134,7 +1337,7 @@ impl LunThread {
             Ok(response) => {
                 // The terminated commands (and any that completed meanwhile) are answered now.
                 while let Some(c) = session.try_completion() {
-                    complete(&mut self.pending, c);
+                    complete(pending, c);
                 }
                 match response {
                     // Function complete; task does not exist (it completed first).
@@ -1145,29 +1348,9 @@ impl LunThread {
             }
             Err(SessionError::InvalidRequest(_)) => TmfOutcome::Complete,
             Err(e) => {
-                self.connection_lost(e);
+                self.connection_lost(g, e);
                 TmfOutcome::Failed
             }
-        }
-    }
-
-    /// QUERY TASK (SET), answered here: whether a command whose guest tag `which` accepts is
-    /// in the task set, i.e. waiting to be sent or sent and not answered (answers already
-    /// received are handed out first). The target knows no more: a command it has answered
-    /// whose response is still on its way may be reported present, as SAM allows for a
-    /// task that completes while the query runs.
-    fn query(&mut self, which: impl Fn(u64) -> bool) -> TmfOutcome {
-        if let Some(session) = self.session.as_mut() {
-            while let Some(c) = session.try_completion() {
-                complete(&mut self.pending, c);
-            }
-        }
-        let present = self.queued.iter().any(|r| which(r.caller.tag))
-            || self.pending.values().any(|p| which(p.tag));
-        if present {
-            TmfOutcome::Succeeded
-        } else {
-            TmfOutcome::Complete
         }
     }
 
@@ -1176,8 +1359,8 @@ impl LunThread {
     /// the closed socket, waiting for the response at most [`LOGOUT_TIMEOUT`]; the socket is
     /// closed either way. Commands still outstanding (given up after [`GIVE_UP`]) are ended
     /// by the target with the session; their callers see the LUN gone.
-    fn log_out(&mut self) {
-        let Some(mut session) = self.session.take() else {
+    fn log_out(&mut self, g: &mut Shared) {
+        let Some(mut session) = g.session.take() else {
             return;
         };
         let deadline = Instant::now() + LOGOUT_TIMEOUT;
@@ -1208,13 +1391,13 @@ impl LunThread {
         }
         // Commands the target answered while the logout was under way.
         while let Some(c) = session.try_completion() {
-            complete(&mut self.pending, c);
+            complete(&mut g.pending, c);
         }
     }
 
     /// The session failed: keep what did not complete, drop the connection.
-    fn connection_lost(&mut self, e: SessionError) {
-        let Some(mut session) = self.session.take() else {
+    fn connection_lost(&mut self, g: &mut Shared, e: SessionError) {
+        let Some(mut session) = g.session.take() else {
             return;
         };
         warn!(
@@ -1223,15 +1406,11 @@ impl LunThread {
             session.outstanding()
         );
         while let Some(c) = session.try_completion() {
-            complete(&mut self.pending, c);
+            complete(&mut g.pending, c);
         }
         let mut reissue = VecDeque::new();
         for o in session.take_outstanding() {
-            match self
-                .pending
-                .remove(&o.tag.0)
-                .or_else(|| self.sending.take())
-            {
+            match g.pending.remove(&o.tag.0).or_else(|| g.sending.take()) {
                 Some(caller) => reissue.push_back(Request {
                     cdb: o.cdb,
                     data: o.data,
@@ -1242,48 +1421,56 @@ impl LunThread {
         }
         // Anything still pending was never registered with the session (it failed while
         // sending): its caller gets BUSY and retries.
-        for p in self
+        let unsent: Vec<Pending> = g
             .pending
             .drain()
             .map(|(_, p)| p)
-            .chain(self.sending.take())
-        {
+            .chain(g.sending.take())
+            .collect();
+        for p in unsent {
             p.answer(Outcome::Busy);
         }
         self.lost = session.params().clone();
         drop(session);
-        reissue.append(&mut self.queued);
-        self.queued = reissue;
+        self.sock = None;
+        self.readable = false;
+        reissue.append(&mut g.queued);
+        g.queued = reissue;
         self.backoff = Some(
             Backoff::new(self.lost.default_time2wait)
                 .with_limits(Duration::from_millis(100), Duration::from_secs(2)),
         );
     }
 
-    /// Without a session: one reconnection attempt, then a backoff wait (on the eventfd, so
-    /// that new requests are collected), answering BUSY to commands that waited too long.
+    /// Without a session: one reconnection attempt (without the lock: queue threads hand
+    /// their commands over meanwhile), then a backoff wait (on the eventfd, so that new
+    /// requests are collected), answering BUSY to commands that waited too long.
     fn reconnect_once(&mut self) {
+        let shared = self.shared.clone();
         match self.reconnect.reconnect(&self.lost) {
-            Ok((stream, params)) => match Session::new(stream, params) {
-                Ok(s) => {
-                    info!(
-                        "{}: reconnected; reissuing {} command(s)",
-                        self.name,
-                        self.queued.len()
-                    );
-                    self.session = Some(s);
-                    self.backoff = None;
-                    return;
+            Ok((stream, params)) => {
+                let mut g = lock(&shared);
+                let queued = g.queued.len();
+                match self.install(&mut g, stream, params) {
+                    Ok(()) => {
+                        info!("{}: reconnected; reissuing {queued} command(s)", self.name);
+                        self.backoff = None;
+                        return;
+                    }
+                    Err(e) => warn!("{}: new connection unusable: {e}", self.name),
                 }
-                Err(e) => warn!("{}: new connection unusable: {e}", self.name),
-            },
+            }
             Err(e) => warn!("{}: reconnection failed: {e}", self.name),
         }
         let now = Instant::now();
-        let (late, keep): (VecDeque<Request>, VecDeque<Request>) = std::mem::take(&mut self.queued)
-            .into_iter()
-            .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP);
-        self.queued = keep;
+        let late: VecDeque<Request> = {
+            let mut g = lock(&shared);
+            let (late, keep) = std::mem::take(&mut g.queued)
+                .into_iter()
+                .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP);
+            g.queued = keep;
+            late
+        };
         if !late.is_empty() {
             warn!(
                 "{}: {} command(s) waited {}s for a connection: completed with BUSY (the guest \
@@ -1313,7 +1500,7 @@ impl LunThread {
 /// Takes the session's asynchronous messages (§11.9; kept until taken, so a target sending
 /// many must not grow memory). A logout request is served by moving to a new connection (the
 /// commands in flight are reissued there).
-fn take_events(session: &mut Session<TcpStream, GuestBuf>, name: &str) -> Result<(), SessionError> {
+fn take_events(session: &mut IscsiSession, name: &str) -> Result<(), SessionError> {
     for ev in session.take_events() {
         debug!("{name}: asynchronous event {} from the target", ev.event);
         if ev.event == 1 {
@@ -1343,20 +1530,18 @@ mod tests {
         LunThread {
             rx,
             wake: Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap()),
+            shared: Arc::new(Mutex::new(Shared::new())),
+            sock: None,
             lun: 1,
             name: "test".into(),
-            session: None,
             lost: params,
-            pending: HashMap::new(),
-            queued: VecDeque::new(),
             tmfs: VecDeque::new(),
-            sending: None,
             reconnect: Box::new(|_: &SessionParams| -> Result<Connection, String> {
                 Err("no target".into())
             }),
             backoff: None,
-            max_outstanding: 0,
             _running: running,
+            readable: false,
         }
     }
 
@@ -1377,38 +1562,39 @@ mod tests {
     #[test]
     fn queries_are_answered_from_the_outstanding_commands() {
         let mut lt = idle_thread();
+        let mut g = Shared::new();
         assert_eq!(
-            lt.task_management(TaskManagement::QueryTaskSet),
+            lt.task_management(&mut g, TaskManagement::QueryTaskSet),
             TmfOutcome::Complete,
             "nothing outstanding"
         );
         let (queued, queued_answer) = caller(7);
-        lt.queued.push_back(Request {
+        g.queued.push_back(Request {
             cdb: vec![0; 6],
             data: Data::None,
             caller: queued,
         });
         let (sent, sent_answer) = caller(9);
-        lt.pending.insert(42, sent);
+        g.pending.insert(42, sent);
         for (f, want) in [
             (TaskManagement::QueryTask(7), TmfOutcome::Succeeded),
             (TaskManagement::QueryTask(9), TmfOutcome::Succeeded),
             (TaskManagement::QueryTask(8), TmfOutcome::Complete),
             (TaskManagement::QueryTaskSet, TmfOutcome::Succeeded),
         ] {
-            assert_eq!(lt.task_management(f), want, "{f:?}");
+            assert_eq!(lt.task_management(&mut g, f), want, "{f:?}");
         }
-        assert_eq!((lt.queued.len(), lt.pending.len()), (1, 1));
+        assert_eq!((g.queued.len(), g.pending.len()), (1, 1));
         assert!(queued_answer.try_recv().is_err() && sent_answer.try_recv().is_err());
         // Answered: gone from the task set.
-        lt.pending.remove(&42).unwrap().answer(Outcome::Busy);
-        lt.queued.clear();
+        g.pending.remove(&42).unwrap().answer(Outcome::Busy);
+        g.queued.clear();
         assert_eq!(
-            lt.task_management(TaskManagement::QueryTask(9)),
+            lt.task_management(&mut g, TaskManagement::QueryTask(9)),
             TmfOutcome::Complete
         );
         assert_eq!(
-            lt.task_management(TaskManagement::QueryTaskSet),
+            lt.task_management(&mut g, TaskManagement::QueryTaskSet),
             TmfOutcome::Complete
         );
     }

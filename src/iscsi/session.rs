@@ -1,8 +1,12 @@
 //! The full feature phase (RFC 7143 §3.2-3.5, §4, §11) over a connected, logged-in stream.
 //!
-//! One thread drives the connection: commands are started (several may be outstanding within the
+//! One thread at a time drives the connection (`&mut self`; a caller may share a session
+//! between threads behind a lock): commands are started (several may be outstanding within the
 //! CmdSN window), and incoming PDUs are processed one at a time, answering R2Ts with Data-Out
-//! straight from the caller's buffer and landing Data-In straight in it. Every PDU from the target
+//! straight from the caller's buffer and landing Data-In straight in it. Only
+//! [`Session::start`] with the window open ([`Session::window_open`]) is sure not to read from
+//! the stream: a caller that keeps one thread as the only reader may let other threads start
+//! commands under that condition. Every PDU from the target
 //! is checked (tags, sequence numbers, offsets, lengths); a violation fails the session with a
 //! typed error, after which the caller drops the connection and may reissue the outstanding
 //! commands ([`Session::take_outstanding`]) on a new one (ErrorRecoveryLevel 0, §7.1.5).
@@ -301,6 +305,12 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
         !sn_lt(self.p.max_cmd_sn, self.p.cmd_sn)
     }
 
+    /// True once the session failed (every further call is refused with
+    /// [`SessionError::Failed`]): the caller must drop the connection.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
     /// Async events received since the last call.
     pub fn take_events(&mut self) -> Vec<AsyncEvent> {
         std::mem::take(&mut self.events)
@@ -386,7 +396,11 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
     }
 
     /// Starts a command (SCSI Command PDU, immediate data, unsolicited Data-Out, §3.2.4.2) and
-    /// returns its tag. Blocks processing incoming PDUs while the CmdSN window is closed.
+    /// returns its tag. Blocks processing incoming PDUs while the CmdSN window is closed (with
+    /// the window open it only writes). Errors other than [`SessionError::InvalidRequest`]
+    /// and [`SessionError::Failed`] leave the command recorded (it is among
+    /// [`Session::take_outstanding`]) and the session failed (but for [`SessionError::Idle`]
+    /// while waiting for the window with a read timeout on the stream).
     pub fn start(&mut self, lun: u64, cdb: &[u8], data: Data<B>) -> Result<TaskTag, SessionError> {
         let buf = match data {
             Data::None => TaskBuf::None,
@@ -432,7 +446,8 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
                 specific: 0,
                 data: cdb[16..].to_vec(),
             }])
-            .map_err(SessionError::from)?
+            // Not sent, nothing recorded: like the other refusals above.
+            .map_err(|_| SessionError::InvalidRequest("extended CDB not encodable"))?
         } else {
             Vec::new()
         };
