@@ -181,6 +181,16 @@ struct CmdSink<'r, 'a> {
     header_len: usize,
 }
 
+impl<'r, 'a> CmdSink<'r, 'a> {
+    fn new(req: &'r mut CmdRequest<'a>) -> Self {
+        Self {
+            req,
+            header: [0; REQ_HEADER_SIZE],
+            header_len: 0,
+        }
+    }
+}
+
 impl<'a> ChainSink<'a> for CmdSink<'_, 'a> {
     fn readable(&mut self, slice: VolatileSlice<'a>) {
         let take = REQ_HEADER_SIZE
@@ -256,11 +266,7 @@ pub fn parse_cmd_chain<'a>(
     descriptors: impl Iterator<Item = Descriptor>,
     req: &mut CmdRequest<'a>,
 ) -> Result<(), RequestError> {
-    let mut sink = CmdSink {
-        req,
-        header: [0; REQ_HEADER_SIZE],
-        header_len: 0,
-    };
+    let mut sink = CmdSink::new(req);
     walk_chain(mem, descriptors, &mut sink).map_err(RequestError::Chain)?;
     sink.finish()
 }
@@ -271,11 +277,7 @@ pub fn parse_cmd_request<'a>(
     split: &SplitChain<'a>,
     req: &mut CmdRequest<'a>,
 ) -> Result<(), RequestError> {
-    let mut sink = CmdSink {
-        req,
-        header: [0; REQ_HEADER_SIZE],
-        header_len: 0,
-    };
+    let mut sink = CmdSink::new(req);
     for &slice in split.readable.segments() {
         sink.readable(slice);
     }
