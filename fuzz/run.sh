@@ -74,7 +74,7 @@ target_dir=target
 out=artifacts
 if [ $asan = 1 ]; then
     out=artifacts-asan
-    rustup toolchain list 2>/dev/null | grep -q '^nightly' || skip "--asan needs a nightly toolchain"
+    rustup toolchain list 2>/dev/null | grep '^nightly' >/dev/null || skip "--asan needs a nightly toolchain"
     toolchain=(+nightly)
     flags+=" -Zsanitizer=address"
     target_dir=target/asan

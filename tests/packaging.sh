@@ -122,7 +122,7 @@ done
 grep -qxF /usr/share/doc/vhost-user-scsi/LICENSE.dependencies "$work/contents" || fail "no LICENSE.dependencies"
 ! grep -q '^/usr/local' "$work/contents" || fail "files under /usr/local"
 [[ "$(dpkg-deb -f "$deb" Section)" == otherosfs ]] || fail "Section is not otherosfs"
-dpkg-deb -f "$deb" Depends | grep -q adduser || fail "no Depends on adduser"
+dpkg-deb -f "$deb" Depends | grep adduser >/dev/null || fail "no Depends on adduser"
 step_end
 
 # ---------------------------------------------------------------------------------------------
@@ -377,7 +377,7 @@ rpmbuild -bp "${rpm_defs[@]}" packaging/rpm/vhost-user-scsi.spec >"$work/rpmprep
     >"$work/rpmbuild.log" 2>&1 || { tail -40 "$work/rpmbuild.log"; fail "rpmbuild"; }
 rpm_main="$(ls "$top"/RPMS/*/vhost-user-scsi-"$cargo_version"-*.rpm)"
 rpm_se="$(ls "$top"/RPMS/noarch/vhost-user-scsi-selinux-*.rpm)"
-rpm -qp --provides "$rpm_main" | grep -qxF 'vhostuser-backend(scsi)' || fail "RPM does not provide vhostuser-backend(scsi)"
+rpm -qp --provides "$rpm_main" | grep -xF 'vhostuser-backend(scsi)' >/dev/null || fail "RPM does not provide vhostuser-backend(scsi)"
 rpm -qlp "$rpm_main" >"$work/rpm-contents"
 for f in /usr/libexec/vhost-user-scsi /usr/share/qemu/vhost-user/50-vhost-user-scsi.json \
     /usr/share/man/man8/vhost-user-scsi.8.gz /usr/lib/systemd/system/vhost-user-scsi@.service \
@@ -386,7 +386,7 @@ for f in /usr/libexec/vhost-user-scsi /usr/share/qemu/vhost-user/50-vhost-user-s
     # rpm on Debian may or may not compress man pages.
     grep -qxE "${f%.gz}(\.gz)?" "$work/rpm-contents" || fail "$f is not in the RPM"
 done
-rpm -qlp "$rpm_se" | grep -qx /usr/share/selinux/packages/targeted/vhost_user_scsi.pp.bz2 \
+rpm -qlp "$rpm_se" | grep -x /usr/share/selinux/packages/targeted/vhost_user_scsi.pp.bz2 >/dev/null \
     || fail "the -selinux RPM lacks the module"
 mkdir -p "$work/rpmroot"
 (cd "$work/rpmroot" && rpm2cpio "$rpm_main" | cpio -idm --quiet)

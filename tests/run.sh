@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 echo "== installing test dependencies (only what is missing)"
 bash tests/e2e/setup.sh
 for component in rustfmt clippy; do
-    if ! rustup component list --installed 2>/dev/null | grep -q "^${component}"; then
+    if ! rustup component list --installed 2>/dev/null | grep "^${component}" >/dev/null; then
         rustup component add "$component"
     fi
 done

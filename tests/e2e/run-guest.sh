@@ -156,13 +156,15 @@ for attempt in 1 2 3; do
 done
 secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
 
-# Serial output has CRLF line ends.
+# Serial output has CRLF line ends. No `grep -q` after a pipe here: under pipefail, grep
+# leaving at the first match can kill `tr` with SIGPIPE, and the pipeline then fails even though
+# the line is there (a passing guest was once reported "no PASS marker").
 pass_line="E2E-RESULT: PASS phase=$PHASE nonce=$NONCE"
 if [[ $rc -eq 124 || $rc -eq 137 ]]; then
     verdict="timed out after ${TIMEOUT}s"
-elif tr -d '\r' <"$LOG" | grep -q '^E2E-RESULT: FAIL'; then
+elif tr -d '\r' <"$LOG" | grep '^E2E-RESULT: FAIL' >/dev/null; then
     verdict="guest reported failure"
-elif ! tr -d '\r' <"$LOG" | grep -qxF "$pass_line"; then
+elif ! tr -d '\r' <"$LOG" | grep -xF "$pass_line" >/dev/null; then
     verdict="no PASS marker (qemu exit status $rc)"
 elif [[ $rc -ne 0 ]]; then
     verdict="qemu exit status $rc"

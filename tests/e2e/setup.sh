@@ -77,7 +77,8 @@ report_qemu() {
     fi
     # Ask for this one device only: "-device help" loads every QOM module and
     # the backports build aborts on the system QEMU's (mismatched) modules.
-    if ! "$bin" -machine none -device vhost-user-scsi-pci,help 2>/dev/null | grep -q 'num_queues'; then
+    # (grep without -q: under pipefail an early exit can kill the writer with SIGPIPE.)
+    if ! "$bin" -machine none -device vhost-user-scsi-pci,help 2>/dev/null | grep 'num_queues' >/dev/null; then
         echo "E2E-QEMU-UNAVAILABLE $name $bin ($ver) lacks vhost-user-scsi-pci"; return 1
     fi
     echo "E2E-QEMU $name $bin $ver"
@@ -179,7 +180,7 @@ install_backports() {
         local deb
         for deb in "$tmp"/*.deb; do $SUDO dpkg-deb -x "$deb" "$root"; done
         rm -rf "$tmp"
-        if ldd "$root/usr/bin/qemu-system-x86_64" | grep -q 'not found'; then
+        if ldd "$root/usr/bin/qemu-system-x86_64" | grep 'not found' >/dev/null; then
             ldd "$root/usr/bin/qemu-system-x86_64" | grep 'not found' >&2
             echo "E2E-QEMU-UNAVAILABLE backports missing shared libraries"; return 1
         fi

@@ -197,7 +197,7 @@ disks=0:0,1:0,2:0
 [[ $ISCSI == 0 ]] || disks+=,3:0
 # QEMU 9.2 renamed reconnect (seconds) to reconnect-ms.
 reconnect="reconnect=1"
-"$QEMU" --version | grep -qE 'version (9\.[2-9]|[1-9][0-9])' && reconnect="reconnect-ms=500"
+"$QEMU" --version | grep -E 'version (9\.[2-9]|[1-9][0-9])' >/dev/null && reconnect="reconnect-ms=500"
 start_qemu() {
     boots=$((boots + 1))
     # shellcheck disable=SC2054 # commas are QEMU option syntax

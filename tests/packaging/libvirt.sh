@@ -130,8 +130,8 @@ boot_domain() { # boot_domain MARKER PHASE
     [[ "$marker" == vhostuser ]] && taint="custom-device"
     grep -q "tainted: $taint" "/var/log/libvirt/qemu/$name.log" \
         || { tail -20 "/var/log/libvirt/qemu/$name.log" >&2; fail "$marker: domain not tainted $taint"; }
-    if tr -d '\r' <"$serial" | grep -q '^E2E-RESULT: FAIL' \
-        || ! tr -d '\r' <"$serial" | grep -qxF "E2E-RESULT: PASS phase=$phase nonce=$nonce"; then
+    if tr -d '\r' <"$serial" | grep '^E2E-RESULT: FAIL' >/dev/null \
+        || ! tr -d '\r' <"$serial" | grep -xF "E2E-RESULT: PASS phase=$phase nonce=$nonce" >/dev/null; then
         tr -d '\r' <"$serial" | sed 's/^/  | /' >&2
         tail -20 "/var/log/libvirt/qemu/$name.log" >&2 || true
         cat "$work/daemon.log" >&2
