@@ -921,6 +921,28 @@ impl IscsiLun {
     /// Starts the LUN's thread on `handover`'s connection (or, if it was taken already, on a
     /// fresh one from `reconnect`).
     pub fn start(handover: &IscsiHandover, reconnect: Box<dyn Reconnect>) -> io::Result<Arc<Self>> {
+        let (lun, mut lt) = Self::prepare(handover, reconnect)?;
+        thread::Builder::new()
+            .name("vus-iscsi".into())
+            .spawn(move || {
+                crate::sandbox::seccomp::enter_role(
+                    crate::sandbox::seccomp::ThreadRole::WorkerIscsi,
+                );
+                #[cfg(debug_assertions)]
+                crate::sandbox::probe::run_in_thread(
+                    crate::sandbox::seccomp::ThreadRole::WorkerIscsi,
+                );
+                lt.run();
+            })?;
+        Ok(Arc::new(lun))
+    }
+
+    /// The LUN's handle and its thread's state, on `handover`'s connection if it is still
+    /// there; the thread is not started yet (the unit tests start it themselves).
+    fn prepare(
+        handover: &IscsiHandover,
+        reconnect: Box<dyn Reconnect>,
+    ) -> io::Result<(Self, LunThread)> {
         let wake = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
         )?);
@@ -948,19 +970,7 @@ impl IscsiLun {
                 warn!("{}: {e}; reconnecting", lt.name);
             }
         }
-        thread::Builder::new()
-            .name("vus-iscsi".into())
-            .spawn(move || {
-                crate::sandbox::seccomp::enter_role(
-                    crate::sandbox::seccomp::ThreadRole::WorkerIscsi,
-                );
-                #[cfg(debug_assertions)]
-                crate::sandbox::probe::run_in_thread(
-                    crate::sandbox::seccomp::ThreadRole::WorkerIscsi,
-                );
-                lt.run();
-            })?;
-        Ok(Arc::new(Self {
+        let handle = Self {
             tx,
             wake,
             shared,
@@ -968,7 +978,8 @@ impl IscsiLun {
             description: handover.description.clone(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             done: Mutex::new(done),
-        }))
+        };
+        Ok((handle, lt))
     }
 
     /// Sends `req` from this (request-queue) thread if the LUN's lock is free and the session
@@ -1596,6 +1607,219 @@ mod tests {
         assert_eq!(
             lt.task_management(&mut g, TaskManagement::QueryTaskSet),
             TmfOutcome::Complete
+        );
+    }
+
+    /// Bound on every wait for a condition below: reaching it is a failure, not a timing
+    /// guess (each wait ends as soon as its condition holds).
+    const PATIENCE: Duration = Duration::from_secs(60);
+
+    /// `poll(2)` as `nix::poll::poll` makes it (glibc's `poll`, or `ppoll` where there is no
+    /// `poll` system call).
+    #[cfg(target_arch = "x86_64")]
+    const POLL: &[libc::c_long] = &[libc::SYS_poll, libc::SYS_ppoll];
+    #[cfg(not(target_arch = "x86_64"))]
+    const POLL: &[libc::c_long] = &[libc::SYS_ppoll];
+
+    /// The system call thread `tid` of this process is in, if it is in one
+    /// (`/proc/self/task/TID/syscall` says "running" otherwise).
+    fn in_syscall(tid: i32) -> Option<libc::c_long> {
+        let s = std::fs::read_to_string(format!("/proc/self/task/{tid}/syscall")).ok()?;
+        s.split_whitespace().next()?.parse().ok()
+    }
+
+    fn wait_in_syscall(tid: i32, nrs: &[libc::c_long], what: &str) {
+        let deadline = Instant::now() + PATIENCE;
+        while !in_syscall(tid).is_some_and(|n| nrs.contains(&n)) {
+            assert!(
+                Instant::now() < deadline,
+                "{what} is not in system call {nrs:?} after {PATIENCE:?} (in {:?})",
+                in_syscall(tid)
+            );
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// A connected TCP socket whose peer (returned second, kept by the test) never reads,
+    /// writes or closes: the LUN thread waiting on it is woken by nothing but its eventfd, and
+    /// with small socket buffers a large send blocks in the kernel.
+    fn silent_connection() -> (TcpStream, TcpStream) {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // Inherited by the accepted socket, and in its SYN-ACK's window.
+        setsockopt(&l, sockopt::RcvBuf, &16384).unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        setsockopt(&c, sockopt::SndBuf, &16384).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        (c, peer)
+    }
+
+    /// What the supervisor's reconnection gives the worker: a new login to `iqn` on `addr`
+    /// reinstating `lost` (same ISID), its unit attention consumed by TEST UNIT READY.
+    fn relogin(
+        addr: std::net::SocketAddr,
+        iqn: &str,
+        lost: &SessionParams,
+    ) -> Result<Connection, String> {
+        use crate::iscsi::{
+            login::{login_tcp, LoginConfig},
+            session::DataRef,
+        };
+        let err = |e: &dyn std::fmt::Display| e.to_string();
+        let mut cfg = LoginConfig::new(
+            "iqn.2026-01.org.vhost-user-scsi:unit-test",
+            Some(iqn.to_string()),
+        );
+        cfg.isid = lost.isid;
+        let (stream, params) =
+            login_tcp(addr, &cfg, Duration::from_secs(10), 0, &|_| false).map_err(|e| err(&e))?;
+        stream
+            .set_read_timeout(Some(PATIENCE))
+            .map_err(|e| err(&e))?;
+        let mut s: Session<TcpStream> = Session::new(stream, params).map_err(|e| err(&e))?;
+        for _ in 0..4 {
+            let r = s.submit(1, &[0u8; 6], DataRef::None).map_err(|e| err(&e))?;
+            if r.status == 0 {
+                break;
+            }
+        }
+        let (stream, params) = s.into_parts().map_err(|e| err(&e))?;
+        stream.set_read_timeout(None).map_err(|e| err(&e))?;
+        Ok((stream, params))
+    }
+
+    /// Where the connection breaks under the request-queue thread's own send of its command.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Cut {
+        /// Before it: its first `writev` fails (EPIPE).
+        BeforeTheSend,
+        /// While the thread is blocked in a `writev` of the command's data (the peer does not
+        /// read): that one or the next fails (EPIPE), part of the command sent.
+        DuringTheSend,
+    }
+
+    /// Runs `cdb` (with `data` out, or `data.len()` bytes in) through the real submit path
+    /// ([`IscsiLun::submit`] on a request-queue thread of its own) on an iSCSI LUN whose
+    /// connection is a socket to a silent peer, while the LUN thread waits in `poll` (so the
+    /// queue thread finds the lock free and sends the command itself), and breaks the socket's
+    /// write side (`shutdown`, through a duplicate of its fd) as `cut` says. Nothing tells the
+    /// LUN thread but the queue thread's failed send (the peer stays silent); its reconnection
+    /// logs in to `t`'s target `iqn`. The command must complete GOOD with all its data moved;
+    /// returns the buffer.
+    fn through_a_broken_send(
+        t: &vus_test_support::tgtd::Tgtd,
+        iqn: &str,
+        cdb: [u8; 10],
+        write: bool,
+        data: Vec<u8>,
+        cut: Cut,
+    ) -> Vec<u8> {
+        let (client, peer) = silent_connection();
+        let cutter = client.try_clone().unwrap();
+        let mut params = SessionParams::example();
+        // The whole write goes out unsolicited, from the queue thread.
+        params.initial_r2t = false;
+        params.first_burst_length = 1 << 20;
+        params.max_burst_length = 1 << 20;
+        let handover = IscsiHandover::new(1, format!("{iqn} ({cut:?})"), client, params);
+        let (addr, target) = (t.addr(), iqn.to_string());
+        let reconnect = Box::new(move |lost: &SessionParams| relogin(addr, &target, lost));
+        let (lun, mut lt) = IscsiLun::prepare(&handover, reconnect).unwrap();
+        let lun = Arc::new(lun);
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let lun_thread = thread::Builder::new()
+            .name("vus-iscsi-test".into())
+            .spawn(move || {
+                tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+                lt.run();
+            })
+            .unwrap();
+        let lun_tid = tid_rx.recv().unwrap();
+        // Waiting for the socket or the eventfd, without the lock.
+        wait_in_syscall(lun_tid, POLL, "the LUN thread");
+        if cut == Cut::BeforeTheSend {
+            cutter.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let (answer_tx, answer_rx) = mpsc::channel();
+        let (tid_tx, tid_rx) = mpsc::channel();
+        let queue_lun = lun.clone();
+        let queue_thread = thread::spawn(move || {
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let mut buf = data;
+            let out = {
+                let mut sg = SgList::new();
+                sg.push(vm_memory::VolatileSlice::from(buf.as_mut_slice()));
+                let none = SgList::new();
+                let (o, i) = if write { (&sg, &none) } else { (&none, &sg) };
+                queue_lun.submit(5, &cdb, o, i).wait()
+            };
+            answer_tx.send((out, buf)).unwrap();
+        });
+        let queue_tid = tid_rx.recv().unwrap();
+        if cut == Cut::DuringTheSend {
+            wait_in_syscall(queue_tid, &[libc::SYS_writev], "the queue thread's send");
+            cutter.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let (out, buf) = match answer_rx.recv_timeout(PATIENCE) {
+            Ok(answer) => answer,
+            Err(e) => panic!("{cut:?}: no answer in {PATIENCE:?} ({e}): not reissued"),
+        };
+        queue_thread.join().unwrap();
+        let want = PassthroughOutput::new(0, Vec::new(), buf.len() as u32);
+        assert_eq!(out, want, "{cut:?}: the answer");
+        {
+            let g = lock(&lun.shared);
+            assert!(g.sending.is_none() && g.pending.is_empty() && g.queued.is_empty());
+            assert!(g.session.as_ref().is_some_and(|s| !s.is_failed()));
+        }
+        // The LUN goes: its thread logs out of the new session and ends.
+        drop(lun);
+        lun_thread.join().unwrap();
+        drop(peer);
+        buf
+    }
+
+    /// A request-queue thread's own send of its command fails (the connection broke before or
+    /// in the middle of it): the command is reissued by the LUN thread on a new connection
+    /// and completes GOOD, the written bytes on the target's disk, the read bytes in the
+    /// caller's buffer. A real tgtd; nothing but the failed send tells the LUN thread.
+    #[test]
+    fn a_queue_threads_failed_send_is_reissued_on_a_new_connection() {
+        use std::os::unix::fs::FileExt;
+        use vus_test_support::tgtd::{Tgtd, BLOCK};
+        let test = "a_queue_threads_failed_send_is_reissued_on_a_new_connection";
+        let Some(mut t) = Tgtd::start(test) else {
+            return;
+        };
+        let iqn = "iqn.2026-01.org.vhost-user-scsi:failed-send";
+        let path = t.add_target(1, iqn);
+        const LBA: u32 = 1000;
+        const BLOCKS: u16 = 2048; // 1 MiB: far more than the socket buffers hold
+        let len = usize::from(BLOCKS) * BLOCK;
+        let l = LBA.to_be_bytes();
+        let b = BLOCKS.to_be_bytes();
+        let rw10 = |op: u8| [op, 0, l[0], l[1], l[2], l[3], 0, b[0], b[1], 0];
+        let on_disk = || {
+            let mut v = vec![0u8; len];
+            std::fs::File::open(&path)
+                .unwrap()
+                .read_exact_at(&mut v, u64::from(LBA) * BLOCK as u64)
+                .unwrap();
+            v
+        };
+        let data: Vec<u8> = (0..len as u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        assert_ne!(on_disk(), data, "the pattern is new to the disk");
+
+        through_a_broken_send(&t, iqn, rw10(0x2a), true, data.clone(), Cut::DuringTheSend);
+        assert!(on_disk() == data, "the reissued write is not on the disk");
+
+        let got =
+            through_a_broken_send(&t, iqn, rw10(0x28), false, vec![0; len], Cut::BeforeTheSend);
+        assert!(
+            got == data,
+            "the reissued read did not return the disk's bytes"
         );
     }
 
