@@ -280,12 +280,11 @@ while (( $(date +%s) - start < DURATION || faults < ROUNDS * ${#schedule[@]} ));
         enospc)
             holds=$(log_count 'storage full; holding writes')
             rooms=$(log_count 'storage has room again')
-            dd if=/dev/zero of="$work/full/filler" bs=1M 2>/dev/null || true
-            # Each guest job discards its region before it writes it, which frees as much as
-            # the job then allocates: once the file system is full, a job that starts after the
-            # dd would find its own room again. So keep taking what is freed (a discard
-            # arrives whole, the job's writes follow over many requests under TCG) until a
-            # write is held.
+            # Fill the file system, and keep it full: each guest job discards its region
+            # before it writes it, which frees as much as the job then allocates, so a job
+            # that starts after one filling would find its own room again. The loop takes
+            # what is freed (a discard arrives whole, the job's writes follow over many
+            # requests under TCG) until a write is held.
             ( while :; do
                   dd if=/dev/zero of="$work/full/filler" bs=64k oflag=append conv=notrunc \
                       2>/dev/null || true
@@ -293,8 +292,10 @@ while (( $(date +%s) - start < DURATION || faults < ROUNDS * ${#schedule[@]} ));
               done ) &
             taker=$!
             # The guest's next allocating write on 1:0 must be held, not failed.
-            if wait_log 'storage full; holding writes' "$holds" 60; then
-                kill "$taker" 2>/dev/null; wait "$taker" 2>/dev/null || true
+            held=1
+            wait_log 'storage full; holding writes' "$holds" 60 || held=0
+            kill "$taker" 2>/dev/null || true; wait "$taker" 2>/dev/null || true
+            if (( held )); then
                 held_windows=$((held_windows + 1))
                 t_held=$(date +%s%N)
                 sleep "$WINDOW"
@@ -309,7 +310,6 @@ while (( $(date +%s) - start < DURATION || faults < ROUNDS * ${#schedule[@]} ));
                     held_left=$((held_left + 1))
                 fi
             else
-                kill "$taker" 2>/dev/null; wait "$taker" 2>/dev/null || true
                 unheld_windows=$((unheld_windows + 1))
                 rm -f "$work/full/filler"
             fi ;;
