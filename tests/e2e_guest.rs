@@ -701,8 +701,8 @@ fn e2e_worker_killed_under_writes() {
         let deadline = Instant::now() + Duration::from_secs(200);
         let (writing_seen, writing_uptime) = loop {
             let text = fs::read_to_string(&serial).unwrap_or_default();
-            if let Some(u) = text
-                .lines()
+            if let Some(u) = vus_test_support::e2e::complete_lines(&text)
+                .iter()
                 .find_map(|l| l.trim_end().strip_prefix("E2E-WRITING uptime="))
                 .and_then(|u| u.parse::<f64>().ok())
             {

@@ -30,7 +30,7 @@ use std::{
 };
 
 use common::{unlocked, Daemon, Disk};
-use vus_test_support::e2e::system_qemu;
+use vus_test_support::e2e::{complete_lines, system_qemu};
 
 const MIB: u64 = 1 << 20;
 const BASE_SIZE: u64 = 64 * MIB;
@@ -59,13 +59,16 @@ impl Guest {
             .replace('\r', "")
     }
 
-    /// Waits for the guest's `E2E-HP: <step> ...` line; returns its rest.
+    /// Waits for the guest's complete `E2E-HP: <step> ...` line; returns its rest.
     fn wait_step(&mut self, step: &str, daemon: &Daemon) -> String {
         let prefix = format!("E2E-HP: {step}");
         let deadline = Instant::now() + Duration::from_secs(GUEST_TIMEOUT_SECS);
         loop {
             let serial = self.serial();
-            if let Some(line) = serial.lines().find(|l| l.starts_with(&prefix)) {
+            if let Some(line) = complete_lines(&serial)
+                .into_iter()
+                .find(|l| l.starts_with(&prefix))
+            {
                 println!("guest: {line}");
                 return line[prefix.len()..].trim().to_owned();
             }

@@ -21,12 +21,12 @@ cargo fmt --all -- --check
 
 echo "== cargo clippy"
 # --all-features: also the packaging-time generator (feature gen-docs, packaging/gen-docs.rs).
-cargo clippy --all-targets --all-features -- -D warnings
+cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "== cargo test"
 # Benchmarks are built (clippy --all-targets compiles them) but not run: they have their
 # own command (benches/run.sh).
-cargo test --lib --bins --tests -- --test-threads="${VUS_TEST_THREADS:-2}"
+cargo test --workspace --lib --bins --tests -- --test-threads="${VUS_TEST_THREADS:-2}"
 
 # The default I/O engine is io-uring; the front-end tests run again on the other engines.
 for aio in threads sync; do

@@ -40,3 +40,28 @@ pub fn genisoimage(root: &Path, iso: &Path, volume: &str) {
         .expect("genisoimage (tests/e2e/setup.sh installs it)");
     assert!(st.success(), "genisoimage failed: {st}");
 }
+
+/// The complete lines of a serial log that the guest is still writing (carriage returns
+/// dropped). QEMU writes the guest's console to the file a few bytes at a time, so the last
+/// line may be half there: "E2E-HP: added de" was once read for "E2E-HP: added dev=sdb
+/// sectors=131072". Only text followed by a newline counts.
+pub fn complete_lines(serial: &str) -> Vec<String> {
+    let done = serial.rfind('\n').map_or("", |end| &serial[..end]);
+    done.lines().map(|l| l.replace('\r', "")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete_lines;
+
+    #[test]
+    fn a_line_still_being_written_is_not_read() {
+        assert_eq!(complete_lines(""), Vec::<String>::new());
+        assert_eq!(complete_lines("E2E-HP: added de"), Vec::<String>::new());
+        assert_eq!(
+            complete_lines("boot\r\nE2E-HP: ready base=sda\r\nE2E-HP: added de"),
+            ["boot", "E2E-HP: ready base=sda"]
+        );
+        assert_eq!(complete_lines("a\nb\n"), ["a", "b"]);
+    }
+}
