@@ -15,6 +15,16 @@
 //! lands Data-In and answers each caller when its status arrives. Status, sense data and
 //! residuals come back as the target sent them.
 //!
+//! A queue thread waiting for the answer to a lone command it sent itself (QD1) also reads the
+//! connection ([`Submitted::read_input`]): while it spins for the answer it reads a PDU that
+//! is there whenever the lock is free, and when it sleeps it watches the socket besides its
+//! answer eventfd ([`Submitted::input_fd`]). The answer then reaches it without the LUN
+//! thread's wake-up and its hand-off of the answer, two cross-thread wake-ups of ~25 µs each
+//! on this kind of VM (docs/benchmarks.md); the LUN thread, woken by the same bytes, finds
+//! them taken and sleeps again. Whoever holds the lock reads whole PDUs, so the two never
+//! split one; what only the LUN thread may do (drop a failed connection and reissue, act on
+//! an asynchronous event) is left to it, woken through its eventfd.
+//!
 //! Data moves straight between guest memory and the socket ([`GuestBuf`]: the command's
 //! scatter-gather list as a [`TaskBuffer`]): Data-Out PDUs go out with one `writev` of their
 //! headers and the guest's segments, Data-In lands with one `readv` into them (after what the
@@ -35,7 +45,7 @@ use std::{
     io,
     marker::PhantomData,
     net::TcpStream,
-    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
@@ -212,6 +222,22 @@ impl Submitted<'_> {
         }
     }
 
+    /// See [`Ticket::read_input`]; false for an answer given at once.
+    pub fn read_input(&mut self) -> bool {
+        match self {
+            Submitted::Ready(_) => false,
+            Submitted::Waiting(t) => t.read_input(),
+        }
+    }
+
+    /// See [`Ticket::input_fd`].
+    pub fn input_fd(&self) -> Option<RawFd> {
+        match self {
+            Submitted::Ready(_) => None,
+            Submitted::Waiting(t) => t.input_fd(),
+        }
+    }
+
     /// The answer, waiting for it if need be (data-in is in the guest's buffers by then).
     pub fn wait(self) -> PassthroughOutput {
         match self {
@@ -236,6 +262,8 @@ pub struct Ticket<'a> {
     answered: bool,
     /// The submitting thread's [`answer_wake`] is written when the answer is in.
     wakes: bool,
+    /// The connection the command went out on, while its submitting thread may read it.
+    input: Option<Input>,
     data_out_len: usize,
     data_in_len: usize,
     _bytes: InFlight,
@@ -279,7 +307,87 @@ impl Drop for InFlight {
     }
 }
 
+/// The connection a command was sent on by its submitting thread, which may read the answer
+/// from it ([`Ticket::read_input`]).
+struct Input {
+    link: Arc<Link>,
+    /// The session's socket when the command was sent. Only polled: every read goes through
+    /// the session under the lock, after checking that this is still its socket.
+    fd: RawFd,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Input({}, fd {})", self.link.description, self.fd)
+    }
+}
+
+/// Whether `fd` has something to read now (or a hang-up or error to report), without waiting.
+fn readable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+    matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
 impl Ticket<'_> {
+    /// Reads one PDU from the connection the command went out on, if one is there, and hands
+    /// out the answers it completes (this command's among them, perhaps): the submitting
+    /// thread learns its answer without the LUN thread. Never waits for the LUN's lock: its
+    /// holder is reading already (or running a task management function, which may take long;
+    /// the queue thread has other requests to serve). True when a PDU was read.
+    ///
+    /// Stops reading for good (the LUN thread answers instead) once the session is not the
+    /// one the command went out on, failed, or what was read needs the LUN thread (which is
+    /// woken for it: a failed read, an asynchronous event).
+    pub fn read_input(&mut self) -> bool {
+        let Some(input) = self.input.as_ref() else {
+            return false;
+        };
+        let link = input.link.clone();
+        let mut g = match link.shared.try_lock() {
+            Ok(g) => g,
+            Err(TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(TryLockError::WouldBlock) => return false,
+        };
+        let Shared {
+            session,
+            pending,
+            queue_reads,
+            ..
+        } = &mut *g;
+        let Some(session) = session
+            .as_mut()
+            .filter(|s| !s.is_failed() && s.stream().as_fd().as_raw_fd() == input.fd)
+        else {
+            // Reconnected (the command is reissued on the new connection) or about to be.
+            self.input = None;
+            return false;
+        };
+        if !session.has_buffered_input() && !readable_now(session.stream().as_fd()) {
+            return false;
+        }
+        let read = session.receive_one();
+        *queue_reads += 1;
+        while let Some(c) = session.try_completion() {
+            complete(pending, c);
+        }
+        let for_the_lun_thread = read.is_err() || session.has_events();
+        drop(g);
+        if let Err(e) = read {
+            warn!("{}: reading from the target failed: {e}", link.description);
+        }
+        if for_the_lun_thread {
+            self.input = None;
+            let _ = link.wake.write(1);
+        }
+        true
+    }
+
+    /// The socket to watch (besides the answer eventfd) while waiting for the answer: when it
+    /// is readable, [`Ticket::read_input`] reads it. None when the LUN thread reads for it.
+    pub fn input_fd(&self) -> Option<RawFd> {
+        self.input.as_ref().map(|i| i.fd)
+    }
+
     /// Whether the answer is in (then [`Ticket::wait`] returns at once).
     pub fn is_ready(&mut self) -> bool {
         if self.got.is_none() {
@@ -810,6 +918,8 @@ struct Shared {
     /// when the LUN thread ends: whether the direct path runs).
     started: u64,
     direct: u64,
+    /// PDUs read by a request-queue thread waiting for its answer ([`Ticket::read_input`]).
+    queue_reads: u64,
 }
 
 impl Shared {
@@ -822,6 +932,7 @@ impl Shared {
             max_outstanding: 0,
             started: 0,
             direct: 0,
+            queue_reads: 0,
         }
     }
 
@@ -904,13 +1015,20 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a LUN's request-queue threads share with its thread: the lock and its state, and the
+/// thread's eventfd (written for a request in the channel, or when a queue thread leaves it
+/// something to do: a failed send or read, an asynchronous event it read).
+struct Link {
+    shared: Arc<Mutex<Shared>>,
+    wake: Arc<EventFd>,
+    description: String,
+}
+
 /// The queue threads' handle on one iSCSI LUN's thread.
 pub struct IscsiLun {
     tx: Sender<Msg>,
-    wake: Arc<EventFd>,
-    shared: Arc<Mutex<Shared>>,
+    link: Arc<Link>,
     lun: u64,
-    description: String,
     /// Bounce-buffer bytes of the commands in flight.
     in_flight: Arc<AtomicUsize>,
     /// Disconnected when the LUN thread has ended.
@@ -972,10 +1090,12 @@ impl IscsiLun {
         }
         let handle = Self {
             tx,
-            wake,
-            shared,
+            link: Arc::new(Link {
+                shared,
+                wake,
+                description: handover.description.clone(),
+            }),
             lun,
-            description: handover.description.clone(),
             in_flight: Arc::new(AtomicUsize::new(0)),
             done: Mutex::new(done),
         };
@@ -983,32 +1103,42 @@ impl IscsiLun {
     }
 
     /// Sends `req` from this (request-queue) thread if the LUN's lock is free and the session
-    /// can take it now ([`Shared::direct_ok`]); gives it back otherwise, for the LUN thread.
-    fn try_direct(&self, req: Request) -> Option<Request> {
-        let mut g = match self.shared.try_lock() {
+    /// can take it now ([`Shared::direct_ok`]); gives it back otherwise (`Err`), for the LUN
+    /// thread. `Ok(Some(fd))`: sent on the socket `fd`, whose answers this thread may read
+    /// ([`Ticket::read_input`]); `Ok(None)`: answered at once, or the send failed and the LUN
+    /// thread reissues it.
+    fn try_direct(&self, req: Request) -> Result<Option<RawFd>, Request> {
+        let link = &*self.link;
+        let mut g = match link.shared.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             // The LUN thread is processing a PDU (or another queue thread sends): rather
             // than wait, hand the command over.
-            Err(TryLockError::WouldBlock) => return Some(req),
+            Err(TryLockError::WouldBlock) => return Err(req),
         };
         if !g.direct_ok() {
-            return Some(req);
+            return Err(req);
         }
         let before = g.started;
-        let res = g.start(self.lun, &self.description, req);
-        if g.started > before {
+        let res = g.start(self.lun, &link.description, req);
+        let sent = g.started > before;
+        if sent {
             g.direct += 1;
         }
-        if let Err(e) = res {
-            // The LUN thread drops the connection and reissues the command (it is among the
-            // session's outstanding ones, its caller in `sending`); it may be asleep in `poll`
-            // on a socket that says nothing yet.
-            warn!("{}: sending a command failed: {e}", self.description);
-            drop(g);
-            let _ = self.wake.write(1);
+        match res {
+            Ok(()) => Ok(sent
+                .then(|| g.session.as_ref().map(|s| s.stream().as_fd().as_raw_fd()))
+                .flatten()),
+            Err(e) => {
+                // The LUN thread drops the connection and reissues the command (it is among
+                // the session's outstanding ones, its caller in `sending`); it may be asleep
+                // in `poll` on a socket that says nothing yet.
+                warn!("{}: sending a command failed: {e}", link.description);
+                drop(g);
+                let _ = link.wake.write(1);
+                Ok(None)
+            }
         }
-        None
     }
 }
 
@@ -1019,7 +1149,7 @@ impl Drop for IscsiLun {
         // The sender goes first, so that the woken thread finds every sender gone.
         let (none, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.tx, none));
-        let _ = self.wake.write(1);
+        let _ = self.link.wake.write(1);
     }
 }
 
@@ -1059,17 +1189,25 @@ impl Passthrough for IscsiLun {
                 tag,
             },
         };
-        if let Some(req) = self.try_direct(req) {
-            if self.tx.send(Msg::Command(req)).is_err() || self.wake.write(1).is_err() {
-                // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
-                return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
+        let input = match self.try_direct(req) {
+            Ok(fd) => fd.map(|fd| Input {
+                link: self.link.clone(),
+                fd,
+            }),
+            Err(req) => {
+                if self.tx.send(Msg::Command(req)).is_err() || self.link.wake.write(1).is_err() {
+                    // The LUN thread is gone: LOGICAL UNIT COMMUNICATION FAILURE.
+                    return Submitted::Ready(PassthroughOutput::check_condition(0x04, 0x08, 0x00));
+                }
+                None
             }
-        }
+        };
         Submitted::Waiting(Ticket {
             answer,
             got: None,
             answered: false,
             wakes,
+            input,
             data_out_len: data_out.len(),
             data_in_len: data_in.len(),
             _bytes: bytes,
@@ -1078,12 +1216,12 @@ impl Passthrough for IscsiLun {
     }
 
     fn describe(&self) -> &str {
-        &self.description
+        &self.link.description
     }
 
     fn close(&self) {
         if self.tx.send(Msg::Close).is_ok() {
-            let _ = self.wake.write(1);
+            let _ = self.link.wake.write(1);
         }
     }
 
@@ -1102,13 +1240,13 @@ impl Passthrough for IscsiLun {
 
     fn task_management(&self, f: TaskManagement) -> TmfOutcome {
         let (reply, answer) = mpsc::sync_channel(1);
-        if self.tx.send(Msg::Tmf(f, reply)).is_err() || self.wake.write(1).is_err() {
+        if self.tx.send(Msg::Tmf(f, reply)).is_err() || self.link.wake.write(1).is_err() {
             return TmfOutcome::Failed;
         }
         answer.recv_timeout(TMF_TIMEOUT).unwrap_or_else(|_| {
             warn!(
                 "{}: no answer to {f:?} in {TMF_TIMEOUT:?}",
-                self.description
+                self.link.description
             );
             TmfOutcome::Failed
         })
@@ -1180,8 +1318,8 @@ impl LunThread {
                     self.log_out(&mut g);
                     info!(
                         "{}: LUN thread ends; its connection is closed ({} of {} commands sent \
-                         by their request-queue thread)",
-                        self.name, g.direct, g.started
+                         by their request-queue thread, {} PDUs read by one)",
+                        self.name, g.direct, g.started, g.queue_reads
                     );
                     return;
                 }
@@ -1242,7 +1380,11 @@ impl LunThread {
         } = g;
         let session = session.as_mut().expect("serve_once with a session");
         let mut wait = true;
-        if std::mem::take(&mut self.readable) || session.has_buffered_input() {
+        // What `poll` saw may have been read meanwhile by a queue thread waiting for its
+        // answer ([`Ticket::read_input`]): looked at again, since a read with nothing there
+        // would block under the lock.
+        let readable = std::mem::take(&mut self.readable);
+        if session.has_buffered_input() || (readable && readable_now(session.stream().as_fd())) {
             session.receive_one()?;
             wait = false;
         }
@@ -1768,7 +1910,7 @@ mod tests {
         let want = PassthroughOutput::new(0, Vec::new(), buf.len() as u32);
         assert_eq!(out, want, "{cut:?}: the answer");
         {
-            let g = lock(&lun.shared);
+            let g = lock(&lun.link.shared);
             assert!(g.sending.is_none() && g.pending.is_empty() && g.queued.is_empty());
             assert!(g.session.as_ref().is_some_and(|s| !s.is_failed()));
         }
@@ -1825,6 +1967,95 @@ mod tests {
             got == data,
             "the reissued read did not return the disk's bytes"
         );
+    }
+
+    /// A request-queue thread gets the answer to a command it sent itself by reading the
+    /// connection ([`Ticket::read_input`]) with no LUN thread running at all: a 1 MiB write
+    /// (beyond tgtd's FirstBurstLength: the queue thread answers the target's R2Ts) and the
+    /// read of it back (several Data-In PDUs), against a real tgtd. The LUN thread, woken by
+    /// the bytes the queue thread took, must then find nothing to read and not block on the
+    /// socket (a read timeout turns a blocking read into an error here), and still serves the
+    /// LUN afterwards (it logs out when the LUN goes).
+    #[test]
+    fn a_queue_thread_reads_the_answer_to_its_own_command() {
+        use vus_test_support::tgtd::Tgtd;
+        let test = "a_queue_thread_reads_the_answer_to_its_own_command";
+        let Some(mut t) = Tgtd::start(test) else {
+            return;
+        };
+        let iqn = "iqn.2026-01.org.vhost-user-scsi:own-answer";
+        t.add_target(1, iqn);
+        let (stream, params) = relogin(t.addr(), iqn, &SessionParams::example()).unwrap();
+        assert!(
+            params.first_burst_length < 1 << 20 && params.max_recv_data_segment_length < 1 << 20,
+            "the write needs R2Ts, the read several Data-In PDUs: {params:?}"
+        );
+        // Shared with the session's socket: a read with nothing to read fails after 2 s.
+        let timeout = stream.try_clone().unwrap();
+        let handover = IscsiHandover::new(1, test.into(), stream, params);
+        let reconnect = Box::new(|_: &SessionParams| -> Result<Connection, String> {
+            Err("no reconnection in this test".into())
+        });
+        let (lun, mut lt) = IscsiLun::prepare(&handover, reconnect).unwrap();
+        let run = |cdb: [u8; 10], write: bool, buf: &mut [u8]| {
+            let mut sg = SgList::new();
+            sg.push(vm_memory::VolatileSlice::from(buf));
+            let none = SgList::new();
+            let (o, i) = if write { (&sg, &none) } else { (&none, &sg) };
+            let mut s = lun.submit(9, &cdb, o, i);
+            assert!(
+                s.input_fd().is_some(),
+                "sent by this thread, on the session's socket"
+            );
+            let deadline = Instant::now() + PATIENCE;
+            let mut reads = 0;
+            while !s.is_ready() {
+                if Instant::now() > deadline {
+                    // Dropped, the ticket would wait for the answer, which nothing reads: it
+                    // is leaked, and the session holding the buffer goes with the LUN.
+                    std::mem::forget(s);
+                    panic!("no answer read in {PATIENCE:?}");
+                }
+                if s.read_input() {
+                    reads += 1;
+                }
+            }
+            (s.wait(), reads)
+        };
+        const LEN: usize = 1 << 20;
+        let lba = 64u32.to_be_bytes();
+        let blocks = ((LEN / 512) as u16).to_be_bytes();
+        let rw10 = |op: u8| {
+            [
+                op, 0, lba[0], lba[1], lba[2], lba[3], 0, blocks[0], blocks[1], 0,
+            ]
+        };
+        let mut data: Vec<u8> = (0..LEN as u32).map(|i| (i % 251) as u8).collect();
+        let (out, reads) = run(rw10(0x2a), true, &mut data);
+        assert_eq!(out, PassthroughOutput::new(0, Vec::new(), LEN as u32));
+        assert!(reads >= 2, "R2Ts and the response: {reads} PDUs read");
+        let mut back = vec![0u8; LEN];
+        let (out, reads) = run(rw10(0x28), false, &mut back);
+        assert_eq!(out, PassthroughOutput::new(0, Vec::new(), LEN as u32));
+        assert!(back == data, "the read returned other bytes");
+        assert!(reads >= 2, "Data-In PDUs: {reads} read");
+
+        // What the LUN thread's `poll` saw was taken: it must not read.
+        timeout
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        lt.readable = true;
+        {
+            let mut g = lock(&lun.link.shared);
+            assert!(matches!(lt.serve_once(&mut g), Ok(true)), "nothing to read");
+            assert!(g.pending.is_empty() && g.session.as_ref().is_some_and(|s| !s.is_failed()));
+        }
+        timeout.set_read_timeout(None).unwrap();
+        t.set_debug(true);
+        let lun_thread = thread::spawn(move || lt.run());
+        drop(lun);
+        lun_thread.join().unwrap();
+        assert_eq!(t.logouts(), 1, "{}", t.log());
     }
 
     #[test]

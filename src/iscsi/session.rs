@@ -311,6 +311,11 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
         self.failed
     }
 
+    /// Whether asynchronous events wait to be taken ([`Session::take_events`]).
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
     /// Async events received since the last call.
     pub fn take_events(&mut self) -> Vec<AsyncEvent> {
         std::mem::take(&mut self.events)

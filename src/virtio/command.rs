@@ -65,6 +65,18 @@ impl PassthroughReply<'_> {
         self.submitted.wakes()
     }
 
+    /// Reads what the target sent on the command's connection, if anything (see
+    /// [`crate::block::iscsi::Ticket::read_input`]); true when something was read.
+    pub fn read_input(&mut self) -> bool {
+        self.submitted.read_input()
+    }
+
+    /// The command's connection, to watch while waiting for its answer (see
+    /// [`crate::block::iscsi::Ticket::input_fd`]).
+    pub fn input_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.submitted.input_fd()
+    }
+
     /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
     /// returns the used length.
     pub fn finish(self) -> u32 {

@@ -879,7 +879,9 @@ impl QueueWorker {
     /// At QD1 a sleep costs each answer the LUN thread's eventfd write, a wake-up and an
     /// eventfd read here, on top of the target's round trip: polling catches the answer
     /// without them ([`AnswerWake`]: the LUN thread writes the eventfd only while this thread
-    /// sleeps). Nothing spins without a command outstanding, nor with more than one.
+    /// sleeps). A lone command this thread sent itself is also read here, from its connection
+    /// (`PassthroughReply::read_input`), which saves the LUN thread's wake-up as well. Nothing
+    /// spins without a command outstanding, nor with more than one.
     fn await_answers(
         &mut self,
         vring: &impl Vring,
@@ -897,7 +899,11 @@ impl QueueWorker {
         } else {
             Duration::ZERO
         };
-        let mut answered = || passthrough.iter_mut().any(|(_, p)| p.is_ready());
+        let mut answered = || {
+            passthrough
+                .iter_mut()
+                .any(|(_, p)| p.is_ready() || (p.read_input() && p.is_ready()))
+        };
         match self.spin(vring, mem, window, kick.is_some(), &mut answered) {
             Spun::Completion => {
                 if let Some(start) = start {
@@ -922,7 +928,9 @@ impl QueueWorker {
     /// eventfd (a new request; consumed here, since this call takes the requests) or, with
     /// I/O in flight, the engine's completion fd is readable. Engines whose completions reach
     /// their fd only when this thread enters the kernel (io_uring with COOP_TASKRUN) are
-    /// looked at every millisecond meanwhile.
+    /// looked at every millisecond meanwhile. A lone command's connection is watched too, and
+    /// read here when it says something: its answer then needs no LUN thread (at QD1 the
+    /// whole wait is for it; with more commands the LUN thread reads, for all of them).
     fn wait_for_answers(
         &mut self,
         wake: &AnswerWake,
@@ -941,6 +949,10 @@ impl QueueWorker {
         } else {
             None
         };
+        let input_fd = match passthrough.len() {
+            1 => passthrough[0].1.input_fd(),
+            _ => None,
+        };
         let mut fds = [
             libc::pollfd {
                 fd: wake.fd().as_raw_fd(),
@@ -958,11 +970,20 @@ impl QueueWorker {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                // The command's socket. Should the LUN thread drop the connection meanwhile,
+                // the number may wake this poll for nothing (POLLNVAL, or another file's by
+                // then): the read below finds it is not the session's socket any more, and
+                // the ticket stops giving it out; the answer comes through `wake`.
+                fd: input_fd.unwrap_or(-1),
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         let timeout = if self.inflight > 0 { 1 } else { -1 };
         loop {
-            // SAFETY: three valid pollfds for the duration of the call.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 3, timeout) };
+            // SAFETY: four valid pollfds for the duration of the call.
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if r >= 0 {
                 break;
             }
@@ -973,6 +994,13 @@ impl QueueWorker {
             }
         }
         wake.awake(fds[0].revents != 0);
+        if fds[3].revents != 0 {
+            // Read here unless the LUN thread holds the lock (then it is reading it, and
+            // answers through the eventfd).
+            if let Some((_, p)) = passthrough.front_mut() {
+                p.read_input();
+            }
+        }
         if let (Some(fd), true) = (kick, fds[2].revents & libc::POLLIN != 0) {
             // The requests it announces are taken next; left readable, it would end every
             // later wait at once. (The kick eventfd is non-blocking.)
