@@ -58,7 +58,10 @@ use std::{
 use log::{debug, info, warn};
 use nix::{
     poll::{PollFd, PollFlags, PollTimeout},
-    sys::eventfd::{EfdFlags, EventFd},
+    sys::{
+        epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout},
+        eventfd::{EfdFlags, EventFd},
+    },
 };
 
 use super::sg::SgList;
@@ -238,6 +241,13 @@ impl Submitted<'_> {
         }
     }
 
+    /// See [`Ticket::stop_watching`].
+    pub fn stop_watching(&mut self) {
+        if let Submitted::Waiting(t) = self {
+            t.stop_watching();
+        }
+    }
+
     /// The answer, waiting for it if need be (data-in is in the guest's buffers by then).
     pub fn wait(self) -> PassthroughOutput {
         match self {
@@ -272,6 +282,8 @@ pub struct Ticket<'a> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
+        // The LUN thread reads for it from here on.
+        self.input = None;
         if !self.answered && self.got.is_none() {
             // The LUN thread lets go of the guest's buffers before it answers (or it drops
             // them with the command: then the channel is closed).
@@ -314,6 +326,16 @@ struct Input {
     /// The session's socket when the command was sent. Only polled: every read goes through
     /// the session under the lock, after checking that this is still its socket.
     fd: RawFd,
+    /// The LUN thread is not woken by this socket while this lives ([`Link::watch`]).
+    watching: bool,
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        if self.watching {
+            self.link.unwatch();
+        }
+    }
 }
 
 impl std::fmt::Debug for Input {
@@ -329,7 +351,7 @@ fn readable_now(fd: BorrowedFd<'_>) -> bool {
 }
 
 impl Ticket<'_> {
-    /// Reads one PDU from the connection the command went out on, if one is there, and hands
+    /// Reads what is there on the connection the command went out on (whole PDUs), and hands
     /// out the answers it completes (this command's among them, perhaps): the submitting
     /// thread learns its answer without the LUN thread. Never waits for the LUN's lock: its
     /// holder is reading already (or running a task management function, which may take long;
@@ -365,8 +387,15 @@ impl Ticket<'_> {
         if !session.has_buffered_input() && !readable_now(session.stream().as_fd()) {
             return false;
         }
-        let read = session.receive_one();
+        // Every PDU that came with it too: bytes the session's reader holds already do not
+        // make the socket readable again (nothing would wake this thread or, the socket being
+        // watched here, the LUN thread for them).
+        let mut read = session.receive_one();
         *queue_reads += 1;
+        while read.is_ok() && session.has_buffered_input() {
+            read = session.receive_one();
+            *queue_reads += 1;
+        }
         while let Some(c) = session.try_completion() {
             complete(pending, c);
         }
@@ -388,6 +417,17 @@ impl Ticket<'_> {
         self.input.as_ref().map(|i| i.fd)
     }
 
+    /// The submitting thread is going to wait without watching the socket (for several
+    /// commands at once): the LUN thread must be woken by it again. The thread may still read
+    /// opportunistically ([`Ticket::read_input`]).
+    pub fn stop_watching(&mut self) {
+        if let Some(i) = self.input.as_mut() {
+            if std::mem::take(&mut i.watching) {
+                i.link.unwatch();
+            }
+        }
+    }
+
     /// Whether the answer is in (then [`Ticket::wait`] returns at once).
     pub fn is_ready(&mut self) -> bool {
         if self.got.is_none() {
@@ -403,6 +443,8 @@ impl Ticket<'_> {
     /// Blocks until the target answered (or the command was given up with BUSY); the data-in
     /// is in the guest's buffers by then.
     pub fn wait(mut self) -> PassthroughOutput {
+        // Not watched while this thread blocks: the LUN thread reads the answer.
+        self.input = None;
         let answer = match self.got.take() {
             Some(a) => a,
             None => self.answer.recv(),
@@ -1022,6 +1064,77 @@ struct Link {
     shared: Arc<Mutex<Shared>>,
     wake: Arc<EventFd>,
     description: String,
+    /// What the LUN thread sleeps on: its eventfd ([`EV_WAKE`]) and the session's socket
+    /// ([`EV_SOCKET`]).
+    epoll: Epoll,
+    /// The socket whose readability is out of `epoll` because a queue thread watches it for
+    /// the answer to the only command outstanding ([`Link::watch`]). Held across the
+    /// `epoll_ctl` that changes it, so that the set and this agree; the LUN thread clears it
+    /// before it closes that socket ([`Link::forget_socket`]).
+    watched: Mutex<Option<RawFd>>,
+}
+
+/// Tokens of a LUN thread's epoll set.
+const EV_WAKE: u64 = 0;
+const EV_SOCKET: u64 = 1;
+
+impl Link {
+    /// The link of a LUN thread whose eventfd is `wake` (no connection yet).
+    fn new(wake: Arc<EventFd>, description: String) -> io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, EV_WAKE))?;
+        Ok(Self {
+            shared: Arc::new(Mutex::new(Shared::new())),
+            wake,
+            description,
+            epoll,
+            watched: Mutex::new(None),
+        })
+    }
+
+    /// A queue thread sent the only command outstanding on the socket `fd` and watches that
+    /// socket itself until the answer is in (or it stops: [`Link::unwatch`]): the target's
+    /// bytes stop waking the LUN thread, whose wake-up for an answer it would not read costs
+    /// the CPU the queue thread, tgtd or a vCPU needs. Hang-ups and errors still wake it
+    /// (epoll always reports those). Called under the LUN's lock. True if now watched.
+    fn watch(&self, fd: BorrowedFd<'_>) -> bool {
+        let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if w.is_some() {
+            return false;
+        }
+        let mut ev = EpollEvent::new(EpollFlags::empty(), EV_SOCKET);
+        if self.epoll.modify(fd, &mut ev).is_err() {
+            return false;
+        }
+        *w = Some(fd.as_raw_fd());
+        true
+    }
+
+    /// The LUN thread is woken by the socket again (the command is answered, another was sent
+    /// or its queue thread waits elsewhere).
+    fn unwatch(&self) {
+        let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = w.take() {
+            // SAFETY: `watched` names the session's socket, which the LUN thread closes only
+            // after `forget_socket` cleared it under this same lock: it is open here.
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            let mut ev = EpollEvent::new(EpollFlags::EPOLLIN, EV_SOCKET);
+            if let Err(e) = self.epoll.modify(fd, &mut ev) {
+                warn!(
+                    "{}: the LUN thread may not see its socket ({e})",
+                    self.description
+                );
+            }
+        }
+    }
+
+    /// The LUN thread is about to close `fd` (the session's socket): out of the set and no
+    /// longer watched.
+    fn forget_socket(&self, fd: BorrowedFd<'_>) {
+        let mut w = self.watched.lock().unwrap_or_else(|e| e.into_inner());
+        *w = None;
+        let _ = self.epoll.delete(fd);
+    }
 }
 
 /// The queue threads' handle on one iSCSI LUN's thread.
@@ -1067,12 +1180,11 @@ impl IscsiLun {
         let (tx, rx) = mpsc::channel();
         let (running, done) = mpsc::channel();
         let initial = handover.take();
-        let shared = Arc::new(Mutex::new(Shared::new()));
         let lun = u64::from(handover.target_lun);
+        let link = Arc::new(Link::new(wake, handover.description.clone())?);
         let mut lt = LunThread {
             rx,
-            wake: wake.clone(),
-            shared: shared.clone(),
+            link: link.clone(),
             sock: None,
             lun,
             name: handover.description.clone(),
@@ -1084,17 +1196,13 @@ impl IscsiLun {
             readable: false,
         };
         if let Some((stream, params)) = initial {
-            if let Err(e) = lt.install(&mut lock(&shared), stream, params) {
+            if let Err(e) = lt.install(&mut lock(&link.shared), stream, params) {
                 warn!("{}: {e}; reconnecting", lt.name);
             }
         }
         let handle = Self {
             tx,
-            link: Arc::new(Link {
-                shared,
-                wake,
-                description: handover.description.clone(),
-            }),
+            link,
             lun,
             in_flight: Arc::new(AtomicUsize::new(0)),
             done: Mutex::new(done),
@@ -1104,10 +1212,11 @@ impl IscsiLun {
 
     /// Sends `req` from this (request-queue) thread if the LUN's lock is free and the session
     /// can take it now ([`Shared::direct_ok`]); gives it back otherwise (`Err`), for the LUN
-    /// thread. `Ok(Some(fd))`: sent on the socket `fd`, whose answers this thread may read
-    /// ([`Ticket::read_input`]); `Ok(None)`: answered at once, or the send failed and the LUN
-    /// thread reissues it.
-    fn try_direct(&self, req: Request) -> Result<Option<RawFd>, Request> {
+    /// thread. `Ok(Some((fd, watching)))`: sent on the socket `fd`, whose answers this thread
+    /// may read ([`Ticket::read_input`]), and must (`watching`: the only command outstanding,
+    /// [`Link::watch`]); `Ok(None)`: answered at once, or the send failed and the LUN thread
+    /// reissues it.
+    fn try_direct(&self, req: Request) -> Result<Option<(RawFd, bool)>, Request> {
         let link = &*self.link;
         let mut g = match link.shared.try_lock() {
             Ok(g) => g,
@@ -1119,6 +1228,10 @@ impl IscsiLun {
         if !g.direct_ok() {
             return Err(req);
         }
+        if !g.pending.is_empty() {
+            // Not alone: the LUN thread reads for every command.
+            link.unwatch();
+        }
         let before = g.started;
         let res = g.start(self.lun, &link.description, req);
         let sent = g.started > before;
@@ -1126,9 +1239,15 @@ impl IscsiLun {
             g.direct += 1;
         }
         match res {
-            Ok(()) => Ok(sent
-                .then(|| g.session.as_ref().map(|s| s.stream().as_fd().as_raw_fd()))
-                .flatten()),
+            Ok(()) if sent => {
+                let lone = g.pending.len() == 1;
+                let Some(session) = g.session.as_ref() else {
+                    return Ok(None);
+                };
+                let sock = session.stream().as_fd();
+                Ok(Some((sock.as_raw_fd(), lone && link.watch(sock))))
+            }
+            Ok(()) => Ok(None),
             Err(e) => {
                 // The LUN thread drops the connection and reissues the command (it is among
                 // the session's outstanding ones, its caller in `sending`); it may be asleep
@@ -1190,9 +1309,10 @@ impl Passthrough for IscsiLun {
             },
         };
         let input = match self.try_direct(req) {
-            Ok(fd) => fd.map(|fd| Input {
+            Ok(sent) => sent.map(|(fd, watching)| Input {
                 link: self.link.clone(),
                 fd,
+                watching,
             }),
             Err(req) => {
                 if self.tx.send(Msg::Command(req)).is_err() || self.link.wake.write(1).is_err() {
@@ -1276,8 +1396,8 @@ impl Pending {
 /// The state of one LUN's thread (what the queue threads also use is in [`Shared`]).
 struct LunThread {
     rx: Receiver<Msg>,
-    wake: Arc<EventFd>,
-    shared: Arc<Mutex<Shared>>,
+    /// The LUN's lock and state, eventfd and wait set.
+    link: Arc<Link>,
     /// The session's socket, to wait on without the lock (only this thread replaces the
     /// session).
     sock: Option<Arc<TcpStream>>,
@@ -1301,7 +1421,7 @@ impl LunThread {
         // finished (for at most GIVE_UP), then the connection is closed.
         let mut closing: Option<Instant> = None;
         loop {
-            let shared = self.shared.clone();
+            let shared = self.link.shared.clone();
             let mut g = lock(&shared);
             if !self.take_requests(&mut g) && closing.is_none() {
                 closing = Some(Instant::now());
@@ -1372,6 +1492,10 @@ impl LunThread {
             // A queue thread's send failed (it logged why).
             return Err(SessionError::Failed);
         }
+        if !g.queued.is_empty() {
+            // More than one command on the connection: this thread reads for them.
+            self.link.unwatch();
+        }
         while let Some(req) = g.queued.pop_front() {
             g.start(self.lun, &self.name, req)?;
         }
@@ -1395,23 +1519,26 @@ impl LunThread {
         Ok(wait)
     }
 
-    /// Waits, without the lock, until the socket has something to read or the eventfd was
-    /// written (a request or a TMF for the channel, or a queue thread's failed send).
+    /// Waits, without the lock, until the socket has something to read (unless a queue
+    /// thread watches it: [`Link::watch`]) or the eventfd was written (a request or a TMF for
+    /// the channel, or what a queue thread left to do: a failed send or read, an event).
     fn wait_for_input(&mut self) -> Result<(), SessionError> {
-        let Some(sock) = self.sock.as_ref() else {
+        if self.sock.is_none() {
             return Ok(());
-        };
-        let mut fds = [
-            PollFd::new(sock.as_fd(), PollFlags::POLLIN),
-            PollFd::new(self.wake.as_fd(), PollFlags::POLLIN),
-        ];
-        match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(SessionError::Pdu(crate::iscsi::pdu::PduError::Io(e.into()))),
         }
-        self.readable = fds[0].revents().is_some_and(|r| !r.is_empty());
-        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
-            let _ = self.wake.read();
+        let mut events = [EpollEvent::empty(); 2];
+        let n = match self.link.epoll.wait(&mut events, EpollTimeout::NONE) {
+            Ok(n) => n,
+            Err(nix::errno::Errno::EINTR) => 0,
+            Err(e) => return Err(SessionError::Pdu(crate::iscsi::pdu::PduError::Io(e.into()))),
+        };
+        for ev in &events[..n] {
+            match ev.data() {
+                EV_SOCKET => self.readable = true,
+                _ => {
+                    let _ = self.link.wake.read();
+                }
+            }
         }
         Ok(())
     }
@@ -1423,11 +1550,29 @@ impl LunThread {
         stream: TcpStream,
         params: SessionParams,
     ) -> Result<(), SessionError> {
+        self.forget_socket();
         let sock = Arc::new(stream);
-        g.session = Some(Session::new(Conn(sock.clone()), params)?);
-        self.sock = Some(sock);
+        let io =
+            |e: nix::errno::Errno| SessionError::Pdu(crate::iscsi::pdu::PduError::Io(e.into()));
+        self.link
+            .epoll
+            .add(
+                sock.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, EV_SOCKET),
+            )
+            .map_err(io)?;
+        self.sock = Some(sock.clone());
+        g.session = Some(Session::new(Conn(sock), params)?);
         self.readable = false;
         Ok(())
+    }
+
+    /// The session's socket is about to be closed: out of the wait set first (see
+    /// [`Link::forget_socket`]).
+    fn forget_socket(&mut self) {
+        if let Some(sock) = self.sock.take() {
+            self.link.forget_socket(sock.as_fd());
+        }
     }
 
     /// Carries out a task management function: commands not sent yet are answered aborted
@@ -1546,6 +1691,7 @@ impl LunThread {
         while let Some(c) = session.try_completion() {
             complete(&mut g.pending, c);
         }
+        self.forget_socket();
     }
 
     /// The session failed: keep what did not complete, drop the connection.
@@ -1584,8 +1730,8 @@ impl LunThread {
             p.answer(Outcome::Busy);
         }
         self.lost = session.params().clone();
+        self.forget_socket();
         drop(session);
-        self.sock = None;
         self.readable = false;
         reissue.append(&mut g.queued);
         g.queued = reissue;
@@ -1599,7 +1745,7 @@ impl LunThread {
     /// their commands over meanwhile), then a backoff wait (on the eventfd, so that new
     /// requests are collected), answering BUSY to commands that waited too long.
     fn reconnect_once(&mut self) {
-        let shared = self.shared.clone();
+        let shared = self.link.shared.clone();
         match self.reconnect.reconnect(&self.lost) {
             Ok((stream, params)) => {
                 let mut g = lock(&shared);
@@ -1643,10 +1789,10 @@ impl LunThread {
                     .with_limits(Duration::from_millis(100), Duration::from_secs(2))
             })
             .next_delay();
-        let mut fds = [PollFd::new(self.wake.as_fd(), PollFlags::POLLIN)];
+        let mut fds = [PollFd::new(self.link.wake.as_fd(), PollFlags::POLLIN)];
         let ms = u16::try_from(delay.as_millis()).unwrap_or(u16::MAX);
         let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
-        let _ = self.wake.read();
+        let _ = self.link.wake.read();
     }
 }
 
@@ -1682,8 +1828,13 @@ mod tests {
         let params = SessionParams::example();
         LunThread {
             rx,
-            wake: Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap()),
-            shared: Arc::new(Mutex::new(Shared::new())),
+            link: Arc::new(
+                Link::new(
+                    Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap()),
+                    "test".into(),
+                )
+                .unwrap(),
+            ),
             sock: None,
             lun: 1,
             name: "test".into(),
@@ -1756,12 +1907,13 @@ mod tests {
     /// guess (each wait ends as soon as its condition holds).
     const PATIENCE: Duration = Duration::from_secs(60);
 
-    /// `poll(2)` as `nix::poll::poll` makes it (glibc's `poll`, or `ppoll` where there is no
-    /// `poll` system call).
+    /// The LUN thread's wait (`LunThread::wait_for_input`): `epoll_wait(2)` as
+    /// `nix::sys::epoll::Epoll::wait` makes it (`epoll_pwait` where there is no `epoll_wait`
+    /// system call).
     #[cfg(target_arch = "x86_64")]
-    const POLL: &[libc::c_long] = &[libc::SYS_poll, libc::SYS_ppoll];
+    const EPOLL_WAIT: &[libc::c_long] = &[libc::SYS_epoll_wait, libc::SYS_epoll_pwait];
     #[cfg(not(target_arch = "x86_64"))]
-    const POLL: &[libc::c_long] = &[libc::SYS_ppoll];
+    const EPOLL_WAIT: &[libc::c_long] = &[libc::SYS_epoll_pwait];
 
     /// The system call thread `tid` of this process is in, if it is in one
     /// (`/proc/self/task/TID/syscall` says "running" otherwise).
@@ -1878,7 +2030,7 @@ mod tests {
             .unwrap();
         let lun_tid = tid_rx.recv().unwrap();
         // Waiting for the socket or the eventfd, without the lock.
-        wait_in_syscall(lun_tid, POLL, "the LUN thread");
+        wait_in_syscall(lun_tid, EPOLL_WAIT, "the LUN thread");
         if cut == Cut::BeforeTheSend {
             cutter.shutdown(std::net::Shutdown::Write).unwrap();
         }

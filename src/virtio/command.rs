@@ -77,6 +77,12 @@ impl PassthroughReply<'_> {
         self.submitted.input_fd()
     }
 
+    /// The caller waits without watching the command's connection (see
+    /// [`crate::block::iscsi::Ticket::stop_watching`]).
+    pub fn stop_watching(&mut self) {
+        self.submitted.stop_watching()
+    }
+
     /// Waits for the answer (data-in lands in the guest's buffer) and writes the response;
     /// returns the used length.
     pub fn finish(self) -> u32 {

@@ -951,7 +951,15 @@ impl QueueWorker {
         };
         let input_fd = match passthrough.len() {
             1 => passthrough[0].1.input_fd(),
-            _ => None,
+            _ => {
+                // A command alone on its connection may have told its LUN thread to leave the
+                // socket to this thread (`block::iscsi::Ticket::read_input`): not watched
+                // here now, so the LUN thread must read it again.
+                for (_, p) in passthrough.iter_mut() {
+                    p.stop_watching();
+                }
+                None
+            }
         };
         let mut fds = [
             libc::pollfd {
