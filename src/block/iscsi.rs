@@ -1,11 +1,11 @@
 //! iSCSI passthrough LUNs: guest CDBs run on a LUN of an iSCSI target through the pure-Rust
 //! initiator ([`crate::iscsi`]), over a connection the supervisor logged in (docs/iscsi.md).
 //!
-//! One thread per iSCSI LUN (`vus-iscsi`, seccomp role `worker-iscsi`) is the only reader of
-//! the socket: it reads nothing but the socket and an eventfd, writes PDUs with `writev`, and
-//! never creates or connects a socket. The [`Session`] (not `Sync`) is behind the LUN's lock
-//! (`Shared`), which the LUN thread holds while it processes a PDU but not while it waits in
-//! `poll`. A request-queue thread ([`Passthrough::submit`]: it submits every command of the
+//! One thread per iSCSI LUN (`vus-iscsi`, seccomp role `worker-iscsi`) reads the socket for
+//! every command but a lone one (below): it reads nothing but the socket and an eventfd,
+//! writes PDUs with `writev`, and never creates or connects a socket. The [`Session`] (not
+//! `Sync`) is behind the LUN's lock (`Shared`), which the LUN thread holds while it processes a
+//! PDU but not while it waits (`epoll_wait` on the socket and its eventfd). A request-queue thread ([`Passthrough::submit`]: it submits every command of the
 //! batch it popped, then waits for each [`Ticket`]) sends its command itself when the lock is
 //! free and the CmdSN window open: the SCSI Command PDU with its immediate and unsolicited data
 //! go out with one `writev` from that thread, without waking the LUN thread (a cross-CPU
@@ -15,15 +15,16 @@
 //! lands Data-In and answers each caller when its status arrives. Status, sense data and
 //! residuals come back as the target sent them.
 //!
-//! A queue thread waiting for the answer to a lone command it sent itself (QD1) also reads the
-//! connection ([`Submitted::read_input`]): while it spins for the answer it reads a PDU that
-//! is there whenever the lock is free, and when it sleeps it watches the socket besides its
-//! answer eventfd ([`Submitted::input_fd`]). The answer then reaches it without the LUN
-//! thread's wake-up and its hand-off of the answer, two cross-thread wake-ups of ~25 µs each
-//! on this kind of VM (docs/benchmarks.md); the LUN thread, woken by the same bytes, finds
-//! them taken and sleeps again. Whoever holds the lock reads whole PDUs, so the two never
-//! split one; what only the LUN thread may do (drop a failed connection and reissue, act on
-//! an asynchronous event) is left to it, woken through its eventfd.
+//! A queue thread waiting for the answer to a command it sent itself, the only one outstanding
+//! on the connection (QD1), reads the connection instead ([`Submitted::read_input`]): it takes
+//! the socket out of the LUN thread's epoll set ([`Link::watch`]), reads what is there while it
+//! spins for the answer, watches the socket beside its answer eventfd when it sleeps
+//! ([`Submitted::input_fd`]), and gives the socket back once the answer is in. The answer then
+//! costs one cross-thread wake-up instead of two (the LUN thread's, then its hand-off to the
+//! queue thread), ~25 µs each on this kind of VM (docs/benchmarks.md). Whoever holds the lock
+//! reads whole PDUs, so the two never split one; what only the LUN thread may do (drop a failed
+//! connection and reissue, act on an asynchronous event) is left to it, woken through its
+//! eventfd, and the socket goes back to it as soon as more than one command is outstanding.
 //!
 //! Data moves straight between guest memory and the socket ([`GuestBuf`]: the command's
 //! scatter-gather list as a [`TaskBuffer`]): Data-Out PDUs go out with one `writev` of their
@@ -941,8 +942,9 @@ type IscsiSession = Session<Conn, GuestBuf>;
 /// recording are one step for every other sender (the LUN thread's reissues, Data-Out for
 /// R2Ts, NOP-Outs, TMFs) and for `LunThread::connection_lost`, which reissues what was sent
 /// and not answered. Otherwise it hands the command to the LUN thread as before (channel and
-/// eventfd). The LUN thread is the only reader of the socket: it holds the lock while it
-/// processes a PDU, not while it waits in `poll`.
+/// eventfd). Whoever reads the socket (the LUN thread; a queue thread for the answer to its
+/// lone command, [`Ticket::read_input`]) holds the lock while it processes a PDU; the LUN
+/// thread does not hold it while it waits (`epoll_wait`).
 struct Shared {
     session: Option<IscsiSession>,
     /// Started commands by task tag.
@@ -1251,7 +1253,7 @@ impl IscsiLun {
             Err(e) => {
                 // The LUN thread drops the connection and reissues the command (it is among
                 // the session's outstanding ones, its caller in `sending`); it may be asleep
-                // in `poll` on a socket that says nothing yet.
+                // in `epoll_wait` on a socket that says nothing yet.
                 warn!("{}: sending a command failed: {e}", link.description);
                 drop(g);
                 let _ = link.wake.write(1);
@@ -1994,7 +1996,7 @@ mod tests {
 
     /// Runs `cdb` (with `data` out, or `data.len()` bytes in) through the real submit path
     /// ([`IscsiLun::submit`] on a request-queue thread of its own) on an iSCSI LUN whose
-    /// connection is a socket to a silent peer, while the LUN thread waits in `poll` (so the
+    /// connection is a socket to a silent peer, while the LUN thread waits in `epoll_wait` (so the
     /// queue thread finds the lock free and sends the command itself), and breaks the socket's
     /// write side (`shutdown`, through a duplicate of its fd) as `cut` says. Nothing tells the
     /// LUN thread but the queue thread's failed send (the peer stays silent); its reconnection
