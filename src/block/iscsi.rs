@@ -50,7 +50,7 @@ use std::{
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender, SyncSender, TryRecvError},
-        Arc, Mutex, MutexGuard, TryLockError,
+        Arc, Mutex, MutexGuard, TryLockError, Weak,
     },
     thread,
     time::{Duration, Instant},
@@ -197,6 +197,10 @@ pub enum TmfOutcome {
 /// must not hold `remove-lun` or the worker's exit.
 pub const LOGOUT_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long an ending LUN thread waits for the queue threads to collect their answered
+/// commands ([`LunThread::outlive_inputs`]).
+const INPUTS_GONE: Duration = Duration::from_secs(5);
+
 /// How long a task management function waits for the LUN thread's answer: a reconnection
 /// (with its backoff) fits, a target that never answers does not hold the control queue.
 pub const TMF_TIMEOUT: Duration = Duration::from_secs(30);
@@ -323,7 +327,10 @@ impl Drop for InFlight {
 /// The connection a command was sent on by its submitting thread, which may read the answer
 /// from it ([`Ticket::read_input`]).
 struct Input {
-    link: Arc<Link>,
+    /// Weak: a queue thread must never hold the link's last reference, whose drop closes the
+    /// LUN thread's epoll set and eventfd (`worker-vring` has no `close`); the LUN thread
+    /// outlives every `Input` ([`LunThread::outlive_inputs`]).
+    link: Weak<Link>,
     /// The session's socket when the command was sent. Only polled: every read goes through
     /// the session under the lock, after checking that this is still its socket.
     fd: RawFd,
@@ -334,14 +341,16 @@ struct Input {
 impl Drop for Input {
     fn drop(&mut self) {
         if self.watching {
-            self.link.unwatch();
+            if let Some(link) = self.link.upgrade() {
+                link.unwatch();
+            }
         }
     }
 }
 
 impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Input({}, fd {})", self.link.description, self.fd)
+        write!(f, "Input(fd {}, watching: {})", self.fd, self.watching)
     }
 }
 
@@ -349,6 +358,55 @@ impl std::fmt::Debug for Input {
 fn readable_now(fd: BorrowedFd<'_>) -> bool {
     let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     matches!(nix::poll::poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+/// [`Ticket::read_input`] on `link`'s session, for a command sent on the socket `fd`: whether
+/// a PDU was read, and whether the caller may go on reading that socket (false once it is not
+/// the session's socket, or the session failed, or what was read needs the LUN thread, which
+/// is woken for it).
+fn read_from(link: &Link, fd: RawFd) -> (bool, bool) {
+    let mut g = match link.shared.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(e)) => e.into_inner(),
+        Err(TryLockError::WouldBlock) => return (false, true),
+    };
+    let Shared {
+        session,
+        pending,
+        queue_reads,
+        ..
+    } = &mut *g;
+    let Some(session) = session
+        .as_mut()
+        .filter(|s| !s.is_failed() && s.stream().as_fd().as_raw_fd() == fd)
+    else {
+        // Reconnected (the command is reissued on the new connection) or about to be.
+        return (false, false);
+    };
+    if !session.has_buffered_input() && !readable_now(session.stream().as_fd()) {
+        return (false, true);
+    }
+    // Every PDU that came with it too: bytes the session's reader holds already do not make
+    // the socket readable again (nothing would wake this thread or, the socket being watched
+    // here, the LUN thread for them).
+    let mut read = session.receive_one();
+    *queue_reads += 1;
+    while read.is_ok() && session.has_buffered_input() {
+        read = session.receive_one();
+        *queue_reads += 1;
+    }
+    while let Some(c) = session.try_completion() {
+        complete(pending, c);
+    }
+    let for_the_lun_thread = read.is_err() || session.has_events();
+    drop(g);
+    if let Err(e) = read {
+        warn!("{}: reading from the target failed: {e}", link.description);
+    }
+    if for_the_lun_thread {
+        let _ = link.wake.write(1);
+    }
+    (true, !for_the_lun_thread)
 }
 
 impl Ticket<'_> {
@@ -365,51 +423,16 @@ impl Ticket<'_> {
         let Some(input) = self.input.as_ref() else {
             return false;
         };
-        let link = input.link.clone();
-        let mut g = match link.shared.try_lock() {
-            Ok(g) => g,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => return false,
+        // The strong reference ends inside `read_from`, before the `Input` (and its weak one)
+        // may go below: see `Input::link`.
+        let (read, keep) = match input.link.upgrade() {
+            Some(link) => read_from(&link, input.fd),
+            None => (false, false),
         };
-        let Shared {
-            session,
-            pending,
-            queue_reads,
-            ..
-        } = &mut *g;
-        let Some(session) = session
-            .as_mut()
-            .filter(|s| !s.is_failed() && s.stream().as_fd().as_raw_fd() == input.fd)
-        else {
-            // Reconnected (the command is reissued on the new connection) or about to be.
+        if !keep {
             self.input = None;
-            return false;
-        };
-        if !session.has_buffered_input() && !readable_now(session.stream().as_fd()) {
-            return false;
         }
-        // Every PDU that came with it too: bytes the session's reader holds already do not
-        // make the socket readable again (nothing would wake this thread or, the socket being
-        // watched here, the LUN thread for them).
-        let mut read = session.receive_one();
-        *queue_reads += 1;
-        while read.is_ok() && session.has_buffered_input() {
-            read = session.receive_one();
-            *queue_reads += 1;
-        }
-        while let Some(c) = session.try_completion() {
-            complete(pending, c);
-        }
-        let for_the_lun_thread = read.is_err() || session.has_events();
-        drop(g);
-        if let Err(e) = read {
-            warn!("{}: reading from the target failed: {e}", link.description);
-        }
-        if for_the_lun_thread {
-            self.input = None;
-            let _ = link.wake.write(1);
-        }
-        true
+        read
     }
 
     /// The socket to watch (besides the answer eventfd) while waiting for the answer: when it
@@ -424,7 +447,9 @@ impl Ticket<'_> {
     pub fn stop_watching(&mut self) {
         if let Some(i) = self.input.as_mut() {
             if std::mem::take(&mut i.watching) {
-                i.link.unwatch();
+                if let Some(link) = i.link.upgrade() {
+                    link.unwatch();
+                }
             }
         }
     }
@@ -1312,7 +1337,7 @@ impl Passthrough for IscsiLun {
         };
         let input = match self.try_direct(req) {
             Ok(sent) => sent.map(|(fd, watching)| Input {
-                link: self.link.clone(),
+                link: Arc::downgrade(&self.link),
                 fd,
                 watching,
             }),
@@ -1443,6 +1468,8 @@ impl LunThread {
                          by their request-queue thread, {} PDUs read by one)",
                         self.name, g.direct, g.started, g.queue_reads
                     );
+                    drop(g);
+                    self.outlive_inputs();
                     return;
                 }
             }
@@ -1470,6 +1497,29 @@ impl LunThread {
                     self.connection_lost(&mut g, e);
                 }
             }
+        }
+    }
+
+    /// Waits until no request-queue thread holds an [`Input`] on this LUN any more (a ticket
+    /// answered but not yet collected: microseconds), so that none of them can hold the last
+    /// reference to the link, whose drop closes the epoll set and the eventfd: `close` is not
+    /// in `worker-vring`, and would kill the worker. Bounded by [`INPUTS_GONE`]; past that the
+    /// link is leaked (two fds) rather than closed on a queue thread.
+    fn outlive_inputs(&mut self) {
+        let deadline = Instant::now() + INPUTS_GONE;
+        while Arc::weak_count(&self.link) > 0 {
+            if Instant::now() > deadline {
+                warn!(
+                    "{}: a request-queue thread still holds an answered command after {:?}; \
+                     its epoll set and eventfd stay open",
+                    self.name, INPUTS_GONE
+                );
+                std::mem::forget(self.link.clone());
+                return;
+            }
+            // A 1 ms sleep (`poll` is in this thread's role; `nanosleep` is not).
+            let mut none: [PollFd; 0] = [];
+            let _ = nix::poll::poll(&mut none, PollTimeout::from(1u8));
         }
     }
 
@@ -2205,9 +2255,50 @@ mod tests {
             assert!(g.pending.is_empty() && g.session.as_ref().is_some_and(|s| !s.is_failed()));
         }
         timeout.set_read_timeout(None).unwrap();
+
+        // A ticket answered (by its own read) but not yet collected when the LUN goes: the
+        // LUN thread logs out but must outlive its `Input`, or the ticket's drop would hold
+        // the link's last reference and close the epoll set and eventfd on a request-queue
+        // thread, which its seccomp role kills for (`close` is not in worker-vring).
+        let mut buf = vec![0u8; 4096];
+        let mut sg = SgList::new();
+        sg.push(vm_memory::VolatileSlice::from(buf.as_mut_slice()));
+        // READ(6) of 8 blocks at LBA 64.
+        let mut late = lun.submit(10, &[0x08, 0, 0, 64, 8, 0], &SgList::new(), &sg);
+        let deadline = Instant::now() + PATIENCE;
+        while !late.is_ready() {
+            assert!(Instant::now() < deadline, "no answer read in {PATIENCE:?}");
+            late.read_input();
+        }
         t.set_debug(true);
         let lun_thread = thread::spawn(move || lt.run());
         drop(lun);
+        let deadline = Instant::now() + PATIENCE;
+        while t.logouts() == 0 {
+            assert!(Instant::now() < deadline, "no logout: {}", t.log());
+            thread::sleep(Duration::from_millis(5));
+        }
+        // Ended right after its logout without the wait; with it, it waits for the ticket
+        // (up to INPUTS_GONE, far longer than this look).
+        let seen = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < seen {
+            assert!(
+                !lun_thread.is_finished(),
+                "the LUN thread ended while a queue thread's ticket still held its link"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(late.wait(), PassthroughOutput::new(0, Vec::new(), 4096));
+        // Once collected, the thread ends at once (it looks every millisecond), not after
+        // giving up on the ticket.
+        let deadline = Instant::now() + INPUTS_GONE / 2;
+        while !lun_thread.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the LUN thread did not see the ticket go"
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
         lun_thread.join().unwrap();
         assert_eq!(t.logouts(), 1, "{}", t.log());
     }
