@@ -338,13 +338,20 @@ struct Input {
     watching: bool,
 }
 
-impl Drop for Input {
-    fn drop(&mut self) {
-        if self.watching {
+impl Input {
+    /// The LUN thread is woken by the socket again, if this watched it ([`Link::unwatch`]).
+    fn stop_watching(&mut self) {
+        if std::mem::take(&mut self.watching) {
             if let Some(link) = self.link.upgrade() {
                 link.unwatch();
             }
         }
+    }
+}
+
+impl Drop for Input {
+    fn drop(&mut self) {
+        self.stop_watching();
     }
 }
 
@@ -446,11 +453,7 @@ impl Ticket<'_> {
     /// opportunistically ([`Ticket::read_input`]).
     pub fn stop_watching(&mut self) {
         if let Some(i) = self.input.as_mut() {
-            if std::mem::take(&mut i.watching) {
-                if let Some(link) = i.link.upgrade() {
-                    link.unwatch();
-                }
-            }
+            i.stop_watching();
         }
     }
 
