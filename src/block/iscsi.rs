@@ -1091,8 +1091,8 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// thread's eventfd (written for a request in the channel, or when a queue thread leaves it
 /// something to do: a failed send or read, an asynchronous event it read).
 struct Link {
-    shared: Arc<Mutex<Shared>>,
-    wake: Arc<EventFd>,
+    shared: Mutex<Shared>,
+    wake: EventFd,
     description: String,
     /// What the LUN thread sleeps on: its eventfd ([`EV_WAKE`]) and the session's socket
     /// ([`EV_SOCKET`]).
@@ -1110,11 +1110,11 @@ const EV_SOCKET: u64 = 1;
 
 impl Link {
     /// The link of a LUN thread whose eventfd is `wake` (no connection yet).
-    fn new(wake: Arc<EventFd>, description: String) -> io::Result<Self> {
+    fn new(wake: EventFd, description: String) -> io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         epoll.add(wake.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, EV_WAKE))?;
         Ok(Self {
-            shared: Arc::new(Mutex::new(Shared::new())),
+            shared: Mutex::new(Shared::new()),
             wake,
             description,
             epoll,
@@ -1204,9 +1204,7 @@ impl IscsiLun {
         handover: &IscsiHandover,
         reconnect: Box<dyn Reconnect>,
     ) -> io::Result<(Self, LunThread)> {
-        let wake = Arc::new(EventFd::from_flags(
-            EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
-        )?);
+        let wake = EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?;
         let (tx, rx) = mpsc::channel();
         let (running, done) = mpsc::channel();
         let initial = handover.take();
@@ -1451,8 +1449,8 @@ impl LunThread {
         // finished (for at most GIVE_UP), then the connection is closed.
         let mut closing: Option<Instant> = None;
         loop {
-            let shared = self.link.shared.clone();
-            let mut g = lock(&shared);
+            let link = self.link.clone();
+            let mut g = lock(&link.shared);
             if !self.take_requests(&mut g) && closing.is_none() {
                 closing = Some(Instant::now());
             }
@@ -1496,7 +1494,7 @@ impl LunThread {
             drop(g);
             if wait {
                 if let Err(e) = self.wait_for_input() {
-                    let mut g = lock(&shared);
+                    let mut g = lock(&link.shared);
                     self.connection_lost(&mut g, e);
                 }
             }
@@ -1800,10 +1798,10 @@ impl LunThread {
     /// their commands over meanwhile), then a backoff wait (on the eventfd, so that new
     /// requests are collected), answering BUSY to commands that waited too long.
     fn reconnect_once(&mut self) {
-        let shared = self.link.shared.clone();
+        let link = self.link.clone();
         match self.reconnect.reconnect(&self.lost) {
             Ok((stream, params)) => {
-                let mut g = lock(&shared);
+                let mut g = lock(&link.shared);
                 let queued = g.queued.len();
                 match self.install(&mut g, stream, params) {
                     Ok(()) => {
@@ -1818,7 +1816,7 @@ impl LunThread {
         }
         let now = Instant::now();
         let late: VecDeque<Request> = {
-            let mut g = lock(&shared);
+            let mut g = lock(&link.shared);
             let (late, keep) = std::mem::take(&mut g.queued)
                 .into_iter()
                 .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP);
@@ -1885,7 +1883,7 @@ mod tests {
             rx,
             link: Arc::new(
                 Link::new(
-                    Arc::new(EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap()),
+                    EventFd::from_flags(EfdFlags::EFD_NONBLOCK).unwrap(),
                     "test".into(),
                 )
                 .unwrap(),
