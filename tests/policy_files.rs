@@ -361,6 +361,25 @@ fn worker_roles_deny_the_dangerous_syscalls() {
     }
 }
 
+/// A request-queue thread reads and writes an iSCSI LUN's socket (its own command, the answer to
+/// a lone one) but may never close a file (the LUN thread and the main thread do; a close on a
+/// queue thread could pull an fd from under an engine) or change a socket's options
+/// (docs/security.md, "A request-queue thread that waits for the answer..."). `socket` and
+/// `connect` are in NEVER_IN_WORKER.
+#[test]
+fn request_queue_threads_cannot_close_or_reconfigure_sockets() {
+    for &(arch, _) in ARCHES {
+        let roles = roles(arch);
+        for rule in rules(&roles["worker-vring"], "worker-vring") {
+            let name = rule["syscall"].as_str().unwrap();
+            assert!(
+                !["close", "close_range", "setsockopt", "shutdown"].contains(&name),
+                "{arch}/worker-vring allows {name}"
+            );
+        }
+    }
+}
+
 #[test]
 fn narrower_roles_are_subsets_of_worker_main() {
     // Stacked filters intersect: a rule a thread role has but worker-main lacks is dead.
