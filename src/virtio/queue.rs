@@ -360,7 +360,7 @@ impl QueueWorker {
                 Box::new(ring)
             }
             (AioMode::IoUring | AioMode::Threads, _) => {
-                Box::new(ThreadEngine::new(config.aio_threads)?)
+                Box::new(ThreadEngine::new(config.aio_threads, depth)?)
             }
             (AioMode::Sync, _) => Box::new(InlineEngine),
         };
