@@ -2009,7 +2009,7 @@ mod tests {
         lost: &SessionParams,
     ) -> Result<Connection, String> {
         use crate::iscsi::{
-            login::{login_tcp, LoginConfig},
+            login::{self, login_tcp, LoginConfig},
             session::DataRef,
         };
         let err = |e: &dyn std::fmt::Display| e.to_string();
@@ -2031,7 +2031,8 @@ mod tests {
             }
         }
         let (stream, params) = s.into_parts().map_err(|e| err(&e))?;
-        stream.set_read_timeout(None).map_err(|e| err(&e))?;
+        // As the supervisor hands it over.
+        login::set_stall_timeout(&stream).map_err(|e| err(&e))?;
         Ok((stream, params))
     }
 
@@ -2255,7 +2256,7 @@ mod tests {
             assert!(matches!(lt.serve_once(&mut g), Ok(true)), "nothing to read");
             assert!(g.pending.is_empty() && g.session.as_ref().is_some_and(|s| !s.is_failed()));
         }
-        timeout.set_read_timeout(None).unwrap();
+        crate::iscsi::login::set_stall_timeout(&timeout).unwrap();
 
         // A ticket answered (by its own read) but not yet collected when the LUN goes: the
         // LUN thread logs out but must outlive its `Input`, or the ticket's drop would hold

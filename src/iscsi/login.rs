@@ -1024,7 +1024,7 @@ pub fn parse_target_address(v: &str) -> Option<SocketAddr> {
 
 /// Connects to `portal` and logs in, following up to `max_redirects` login redirections to
 /// addresses that `allow` accepts (the daemon only allows configured portals). Returns the
-/// connected stream (in the full feature phase, TCP_NODELAY set, no timeouts) and the
+/// connected stream (in the full feature phase, TCP_NODELAY set, [`STALL_TIMEOUT`]) and the
 /// negotiated parameters.
 pub fn login_tcp(
     portal: SocketAddr,
@@ -1038,8 +1038,7 @@ pub fn login_tcp(
         let mut s = connect(addr, timeout)?;
         match login(&mut s, cfg) {
             Ok(p) => {
-                s.set_read_timeout(None).map_err(PduError::Io)?;
-                s.set_write_timeout(None).map_err(PduError::Io)?;
+                set_stall_timeout(&s).map_err(PduError::Io)?;
                 return Ok((s, p));
             }
             Err(LoginError::Redirect { address, .. }) => {
@@ -1054,6 +1053,24 @@ pub fn login_tcp(
         }
     }
     Err(LoginError::TooManyRedirects)
+}
+
+/// How long a connection in the full feature phase may go without moving a byte where one is
+/// owed before it is given up as lost (then replaced and its commands reissued): a target
+/// that stops part-way through a PDU (whoever reads it, a LUN's thread or a request queue's,
+/// would otherwise hold the LUN's lock for good), stops reading what we send, or keeps the
+/// CmdSN window closed or a task management request unanswered without sending anything.
+/// Readers only read when the socket is readable, so an idle connection never times out.
+/// Shorter than the 30 s a Linux guest's SCSI layer gives a command, so that a command
+/// reissued on a new connection still completes before the guest aborts it.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sets [`STALL_TIMEOUT`] as the socket's receive and send timeouts (`SO_RCVTIMEO`,
+/// `SO_SNDTIMEO`): done by whoever hands a connection to the full feature phase (the socket
+/// options travel with the descriptor; the worker cannot set them).
+pub fn set_stall_timeout(s: &TcpStream) -> std::io::Result<()> {
+    s.set_read_timeout(Some(STALL_TIMEOUT))?;
+    s.set_write_timeout(Some(STALL_TIMEOUT))
 }
 
 /// Connects with a timeout, sets TCP_NODELAY (PDUs are written whole) and I/O timeouts for the

@@ -22,9 +22,14 @@ pub const MAX_AHS_LEN: usize = 255 * 4;
 #[derive(Debug, thiserror::Error)]
 pub enum PduError {
     #[error("i/o error on the iSCSI connection: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     #[error("connection closed by the target")]
     Closed,
+    /// A read or write timed out part-way through a PDU: the target stopped sending (or
+    /// reading) mid-PDU for longer than the socket's timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO`).
+    /// The connection is out of sync and must go.
+    #[error("the target stalled mid-PDU for longer than the connection's timeout")]
+    Stalled,
     /// The read timed out before the first byte of a PDU: nothing was consumed, the connection
     /// is still in sync (used for keepalive timers).
     #[error("no PDU received before the read timeout")]
@@ -41,6 +46,19 @@ pub enum PduError {
     BadAhs,
     #[error("malformed PDU: {0}")]
     Malformed(&'static str),
+}
+
+impl From<io::Error> for PduError {
+    /// A timeout of a socket with `SO_RCVTIMEO`/`SO_SNDTIMEO` comes back as `EAGAIN`
+    /// (`WouldBlock`), from `read`, `readv` and `writev` alike: named as what it means. (A
+    /// timeout before the first byte of a PDU is [`PduError::Idle`], told apart where the
+    /// header is read.)
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => PduError::Stalled,
+            _ => PduError::Io(e),
+        }
+    }
 }
 
 /// Opcodes (§11.1.1). Initiator opcodes are 0x00-0x1f, target opcodes 0x20-0x3f.
@@ -998,7 +1016,7 @@ fn read_exact_or_closed<R: Read>(r: &mut R, buf: &mut [u8], first: bool) -> Resu
             Ok(0) => return Err(PduError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(PduError::Io(e)),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -1727,6 +1745,50 @@ mod tests {
             read_header(&mut &wire[..30], d, 8192),
             Err(PduError::Io(_))
         ));
+    }
+
+    /// A socket with `SO_RCVTIMEO` answers a timeout with `EAGAIN`: before the first byte of a
+    /// PDU that is `Idle` (nothing consumed, still in sync), after it `Stalled`, whether in
+    /// the header or in the data segment.
+    #[test]
+    fn timeouts_before_and_within_a_pdu() {
+        /// Yields `bytes`, then times out.
+        struct TimesOut<'a>(&'a [u8]);
+        impl Read for TimesOut<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                let n = buf.len().min(self.0.len());
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let d = Digests::default();
+        let bhs = Bhs::NopOut(NopOut {
+            immediate: true,
+            lun: 0,
+            itt: 7,
+            ttt: RESERVED_TAG,
+            cmd_sn: 1,
+            exp_stat_sn: 1,
+        });
+        let mut wire = Vec::new();
+        write_pdu(&mut wire, d, &bhs, &[], &[0x5a; 100]).unwrap();
+        let r = read_header(&mut TimesOut(&[]), d, 8192);
+        assert!(matches!(r, Err(PduError::Idle)), "{r:?}");
+        let r = read_header(&mut TimesOut(&wire[..20]), d, 8192);
+        assert!(matches!(r, Err(PduError::Stalled)), "{r:?}");
+        let mut src = TimesOut(&wire[..BHS_LEN + 40]);
+        let h = read_header(&mut src, d, 8192).unwrap();
+        let r = read_data(&mut src, d, h.data_len);
+        assert!(matches!(r, Err(PduError::Stalled)), "{r:?}");
+        // `writev` on a socket with `SO_SNDTIMEO` times out the same way.
+        let e: PduError = io::Error::from(io::ErrorKind::WouldBlock).into();
+        assert!(matches!(e, PduError::Stalled));
+        let e: PduError = io::Error::from(io::ErrorKind::BrokenPipe).into();
+        assert!(matches!(e, PduError::Io(_)));
     }
 
     /// A small xorshift generator: deterministic, so a failure is reproducible from the seed.

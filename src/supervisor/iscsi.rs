@@ -276,9 +276,8 @@ pub fn check_lun(
         (u64::from(last) + 1, bs)
     };
     let (stream, params) = s.into_parts().map_err(|e| check(e.to_string()))?;
-    stream
-        .set_read_timeout(None)
-        .map_err(|e| check(e.to_string()))?;
+    // What the worker's full feature phase runs with (see `STALL_TIMEOUT`).
+    login::set_stall_timeout(&stream).map_err(|e| check(e.to_string()))?;
     Ok(((stream, params), capacity))
 }
 
