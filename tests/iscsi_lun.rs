@@ -19,7 +19,10 @@ use std::{
 };
 
 use common::*;
-use vus_test_support::tgtd::{free_port, Tgtd, BLOCK, LUN_SIZE};
+use vus_test_support::{
+    relay::StallingRelay,
+    tgtd::{free_port, Tgtd, BLOCK, LUN_SIZE},
+};
 
 const IQN: &str = "iqn.2026-01.org.vhost-user-scsi:lun-test";
 const USER: &str = "vususer";
@@ -441,6 +444,57 @@ fn connection_cut_under_writes() {
             "--op", "delete", "--mode", "conn", "--tid", "1", "--sid", &sid, "--cid", "0",
         ]);
     });
+}
+
+/// A target that stops part-way through a PDU (here: the Data-In of a READ, its header and
+/// 100 bytes of its data passed on by a relay, then nothing, the connection left open) holds
+/// whoever reads it for at most the connection's stall timeout (10 s, `SO_RCVTIMEO` set by
+/// the supervisor): then the connection counts as lost, a new one is logged in and the READ
+/// is reissued and completes GOOD with the right data. Without the timeout the read, and the
+/// request-queue thread that (at QD1) reads its own answer under the LUN's lock, would wait
+/// forever.
+#[test]
+fn a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued() {
+    let Some((t, path)) = target(
+        "a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued",
+        false,
+    ) else {
+        return;
+    };
+    let relay = StallingRelay::start(t.addr());
+    let spec = format!("0:0=iscsi://127.0.0.1:{}/{IQN}/1", relay.port);
+    let (mut daemon, mut vm) = daemon_and_vm(&spec);
+    let l = l00();
+    const BLOCKS: u16 = 16;
+    let len = usize::from(BLOCKS) * BLOCK;
+    let data = pattern(len, 0x5a);
+    vm.scsi(l, &cdb::write10(64, BLOCKS), &[&data], &[])
+        .assert_good();
+    assert!(file_bytes(&path, 64 * BLOCK as u64, len) == data);
+
+    relay.stall_after(48 + 100);
+    let started = Instant::now();
+    let sub = vm.submit_scsi(2, l, &cdb::read10(64, BLOCKS), &[], &[len as u32]);
+    let used = vm.wait_used_within(2, 1, Duration::from_secs(40));
+    let took = started.elapsed();
+    let r = vm.reply(&sub, used[0].1);
+    r.assert_good();
+    assert!(r.data == data, "the reissued READ returned other bytes");
+    assert_eq!(relay.stalled(), 1);
+    assert!(relay.accepted() >= 2, "no second connection");
+    // Given up by the timeout, not by anything sooner (e.g. the relay closing).
+    assert!(
+        took >= Duration::from_secs(9),
+        "completed after {took:?}, before the stall timeout"
+    );
+    let log = daemon.log();
+    assert!(log.contains("stalled mid-PDU"), "{log}");
+    assert!(log.contains("logged in again"), "{log}");
+    // And the LUN keeps serving at once.
+    let r = vm.scsi(l, &cdb::read10(64, BLOCKS), &[], &[len as u32]);
+    r.assert_good();
+    assert!(r.data == data);
+    daemon.assert_alive();
 }
 
 /// `--restart-worker=on-failure`: the first worker had the start-up connection; a restarted

@@ -549,8 +549,19 @@ impl TestVm {
     /// The first one must come with a call-eventfd notification: a completion the guest is
     /// never told about would hang a real driver.
     pub fn wait_used(&mut self, q: usize, count: usize) -> Vec<(u32, u32)> {
+        self.wait_used_within(q, count, TIMEOUT)
+    }
+
+    /// [`TestVm::wait_used`] waiting up to `timeout` instead of [`TIMEOUT`] (a completion
+    /// that is slow on purpose).
+    pub fn wait_used_within(
+        &mut self,
+        q: usize,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<(u32, u32)> {
         let mut out = Vec::new();
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout;
         let mut notified = false;
         while out.len() < count {
             if !notified || self.used_idx(q) == self.queues[q].ring.last_used() {
@@ -563,7 +574,7 @@ impl TestVm {
                         panic!("queue {q}: {pending} completion(s) in the used ring but no call notification");
                     }
                     panic!(
-                        "queue {q}: no completion within {TIMEOUT:?} ({} of {count})",
+                        "queue {q}: no completion within {timeout:?} ({} of {count})",
                         out.len()
                     );
                 }

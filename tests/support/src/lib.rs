@@ -7,6 +7,8 @@
 //! - [`ring`]: the driver side of a split virtqueue laid out in vm-memory guest memory, and
 //!   descriptor chains for code that takes descriptors directly;
 //! - [`tgtd`]: a real iSCSI target (tgtd) owned by one test;
+//! - [`relay`]: a TCP relay in front of it that can stall part-way through what the target
+//!   sends;
 //! - [`frontend`]: the vhost-user front-end (memfd guest memory, the rust-vmm `vhost` front-end
 //!   driver, the handshake QEMU performs) and `TestVm`, a mini QEMU on top of it;
 //! - [`e2e`]: the host side of the guest end-to-end tests (which QEMU to boot).
@@ -19,6 +21,7 @@
 pub mod cdb;
 pub mod e2e;
 pub mod frontend;
+pub mod relay;
 pub mod ring;
 pub mod rng;
 pub mod tgtd;
