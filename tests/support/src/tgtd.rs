@@ -7,6 +7,7 @@
 //! start.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -35,16 +36,29 @@ fn spawn_tgtd(control: u32, port: u16, opts: &str, dir: &Path) -> std::io::Resul
         .create(true)
         .append(true)
         .open(dir.join("tgtd.log"))?;
-    Command::new("tgtd")
-        .arg("-f")
+    let mut cmd = Command::new("tgtd");
+    cmd.arg("-f")
         .arg("-C")
         .arg(control.to_string())
         .arg("--iscsi")
         .arg(format!("portal=127.0.0.1:{port}{opts}"))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
+        .stderr(log);
+    // tgtd ignores SIGTERM and outlives a test process that ends without unwinding (killed by
+    // a timeout, aborted): it would keep its port and control socket for good. It dies with
+    // the thread that started it instead, the test's own, which owns the `Tgtd` (a test that
+    // ends normally has stopped it already, in `Drop`).
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
 }
 
 pub fn free_port() -> u16 {
