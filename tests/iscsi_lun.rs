@@ -497,6 +497,61 @@ fn a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued() {
     daemon.assert_alive();
 }
 
+/// With its target gone, a LUN's commands wait for a new connection (up to `GIVE_UP`, 20 s,
+/// then BUSY). A front-end that goes meanwhile (QEMU stopped, or restarting to reconnect) must
+/// not wait for them, nor a daemon told to stop: what waits for a connection is answered BUSY
+/// at once, so that the next front-end is served at once (its handshake answered within the
+/// test front-end's 5 s) and SIGTERM ends the daemon within its usual time, its worker not
+/// killed for overrunning the supervisor's 10 s.
+#[test]
+fn commands_waiting_for_a_connection_hold_neither_a_front_end_change_nor_a_stop() {
+    let Some((mut t, _path)) = target(
+        "commands_waiting_for_a_connection_hold_neither_a_front_end_change_nor_a_stop",
+        false,
+    ) else {
+        return;
+    };
+    let (mut daemon, mut vm) = daemon_and_vm(&lun_arg(&t, 1, None, ""));
+    let l = l00();
+    let read = |vm: &mut TestVm| vm.submit_scsi(2, l, &cdb::read10(0, 8), &[], &[8 * BLOCK as u32]);
+    let sub = read(&mut vm);
+    vm.complete(&sub);
+    // The target goes for good (killed: no logout, every connection reset).
+    let _ = t.child.kill();
+    let _ = t.child.wait();
+    let _waiting = read(&mut vm);
+    wait_for_log(&daemon, "reconnection failed");
+    let gone = Instant::now();
+    drop(vm);
+    let mut vm = TestVm::connect(&daemon.socket, VmOptions::default());
+    assert!(
+        gone.elapsed() < Duration::from_secs(5),
+        "the next front-end waited {:?}",
+        gone.elapsed()
+    );
+    let _waiting = read(&mut vm);
+    // Handed to the LUN's thread (no connection: nothing is sent directly).
+    std::thread::sleep(Duration::from_millis(500));
+    let stop = Instant::now();
+    let status = daemon.terminate();
+    assert!(status.success(), "{status:?}\n{}", daemon.log());
+    let log = daemon.log();
+    assert!(!log.contains("did not stop"), "{log}");
+    // One command given up at each of the two ends, not after waiting.
+    assert_eq!(
+        log.matches("waiting for a connection when their front-end went")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(!log.contains("waited 20s"), "{log}");
+    assert!(
+        stop.elapsed() < Duration::from_secs(5),
+        "stopped after {:?}",
+        stop.elapsed()
+    );
+}
+
 /// `--restart-worker=on-failure`: the first worker had the start-up connection; a restarted
 /// worker gets a fresh one from the supervisor (over the fd broker) and serves the same LUN
 /// with its data.

@@ -272,6 +272,16 @@ impl ScsiBus {
         })
     }
 
+    /// The front-end is gone (disconnected, or the worker stops): every passthrough LU
+    /// answers now the commands that wait for a connection to their target
+    /// ([`Passthrough::front_end_gone`]), so that joining the connection's queue threads does
+    /// not wait for an absent target.
+    pub fn front_end_gone(&self) {
+        for lu in self.passthrough.load().values() {
+            lu.front_end_gone();
+        }
+    }
+
     /// The worker stops: every passthrough LU is told to end its connection cleanly (an iSCSI
     /// LU logs out), all at once, and waited for until `deadline`. Returns how many had not
     /// finished by then (the process ends anyway).

@@ -39,7 +39,7 @@ pub struct IscsiLun {
     tx: Sender<Msg>,
     pub(super) link: Arc<Link>,
     lun: u64,
-    /// Bounce-buffer bytes of the commands in flight.
+    /// Data bytes (in guest memory) of the commands in flight, bounded by [`MAX_IN_FLIGHT_BYTES`].
     in_flight: Arc<AtomicUsize>,
     /// Disconnected when the LUN thread has ended.
     done: Mutex<Receiver<()>>,
@@ -89,6 +89,7 @@ impl IscsiLun {
             backoff: None,
             _running: running,
             readable: false,
+            front_end_gone: None,
         };
         if let Some((stream, params)) = initial {
             if let Err(e) = lt.install(&mut lock(&link.shared), stream, params) {
@@ -234,6 +235,12 @@ impl Passthrough for IscsiLun {
 
     fn describe(&self) -> &str {
         &self.link.description
+    }
+
+    fn front_end_gone(&self) {
+        if self.tx.send(Msg::FrontEndGone(Instant::now())).is_ok() {
+            let _ = self.link.wake.write(1);
+        }
     }
 
     fn close(&self) {

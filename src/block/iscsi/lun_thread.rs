@@ -56,6 +56,9 @@ pub(super) struct LunThread {
     pub(super) _running: Sender<()>,
     /// `poll` saw the socket readable: a PDU is to be read.
     pub(super) readable: bool,
+    /// When the front-end last went ([`Msg::FrontEndGone`]): commands handed over before
+    /// then are not waited for while there is no connection.
+    pub(super) front_end_gone: Option<Instant>,
 }
 
 impl LunThread {
@@ -148,6 +151,7 @@ impl LunThread {
                 Ok(Msg::Command(r)) => g.queued.push_back(r),
                 Ok(Msg::Tmf(f, reply)) => self.tmfs.push_back((f, reply)),
                 Ok(Msg::Close) => return false,
+                Ok(Msg::FrontEndGone(at)) => self.front_end_gone = Some(at),
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -413,9 +417,11 @@ impl LunThread {
 
     /// Without a session: one reconnection attempt (without the lock: queue threads hand
     /// their commands over meanwhile), then a backoff wait (on the eventfd, so that new
-    /// requests are collected), answering BUSY to commands that waited too long.
+    /// requests are collected), answering BUSY to commands that waited too long or whose
+    /// front-end is gone (before the attempt too: it may take the supervisor's login timeout).
     fn reconnect_once(&mut self) {
         let link = self.link.clone();
+        self.give_up_waiting();
         match self.reconnect.reconnect(&self.lost) {
             Ok((stream, params)) => {
                 let mut g = lock(&link.shared);
@@ -431,27 +437,7 @@ impl LunThread {
             }
             Err(e) => warn!("{}: reconnection failed: {e}", self.name),
         }
-        let now = Instant::now();
-        let late: VecDeque<Request> = {
-            let mut g = lock(&link.shared);
-            let (late, keep) = std::mem::take(&mut g.queued)
-                .into_iter()
-                .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP);
-            g.queued = keep;
-            late
-        };
-        if !late.is_empty() {
-            warn!(
-                "{}: {} command(s) waited {}s for a connection: completed with BUSY (the guest \
-                 retries them)",
-                self.name,
-                late.len(),
-                GIVE_UP.as_secs()
-            );
-        }
-        for r in late {
-            r.caller.answer(Outcome::Busy);
-        }
+        self.give_up_waiting();
         let delay = self
             .backoff
             .get_or_insert_with(|| {
@@ -463,6 +449,42 @@ impl LunThread {
         let ms = u16::try_from(delay.as_millis()).unwrap_or(u16::MAX);
         let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
         let _ = self.link.wake.read();
+    }
+
+    /// Answers BUSY (the guest retries) to the commands waiting for a connection that waited
+    /// [`GIVE_UP`], or whose front-end went since they were handed over.
+    fn give_up_waiting(&mut self) {
+        let now = Instant::now();
+        let gone = self.front_end_gone;
+        let abandoned = |r: &Request| gone.is_some_and(|at| r.caller.since <= at);
+        let late: VecDeque<Request> = {
+            let mut g = lock(&self.link.shared);
+            let (late, keep) = std::mem::take(&mut g.queued)
+                .into_iter()
+                .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP || abandoned(r));
+            g.queued = keep;
+            late
+        };
+        let orphans = late.iter().filter(|r| abandoned(r)).count();
+        if orphans > 0 {
+            warn!(
+                "{}: {orphans} command(s) waiting for a connection when their front-end went: \
+                 completed with BUSY",
+                self.name
+            );
+        }
+        if late.len() > orphans {
+            warn!(
+                "{}: {} command(s) waited {}s for a connection: completed with BUSY (the guest \
+                 retries them)",
+                self.name,
+                late.len() - orphans,
+                GIVE_UP.as_secs()
+            );
+        }
+        for r in late {
+            r.caller.answer(Outcome::Busy);
+        }
     }
 }
 

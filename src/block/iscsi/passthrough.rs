@@ -40,6 +40,15 @@ pub trait Passthrough: Send + Sync {
         TmfOutcome::Rejected
     }
 
+    /// The front-end that sent the commands so far is gone (it disconnected, or the worker
+    /// stops): its queue threads are about to be joined, each waiting for the answers to the
+    /// commands it sent. Commands that wait for a connection to the target are answered
+    /// (BUSY) at once rather than when they give up, so that neither the next front-end nor
+    /// a stop waits for a target that is away; commands on the wire still wait for their
+    /// answers (their data may be moving to or from guest memory meanwhile), which
+    /// the connection's own timeouts bound. Commands sent later are not affected.
+    fn front_end_gone(&self) {}
+
     /// The LU is going away (the worker stops): finish the commands already sent and end
     /// its connection cleanly, without waiting ([`Passthrough::wait_closed`] waits).
     fn close(&self) {}

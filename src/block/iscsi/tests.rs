@@ -53,6 +53,7 @@ fn idle_thread() -> LunThread {
             Err("no target".into())
         }),
         backoff: None,
+        front_end_gone: None,
         _running: running,
         readable: false,
     }

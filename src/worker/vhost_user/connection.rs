@@ -230,6 +230,9 @@ impl Drop for Connection {
         if let Some(protocol) = self.protocol.take() {
             let _ = protocol.join();
         }
+        // A queue thread ends once its passthrough commands are answered: those waiting for
+        // a connection to an absent target are answered now, not after `GIVE_UP`.
+        self.backend.bus().front_end_gone();
         for l in &self.loops {
             l.send_exit_event();
         }

@@ -7,8 +7,8 @@
 //! start.
 
 use std::io::Write;
-use std::os::unix::process::CommandExt;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
