@@ -39,7 +39,8 @@ pub struct IscsiLun {
     tx: Sender<Msg>,
     pub(super) link: Arc<Link>,
     lun: u64,
-    /// Data bytes (in guest memory) of the commands in flight, bounded by [`MAX_IN_FLIGHT_BYTES`].
+    /// Data bytes (in guest memory) of the commands in flight, bounded by
+    /// [`MAX_IN_FLIGHT_BYTES`](super::types::MAX_IN_FLIGHT_BYTES).
     in_flight: Arc<AtomicUsize>,
     /// Disconnected when the LUN thread has ended.
     done: Mutex<Receiver<()>>,
