@@ -5,8 +5,8 @@
 //! every command but a lone one (below): it reads nothing but the socket and an eventfd,
 //! writes PDUs with `writev`, and never creates or connects a socket. The [`Session`] (not
 //! `Sync`) is behind the LUN's lock (`Shared`), which the LUN thread holds while it processes a
-//! PDU but not while it waits (`epoll_wait` on the socket and its eventfd). A request-queue thread ([`Passthrough::submit`]: it submits every command of the
-//! batch it popped, then waits for each [`Ticket`]) sends its command itself when the lock is
+//! PDU but not while it waits (`epoll_wait` on the socket and its eventfd). A request-queue
+//! thread ([`Passthrough::submit`]: it submits every command of the batch it popped, then waits for each [`Ticket`]) sends its command itself when the lock is
 //! free and the CmdSN window open: the SCSI Command PDU with its immediate and unsolicited data
 //! go out with one `writev` from that thread, without waking the LUN thread (a cross-CPU
 //! wake-up on the way to the target saved). Otherwise (lock busy, window closed, connection
