@@ -6,9 +6,10 @@
 //! writes PDUs with `writev`, and never creates or connects a socket. The [`Session`] (not
 //! `Sync`) is behind the LUN's lock (`Shared`), which the LUN thread holds while it processes a
 //! PDU but not while it waits (`epoll_wait` on the socket and its eventfd). A request-queue
-//! thread ([`Passthrough::submit`]: it submits every command of the batch it popped, then waits for each [`Ticket`]) sends its command itself when the lock is
-//! free and the CmdSN window open: the SCSI Command PDU with its immediate and unsolicited data
-//! go out with one `writev` from that thread, without waking the LUN thread (a cross-CPU
+//! thread ([`Passthrough::submit`]: it submits every command of the batch it popped, then
+//! waits for each [`Ticket`]) sends its command itself when the lock is free and the CmdSN
+//! window open: the SCSI Command PDU with its immediate and unsolicited data go out with one
+//! `writev` from that thread, without waking the LUN thread (a cross-CPU
 //! wake-up on the way to the target saved). Otherwise (lock busy, window closed, connection
 //! being re-established, commands to reissue) it hands the command to the LUN thread through
 //! a channel and wakes it with the eventfd, as before. The LUN thread answers R2Ts and pings,

@@ -81,8 +81,9 @@ impl Submitted<'_> {
 /// A command sent (or to be sent) to the target, by its submitting thread or the LUN thread,
 /// with the guest memory of its scatter-gather list (borrowed for `'a`: the LUN thread reads
 /// and writes it). Waiting for it is the only way to learn its answer; dropping it waits too,
-/// because the LUN thread may use that memory until the command is answered. (Leaking a ticket while its memory is
-/// unmapped would let the LUN thread write into whatever is mapped there next: nothing does.)
+/// because the LUN thread may use that memory until the command is answered. (Leaking a
+/// ticket while its memory is unmapped would let the LUN thread write into whatever is mapped
+/// there next: nothing does.)
 #[derive(Debug)]
 pub struct Ticket<'a> {
     pub(super) answer: Receiver<Outcome>,
