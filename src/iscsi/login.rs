@@ -1063,6 +1063,7 @@ pub fn login_tcp(
 /// Readers only read when the socket is readable, so an idle connection never times out.
 /// Shorter than the 30 s a Linux guest's SCSI layer gives a command, so that a command
 /// reissued on a new connection still completes before the guest aborts it.
+/// (The `--help` text, `LUN_HELP` in config/cli.rs, and docs/iscsi.md name this value.)
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sets [`STALL_TIMEOUT`] as the socket's receive and send timeouts (`SO_RCVTIMEO`,

@@ -18,7 +18,8 @@ pub type Connection = (TcpStream, SessionParams);
 
 /// How long a command waits for a new connection before it is completed with BUSY (the guest
 /// retries it). Below Linux's default 30 s command timeout, so that the guest sees BUSY rather
-/// than aborting the command itself.
+/// than aborting the command itself. (The `--help` text, `LUN_HELP` in config/cli.rs, names
+/// this value.)
 pub const GIVE_UP: Duration = Duration::from_secs(20);
 
 /// Largest data transfer of one passthrough command: larger requests are refused with INVALID
