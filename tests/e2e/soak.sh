@@ -47,6 +47,9 @@
 #                flight (ss -K: the kernel aborts the socket, the target gets a reset; without
 #                ss -K, tgtadm --op delete --mode conn after tgtd continues); the daemon logs in
 #                again and reissues them, the guest sees no error
+#   tgtd-hang    (only when named in --faults) tgtd stopped for 40 s, past the guest's 30 s
+#                command timeout, then continued: the connection is silent, not closed (the
+#                kernel still acknowledges it); the guest sees no error on 3:0
 # After every boot the guest re-verifies the last job it completed and flushed on each disk.
 #
 # Report: operations (fio reads and writes of the jobs that completed), faults injected, jobs
@@ -84,7 +87,7 @@ while [[ $# -gt 0 ]]; do
         --rounds) ROUNDS="$2"; shift ;;
         --short) DURATION=0; ROUNDS=1; INTERVAL=5 ;;
         --keep) KEEP=1 ;;
-        -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
         *) e2e_die "unknown argument: $1" ;;
     esac
     shift
@@ -109,7 +112,7 @@ if [[ -z "$FAULTS" ]]; then
     FAULTS=eio,enospc,reset,kill-worker,kill-qemu
     [[ $ISCSI == 0 ]] || FAULTS+=,tgtd-restart,iscsi-cut
 fi
-[[ $ISCSI == 1 || ! ",$FAULTS," =~ ,(tgtd-restart|iscsi-cut), ]] ||
+[[ $ISCSI == 1 || ! ",$FAULTS," =~ ,(tgtd-restart|iscsi-cut|tgtd-hang), ]] ||
     e2e_die "--faults $FAULTS needs the iSCSI LUN (tgtd, SOAK_ISCSI=1)"
 
 repo="$E2E_REPO_ROOT"
@@ -326,6 +329,10 @@ while (( $(date +%s) - start < DURATION || faults < ROUNDS * ${#schedule[@]} ));
             sleep 1
             kill -9 "$tgtd" 2>/dev/null || true; wait "$tgtd" 2>/dev/null || true
             start_tgtd ;;
+        tgtd-hang)
+            kill -STOP "$tgtd" 2>/dev/null || true
+            sleep 40
+            kill -CONT "$tgtd" 2>/dev/null || true ;;
         iscsi-cut)
             kill -STOP "$tgtd" 2>/dev/null || true
             sleep 1
