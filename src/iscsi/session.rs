@@ -14,6 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
+use std::time::Instant;
 
 use super::buffer::{Piece, TaskBuffer};
 
@@ -39,6 +40,14 @@ pub enum SessionError {
     Failed,
     #[error("the target asked to drop the connection (async event {0})")]
     Dropped(u8),
+    /// Commands were outstanding and the target sent nothing for this many seconds, not even
+    /// the answer to a NOP-Out ping (raised by the caller's keepalive, see
+    /// [`Session::send_ping`]).
+    #[error(
+        "the target sent nothing for {0} s with commands outstanding, not even the answer to a \
+         NOP-Out ping"
+    )]
+    Unresponsive(u64),
     /// A [`Session::submit`] command ended without status (not fatal).
     #[error(transparent)]
     Task(#[from] TaskError),
@@ -221,6 +230,8 @@ pub struct Session<S: Read + Write, B = Vec<u8>> {
     /// Outstanding NOP-Out pings (by ITT) and answered ones.
     pings: Vec<u32>,
     answered_pings: Vec<u32>,
+    /// When the last PDU from the target was read (what a keepalive measures silence from).
+    last_pdu: Instant,
     /// Outstanding TMF or logout (at most one of each, driven synchronously).
     tmf_itt: Option<u32>,
     tmf_response: Option<u8>,
@@ -261,6 +272,7 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
             events: Vec::new(),
             pings: Vec::new(),
             answered_pings: Vec::new(),
+            last_pdu: Instant::now(),
             tmf_itt: None,
             tmf_response: None,
             logout_itt: None,
@@ -643,6 +655,42 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
         Ok(())
     }
 
+    /// Sends a NOP-Out ping (§11.18) without waiting for the NOP-In: whoever reads the
+    /// connection processes the answer, and [`Session::ping_answered`] tells. For a keepalive
+    /// that must not hold the connection while it waits (at most one at a time is the caller's
+    /// business: an unanswered ping stays recorded).
+    pub fn send_ping(&mut self) -> Result<u32, SessionError> {
+        self.check()?;
+        let itt = self.alloc_itt();
+        let bhs = Bhs::NopOut(NopOut {
+            immediate: true,
+            lun: 0,
+            itt,
+            ttt: RESERVED_TAG,
+            cmd_sn: self.p.cmd_sn,
+            exp_stat_sn: self.p.exp_stat_sn,
+        });
+        if let Err(e) = pdu::write_pdu(self.io.get_mut(), self.digests, &bhs, &[], &[]) {
+            return self.fail(e.into());
+        }
+        self.pings.push(itt);
+        Ok(itt)
+    }
+
+    /// Whether the ping `itt` of [`Session::send_ping`] was answered (then forgotten).
+    pub fn ping_answered(&mut self, itt: u32) -> bool {
+        let Some(i) = self.answered_pings.iter().position(|&p| p == itt) else {
+            return false;
+        };
+        self.answered_pings.swap_remove(i);
+        true
+    }
+
+    /// When the last PDU from the target was read (the session's creation before the first).
+    pub fn last_pdu_at(&self) -> Instant {
+        self.last_pdu
+    }
+
     /// ABORT TASK (§11.5.1). Returns the TMF response (0 function complete, 1 task does not
     /// exist...). The aborted task completes with [`TaskError::Aborted`] unless its status
     /// arrived first.
@@ -828,6 +876,7 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
             self.digests,
             self.p.max_recv_data_segment_length,
         )?;
+        self.last_pdu = Instant::now();
         match h.bhs {
             Bhs::DataIn(d) => {
                 self.stats.data_in_pdus += 1;
@@ -1809,6 +1858,35 @@ mod tests {
             100,
             "a target ping does not advance StatSN"
         );
+    }
+
+    /// The keepalive's ping: sent without waiting, its answer taken by whoever reads next,
+    /// told once by `ping_answered`; `last_pdu_at` moves with every PDU read.
+    #[test]
+    fn a_ping_sent_without_waiting_is_answered_once() {
+        let (mut s, mut peer) = setup();
+        let before = s.last_pdu_at();
+        let itt = s.send_ping().unwrap();
+        let (b, _) = peer.recv();
+        let Bhs::NopOut(n) = b else { panic!() };
+        assert_eq!((n.itt, n.ttt, n.immediate), (itt, RESERVED_TAG, true));
+        assert!(!s.ping_answered(itt), "not answered yet");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        peer.send(
+            Bhs::NopIn(NopIn {
+                lun: 0,
+                itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 100,
+                exp_cmd_sn: 10,
+                max_cmd_sn: 50,
+            }),
+            &[],
+        );
+        s.receive_one().unwrap();
+        assert!(s.last_pdu_at() > before);
+        assert!(s.ping_answered(itt));
+        assert!(!s.ping_answered(itt), "told once, then forgotten");
     }
 
     #[test]
