@@ -446,19 +446,13 @@ fn connection_cut_under_writes() {
     });
 }
 
-/// A target that stops part-way through a PDU (here: the Data-In of a READ, its header and
-/// 100 bytes of its data passed on by a relay, then nothing, the connection left open) holds
-/// whoever reads it for at most the connection's stall timeout (10 s, `SO_RCVTIMEO` set by
-/// the supervisor): then the connection counts as lost, a new one is logged in and the READ
-/// is reissued and completes GOOD with the right data. Without the timeout the read, and the
-/// request-queue thread that (at QD1) reads its own answer under the LUN's lock, would wait
-/// forever.
-#[test]
-fn a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued() {
-    let Some((t, path)) = target(
-        "a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued",
-        false,
-    ) else {
+/// A READ whose answer a relay between the daemon and tgtd cuts short: it passes on the first
+/// `pass` bytes of what the target sends next and then nothing (the connection left open,
+/// silent). The daemon must give the connection up by itself (the guest never times a
+/// virtio-scsi command out), log `why`, log in again and reissue the READ, which completes GOOD
+/// with the right data, after about 10 s (not sooner: nothing else ended the connection).
+fn a_silenced_read_is_reissued(test: &str, pass: usize, why: &str) {
+    let Some((t, path)) = target(test, false) else {
         return;
     };
     let relay = StallingRelay::start(t.addr());
@@ -472,7 +466,7 @@ fn a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued() {
         .assert_good();
     assert!(file_bytes(&path, 64 * BLOCK as u64, len) == data);
 
-    relay.stall_after(48 + 100);
+    relay.stall_after(pass);
     let started = Instant::now();
     let sub = vm.submit_scsi(2, l, &cdb::read10(64, BLOCKS), &[], &[len as u32]);
     let used = vm.wait_used_within(2, 1, Duration::from_secs(40));
@@ -482,19 +476,46 @@ fn a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued() {
     assert!(r.data == data, "the reissued READ returned other bytes");
     assert_eq!(relay.stalled(), 1);
     assert!(relay.accepted() >= 2, "no second connection");
-    // Given up by the timeout, not by anything sooner (e.g. the relay closing).
     assert!(
         took >= Duration::from_secs(9),
-        "completed after {took:?}, before the stall timeout"
+        "completed after {took:?}, before the connection was given up"
     );
     let log = daemon.log();
-    assert!(log.contains("stalled mid-PDU"), "{log}");
+    assert!(log.contains(why), "{log}");
     assert!(log.contains("logged in again"), "{log}");
     // And the LUN keeps serving at once.
     let r = vm.scsi(l, &cdb::read10(64, BLOCKS), &[], &[len as u32]);
     r.assert_good();
     assert!(r.data == data);
     daemon.assert_alive();
+}
+
+/// A target that stops part-way through a PDU (the READ's Data-In header and 100 bytes of its
+/// data, then nothing) holds whoever reads it for at most the connection's stall timeout
+/// (10 s, `SO_RCVTIMEO` set by the supervisor). Without the timeout the read, and the
+/// request-queue thread that (at QD1) reads its own answer under the LUN's lock, would wait
+/// forever.
+#[test]
+fn a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued() {
+    a_silenced_read_is_reissued(
+        "a_target_that_stalls_mid_pdu_is_given_up_and_the_command_reissued",
+        48 + 100,
+        "stalled mid-PDU",
+    );
+}
+
+/// A connection that goes silent between PDUs (the READ's answer never arrives; the socket
+/// stays open and TCP keepalive sees nothing wrong): with a command outstanding and nothing
+/// received for 5 s the LUN thread pings the target (NOP-Out), and when 5 s more bring
+/// nothing, not even the ping's answer, it gives the connection up. Without the keepalive the
+/// READ would wait forever (Linux's virtio-scsi never times a command out).
+#[test]
+fn a_silent_connection_is_given_up_by_the_keepalive() {
+    a_silenced_read_is_reissued(
+        "a_silent_connection_is_given_up_by_the_keepalive",
+        0,
+        "not even the answer to a NOP-Out",
+    );
 }
 
 /// With its target gone, a LUN's commands wait for a new connection (up to `GIVE_UP`, 20 s,

@@ -119,8 +119,9 @@ iSCSI LUNs: SOURCE = iscsi://[USER@]HOST[:PORT]/TARGET-IQN/LUN (port 3260 by def
   initiator-name=IQN     our iSCSI name
   chap-secret-file=PATH  CHAP secret of USER (never on the command line; required with USER)
   header-digest=crc32c|none, data-digest=crc32c|none   CRC32C required, or none (default)
-  A connection lost, or stalled for 10 s part-way through a PDU, is logged in to again and
-  its commands reissued; a command that waits 20 s for a connection is answered BUSY.
+  A connection lost, stalled for 10 s part-way through a PDU, or silent for 10 s with
+  commands outstanding (NOP-Out keepalive after 5 s) is logged in to again and its commands
+  reissued; a command that waits 20 s for a connection is answered BUSY.
 LUNs without TARGET:LUN= take the lowest free LUN number on target 0, in order.
 --config FILE (TOML): its LUNs come first, --lun options are appended; scalar command-line
 options override the file. With neither --socket-path nor --fd, systemd socket activation

@@ -91,6 +91,7 @@ impl IscsiLun {
             _running: running,
             readable: false,
             front_end_gone: None,
+            ping: None,
         };
         if let Some((stream, params)) = initial {
             if let Err(e) = lt.install(&mut lock(&link.shared), stream, params) {

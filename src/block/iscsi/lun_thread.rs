@@ -34,6 +34,20 @@ use crate::iscsi::{
 /// commands ([`LunThread::outlive_inputs`]).
 pub(super) const INPUTS_GONE: Duration = Duration::from_secs(5);
 
+/// With commands outstanding, how long the target may send nothing before this thread pings
+/// it (NOP-Out, §11.18), and how long that ping may then go unanswered, still with nothing
+/// received, before the connection is given up (replaced, its commands reissued): about
+/// 10 s of silence in all. Linux's virtio-scsi never times a command out itself (its
+/// `eh_timed_out` resets the timer: the host is to answer every command), so a connection
+/// that stays open but silent (a wedged target or middlebox; TCP keepalive only notices a
+/// peer that is gone) would otherwise hold the guest's I/O for good.
+pub(super) const KEEPALIVE: Duration = Duration::from_secs(5);
+
+/// How often this thread looks at the keepalive while commands are outstanding; without any,
+/// it wakes every [`KEEPALIVE`] (a request-queue thread that sends a command itself does not
+/// wake it: that is the point of sending directly).
+const KEEPALIVE_TICK: Duration = Duration::from_secs(1);
+
 /// The state of one LUN's thread (what the queue threads also use is in [`Shared`]).
 pub(super) struct LunThread {
     pub(super) rx: Receiver<Msg>,
@@ -59,6 +73,8 @@ pub(super) struct LunThread {
     /// When the front-end last went ([`Msg::FrontEndGone`]): commands handed over before
     /// then are not waited for while there is no connection.
     pub(super) front_end_gone: Option<Instant>,
+    /// The keepalive's NOP-Out in flight: its ITT and when it was sent ([`KEEPALIVE`]).
+    pub(super) ping: Option<(u32, Instant)>,
 }
 
 impl LunThread {
@@ -109,9 +125,15 @@ impl LunThread {
                     false
                 }
             };
+            // Woken now and then for the keepalive, more often with commands outstanding.
+            let tick = if g.pending.is_empty() {
+                KEEPALIVE
+            } else {
+                KEEPALIVE_TICK
+            };
             drop(g);
             if wait {
-                if let Err(e) = self.wait_for_input() {
+                if let Err(e) = self.wait_for_input(Some(tick)) {
                     let mut g = lock(&link.shared);
                     self.connection_lost(&mut g, e);
                 }
@@ -190,18 +212,60 @@ impl LunThread {
             complete(pending, c);
         }
         take_events(session, &self.name)?;
+        // Silence counts from the last PDU received, or from the newest command sent after it.
+        let newest = pending.values().map(|p| p.since.elapsed()).min();
+        self.keepalive(session, newest)?;
         Ok(wait)
+    }
+
+    /// The NOP-Out keepalive (see [`KEEPALIVE`]), given the age of the newest command
+    /// outstanding (`None`: none is): with commands outstanding and nothing from the target for
+    /// `KEEPALIVE` (nor a command sent), a ping; with nothing since, not even its answer, for
+    /// `KEEPALIVE` more, [`SessionError::Unresponsive`] (the connection is lost). One ping at
+    /// a time; a target that answers other PDUs but not pings is only given up when it goes
+    /// silent as well.
+    fn keepalive(
+        &mut self,
+        session: &mut IscsiSession,
+        newest_command: Option<Duration>,
+    ) -> Result<(), SessionError> {
+        if let Some((itt, _)) = self.ping {
+            if session.ping_answered(itt) {
+                self.ping = None;
+            }
+        }
+        let Some(newest_command) = newest_command else {
+            return Ok(());
+        };
+        let silent = session.last_pdu_at().elapsed().min(newest_command);
+        match self.ping {
+            None if silent >= KEEPALIVE => {
+                debug!(
+                    "{}: nothing from the target for {silent:?}; pinging it",
+                    self.name
+                );
+                self.ping = Some((session.send_ping()?, Instant::now()));
+            }
+            Some((_, sent)) if silent >= KEEPALIVE && sent.elapsed() >= KEEPALIVE => {
+                return Err(SessionError::Unresponsive(silent.as_secs()));
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Waits, without the lock, until the socket has something to read (unless a queue
     /// thread watches it: [`Link::watch`]) or the eventfd was written (a request or a TMF for
     /// the channel, or what a queue thread left to do: a failed send or read, an event).
-    fn wait_for_input(&mut self) -> Result<(), SessionError> {
+    fn wait_for_input(&mut self, tick: Option<Duration>) -> Result<(), SessionError> {
         if self.sock.is_none() {
             return Ok(());
         }
         let mut events = [EpollEvent::empty(); 2];
-        let n = match self.link.epoll.wait(&mut events, EpollTimeout::NONE) {
+        let timeout = tick.map_or(EpollTimeout::NONE, |t| {
+            EpollTimeout::try_from(t).unwrap_or(EpollTimeout::NONE)
+        });
+        let n = match self.link.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
             Err(e) => return Err(SessionError::Pdu(crate::iscsi::pdu::PduError::Io(e.into()))),
@@ -238,6 +302,8 @@ impl LunThread {
         self.sock = Some(sock.clone());
         g.session = Some(Session::new(Conn(sock), params)?);
         self.readable = false;
+        // A ping of the session before is nothing to this one.
+        self.ping = None;
         Ok(())
     }
 

@@ -54,6 +54,7 @@ fn idle_thread() -> LunThread {
         }),
         backoff: None,
         front_end_gone: None,
+        ping: None,
         _running: running,
         readable: false,
     }
