@@ -212,9 +212,12 @@ impl LunThread {
             complete(pending, c);
         }
         take_events(session, &self.name)?;
-        // Silence counts from the last PDU received, or from the newest command sent after it.
-        let newest = pending.values().map(|p| p.since.elapsed()).min();
-        self.keepalive(session, newest)?;
+        if wait {
+            // About to sleep (a round that read a PDU heard from the target): silence counts
+            // from the last PDU received, or from the newest command sent after it.
+            let newest = pending.values().map(|p| p.since).max();
+            self.keepalive(session, newest.map(|at| at.elapsed()))?;
+        }
         Ok(wait)
     }
 
