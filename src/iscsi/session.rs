@@ -634,24 +634,10 @@ impl<S: Read + Write + AsFd, B: TaskBuffer> Session<S, B> {
     /// Sends a NOP-Out ping (§11.18) and waits for the target's NOP-In: a keepalive that also
     /// proves the target is processing PDUs.
     pub fn ping(&mut self) -> Result<(), SessionError> {
-        self.check()?;
-        let itt = self.alloc_itt();
-        let bhs = Bhs::NopOut(NopOut {
-            immediate: true,
-            lun: 0,
-            itt,
-            ttt: RESERVED_TAG,
-            cmd_sn: self.p.cmd_sn,
-            exp_stat_sn: self.p.exp_stat_sn,
-        });
-        if let Err(e) = pdu::write_pdu(self.io.get_mut(), self.digests, &bhs, &[], &[]) {
-            return self.fail(e.into());
-        }
-        self.pings.push(itt);
-        while !self.answered_pings.contains(&itt) {
+        let itt = self.send_ping()?;
+        while !self.ping_answered(itt) {
             self.receive_one()?;
         }
-        self.answered_pings.retain(|&i| i != itt);
         Ok(())
     }
 
