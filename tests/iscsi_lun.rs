@@ -525,7 +525,8 @@ fn a_silent_connection_is_given_up_by_the_keepalive() {
 /// not wait for them, nor a daemon told to stop: what waits for a connection is answered BUSY
 /// at once, so that the next front-end is served at once (its handshake answered within the
 /// test front-end's 5 s) and SIGTERM ends the daemon within its usual time, its worker not
-/// killed for overrunning the supervisor's 10 s.
+/// killed for overrunning the supervisor's 10 s. The next front-end's own commands wait as
+/// before (`Passthrough::front_end_back`).
 #[test]
 fn commands_waiting_for_a_connection_hold_neither_a_front_end_change_nor_a_stop() {
     let Some((mut t, _path)) = target(
@@ -552,9 +553,10 @@ fn commands_waiting_for_a_connection_hold_neither_a_front_end_change_nor_a_stop(
         "the next front-end waited {:?}",
         gone.elapsed()
     );
+    // The new front-end's command waits for a connection as any does (the last one's going
+    // does not make the LUN give up on its successor's commands).
     let _waiting = read(&mut vm);
-    // Handed to the LUN's thread (no connection: nothing is sent directly).
-    std::thread::sleep(Duration::from_millis(500));
+    vm.assert_no_completion(2, Duration::from_secs(1));
     let stop = Instant::now();
     let status = daemon.terminate();
     assert!(status.success(), "{status:?}\n{}", daemon.log());

@@ -282,6 +282,14 @@ impl ScsiBus {
         }
     }
 
+    /// A new front-end is connected, before any of its queue threads runs
+    /// ([`Passthrough::front_end_back`]).
+    pub fn front_end_back(&self) {
+        for lu in self.passthrough.load().values() {
+            lu.front_end_back();
+        }
+    }
+
     /// The worker stops: every passthrough LU is told to end its connection cleanly (an iSCSI
     /// LU logs out), all at once, and waited for until `deadline`. Returns how many had not
     /// finished by then (the process ends anyway).

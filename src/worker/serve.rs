@@ -228,6 +228,9 @@ pub fn serve(
             continue;
         };
         connections += 1;
+        // Before its queue threads exist: passthrough LUNs keep its commands waiting for a
+        // connection again (the last front-end's teardown stopped that).
+        backend.bus().front_end_back();
         let credentials = peer_credentials(&peer);
         drop(peer);
         match credentials {

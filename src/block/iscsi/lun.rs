@@ -90,7 +90,7 @@ impl IscsiLun {
             backoff: None,
             _running: running,
             readable: false,
-            front_end_gone: None,
+            front_end_gone: false,
             ping: None,
         };
         if let Some((stream, params)) = initial {
@@ -240,9 +240,15 @@ impl Passthrough for IscsiLun {
     }
 
     fn front_end_gone(&self) {
-        if self.tx.send(Msg::FrontEndGone(Instant::now())).is_ok() {
+        if self.tx.send(Msg::FrontEndGone(true)).is_ok() {
             let _ = self.link.wake.write(1);
         }
+    }
+
+    fn front_end_back(&self) {
+        // Ahead of the new front-end's first command in the channel (sent before its queue
+        // threads exist); nothing to wake for.
+        let _ = self.tx.send(Msg::FrontEndGone(false));
     }
 
     fn close(&self) {

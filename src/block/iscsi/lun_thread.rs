@@ -70,9 +70,9 @@ pub(super) struct LunThread {
     pub(super) _running: Sender<()>,
     /// `poll` saw the socket readable: a PDU is to be read.
     pub(super) readable: bool,
-    /// When the front-end last went ([`Msg::FrontEndGone`]): commands handed over before
-    /// then are not waited for while there is no connection.
-    pub(super) front_end_gone: Option<Instant>,
+    /// The front-end is gone ([`Msg::FrontEndGone`]): commands are not kept waiting for a
+    /// connection.
+    pub(super) front_end_gone: bool,
     /// The keepalive's NOP-Out in flight: its ITT and when it was sent ([`KEEPALIVE`]).
     pub(super) ping: Option<(u32, Instant)>,
 }
@@ -173,7 +173,7 @@ impl LunThread {
                 Ok(Msg::Command(r)) => g.queued.push_back(r),
                 Ok(Msg::Tmf(f, reply)) => self.tmfs.push_back((f, reply)),
                 Ok(Msg::Close) => return false,
-                Ok(Msg::FrontEndGone(at)) => self.front_end_gone = Some(at),
+                Ok(Msg::FrontEndGone(gone)) => self.front_end_gone = gone,
                 Err(TryRecvError::Empty) => return true,
                 Err(TryRecvError::Disconnected) => return false,
             }
@@ -521,11 +521,11 @@ impl LunThread {
     }
 
     /// Answers BUSY (the guest retries) to the commands waiting for a connection that waited
-    /// [`GIVE_UP`], or whose front-end went since they were handed over.
+    /// [`GIVE_UP`], or to all of them while their front-end is gone.
     fn give_up_waiting(&mut self) {
         let now = Instant::now();
         let gone = self.front_end_gone;
-        let abandoned = |r: &Request| gone.is_some_and(|at| r.caller.since <= at);
+        let abandoned = |_: &Request| gone;
         let late: VecDeque<Request> = {
             let mut g = lock(&self.link.shared);
             let (late, keep) = std::mem::take(&mut g.queued)

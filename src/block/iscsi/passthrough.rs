@@ -46,8 +46,15 @@ pub trait Passthrough: Send + Sync {
     /// (BUSY) at once rather than when they give up, so that neither the next front-end nor
     /// a stop waits for a target that is away; commands on the wire still wait for their
     /// answers (their data may be moving to or from guest memory meanwhile), which
-    /// the connection's own timeouts bound. Commands sent later are not affected.
+    /// the connection's own timeouts bound. So are the commands its queue threads still send
+    /// until [`Passthrough::front_end_back`].
     fn front_end_gone(&self) {}
+
+    /// A new front-end is connected (before any of its queue threads runs): its commands wait
+    /// for a connection again as long as [`GIVE_UP`] allows.
+    ///
+    /// [`GIVE_UP`]: super::types::GIVE_UP
+    fn front_end_back(&self) {}
 
     /// The LU is going away (the worker stops): finish the commands already sent and end
     /// its connection cleanly, without waiting ([`Passthrough::wait_closed`] waits).

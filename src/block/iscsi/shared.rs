@@ -43,11 +43,11 @@ pub(super) enum Msg {
     ///
     /// [`Passthrough::close`]: super::passthrough::Passthrough::close
     Close,
-    /// The front-end gone at this instant: commands handed over until then that wait for a
-    /// connection are answered now ([`Passthrough::front_end_gone`]).
+    /// The front-end is gone (true) or a new one is there (false): while it is gone, commands
+    /// that wait for a connection are answered now ([`Passthrough::front_end_gone`]).
     ///
     /// [`Passthrough::front_end_gone`]: super::passthrough::Passthrough::front_end_gone
-    FrontEndGone(Instant),
+    FrontEndGone(bool),
 }
 
 /// The connection's socket as the session's stream: the session (under the LUN's lock) and the

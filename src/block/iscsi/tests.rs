@@ -53,7 +53,7 @@ fn idle_thread() -> LunThread {
             Err("no target".into())
         }),
         backoff: None,
-        front_end_gone: None,
+        front_end_gone: false,
         ping: None,
         _running: running,
         readable: false,
