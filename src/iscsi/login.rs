@@ -1061,8 +1061,9 @@ pub fn login_tcp(
 /// would otherwise hold the LUN's lock for good), stops reading what we send, or keeps the
 /// CmdSN window closed or a task management request unanswered without sending anything.
 /// Readers only read when the socket is readable, so an idle connection never times out.
-/// Shorter than the 30 s a Linux guest's SCSI layer gives a command, so that a command
-/// reissued on a new connection still completes before the guest aborts it.
+/// Linux's virtio-scsi never times a command out itself (its `eh_timed_out` only resets the
+/// timer: the device is to answer every command), so bounds like this one are the daemon's
+/// own; 10 s keeps a reissued command well within the 30 s a SCSI layer allows elsewhere.
 /// (The `--help` text, `LUN_HELP` in config/cli.rs, and docs/iscsi.md name this value.)
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -17,8 +17,8 @@ use crate::iscsi::login::SessionParams;
 pub type Connection = (TcpStream, SessionParams);
 
 /// How long a command waits for a new connection before it is completed with BUSY (the guest
-/// retries it). Below Linux's default 30 s command timeout, so that the guest sees BUSY rather
-/// than aborting the command itself. (The `--help` text, `LUN_HELP` in config/cli.rs, names
+/// retries it). Linux's virtio-scsi never times a command out itself (its `eh_timed_out` only
+/// resets the timer), so this is what bounds a command's wait for an absent target. (The `--help` text, `LUN_HELP` in config/cli.rs, names
 /// this value.)
 pub const GIVE_UP: Duration = Duration::from_secs(20);
 
