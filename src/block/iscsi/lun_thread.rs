@@ -525,29 +525,30 @@ impl LunThread {
     fn give_up_waiting(&mut self) {
         let now = Instant::now();
         let gone = self.front_end_gone;
-        let abandoned = |_: &Request| gone;
         let late: VecDeque<Request> = {
             let mut g = lock(&self.link.shared);
             let (late, keep) = std::mem::take(&mut g.queued)
                 .into_iter()
-                .partition(|r| now.duration_since(r.caller.since) >= GIVE_UP || abandoned(r));
+                .partition(|r| gone || now.duration_since(r.caller.since) >= GIVE_UP);
             g.queued = keep;
             late
         };
-        let orphans = late.iter().filter(|r| abandoned(r)).count();
-        if orphans > 0 {
-            warn!(
-                "{}: {orphans} command(s) waiting for a connection when their front-end went: \
-                 completed with BUSY",
-                self.name
-            );
+        if late.is_empty() {
+            return;
         }
-        if late.len() > orphans {
+        if gone {
+            warn!(
+                "{}: {} command(s) waiting for a connection when their front-end went: \
+                 completed with BUSY",
+                self.name,
+                late.len()
+            );
+        } else {
             warn!(
                 "{}: {} command(s) waited {}s for a connection: completed with BUSY (the guest \
                  retries them)",
                 self.name,
-                late.len() - orphans,
+                late.len(),
                 GIVE_UP.as_secs()
             );
         }
