@@ -133,7 +133,7 @@ impl LunThread {
             };
             drop(g);
             if wait {
-                if let Err(e) = self.wait_for_input(Some(tick)) {
+                if let Err(e) = self.wait_for_input(tick) {
                     let mut g = lock(&link.shared);
                     self.connection_lost(&mut g, e);
                 }
@@ -259,15 +259,15 @@ impl LunThread {
 
     /// Waits, without the lock, until the socket has something to read (unless a queue
     /// thread watches it: [`Link::watch`]) or the eventfd was written (a request or a TMF for
-    /// the channel, or what a queue thread left to do: a failed send or read, an event).
-    fn wait_for_input(&mut self, tick: Option<Duration>) -> Result<(), SessionError> {
+    /// the channel, or what a queue thread left to do: a failed send or read, an event), or
+    /// `tick` passed (for the keepalive).
+    fn wait_for_input(&mut self, tick: Duration) -> Result<(), SessionError> {
         if self.sock.is_none() {
             return Ok(());
         }
         let mut events = [EpollEvent::empty(); 2];
-        let timeout = tick.map_or(EpollTimeout::NONE, |t| {
-            EpollTimeout::try_from(t).unwrap_or(EpollTimeout::NONE)
-        });
+        // (A tick is seconds: within epoll's range.)
+        let timeout = EpollTimeout::try_from(tick).unwrap_or(EpollTimeout::NONE);
         let n = match self.link.epoll.wait(&mut events, timeout) {
             Ok(n) => n,
             Err(nix::errno::Errno::EINTR) => 0,
